@@ -1,1 +1,308 @@
-fn main() {}
+//! `cyphonic`: one binary for every role of the overlay.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cyphonic_cloud::run::Roles;
+use cyphonic_node::config::{parse_cloud, StatePaths, DEFAULT_STATE_DIR};
+use cyphonic_node::daemon::{
+    self, RunOptions, DEFAULT_AS_PORT, DEFAULT_DNS_LISTEN, DEFAULT_TUNNEL_PORT,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "cyphonic",
+    version,
+    about = "A zero-trust overlay network: stable virtual IPs and names, end-to-end encrypted"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The cloud services: AS (authentication, CA), NMS (node management).
+    #[command(subcommand)]
+    Cloud(CloudCmd),
+    /// The node daemon and its enrollment.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Show this node's state, its peers and their paths.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Build a scenario in network namespaces, check it with real tools, clean up (root only).
+    Lab {
+        /// direct | demo | bench
+        scenario: String,
+        /// The cyphonic binary to run inside the lab (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CloudCmd {
+    /// Create the root CA, the AS intermediate CA, the configuration and the database.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cyphonic.internal")]
+        domain: String,
+        /// Addresses nodes use to reach the cloud (go into the AS certificate).
+        #[arg(long = "public")]
+        public: Vec<IpAddr>,
+    },
+    /// Run the cloud services.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// all | as | nms
+        #[arg(long, default_value = "all")]
+        role: String,
+    },
+    /// Manage devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Revoke a node certificate by serial (hex or decimal).
+    Revoke {
+        #[arg(long)]
+        config: PathBuf,
+        serial: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Add a device: it may enroll once with this password.
+    Add {
+        #[arg(long)]
+        config: PathBuf,
+        device_id: String,
+        #[arg(long, env = "CYPHONIC_DEVICE_PASSWORD")]
+        password: String,
+    },
+    /// List devices with their names and VIPs.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Enroll this machine with the cloud (device ID + password, once).
+    Enroll {
+        /// The AS: IP address or host, with an optional :port.
+        #[arg(long)]
+        cloud: String,
+        #[arg(long)]
+        device: String,
+        #[arg(long, env = "CYPHONIC_DEVICE_PASSWORD")]
+        password: String,
+        /// The cloud's root certificate (root.pem from `cyphonic cloud init`).
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Run the node daemon.
+    Run {
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_TUNNEL_PORT)]
+        port: u16,
+        #[arg(long, default_value = "cyphonic0")]
+        tun: String,
+        /// Address of the local resolver (port 53).
+        #[arg(long, default_value = DEFAULT_DNS_LISTEN)]
+        dns_listen: IpAddr,
+        /// Leave the host's DNS configuration alone.
+        #[arg(long)]
+        no_dns: bool,
+        /// Use TUN segmentation offloads.
+        #[arg(long)]
+        offload: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CYPHONIC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match cmd {
+        Command::Cloud(CloudCmd::Init {
+            dir,
+            domain,
+            public,
+        }) => {
+            let report = cyphonic_cloud::admin::init(&dir, &domain, &public).await?;
+            println!(
+                "created cloud for domain {} in {}",
+                report.domain,
+                report.dir.display()
+            );
+            println!("  configuration  {}", report.config_path.display());
+            println!("  database       {}", report.database_path.display());
+            println!(
+                "  root CA        {} (key {}: keep it offline)",
+                report.root_cert_path.display(),
+                report.root_key_path.display()
+            );
+            println!("  AS (intermediate CA) {}", report.as_cert_path.display());
+            println!(
+                "next: cyphonic cloud device add --config {} <device-id> --password <password>",
+                report.config_path.display()
+            );
+        }
+        Command::Cloud(CloudCmd::Run { config, role }) => {
+            let roles = match role.as_str() {
+                "all" => Roles::All,
+                "as" => Roles::As,
+                "nms" => Roles::Nms,
+                other => anyhow::bail!("unknown role {other:?}: use all, as or nms"),
+            };
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            cyphonic_cloud::run::run(cfg, roles, shutdown_signal()).await?;
+        }
+        Command::Cloud(CloudCmd::Device(DeviceCmd::Add {
+            config,
+            device_id,
+            password,
+        })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            let d = cyphonic_cloud::admin::add_device(&cfg, &device_id, &password).await?;
+            println!(
+                "added {} as {} ({} {})",
+                d.device_id, d.fqdn, d.vip4, d.vip6
+            );
+        }
+        Command::Cloud(CloudCmd::Device(DeviceCmd::List { config })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            for d in cyphonic_cloud::admin::list_devices(&cfg).await? {
+                println!(
+                    "{:<20} {:<32} {:<15} {}",
+                    d.device_id, d.fqdn, d.vip4, d.vip6
+                );
+            }
+        }
+        Command::Cloud(CloudCmd::Revoke { config, serial }) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            let s = serial.trim_start_matches("0x");
+            let serial = u64::from_str_radix(s, 16)
+                .or_else(|_| serial.parse::<u64>())
+                .with_context(|| format!("{serial:?} is not a serial number"))?;
+            cyphonic_cloud::admin::revoke_certificate(&cfg, serial).await?;
+            println!("revoked {serial:x}");
+        }
+        Command::Node(NodeCmd::Enroll {
+            cloud,
+            device,
+            password,
+            ca,
+            state_dir,
+        }) => {
+            let (addr, server_name) = parse_cloud(&cloud, DEFAULT_AS_PORT)?;
+            let root = std::fs::read_to_string(&ca)
+                .with_context(|| format!("cannot read {}", ca.display()))?;
+            let f = daemon::enroll(
+                &StatePaths::new(&state_dir),
+                addr,
+                &server_name,
+                &root,
+                &device,
+                &password,
+            )
+            .await?;
+            println!("enrolled as {} (state in {})", f.fqdn, state_dir.display());
+        }
+        Command::Node(NodeCmd::Run {
+            state_dir,
+            port,
+            tun,
+            dns_listen,
+            no_dns,
+            offload,
+        }) => {
+            if !cyphonic_platform::is_root() {
+                anyhow::bail!("the node daemon needs root (TUN device, resolver configuration): run it with sudo");
+            }
+            daemon::run(RunOptions {
+                state_dir,
+                tunnel_port: port,
+                tun_name: tun,
+                dns_listen: (!no_dns).then_some(dns_listen),
+                offload,
+            })
+            .await?;
+        }
+        Command::Status { json, state_dir } => {
+            let v = daemon::query_status(&state_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", daemon::render_status(&v));
+            }
+        }
+        Command::Lab { scenario, binary } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => std::env::current_exe().context("cannot find this binary")?,
+            };
+            let ok = tokio::task::spawn_blocking(move || {
+                cyphonic_lab::scenarios::run(&scenario, &binary)
+            })
+            .await??;
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,21 @@
-//! placeholder
+//! The cyphonic cloud: the AS (Login flow, intermediate CA, common keys),
+//! the NMS (registration, virtual IPs, route selection) and the store they
+//! share.
+//!
+//! - [`config`] — `cloud.toml`.
+//! - [`store`] — devices, VIPs, certificates and sessions in SQLite.
+//! - [`admin`] — the operator's commands (init, add device, list, revoke).
+//! - [`as_proto`], [`as_server`], [`as_client`] — the Login flow over TLS.
+//! - [`nms`], [`run`] — the NMS and running the cloud services.
+
+pub mod admin;
+pub mod as_client;
+pub mod as_proto;
+pub mod as_server;
+pub mod config;
+pub mod nms;
+pub mod run;
+pub mod store;
+
+pub use config::CloudConfig;
+pub use store::{DeviceRecord, SessionRecord, Store, StoreError};

@@ -1,1 +1,10 @@
-//! placeholder
+//! The cyphonic node: a pure protocol core ([`core`]) with the resolver's
+//! DNS logic ([`resolver`]), and the IO around it: the data plane threads
+//! ([`dataplane`]) and the tokio daemon ([`daemon`]).
+
+pub mod addrs;
+pub mod config;
+pub mod core;
+pub mod daemon;
+pub mod dataplane;
+pub mod resolver;

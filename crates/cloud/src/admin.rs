@@ -1,0 +1,215 @@
+//! The operator's commands on the cloud: set it up, manage devices.
+//!
+//! `init` lays out a data folder:
+//!
+//! ```text
+//! <dir>/            0700
+//!   root.pem        root CA certificate (nodes trust it)
+//!   root.key        root CA key, 0600 (may be moved offline: the AS does not use it)
+//!   as.pem          intermediate CA certificate, which the AS issues with
+//!   as.key          intermediate CA key, 0600
+//!   cloud.toml      the configuration, every key with its default
+//!   cloud.db        the database, migrated
+//! ```
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::config::{
+    is_dns_label, CloudConfig, ConfigError, AS_CERT_FILE, AS_KEY_FILE, CONFIG_FILE, DATABASE_FILE,
+    ROOT_CERT_FILE, ROOT_KEY_FILE,
+};
+use crate::store::{CertStatus, DeviceRecord, Store, StoreError};
+
+/// The shortest password `add_device` accepts.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "{} already exists: this folder already holds a cloud; \
+         use another folder, or remove the old one if it is no longer needed",
+        path.display()
+    )]
+    AlreadyInitialized { path: PathBuf },
+    #[error(
+        "{0:?} is not a valid device ID: use 1 to 63 lowercase letters, digits \
+         and '-', not starting or ending with '-'"
+    )]
+    InvalidDeviceId(String),
+    #[error("the password is too short: use at least {MIN_PASSWORD_LEN} characters")]
+    WeakPassword,
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the CA: {0}")]
+    Pki(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `init` made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitReport {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub database_path: PathBuf,
+    pub root_cert_path: PathBuf,
+    pub root_key_path: PathBuf,
+    pub as_cert_path: PathBuf,
+    pub as_key_path: PathBuf,
+    pub domain: String,
+}
+
+/// Creates a new cloud in `dir`: root and intermediate CA, configuration
+/// and database. Refuses if `dir` already holds any of these files.
+pub async fn init(
+    dir: &Path,
+    domain: &str,
+    public_addrs: &[IpAddr],
+) -> Result<InitReport, AdminError> {
+    for name in [
+        CONFIG_FILE,
+        ROOT_CERT_FILE,
+        ROOT_KEY_FILE,
+        AS_CERT_FILE,
+        AS_KEY_FILE,
+        DATABASE_FILE,
+    ] {
+        let path = dir.join(name);
+        if path.exists() {
+            return Err(AdminError::AlreadyInitialized { path });
+        }
+    }
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AdminError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    set_mode(dir, 0o700).map_err(io_err(dir))?;
+    let dir = dir.canonicalize().map_err(io_err(dir))?;
+
+    let mut cfg = CloudConfig::new(&dir);
+    cfg.domain = domain.to_owned();
+    cfg.public_addrs = public_addrs.to_vec();
+    cfg.database = Some(dir.join(DATABASE_FILE));
+    cfg.validate()?;
+
+    let ca = cyphonic_pki::create_ca(domain, SystemTime::now())
+        .map_err(|e| AdminError::Pki(e.to_string()))?;
+    let report = InitReport {
+        config_path: dir.join(CONFIG_FILE),
+        database_path: cfg.database_path(),
+        root_cert_path: cfg.root_cert_path(),
+        root_key_path: dir.join(ROOT_KEY_FILE),
+        as_cert_path: cfg.as_cert_path(),
+        as_key_path: cfg.as_key_path(),
+        domain: domain.to_owned(),
+        dir: dir.clone(),
+    };
+    write_new(&report.root_key_path, &ca.root_key_pem, 0o600)?;
+    write_new(&report.as_key_path, &ca.intermediate_key_pem, 0o600)?;
+    write_new(&report.root_cert_path, &ca.root_cert_pem, 0o644)?;
+    write_new(&report.as_cert_path, &ca.intermediate_cert_pem, 0o644)?;
+    let config_text = format!(
+        "# cyphonic cloud configuration, written by `cyphonic cloud init`.\n\
+         # Every key is shown with its value; all but data_dir are optional.\n\n{}",
+        cfg.to_toml()
+    );
+    write_new(&report.config_path, &config_text, 0o600)?;
+    // An empty file is an empty SQLite database; creating it here gives it
+    // (and the WAL files SQLite derives from it) mode 0600.
+    write_new(&report.database_path, "", 0o600)?;
+    let store = Store::open(&report.database_path).await?;
+    store.close().await;
+    Ok(report)
+}
+
+/// Adds a node `<device_id>.<domain>` with its password and gives it its
+/// VIPs.
+pub async fn add_device(
+    cfg: &CloudConfig,
+    device_id: &str,
+    password: &str,
+) -> Result<DeviceRecord, AdminError> {
+    if !is_dns_label(device_id) {
+        return Err(AdminError::InvalidDeviceId(device_id.to_owned()));
+    }
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(AdminError::WeakPassword);
+    }
+    let fqdn = format!("{device_id}.{}", cfg.domain);
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store
+        .add_device(device_id, password, &fqdn, cfg.vip4_prefix, cfg.vip6_prefix)
+        .await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// Every device, ordered by device ID.
+pub async fn list_devices(cfg: &CloudConfig) -> Result<Vec<DeviceRecord>, AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store.devices().await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// Revokes a certificate: it can no longer log in, and the sessions it
+/// opened end.
+pub async fn revoke_certificate(cfg: &CloudConfig, serial: u64) -> Result<(), AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store
+        .set_certificate_status(serial, CertStatus::Revoked)
+        .await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// Writes a file that must not exist yet, with `mode` on Unix.
+fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), AdminError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let io_err = |source| AdminError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            AdminError::AlreadyInitialized {
+                path: path.to_owned(),
+            }
+        } else {
+            io_err(e)
+        }
+    })?;
+    file.write_all(contents.as_bytes()).map_err(io_err)?;
+    file.sync_all().map_err(io_err)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> io::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The node's side of the Login flow (see [`crate::as_proto`]): enroll once
+//! with device ID and password, then log in with the certificate.
+//!
+//! Each call opens one TLS connection, sends one request and reads one
+//! answer, all within [`TIMEOUT`].
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::as_proto::{encode_line, LoginOk, Password, Request, Response, MAX_LINE};
+
+/// Time allowed for connecting, the TLS handshake and the exchange together.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call to the AS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AsClientError {
+    /// The AS answered with an error; `code` is one of
+    /// [`crate::as_proto::code`].
+    #[error("the AS refused: {message} ({code})")]
+    Refused { code: String, message: String },
+    /// TLS failed: the AS's certificate is not from our root, or the AS
+    /// rejected ours, or the handshake broke.
+    #[error("TLS with the AS failed: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("cannot talk to the AS: {0}")]
+    Io(#[source] io::Error),
+    #[error("the AS did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The AS answered something this node does not understand.
+    #[error("unexpected answer from the AS: {0}")]
+    Protocol(String),
+    /// The local side is unusable: bad server name, certificate or key.
+    #[error("cannot set up TLS to the AS: {0}")]
+    Setup(String),
+}
+
+/// What enrolling gives the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub fqdn: String,
+    /// The node certificate followed by the intermediate CA certificate.
+    pub cert_chain_pem: String,
+    pub root_pem: String,
+}
+
+/// What logging in gives the node: its session with the NMS and its
+/// addresses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LoginInfo {
+    pub session_id: u64,
+    /// Key for node <-> NMS signaling during this session.
+    pub common_key: [u8; 32],
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub domain: String,
+    pub keepalive_secs: u64,
+    pub nms_port: u16,
+    pub session_expires_in: u64,
+}
+
+impl fmt::Debug for LoginInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginInfo")
+            .field("session_id", &self.session_id)
+            .field("common_key", &"<redacted>")
+            .field("fqdn", &self.fqdn)
+            .field("vip4", &self.vip4)
+            .field("vip6", &self.vip6)
+            .field("domain", &self.domain)
+            .field("keepalive_secs", &self.keepalive_secs)
+            .field("nms_port", &self.nms_port)
+            .field("session_expires_in", &self.session_expires_in)
+            .finish()
+    }
+}
+
+/// Enrolls a device: proves it with its password and gets a certificate
+/// for the key in `csr_pem`. `server_name` is a DNS name or an IP address
+/// that the AS certificate names; `root_der` is the root the node trusts.
+pub async fn enroll(
+    addr: SocketAddr,
+    server_name: &str,
+    root_der: &[u8],
+    device_id: &str,
+    password: &str,
+    csr_pem: &str,
+) -> Result<Enrolled, AsClientError> {
+    let config = cyphonic_pki::node_client_config(root_der, None)
+        .map_err(|e| AsClientError::Setup(e.to_string()))?;
+    let request = Request::Enroll {
+        device_id: device_id.to_owned(),
+        password: Password(password.to_owned()),
+        csr_pem: csr_pem.to_owned(),
+    };
+    match exchange(addr, server_name, config, &request).await? {
+        Response::Enrolled {
+            fqdn,
+            cert_chain_pem,
+            root_pem,
+        } => Ok(Enrolled {
+            fqdn,
+            cert_chain_pem,
+            root_pem,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Logs in with the node certificate (`chain_pem`: node certificate then
+/// intermediate) and its key, and opens a session.
+pub async fn login(
+    addr: SocketAddr,
+    server_name: &str,
+    root_der: &[u8],
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<LoginInfo, AsClientError> {
+    let config = cyphonic_pki::node_client_config(root_der, Some((chain_pem, key_pem)))
+        .map_err(|e| AsClientError::Setup(e.to_string()))?;
+    match exchange(addr, server_name, config, &Request::Login {}).await? {
+        Response::LoginOk(ok) => login_info(ok),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn login_info(ok: LoginOk) -> Result<LoginInfo, AsClientError> {
+    let mut common_key = [0u8; 32];
+    hex::decode_to_slice(&ok.common_key, &mut common_key)
+        .map_err(|_| AsClientError::Protocol("common_key is not 32 bytes of hex".into()))?;
+    Ok(LoginInfo {
+        session_id: ok.session_id,
+        common_key,
+        fqdn: ok.fqdn,
+        vip4: ok.vip4,
+        vip6: ok.vip6,
+        domain: ok.domain,
+        keepalive_secs: ok.keepalive_secs,
+        nms_port: ok.nms_port,
+        session_expires_in: ok.session_expires_in,
+    })
+}
+
+fn unexpected(response: Response) -> AsClientError {
+    match response {
+        Response::Error { code, message } => AsClientError::Refused { code, message },
+        Response::Enrolled { .. } => AsClientError::Protocol("unexpected `enrolled`".into()),
+        Response::LoginOk(_) => AsClientError::Protocol("unexpected `login_ok`".into()),
+    }
+}
+
+/// Sends one request on a fresh TLS connection and reads its answer.
+async fn exchange(
+    addr: SocketAddr,
+    server_name: &str,
+    config: Arc<rustls::ClientConfig>,
+    request: &Request,
+) -> Result<Response, AsClientError> {
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
+        AsClientError::Setup(format!(
+            "{server_name:?} is neither a DNS name nor an IP address"
+        ))
+    })?;
+    let exchange = async {
+        let tcp = TcpStream::connect(addr).await.map_err(AsClientError::Io)?;
+        let _ = tcp.set_nodelay(true);
+        let tls = TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(classify)?;
+        let mut stream = BufReader::new(tls);
+        stream
+            .get_mut()
+            .write_all(&encode_line(request))
+            .await
+            .map_err(classify)?;
+        stream.get_mut().flush().await.map_err(classify)?;
+        let mut line = Vec::new();
+        // With TLS 1.3 the AS judges our certificate after our side of the
+        // handshake is done, so its rejection arrives here, as an alert.
+        (&mut stream)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(classify)?;
+        if line.last() != Some(&b'\n') {
+            return Err(AsClientError::Protocol(if line.is_empty() {
+                "the AS closed the connection without answering".into()
+            } else if line.len() >= MAX_LINE {
+                format!("answer longer than {MAX_LINE} bytes")
+            } else {
+                "the AS closed the connection mid-answer".into()
+            }));
+        }
+        let response: Response = serde_json::from_slice(&line)
+            .map_err(|e| AsClientError::Protocol(format!("unreadable answer: {e}")))?;
+        // Best effort close_notify; the answer is already in hand.
+        let _ = stream.get_mut().shutdown().await;
+        Ok(response)
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| AsClientError::Timeout(TIMEOUT))?
+}
+
+/// Separates TLS failures (carried inside io::Error by tokio-rustls) from
+/// plain IO ones.
+fn classify(e: io::Error) -> AsClientError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => AsClientError::Tls(tls.clone()),
+        None => AsClientError::Io(e),
+    }
+}

@@ -1,0 +1,183 @@
+//! The Login protocol between a node and the AS: one JSON object per line
+//! over TLS, each request answered by one response.
+//!
+//! ```text
+//! node -> AS  {"type":"enroll","device_id":"n1","password":"..","csr_pem":".."}
+//! AS -> node  {"type":"enrolled","fqdn":"n1.cyphonic.internal","cert_chain_pem":"..","root_pem":".."}
+//! node -> AS  {"type":"login"}            (over TLS with the node's certificate)
+//! AS -> node  {"type":"login_ok","session_id":..,"common_key":"<hex>",..}
+//! AS -> node  {"type":"error","code":"bad_credentials","message":".."}
+//! ```
+//!
+//! Unknown fields are ignored, so either side may add optional ones.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+/// The longest line either side accepts, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Error codes in [`Response::Error`].
+pub mod code {
+    /// Unknown device ID or wrong password.
+    pub const BAD_CREDENTIALS: &str = "bad_credentials";
+    /// `login` on a connection without a client certificate.
+    pub const CERTIFICATE_REQUIRED: &str = "certificate_required";
+    /// The client certificate is unknown, revoked or does not match its
+    /// device.
+    pub const CERTIFICATE_REJECTED: &str = "certificate_rejected";
+    /// The device exists but an operator disabled it.
+    pub const DEVICE_DISABLED: &str = "device_disabled";
+    /// The CSR could not be used (bad PEM, bad signature, wrong key type).
+    pub const BAD_CSR: &str = "bad_csr";
+    /// Not a request this server understands; the AS closes the connection.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The AS failed on its side; trying later may work.
+    pub const INTERNAL: &str = "internal";
+}
+
+/// A password on the wire; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// What a node asks the AS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// First contact: prove the device with its password and get a
+    /// certificate for the key in the CSR.
+    Enroll {
+        device_id: String,
+        password: Password,
+        csr_pem: String,
+    },
+    /// Prove the device with the TLS client certificate and open a session.
+    Login {},
+}
+
+/// What the AS answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Enrolled {
+        fqdn: String,
+        /// The node certificate followed by the intermediate CA certificate.
+        cert_chain_pem: String,
+        root_pem: String,
+    },
+    LoginOk(LoginOk),
+    Error {
+        /// One of [`code`]; kept a string so a newer AS's codes still parse.
+        code: String,
+        message: String,
+    },
+}
+
+/// The body of a `login_ok` answer.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginOk {
+    pub session_id: u64,
+    /// 32 bytes, hex.
+    pub common_key: String,
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub domain: String,
+    pub keepalive_secs: u64,
+    pub nms_port: u16,
+    pub session_expires_in: u64,
+}
+
+impl fmt::Debug for LoginOk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginOk")
+            .field("session_id", &self.session_id)
+            .field("common_key", &"<redacted>")
+            .field("fqdn", &self.fqdn)
+            .field("vip4", &self.vip4)
+            .field("vip6", &self.vip6)
+            .field("domain", &self.domain)
+            .field("keepalive_secs", &self.keepalive_secs)
+            .field("nms_port", &self.nms_port)
+            .field("session_expires_in", &self.session_expires_in)
+            .finish()
+    }
+}
+
+impl Response {
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Response::Error {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Encodes a message as one line, newline included.
+pub fn encode_line<T: Serialize>(message: &T) -> Vec<u8> {
+    // Invariant: our messages hold only strings, numbers and addresses,
+    // which JSON can always represent.
+    let mut line = serde_json::to_vec(message).expect("Login messages always serialize");
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse() {
+        let r: Request = serde_json::from_str(
+            r#"{"type":"enroll","device_id":"n1","password":"pw","csr_pem":"x","extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Enroll {
+                device_id: "n1".into(),
+                password: Password("pw".into()),
+                csr_pem: "x".into()
+            }
+        );
+        assert!(!format!("{r:?}").contains("pw\""));
+        let r: Request = serde_json::from_str(r#"{"type":"login"}"#).unwrap();
+        assert_eq!(r, Request::Login {});
+        assert!(serde_json::from_str::<Request>(r#"{"type":"bogus"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"type":"enroll"}"#).is_err());
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let ok = Response::LoginOk(LoginOk {
+            session_id: u64::MAX,
+            common_key: "00".repeat(32),
+            fqdn: "n1.cyphonic.internal".into(),
+            vip4: Ipv4Addr::new(100, 64, 0, 2),
+            vip6: "fd7a:6379:7068::2".parse().unwrap(),
+            domain: "cyphonic.internal".into(),
+            keepalive_secs: 15,
+            nms_port: 4502,
+            session_expires_in: 86400,
+        });
+        let line = encode_line(&ok);
+        assert!(line.starts_with(br#"{"type":"login_ok","session_id":18446744073709551615"#));
+        assert_eq!(line.last(), Some(&b'\n'));
+        let back: Response = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, ok);
+        let err = encode_line(&Response::error(code::BAD_REQUEST, "x"));
+        assert_eq!(
+            err,
+            b"{\"type\":\"error\",\"code\":\"bad_request\",\"message\":\"x\"}\n"
+        );
+    }
+}

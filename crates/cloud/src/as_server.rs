@@ -1,0 +1,605 @@
+//! The AS: the Login flow over TLS (see [`crate::as_proto`]).
+//!
+//! At start the AS loads the intermediate CA (`as.pem`, `as.key`) and the
+//! root (`root.pem`) from `data_dir`, issues itself a TLS server certificate
+//! for `public_addrs`, `localhost`, 127.0.0.1 and ::1 (renewed daily), and
+//! listens on every `as_listen` address. A client certificate is optional
+//! at the TLS layer (enrolling nodes have none yet); when one is presented,
+//! rustls has verified its chain to our root before any request is read.
+//!
+//! Bounds: at most [`MAX_CONNECTIONS`] connections, [`MAX_LINE`] bytes per
+//! request line, [`IDLE_TIMEOUT`] of silence (handshake included), and at
+//! most [`MAX_PASSWORD_CHECKS`] argon2 verifications at once, so
+//! unauthenticated peers cannot take every core.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use cyphonic_pki::{Issuer, Verifier};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::as_proto::{code, encode_line, LoginOk, Request, Response, MAX_LINE};
+use crate::config::CloudConfig;
+use crate::store::{CertStatus, CertificateRecord, Store, StoreError};
+
+/// Silence after which a connection is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Password verifications (argon2) at once.
+pub const MAX_PASSWORD_CHECKS: usize = 4;
+/// How often the AS renews its own TLS server certificate.
+const SERVER_CERT_RENEWAL: Duration = Duration::from_secs(24 * 3600);
+/// Slack for node clocks that run behind: a certificate is valid from this
+/// long before its issue.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+/// How long in-flight connections may finish after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves the AS until `shutdown` completes.
+pub async fn serve(
+    cfg: Arc<CloudConfig>,
+    store: Store,
+    shutdown: impl Future,
+) -> anyhow::Result<()> {
+    AsServer::bind(cfg, store).await?.run(shutdown).await
+}
+
+/// [`serve`], reporting the bound addresses on `ready` once listening
+/// (useful with port 0).
+pub async fn serve_with_ready(
+    cfg: Arc<CloudConfig>,
+    store: Store,
+    shutdown: impl Future,
+    ready: oneshot::Sender<Vec<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let server = AsServer::bind(cfg, store).await?;
+    // The receiver may have given up waiting; serving goes on regardless.
+    let _ = ready.send(server.local_addrs());
+    server.run(shutdown).await
+}
+
+/// A bound AS, ready to [`run`](AsServer::run).
+pub struct AsServer {
+    listeners: Vec<TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+    state: Arc<State>,
+}
+
+struct State {
+    cfg: Arc<CloudConfig>,
+    store: Store,
+    issuer: Issuer,
+    verifier: Verifier,
+    root_pem: String,
+    root_der: Vec<u8>,
+    acceptor: RwLock<TlsAcceptor>,
+    password_checks: Semaphore,
+}
+
+impl AsServer {
+    /// Loads the CA material, issues the server certificate and binds every
+    /// `as_listen` address.
+    pub async fn bind(cfg: Arc<CloudConfig>, store: Store) -> anyhow::Result<AsServer> {
+        let read = |path: std::path::PathBuf| {
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {}; run `cyphonic cloud init` first or check data_dir",
+                    path.display()
+                )
+            })
+        };
+        let root_pem = read(cfg.root_cert_path())?;
+        let as_cert_pem = read(cfg.as_cert_path())?;
+        let as_key_pem = read(cfg.as_key_path())?;
+        let issuer = Issuer::from_pem(&as_cert_pem, &as_key_pem).with_context(|| {
+            format!(
+                "cannot load the intermediate CA from {} and {}",
+                cfg.as_cert_path().display(),
+                cfg.as_key_path().display()
+            )
+        })?;
+        let verifier = Verifier::from_pem(&root_pem).with_context(|| {
+            format!("cannot load the root CA {}", cfg.root_cert_path().display())
+        })?;
+        let root_der = verifier.root_der().to_vec();
+
+        let acceptor = make_acceptor(&cfg, &store, &issuer, &root_der).await?;
+        let state = State {
+            cfg: cfg.clone(),
+            store,
+            issuer,
+            verifier,
+            root_pem,
+            root_der,
+            acceptor: RwLock::new(acceptor),
+            password_checks: Semaphore::new(MAX_PASSWORD_CHECKS),
+        };
+
+        let mut listeners = Vec::new();
+        for addr in &cfg.as_listen {
+            match bind_tcp(*addr) {
+                Ok(l) => listeners.push(l),
+                // A host without IPv6 still serves IPv4 with the defaults.
+                Err(e)
+                    if addr.is_ipv6()
+                        && addr.ip().is_unspecified()
+                        && !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::PermissionDenied
+                        ) =>
+                {
+                    warn!(%addr, error = %e, "IPv6 is not available here; not listening on it");
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot listen on {addr} (as_listen in the configuration)")
+                    })
+                }
+            }
+        }
+        let local_addrs = listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<Result<Vec<_>, _>>()?;
+        if local_addrs.is_empty() {
+            anyhow::bail!("the AS could bind none of as_listen");
+        }
+        Ok(AsServer {
+            listeners,
+            local_addrs,
+            state: Arc::new(state),
+        })
+    }
+
+    /// The addresses actually bound (ports resolved when 0 was asked).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs.clone()
+    }
+
+    /// Accepts and serves connections until `shutdown` completes; then stops
+    /// accepting and gives open connections a short grace to finish.
+    pub async fn run(self, shutdown: impl Future) -> anyhow::Result<()> {
+        info!(addrs = ?self.local_addrs, "AS listening");
+        let (accepted_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        let mut acceptors = JoinSet::new();
+        for listener in self.listeners {
+            acceptors.spawn(accept_loop(listener, accepted_tx.clone()));
+        }
+        drop(accepted_tx);
+
+        let mut connections = JoinSet::new();
+        let mut renewal = tokio::time::interval(SERVER_CERT_RENEWAL);
+        renewal.tick().await; // The first tick is immediate; the cert is fresh.
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some((tcp, peer)) = accepted.recv() => {
+                    if connections.len() >= MAX_CONNECTIONS {
+                        warn!(%peer, "too many connections; closing this one");
+                        continue;
+                    }
+                    connections.spawn(serve_connection(self.state.clone(), tcp, peer));
+                }
+                Some(done) = connections.join_next() => {
+                    if let Err(e) = done {
+                        if e.is_panic() {
+                            warn!(error = %e, "an AS connection task panicked");
+                        }
+                    }
+                }
+                _ = renewal.tick() => match make_acceptor(&self.state.cfg, &self.state.store, &self.state.issuer, &self.state.root_der).await {
+                    Ok(acceptor) => {
+                        *self.state.acceptor.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
+                        info!("renewed the AS server certificate");
+                    }
+                    Err(e) => warn!(error = %format!("{e:#}"), "cannot renew the AS server certificate"),
+                },
+            }
+        }
+        acceptors.shutdown().await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        connections.shutdown().await;
+        info!("AS stopped");
+        Ok(())
+    }
+}
+
+impl State {
+    fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Answers one request line. The flag says whether to close the
+    /// connection after the answer.
+    async fn answer(
+        &self,
+        line: &[u8],
+        peer_chain: Option<&[Vec<u8>]>,
+        peer: SocketAddr,
+    ) -> (Response, bool) {
+        let request: Request = match serde_json::from_slice(line) {
+            Ok(r) => r,
+            Err(e) => {
+                // serde_json's message names the field or the unknown type;
+                // it does not echo string values such as a password.
+                info!(%peer, error = %e, "bad Login request");
+                return (
+                    Response::error(code::BAD_REQUEST, format!("invalid request: {e}")),
+                    true,
+                );
+            }
+        };
+        let result = match request {
+            Request::Enroll {
+                device_id,
+                password,
+                csr_pem,
+            } => self.enroll(&device_id, &password.0, &csr_pem, peer).await,
+            Request::Login {} => self.login(peer_chain, peer).await,
+        };
+        match result {
+            Ok(response) => (response, false),
+            Err(Refusal { code, message }) => (Response::error(code, message), false),
+        }
+    }
+
+    async fn enroll(
+        &self,
+        device_id: &str,
+        password: &str,
+        csr_pem: &str,
+        peer: SocketAddr,
+    ) -> Result<Response, Refusal> {
+        let device = {
+            // Invariant: the semaphore is never closed.
+            let _permit = self
+                .password_checks
+                .acquire()
+                .await
+                .map_err(|_| Refusal::internal())?;
+            match self.store.check_password(device_id, password).await {
+                Ok(device) => device,
+                Err(StoreError::BadCredentials) => {
+                    warn!(%peer, device_id, "enroll refused: wrong device ID or password");
+                    return Err(Refusal::new(
+                        code::BAD_CREDENTIALS,
+                        "wrong device ID or password",
+                    ));
+                }
+                Err(StoreError::DeviceDisabled(id)) => {
+                    warn!(%peer, device_id, "enroll refused: device disabled");
+                    return Err(Refusal::new(
+                        code::DEVICE_DISABLED,
+                        format!("device {id} is disabled"),
+                    ));
+                }
+                Err(e) => {
+                    warn!(%peer, device_id, error = %e, "enroll failed");
+                    return Err(Refusal::internal());
+                }
+            }
+        };
+        let serial = self.store.next_serial().await.map_err(|e| {
+            warn!(%peer, device_id, error = %e, "enroll failed");
+            Refusal::internal()
+        })?;
+        let now = SystemTime::now();
+        let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+        let not_after = now + Duration::from_secs(u64::from(self.cfg.cert_validity_days) * 86_400);
+        let cert = self
+            .issuer
+            .issue_node(csr_pem, &device.fqdn, serial, not_before, not_after)
+            .map_err(|e| {
+                info!(%peer, device_id, error = %e, "enroll refused: unusable CSR");
+                Refusal::new(
+                    code::BAD_CSR,
+                    format!("cannot issue a certificate from this CSR: {e}"),
+                )
+            })?;
+        self.store
+            .record_certificate(&CertificateRecord {
+                serial: cert.serial,
+                device_id: device.device_id.clone(),
+                fqdn: device.fqdn.clone(),
+                not_before: cert.not_before,
+                not_after: cert.not_after,
+                issued_at: now,
+                status: CertStatus::Good,
+                cert_pem: cert.cert_pem.clone(),
+            })
+            .await
+            .map_err(|e| {
+                warn!(%peer, device_id, error = %e, "enroll failed: cannot record the certificate");
+                Refusal::internal()
+            })?;
+        info!(%peer, device_id, fqdn = %device.fqdn, serial = format_args!("{:#x}", cert.serial), "enrolled");
+        Ok(Response::Enrolled {
+            fqdn: device.fqdn,
+            cert_chain_pem: join_pem(&cert.cert_pem, self.issuer.cert_pem()),
+            root_pem: self.root_pem.clone(),
+        })
+    }
+
+    async fn login(
+        &self,
+        peer_chain: Option<&[Vec<u8>]>,
+        peer: SocketAddr,
+    ) -> Result<Response, Refusal> {
+        let Some(chain) = peer_chain.filter(|c| !c.is_empty()) else {
+            info!(%peer, "login refused: no client certificate");
+            return Err(Refusal::new(
+                code::CERTIFICATE_REQUIRED,
+                "login needs the node certificate; enroll first",
+            ));
+        };
+        let reject = |reason: String| {
+            warn!(%peer, reason = %reason, "login refused");
+            Refusal::new(code::CERTIFICATE_REJECTED, reason)
+        };
+        let now = SystemTime::now();
+        let node = self
+            .verifier
+            .verify_node(chain, None, now)
+            .map_err(|e| reject(format!("certificate not acceptable: {e}")))?;
+        let serial = node.serial;
+        let record = self
+            .store
+            .certificate(serial)
+            .await
+            .map_err(|e| self.internal(peer, e))?
+            .ok_or_else(|| {
+                reject(format!(
+                    "certificate {serial:#x} was not issued by this cloud"
+                ))
+            })?;
+        if record.status == CertStatus::Revoked {
+            return Err(reject(format!("certificate {serial:#x} has been revoked")));
+        }
+        let issued_der = cyphonic_pki::pem_to_der_chain(&record.cert_pem)
+            .ok()
+            .and_then(|c| c.into_iter().next());
+        if issued_der.as_deref() != Some(chain[0].as_slice()) || record.fqdn != node.fqdn {
+            return Err(reject(format!(
+                "certificate {serial:#x} does not match the one this cloud issued"
+            )));
+        }
+        let device = self
+            .store
+            .device(&record.device_id)
+            .await
+            .map_err(|e| self.internal(peer, e))?
+            .ok_or_else(|| reject(format!("device {} no longer exists", record.device_id)))?;
+        if device.fqdn != node.fqdn {
+            return Err(reject(format!(
+                "certificate {serial:#x} names {} but device {} is {}",
+                node.fqdn, device.device_id, device.fqdn
+            )));
+        }
+        if device.disabled {
+            warn!(%peer, device_id = %device.device_id, "login refused: device disabled");
+            return Err(Refusal::new(
+                code::DEVICE_DISABLED,
+                format!("device {} is disabled", device.device_id),
+            ));
+        }
+        // A session never outlives the certificate that opened it.
+        let cert_left = node.not_after.duration_since(now).unwrap_or_default();
+        let lifetime = Duration::from_secs(self.cfg.session_lifetime_secs).min(cert_left);
+        let lifetime = Duration::from_secs(lifetime.as_secs());
+        let session = self
+            .store
+            .create_session(&device.device_id, serial, lifetime)
+            .await
+            .map_err(|e| self.internal(peer, e))?;
+        info!(
+            %peer,
+            device_id = %device.device_id,
+            session_id = format_args!("{:#x}", session.session_id),
+            "login"
+        );
+        Ok(Response::LoginOk(LoginOk {
+            session_id: session.session_id,
+            common_key: hex::encode(session.common_key),
+            fqdn: device.fqdn,
+            vip4: device.vip4,
+            vip6: device.vip6,
+            domain: self.cfg.domain.clone(),
+            keepalive_secs: self.cfg.keepalive_secs,
+            nms_port: self.cfg.nms_port(),
+            session_expires_in: lifetime.as_secs(),
+        }))
+    }
+
+    fn internal(&self, peer: SocketAddr, e: StoreError) -> Refusal {
+        warn!(%peer, error = %e, "login failed");
+        Refusal::internal()
+    }
+}
+
+/// An error answer.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal() -> Self {
+        Refusal::new(code::INTERNAL, "the AS failed on its side; try again later")
+    }
+}
+
+async fn accept_loop(listener: TcpListener, accepted: mpsc::Sender<(TcpStream, SocketAddr)>) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => {
+                if accepted.send(conn).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "AS accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(IDLE_TIMEOUT, state.acceptor().accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake with the AS failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let peer_chain: Option<Vec<Vec<u8>>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
+    let mut stream = BufReader::new(tls);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = tokio::time::timeout(
+            IDLE_TIMEOUT,
+            (&mut stream)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
+        let (response, close) = match read {
+            Err(_) => {
+                debug!(%peer, "AS connection idle; closing");
+                break;
+            }
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "AS connection read failed");
+                break;
+            }
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) if line.last() != Some(&b'\n') => {
+                if line.len() < MAX_LINE {
+                    debug!(%peer, "AS connection closed mid-request");
+                    break;
+                }
+                info!(%peer, "Login request line too long");
+                (
+                    Response::error(
+                        code::BAD_REQUEST,
+                        format!("request line longer than {MAX_LINE} bytes"),
+                    ),
+                    true,
+                )
+            }
+            Ok(Ok(_)) => state.answer(&line, peer_chain.as_deref(), peer).await,
+        };
+        let write = async {
+            stream.get_mut().write_all(&encode_line(&response)).await?;
+            stream.get_mut().flush().await
+        };
+        match tokio::time::timeout(IDLE_TIMEOUT, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "AS connection write failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "AS connection write timed out");
+                return;
+            }
+        }
+        if close {
+            break;
+        }
+    }
+    // Sends TLS close_notify; the peer may already be gone.
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.get_mut().shutdown()).await;
+}
+
+/// Binds a listening TCP socket; IPv6 sockets are IPv6-only so the same
+/// port can also be bound on 0.0.0.0.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Lets a restarted AS bind while old connections linger in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Issues a fresh AS server certificate and builds the TLS acceptor on it.
+async fn make_acceptor(
+    cfg: &CloudConfig,
+    store: &Store,
+    issuer: &Issuer,
+    root_der: &[u8],
+) -> anyhow::Result<TlsAcceptor> {
+    let mut ips = cfg.public_addrs.clone();
+    for ip in [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ] {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let dns_names = vec!["localhost".to_owned()];
+    let serial = store.next_serial().await?;
+    let (cert, key_pem) = issuer
+        .issue_server(&dns_names, &ips, serial, SystemTime::now())
+        .context("cannot issue the AS server certificate")?;
+    let chain_pem = join_pem(&cert.cert_pem, issuer.cert_pem());
+    let config = cyphonic_pki::as_server_config(&chain_pem, &key_pem, root_der)
+        .context("cannot build the AS TLS configuration")?;
+    Ok(TlsAcceptor::from(config))
+}
+
+/// Concatenates two PEM documents, one per line.
+fn join_pem(first: &str, second: &str) -> String {
+    let mut out = String::with_capacity(first.len() + second.len() + 1);
+    out.push_str(first);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(second);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}

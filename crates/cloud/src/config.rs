@@ -1,0 +1,581 @@
+//! The cloud's configuration file, `cloud.toml`.
+//!
+//! Every key but `data_dir` has a default, so the smallest file is one line.
+//! `cyphonic cloud init` writes a complete file with every default spelled
+//! out. Loading checks the values, and every error names the key and the fix.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The default DNS domain under which devices get their FQDN.
+pub const DEFAULT_DOMAIN: &str = "cyphonic.internal";
+/// The default TCP port of the AS (Login flow, TLS).
+pub const DEFAULT_AS_PORT: u16 = 4501;
+/// The default UDP port of the NMS (signaling).
+pub const DEFAULT_NMS_PORT: u16 = 4502;
+
+/// The whole shared address space virtual IPv4 addresses may come from
+/// (RFC 6598 shared address space).
+pub const VIP4_SPACE: Ipv4Prefix = Ipv4Prefix {
+    addr: Ipv4Addr::new(100, 64, 0, 0),
+    len: 10,
+};
+/// The whole space virtual IPv6 addresses may come from (RFC 4193 ULAs
+/// with the L bit set).
+pub const VIP6_SPACE: Ipv6Prefix = Ipv6Prefix {
+    addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
+    len: 8,
+};
+
+/// File names inside `data_dir`.
+pub const ROOT_CERT_FILE: &str = "root.pem";
+pub const ROOT_KEY_FILE: &str = "root.key";
+pub const AS_CERT_FILE: &str = "as.pem";
+pub const AS_KEY_FILE: &str = "as.key";
+pub const CONFIG_FILE: &str = "cloud.toml";
+pub const DATABASE_FILE: &str = "cloud.db";
+
+/// The configuration of the cloud services (AS and NMS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// DNS domain of the overlay; a device's FQDN is `<device_id>.<domain>`.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+    /// Folder holding the CA material and, by default, the database.
+    pub data_dir: PathBuf,
+    /// SQLite database file; `<data_dir>/cloud.db` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<PathBuf>,
+    /// TCP addresses the AS listens on. An IPv6 address is bound IPv6-only,
+    /// so `0.0.0.0:4501` and `[::]:4501` can both be bound.
+    #[serde(default = "default_as_listen")]
+    pub as_listen: Vec<SocketAddr>,
+    /// UDP addresses the NMS listens on; nodes are told the first one's port.
+    #[serde(default = "default_nms_listen")]
+    pub nms_listen: Vec<SocketAddr>,
+    /// Addresses nodes use to reach the cloud; they go into the AS server
+    /// certificate, beside `localhost`, 127.0.0.1 and ::1.
+    #[serde(default)]
+    pub public_addrs: Vec<IpAddr>,
+    /// Prefix virtual IPv4 addresses are assigned from; inside 100.64.0.0/10.
+    #[serde(default = "default_vip4_prefix")]
+    pub vip4_prefix: Ipv4Prefix,
+    /// Prefix virtual IPv6 addresses are assigned from; inside fd00::/8.
+    #[serde(default = "default_vip6_prefix")]
+    pub vip6_prefix: Ipv6Prefix,
+    /// Lifetime of the node certificates the AS issues.
+    #[serde(default = "default_cert_validity_days")]
+    pub cert_validity_days: u32,
+    /// Lifetime of a Login session (and of its common key).
+    #[serde(default = "default_session_lifetime_secs")]
+    pub session_lifetime_secs: u64,
+    /// Interval at which nodes send keepalives to the NMS.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: u64,
+}
+
+fn default_domain() -> String {
+    DEFAULT_DOMAIN.to_owned()
+}
+
+fn default_as_listen() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_AS_PORT),
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_AS_PORT),
+    ]
+}
+
+fn default_nms_listen() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_NMS_PORT),
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_NMS_PORT),
+    ]
+}
+
+fn default_vip4_prefix() -> Ipv4Prefix {
+    VIP4_SPACE
+}
+
+fn default_vip6_prefix() -> Ipv6Prefix {
+    Ipv6Prefix {
+        addr: Ipv6Addr::new(0xfd7a, 0x6379, 0x7068, 0, 0, 0, 0, 0),
+        len: 48,
+    }
+}
+
+fn default_cert_validity_days() -> u32 {
+    90
+}
+
+fn default_session_lifetime_secs() -> u64 {
+    86_400
+}
+
+fn default_keepalive_secs() -> u64 {
+    15
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not valid TOML or has a key of the wrong type or name;
+    /// `message` is toml's, which names the key and shows the line.
+    #[error(
+        "{path}: {message}\nhint: fix or remove the key named above; \
+         `cyphonic cloud init` writes a file with every key and its default"
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("{location}`{key}` {problem}; {fix}")]
+    Invalid {
+        /// `"<path>: "` when the configuration came from a file.
+        location: String,
+        key: &'static str,
+        problem: String,
+        fix: String,
+    },
+}
+
+impl CloudConfig {
+    /// A configuration with every default and the given data folder.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        CloudConfig {
+            domain: default_domain(),
+            data_dir: data_dir.into(),
+            database: None,
+            as_listen: default_as_listen(),
+            nms_listen: default_nms_listen(),
+            public_addrs: Vec::new(),
+            vip4_prefix: default_vip4_prefix(),
+            vip6_prefix: default_vip6_prefix(),
+            cert_validity_days: default_cert_validity_days(),
+            session_lifetime_secs: default_session_lifetime_secs(),
+            keepalive_secs: default_keepalive_secs(),
+        }
+    }
+
+    /// Reads, parses and validates `path`. Relative `data_dir` and `database`
+    /// are taken relative to the folder holding the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: CloudConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        if cfg.data_dir.is_relative() {
+            cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        if let Some(db) = &cfg.database {
+            if db.is_relative() {
+                cfg.database = Some(base.join(db));
+            }
+        }
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid {
+                key, problem, fix, ..
+            } => ConfigError::Invalid {
+                location: format!("{}: ", path.display()),
+                key,
+                problem,
+                fix,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// The configuration as a TOML document.
+    pub fn to_toml(&self) -> String {
+        // Invariant: every field is a plain value or an array of plain
+        // values, which TOML can always represent.
+        toml::to_string(self).expect("CloudConfig always serializes to TOML")
+    }
+
+    /// Checks the values that parsing alone does not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String, fix: &str| ConfigError::Invalid {
+            location: String::new(),
+            key,
+            problem,
+            fix: fix.to_owned(),
+        };
+        if !is_dns_name(&self.domain) {
+            return Err(invalid(
+                "domain",
+                format!("= {:?} is not a valid DNS name", self.domain),
+                "use lowercase labels of letters, digits and '-', separated by dots, \
+                 like \"cyphonic.internal\"",
+            ));
+        }
+        if self.as_listen.is_empty() {
+            return Err(invalid(
+                "as_listen",
+                "is empty".into(),
+                "give at least one address, like [\"0.0.0.0:4501\"]",
+            ));
+        }
+        if self.nms_listen.is_empty() {
+            return Err(invalid(
+                "nms_listen",
+                "is empty".into(),
+                "give at least one address, like [\"0.0.0.0:4502\"]",
+            ));
+        }
+        if let Some(ip) = self
+            .public_addrs
+            .iter()
+            .find(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(invalid(
+                "public_addrs",
+                format!("contains {ip}, which nodes cannot connect to"),
+                "list the unicast addresses nodes use to reach the cloud",
+            ));
+        }
+        if !VIP4_SPACE.contains_prefix(&self.vip4_prefix) {
+            return Err(invalid(
+                "vip4_prefix",
+                format!("= \"{}\" is outside 100.64.0.0/10", self.vip4_prefix),
+                "use 100.64.0.0/10 or a prefix inside it",
+            ));
+        }
+        if self.vip4_prefix.host_bits() < 2 {
+            return Err(invalid(
+                "vip4_prefix",
+                format!("= \"{}\" has no room for devices", self.vip4_prefix),
+                "use a prefix of length 30 or shorter",
+            ));
+        }
+        if !VIP6_SPACE.contains_prefix(&self.vip6_prefix) {
+            return Err(invalid(
+                "vip6_prefix",
+                format!("= \"{}\" is not a ULA (inside fd00::/8)", self.vip6_prefix),
+                "use a ULA prefix like \"fd7a:6379:7068::/48\"",
+            ));
+        }
+        // A device's VIPv6 carries the same host number as its VIPv4.
+        if self.vip6_prefix.host_bits() < self.vip4_prefix.host_bits() {
+            return Err(invalid(
+                "vip6_prefix",
+                format!(
+                    "= \"{}\" has fewer host bits than vip4_prefix \"{}\"",
+                    self.vip6_prefix, self.vip4_prefix
+                ),
+                "use a shorter IPv6 prefix, like a /48",
+            ));
+        }
+        if !(1..=3650).contains(&self.cert_validity_days) {
+            return Err(invalid(
+                "cert_validity_days",
+                format!("= {} is out of range", self.cert_validity_days),
+                "use a number of days from 1 to 3650",
+            ));
+        }
+        if !(60..=366 * 86_400).contains(&self.session_lifetime_secs) {
+            return Err(invalid(
+                "session_lifetime_secs",
+                format!("= {} is out of range", self.session_lifetime_secs),
+                "use a number of seconds from 60 to 31622400",
+            ));
+        }
+        if self.keepalive_secs == 0 || self.keepalive_secs * 2 > self.session_lifetime_secs {
+            return Err(invalid(
+                "keepalive_secs",
+                format!(
+                    "= {} must be at least 1 and at most half of session_lifetime_secs",
+                    self.keepalive_secs
+                ),
+                "use a few seconds, like 15",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(DATABASE_FILE))
+    }
+
+    /// The root CA certificate (PEM), which nodes trust.
+    pub fn root_cert_path(&self) -> PathBuf {
+        self.data_dir.join(ROOT_CERT_FILE)
+    }
+
+    /// The intermediate CA certificate (PEM) the AS issues with.
+    pub fn as_cert_path(&self) -> PathBuf {
+        self.data_dir.join(AS_CERT_FILE)
+    }
+
+    /// The intermediate CA private key (PEM).
+    pub fn as_key_path(&self) -> PathBuf {
+        self.data_dir.join(AS_KEY_FILE)
+    }
+
+    /// The port nodes send NMS signaling to.
+    pub fn nms_port(&self) -> u16 {
+        self.nms_listen
+            .first()
+            .map_or(DEFAULT_NMS_PORT, SocketAddr::port)
+    }
+}
+
+/// Whether `s` is one DNS label as we allow it: 1 to 63 lowercase letters,
+/// digits and '-', not starting or ending with '-' (RFC 1123 section 2.1).
+pub fn is_dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is a DNS name of lowercase labels, at most 253 characters,
+/// without a trailing dot.
+pub fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Why a string is not a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    #[error("\"{0}\" is not an address prefix like \"100.64.0.0/10\"")]
+    Syntax(String),
+    #[error("prefix length in \"{0}\" is too long")]
+    Length(String),
+    #[error("\"{given}\" has host bits set; did you mean \"{network}\"?")]
+    HostBits { given: String, network: String },
+}
+
+macro_rules! prefix_type {
+    ($name:ident, $addr:ty, $int:ty, $bits:expr, $doc:expr) => {
+        #[doc = $doc]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name {
+            addr: $addr,
+            len: u8,
+        }
+
+        impl $name {
+            /// A prefix; the host bits of `addr` must be zero.
+            pub fn new(addr: $addr, len: u8) -> Result<Self, PrefixError> {
+                if u32::from(len) > $bits {
+                    return Err(PrefixError::Length(format!("{addr}/{len}")));
+                }
+                let prefix = $name { addr, len };
+                let network = <$addr>::from(<$int>::from(addr) & prefix.mask());
+                if network != addr {
+                    return Err(PrefixError::HostBits {
+                        given: format!("{addr}/{len}"),
+                        network: format!("{network}/{len}"),
+                    });
+                }
+                Ok(prefix)
+            }
+
+            /// The network address.
+            pub fn addr(&self) -> $addr {
+                self.addr
+            }
+
+            /// The prefix length in bits.
+            pub fn prefix_len(&self) -> u8 {
+                self.len
+            }
+
+            /// The number of host bits.
+            pub fn host_bits(&self) -> u32 {
+                $bits - u32::from(self.len)
+            }
+
+            fn mask(&self) -> $int {
+                if self.len == 0 {
+                    0
+                } else {
+                    <$int>::MAX << ($bits - u32::from(self.len))
+                }
+            }
+
+            /// Whether `addr` is inside this prefix.
+            pub fn contains(&self, addr: $addr) -> bool {
+                <$int>::from(addr) & self.mask() == <$int>::from(self.addr)
+            }
+
+            /// Whether `other` lies wholly inside this prefix.
+            pub fn contains_prefix(&self, other: &$name) -> bool {
+                other.len >= self.len && self.contains(other.addr)
+            }
+
+            /// The address at host number `host`, if the prefix has it.
+            pub fn host(&self, host: u128) -> Option<$addr> {
+                if self.host_bits() < 128 && host >> self.host_bits() != 0 {
+                    return None;
+                }
+                let host = <$int>::try_from(host).ok()?;
+                Some(<$addr>::from(<$int>::from(self.addr) | host))
+            }
+
+            /// The host number of `addr` inside this prefix.
+            pub fn host_number(&self, addr: $addr) -> Option<u128> {
+                self.contains(addr)
+                    .then(|| u128::from(<$int>::from(addr) & !self.mask()))
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}", self.addr, self.len)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = PrefixError;
+
+            fn from_str(s: &str) -> Result<Self, PrefixError> {
+                let syntax = || PrefixError::Syntax(s.to_owned());
+                let (addr, len) = s.split_once('/').ok_or_else(syntax)?;
+                let addr: $addr = addr.parse().map_err(|_| syntax())?;
+                if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(syntax());
+                }
+                let len: u8 = len.parse().map_err(|_| PrefixError::Length(s.to_owned()))?;
+                $name::new(addr, len)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = PrefixError;
+
+            fn try_from(s: String) -> Result<Self, PrefixError> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(p: $name) -> String {
+                p.to_string()
+            }
+        }
+    };
+}
+
+prefix_type!(
+    Ipv4Prefix,
+    Ipv4Addr,
+    u32,
+    32,
+    "An IPv4 prefix such as `100.64.0.0/10`."
+);
+prefix_type!(
+    Ipv6Prefix,
+    Ipv6Addr,
+    u128,
+    128,
+    "An IPv6 prefix such as `fd7a:6379:7068::/48`."
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_parse_and_reject_host_bits() {
+        let p: Ipv4Prefix = "100.64.0.0/10".parse().unwrap();
+        assert_eq!(p, VIP4_SPACE);
+        assert!(p.contains("100.127.255.255".parse().unwrap()));
+        assert!(!p.contains("100.128.0.0".parse().unwrap()));
+        assert_eq!(
+            "100.64.0.1/10".parse::<Ipv4Prefix>(),
+            Err(PrefixError::HostBits {
+                given: "100.64.0.1/10".into(),
+                network: "100.64.0.0/10".into()
+            })
+        );
+        assert!("100.64.0.0/33".parse::<Ipv4Prefix>().is_err());
+        assert!("100.64.0.0".parse::<Ipv4Prefix>().is_err());
+        assert!("100.64.0.0/+1".parse::<Ipv4Prefix>().is_err());
+        let p6: Ipv6Prefix = "fd7a:6379:7068::/48".parse().unwrap();
+        assert_eq!(p6.host(5), Some("fd7a:6379:7068::5".parse().unwrap()));
+        assert_eq!(
+            p6.host_number("fd7a:6379:7068::1:2".parse().unwrap()),
+            Some(0x1_0002)
+        );
+        assert!("::/0"
+            .parse::<Ipv6Prefix>()
+            .unwrap()
+            .host(u128::MAX)
+            .is_some());
+        let small: Ipv4Prefix = "100.64.0.0/30".parse().unwrap();
+        assert_eq!(small.host(3), Some(Ipv4Addr::new(100, 64, 0, 3)));
+        assert_eq!(small.host(4), None);
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let cfg = CloudConfig::new("/var/lib/cyphonic");
+        cfg.validate().unwrap();
+        let back: CloudConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(back, cfg);
+        let minimal: CloudConfig = toml::from_str("data_dir = \"/x\"").unwrap();
+        assert_eq!(minimal, CloudConfig::new("/x"));
+        assert_eq!(minimal.database_path(), Path::new("/x/cloud.db"));
+        assert_eq!(minimal.nms_port(), 4502);
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut cfg = CloudConfig::new("/x");
+        cfg.vip4_prefix = "10.0.0.0/8".parse().unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("`vip4_prefix`") && e.contains("100.64.0.0/10"),
+            "{e}"
+        );
+
+        let mut cfg = CloudConfig::new("/x");
+        cfg.vip6_prefix = "2001:db8::/32".parse().unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("`vip6_prefix`"), "{e}");
+
+        let mut cfg = CloudConfig::new("/x");
+        cfg.domain = "Bad_Domain".into();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("`domain`"), "{e}");
+
+        let mut cfg = CloudConfig::new("/x");
+        cfg.vip6_prefix = "fd00::/120".parse().unwrap();
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("n1"));
+        assert!(is_dns_label("web-01"));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a-"));
+        assert!(!is_dns_label("A"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label("a.b"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_name("cyphonic.internal"));
+        assert!(!is_dns_name("cyphonic..internal"));
+        assert!(!is_dns_name("cyphonic.internal."));
+    }
+}

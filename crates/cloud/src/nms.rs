@@ -1,0 +1,735 @@
+//! The NMS (node management server) as a pure state machine.
+//!
+//! It keeps each logged-in node's registration (real addresses, as the node
+//! sees them and as the NMS observes them), answers Direction Requests by
+//! choosing a route pattern and a tunnel key, directs the responder (CN),
+//! waits for its Route Direction Confirmation and then directs the initiator
+//! (MN) — seed slides 38-39.
+//!
+//! # Use
+//!
+//! Inputs: [`Nms::handle_datagram`] for every packet that reaches an NMS
+//! socket, [`Nms::handle_session`] / [`Nms::handle_session_missing`] to
+//! answer a [`NmsEvent::NeedSession`] (the shell looks the session up in the
+//! database the AS writes), [`Nms::handle_timeout`] when the deadline from
+//! [`Nms::poll_timeout`] passes. Outputs, to drain after every input:
+//! [`Nms::poll_transmit`] then [`Nms::poll_event`], then re-arm the timer
+//! with [`Nms::poll_timeout`]. The NMS never reads a clock or a socket.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use cyphonic_proto::signal::{
+    self, CertStatus, DirectionErrorCode, Envelope, Message, PeerInfo, RegistrationRequest,
+    RegistrationResponse, Role, RouteDirection, RoutePattern, SignalCipher,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// What the AS recorded at Login, as the NMS needs it.
+#[derive(Clone)]
+pub struct SessionInfo {
+    pub session_id: u64,
+    pub common_key: [u8; 32],
+    pub device_id: String,
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub cert_serial: u64,
+}
+
+impl std::fmt::Debug for SessionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionInfo")
+            .field("session_id", &self.session_id)
+            .field("fqdn", &self.fqdn)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NmsConfig {
+    pub keepalive: Duration,
+    /// A node not heard from for this long is offline.
+    pub offline_after: Duration,
+    /// First retransmission of a Route Direction to the responder; doubles.
+    pub retransmit: Duration,
+    /// Give up on a responder after this long and tell the initiator.
+    pub direction_timeout: Duration,
+}
+
+impl Default for NmsConfig {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_secs(15),
+            offline_after: Duration::from_secs(50),
+            retransmit: Duration::from_millis(250),
+            direction_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+/// A datagram to send from the NMS socket the node talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The local address of the NMS socket to send from.
+    pub local: SocketAddr,
+    pub destination: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NmsEvent {
+    /// A packet arrived for a session the NMS does not hold: look it up and
+    /// answer with `handle_session` or `handle_session_missing`.
+    NeedSession {
+        session_id: u64,
+    },
+    Registered {
+        fqdn: String,
+        observed: SocketAddr,
+    },
+    RouteDirected {
+        route_id: u64,
+        initiator: String,
+        responder: String,
+        pattern: RoutePattern,
+    },
+    DirectionFailed {
+        initiator: String,
+        target: String,
+        reason: String,
+    },
+}
+
+/// Why the NMS wants to be woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerReason {
+    RetransmitDirection,
+    DirectionTimeout,
+    Expire,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct NmsCounters {
+    pub rx_packets: u64,
+    pub rx_bad: u64,
+    pub rx_unknown_session: u64,
+    pub registrations: u64,
+    pub directions: u64,
+    pub direction_failures: u64,
+}
+
+/// Registration state of one node.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub static_public: [u8; 32],
+    pub tunnel_port: u16,
+    pub local_addrs: Vec<SocketAddr>,
+    pub observed: SocketAddr,
+    /// The NMS socket the node talks to (replies leave from it).
+    pub nms_local: SocketAddr,
+    pub last_seen: Instant,
+}
+
+struct Session {
+    info: SessionInfo,
+    cipher: SignalCipher,
+    registration: Option<Registration>,
+}
+
+struct PendingRoute {
+    mn_session: u64,
+    mn_txid: u64,
+    cn_session: u64,
+    cn_txid: u64,
+    to_initiator: RouteDirection,
+    to_responder_packet: Vec<u8>,
+    next_retransmit: Instant,
+    interval: Duration,
+    deadline: Instant,
+}
+
+/// Bounds on state a remote party can grow.
+const MAX_PENDING_PER_UNKNOWN_SESSION: usize = 4;
+const MAX_UNKNOWN_SESSIONS: usize = 1024;
+const MAX_PENDING_ROUTES: usize = 4096;
+const RESPONSE_CACHE: usize = 4096;
+
+pub struct Nms {
+    config: NmsConfig,
+    rng: StdRng,
+    counter_base: u64,
+    sessions: HashMap<u64, Session>,
+    /// fqdn -> session of its latest registration.
+    by_fqdn: HashMap<String, u64>,
+    /// Packets waiting for a session lookup, by session ID.
+    awaiting_session: BTreeMap<u64, Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
+    routes: BTreeMap<u64, PendingRoute>,
+    /// (session, txid) -> sealed answer, so a retransmitted request is
+    /// answered the same way instead of being acted on twice.
+    answered: HashMap<(u64, u64), Vec<u8>>,
+    answered_order: VecDeque<(u64, u64)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<NmsEvent>,
+    counters: NmsCounters,
+}
+
+impl Nms {
+    /// `seed` drives route IDs and tunnel keys in tests; production passes
+    /// OS randomness. `counter_base` is the wall clock in microseconds (see
+    /// [`cyphonic_proto::signal`]).
+    pub fn new(config: NmsConfig, seed: [u8; 32], counter_base: u64) -> Self {
+        Self {
+            config,
+            rng: StdRng::from_seed(seed),
+            counter_base,
+            sessions: HashMap::new(),
+            by_fqdn: HashMap::new(),
+            awaiting_session: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            answered: HashMap::new(),
+            answered_order: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: NmsCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> NmsCounters {
+        self.counters
+    }
+
+    /// Registered nodes, for status pages: (fqdn, registration).
+    pub fn registrations(&self) -> Vec<(String, Registration)> {
+        let mut out: Vec<_> = self
+            .sessions
+            .values()
+            .filter_map(|s| Some((s.info.fqdn.clone(), s.registration.clone()?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<NmsEvent> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        self.routes
+            .values()
+            .flat_map(|r| {
+                [
+                    (r.next_retransmit, TimerReason::RetransmitDirection),
+                    (r.deadline, TimerReason::DirectionTimeout),
+                ]
+            })
+            .min_by_key(|(t, _)| *t)
+    }
+
+    /// A packet reached the NMS socket bound to `local` from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        packet: &[u8],
+    ) {
+        self.counters.rx_packets += 1;
+        let session_id = match signal::peek_session(packet) {
+            Ok(id) => id,
+            Err(e) => {
+                self.counters.rx_bad += 1;
+                tracing::debug!(%from, error = %e, "dropping packet");
+                return;
+            }
+        };
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            self.counters.rx_unknown_session += 1;
+            if !self.awaiting_session.contains_key(&session_id)
+                && self.awaiting_session.len() >= MAX_UNKNOWN_SESSIONS
+            {
+                return;
+            }
+            let queue = self.awaiting_session.entry(session_id).or_default();
+            if queue.is_empty() {
+                self.events.push_back(NmsEvent::NeedSession { session_id });
+            }
+            if queue.len() < MAX_PENDING_PER_UNKNOWN_SESSION {
+                queue.push((local, from, packet.to_vec()));
+            }
+            return;
+        };
+        let envelope = match session.cipher.open(packet) {
+            Ok(env) => env,
+            Err(e) => {
+                self.counters.rx_bad += 1;
+                tracing::debug!(%from, session_id, error = %e, "dropping signaling packet");
+                return;
+            }
+        };
+        tracing::trace!(%from, session_id, msg = envelope.message.name(), txid = envelope.txid, "signaling in");
+        if let Some(reg) = session.registration.as_mut() {
+            reg.last_seen = now;
+        }
+        self.dispatch(now, session_id, local, from, envelope);
+    }
+
+    /// The shell found the session a [`NmsEvent::NeedSession`] asked for.
+    pub fn handle_session(&mut self, now: Instant, info: SessionInfo) {
+        let id = info.session_id;
+        self.insert_session(info);
+        for (local, from, packet) in self.awaiting_session.remove(&id).unwrap_or_default() {
+            self.handle_datagram(now, local, from, &packet);
+        }
+    }
+
+    /// The shell has no such session (expired or forged): drop its packets.
+    pub fn handle_session_missing(&mut self, session_id: u64) {
+        self.awaiting_session.remove(&session_id);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (route_id, r) in self.routes.iter_mut() {
+            if now >= r.deadline {
+                failed.push(*route_id);
+                continue;
+            }
+            if now >= r.next_retransmit {
+                if let Some(reg) = self
+                    .sessions
+                    .get(&r.cn_session)
+                    .and_then(|s| s.registration.as_ref())
+                {
+                    self.transmits.push_back(Transmit {
+                        local: reg.nms_local,
+                        destination: reg.observed,
+                        payload: r.to_responder_packet.clone(),
+                    });
+                }
+                r.interval *= 2;
+                r.next_retransmit = now + r.interval;
+            }
+        }
+        for route_id in failed {
+            if let Some(r) = self.routes.remove(&route_id) {
+                let target = r.to_initiator.peer.fqdn.clone();
+                self.fail_direction(
+                    r.mn_session,
+                    r.mn_txid,
+                    &target,
+                    DirectionErrorCode::Timeout,
+                    format!("{target} did not answer the route direction"),
+                );
+            }
+        }
+    }
+
+    fn insert_session(&mut self, info: SessionInfo) {
+        let cipher = SignalCipher::new(
+            info.session_id,
+            &info.common_key,
+            Role::Nms,
+            self.counter_base,
+        );
+        self.sessions.insert(
+            info.session_id,
+            Session {
+                info,
+                cipher,
+                registration: None,
+            },
+        );
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        session_id: u64,
+        local: SocketAddr,
+        from: SocketAddr,
+        env: Envelope,
+    ) {
+        if let Some(cached) = self.answered.get(&(session_id, env.txid)) {
+            // A retransmitted request: same answer, no second action. The
+            // cached packet is re-sent as is; its counter is already past the
+            // receiver's window only if the first copy arrived, in which case
+            // the duplicate is harmlessly dropped there.
+            let payload = cached.clone();
+            self.transmits.push_back(Transmit {
+                local,
+                destination: from,
+                payload,
+            });
+            return;
+        }
+        match env.message {
+            Message::RegistrationRequest(req) => {
+                self.on_registration(now, session_id, local, from, env.txid, req)
+            }
+            Message::KeepAlive => self.on_keepalive(session_id, local, from, env.txid),
+            Message::DirectionRequest { target } => {
+                self.on_direction_request(now, session_id, env.txid, &target)
+            }
+            Message::RouteDirectionConfirmation { route_id } => {
+                self.on_confirmation(session_id, env.txid, route_id)
+            }
+            other => {
+                self.counters.rx_bad += 1;
+                tracing::debug!(
+                    session_id,
+                    msg = other.name(),
+                    "unexpected message at the NMS"
+                );
+            }
+        }
+    }
+
+    fn on_registration(
+        &mut self,
+        now: Instant,
+        session_id: u64,
+        local: SocketAddr,
+        from: SocketAddr,
+        txid: u64,
+        req: RegistrationRequest,
+    ) {
+        let keepalive_secs = self.config.keepalive.as_secs().clamp(1, u16::MAX as u64) as u16;
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let local_addrs = req
+            .local_addrs
+            .into_iter()
+            .filter(|a| usable_endpoint(a.ip()))
+            .collect();
+        session.registration = Some(Registration {
+            static_public: req.static_public,
+            tunnel_port: req.tunnel_port,
+            local_addrs,
+            observed: from,
+            nms_local: local,
+            last_seen: now,
+        });
+        let fqdn = session.info.fqdn.clone();
+        let response = Message::RegistrationResponse(RegistrationResponse {
+            fqdn: fqdn.clone(),
+            vip4: session.info.vip4,
+            vip6: session.info.vip6,
+            observed: from,
+            keepalive_secs,
+        });
+        // A node that logged in again replaces its older session.
+        if let Some(old) = self.by_fqdn.insert(fqdn.clone(), session_id) {
+            if old != session_id {
+                self.sessions.remove(&old);
+            }
+        }
+        self.counters.registrations += 1;
+        self.events.push_back(NmsEvent::Registered {
+            fqdn,
+            observed: from,
+        });
+        self.answer(session_id, local, from, txid, response, false);
+    }
+
+    fn on_keepalive(&mut self, session_id: u64, local: SocketAddr, from: SocketAddr, txid: u64) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let message = match session.registration.as_mut() {
+            Some(reg) => {
+                reg.observed = from;
+                reg.nms_local = local;
+                Message::KeepAliveAck { observed: from }
+            }
+            // After a cloud restart the NMS has the session (from the
+            // database) but not the registration: ask for it again.
+            None => Message::ReRegister,
+        };
+        self.answer(session_id, local, from, txid, message, false);
+    }
+
+    fn on_direction_request(&mut self, now: Instant, mn: u64, txid: u64, target: &str) {
+        let target = normalize(target);
+        if self
+            .routes
+            .values()
+            .any(|r| r.mn_session == mn && r.mn_txid == txid)
+        {
+            return; // already directing the responder; it answers in time
+        }
+        let Some(mn_reg) = self.sessions.get(&mn).and_then(|s| s.registration.clone()) else {
+            self.fail_direction(
+                mn,
+                txid,
+                &target,
+                DirectionErrorCode::NotRegistered,
+                "register first".into(),
+            );
+            return;
+        };
+        let cn = match self.by_fqdn.get(&target) {
+            Some(&cn) if cn != mn => cn,
+            _ => {
+                let msg = format!("no node named {target} is online");
+                self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
+                return;
+            }
+        };
+        let Some(cn_session) = self.sessions.get(&cn) else {
+            return;
+        };
+        let Some(cn_reg) = cn_session.registration.clone() else {
+            let msg = format!("no node named {target} is online");
+            self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
+            return;
+        };
+        if now.saturating_duration_since(cn_reg.last_seen) > self.config.offline_after {
+            let msg = format!("{target} is offline");
+            self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
+            return;
+        }
+        if self.routes.len() >= MAX_PENDING_ROUTES {
+            self.fail_direction(
+                mn,
+                txid,
+                &target,
+                DirectionErrorCode::Timeout,
+                "NMS busy".into(),
+            );
+            return;
+        }
+        let mn_info = &self.sessions[&mn].info;
+        let cn_info = &cn_session.info;
+        let decision = decide_route(&mn_reg, &cn_reg);
+        let route_id: u64 = self.rng.gen_range(1..u64::MAX);
+        let tunnel_key: [u8; 32] = self.rng.gen();
+        let to_responder = RouteDirection {
+            route_id,
+            pattern: decision.pattern,
+            peer: peer_info(mn_info, &mn_reg, decision.to_initiator),
+            tunnel_key,
+        };
+        let to_initiator = RouteDirection {
+            route_id,
+            pattern: decision.pattern,
+            peer: peer_info(cn_info, &cn_reg, decision.to_responder),
+            tunnel_key,
+        };
+        let cn_txid: u64 = self.rng.gen();
+        let Some(cn_session) = self.sessions.get_mut(&cn) else {
+            return;
+        };
+        let packet = cn_session.cipher.seal(&Envelope {
+            txid: cn_txid,
+            message: Message::RouteDirectionToResponder(to_responder),
+        });
+        self.transmits.push_back(Transmit {
+            local: cn_reg.nms_local,
+            destination: cn_reg.observed,
+            payload: packet.clone(),
+        });
+        self.routes.insert(
+            route_id,
+            PendingRoute {
+                mn_session: mn,
+                mn_txid: txid,
+                cn_session: cn,
+                cn_txid,
+                to_initiator,
+                to_responder_packet: packet,
+                next_retransmit: now + self.config.retransmit,
+                interval: self.config.retransmit,
+                deadline: now + self.config.direction_timeout,
+            },
+        );
+    }
+
+    fn on_confirmation(&mut self, cn: u64, txid: u64, route_id: u64) {
+        let matches = self
+            .routes
+            .get(&route_id)
+            .is_some_and(|r| r.cn_session == cn && r.cn_txid == txid);
+        if !matches {
+            tracing::debug!(route_id, "confirmation for no pending route");
+            return;
+        }
+        let Some(route) = self.routes.remove(&route_id) else {
+            return;
+        };
+        let Some(reg) = self
+            .sessions
+            .get(&route.mn_session)
+            .and_then(|s| s.registration.clone())
+        else {
+            return;
+        };
+        let initiator = self.sessions[&route.mn_session].info.fqdn.clone();
+        let responder = route.to_initiator.peer.fqdn.clone();
+        let pattern = route.to_initiator.pattern;
+        self.counters.directions += 1;
+        self.events.push_back(NmsEvent::RouteDirected {
+            route_id,
+            initiator,
+            responder,
+            pattern,
+        });
+        self.answer(
+            route.mn_session,
+            reg.nms_local,
+            reg.observed,
+            route.mn_txid,
+            Message::RouteDirectionToInitiator(route.to_initiator),
+            true,
+        );
+    }
+
+    fn fail_direction(
+        &mut self,
+        mn: u64,
+        txid: u64,
+        target: &str,
+        code: DirectionErrorCode,
+        message: String,
+    ) {
+        self.counters.direction_failures += 1;
+        let Some(session) = self.sessions.get(&mn) else {
+            return;
+        };
+        self.events.push_back(NmsEvent::DirectionFailed {
+            initiator: session.info.fqdn.clone(),
+            target: target.to_owned(),
+            reason: message.clone(),
+        });
+        let Some(reg) = session.registration.clone() else {
+            return;
+        };
+        self.answer(
+            mn,
+            reg.nms_local,
+            reg.observed,
+            txid,
+            Message::DirectionError { code, message },
+            false,
+        );
+    }
+
+    /// Seals and sends an answer; with `cache`, a retransmitted request is
+    /// answered from the cache rather than acted on again.
+    fn answer(
+        &mut self,
+        session_id: u64,
+        local: SocketAddr,
+        to: SocketAddr,
+        txid: u64,
+        message: Message,
+        cache: bool,
+    ) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let payload = session.cipher.seal(&Envelope { txid, message });
+        if cache {
+            if self.answered_order.len() >= RESPONSE_CACHE {
+                if let Some(old) = self.answered_order.pop_front() {
+                    self.answered.remove(&old);
+                }
+            }
+            self.answered.insert((session_id, txid), payload.clone());
+            self.answered_order.push_back((session_id, txid));
+        }
+        self.transmits.push_back(Transmit {
+            local,
+            destination: to,
+            payload,
+        });
+    }
+}
+
+/// The NMS's choice for one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteDecision {
+    pub pattern: RoutePattern,
+    /// Where the initiator should send (the responder's endpoints, best first).
+    pub to_responder: Vec<SocketAddr>,
+    /// Where the responder may expect the initiator from.
+    pub to_initiator: Vec<SocketAddr>,
+}
+
+/// Picks the route pattern and endpoints from both registrations.
+///
+/// Pattern 1 (direct) applies when the responder is reachable at an address
+/// it registered itself (no NAT in front of it). IPv6 goes first when both
+/// have it (`docs/routing.md`). NAT traversal and the relay extend this
+/// function; they do not bypass it.
+pub fn decide_route(mn: &Registration, cn: &Registration) -> RouteDecision {
+    RouteDecision {
+        pattern: RoutePattern::Direct,
+        to_responder: ordered_endpoints(cn, mn),
+        to_initiator: ordered_endpoints(mn, cn),
+    }
+}
+
+/// `of`'s endpoints in the order `from` should try them: same family as
+/// `from` can reach, IPv6 before IPv4, the observed address before local
+/// ones of the same family.
+fn ordered_endpoints(of: &Registration, from: &Registration) -> Vec<SocketAddr> {
+    let from_has_v6 = from.observed.is_ipv6() || from.local_addrs.iter().any(|a| a.is_ipv6());
+    let from_has_v4 = from.observed.is_ipv4() || from.local_addrs.iter().any(|a| a.is_ipv4());
+    let mut out: Vec<SocketAddr> = Vec::new();
+    let candidates = std::iter::once(of.observed).chain(of.local_addrs.iter().copied());
+    for family_v6 in [true, false] {
+        if (family_v6 && !from_has_v6) || (!family_v6 && !from_has_v4) {
+            continue;
+        }
+        for a in candidates.clone().filter(|a| a.is_ipv6() == family_v6) {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out.truncate(signal::MAX_ENDPOINTS);
+    out
+}
+
+fn peer_info(info: &SessionInfo, reg: &Registration, endpoints: Vec<SocketAddr>) -> PeerInfo {
+    PeerInfo {
+        fqdn: info.fqdn.clone(),
+        vip4: info.vip4,
+        vip6: info.vip6,
+        static_public: reg.static_public,
+        cert_serial: info.cert_serial,
+        cert_status: CertStatus::Good,
+        endpoints,
+    }
+}
+
+/// Loopback, unspecified, link-local and multicast addresses are never
+/// endpoints another node could use.
+fn usable_endpoint(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// DNS names compare case-insensitively and without the root dot.
+pub fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}

@@ -1,0 +1,216 @@
+//! `cyphonic cloud run`: the AS and the NMS in one process (each can also
+//! run alone), over one database.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::config::CloudConfig;
+use crate::nms::{Nms, NmsConfig, NmsEvent, SessionInfo};
+use crate::store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roles {
+    All,
+    As,
+    Nms,
+}
+
+/// Runs the chosen services until `shutdown` resolves.
+pub async fn run(
+    cfg: CloudConfig,
+    roles: Roles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let store = Store::open(&cfg.database_path())
+        .await
+        .with_context(|| format!("cannot open the database {}", cfg.database_path().display()))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    if matches!(roles, Roles::All | Roles::As) {
+        let server = crate::as_server::AsServer::bind(cfg.clone(), store.clone()).await?;
+        tracing::info!(addrs = ?server.local_addrs(), "AS listening (TLS)");
+        let mut rx = stop_rx.clone();
+        tasks.spawn(async move {
+            server
+                .run(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    if matches!(roles, Roles::All | Roles::Nms) {
+        let sockets = bind_nms(&cfg.nms_listen).await?;
+        tracing::info!(addrs = ?sockets.iter().filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>(), "NMS listening (UDP)");
+        let nms_cfg = NmsConfig {
+            keepalive: Duration::from_secs(cfg.keepalive_secs.max(1)),
+            offline_after: Duration::from_secs(cfg.keepalive_secs.max(1) * 3 + 5),
+            ..NmsConfig::default()
+        };
+        let store = store.clone();
+        let rx = stop_rx.clone();
+        tasks.spawn(async move { run_nms(nms_cfg, sockets, store, rx).await });
+    }
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        let r = r.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = r {
+            tracing::error!(error = %format!("{e:#}"), "cloud service failed");
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    store.close().await;
+    result
+}
+
+async fn bind_nms(addrs: &[SocketAddr]) -> anyhow::Result<Vec<Arc<UdpSocket>>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        let domain = if addr.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(true)?;
+        }
+        sock.set_nonblocking(true)?;
+        match sock.bind(&(*addr).into()) {
+            Ok(()) => out.push(Arc::new(UdpSocket::from_std(sock.into())?)),
+            // A host without IPv6 (or IPv4) still serves the other family.
+            Err(e) if addrs.len() > 1 => {
+                tracing::warn!(%addr, error = %e, "cannot bind NMS socket")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot bind NMS socket {addr}")),
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "no NMS socket could be bound");
+    Ok(out)
+}
+
+/// The NMS shell: sockets in, [`Nms`] in the middle, sockets and the
+/// database out.
+pub async fn run_nms(
+    config: NmsConfig,
+    sockets: Vec<Arc<UdpSocket>>,
+    store: Store,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let mut nms = Nms::new(config, seed, micros);
+    let (tx, mut rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(4096);
+    let mut by_local = std::collections::HashMap::new();
+    for sock in &sockets {
+        let local = sock.local_addr()?;
+        by_local.insert(local, sock.clone());
+        let (sock, tx) = (sock.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match sock.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        if tx.send((local, from, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "NMS receive error"),
+                }
+            }
+        });
+    }
+    let (session_tx, mut session_rx) = mpsc::channel::<(u64, Option<SessionInfo>)>(256);
+    loop {
+        while let Some(t) = nms.poll_transmit() {
+            if let Some(sock) = by_local.get(&t.local) {
+                if let Err(e) = sock.send_to(&t.payload, t.destination).await {
+                    tracing::debug!(dst = %t.destination, error = %e, "NMS send failed");
+                }
+            }
+        }
+        while let Some(ev) = nms.poll_event() {
+            match ev {
+                NmsEvent::NeedSession { session_id } => {
+                    let (store, tx) = (store.clone(), session_tx.clone());
+                    tokio::spawn(async move {
+                        let info = lookup_session(&store, session_id).await;
+                        let _ = tx.send((session_id, info)).await;
+                    });
+                }
+                NmsEvent::Registered { fqdn, observed } => {
+                    tracing::info!(%fqdn, %observed, "Registration")
+                }
+                NmsEvent::RouteDirected {
+                    route_id,
+                    initiator,
+                    responder,
+                    pattern,
+                } => {
+                    tracing::info!(route_id, %initiator, %responder, pattern = pattern.as_str(), "Route Direction done")
+                }
+                NmsEvent::DirectionFailed {
+                    initiator,
+                    target,
+                    reason,
+                } => {
+                    tracing::info!(%initiator, %target, %reason, "Direction Request failed")
+                }
+            }
+        }
+        let deadline = nms
+            .poll_timeout()
+            .map(|(t, _)| tokio::time::Instant::from_std(t))
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => nms.handle_timeout(Instant::now()),
+            Some((local, from, packet)) = rx.recv() => nms.handle_datagram(Instant::now(), local, from, &packet),
+            Some((id, info)) = session_rx.recv() => match info {
+                Some(info) => nms.handle_session(Instant::now(), info),
+                None => nms.handle_session_missing(id),
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+async fn lookup_session(store: &Store, session_id: u64) -> Option<SessionInfo> {
+    let session = match store.session(session_id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "session lookup failed");
+            return None;
+        }
+    };
+    let device = store.device(&session.device_id).await.ok().flatten()?;
+    if device.disabled {
+        return None;
+    }
+    Some(SessionInfo {
+        session_id,
+        common_key: session.common_key,
+        device_id: session.device_id,
+        fqdn: session.fqdn,
+        vip4: device.vip4,
+        vip6: device.vip6,
+        cert_serial: session.cert_serial,
+    })
+}

@@ -1,0 +1,450 @@
+//! A cyphonic overlay inside a [`Lab`]: the cloud, nodes and the upstream
+//! DNS server in their own namespaces on one switch, run with the real
+//! binary, plus the checks scenarios share.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+
+use crate::{wait_until, Lab};
+
+pub const DOMAIN: &str = "cyphonic.internal";
+/// A general (non-overlay) name served by the lab's upstream DNS server.
+pub const GENERAL_NAME: &str = "www.example.com";
+pub const GENERAL_ADDR: &str = "198.51.100.80";
+
+/// Which underlay the overlay runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underlay {
+    V4,
+    V6Only,
+}
+
+impl Underlay {
+    pub fn name(self) -> &'static str {
+        match self {
+            Underlay::V4 => "IPv4 underlay",
+            Underlay::V6Only => "IPv6-only underlay",
+        }
+    }
+}
+
+pub struct NodeHandle {
+    pub name: String,
+    pub ns: String,
+    pub state_dir: PathBuf,
+    pub underlay: IpAddr,
+    pub pid: Option<u32>,
+}
+
+/// Results of a scenario's checks, printed as they happen.
+#[derive(Default)]
+pub struct Report {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl Report {
+    pub fn check(&mut self, what: &str, r: anyhow::Result<String>) -> bool {
+        match r {
+            Ok(detail) => {
+                self.passed += 1;
+                if detail.is_empty() {
+                    println!("  ok    {what}");
+                } else {
+                    println!("  ok    {what}: {detail}");
+                }
+                true
+            }
+            Err(e) => {
+                self.failed += 1;
+                println!("  FAIL  {what}: {e:#}");
+                false
+            }
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.passed > 0
+    }
+}
+
+pub struct Overlay {
+    pub lab: Lab,
+    pub bin: PathBuf,
+    pub underlay: Underlay,
+    pub cloud_ns: String,
+    pub cloud_dir: PathBuf,
+    pub cloud_pid: Option<u32>,
+    pub cloud_addr: IpAddr,
+    pub nodes: Vec<NodeHandle>,
+}
+
+const SWITCH: &str = "sw";
+
+impl Overlay {
+    /// Namespaces for the cloud, the DNS server and `nodes`, each linked to
+    /// a bridge; the cloud initialised with those devices. Nothing runs yet.
+    pub fn build(
+        scenario: &str,
+        bin: &Path,
+        underlay: Underlay,
+        nodes: &[&str],
+    ) -> anyhow::Result<Overlay> {
+        let mut lab = Lab::new(scenario)?;
+        lab.add_ns(SWITCH)?;
+        lab.sh(SWITCH, "ip link add br0 type bridge && ip link set br0 up")?;
+        let addr = |host: u8| -> (String, String, IpAddr) {
+            let v4 = format!("192.0.2.{host}/24");
+            let v6 = format!("2001:db8::{host}/64");
+            let ip: IpAddr = match underlay {
+                Underlay::V4 => format!("192.0.2.{host}").parse().expect("valid"),
+                Underlay::V6Only => format!("2001:db8::{host}").parse().expect("valid"),
+            };
+            (v4, v6, ip)
+        };
+        let mut port = 0;
+        let mut attach = |lab: &mut Lab, ns: &str, host: u8| -> anyhow::Result<IpAddr> {
+            let (v4, v6, ip) = addr(host);
+            let addrs: Vec<&str> = match underlay {
+                Underlay::V4 => vec![v4.as_str()],
+                Underlay::V6Only => vec![v6.as_str()],
+            };
+            port += 1;
+            let sw_if = format!("p{port}");
+            lab.link(ns, "eth0", &addrs, SWITCH, &sw_if, &[])?;
+            lab.sh(SWITCH, &format!("ip link set {sw_if} master br0"))?;
+            Ok(ip)
+        };
+        let cloud_ns = lab.add_ns("cloud")?;
+        let cloud_addr = attach(&mut lab, "cloud", 1)?;
+        lab.add_ns("dns")?;
+        let dns_addr = attach(&mut lab, "dns", 53)?;
+        let mut handles = Vec::new();
+        for (i, name) in nodes.iter().enumerate() {
+            let ns = lab.add_ns(name)?;
+            let host = 11 + i as u8;
+            let underlay_ip = attach(&mut lab, name, host)?;
+            let state_dir = lab.dir().join(format!("{name}-state"));
+            handles.push(NodeHandle {
+                name: (*name).to_owned(),
+                ns,
+                state_dir,
+                underlay: underlay_ip,
+                pid: None,
+            });
+        }
+        // The upstream resolver for general names, as a site would have.
+        lab.start_dns_server("dns", &[dns_addr], &[(GENERAL_NAME, GENERAL_ADDR.parse()?)])?;
+        for n in &handles {
+            lab.set_resolv_conf(&n.name, &format!("nameserver {dns_addr}\n"))?;
+        }
+
+        let cloud_dir = lab.dir().join("cloud");
+        let bin_s = bin.to_string_lossy().to_string();
+        let dir_s = cloud_dir.to_string_lossy().to_string();
+        let mut args = vec![
+            bin_s.as_str(),
+            "cloud",
+            "init",
+            "--dir",
+            dir_s.as_str(),
+            "--domain",
+            DOMAIN,
+        ];
+        let publics = ["192.0.2.1".to_string(), "2001:db8::1".to_string()];
+        for p in &publics {
+            args.push("--public");
+            args.push(p);
+        }
+        run_ok(&lab, &cloud_ns, &args)?;
+        // Short keepalives so the lab sees a cloud restart within seconds.
+        let cfg_path = cloud_dir.join("cloud.toml");
+        let cfg = std::fs::read_to_string(&cfg_path)?;
+        let cfg = cfg
+            .lines()
+            .map(|l| {
+                if l.starts_with("keepalive_secs") {
+                    "keepalive_secs = 2".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&cfg_path, cfg + "\n")?;
+        let cfg_s = cfg_path.to_string_lossy().to_string();
+        for n in &handles {
+            run_ok(
+                &lab,
+                &cloud_ns,
+                &[
+                    &bin_s,
+                    "cloud",
+                    "device",
+                    "add",
+                    "--config",
+                    &cfg_s,
+                    &n.name,
+                    "--password",
+                    &password(&n.name),
+                ],
+            )?;
+        }
+        Ok(Overlay {
+            lab,
+            bin: bin.to_owned(),
+            underlay,
+            cloud_ns,
+            cloud_dir,
+            cloud_pid: None,
+            cloud_addr,
+            nodes: handles,
+        })
+    }
+
+    pub fn bin(&self) -> String {
+        self.bin.to_string_lossy().to_string()
+    }
+
+    pub fn start_cloud(&mut self) -> anyhow::Result<()> {
+        let cfg = self
+            .cloud_dir
+            .join("cloud.toml")
+            .to_string_lossy()
+            .to_string();
+        let bin = self.bin();
+        let pid = self.lab.spawn(
+            &self.cloud_ns.clone(),
+            &[&bin, "cloud", "run", "--config", &cfg],
+            "cloud",
+            &[],
+        )?;
+        self.cloud_pid = Some(pid);
+        Ok(())
+    }
+
+    pub fn stop_cloud(&mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.cloud_pid.take() {
+            self.lab.kill(pid)?;
+        }
+        Ok(())
+    }
+
+    /// Enrolls a node, retrying while the AS is still starting.
+    pub fn enroll(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &self.nodes[i];
+        let cloud = match self.cloud_addr {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let root = self
+            .cloud_dir
+            .join("root.pem")
+            .to_string_lossy()
+            .to_string();
+        let state = n.state_dir.to_string_lossy().to_string();
+        let bin = self.bin();
+        let args = [
+            bin.as_str(),
+            "node",
+            "enroll",
+            "--cloud",
+            cloud.as_str(),
+            "--device",
+            n.name.as_str(),
+            "--password",
+            &password(&n.name),
+            "--ca",
+            root.as_str(),
+            "--state-dir",
+            state.as_str(),
+        ];
+        let lab = &self.lab;
+        let ns = n.ns.clone();
+        wait_until(
+            &format!("{} to enroll", n.name),
+            Duration::from_secs(20),
+            || {
+                let out = lab.exec(&ns, &args)?;
+                if out.status.success() {
+                    return Ok(Some(()));
+                }
+                let err = String::from_utf8_lossy(&out.stderr).to_string();
+                if err.contains("wrong device ID or password") {
+                    bail!("{err}");
+                }
+                Err(anyhow::anyhow!("{}", err.trim()))
+            },
+        )
+    }
+
+    pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let bin = self.bin();
+        let n = &self.nodes[i];
+        let state = n.state_dir.to_string_lossy().to_string();
+        let (ns, name) = (n.ns.clone(), n.name.clone());
+        let pid = self.lab.spawn(
+            &ns,
+            &[&bin, "node", "run", "--state-dir", &state, "--tun", "cy0"],
+            &name,
+            &[("CYPHONIC_LOG", "info,cyphonic_node=debug")],
+        )?;
+        self.nodes[i].pid = Some(pid);
+        Ok(())
+    }
+
+    pub fn stop_node(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(pid) = self.nodes[i].pid.take() {
+            self.lab.kill(pid)?;
+        }
+        Ok(())
+    }
+
+    /// `cyphonic status --json` of node `i`.
+    pub fn status(&self, i: usize) -> anyhow::Result<serde_json::Value> {
+        let n = &self.nodes[i];
+        let state = n.state_dir.to_string_lossy().to_string();
+        let out = self.lab.exec(
+            &n.ns,
+            &[&self.bin(), "status", "--json", "--state-dir", &state],
+        )?;
+        ensure!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn wait_registered(
+        &self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        wait_until(
+            &format!("{} to register", self.nodes[i].name),
+            timeout,
+            || {
+                let s = self.status(i)?;
+                Ok((s["cloud"]["registered"] == true && s["vip4"].is_string()).then_some(s))
+            },
+        )
+    }
+
+    pub fn fqdn(&self, i: usize) -> String {
+        format!("{}.{DOMAIN}", self.nodes[i].name)
+    }
+
+    /// Runs a shell command in node `i`'s namespace; fails on non-zero exit.
+    pub fn sh(&self, i: usize, cmd: &str) -> anyhow::Result<String> {
+        let out = self.lab.sh(&self.nodes[i].ns, cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// The peer entry for `fqdn` in node `i`'s status.
+    pub fn peer(&self, i: usize, fqdn: &str) -> anyhow::Result<serde_json::Value> {
+        let s = self.status(i)?;
+        s["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["fqdn"] == fqdn).cloned())
+            .with_context(|| format!("{fqdn} is not among {}'s peers", self.nodes[i].name))
+    }
+
+    pub fn node_log(&self, i: usize) -> String {
+        self.lab.log(&self.nodes[i].name)
+    }
+
+    /// Resident memory of node `i`'s daemon, in KiB.
+    pub fn node_rss_kib(&self, i: usize) -> Option<u64> {
+        let pid = self.nodes[i].pid?;
+        // `ip netns exec` execs the program, so the pid is the daemon's.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+pub fn password(device: &str) -> String {
+    format!("enroll-{device}-secret")
+}
+
+fn run_ok(lab: &Lab, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = lab.exec(ns, args)?;
+    ensure!(
+        out.status.success(),
+        "{} failed: {}",
+        args[1..].join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Parses ping's summary: (received, average RTT in ms).
+pub fn parse_ping(out: &str) -> Option<(u32, f64)> {
+    let received = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))?
+        .split(',')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let avg = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Some((received, avg))
+}
+
+/// Runs an iperf3 TCP transfer from node `from` to `dst` (server in node
+/// `to`); returns the receiver's throughput in Mbit/s.
+pub fn iperf(
+    o: &mut Overlay,
+    from: usize,
+    to: usize,
+    dst: &str,
+    streams: u32,
+    secs: u32,
+) -> anyhow::Result<f64> {
+    let to_ns = o.nodes[to].ns.clone();
+    let log = format!("iperf3-server-{}", o.nodes[to].name);
+    let server = o
+        .lab
+        .spawn(&to_ns, &["iperf3", "-s", "-1", "-p", "5201"], &log, &[])?;
+    let lab = &o.lab;
+    let ns = o.nodes[from].ns.clone();
+    let cmd = format!("iperf3 -c {dst} -p 5201 -t {secs} -P {streams} -J --connect-timeout 3000");
+    let json = wait_until(
+        "iperf3 transfer",
+        Duration::from_secs(secs as u64 + 25),
+        || {
+            let out = lab.sh(&ns, &cmd);
+            match out {
+                Ok(out) => Ok(Some(String::from_utf8_lossy(&out.stdout).to_string())),
+                // The server may not listen yet: try again until the deadline.
+                Err(e) => Err(e),
+            }
+        },
+    );
+    let _ = o.lab.kill(server);
+    let json = json?;
+    let v: serde_json::Value = serde_json::from_str(&json).context("iperf3 printed no JSON")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no received throughput")?;
+    Ok(bps / 1e6)
+}
+
+pub fn elapsed_ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}

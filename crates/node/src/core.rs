@@ -1,0 +1,1280 @@
+//! The node daemon's protocol logic as a pure state machine: signaling with
+//! the NMS (Registration, KeepAlive, route selection), the resolver's
+//! overlay answers, and tunnel establishment with peers. Data packets of an
+//! established tunnel bypass it: the data plane holds the tunnel's keys
+//! ([`NodeEvent::TunnelUp`]) and only hands over what it cannot route.
+//!
+//! # Use
+//!
+//! Inputs (each takes `now`): [`Node::handle_login`] after the shell logged
+//! in to the AS (TLS is the shell's job), [`Node::handle_datagram`] for every
+//! non-data packet on the node's UDP port, [`Node::handle_dns_query`] for an
+//! overlay-domain query, [`Node::handle_outbound`] for an application packet
+//! the data plane had no tunnel for, [`Node::handle_local_addrs`] when the
+//! host's addresses change, and [`Node::handle_timeout`]. After each input,
+//! drain [`Node::poll_transmit`] and [`Node::poll_event`], then sleep until
+//! [`Node::poll_timeout`]. The node never reads a clock, a socket or the
+//! OS's randomness.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cyphonic_pki::Verifier;
+use cyphonic_proto::data::{RecvKey, SendKey, DATA_HEADER_LEN, TAG_LEN};
+use cyphonic_proto::handshake::{self, Initiator, LocalIdentity, PeerVerifier};
+use cyphonic_proto::signal::{
+    CertStatus, DirectionErrorCode, Envelope, Message, RegistrationRequest, Role, RouteDirection,
+    RoutePattern, SignalCipher, TYPE_SIGNALING,
+};
+use hickory_proto::op::{Message as DnsMessage, ResponseCode};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::resolver;
+
+/// What Login (at the AS) gave the node.
+#[derive(Clone)]
+pub struct Login {
+    pub session_id: u64,
+    pub common_key: [u8; 32],
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub nms: SocketAddr,
+    pub keepalive: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub domain: String,
+    pub tunnel_port: u16,
+    /// First retransmission of a signaling request; doubles up to 2 s.
+    pub retransmit: Duration,
+    /// How long a Direction Request may take before the DNS query fails.
+    pub direction_timeout: Duration,
+    pub registration_timeout: Duration,
+    /// Tunnel Request retransmission interval and overall limit.
+    pub handshake_retransmit: Duration,
+    pub handshake_timeout: Duration,
+    /// Packets held per peer while its tunnel is being established.
+    pub max_queued: usize,
+    /// Keepalives to the NMS that may go unanswered before logging in again.
+    pub max_missed_keepalives: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            domain: "cyphonic.internal".into(),
+            tunnel_port: 4501,
+            retransmit: Duration::from_millis(250),
+            direction_timeout: Duration::from_secs(5),
+            registration_timeout: Duration::from_secs(5),
+            handshake_retransmit: Duration::from_millis(500),
+            handshake_timeout: Duration::from_secs(5),
+            max_queued: 256,
+            max_missed_keepalives: 3,
+        }
+    }
+}
+
+/// An opaque handle the shell uses to route a DNS answer to its client.
+pub type DnsClient = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Byte and packet counters of one tunnel, shared with the data plane.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    pub rx_bytes: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+}
+
+/// A tunnel's data-plane state: everything the fast path needs.
+#[derive(Clone)]
+pub struct TunnelHandle {
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub endpoint: SocketAddr,
+    pub send: Arc<SendKey>,
+    pub recv: Arc<RecvKey>,
+    pub stats: Arc<TunnelStats>,
+}
+
+pub enum NodeEvent {
+    /// Log in to the AS (again) and call `handle_login`.
+    NeedLogin { reason: String },
+    Registered {
+        fqdn: String,
+        vip4: Ipv4Addr,
+        vip6: Ipv6Addr,
+        observed: SocketAddr,
+    },
+    DnsResponse {
+        client: DnsClient,
+        response: Vec<u8>,
+    },
+    /// Install (or replace) the tunnel to a peer in the data plane.
+    TunnelUp(TunnelHandle),
+    /// Remove a peer's tunnel from the data plane.
+    TunnelDown { fqdn: String, local_index: u32 },
+}
+
+impl std::fmt::Debug for NodeEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeEvent::NeedLogin { reason } => write!(f, "NeedLogin({reason})"),
+            NodeEvent::Registered { fqdn, .. } => write!(f, "Registered({fqdn})"),
+            NodeEvent::DnsResponse { client, .. } => write!(f, "DnsResponse({client})"),
+            NodeEvent::TunnelUp(t) => write!(f, "TunnelUp({} via {})", t.fqdn, t.endpoint),
+            NodeEvent::TunnelDown { fqdn, .. } => write!(f, "TunnelDown({fqdn})"),
+        }
+    }
+}
+
+/// Why the node wants to be woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerReason {
+    SignalRetransmit,
+    KeepAlive,
+    Handshake,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct NodeCounters {
+    pub signal_rx_bad: u64,
+    pub handshake_rx_bad: u64,
+    pub handshake_failures: u64,
+    pub outbound_no_route: u64,
+    pub outbound_queue_full: u64,
+    pub dns_overlay_queries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestKind {
+    Registration,
+    KeepAlive,
+    Direction,
+}
+
+struct OutRequest {
+    kind: RequestKind,
+    message: Message,
+    target: Option<String>,
+    next_retransmit: Instant,
+    interval: Duration,
+    deadline: Instant,
+}
+
+struct Signaling {
+    cipher: SignalCipher,
+    login: Login,
+    registered: bool,
+    observed: Option<SocketAddr>,
+    next_keepalive: Instant,
+    missed_keepalives: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelRole {
+    Initiator,
+    Responder,
+}
+
+enum PeerState {
+    /// Waiting for the initiator's Tunnel Request.
+    AwaitingRequest {
+        deadline: Instant,
+    },
+    Handshaking {
+        initiator: Option<Initiator>,
+        request: Vec<u8>,
+        endpoint_index: usize,
+        sent_to_endpoint: u32,
+        next_retransmit: Instant,
+        deadline: Instant,
+    },
+    Established,
+    Failed {
+        reason: String,
+    },
+}
+
+struct Peer {
+    fqdn: String,
+    direction: RouteDirection,
+    role: TunnelRole,
+    local_index: u32,
+    state: PeerState,
+    tunnel: Option<TunnelHandle>,
+    /// The last Tunnel Request we answered and our answer, so a
+    /// retransmitted request gets the same answer and the same keys.
+    last_request: Option<(Vec<u8>, Vec<u8>)>,
+    last_handshake: Option<SystemTime>,
+    queue: VecDeque<Vec<u8>>,
+}
+
+/// The node's protocol state machine.
+pub struct Node {
+    config: NodeConfig,
+    rng: StdRng,
+    counter_base: u64,
+    clock_origin: (Instant, SystemTime),
+    identity: LocalIdentity,
+    verifier: Verifier,
+    local_addrs: Vec<SocketAddr>,
+    signaling: Option<Signaling>,
+    login_requested: bool,
+    requests: BTreeMap<u64, OutRequest>,
+    peers: BTreeMap<String, Peer>,
+    by_vip: HashMap<IpAddr, String>,
+    by_index: HashMap<u32, String>,
+    by_route: HashMap<u64, String>,
+    dns_waiting: BTreeMap<String, Vec<(DnsClient, DnsMessage)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<NodeEvent>,
+    counters: NodeCounters,
+}
+
+/// Bounds on what the network can make us hold.
+const MAX_DNS_WAITERS: usize = 256;
+const MAX_PEERS: usize = 4096;
+
+impl Node {
+    /// `seed` makes the node's choices (transaction IDs, indexes) repeatable
+    /// in tests; `counter_base` is the wall clock in microseconds; `now` and
+    /// `wall` are the same moment on the two clocks, so certificate validity
+    /// can be checked without reading the clock.
+    pub fn new(
+        config: NodeConfig,
+        identity: LocalIdentity,
+        verifier: Verifier,
+        seed: [u8; 32],
+        counter_base: u64,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        Self {
+            config,
+            rng: StdRng::from_seed(seed),
+            counter_base,
+            clock_origin: (now, wall),
+            identity,
+            verifier,
+            local_addrs: Vec::new(),
+            signaling: None,
+            login_requested: false,
+            requests: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            by_vip: HashMap::new(),
+            by_index: HashMap::new(),
+            by_route: HashMap::new(),
+            dns_waiting: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: NodeCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
+    }
+
+    /// The first input: asks the shell to log in.
+    pub fn start(&mut self) {
+        self.request_login("starting");
+    }
+
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        let requests = self.requests.values().map(|r| {
+            (
+                r.next_retransmit.min(r.deadline),
+                TimerReason::SignalRetransmit,
+            )
+        });
+        let keepalive = self
+            .signaling
+            .as_ref()
+            .filter(|s| s.registered)
+            .map(|s| (s.next_keepalive, TimerReason::KeepAlive));
+        let handshakes = self.peers.values().filter_map(|p| match &p.state {
+            PeerState::Handshaking {
+                next_retransmit,
+                deadline,
+                ..
+            } => Some(((*next_retransmit).min(*deadline), TimerReason::Handshake)),
+            PeerState::AwaitingRequest { deadline } => Some((*deadline, TimerReason::Handshake)),
+            _ => None,
+        });
+        requests
+            .chain(keepalive)
+            .chain(handshakes)
+            .min_by_key(|(t, _)| *t)
+    }
+
+    fn wall(&self, now: Instant) -> SystemTime {
+        self.clock_origin.1 + now.saturating_duration_since(self.clock_origin.0)
+    }
+
+    fn request_login(&mut self, reason: &str) {
+        if !self.login_requested {
+            self.login_requested = true;
+            self.events.push_back(NodeEvent::NeedLogin {
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// The host's usable addresses (with the tunnel port) changed.
+    pub fn handle_local_addrs(&mut self, now: Instant, addrs: Vec<SocketAddr>) {
+        if addrs == self.local_addrs {
+            return;
+        }
+        self.local_addrs = addrs;
+        if self.signaling.is_some() {
+            self.send_registration(now);
+        }
+    }
+
+    /// Login succeeded: start (or restart) signaling with the NMS.
+    pub fn handle_login(&mut self, now: Instant, login: Login) {
+        self.login_requested = false;
+        let cipher = SignalCipher::new(
+            login.session_id,
+            &login.common_key,
+            Role::Node,
+            self.counter_base_now(now),
+        );
+        self.requests.clear();
+        self.signaling = Some(Signaling {
+            cipher,
+            next_keepalive: now + login.keepalive,
+            login,
+            registered: false,
+            observed: None,
+            missed_keepalives: 0,
+        });
+        self.send_registration(now);
+    }
+
+    /// A later session reuses no nonce of an earlier one even if the AS
+    /// handed out the same key: the counter base moves with the clock.
+    fn counter_base_now(&self, now: Instant) -> u64 {
+        self.counter_base
+            + now
+                .saturating_duration_since(self.clock_origin.0)
+                .as_micros() as u64
+    }
+
+    /// The login failed; the shell retries later by itself.
+    pub fn handle_login_failed(&mut self) {
+        self.login_requested = false;
+    }
+
+    fn send_registration(&mut self, now: Instant) {
+        self.requests
+            .retain(|_, r| r.kind != RequestKind::Registration);
+        let message = Message::RegistrationRequest(RegistrationRequest {
+            static_public: self.identity.static_keys.public,
+            tunnel_port: self.config.tunnel_port,
+            local_addrs: self.local_addrs.clone(),
+        });
+        let timeout = self.config.registration_timeout;
+        self.send_request(now, RequestKind::Registration, message, None, timeout);
+    }
+
+    fn send_request(
+        &mut self,
+        now: Instant,
+        kind: RequestKind,
+        message: Message,
+        target: Option<String>,
+        timeout: Duration,
+    ) -> u64 {
+        let txid: u64 = self.rng.gen();
+        let interval = self.config.retransmit;
+        self.requests.insert(
+            txid,
+            OutRequest {
+                kind,
+                message: message.clone(),
+                target,
+                next_retransmit: now + interval,
+                interval,
+                deadline: now + timeout,
+            },
+        );
+        self.seal_to_nms(txid, message);
+        txid
+    }
+
+    fn seal_to_nms(&mut self, txid: u64, message: Message) {
+        if let Some(sig) = self.signaling.as_mut() {
+            let payload = sig.cipher.seal(&Envelope { txid, message });
+            self.transmits.push_back(Transmit {
+                destination: sig.login.nms,
+                payload,
+            });
+        }
+    }
+
+    /// A datagram that is not a data packet arrived on the tunnel port.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+        match packet.first() {
+            Some(&TYPE_SIGNALING) => self.on_signaling(now, from, packet),
+            Some(&handshake::TYPE_TUNNEL_REQUEST) => self.on_tunnel_request(now, from, packet),
+            Some(&handshake::TYPE_TUNNEL_RESPONSE) => self.on_tunnel_response(now, from, packet),
+            _ => self.counters.handshake_rx_bad += 1,
+        }
+    }
+
+    fn on_signaling(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+        let Some(sig) = self.signaling.as_mut() else {
+            self.counters.signal_rx_bad += 1;
+            return;
+        };
+        if from != sig.login.nms {
+            self.counters.signal_rx_bad += 1;
+            return;
+        }
+        let env = match sig.cipher.open(packet) {
+            Ok(env) => env,
+            Err(e) => {
+                self.counters.signal_rx_bad += 1;
+                tracing::debug!(%from, error = %e, "dropping signaling packet");
+                return;
+            }
+        };
+        tracing::trace!(msg = env.message.name(), txid = env.txid, "signaling in");
+        match env.message {
+            Message::RegistrationResponse(resp) => {
+                if self
+                    .take_request(env.txid, RequestKind::Registration)
+                    .is_none()
+                {
+                    return;
+                }
+                let keepalive = Duration::from_secs(resp.keepalive_secs.max(1) as u64);
+                let Some(sig) = self.signaling.as_mut() else {
+                    return;
+                };
+                sig.registered = true;
+                sig.observed = Some(resp.observed);
+                sig.missed_keepalives = 0;
+                sig.login.keepalive = keepalive;
+                sig.next_keepalive = now + keepalive;
+                tracing::info!(fqdn = %resp.fqdn, vip4 = %resp.vip4, vip6 = %resp.vip6, observed = %resp.observed, "Registration done");
+                self.events.push_back(NodeEvent::Registered {
+                    fqdn: resp.fqdn,
+                    vip4: resp.vip4,
+                    vip6: resp.vip6,
+                    observed: resp.observed,
+                });
+            }
+            Message::KeepAliveAck { observed } => {
+                if self
+                    .take_request(env.txid, RequestKind::KeepAlive)
+                    .is_none()
+                {
+                    return;
+                }
+                if let Some(sig) = self.signaling.as_mut() {
+                    sig.missed_keepalives = 0;
+                    if sig.observed != Some(observed) {
+                        sig.observed = Some(observed);
+                    }
+                }
+            }
+            Message::ReRegister => {
+                tracing::info!("NMS asked for registration again");
+                if let Some(sig) = self.signaling.as_mut() {
+                    sig.registered = false;
+                }
+                self.send_registration(now);
+            }
+            Message::RouteDirectionToResponder(direction) => {
+                self.on_direction_to_responder(now, env.txid, direction);
+            }
+            Message::RouteDirectionToInitiator(direction) => {
+                let Some(req) = self.take_request(env.txid, RequestKind::Direction) else {
+                    return;
+                };
+                let target = req.target.unwrap_or_default();
+                if resolver::normalize(&direction.peer.fqdn) != target {
+                    tracing::warn!(asked = %target, got = %direction.peer.fqdn, "route direction for another name");
+                    self.answer_dns_waiters(&target, Err(ResponseCode::ServFail));
+                    return;
+                }
+                self.on_direction_to_initiator(now, direction);
+            }
+            Message::DirectionError { code, message } => {
+                let Some(req) = self.take_request(env.txid, RequestKind::Direction) else {
+                    return;
+                };
+                let target = req.target.unwrap_or_default();
+                tracing::info!(%target, ?code, %message, "route selection failed");
+                let rcode = match code {
+                    DirectionErrorCode::NotFound => ResponseCode::NXDomain,
+                    _ => ResponseCode::ServFail,
+                };
+                self.answer_dns_waiters(&target, Err(rcode));
+            }
+            other => {
+                self.counters.signal_rx_bad += 1;
+                tracing::debug!(msg = other.name(), "unexpected message from the NMS");
+            }
+        }
+    }
+
+    fn take_request(&mut self, txid: u64, kind: RequestKind) -> Option<OutRequest> {
+        match self.requests.get(&txid) {
+            Some(r) if r.kind == kind => self.requests.remove(&txid),
+            _ => None,
+        }
+    }
+
+    /// Route Direction to the responder (this node is the CN): remember the
+    /// route, confirm it, and wait for the initiator's Tunnel Request.
+    fn on_direction_to_responder(&mut self, now: Instant, txid: u64, direction: RouteDirection) {
+        let route_id = direction.route_id;
+        let known = self.by_route.get(&route_id).is_some();
+        if !known {
+            if let Err(e) = self.check_direction(&direction) {
+                tracing::warn!(peer = %direction.peer.fqdn, error = %e, "refusing route direction");
+                return;
+            }
+            let deadline = now + self.config.handshake_timeout * 2;
+            self.install_peer(
+                direction,
+                TunnelRole::Responder,
+                PeerState::AwaitingRequest { deadline },
+            );
+        }
+        self.seal_to_nms(txid, Message::RouteDirectionConfirmation { route_id });
+    }
+
+    /// Route Direction to the initiator (this node is the MN): answer the
+    /// DNS queries waiting for it, then send the Tunnel Request.
+    fn on_direction_to_initiator(&mut self, now: Instant, direction: RouteDirection) {
+        if let Err(e) = self.check_direction(&direction) {
+            tracing::warn!(peer = %direction.peer.fqdn, error = %e, "refusing route direction");
+            let fqdn = resolver::normalize(&direction.peer.fqdn);
+            self.answer_dns_waiters(&fqdn, Err(ResponseCode::ServFail));
+            return;
+        }
+        let fqdn = resolver::normalize(&direction.peer.fqdn);
+        let (vip4, vip6) = (direction.peer.vip4, direction.peer.vip6);
+        tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), endpoints = ?direction.peer.endpoints, "Route Direction received");
+        self.install_peer(
+            direction,
+            TunnelRole::Initiator,
+            PeerState::Failed {
+                reason: String::new(),
+            },
+        );
+        self.answer_dns_waiters(&fqdn, Ok((vip4, vip6)));
+        self.start_handshake(now, &fqdn, 0);
+    }
+
+    fn check_direction(&self, d: &RouteDirection) -> Result<(), String> {
+        if d.peer.cert_status != CertStatus::Good {
+            return Err(format!(
+                "peer certificate status is {:?}",
+                d.peer.cert_status
+            ));
+        }
+        let own = self.signaling.as_ref().map(|s| s.login.vip4);
+        if own == Some(d.peer.vip4) {
+            return Err("route direction names our own VIP".into());
+        }
+        let o = d.peer.vip4.octets();
+        let v4_shared = o[0] == 100 && (o[1] & 0xc0) == 64;
+        if !v4_shared || d.peer.vip6.segments()[0] & 0xfe00 != 0xfc00 {
+            return Err("peer VIPs are outside the overlay ranges".into());
+        }
+        Ok(())
+    }
+
+    fn install_peer(&mut self, direction: RouteDirection, role: TunnelRole, state: PeerState) {
+        let fqdn = resolver::normalize(&direction.peer.fqdn);
+        if !self.peers.contains_key(&fqdn) && self.peers.len() >= MAX_PEERS {
+            tracing::warn!(peer = %fqdn, "peer table full");
+            return;
+        }
+        let local_index = self.fresh_index();
+        let queue = match self.peers.remove(&fqdn) {
+            Some(old) => {
+                self.by_index.remove(&old.local_index);
+                self.by_route.remove(&old.direction.route_id);
+                if old.tunnel.is_some() {
+                    // The data plane keeps the old tunnel until the new one
+                    // replaces it (TunnelUp for the same VIPs), so traffic
+                    // flows during re-establishment.
+                }
+                old.queue
+            }
+            None => VecDeque::new(),
+        };
+        self.by_vip
+            .insert(IpAddr::V4(direction.peer.vip4), fqdn.clone());
+        self.by_vip
+            .insert(IpAddr::V6(direction.peer.vip6), fqdn.clone());
+        self.by_index.insert(local_index, fqdn.clone());
+        self.by_route.insert(direction.route_id, fqdn.clone());
+        self.peers.insert(
+            fqdn.clone(),
+            Peer {
+                fqdn,
+                direction,
+                role,
+                local_index,
+                state,
+                tunnel: None,
+                last_request: None,
+                last_handshake: None,
+                queue,
+            },
+        );
+    }
+
+    fn fresh_index(&mut self) -> u32 {
+        loop {
+            let i: u32 = self.rng.gen();
+            if i != 0 && !self.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    fn start_handshake(&mut self, now: Instant, fqdn: &str, endpoint_index: usize) {
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let d = &peer.direction;
+        let Some(&endpoint) = d.peer.endpoints.get(endpoint_index) else {
+            peer.state = PeerState::Failed {
+                reason: "no endpoint answered".into(),
+            };
+            self.counters.handshake_failures += 1;
+            return;
+        };
+        match Initiator::start(
+            &self.identity,
+            &d.peer.static_public,
+            &d.tunnel_key,
+            d.route_id,
+            peer.local_index,
+        ) {
+            Ok((initiator, request)) => {
+                tracing::debug!(peer = %fqdn, %endpoint, "Tunnel Request");
+                self.transmits.push_back(Transmit {
+                    destination: endpoint,
+                    payload: request.clone(),
+                });
+                let deadline = match &peer.state {
+                    PeerState::Handshaking { deadline, .. } => *deadline,
+                    _ => now + self.config.handshake_timeout,
+                };
+                peer.state = PeerState::Handshaking {
+                    initiator: Some(initiator),
+                    request,
+                    endpoint_index,
+                    sent_to_endpoint: 1,
+                    next_retransmit: now + self.config.handshake_retransmit,
+                    deadline,
+                };
+            }
+            Err(e) => {
+                self.counters.handshake_failures += 1;
+                peer.state = PeerState::Failed {
+                    reason: format!("cannot start handshake: {e}"),
+                };
+            }
+        }
+    }
+
+    fn peer_verifier(&self, peer: &Peer, now: Instant) -> CertCheck {
+        CertCheck {
+            verifier: self.verifier.clone(),
+            fqdn: peer.fqdn.clone(),
+            serial: peer.direction.peer.cert_serial,
+            now: self.wall(now),
+        }
+    }
+
+    fn on_tunnel_request(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+        let Ok(header) = handshake::peek_request(packet) else {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        let Some(fqdn) = self.by_route.get(&header.route_id).cloned() else {
+            // Not a route the NMS directed us to: no reply at all.
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get(&fqdn) else {
+            return;
+        };
+        if peer.role != TunnelRole::Responder {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        }
+        if let Some((req, resp)) = &peer.last_request {
+            if req == packet {
+                let payload = resp.clone();
+                self.transmits.push_back(Transmit {
+                    destination: from,
+                    payload,
+                });
+                return;
+            }
+        }
+        let check = self.peer_verifier(peer, now);
+        let local_index = self.fresh_index();
+        let Some(peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        let d = &peer.direction;
+        match handshake::respond(
+            packet,
+            &self.identity,
+            &d.peer.static_public,
+            &d.tunnel_key,
+            local_index,
+            &check,
+        ) {
+            Ok((keys, response)) => {
+                self.by_index.remove(&peer.local_index);
+                peer.local_index = local_index;
+                self.by_index.insert(local_index, fqdn.clone());
+                peer.last_request = Some((packet.to_vec(), response.clone()));
+                self.transmits.push_back(Transmit {
+                    destination: from,
+                    payload: response,
+                });
+                tracing::info!(peer = %fqdn, endpoint = %from, "Tunnel Response sent; tunnel up");
+                self.tunnel_up(now, &fqdn, from, keys);
+            }
+            Err(e) => {
+                self.counters.handshake_failures += 1;
+                tracing::warn!(peer = %fqdn, %from, error = %e, "Tunnel Request refused");
+            }
+        }
+    }
+
+    fn on_tunnel_response(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+        let Ok(header) = handshake::peek_response(packet) else {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        let Some(fqdn) = self.by_index.get(&header.receiver_index).cloned() else {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get(&fqdn) else {
+            return;
+        };
+        let check = self.peer_verifier(peer, now);
+        let Some(peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        let PeerState::Handshaking { initiator, .. } = &mut peer.state else {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        // Cheap checks (index, MAC) first: junk must not cost the pending
+        // handshake its state.
+        match initiator.as_ref().map(|i| i.check_response(packet)) {
+            Some(Ok(_)) => {}
+            _ => {
+                self.counters.handshake_rx_bad += 1;
+                return;
+            }
+        }
+        let Some(init) = initiator.take() else { return };
+        match init.finish(packet, &check) {
+            Ok(keys) => {
+                tracing::info!(peer = %fqdn, endpoint = %from, "Tunnel Response received; tunnel up");
+                self.tunnel_up(now, &fqdn, from, keys);
+            }
+            Err(e) => {
+                // A forged or stale response must not end a handshake that a
+                // genuine response may still complete: rebuild the initiator
+                // state by restarting at the same endpoint.
+                self.counters.handshake_failures += 1;
+                tracing::warn!(peer = %fqdn, %from, error = %e, "Tunnel Response refused");
+                let idx = match &peer.state {
+                    PeerState::Handshaking { endpoint_index, .. } => *endpoint_index,
+                    _ => 0,
+                };
+                self.start_handshake(now, &fqdn, idx);
+            }
+        }
+    }
+
+    fn tunnel_up(
+        &mut self,
+        now: Instant,
+        fqdn: &str,
+        endpoint: SocketAddr,
+        keys: handshake::SessionKeys,
+    ) {
+        let wall = self.wall(now);
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let handle = TunnelHandle {
+            fqdn: fqdn.to_owned(),
+            vip4: peer.direction.peer.vip4,
+            vip6: peer.direction.peer.vip6,
+            endpoint,
+            send: Arc::new(SendKey::new(&keys.send, keys.remote_index)),
+            recv: Arc::new(RecvKey::new(&keys.recv, keys.local_index)),
+            stats: peer
+                .tunnel
+                .as_ref()
+                .map(|t| t.stats.clone())
+                .unwrap_or_default(),
+        };
+        peer.state = PeerState::Established;
+        peer.last_handshake = Some(wall);
+        peer.tunnel = Some(handle.clone());
+        let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
+        self.events.push_back(NodeEvent::TunnelUp(handle.clone()));
+        for packet in queued {
+            self.seal_and_send(&handle, &packet);
+        }
+    }
+
+    fn seal_and_send(&mut self, tunnel: &TunnelHandle, packet: &[u8]) {
+        let mut buf = vec![0u8; DATA_HEADER_LEN + packet.len() + TAG_LEN];
+        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + packet.len()].copy_from_slice(packet);
+        match tunnel.send.seal_in_place(&mut buf, packet.len()) {
+            Ok(n) => {
+                buf.truncate(n);
+                tunnel.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                tunnel
+                    .stats
+                    .tx_bytes
+                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                self.transmits.push_back(Transmit {
+                    destination: tunnel.endpoint,
+                    payload: buf,
+                });
+            }
+            Err(e) => tracing::warn!(peer = %tunnel.fqdn, error = ?e, "cannot seal"),
+        }
+    }
+
+    /// An application packet for which the data plane has no tunnel: hold it
+    /// while the peer's tunnel is being set up, send it if the tunnel came up
+    /// meanwhile, drop it otherwise.
+    pub fn handle_outbound(&mut self, _now: Instant, packet: &[u8]) {
+        let Some(dst) = cyphonic_proto::ip::inner_destination(packet) else {
+            self.counters.outbound_no_route += 1;
+            return;
+        };
+        let Some(fqdn) = self.by_vip.get(&dst).cloned() else {
+            self.counters.outbound_no_route += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        if let Some(tunnel) = peer
+            .tunnel
+            .clone()
+            .filter(|_| matches!(peer.state, PeerState::Established))
+        {
+            self.seal_and_send(&tunnel, packet);
+            return;
+        }
+        match peer.state {
+            PeerState::Handshaking { .. } | PeerState::AwaitingRequest { .. } => {
+                if peer.queue.len() < self.config.max_queued {
+                    peer.queue.push_back(packet.to_vec());
+                } else {
+                    self.counters.outbound_queue_full += 1;
+                }
+            }
+            _ => self.counters.outbound_no_route += 1,
+        }
+    }
+
+    /// A DNS query for a name in the overlay domain (see
+    /// [`resolver::classify`]). The answer comes as a
+    /// [`NodeEvent::DnsResponse`], at once or after route selection.
+    pub fn handle_dns_query(
+        &mut self,
+        now: Instant,
+        client: DnsClient,
+        query: DnsMessage,
+        name: String,
+    ) {
+        self.counters.dns_overlay_queries += 1;
+        let own = self
+            .signaling
+            .as_ref()
+            .map(|s| (s.login.fqdn.clone(), s.login.vip4, s.login.vip6));
+        if let Some((fqdn, v4, v6)) = own {
+            if resolver::normalize(&fqdn) == name {
+                let response = resolver::answer(&query, v4, v6);
+                self.events
+                    .push_back(NodeEvent::DnsResponse { client, response });
+                return;
+            }
+        }
+        if let Some(peer) = self.peers.get(&name) {
+            if !matches!(peer.state, PeerState::Failed { .. }) {
+                let response =
+                    resolver::answer(&query, peer.direction.peer.vip4, peer.direction.peer.vip6);
+                self.events
+                    .push_back(NodeEvent::DnsResponse { client, response });
+                return;
+            }
+        }
+        let registered = self.signaling.as_ref().is_some_and(|s| s.registered);
+        if !registered {
+            let response = resolver::error(&query, ResponseCode::ServFail);
+            self.events
+                .push_back(NodeEvent::DnsResponse { client, response });
+            return;
+        }
+        let total: usize = self.dns_waiting.values().map(Vec::len).sum();
+        if total >= MAX_DNS_WAITERS {
+            let response = resolver::error(&query, ResponseCode::ServFail);
+            self.events
+                .push_back(NodeEvent::DnsResponse { client, response });
+            return;
+        }
+        let waiting = self.dns_waiting.entry(name.clone()).or_default();
+        let first = waiting.is_empty();
+        waiting.push((client, query));
+        if first {
+            tracing::info!(target = %name, "Direction Request");
+            let timeout = self.config.direction_timeout;
+            self.send_request(
+                now,
+                RequestKind::Direction,
+                Message::DirectionRequest {
+                    target: name.clone(),
+                },
+                Some(name),
+                timeout,
+            );
+        }
+    }
+
+    fn answer_dns_waiters(
+        &mut self,
+        fqdn: &str,
+        result: Result<(Ipv4Addr, Ipv6Addr), ResponseCode>,
+    ) {
+        for (client, query) in self.dns_waiting.remove(fqdn).unwrap_or_default() {
+            let response = match result {
+                Ok((v4, v6)) => resolver::answer(&query, v4, v6),
+                Err(code) => resolver::error(&query, code),
+            };
+            self.events
+                .push_back(NodeEvent::DnsResponse { client, response });
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.signal_timers(now);
+        self.keepalive_timer(now);
+        self.handshake_timers(now);
+    }
+
+    fn signal_timers(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        let mut resend = Vec::new();
+        for (txid, r) in self.requests.iter_mut() {
+            if now >= r.deadline {
+                expired.push(*txid);
+            } else if now >= r.next_retransmit {
+                r.interval = (r.interval * 2).min(Duration::from_secs(2));
+                r.next_retransmit = now + r.interval;
+                resend.push((*txid, r.message.clone()));
+            }
+        }
+        for (txid, message) in resend {
+            self.seal_to_nms(txid, message);
+        }
+        for txid in expired {
+            let Some(r) = self.requests.remove(&txid) else {
+                continue;
+            };
+            match r.kind {
+                RequestKind::Registration => {
+                    tracing::warn!("NMS did not answer the Registration");
+                    self.signaling = None;
+                    self.request_login("registration timed out");
+                }
+                RequestKind::KeepAlive => {
+                    let missed = self.signaling.as_mut().map(|s| {
+                        s.missed_keepalives += 1;
+                        s.missed_keepalives
+                    });
+                    if missed.unwrap_or(0) >= self.config.max_missed_keepalives {
+                        tracing::warn!("NMS stopped answering keepalives; logging in again");
+                        self.signaling = None;
+                        self.requests.clear();
+                        self.request_login("NMS unreachable");
+                        return;
+                    }
+                }
+                RequestKind::Direction => {
+                    let target = r.target.unwrap_or_default();
+                    tracing::warn!(%target, "Direction Request timed out");
+                    self.answer_dns_waiters(&target, Err(ResponseCode::ServFail));
+                }
+            }
+        }
+    }
+
+    fn keepalive_timer(&mut self, now: Instant) {
+        let due = self
+            .signaling
+            .as_ref()
+            .is_some_and(|s| s.registered && now >= s.next_keepalive);
+        if !due {
+            return;
+        }
+        let Some(sig) = self.signaling.as_mut() else {
+            return;
+        };
+        sig.next_keepalive = now + sig.login.keepalive;
+        // A keepalive may wait for its answer at most until the next one.
+        let timeout = sig.login.keepalive.min(Duration::from_secs(5));
+        self.send_request(
+            now,
+            RequestKind::KeepAlive,
+            Message::KeepAlive,
+            None,
+            timeout,
+        );
+    }
+
+    fn handshake_timers(&mut self, now: Instant) {
+        let mut restart = Vec::new();
+        let mut failed = Vec::new();
+        for (fqdn, peer) in self.peers.iter_mut() {
+            match &mut peer.state {
+                PeerState::Handshaking {
+                    request,
+                    endpoint_index,
+                    sent_to_endpoint,
+                    next_retransmit,
+                    deadline,
+                    ..
+                } => {
+                    if now >= *deadline {
+                        failed.push((fqdn.clone(), "no Tunnel Response".to_string()));
+                    } else if now >= *next_retransmit {
+                        if *sent_to_endpoint >= 2
+                            && *endpoint_index + 1 < peer.direction.peer.endpoints.len()
+                        {
+                            restart.push((fqdn.clone(), *endpoint_index + 1));
+                        } else {
+                            *sent_to_endpoint += 1;
+                            *next_retransmit = now + self.config.handshake_retransmit;
+                            let endpoint = peer.direction.peer.endpoints[*endpoint_index];
+                            self.transmits.push_back(Transmit {
+                                destination: endpoint,
+                                payload: request.clone(),
+                            });
+                        }
+                    }
+                }
+                PeerState::AwaitingRequest { deadline } if now >= *deadline => {
+                    failed.push((
+                        fqdn.clone(),
+                        "no Tunnel Request from the initiator".to_string(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (fqdn, idx) in restart {
+            self.start_handshake(now, &fqdn, idx);
+        }
+        for (fqdn, reason) in failed {
+            if let Some(peer) = self.peers.get_mut(&fqdn) {
+                tracing::warn!(peer = %fqdn, %reason, "tunnel establishment failed");
+                self.counters.handshake_failures += 1;
+                peer.state = PeerState::Failed { reason };
+                peer.queue.clear();
+            }
+        }
+    }
+
+    /// A snapshot for `cyphonic status`.
+    pub fn status(&self, now: Instant) -> NodeStatus {
+        let sig = self.signaling.as_ref();
+        NodeStatus {
+            fqdn: sig.map(|s| s.login.fqdn.clone()),
+            vip4: sig.map(|s| s.login.vip4),
+            vip6: sig.map(|s| s.login.vip6),
+            cloud: CloudStatus {
+                nms: sig.map(|s| s.login.nms),
+                logged_in: sig.is_some(),
+                registered: sig.is_some_and(|s| s.registered),
+                observed: sig.and_then(|s| s.observed),
+                local_addrs: self.local_addrs.clone(),
+            },
+            peers: self
+                .peers
+                .values()
+                .map(|p| {
+                    let stats = p.tunnel.as_ref().map(|t| &t.stats);
+                    let load = |f: fn(&TunnelStats) -> &AtomicU64| {
+                        stats.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0)
+                    };
+                    PeerStatus {
+                        fqdn: p.fqdn.clone(),
+                        vip4: p.direction.peer.vip4,
+                        vip6: p.direction.peer.vip6,
+                        role: p.role,
+                        state: match &p.state {
+                            PeerState::AwaitingRequest { .. } => "awaiting-request".into(),
+                            PeerState::Handshaking { .. } => "handshaking".into(),
+                            PeerState::Established => "established".into(),
+                            PeerState::Failed { reason } => format!("failed: {reason}"),
+                        },
+                        pattern: p.direction.pattern.to_u8(),
+                        path: p.direction.pattern.as_str().into(),
+                        path_reason: path_reason(&p.direction),
+                        transport: "udp".into(),
+                        endpoint: p.tunnel.as_ref().map(|t| t.endpoint),
+                        last_handshake_unix: p
+                            .last_handshake
+                            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                            .map(|d| d.as_secs()),
+                        last_handshake_secs_ago: p
+                            .last_handshake
+                            .and_then(|t| self.wall(now).duration_since(t).ok())
+                            .map(|d| d.as_secs()),
+                        rx_bytes: load(|s| &s.rx_bytes),
+                        tx_bytes: load(|s| &s.tx_bytes),
+                        rx_packets: load(|s| &s.rx_packets),
+                        tx_packets: load(|s| &s.tx_packets),
+                    }
+                })
+                .collect(),
+            counters: self.counters,
+        }
+    }
+}
+
+fn path_reason(d: &RouteDirection) -> String {
+    match d.pattern {
+        RoutePattern::Direct => "no NAT between the nodes: pattern 1, direct".into(),
+        RoutePattern::Punched => "a NAT on the path, opened from inside: pattern 2".into(),
+        RoutePattern::Relayed => "no direct path possible: pattern 3, relay".into(),
+        RoutePattern::Unknown(v) => format!("pattern {v}"),
+    }
+}
+
+/// Checks a peer's handshake identity: its certificate chains to our root,
+/// names the expected FQDN, is valid now, carries the serial the NMS vouched
+/// for, and its key signed the peer's static key.
+struct CertCheck {
+    verifier: Verifier,
+    fqdn: String,
+    serial: u64,
+    now: SystemTime,
+}
+
+impl PeerVerifier for CertCheck {
+    fn verify_peer(
+        &self,
+        chain: &[Vec<u8>],
+        static_public: &[u8; 32],
+        binding_sig: &[u8; 64],
+    ) -> Result<(), String> {
+        let node = self
+            .verifier
+            .verify_node(chain, Some(&self.fqdn), self.now)
+            .map_err(|e| e.to_string())?;
+        if node.serial != self.serial {
+            return Err(format!(
+                "certificate serial {:x} is not the one the NMS vouched for ({:x})",
+                node.serial, self.serial
+            ));
+        }
+        cyphonic_pki::verify_ed25519(
+            &node.public_key,
+            &handshake::binding_message(static_public),
+            binding_sig,
+        )
+        .map_err(|e| format!("static key not bound to the certificate: {e}"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub fqdn: Option<String>,
+    pub vip4: Option<Ipv4Addr>,
+    pub vip6: Option<Ipv6Addr>,
+    pub cloud: CloudStatus,
+    pub peers: Vec<PeerStatus>,
+    pub counters: NodeCounters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CloudStatus {
+    pub nms: Option<SocketAddr>,
+    pub logged_in: bool,
+    pub registered: bool,
+    pub observed: Option<SocketAddr>,
+    pub local_addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub role: TunnelRole,
+    pub state: String,
+    pub pattern: u8,
+    /// "direct", "punched" or "relayed".
+    pub path: String,
+    pub path_reason: String,
+    /// "udp" now; "quic" and "tcp" later.
+    pub transport: String,
+    pub endpoint: Option<SocketAddr>,
+    pub last_handshake_unix: Option<u64>,
+    pub last_handshake_secs_ago: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}

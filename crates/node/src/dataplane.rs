@@ -1,0 +1,577 @@
+//! The fast path: application packets from the TUN device are sealed and
+//! sent to the peer's endpoint; data packets from the UDP sockets are opened,
+//! checked and written to the TUN device. Threads, not tasks: each loop
+//! works on batches (TUN reads split from offloaded segments, `recvmmsg`
+//! with GRO through quinn-udp) in buffers allocated once, and encrypts in
+//! place. Everything that is not a data packet of a known tunnel goes to
+//! the control task over a bounded channel.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cyphonic_platform::tun::Tun;
+use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
+use cyphonic_proto::ip;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::core::TunnelHandle;
+
+/// Packets per batch: the TUN and socket loops never do more work than this
+/// per wake-up.
+pub const BATCH: usize = 64;
+/// Largest UDP payload we receive (GRO may coalesce up to 64 KiB).
+const RX_BUF: usize = 65536;
+
+/// What the data plane hands to the control task.
+#[derive(Debug)]
+pub enum ToControl {
+    /// A non-data datagram (signaling, handshake) from the network.
+    Datagram { from: SocketAddr, packet: Vec<u8> },
+    /// An application packet with no tunnel for its destination.
+    Outbound(Vec<u8>),
+}
+
+/// Drop counters, by reason; every dropped packet is counted once.
+#[derive(Debug, Default)]
+pub struct DataCounters {
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub rx_malformed: AtomicU64,
+    pub rx_unknown_index: AtomicU64,
+    pub rx_auth_failed: AtomicU64,
+    pub rx_replayed: AtomicU64,
+    pub rx_bad_inner_source: AtomicU64,
+    pub tx_errors: AtomicU64,
+    pub control_queue_full: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DataCountersSnapshot {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_malformed: u64,
+    pub rx_unknown_index: u64,
+    pub rx_auth_failed: u64,
+    pub rx_replayed: u64,
+    pub rx_bad_inner_source: u64,
+    pub tx_errors: u64,
+    pub control_queue_full: u64,
+}
+
+impl DataCounters {
+    pub fn snapshot(&self) -> DataCountersSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DataCountersSnapshot {
+            rx_packets: l(&self.rx_packets),
+            tx_packets: l(&self.tx_packets),
+            rx_malformed: l(&self.rx_malformed),
+            rx_unknown_index: l(&self.rx_unknown_index),
+            rx_auth_failed: l(&self.rx_auth_failed),
+            rx_replayed: l(&self.rx_replayed),
+            rx_bad_inner_source: l(&self.rx_bad_inner_source),
+            tx_errors: l(&self.tx_errors),
+            control_queue_full: l(&self.control_queue_full),
+        }
+    }
+}
+
+/// The tunnels the fast path knows, by destination VIP (sending) and by our
+/// receiver index (receiving).
+#[derive(Default)]
+pub struct Tables {
+    tx: RwLock<HashMap<IpAddr, Arc<TunnelHandle>>>,
+    rx: RwLock<HashMap<u32, Arc<TunnelHandle>>>,
+}
+
+impl Tables {
+    /// Installs a tunnel. The peer's previous receive key stays valid (for
+    /// packets already in flight under it); older ones are removed.
+    pub fn install(&self, handle: TunnelHandle) {
+        let handle = Arc::new(handle);
+        let index = handle.recv.local_index();
+        {
+            let mut rx = self.rx.write().unwrap_or_else(|e| e.into_inner());
+            let previous: Option<u32> = self
+                .tx
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&IpAddr::V4(handle.vip4))
+                .map(|h| h.recv.local_index());
+            rx.retain(|i, h| h.fqdn != handle.fqdn || Some(*i) == previous);
+            rx.insert(index, handle.clone());
+        }
+        let mut tx = self.tx.write().unwrap_or_else(|e| e.into_inner());
+        tx.insert(IpAddr::V4(handle.vip4), handle.clone());
+        tx.insert(IpAddr::V6(handle.vip6), handle);
+    }
+
+    pub fn remove(&self, fqdn: &str) {
+        self.rx
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, h| h.fqdn != fqdn);
+        self.tx
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, h| h.fqdn != fqdn);
+    }
+
+    fn by_destination(&self, dst: IpAddr) -> Option<Arc<TunnelHandle>> {
+        self.tx
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&dst)
+            .cloned()
+    }
+
+    fn by_index(&self, index: u32) -> Option<Arc<TunnelHandle>> {
+        self.rx
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&index)
+            .cloned()
+    }
+}
+
+/// The node's UDP sockets: one per address family, both on the tunnel port.
+pub struct Sockets {
+    pub v4: Option<UdpSocket>,
+    pub v6: Option<UdpSocket>,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl Sockets {
+    pub fn bind(port: u16) -> io::Result<Sockets> {
+        let v4 = bind_one(SocketAddr::from(([0, 0, 0, 0], port)));
+        let v6 = bind_one(SocketAddr::from(([0u16; 8], port)));
+        let (v4, v6) = match (v4, v6) {
+            (Err(e), Err(_)) => return Err(e),
+            (a, b) => (a.ok(), b.ok()),
+        };
+        // Invariant: at least one socket exists (checked above).
+        let any = v4.as_ref().or(v6.as_ref()).expect("one socket");
+        let state = quinn_udp::UdpSocketState::new(any.into())?;
+        Ok(Sockets { v4, v6, state })
+    }
+
+    pub fn socket_for(&self, dst: &SocketAddr) -> Option<&UdpSocket> {
+        if dst.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        }
+    }
+
+    /// Sends one datagram.
+    pub fn send_to(&self, payload: &[u8], dst: SocketAddr) -> io::Result<()> {
+        let sock = self.socket_for(&dst).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no socket for this address family",
+            )
+        })?;
+        let transmit = quinn_udp::Transmit {
+            destination: dst,
+            ecn: None,
+            contents: payload,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.send_blocking(sock, &transmit)
+    }
+
+    /// A full send buffer is back-pressure, not loss: wait for room (a
+    /// bounded while) and try again.
+    fn send_blocking(
+        &self,
+        sock: &UdpSocket,
+        transmit: &quinn_udp::Transmit<'_>,
+    ) -> io::Result<()> {
+        for _ in 0..50 {
+            match self.state.try_send(sock.into(), transmit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_ready(sock, true, Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Sends equally sized datagrams laid out back to back in `contents`
+    /// (the last may be shorter) with one GSO call where the kernel allows.
+    fn send_segments(&self, contents: &[u8], segment: usize, dst: SocketAddr) -> io::Result<()> {
+        let sock = self.socket_for(&dst).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no socket for this address family",
+            )
+        })?;
+        let max = self.state.max_gso_segments().max(1);
+        for chunk in contents.chunks(segment * max) {
+            let transmit = quinn_udp::Transmit {
+                destination: dst,
+                ecn: None,
+                contents: chunk,
+                segment_size: (chunk.len() > segment).then_some(segment),
+                src_ip: None,
+            };
+            self.send_blocking(sock, &transmit)?;
+        }
+        Ok(())
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    // Large buffers absorb bursts between batches; the kernel caps them at
+    // net.core.{r,w}mem_max.
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    sock.bind(&addr.into())?;
+    // Non-blocking: recvmmsg on a blocking socket would wait for a full
+    // batch. The loops wait for readiness with poll(2) instead.
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// Waits until `sock` is readable (or writable) or `timeout` passes.
+fn wait_ready(sock: &UdpSocket, write: bool, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: if write { libc::POLLOUT } else { libc::POLLIN },
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int);
+    }
+}
+
+/// The running fast path; dropping it stops the threads.
+pub struct DataPlane {
+    stop: Arc<AtomicBool>,
+    tun: Arc<Tun>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DataPlane {
+    pub fn start(
+        tun: Arc<Tun>,
+        sockets: Arc<Sockets>,
+        tables: Arc<Tables>,
+        counters: Arc<DataCounters>,
+        control: mpsc::Sender<ToControl>,
+    ) -> io::Result<DataPlane> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (tun, sockets, tables, counters, control, stop) = (
+                tun.clone(),
+                sockets.clone(),
+                tables.clone(),
+                counters.clone(),
+                control.clone(),
+                stop.clone(),
+            );
+            threads.push(std::thread::Builder::new().name("cy-tun-rx".into()).spawn(
+                move || outbound_loop(&tun, &sockets, &tables, &counters, &control, &stop),
+            )?);
+        }
+        for v6 in [false, true] {
+            let has = if v6 {
+                sockets.v6.is_some()
+            } else {
+                sockets.v4.is_some()
+            };
+            if !has {
+                continue;
+            }
+            let (tun, sockets, tables, counters, control, stop) = (
+                tun.clone(),
+                sockets.clone(),
+                tables.clone(),
+                counters.clone(),
+                control.clone(),
+                stop.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(if v6 { "cy-udp6-rx" } else { "cy-udp4-rx" }.into())
+                    .spawn(move || {
+                        inbound_loop(v6, &tun, &sockets, &tables, &counters, &control, &stop)
+                    })?,
+            );
+        }
+        Ok(DataPlane { stop, tun, threads })
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.tun.shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// TUN -> seal -> UDP. Packets to one endpoint that fill whole segments go
+/// out in one GSO send.
+fn outbound_loop(
+    tun: &Tun,
+    sockets: &Sockets,
+    tables: &Tables,
+    counters: &DataCounters,
+    control: &mpsc::Sender<ToControl>,
+    stop: &AtomicBool,
+) {
+    let mtu = tun.mtu() as usize;
+    let slot = DATA_HEADER_LEN + mtu + TAG_LEN;
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; slot]).collect();
+    let mut sizes = vec![0usize; BATCH];
+    let mut scratch = vec![0u8; 65536 + 64];
+    // Sealed packets for the current destination, back to back.
+    let mut train: Vec<u8> = Vec::with_capacity(slot * BATCH);
+    while !stop.load(Ordering::Relaxed) {
+        for b in bufs.iter_mut() {
+            b.resize(slot, 0);
+        }
+        let n = match tun.recv_batch(&mut scratch, &mut bufs, &mut sizes, DATA_HEADER_LEN) {
+            Ok(n) => n,
+            Err(e) if stop.load(Ordering::Relaxed) => {
+                tracing::debug!(error = %e, "TUN reader stopping");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TUN read failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let mut current: Option<(SocketAddr, usize)> = None; // endpoint, segment size
+        let flush = |train: &mut Vec<u8>, current: &mut Option<(SocketAddr, usize)>| {
+            if let Some((dst, seg)) = current.take() {
+                if !train.is_empty() {
+                    if let Err(e) = sockets.send_segments(train, seg, dst) {
+                        counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, %dst, "send failed");
+                    }
+                }
+            }
+            train.clear();
+        };
+        for i in 0..n {
+            let len = sizes[i];
+            let packet = &bufs[i][DATA_HEADER_LEN..DATA_HEADER_LEN + len];
+            let Some(dst) = ip::inner_destination(packet) else {
+                continue;
+            };
+            let Some(tunnel) = tables.by_destination(dst) else {
+                if control
+                    .try_send(ToControl::Outbound(packet.to_vec()))
+                    .is_err()
+                {
+                    counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            };
+            let sealed = match tunnel.send.seal_in_place(&mut bufs[i], len) {
+                Ok(n) => n,
+                Err(DataError::CounterLimit) => {
+                    // The control task rekeys; until then nothing goes out.
+                    counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(_) => {
+                    counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            tunnel.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+            tunnel
+                .stats
+                .tx_bytes
+                .fetch_add(len as u64, Ordering::Relaxed);
+            counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+            // A train continues while the endpoint is the same and every
+            // segment but the last has the train's size.
+            let joins = match current {
+                Some((dst, seg)) => {
+                    dst == tunnel.endpoint && train.len() % seg == 0 && sealed <= seg
+                }
+                None => false,
+            };
+            if !joins {
+                flush(&mut train, &mut current);
+                current = Some((tunnel.endpoint, sealed));
+            }
+            train.extend_from_slice(&bufs[i][..sealed]);
+            if let Some((_, seg)) = current {
+                if sealed < seg {
+                    flush(&mut train, &mut current);
+                }
+            }
+        }
+        flush(&mut train, &mut current);
+    }
+}
+
+/// UDP -> open -> checks -> TUN.
+fn inbound_loop(
+    v6: bool,
+    tun: &Tun,
+    sockets: &Sockets,
+    tables: &Tables,
+    counters: &DataCounters,
+    control: &mpsc::Sender<ToControl>,
+    stop: &AtomicBool,
+) {
+    let Some(sock) = (if v6 {
+        sockets.v6.as_ref()
+    } else {
+        sockets.v4.as_ref()
+    }) else {
+        return;
+    };
+    let n_bufs = 8;
+    let mut rx: Vec<Vec<u8>> = (0..n_bufs).map(|_| vec![0u8; RX_BUF]).collect();
+    let mut meta = vec![quinn_udp::RecvMeta::default(); n_bufs];
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        // Wake at least this often to notice shutdown.
+        wait_ready(sock, false, Duration::from_millis(250));
+        let n = {
+            let mut iovs: Vec<IoSliceMut<'_>> = rx.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match sockets.state.recv(sock.into(), &mut iovs, &mut meta) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    continue;
+                }
+            }
+        };
+        for (buf, m) in rx.iter_mut().zip(meta.iter()).take(n) {
+            let from = canonical(m.addr);
+            let stride = m.stride.max(1);
+            let mut off = 0;
+            while off < m.len {
+                let end = (off + stride).min(m.len);
+                let datagram = &mut buf[off..end];
+                off = end;
+                if datagram.first() != Some(&TYPE_DATA) {
+                    let msg = ToControl::Datagram {
+                        from,
+                        packet: datagram.to_vec(),
+                    };
+                    if control.try_send(msg).is_err() {
+                        counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                let Some(index) = data_receiver_index(datagram) else {
+                    counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let Some(tunnel) = tables.by_index(index) else {
+                    counters.rx_unknown_index.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let range = match tunnel.recv.open_in_place(datagram) {
+                    Ok(r) => r,
+                    Err(DataError::Replay(_)) => {
+                        counters.rx_replayed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(DataError::Auth) => {
+                        counters.rx_auth_failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(_) => {
+                        counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                let plain = &datagram[range];
+                tunnel.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+                counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                if plain.is_empty() {
+                    continue; // keepalive
+                }
+                // A peer may only speak for its own VIPs.
+                let src_ok = match ip::inner_source(plain) {
+                    Some(IpAddr::V4(a)) => a == tunnel.vip4,
+                    Some(IpAddr::V6(a)) => a == tunnel.vip6,
+                    None => false,
+                };
+                if !src_ok {
+                    counters.rx_bad_inner_source.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                tunnel
+                    .stats
+                    .rx_bytes
+                    .fetch_add(plain.len() as u64, Ordering::Relaxed);
+                let mut b = spare.pop().unwrap_or_default();
+                b.clear();
+                b.resize(DATA_HEADER_LEN, 0);
+                b.extend_from_slice(plain);
+                out.push(b);
+                if out.len() == BATCH {
+                    write_tun(tun, &mut out, &mut spare, counters);
+                }
+            }
+        }
+        write_tun(tun, &mut out, &mut spare, counters);
+    }
+}
+
+fn write_tun(tun: &Tun, out: &mut Vec<Vec<u8>>, spare: &mut Vec<Vec<u8>>, counters: &DataCounters) {
+    if out.is_empty() {
+        return;
+    }
+    if let Err(e) = tun.send_batch(out, DATA_HEADER_LEN) {
+        counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %e, "TUN write failed");
+    }
+    spare.append(out);
+}
+
+/// IPv4-mapped IPv6 addresses are IPv4 addresses.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}

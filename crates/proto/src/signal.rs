@@ -1,0 +1,678 @@
+//! Signaling between a node and the NMS: Registration, KeepAlive and route
+//! selection (Direction Request, Route Direction to Responder / Confirmation /
+//! to Initiator), carried in UDP and sealed with the common key the AS handed
+//! the node at Login.
+//!
+//! Packet layout (`docs/protocol.md`, "Signaling packets"):
+//!
+//! ```text
+//! 0       1         2..4      4..12          12..24            24..
+//! type=1  version=1 reserved  session_id BE  nonce (12 bytes)  ChaCha20-Poly1305(body) || tag
+//! nonce = direction (0 node->NMS, 1 NMS->node) || 3 zero bytes || counter u64 BE
+//! AAD   = bytes 0..24
+//! ```
+//!
+//! Counters start at the sender's wall clock in microseconds and count up, so
+//! a restarted sender never reuses a nonce under a key that outlived it (the
+//! cloud keeps sessions across restarts), and the receiver's replay window
+//! ([`ReplayWindow`]) rejects duplicates.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+
+use crate::replay::{ReplayError, ReplayWindow};
+use crate::wire::{Reader, WireError, Writer};
+
+pub const TYPE_SIGNALING: u8 = 1;
+pub const SIGNAL_VERSION: u8 = 1;
+pub const SIGNAL_HEADER_LEN: usize = 24;
+pub const SIGNAL_TAG_LEN: usize = 16;
+/// Largest signaling datagram we build or accept.
+pub const MAX_SIGNAL_PACKET: usize = 1400;
+/// Endpoint lists are bounded so a message always fits one datagram.
+pub const MAX_ENDPOINTS: usize = 16;
+
+/// Which end of the signaling channel we are: it picks the nonce direction
+/// byte, so the two directions never share a nonce under one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Node,
+    Nms,
+}
+
+impl Role {
+    fn tx_direction(self) -> u8 {
+        match self {
+            Role::Node => 0,
+            Role::Nms => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    #[error("not a signaling packet")]
+    NotSignaling,
+    #[error("unsupported signaling version {0}")]
+    Version(u8),
+    #[error("signaling packet truncated or oversized")]
+    Malformed,
+    #[error("signaling packet for session {got}, expected {expected}")]
+    WrongSession { expected: u64, got: u64 },
+    #[error("signaling packet from the wrong direction")]
+    WrongDirection,
+    #[error("signaling packet failed authentication")]
+    Auth,
+    #[error("signaling packet replayed: {0}")]
+    Replay(ReplayError),
+    #[error("bad signaling message: {0}")]
+    Body(#[from] WireError),
+    #[error("unknown signaling message type {0}")]
+    UnknownMessage(u8),
+}
+
+/// The session ID of a signaling packet, read before any crypto so the NMS
+/// can find the session's key.
+pub fn peek_session(packet: &[u8]) -> Result<u64, SignalError> {
+    if packet.first() != Some(&TYPE_SIGNALING) {
+        return Err(SignalError::NotSignaling);
+    }
+    if packet.len() < SIGNAL_HEADER_LEN + SIGNAL_TAG_LEN || packet.len() > MAX_SIGNAL_PACKET {
+        return Err(SignalError::Malformed);
+    }
+    if packet[1] != SIGNAL_VERSION {
+        return Err(SignalError::Version(packet[1]));
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&packet[4..12]);
+    Ok(u64::from_be_bytes(id))
+}
+
+/// One end of a signaling session: seals outgoing messages and opens
+/// incoming ones, rejecting forgeries and replays.
+pub struct SignalCipher {
+    key: LessSafeKey,
+    session_id: u64,
+    role: Role,
+    tx_counter: u64,
+    rx_window: ReplayWindow,
+}
+
+impl std::fmt::Debug for SignalCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalCipher")
+            .field("session_id", &self.session_id)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignalCipher {
+    /// `counter_base` should be the wall clock in microseconds since the
+    /// Unix epoch: see the module doc.
+    pub fn new(session_id: u64, key: &[u8; 32], role: Role, counter_base: u64) -> Self {
+        // Invariant: CHACHA20_POLY1305 takes exactly 32-byte keys.
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte key");
+        Self {
+            key: LessSafeKey::new(unbound),
+            session_id,
+            role,
+            tx_counter: counter_base,
+            rx_window: ReplayWindow::new(),
+        }
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Seals `envelope` into a complete signaling packet.
+    pub fn seal(&mut self, envelope: &Envelope) -> Vec<u8> {
+        let counter = self.tx_counter;
+        self.tx_counter += 1;
+        let mut nonce = [0u8; 12];
+        nonce[0] = self.role.tx_direction();
+        nonce[4..].copy_from_slice(&counter.to_be_bytes());
+        let mut packet = Vec::with_capacity(256);
+        packet.extend_from_slice(&[TYPE_SIGNALING, SIGNAL_VERSION, 0, 0]);
+        packet.extend_from_slice(&self.session_id.to_be_bytes());
+        packet.extend_from_slice(&nonce);
+        let mut body = envelope.encode();
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&packet[..SIGNAL_HEADER_LEN]),
+                &mut body,
+            )
+            // Invariant: ring fails only for inputs over ~256 GiB.
+            .expect("sealing a small message");
+        packet.extend_from_slice(&body);
+        packet.extend_from_slice(tag.as_ref());
+        packet
+    }
+
+    /// Opens a signaling packet. The replay window advances only after the
+    /// packet authenticated, so forgeries cannot move it.
+    pub fn open(&mut self, packet: &[u8]) -> Result<Envelope, SignalError> {
+        let session = peek_session(packet)?;
+        if session != self.session_id {
+            return Err(SignalError::WrongSession {
+                expected: self.session_id,
+                got: session,
+            });
+        }
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&packet[12..24]);
+        let expected_dir = match self.role {
+            Role::Node => Role::Nms.tx_direction(),
+            Role::Nms => Role::Node.tx_direction(),
+        };
+        if nonce[0] != expected_dir || nonce[1..4] != [0, 0, 0] {
+            return Err(SignalError::WrongDirection);
+        }
+        let mut counter = [0u8; 8];
+        counter.copy_from_slice(&nonce[4..]);
+        let counter = u64::from_be_bytes(counter);
+        self.rx_window.check(counter).map_err(SignalError::Replay)?;
+        let mut body = packet[SIGNAL_HEADER_LEN..].to_vec();
+        let plain = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&packet[..SIGNAL_HEADER_LEN]),
+                &mut body,
+            )
+            .map_err(|_| SignalError::Auth)?;
+        let envelope = Envelope::decode(plain)?;
+        self.rx_window
+            .update(counter)
+            .map_err(SignalError::Replay)?;
+        Ok(envelope)
+    }
+}
+
+/// A message with its transaction ID. A response carries the ID of its
+/// request; retransmissions reuse the ID so the receiver can answer a
+/// duplicate from its cache instead of acting twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub txid: u64,
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    RegistrationRequest(RegistrationRequest),
+    RegistrationResponse(RegistrationResponse),
+    KeepAlive,
+    KeepAliveAck {
+        observed: SocketAddr,
+    },
+    DirectionRequest {
+        target: String,
+    },
+    RouteDirectionToResponder(RouteDirection),
+    RouteDirectionConfirmation {
+        route_id: u64,
+    },
+    RouteDirectionToInitiator(RouteDirection),
+    DirectionError {
+        code: DirectionErrorCode,
+        message: String,
+    },
+    /// The NMS lost this node's registration (it restarted): register again.
+    ReRegister,
+}
+
+impl Message {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::RegistrationRequest(_) => "RegistrationRequest",
+            Message::RegistrationResponse(_) => "RegistrationResponse",
+            Message::KeepAlive => "KeepAlive",
+            Message::KeepAliveAck { .. } => "KeepAliveAck",
+            Message::DirectionRequest { .. } => "DirectionRequest",
+            Message::RouteDirectionToResponder(_) => "RouteDirectionToResponder",
+            Message::RouteDirectionConfirmation { .. } => "RouteDirectionConfirmation",
+            Message::RouteDirectionToInitiator(_) => "RouteDirectionToInitiator",
+            Message::DirectionError { .. } => "DirectionError",
+            Message::ReRegister => "ReRegister",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationRequest {
+    /// The node's X25519 static key for tunnel handshakes; bound to its
+    /// certificate by the signature it sends in every handshake.
+    pub static_public: [u8; 32],
+    pub tunnel_port: u16,
+    /// The node's own addresses (with `tunnel_port`), as it sees them.
+    pub local_addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationResponse {
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    /// The source address the NMS saw: differs from every local address
+    /// when a NAT lies between.
+    pub observed: SocketAddr,
+    pub keepalive_secs: u16,
+}
+
+/// How a tunnel's packets travel (seed: route patterns, table 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoutePattern {
+    /// Pattern 1: no NAT on the path; the initiator sends straight to the
+    /// responder's address.
+    Direct,
+    /// Pattern 2: a NAT on the path is opened by the side behind it.
+    Punched,
+    /// Pattern 3: through a TRS.
+    Relayed,
+    Unknown(u8),
+}
+
+impl RoutePattern {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            RoutePattern::Direct => 1,
+            RoutePattern::Punched => 2,
+            RoutePattern::Relayed => 3,
+            RoutePattern::Unknown(v) => v,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => RoutePattern::Direct,
+            2 => RoutePattern::Punched,
+            3 => RoutePattern::Relayed,
+            v => RoutePattern::Unknown(v),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutePattern::Direct => "direct",
+            RoutePattern::Punched => "punched",
+            RoutePattern::Relayed => "relayed",
+            RoutePattern::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// Certificate status the NMS vouches for in a route direction (like an
+/// OCSP answer stapled to the route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStatus {
+    Good,
+    Revoked,
+    Unknown(u8),
+}
+
+impl CertStatus {
+    fn to_u8(self) -> u8 {
+        match self {
+            CertStatus::Good => 0,
+            CertStatus::Revoked => 1,
+            CertStatus::Unknown(v) => v,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => CertStatus::Good,
+            1 => CertStatus::Revoked,
+            v => CertStatus::Unknown(v),
+        }
+    }
+}
+
+/// What the NMS tells one end about the other end of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub static_public: [u8; 32],
+    pub cert_serial: u64,
+    pub cert_status: CertStatus,
+    /// Where to send Tunnel Requests, best first.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct RouteDirection {
+    pub route_id: u64,
+    pub pattern: RoutePattern,
+    pub peer: PeerInfo,
+    /// Pre-shared key for this route's handshakes (Noise psk): proves the
+    /// NMS directed both ends, but yields no end key on its own.
+    pub tunnel_key: [u8; 32],
+}
+
+impl std::fmt::Debug for RouteDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteDirection")
+            .field("route_id", &self.route_id)
+            .field("pattern", &self.pattern)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectionErrorCode {
+    /// No node with that name is registered.
+    NotFound,
+    /// The responder did not confirm in time.
+    Timeout,
+    /// The requester is not registered yet.
+    NotRegistered,
+    Unknown(u8),
+}
+
+impl DirectionErrorCode {
+    fn to_u8(self) -> u8 {
+        match self {
+            DirectionErrorCode::NotFound => 1,
+            DirectionErrorCode::Timeout => 2,
+            DirectionErrorCode::NotRegistered => 3,
+            DirectionErrorCode::Unknown(v) => v,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => DirectionErrorCode::NotFound,
+            2 => DirectionErrorCode::Timeout,
+            3 => DirectionErrorCode::NotRegistered,
+            v => DirectionErrorCode::Unknown(v),
+        }
+    }
+}
+
+const MSG_REGISTRATION_REQUEST: u8 = 0x01;
+const MSG_REGISTRATION_RESPONSE: u8 = 0x02;
+const MSG_KEEPALIVE: u8 = 0x03;
+const MSG_KEEPALIVE_ACK: u8 = 0x04;
+const MSG_DIRECTION_REQUEST: u8 = 0x05;
+const MSG_ROUTE_DIRECTION_TO_RESPONDER: u8 = 0x06;
+const MSG_ROUTE_DIRECTION_CONFIRMATION: u8 = 0x07;
+const MSG_ROUTE_DIRECTION_TO_INITIATOR: u8 = 0x08;
+const MSG_DIRECTION_ERROR: u8 = 0x09;
+const MSG_REREGISTER: u8 = 0x0a;
+
+impl Envelope {
+    /// Body layout: `u8 message type || u64 txid || fields`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match &self.message {
+            Message::RegistrationRequest(r) => {
+                w.u8(MSG_REGISTRATION_REQUEST).u64(self.txid);
+                w.bytes(&r.static_public).u16(r.tunnel_port);
+                w.socket_addrs(&r.local_addrs[..r.local_addrs.len().min(MAX_ENDPOINTS)]);
+            }
+            Message::RegistrationResponse(r) => {
+                w.u8(MSG_REGISTRATION_RESPONSE).u64(self.txid);
+                w.str(&r.fqdn)
+                    .bytes(&r.vip4.octets())
+                    .bytes(&r.vip6.octets());
+                w.socket_addr(&r.observed).u16(r.keepalive_secs);
+            }
+            Message::KeepAlive => {
+                w.u8(MSG_KEEPALIVE).u64(self.txid);
+            }
+            Message::KeepAliveAck { observed } => {
+                w.u8(MSG_KEEPALIVE_ACK).u64(self.txid).socket_addr(observed);
+            }
+            Message::DirectionRequest { target } => {
+                w.u8(MSG_DIRECTION_REQUEST).u64(self.txid).str(target);
+            }
+            Message::RouteDirectionToResponder(d) => {
+                w.u8(MSG_ROUTE_DIRECTION_TO_RESPONDER).u64(self.txid);
+                encode_direction(&mut w, d);
+            }
+            Message::RouteDirectionConfirmation { route_id } => {
+                w.u8(MSG_ROUTE_DIRECTION_CONFIRMATION)
+                    .u64(self.txid)
+                    .u64(*route_id);
+            }
+            Message::RouteDirectionToInitiator(d) => {
+                w.u8(MSG_ROUTE_DIRECTION_TO_INITIATOR).u64(self.txid);
+                encode_direction(&mut w, d);
+            }
+            Message::DirectionError { code, message } => {
+                w.u8(MSG_DIRECTION_ERROR).u64(self.txid);
+                w.u8(code.to_u8()).str(message);
+            }
+            Message::ReRegister => {
+                w.u8(MSG_REREGISTER).u64(self.txid);
+            }
+        }
+        w.into_inner()
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, SignalError> {
+        let mut r = Reader::new(body);
+        let kind = r.u8()?;
+        let txid = r.u64()?;
+        let message = match kind {
+            MSG_REGISTRATION_REQUEST => {
+                let static_public = r.array()?;
+                let tunnel_port = r.u16()?;
+                let local_addrs = r.socket_addrs()?;
+                if local_addrs.len() > MAX_ENDPOINTS {
+                    return Err(WireError::Invalid {
+                        field: "local address count",
+                    }
+                    .into());
+                }
+                Message::RegistrationRequest(RegistrationRequest {
+                    static_public,
+                    tunnel_port,
+                    local_addrs,
+                })
+            }
+            MSG_REGISTRATION_RESPONSE => Message::RegistrationResponse(RegistrationResponse {
+                fqdn: r.str("fqdn")?.to_owned(),
+                vip4: r.ipv4()?,
+                vip6: r.ipv6()?,
+                observed: r.socket_addr()?,
+                keepalive_secs: r.u16()?,
+            }),
+            MSG_KEEPALIVE => Message::KeepAlive,
+            MSG_KEEPALIVE_ACK => Message::KeepAliveAck {
+                observed: r.socket_addr()?,
+            },
+            MSG_DIRECTION_REQUEST => Message::DirectionRequest {
+                target: r.str("target")?.to_owned(),
+            },
+            MSG_ROUTE_DIRECTION_TO_RESPONDER => {
+                Message::RouteDirectionToResponder(decode_direction(&mut r)?)
+            }
+            MSG_ROUTE_DIRECTION_CONFIRMATION => {
+                Message::RouteDirectionConfirmation { route_id: r.u64()? }
+            }
+            MSG_ROUTE_DIRECTION_TO_INITIATOR => {
+                Message::RouteDirectionToInitiator(decode_direction(&mut r)?)
+            }
+            MSG_DIRECTION_ERROR => Message::DirectionError {
+                code: DirectionErrorCode::from_u8(r.u8()?),
+                message: r.str("message")?.to_owned(),
+            },
+            MSG_REREGISTER => Message::ReRegister,
+            other => return Err(SignalError::UnknownMessage(other)),
+        };
+        r.finish()?;
+        Ok(Envelope { txid, message })
+    }
+}
+
+fn encode_direction(w: &mut Writer, d: &RouteDirection) {
+    w.u64(d.route_id).u8(d.pattern.to_u8()).bytes(&d.tunnel_key);
+    let p = &d.peer;
+    w.str(&p.fqdn)
+        .bytes(&p.vip4.octets())
+        .bytes(&p.vip6.octets())
+        .bytes(&p.static_public)
+        .u64(p.cert_serial)
+        .u8(p.cert_status.to_u8())
+        .socket_addrs(&p.endpoints[..p.endpoints.len().min(MAX_ENDPOINTS)]);
+}
+
+fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
+    let route_id = r.u64()?;
+    let pattern = RoutePattern::from_u8(r.u8()?);
+    let tunnel_key = r.array()?;
+    let peer = PeerInfo {
+        fqdn: r.str("peer fqdn")?.to_owned(),
+        vip4: r.ipv4()?,
+        vip6: r.ipv6()?,
+        static_public: r.array()?,
+        cert_serial: r.u64()?,
+        cert_status: CertStatus::from_u8(r.u8()?),
+        endpoints: r.socket_addrs()?,
+    };
+    if peer.endpoints.len() > MAX_ENDPOINTS {
+        return Err(WireError::Invalid {
+            field: "endpoint count",
+        }
+        .into());
+    }
+    Ok(RouteDirection {
+        route_id,
+        pattern,
+        peer,
+        tunnel_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (SignalCipher, SignalCipher) {
+        let key = [7u8; 32];
+        (
+            SignalCipher::new(42, &key, Role::Node, 1_000),
+            SignalCipher::new(42, &key, Role::Nms, 5_000),
+        )
+    }
+
+    fn sample_messages() -> Vec<Message> {
+        let peer = PeerInfo {
+            fqdn: "n2.cyphonic.internal".into(),
+            vip4: Ipv4Addr::new(100, 64, 0, 3),
+            vip6: "fd7a:6379:7068::3".parse().unwrap(),
+            static_public: [9; 32],
+            cert_serial: 0x1234_5678,
+            cert_status: CertStatus::Good,
+            endpoints: vec!["192.0.2.12:4501".parse().unwrap()],
+        };
+        let dir = RouteDirection {
+            route_id: 99,
+            pattern: RoutePattern::Direct,
+            peer,
+            tunnel_key: [3; 32],
+        };
+        vec![
+            Message::RegistrationRequest(RegistrationRequest {
+                static_public: [1; 32],
+                tunnel_port: 4501,
+                local_addrs: vec![
+                    "192.0.2.11:4501".parse().unwrap(),
+                    "[2001:db8::11]:4501".parse().unwrap(),
+                ],
+            }),
+            Message::RegistrationResponse(RegistrationResponse {
+                fqdn: "n1.cyphonic.internal".into(),
+                vip4: Ipv4Addr::new(100, 64, 0, 2),
+                vip6: "fd7a:6379:7068::2".parse().unwrap(),
+                observed: "192.0.2.11:4501".parse().unwrap(),
+                keepalive_secs: 15,
+            }),
+            Message::KeepAlive,
+            Message::KeepAliveAck {
+                observed: "[2001:db8::11]:4501".parse().unwrap(),
+            },
+            Message::DirectionRequest {
+                target: "n2.cyphonic.internal".into(),
+            },
+            Message::RouteDirectionToResponder(dir.clone()),
+            Message::RouteDirectionConfirmation { route_id: 99 },
+            Message::RouteDirectionToInitiator(dir),
+            Message::DirectionError {
+                code: DirectionErrorCode::NotFound,
+                message: "no node n9.cyphonic.internal".into(),
+            },
+            Message::ReRegister,
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_through_the_cipher() {
+        let (mut node, mut nms) = pair();
+        for (i, message) in sample_messages().into_iter().enumerate() {
+            let env = Envelope {
+                txid: i as u64 + 1,
+                message,
+            };
+            let packet = node.seal(&env);
+            assert_eq!(peek_session(&packet), Ok(42));
+            assert_eq!(nms.open(&packet).unwrap(), env);
+            let back = nms.seal(&env);
+            assert_eq!(node.open(&back).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn forged_replayed_and_reflected_packets_are_refused() {
+        let (mut node, mut nms) = pair();
+        let env = Envelope {
+            txid: 1,
+            message: Message::KeepAlive,
+        };
+        let packet = node.seal(&env);
+        for i in 0..packet.len() {
+            let mut bad = packet.clone();
+            bad[i] ^= 0x40;
+            assert!(nms.open(&bad).is_err(), "flipped byte {i} accepted");
+        }
+        // The forgeries did not advance the window: the genuine one opens.
+        assert!(nms.open(&packet).is_ok());
+        assert!(matches!(nms.open(&packet), Err(SignalError::Replay(_))));
+        // A node's own packet sent back to it is not accepted as the NMS's.
+        let mut node2 = SignalCipher::new(42, &[7u8; 32], Role::Node, 0);
+        assert_eq!(node2.open(&packet), Err(SignalError::WrongDirection));
+    }
+
+    #[test]
+    fn truncated_packets_never_panic() {
+        let (mut node, mut nms) = pair();
+        let packet = node.seal(&Envelope {
+            txid: 5,
+            message: sample_messages().remove(0),
+        });
+        for len in 0..packet.len() {
+            assert!(nms.open(&packet[..len]).is_err());
+        }
+        let body = Envelope {
+            txid: 5,
+            message: sample_messages().remove(7),
+        }
+        .encode();
+        for len in 0..body.len() {
+            assert!(Envelope::decode(&body[..len]).is_err());
+        }
+        assert!(matches!(
+            Envelope::decode(&[0xee, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(SignalError::UnknownMessage(0xee))
+        ));
+    }
+}
