@@ -297,7 +297,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         vip4: info.vip4,
                         vip6: info.vip6,
                         nms,
-                        keepalive: Duration::from_secs(info.keepalive_secs.max(1) as u64),
+                        keepalive: Duration::from_secs(info.keepalive_secs.max(1)),
                     });
                 }
                 Err(e) => {

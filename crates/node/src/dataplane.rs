@@ -415,7 +415,7 @@ fn outbound_loop(
             // segment but the last has the train's size.
             let joins = match current {
                 Some((dst, seg)) => {
-                    dst == tunnel.endpoint && train.len() % seg == 0 && sealed <= seg
+                    dst == tunnel.endpoint && train.len().is_multiple_of(seg) && sealed <= seg
                 }
                 None => false,
             };

@@ -286,9 +286,13 @@ impl Overlay {
         let n = &self.nodes[i];
         let state = n.state_dir.to_string_lossy().to_string();
         let (ns, name) = (n.ns.clone(), n.name.clone());
+        let mut args = vec![bin.as_str(), "node", "run", "--state-dir", &state, "--tun", "cy0"];
+        // Extra daemon flags for experiments, e.g. CYPHONIC_LAB_NODE_ARGS=--offload.
+        let extra = std::env::var("CYPHONIC_LAB_NODE_ARGS").unwrap_or_default();
+        args.extend(extra.split_whitespace());
         let pid = self.lab.spawn(
             &ns,
-            &[&bin, "node", "run", "--state-dir", &state, "--tun", "cy0"],
+            &args,
             &name,
             &[("CYPHONIC_LOG", "info,cyphonic_node=debug")],
         )?;
@@ -408,41 +412,31 @@ pub fn parse_ping(out: &str) -> Option<(u32, f64)> {
 
 /// Runs an iperf3 TCP transfer from node `from` to `dst` (server in node
 /// `to`); returns the receiver's throughput in Mbit/s.
-pub fn iperf(
-    o: &mut Overlay,
-    from: usize,
-    to: usize,
-    dst: &str,
-    streams: u32,
-    secs: u32,
-) -> anyhow::Result<f64> {
+pub fn iperf(o: &mut Overlay, from: usize, to: usize, dst: &str, streams: u32, secs: u32) -> anyhow::Result<f64> {
     let to_ns = o.nodes[to].ns.clone();
     let log = format!("iperf3-server-{}", o.nodes[to].name);
-    let server = o
-        .lab
-        .spawn(&to_ns, &["iperf3", "-s", "-1", "-p", "5201"], &log, &[])?;
+    let server = o.lab.spawn(&to_ns, &["iperf3", "-s", "-1", "-p", "5201"], &log, &[])?;
     let lab = &o.lab;
+    let listening = wait_until("the iperf3 server to listen", Duration::from_secs(5), || {
+        let out = lab.exec(&to_ns, &["ss", "-Hltn", "sport = :5201"])?;
+        Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
+    });
     let ns = o.nodes[from].ns.clone();
     let cmd = format!("iperf3 -c {dst} -p 5201 -t {secs} -P {streams} -J --connect-timeout 3000");
-    let json = wait_until(
-        "iperf3 transfer",
-        Duration::from_secs(secs as u64 + 25),
-        || {
-            let out = lab.sh(&ns, &cmd);
-            match out {
-                Ok(out) => Ok(Some(String::from_utf8_lossy(&out.stdout).to_string())),
-                // The server may not listen yet: try again until the deadline.
-                Err(e) => Err(e),
-            }
-        },
-    );
+    let result = listening.and_then(|()| {
+        let out = lab.sh(&ns, &cmd)?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
+        let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| {
+            format!(
+                "iperf3 reported no received throughput: {}",
+                v["error"].as_str().unwrap_or("no error given")
+            )
+        })?;
+        Ok(bps / 1e6)
+    });
     let _ = o.lab.kill(server);
-    let json = json?;
-    let v: serde_json::Value = serde_json::from_str(&json).context("iperf3 printed no JSON")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no received throughput")?;
-    Ok(bps / 1e6)
+    result
 }
 
 pub fn elapsed_ms(start: Instant) -> f64 {

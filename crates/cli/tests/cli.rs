@@ -1,0 +1,115 @@
+//! The `cyphonic` binary as users run it: clear errors for bad input, and
+//! the lab scenarios end to end (these need root, as CI has).
+
+use std::process::Command;
+
+fn cyphonic(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cyphonic"))
+        .args(args)
+        .output()
+        .expect("run cyphonic")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn unknown_scenario_lists_the_scenarios() {
+    let out = cyphonic(&["lab", "no-such-scenario"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    if is_root() {
+        assert!(err.contains("unknown scenario"), "{err}");
+        assert!(err.contains("direct") && err.contains("demo") && err.contains("bench"), "{err}");
+    } else {
+        assert!(err.contains("needs root"), "{err}");
+    }
+}
+
+#[test]
+fn missing_cloud_config_names_the_file() {
+    let out = cyphonic(&["cloud", "run", "--config", "/nonexistent/cloud.toml"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/cloud.toml"), "{err}");
+}
+
+#[test]
+fn status_without_a_daemon_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = cyphonic(&["status", "--state-dir", dir.path().to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is `cyphonic node run` running?"), "{err}");
+}
+
+#[test]
+fn enrolling_with_a_wrong_password_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cloud = d.join("cloud");
+    let out = cyphonic(&["cloud", "init", "--dir", cloud.to_str().unwrap(), "--public", "127.0.0.1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg = cloud.join("cloud.toml");
+    // Listen on loopback only, on ports nobody else uses in this test.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("as_listen") {
+                format!("as_listen = [\"127.0.0.1:{port}\"]")
+            } else if l.starts_with("nms_listen") {
+                format!("nms_listen = [\"127.0.0.1:{}\"]", port + 1)
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = cyphonic(&["cloud", "device", "add", "--config", cfg.to_str().unwrap(), "n1", "--password", "right-password"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut server = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
+        .args(["cloud", "run", "--config", cfg.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cloud");
+    let cloud_addr = format!("127.0.0.1:{port}");
+    let root = cloud.join("root.pem");
+    let state = d.join("n1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let err = loop {
+        let out = cyphonic(&[
+            "node", "enroll", "--cloud", &cloud_addr, "--device", "n1", "--password", "wrong-password",
+            "--ca", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if err.contains("wrong device ID or password") || std::time::Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(err.contains("wrong device ID or password"), "{err}");
+    assert!(!state.join("node.key").exists() || !state.join("node.pem").exists(), "no certificate may be stored");
+}
+
+/// `cyphonic lab direct`: the README's promise for this issue, end to end.
+#[test]
+fn lab_direct_passes() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let out = cyphonic(&["lab", "direct"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(out.status.success(), "lab direct failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("direct: ") && stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
