@@ -16,6 +16,7 @@ pub mod config;
 pub mod nms;
 pub mod run;
 pub mod store;
+pub mod trs;
 
 pub use config::CloudConfig;
 pub use store::{DeviceRecord, SessionRecord, Store, StoreError};

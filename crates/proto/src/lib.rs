@@ -8,6 +8,7 @@
 pub mod data;
 pub mod handshake;
 pub mod ip;
+pub mod relay;
 pub mod replay;
 pub mod signal;
 pub mod wire;

@@ -1,0 +1,369 @@
+//! The TRS (relay server) as a pure state machine.
+//!
+//! A relay session has two sides. Each side binds its current address with
+//! a Relay Bind that carries a MAC by the side's key, which the TRS derives
+//! from the relay secret it shares with the NMS (see
+//! [`cyphonic_proto::relay`]): the TRS needs no message from the NMS and
+//! keeps no key a node's traffic could be opened with. Relay Data from a
+//! bound address is forwarded, unchanged, to the other side's bound address.
+//!
+//! # Use
+//!
+//! [`Trs::handle_datagram`] for each datagram, in the caller's buffer; it
+//! answers with an [`Action`]: forward the buffer as it is, send the
+//! `len` bytes it wrote back to the source, or drop (counted). Call
+//! [`Trs::handle_timeout`] now and then to expire idle sessions. No clock,
+//! no sockets, no allocation per forwarded packet.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use cyphonic_proto::relay::{self, Bind, BIND_LEN, TYPE_RELAY_BIND, TYPE_RELAY_DATA};
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct TrsConfig {
+    /// Shared with the NMS: grants are derived from it.
+    pub secret: Vec<u8>,
+    pub max_sessions: usize,
+    /// A session neither side used for this long is forgotten.
+    pub idle_timeout: Duration,
+    /// Per session, both directions together, in bytes per second.
+    pub session_rate: u64,
+    /// Relay Binds a single source address may send per second (they cost
+    /// an HMAC each).
+    pub binds_per_source: u32,
+}
+
+impl Default for TrsConfig {
+    fn default() -> Self {
+        Self {
+            secret: Vec::new(),
+            max_sessions: 65536,
+            idle_timeout: Duration::from_secs(120),
+            session_rate: 1_250_000_000, // 10 Gbit/s: the limit guards against abuse, not use
+            binds_per_source: 50,
+        }
+    }
+}
+
+/// What to do with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send the datagram, unchanged, to this address.
+    Forward(SocketAddr),
+    /// Send the first `len` bytes of the buffer back to the source.
+    Reply(usize),
+    Drop(DropReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Malformed,
+    BadMac,
+    Expired,
+    StaleCounter,
+    UnknownSession,
+    UnboundSource,
+    PeerNotBound,
+    RateLimited,
+    TooManySessions,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct TrsCounters {
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub binds: u64,
+    pub sessions: u64,
+    pub dropped_malformed: u64,
+    pub dropped_auth: u64,
+    pub dropped_unbound: u64,
+    pub dropped_rate: u64,
+}
+
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            rate,
+            burst,
+            last: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant, n: f64) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Session {
+    sides: [Option<SocketAddr>; 2],
+    counters: [u64; 2],
+    expires: u64,
+    last_used: Instant,
+    bucket: TokenBucket,
+}
+
+pub struct Trs {
+    config: TrsConfig,
+    sessions: HashMap<u64, Session>,
+    bind_limits: HashMap<IpAddr, TokenBucket>,
+    counters: TrsCounters,
+}
+
+impl Trs {
+    pub fn new(config: TrsConfig) -> Self {
+        Self {
+            config,
+            sessions: HashMap::new(),
+            bind_limits: HashMap::new(),
+            counters: TrsCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> TrsCounters {
+        TrsCounters {
+            sessions: self.sessions.len() as u64,
+            ..self.counters
+        }
+    }
+
+    /// `unix_now` is the wall clock in seconds, for grant expiry.
+    pub fn handle_datagram(&mut self, now: Instant, unix_now: u64, from: SocketAddr, buf: &mut [u8]) -> Action {
+        let action = match buf.first() {
+            Some(&TYPE_RELAY_DATA) => self.on_data(now, from, buf),
+            Some(&TYPE_RELAY_BIND) => self.on_bind(now, unix_now, from, buf),
+            _ => Action::Drop(DropReason::Malformed),
+        };
+        match action {
+            Action::Drop(DropReason::Malformed) => self.counters.dropped_malformed += 1,
+            Action::Drop(DropReason::BadMac | DropReason::Expired | DropReason::StaleCounter) => {
+                self.counters.dropped_auth += 1
+            }
+            Action::Drop(DropReason::RateLimited | DropReason::TooManySessions) => self.counters.dropped_rate += 1,
+            Action::Drop(_) => self.counters.dropped_unbound += 1,
+            Action::Forward(_) => {
+                self.counters.forwarded_packets += 1;
+                self.counters.forwarded_bytes += buf.len() as u64;
+            }
+            Action::Reply(_) => self.counters.binds += 1,
+        }
+        action
+    }
+
+    fn on_data(&mut self, now: Instant, from: SocketAddr, buf: &[u8]) -> Action {
+        let Ok(relay_id) = relay::parse_data(buf) else {
+            return Action::Drop(DropReason::Malformed);
+        };
+        let Some(s) = self.sessions.get_mut(&relay_id) else {
+            return Action::Drop(DropReason::UnknownSession);
+        };
+        let side = if s.sides[0] == Some(from) {
+            0
+        } else if s.sides[1] == Some(from) {
+            1
+        } else {
+            return Action::Drop(DropReason::UnboundSource);
+        };
+        let Some(dst) = s.sides[1 - side] else {
+            return Action::Drop(DropReason::PeerNotBound);
+        };
+        if !s.bucket.take(now, buf.len() as f64) {
+            return Action::Drop(DropReason::RateLimited);
+        }
+        s.last_used = now;
+        Action::Forward(dst)
+    }
+
+    fn on_bind(&mut self, now: Instant, unix_now: u64, from: SocketAddr, buf: &mut [u8]) -> Action {
+        let Ok(bind) = Bind::parse(buf) else {
+            return Action::Drop(DropReason::Malformed);
+        };
+        // Cheap checks and the per-source limit before the HMAC.
+        if bind.expires <= unix_now {
+            return Action::Drop(DropReason::Expired);
+        }
+        let rate = self.config.binds_per_source as f64;
+        if self.bind_limits.len() > 65536 {
+            self.bind_limits.retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
+        }
+        let limiter = self
+            .bind_limits
+            .entry(from.ip())
+            .or_insert_with(|| TokenBucket::new(rate, rate, now));
+        if !limiter.take(now, 1.0) {
+            return Action::Drop(DropReason::RateLimited);
+        }
+        let key = relay::side_key(&self.config.secret, bind.relay_id, bind.side, bind.expires);
+        if Bind::verify(buf, &key).is_err() {
+            return Action::Drop(DropReason::BadMac);
+        }
+        if !self.sessions.contains_key(&bind.relay_id) && self.sessions.len() >= self.config.max_sessions {
+            return Action::Drop(DropReason::TooManySessions);
+        }
+        let rate = self.config.session_rate as f64;
+        let s = self.sessions.entry(bind.relay_id).or_insert_with(|| Session {
+            sides: [None, None],
+            counters: [0, 0],
+            expires: bind.expires,
+            last_used: now,
+            bucket: TokenBucket::new(rate, rate.max(1e6), now),
+        });
+        let side = bind.side as usize;
+        if bind.counter <= s.counters[side] && s.sides[side].is_some() {
+            // A replayed Bind: answer only if it names the address already
+            // bound (a lost Ack), never move the side.
+            if s.sides[side] != Some(from) || bind.counter != s.counters[side] {
+                return Action::Drop(DropReason::StaleCounter);
+            }
+        }
+        s.counters[side] = bind.counter;
+        s.sides[side] = Some(from);
+        s.expires = s.expires.max(bind.expires);
+        s.last_used = now;
+        let ack = Bind { ack: true, ..bind }.encode(&key);
+        buf[..BIND_LEN].copy_from_slice(&ack);
+        Action::Reply(BIND_LEN)
+    }
+
+    /// Forgets sessions idle too long or past their grant.
+    pub fn handle_timeout(&mut self, now: Instant, unix_now: u64) {
+        let idle = self.config.idle_timeout;
+        self.sessions
+            .retain(|_, s| s.expires > unix_now && now.saturating_duration_since(s.last_used) < idle);
+        self.bind_limits
+            .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test relay secret";
+
+    fn bind(relay_id: u64, side: u8, expires: u64, counter: u64) -> Vec<u8> {
+        let key = relay::side_key(SECRET, relay_id, side, expires);
+        Bind {
+            ack: false,
+            relay_id,
+            side,
+            expires,
+            counter,
+        }
+        .encode(&key)
+        .to_vec()
+    }
+
+    fn data(relay_id: u64, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; relay::RELAY_HEADER_LEN];
+        relay::write_data_header(&mut p, relay_id);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn trs() -> Trs {
+        Trs::new(TrsConfig {
+            secret: SECRET.to_vec(),
+            ..TrsConfig::default()
+        })
+    }
+
+    #[test]
+    fn forwards_only_between_the_two_bound_sides() {
+        let mut t = trs();
+        let now = Instant::now();
+        let a: SocketAddr = "198.51.100.10:40000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::20]:41000".parse().unwrap();
+        let evil: SocketAddr = "203.0.113.66:40000".parse().unwrap();
+        assert_eq!(t.handle_datagram(now, 1000, a, &mut data(5, b"x")), Action::Drop(DropReason::UnknownSession));
+        let mut ba = bind(5, 0, 2000, 1);
+        assert_eq!(t.handle_datagram(now, 1000, a, &mut ba), Action::Reply(BIND_LEN));
+        assert!(Bind::parse(&ba).unwrap().ack);
+        assert_eq!(t.handle_datagram(now, 1000, a, &mut data(5, b"x")), Action::Drop(DropReason::PeerNotBound));
+        assert_eq!(t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 1)), Action::Reply(BIND_LEN));
+        assert_eq!(t.handle_datagram(now, 1000, a, &mut data(5, b"x")), Action::Forward(b));
+        assert_eq!(t.handle_datagram(now, 1000, b, &mut data(5, b"y")), Action::Forward(a));
+        assert_eq!(t.handle_datagram(now, 1000, evil, &mut data(5, b"z")), Action::Drop(DropReason::UnboundSource));
+        assert_eq!(t.counters().forwarded_packets, 2);
+    }
+
+    #[test]
+    fn forged_expired_and_replayed_binds_change_nothing() {
+        let mut t = trs();
+        let now = Instant::now();
+        let a: SocketAddr = "198.51.100.10:40000".parse().unwrap();
+        let b: SocketAddr = "198.51.100.11:40000".parse().unwrap();
+        let evil: SocketAddr = "203.0.113.66:40000".parse().unwrap();
+        let mut forged = bind(5, 0, 2000, 1);
+        forged[40] ^= 1;
+        assert_eq!(t.handle_datagram(now, 1000, evil, &mut forged), Action::Drop(DropReason::BadMac));
+        assert_eq!(t.handle_datagram(now, 3000, a, &mut bind(5, 0, 2000, 1)), Action::Drop(DropReason::Expired));
+        let captured = bind(5, 0, 2000, 1);
+        assert_eq!(t.handle_datagram(now, 1000, a, &mut captured.clone()), Action::Reply(BIND_LEN));
+        assert_eq!(t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 1)), Action::Reply(BIND_LEN));
+        // The attacker replays side 0's Bind from its own address.
+        assert_eq!(t.handle_datagram(now, 1000, evil, &mut captured.clone()), Action::Drop(DropReason::StaleCounter));
+        assert_eq!(t.handle_datagram(now, 1000, b, &mut data(5, b"x")), Action::Forward(a));
+        // A lost Ack: the same Bind from the same address is answered again.
+        assert_eq!(t.handle_datagram(now, 1000, a, &mut captured.clone()), Action::Reply(BIND_LEN));
+        // A moved node binds with a higher counter.
+        let moved: SocketAddr = "198.51.100.99:50000".parse().unwrap();
+        assert_eq!(t.handle_datagram(now, 1000, moved, &mut bind(5, 0, 2000, 2)), Action::Reply(BIND_LEN));
+        assert_eq!(t.handle_datagram(now, 1000, b, &mut data(5, b"x")), Action::Forward(moved));
+        for len in 0..BIND_LEN {
+            let mut short = captured[..len].to_vec();
+            assert!(matches!(t.handle_datagram(now, 1000, a, &mut short), Action::Drop(_)));
+        }
+    }
+
+    #[test]
+    fn rate_limits_hold() {
+        let mut t = Trs::new(TrsConfig {
+            secret: SECRET.to_vec(),
+            session_rate: 10_000,
+            binds_per_source: 3,
+            ..TrsConfig::default()
+        });
+        let now = Instant::now();
+        let a: SocketAddr = "198.51.100.10:40000".parse().unwrap();
+        let b: SocketAddr = "198.51.100.11:40000".parse().unwrap();
+        let mut replies = 0;
+        for i in 0..10 {
+            if let Action::Reply(_) = t.handle_datagram(now, 1000, a, &mut bind(9, 0, 2000, i + 1)) {
+                replies += 1;
+            }
+        }
+        assert_eq!(replies, 3, "binds per source are limited");
+        t.handle_datagram(now, 1000, b, &mut bind(9, 1, 2000, 1));
+        // The bucket's burst is at least 1 MB; a session rate of 10 kB/s
+        // then lets through about 1 MB at once and no more.
+        let mut forwarded = 0usize;
+        let payload = vec![0u8; 1200];
+        for _ in 0..2000 {
+            if let Action::Forward(_) = t.handle_datagram(now, 1000, a, &mut data(9, &payload)) {
+                forwarded += 1;
+            }
+        }
+        assert!(forwarded < 2000 && forwarded * 1212 <= 1_000_000 + 1212, "{forwarded}");
+        t.handle_timeout(now + Duration::from_secs(1000), 1000);
+        assert_eq!(t.counters().sessions, 0, "idle sessions expire");
+    }
+}
