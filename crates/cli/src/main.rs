@@ -63,7 +63,7 @@ enum CloudCmd {
     Run {
         #[arg(long)]
         config: PathBuf,
-        /// all | as | nms
+        /// all | as | nms | trs
         #[arg(long, default_value = "all")]
         role: String,
     },
@@ -193,7 +193,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 "all" => Roles::All,
                 "as" => Roles::As,
                 "nms" => Roles::Nms,
-                other => anyhow::bail!("unknown role {other:?}: use all, as or nms"),
+                "trs" => Roles::Trs,
+                other => anyhow::bail!("unknown role {other:?}: use all, as, nms or trs"),
             };
             let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
             cyphonic_cloud::run::run(cfg, roles, shutdown_signal()).await?;

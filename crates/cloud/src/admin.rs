@@ -120,6 +120,13 @@ pub async fn init(
     write_new(&report.as_key_path, &ca.intermediate_key_pem, 0o600)?;
     write_new(&report.root_cert_path, &ca.root_cert_pem, 0o644)?;
     write_new(&report.as_cert_path, &ca.intermediate_cert_pem, 0o644)?;
+    let mut secret = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+    write_new(
+        &dir.join(crate::config::RELAY_SECRET_FILE),
+        &hex::encode(secret),
+        0o600,
+    )?;
     let config_text = format!(
         "# cyphonic cloud configuration, written by `cyphonic cloud init`.\n\
          # Every key is shown with its value; all but data_dir are optional.\n\n{}",

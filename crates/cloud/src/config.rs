@@ -78,6 +78,18 @@ pub struct CloudConfig {
     /// Interval at which nodes send keepalives to the NMS.
     #[serde(default = "default_keepalive_secs")]
     pub keepalive_secs: u64,
+    /// Second UDP port of the NMS, on the same addresses as `nms_listen`:
+    /// a node seen from two ports reveals its NAT's mapping behaviour
+    /// (RFC 4787 §4.1).
+    #[serde(default = "default_nms_probe_port")]
+    pub nms_probe_port: u16,
+    /// UDP addresses the TRS (relay) listens on.
+    #[serde(default = "default_trs_listen")]
+    pub trs_listen: Vec<SocketAddr>,
+    /// Relay addresses the NMS hands to nodes, best first; when empty, each
+    /// of `public_addrs` with the first `trs_listen` port.
+    #[serde(default)]
+    pub trs_public: Vec<SocketAddr>,
 }
 
 fn default_domain() -> String {
@@ -121,6 +133,21 @@ fn default_keepalive_secs() -> u64 {
     15
 }
 
+pub const DEFAULT_NMS_PROBE_PORT: u16 = 4504;
+pub const DEFAULT_TRS_PORT: u16 = 4503;
+pub const RELAY_SECRET_FILE: &str = "relay.secret";
+
+fn default_nms_probe_port() -> u16 {
+    DEFAULT_NMS_PROBE_PORT
+}
+
+fn default_trs_listen() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_TRS_PORT),
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_TRS_PORT),
+    ]
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -162,6 +189,9 @@ impl CloudConfig {
             cert_validity_days: default_cert_validity_days(),
             session_lifetime_secs: default_session_lifetime_secs(),
             keepalive_secs: default_keepalive_secs(),
+            nms_probe_port: default_nms_probe_port(),
+            trs_listen: default_trs_listen(),
+            trs_public: Vec::new(),
         }
     }
 
@@ -329,6 +359,29 @@ impl CloudConfig {
     }
 
     /// The port nodes send NMS signaling to.
+    /// The relay secret NMS and TRS share (`relay.secret` in `data_dir`):
+    /// every host running either needs the same file.
+    pub fn relay_secret_path(&self) -> PathBuf {
+        self.data_dir.join(RELAY_SECRET_FILE)
+    }
+
+    /// Relay addresses for nodes: `trs_public`, or each public address with
+    /// the TRS port.
+    pub fn relay_endpoints(&self) -> Vec<SocketAddr> {
+        if !self.trs_public.is_empty() {
+            return self.trs_public.clone();
+        }
+        let port = self
+            .trs_listen
+            .first()
+            .map(|a| a.port())
+            .unwrap_or(DEFAULT_TRS_PORT);
+        self.public_addrs
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect()
+    }
+
     pub fn nms_port(&self) -> u16 {
         self.nms_listen
             .first()

@@ -19,6 +19,7 @@ pub enum Roles {
     All,
     As,
     Nms,
+    Trs,
 }
 
 /// Runs the chosen services until `shutdown` resolves.
@@ -60,6 +61,20 @@ pub async fn run(
         let store = store.clone();
         let rx = stop_rx.clone();
         tasks.spawn(async move { run_nms(nms_cfg, sockets, store, rx).await });
+    }
+    if matches!(roles, Roles::All | Roles::Trs) {
+        let secret = load_relay_secret(&cfg)?;
+        let sockets = Arc::new(
+            cyphonic_platform::udp::Sockets::bind_addrs(&cfg.trs_listen)
+                .with_context(|| format!("cannot bind the TRS on {:?}", cfg.trs_listen))?,
+        );
+        tracing::info!(v4 = ?sockets.v4.as_ref().and_then(|s| s.local_addr().ok()), v6 = ?sockets.v6.as_ref().and_then(|s| s.local_addr().ok()), "TRS listening (UDP)");
+        let trs = crate::trs::Trs::new(crate::trs::TrsConfig {
+            secret,
+            ..crate::trs::TrsConfig::default()
+        });
+        let rx = stop_rx.clone();
+        tasks.spawn(async move { run_trs(trs, sockets, rx).await });
     }
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
@@ -213,4 +228,149 @@ async fn lookup_session(store: &Store, session_id: u64) -> Option<SessionInfo> {
         vip6: device.vip6,
         cert_serial: session.cert_serial,
     })
+}
+
+/// The relay secret shared by NMS and TRS, from `relay.secret`.
+pub fn load_relay_secret(cfg: &CloudConfig) -> anyhow::Result<Vec<u8>> {
+    let path = cfg.relay_secret_path();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the relay secret {}: copy it from the host where `cyphonic cloud init` ran",
+            path.display()
+        )
+    })?;
+    let secret =
+        hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
+    anyhow::ensure!(
+        secret.len() >= 16,
+        "{} is too short (at least 16 bytes)",
+        path.display()
+    );
+    Ok(secret)
+}
+
+/// The TRS shell: one thread per socket, each receiving a batch, asking the
+/// [`crate::trs::Trs`] core what to do with every datagram, and forwarding
+/// in place.
+pub async fn run_trs(
+    trs: crate::trs::Trs,
+    sockets: Arc<cyphonic_platform::udp::Sockets>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let trs = Arc::new(std::sync::Mutex::new(trs));
+    let halt = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for v6 in [false, true] {
+        let present = if v6 {
+            sockets.v6.is_some()
+        } else {
+            sockets.v4.is_some()
+        };
+        if !present {
+            continue;
+        }
+        let (trs, sockets, halt) = (trs.clone(), sockets.clone(), halt.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(if v6 { "trs-udp6" } else { "trs-udp4" }.into())
+                .spawn(move || relay_loop(v6, &trs, &sockets, &halt))?,
+        );
+    }
+    let expire = {
+        let trs = trs.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                trs.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .handle_timeout(Instant::now(), unix);
+            }
+        })
+    };
+    let _ = stop.wait_for(|s| *s).await;
+    expire.abort();
+    halt.store(true, Ordering::SeqCst);
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    Ok(())
+}
+
+fn relay_loop(
+    v6: bool,
+    trs: &std::sync::Mutex<crate::trs::Trs>,
+    sockets: &cyphonic_platform::udp::Sockets,
+    halt: &std::sync::atomic::AtomicBool,
+) {
+    use crate::trs::Action;
+    use std::io::IoSliceMut;
+    use std::sync::atomic::Ordering;
+    let Some(sock) = (if v6 {
+        sockets.v6.as_ref()
+    } else {
+        sockets.v4.as_ref()
+    }) else {
+        return;
+    };
+    const N: usize = 32;
+    let mut bufs: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; 65536]).collect();
+    let mut meta = vec![quinn_udp::RecvMeta::default(); N];
+    while !halt.load(Ordering::Relaxed) {
+        cyphonic_platform::udp::wait_ready(sock, false, Duration::from_millis(250));
+        let n = {
+            let mut iovs: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            match sockets.state.recv(sock.into(), &mut iovs, &mut meta) {
+                Ok(n) => n,
+                Err(_) => continue,
+            }
+        };
+        let now = Instant::now();
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
+            let from = canonical(m.addr);
+            let stride = m.stride.max(1);
+            let mut off = 0;
+            // A GRO batch holds datagrams of one source; forward each.
+            while off < m.len {
+                let end = (off + stride).min(m.len);
+                let datagram = &mut buf[off..end];
+                off = end;
+                let action = trs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .handle_datagram(now, unix, from, datagram);
+                let result = match action {
+                    Action::Forward(dst) => sockets.send_to(datagram, dst),
+                    Action::Reply(len) => sockets.send_to(&datagram[..len], from),
+                    Action::Drop(reason) => {
+                        tracing::trace!(%from, ?reason, "relay drop");
+                        Ok(())
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "relay send failed");
+                }
+            }
+        }
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(std::net::IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
 }

@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cyphonic_platform::tun::Tun;
+pub use cyphonic_platform::udp::{wait_ready, Sockets};
 use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
 use cyphonic_proto::ip;
 use serde::Serialize;
@@ -136,131 +137,6 @@ impl Tables {
             .unwrap_or_else(|e| e.into_inner())
             .get(&index)
             .cloned()
-    }
-}
-
-/// The node's UDP sockets: one per address family, both on the tunnel port.
-pub struct Sockets {
-    pub v4: Option<UdpSocket>,
-    pub v6: Option<UdpSocket>,
-    state: quinn_udp::UdpSocketState,
-}
-
-impl Sockets {
-    pub fn bind(port: u16) -> io::Result<Sockets> {
-        let v4 = bind_one(SocketAddr::from(([0, 0, 0, 0], port)));
-        let v6 = bind_one(SocketAddr::from(([0u16; 8], port)));
-        let (v4, v6) = match (v4, v6) {
-            (Err(e), Err(_)) => return Err(e),
-            (a, b) => (a.ok(), b.ok()),
-        };
-        // Invariant: at least one socket exists (checked above).
-        let any = v4.as_ref().or(v6.as_ref()).expect("one socket");
-        let state = quinn_udp::UdpSocketState::new(any.into())?;
-        Ok(Sockets { v4, v6, state })
-    }
-
-    pub fn socket_for(&self, dst: &SocketAddr) -> Option<&UdpSocket> {
-        if dst.is_ipv4() {
-            self.v4.as_ref()
-        } else {
-            self.v6.as_ref()
-        }
-    }
-
-    /// Sends one datagram.
-    pub fn send_to(&self, payload: &[u8], dst: SocketAddr) -> io::Result<()> {
-        let sock = self.socket_for(&dst).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "no socket for this address family",
-            )
-        })?;
-        let transmit = quinn_udp::Transmit {
-            destination: dst,
-            ecn: None,
-            contents: payload,
-            segment_size: None,
-            src_ip: None,
-        };
-        self.send_blocking(sock, &transmit)
-    }
-
-    /// A full send buffer is back-pressure, not loss: wait for room (a
-    /// bounded while) and try again.
-    fn send_blocking(
-        &self,
-        sock: &UdpSocket,
-        transmit: &quinn_udp::Transmit<'_>,
-    ) -> io::Result<()> {
-        for _ in 0..50 {
-            match self.state.try_send(sock.into(), transmit) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_ready(sock, true, Duration::from_millis(20))
-                }
-                other => return other,
-            }
-        }
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-
-    /// Sends equally sized datagrams laid out back to back in `contents`
-    /// (the last may be shorter) with one GSO call where the kernel allows.
-    fn send_segments(&self, contents: &[u8], segment: usize, dst: SocketAddr) -> io::Result<()> {
-        let sock = self.socket_for(&dst).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "no socket for this address family",
-            )
-        })?;
-        let max = self.state.max_gso_segments().max(1);
-        for chunk in contents.chunks(segment * max) {
-            let transmit = quinn_udp::Transmit {
-                destination: dst,
-                ecn: None,
-                contents: chunk,
-                segment_size: (chunk.len() > segment).then_some(segment),
-                src_ip: None,
-            };
-            self.send_blocking(sock, &transmit)?;
-        }
-        Ok(())
-    }
-}
-
-fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    // Large buffers absorb bursts between batches; the kernel caps them at
-    // net.core.{r,w}mem_max.
-    let _ = sock.set_recv_buffer_size(4 << 20);
-    let _ = sock.set_send_buffer_size(4 << 20);
-    sock.bind(&addr.into())?;
-    // Non-blocking: recvmmsg on a blocking socket would wait for a full
-    // batch. The loops wait for readiness with poll(2) instead.
-    sock.set_nonblocking(true)?;
-    Ok(sock.into())
-}
-
-/// Waits until `sock` is readable (or writable) or `timeout` passes.
-fn wait_ready(sock: &UdpSocket, write: bool, timeout: Duration) {
-    use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: if write { libc::POLLOUT } else { libc::POLLIN },
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe {
-        libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int);
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod dns;
 pub mod tun;
+pub mod udp;
 
 /// Whether this process runs with an effective user id of 0.
 ///

@@ -1,0 +1,149 @@
+//! UDP sockets for the fast paths (node data plane, relay): one socket per
+//! address family, non-blocking, batched through quinn-udp.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+/// A pair of UDP sockets, one per address family, on the same port, with
+/// batched IO through quinn-udp (recvmmsg with GRO, sendmsg with GSO).
+pub struct Sockets {
+    pub v4: Option<UdpSocket>,
+    pub v6: Option<UdpSocket>,
+    pub state: quinn_udp::UdpSocketState,
+}
+
+impl Sockets {
+    /// Both families on `port`, all addresses.
+    pub fn bind(port: u16) -> io::Result<Sockets> {
+        Self::bind_addrs(&[
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            SocketAddr::from(([0u16; 8], port)),
+        ])
+    }
+
+    /// The first IPv4 and the first IPv6 address of `addrs`; fails only
+    /// when neither can be bound.
+    pub fn bind_addrs(addrs: &[SocketAddr]) -> io::Result<Sockets> {
+        let pick = |v6: bool| addrs.iter().find(|a| a.is_ipv6() == v6).copied();
+        let none = || io::Error::new(io::ErrorKind::AddrNotAvailable, "no address of this family");
+        let v4 = pick(false).ok_or_else(none).and_then(bind_one);
+        let v6 = pick(true).ok_or_else(none).and_then(bind_one);
+        let (v4, v6) = match (v4, v6) {
+            (Err(e), Err(_)) => return Err(e),
+            (a, b) => (a.ok(), b.ok()),
+        };
+        // Invariant: at least one socket exists (checked above).
+        let any = v4.as_ref().or(v6.as_ref()).expect("one socket");
+        let state = quinn_udp::UdpSocketState::new(any.into())?;
+        Ok(Sockets { v4, v6, state })
+    }
+
+    pub fn socket_for(&self, dst: &SocketAddr) -> Option<&UdpSocket> {
+        if dst.is_ipv4() {
+            self.v4.as_ref()
+        } else {
+            self.v6.as_ref()
+        }
+    }
+
+    /// Sends one datagram.
+    pub fn send_to(&self, payload: &[u8], dst: SocketAddr) -> io::Result<()> {
+        let sock = self.socket_for(&dst).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no socket for this address family",
+            )
+        })?;
+        let transmit = quinn_udp::Transmit {
+            destination: dst,
+            ecn: None,
+            contents: payload,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.send_blocking(sock, &transmit)
+    }
+
+    /// A full send buffer is back-pressure, not loss: wait for room (a
+    /// bounded while) and try again.
+    fn send_blocking(
+        &self,
+        sock: &UdpSocket,
+        transmit: &quinn_udp::Transmit<'_>,
+    ) -> io::Result<()> {
+        for _ in 0..50 {
+            match self.state.try_send(sock.into(), transmit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_ready(sock, true, Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Sends equally sized datagrams laid out back to back in `contents`
+    /// (the last may be shorter) with one GSO call where the kernel allows.
+    pub fn send_segments(
+        &self,
+        contents: &[u8],
+        segment: usize,
+        dst: SocketAddr,
+    ) -> io::Result<()> {
+        let sock = self.socket_for(&dst).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no socket for this address family",
+            )
+        })?;
+        let max = self.state.max_gso_segments().max(1);
+        for chunk in contents.chunks(segment * max) {
+            let transmit = quinn_udp::Transmit {
+                destination: dst,
+                ecn: None,
+                contents: chunk,
+                segment_size: (chunk.len() > segment).then_some(segment),
+                src_ip: None,
+            };
+            self.send_blocking(sock, &transmit)?;
+        }
+        Ok(())
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    // Large buffers absorb bursts between batches; the kernel caps them at
+    // net.core.{r,w}mem_max.
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    sock.bind(&addr.into())?;
+    // Non-blocking: recvmmsg on a blocking socket would wait for a full
+    // batch. The loops wait for readiness with poll(2) instead.
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// Waits until `sock` is readable (or writable) or `timeout` passes.
+pub fn wait_ready(sock: &UdpSocket, write: bool, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: if write { libc::POLLOUT } else { libc::POLLIN },
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int);
+    }
+}
