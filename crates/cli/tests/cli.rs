@@ -22,7 +22,10 @@ fn unknown_scenario_lists_the_scenarios() {
     let err = String::from_utf8_lossy(&out.stderr);
     if is_root() {
         assert!(err.contains("unknown scenario"), "{err}");
-        assert!(err.contains("direct") && err.contains("demo") && err.contains("bench"), "{err}");
+        assert!(
+            err.contains("direct") && err.contains("demo") && err.contains("bench"),
+            "{err}"
+        );
     } else {
         assert!(err.contains("needs root"), "{err}");
     }
@@ -50,8 +53,19 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let cloud = d.join("cloud");
-    let out = cyphonic(&["cloud", "init", "--dir", cloud.to_str().unwrap(), "--public", "127.0.0.1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cyphonic(&[
+        "cloud",
+        "init",
+        "--dir",
+        cloud.to_str().unwrap(),
+        "--public",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cfg = cloud.join("cloud.toml");
     // Listen on loopback only, on ports nobody else uses in this test.
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -70,8 +84,21 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&cfg, text).unwrap();
-    let out = cyphonic(&["cloud", "device", "add", "--config", cfg.to_str().unwrap(), "n1", "--password", "right-password"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cyphonic(&[
+        "cloud",
+        "device",
+        "add",
+        "--config",
+        cfg.to_str().unwrap(),
+        "n1",
+        "--password",
+        "right-password",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut server = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
         .args(["cloud", "run", "--config", cfg.to_str().unwrap()])
         .stderr(std::process::Stdio::null())
@@ -83,8 +110,18 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let err = loop {
         let out = cyphonic(&[
-            "node", "enroll", "--cloud", &cloud_addr, "--device", "n1", "--password", "wrong-password",
-            "--ca", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap(),
+            "node",
+            "enroll",
+            "--cloud",
+            &cloud_addr,
+            "--device",
+            "n1",
+            "--password",
+            "wrong-password",
+            "--ca",
+            root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
         ]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -96,7 +133,10 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
     let _ = server.kill();
     let _ = server.wait();
     assert!(err.contains("wrong device ID or password"), "{err}");
-    assert!(!state.join("node.key").exists() || !state.join("node.pem").exists(), "no certificate may be stored");
+    assert!(
+        !state.join("node.key").exists() || !state.join("node.pem").exists(),
+        "no certificate may be stored"
+    );
 }
 
 /// `cyphonic lab direct`: the README's promise for this issue, end to end.
@@ -109,7 +149,14 @@ fn lab_direct_passes() {
     let out = cyphonic(&["lab", "direct"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
-    assert!(out.status.success(), "lab direct failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("direct: ") && stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "lab direct failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("direct: ") && stdout.contains(" passed, 0 failed"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }

@@ -146,7 +146,13 @@ impl Trs {
     }
 
     /// `unix_now` is the wall clock in seconds, for grant expiry.
-    pub fn handle_datagram(&mut self, now: Instant, unix_now: u64, from: SocketAddr, buf: &mut [u8]) -> Action {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        unix_now: u64,
+        from: SocketAddr,
+        buf: &mut [u8],
+    ) -> Action {
         let action = match buf.first() {
             Some(&TYPE_RELAY_DATA) => self.on_data(now, from, buf),
             Some(&TYPE_RELAY_BIND) => self.on_bind(now, unix_now, from, buf),
@@ -157,7 +163,9 @@ impl Trs {
             Action::Drop(DropReason::BadMac | DropReason::Expired | DropReason::StaleCounter) => {
                 self.counters.dropped_auth += 1
             }
-            Action::Drop(DropReason::RateLimited | DropReason::TooManySessions) => self.counters.dropped_rate += 1,
+            Action::Drop(DropReason::RateLimited | DropReason::TooManySessions) => {
+                self.counters.dropped_rate += 1
+            }
             Action::Drop(_) => self.counters.dropped_unbound += 1,
             Action::Forward(_) => {
                 self.counters.forwarded_packets += 1;
@@ -202,7 +210,8 @@ impl Trs {
         }
         let rate = self.config.binds_per_source as f64;
         if self.bind_limits.len() > 65536 {
-            self.bind_limits.retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
+            self.bind_limits
+                .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
         }
         let limiter = self
             .bind_limits
@@ -215,17 +224,22 @@ impl Trs {
         if Bind::verify(buf, &key).is_err() {
             return Action::Drop(DropReason::BadMac);
         }
-        if !self.sessions.contains_key(&bind.relay_id) && self.sessions.len() >= self.config.max_sessions {
+        if !self.sessions.contains_key(&bind.relay_id)
+            && self.sessions.len() >= self.config.max_sessions
+        {
             return Action::Drop(DropReason::TooManySessions);
         }
         let rate = self.config.session_rate as f64;
-        let s = self.sessions.entry(bind.relay_id).or_insert_with(|| Session {
-            sides: [None, None],
-            counters: [0, 0],
-            expires: bind.expires,
-            last_used: now,
-            bucket: TokenBucket::new(rate, rate.max(1e6), now),
-        });
+        let s = self
+            .sessions
+            .entry(bind.relay_id)
+            .or_insert_with(|| Session {
+                sides: [None, None],
+                counters: [0, 0],
+                expires: bind.expires,
+                last_used: now,
+                bucket: TokenBucket::new(rate, rate.max(1e6), now),
+            });
         let side = bind.side as usize;
         if bind.counter <= s.counters[side] && s.sides[side].is_some() {
             // A replayed Bind: answer only if it names the address already
@@ -246,8 +260,9 @@ impl Trs {
     /// Forgets sessions idle too long or past their grant.
     pub fn handle_timeout(&mut self, now: Instant, unix_now: u64) {
         let idle = self.config.idle_timeout;
-        self.sessions
-            .retain(|_, s| s.expires > unix_now && now.saturating_duration_since(s.last_used) < idle);
+        self.sessions.retain(|_, s| {
+            s.expires > unix_now && now.saturating_duration_since(s.last_used) < idle
+        });
         self.bind_limits
             .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
     }
@@ -293,15 +308,36 @@ mod tests {
         let a: SocketAddr = "198.51.100.10:40000".parse().unwrap();
         let b: SocketAddr = "[2001:db8::20]:41000".parse().unwrap();
         let evil: SocketAddr = "203.0.113.66:40000".parse().unwrap();
-        assert_eq!(t.handle_datagram(now, 1000, a, &mut data(5, b"x")), Action::Drop(DropReason::UnknownSession));
+        assert_eq!(
+            t.handle_datagram(now, 1000, a, &mut data(5, b"x")),
+            Action::Drop(DropReason::UnknownSession)
+        );
         let mut ba = bind(5, 0, 2000, 1);
-        assert_eq!(t.handle_datagram(now, 1000, a, &mut ba), Action::Reply(BIND_LEN));
+        assert_eq!(
+            t.handle_datagram(now, 1000, a, &mut ba),
+            Action::Reply(BIND_LEN)
+        );
         assert!(Bind::parse(&ba).unwrap().ack);
-        assert_eq!(t.handle_datagram(now, 1000, a, &mut data(5, b"x")), Action::Drop(DropReason::PeerNotBound));
-        assert_eq!(t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 1)), Action::Reply(BIND_LEN));
-        assert_eq!(t.handle_datagram(now, 1000, a, &mut data(5, b"x")), Action::Forward(b));
-        assert_eq!(t.handle_datagram(now, 1000, b, &mut data(5, b"y")), Action::Forward(a));
-        assert_eq!(t.handle_datagram(now, 1000, evil, &mut data(5, b"z")), Action::Drop(DropReason::UnboundSource));
+        assert_eq!(
+            t.handle_datagram(now, 1000, a, &mut data(5, b"x")),
+            Action::Drop(DropReason::PeerNotBound)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 1)),
+            Action::Reply(BIND_LEN)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 1000, a, &mut data(5, b"x")),
+            Action::Forward(b)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 1000, b, &mut data(5, b"y")),
+            Action::Forward(a)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 1000, evil, &mut data(5, b"z")),
+            Action::Drop(DropReason::UnboundSource)
+        );
         assert_eq!(t.counters().forwarded_packets, 2);
     }
 
@@ -314,23 +350,53 @@ mod tests {
         let evil: SocketAddr = "203.0.113.66:40000".parse().unwrap();
         let mut forged = bind(5, 0, 2000, 1);
         forged[40] ^= 1;
-        assert_eq!(t.handle_datagram(now, 1000, evil, &mut forged), Action::Drop(DropReason::BadMac));
-        assert_eq!(t.handle_datagram(now, 3000, a, &mut bind(5, 0, 2000, 1)), Action::Drop(DropReason::Expired));
+        assert_eq!(
+            t.handle_datagram(now, 1000, evil, &mut forged),
+            Action::Drop(DropReason::BadMac)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 3000, a, &mut bind(5, 0, 2000, 1)),
+            Action::Drop(DropReason::Expired)
+        );
         let captured = bind(5, 0, 2000, 1);
-        assert_eq!(t.handle_datagram(now, 1000, a, &mut captured.clone()), Action::Reply(BIND_LEN));
-        assert_eq!(t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 1)), Action::Reply(BIND_LEN));
+        assert_eq!(
+            t.handle_datagram(now, 1000, a, &mut captured.clone()),
+            Action::Reply(BIND_LEN)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 1)),
+            Action::Reply(BIND_LEN)
+        );
         // The attacker replays side 0's Bind from its own address.
-        assert_eq!(t.handle_datagram(now, 1000, evil, &mut captured.clone()), Action::Drop(DropReason::StaleCounter));
-        assert_eq!(t.handle_datagram(now, 1000, b, &mut data(5, b"x")), Action::Forward(a));
+        assert_eq!(
+            t.handle_datagram(now, 1000, evil, &mut captured.clone()),
+            Action::Drop(DropReason::StaleCounter)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 1000, b, &mut data(5, b"x")),
+            Action::Forward(a)
+        );
         // A lost Ack: the same Bind from the same address is answered again.
-        assert_eq!(t.handle_datagram(now, 1000, a, &mut captured.clone()), Action::Reply(BIND_LEN));
+        assert_eq!(
+            t.handle_datagram(now, 1000, a, &mut captured.clone()),
+            Action::Reply(BIND_LEN)
+        );
         // A moved node binds with a higher counter.
         let moved: SocketAddr = "198.51.100.99:50000".parse().unwrap();
-        assert_eq!(t.handle_datagram(now, 1000, moved, &mut bind(5, 0, 2000, 2)), Action::Reply(BIND_LEN));
-        assert_eq!(t.handle_datagram(now, 1000, b, &mut data(5, b"x")), Action::Forward(moved));
+        assert_eq!(
+            t.handle_datagram(now, 1000, moved, &mut bind(5, 0, 2000, 2)),
+            Action::Reply(BIND_LEN)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 1000, b, &mut data(5, b"x")),
+            Action::Forward(moved)
+        );
         for len in 0..BIND_LEN {
             let mut short = captured[..len].to_vec();
-            assert!(matches!(t.handle_datagram(now, 1000, a, &mut short), Action::Drop(_)));
+            assert!(matches!(
+                t.handle_datagram(now, 1000, a, &mut short),
+                Action::Drop(_)
+            ));
         }
     }
 
@@ -347,7 +413,8 @@ mod tests {
         let b: SocketAddr = "198.51.100.11:40000".parse().unwrap();
         let mut replies = 0;
         for i in 0..10 {
-            if let Action::Reply(_) = t.handle_datagram(now, 1000, a, &mut bind(9, 0, 2000, i + 1)) {
+            if let Action::Reply(_) = t.handle_datagram(now, 1000, a, &mut bind(9, 0, 2000, i + 1))
+            {
                 replies += 1;
             }
         }
@@ -362,7 +429,10 @@ mod tests {
                 forwarded += 1;
             }
         }
-        assert!(forwarded < 2000 && forwarded * 1212 <= 1_000_000 + 1212, "{forwarded}");
+        assert!(
+            forwarded < 2000 && forwarded * 1212 <= 1_000_000 + 1212,
+            "{forwarded}"
+        );
         t.handle_timeout(now + Duration::from_secs(1000), 1000);
         assert_eq!(t.counters().sessions, 0, "idle sessions expire");
     }

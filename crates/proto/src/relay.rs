@@ -99,7 +99,11 @@ pub enum RelayError {
 impl Bind {
     pub fn encode(&self, key: &[u8; 32]) -> [u8; BIND_LEN] {
         let mut p = [0u8; BIND_LEN];
-        p[0] = if self.ack { TYPE_RELAY_BIND_ACK } else { TYPE_RELAY_BIND };
+        p[0] = if self.ack {
+            TYPE_RELAY_BIND_ACK
+        } else {
+            TYPE_RELAY_BIND
+        };
         p[4..12].copy_from_slice(&self.relay_id.to_be_bytes());
         p[12] = self.side;
         p[16..24].copy_from_slice(&self.expires.to_be_bytes());
@@ -140,7 +144,10 @@ impl Bind {
             return Err(RelayError::Malformed);
         }
         let expected = mac(key, &p[..32]);
-        let diff = expected.iter().zip(&p[32..]).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = expected
+            .iter()
+            .zip(&p[32..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 {
             Ok(())
         } else {
@@ -196,7 +203,11 @@ mod tests {
             // them (as the TRS derives it) does not verify the MAC.
             if let Ok(f) = Bind::parse(&bad) {
                 let key = side_key(secret, f.relay_id, f.side, f.expires);
-                assert_eq!(Bind::verify(&bad, &key), Err(RelayError::BadMac), "byte {i}");
+                assert_eq!(
+                    Bind::verify(&bad, &key),
+                    Err(RelayError::BadMac),
+                    "byte {i}"
+                );
             }
         }
         for len in 0..BIND_LEN {

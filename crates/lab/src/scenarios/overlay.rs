@@ -286,7 +286,15 @@ impl Overlay {
         let n = &self.nodes[i];
         let state = n.state_dir.to_string_lossy().to_string();
         let (ns, name) = (n.ns.clone(), n.name.clone());
-        let mut args = vec![bin.as_str(), "node", "run", "--state-dir", &state, "--tun", "cy0"];
+        let mut args = vec![
+            bin.as_str(),
+            "node",
+            "run",
+            "--state-dir",
+            &state,
+            "--tun",
+            "cy0",
+        ];
         // Extra daemon flags for experiments, e.g. CYPHONIC_LAB_NODE_ARGS=--offload.
         let extra = std::env::var("CYPHONIC_LAB_NODE_ARGS").unwrap_or_default();
         args.extend(extra.split_whitespace());
@@ -412,27 +420,42 @@ pub fn parse_ping(out: &str) -> Option<(u32, f64)> {
 
 /// Runs an iperf3 TCP transfer from node `from` to `dst` (server in node
 /// `to`); returns the receiver's throughput in Mbit/s.
-pub fn iperf(o: &mut Overlay, from: usize, to: usize, dst: &str, streams: u32, secs: u32) -> anyhow::Result<f64> {
+pub fn iperf(
+    o: &mut Overlay,
+    from: usize,
+    to: usize,
+    dst: &str,
+    streams: u32,
+    secs: u32,
+) -> anyhow::Result<f64> {
     let to_ns = o.nodes[to].ns.clone();
     let log = format!("iperf3-server-{}", o.nodes[to].name);
-    let server = o.lab.spawn(&to_ns, &["iperf3", "-s", "-1", "-p", "5201"], &log, &[])?;
+    let server = o
+        .lab
+        .spawn(&to_ns, &["iperf3", "-s", "-1", "-p", "5201"], &log, &[])?;
     let lab = &o.lab;
-    let listening = wait_until("the iperf3 server to listen", Duration::from_secs(5), || {
-        let out = lab.exec(&to_ns, &["ss", "-Hltn", "sport = :5201"])?;
-        Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
-    });
+    let listening = wait_until(
+        "the iperf3 server to listen",
+        Duration::from_secs(5),
+        || {
+            let out = lab.exec(&to_ns, &["ss", "-Hltn", "sport = :5201"])?;
+            Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
+        },
+    );
     let ns = o.nodes[from].ns.clone();
     let cmd = format!("iperf3 -c {dst} -p 5201 -t {secs} -P {streams} -J --connect-timeout 3000");
     let result = listening.and_then(|()| {
         let out = lab.sh(&ns, &cmd)?;
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
-        let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| {
-            format!(
-                "iperf3 reported no received throughput: {}",
-                v["error"].as_str().unwrap_or("no error given")
-            )
-        })?;
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .with_context(|| {
+                format!(
+                    "iperf3 reported no received throughput: {}",
+                    v["error"].as_str().unwrap_or("no error given")
+                )
+            })?;
         Ok(bps / 1e6)
     });
     let _ = o.lab.kill(server);
