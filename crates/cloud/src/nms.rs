@@ -144,7 +144,7 @@ struct PendingRoute {
     cn_session: u64,
     cn_txid: u64,
     to_initiator: RouteDirection,
-    to_responder_packet: Vec<u8>,
+    to_responder: RouteDirection,
     next_retransmit: Instant,
     interval: Duration,
     deadline: Instant,
@@ -304,16 +304,22 @@ impl Nms {
                 continue;
             }
             if now >= r.next_retransmit {
-                if let Some(reg) = self
-                    .sessions
-                    .get(&r.cn_session)
-                    .and_then(|s| s.registration.as_ref())
-                {
-                    self.transmits.push_back(Transmit {
-                        local: reg.nms_local,
-                        destination: reg.observed,
-                        payload: r.to_responder_packet.clone(),
-                    });
+                if let Some(session) = self.sessions.get_mut(&r.cn_session) {
+                    if let Some(reg) = session.registration.as_ref() {
+                        // Sealed afresh, not the first packet again: if that
+                        // one arrived and only the confirmation was lost, the
+                        // responder's replay window drops a copy, and it
+                        // would never confirm again.
+                        let payload = session.cipher.seal(&Envelope {
+                            txid: r.cn_txid,
+                            message: Message::RouteDirectionToResponder(r.to_responder.clone()),
+                        });
+                        self.transmits.push_back(Transmit {
+                            local: reg.nms_local,
+                            destination: reg.observed,
+                            payload,
+                        });
+                    }
                 }
                 r.interval *= 2;
                 r.next_retransmit = now + r.interval;
@@ -531,12 +537,12 @@ impl Nms {
         };
         let packet = cn_session.cipher.seal(&Envelope {
             txid: cn_txid,
-            message: Message::RouteDirectionToResponder(to_responder),
+            message: Message::RouteDirectionToResponder(to_responder.clone()),
         });
         self.transmits.push_back(Transmit {
             local: cn_reg.nms_local,
             destination: cn_reg.observed,
-            payload: packet.clone(),
+            payload: packet,
         });
         self.routes.insert(
             route_id,
@@ -546,7 +552,7 @@ impl Nms {
                 cn_session: cn,
                 cn_txid,
                 to_initiator,
-                to_responder_packet: packet,
+                to_responder,
                 next_retransmit: now + self.config.retransmit,
                 interval: self.config.retransmit,
                 deadline: now + self.config.direction_timeout,

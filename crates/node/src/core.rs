@@ -198,7 +198,7 @@ enum PeerState {
         deadline: Instant,
     },
     Handshaking {
-        initiator: Option<Initiator>,
+        initiator: Option<Box<Initiator>>,
         request: Vec<u8>,
         endpoint_index: usize,
         sent_to_endpoint: u32,
@@ -252,10 +252,11 @@ const MAX_DNS_WAITERS: usize = 256;
 const MAX_PEERS: usize = 4096;
 
 impl Node {
-    /// `seed` makes the node's choices (transaction IDs, indexes) repeatable
-    /// in tests; `counter_base` is the wall clock in microseconds; `now` and
-    /// `wall` are the same moment on the two clocks, so certificate validity
-    /// can be checked without reading the clock.
+    /// `seed` makes the node's choices (transaction IDs, indexes, handshake
+    /// ephemeral keys) repeatable in tests; `counter_base` is the wall clock
+    /// in microseconds; `now` and `wall` are the same moment on the two
+    /// clocks, so certificate validity can be checked without reading the
+    /// clock.
     pub fn new(
         config: NodeConfig,
         identity: LocalIdentity,
@@ -563,7 +564,7 @@ impl Node {
     /// route, confirm it, and wait for the initiator's Tunnel Request.
     fn on_direction_to_responder(&mut self, now: Instant, txid: u64, direction: RouteDirection) {
         let route_id = direction.route_id;
-        let known = self.by_route.get(&route_id).is_some();
+        let known = self.by_route.contains_key(&route_id);
         if !known {
             if let Err(e) = self.check_direction(&direction) {
                 tracing::warn!(peer = %direction.peer.fqdn, error = %e, "refusing route direction");
@@ -672,7 +673,18 @@ impl Node {
         }
     }
 
+    /// Randomness for one handshake's ephemeral key. The node's generator is
+    /// re-keyed from its own output afterwards (fast key erasure), so its
+    /// state never lets anyone recompute an earlier ephemeral key: forward
+    /// secrecy does not rest on the OS's generator being used per handshake.
+    fn ephemeral_rng(&mut self) -> StdRng {
+        let rng = StdRng::from_seed(self.rng.gen());
+        self.rng = StdRng::from_seed(self.rng.gen());
+        rng
+    }
+
     fn start_handshake(&mut self, now: Instant, fqdn: &str, endpoint_index: usize) {
+        let mut rng = self.ephemeral_rng();
         let Some(peer) = self.peers.get_mut(fqdn) else {
             return;
         };
@@ -684,12 +696,13 @@ impl Node {
             self.counters.handshake_failures += 1;
             return;
         };
-        match Initiator::start(
+        match Initiator::start_with_rng(
             &self.identity,
             &d.peer.static_public,
             &d.tunnel_key,
             d.route_id,
             peer.local_index,
+            &mut rng,
         ) {
             Ok((initiator, request)) => {
                 tracing::debug!(peer = %fqdn, %endpoint, "Tunnel Request");
@@ -702,7 +715,7 @@ impl Node {
                     _ => now + self.config.handshake_timeout,
                 };
                 peer.state = PeerState::Handshaking {
-                    initiator: Some(initiator),
+                    initiator: Some(Box::new(initiator)),
                     request,
                     endpoint_index,
                     sent_to_endpoint: 1,
@@ -757,17 +770,19 @@ impl Node {
         }
         let check = self.peer_verifier(peer, now);
         let local_index = self.fresh_index();
+        let mut rng = self.ephemeral_rng();
         let Some(peer) = self.peers.get_mut(&fqdn) else {
             return;
         };
         let d = &peer.direction;
-        match handshake::respond(
+        match handshake::respond_with_rng(
             packet,
             &self.identity,
             &d.peer.static_public,
             &d.tunnel_key,
             local_index,
             &check,
+            &mut rng,
         ) {
             Ok((keys, response)) => {
                 self.by_index.remove(&peer.local_index);
@@ -826,14 +841,47 @@ impl Node {
             Err(e) => {
                 // A forged or stale response must not end a handshake that a
                 // genuine response may still complete: rebuild the initiator
-                // state by restarting at the same endpoint.
+                // state at the same endpoint. The new request waits for the
+                // retransmission timer; sent at once, a peer whose every
+                // response we refuse would have us handshake once per round
+                // trip until the deadline.
                 self.counters.handshake_failures += 1;
                 tracing::warn!(peer = %fqdn, %from, error = %e, "Tunnel Response refused");
-                let idx = match &peer.state {
-                    PeerState::Handshaking { endpoint_index, .. } => *endpoint_index,
-                    _ => 0,
+                self.rearm_handshake(&fqdn);
+            }
+        }
+    }
+
+    /// A fresh initiator state and Tunnel Request for a pending handshake,
+    /// leaving its endpoint, timers and deadline as they are.
+    fn rearm_handshake(&mut self, fqdn: &str) {
+        let mut rng = self.ephemeral_rng();
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let d = &peer.direction;
+        let PeerState::Handshaking {
+            initiator, request, ..
+        } = &mut peer.state
+        else {
+            return;
+        };
+        match Initiator::start_with_rng(
+            &self.identity,
+            &d.peer.static_public,
+            &d.tunnel_key,
+            d.route_id,
+            peer.local_index,
+            &mut rng,
+        ) {
+            Ok((fresh, fresh_request)) => {
+                *initiator = Some(Box::new(fresh));
+                *request = fresh_request;
+            }
+            Err(e) => {
+                peer.state = PeerState::Failed {
+                    reason: format!("cannot start handshake: {e}"),
                 };
-                self.start_handshake(now, &fqdn, idx);
             }
         }
     }

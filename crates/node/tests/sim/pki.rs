@@ -1,0 +1,89 @@
+//! Certificates for the simulation, made once per test process: every
+//! simulation (and both runs of the determinism test) shares them, so the
+//! only randomness left in a run is its seed.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cyphonic_pki::{create_ca, Issuer, NodeKey, Verifier};
+
+pub const DOMAIN: &str = "cyphonic.internal";
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A node's certificate key and chain (leaf, intermediate), DER.
+pub struct NodeCert {
+    pub key: NodeKey,
+    pub chain: Vec<Vec<u8>>,
+}
+
+pub struct Pki {
+    /// The wall-clock moment every simulation starts at.
+    pub wall: SystemTime,
+    /// The overlay's root.
+    pub verifier: Verifier,
+    /// The root of an unrelated CA with the same domain.
+    pub foreign_verifier: Verifier,
+    /// `n1` … `n6` under the overlay's CA, serial `100 + i`.
+    pub certs: BTreeMap<String, NodeCert>,
+    /// `n3`, serial 103, but issued by the foreign CA.
+    pub foreign_n3: NodeCert,
+    /// `n2`, serial 102, under the overlay's CA, expired a day before `wall`.
+    pub expired_n2: NodeCert,
+}
+
+pub fn fqdn(name: &str) -> String {
+    format!("{name}.{DOMAIN}")
+}
+
+pub fn serial(name: &str) -> u64 {
+    100 + name[1..].parse::<u64>().expect("node names are n<number>")
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let wall = UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+        let (verifier, issuer) = ca(wall);
+        let (foreign_verifier, foreign_issuer) = ca(wall);
+        let certs = (1..=6)
+            .map(|i| {
+                let name = format!("n{i}");
+                let cert = issue(&issuer, &name, wall - DAY, wall + 30 * DAY);
+                (name, cert)
+            })
+            .collect();
+        Pki {
+            wall,
+            verifier,
+            foreign_verifier,
+            certs,
+            foreign_n3: issue(&foreign_issuer, "n3", wall - DAY, wall + 30 * DAY),
+            expired_n2: issue(&issuer, "n2", wall - 30 * DAY, wall - DAY),
+        }
+    })
+}
+
+fn ca(wall: SystemTime) -> (Verifier, Issuer) {
+    let material = create_ca(DOMAIN, wall).expect("create CA");
+    let verifier = Verifier::from_pem(&material.root_cert_pem).expect("root");
+    let issuer = Issuer::from_pem(
+        &material.intermediate_cert_pem,
+        &material.intermediate_key_pem,
+    )
+    .expect("issuer");
+    (verifier, issuer)
+}
+
+fn issue(issuer: &Issuer, name: &str, not_before: SystemTime, not_after: SystemTime) -> NodeCert {
+    let key = NodeKey::generate().expect("node key");
+    let fqdn = fqdn(name);
+    let csr = key.csr_pem(&fqdn).expect("csr");
+    let issued = issuer
+        .issue_node(&csr, &fqdn, serial(name), not_before, not_after)
+        .expect("issue node certificate");
+    NodeCert {
+        key,
+        chain: vec![issued.cert_der, issuer.cert_der().to_vec()],
+    }
+}
