@@ -179,12 +179,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
     let result: anyhow::Result<()> = loop {
-        // Drain the core's outputs.
-        while let Some(t) = node.poll_transmit() {
-            if let Err(e) = sockets.send_to(&t.payload, t.destination) {
-                tracing::debug!(dst = %t.destination, error = %e, "send failed");
-            }
-        }
+        // Drain the core's outputs: events first, so a tunnel is in the
+        // data plane's tables before the packet that completes its
+        // handshake (or the queued packets after it) leaves; the peer's
+        // answer may come back at once.
         while let Some(ev) = node.poll_event() {
             match ev {
                 NodeEvent::NeedLogin { reason } => {
@@ -227,6 +225,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     tables.install(handle);
                 }
                 NodeEvent::TunnelDown { fqdn, .. } => tables.remove(&fqdn),
+            }
+        }
+        while let Some(t) = node.poll_transmit() {
+            if let Err(e) = sockets.send_to(&t.payload, t.destination) {
+                tracing::debug!(dst = %t.destination, error = %e, "send failed");
             }
         }
         let deadline = node
