@@ -129,6 +129,10 @@ enum NodeCmd {
         /// Use TUN segmentation offloads.
         #[arg(long)]
         offload: bool,
+        /// Tunnel keepalive interval in seconds: holds NAT bindings and
+        /// detects dead paths (after three silent intervals).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        keepalive: u64,
     },
 }
 
@@ -257,6 +261,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             dns_listen,
             no_dns,
             offload,
+            keepalive,
         }) => {
             if !cyphonic_platform::is_root() {
                 anyhow::bail!("the node daemon needs root (TUN device, resolver configuration): run it with sudo");
@@ -267,6 +272,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 tun_name: tun,
                 dns_listen: (!no_dns).then_some(dns_listen),
                 offload,
+                keepalive: std::time::Duration::from_secs(keepalive),
             })
             .await?;
         }

@@ -14,6 +14,7 @@ pub mod as_proto;
 pub mod as_server;
 pub mod config;
 pub mod nms;
+pub mod route;
 pub mod run;
 pub mod store;
 pub mod trs;

@@ -20,9 +20,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::route::{decide_route, Initiator, NatKind, NetInfo};
 use cyphonic_proto::signal::{
     self, CertStatus, DirectionErrorCode, Envelope, Message, PeerInfo, RegistrationRequest,
-    RegistrationResponse, Role, RouteDirection, RoutePattern, SignalCipher,
+    RegistrationResponse, RelayOffer, Role, RouteDirection, RoutePattern, SignalCipher,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -56,6 +57,33 @@ pub struct NmsConfig {
     pub retransmit: Duration,
     /// Give up on a responder after this long and tell the initiator.
     pub direction_timeout: Duration,
+    /// The second NMS port nodes send their NAT Probe to (0: none, and NAT
+    /// behaviour stays unknown).
+    pub probe_port: u16,
+    /// Relay grants for route directions, when TRS instances run.
+    pub relay: Option<RelayConfig>,
+}
+
+/// How the NMS hands out relay grants (see [`cyphonic_proto::relay`]).
+#[derive(Clone)]
+pub struct RelayConfig {
+    pub secret: Vec<u8>,
+    /// TRS addresses, best first.
+    pub servers: Vec<SocketAddr>,
+    /// How long a grant is valid.
+    pub lifetime: Duration,
+    /// The same moment as an `Instant` and as Unix seconds: grants carry
+    /// wall-clock expiry, and the NMS reads no clock.
+    pub wall_origin: (Instant, u64),
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("servers", &self.servers)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for NmsConfig {
@@ -65,6 +93,8 @@ impl Default for NmsConfig {
             offline_after: Duration::from_secs(50),
             retransmit: Duration::from_millis(250),
             direction_timeout: Duration::from_secs(4),
+            probe_port: 0,
+            relay: None,
         }
     }
 }
@@ -94,6 +124,10 @@ pub enum NmsEvent {
         initiator: String,
         responder: String,
         pattern: RoutePattern,
+    },
+    NatDetected {
+        fqdn: String,
+        nat: NatKind,
     },
     DirectionFailed {
         initiator: String,
@@ -127,9 +161,25 @@ pub struct Registration {
     pub tunnel_port: u16,
     pub local_addrs: Vec<SocketAddr>,
     pub observed: SocketAddr,
+    /// Where its NAT Probe to the second port came from.
+    pub observed_probe: Option<SocketAddr>,
     /// The NMS socket the node talks to (replies leave from it).
     pub nms_local: SocketAddr,
     pub last_seen: Instant,
+}
+
+impl Registration {
+    pub fn net(&self) -> NetInfo {
+        NetInfo {
+            local_addrs: self.local_addrs.clone(),
+            observed: self.observed,
+            observed_probe: self.observed_probe,
+        }
+    }
+
+    pub fn nat(&self) -> NatKind {
+        self.net().nat()
+    }
 }
 
 struct Session {
@@ -382,6 +432,7 @@ impl Nms {
                 self.on_registration(now, session_id, local, from, env.txid, req)
             }
             Message::KeepAlive => self.on_keepalive(session_id, local, from, env.txid),
+            Message::NatProbe => self.on_nat_probe(session_id, local, from, env.txid),
             Message::DirectionRequest { target } => {
                 self.on_direction_request(now, session_id, env.txid, &target)
             }
@@ -422,6 +473,7 @@ impl Nms {
             tunnel_port: req.tunnel_port,
             local_addrs,
             observed: from,
+            observed_probe: None,
             nms_local: local,
             last_seen: now,
         });
@@ -432,6 +484,7 @@ impl Nms {
             vip6: session.info.vip6,
             observed: from,
             keepalive_secs,
+            probe_port: self.config.probe_port,
         });
         // A node that logged in again replaces its older session.
         if let Some(old) = self.by_fqdn.insert(fqdn.clone(), session_id) {
@@ -453,7 +506,12 @@ impl Nms {
         };
         let message = match session.registration.as_mut() {
             Some(reg) => {
-                reg.observed = from;
+                if reg.observed != from {
+                    // The NAT mapped the node anew: its probe result is
+                    // stale until it probes again.
+                    reg.observed = from;
+                    reg.observed_probe = None;
+                }
                 reg.nms_local = local;
                 Message::KeepAliveAck { observed: from }
             }
@@ -462,6 +520,46 @@ impl Nms {
             None => Message::ReRegister,
         };
         self.answer(session_id, local, from, txid, message, false);
+    }
+
+    /// A NAT Probe: only meaningful on the probe port, where it shows the
+    /// node's mapping towards a second destination.
+    fn on_nat_probe(&mut self, session_id: u64, local: SocketAddr, from: SocketAddr, txid: u64) {
+        if self.config.probe_port == 0 || local.port() != self.config.probe_port {
+            self.counters.rx_bad += 1;
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let Some(reg) = session.registration.as_mut() else {
+            return;
+        };
+        reg.observed_probe = Some(from);
+        let (fqdn, nat) = (session.info.fqdn.clone(), reg.nat());
+        self.events.push_back(NmsEvent::NatDetected { fqdn, nat });
+        self.answer(
+            session_id,
+            local,
+            from,
+            txid,
+            Message::NatProbeAck { observed: from },
+            false,
+        );
+    }
+
+    fn relay_offer(&mut self, now: Instant, relay_id: u64, side: u8) -> Option<RelayOffer> {
+        let relay = self.config.relay.as_ref()?;
+        let (origin, unix) = relay.wall_origin;
+        let expires =
+            unix + now.saturating_duration_since(origin).as_secs() + relay.lifetime.as_secs();
+        Some(RelayOffer {
+            relay_id,
+            side,
+            expires,
+            key: cyphonic_proto::relay::side_key(&relay.secret, relay_id, side, expires),
+            servers: relay.servers.clone(),
+        })
     }
 
     fn on_direction_request(&mut self, now: Instant, mn: u64, txid: u64, target: &str) {
@@ -516,20 +614,32 @@ impl Nms {
         }
         let mn_info = &self.sessions[&mn].info;
         let cn_info = &cn_session.info;
-        let decision = decide_route(&mn_reg, &cn_reg);
+        let decision = decide_route(&mn_reg.net(), &cn_reg.net());
+        tracing::debug!(mn = %mn_info.fqdn, cn = %cn_info.fqdn, pattern = decision.pattern.as_str(), reason = decision.reason, "route decided");
+        let (mn_peer, cn_peer) = (
+            peer_info(mn_info, &mn_reg, decision.mn_endpoints.clone()),
+            peer_info(cn_info, &cn_reg, decision.cn_endpoints.clone()),
+        );
         let route_id: u64 = self.rng.gen_range(1..u64::MAX);
         let tunnel_key: [u8; 32] = self.rng.gen();
+        let mn_initiates = decision.initiator == Initiator::Mn;
         let to_responder = RouteDirection {
             route_id,
             pattern: decision.pattern,
-            peer: peer_info(mn_info, &mn_reg, decision.to_initiator),
+            peer: mn_peer,
             tunnel_key,
+            initiate: !mn_initiates,
+            punch: decision.punch && mn_initiates,
+            relay: self.relay_offer(now, route_id, 1),
         };
         let to_initiator = RouteDirection {
             route_id,
             pattern: decision.pattern,
-            peer: peer_info(cn_info, &cn_reg, decision.to_responder),
+            peer: cn_peer,
             tunnel_key,
+            initiate: mn_initiates,
+            punch: decision.punch && !mn_initiates,
+            relay: self.relay_offer(now, route_id, 0),
         };
         let cn_txid: u64 = self.rng.gen();
         let Some(cn_session) = self.sessions.get_mut(&cn) else {
@@ -659,52 +769,6 @@ impl Nms {
             payload,
         });
     }
-}
-
-/// The NMS's choice for one route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteDecision {
-    pub pattern: RoutePattern,
-    /// Where the initiator should send (the responder's endpoints, best first).
-    pub to_responder: Vec<SocketAddr>,
-    /// Where the responder may expect the initiator from.
-    pub to_initiator: Vec<SocketAddr>,
-}
-
-/// Picks the route pattern and endpoints from both registrations.
-///
-/// Pattern 1 (direct) applies when the responder is reachable at an address
-/// it registered itself (no NAT in front of it). IPv6 goes first when both
-/// have it (`docs/routing.md`). NAT traversal and the relay extend this
-/// function; they do not bypass it.
-pub fn decide_route(mn: &Registration, cn: &Registration) -> RouteDecision {
-    RouteDecision {
-        pattern: RoutePattern::Direct,
-        to_responder: ordered_endpoints(cn, mn),
-        to_initiator: ordered_endpoints(mn, cn),
-    }
-}
-
-/// `of`'s endpoints in the order `from` should try them: same family as
-/// `from` can reach, IPv6 before IPv4, the observed address before local
-/// ones of the same family.
-fn ordered_endpoints(of: &Registration, from: &Registration) -> Vec<SocketAddr> {
-    let from_has_v6 = from.observed.is_ipv6() || from.local_addrs.iter().any(|a| a.is_ipv6());
-    let from_has_v4 = from.observed.is_ipv4() || from.local_addrs.iter().any(|a| a.is_ipv4());
-    let mut out: Vec<SocketAddr> = Vec::new();
-    let candidates = std::iter::once(of.observed).chain(of.local_addrs.iter().copied());
-    for family_v6 in [true, false] {
-        if (family_v6 && !from_has_v6) || (!family_v6 && !from_has_v4) {
-            continue;
-        }
-        for a in candidates.clone().filter(|a| a.is_ipv6() == family_v6) {
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-    }
-    out.truncate(signal::MAX_ENDPOINTS);
-    out
 }
 
 fn peer_info(info: &SessionInfo, reg: &Registration, endpoints: Vec<SocketAddr>) -> PeerInfo {

@@ -51,11 +51,47 @@ pub async fn run(
         });
     }
     if matches!(roles, Roles::All | Roles::Nms) {
-        let sockets = bind_nms(&cfg.nms_listen).await?;
+        let mut listen = cfg.nms_listen.clone();
+        if cfg.nms_probe_port != 0 {
+            // The probe port on the same addresses: NAT detection needs the
+            // node to reach the NMS at two destinations.
+            listen.extend(
+                cfg.nms_listen
+                    .iter()
+                    .map(|a| SocketAddr::new(a.ip(), cfg.nms_probe_port)),
+            );
+        }
+        let sockets = bind_nms(&listen).await?;
+        let relay = match load_relay_secret(&cfg) {
+            Ok(secret) if !cfg.relay_endpoints().is_empty() => Some(crate::nms::RelayConfig {
+                secret,
+                servers: cfg.relay_endpoints(),
+                lifetime: Duration::from_secs(24 * 3600),
+                wall_origin: (
+                    Instant::now(),
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                ),
+            }),
+            Ok(_) => {
+                tracing::warn!(
+                    "no relay addresses (trs_public or public_addrs): routes get no relay"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "relay disabled");
+                None
+            }
+        };
         tracing::info!(addrs = ?sockets.iter().filter_map(|s| s.local_addr().ok()).collect::<Vec<_>>(), "NMS listening (UDP)");
         let nms_cfg = NmsConfig {
             keepalive: Duration::from_secs(cfg.keepalive_secs.max(1)),
             offline_after: Duration::from_secs(cfg.keepalive_secs.max(1) * 3 + 5),
+            probe_port: cfg.nms_probe_port,
+            relay,
             ..NmsConfig::default()
         };
         let store = store.clone();
@@ -169,6 +205,9 @@ pub async fn run_nms(
                         let info = lookup_session(&store, session_id).await;
                         let _ = tx.send((session_id, info)).await;
                     });
+                }
+                NmsEvent::NatDetected { fqdn, nat } => {
+                    tracing::info!(%fqdn, nat = nat.as_str(), "NAT detected")
                 }
                 NmsEvent::Registered { fqdn, observed } => {
                     tracing::info!(%fqdn, %observed, "Registration")

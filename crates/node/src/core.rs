@@ -25,15 +25,17 @@ use std::time::{Duration, Instant, SystemTime};
 use cyphonic_pki::Verifier;
 use cyphonic_proto::data::{RecvKey, SendKey, DATA_HEADER_LEN, TAG_LEN};
 use cyphonic_proto::handshake::{self, Initiator, LocalIdentity, PeerVerifier};
+use cyphonic_proto::relay::{self, Bind};
 use cyphonic_proto::signal::{
-    CertStatus, DirectionErrorCode, Envelope, Message, RegistrationRequest, Role, RouteDirection,
-    RoutePattern, SignalCipher, TYPE_SIGNALING,
+    CertStatus, DirectionErrorCode, Envelope, Message, RegistrationRequest, RelayOffer, Role,
+    RouteDirection, RoutePattern, SignalCipher, TYPE_SIGNALING,
 };
 use hickory_proto::op::{Message as DnsMessage, ResponseCode};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::resolver;
+use cyphonic_cloud::route::{NatKind, NetInfo};
 
 /// What Login (at the AS) gave the node.
 #[derive(Clone)]
@@ -59,6 +61,13 @@ pub struct NodeConfig {
     /// Tunnel Request retransmission interval and overall limit.
     pub handshake_retransmit: Duration,
     pub handshake_timeout: Duration,
+    /// Tunnel keepalive: holds NAT bindings, refreshes relay binds, probes
+    /// for a direct path while relayed, and paces the liveness check.
+    pub keepalive: Duration,
+    /// Keepalive intervals without a packet from the peer before its path
+    /// counts as dead.
+    pub dead_after: u32,
+    pub punch_interval: Duration,
     /// Packets held per peer while its tunnel is being established.
     pub max_queued: usize,
     /// Keepalives to the NMS that may go unanswered before logging in again.
@@ -73,8 +82,11 @@ impl Default for NodeConfig {
             retransmit: Duration::from_millis(250),
             direction_timeout: Duration::from_secs(5),
             registration_timeout: Duration::from_secs(5),
-            handshake_retransmit: Duration::from_millis(500),
-            handshake_timeout: Duration::from_secs(5),
+            handshake_retransmit: Duration::from_millis(300),
+            handshake_timeout: Duration::from_secs(6),
+            keepalive: Duration::from_secs(5),
+            dead_after: 3,
+            punch_interval: Duration::from_millis(200),
             max_queued: 256,
             max_missed_keepalives: 3,
         }
@@ -99,13 +111,58 @@ pub struct TunnelStats {
     pub tx_packets: AtomicU64,
 }
 
+/// Where a tunnel's packets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// Straight to the peer (or its NAT's mapping).
+    Direct(SocketAddr),
+    /// Through a TRS, framed with the relay session's header.
+    Relay { server: SocketAddr, relay_id: u64 },
+}
+
+impl Path {
+    /// The address datagrams on this path are sent to.
+    pub fn address(&self) -> SocketAddr {
+        match self {
+            Path::Direct(a) => *a,
+            Path::Relay { server, .. } => *server,
+        }
+    }
+
+    pub fn is_relay(&self) -> bool {
+        matches!(self, Path::Relay { .. })
+    }
+
+    /// Frames `packet` for this path.
+    pub fn frame(&self, packet: &[u8]) -> Vec<u8> {
+        match self {
+            Path::Direct(_) => packet.to_vec(),
+            Path::Relay { relay_id, .. } => {
+                let mut out = vec![0u8; relay::RELAY_HEADER_LEN + packet.len()];
+                relay::write_data_header(&mut out, *relay_id);
+                out[relay::RELAY_HEADER_LEN..].copy_from_slice(packet);
+                out
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Direct(a) => write!(f, "{a}"),
+            Path::Relay { server, relay_id } => write!(f, "relay {server} #{relay_id:x}"),
+        }
+    }
+}
+
 /// A tunnel's data-plane state: everything the fast path needs.
 #[derive(Clone)]
 pub struct TunnelHandle {
     pub fqdn: String,
     pub vip4: Ipv4Addr,
     pub vip6: Ipv6Addr,
-    pub endpoint: SocketAddr,
+    pub path: Path,
     pub send: Arc<SendKey>,
     pub recv: Arc<RecvKey>,
     pub stats: Arc<TunnelStats>,
@@ -136,7 +193,7 @@ impl std::fmt::Debug for NodeEvent {
             NodeEvent::NeedLogin { reason } => write!(f, "NeedLogin({reason})"),
             NodeEvent::Registered { fqdn, .. } => write!(f, "Registered({fqdn})"),
             NodeEvent::DnsResponse { client, .. } => write!(f, "DnsResponse({client})"),
-            NodeEvent::TunnelUp(t) => write!(f, "TunnelUp({} via {})", t.fqdn, t.endpoint),
+            NodeEvent::TunnelUp(t) => write!(f, "TunnelUp({} via {})", t.fqdn, t.path),
             NodeEvent::TunnelDown { fqdn, .. } => write!(f, "TunnelDown({fqdn})"),
         }
     }
@@ -148,6 +205,8 @@ pub enum TimerReason {
     SignalRetransmit,
     KeepAlive,
     Handshake,
+    /// Punching, relay binds, tunnel keepalives and path checks.
+    Path,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -158,6 +217,11 @@ pub struct NodeCounters {
     pub outbound_no_route: u64,
     pub outbound_queue_full: u64,
     pub dns_overlay_queries: u64,
+    pub punches_sent: u64,
+    pub punches_received: u64,
+    pub path_changes: u64,
+    pub relay_failovers: u64,
+    pub relay_rx_bad: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +229,7 @@ enum RequestKind {
     Registration,
     KeepAlive,
     Direction,
+    NatProbe,
 }
 
 struct OutRequest {
@@ -181,6 +246,9 @@ struct Signaling {
     login: Login,
     registered: bool,
     observed: Option<SocketAddr>,
+    /// The NMS's probe address (its address, second port), when it has one.
+    probe: Option<SocketAddr>,
+    observed_probe: Option<SocketAddr>,
     next_keepalive: Instant,
     missed_keepalives: u32,
 }
@@ -200,8 +268,10 @@ enum PeerState {
     Handshaking {
         initiator: Option<Box<Initiator>>,
         request: Vec<u8>,
-        endpoint_index: usize,
-        sent_to_endpoint: u32,
+        /// Paths to try, in order; each gets `SENDS_PER_ATTEMPT` tries.
+        attempts: Vec<Path>,
+        attempt: usize,
+        sent_on_attempt: u32,
         next_retransmit: Instant,
         deadline: Instant,
     },
@@ -223,7 +293,47 @@ struct Peer {
     last_request: Option<(Vec<u8>, Vec<u8>)>,
     last_handshake: Option<SystemTime>,
     queue: VecDeque<Vec<u8>>,
+    relay: Option<RelayState>,
+    /// Punch packets go to the peer's endpoints until then.
+    punch_until: Option<Instant>,
+    next_punch: Instant,
+    /// Keepalives, probes and the liveness check of an established tunnel.
+    next_keepalive: Instant,
+    rx_seen: u64,
+    stale_ticks: u32,
+    /// Why the tunnel takes its current path, for status.
+    path_note: String,
 }
+
+/// A relay session's state at one end.
+struct RelayState {
+    offer: RelayOffer,
+    /// The offer's servers this node can reach (its address families).
+    servers: Vec<SocketAddr>,
+    index: usize,
+    counter: u64,
+    bound: bool,
+    unacked: u32,
+    next_bind: Instant,
+}
+
+impl RelayState {
+    fn server(&self) -> Option<SocketAddr> {
+        self.servers.get(self.index).copied()
+    }
+
+    fn path(&self) -> Option<Path> {
+        Some(Path::Relay {
+            server: self.server()?,
+            relay_id: self.offer.relay_id,
+        })
+    }
+}
+
+/// Tries of a handshake on one path before the next.
+const SENDS_PER_ATTEMPT: u32 = 2;
+/// Relay Binds unanswered before moving to the next TRS.
+const MAX_UNACKED_BINDS: u32 = 3;
 
 /// The node's protocol state machine.
 pub struct Node {
@@ -333,9 +443,22 @@ impl Node {
             PeerState::AwaitingRequest { deadline } => Some((*deadline, TimerReason::Handshake)),
             _ => None,
         });
+        let paths = self.peers.values().flat_map(|p| {
+            let punch = p
+                .punch_until
+                .filter(|u| p.next_punch < *u)
+                .map(|_| p.next_punch);
+            let bind = p.relay.as_ref().map(|r| r.next_bind);
+            let keepalive = matches!(p.state, PeerState::Established).then_some(p.next_keepalive);
+            [punch, bind, keepalive]
+                .into_iter()
+                .flatten()
+                .map(|t| (t, TimerReason::Path))
+        });
         requests
             .chain(keepalive)
             .chain(handshakes)
+            .chain(paths)
             .min_by_key(|(t, _)| *t)
     }
 
@@ -379,6 +502,8 @@ impl Node {
             login,
             registered: false,
             observed: None,
+            probe: None,
+            observed_probe: None,
             missed_keepalives: 0,
         });
         self.send_registration(now);
@@ -437,20 +562,49 @@ impl Node {
 
     fn seal_to_nms(&mut self, txid: u64, message: Message) {
         if let Some(sig) = self.signaling.as_mut() {
+            // A NAT Probe goes to the NMS's second port; all else to the first.
+            let destination = match (&message, sig.probe) {
+                (Message::NatProbe, Some(probe)) => probe,
+                _ => sig.login.nms,
+            };
             let payload = sig.cipher.seal(&Envelope { txid, message });
             self.transmits.push_back(Transmit {
-                destination: sig.login.nms,
+                destination,
                 payload,
             });
         }
     }
 
     /// A datagram that is not a data packet arrived on the tunnel port.
+    /// Relay Data wraps a packet from the peer; the TRS's address and the
+    /// relay session are its path.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
-        match packet.first() {
-            Some(&TYPE_SIGNALING) => self.on_signaling(now, from, packet),
-            Some(&handshake::TYPE_TUNNEL_REQUEST) => self.on_tunnel_request(now, from, packet),
-            Some(&handshake::TYPE_TUNNEL_RESPONSE) => self.on_tunnel_response(now, from, packet),
+        let (path, inner) = match packet.first() {
+            Some(&relay::TYPE_RELAY_DATA) => match relay::parse_data(packet) {
+                Ok(relay_id) => (
+                    Path::Relay {
+                        server: from,
+                        relay_id,
+                    },
+                    &packet[relay::RELAY_HEADER_LEN..],
+                ),
+                Err(_) => {
+                    self.counters.relay_rx_bad += 1;
+                    return;
+                }
+            },
+            _ => (Path::Direct(from), packet),
+        };
+        match (inner.first(), path) {
+            (Some(&TYPE_SIGNALING), Path::Direct(_)) => self.on_signaling(now, from, packet),
+            (Some(&handshake::TYPE_TUNNEL_REQUEST), _) => self.on_tunnel_request(now, path, inner),
+            (Some(&handshake::TYPE_TUNNEL_RESPONSE), _) => {
+                self.on_tunnel_response(now, path, inner)
+            }
+            (Some(&relay::TYPE_RELAY_BIND_ACK), Path::Direct(_)) => {
+                self.on_relay_bind_ack(from, packet)
+            }
+            (Some(&cyphonic_proto::TYPE_PUNCH), _) => self.counters.punches_received += 1,
             _ => self.counters.handshake_rx_bad += 1,
         }
     }
@@ -460,7 +614,7 @@ impl Node {
             self.counters.signal_rx_bad += 1;
             return;
         };
-        if from != sig.login.nms {
+        if from != sig.login.nms && Some(from) != sig.probe {
             self.counters.signal_rx_bad += 1;
             return;
         }
@@ -487,9 +641,16 @@ impl Node {
                 };
                 sig.registered = true;
                 sig.observed = Some(resp.observed);
+                sig.observed_probe = None;
+                sig.probe = (resp.probe_port != 0)
+                    .then(|| SocketAddr::new(sig.login.nms.ip(), resp.probe_port));
                 sig.missed_keepalives = 0;
                 sig.login.keepalive = keepalive;
                 sig.next_keepalive = now + keepalive;
+                if sig.probe.is_some() {
+                    let timeout = self.config.registration_timeout;
+                    self.send_request(now, RequestKind::NatProbe, Message::NatProbe, None, timeout);
+                }
                 tracing::info!(fqdn = %resp.fqdn, vip4 = %resp.vip4, vip6 = %resp.vip6, observed = %resp.observed, "Registration done");
                 self.events.push_back(NodeEvent::Registered {
                     fqdn: resp.fqdn,
@@ -505,12 +666,25 @@ impl Node {
                 {
                     return;
                 }
-                if let Some(sig) = self.signaling.as_mut() {
+                let moved = self.signaling.as_mut().is_some_and(|sig| {
                     sig.missed_keepalives = 0;
-                    if sig.observed != Some(observed) {
-                        sig.observed = Some(observed);
-                    }
+                    sig.observed.is_some_and(|o| o != observed)
+                });
+                if moved {
+                    // Our NAT mapped us anew: register again, so the NMS
+                    // learns our network (and probes it) afresh.
+                    tracing::info!(%observed, "observed address changed; registering again");
+                    self.send_registration(now);
                 }
+            }
+            Message::NatProbeAck { observed } => {
+                if self.take_request(env.txid, RequestKind::NatProbe).is_none() {
+                    return;
+                }
+                if let Some(sig) = self.signaling.as_mut() {
+                    sig.observed_probe = Some(observed);
+                }
+                tracing::info!(nat = self.nat().as_str(), "NAT Probe answered");
             }
             Message::ReRegister => {
                 tracing::info!("NMS asked for registration again");
@@ -561,7 +735,9 @@ impl Node {
     }
 
     /// Route Direction to the responder (this node is the CN): remember the
-    /// route, confirm it, and wait for the initiator's Tunnel Request.
+    /// route, confirm it, and set up our side of it: send the Tunnel Request
+    /// if the NMS says we initiate (we are behind the NAT), punch, bind the
+    /// relay.
     fn on_direction_to_responder(&mut self, now: Instant, txid: u64, direction: RouteDirection) {
         let route_id = direction.route_id;
         let known = self.by_route.contains_key(&route_id);
@@ -570,18 +746,15 @@ impl Node {
                 tracing::warn!(peer = %direction.peer.fqdn, error = %e, "refusing route direction");
                 return;
             }
-            let deadline = now + self.config.handshake_timeout * 2;
-            self.install_peer(
-                direction,
-                TunnelRole::Responder,
-                PeerState::AwaitingRequest { deadline },
-            );
+            let fqdn = resolver::normalize(&direction.peer.fqdn);
+            tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), initiate = direction.initiate, punch = direction.punch, relay = direction.relay.is_some(), "Route Direction to Responder");
+            self.setup_route(now, direction);
         }
         self.seal_to_nms(txid, Message::RouteDirectionConfirmation { route_id });
     }
 
     /// Route Direction to the initiator (this node is the MN): answer the
-    /// DNS queries waiting for it, then send the Tunnel Request.
+    /// DNS queries waiting for it, then set up our side of the route.
     fn on_direction_to_initiator(&mut self, now: Instant, direction: RouteDirection) {
         if let Err(e) = self.check_direction(&direction) {
             tracing::warn!(peer = %direction.peer.fqdn, error = %e, "refusing route direction");
@@ -591,16 +764,39 @@ impl Node {
         }
         let fqdn = resolver::normalize(&direction.peer.fqdn);
         let (vip4, vip6) = (direction.peer.vip4, direction.peer.vip6);
-        tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), endpoints = ?direction.peer.endpoints, "Route Direction received");
-        self.install_peer(
-            direction,
-            TunnelRole::Initiator,
-            PeerState::Failed {
-                reason: String::new(),
-            },
-        );
+        tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), initiate = direction.initiate, punch = direction.punch, relay = direction.relay.is_some(), endpoints = ?direction.peer.endpoints, "Route Direction to Initiator");
+        self.setup_route(now, direction);
         self.answer_dns_waiters(&fqdn, Ok((vip4, vip6)));
-        self.start_handshake(now, &fqdn, 0);
+    }
+
+    /// Installs the peer for a new route and starts what this side does.
+    fn setup_route(&mut self, now: Instant, direction: RouteDirection) {
+        let fqdn = resolver::normalize(&direction.peer.fqdn);
+        let initiate = direction.initiate;
+        let role = if initiate {
+            TunnelRole::Initiator
+        } else {
+            TunnelRole::Responder
+        };
+        let deadline = now + self.config.handshake_timeout * 2;
+        let punch = direction.punch;
+        self.install_peer(
+            now,
+            direction,
+            role,
+            PeerState::AwaitingRequest { deadline },
+        );
+        if let Some(peer) = self.peers.get_mut(&fqdn) {
+            if punch {
+                peer.punch_until = Some(now + self.config.handshake_timeout);
+                peer.next_punch = now;
+            }
+        }
+        self.send_relay_bind(now, &fqdn);
+        self.send_punches(now, &fqdn);
+        if initiate {
+            self.start_handshake(now, &fqdn);
+        }
     }
 
     fn check_direction(&self, d: &RouteDirection) -> Result<(), String> {
@@ -622,32 +818,56 @@ impl Node {
         Ok(())
     }
 
-    fn install_peer(&mut self, direction: RouteDirection, role: TunnelRole, state: PeerState) {
+    fn install_peer(
+        &mut self,
+        now: Instant,
+        direction: RouteDirection,
+        role: TunnelRole,
+        state: PeerState,
+    ) {
         let fqdn = resolver::normalize(&direction.peer.fqdn);
         if !self.peers.contains_key(&fqdn) && self.peers.len() >= MAX_PEERS {
             tracing::warn!(peer = %fqdn, "peer table full");
             return;
         }
         let local_index = self.fresh_index();
-        let queue = match self.peers.remove(&fqdn) {
+        // A new route replaces the old one; the data plane keeps the old
+        // tunnel until the new one is up (TunnelUp for the same VIPs), so
+        // traffic flows during re-establishment.
+        let (queue, tunnel) = match self.peers.remove(&fqdn) {
             Some(old) => {
                 self.by_index.remove(&old.local_index);
                 self.by_route.remove(&old.direction.route_id);
-                if old.tunnel.is_some() {
-                    // The data plane keeps the old tunnel until the new one
-                    // replaces it (TunnelUp for the same VIPs), so traffic
-                    // flows during re-establishment.
-                }
-                old.queue
+                (old.queue, old.tunnel)
             }
-            None => VecDeque::new(),
+            None => (VecDeque::new(), None),
         };
+        let relay = direction.relay.clone().and_then(|offer| {
+            let has_v4 = self.local_addrs.iter().any(|a| a.is_ipv4());
+            let has_v6 = self.local_addrs.iter().any(|a| a.is_ipv6());
+            let servers: Vec<SocketAddr> = offer
+                .servers
+                .iter()
+                .copied()
+                .filter(|s| (s.is_ipv4() && has_v4) || (s.is_ipv6() && has_v6))
+                .collect();
+            (!servers.is_empty()).then_some(RelayState {
+                offer,
+                servers,
+                index: 0,
+                counter: 0,
+                bound: false,
+                unacked: 0,
+                next_bind: now,
+            })
+        });
         self.by_vip
             .insert(IpAddr::V4(direction.peer.vip4), fqdn.clone());
         self.by_vip
             .insert(IpAddr::V6(direction.peer.vip6), fqdn.clone());
         self.by_index.insert(local_index, fqdn.clone());
         self.by_route.insert(direction.route_id, fqdn.clone());
+        let path_note = path_reason(&direction);
         self.peers.insert(
             fqdn.clone(),
             Peer {
@@ -656,10 +876,17 @@ impl Node {
                 role,
                 local_index,
                 state,
-                tunnel: None,
+                tunnel,
                 last_request: None,
                 last_handshake: None,
                 queue,
+                relay,
+                punch_until: None,
+                next_punch: now,
+                next_keepalive: now + self.config.keepalive,
+                rx_seen: 0,
+                stale_ticks: 0,
+                path_note,
             },
         );
     }
@@ -683,19 +910,36 @@ impl Node {
         rng
     }
 
-    fn start_handshake(&mut self, now: Instant, fqdn: &str, endpoint_index: usize) {
+    /// The paths an initiator tries, in order: for a relayed route the
+    /// relay; otherwise each direct endpoint, then the relay as fallback.
+    fn attempt_paths(peer: &Peer) -> Vec<Path> {
+        let relay = peer.relay.as_ref().and_then(RelayState::path);
+        let direct = peer
+            .direction
+            .peer
+            .endpoints
+            .iter()
+            .map(|e| Path::Direct(*e));
+        if peer.direction.pattern == RoutePattern::Relayed && relay.is_some() {
+            return relay.into_iter().collect();
+        }
+        direct.chain(relay).collect()
+    }
+
+    fn start_handshake(&mut self, now: Instant, fqdn: &str) {
         let mut rng = self.ephemeral_rng();
         let Some(peer) = self.peers.get_mut(fqdn) else {
             return;
         };
-        let d = &peer.direction;
-        let Some(&endpoint) = d.peer.endpoints.get(endpoint_index) else {
+        let attempts = Self::attempt_paths(peer);
+        let Some(&first) = attempts.first() else {
             peer.state = PeerState::Failed {
-                reason: "no endpoint answered".into(),
+                reason: "no path to try".into(),
             };
             self.counters.handshake_failures += 1;
             return;
         };
+        let d = &peer.direction;
         match Initiator::start_with_rng(
             &self.identity,
             &d.peer.static_public,
@@ -705,22 +949,19 @@ impl Node {
             &mut rng,
         ) {
             Ok((initiator, request)) => {
-                tracing::debug!(peer = %fqdn, %endpoint, "Tunnel Request");
+                tracing::debug!(peer = %fqdn, path = %first, "Tunnel Request");
                 self.transmits.push_back(Transmit {
-                    destination: endpoint,
-                    payload: request.clone(),
+                    destination: first.address(),
+                    payload: first.frame(&request),
                 });
-                let deadline = match &peer.state {
-                    PeerState::Handshaking { deadline, .. } => *deadline,
-                    _ => now + self.config.handshake_timeout,
-                };
                 peer.state = PeerState::Handshaking {
                     initiator: Some(Box::new(initiator)),
                     request,
-                    endpoint_index,
-                    sent_to_endpoint: 1,
+                    attempts,
+                    attempt: 0,
+                    sent_on_attempt: 1,
                     next_retransmit: now + self.config.handshake_retransmit,
-                    deadline,
+                    deadline: now + self.config.handshake_timeout,
                 };
             }
             Err(e) => {
@@ -741,7 +982,7 @@ impl Node {
         }
     }
 
-    fn on_tunnel_request(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+    fn on_tunnel_request(&mut self, now: Instant, path: Path, packet: &[u8]) {
         let Ok(header) = handshake::peek_request(packet) else {
             self.counters.handshake_rx_bad += 1;
             return;
@@ -760,9 +1001,9 @@ impl Node {
         }
         if let Some((req, resp)) = &peer.last_request {
             if req == packet {
-                let payload = resp.clone();
+                let payload = path.frame(resp);
                 self.transmits.push_back(Transmit {
-                    destination: from,
+                    destination: path.address(),
                     payload,
                 });
                 return;
@@ -790,20 +1031,20 @@ impl Node {
                 self.by_index.insert(local_index, fqdn.clone());
                 peer.last_request = Some((packet.to_vec(), response.clone()));
                 self.transmits.push_back(Transmit {
-                    destination: from,
-                    payload: response,
+                    destination: path.address(),
+                    payload: path.frame(&response),
                 });
-                tracing::info!(peer = %fqdn, endpoint = %from, "Tunnel Response sent; tunnel up");
-                self.tunnel_up(now, &fqdn, from, keys);
+                tracing::info!(peer = %fqdn, %path, "Tunnel Response sent; tunnel up");
+                self.tunnel_up(now, &fqdn, path, keys);
             }
             Err(e) => {
                 self.counters.handshake_failures += 1;
-                tracing::warn!(peer = %fqdn, %from, error = %e, "Tunnel Request refused");
+                tracing::warn!(peer = %fqdn, %path, error = %e, "Tunnel Request refused");
             }
         }
     }
 
-    fn on_tunnel_response(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+    fn on_tunnel_response(&mut self, now: Instant, path: Path, packet: &[u8]) {
         let Ok(header) = handshake::peek_response(packet) else {
             self.counters.handshake_rx_bad += 1;
             return;
@@ -835,25 +1076,25 @@ impl Node {
         let Some(init) = initiator.take() else { return };
         match init.finish(packet, &check) {
             Ok(keys) => {
-                tracing::info!(peer = %fqdn, endpoint = %from, "Tunnel Response received; tunnel up");
-                self.tunnel_up(now, &fqdn, from, keys);
+                tracing::info!(peer = %fqdn, %path, "Tunnel Response received; tunnel up");
+                self.tunnel_up(now, &fqdn, path, keys);
             }
             Err(e) => {
                 // A forged or stale response must not end a handshake that a
                 // genuine response may still complete: rebuild the initiator
-                // state at the same endpoint. The new request waits for the
+                // state on the same path. The new request waits for the
                 // retransmission timer; sent at once, a peer whose every
                 // response we refuse would have us handshake once per round
                 // trip until the deadline.
                 self.counters.handshake_failures += 1;
-                tracing::warn!(peer = %fqdn, %from, error = %e, "Tunnel Response refused");
+                tracing::warn!(peer = %fqdn, %path, error = %e, "Tunnel Response refused");
                 self.rearm_handshake(&fqdn);
             }
         }
     }
 
     /// A fresh initiator state and Tunnel Request for a pending handshake,
-    /// leaving its endpoint, timers and deadline as they are.
+    /// leaving its paths, timers and deadline as they are.
     fn rearm_handshake(&mut self, fqdn: &str) {
         let mut rng = self.ephemeral_rng();
         let Some(peer) = self.peers.get_mut(fqdn) else {
@@ -886,14 +1127,9 @@ impl Node {
         }
     }
 
-    fn tunnel_up(
-        &mut self,
-        now: Instant,
-        fqdn: &str,
-        endpoint: SocketAddr,
-        keys: handshake::SessionKeys,
-    ) {
+    fn tunnel_up(&mut self, now: Instant, fqdn: &str, path: Path, keys: handshake::SessionKeys) {
         let wall = self.wall(now);
+        let keepalive = self.config.keepalive;
         let Some(peer) = self.peers.get_mut(fqdn) else {
             return;
         };
@@ -901,7 +1137,7 @@ impl Node {
             fqdn: fqdn.to_owned(),
             vip4: peer.direction.peer.vip4,
             vip6: peer.direction.peer.vip6,
-            endpoint,
+            path,
             send: Arc::new(SendKey::new(&keys.send, keys.remote_index)),
             recv: Arc::new(RecvKey::new(&keys.recv, keys.local_index)),
             stats: peer
@@ -913,6 +1149,13 @@ impl Node {
         peer.state = PeerState::Established;
         peer.last_handshake = Some(wall);
         peer.tunnel = Some(handle.clone());
+        peer.punch_until = None;
+        peer.next_keepalive = now + keepalive;
+        peer.rx_seen = handle.stats.rx_packets.load(Ordering::Relaxed);
+        peer.stale_ticks = 0;
+        if path.is_relay() && peer.direction.pattern != RoutePattern::Relayed {
+            peer.path_note = "direct attempts failed: relay until a direct path answers".into();
+        }
         let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
         self.events.push_back(NodeEvent::TunnelUp(handle.clone()));
         for packet in queued {
@@ -921,6 +1164,12 @@ impl Node {
     }
 
     fn seal_and_send(&mut self, tunnel: &TunnelHandle, packet: &[u8]) {
+        let path = tunnel.path;
+        self.seal_to(tunnel, path, packet);
+    }
+
+    /// Seals `packet` (empty: a keepalive) for `tunnel` and sends it on `path`.
+    fn seal_to(&mut self, tunnel: &TunnelHandle, path: Path, packet: &[u8]) {
         let mut buf = vec![0u8; DATA_HEADER_LEN + packet.len() + TAG_LEN];
         buf[DATA_HEADER_LEN..DATA_HEADER_LEN + packet.len()].copy_from_slice(packet);
         match tunnel.send.seal_in_place(&mut buf, packet.len()) {
@@ -932,11 +1181,314 @@ impl Node {
                     .tx_bytes
                     .fetch_add(packet.len() as u64, Ordering::Relaxed);
                 self.transmits.push_back(Transmit {
-                    destination: tunnel.endpoint,
-                    payload: buf,
+                    destination: path.address(),
+                    payload: path.frame(&buf),
                 });
             }
             Err(e) => tracing::warn!(peer = %tunnel.fqdn, error = ?e, "cannot seal"),
+        }
+    }
+
+    /// The data plane opened a packet of tunnel `local_index` that came on
+    /// `path`, which is not the tunnel's current one. Authenticated traffic
+    /// on a direct path moves a relayed tunnel onto it (the relay-to-direct
+    /// upgrade), and moves a direct tunnel to the peer's new address (a NAT
+    /// rebinding or a move). Traffic through the relay never pulls a
+    /// working direct tunnel back: only the liveness check does that.
+    pub fn handle_path_seen(&mut self, now: Instant, local_index: u32, path: Path) {
+        let Some(fqdn) = self.by_index.get(&local_index).cloned() else {
+            return;
+        };
+        let Some(peer) = self.peers.get(&fqdn) else {
+            return;
+        };
+        let Some(current) = peer.tunnel.as_ref().map(|t| t.path) else {
+            return;
+        };
+        if current == path || path.is_relay() {
+            return;
+        }
+        let note = if current.is_relay() {
+            "a direct path answered: moved off the relay"
+        } else {
+            "the peer's address changed"
+        };
+        self.switch_path(now, &fqdn, path, note);
+    }
+
+    fn switch_path(&mut self, now: Instant, fqdn: &str, path: Path, note: &str) {
+        let keepalive = self.config.keepalive;
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let Some(tunnel) = peer.tunnel.as_mut() else {
+            return;
+        };
+        tracing::info!(peer = %fqdn, from = %tunnel.path, to = %path, why = note, "path change");
+        tunnel.path = path;
+        let handle = tunnel.clone();
+        peer.path_note = note.to_owned();
+        peer.stale_ticks = 0;
+        peer.next_keepalive = now + keepalive;
+        self.counters.path_changes += 1;
+        self.events.push_back(NodeEvent::TunnelUp(handle.clone()));
+        // Tell the peer at once on the new path.
+        self.seal_to(&handle, path, &[]);
+    }
+
+    fn send_punches(&mut self, now: Instant, fqdn: &str) {
+        let interval = self.config.punch_interval;
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        match peer.punch_until {
+            Some(until) if now < until && now >= peer.next_punch => {}
+            _ => return,
+        }
+        peer.next_punch = now + interval;
+        let mut packet = [0u8; 12];
+        packet[0] = cyphonic_proto::TYPE_PUNCH;
+        packet[4..12].copy_from_slice(&peer.direction.route_id.to_be_bytes());
+        for e in peer.direction.peer.endpoints.clone() {
+            self.counters.punches_sent += 1;
+            self.transmits.push_back(Transmit {
+                destination: e,
+                payload: packet.to_vec(),
+            });
+        }
+    }
+
+    fn send_relay_bind(&mut self, now: Instant, fqdn: &str) {
+        let (keepalive, retransmit) = (self.config.keepalive, self.config.handshake_retransmit);
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let Some(relay) = peer.relay.as_mut() else {
+            return;
+        };
+        if relay.unacked >= MAX_UNACKED_BINDS && relay.servers.len() > 1 {
+            // This TRS stopped answering: the next one, for both sides of
+            // the session (they walk the same list).
+            relay.index = (relay.index + 1) % relay.servers.len();
+            relay.unacked = 0;
+            relay.bound = false;
+            self.counters.relay_failovers += 1;
+            tracing::warn!(peer = %fqdn, server = ?relay.server(), "relay unreachable; failing over");
+            let new_path = relay.path();
+            if let (Some(tunnel), Some(p)) = (peer.tunnel.as_ref(), new_path) {
+                if tunnel.path.is_relay() {
+                    self.switch_path(now, fqdn, p, "relay failover");
+                }
+            }
+            let Some(peer) = self.peers.get_mut(fqdn) else {
+                return;
+            };
+            let Some(relay) = peer.relay.as_mut() else {
+                return;
+            };
+            relay.next_bind = now;
+            let _ = relay;
+        }
+        let Some(relay) = self.peers.get_mut(fqdn).and_then(|p| p.relay.as_mut()) else {
+            return;
+        };
+        let Some(server) = relay.server() else {
+            return;
+        };
+        relay.counter += 1;
+        relay.unacked += 1;
+        relay.next_bind = now + if relay.bound { keepalive } else { retransmit };
+        let bind = Bind {
+            ack: false,
+            relay_id: relay.offer.relay_id,
+            side: relay.offer.side,
+            expires: relay.offer.expires,
+            counter: relay.counter,
+        }
+        .encode(&relay.offer.key);
+        self.transmits.push_back(Transmit {
+            destination: server,
+            payload: bind.to_vec(),
+        });
+    }
+
+    fn on_relay_bind_ack(&mut self, from: SocketAddr, packet: &[u8]) {
+        let Ok(ack) = Bind::parse(packet) else {
+            self.counters.relay_rx_bad += 1;
+            return;
+        };
+        let Some(fqdn) = self.by_route.get(&ack.relay_id).cloned() else {
+            self.counters.relay_rx_bad += 1;
+            return;
+        };
+        let Some(relay) = self.peers.get_mut(&fqdn).and_then(|p| p.relay.as_mut()) else {
+            return;
+        };
+        if !ack.ack
+            || relay.server() != Some(from)
+            || Bind::verify(packet, &relay.offer.key).is_err()
+        {
+            self.counters.relay_rx_bad += 1;
+            return;
+        }
+        if !relay.bound {
+            tracing::debug!(peer = %fqdn, server = %from, "relay bound");
+        }
+        relay.bound = true;
+        relay.unacked = 0;
+    }
+
+    /// Per-peer timers: handshake retransmission over the attempt paths,
+    /// punching, relay binds, keepalives, probes and the liveness check.
+    fn peer_timers(&mut self, now: Instant) {
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for fqdn in names {
+            self.handshake_timer(now, &fqdn);
+            self.send_punches(now, &fqdn);
+            let bind_due = self
+                .peers
+                .get(&fqdn)
+                .and_then(|p| p.relay.as_ref())
+                .is_some_and(|r| now >= r.next_bind);
+            if bind_due {
+                self.send_relay_bind(now, &fqdn);
+            }
+            self.keepalive_tick(now, &fqdn);
+        }
+    }
+
+    fn handshake_timer(&mut self, now: Instant, fqdn: &str) {
+        let retransmit = self.config.handshake_retransmit;
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let mut failed = None;
+        match &mut peer.state {
+            PeerState::Handshaking {
+                request,
+                attempts,
+                attempt,
+                sent_on_attempt,
+                next_retransmit,
+                deadline,
+                ..
+            } => {
+                if now >= *deadline {
+                    failed = Some("no Tunnel Response on any path".to_string());
+                } else if now >= *next_retransmit {
+                    if *sent_on_attempt >= SENDS_PER_ATTEMPT && *attempt + 1 < attempts.len() {
+                        *attempt += 1;
+                        *sent_on_attempt = 0;
+                    }
+                    // The relay path follows the current TRS (failover).
+                    let mut path = attempts[*attempt];
+                    if let (Path::Relay { .. }, Some(r)) =
+                        (path, peer.relay.as_ref().and_then(RelayState::path))
+                    {
+                        path = r;
+                        attempts[*attempt] = r;
+                    }
+                    *sent_on_attempt += 1;
+                    *next_retransmit = now + retransmit;
+                    self.transmits.push_back(Transmit {
+                        destination: path.address(),
+                        payload: path.frame(request),
+                    });
+                }
+            }
+            PeerState::AwaitingRequest { deadline } if now >= *deadline => {
+                failed = Some("no Tunnel Request from the initiator".to_string());
+            }
+            _ => {}
+        }
+        if let Some(reason) = failed {
+            tracing::warn!(peer = %fqdn, %reason, "tunnel establishment failed");
+            self.counters.handshake_failures += 1;
+            peer.state = PeerState::Failed { reason };
+            peer.queue.clear();
+            peer.punch_until = None;
+        }
+    }
+
+    /// Once per keepalive interval for an established tunnel: a keepalive
+    /// on the current path (holding NAT bindings), probes to the direct
+    /// endpoints while relayed, and the liveness check: a path that brought
+    /// nothing for `dead_after` intervals is dead, and the tunnel moves to
+    /// the relay (or to route selection anew when there is none).
+    fn keepalive_tick(&mut self, now: Instant, fqdn: &str) {
+        let (keepalive, dead_after) = (self.config.keepalive, self.config.dead_after);
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        if !matches!(peer.state, PeerState::Established) || now < peer.next_keepalive {
+            return;
+        }
+        let Some(tunnel) = peer.tunnel.clone() else {
+            return;
+        };
+        peer.next_keepalive = now + keepalive;
+        let rx = tunnel.stats.rx_packets.load(Ordering::Relaxed);
+        if rx == peer.rx_seen {
+            peer.stale_ticks += 1;
+        } else {
+            peer.rx_seen = rx;
+            peer.stale_ticks = 0;
+        }
+        let dead = peer.stale_ticks >= dead_after;
+        let relay_path = peer.relay.as_ref().and_then(RelayState::path);
+        let probes: Vec<Path> = if tunnel.path.is_relay() {
+            peer.direction
+                .peer
+                .endpoints
+                .iter()
+                .map(|e| Path::Direct(*e))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let pattern = peer.direction.pattern;
+        self.seal_to(&tunnel, tunnel.path, &[]);
+        for p in probes {
+            self.seal_to(&tunnel, p, &[]);
+        }
+        if !dead {
+            return;
+        }
+        match (tunnel.path, relay_path) {
+            (Path::Direct(_), Some(relay)) => {
+                self.switch_path(
+                    now,
+                    fqdn,
+                    relay,
+                    "direct path silent: fell back to the relay",
+                );
+            }
+            (Path::Relay { .. }, Some(_)) => {
+                // Make the next bind fail over to another TRS.
+                if let Some(r) = self.peers.get_mut(fqdn).and_then(|p| p.relay.as_mut()) {
+                    r.unacked = r.unacked.max(MAX_UNACKED_BINDS);
+                    r.next_bind = now;
+                }
+                if let Some(p) = self.peers.get_mut(fqdn) {
+                    p.stale_ticks = 0;
+                }
+            }
+            _ => {
+                tracing::warn!(peer = %fqdn, pattern = pattern.as_str(), "path silent and no relay: selecting the route again");
+                if let Some(p) = self.peers.get_mut(fqdn) {
+                    p.stale_ticks = 0;
+                }
+                let timeout = self.config.direction_timeout;
+                self.send_request(
+                    now,
+                    RequestKind::Direction,
+                    Message::DirectionRequest {
+                        target: fqdn.to_owned(),
+                    },
+                    Some(fqdn.to_owned()),
+                    timeout,
+                );
+            }
         }
     }
 
@@ -1057,7 +1609,7 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.signal_timers(now);
         self.keepalive_timer(now);
-        self.handshake_timers(now);
+        self.peer_timers(now);
     }
 
     fn signal_timers(&mut self, now: Instant) {
@@ -1098,6 +1650,9 @@ impl Node {
                         return;
                     }
                 }
+                RequestKind::NatProbe => {
+                    tracing::info!("NMS did not answer the NAT Probe: NAT behaviour stays unknown");
+                }
                 RequestKind::Direction => {
                     let target = r.target.unwrap_or_default();
                     tracing::warn!(%target, "Direction Request timed out");
@@ -1130,56 +1685,16 @@ impl Node {
         );
     }
 
-    fn handshake_timers(&mut self, now: Instant) {
-        let mut restart = Vec::new();
-        let mut failed = Vec::new();
-        for (fqdn, peer) in self.peers.iter_mut() {
-            match &mut peer.state {
-                PeerState::Handshaking {
-                    request,
-                    endpoint_index,
-                    sent_to_endpoint,
-                    next_retransmit,
-                    deadline,
-                    ..
-                } => {
-                    if now >= *deadline {
-                        failed.push((fqdn.clone(), "no Tunnel Response".to_string()));
-                    } else if now >= *next_retransmit {
-                        if *sent_to_endpoint >= 2
-                            && *endpoint_index + 1 < peer.direction.peer.endpoints.len()
-                        {
-                            restart.push((fqdn.clone(), *endpoint_index + 1));
-                        } else {
-                            *sent_to_endpoint += 1;
-                            *next_retransmit = now + self.config.handshake_retransmit;
-                            let endpoint = peer.direction.peer.endpoints[*endpoint_index];
-                            self.transmits.push_back(Transmit {
-                                destination: endpoint,
-                                payload: request.clone(),
-                            });
-                        }
-                    }
-                }
-                PeerState::AwaitingRequest { deadline } if now >= *deadline => {
-                    failed.push((
-                        fqdn.clone(),
-                        "no Tunnel Request from the initiator".to_string(),
-                    ));
-                }
-                _ => {}
+    /// The NAT in front of this node, as the NMS's two ports saw it.
+    pub fn nat(&self) -> NatKind {
+        match self.signaling.as_ref().and_then(|s| s.observed) {
+            Some(observed) => NetInfo {
+                local_addrs: self.local_addrs.clone(),
+                observed,
+                observed_probe: self.signaling.as_ref().and_then(|s| s.observed_probe),
             }
-        }
-        for (fqdn, idx) in restart {
-            self.start_handshake(now, &fqdn, idx);
-        }
-        for (fqdn, reason) in failed {
-            if let Some(peer) = self.peers.get_mut(&fqdn) {
-                tracing::warn!(peer = %fqdn, %reason, "tunnel establishment failed");
-                self.counters.handshake_failures += 1;
-                peer.state = PeerState::Failed { reason };
-                peer.queue.clear();
-            }
+            .nat(),
+            None => NatKind::Unknown,
         }
     }
 
@@ -1195,6 +1710,8 @@ impl Node {
                 logged_in: sig.is_some(),
                 registered: sig.is_some_and(|s| s.registered),
                 observed: sig.and_then(|s| s.observed),
+                observed_probe: sig.and_then(|s| s.observed_probe),
+                nat: self.nat().as_str().into(),
                 local_addrs: self.local_addrs.clone(),
             },
             peers: self
@@ -1217,10 +1734,16 @@ impl Node {
                             PeerState::Failed { reason } => format!("failed: {reason}"),
                         },
                         pattern: p.direction.pattern.to_u8(),
-                        path: p.direction.pattern.as_str().into(),
-                        path_reason: path_reason(&p.direction),
+                        path: match (p.tunnel.as_ref().map(|t| t.path), p.direction.pattern) {
+                            (Some(Path::Relay { .. }), _) => "relayed".into(),
+                            (Some(Path::Direct(_)), RoutePattern::Direct) => "direct".into(),
+                            (Some(Path::Direct(_)), _) => "punched".into(),
+                            (None, pattern) => pattern.as_str().into(),
+                        },
+                        path_reason: p.path_note.clone(),
                         transport: "udp".into(),
-                        endpoint: p.tunnel.as_ref().map(|t| t.endpoint),
+                        relay: p.relay.as_ref().and_then(|r| r.server()),
+                        endpoint: p.tunnel.as_ref().map(|t| t.path.address()),
                         last_handshake_unix: p
                             .last_handshake
                             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -1244,7 +1767,12 @@ impl Node {
 fn path_reason(d: &RouteDirection) -> String {
     match d.pattern {
         RoutePattern::Direct => "no NAT between the nodes: pattern 1, direct".into(),
-        RoutePattern::Punched => "a NAT on the path, opened from inside: pattern 2".into(),
+        RoutePattern::Punched if d.punch || (!d.initiate && d.peer.endpoints.is_empty()) => {
+            "pattern 2: both behind endpoint-independent NATs, punched from both sides".into()
+        }
+        RoutePattern::Punched => {
+            "pattern 2: a NAT on the path, opened by the side behind it".into()
+        }
         RoutePattern::Relayed => "no direct path possible: pattern 3, relay".into(),
         RoutePattern::Unknown(v) => format!("pattern {v}"),
     }
@@ -1302,6 +1830,9 @@ pub struct CloudStatus {
     pub logged_in: bool,
     pub registered: bool,
     pub observed: Option<SocketAddr>,
+    pub observed_probe: Option<SocketAddr>,
+    /// "none", "endpoint-independent", "symmetric" or "unknown".
+    pub nat: String,
     pub local_addrs: Vec<SocketAddr>,
 }
 
@@ -1319,6 +1850,8 @@ pub struct PeerStatus {
     /// "udp" now; "quic" and "tcp" later.
     pub transport: String,
     pub endpoint: Option<SocketAddr>,
+    /// The TRS this tunnel may fall back to (or uses).
+    pub relay: Option<SocketAddr>,
     pub last_handshake_unix: Option<u64>,
     pub last_handshake_secs_ago: Option<u64>,
     pub rx_bytes: u64,

@@ -80,6 +80,8 @@ pub struct RunOptions {
     /// Where the resolver listens (port 53); None leaves the host's DNS alone.
     pub dns_listen: Option<IpAddr>,
     pub offload: bool,
+    /// Tunnel keepalive interval.
+    pub keepalive: Duration,
 }
 
 /// What `cyphonic status --json` prints.
@@ -144,6 +146,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = NodeConfig {
         domain: file.domain.clone(),
         tunnel_port: opts.tunnel_port,
+        keepalive: opts.keepalive,
         ..NodeConfig::default()
     };
     let start = Instant::now();
@@ -221,7 +224,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     }
                 }
                 NodeEvent::TunnelUp(handle) => {
-                    tracing::info!(peer = %handle.fqdn, endpoint = %handle.endpoint, "tunnel installed");
+                    tracing::info!(peer = %handle.fqdn, path = %handle.path, "tunnel installed");
                     tables.install(handle);
                 }
                 NodeEvent::TunnelDown { fqdn, .. } => tables.remove(&fqdn),
@@ -247,6 +250,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Some(msg) = from_data.recv() => match msg {
                 ToControl::Datagram { from, packet } => node.handle_datagram(Instant::now(), from, &packet),
                 ToControl::Outbound(packet) => node.handle_outbound(Instant::now(), &packet),
+                ToControl::PathSeen { index, path } => node.handle_path_seen(Instant::now(), index, path),
             },
             Some(LoginResult(r)) = login_rx.recv() => match r {
                 Ok((info, nms)) => {

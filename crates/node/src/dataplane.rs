@@ -21,7 +21,12 @@ use cyphonic_proto::ip;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::core::TunnelHandle;
+use crate::core::{Path, TunnelHandle};
+use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
+
+/// Room in front of each packet read from the TUN device: the relay header,
+/// then our data header, so both are written in place.
+const HEADROOM: usize = RELAY_HEADER_LEN + DATA_HEADER_LEN;
 
 /// Packets per batch: the TUN and socket loops never do more work than this
 /// per wake-up.
@@ -36,6 +41,32 @@ pub enum ToControl {
     Datagram { from: SocketAddr, packet: Vec<u8> },
     /// An application packet with no tunnel for its destination.
     Outbound(Vec<u8>),
+    /// An authenticated packet of tunnel `index` came on `path`, which is
+    /// not the tunnel's current path.
+    PathSeen { index: u32, path: Path },
+}
+
+/// Bounds path reports to the control task: at most one per tunnel and
+/// path each 100 ms, however fast packets come.
+#[derive(Default)]
+struct PathReports {
+    last: HashMap<(u32, Path), std::time::Instant>,
+}
+
+impl PathReports {
+    fn allow(&mut self, index: u32, path: Path) -> bool {
+        let now = std::time::Instant::now();
+        if self.last.len() > 4096 {
+            self.last.clear();
+        }
+        match self.last.get(&(index, path)) {
+            Some(t) if now.duration_since(*t) < Duration::from_millis(100) => false,
+            _ => {
+                self.last.insert((index, path), now);
+                true
+            }
+        }
+    }
 }
 
 /// Drop counters, by reason; every dropped packet is counted once.
@@ -220,7 +251,7 @@ fn outbound_loop(
     stop: &AtomicBool,
 ) {
     let mtu = tun.mtu() as usize;
-    let slot = DATA_HEADER_LEN + mtu + TAG_LEN;
+    let slot = HEADROOM + mtu + TAG_LEN;
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; slot]).collect();
     let mut sizes = vec![0usize; BATCH];
     let mut scratch = vec![0u8; 65536 + 64];
@@ -230,7 +261,7 @@ fn outbound_loop(
         for b in bufs.iter_mut() {
             b.resize(slot, 0);
         }
-        let n = match tun.recv_batch(&mut scratch, &mut bufs, &mut sizes, DATA_HEADER_LEN) {
+        let n = match tun.recv_batch(&mut scratch, &mut bufs, &mut sizes, HEADROOM) {
             Ok(n) => n,
             Err(e) if stop.load(Ordering::Relaxed) => {
                 tracing::debug!(error = %e, "TUN reader stopping");
@@ -256,7 +287,7 @@ fn outbound_loop(
         };
         for i in 0..n {
             let len = sizes[i];
-            let packet = &bufs[i][DATA_HEADER_LEN..DATA_HEADER_LEN + len];
+            let packet = &bufs[i][HEADROOM..HEADROOM + len];
             let Some(dst) = ip::inner_destination(packet) else {
                 continue;
             };
@@ -269,7 +300,10 @@ fn outbound_loop(
                 }
                 continue;
             };
-            let sealed = match tunnel.send.seal_in_place(&mut bufs[i], len) {
+            let sealed = match tunnel
+                .send
+                .seal_in_place(&mut bufs[i][RELAY_HEADER_LEN..], len)
+            {
                 Ok(n) => n,
                 Err(DataError::CounterLimit) => {
                     // The control task rekeys; until then nothing goes out.
@@ -287,19 +321,28 @@ fn outbound_loop(
                 .tx_bytes
                 .fetch_add(len as u64, Ordering::Relaxed);
             counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+            // Relayed packets carry the relay header in the headroom.
+            let (start, sealed) = match tunnel.path {
+                Path::Direct(_) => (RELAY_HEADER_LEN, sealed),
+                Path::Relay { relay_id, .. } => {
+                    relay::write_data_header(&mut bufs[i][..RELAY_HEADER_LEN], relay_id);
+                    (0, sealed + RELAY_HEADER_LEN)
+                }
+            };
+            let endpoint = tunnel.path.address();
             // A train continues while the endpoint is the same and every
             // segment but the last has the train's size.
             let joins = match current {
                 Some((dst, seg)) => {
-                    dst == tunnel.endpoint && train.len().is_multiple_of(seg) && sealed <= seg
+                    dst == endpoint && train.len().is_multiple_of(seg) && sealed <= seg
                 }
                 None => false,
             };
             if !joins {
                 flush(&mut train, &mut current);
-                current = Some((tunnel.endpoint, sealed));
+                current = Some((endpoint, sealed));
             }
-            train.extend_from_slice(&bufs[i][..sealed]);
+            train.extend_from_slice(&bufs[i][start..start + sealed]);
             if let Some((_, seg)) = current {
                 if sealed < seg {
                     flush(&mut train, &mut current);
@@ -332,6 +375,7 @@ fn inbound_loop(
     let mut meta = vec![quinn_udp::RecvMeta::default(); n_bufs];
     let mut out: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
     let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut reports = PathReports::default();
     while !stop.load(Ordering::Relaxed) {
         // Wake at least this often to notice shutdown.
         wait_ready(sock, false, Duration::from_millis(250));
@@ -361,8 +405,20 @@ fn inbound_loop(
             let mut off = 0;
             while off < m.len {
                 let end = (off + stride).min(m.len);
-                let datagram = &mut buf[off..end];
+                let whole = &mut buf[off..end];
                 off = end;
+                // Relay Data carrying a data packet is ours to open; the
+                // relay session and TRS make its path.
+                let (path, datagram) = match relay::parse_data(whole) {
+                    Ok(relay_id) if whole.get(relay::RELAY_HEADER_LEN) == Some(&TYPE_DATA) => (
+                        Path::Relay {
+                            server: from,
+                            relay_id,
+                        },
+                        &mut whole[relay::RELAY_HEADER_LEN..],
+                    ),
+                    _ => (Path::Direct(from), whole),
+                };
                 if datagram.first() != Some(&TYPE_DATA) {
                     let msg = ToControl::Datagram {
                         from,
@@ -399,6 +455,9 @@ fn inbound_loop(
                 let plain = &datagram[range];
                 tunnel.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
                 counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                if path != tunnel.path && reports.allow(index, path) {
+                    let _ = control.try_send(ToControl::PathSeen { index, path });
+                }
                 if plain.is_empty() {
                     continue; // keepalive
                 }

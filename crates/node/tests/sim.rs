@@ -217,12 +217,12 @@ fn route_and_tunnel(stack: Stack, want_endpoint: fn(usize) -> SocketAddr) {
         .node(1)
         .tunnel_to("n2.cyphonic.internal")
         .expect("n1's tunnel");
-    assert_eq!(t12.endpoint, want_endpoint(2));
+    assert_eq!(t12.path.address(), want_endpoint(2));
     let t21 = sim
         .node(2)
         .tunnel_to("n1.cyphonic.internal")
         .expect("n2's tunnel");
-    assert_eq!(t21.endpoint, want_endpoint(1));
+    assert_eq!(t21.path.address(), want_endpoint(1));
     assert_eq!((t12.vip4, t12.vip6), (vip4(2), vip6(2)));
     assert_eq!((t21.vip4, t21.vip6), (vip4(1), vip6(1)));
 
@@ -590,13 +590,14 @@ fn refused(bad: NodeSpec, initiator: usize, responder: usize) -> Sim {
             sim.node(1).data_rx_bad,
             before + 1,
             "sealed to {}",
-            t.endpoint
+            t.path.address()
         );
     }
     assert!(sim.node(1).received.is_empty());
     // A refusal is not a storm: the initiator keeps its retransmission pace.
     let requests = sim.count("TunnelRequest").0;
-    let pace = (handshake.as_millis() / 500 + 2) as usize;
+    let retransmit = cyphonic_node::core::NodeConfig::default().handshake_retransmit;
+    let pace = (handshake.as_millis() / retransmit.as_millis() + 2) as usize;
     assert!(
         requests <= pace,
         "{requests} Tunnel Requests in {handshake:?}"

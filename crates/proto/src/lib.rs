@@ -5,6 +5,10 @@
 //! Response ([`handshake`]), 4 data ([`data`]). `docs/protocol.md` is the
 //! specification; this crate is its implementation.
 
+/// A punch packet: `[9][3 reserved][route_id u64]`. It only opens the
+/// sender's NAT towards the peer; the receiver drops it.
+pub const TYPE_PUNCH: u8 = 9;
+
 pub mod data;
 pub mod handshake;
 pub mod ip;

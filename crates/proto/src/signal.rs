@@ -224,6 +224,12 @@ pub enum Message {
     },
     /// The NMS lost this node's registration (it restarted): register again.
     ReRegister,
+    /// Sent to the NMS's probe port from the tunnel port: the NMS records
+    /// the address it sees for NAT detection.
+    NatProbe,
+    NatProbeAck {
+        observed: SocketAddr,
+    },
 }
 
 impl Message {
@@ -239,6 +245,8 @@ impl Message {
             Message::RouteDirectionToInitiator(_) => "RouteDirectionToInitiator",
             Message::DirectionError { .. } => "DirectionError",
             Message::ReRegister => "ReRegister",
+            Message::NatProbe => "NatProbe",
+            Message::NatProbeAck { .. } => "NatProbeAck",
         }
     }
 }
@@ -262,6 +270,10 @@ pub struct RegistrationResponse {
     /// when a NAT lies between.
     pub observed: SocketAddr,
     pub keepalive_secs: u16,
+    /// The NMS's second port (same address): a NAT Probe sent there shows
+    /// whether the node's NAT keeps one mapping for both (RFC 4787 §4.1).
+    /// Zero when the NMS has none.
+    pub probe_port: u16,
 }
 
 /// How a tunnel's packets travel (seed: route patterns, table 1).
@@ -354,6 +366,38 @@ pub struct RouteDirection {
     /// Pre-shared key for this route's handshakes (Noise psk): proves the
     /// NMS directed both ends, but yields no end key on its own.
     pub tunnel_key: [u8; 32],
+    /// This node sends the Tunnel Request. In pattern 2 the side behind
+    /// the NAT initiates, whichever asked for the route.
+    pub initiate: bool,
+    /// This node sends punch packets to the peer's endpoints, opening its
+    /// own NAT for the peer's Tunnel Request (coordinated punching).
+    pub punch: bool,
+    /// Relay credentials for this node's side, when the cloud runs a TRS:
+    /// the path for pattern 3, and the fallback for the others.
+    pub relay: Option<RelayOffer>,
+}
+
+/// One side's grant for a relay session (see [`crate::relay`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RelayOffer {
+    pub relay_id: u64,
+    pub side: u8,
+    pub expires: u64,
+    pub key: [u8; 32],
+    /// TRS addresses, best first; a node uses the first of its family and
+    /// moves down the list when one stops answering.
+    pub servers: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for RelayOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayOffer")
+            .field("relay_id", &self.relay_id)
+            .field("side", &self.side)
+            .field("expires", &self.expires)
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for RouteDirection {
@@ -362,6 +406,9 @@ impl std::fmt::Debug for RouteDirection {
             .field("route_id", &self.route_id)
             .field("pattern", &self.pattern)
             .field("peer", &self.peer)
+            .field("initiate", &self.initiate)
+            .field("punch", &self.punch)
+            .field("relay", &self.relay)
             .finish_non_exhaustive()
     }
 }
@@ -407,6 +454,8 @@ const MSG_ROUTE_DIRECTION_CONFIRMATION: u8 = 0x07;
 const MSG_ROUTE_DIRECTION_TO_INITIATOR: u8 = 0x08;
 const MSG_DIRECTION_ERROR: u8 = 0x09;
 const MSG_REREGISTER: u8 = 0x0a;
+const MSG_NAT_PROBE: u8 = 0x0b;
+const MSG_NAT_PROBE_ACK: u8 = 0x0c;
 
 impl Envelope {
     /// Body layout: `u8 message type || u64 txid || fields`.
@@ -423,7 +472,9 @@ impl Envelope {
                 w.str(&r.fqdn)
                     .bytes(&r.vip4.octets())
                     .bytes(&r.vip6.octets());
-                w.socket_addr(&r.observed).u16(r.keepalive_secs);
+                w.socket_addr(&r.observed)
+                    .u16(r.keepalive_secs)
+                    .u16(r.probe_port);
             }
             Message::KeepAlive => {
                 w.u8(MSG_KEEPALIVE).u64(self.txid);
@@ -453,6 +504,12 @@ impl Envelope {
             }
             Message::ReRegister => {
                 w.u8(MSG_REREGISTER).u64(self.txid);
+            }
+            Message::NatProbe => {
+                w.u8(MSG_NAT_PROBE).u64(self.txid);
+            }
+            Message::NatProbeAck { observed } => {
+                w.u8(MSG_NAT_PROBE_ACK).u64(self.txid).socket_addr(observed);
             }
         }
         w.into_inner()
@@ -485,6 +542,7 @@ impl Envelope {
                 vip6: r.ipv6()?,
                 observed: r.socket_addr()?,
                 keepalive_secs: r.u16()?,
+                probe_port: r.u16()?,
             }),
             MSG_KEEPALIVE => Message::KeepAlive,
             MSG_KEEPALIVE_ACK => Message::KeepAliveAck {
@@ -507,6 +565,10 @@ impl Envelope {
                 message: r.str("message")?.to_owned(),
             },
             MSG_REREGISTER => Message::ReRegister,
+            MSG_NAT_PROBE => Message::NatProbe,
+            MSG_NAT_PROBE_ACK => Message::NatProbeAck {
+                observed: r.socket_addr()?,
+            },
             other => return Err(SignalError::UnknownMessage(other)),
         };
         r.finish()?;
@@ -524,6 +586,20 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
         .u64(p.cert_serial)
         .u8(p.cert_status.to_u8())
         .socket_addrs(&p.endpoints[..p.endpoints.len().min(MAX_ENDPOINTS)]);
+    w.u8(d.initiate as u8 | (d.punch as u8) << 1);
+    match &d.relay {
+        None => {
+            w.u8(0);
+        }
+        Some(r) => {
+            w.u8(1)
+                .u64(r.relay_id)
+                .u8(r.side)
+                .u64(r.expires)
+                .bytes(&r.key);
+            w.socket_addrs(&r.servers[..r.servers.len().min(MAX_ENDPOINTS)]);
+        }
+    }
 }
 
 fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
@@ -545,11 +621,46 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         }
         .into());
     }
+    let flags = r.u8()?;
+    if flags & !0b11 != 0 {
+        return Err(WireError::Invalid {
+            field: "direction flags",
+        }
+        .into());
+    }
+    let relay = match r.u8()? {
+        0 => None,
+        1 => {
+            let offer = RelayOffer {
+                relay_id: r.u64()?,
+                side: r.u8()?,
+                expires: r.u64()?,
+                key: r.array()?,
+                servers: r.socket_addrs()?,
+            };
+            if offer.side > 1 || offer.servers.len() > MAX_ENDPOINTS {
+                return Err(WireError::Invalid {
+                    field: "relay offer",
+                }
+                .into());
+            }
+            Some(offer)
+        }
+        _ => {
+            return Err(WireError::Invalid {
+                field: "relay presence",
+            }
+            .into())
+        }
+    };
     Ok(RouteDirection {
         route_id,
         pattern,
         peer,
         tunnel_key,
+        initiate: flags & 1 != 0,
+        punch: flags & 2 != 0,
+        relay,
     })
 }
 
@@ -580,6 +691,25 @@ mod tests {
             pattern: RoutePattern::Direct,
             peer,
             tunnel_key: [3; 32],
+            initiate: true,
+            punch: false,
+            relay: None,
+        };
+        let relayed = RouteDirection {
+            pattern: RoutePattern::Relayed,
+            initiate: false,
+            punch: true,
+            relay: Some(RelayOffer {
+                relay_id: 77,
+                side: 1,
+                expires: 1_900_000_000,
+                key: [5; 32],
+                servers: vec![
+                    "192.0.2.1:4503".parse().unwrap(),
+                    "[2001:db8::1]:4503".parse().unwrap(),
+                ],
+            }),
+            ..dir.clone()
         };
         vec![
             Message::RegistrationRequest(RegistrationRequest {
@@ -596,6 +726,7 @@ mod tests {
                 vip6: "fd7a:6379:7068::2".parse().unwrap(),
                 observed: "192.0.2.11:4501".parse().unwrap(),
                 keepalive_secs: 15,
+                probe_port: 4504,
             }),
             Message::KeepAlive,
             Message::KeepAliveAck {
@@ -612,6 +743,11 @@ mod tests {
                 message: "no node n9.cyphonic.internal".into(),
             },
             Message::ReRegister,
+            Message::RouteDirectionToResponder(relayed),
+            Message::NatProbe,
+            Message::NatProbeAck {
+                observed: "203.0.113.7:31000".parse().unwrap(),
+            },
         ]
     }
 

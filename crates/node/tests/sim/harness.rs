@@ -884,10 +884,10 @@ impl Sim {
                 let src = self.nodes[slot]
                     .addrs
                     .iter()
-                    .find(|a| a.is_ipv4() == tunnel.endpoint.is_ipv4())
+                    .find(|a| a.is_ipv4() == tunnel.path.address().is_ipv4())
                     .copied()
                     .expect("an address of the tunnel's family");
-                self.send(src, tunnel.endpoint, sealed);
+                self.send(src, tunnel.path.address(), sealed);
             }
             None => {
                 self.nodes[slot].node.handle_outbound(self.now, packet);

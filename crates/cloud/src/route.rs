@@ -1,0 +1,411 @@
+//! The NMS's route decision: which pattern a tunnel takes, who sends the
+//! Tunnel Request, who punches, and in what order each side tries the
+//! other's endpoints. `docs/routing.md` is the table this implements; the
+//! tests below walk every cell of it.
+
+use std::net::SocketAddr;
+
+use cyphonic_proto::signal::{RoutePattern, MAX_ENDPOINTS};
+
+/// What the NMS knows of a node's network, from its Registration and NAT
+/// Probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetInfo {
+    /// The node's own addresses (tunnel port), as it listed them.
+    pub local_addrs: Vec<SocketAddr>,
+    /// Where the NMS saw its Registration / KeepAlives come from.
+    pub observed: SocketAddr,
+    /// Where the NMS saw its NAT Probe (to the second port) come from.
+    pub observed_probe: Option<SocketAddr>,
+}
+
+/// IPv4 NAT in front of a node, by mapping behaviour (RFC 4787 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatKind {
+    /// The node is reachable at an address it has itself.
+    None,
+    /// One mapping for every destination: punchable.
+    EndpointIndependent,
+    /// A new mapping per destination: not punchable from both sides.
+    Symmetric,
+    /// Behind a NAT whose behaviour is not known (no probe answer yet, or
+    /// registered over IPv6).
+    Unknown,
+}
+
+impl NatKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatKind::None => "none",
+            NatKind::EndpointIndependent => "endpoint-independent",
+            NatKind::Symmetric => "symmetric",
+            NatKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl NetInfo {
+    fn v6(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = std::iter::once(self.observed)
+            .chain(self.local_addrs.iter().copied())
+            .filter(|a| match a {
+                SocketAddr::V6(v6) => (v6.ip().segments()[0] & 0xe000) == 0x2000,
+                SocketAddr::V4(_) => false,
+            })
+            .collect();
+        dedup(&mut out);
+        out
+    }
+
+    fn has_v4(&self) -> bool {
+        self.observed.is_ipv4() || self.local_addrs.iter().any(|a| a.is_ipv4())
+    }
+
+    fn v4_locals(&self) -> Vec<SocketAddr> {
+        self.local_addrs
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4())
+            .collect()
+    }
+
+    /// The NAT in front of the node's IPv4, as far as the NMS can tell.
+    pub fn nat(&self) -> NatKind {
+        if !self.observed.is_ipv4() {
+            // Registered over IPv6: global IPv6 needs no NAT; its IPv4, if
+            // any, was never observed.
+            return if self.v4_locals().is_empty() {
+                NatKind::None
+            } else {
+                NatKind::Unknown
+            };
+        }
+        if self.local_addrs.contains(&self.observed) {
+            return NatKind::None;
+        }
+        match self.observed_probe {
+            Some(p) if p == self.observed => NatKind::EndpointIndependent,
+            Some(_) => NatKind::Symmetric,
+            None => NatKind::Unknown,
+        }
+    }
+
+    /// The IPv4 address other nodes reach this one at (its NAT's mapping,
+    /// or its own address), if known.
+    fn v4_public(&self) -> Option<SocketAddr> {
+        self.observed.is_ipv4().then_some(self.observed)
+    }
+}
+
+/// Which end sends the Tunnel Request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initiator {
+    /// The node that asked for the route (the MN).
+    Mn,
+    /// The node it asked for (the CN).
+    Cn,
+}
+
+/// The NMS's choice for one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteDecision {
+    pub pattern: RoutePattern,
+    pub initiator: Initiator,
+    /// The CN's endpoints, in the order the MN tries (or probes) them.
+    pub cn_endpoints: Vec<SocketAddr>,
+    /// The MN's endpoints, in the order the CN tries (or probes) them.
+    pub mn_endpoints: Vec<SocketAddr>,
+    /// The non-initiating side punches its NAT towards the initiator.
+    pub punch: bool,
+    /// Why, in words, for `cyphonic status` and logs.
+    pub reason: &'static str,
+}
+
+/// Picks the route between `mn` (asking) and `cn`.
+///
+/// 1. Both have global IPv6: direct over IPv6 (no NAT on IPv6).
+/// 2. Both behind the same IPv4 NAT (same public address): direct over
+///    their private addresses.
+/// 3. Both public on IPv4: direct.
+/// 4. One behind a NAT, the other public: pattern 2, the NATed side sends
+///    the Tunnel Request, opening its own NAT as it goes.
+/// 5. Both behind endpoint-independent NATs: coordinated punching — the MN
+///    initiates towards the CN's mapping while the CN punches towards the
+///    MN's.
+/// 6. Otherwise (a symmetric or unknown NAT on both sides, or no common
+///    address family): pattern 3 through a TRS.
+pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
+    let (mn6, cn6) = (mn.v6(), cn.v6());
+    if !mn6.is_empty() && !cn6.is_empty() {
+        return RouteDecision {
+            pattern: RoutePattern::Direct,
+            initiator: Initiator::Mn,
+            cn_endpoints: with_fallbacks(cn6, cn, mn),
+            mn_endpoints: with_fallbacks(mn6, mn, cn),
+            punch: false,
+            reason: "both have global IPv6: direct",
+        };
+    }
+    let relayed = |reason| RouteDecision {
+        pattern: RoutePattern::Relayed,
+        initiator: Initiator::Mn,
+        cn_endpoints: probe_candidates(cn, mn),
+        mn_endpoints: probe_candidates(mn, cn),
+        punch: false,
+        reason,
+    };
+    if !(mn.has_v4() && cn.has_v4()) {
+        return relayed("no address family in common: relay");
+    }
+    let (mn_nat, cn_nat) = (mn.nat(), cn.nat());
+    let natted = |k: NatKind| k != NatKind::None;
+    if natted(mn_nat)
+        && natted(cn_nat)
+        && mn.v4_public().is_some()
+        && mn.v4_public().map(|a| a.ip()) == cn.v4_public().map(|a| a.ip())
+    {
+        return RouteDecision {
+            pattern: RoutePattern::Direct,
+            initiator: Initiator::Mn,
+            cn_endpoints: cap(cn.v4_locals()),
+            mn_endpoints: cap(mn.v4_locals()),
+            punch: false,
+            reason: "behind the same NAT: direct over local addresses",
+        };
+    }
+    let cn_at = |n: &NetInfo| -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = n.v4_public().into_iter().chain(n.v4_locals()).collect();
+        dedup(&mut v);
+        cap(v)
+    };
+    match (mn_nat, cn_nat) {
+        (NatKind::None, NatKind::None) => RouteDecision {
+            pattern: RoutePattern::Direct,
+            initiator: Initiator::Mn,
+            cn_endpoints: cn_at(cn),
+            mn_endpoints: cn_at(mn),
+            punch: false,
+            reason: "no NAT between the nodes: direct",
+        },
+        (_, NatKind::None) => RouteDecision {
+            pattern: RoutePattern::Punched,
+            initiator: Initiator::Mn,
+            cn_endpoints: cn_at(cn),
+            mn_endpoints: cn_at(mn),
+            punch: false,
+            reason: "this side behind a NAT, the peer public: the NATed side initiates (pattern 2)",
+        },
+        (NatKind::None, _) => RouteDecision {
+            pattern: RoutePattern::Punched,
+            initiator: Initiator::Cn,
+            cn_endpoints: cn_at(cn),
+            mn_endpoints: cn_at(mn),
+            punch: false,
+            reason: "the peer behind a NAT, this side public: the NATed side initiates (pattern 2)",
+        },
+        (NatKind::EndpointIndependent, NatKind::EndpointIndependent) => RouteDecision {
+            pattern: RoutePattern::Punched,
+            initiator: Initiator::Mn,
+            cn_endpoints: cn_at(cn),
+            mn_endpoints: cn_at(mn),
+            punch: true,
+            reason: "both behind endpoint-independent NATs: coordinated punching",
+        },
+        _ => relayed("NATs on both sides that cannot be punched: relay (pattern 3)"),
+    }
+}
+
+/// `of`'s endpoints for `from`: the given ones first, then every other
+/// address of a family `from` has, as fallbacks.
+fn with_fallbacks(first: Vec<SocketAddr>, of: &NetInfo, from: &NetInfo) -> Vec<SocketAddr> {
+    let mut out = first;
+    out.extend(probe_candidates(of, from));
+    dedup(&mut out);
+    cap(out)
+}
+
+/// Every address of `of` in a family `from` has: what a relayed tunnel
+/// probes for a direct path.
+fn probe_candidates(of: &NetInfo, from: &NetInfo) -> Vec<SocketAddr> {
+    let from_v6 = !from.v6().is_empty();
+    let from_v4 = from.has_v4();
+    let mut out: Vec<SocketAddr> = Vec::new();
+    if from_v6 {
+        out.extend(of.v6());
+    }
+    if from_v4 {
+        out.extend(of.v4_public());
+        out.extend(of.v4_locals());
+    }
+    dedup(&mut out);
+    cap(out)
+}
+
+fn dedup(v: &mut Vec<SocketAddr>) {
+    let mut seen = Vec::with_capacity(v.len());
+    v.retain(|a| {
+        if seen.contains(a) {
+            false
+        } else {
+            seen.push(*a);
+            true
+        }
+    });
+}
+
+fn cap(mut v: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    v.truncate(MAX_ENDPOINTS);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The placements of `docs/routing.md`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum P {
+        V6,
+        V4,
+        Ds,
+        Eim,
+        Sym,
+    }
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A node of placement `p`; `n` tells two nodes of one placement apart
+    /// (different addresses and different NATs).
+    fn node(p: P, n: u8) -> NetInfo {
+        match p {
+            P::V6 => NetInfo {
+                local_addrs: vec![a(&format!("[2001:db8::1{n}]:4501"))],
+                observed: a(&format!("[2001:db8::1{n}]:4501")),
+                observed_probe: Some(a(&format!("[2001:db8::1{n}]:4501"))),
+            },
+            P::V4 => NetInfo {
+                local_addrs: vec![a(&format!("192.0.2.1{n}:4501"))],
+                observed: a(&format!("192.0.2.1{n}:4501")),
+                observed_probe: Some(a(&format!("192.0.2.1{n}:4501"))),
+            },
+            P::Ds => NetInfo {
+                local_addrs: vec![
+                    a(&format!("[2001:db8::2{n}]:4501")),
+                    a(&format!("192.0.2.2{n}:4501")),
+                ],
+                observed: a(&format!("192.0.2.2{n}:4501")),
+                observed_probe: Some(a(&format!("192.0.2.2{n}:4501"))),
+            },
+            P::Eim => NetInfo {
+                local_addrs: vec![a(&format!("198.51.100.1{n}:4501"))],
+                observed: a(&format!("192.0.2.10{n}:4501")),
+                observed_probe: Some(a(&format!("192.0.2.10{n}:4501"))),
+            },
+            P::Sym => NetInfo {
+                local_addrs: vec![a(&format!("203.0.113.1{n}:4501"))],
+                observed: a(&format!("192.0.2.11{n}:40001")),
+                observed_probe: Some(a(&format!("192.0.2.11{n}:40002"))),
+            },
+        }
+    }
+
+    fn expected(mn: P, cn: P) -> (RoutePattern, Initiator) {
+        use Initiator::*;
+        use RoutePattern::*;
+        use P::*;
+        match (mn, cn) {
+            (V6, V6) | (V6, Ds) | (Ds, V6) | (Ds, Ds) => (Direct, Mn),
+            (V4, V4) | (V4, Ds) | (Ds, V4) => (Direct, Mn),
+            (V6, _) | (_, V6) => (Relayed, Mn),
+            (Eim | Sym, V4 | Ds) => (Punched, Mn),
+            (V4 | Ds, Eim | Sym) => (Punched, Cn),
+            (Eim, Eim) => (Punched, Mn),
+            _ => (Relayed, Mn),
+        }
+    }
+
+    #[test]
+    fn every_cell_of_the_routing_table() {
+        let all = [P::V6, P::V4, P::Ds, P::Eim, P::Sym];
+        for mn in all {
+            for cn in all {
+                let d = decide_route(&node(mn, 1), &node(cn, 2));
+                let (pattern, initiator) = expected(mn, cn);
+                assert_eq!(
+                    (d.pattern, d.initiator),
+                    (pattern, initiator),
+                    "{mn:?} -> {cn:?}: {}",
+                    d.reason
+                );
+                assert_eq!(
+                    d.punch,
+                    mn == P::Eim && cn == P::Eim,
+                    "{mn:?} -> {cn:?} punch"
+                );
+                if pattern != RoutePattern::Relayed {
+                    // The initiator's first target is an address the other
+                    // side is reachable at.
+                    let target = match initiator {
+                        Initiator::Mn => d.cn_endpoints[0],
+                        Initiator::Cn => d.mn_endpoints[0],
+                    };
+                    let of = if initiator == Initiator::Mn {
+                        node(cn, 2)
+                    } else {
+                        node(mn, 1)
+                    };
+                    assert!(
+                        target == of.observed || of.local_addrs.contains(&target),
+                        "{mn:?} -> {cn:?}: {target}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_first_for_dual_stack_pairs() {
+        let d = decide_route(&node(P::Ds, 1), &node(P::Ds, 2));
+        assert!(d.cn_endpoints[0].is_ipv6());
+        assert!(
+            d.cn_endpoints.iter().any(|e| e.is_ipv4()),
+            "IPv4 stays as a fallback"
+        );
+    }
+
+    #[test]
+    fn same_nat_goes_over_local_addresses() {
+        let mut b = node(P::Eim, 1);
+        b.local_addrs = vec![a("198.51.100.99:4501")];
+        b.observed = a("192.0.2.101:5000");
+        b.observed_probe = Some(b.observed);
+        let d = decide_route(&node(P::Eim, 1), &b);
+        assert_eq!(d.pattern, RoutePattern::Direct);
+        assert_eq!(d.cn_endpoints, vec![a("198.51.100.99:4501")]);
+    }
+
+    #[test]
+    fn nat_kinds() {
+        assert_eq!(node(P::V4, 1).nat(), NatKind::None);
+        assert_eq!(node(P::V6, 1).nat(), NatKind::None);
+        assert_eq!(node(P::Eim, 1).nat(), NatKind::EndpointIndependent);
+        assert_eq!(node(P::Sym, 1).nat(), NatKind::Symmetric);
+        let mut unknown = node(P::Eim, 1);
+        unknown.observed_probe = None;
+        assert_eq!(unknown.nat(), NatKind::Unknown);
+        // Unknown NAT on both sides: relay rather than a punch that may fail.
+        assert_eq!(
+            decide_route(&unknown, &node(P::Eim, 2)).pattern,
+            RoutePattern::Relayed
+        );
+        // Unknown NAT against a public peer: it initiates, which works
+        // through any NAT.
+        assert_eq!(
+            decide_route(&unknown, &node(P::V4, 2)).pattern,
+            RoutePattern::Punched
+        );
+    }
+}
