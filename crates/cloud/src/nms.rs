@@ -589,6 +589,16 @@ impl Nms {
                 return;
             }
         };
+        if self
+            .routes
+            .values()
+            .any(|r| r.mn_session == cn && r.cn_session == mn)
+        {
+            // The peer asked for this pair first (both moved at once): the
+            // route being set up serves both; the requester learns it as
+            // responder and drops its own request.
+            return;
+        }
         let Some(cn_session) = self.sessions.get(&cn) else {
             return;
         };

@@ -303,6 +303,9 @@ struct Peer {
     stale_ticks: u32,
     /// Why the tunnel takes its current path, for status.
     path_note: String,
+    /// Select this peer's route again after the registration that follows
+    /// a move.
+    reroute: bool,
 }
 
 /// A relay session's state at one end.
@@ -355,6 +358,43 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     events: VecDeque<NodeEvent>,
     counters: NodeCounters,
+    mobility: Mobility,
+    /// Set by a move: select every peer's route again once registered.
+    reroute_when_registered: bool,
+}
+
+#[derive(Default)]
+struct Mobility {
+    moves: u64,
+    last: Option<Move>,
+}
+
+struct Move {
+    at: Instant,
+    wall: SystemTime,
+    change: String,
+    /// Peer -> time from the move until its tunnel carried traffic again.
+    back: BTreeMap<String, Duration>,
+}
+
+/// "lost 192.0.2.11:4501; gained [2001:db8::11]:4501" and the like.
+fn describe_change(before: &[SocketAddr], after: &[SocketAddr]) -> String {
+    let lost: Vec<String> = before
+        .iter()
+        .filter(|a| !after.contains(a))
+        .map(|a| a.to_string())
+        .collect();
+    let gained: Vec<String> = after
+        .iter()
+        .filter(|a| !before.contains(a))
+        .map(|a| a.to_string())
+        .collect();
+    match (lost.is_empty(), gained.is_empty()) {
+        (false, false) => format!("lost {}; gained {}", lost.join(", "), gained.join(", ")),
+        (false, true) => format!("lost {}", lost.join(", ")),
+        (true, false) => format!("gained {}", gained.join(", ")),
+        (true, true) => "addresses reordered".into(),
+    }
 }
 
 /// Bounds on what the network can make us hold.
@@ -395,6 +435,8 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: NodeCounters::default(),
+            mobility: Mobility::default(),
+            reroute_when_registered: false,
         }
     }
 
@@ -476,13 +518,72 @@ impl Node {
     }
 
     /// The host's usable addresses (with the tunnel port) changed.
+    ///
+    /// A change after the first report is a move (seed: mobility
+    /// management): every tunnel sends a keepalive at once from the new
+    /// address (a peer that can still reach us follows it, authenticated),
+    /// the node registers again, and once the NMS knows the new network
+    /// every peer's route is selected anew, possibly with another pattern.
+    /// The VIPs stay, so connections inside the overlay do not notice.
     pub fn handle_local_addrs(&mut self, now: Instant, addrs: Vec<SocketAddr>) {
         if addrs == self.local_addrs {
             return;
         }
-        self.local_addrs = addrs;
-        if self.signaling.is_some() {
-            self.send_registration(now);
+        let before = std::mem::replace(&mut self.local_addrs, addrs);
+        if self.signaling.is_none() || before.is_empty() {
+            return;
+        }
+        let change = describe_change(&before, &self.local_addrs);
+        tracing::info!(%change, "network move");
+        self.mobility.moves += 1;
+        self.mobility.last = Some(Move {
+            at: now,
+            wall: self.wall(now),
+            change,
+            back: BTreeMap::new(),
+        });
+        let names: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !matches!(p.state, PeerState::Failed { .. }))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for fqdn in &names {
+            if let Some(peer) = self.peers.get_mut(fqdn) {
+                peer.reroute = true;
+            }
+            let tunnel = self.peers.get(fqdn).and_then(|p| p.tunnel.clone());
+            if let Some(t) = tunnel {
+                self.seal_to(&t, t.path, &[]);
+            }
+        }
+        self.reroute_when_registered = true;
+        self.send_registration(now);
+    }
+
+    /// After a move, once the NMS has our new registration (and NAT
+    /// probe), asks for every peer's route again.
+    fn reroute_peers(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.reroute_when_registered) {
+            return;
+        }
+        let names: Vec<String> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(n, p)| std::mem::take(&mut p.reroute).then(|| n.clone()))
+            .collect();
+        let timeout = self.config.direction_timeout;
+        for fqdn in names {
+            tracing::info!(peer = %fqdn, "Direction Request after the move");
+            self.send_request(
+                now,
+                RequestKind::Direction,
+                Message::DirectionRequest {
+                    target: fqdn.clone(),
+                },
+                Some(fqdn),
+                timeout,
+            );
         }
     }
 
@@ -650,6 +751,8 @@ impl Node {
                 if sig.probe.is_some() {
                     let timeout = self.config.registration_timeout;
                     self.send_request(now, RequestKind::NatProbe, Message::NatProbe, None, timeout);
+                } else {
+                    self.reroute_peers(now);
                 }
                 tracing::info!(fqdn = %resp.fqdn, vip4 = %resp.vip4, vip6 = %resp.vip6, observed = %resp.observed, "Registration done");
                 self.events.push_back(NodeEvent::Registered {
@@ -685,6 +788,7 @@ impl Node {
                     sig.observed_probe = Some(observed);
                 }
                 tracing::info!(nat = self.nat().as_str(), "NAT Probe answered");
+                self.reroute_peers(now);
             }
             Message::ReRegister => {
                 tracing::info!("NMS asked for registration again");
@@ -748,7 +852,15 @@ impl Node {
             }
             let fqdn = resolver::normalize(&direction.peer.fqdn);
             tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), initiate = direction.initiate, punch = direction.punch, relay = direction.relay.is_some(), "Route Direction to Responder");
+            // Both ends asked for the same pair at once (both moved): the
+            // NMS serves the first request and ignores the second, so the
+            // route we were directed to supersedes our own request.
+            self.requests.retain(|_, r| {
+                !(r.kind == RequestKind::Direction && r.target.as_deref() == Some(fqdn.as_str()))
+            });
+            let (vip4, vip6) = (direction.peer.vip4, direction.peer.vip6);
             self.setup_route(now, direction);
+            self.answer_dns_waiters(&fqdn, Ok((vip4, vip6)));
         }
         self.seal_to_nms(txid, Message::RouteDirectionConfirmation { route_id });
     }
@@ -887,6 +999,7 @@ impl Node {
                 rx_seen: 0,
                 stale_ticks: 0,
                 path_note,
+                reroute: false,
             },
         );
     }
@@ -1148,6 +1261,11 @@ impl Node {
         };
         peer.state = PeerState::Established;
         peer.last_handshake = Some(wall);
+        if let Some(m) = self.mobility.last.as_mut() {
+            m.back
+                .entry(fqdn.to_owned())
+                .or_insert_with(|| now.saturating_duration_since(m.at));
+        }
         peer.tunnel = Some(handle.clone());
         peer.punch_until = None;
         peer.next_keepalive = now + keepalive;
@@ -1227,6 +1345,11 @@ impl Node {
         tracing::info!(peer = %fqdn, from = %tunnel.path, to = %path, why = note, "path change");
         tunnel.path = path;
         let handle = tunnel.clone();
+        if let Some(m) = self.mobility.last.as_mut() {
+            m.back
+                .entry(fqdn.to_owned())
+                .or_insert_with(|| now.saturating_duration_since(m.at));
+        }
         peer.path_note = note.to_owned();
         peer.stale_ticks = 0;
         peer.next_keepalive = now + keepalive;
@@ -1652,6 +1775,7 @@ impl Node {
                 }
                 RequestKind::NatProbe => {
                     tracing::info!("NMS did not answer the NAT Probe: NAT behaviour stays unknown");
+                    self.reroute_peers(now);
                 }
                 RequestKind::Direction => {
                     let target = r.target.unwrap_or_default();
@@ -1760,6 +1884,23 @@ impl Node {
                 })
                 .collect(),
             counters: self.counters,
+            mobility: MobilityStatus {
+                moves: self.mobility.moves,
+                last_move: self.mobility.last.as_ref().map(|m| MoveStatus {
+                    at_unix_ms: m
+                        .wall
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
+                    secs_ago: now.saturating_duration_since(m.at).as_secs(),
+                    change: m.change.clone(),
+                    tunnels_back_ms: m
+                        .back
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_millis() as u64))
+                        .collect(),
+                }),
+            },
         }
     }
 }
@@ -1822,6 +1963,24 @@ pub struct NodeStatus {
     pub cloud: CloudStatus,
     pub peers: Vec<PeerStatus>,
     pub counters: NodeCounters,
+    pub mobility: MobilityStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MobilityStatus {
+    pub moves: u64,
+    pub last_move: Option<MoveStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MoveStatus {
+    pub at_unix_ms: u64,
+    pub secs_ago: u64,
+    /// What changed, e.g. "lost 192.0.2.11:4501; gained [2001:db8::11]:4501".
+    pub change: String,
+    /// Each peer's tunnel: milliseconds from the move until it carried
+    /// traffic again (roamed, or re-established).
+    pub tunnels_back_ms: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

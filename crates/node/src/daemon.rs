@@ -178,7 +178,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut next_client: u64 = 1;
     let (dns_fwd_tx, mut dns_fwd_rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(256);
     let mut dns_buf = vec![0u8; 4096];
-    let mut addr_check = tokio::time::interval(Duration::from_secs(5));
+    // Moves are noticed through netlink at once; the periodic check is
+    // only a backstop.
+    let mut addr_check = tokio::time::interval(Duration::from_secs(10));
+    let (moved_tx, mut moved_rx) = mpsc::channel::<()>(1);
+    let _netwatch =
+        match cyphonic_platform::netwatch::NetWatch::start(Duration::from_millis(20), move || {
+            let _ = moved_tx.try_send(());
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch network changes; checking every 10 s");
+                None
+            }
+        };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
     let result: anyhow::Result<()> = loop {
@@ -358,6 +371,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     dataplane: counters.snapshot(),
                 };
                 tokio::spawn(serve_status(stream, serde_json::to_vec(&report).unwrap_or_default()));
+            },
+            Some(()) = moved_rx.recv() => {
+                node.handle_local_addrs(Instant::now(), crate::addrs::local_endpoints(opts.tunnel_port));
             },
             _ = addr_check.tick() => {
                 node.handle_local_addrs(Instant::now(), crate::addrs::local_endpoints(opts.tunnel_port));

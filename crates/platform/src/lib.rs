@@ -10,6 +10,7 @@
 //! Windows later).
 
 pub mod dns;
+pub mod netwatch;
 pub mod tun;
 pub mod udp;
 

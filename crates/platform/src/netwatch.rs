@@ -1,0 +1,131 @@
+//! Noticing network changes at once: a netlink socket subscribed to
+//! address, route and link events (rtnetlink(7)). Every event wakes the
+//! watcher; what changed is read afterwards from the interfaces themselves,
+//! so the messages need no parsing.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Runs `on_change` (on its own thread) after every burst of address,
+/// route or link changes; bursts are coalesced over `settle`. Stops when
+/// the returned guard is dropped.
+pub struct NetWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NetWatch {
+    #[cfg(target_os = "linux")]
+    pub fn start(settle: Duration, on_change: impl Fn() + Send + 'static) -> io::Result<NetWatch> {
+        let fd = open_socket()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cy-netwatch".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while !halt.load(Ordering::Relaxed) {
+                    if !readable(fd, 250) {
+                        continue;
+                    }
+                    drain(fd, &mut buf);
+                    // Coalesce a burst (an address and its routes arrive as
+                    // several messages).
+                    let deadline = std::time::Instant::now() + settle;
+                    loop {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() || !readable(fd, left.as_millis() as i32) {
+                            break;
+                        }
+                        drain(fd, &mut buf);
+                    }
+                    on_change();
+                }
+                // SAFETY: fd is ours and closed exactly once, here.
+                unsafe { libc::close(fd) };
+            })?;
+        Ok(NetWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn start(
+        _settle: Duration,
+        _on_change: impl Fn() + Send + 'static,
+    ) -> io::Result<NetWatch> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "network change events need Linux",
+        ))
+    }
+}
+
+impl Drop for NetWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_socket() -> io::Result<i32> {
+    // SAFETY: plain socket/bind calls on a fresh descriptor; sockaddr_nl is
+    // zero-initialised and fully set before use.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = (libc::RTMGRP_LINK
+            | libc::RTMGRP_IPV4_IFADDR
+            | libc::RTMGRP_IPV6_IFADDR
+            | libc::RTMGRP_IPV4_ROUTE
+            | libc::RTMGRP_IPV6_ROUTE) as u32;
+        let r = libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn readable(fd: i32, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) > 0 }
+}
+
+#[cfg(target_os = "linux")]
+fn drain(fd: i32, buf: &mut [u8]) {
+    loop {
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            return;
+        }
+    }
+}
