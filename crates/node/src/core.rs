@@ -306,7 +306,18 @@ struct Peer {
     /// Select this peer's route again after the registration that follows
     /// a move.
     reroute: bool,
+    /// Path probes in flight: (nonce, path, sent at).
+    probes: VecDeque<(u64, Path, Instant)>,
 }
+
+/// Tunnel messages: plaintexts of data packets whose first byte is not an
+/// IP version nibble (4 or 6). A path probe asks the peer to answer on the
+/// path it came by; its ack proves the path works both ways.
+pub const MSG_PATH_PROBE: u8 = 0x01;
+pub const MSG_PATH_PROBE_ACK: u8 = 0x02;
+/// How long a probe waits for its ack.
+const PROBE_LIFETIME: Duration = Duration::from_secs(5);
+const MAX_PROBES: usize = 16;
 
 /// A relay session's state at one end.
 struct RelayState {
@@ -1000,6 +1011,7 @@ impl Node {
                 stale_ticks: 0,
                 path_note,
                 reroute: false,
+                probes: VecDeque::new(),
             },
         );
     }
@@ -1326,12 +1338,81 @@ impl Node {
         if current == path || path.is_relay() {
             return;
         }
-        let note = if current.is_relay() {
-            "a direct path answered: moved off the relay"
-        } else {
-            "the peer's address changed"
+        // Traffic arriving on a path shows only that it works towards us:
+        // probe it, and move when the ack shows it works both ways.
+        self.send_probe(now, &fqdn, path);
+    }
+
+    fn send_probe(&mut self, now: Instant, fqdn: &str, path: Path) {
+        let nonce: u64 = self.rng.gen();
+        let Some(peer) = self.peers.get_mut(fqdn) else {
+            return;
         };
-        self.switch_path(now, &fqdn, path, note);
+        let Some(tunnel) = peer.tunnel.clone() else {
+            return;
+        };
+        while peer.probes.len() >= MAX_PROBES {
+            peer.probes.pop_front();
+        }
+        peer.probes.push_back((nonce, path, now));
+        let mut msg = [0u8; 9];
+        msg[0] = MSG_PATH_PROBE;
+        msg[1..].copy_from_slice(&nonce.to_be_bytes());
+        self.seal_to(&tunnel, path, &msg);
+    }
+
+    /// A tunnel message (see [`MSG_PATH_PROBE`]) the data plane opened for
+    /// tunnel `local_index`, which came on `path`.
+    pub fn handle_tunnel_message(
+        &mut self,
+        now: Instant,
+        local_index: u32,
+        path: Path,
+        msg: &[u8],
+    ) {
+        let Some(fqdn) = self.by_index.get(&local_index).cloned() else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        let Some(tunnel) = peer.tunnel.clone() else {
+            return;
+        };
+        match (msg.first(), msg.len()) {
+            (Some(&MSG_PATH_PROBE), 9) => {
+                let mut ack = [0u8; 9];
+                ack[0] = MSG_PATH_PROBE_ACK;
+                ack[1..].copy_from_slice(&msg[1..]);
+                self.seal_to(&tunnel, path, &ack);
+            }
+            (Some(&MSG_PATH_PROBE_ACK), 9) => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&msg[1..]);
+                let nonce = u64::from_be_bytes(n);
+                let found = peer.probes.iter().position(|(pn, pp, at)| {
+                    *pn == nonce
+                        && *pp == path
+                        && now.saturating_duration_since(*at) < PROBE_LIFETIME
+                });
+                let Some(i) = found else {
+                    self.counters.handshake_rx_bad += 1;
+                    return;
+                };
+                peer.probes.remove(i);
+                let current = tunnel.path;
+                if path == current || path.is_relay() {
+                    return;
+                }
+                let note = if current.is_relay() {
+                    "a direct path answered both ways: moved off the relay"
+                } else {
+                    "the peer is at a new address"
+                };
+                self.switch_path(now, &fqdn, path, note);
+            }
+            _ => self.counters.handshake_rx_bad += 1,
+        }
     }
 
     fn switch_path(&mut self, now: Instant, fqdn: &str, path: Path, note: &str) {
@@ -1572,7 +1653,7 @@ impl Node {
         let pattern = peer.direction.pattern;
         self.seal_to(&tunnel, tunnel.path, &[]);
         for p in probes {
-            self.seal_to(&tunnel, p, &[]);
+            self.send_probe(now, fqdn, p);
         }
         if !dead {
             return;

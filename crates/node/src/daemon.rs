@@ -264,6 +264,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 ToControl::Datagram { from, packet } => node.handle_datagram(Instant::now(), from, &packet),
                 ToControl::Outbound(packet) => node.handle_outbound(Instant::now(), &packet),
                 ToControl::PathSeen { index, path } => node.handle_path_seen(Instant::now(), index, path),
+                ToControl::TunnelMessage { index, path, message } => node.handle_tunnel_message(Instant::now(), index, path, &message),
             },
             Some(LoginResult(r)) = login_rx.recv() => match r {
                 Ok((info, nms)) => {

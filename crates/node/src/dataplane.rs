@@ -44,6 +44,12 @@ pub enum ToControl {
     /// An authenticated packet of tunnel `index` came on `path`, which is
     /// not the tunnel's current path.
     PathSeen { index: u32, path: Path },
+    /// A tunnel message (path probe or ack) of tunnel `index`, from `path`.
+    TunnelMessage {
+        index: u32,
+        path: Path,
+        message: Vec<u8>,
+    },
 }
 
 /// Bounds path reports to the control task: at most one per tunnel and
@@ -460,6 +466,23 @@ fn inbound_loop(
                 }
                 if plain.is_empty() {
                     continue; // keepalive
+                }
+                if !matches!(plain[0] >> 4, 4 | 6) {
+                    // Not an IP packet: a tunnel message for the control task.
+                    if plain.len() <= 64 {
+                        let message = plain.to_vec();
+                        if control
+                            .try_send(ToControl::TunnelMessage {
+                                index,
+                                path,
+                                message,
+                            })
+                            .is_err()
+                        {
+                            counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
                 }
                 // A peer may only speak for its own VIPs.
                 let src_ok = match ip::inner_source(plain) {
