@@ -375,6 +375,8 @@ fn relay_loop(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        // One lock per batch, not per datagram.
+        let mut trs = trs.lock().unwrap_or_else(|e| e.into_inner());
         for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
             let from = canonical(m.addr);
             let stride = m.stride.max(1);
@@ -384,10 +386,7 @@ fn relay_loop(
                 let end = (off + stride).min(m.len);
                 let datagram = &mut buf[off..end];
                 off = end;
-                let action = trs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .handle_datagram(now, unix, from, datagram);
+                let action = trs.handle_datagram(now, unix, from, datagram);
                 let result = match action {
                     Action::Forward(dst) => sockets.send_to(datagram, dst),
                     Action::Reply(len) => sockets.send_to(&datagram[..len], from),
