@@ -301,6 +301,8 @@ struct Peer {
     next_keepalive: Instant,
     rx_seen: u64,
     stale_ticks: u32,
+    /// When the tunnel took its current path.
+    path_since: Instant,
     /// Why the tunnel takes its current path, for status.
     path_note: String,
     /// Select this peer's route again after the registration that follows
@@ -1009,6 +1011,7 @@ impl Node {
                 next_keepalive: now + self.config.keepalive,
                 rx_seen: 0,
                 stale_ticks: 0,
+                path_since: now,
                 path_note,
                 reroute: false,
                 probes: VecDeque::new(),
@@ -1283,6 +1286,7 @@ impl Node {
         peer.next_keepalive = now + keepalive;
         peer.rx_seen = handle.stats.rx_packets.load(Ordering::Relaxed);
         peer.stale_ticks = 0;
+        peer.path_since = now;
         if path.is_relay() && peer.direction.pattern != RoutePattern::Relayed {
             peer.path_note = "direct attempts failed: relay until a direct path answers".into();
         }
@@ -1323,8 +1327,9 @@ impl Node {
     /// `path`, which is not the tunnel's current one. Authenticated traffic
     /// on a direct path moves a relayed tunnel onto it (the relay-to-direct
     /// upgrade), and moves a direct tunnel to the peer's new address (a NAT
-    /// rebinding or a move). Traffic through the relay never pulls a
-    /// working direct tunnel back: only the liveness check does that.
+    /// rebinding or a move). Traffic through the relay moves a direct
+    /// tunnel onto the relay: the peer's liveness check found the direct
+    /// path dead.
     pub fn handle_path_seen(&mut self, now: Instant, local_index: u32, path: Path) {
         let Some(fqdn) = self.by_index.get(&local_index).cloned() else {
             return;
@@ -1335,7 +1340,21 @@ impl Node {
         let Some(current) = peer.tunnel.as_ref().map(|t| t.path) else {
             return;
         };
-        if current == path || path.is_relay() {
+        if current == path {
+            return;
+        }
+        if path.is_relay() {
+            // The peer sends through the relay only when its liveness check
+            // found our packets on the direct path gone (or it never had
+            // one): follow it. Its relayed packets keep our own liveness
+            // check content, so we would otherwise stay on a dead path. Not
+            // for relayed packets still in flight when we moved onto the
+            // direct path: those stop within a keepalive interval.
+            let relay = peer.relay.as_ref().and_then(RelayState::path);
+            let settled = now >= peer.path_since + self.config.keepalive;
+            if let (Path::Direct(_), Some(relay), true) = (current, relay, settled) {
+                self.switch_path(now, &fqdn, relay, "the peer fell back to the relay");
+            }
             return;
         }
         // Traffic arriving on a path shows only that it works towards us:
@@ -1433,6 +1452,7 @@ impl Node {
         }
         peer.path_note = note.to_owned();
         peer.stale_ticks = 0;
+        peer.path_since = now;
         peer.next_keepalive = now + keepalive;
         self.counters.path_changes += 1;
         self.events.push_back(NodeEvent::TunnelUp(handle.clone()));

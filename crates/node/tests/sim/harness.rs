@@ -1,6 +1,7 @@
-//! A deterministic simulation of one NMS and N nodes: the real sans-IO
-//! cores ([`Nms`], [`Node`]) on a virtual clock, joined by an in-memory
-//! network with per-link latency and seeded loss.
+//! A deterministic simulation of one NMS, N nodes and up to two TRS: the
+//! real sans-IO cores ([`Nms`], [`Node`], [`Trs`]) on a virtual clock,
+//! joined by an in-memory network with per-link latency, seeded loss and
+//! NAT boxes modelled on Linux conntrack ([`NatSpec`]).
 //!
 //! The driver ([`Sim::step`]) always jumps to the earliest of every core's
 //! `poll_timeout` and the next packet's delivery time, so minutes of
@@ -13,6 +14,10 @@
 //!
 //! Everything random comes from the seed; a panicking test prints it (see
 //! the `Drop` impl) together with the tail of the wire log.
+//!
+//! Two test crates (`sim` and `sim_nat`) share this module, and each uses
+//! only part of it.
+#![allow(dead_code)]
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -20,11 +25,15 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cyphonic_cloud::nms::{Nms, NmsConfig, NmsEvent, SessionInfo};
-use cyphonic_node::core::{Login, Node, NodeConfig, NodeEvent, TunnelHandle};
+use std::sync::atomic::Ordering;
+
+use cyphonic_cloud::nms::{Nms, NmsConfig, NmsEvent, RelayConfig, SessionInfo};
+use cyphonic_cloud::trs::{Action, DropReason, Trs, TrsConfig};
+use cyphonic_node::core::{Login, Node, NodeConfig, NodeEvent, Path, TunnelHandle};
 use cyphonic_node::resolver::{self, Classified};
-use cyphonic_proto::data::{data_receiver_index, DATA_HEADER_LEN, TAG_LEN};
+use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
 use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
+use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
 use cyphonic_proto::signal::{self, Message, Role, SignalCipher};
 use hickory_proto::op::{Message as DnsMessage, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -39,6 +48,37 @@ pub const NMS_V6: SocketAddr = SocketAddr::new(
     4502,
 );
 pub const TUNNEL_PORT: u16 = 4501;
+/// The NMS's second port, for NAT Probes (`NmsConfig::probe_port`).
+pub const PROBE_PORT: u16 = 4504;
+pub const TRS_PORT: u16 = 4503;
+/// The secret the NMS and every TRS share (see `cyphonic_proto::relay`).
+pub const RELAY_SECRET: &[u8] = b"sim relay secret";
+
+/// TRS `k`'s addresses: the cloud's (192.0.2.1, 2001:db8::1) for the first,
+/// 192.0.2.2 and 2001:db8::2 for the second, port 4503.
+pub fn trs_v4(k: usize) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::new(192, 0, 2, 1 + k as u8).into(), TRS_PORT)
+}
+
+pub fn trs_v6(k: usize) -> SocketAddr {
+    SocketAddr::new(
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1 + k as u16).into(),
+        TRS_PORT,
+    )
+}
+
+/// NAT `k`'s public (WAN) address: 192.0.2.(101+k).
+pub fn nat_public(k: usize) -> IpAddr {
+    Ipv4Addr::new(192, 0, 2, 101 + k as u8).into()
+}
+
+/// Node `i`'s private address on NAT `k`'s LAN: 10.(k+1).0.(10+i).
+pub fn lan_v4(k: usize, i: usize) -> SocketAddr {
+    SocketAddr::new(
+        Ipv4Addr::new(10, 1 + k as u8, 0, 10 + i as u8).into(),
+        TUNNEL_PORT,
+    )
+}
 
 /// Node `i`'s underlay addresses: 192.0.2.(10+i) and 2001:db8::(10+i).
 pub fn node_v4(i: usize) -> SocketAddr {
@@ -89,6 +129,9 @@ pub struct NodeSpec {
     pub index: usize,
     pub stack: Stack,
     pub cert: Cert,
+    /// Its IPv4 is a private address ([`lan_v4`]) behind this NAT of
+    /// [`SimConfig::nats`]; its IPv6, if any, stays global.
+    pub nat: Option<usize>,
 }
 
 impl NodeSpec {
@@ -97,7 +140,13 @@ impl NodeSpec {
             index,
             stack: Stack::V4,
             cert: Cert::Own,
+            nat: None,
         }
+    }
+
+    pub fn behind(mut self, nat: usize) -> Self {
+        self.nat = Some(nat);
+        self
     }
 
     pub fn stack(mut self, stack: Stack) -> Self {
@@ -128,12 +177,75 @@ impl Default for Link {
     }
 }
 
+/// How a NAT picks the public port of a new mapping (RFC 4787 §4.1), as
+/// Linux `masquerade` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatMapping {
+    /// `masquerade`: keeps the source port when no other mapping to the
+    /// same remote uses it, so one inside endpoint gets the same public
+    /// port for every destination (endpoint-independent).
+    Masquerade,
+    /// `masquerade fully-random`: a fresh random port per destination
+    /// (symmetric).
+    FullyRandom,
+}
+
+/// A NAT box: conntrack entries per (inside endpoint, remote endpoint).
+/// Inbound packets pass only on an entry their source matches
+/// (address-and-port-dependent filtering, RFC 4787 §5); an entry idle for
+/// `udp_timeout` (either direction refreshes it) is forgotten; a packet from
+/// the LAN to the NAT's own public address is dropped (no hairpinning).
+#[derive(Debug, Clone, Copy)]
+pub struct NatSpec {
+    pub mapping: NatMapping,
+    /// `nf_conntrack_udp_timeout` and `_stream` both.
+    pub udp_timeout: Duration,
+    /// The router drops unsolicited packets to itself before conntrack
+    /// confirms them (`ct state new drop` on its WAN input, as the lab's
+    /// routers and home routers do), so they leave no trace. Without it,
+    /// conntrack records such a packet, and a later outbound packet to the
+    /// same remote cannot take that public port (see docs/routing.md, "A
+    /// note on Linux NAT routers").
+    pub input_firewall: bool,
+}
+
+impl NatSpec {
+    pub fn eim() -> Self {
+        Self {
+            mapping: NatMapping::Masquerade,
+            udp_timeout: Duration::from_secs(30),
+            input_firewall: true,
+        }
+    }
+
+    pub fn sym() -> Self {
+        Self {
+            mapping: NatMapping::FullyRandom,
+            ..Self::eim()
+        }
+    }
+
+    pub fn udp_timeout(mut self, t: Duration) -> Self {
+        self.udp_timeout = t;
+        self
+    }
+
+    pub fn without_input_firewall(mut self) -> Self {
+        self.input_firewall = false;
+        self
+    }
+}
+
 pub struct SimConfig {
     pub seed: u64,
     pub nodes: Vec<NodeSpec>,
     pub node: NodeConfig,
+    /// With `trs > 0` its `relay` is replaced by grants for those TRS.
     pub nms: NmsConfig,
     pub link: Link,
+    pub nats: Vec<NatSpec>,
+    /// TRS instances (0, 1 or 2), dual-stack, at [`trs_v4`] / [`trs_v6`].
+    pub trs: usize,
 }
 
 impl SimConfig {
@@ -146,6 +258,8 @@ impl SimConfig {
             node: NodeConfig::default(),
             nms: NmsConfig::default(),
             link: Link::default(),
+            nats: Vec::new(),
+            trs: 0,
         }
     }
 }
@@ -160,8 +274,12 @@ pub enum Fate {
     /// Dropped by a test's rule.
     Dropped,
     /// Nobody has the destination address, or the sender has no address of
-    /// its family.
+    /// its family, or it is another LAN's private address, or a NAT's own
+    /// public address from its LAN (no hairpinning).
     Unroutable,
+    /// Arrived at a NAT's public address and dropped there: no live
+    /// mapping for it from that source (set on arrival).
+    Filtered,
 }
 
 /// One packet on the wire, decoded as far as an observer holding the
@@ -169,10 +287,15 @@ pub enum Fate {
 #[derive(Debug, Clone)]
 pub struct WireRecord {
     pub at: Duration,
+    /// The source on the wire: for a packet from behind a NAT, its mapping.
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// The private source a NAT translated, if one did.
+    pub lan_src: Option<SocketAddr>,
     /// "RegistrationRequest" … for signaling, else "TunnelRequest",
-    /// "TunnelResponse", "Data" or "Unknown".
+    /// "TunnelResponse", "Data", "Punch", "RelayBind", "RelayBindAck",
+    /// "RelayedTunnelRequest", "RelayedTunnelResponse", "RelayedData" or
+    /// "Unknown".
     pub kind: &'static str,
     pub message: Option<Message>,
     /// The signaling transaction ID, when the packet could be opened.
@@ -180,16 +303,23 @@ pub struct WireRecord {
     /// A hash of the bytes, to tell a retransmitted copy from a new packet.
     pub digest: u64,
     pub fate: Fate,
+    /// The bytes, as an attacker on the wire would capture them.
+    pub payload: Vec<u8>,
 }
 
-/// What a drop rule sees.
+/// What a drop rule sees (addresses as on the wire, after any NAT).
 pub struct WireInfo {
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    pub lan_src: Option<SocketAddr>,
     pub kind: &'static str,
 }
 
 pub type DropRule = Box<dyn FnMut(&WireInfo) -> bool>;
+
+/// Names a rule for [`Sim::remove_rule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleId(usize);
 
 pub struct Registered {
     pub at: Duration,
@@ -228,6 +358,8 @@ pub struct Received {
     /// The tunnel it came through.
     pub peer: String,
     pub packet: Vec<u8>,
+    /// The path it came on.
+    pub path: Path,
 }
 
 pub struct SimNode {
@@ -250,6 +382,19 @@ pub struct SimNode {
     pub received: Vec<Received>,
     /// Data packets no installed key opened.
     pub data_rx_bad: u64,
+    /// Of those, the ones the replay window refused.
+    pub data_rx_replayed: u64,
+    /// Tunnel keepalives (empty data packets) opened.
+    pub keepalives: u64,
+    /// Paths reported to `handle_path_seen`: (time, peer, path).
+    pub path_reports: Vec<(Duration, String, Path)>,
+    /// Tunnel messages (path probes and acks) handed to the core.
+    pub tunnel_messages: u64,
+    /// When each (tunnel, path) was last reported: the data plane reports
+    /// one at most every [`PATH_REPORT_INTERVAL`].
+    last_report: HashMap<(u32, Path), Instant>,
+    /// The NAT its IPv4 is behind.
+    pub nat: Option<usize>,
     /// Data plane tables, as `dataplane::Tables` keeps them.
     tx: HashMap<IpAddr, TunnelHandle>,
     rx: HashMap<u32, TunnelHandle>,
@@ -279,6 +424,8 @@ struct InFlight {
     src: SocketAddr,
     dst: SocketAddr,
     payload: Vec<u8>,
+    /// Its record in [`Sim::wire`].
+    wire: usize,
 }
 
 /// Where a packet goes.
@@ -286,6 +433,120 @@ struct InFlight {
 enum Endpoint {
     Nms,
     Node(usize),
+    Trs(usize),
+}
+
+/// One conntrack entry: inside endpoint and remote endpoint, mapped to a
+/// public port.
+#[derive(Debug, Clone, Copy)]
+struct Conntrack {
+    port: u16,
+    last_used: Instant,
+}
+
+/// A NAT box in the simulation (see [`NatSpec`]).
+pub struct SimNat {
+    pub spec: NatSpec,
+    pub public: IpAddr,
+    /// (inside, remote) -> entry.
+    entries: BTreeMap<(SocketAddr, SocketAddr), Conntrack>,
+    /// Without an input firewall: unsolicited packets conntrack recorded
+    /// for the router itself, (remote, public port) -> last seen.
+    own: BTreeMap<(SocketAddr, u16), Instant>,
+    rng: StdRng,
+    /// Mappings made, inbound packets filtered, entries expired.
+    pub mappings: u64,
+    pub filtered: u64,
+    pub expired: u64,
+}
+
+impl SimNat {
+    fn expire(&mut self, now: Instant) {
+        let timeout = self.spec.udp_timeout;
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.last_used) < timeout);
+        self.expired += (before - self.entries.len()) as u64;
+        self.own
+            .retain(|_, t| now.saturating_duration_since(*t) < timeout);
+    }
+
+    /// The public source of a packet from `inside` to `remote`, making the
+    /// mapping if there is none.
+    fn outbound(&mut self, now: Instant, inside: SocketAddr, remote: SocketAddr) -> SocketAddr {
+        self.expire(now);
+        if let Some(e) = self.entries.get_mut(&(inside, remote)) {
+            e.last_used = now;
+            return SocketAddr::new(self.public, e.port);
+        }
+        // The reply tuple (remote -> public:port) must be unique, also
+        // against what conntrack recorded for the router itself.
+        let (entries, own) = (&self.entries, &self.own);
+        let taken = |port: u16| {
+            own.contains_key(&(remote, port))
+                || entries
+                    .iter()
+                    .any(|((_, r), e)| *r == remote && e.port == port)
+        };
+        let port = match self.spec.mapping {
+            NatMapping::Masquerade if !taken(inside.port()) => inside.port(),
+            _ => loop {
+                let p: u16 = self.rng.gen_range(1024..=65535);
+                if !taken(p) {
+                    break p;
+                }
+            },
+        };
+        self.entries.insert(
+            (inside, remote),
+            Conntrack {
+                port,
+                last_used: now,
+            },
+        );
+        self.mappings += 1;
+        SocketAddr::new(self.public, port)
+    }
+
+    /// The inside endpoint a packet from `remote` to public `port` goes to,
+    /// if a live entry lets it in.
+    fn inbound(&mut self, now: Instant, remote: SocketAddr, port: u16) -> Option<SocketAddr> {
+        self.expire(now);
+        let found = self
+            .entries
+            .iter_mut()
+            .find(|((_, r), e)| *r == remote && e.port == port);
+        match found {
+            Some(((inside, _), e)) => {
+                e.last_used = now;
+                Some(*inside)
+            }
+            None => {
+                self.filtered += 1;
+                if !self.spec.input_firewall {
+                    self.own.insert((remote, port), now);
+                }
+                None
+            }
+        }
+    }
+
+    /// The live mappings: (inside, remote, public port).
+    pub fn mappings_now(&self, now: Instant) -> Vec<(SocketAddr, SocketAddr, u16)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.last_used) < self.spec.udp_timeout)
+            .map(|((i, r), e)| (*i, *r, e.port))
+            .collect()
+    }
+}
+
+/// A TRS in the simulation, driven through [`Trs::handle_datagram`].
+pub struct SimTrs {
+    pub v4: SocketAddr,
+    pub v6: SocketAddr,
+    pub trs: Trs,
+    pub drops: Vec<(Duration, SocketAddr, DropReason)>,
 }
 
 pub struct Sim {
@@ -300,10 +561,17 @@ pub struct Sim {
     /// The database the AS writes and the NMS reads: session ID -> session.
     pub db: BTreeMap<u64, SessionInfo>,
     pub nodes: Vec<SimNode>,
+    pub nats: Vec<SimNat>,
+    pub trs: Vec<SimTrs>,
     addr_book: HashMap<SocketAddr, Endpoint>,
+    /// Private IPv4 address -> the NAT whose LAN it is on.
+    lan: HashMap<IpAddr, usize>,
+    /// Public address -> the NAT that owns it.
+    nat_by_public: HashMap<IpAddr, usize>,
     pub link: Link,
     links: HashMap<(IpAddr, IpAddr), Link>,
-    rules: Vec<DropRule>,
+    rules: Vec<(RuleId, DropRule)>,
+    next_rule: usize,
     pub wire: Vec<WireRecord>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     in_flight: HashMap<u64, InFlight>,
@@ -317,16 +585,42 @@ pub struct Sim {
 /// advances fails the test instead of hanging it.
 const MAX_STEPS: u64 = 5_000_000;
 
+/// As `dataplane::PathReports`: one report per tunnel and path at most this
+/// often.
+pub const PATH_REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest tunnel message the data plane hands to the core.
+const MAX_TUNNEL_MESSAGE: usize = 64;
+
 impl Sim {
-    pub fn new(config: SimConfig) -> Self {
+    pub fn new(mut config: SimConfig) -> Self {
         let pki = pki();
         let mut rng = StdRng::seed_from_u64(config.seed);
         let base = Instant::now();
         let wall = pki.wall;
+        assert!(config.trs <= 2, "the simulation has at most two TRS");
+        if config.trs > 0 {
+            config.nms.relay = Some(RelayConfig {
+                secret: RELAY_SECRET.to_vec(),
+                servers: (0..config.trs)
+                    .flat_map(|k| [trs_v4(k), trs_v6(k)])
+                    .collect(),
+                lifetime: Duration::from_secs(3600),
+                wall_origin: (base, micros(wall) / 1_000_000),
+            });
+        }
         let nms = Nms::new(config.nms.clone(), rng.gen(), micros(wall));
         let mut addr_book = HashMap::new();
         addr_book.insert(NMS_V4, Endpoint::Nms);
         addr_book.insert(NMS_V6, Endpoint::Nms);
+        if config.nms.probe_port != 0 {
+            for nms in [NMS_V4, NMS_V6] {
+                addr_book.insert(
+                    SocketAddr::new(nms.ip(), config.nms.probe_port),
+                    Endpoint::Nms,
+                );
+            }
+        }
+        let mut lan = HashMap::new();
         let mut nodes = Vec::new();
         for (slot, spec) in config.nodes.iter().enumerate() {
             let name = format!("n{}", spec.index);
@@ -349,10 +643,18 @@ impl Sim {
                 cert_chain_der: cert.chain.clone(),
                 binding_sig,
             };
+            let v4 = match spec.nat {
+                Some(k) => {
+                    assert!(k < config.nats.len(), "no NAT {k}");
+                    lan.insert(lan_v4(k, spec.index).ip(), k);
+                    lan_v4(k, spec.index)
+                }
+                None => node_v4(spec.index),
+            };
             let addrs = match spec.stack {
-                Stack::V4 => vec![node_v4(spec.index)],
+                Stack::V4 => vec![v4],
                 Stack::V6 => vec![node_v6(spec.index)],
-                Stack::Dual => vec![node_v4(spec.index), node_v6(spec.index)],
+                Stack::Dual => vec![v4, node_v6(spec.index)],
             };
             let nms_addr = match spec.stack {
                 Stack::V6 => NMS_V6,
@@ -391,11 +693,51 @@ impl Sim {
                 tunnel_downs: Vec::new(),
                 received: Vec::new(),
                 data_rx_bad: 0,
+                data_rx_replayed: 0,
+                keepalives: 0,
+                path_reports: Vec::new(),
+                tunnel_messages: 0,
+                last_report: HashMap::new(),
+                nat: spec.nat,
                 tx: HashMap::new(),
                 rx: HashMap::new(),
                 next_client: 1,
             });
         }
+        let mut nat_by_public = HashMap::new();
+        let nats = config
+            .nats
+            .iter()
+            .enumerate()
+            .map(|(k, spec)| {
+                nat_by_public.insert(nat_public(k), k);
+                SimNat {
+                    spec: *spec,
+                    public: nat_public(k),
+                    entries: BTreeMap::new(),
+                    own: BTreeMap::new(),
+                    rng: StdRng::seed_from_u64(rng.gen()),
+                    mappings: 0,
+                    filtered: 0,
+                    expired: 0,
+                }
+            })
+            .collect();
+        let trs = (0..config.trs)
+            .map(|k| {
+                addr_book.insert(trs_v4(k), Endpoint::Trs(k));
+                addr_book.insert(trs_v6(k), Endpoint::Trs(k));
+                SimTrs {
+                    v4: trs_v4(k),
+                    v6: trs_v6(k),
+                    trs: Trs::new(TrsConfig {
+                        secret: RELAY_SECRET.to_vec(),
+                        ..TrsConfig::default()
+                    }),
+                    drops: Vec::new(),
+                }
+            })
+            .collect();
         Self {
             seed: config.seed,
             base,
@@ -407,10 +749,15 @@ impl Sim {
             nms_events: Vec::new(),
             db: BTreeMap::new(),
             nodes,
+            nats,
+            trs,
             addr_book,
+            lan,
+            nat_by_public,
             link: config.link,
             links: HashMap::new(),
             rules: Vec::new(),
+            next_rule: 0,
             wire: Vec::new(),
             queue: BinaryHeap::new(),
             in_flight: HashMap::new(),
@@ -445,6 +792,11 @@ impl Sim {
         &self.nodes[self.slot(index)]
     }
 
+    /// The wall clock in Unix seconds, as the TRS reads it.
+    pub fn unix_now(&self) -> u64 {
+        micros(self.wall + self.elapsed()) / 1_000_000
+    }
+
     // ---- network -------------------------------------------------------
 
     /// Overrides the link from `src` to `dst` (one direction).
@@ -460,9 +812,29 @@ impl Sim {
         }
     }
 
-    /// Drops every packet for which `rule` says true.
-    pub fn add_rule(&mut self, rule: impl FnMut(&WireInfo) -> bool + 'static) {
-        self.rules.push(Box::new(rule));
+    /// Drops every packet for which `rule` says true, until removed.
+    pub fn add_rule(&mut self, rule: impl FnMut(&WireInfo) -> bool + 'static) -> RuleId {
+        let id = RuleId(self.next_rule);
+        self.next_rule += 1;
+        self.rules.push((id, Box::new(rule)));
+        id
+    }
+
+    pub fn remove_rule(&mut self, id: RuleId) {
+        self.rules.retain(|(i, _)| *i != id);
+    }
+
+    /// Drops everything to and from TRS `k` (both its addresses), from now
+    /// on: the TRS is dead.
+    pub fn kill_trs(&mut self, k: usize) -> RuleId {
+        let (v4, v6) = (trs_v4(k), trs_v6(k));
+        self.add_rule(move |w| [v4, v6].contains(&w.src) || [v4, v6].contains(&w.dst))
+    }
+
+    /// Sends a packet as if from `src`, whoever owns it: an attacker's
+    /// forged packet. It takes the network like any other.
+    pub fn inject(&mut self, src: SocketAddr, dst: SocketAddr, payload: Vec<u8>) {
+        self.send(src, dst, payload);
     }
 
     /// Drops the first `count` packets of `kind` (a [`WireRecord::kind`]).
@@ -481,7 +853,11 @@ impl Sim {
     /// Drops everything node `n<index>` sends or is sent, from now on.
     pub fn silence(&mut self, index: usize) {
         let addrs = self.node(index).addrs.clone();
-        self.add_rule(move |w| addrs.contains(&w.src) || addrs.contains(&w.dst));
+        self.add_rule(move |w| {
+            addrs.contains(&w.src)
+                || addrs.contains(&w.dst)
+                || w.lan_src.is_some_and(|s| addrs.contains(&s))
+        });
     }
 
     /// Packets of `kind` sent so far, and how many of them were delivered.
@@ -515,15 +891,37 @@ impl Sim {
         payload.hash(&mut self.transmit_hash);
 
         let (kind, message, txid) = self.decode(dst, &payload);
-        let info = WireInfo { src, dst, kind };
+        // The sender's NAT translates a packet that leaves its LAN; private
+        // addresses are reachable only from their own LAN.
+        let routable =
+            self.addr_book.contains_key(&dst) || self.nat_by_public.contains_key(&dst.ip());
+        let (mut wire_src, mut lan_src, mut unroutable) = (src, None, !routable);
+        match self.lan.get(&src.ip()).copied() {
+            Some(k) if self.lan.get(&dst.ip()) == Some(&k) => {}
+            Some(k) => {
+                if self.lan.contains_key(&dst.ip()) || dst.ip() == self.nats[k].public {
+                    unroutable = true;
+                } else if routable {
+                    wire_src = self.nats[k].outbound(self.now, src, dst);
+                    lan_src = Some(src);
+                }
+            }
+            None => unroutable |= self.lan.contains_key(&dst.ip()),
+        }
+        let info = WireInfo {
+            src: wire_src,
+            dst,
+            lan_src,
+            kind,
+        };
         let link = self
             .links
-            .get(&(src.ip(), dst.ip()))
+            .get(&(wire_src.ip(), dst.ip()))
             .copied()
             .unwrap_or(self.link);
-        let fate = if !self.addr_book.contains_key(&dst) {
+        let fate = if unroutable {
             Fate::Unroutable
-        } else if self.rules.iter_mut().any(|r| r(&info)) {
+        } else if self.rules.iter_mut().any(|(_, r)| r(&info)) {
             Fate::Dropped
         } else if link.loss > 0.0 && self.rng.gen_bool(link.loss) {
             Fate::Lost
@@ -532,19 +930,29 @@ impl Sim {
         };
         self.wire.push(WireRecord {
             at,
-            src,
+            src: wire_src,
             dst,
+            lan_src,
             kind,
             message,
             txid,
             digest: digest(&payload),
             fate,
+            payload: payload.clone(),
         });
         if fate == Fate::Delivered {
             let id = self.next_packet;
             self.next_packet += 1;
             self.queue.push(Reverse((self.now + link.latency, id)));
-            self.in_flight.insert(id, InFlight { src, dst, payload });
+            self.in_flight.insert(
+                id,
+                InFlight {
+                    src: wire_src,
+                    dst,
+                    payload,
+                    wire: self.wire.len() - 1,
+                },
+            );
         }
     }
 
@@ -575,6 +983,15 @@ impl Sim {
             Some(2) => ("TunnelRequest", None, None),
             Some(3) => ("TunnelResponse", None, None),
             Some(4) => ("Data", None, None),
+            Some(&relay::TYPE_RELAY_BIND) => ("RelayBind", None, None),
+            Some(&relay::TYPE_RELAY_BIND_ACK) => ("RelayBindAck", None, None),
+            Some(&relay::TYPE_RELAY_DATA) => match payload.get(RELAY_HEADER_LEN) {
+                Some(2) => ("RelayedTunnelRequest", None, None),
+                Some(3) => ("RelayedTunnelResponse", None, None),
+                Some(4) => ("RelayedData", None, None),
+                _ => ("RelayedUnknown", None, None),
+            },
+            Some(&cyphonic_proto::TYPE_PUNCH) => ("Punch", None, None),
             _ => ("Unknown", None, None),
         }
     }
@@ -675,14 +1092,34 @@ impl Sim {
 
     fn deliver(&mut self, p: InFlight) {
         let now = self.now;
-        match self.addr_book.get(&p.dst).copied() {
+        let mut dst = p.dst;
+        if let Some(&k) = self.nat_by_public.get(&dst.ip()) {
+            match self.nats[k].inbound(now, p.src, dst.port()) {
+                Some(inside) => dst = inside,
+                None => {
+                    self.wire[p.wire].fate = Fate::Filtered;
+                    return;
+                }
+            }
+        }
+        match self.addr_book.get(&dst).copied() {
             Some(Endpoint::Nms) => {
-                self.nms.handle_datagram(now, p.dst, p.src, &p.payload);
+                self.nms.handle_datagram(now, dst, p.src, &p.payload);
                 self.drain_nms();
             }
             Some(Endpoint::Node(slot)) => {
-                if p.payload.first() == Some(&cyphonic_proto::data::TYPE_DATA) {
-                    self.data_in(slot, p.payload);
+                // The data plane takes data packets, bare or in Relay Data;
+                // everything else goes to the core.
+                let data = match p.payload.first() {
+                    Some(&TYPE_DATA) => true,
+                    Some(&relay::TYPE_RELAY_DATA) => {
+                        relay::parse_data(&p.payload).is_ok()
+                            && p.payload.get(RELAY_HEADER_LEN) == Some(&TYPE_DATA)
+                    }
+                    _ => false,
+                };
+                if data {
+                    self.data_in(slot, p.src, p.payload);
                 } else {
                     self.nodes[slot]
                         .node
@@ -690,7 +1127,28 @@ impl Sim {
                     self.drain_node(slot);
                 }
             }
+            Some(Endpoint::Trs(k)) => self.trs_in(k, dst, p.src, p.payload),
             None => {}
+        }
+    }
+
+    /// A datagram reaches TRS `k` at its address `local`: forward, answer
+    /// or drop, as its core says.
+    fn trs_in(&mut self, k: usize, local: SocketAddr, from: SocketAddr, mut payload: Vec<u8>) {
+        let (now, unix) = (self.now, self.unix_now());
+        let at = self.elapsed();
+        let t = &mut self.trs[k];
+        t.trs.handle_timeout(now, unix);
+        match t.trs.handle_datagram(now, unix, from, &mut payload) {
+            Action::Forward(to) => {
+                let src = if to.is_ipv4() { t.v4 } else { t.v6 };
+                self.send(src, to, payload);
+            }
+            Action::Reply(len) => {
+                payload.truncate(len);
+                self.send(local, from, payload);
+            }
+            Action::Drop(reason) => t.drops.push((at, from, reason)),
         }
     }
 
@@ -738,11 +1196,13 @@ impl Sim {
                             at: self.elapsed(),
                             src: n.addrs[0],
                             dst: t.destination,
+                            lan_src: None,
                             kind,
                             message,
                             txid,
                             digest: digest(&t.payload),
                             fate: Fate::Unroutable,
+                            payload: t.payload,
                         });
                     }
                 }
@@ -880,14 +1340,22 @@ impl Sim {
         let dst = cyphonic_proto::ip::inner_destination(packet).expect("an IP packet");
         match self.nodes[slot].tx.get(&dst).cloned() {
             Some(tunnel) => {
+                // As the data plane's outbound loop: seal, count, frame for
+                // the tunnel's path (the relay header for a TRS).
                 let sealed = seal(&tunnel, packet);
+                tunnel.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                tunnel
+                    .stats
+                    .tx_bytes
+                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                let dst = tunnel.path.address();
                 let src = self.nodes[slot]
                     .addrs
                     .iter()
-                    .find(|a| a.is_ipv4() == tunnel.path.address().is_ipv4())
+                    .find(|a| a.is_ipv4() == dst.is_ipv4())
                     .copied()
                     .expect("an address of the tunnel's family");
-                self.send(src, tunnel.path.address(), sealed);
+                self.send(src, dst, tunnel.path.frame(&sealed));
             }
             None => {
                 self.nodes[slot].node.handle_outbound(self.now, packet);
@@ -896,31 +1364,83 @@ impl Sim {
         }
     }
 
-    fn data_in(&mut self, slot: usize, mut payload: Vec<u8>) {
-        let at = self.elapsed();
+    /// The data plane's inbound path (`dataplane::inbound_loop`): a data
+    /// packet, bare or in Relay Data from a TRS, is opened; it counts for
+    /// the tunnel's liveness; arriving on a path other than the tunnel's
+    /// it is reported to the core (rate-limited); empty ones are
+    /// keepalives, and non-IP plaintexts are tunnel messages for the core.
+    fn data_in(&mut self, slot: usize, from: SocketAddr, payload: Vec<u8>) {
+        let (at, now) = (self.elapsed(), self.now);
+        let (path, mut datagram) = match relay::parse_data(&payload) {
+            Ok(relay_id) => (
+                Path::Relay {
+                    server: from,
+                    relay_id,
+                },
+                payload[RELAY_HEADER_LEN..].to_vec(),
+            ),
+            Err(_) => (Path::Direct(from), payload),
+        };
         let n = &mut self.nodes[slot];
-        let handle = data_receiver_index(&payload).and_then(|i| n.rx.get(&i));
+        let handle = data_receiver_index(&datagram).and_then(|i| n.rx.get(&i).cloned());
         let Some(handle) = handle else {
             n.data_rx_bad += 1;
             return;
         };
-        match handle.recv.open_in_place(&mut payload) {
-            Ok(range) => {
-                // Cryptokey routing: the inner source must be the peer's VIP.
-                let src = cyphonic_proto::ip::inner_source(&payload[range.clone()]);
-                if src != Some(IpAddr::V4(handle.vip4)) && src != Some(IpAddr::V6(handle.vip6)) {
-                    n.data_rx_bad += 1;
-                    return;
+        let range = match handle.recv.open_in_place(&mut datagram) {
+            Ok(range) => range,
+            Err(e) => {
+                n.data_rx_bad += 1;
+                if matches!(e, DataError::Replay(_)) {
+                    n.data_rx_replayed += 1;
                 }
-                let peer = handle.fqdn.clone();
-                n.received.push(Received {
-                    at,
-                    peer,
-                    packet: payload[range].to_vec(),
-                });
+                return;
             }
-            Err(_) => n.data_rx_bad += 1,
+        };
+        handle.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+        let index = handle.recv.local_index();
+        if path != handle.path {
+            let due = n
+                .last_report
+                .get(&(index, path))
+                .is_none_or(|t| now.saturating_duration_since(*t) >= PATH_REPORT_INTERVAL);
+            if due {
+                n.last_report.insert((index, path), now);
+                n.path_reports.push((at, handle.fqdn.clone(), path));
+                n.node.handle_path_seen(now, index, path);
+                self.drain_node(slot);
+            }
         }
+        let n = &mut self.nodes[slot];
+        let plain = &datagram[range];
+        if plain.is_empty() {
+            n.keepalives += 1;
+            return;
+        }
+        if !matches!(plain[0] >> 4, 4 | 6) {
+            if plain.len() <= MAX_TUNNEL_MESSAGE {
+                n.tunnel_messages += 1;
+                n.node.handle_tunnel_message(now, index, path, plain);
+                self.drain_node(slot);
+            }
+            return;
+        }
+        // Cryptokey routing: the inner source must be the peer's VIP.
+        let src = cyphonic_proto::ip::inner_source(plain);
+        if src != Some(IpAddr::V4(handle.vip4)) && src != Some(IpAddr::V6(handle.vip6)) {
+            n.data_rx_bad += 1;
+            return;
+        }
+        handle
+            .stats
+            .rx_bytes
+            .fetch_add(plain.len() as u64, Ordering::Relaxed);
+        n.received.push(Received {
+            at,
+            peer: handle.fqdn.clone(),
+            packet: plain.to_vec(),
+            path,
+        });
     }
 
     /// The tail of the wire log, for failure reports.
@@ -929,8 +1449,12 @@ impl Sim {
         self.wire[start..]
             .iter()
             .map(|w| {
+                let lan = w
+                    .lan_src
+                    .map(|l| format!(" (from {l})"))
+                    .unwrap_or_default();
                 format!(
-                    "{:>10.3?} {} -> {} {} {:?}\n",
+                    "{:>10.3?} {}{lan} -> {} {} {:?}\n",
                     w.at, w.src, w.dst, w.kind, w.fate
                 )
             })
