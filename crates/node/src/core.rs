@@ -374,7 +374,12 @@ pub struct Node {
     mobility: Mobility,
     /// Set by a move: select every peer's route again once registered.
     reroute_when_registered: bool,
+    /// Tunnel Requests for routes not directed yet: (received, path, packet).
+    early_requests: VecDeque<(Instant, Path, Vec<u8>)>,
 }
+
+const MAX_EARLY_REQUESTS: usize = 8;
+const EARLY_REQUEST_LIFETIME: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Mobility {
@@ -450,6 +455,7 @@ impl Node {
             counters: NodeCounters::default(),
             mobility: Mobility::default(),
             reroute_when_registered: false,
+            early_requests: VecDeque::new(),
         }
     }
 
@@ -921,6 +927,19 @@ impl Node {
         self.send_punches(now, &fqdn);
         if initiate {
             self.start_handshake(now, &fqdn);
+        } else {
+            let early = std::mem::take(&mut self.early_requests);
+            for (at, path, packet) in early {
+                let fresh = now.saturating_duration_since(at) < EARLY_REQUEST_LIFETIME;
+                if fresh
+                    && handshake::peek_request(&packet)
+                        .is_ok_and(|h| self.by_route.get(&h.route_id) == Some(&fqdn))
+                {
+                    self.on_tunnel_request(now, path, &packet);
+                } else if fresh {
+                    self.early_requests.push_back((at, path, packet));
+                }
+            }
         }
     }
 
@@ -970,12 +989,24 @@ impl Node {
         let relay = direction.relay.clone().and_then(|offer| {
             let has_v4 = self.local_addrs.iter().any(|a| a.is_ipv4());
             let has_v6 = self.local_addrs.iter().any(|a| a.is_ipv6());
-            let servers: Vec<SocketAddr> = offer
+            let reachable = |s: &SocketAddr| (s.is_ipv4() && has_v4) || (s.is_ipv6() && has_v6);
+            // One family only, the one we reach the cloud by: the list
+            // holds each TRS once per family, and failing over to the same
+            // dead TRS's other address would only cost time.
+            let family_v6 = self
+                .signaling
+                .as_ref()
+                .and_then(|s| s.observed)
+                .map(|o| o.is_ipv6());
+            let mut servers: Vec<SocketAddr> = offer
                 .servers
                 .iter()
                 .copied()
-                .filter(|s| (s.is_ipv4() && has_v4) || (s.is_ipv6() && has_v6))
+                .filter(|s| reachable(s) && family_v6.is_none_or(|v6| s.is_ipv6() == v6))
                 .collect();
+            if servers.is_empty() {
+                servers = offer.servers.iter().copied().filter(reachable).collect();
+            }
             (!servers.is_empty()).then_some(RelayState {
                 offer,
                 servers,
@@ -1116,7 +1147,14 @@ impl Node {
             return;
         };
         let Some(fqdn) = self.by_route.get(&header.route_id).cloned() else {
-            // Not a route the NMS directed us to: no reply at all.
+            // Not a route the NMS directed us to (yet): no reply at all.
+            // When the peer initiates (pattern 2 with the CN behind the
+            // NAT), its request can overtake our route direction, so a few
+            // are held briefly and answered once the direction arrives.
+            while self.early_requests.len() >= MAX_EARLY_REQUESTS {
+                self.early_requests.pop_front();
+            }
+            self.early_requests.push_back((now, path, packet.to_vec()));
             self.counters.handshake_rx_bad += 1;
             return;
         };
