@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 
-use super::overlay::{iperf, parse_ping, Overlay, Report, Underlay, GENERAL_ADDR, GENERAL_NAME};
+use super::overlay::{
+    iperf, parse_ping, send_marker, Overlay, Report, Underlay, GENERAL_ADDR, GENERAL_NAME,
+};
 use super::pcap;
 use crate::wait_until;
 
@@ -152,19 +154,9 @@ fn marker_check(o: &mut Overlay, vip4: &str) -> anyhow::Result<String> {
     let marker = format!("CYPHONIC-MARKER-{}", o.lab.prefix());
     let mut underlay = o.lab.capture(&o.nodes[0].ns.clone(), "eth0")?;
     let mut inner = o.lab.capture(&o.nodes[1].ns.clone(), "cy0")?;
-    let send = format!(
-        "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'{marker}', ('{vip4}', 9)) for _ in range(5)]\""
-    );
-    o.sh(0, &send)?;
-    wait_until(
-        "the marker on n2's TUN device",
-        Duration::from_secs(5),
-        || Ok(inner.contains(marker.as_bytes()).then_some(())),
-    )?;
-    let bytes = underlay.stop()?;
+    let bytes = send_marker(o, 0, vip4, &marker, &mut inner, &mut underlay)?;
     let seen_on_underlay = bytes.windows(marker.len()).any(|w| w == marker.as_bytes());
     let underlay_packets = pcap::udp_payloads(&bytes, 4501).len();
-    inner.stop()?;
     ensure!(
         !seen_on_underlay,
         "the marker crossed the underlay in clear"

@@ -4,6 +4,8 @@
 
 pub mod bench;
 pub mod direct;
+pub mod nat;
+pub mod nat_matrix;
 pub mod overlay;
 pub mod pcap;
 
@@ -24,6 +26,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "bench",
         "route selection, tunnel establishment, RTT and TCP throughput vs the bare underlay",
     ),
+    (
+        "nat-matrix",
+        "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
+    ),
 ];
 
 /// Runs scenario `name` with the cyphonic binary at `bin`; Ok(true) when
@@ -33,10 +39,11 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "direct" => direct::run(bin),
         "demo" => demo(bin),
         "bench" => bench::run(bin),
+        "nat-matrix" => nat_matrix::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()
-                .map(|(n, d)| format!("  {n:<8} {d}"))
+                .map(|(n, d)| format!("  {n:<10} {d}"))
                 .collect();
             bail!(
                 "unknown scenario {other:?}; the scenarios are:\n{}",

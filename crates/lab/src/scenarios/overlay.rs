@@ -37,6 +37,9 @@ pub struct NodeHandle {
     pub state_dir: PathBuf,
     pub underlay: IpAddr,
     pub pid: Option<u32>,
+    /// The cloud address this node enrolls with, when not the overlay's
+    /// `cloud_addr` (an IPv6-only node next to IPv4 ones).
+    pub cloud: Option<IpAddr>,
 }
 
 /// Results of a scenario's checks, printed as they happen.
@@ -80,6 +83,8 @@ pub struct Overlay {
     pub cloud_pid: Option<u32>,
     pub cloud_addr: IpAddr,
     pub nodes: Vec<NodeHandle>,
+    /// Extra `cyphonic node run` flags for every node (e.g. `--keepalive 1`).
+    pub node_args: Vec<String>,
 }
 
 const SWITCH: &str = "sw";
@@ -134,6 +139,7 @@ impl Overlay {
                 state_dir,
                 underlay: underlay_ip,
                 pid: None,
+                cloud: None,
             });
         }
         // The upstream resolver for general names, as a site would have.
@@ -142,57 +148,8 @@ impl Overlay {
             lab.set_resolv_conf(&n.name, &format!("nameserver {dns_addr}\n"))?;
         }
 
-        let cloud_dir = lab.dir().join("cloud");
-        let bin_s = bin.to_string_lossy().to_string();
-        let dir_s = cloud_dir.to_string_lossy().to_string();
-        let mut args = vec![
-            bin_s.as_str(),
-            "cloud",
-            "init",
-            "--dir",
-            dir_s.as_str(),
-            "--domain",
-            DOMAIN,
-        ];
-        let publics = ["192.0.2.1".to_string(), "2001:db8::1".to_string()];
-        for p in &publics {
-            args.push("--public");
-            args.push(p);
-        }
-        run_ok(&lab, &cloud_ns, &args)?;
-        // Short keepalives so the lab sees a cloud restart within seconds.
-        let cfg_path = cloud_dir.join("cloud.toml");
-        let cfg = std::fs::read_to_string(&cfg_path)?;
-        let cfg = cfg
-            .lines()
-            .map(|l| {
-                if l.starts_with("keepalive_secs") {
-                    "keepalive_secs = 2".to_string()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(&cfg_path, cfg + "\n")?;
-        let cfg_s = cfg_path.to_string_lossy().to_string();
-        for n in &handles {
-            run_ok(
-                &lab,
-                &cloud_ns,
-                &[
-                    &bin_s,
-                    "cloud",
-                    "device",
-                    "add",
-                    "--config",
-                    &cfg_s,
-                    &n.name,
-                    "--password",
-                    &password(&n.name),
-                ],
-            )?;
-        }
+        let names: Vec<&str> = handles.iter().map(|n| n.name.as_str()).collect();
+        let cloud_dir = init_cloud(&lab, bin, &cloud_ns, &names)?;
         Ok(Overlay {
             lab,
             bin: bin.to_owned(),
@@ -202,6 +159,7 @@ impl Overlay {
             cloud_pid: None,
             cloud_addr,
             nodes: handles,
+            node_args: Vec::new(),
         })
     }
 
@@ -234,9 +192,9 @@ impl Overlay {
     }
 
     /// Enrolls a node, retrying while the AS is still starting.
-    pub fn enroll(&mut self, i: usize) -> anyhow::Result<()> {
+    pub fn enroll(&self, i: usize) -> anyhow::Result<()> {
         let n = &self.nodes[i];
-        let cloud = match self.cloud_addr {
+        let cloud = match n.cloud.unwrap_or(self.cloud_addr) {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
         };
@@ -296,6 +254,7 @@ impl Overlay {
             "cy0",
         ];
         // Extra daemon flags for experiments, e.g. CYPHONIC_LAB_NODE_ARGS=--offload.
+        args.extend(self.node_args.iter().map(String::as_str));
         let extra = std::env::var("CYPHONIC_LAB_NODE_ARGS").unwrap_or_default();
         args.extend(extra.split_whitespace());
         let pid = self.lab.spawn(
@@ -382,6 +341,151 @@ impl Overlay {
     }
 }
 
+/// `cyphonic cloud init` in `cloud_ns` (public addresses 192.0.2.1 and
+/// 2001:db8::1, the lab's domain) into `<lab dir>/cloud`, keepalives
+/// shortened to 2 s, and `devices` added with [`password`]. Returns the
+/// cloud directory (its `cloud.toml` is the configuration).
+pub fn init_cloud(
+    lab: &Lab,
+    bin: &Path,
+    cloud_ns: &str,
+    devices: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let cloud_dir = lab.dir().join("cloud");
+    let bin_s = bin.to_string_lossy().to_string();
+    let dir_s = cloud_dir.to_string_lossy().to_string();
+    let mut args = vec![
+        bin_s.as_str(),
+        "cloud",
+        "init",
+        "--dir",
+        dir_s.as_str(),
+        "--domain",
+        DOMAIN,
+    ];
+    let publics = ["192.0.2.1".to_string(), "2001:db8::1".to_string()];
+    for p in &publics {
+        args.push("--public");
+        args.push(p);
+    }
+    run_ok(lab, cloud_ns, &args)?;
+    // Short keepalives so the lab sees a cloud restart within seconds.
+    let cfg_path = cloud_dir.join("cloud.toml");
+    set_config_keys(&cfg_path, &[("keepalive_secs", "2".to_owned())])?;
+    let cfg_s = cfg_path.to_string_lossy().to_string();
+    for name in devices {
+        run_ok(
+            lab,
+            cloud_ns,
+            &[
+                &bin_s,
+                "cloud",
+                "device",
+                "add",
+                "--config",
+                &cfg_s,
+                name,
+                "--password",
+                &password(name),
+            ],
+        )?;
+    }
+    Ok(cloud_dir)
+}
+
+/// Sets top-level keys of a TOML file (`key = value`, the value already in
+/// TOML syntax): replaces each key's line (with an array's continuation
+/// lines), or adds the key before the first table.
+pub fn set_config_keys(path: &Path, keys: &[(&str, String)]) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out: Vec<String> = Vec::new();
+    let mut done = vec![false; keys.len()];
+    let flush = |out: &mut Vec<String>, done: &mut [bool]| {
+        for (i, (k, v)) in keys.iter().enumerate() {
+            if !done[i] {
+                out.push(format!("{k} = {v}"));
+                done[i] = true;
+            }
+        }
+    };
+    // Open brackets of the value being skipped (a multi-line array).
+    let mut skip_depth = 0;
+    let mut in_table = false;
+    for line in text.lines() {
+        if skip_depth > 0 {
+            skip_depth += bracket_depth(line);
+            continue;
+        }
+        if !in_table && line.trim_start().starts_with('[') {
+            in_table = true;
+            flush(&mut out, &mut done);
+        }
+        let hit = line.split_once('=').and_then(|(k, v)| {
+            let k = k.trim().trim_matches('"');
+            let i = keys.iter().position(|(key, _)| *key == k)?;
+            Some((i, v))
+        });
+        match hit {
+            Some((i, value)) if !in_table => {
+                let (k, v) = &keys[i];
+                if !done[i] {
+                    out.push(format!("{k} = {v}"));
+                    done[i] = true;
+                }
+                skip_depth = bracket_depth(value);
+            }
+            _ => out.push(line.to_owned()),
+        }
+    }
+    flush(&mut out, &mut done);
+    std::fs::write(path, out.join("\n") + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// '[' minus ']' outside quoted strings: how many arrays a TOML line opens.
+fn bracket_depth(line: &str) -> i32 {
+    let (mut depth, mut quoted) = (0, None);
+    for c in line.chars() {
+        match (quoted, c) {
+            (None, '"' | '\'') => quoted = Some(c),
+            (Some(q), c) if c == q => quoted = None,
+            (None, '[') => depth += 1,
+            (None, ']') => depth -= 1,
+            (None, '#') => break,
+            _ => {}
+        }
+    }
+    depth
+}
+
+/// Sends `marker` in UDP datagrams from node `from` to `dst_vip4` port 9
+/// and waits (5 s) until the capture `inner` (on the receiver's TUN
+/// device) holds it: proof the marker really went through the tunnel.
+/// Then stops `outer` (an underlay capture) and returns its bytes.
+pub fn send_marker(
+    o: &Overlay,
+    from: usize,
+    dst_vip4: &str,
+    marker: &str,
+    inner: &mut crate::Capture,
+    outer: &mut crate::Capture,
+) -> anyhow::Result<Vec<u8>> {
+    let send = format!(
+        "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'{marker}', ('{dst_vip4}', 9)) for _ in range(5)]\""
+    );
+    o.sh(from, &send)?;
+    let seen = wait_until(
+        "the marker on the receiver's TUN device",
+        Duration::from_secs(5),
+        || Ok(inner.contains(marker.as_bytes()).then_some(())),
+    );
+    let bytes = outer.stop()?;
+    inner.stop()?;
+    seen?;
+    Ok(bytes)
+}
+
 pub fn password(device: &str) -> String {
     format!("enroll-{device}-secret")
 }
@@ -464,4 +568,39 @@ pub fn iperf(
 
 pub fn elapsed_ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_keys_are_replaced_or_added() {
+        let dir = std::env::temp_dir().join(format!("cyphonic-lab-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cloud.toml");
+        std::fs::write(
+            &path,
+            "domain = \"x\"\nkeepalive_secs = 15\ntrs_listen = [\n    \"0.0.0.0:4503\",\n    \"[::]:4503\",\n]\ntrs_public = []\n",
+        )
+        .unwrap();
+        set_config_keys(
+            &path,
+            &[
+                ("keepalive_secs", "2".into()),
+                (
+                    "trs_listen",
+                    r#"["192.0.2.2:4503", "[2001:db8::2]:4503"]"#.into(),
+                ),
+                ("nms_probe_port", "4504".into()),
+            ],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            text,
+            "domain = \"x\"\nkeepalive_secs = 2\ntrs_listen = [\"192.0.2.2:4503\", \"[2001:db8::2]:4503\"]\ntrs_public = []\nnms_probe_port = 4504\n"
+        );
+    }
 }
