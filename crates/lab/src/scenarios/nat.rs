@@ -1,0 +1,726 @@
+//! A lab internet with real kernel NAT, for NAT traversal scenarios.
+//!
+//! ```text
+//!                    "internet": bridge br0 in namespace `sw`
+//!   192.0.2.0/24, 2001:db8::/64 (documentation addresses)
+//!   |-- cloud  192.0.2.1   2001:db8::1    AS + NMS + TRS (`cloud run`)
+//!   |-- trs2   192.0.2.2   2001:db8::2    a second TRS (`--role trs`), optional
+//!   |-- dns    192.0.2.53  2001:db8::53   dnsmasq, the nodes' upstream resolver
+//!   |-- global nodes: 192.0.2.1x and/or 2001:db8::1x (placements v4, v6, ds)
+//!   `-- NAT routers: WAN 192.0.2.10x, IPv4 only
+//!         nft masquerade (eim) or masquerade fully-random (sym), and an
+//!         input firewall (no unsolicited traffic to the router itself)
+//!         `-- bridge `lan` in the router's namespace, gateway .1 of a /26
+//!               `-- NATed nodes .10, .11, ... (private IPv4 only,
+//!                   default route via the router)
+//! ```
+//!
+//! Placements (RFC 4787 terms for the NATs):
+//! - `v6`: global IPv6 only (IPv4 absent: no address, no route);
+//! - `v4`: global IPv4 only (IPv6 disabled on the interface);
+//! - `ds`: both;
+//! - `eim`: private IPv4 behind `masquerade`: endpoint-independent mapping
+//!   (Linux keeps the source port), address-and-port-dependent filtering;
+//! - `sym`: private IPv4 behind `masquerade fully-random`: a new port per
+//!   destination, i.e. a symmetric NAT.
+//!
+//! Each router has a bridge for its LAN, so several nodes can share one NAT;
+//! a router can also get a short conntrack UDP timeout (per namespace).
+//! Everything is built on one [`Overlay`], so the shared scenario helpers
+//! (enroll, status, iperf, ...) work on it unchanged.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context};
+
+use super::overlay::{
+    init_cloud, set_config_keys, NodeHandle, Overlay, Underlay, GENERAL_ADDR, GENERAL_NAME,
+};
+use crate::Lab;
+
+pub const CLOUD_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const CLOUD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const TRS2_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const TRS2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
+pub const DNS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x53);
+pub const TRS_PORT: u16 = 4503;
+
+/// The internet bridge's namespace.
+const INTERNET: &str = "sw";
+/// First host number of global nodes (192.0.2.11, 2001:db8::11, ...).
+const FIRST_GLOBAL_HOST: u8 = 11;
+/// First host number of router WANs (192.0.2.101, ...).
+const FIRST_WAN_HOST: u8 = 101;
+/// Router LANs, in the order routers are declared. The general name's
+/// address (198.51.100.80) falls in the second-to-last block; scenarios
+/// here never contact it, and that block is only used by the 8th router.
+const LANS: [Ipv4Addr; 8] = [
+    Ipv4Addr::new(198, 51, 100, 0),
+    Ipv4Addr::new(198, 51, 100, 128),
+    Ipv4Addr::new(198, 51, 100, 192),
+    Ipv4Addr::new(203, 0, 113, 0),
+    Ipv4Addr::new(203, 0, 113, 64),
+    Ipv4Addr::new(203, 0, 113, 128),
+    Ipv4Addr::new(203, 0, 113, 192),
+    Ipv4Addr::new(198, 51, 100, 64),
+];
+const LAN_PREFIX: u8 = 26;
+/// A LAN's nodes: .10, .11, ... of its block.
+const FIRST_LAN_HOST: u8 = 10;
+
+/// Where a node sits on the lab internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// Global IPv6 only.
+    V6,
+    /// Global IPv4 only.
+    V4,
+    /// Dual stack: global IPv4 and IPv6.
+    Ds,
+    /// Private IPv4 behind an endpoint-independent-mapping NAT.
+    Eim,
+    /// Private IPv4 behind a symmetric NAT.
+    Sym,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 5] = [
+        Placement::V6,
+        Placement::V4,
+        Placement::Ds,
+        Placement::Eim,
+        Placement::Sym,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::V6 => "v6",
+            Placement::V4 => "v4",
+            Placement::Ds => "ds",
+            Placement::Eim => "eim",
+            Placement::Sym => "sym",
+        }
+    }
+
+    /// The NAT kind the cloud should detect for a node placed here (a
+    /// node's `cyphonic status --json` shows it as `cloud.nat`).
+    pub fn expected_nat(self) -> &'static str {
+        match self {
+            Placement::V6 | Placement::V4 | Placement::Ds => "none",
+            Placement::Eim => "endpoint-independent",
+            Placement::Sym => "symmetric",
+        }
+    }
+
+    fn has_v4(self) -> bool {
+        self != Placement::V6
+    }
+
+    fn has_v6(self) -> bool {
+        matches!(self, Placement::V6 | Placement::Ds)
+    }
+}
+
+/// How a NAT router maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// `masquerade`: the same external port for every destination.
+    Eim,
+    /// `masquerade fully-random`: a new external port per destination.
+    Sym,
+}
+
+impl NatKind {
+    pub fn placement(self) -> Placement {
+        match self {
+            NatKind::Eim => Placement::Eim,
+            NatKind::Sym => Placement::Sym,
+        }
+    }
+
+    fn masquerade(self) -> &'static str {
+        match self {
+            NatKind::Eim => "masquerade",
+            NatKind::Sym => "masquerade fully-random",
+        }
+    }
+}
+
+struct RouterSpec {
+    name: String,
+    kind: NatKind,
+    udp_timeout: Option<u32>,
+}
+
+struct NodeSpec {
+    name: String,
+    placement: Placement,
+    router: Option<String>,
+}
+
+/// What to build: routers, then nodes on the internet or behind a router.
+#[derive(Default)]
+pub struct Topology {
+    routers: Vec<RouterSpec>,
+    nodes: Vec<NodeSpec>,
+    second_trs: bool,
+}
+
+impl Topology {
+    pub fn new() -> Topology {
+        Topology::default()
+    }
+
+    /// A NAT router with its own WAN address and LAN.
+    pub fn router(mut self, name: &str, kind: NatKind) -> Topology {
+        self.routers.push(RouterSpec {
+            name: name.to_owned(),
+            kind,
+            udp_timeout: None,
+        });
+        self
+    }
+
+    /// A NAT router whose UDP mappings expire after `secs` of silence
+    /// (`nf_conntrack_udp_timeout` and `_stream` in its namespace).
+    pub fn router_with_udp_timeout(mut self, name: &str, kind: NatKind, secs: u32) -> Topology {
+        self.routers.push(RouterSpec {
+            name: name.to_owned(),
+            kind,
+            udp_timeout: Some(secs),
+        });
+        self
+    }
+
+    /// A node on the internet: `v6`, `v4` or `ds`.
+    pub fn node(mut self, name: &str, placement: Placement) -> Topology {
+        self.nodes.push(NodeSpec {
+            name: name.to_owned(),
+            placement,
+            router: None,
+        });
+        self
+    }
+
+    /// A node on `router`'s LAN (its placement is the router's kind).
+    pub fn node_behind(mut self, name: &str, router: &str) -> Topology {
+        let placement = self
+            .routers
+            .iter()
+            .find(|r| r.name == router)
+            .map_or(Placement::Eim, |r| r.kind.placement());
+        self.nodes.push(NodeSpec {
+            name: name.to_owned(),
+            placement,
+            router: Some(router.to_owned()),
+        });
+        self
+    }
+
+    /// A second TRS in namespace `trs2` (192.0.2.2, 2001:db8::2), listed
+    /// after the cloud's own in `trs_public`.
+    pub fn second_trs(mut self) -> Topology {
+        self.second_trs = true;
+        self
+    }
+
+    /// Creates the namespaces, links, NATs and the DNS server, initialises
+    /// the cloud (and the second TRS's copy of it) with every node as a
+    /// device. Nothing of cyphonic runs yet: see [`NatLab::start`].
+    pub fn build(self, scenario: &str, bin: &Path) -> anyhow::Result<NatLab> {
+        ensure!(
+            self.routers.len() <= LANS.len(),
+            "at most {} NAT routers",
+            LANS.len()
+        );
+        let mut lab = Lab::new(scenario)?;
+        lab.add_ns(INTERNET)?;
+        lab.sh(
+            INTERNET,
+            "ip link add br0 type bridge && ip link set br0 up",
+        )?;
+        let mut ports = 0u32;
+
+        let cloud_ns = lab.add_ns("cloud")?;
+        attach(
+            &mut lab,
+            &mut ports,
+            "cloud",
+            "eth0",
+            &[&format!("{CLOUD_V4}/24"), &format!("{CLOUD_V6}/64")],
+        )?;
+        let mut trs2_ns = None;
+        if self.second_trs {
+            trs2_ns = Some(lab.add_ns("trs2")?);
+            attach(
+                &mut lab,
+                &mut ports,
+                "trs2",
+                "eth0",
+                &[&format!("{TRS2_V4}/24"), &format!("{TRS2_V6}/64")],
+            )?;
+        }
+        lab.add_ns("dns")?;
+        attach(
+            &mut lab,
+            &mut ports,
+            "dns",
+            "eth0",
+            &[&format!("{DNS_V4}/24"), &format!("{DNS_V6}/64")],
+        )?;
+
+        let mut routers = Vec::new();
+        for (i, r) in self.routers.iter().enumerate() {
+            routers.push(build_router(&mut lab, &mut ports, i, r)?);
+        }
+
+        let mut handles = Vec::new();
+        let mut nodes = Vec::new();
+        let mut host = FIRST_GLOBAL_HOST;
+        for spec in &self.nodes {
+            let ns = lab.add_ns(&spec.name)?;
+            let (addrs, public, router) = match &spec.router {
+                None => {
+                    ensure!(
+                        !matches!(spec.placement, Placement::Eim | Placement::Sym),
+                        "node {}: put {} nodes behind a router (node_behind)",
+                        spec.name,
+                        spec.placement.name()
+                    );
+                    ensure!(host < FIRST_WAN_HOST, "too many global nodes");
+                    let mut addrs: Vec<IpAddr> = Vec::new();
+                    if spec.placement.has_v4() {
+                        addrs.push(Ipv4Addr::new(192, 0, 2, host).into());
+                    }
+                    if spec.placement.has_v6() {
+                        addrs.push(
+                            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, host_v6(host)).into(),
+                        );
+                    }
+                    host += 1;
+                    let cidrs: Vec<String> = addrs
+                        .iter()
+                        .map(|a| match a {
+                            IpAddr::V4(a) => format!("{a}/24"),
+                            IpAddr::V6(a) => format!("{a}/64"),
+                        })
+                        .collect();
+                    let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
+                    attach(&mut lab, &mut ports, &spec.name, "eth0", &cidrs)?;
+                    (addrs.clone(), addrs, None)
+                }
+                Some(rname) => {
+                    let ri = routers
+                        .iter()
+                        .position(|r: &RouterHandle| &r.name == rname)
+                        .with_context(|| format!("node {}: no router {rname}", spec.name))?;
+                    let r = &mut routers[ri];
+                    let addr = r.next_lan_addr()?;
+                    r.lan_ports += 1;
+                    let port = format!("l{}", r.lan_ports);
+                    let r_ns = r.ns.clone();
+                    let (gw, wan) = (r.lan_gw, r.wan);
+                    lab.link(
+                        &spec.name,
+                        "eth0",
+                        &[&format!("{addr}/{LAN_PREFIX}")],
+                        &r_ns,
+                        &port,
+                        &[],
+                    )?;
+                    lab.sh(&r_ns, &format!("ip link set {port} master lan"))?;
+                    lab.route(&spec.name, "default", &gw.to_string())?;
+                    (vec![addr.into()], vec![wan.into()], Some(ri))
+                }
+            };
+            if !spec.placement.has_v6() {
+                lab.sysctl(&ns, &[("net.ipv6.conf.eth0.disable_ipv6", "1")])?;
+            }
+            let primary = if spec.placement.has_v4() {
+                addrs.iter().find(|a| a.is_ipv4())
+            } else {
+                addrs.first()
+            };
+            handles.push(NodeHandle {
+                name: spec.name.clone(),
+                ns,
+                state_dir: lab.dir().join(format!("{}-state", spec.name)),
+                underlay: *primary.context("node without an address")?,
+                pid: None,
+                // IPv6-only nodes can reach the cloud over IPv6 only.
+                cloud: (!spec.placement.has_v4()).then_some(CLOUD_V6.into()),
+            });
+            nodes.push(NatNode {
+                placement: spec.placement,
+                router,
+                addrs,
+                public,
+            });
+        }
+
+        // The upstream resolver, reachable over both families.
+        lab.start_dns_server(
+            "dns",
+            &[DNS_V4.into(), DNS_V6.into()],
+            &[(GENERAL_NAME, GENERAL_ADDR.parse()?)],
+        )?;
+        for (h, n) in handles.iter().zip(&nodes) {
+            let mut conf = String::new();
+            if n.placement.has_v4() {
+                conf.push_str(&format!("nameserver {DNS_V4}\n"));
+            }
+            if n.placement.has_v6() {
+                conf.push_str(&format!("nameserver {DNS_V6}\n"));
+            }
+            lab.set_resolv_conf(&h.name, &conf)?;
+        }
+
+        let names: Vec<&str> = handles.iter().map(|n| n.name.as_str()).collect();
+        let cloud_dir = init_cloud(&lab, bin, &cloud_ns, &names)?;
+        let cloud_cfg = cloud_dir.join("cloud.toml");
+        let mut relays: Vec<SocketAddr> =
+            vec![(CLOUD_V4, TRS_PORT).into(), (CLOUD_V6, TRS_PORT).into()];
+        let mut trs2 = None;
+        if let Some(ns) = trs2_ns {
+            relays.extend::<[SocketAddr; 2]>([
+                (TRS2_V4, TRS_PORT).into(),
+                (TRS2_V6, TRS_PORT).into(),
+            ]);
+            set_config_keys(&cloud_cfg, &[("trs_public", toml_addrs(&relays))])?;
+            // The second TRS: a copy of the cloud's folder (the relay
+            // secret it shares with the NMS), listening on its own address.
+            let dir = lab.dir().join("trs2");
+            copy_dir(&cloud_dir, &dir)?;
+            let config = dir.join("cloud.toml");
+            set_config_keys(
+                &config,
+                &[
+                    ("data_dir", format!("{:?}", dir.to_string_lossy())),
+                    (
+                        "trs_listen",
+                        toml_addrs(&[(TRS2_V4, TRS_PORT).into(), (TRS2_V6, TRS_PORT).into()]),
+                    ),
+                ],
+            )?;
+            trs2 = Some(Trs2 {
+                ns,
+                dir,
+                config,
+                pid: None,
+            });
+        }
+
+        let keepalive = node_supports_keepalive(&lab, bin);
+        let o = Overlay {
+            lab,
+            bin: bin.to_owned(),
+            underlay: Underlay::V4,
+            cloud_ns,
+            cloud_dir,
+            cloud_pid: None,
+            cloud_addr: CLOUD_V4.into(),
+            nodes: handles,
+            node_args: if keepalive {
+                vec!["--keepalive".into(), "1".into()]
+            } else {
+                Vec::new()
+            },
+        };
+        Ok(NatLab {
+            o,
+            nodes,
+            routers,
+            trs2,
+            relays,
+            keepalive_flag: keepalive,
+        })
+    }
+}
+
+/// A node's place in the NAT lab, beside its [`NodeHandle`] (same index).
+pub struct NatNode {
+    pub placement: Placement,
+    /// Index into [`NatLab::routers`] for NATed nodes.
+    pub router: Option<usize>,
+    /// The addresses on the node's own interface.
+    pub addrs: Vec<IpAddr>,
+    /// The addresses the internet sees it from: its own (global nodes) or
+    /// its router's WAN.
+    pub public: Vec<IpAddr>,
+}
+
+pub struct RouterHandle {
+    pub name: String,
+    pub ns: String,
+    pub kind: NatKind,
+    pub wan: Ipv4Addr,
+    pub lan_gw: Ipv4Addr,
+    pub lan_base: Ipv4Addr,
+    pub udp_timeout: Option<u32>,
+    lan_ports: u8,
+}
+
+impl RouterHandle {
+    fn next_lan_addr(&self) -> anyhow::Result<Ipv4Addr> {
+        let host = FIRST_LAN_HOST + self.lan_ports;
+        ensure!(host < 60, "LAN of {} is full", self.name);
+        let [a, b, c, d] = self.lan_base.octets();
+        Ok(Ipv4Addr::new(a, b, c, d + host))
+    }
+
+    /// The LAN as a CIDR.
+    pub fn lan(&self) -> String {
+        format!("{}/{LAN_PREFIX}", self.lan_base)
+    }
+}
+
+/// The second TRS (`cloud run --role trs` on a copy of the cloud's folder).
+pub struct Trs2 {
+    pub ns: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub pid: Option<u32>,
+}
+
+/// The NAT lab: an [`Overlay`] (cloud, nodes) plus where everything sits.
+pub struct NatLab {
+    pub o: Overlay,
+    /// Parallel to `o.nodes`.
+    pub nodes: Vec<NatNode>,
+    pub routers: Vec<RouterHandle>,
+    pub trs2: Option<Trs2>,
+    /// Every relay address handed to nodes (`trs_public`), best first.
+    pub relays: Vec<SocketAddr>,
+    /// Whether this `cyphonic` has `node run --keepalive` (nodes get
+    /// `--keepalive 1` when it does).
+    pub keepalive_flag: bool,
+}
+
+impl NatLab {
+    /// The index of node `name`.
+    pub fn node(&self, name: &str) -> anyhow::Result<usize> {
+        self.o
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .with_context(|| format!("no node {name} in this lab"))
+    }
+
+    pub fn router(&self, name: &str) -> anyhow::Result<&RouterHandle> {
+        self.routers
+            .iter()
+            .find(|r| r.name == name)
+            .with_context(|| format!("no router {name} in this lab"))
+    }
+
+    /// The router node `i` sits behind.
+    pub fn router_of(&self, i: usize) -> Option<&RouterHandle> {
+        self.nodes[i].router.map(|r| &self.routers[r])
+    }
+
+    /// Starts the cloud (and the second TRS), enrolls every node in
+    /// parallel, starts every daemon, and waits for the registrations.
+    /// Returns, per node, whether it registered (an `Err` says why not):
+    /// a node that does not register fails its own checks, not the set-up.
+    pub fn start(&mut self) -> anyhow::Result<Vec<anyhow::Result<()>>> {
+        self.o.start_cloud()?;
+        if let Some(t) = &self.trs2 {
+            let bin = self.o.bin();
+            let config = t.config.to_string_lossy().to_string();
+            let ns = t.ns.clone();
+            let pid = self.o.lab.spawn(
+                &ns,
+                &[&bin, "cloud", "run", "--config", &config, "--role", "trs"],
+                "trs2",
+                &[],
+            )?;
+            if let Some(t) = self.trs2.as_mut() {
+                t.pid = Some(pid);
+            }
+        }
+        let o = &self.o;
+        let enrolled: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..o.nodes.len())
+                .map(|i| s.spawn(move || o.enroll(i)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("enroll thread panicked")))
+                })
+                .collect()
+        });
+        let mut results = Vec::new();
+        for (i, r) in enrolled.into_iter().enumerate() {
+            match r {
+                Ok(()) => {
+                    self.o.start_node(i)?;
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e.context("enrolling"))),
+            }
+        }
+        for (i, r) in results.iter_mut().enumerate() {
+            if r.is_ok() {
+                if let Err(e) = self.o.wait_registered(i, Duration::from_secs(20)) {
+                    *r = Err(e);
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Whether the second TRS is still running (`Err` with its log if not).
+    pub fn trs2_running(&mut self) -> anyhow::Result<()> {
+        let pid = self
+            .trs2
+            .as_ref()
+            .and_then(|t| t.pid)
+            .context("no second TRS in this lab")?;
+        if let Some(status) = self.o.lab.try_wait(pid)? {
+            bail!(
+                "the second TRS exited ({status}): {}",
+                self.o.lab.log("trs2")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Links `ns`'s `ifname` to a new port of the internet bridge.
+fn attach(
+    lab: &mut Lab,
+    ports: &mut u32,
+    ns: &str,
+    ifname: &str,
+    addrs: &[&str],
+) -> anyhow::Result<()> {
+    *ports += 1;
+    let port = format!("p{ports}");
+    lab.link(ns, ifname, addrs, INTERNET, &port, &[])?;
+    lab.sh(INTERNET, &format!("ip link set {port} master br0"))?;
+    Ok(())
+}
+
+fn build_router(
+    lab: &mut Lab,
+    ports: &mut u32,
+    i: usize,
+    r: &RouterSpec,
+) -> anyhow::Result<RouterHandle> {
+    let ns = lab.add_ns(&r.name)?;
+    let wan = Ipv4Addr::new(192, 0, 2, FIRST_WAN_HOST + i as u8);
+    let lan_base = LANS[i];
+    let [a, b, c, d] = lan_base.octets();
+    let lan_gw = Ipv4Addr::new(a, b, c, d + 1);
+    attach(lab, ports, &r.name, "wan", &[&format!("{wan}/24")])?;
+    lab.sh(
+        &ns,
+        &format!(
+            "ip link add lan type bridge && ip addr add {lan_gw}/{LAN_PREFIX} dev lan && ip link set lan up"
+        ),
+    )?;
+    // IPv4 only: a NAT44 router, as the private LANs are IPv4 only.
+    lab.sysctl(
+        &ns,
+        &[
+            ("net.ipv6.conf.wan.disable_ipv6", "1"),
+            ("net.ipv6.conf.lan.disable_ipv6", "1"),
+        ],
+    )?;
+    lab.router(&ns)?;
+    // The NAT, and the input firewall every home router has: nothing from
+    // the WAN reaches the router's own stack unsolicited. Besides realism,
+    // it matters for hole punching: without it, a peer's punch that
+    // arrives before the node behind this router has sent anything leaves
+    // a conntrack entry (peer -> WAN address, to the router itself) whose
+    // reply tuple is the mapping the node's own packets to that peer would
+    // get, so masquerade then picks another port for them and the punch
+    // fails. Dropped in the filter hook, the packet never confirms its
+    // conntrack entry.
+    lab.sh(
+        &ns,
+        &format!(
+            "nft add table ip nat && \
+             nft add chain ip nat post '{{ type nat hook postrouting priority 100 ; }}' && \
+             nft add rule ip nat post oifname wan {} && \
+             nft add table inet fw && \
+             nft add chain inet fw input '{{ type filter hook input priority 0 ; }}' && \
+             nft add rule inet fw input iifname wan ct state new,invalid drop",
+            r.kind.masquerade()
+        ),
+    )?;
+    if let Some(secs) = r.udp_timeout {
+        let secs = secs.to_string();
+        lab.sysctl(
+            &ns,
+            &[
+                ("net.netfilter.nf_conntrack_udp_timeout", &secs),
+                ("net.netfilter.nf_conntrack_udp_timeout_stream", &secs),
+            ],
+        )?;
+    }
+    Ok(RouterHandle {
+        name: r.name.clone(),
+        ns,
+        kind: r.kind,
+        wan,
+        lan_gw,
+        lan_base,
+        udp_timeout: r.udp_timeout,
+        lan_ports: 0,
+    })
+}
+
+/// 2001:db8::11 for host 11: the IPv6 address reads like the IPv4 one.
+fn host_v6(host: u8) -> u16 {
+    u16::from_str_radix(&host.to_string(), 16).unwrap_or(host as u16)
+}
+
+/// A TOML array of socket addresses.
+fn toml_addrs(addrs: &[SocketAddr]) -> String {
+    let items: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `cyphonic node run` takes `--keepalive`.
+fn node_supports_keepalive(lab: &Lab, bin: &Path) -> bool {
+    let bin = bin.to_string_lossy();
+    lab.exec("cloud", &[&bin, "node", "run", "--help"])
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("--keepalive"))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_hosts_read_like_ipv4_ones() {
+        assert_eq!(host_v6(11), 0x11);
+        assert_eq!(host_v6(19), 0x19);
+        assert_eq!(
+            toml_addrs(&[(CLOUD_V4, 4503).into(), (CLOUD_V6, 4503).into()]),
+            r#"["192.0.2.1:4503", "[2001:db8::1]:4503"]"#
+        );
+    }
+}

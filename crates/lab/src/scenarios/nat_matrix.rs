@@ -1,0 +1,946 @@
+//! `cyphonic lab nat-matrix`: NAT traversal on real kernel NAT.
+//!
+//! The topology ([`super::nat`]): global IPv6-only, IPv4-only and
+//! dual-stack nodes, and nodes behind endpoint-independent (`masquerade`)
+//! and symmetric (`masquerade fully-random`) NATs, each behind its own
+//! router; two nodes behind one NAT; a NAT that forgets idle UDP mappings
+//! after 2 s; a second TRS.
+//!
+//! Checks, in order:
+//! 1. the topology itself: every node reaches the cloud over its own
+//!    address families only; each NAT maps as its kind says; the
+//!    short-timeout NAT really forgets an idle mapping;
+//! 2. set-up: enrollment, registration, the NAT kind the cloud detects;
+//! 3. the matrix: every ordered pair of placements (MN = `<x>-a`,
+//!    CN = `<y>-b`): the name resolves to the CN's VIPs, the tunnel is
+//!    established, `ping` 3/3, a 1 s iperf3 TCP transfer, and the path is
+//!    the one [`expected_path`] promises (docs/routing.md), over the
+//!    expected kind of endpoint;
+//! 4. two nodes behind one NAT talk directly over the LAN;
+//! 5. NAT timeout: tunnel keepalives hold a 2 s mapping through 10 s of
+//!    silence;
+//! 6. relay capture: relayed traffic crosses the TRS's link encrypted;
+//! 7. relay failover: a TCP transfer survives the loss of its TRS, and the
+//!    tunnel moves to the second TRS;
+//! 8. relay -> direct upgrade: a tunnel relayed while the direct path was
+//!    blocked moves to the punched path once it opens, under a TCP transfer.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use serde_json::Value;
+
+use super::nat::{NatKind, NatLab, Placement, Topology, CLOUD_V4, TRS2_V4, TRS2_V6, TRS_PORT};
+use super::overlay::{iperf, parse_ping, send_marker, Overlay, Report};
+use super::pcap;
+use crate::wait_until;
+
+/// The path docs/routing.md promises from an MN placed at `mn` to a CN
+/// placed at `cn`: "direct" (pattern 1, no NAT in the way), "punched"
+/// (pattern 2, a NAT opened from inside) or "relayed" (pattern 3, TRS).
+pub fn expected_path(mn: Placement, cn: Placement) -> &'static str {
+    use Placement::*;
+    match (mn, cn) {
+        (V6, V6) | (V6, Ds) => "direct",
+        (V6, V4) | (V6, Eim) | (V6, Sym) => "relayed",
+        (V4, V6) => "relayed",
+        (V4, V4) | (V4, Ds) => "direct",
+        (V4, Eim) | (V4, Sym) => "punched",
+        (Ds, V6) | (Ds, V4) | (Ds, Ds) => "direct",
+        (Ds, Eim) | (Ds, Sym) => "punched",
+        (Eim, V6) => "relayed",
+        (Eim, V4) | (Eim, Ds) | (Eim, Eim) => "punched",
+        (Eim, Sym) => "relayed",
+        (Sym, V6) => "relayed",
+        (Sym, V4) | (Sym, Ds) => "punched",
+        (Sym, Eim) | (Sym, Sym) => "relayed",
+    }
+}
+
+/// How long a pair may take from the name lookup to an established tunnel
+/// (route selection, NAT probing, punching or falling back to the relay).
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer in state "failed" this long is taken as given up.
+const FAILED_GRACE: Duration = Duration::from_secs(2);
+
+/// The cloud-side UDP listener of the topology checks: prints
+/// `<payload> <local port> <source ip> <source port>` for every datagram
+/// to ports 5601-5603, and answers on 5603 at once and again after
+/// `argv[2]` seconds (to see whether a NAT still holds the mapping).
+const LISTENER: &str = r#"
+import select, socket, sys, threading, time
+socks = {}
+for port in (5601, 5602, 5603):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(('0.0.0.0', port))
+    socks[s] = port
+print('ready', flush=True)
+deadline = time.time() + float(sys.argv[1])
+while time.time() < deadline:
+    r, _, _ = select.select(list(socks), [], [], 0.2)
+    for s in r:
+        data, src = s.recvfrom(2048)
+        port = socks[s]
+        print(data.decode(errors='replace'), port, src[0], src[1], flush=True)
+        if port == 5603:
+            s.sendto(b'now', src)
+            threading.Timer(float(sys.argv[2]), lambda s=s, src=src: s.sendto(b'later', src)).start()
+"#;
+
+/// Node side of the idle-mapping check: one datagram to the listener's
+/// port 5603 from port 40124, then prints the replies seen for `argv[2]`
+/// seconds.
+const IDLE_PROBE: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 40124))
+s.sendto(sys.argv[1].encode(), ('192.0.2.1', 5603))
+got = []
+end = time.time() + float(sys.argv[2])
+while True:
+    left = end - time.time()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        got.append(s.recv(100).decode())
+    except socket.timeout:
+        break
+print('replies', ' '.join(got) or '-', flush=True)
+"#;
+
+/// The mapping probes' source port on the nodes.
+const PROBE_PORT: u16 = 40123;
+/// Seconds before the listener's second answer; the short-timeout NAT
+/// forgets the mapping after 2 s.
+const LATE_REPLY_SECS: u32 = 4;
+
+pub fn run(bin: &Path) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let mut report = Report::default();
+    println!("nat-matrix: cloud, TRS x2, 15 nodes in 5 placements, 8 NAT routers");
+    if let Err(e) = run_all(bin, &mut report) {
+        report.check("scenario set-up", Err(e));
+    }
+    println!("  ({:.0} s)", started.elapsed().as_secs_f64());
+    println!(
+        "nat-matrix: {} passed, {} failed",
+        report.passed, report.failed
+    );
+    Ok(report.ok())
+}
+
+/// The lab: the matrix's ten nodes `<placement>-a|b`, each NATed one
+/// behind its own router, plus the nodes of the other checks.
+fn topology() -> Topology {
+    let mut t = Topology::new()
+        .router("r-eim-a", NatKind::Eim)
+        .router("r-eim-b", NatKind::Eim)
+        .router("r-sym-a", NatKind::Sym)
+        .router("r-sym-b", NatKind::Sym)
+        .router("r-lan", NatKind::Eim)
+        .router_with_udp_timeout("r-to", NatKind::Eim, 2)
+        .router("r-up-a", NatKind::Eim)
+        .router("r-up-b", NatKind::Eim)
+        .second_trs();
+    for p in Placement::ALL {
+        for side in ["a", "b"] {
+            let name = format!("{}-{side}", p.name());
+            t = match p {
+                Placement::Eim | Placement::Sym => t.node_behind(&name, &format!("r-{name}")),
+                _ => t.node(&name, p),
+            };
+        }
+    }
+    t.node_behind("lan-a", "r-lan")
+        .node_behind("lan-b", "r-lan")
+        .node_behind("to-a", "r-to")
+        .node_behind("up-a", "r-up-a")
+        .node_behind("up-b", "r-up-b")
+}
+
+fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let mut nl = topology().build("nat-matrix", bin)?;
+
+    println!("topology:");
+    report.check(
+        "every node reaches the cloud over its own address families only",
+        reach_check(&nl),
+    );
+    mapping_checks(&mut nl, report)?;
+
+    println!("set-up:");
+    if !nl.keepalive_flag {
+        println!("  note  `cyphonic node run` has no --keepalive: nodes run with the default");
+    }
+    let registered = nl.start()?;
+    let failed: Vec<String> = registered
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.as_ref()
+                .err()
+                .map(|e| format!("{}: {e:#}", nl.o.nodes[i].name))
+        })
+        .collect();
+    report.check(
+        &format!("{} nodes enrolled and registered", nl.o.nodes.len()),
+        if failed.is_empty() {
+            Ok(String::new())
+        } else {
+            Err(anyhow!("{}", failed.join("\n        ")))
+        },
+    );
+    report.check(
+        "second TRS running (cloud run --role trs)",
+        nl.trs2_running().and_then(|()| {
+            let ns = nl.trs2.as_ref().map(|t| t.ns.clone()).unwrap_or_default();
+            let out = nl.o.lab.exec(&ns, &["ss", "-Hlun", "sport = :4503"])?;
+            let socks = String::from_utf8_lossy(&out.stdout).lines().count();
+            ensure!(socks > 0, "nothing listens on UDP port 4503");
+            Ok(format!("{socks} UDP sockets on port 4503"))
+        }),
+    );
+    report.check(
+        "the cloud detects each node's NAT kind",
+        nat_detection_check(&nl),
+    );
+
+    println!("matrix (MN <x>-a -> CN <y>-b: path seen, expected, ping, iperf3):");
+    for x in Placement::ALL {
+        for y in Placement::ALL {
+            let r = matrix_pair(&mut nl, x, y);
+            report.check(&format!("{:>3} -> {:<3}", x.name(), y.name()), r);
+        }
+    }
+
+    println!("other paths:");
+    report.check(
+        "same NAT: lan-a -> lan-b goes direct to lan-b's LAN address",
+        same_nat_check(&nl),
+    );
+    report.check(
+        "NAT timeout: keepalives hold a 2 s UDP mapping through 10 s of silence",
+        timeout_check(&nl),
+    );
+    report.check(
+        "relay capture: sym-a -> sym-b crosses the TRS link encrypted",
+        relay_capture_check(&mut nl),
+    );
+    report.check(
+        "relay failover: a TCP transfer survives the loss of its TRS",
+        failover_check(&mut nl),
+    );
+    report.check(
+        "relay -> direct: up-a -> up-b moves from the relay to the punched path",
+        upgrade_check(&mut nl),
+    );
+    Ok(())
+}
+
+/// Every node pings the cloud over each family it has, and cannot over
+/// the one it lacks.
+fn reach_check(nl: &NatLab) -> anyhow::Result<String> {
+    let mut problems = Vec::new();
+    let mut ok = 0;
+    for (i, n) in nl.nodes.iter().enumerate() {
+        let ns = &nl.o.nodes[i].ns;
+        let has_v4 = n.addrs.iter().any(IpAddr::is_ipv4);
+        let has_v6 = n.addrs.iter().any(IpAddr::is_ipv6);
+        for (target, want) in [("192.0.2.1", has_v4), ("2001:db8::1", has_v6)] {
+            let out = nl.o.lab.exec(ns, &["ping", "-c1", "-W2", target])?;
+            if out.status.success() == want {
+                ok += 1;
+            } else {
+                problems.push(format!(
+                    "{} {} {target}",
+                    nl.o.nodes[i].name,
+                    if want { "cannot reach" } else { "reaches" }
+                ));
+            }
+        }
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("; "));
+    Ok(format!("{ok} pings as expected"))
+}
+
+/// One check per NATed node: two datagrams from one socket to two cloud
+/// ports arrive from the router's WAN address, from one port (eim) or two
+/// (sym). Then the short-timeout router against an ordinary one: a reply
+/// 4 s after the last packet gets through only the ordinary one.
+fn mapping_checks(nl: &mut NatLab, report: &mut Report) -> anyhow::Result<()> {
+    let script = nl.o.lab.dir().join("nat-listener.py");
+    std::fs::write(&script, LISTENER)?;
+    let probe = nl.o.lab.dir().join("nat-idle-probe.py");
+    std::fs::write(&probe, IDLE_PROBE)?;
+    let cloud_ns = nl.o.cloud_ns.clone();
+    let script_s = script.to_string_lossy().to_string();
+    let late = LATE_REPLY_SECS.to_string();
+    let listener = nl.o.lab.spawn(
+        &cloud_ns,
+        &["python3", "-u", &script_s, "60", &late],
+        "nat-listener",
+        &[],
+    )?;
+    let lab = &mut nl.o.lab;
+    wait_until("the UDP listener", Duration::from_secs(5), || {
+        if let Some(st) = lab.try_wait(listener)? {
+            bail!("listener exited ({st}): {}", lab.log("nat-listener"));
+        }
+        Ok(lab.log("nat-listener").contains("ready").then_some(()))
+    })?;
+
+    let natted: Vec<usize> = (0..nl.nodes.len())
+        .filter(|&i| nl.nodes[i].router.is_some())
+        .collect();
+    for &i in &natted {
+        let name = nl.o.nodes[i].name.clone();
+        let Some(r) = nl.router_of(i) else { continue };
+        let (kind, wan, rname) = (r.kind, r.wan, r.name.clone());
+        let what = match kind {
+            NatKind::Eim => format!("eim NAT keeps the mapping ({name} via {rname})"),
+            NatKind::Sym => format!("sym NAT changes the mapping ({name} via {rname})"),
+        };
+        let result = (|| {
+            nl.o.sh(
+                i,
+                &format!(
+                    "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                     s.bind(('0.0.0.0', {PROBE_PORT})); [s.sendto(b'{name}', ('{CLOUD_V4}', p)) for p in (5601, 5602)]\""
+                ),
+            )?;
+            let lab = &nl.o.lab;
+            let seen = wait_until(
+                &format!("{name}'s probes at the cloud"),
+                Duration::from_secs(3),
+                || {
+                    let log = lab.log("nat-listener");
+                    let lines: Vec<(String, String)> = log
+                        .lines()
+                        .filter_map(|l| {
+                            let f: Vec<&str> = l.split_whitespace().collect();
+                            (f.len() == 4 && f[0] == name && f[1] != "5603")
+                                .then(|| (f[2].to_owned(), f[3].to_owned()))
+                        })
+                        .collect();
+                    Ok((lines.len() >= 2).then_some(lines))
+                },
+            )?;
+            let sources: Vec<String> = seen.iter().map(|(a, p)| format!("{a}:{p}")).collect();
+            ensure!(
+                seen.iter().all(|(a, _)| *a == wan.to_string()),
+                "sources {sources:?} are not the router's WAN address {wan}"
+            );
+            let same_port = seen[0].1 == seen[1].1;
+            match kind {
+                NatKind::Eim => {
+                    ensure!(same_port, "two destinations saw two mappings: {sources:?}")
+                }
+                NatKind::Sym => {
+                    ensure!(!same_port, "two destinations saw one mapping: {sources:?}")
+                }
+            }
+            Ok(format!(
+                "{PROBE_PORT} -> {} to ports 5601, 5602",
+                sources.join(", ")
+            ))
+        })();
+        report.check(&what, result);
+    }
+
+    // The short-timeout NAT against an ordinary one, at the same time.
+    let probe_s = probe.to_string_lossy().to_string();
+    let mut runs = Vec::new();
+    for (name, expect_late) in [("to-a", false), ("eim-a", true)] {
+        let i = nl.node(name)?;
+        let ns = nl.o.nodes[i].ns.clone();
+        let log = format!("nat-idle-{name}");
+        let wait = (LATE_REPLY_SECS + 2).to_string();
+        let pid = nl.o.lab.spawn(
+            &ns,
+            &["python3", "-u", &probe_s, &format!("idle-{name}"), &wait],
+            &log,
+            &[],
+        )?;
+        runs.push((name, expect_late, pid, log));
+    }
+    let mut outcome = Vec::new();
+    for (name, expect_late, pid, log) in &runs {
+        let lab = &mut nl.o.lab;
+        let r = wait_until(
+            &format!("{name}'s idle probe"),
+            Duration::from_secs(LATE_REPLY_SECS as u64 + 6),
+            || Ok(lab.try_wait(*pid)?.map(|_| ())),
+        )
+        .and_then(|()| {
+            let text = lab.log(log);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("replies"))
+                .with_context(|| format!("no result: {}", text.trim()))?
+                .to_owned();
+            let got_now = line.contains("now");
+            let got_late = line.contains("later");
+            ensure!(got_now, "{name}: no immediate reply ({line})");
+            ensure!(
+                got_late == *expect_late,
+                "{name}: the reply {LATE_REPLY_SECS} s later {} ({line})",
+                if got_late {
+                    "got through: the mapping was not forgotten"
+                } else {
+                    "was dropped"
+                }
+            );
+            Ok(format!(
+                "{name}: late reply {}",
+                if got_late { "received" } else { "dropped" }
+            ))
+        });
+        outcome.push(r);
+    }
+    let _ = nl.o.lab.kill(listener);
+    report.check(
+        "short-timeout NAT forgets an idle mapping (r-to, 2 s) where an ordinary one keeps it",
+        outcome
+            .into_iter()
+            .collect::<anyhow::Result<Vec<String>>>()
+            .map(|v| v.join("; ")),
+    );
+    Ok(())
+}
+
+fn nat_detection_check(nl: &NatLab) -> anyhow::Result<String> {
+    let mut wrong = Vec::new();
+    for (i, n) in nl.nodes.iter().enumerate() {
+        let want = n.placement.expected_nat();
+        match nl.o.status(i) {
+            Ok(s) => {
+                let got = s["cloud"]["nat"].as_str().unwrap_or("absent").to_owned();
+                if got != want {
+                    wrong.push(format!("{}: {got}, not {want}", nl.o.nodes[i].name));
+                }
+            }
+            Err(e) => wrong.push(format!("{}: {e:#}", nl.o.nodes[i].name)),
+        }
+    }
+    ensure!(wrong.is_empty(), "{}", wrong.join("; "));
+    Ok("none / endpoint-independent / symmetric as placed".into())
+}
+
+/// One matrix pair.
+fn matrix_pair(nl: &mut NatLab, x: Placement, y: Placement) -> anyhow::Result<String> {
+    let mn = nl.node(&format!("{}-a", x.name()))?;
+    let cn = nl.node(&format!("{}-b", y.name()))?;
+    let expected = expected_path(x, y);
+    let fqdn = nl.o.fqdn(cn);
+    let vip4 = match establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT) {
+        Ok((vip4, _)) => vip4,
+        Err(e) => {
+            let seen =
+                nl.o.peer(mn, &fqdn)
+                    .map(|p| p["path"].as_str().unwrap_or("?").to_owned())
+                    .unwrap_or_else(|_| "none".into());
+            bail!("path {seen}, expected {expected}: {e:#}");
+        }
+    };
+    let peer = nl.o.peer(mn, &fqdn)?;
+    let path = peer["path"].as_str().unwrap_or("?").to_owned();
+    let endpoint = peer["endpoint"].as_str().unwrap_or("?").to_owned();
+    let mut problems = Vec::new();
+    if path != expected {
+        problems.push(format!("path is {path}, expected {expected}"));
+    }
+    if let Err(e) = check_endpoint(nl, &path, cn, &endpoint) {
+        problems.push(format!("{e:#}"));
+    }
+    let ping_text = match ping(&nl.o, mn, &fqdn, 3, "0.2") {
+        Ok((3, avg)) => format!("{avg:.2} ms"),
+        Ok((rx, _)) => {
+            problems.push(format!("ping {rx}/3 replies"));
+            format!("{rx}/3")
+        }
+        Err(e) => {
+            problems.push(format!("ping: {e:#}"));
+            "-".into()
+        }
+    };
+    let iperf_text = match iperf(&mut nl.o, mn, cn, &vip4, 1, 1) {
+        Ok(mbps) => format!("{mbps:.0} Mbit/s"),
+        Err(e) => {
+            problems.push(format!("iperf3: {e:#}"));
+            "-".into()
+        }
+    };
+    let line = format!(
+        "{} -> {}: path {path} (expected {expected}) via {endpoint}, ping avg {ping_text}, iperf3 {iperf_text}",
+        nl.o.nodes[mn].name, nl.o.nodes[cn].name
+    );
+    ensure!(problems.is_empty(), "{line}: {}", problems.join("; "));
+    Ok(line)
+}
+
+/// The endpoint fits the path: the CN's own address (direct), the address
+/// the internet sees it from (punched), or a TRS (relayed).
+fn check_endpoint(nl: &NatLab, path: &str, cn: usize, endpoint: &str) -> anyhow::Result<()> {
+    let ep: SocketAddr = endpoint
+        .parse()
+        .with_context(|| format!("endpoint {endpoint:?} is not an address"))?;
+    let n = &nl.nodes[cn];
+    let (ok, want) = match path {
+        "direct" => (n.addrs.contains(&ep.ip()), format!("{:?}", n.addrs)),
+        "punched" => (n.public.contains(&ep.ip()), format!("{:?}", n.public)),
+        "relayed" => (
+            nl.relays.iter().any(|r| r.ip() == ep.ip()),
+            format!("a TRS {:?}", nl.relays),
+        ),
+        other => bail!("unknown path {other:?}"),
+    };
+    ensure!(ok, "endpoint {ep} for a {path} path is not {want}");
+    Ok(())
+}
+
+/// Resolves the CN's name on the MN (`getent ahosts` must list both VIPs,
+/// which starts route selection) and waits for the tunnel. Returns the
+/// CN's (VIPv4, VIPv6).
+fn establish(
+    o: &Overlay,
+    mn: usize,
+    cn: usize,
+    timeout: Duration,
+) -> anyhow::Result<(String, String)> {
+    let fqdn = o.fqdn(cn);
+    let s = o.status(cn).context("CN status")?;
+    let vip4 = s["vip4"].as_str().context("CN has no VIPv4")?.to_owned();
+    let vip6 = s["vip6"].as_str().context("CN has no VIPv6")?.to_owned();
+    let out = o.lab.exec(&o.nodes[mn].ns, &["getent", "ahosts", &fqdn])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains(&vip4) && text.contains(&vip6),
+        "getent ahosts {fqdn} printed {:?}, not {vip4} and {vip6}",
+        text.trim()
+    );
+    wait_established(o, mn, &fqdn, timeout)?;
+    Ok((vip4, vip6))
+}
+
+/// Waits until node `mn`'s peer `fqdn` is established; gives up early on
+/// a peer that stays failed.
+fn wait_established(
+    o: &Overlay,
+    mn: usize,
+    fqdn: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let mut failed_since: Option<Instant> = None;
+    let mut last = String::from("no peer entry");
+    let r = wait_until("the tunnel to be established", timeout, || {
+        let p = match o.peer(mn, fqdn) {
+            Ok(p) => p,
+            Err(e) => {
+                last = format!("{e:#}");
+                return Ok(None);
+            }
+        };
+        let state = p["state"].as_str().unwrap_or("?");
+        last = format!("state {state}, path {}", p["path"].as_str().unwrap_or("?"));
+        if state == "established" {
+            return Ok(Some(Ok(p)));
+        }
+        if state.starts_with("failed") {
+            let since = *failed_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= FAILED_GRACE {
+                return Ok(Some(Err(anyhow!("{last}"))));
+            }
+        } else {
+            failed_since = None;
+        }
+        Ok(None)
+    });
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(anyhow!("{e:#} (last seen: {last})")),
+    }
+}
+
+/// Pings `target` from node `i`: (replies, average RTT in ms), whatever
+/// ping's exit status.
+fn ping(
+    o: &Overlay,
+    i: usize,
+    target: &str,
+    count: u32,
+    interval: &str,
+) -> anyhow::Result<(u32, f64)> {
+    let count = count.to_string();
+    let out = o.lab.exec(
+        &o.nodes[i].ns,
+        &["ping", "-c", &count, "-i", interval, "-W", "2", target],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_ping(&text).with_context(|| {
+        format!(
+            "no ping summary: {} {}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+fn same_nat_check(nl: &NatLab) -> anyhow::Result<String> {
+    let (mn, cn) = (nl.node("lan-a")?, nl.node("lan-b")?);
+    establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT)?;
+    let fqdn = nl.o.fqdn(cn);
+    let (rx, avg) = ping(&nl.o, mn, &fqdn, 3, "0.2")?;
+    ensure!(rx == 3, "ping {rx}/3 replies");
+    let p = nl.o.peer(mn, &fqdn)?;
+    let path = p["path"].as_str().unwrap_or("?");
+    let endpoint = p["endpoint"].as_str().unwrap_or("?");
+    let lan_addr = nl.nodes[cn].addrs[0];
+    ensure!(path == "direct", "path is {path}, expected direct");
+    let ep: SocketAddr = endpoint
+        .parse()
+        .with_context(|| format!("endpoint {endpoint:?}"))?;
+    ensure!(
+        ep.ip() == lan_addr,
+        "endpoint {ep} is not lan-b's LAN address {lan_addr}"
+    );
+    Ok(format!("path direct via {ep}, ping avg {avg:.2} ms"))
+}
+
+/// to-a sits behind r-to, whose UDP mappings expire after 2 s idle. After
+/// 10 s without application traffic, v4-b pings to-a (inbound through the
+/// NAT: only a mapping kept alive lets it in), then to-a pings v4-b.
+fn timeout_check(nl: &NatLab) -> anyhow::Result<String> {
+    let (mn, cn) = (nl.node("to-a")?, nl.node("v4-b")?);
+    let fqdn = nl.o.fqdn(cn);
+    let (cn_vip4, _) = establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT)?;
+    let (rx, _) = ping(&nl.o, mn, &fqdn, 3, "0.2")?;
+    ensure!(rx == 3, "before the silence: ping {rx}/3 replies");
+    let mn_vip4 = nl.o.status(mn)?["vip4"]
+        .as_str()
+        .context("to-a has no VIPv4")?
+        .to_owned();
+    let before = nl.o.peer(mn, &fqdn)?;
+    std::thread::sleep(Duration::from_secs(10));
+    let t = Instant::now();
+    let (rx_in, _) = ping(&nl.o, cn, &mn_vip4, 3, "0.5")?;
+    let took = t.elapsed();
+    let (rx_out, _) = ping(&nl.o, mn, &cn_vip4, 3, "0.5")?;
+    let after = nl.o.peer(mn, &fqdn)?;
+    ensure!(
+        rx_in == 3,
+        "after 10 s of silence, v4-b -> to-a ping {rx_in}/3 replies (the NAT mapping was not kept)"
+    );
+    ensure!(
+        took <= Duration::from_secs(3),
+        "v4-b -> to-a ping took {:.1} s",
+        took.as_secs_f64()
+    );
+    ensure!(rx_out == 3, "to-a -> v4-b ping {rx_out}/3 replies");
+    ensure!(
+        after["path"] == before["path"] && after["endpoint"] == before["endpoint"],
+        "path changed from {} via {} to {} via {}",
+        before["path"],
+        before["endpoint"],
+        after["path"],
+        after["endpoint"]
+    );
+    let rehandshake = if after["last_handshake_unix"] == before["last_handshake_unix"] {
+        "no new handshake"
+    } else {
+        "a new handshake happened"
+    };
+    Ok(format!(
+        "3/3 in and out, path {} via {} unchanged, {rehandshake}",
+        after["path"].as_str().unwrap_or("?"),
+        after["endpoint"].as_str().unwrap_or("?")
+    ))
+}
+
+/// A marker sent sym-a -> sym-b (relayed) reaches sym-b's TUN device and
+/// never shows on the cloud's link, which carries the relay packets.
+fn relay_capture_check(nl: &mut NatLab) -> anyhow::Result<String> {
+    let (mn, cn) = (nl.node("sym-a")?, nl.node("sym-b")?);
+    let (vip4, _) = establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT)?;
+    let p = nl.o.peer(mn, &nl.o.fqdn(cn))?;
+    ensure!(p["path"] == "relayed", "path is {}, not relayed", p["path"]);
+    let marker = format!("CYPHONIC-RELAY-MARKER-{}", nl.o.lab.prefix());
+    let cloud_ns = nl.o.cloud_ns.clone();
+    let cn_ns = nl.o.nodes[cn].ns.clone();
+    let mut outer = nl.o.lab.capture(&cloud_ns, "eth0")?;
+    let mut inner = nl.o.lab.capture(&cn_ns, "cy0")?;
+    let bytes = send_marker(&nl.o, mn, &vip4, &marker, &mut inner, &mut outer)?;
+    let seen = bytes.windows(marker.len()).any(|w| w == marker.as_bytes());
+    let relay_packets = pcap::udp_payloads(&bytes, TRS_PORT).len();
+    ensure!(!seen, "the marker crossed the TRS's link in clear");
+    ensure!(
+        relay_packets > 0,
+        "no relay packets (UDP port {TRS_PORT}) on the cloud's link"
+    );
+    Ok(format!(
+        "marker seen inside sym-b, absent from {relay_packets} relay packets on the cloud's link"
+    ))
+}
+
+/// A TCP transfer through the relay at 192.0.2.1:4503 while that relay
+/// stops (UDP 4503 dropped in the cloud's namespace; AS and NMS keep
+/// running): the transfer completes, and the tunnel ends on the second TRS.
+fn failover_check(nl: &mut NatLab) -> anyhow::Result<String> {
+    let (mn, cn) = (nl.node("sym-a")?, nl.node("sym-b")?);
+    let (vip4, _) = establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT)?;
+    let fqdn = nl.o.fqdn(cn);
+    let p = nl.o.peer(mn, &fqdn)?;
+    let first: SocketAddr = (CLOUD_V4, TRS_PORT).into();
+    ensure!(
+        p["path"] == "relayed" && p["endpoint"] == first.to_string(),
+        "the tunnel is {} via {}, not relayed via {first}",
+        p["path"],
+        p["endpoint"]
+    );
+    nl.trs2_running()?;
+    let cloud_ns = nl.o.cloud_ns.clone();
+    let run = iperf_start(&mut nl.o, mn, cn, &vip4, 8, "failover")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let blocked = nft(
+        &nl.o,
+        &cloud_ns,
+        &format!(
+            "add table inet lab\n\
+             add chain inet lab in {{ type filter hook input priority 0; }}\n\
+             add rule inet lab in udp dport {TRS_PORT} drop"
+        ),
+    );
+    let transfer = iperf_finish(&mut nl.o, run, Duration::from_secs(30));
+    let moved = blocked.and_then(|()| {
+        let second = [
+            SocketAddr::from((TRS2_V4, TRS_PORT)).to_string(),
+            SocketAddr::from((TRS2_V6, TRS_PORT)).to_string(),
+        ];
+        wait_until(
+            "the tunnel on the second TRS",
+            Duration::from_secs(5),
+            || {
+                let p = nl.o.peer(mn, &fqdn)?;
+                let ep = p["endpoint"].as_str().unwrap_or_default().to_owned();
+                Ok(second.contains(&ep).then_some(ep))
+            },
+        )
+        .with_context(|| {
+            let p = nl.o.peer(mn, &fqdn).unwrap_or_default();
+            format!("endpoint is {} (path {})", p["endpoint"], p["path"])
+        })
+    });
+    let unblocked = nft(&nl.o, &cloud_ns, "delete table inet lab");
+    let transfer = transfer.context("the transfer across the failover")?;
+    let ep = moved?;
+    unblocked?;
+    Ok(format!("{transfer}; now via {ep}"))
+}
+
+/// up-b's router drops UDP from and to up-a's router (not the cloud's): the
+/// tunnel comes up relayed. Under a TCP transfer the rules go away; within
+/// 15 s the tunnel is punched, and the transfer completes. (Both ways:
+/// with inbound dropped only, up-b's probes would still reach up-a through
+/// up-a's own mapping, and the direct path would be half open.)
+fn upgrade_check(nl: &mut NatLab) -> anyhow::Result<String> {
+    let (mn, cn) = (nl.node("up-a")?, nl.node("up-b")?);
+    let a_wan = nl.router("r-up-a")?.wan;
+    let b_ns = nl.router("r-up-b")?.ns.clone();
+    let fqdn = nl.o.fqdn(cn);
+    // Inbound before conntrack (raw priority) and outbound before NAT, so
+    // blocked packets leave no conntrack state behind.
+    nft(
+        &nl.o,
+        &b_ns,
+        &format!(
+            "add table inet lab\n\
+             add chain inet lab pre {{ type filter hook prerouting priority -300; }}\n\
+             add rule inet lab pre iifname \"wan\" ip saddr {a_wan} meta l4proto udp drop\n\
+             add chain inet lab toward {{ type filter hook forward priority 0; }}\n\
+             add rule inet lab toward oifname \"wan\" ip daddr {a_wan} meta l4proto udp drop"
+        ),
+    )?;
+    let result = (|| {
+        let (vip4, _) = establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT)?;
+        let p = nl.o.peer(mn, &fqdn)?;
+        ensure!(
+            p["path"] == "relayed",
+            "with the direct path blocked the tunnel came up {} via {}",
+            p["path"],
+            p["endpoint"]
+        );
+        let run = iperf_start(&mut nl.o, mn, cn, &vip4, 12, "upgrade")?;
+        std::thread::sleep(Duration::from_secs(2));
+        let opened = Instant::now();
+        let unblocked = nft(&nl.o, &b_ns, "delete table inet lab");
+        let punched = unblocked.and_then(|()| {
+            wait_until("the punched path", Duration::from_secs(15), || {
+                let p = nl.o.peer(mn, &fqdn)?;
+                Ok((p["path"] == "punched")
+                    .then(|| p["endpoint"].as_str().unwrap_or("?").to_owned()))
+            })
+            .with_context(|| {
+                let p = nl.o.peer(mn, &fqdn).unwrap_or_default();
+                format!("path is {} via {}", p["path"], p["endpoint"])
+            })
+        });
+        let took = opened.elapsed();
+        let transfer = iperf_finish(&mut nl.o, run, Duration::from_secs(30));
+        let ep = punched?;
+        let transfer = transfer.context("the transfer across the path change")?;
+        Ok(format!(
+            "punched via {ep} {:.1} s after the path opened; {transfer}",
+            took.as_secs_f64()
+        ))
+    })();
+    // Whatever happened, leave r-up-b open.
+    let _ = nft(&nl.o, &b_ns, "delete table inet lab");
+    result
+}
+
+fn nft(o: &Overlay, ns: &str, script: &str) -> anyhow::Result<()> {
+    o.lab
+        .sh(ns, &format!("nft -f - <<'EOF'\n{script}\nEOF"))
+        .map(drop)
+}
+
+/// An iperf3 TCP transfer running in the background.
+struct LongIperf {
+    server: u32,
+    client: u32,
+    client_log: String,
+}
+
+fn iperf_start(
+    o: &mut Overlay,
+    from: usize,
+    to: usize,
+    dst: &str,
+    secs: u32,
+    label: &str,
+) -> anyhow::Result<LongIperf> {
+    let to_ns = o.nodes[to].ns.clone();
+    let from_ns = o.nodes[from].ns.clone();
+    let server = o.lab.spawn(
+        &to_ns,
+        &["iperf3", "-s", "-1", "-p", "5201"],
+        &format!("iperf3-server-{label}"),
+        &[],
+    )?;
+    let lab = &o.lab;
+    let listening = wait_until(
+        "the iperf3 server to listen",
+        Duration::from_secs(5),
+        || {
+            let out = lab.exec(&to_ns, &["ss", "-Hltn", "sport = :5201"])?;
+            Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
+        },
+    );
+    if let Err(e) = listening {
+        let _ = o.lab.kill(server);
+        return Err(e);
+    }
+    let client_log = format!("iperf3-client-{label}");
+    let secs = secs.to_string();
+    let client = o.lab.spawn(
+        &from_ns,
+        &[
+            "iperf3",
+            "-c",
+            dst,
+            "-p",
+            "5201",
+            "-t",
+            &secs,
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ],
+        &client_log,
+        &[],
+    )?;
+    Ok(LongIperf {
+        server,
+        client,
+        client_log,
+    })
+}
+
+/// Waits for the client; Ok with the figures when it exited 0 without an
+/// error (a reset connection is an error).
+fn iperf_finish(o: &mut Overlay, run: LongIperf, timeout: Duration) -> anyhow::Result<String> {
+    let lab = &mut o.lab;
+    let status = wait_until("iperf3 to finish", timeout, || lab.try_wait(run.client));
+    let _ = o.lab.kill(run.client);
+    let _ = o.lab.kill(run.server);
+    let status = status?;
+    let log = o.lab.log(&run.client_log);
+    let json = log
+        .find('{')
+        .zip(log.rfind('}'))
+        .map(|(a, b)| &log[a..=b])
+        .with_context(|| format!("iperf3 printed no JSON: {}", log.trim()))?;
+    let v: Value = serde_json::from_str(json).context("iperf3's JSON")?;
+    if let Some(err) = v["error"].as_str() {
+        bail!("iperf3: {err}");
+    }
+    ensure!(status.success(), "iperf3 exited with {status}");
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no received throughput")?;
+    let intervals = v["intervals"].as_array().cloned().unwrap_or_default();
+    let stalled = intervals
+        .iter()
+        .filter(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0) == 0.0)
+        .count();
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok(format!(
+        "TCP {:.0} Mbit/s, {stalled} of {} intervals without data, {retransmits} retransmits",
+        bps / 1e6,
+        intervals.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_table_matches_routing_md() {
+        use Placement::*;
+        let direct = [
+            (V6, V6),
+            (V6, Ds),
+            (V4, V4),
+            (V4, Ds),
+            (Ds, V6),
+            (Ds, V4),
+            (Ds, Ds),
+        ];
+        let relayed = [
+            (V6, V4),
+            (V6, Eim),
+            (V6, Sym),
+            (V4, V6),
+            (Eim, V6),
+            (Eim, Sym),
+            (Sym, V6),
+            (Sym, Eim),
+            (Sym, Sym),
+        ];
+        for x in Placement::ALL {
+            for y in Placement::ALL {
+                let want = if direct.contains(&(x, y)) {
+                    "direct"
+                } else if relayed.contains(&(x, y)) {
+                    "relayed"
+                } else {
+                    "punched"
+                };
+                assert_eq!(expected_path(x, y), want, "{x:?} -> {y:?}");
+            }
+        }
+    }
+}
