@@ -66,6 +66,8 @@ pub struct LoginInfo {
     pub keepalive_secs: u64,
     pub nms_port: u16,
     pub session_expires_in: u64,
+    /// The cloud's addresses of every IP version.
+    pub cloud_addrs: Vec<std::net::IpAddr>,
 }
 
 impl fmt::Debug for LoginInfo {
@@ -147,6 +149,7 @@ fn login_info(ok: LoginOk) -> Result<LoginInfo, AsClientError> {
         keepalive_secs: ok.keepalive_secs,
         nms_port: ok.nms_port,
         session_expires_in: ok.session_expires_in,
+        cloud_addrs: ok.cloud_addrs,
     })
 }
 

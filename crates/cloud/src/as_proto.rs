@@ -95,6 +95,10 @@ pub struct LoginOk {
     pub keepalive_secs: u64,
     pub nms_port: u16,
     pub session_expires_in: u64,
+    /// Every address the cloud answers on (its `public_addrs`), so a node
+    /// that moves into a network of the other IP version still reaches it.
+    #[serde(default)]
+    pub cloud_addrs: Vec<std::net::IpAddr>,
 }
 
 impl fmt::Debug for LoginOk {
@@ -168,6 +172,7 @@ mod tests {
             keepalive_secs: 15,
             nms_port: 4502,
             session_expires_in: 86400,
+            cloud_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
         });
         let line = encode_line(&ok);
         assert!(line.starts_with(br#"{"type":"login_ok","session_id":18446744073709551615"#));

@@ -423,6 +423,7 @@ impl State {
             keepalive_secs: self.cfg.keepalive_secs,
             nms_port: self.cfg.nms_port(),
             session_expires_in: lifetime.as_secs(),
+            cloud_addrs: self.cfg.public_addrs.clone(),
         }))
     }
 

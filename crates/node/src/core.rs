@@ -46,6 +46,9 @@ pub struct Login {
     pub vip4: Ipv4Addr,
     pub vip6: Ipv6Addr,
     pub nms: SocketAddr,
+    /// The NMS at every address the cloud has, so a move into a network of
+    /// the other IP version keeps signaling going.
+    pub nms_alternatives: Vec<SocketAddr>,
     pub keepalive: Duration,
 }
 
@@ -554,6 +557,7 @@ impl Node {
         }
         let change = describe_change(&before, &self.local_addrs);
         tracing::info!(%change, "network move");
+        self.pick_nms_family();
         self.mobility.moves += 1;
         self.mobility.last = Some(Move {
             at: now,
@@ -578,6 +582,28 @@ impl Node {
         }
         self.reroute_when_registered = true;
         self.send_registration(now);
+    }
+
+    /// Talks to the NMS over an IP version the host still has.
+    fn pick_nms_family(&mut self) {
+        let has = |v6: bool| self.local_addrs.iter().any(|a| a.is_ipv6() == v6);
+        let Some(sig) = self.signaling.as_mut() else {
+            return;
+        };
+        if has(sig.login.nms.is_ipv6()) {
+            return;
+        }
+        if let Some(alt) = sig
+            .login
+            .nms_alternatives
+            .iter()
+            .find(|a| has(a.is_ipv6()))
+            .copied()
+        {
+            tracing::info!(from = %sig.login.nms, to = %alt, "NMS reached over the other IP version");
+            sig.login.nms = alt;
+            sig.probe = None;
+        }
     }
 
     /// After a move, once the NMS has our new registration (and NAT

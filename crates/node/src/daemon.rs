@@ -169,6 +169,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let (login_tx, mut login_rx) = mpsc::channel::<LoginResult>(4);
     let mut login_backoff = Duration::from_millis(500);
+    // Every address the cloud is known at (the enrolled one, then what
+    // Login reports).
+    let mut clouds: Vec<IpAddr> = vec![file.cloud.ip()];
     let mut tun: Option<Arc<Tun>> = None;
     let mut dataplane: Option<DataPlane> = None;
     let mut dns_guard = None;
@@ -203,6 +206,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             match ev {
                 NodeEvent::NeedLogin { reason } => {
                     tracing::info!(%reason, cloud = %file.cloud, "Login");
+                    let clouds_snapshot = clouds.clone();
                     let (tx, file, root, chain, key) = (
                         login_tx.clone(),
                         file.clone(),
@@ -218,7 +222,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     login_backoff = (login_backoff * 2).min(Duration::from_secs(10));
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        let r = login(&file, &root, &chain, &key).await;
+                        let r = login(&file, &root, &chain, &key, &clouds_snapshot).await;
                         let _ = tx.send(LoginResult(r)).await;
                     });
                 }
@@ -311,6 +315,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             dns = Some(Arc::new(sock));
                         }
                     }
+                    for ip in &info.cloud_addrs {
+                        if !clouds.contains(ip) {
+                            clouds.push(*ip);
+                        }
+                    }
+                    let nms_alternatives = clouds.iter().map(|ip| SocketAddr::new(*ip, info.nms_port)).collect();
                     node.handle_login(Instant::now(), Login {
                         session_id: info.session_id,
                         common_key: info.common_key,
@@ -318,6 +328,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         vip4: info.vip4,
                         vip6: info.vip6,
                         nms,
+                        nms_alternatives,
                         keepalive: Duration::from_secs(info.keepalive_secs.max(1)),
                     });
                 }
@@ -328,11 +339,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     // Ask again after the backoff.
                     let tx = login_tx.clone();
                     let (file, root, chain, key) = (file.clone(), root_pem.clone(), chain_pem.clone(), key_pem.clone());
+                    let clouds_snapshot = clouds.clone();
                     let delay = login_backoff;
                     login_backoff = (login_backoff * 2).min(Duration::from_secs(10));
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        let r = login(&file, &root, &chain, &key).await;
+                        let r = login(&file, &root, &chain, &key, &clouds_snapshot).await;
                         let _ = tx.send(LoginResult(r)).await;
                     });
                 }
@@ -394,23 +406,42 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     result
 }
 
+/// Logs in at the first cloud address that answers, trying those of an IP
+/// version this host has first (after a move into an IPv6-only network the
+/// enrolled IPv4 address is useless).
 async fn login(
     file: &NodeFile,
     root_pem: &str,
     chain_pem: &str,
     key_pem: &str,
+    clouds: &[IpAddr],
 ) -> anyhow::Result<(cyphonic_cloud::as_client::LoginInfo, SocketAddr)> {
     let verifier = Verifier::from_pem(root_pem)?;
-    let info = cyphonic_cloud::as_client::login(
-        file.cloud,
-        &file.server_name,
-        verifier.root_der(),
-        chain_pem,
-        key_pem,
-    )
-    .await?;
-    let nms = SocketAddr::new(file.cloud.ip(), info.nms_port);
-    Ok((info, nms))
+    let local = crate::addrs::local_endpoints(0);
+    let mut order: Vec<IpAddr> = std::iter::once(file.cloud.ip())
+        .chain(clouds.iter().copied())
+        .collect();
+    order.dedup();
+    order.sort_by_key(|ip| !local.iter().any(|l| l.is_ipv4() == ip.is_ipv4()));
+    let mut last = None;
+    for ip in order {
+        let name = if ip == file.cloud.ip() {
+            file.server_name.clone()
+        } else {
+            ip.to_string()
+        };
+        let addr = SocketAddr::new(ip, file.cloud.port());
+        match cyphonic_cloud::as_client::login(addr, &name, verifier.root_der(), chain_pem, key_pem)
+            .await
+        {
+            Ok(info) => {
+                let nms = SocketAddr::new(ip, info.nms_port);
+                return Ok((info, nms));
+            }
+            Err(e) => last = Some(anyhow::Error::from(e).context(format!("login at {addr}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no cloud address to log in at")))
 }
 
 /// Forwards a query to the host's own resolvers, first answer wins.

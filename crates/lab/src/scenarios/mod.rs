@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod direct;
+pub mod mobility;
 pub mod nat;
 pub mod nat_matrix;
 pub mod overlay;
@@ -27,6 +28,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "route selection, tunnel establishment, RTT and TCP throughput vs the bare underlay",
     ),
     (
+        "mobility",
+        "nodes move (global IPv4 -> NAT -> IPv6 only -> back; both ends at once) under TCP and ping: outage per move",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -40,6 +45,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "demo" => demo(bin),
         "bench" => bench::run(bin),
         "nat-matrix" => nat_matrix::run(bin),
+        "mobility" => mobility::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()

@@ -504,7 +504,7 @@ fn check_endpoint(nl: &NatLab, path: &str, cn: usize, endpoint: &str) -> anyhow:
 /// Resolves the CN's name on the MN (`getent ahosts` must list both VIPs,
 /// which starts route selection) and waits for the tunnel. Returns the
 /// CN's (VIPv4, VIPv6).
-fn establish(
+pub(crate) fn establish(
     o: &Overlay,
     mn: usize,
     cn: usize,

@@ -1287,6 +1287,7 @@ impl Sim {
             vip4: info.vip4,
             vip6: info.vip6,
             nms: n.nms,
+            nms_alternatives: vec![n.nms],
             keepalive: Duration::from_secs(15),
         };
         let n = &mut self.nodes[slot];
