@@ -101,6 +101,61 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
             .context("cannot read the daemon's RSS");
         report.check(&format!("daemon RSS, {}", o.nodes[i].name), r);
     }
+    drop(o);
+    if let Err(e) = patterns(bin, &mut report) {
+        report.check("route patterns", Err(e));
+    }
     println!("bench: {} passed, {} failed", report.passed, report.failed);
     Ok(report.ok())
+}
+
+/// Per route pattern, on real kernel NAT: the time from a DNS query for a
+/// peer not yet connected to its answer and on to the first ping reply,
+/// and TCP throughput, relayed next to direct.
+fn patterns(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
+    use super::nat::{NatKind, Placement, Topology};
+    println!("bench per route pattern (kernel NAT, one TRS):");
+    let mut nl = Topology::new()
+        .router("r-ea", NatKind::Eim)
+        .router("r-eb", NatKind::Eim)
+        .router("r-sa", NatKind::Sym)
+        .router("r-sb", NatKind::Sym)
+        .node("v4-a", Placement::V4)
+        .node("v4-b", Placement::V4)
+        .node_behind("eim-a", "r-ea")
+        .node_behind("eim-b", "r-eb")
+        .node_behind("sym-a", "r-sa")
+        .node_behind("sym-b", "r-sb")
+        .build("bench-nat", bin)?;
+    for (i, r) in nl.start()?.into_iter().enumerate() {
+        r.with_context(|| format!("{} did not start", nl.o.nodes[i].name))?;
+    }
+    let probe_path = nl.o.lab.dir().join("probe.py");
+    std::fs::write(&probe_path, PROBE)?;
+    for (label, from, to) in [
+        ("direct (pattern 1), v4 -> v4", "v4-a", "v4-b"),
+        ("punched (pattern 2), eim -> v4", "eim-a", "v4-b"),
+        ("punched (coordinated), eim -> eim", "eim-a", "eim-b"),
+        ("relayed (pattern 3), sym -> sym", "sym-a", "sym-b"),
+    ] {
+        let (a, b) = (nl.node(from)?, nl.node(to)?);
+        let fqdn = nl.o.fqdn(b);
+        let r = nl
+            .o
+            .sh(a, &format!("python3 {} {fqdn} 127.0.0.153", probe_path.display()))
+            .and_then(|out| {
+                let v: serde_json::Value = serde_json::from_str(out.trim()).context("probe output")?;
+                let vip = v["vip"].as_str().unwrap_or_default().to_owned();
+                let dns = v["dns_ms"].as_f64().unwrap_or(f64::NAN);
+                let first = v["first_reply_ms"].as_f64().unwrap_or(f64::NAN);
+                let path = nl.o.peer(a, &fqdn)?["path"].as_str().unwrap_or("?").to_owned();
+                let mbps = iperf(&mut nl.o, a, b, &vip, 1, 5)?;
+                Ok(format!(
+                    "path {path}: DNS answer {dns:.2} ms, first ping reply {:.2} ms after the query, TCP {mbps:.0} Mbit/s",
+                    dns + first
+                ))
+            });
+        report.check(label, r);
+    }
+    Ok(())
 }
