@@ -37,6 +37,16 @@ enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Ping a peer through its tunnel: which path each reply took, and its
+    /// round trip (like `tailscale ping`).
+    Ping {
+        /// The peer's name, e.g. n2.cyphonic.internal.
+        fqdn: String,
+        #[arg(short = 'c', long, default_value_t = 4)]
+        count: u32,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Build a scenario in network namespaces, check it with real tools, clean up (root only).
     Lab {
         /// direct | demo | bench
@@ -283,6 +293,45 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 print!("{}", daemon::render_status(&v));
             }
+        }
+        Command::Ping {
+            fqdn,
+            count,
+            state_dir,
+        } => {
+            let mut answered = 0;
+            for i in 0..count.max(1) {
+                if i > 0 {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                let v = match daemon::query_ping(&state_dir, &fqdn).await {
+                    Ok(v) => v,
+                    Err(e) if i == 0 => return Err(e),
+                    Err(e) => {
+                        println!("no answer: {e:#}");
+                        continue;
+                    }
+                };
+                if let Some(p) = v.get("ok") {
+                    answered += 1;
+                    let rtt = p["rtt_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
+                    println!(
+                        "pong from {} ({}) via {} ({}, {}) in {rtt:.2} ms",
+                        p["fqdn"].as_str().unwrap_or("?"),
+                        p["vip4"].as_str().unwrap_or("?"),
+                        p["endpoint"].as_str().unwrap_or("?"),
+                        p["path"].as_str().unwrap_or("?"),
+                        p["transport"].as_str().unwrap_or("?"),
+                    );
+                } else {
+                    println!("{}", v["error"].as_str().unwrap_or("no answer"));
+                }
+            }
+            return Ok(if answered > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         Command::Lab { scenario, binary } => {
             let binary = match binary {

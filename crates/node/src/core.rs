@@ -188,6 +188,23 @@ pub enum NodeEvent {
     TunnelUp(TunnelHandle),
     /// Remove a peer's tunnel from the data plane.
     TunnelDown { fqdn: String, local_index: u32 },
+    /// The answer to `handle_ping`.
+    PingResult {
+        client: u64,
+        result: Result<Pong, String>,
+    },
+}
+
+/// One answered `cyphonic ping`: the path the probe and its ack took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pong {
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    /// "direct", "punched" or "relayed".
+    pub path: String,
+    pub endpoint: SocketAddr,
+    pub transport: String,
+    pub rtt_us: u64,
 }
 
 impl std::fmt::Debug for NodeEvent {
@@ -198,6 +215,7 @@ impl std::fmt::Debug for NodeEvent {
             NodeEvent::DnsResponse { client, .. } => write!(f, "DnsResponse({client})"),
             NodeEvent::TunnelUp(t) => write!(f, "TunnelUp({} via {})", t.fqdn, t.path),
             NodeEvent::TunnelDown { fqdn, .. } => write!(f, "TunnelDown({fqdn})"),
+            NodeEvent::PingResult { client, .. } => write!(f, "PingResult({client})"),
         }
     }
 }
@@ -379,6 +397,8 @@ pub struct Node {
     reroute_when_registered: bool,
     /// Tunnel Requests for routes not directed yet: (received, path, packet).
     early_requests: VecDeque<(Instant, Path, Vec<u8>)>,
+    /// `cyphonic ping` probes in flight: nonce -> (client, peer, sent at).
+    pings: HashMap<u64, (u64, String, Instant)>,
 }
 
 const MAX_EARLY_REQUESTS: usize = 8;
@@ -459,6 +479,7 @@ impl Node {
             mobility: Mobility::default(),
             reroute_when_registered: false,
             early_requests: VecDeque::new(),
+            pings: HashMap::new(),
         }
     }
 
@@ -1426,14 +1447,59 @@ impl Node {
         self.send_probe(now, &fqdn, path);
     }
 
-    fn send_probe(&mut self, now: Instant, fqdn: &str, path: Path) {
+    /// `cyphonic ping <fqdn>`: a path probe over the tunnel's current path;
+    /// its ack, or a failure, comes back as [`NodeEvent::PingResult`]. With
+    /// no tunnel yet, the route is selected (as a DNS query would) and this
+    /// ping fails; later ones find the tunnel.
+    pub fn handle_ping(&mut self, now: Instant, client: u64, fqdn: &str) {
+        let fqdn = resolver::normalize(fqdn);
+        let path = self
+            .peers
+            .get(&fqdn)
+            .filter(|p| matches!(p.state, PeerState::Established))
+            .and_then(|p| p.tunnel.as_ref().map(|t| t.path));
+        let Some(path) = path else {
+            let registered = self.signaling.as_ref().is_some_and(|s| s.registered);
+            let pending = self
+                .requests
+                .values()
+                .any(|r| r.target.as_deref() == Some(fqdn.as_str()));
+            if registered && !pending {
+                let timeout = self.config.direction_timeout;
+                self.send_request(
+                    now,
+                    RequestKind::Direction,
+                    Message::DirectionRequest {
+                        target: fqdn.clone(),
+                    },
+                    Some(fqdn.clone()),
+                    timeout,
+                );
+            }
+            self.events.push_back(NodeEvent::PingResult {
+                client,
+                result: Err(format!("no tunnel to {fqdn} yet: selecting a route")),
+            });
+            return;
+        };
+        self.pings
+            .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < PROBE_LIFETIME);
+        if self.pings.len() >= 64 {
+            self.events.push_back(NodeEvent::PingResult {
+                client,
+                result: Err("too many pings in flight".into()),
+            });
+            return;
+        }
+        if let Some(nonce) = self.send_probe(now, &fqdn, path) {
+            self.pings.insert(nonce, (client, fqdn, now));
+        }
+    }
+
+    fn send_probe(&mut self, now: Instant, fqdn: &str, path: Path) -> Option<u64> {
         let nonce: u64 = self.rng.gen();
-        let Some(peer) = self.peers.get_mut(fqdn) else {
-            return;
-        };
-        let Some(tunnel) = peer.tunnel.clone() else {
-            return;
-        };
+        let peer = self.peers.get_mut(fqdn)?;
+        let tunnel = peer.tunnel.clone()?;
         while peer.probes.len() >= MAX_PROBES {
             peer.probes.pop_front();
         }
@@ -1442,6 +1508,7 @@ impl Node {
         msg[0] = MSG_PATH_PROBE;
         msg[1..].copy_from_slice(&nonce.to_be_bytes());
         self.seal_to(&tunnel, path, &msg);
+        Some(nonce)
     }
 
     /// A tunnel message (see [`MSG_PATH_PROBE`]) the data plane opened for
@@ -1483,6 +1550,24 @@ impl Node {
                     return;
                 };
                 peer.probes.remove(i);
+                if let Some((client, _, sent)) = self.pings.remove(&nonce) {
+                    let path_kind = match (path, peer.direction.pattern) {
+                        (Path::Relay { .. }, _) => "relayed",
+                        (Path::Direct(_), RoutePattern::Direct) => "direct",
+                        (Path::Direct(_), _) => "punched",
+                    };
+                    self.events.push_back(NodeEvent::PingResult {
+                        client,
+                        result: Ok(Pong {
+                            fqdn: fqdn.clone(),
+                            vip4: tunnel.vip4,
+                            path: path_kind.into(),
+                            endpoint: path.address(),
+                            transport: "udp".into(),
+                            rtt_us: now.saturating_duration_since(sent).as_micros() as u64,
+                        }),
+                    });
+                }
                 let current = tunnel.path;
                 if path == current || path.is_relay() {
                     return;

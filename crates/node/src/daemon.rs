@@ -13,7 +13,7 @@ use cyphonic_pki::{NodeKey, Verifier};
 use cyphonic_platform::tun::{Tun, TunConfig};
 use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UdpSocket, UnixListener};
 use tokio::sync::mpsc;
 
@@ -179,6 +179,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut upstreams: Vec<SocketAddr> = Vec::new();
     let mut dns_clients: HashMap<u64, SocketAddr> = HashMap::new();
     let mut next_client: u64 = 1;
+    let (control_tx, mut control_rx) =
+        mpsc::channel::<(ControlRequest, tokio::sync::oneshot::Sender<String>)>(64);
+    let mut ping_waiters: HashMap<u64, tokio::sync::oneshot::Sender<String>> = HashMap::new();
     let (dns_fwd_tx, mut dns_fwd_rx) = mpsc::channel::<(SocketAddr, Vec<u8>)>(256);
     let mut dns_buf = vec![0u8; 4096];
     // Moves are noticed through netlink at once; the periodic check is
@@ -245,6 +248,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     tables.install(handle);
                 }
                 NodeEvent::TunnelDown { fqdn, .. } => tables.remove(&fqdn),
+                NodeEvent::PingResult { client, result } => {
+                    if let Some(w) = ping_waiters.remove(&client) {
+                        let body = match result {
+                            Ok(pong) => serde_json::json!({ "ok": pong }),
+                            Err(e) => serde_json::json!({ "error": e }),
+                        };
+                        let _ = w.send(body.to_string());
+                    }
+                }
             }
         }
         while let Some(t) = node.poll_transmit() {
@@ -378,12 +390,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if let Some(s) = dns.as_ref() { let _ = s.send_to(&resp, to).await; }
             },
             Ok((stream, _)) = status_listener.accept() => {
-                let report = StatusReport {
-                    node: node.status(Instant::now()),
-                    tun: tun.as_ref().map(|t| t.name().to_owned()),
-                    dataplane: counters.snapshot(),
-                };
-                tokio::spawn(serve_status(stream, serde_json::to_vec(&report).unwrap_or_default()));
+                tokio::spawn(read_control(stream, control_tx.clone()));
+            },
+            Some((request, reply)) = control_rx.recv() => {
+                match request {
+                    ControlRequest::Status => {
+                        let report = StatusReport {
+                            node: node.status(Instant::now()),
+                            tun: tun.as_ref().map(|t| t.name().to_owned()),
+                            dataplane: counters.snapshot(),
+                        };
+                        let _ = reply.send(serde_json::to_string(&report).unwrap_or_default());
+                    }
+                    ControlRequest::Ping(fqdn) => {
+                        let id = next_client;
+                        next_client += 1;
+                        ping_waiters.retain(|_, w| !w.is_closed());
+                        ping_waiters.insert(id, reply);
+                        node.handle_ping(Instant::now(), id, &fqdn);
+                    }
+                }
             },
             Some(()) = moved_rx.recv() => {
                 node.handle_local_addrs(Instant::now(), crate::addrs::local_endpoints(opts.tunnel_port));
@@ -470,20 +496,67 @@ async fn forward_dns(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> 
     None
 }
 
-async fn serve_status(mut stream: tokio::net::UnixStream, body: Vec<u8>) {
+/// What the local control socket is asked: one line per request.
+enum ControlRequest {
+    Status,
+    Ping(String),
+}
+
+/// Reads one request line, hands it to the daemon's loop and writes the
+/// answer (one JSON line). Bad requests get an error line.
+async fn read_control(
+    mut stream: tokio::net::UnixStream,
+    to_daemon: mpsc::Sender<(ControlRequest, tokio::sync::oneshot::Sender<String>)>,
+) {
     let (r, mut w) = stream.split();
     let mut line = String::new();
-    let _ = tokio::time::timeout(
+    let read = tokio::time::timeout(
         Duration::from_secs(2),
-        BufReader::new(r).read_line(&mut line),
+        BufReader::new(r.take(1024)).read_line(&mut line),
     )
     .await;
-    let _ = w.write_all(&body).await;
-    let _ = w.write_all(b"\n").await;
+    if !matches!(read, Ok(Ok(_))) {
+        return;
+    }
+    let mut words = line.split_whitespace();
+    let request = match (words.next(), words.next()) {
+        (Some("status"), None) => ControlRequest::Status,
+        (Some("ping"), Some(name)) => ControlRequest::Ping(name.to_owned()),
+        _ => {
+            let err = serde_json::json!({ "error": format!("unknown request {:?}", line.trim()) });
+            let _ = w.write_all(format!("{err}\n").as_bytes()).await;
+            return;
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if to_daemon.send((request, tx)).await.is_err() {
+        return;
+    }
+    if let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(5), rx).await {
+        let _ = w.write_all(body.as_bytes()).await;
+        let _ = w.write_all(b"\n").await;
+    }
 }
 
 /// `cyphonic status`: asks the running daemon.
 pub async fn query_status(state_dir: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    query(state_dir, "status").await
+}
+
+/// `cyphonic ping`: one probe through the tunnel to `fqdn`; the answer says
+/// which path it took and its round trip.
+pub async fn query_ping(
+    state_dir: &std::path::Path,
+    fqdn: &str,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        !fqdn.is_empty() && fqdn.len() < 254 && !fqdn.contains(char::is_whitespace),
+        "{fqdn:?} is not a node name"
+    );
+    query(state_dir, &format!("ping {fqdn}")).await
+}
+
+async fn query(state_dir: &std::path::Path, request: &str) -> anyhow::Result<serde_json::Value> {
     let path = StatePaths::new(state_dir).socket();
     let mut stream = match tokio::net::UnixStream::connect(&path).await {
         Ok(s) => s,
@@ -492,7 +565,7 @@ pub async fn query_status(state_dir: &std::path::Path) -> anyhow::Result<serde_j
             path.display()
         ),
     };
-    stream.write_all(b"status\n").await?;
+    stream.write_all(format!("{request}\n").as_bytes()).await?;
     let mut body = String::new();
     tokio::time::timeout(
         Duration::from_secs(5),

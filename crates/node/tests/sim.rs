@@ -944,3 +944,42 @@ fn measure_loss_rates() {
         check_loss(loss, &runs);
     }
 }
+
+// ---- cyphonic ping -------------------------------------------------------
+
+/// `cyphonic ping` before a tunnel exists selects the route and fails;
+/// once the tunnel is up, each ping is answered over its path with the
+/// link's round trip.
+#[test]
+fn ping_reports_the_path_and_round_trip() {
+    let mut sim = registered(SimConfig::new(one_seed(71), 2));
+    let n2 = sim.node(2).fqdn.clone();
+    let first = sim.ping(1, &n2);
+    sim.run_for(Duration::from_millis(1));
+    let early = sim.node(1).pongs.iter().find(|p| p.1 == first).cloned();
+    assert!(matches!(early, Some((_, _, Err(_)))), "{early:?}");
+    assert!(
+        tunnel_between(&mut sim, 1, 2, Duration::from_secs(5)),
+        "the ping selected the route"
+    );
+    let second = sim.ping(1, &n2);
+    assert!(sim.run_until(Duration::from_secs(1), |s| s
+        .node(1)
+        .pongs
+        .iter()
+        .any(|p| p.1 == second)));
+    let (_, _, result) = sim
+        .node(1)
+        .pongs
+        .iter()
+        .find(|p| p.1 == second)
+        .cloned()
+        .expect("answered");
+    let pong = result.expect("a pong");
+    assert_eq!(pong.fqdn, n2);
+    assert_eq!(pong.path, "direct");
+    assert_eq!(pong.endpoint, node_v4(2));
+    // Two link latencies (10 ms each way by default), measured on the
+    // virtual clock.
+    assert_eq!(pong.rtt_us, 20_000, "{pong:?}");
+}

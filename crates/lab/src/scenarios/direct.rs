@@ -121,6 +121,20 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
         })(),
     );
     report.check(
+        &format!("cyphonic ping {n2} shows the path of each reply"),
+        (|| {
+            let state = o.nodes[0].state_dir.to_string_lossy().to_string();
+            let out = o.sh(
+                0,
+                &format!("{} ping -c 2 --state-dir {state} {n2}", o.bin()),
+            )?;
+            let pongs: Vec<&str> = out.lines().filter(|l| l.starts_with("pong from")).collect();
+            ensure!(pongs.len() == 2, "{out}");
+            ensure!(pongs.iter().all(|l| l.contains("(direct, udp)")), "{out}");
+            Ok(pongs[0].to_owned())
+        })(),
+    );
+    report.check(
         "iperf3 TCP through the overlay",
         iperf(&mut o, 0, 1, &vip4, 1, 2).map(|mbps| format!("{mbps:.0} Mbit/s")),
     );

@@ -455,6 +455,16 @@ fn matrix_pair(nl: &mut NatLab, x: Placement, y: Placement) -> anyhow::Result<St
     if let Err(e) = check_endpoint(nl, &path, cn, &endpoint) {
         problems.push(format!("{e:#}"));
     }
+    // `cyphonic ping` reports the same path for its reply.
+    let state = nl.o.nodes[mn].state_dir.to_string_lossy().to_string();
+    match nl.o.sh(
+        mn,
+        &format!("{} ping -c 1 --state-dir {state} {fqdn}", nl.o.bin()),
+    ) {
+        Ok(out) if out.contains(&format!("({path}, udp)")) => {}
+        Ok(out) => problems.push(format!("cyphonic ping printed {:?}", out.trim())),
+        Err(e) => problems.push(format!("cyphonic ping: {e:#}")),
+    }
     let ping_text = match ping(&nl.o, mn, &fqdn, 3, "0.2") {
         Ok((3, avg)) => format!("{avg:.2} ms"),
         Ok((rx, _)) => {

@@ -379,6 +379,8 @@ pub struct SimNode {
     pub dns: BTreeMap<u64, DnsAnswer>,
     pub tunnel_ups: Vec<(Duration, TunnelHandle)>,
     pub tunnel_downs: Vec<(Duration, String)>,
+    /// `cyphonic ping` answers: (time, client, result).
+    pub pongs: Vec<(Duration, u64, Result<cyphonic_node::core::Pong, String>)>,
     pub received: Vec<Received>,
     /// Data packets no installed key opened.
     pub data_rx_bad: u64,
@@ -691,6 +693,7 @@ impl Sim {
                 dns: BTreeMap::new(),
                 tunnel_ups: Vec::new(),
                 tunnel_downs: Vec::new(),
+                pongs: Vec::new(),
                 received: Vec::new(),
                 data_rx_bad: 0,
                 data_rx_replayed: 0,
@@ -1264,6 +1267,9 @@ impl Sim {
                 n.tx.retain(|_, h| h.fqdn != fqdn);
                 n.tunnel_downs.push((at, fqdn));
             }
+            NodeEvent::PingResult { client, result } => {
+                self.nodes[slot].pongs.push((at, client, result));
+            }
         }
     }
 
@@ -1307,6 +1313,16 @@ impl Sim {
 
     /// A stub resolver's query for `name` at node `n<index>`; returns the
     /// client handle its answer is filed under in [`SimNode::dns`].
+    /// `cyphonic ping <fqdn>` at node `index`; the answer lands in `pongs`.
+    pub fn ping(&mut self, index: usize, fqdn: &str) -> u64 {
+        let slot = self.slot(index);
+        let client = self.nodes[slot].next_client;
+        self.nodes[slot].next_client += 1;
+        self.nodes[slot].node.handle_ping(self.now, client, fqdn);
+        self.drain_node(slot);
+        client
+    }
+
     pub fn dns_query(&mut self, index: usize, name: &str, qtype: RecordType) -> u64 {
         let slot = self.slot(index);
         let client = self.nodes[slot].next_client;
