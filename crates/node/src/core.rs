@@ -193,6 +193,10 @@ pub enum NodeEvent {
         client: u64,
         result: Result<Pong, String>,
     },
+    /// Stop sending on a peer's tunnel (its path went with a move) and hand
+    /// its packets to `handle_outbound`, which holds them until the tunnel
+    /// is back (a `TunnelUp`). Receiving goes on.
+    TunnelHold { fqdn: String },
 }
 
 /// One answered `cyphonic ping`: the path the probe and its ack took.
@@ -216,6 +220,7 @@ impl std::fmt::Debug for NodeEvent {
             NodeEvent::TunnelUp(t) => write!(f, "TunnelUp({} via {})", t.fqdn, t.path),
             NodeEvent::TunnelDown { fqdn, .. } => write!(f, "TunnelDown({fqdn})"),
             NodeEvent::PingResult { client, .. } => write!(f, "PingResult({client})"),
+            NodeEvent::TunnelHold { fqdn } => write!(f, "TunnelHold({fqdn})"),
         }
     }
 }
@@ -331,6 +336,9 @@ struct Peer {
     reroute: bool,
     /// Path probes in flight: (nonce, path, sent at).
     probes: VecDeque<(u64, Path, Instant)>,
+    /// The tunnel's path went with a move: application packets wait in
+    /// `queue` until it is back.
+    held: bool,
 }
 
 /// Tunnel messages: plaintexts of data packets whose first byte is not an
@@ -592,12 +600,24 @@ impl Node {
             .filter(|(_, p)| !matches!(p.state, PeerState::Failed { .. }))
             .map(|(n, _)| n.clone())
             .collect();
+        let has_family =
+            |a: SocketAddr, local: &[SocketAddr]| local.iter().any(|l| l.is_ipv6() == a.is_ipv6());
         for fqdn in &names {
+            let tunnel = self.peers.get(fqdn).and_then(|p| p.tunnel.clone());
+            let lost_path = tunnel
+                .as_ref()
+                .is_some_and(|t| !has_family(t.path.address(), &self.local_addrs));
             if let Some(peer) = self.peers.get_mut(fqdn) {
                 peer.reroute = true;
+                if lost_path && !peer.held {
+                    // Nothing can leave on this path now: hold the
+                    // application's packets (bounded) rather than drop them.
+                    peer.held = true;
+                    self.events
+                        .push_back(NodeEvent::TunnelHold { fqdn: fqdn.clone() });
+                }
             }
-            let tunnel = self.peers.get(fqdn).and_then(|p| p.tunnel.clone());
-            if let Some(t) = tunnel {
+            if let (Some(t), false) = (tunnel, lost_path) {
                 self.seal_to(&t, t.path, &[]);
             }
         }
@@ -1093,6 +1113,7 @@ impl Node {
                 path_note,
                 reroute: false,
                 probes: VecDeque::new(),
+                held: false,
             },
         );
     }
@@ -1360,6 +1381,7 @@ impl Node {
                 .unwrap_or_default(),
         };
         peer.state = PeerState::Established;
+        peer.held = false;
         peer.last_handshake = Some(wall);
         if let Some(m) = self.mobility.last.as_mut() {
             m.back
@@ -1604,9 +1626,17 @@ impl Node {
         peer.path_since = now;
         peer.next_keepalive = now + keepalive;
         self.counters.path_changes += 1;
+        let queued: Vec<Vec<u8>> = if std::mem::take(&mut peer.held) {
+            peer.queue.drain(..).collect()
+        } else {
+            Vec::new()
+        };
         self.events.push_back(NodeEvent::TunnelUp(handle.clone()));
         // Tell the peer at once on the new path.
         self.seal_to(&handle, path, &[]);
+        for packet in queued {
+            self.seal_to(&handle, path, &packet);
+        }
     }
 
     fn send_punches(&mut self, now: Instant, fqdn: &str) {
@@ -1880,6 +1910,14 @@ impl Node {
         let Some(peer) = self.peers.get_mut(&fqdn) else {
             return;
         };
+        if peer.held {
+            if peer.queue.len() < self.config.max_queued {
+                peer.queue.push_back(packet.to_vec());
+            } else {
+                self.counters.outbound_queue_full += 1;
+            }
+            return;
+        }
         if let Some(tunnel) = peer
             .tunnel
             .clone()

@@ -248,6 +248,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     tables.install(handle);
                 }
                 NodeEvent::TunnelDown { fqdn, .. } => tables.remove(&fqdn),
+                NodeEvent::TunnelHold { fqdn } => {
+                    tracing::info!(peer = %fqdn, "holding packets until the tunnel is back");
+                    tables.hold(&fqdn);
+                }
                 NodeEvent::PingResult { client, result } => {
                     if let Some(w) = ping_waiters.remove(&client) {
                         let body = match result {

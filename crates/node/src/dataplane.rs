@@ -149,6 +149,15 @@ impl Tables {
         tx.insert(IpAddr::V6(handle.vip6), handle);
     }
 
+    /// Stops sending to `fqdn` (its packets go to the control task), while
+    /// its packets are still received.
+    pub fn hold(&self, fqdn: &str) {
+        self.tx
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, h| h.fqdn != fqdn);
+    }
+
     pub fn remove(&self, fqdn: &str) {
         self.rx
             .write()

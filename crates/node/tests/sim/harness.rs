@@ -1270,6 +1270,10 @@ impl Sim {
             NodeEvent::PingResult { client, result } => {
                 self.nodes[slot].pongs.push((at, client, result));
             }
+            NodeEvent::TunnelHold { fqdn } => {
+                // As `dataplane::Tables::hold`: sending stops, receiving goes on.
+                self.nodes[slot].tx.retain(|_, h| h.fqdn != fqdn);
+            }
         }
     }
 

@@ -1,0 +1,297 @@
+//! TCP legs: TLS 1.3 over TCP, ALPN `cyphonic-dgram/1`, datagrams framed
+//! as in [`crate::framing`]. For networks where no UDP gets out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cyphonic_pki::Verifier;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsStream};
+use tracing::{trace, warn};
+
+use crate::framing::{self, Frame, FrameDecoder};
+use crate::hub::{AbortOnDrop, Established, LegRun, LegStats, Shared};
+use crate::socket::canonical;
+use crate::tls::{self, TCP_ALPN};
+use crate::types::{LegId, Received, Transport};
+
+/// Frames written with one `write_all` at most (then flushed).
+const WRITE_BATCH: usize = 64 * 1024;
+/// Bytes asked of the stream per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+type Stream = TlsStream<TcpStream>;
+
+/// Dials a leg to `to`, checking the server certificate against
+/// `server_name`.
+pub(crate) async fn dial(
+    shared: &Shared,
+    to: SocketAddr,
+    server_name: &str,
+) -> Result<Stream, String> {
+    let dialer = shared.dialer.as_ref().ok_or("this hub does not dial")?;
+    let name = ServerName::try_from(server_name.to_owned())
+        .map_err(|e| format!("server name {server_name:?}: {e}"))?;
+    let handshake = async {
+        let tcp = TcpStream::connect(to)
+            .await
+            .map_err(|e| format!("TCP connect: {e}"))?;
+        // Each flush is a batch of whole datagrams; do not hold it back.
+        let _ = tcp.set_nodelay(true);
+        dialer
+            .tcp
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))
+    };
+    let stream = match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+        Err(_) => return Err("TCP/TLS handshake timed out".into()),
+        Ok(r) => TlsStream::Client(r?),
+    };
+    check_alpn(&stream)?;
+    Ok(stream)
+}
+
+/// Accepts connections on a listener until the hub closes it.
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: TlsAcceptor) {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let remote = canonical(remote);
+        if shared.is_closed() {
+            return;
+        }
+        if shared.leg_count() >= shared.config.max_legs {
+            shared.refused(Transport::Tcp, remote, "leg limit reached".into());
+            continue;
+        }
+        let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
+            shared.refused(
+                Transport::Tcp,
+                remote,
+                "too many handshakes in progress".into(),
+            );
+            continue;
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            let accepted =
+                match tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Err(_) => Err("TLS handshake timed out".to_owned()),
+                    Ok(Err(e)) => Err(format!("TLS: {e}")),
+                    Ok(Ok(stream)) => {
+                        let stream = TlsStream::Server(stream);
+                        check_alpn(&stream).map(|()| stream)
+                    }
+                };
+            match accepted {
+                Ok(stream) => shared.accepted(remote, Established::Tcp(Box::new(stream))),
+                Err(reason) => shared.refused(Transport::Tcp, remote, reason),
+            }
+        });
+    }
+}
+
+fn check_alpn(stream: &Stream) -> Result<(), String> {
+    let protocol = match stream {
+        TlsStream::Client(s) => s.get_ref().1.alpn_protocol(),
+        TlsStream::Server(s) => s.get_ref().1.alpn_protocol(),
+    };
+    if protocol == Some(TCP_ALPN) {
+        Ok(())
+    } else {
+        Err(format!(
+            "peer negotiated ALPN {:?}, not cyphonic-dgram/1",
+            protocol.map(String::from_utf8_lossy)
+        ))
+    }
+}
+
+/// The peer's FQDN, if it presented a node certificate.
+pub(crate) fn peer_name(verifier: &Verifier, stream: &Stream) -> Option<String> {
+    let chain = match stream {
+        TlsStream::Client(s) => s.get_ref().1.peer_certificates(),
+        TlsStream::Server(s) => s.get_ref().1.peer_certificates(),
+    }?;
+    tls::peer_name(verifier, chain)
+}
+
+/// Runs an established TCP leg until either direction ends.
+pub(crate) async fn run_leg(run: LegRun, stream: Stream) -> String {
+    let LegRun {
+        shared,
+        id,
+        remote,
+        queue,
+        stats,
+        received,
+    } = run;
+    let (rd, wr) = tokio::io::split(stream);
+    let idle = shared.config.idle_timeout;
+    let keepalive = shared.config.keepalive;
+    drop(shared);
+    let mut reader = AbortOnDrop(tokio::spawn(read(
+        id,
+        remote,
+        rd,
+        stats.clone(),
+        received,
+        idle,
+    )));
+    let mut writer = AbortOnDrop(tokio::spawn(write(wr, queue, stats, keepalive)));
+    tokio::select! {
+        r = &mut reader.0 => r.unwrap_or_else(|e| format!("reader ended: {e}")),
+        w = &mut writer.0 => w.unwrap_or_else(|e| format!("writer ended: {e}")),
+    }
+}
+
+/// Leg queue -> frames, batched per write; an empty frame when nothing
+/// was sent for `keepalive`.
+async fn write(
+    mut wr: WriteHalf<Stream>,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    stats: Arc<LegStats>,
+    keepalive: Duration,
+) -> String {
+    let mut out = Vec::with_capacity(WRITE_BATCH + framing::HEADER_LEN + crate::MAX_DATAGRAM);
+    loop {
+        out.clear();
+        let (mut datagrams, mut bytes) = (0u64, 0u64);
+        match tokio::time::timeout(keepalive, queue.recv()).await {
+            Err(_) => framing::encode_keepalive(&mut out),
+            Ok(None) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+                return "closed locally".into();
+            }
+            Ok(Some(first)) => {
+                let mut next = Some(first);
+                while let Some(d) = next {
+                    // Invariant: `Hub::send` queues only 1..=65 535 bytes.
+                    if framing::encode(&d, &mut out).is_ok() {
+                        datagrams += 1;
+                        bytes += d.len() as u64;
+                    }
+                    next = if out.len() < WRITE_BATCH {
+                        queue.try_recv().ok()
+                    } else {
+                        None
+                    };
+                }
+            }
+        }
+        if let Err(e) = wr.write_all(&out).await {
+            return format!("write: {e}");
+        }
+        if let Err(e) = wr.flush().await {
+            return format!("write: {e}");
+        }
+        stats.sent(datagrams, bytes);
+    }
+}
+
+/// Frames -> the hub's receive queue. Ends the leg when nothing, not even
+/// a keepalive, arrived for `idle`.
+async fn read(
+    id: LegId,
+    remote: SocketAddr,
+    mut rd: ReadHalf<Stream>,
+    stats: Arc<LegStats>,
+    received: mpsc::Sender<Received>,
+    idle: Duration,
+) -> String {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match tokio::time::timeout(idle, rd.read(&mut buf)).await {
+            Err(_) => return format!("idle timeout: nothing received for {idle:?}"),
+            Ok(Ok(0)) => return "closed by the peer".into(),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return format!("read: {e}"),
+        };
+        decoder.handle_bytes(&buf[..n]);
+        while let Some(frame) = decoder.poll_frame() {
+            let Frame::Datagram(datagram) = frame else {
+                continue;
+            };
+            stats.received(datagram.len());
+            trace!(leg = %id, len = datagram.len(), "TCP datagram received");
+            let item = Received {
+                transport: Transport::Tcp,
+                from: remote,
+                leg: id,
+                datagram,
+            };
+            if received.send(item).await.is_err() {
+                return "hub closed".into();
+            }
+        }
+    }
+}
+
+/// Reads the kernel's RTT estimate of a TCP leg (Linux `TCP_INFO`).
+pub(crate) struct TcpProbe {
+    /// A duplicate of the leg's socket descriptor, so the probe needs no
+    /// access to the stream the leg's tasks own.
+    #[cfg(target_os = "linux")]
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl TcpProbe {
+    pub fn new(tcp: &TcpStream) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsFd;
+            TcpProbe {
+                fd: tcp.as_fd().try_clone_to_owned().ok(),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = tcp;
+            TcpProbe {}
+        }
+    }
+
+    pub fn rtt(&self) -> Option<Duration> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = self.fd.as_ref()?;
+            // SAFETY: tcp_info is plain old data; zeroed is a valid value.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            // SAFETY: `fd` is an open socket we own; `info` and `len` are
+            // valid for writes of `len` bytes for the duration of the call.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&mut info as *mut libc::tcp_info).cast(),
+                    &mut len,
+                )
+            };
+            (rc == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+}

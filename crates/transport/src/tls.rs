@@ -1,0 +1,140 @@
+//! TLS for legs: our PKI's configurations plus an ALPN per transport.
+//!
+//! Both ends are ours: TLS 1.3 only, Ed25519 only, trust in our root only
+//! (`cyphonic_pki`'s configurations, never the platform's roots).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use cyphonic_pki::rustls::server::WebPkiClientVerifier;
+use cyphonic_pki::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use cyphonic_pki::Verifier;
+use rustls_pki_types::CertificateDer;
+
+/// ALPN of a QUIC leg.
+pub const QUIC_ALPN: &[u8] = b"cyphonic/1";
+/// ALPN of a TLS-over-TCP leg.
+pub const TCP_ALPN: &[u8] = b"cyphonic-dgram/1";
+
+/// A hub's TLS identity and trust.
+///
+/// For a node: its certificate chain (node certificate, then the AS
+/// intermediate) and key. For a cloud server: a certificate the AS CA
+/// issued for the server's IP addresses or names (`Issuer::issue_server`),
+/// then the intermediate. `root_der` is our root, the only trust anchor.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub root_der: Vec<u8>,
+}
+
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("chain_pem", &self.chain_pem)
+            .field("root_der_len", &self.root_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS configurations a hub needs.
+pub(crate) struct TlsConfigs {
+    /// Client side of QUIC legs (nodes only).
+    pub quic_client: Option<Arc<ClientConfig>>,
+    /// Client side of TCP legs (nodes only).
+    pub tcp_client: Option<Arc<ClientConfig>>,
+    pub quic_server: Arc<ServerConfig>,
+    pub tcp_server: Arc<ServerConfig>,
+    /// Names the peer of a leg from its certificate chain.
+    pub verifier: Verifier,
+}
+
+impl TlsConfigs {
+    /// `dial`: the identity is a node's and may open legs.
+    /// `require_client_cert`: listeners refuse peers without a certificate
+    /// (a certificate that is presented must chain to our root either way).
+    pub fn new(
+        identity: &TlsIdentity,
+        dial: bool,
+        require_client_cert: bool,
+    ) -> anyhow::Result<Self> {
+        let verifier = Verifier::new(identity.root_der.clone())
+            .context("root certificate of the TLS identity")?;
+        let client = |alpn: &[u8]| -> anyhow::Result<Arc<ClientConfig>> {
+            let base = cyphonic_pki::node_client_config(
+                &identity.root_der,
+                Some((&identity.chain_pem, &identity.key_pem)),
+            )
+            .context("TLS client configuration from the node certificate")?;
+            let mut config = (*base).clone();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Ok(Arc::new(config))
+        };
+        let (quic_client, tcp_client) = if dial {
+            (Some(client(QUIC_ALPN)?), Some(client(TCP_ALPN)?))
+        } else {
+            (None, None)
+        };
+        let server = server_config(identity, require_client_cert)?;
+        let with_alpn = |alpn: &[u8]| {
+            let mut config = server.clone();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Arc::new(config)
+        };
+        Ok(TlsConfigs {
+            quic_client,
+            tcp_client,
+            quic_server: with_alpn(QUIC_ALPN),
+            tcp_server: with_alpn(TCP_ALPN),
+            verifier,
+        })
+    }
+}
+
+/// `cyphonic_pki::as_server_config` (which lets a peer without a
+/// certificate in, for enrollment), or the same with a client certificate
+/// required: its Ed25519-only provider and its certificate, a verifier
+/// without `allow_unauthenticated`.
+fn server_config(
+    identity: &TlsIdentity,
+    require_client_cert: bool,
+) -> anyhow::Result<ServerConfig> {
+    let base =
+        cyphonic_pki::as_server_config(&identity.chain_pem, &identity.key_pem, &identity.root_der)
+            .context("TLS server configuration from the certificate chain and key")?;
+    if !require_client_cert {
+        return Ok((*base).clone());
+    }
+    let provider = base.crypto_provider().clone();
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(identity.root_der.clone()))
+        .context("root certificate")?;
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .context("client certificate verifier")?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3")?
+        .with_client_cert_verifier(client_verifier)
+        .with_cert_resolver(base.cert_resolver.clone());
+    Ok(config)
+}
+
+/// The FQDN of a peer that presented a node certificate; `None` for a
+/// server certificate (serverAuth only) or no certificate. The chain was
+/// verified by the handshake; this only reads the name.
+pub(crate) fn peer_name(verifier: &Verifier, chain: &[CertificateDer<'_>]) -> Option<String> {
+    if chain.is_empty() {
+        return None;
+    }
+    let chain: Vec<Vec<u8>> = chain.iter().map(|c| c.as_ref().to_vec()).collect();
+    verifier
+        .verify_node(&chain, None, SystemTime::now())
+        .ok()
+        .map(|node| node.fqdn)
+}
