@@ -69,6 +69,40 @@ pub fn local_endpoints(port: u16) -> Vec<SocketAddr> {
     out
 }
 
+/// The host's default routes (interface and gateway), IPv4 and IPv6, as
+/// `/proc/net/route` and `/proc/net/ipv6_route` list them; sorted, so the
+/// same set compares equal.
+#[cfg(target_os = "linux")]
+pub fn default_routes() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Iface Destination Gateway Flags ... Mask ...
+            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+                out.push(format!("{} via {}", f[0], f[2]));
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // dest dest_len src src_len next_hop metric refcnt use flags iface
+            if f.len() > 9 && f[0].chars().all(|c| c == '0') && f[1] == "00" && f[9] != "lo" {
+                out.push(format!("{} via6 {}", f[9], f[4]));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn default_routes() -> Vec<String> {
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

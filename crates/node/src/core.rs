@@ -495,6 +495,11 @@ impl Node {
         &self.config
     }
 
+    /// The host's addresses as last reported by `handle_local_addrs`.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
     pub fn counters(&self) -> NodeCounters {
         self.counters
     }
@@ -585,6 +590,20 @@ impl Node {
             return;
         }
         let change = describe_change(&before, &self.local_addrs);
+        self.on_move(now, change);
+    }
+
+    /// The default route changed while the addresses stayed (another
+    /// gateway, another uplink with the same address): the path to every
+    /// peer may have changed, so it counts as a move.
+    pub fn handle_route_change(&mut self, now: Instant, description: String) {
+        if self.signaling.is_none() || self.local_addrs.is_empty() {
+            return;
+        }
+        self.on_move(now, description);
+    }
+
+    fn on_move(&mut self, now: Instant, change: String) {
         tracing::info!(%change, "network move");
         self.pick_nms_family();
         self.mobility.moves += 1;

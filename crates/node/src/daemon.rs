@@ -188,6 +188,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // only a backstop.
     let mut addr_check = tokio::time::interval(Duration::from_secs(10));
     let (moved_tx, mut moved_rx) = mpsc::channel::<()>(1);
+    let mut default_routes = crate::addrs::default_routes();
     let _netwatch =
         match cyphonic_platform::netwatch::NetWatch::start(Duration::from_millis(20), move || {
             let _ = moved_tx.try_send(());
@@ -416,7 +417,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 }
             },
             Some(()) = moved_rx.recv() => {
-                node.handle_local_addrs(Instant::now(), crate::addrs::local_endpoints(opts.tunnel_port));
+                let addrs = crate::addrs::local_endpoints(opts.tunnel_port);
+                let routes = crate::addrs::default_routes();
+                let same_addrs = node.local_addrs() == addrs.as_slice();
+                if same_addrs && routes != default_routes {
+                    node.handle_route_change(Instant::now(), format!("default route now {}", routes.join(", ")));
+                }
+                default_routes = routes;
+                node.handle_local_addrs(Instant::now(), addrs);
             },
             _ = addr_check.tick() => {
                 node.handle_local_addrs(Instant::now(), crate::addrs::local_endpoints(opts.tunnel_port));

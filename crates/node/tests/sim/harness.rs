@@ -15,8 +15,12 @@
 //! Everything random comes from the seed; a panicking test prints it (see
 //! the `Drop` impl) together with the tail of the wire log.
 //!
-//! Two test crates (`sim` and `sim_nat`) share this module, and each uses
-//! only part of it.
+//! A node can move to another attachment mid-run ([`Sim::move_node`]): the
+//! network forgets its old addresses and the core hears of the new ones, as
+//! after a netlink event.
+//!
+//! Three test crates (`sim`, `sim_nat` and `sim_mobility`) share this
+//! module, and each uses only part of it.
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
@@ -90,6 +94,32 @@ pub fn node_v6(i: usize) -> SocketAddr {
         Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16).into(),
         TUNNEL_PORT,
     )
+}
+
+/// Another global IPv4 for node `i`, in network `k` (`k` < 16): a move
+/// target. 198.51.100.(16k + i).
+pub fn roam_v4(i: usize, k: usize) -> Ipv4Addr {
+    assert!(k < 16 && i < 16, "roam_v4({i}, {k}) out of range");
+    Ipv4Addr::new(198, 51, 100, (16 * k + i) as u8)
+}
+
+/// Another global IPv6 for node `i`, in network `k`: 2001:db8:1:k::(10+i).
+pub fn roam_v6(i: usize, k: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 1, k as u16, 0, 0, 0, 0x10 + i as u16)
+}
+
+/// Where a node attaches to the underlay after a move ([`Sim::move_node`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// A global IPv4 address of its own, nothing else.
+    V4(Ipv4Addr),
+    /// A global IPv6 address, nothing else.
+    V6(Ipv6Addr),
+    /// Both, global.
+    Dual(Ipv4Addr, Ipv6Addr),
+    /// A private IPv4 ([`lan_v4`]) on the LAN of NAT `nat` (of
+    /// [`SimConfig::nats`] or [`Sim::add_nat`]), and a global IPv6 if given.
+    Behind { nat: usize, v6: Option<Ipv6Addr> },
 }
 
 /// Node `i`'s virtual IPs, as the AS assigned them.
@@ -581,6 +611,8 @@ pub struct Sim {
     /// Hash of every transmit (time, source, destination, bytes) in order.
     transmit_hash: std::collections::hash_map::DefaultHasher,
     steps: u64,
+    /// Every [`Sim::move_node`]: (time, node index, new addresses).
+    pub moves: Vec<(Duration, usize, Vec<SocketAddr>)>,
 }
 
 /// Upper bound on driver steps in one simulation, so a timer that never
@@ -767,6 +799,7 @@ impl Sim {
             next_packet: 0,
             transmit_hash: Default::default(),
             steps: 0,
+            moves: Vec::new(),
         }
     }
 
@@ -863,6 +896,95 @@ impl Sim {
         });
     }
 
+    // ---- mobility ------------------------------------------------------
+
+    /// A NAT box that was not there at the start, for a node to move
+    /// behind; returns its index (its public address is [`nat_public`]).
+    pub fn add_nat(&mut self, spec: NatSpec) -> usize {
+        let k = self.nats.len();
+        self.nat_by_public.insert(nat_public(k), k);
+        self.nats.push(SimNat {
+            spec,
+            public: nat_public(k),
+            entries: BTreeMap::new(),
+            own: BTreeMap::new(),
+            rng: StdRng::seed_from_u64(self.rng.gen()),
+            mappings: 0,
+            filtered: 0,
+            expired: 0,
+        });
+        k
+    }
+
+    /// Moves node `n<index>` to another attachment at once: its old
+    /// addresses go (packets still in flight to them are lost), the new ones
+    /// take their place on the network, and the core hears of them as the
+    /// daemon tells it after a netlink event: `handle_local_addrs` with the
+    /// host's usable addresses and the tunnel port, IPv6 first. Returns the
+    /// new addresses.
+    pub fn move_node(&mut self, index: usize, to: Attachment) -> Vec<SocketAddr> {
+        let slot = self.slot(index);
+        let old = std::mem::take(&mut self.nodes[slot].addrs);
+        for a in &old {
+            if matches!(self.addr_book.get(a), Some(Endpoint::Node(s)) if *s == slot) {
+                self.addr_book.remove(a);
+            }
+            if self.lan.contains_key(&a.ip()) {
+                self.lan.remove(&a.ip());
+            }
+        }
+        let port = |ip: IpAddr| SocketAddr::new(ip, TUNNEL_PORT);
+        let (addrs, nat) = match to {
+            Attachment::V4(v4) => (vec![port(v4.into())], None),
+            Attachment::V6(v6) => (vec![port(v6.into())], None),
+            Attachment::Dual(v4, v6) => (vec![port(v4.into()), port(v6.into())], None),
+            Attachment::Behind { nat, v6 } => {
+                assert!(nat < self.nats.len(), "no NAT {nat}");
+                let private = lan_v4(nat, index);
+                self.lan.insert(private.ip(), nat);
+                let mut addrs = vec![private];
+                addrs.extend(v6.map(|v6| port(v6.into())));
+                (addrs, Some(nat))
+            }
+        };
+        for a in &addrs {
+            let previous = self.addr_book.insert(*a, Endpoint::Node(slot));
+            assert!(
+                previous.is_none() || old.contains(a),
+                "{a} belongs to another endpoint"
+            );
+        }
+        let n = &mut self.nodes[slot];
+        n.addrs = addrs.clone();
+        n.nat = nat;
+        // A later Login goes to the NMS over a family the node still has.
+        if !addrs.iter().any(|a| a.is_ipv4() == n.nms.is_ipv4()) {
+            n.nms = if n.nms.is_ipv4() { NMS_V6 } else { NMS_V4 };
+        }
+        let mut reported = addrs.clone();
+        reported.sort_by_key(|a| (a.is_ipv4(), *a));
+        self.moves.push((self.elapsed(), index, addrs.clone()));
+        self.nodes[slot].node.handle_local_addrs(self.now, reported);
+        self.drain_node(slot);
+        addrs
+    }
+
+    /// Whether node `n<index>` receives what is sent to `addr` now: one of
+    /// its own addresses, or a live mapping of its NAT for one of them.
+    pub fn holds(&self, index: usize, addr: SocketAddr) -> bool {
+        let n = self.node(index);
+        if n.addrs.contains(&addr) {
+            return true;
+        }
+        let Some(&k) = self.nat_by_public.get(&addr.ip()) else {
+            return false;
+        };
+        self.nats[k]
+            .mappings_now(self.now)
+            .iter()
+            .any(|(inside, _, port)| *port == addr.port() && n.addrs.contains(inside))
+    }
+
     /// Packets of `kind` sent so far, and how many of them were delivered.
     pub fn count(&self, kind: &str) -> (usize, usize) {
         let of_kind = self.wire.iter().filter(|w| w.kind == kind);
@@ -888,10 +1010,7 @@ impl Sim {
 
     fn send(&mut self, src: SocketAddr, dst: SocketAddr, payload: Vec<u8>) {
         let at = self.elapsed();
-        at.as_nanos().hash(&mut self.transmit_hash);
-        src.hash(&mut self.transmit_hash);
-        dst.hash(&mut self.transmit_hash);
-        payload.hash(&mut self.transmit_hash);
+        transmit_fingerprint(&mut self.transmit_hash, at, src, dst, &payload);
 
         let (kind, message, txid) = self.decode(dst, &payload);
         // The sender's NAT translates a packet that leaves its LAN; private
@@ -1183,32 +1302,7 @@ impl Sim {
             let mut progressed = false;
             while let Some(t) = self.nodes[slot].node.poll_transmit() {
                 progressed = true;
-                let n = &self.nodes[slot];
-                let src = n
-                    .addrs
-                    .iter()
-                    .find(|a| a.is_ipv4() == t.destination.is_ipv4())
-                    .copied();
-                match src {
-                    Some(src) => self.send(src, t.destination, t.payload),
-                    None => {
-                        // No address of the destination's family: the send
-                        // fails in the kernel; record it as unroutable.
-                        let (kind, message, txid) = self.decode(t.destination, &t.payload);
-                        self.wire.push(WireRecord {
-                            at: self.elapsed(),
-                            src: n.addrs[0],
-                            dst: t.destination,
-                            lan_src: None,
-                            kind,
-                            message,
-                            txid,
-                            digest: digest(&t.payload),
-                            fate: Fate::Unroutable,
-                            payload: t.payload,
-                        });
-                    }
-                }
+                self.send_from_node(slot, t.destination, t.payload);
             }
             while let Some(ev) = self.nodes[slot].node.poll_event() {
                 progressed = true;
@@ -1216,6 +1310,44 @@ impl Sim {
             }
             if !progressed {
                 return;
+            }
+        }
+    }
+
+    /// Sends from the node's address of the destination's family, as the
+    /// kernel picks the source of a socket bound to the wildcard address.
+    fn send_from_node(&mut self, slot: usize, dst: SocketAddr, payload: Vec<u8>) {
+        let n = &self.nodes[slot];
+        let src = n
+            .addrs
+            .iter()
+            .find(|a| a.is_ipv4() == dst.is_ipv4())
+            .copied();
+        match src {
+            Some(src) => self.send(src, dst, payload),
+            None => {
+                // No address of the destination's family: the send fails
+                // in the kernel; record it as unroutable.
+                let (kind, message, txid) = self.decode(dst, &payload);
+                transmit_fingerprint(
+                    &mut self.transmit_hash,
+                    self.elapsed(),
+                    n.addrs[0],
+                    dst,
+                    &payload,
+                );
+                self.wire.push(WireRecord {
+                    at: self.elapsed(),
+                    src: n.addrs[0],
+                    dst,
+                    lan_src: None,
+                    kind,
+                    message,
+                    txid,
+                    digest: digest(&payload),
+                    fate: Fate::Unroutable,
+                    payload,
+                });
             }
         }
     }
@@ -1297,7 +1429,9 @@ impl Sim {
             vip4: info.vip4,
             vip6: info.vip6,
             nms: n.nms,
-            nms_alternatives: vec![n.nms],
+            // As the daemon: the NMS at every cloud address, so a move
+            // into a network of the other IP version keeps signaling going.
+            nms_alternatives: vec![NMS_V4, NMS_V6],
             keepalive: Duration::from_secs(15),
         };
         let n = &mut self.nodes[slot];
@@ -1370,13 +1504,7 @@ impl Sim {
                     .tx_bytes
                     .fetch_add(packet.len() as u64, Ordering::Relaxed);
                 let dst = tunnel.path.address();
-                let src = self.nodes[slot]
-                    .addrs
-                    .iter()
-                    .find(|a| a.is_ipv4() == dst.is_ipv4())
-                    .copied()
-                    .expect("an address of the tunnel's family");
-                self.send(src, dst, tunnel.path.frame(&sealed));
+                self.send_from_node(slot, dst, tunnel.path.frame(&sealed));
             }
             None => {
                 self.nodes[slot].node.handle_outbound(self.now, packet);
@@ -1506,6 +1634,19 @@ pub fn seal(tunnel: &TunnelHandle, packet: &[u8]) -> Vec<u8> {
         .expect("seal a data packet");
     buf.truncate(n);
     buf
+}
+
+fn transmit_fingerprint(
+    h: &mut std::collections::hash_map::DefaultHasher,
+    at: Duration,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) {
+    at.as_nanos().hash(h);
+    src.hash(h);
+    dst.hash(h);
+    payload.hash(h);
 }
 
 fn digest(bytes: &[u8]) -> u64 {
