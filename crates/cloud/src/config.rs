@@ -358,7 +358,6 @@ impl CloudConfig {
         self.data_dir.join(AS_KEY_FILE)
     }
 
-    /// The port nodes send NMS signaling to.
     /// The relay secret NMS and TRS share (`relay.secret` in `data_dir`):
     /// every host running either needs the same file.
     pub fn relay_secret_path(&self) -> PathBuf {
@@ -382,6 +381,7 @@ impl CloudConfig {
             .collect()
     }
 
+    /// The port nodes send NMS signaling to.
     pub fn nms_port(&self) -> u16 {
         self.nms_listen
             .first()

@@ -619,6 +619,13 @@ impl Node {
             .filter(|(_, p)| !matches!(p.state, PeerState::Failed { .. }))
             .map(|(n, _)| n.clone())
             .collect();
+        // Relay binds go out at once from the new address, so a relayed
+        // tunnel does not wait for the next scheduled bind.
+        for peer in self.peers.values_mut() {
+            if let Some(r) = peer.relay.as_mut() {
+                r.next_bind = now;
+            }
+        }
         let has_family =
             |a: SocketAddr, local: &[SocketAddr]| local.iter().any(|l| l.is_ipv6() == a.is_ipv6());
         for fqdn in &names {

@@ -25,8 +25,10 @@ use crate::resolver::{self, Classified};
 pub const DEFAULT_TUNNEL_PORT: u16 = 4501;
 pub const DEFAULT_AS_PORT: u16 = 4501;
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.153";
-/// Underlay MTU 1500 minus IPv6 (40) + UDP (8) + CYPHONIC header (16) + tag (16).
-pub const DEFAULT_MTU: u16 = 1420;
+/// Underlay MTU 1500 minus IPv6 (40) + UDP (8) + CYPHONIC header (16) + tag
+/// (16) + the relay header (12): a full packet fits unfragmented on every
+/// path, relayed over IPv6 included.
+pub const DEFAULT_MTU: u16 = 1408;
 
 /// Enrolls this node: makes its key, sends a CSR with the one-time device
 /// password, and stores the certificate the AS issued.
