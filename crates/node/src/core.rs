@@ -265,6 +265,9 @@ struct OutRequest {
     next_retransmit: Instant,
     interval: Duration,
     deadline: Instant,
+    /// A Direction Request sent before a move: the NMS chose its route
+    /// from our old addresses.
+    before_move: bool,
 }
 
 struct Signaling {
@@ -647,6 +650,11 @@ impl Node {
                 self.seal_to(&t, t.path, &[]);
             }
         }
+        // A route being selected now is chosen from our old addresses:
+        // select it again once the NMS has the new ones.
+        for r in self.requests.values_mut() {
+            r.before_move |= r.kind == RequestKind::Direction;
+        }
         self.reroute_when_registered = true;
         self.send_registration(now);
     }
@@ -767,6 +775,7 @@ impl Node {
                 next_retransmit: now + interval,
                 interval,
                 deadline: now + timeout,
+                before_move: false,
             },
         );
         self.seal_to_nms(txid, message);
@@ -923,6 +932,18 @@ impl Node {
                     return;
                 }
                 self.on_direction_to_initiator(now, direction);
+                if req.before_move {
+                    // Set up the stale route (it may well work) and select
+                    // it anew after the re-registration, or now if that is
+                    // done (`reroute_when_registered` was taken).
+                    tracing::info!(peer = %target, "route selected before the move; selecting it again");
+                    if let Some(peer) = self.peers.get_mut(&target) {
+                        peer.reroute = true;
+                    }
+                    if !std::mem::replace(&mut self.reroute_when_registered, true) {
+                        self.reroute_peers(now);
+                    }
+                }
             }
             Message::DirectionError { code, message } => {
                 let Some(req) = self.take_request(env.txid, RequestKind::Direction) else {

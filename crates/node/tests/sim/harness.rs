@@ -1317,28 +1317,20 @@ impl Sim {
     /// Sends from the node's address of the destination's family, as the
     /// kernel picks the source of a socket bound to the wildcard address.
     fn send_from_node(&mut self, slot: usize, dst: SocketAddr, payload: Vec<u8>) {
-        let n = &self.nodes[slot];
-        let src = n
-            .addrs
-            .iter()
-            .find(|a| a.is_ipv4() == dst.is_ipv4())
-            .copied();
+        let addrs = &self.nodes[slot].addrs;
+        let src = addrs.iter().find(|a| a.is_ipv4() == dst.is_ipv4()).copied();
+        let first = addrs[0];
         match src {
             Some(src) => self.send(src, dst, payload),
             None => {
                 // No address of the destination's family: the send fails
                 // in the kernel; record it as unroutable.
+                let at = self.elapsed();
+                transmit_fingerprint(&mut self.transmit_hash, at, first, dst, &payload);
                 let (kind, message, txid) = self.decode(dst, &payload);
-                transmit_fingerprint(
-                    &mut self.transmit_hash,
-                    self.elapsed(),
-                    n.addrs[0],
-                    dst,
-                    &payload,
-                );
                 self.wire.push(WireRecord {
-                    at: self.elapsed(),
-                    src: n.addrs[0],
+                    at,
+                    src: first,
                     dst,
                     lan_src: None,
                     kind,
