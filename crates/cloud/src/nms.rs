@@ -498,6 +498,28 @@ impl Nms {
             observed: from,
         });
         self.answer(session_id, local, from, txid, response, false);
+        self.redecide_pending(now, session_id);
+    }
+
+    /// A node registered anew (it moved) while it is the responder of a
+    /// route being set up: that route was chosen from its old network.
+    /// Choose it again, under a fresh route ID; the responder replaces the
+    /// stale direction it may have installed.
+    fn redecide_pending(&mut self, now: Instant, session_id: u64) {
+        let stale: Vec<u64> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.cn_session == session_id)
+            .map(|(id, _)| *id)
+            .collect();
+        for route_id in stale {
+            let Some(r) = self.routes.remove(&route_id) else {
+                continue;
+            };
+            let target = r.to_initiator.peer.fqdn.clone();
+            tracing::debug!(route_id, %target, "responder moved during route selection: choosing again");
+            self.on_direction_request(now, r.mn_session, r.mn_txid, &target);
+        }
     }
 
     fn on_keepalive(&mut self, session_id: u64, local: SocketAddr, from: SocketAddr, txid: u64) {
