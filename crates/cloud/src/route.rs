@@ -98,6 +98,46 @@ impl NetInfo {
     }
 }
 
+/// Where a node sits, in the words of `docs/routing.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// Global IPv6 only.
+    V6,
+    /// Global IPv4 only.
+    V4,
+    /// Global IPv4 and IPv6.
+    Ds,
+    /// Private IPv4 behind an endpoint-independent NAT.
+    Eim,
+    /// Private IPv4 behind a symmetric NAT.
+    Sym,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 5] = [
+        Placement::V6,
+        Placement::V4,
+        Placement::Ds,
+        Placement::Eim,
+        Placement::Sym,
+    ];
+}
+
+/// The table of `docs/routing.md`: the path ("direct", "punched" or
+/// "relayed") a tunnel from an MN at `mn` to a CN at `cn` takes. The one
+/// statement of that promise in code; [`decide_route`]'s tests, the
+/// simulations and `cyphonic lab nat-matrix` all check against it.
+pub fn documented_path(mn: Placement, cn: Placement) -> &'static str {
+    use Placement::*;
+    match (mn, cn) {
+        (V6 | Ds, V6) | (V6, Ds) => "direct",
+        (V4 | Ds, V4 | Ds) => "direct",
+        (V6, _) | (_, V6) => "relayed",
+        (Eim | Sym, V4 | Ds) | (V4 | Ds, Eim | Sym) | (Eim, Eim) => "punched",
+        _ => "relayed",
+    }
+}
+
 /// Which end sends the Tunnel Request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Initiator {
@@ -312,6 +352,16 @@ mod tests {
         }
     }
 
+    fn placement(p: P) -> Placement {
+        match p {
+            P::V6 => Placement::V6,
+            P::V4 => Placement::V4,
+            P::Ds => Placement::Ds,
+            P::Eim => Placement::Eim,
+            P::Sym => Placement::Sym,
+        }
+    }
+
     fn expected(mn: P, cn: P) -> (RoutePattern, Initiator) {
         use Initiator::*;
         use RoutePattern::*;
@@ -334,6 +384,16 @@ mod tests {
             for cn in all {
                 let d = decide_route(&node(mn, 1), &node(cn, 2));
                 let (pattern, initiator) = expected(mn, cn);
+                let documented = match pattern {
+                    RoutePattern::Direct => "direct",
+                    RoutePattern::Punched => "punched",
+                    _ => "relayed",
+                };
+                assert_eq!(
+                    documented,
+                    documented_path(placement(mn), placement(cn)),
+                    "{mn:?} -> {cn:?}"
+                );
                 assert_eq!(
                     (d.pattern, d.initiator),
                     (pattern, initiator),

@@ -41,22 +41,15 @@ use crate::wait_until;
 /// placed at `cn`: "direct" (pattern 1, no NAT in the way), "punched"
 /// (pattern 2, a NAT opened from inside) or "relayed" (pattern 3, TRS).
 pub fn expected_path(mn: Placement, cn: Placement) -> &'static str {
-    use Placement::*;
-    match (mn, cn) {
-        (V6, V6) | (V6, Ds) => "direct",
-        (V6, V4) | (V6, Eim) | (V6, Sym) => "relayed",
-        (V4, V6) => "relayed",
-        (V4, V4) | (V4, Ds) => "direct",
-        (V4, Eim) | (V4, Sym) => "punched",
-        (Ds, V6) | (Ds, V4) | (Ds, Ds) => "direct",
-        (Ds, Eim) | (Ds, Sym) => "punched",
-        (Eim, V6) => "relayed",
-        (Eim, V4) | (Eim, Ds) | (Eim, Eim) => "punched",
-        (Eim, Sym) => "relayed",
-        (Sym, V6) => "relayed",
-        (Sym, V4) | (Sym, Ds) => "punched",
-        (Sym, Eim) | (Sym, Sym) => "relayed",
-    }
+    use cyphonic_cloud::route::{documented_path, Placement as P};
+    let p = |x: Placement| match x {
+        Placement::V6 => P::V6,
+        Placement::V4 => P::V4,
+        Placement::Ds => P::Ds,
+        Placement::Eim => P::Eim,
+        Placement::Sym => P::Sym,
+    };
+    documented_path(p(mn), p(cn))
 }
 
 /// How long a pair may take from the name lookup to an established tunnel
