@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 /// The longest line either side accepts, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// ALPN of the Login flow where it shares TCP 443 with TLS-over-TCP legs
+/// (`cyphonic-dgram/1`). The AS's own port needs none.
+pub const AS_ALPN: &[u8] = b"cyphonic-as/1";
+
 /// Error codes in [`Response::Error`].
 pub mod code {
     /// Unknown device ID or wrong password.

@@ -71,7 +71,62 @@ pub async fn serve_with_ready(
 pub struct AsServer {
     listeners: Vec<TcpListener>,
     local_addrs: Vec<SocketAddr>,
+    identity: ServerIdentity,
     state: Arc<State>,
+}
+
+/// A TLS server certificate the AS CA issued for the cloud's public
+/// addresses, `localhost`, 127.0.0.1 and ::1: the AS presents it, and so do
+/// the cloud's QUIC and TLS-over-TCP listeners.
+#[derive(Clone)]
+pub struct ServerIdentity {
+    /// The server certificate, then the intermediate (PEM).
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// Our root (DER), the only trust anchor.
+    pub root_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field("chain_pem", &self.chain_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the CA material from `data_dir` and issues a fresh
+/// [`ServerIdentity`] (for hosts that run the cloud's listeners without the
+/// AS; with the AS, [`AsServer::identity`] is the same kind of certificate).
+pub async fn server_identity(cfg: &CloudConfig, store: &Store) -> anyhow::Result<ServerIdentity> {
+    let (_, issuer, verifier) = load_ca(cfg)?;
+    issue_identity(cfg, store, &issuer, verifier.root_der()).await
+}
+
+/// The root (PEM), the intermediate CA and a verifier on the root.
+fn load_ca(cfg: &CloudConfig) -> anyhow::Result<(String, Issuer, Verifier)> {
+        let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}; run `cyphonic cloud init` first or check data_dir",
+                path.display()
+            )
+        })
+    };
+    let root_pem = read(cfg.root_cert_path())?;
+    let as_cert_pem = read(cfg.as_cert_path())?;
+    let as_key_pem = read(cfg.as_key_path())?;
+    let issuer = Issuer::from_pem(&as_cert_pem, &as_key_pem).with_context(|| {
+        format!(
+            "cannot load the intermediate CA from {} and {}",
+            cfg.as_cert_path().display(),
+            cfg.as_key_path().display()
+        )
+    })?;
+    let verifier = Verifier::from_pem(&root_pem).with_context(|| {
+        format!("cannot load the root CA {}", cfg.root_cert_path().display())
+    })?;
+    Ok((root_pem, issuer, verifier))
 }
 
 struct State {
@@ -89,30 +144,11 @@ impl AsServer {
     /// Loads the CA material, issues the server certificate and binds every
     /// `as_listen` address.
     pub async fn bind(cfg: Arc<CloudConfig>, store: Store) -> anyhow::Result<AsServer> {
-        let read = |path: std::path::PathBuf| {
-            std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "cannot read {}; run `cyphonic cloud init` first or check data_dir",
-                    path.display()
-                )
-            })
-        };
-        let root_pem = read(cfg.root_cert_path())?;
-        let as_cert_pem = read(cfg.as_cert_path())?;
-        let as_key_pem = read(cfg.as_key_path())?;
-        let issuer = Issuer::from_pem(&as_cert_pem, &as_key_pem).with_context(|| {
-            format!(
-                "cannot load the intermediate CA from {} and {}",
-                cfg.as_cert_path().display(),
-                cfg.as_key_path().display()
-            )
-        })?;
-        let verifier = Verifier::from_pem(&root_pem).with_context(|| {
-            format!("cannot load the root CA {}", cfg.root_cert_path().display())
-        })?;
+        let (root_pem, issuer, verifier) = load_ca(&cfg)?;
         let root_der = verifier.root_der().to_vec();
 
-        let acceptor = make_acceptor(&cfg, &store, &issuer, &root_der).await?;
+        let identity = issue_identity(&cfg, &store, &issuer, &root_der).await?;
+        let acceptor = make_acceptor(&identity)?;
         let state = State {
             cfg: cfg.clone(),
             store,
@@ -156,6 +192,7 @@ impl AsServer {
         Ok(AsServer {
             listeners,
             local_addrs,
+            identity,
             state: Arc::new(state),
         })
     }
@@ -165,9 +202,25 @@ impl AsServer {
         self.local_addrs.clone()
     }
 
+    /// The server certificate the AS presents (as issued at bind; renewals
+    /// replace the AS's own copy only).
+    pub fn identity(&self) -> ServerIdentity {
+        self.identity.clone()
+    }
+
     /// Accepts and serves connections until `shutdown` completes; then stops
     /// accepting and gives open connections a short grace to finish.
     pub async fn run(self, shutdown: impl Future) -> anyhow::Result<()> {
+        self.run_with_handoff(None, shutdown).await
+    }
+
+    /// [`AsServer::run`], also serving TLS streams another listener
+    /// accepted for the AS (TCP 443, ALPN [`crate::as_proto::AS_ALPN`]).
+    pub async fn run_with_handoff(
+        self,
+        mut handoff: Option<mpsc::Receiver<(HandedOff, SocketAddr)>>,
+        shutdown: impl Future,
+    ) -> anyhow::Result<()> {
         info!(addrs = ?self.local_addrs, "AS listening");
         let (accepted_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
         let mut acceptors = JoinSet::new();
@@ -190,6 +243,13 @@ impl AsServer {
                     }
                     connections.spawn(serve_connection(self.state.clone(), tcp, peer));
                 }
+                Some((tls, peer)) = async { handoff.as_mut()?.recv().await }, if handoff.is_some() => {
+                    if connections.len() >= MAX_CONNECTIONS {
+                        warn!(%peer, "too many connections; closing this one");
+                        continue;
+                    }
+                    connections.spawn(serve_tls(self.state.clone(), tls, peer));
+                }
                 Some(done) = connections.join_next() => {
                     if let Err(e) = done {
                         if e.is_panic() {
@@ -197,7 +257,7 @@ impl AsServer {
                         }
                     }
                 }
-                _ = renewal.tick() => match make_acceptor(&self.state.cfg, &self.state.store, &self.state.issuer, &self.state.root_der).await {
+                _ = renewal.tick() => match issue_identity(&self.state.cfg, &self.state.store, &self.state.issuer, &self.state.root_der).await.and_then(|id| make_acceptor(&id)) {
                     Ok(acceptor) => {
                         *self.state.acceptor.write().unwrap_or_else(|p| p.into_inner()) = acceptor;
                         info!("renewed the AS server certificate");
@@ -482,6 +542,14 @@ async fn serve_connection(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    serve_tls(state, tls, peer).await;
+}
+
+/// A TLS stream from another listener (TCP 443) for the AS.
+pub type HandedOff = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Serves requests on a connection whose TLS handshake is done.
+async fn serve_tls(state: Arc<State>, tls: HandedOff, peer: SocketAddr) {
     let peer_chain: Option<Vec<Vec<u8>>> = tls
         .get_ref()
         .1
@@ -564,13 +632,14 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Issues a fresh AS server certificate and builds the TLS acceptor on it.
-async fn make_acceptor(
+/// Issues a fresh server certificate for the public addresses and
+/// localhost.
+async fn issue_identity(
     cfg: &CloudConfig,
     store: &Store,
     issuer: &Issuer,
     root_der: &[u8],
-) -> anyhow::Result<TlsAcceptor> {
+) -> anyhow::Result<ServerIdentity> {
     let mut ips = cfg.public_addrs.clone();
     for ip in [
         IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -585,9 +654,18 @@ async fn make_acceptor(
     let (cert, key_pem) = issuer
         .issue_server(&dns_names, &ips, serial, SystemTime::now())
         .context("cannot issue the AS server certificate")?;
-    let chain_pem = join_pem(&cert.cert_pem, issuer.cert_pem());
-    let config = cyphonic_pki::as_server_config(&chain_pem, &key_pem, root_der)
-        .context("cannot build the AS TLS configuration")?;
+    Ok(ServerIdentity {
+        chain_pem: join_pem(&cert.cert_pem, issuer.cert_pem()),
+        key_pem,
+        root_der: root_der.to_vec(),
+    })
+}
+
+/// The AS's TLS acceptor on a server certificate.
+fn make_acceptor(identity: &ServerIdentity) -> anyhow::Result<TlsAcceptor> {
+    let config =
+        cyphonic_pki::as_server_config(&identity.chain_pem, &identity.key_pem, &identity.root_der)
+            .context("cannot build the AS TLS configuration")?;
     Ok(TlsAcceptor::from(config))
 }
 

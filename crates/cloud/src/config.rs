@@ -90,6 +90,15 @@ pub struct CloudConfig {
     /// of `public_addrs` with the first `trs_listen` port.
     #[serde(default)]
     pub trs_public: Vec<SocketAddr>,
+    /// UDP addresses of the QUIC listener (signaling and relay over QUIC
+    /// DATAGRAM frames, for networks that let only the web out). An empty
+    /// list disables it.
+    #[serde(default = "default_443")]
+    pub quic_listen: Vec<SocketAddr>,
+    /// TCP addresses of the TLS-over-TCP listener (signaling and relay in
+    /// framed TLS, for networks without UDP). An empty list disables it.
+    #[serde(default = "default_443")]
+    pub tcp443_listen: Vec<SocketAddr>,
 }
 
 fn default_domain() -> String {
@@ -107,6 +116,16 @@ fn default_nms_listen() -> Vec<SocketAddr> {
     vec![
         SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_NMS_PORT),
         SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_NMS_PORT),
+    ]
+}
+
+/// The port of the QUIC and TLS-over-TCP listeners.
+pub const DEFAULT_443_PORT: u16 = 443;
+
+fn default_443() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_443_PORT),
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DEFAULT_443_PORT),
     ]
 }
 
@@ -192,6 +211,8 @@ impl CloudConfig {
             nms_probe_port: default_nms_probe_port(),
             trs_listen: default_trs_listen(),
             trs_public: Vec::new(),
+            quic_listen: default_443(),
+            tcp443_listen: default_443(),
         }
     }
 
@@ -264,6 +285,46 @@ impl CloudConfig {
                 "nms_listen",
                 "is empty".into(),
                 "give at least one address, like [\"0.0.0.0:4502\"]",
+            ));
+        }
+        for (key, list) in [
+            ("quic_listen", &self.quic_listen),
+            ("tcp443_listen", &self.tcp443_listen),
+        ] {
+            if let Some(dup) = first_duplicate(list) {
+                return Err(invalid(
+                    key,
+                    format!("lists {dup} twice"),
+                    "list each address once, or [] to disable the listener",
+                ));
+            }
+        }
+        // QUIC shares UDP with the NMS and the TRS, TLS over TCP shares TCP
+        // with the AS: the same address twice could not be bound.
+        let udp_clash = self.quic_listen.iter().find(|a| {
+            self.nms_listen.contains(a)
+                || self.trs_listen.contains(a)
+                || (self.nms_probe_port != 0
+                    && a.port() == self.nms_probe_port
+                    && self.nms_listen.iter().any(|n| n.ip() == a.ip()))
+        });
+        if let Some(a) = udp_clash {
+            return Err(invalid(
+                "quic_listen",
+                format!("contains {a}, which the NMS or the TRS already uses"),
+                "use another port for QUIC, like 443",
+            ));
+        }
+        // The NMS tells its own UDP sockets from the hub by local address.
+        if let Some(a) = self
+            .tcp443_listen
+            .iter()
+            .find(|a| self.as_listen.contains(a) || self.nms_listen.contains(a))
+        {
+            return Err(invalid(
+                "tcp443_listen",
+                format!("contains {a}, which the AS or the NMS already uses"),
+                "use another port for TLS over TCP, like 443",
             ));
         }
         if let Some(ip) = self
@@ -387,6 +448,13 @@ impl CloudConfig {
             .first()
             .map_or(DEFAULT_NMS_PORT, SocketAddr::port)
     }
+}
+
+fn first_duplicate(list: &[SocketAddr]) -> Option<SocketAddr> {
+    list.iter()
+        .enumerate()
+        .find(|(i, a)| list[..*i].contains(a))
+        .map(|(_, a)| *a)
 }
 
 /// Whether `s` is one DNS label as we allow it: 1 to 63 lowercase letters,
@@ -590,6 +658,36 @@ mod tests {
         assert_eq!(minimal, CloudConfig::new("/x"));
         assert_eq!(minimal.database_path(), Path::new("/x/cloud.db"));
         assert_eq!(minimal.nms_port(), 4502);
+        assert_eq!(
+            minimal.quic_listen,
+            vec![
+                "0.0.0.0:443".parse::<SocketAddr>().unwrap(),
+                "[::]:443".parse().unwrap()
+            ]
+        );
+        assert_eq!(minimal.tcp443_listen, minimal.quic_listen);
+    }
+
+    #[test]
+    fn listeners_443_can_be_disabled_and_must_not_clash() {
+        let cfg: CloudConfig =
+            toml::from_str("data_dir = \"/x\"\nquic_listen = []\ntcp443_listen = []").unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.quic_listen.is_empty() && cfg.tcp443_listen.is_empty());
+
+        let mut cfg = CloudConfig::new("/x");
+        cfg.quic_listen = vec!["0.0.0.0:4502".parse().unwrap()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("`quic_listen`"), "{e}");
+
+        let mut cfg = CloudConfig::new("/x");
+        cfg.tcp443_listen = vec!["0.0.0.0:4501".parse().unwrap()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("`tcp443_listen`"), "{e}");
+
+        let mut cfg = CloudConfig::new("/x");
+        cfg.tcp443_listen = vec!["0.0.0.0:443".parse().unwrap(); 2];
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

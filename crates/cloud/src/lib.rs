@@ -13,6 +13,7 @@ pub mod as_client;
 pub mod as_proto;
 pub mod as_server;
 pub mod config;
+pub mod edge;
 pub mod nms;
 pub mod route;
 pub mod run;

@@ -223,6 +223,9 @@ pub struct Nms {
     transmits: VecDeque<Transmit>,
     events: VecDeque<NmsEvent>,
     counters: NmsCounters,
+    /// Relay grants handed out per TRS instance: the least used goes first
+    /// in the next route's list.
+    relay_load: Vec<u64>,
 }
 
 impl Nms {
@@ -243,6 +246,7 @@ impl Nms {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: NmsCounters::default(),
+            relay_load: Vec::new(),
         }
     }
 
@@ -570,7 +574,13 @@ impl Nms {
         );
     }
 
-    fn relay_offer(&mut self, now: Instant, relay_id: u64, side: u8) -> Option<RelayOffer> {
+    fn relay_offer(
+        &mut self,
+        now: Instant,
+        relay_id: u64,
+        side: u8,
+        servers: &[SocketAddr],
+    ) -> Option<RelayOffer> {
         let relay = self.config.relay.as_ref()?;
         let (origin, unix) = relay.wall_origin;
         let expires =
@@ -580,8 +590,29 @@ impl Nms {
             side,
             expires,
             key: cyphonic_proto::relay::side_key(&relay.secret, relay_id, side, expires),
-            servers: relay.servers.clone(),
+            servers: servers.to_vec(),
         })
+    }
+
+    /// The TRS list for one route, by instance, least used first (ties in
+    /// configured order, so the operator's nearest-first order holds while
+    /// the load is even). Both ends get the same order, so they meet at
+    /// the same instance and fail over to the same next one.
+    fn relay_servers(&mut self) -> Vec<SocketAddr> {
+        let Some(relay) = self.config.relay.as_ref() else {
+            return Vec::new();
+        };
+        let instances = relay_instances(&relay.servers);
+        self.relay_load.resize(instances.len(), 0);
+        let mut order: Vec<usize> = (0..instances.len()).collect();
+        order.sort_by_key(|i| (self.relay_load[*i], *i));
+        if let Some(first) = order.first() {
+            self.relay_load[*first] += 1;
+        }
+        order
+            .into_iter()
+            .flat_map(|i| instances[i].clone())
+            .collect()
     }
 
     fn on_direction_request(&mut self, now: Instant, mn: u64, txid: u64, target: &str) {
@@ -654,6 +685,7 @@ impl Nms {
         );
         let route_id: u64 = self.rng.gen_range(1..u64::MAX);
         let tunnel_key: [u8; 32] = self.rng.gen();
+        let servers = self.relay_servers();
         let mn_initiates = decision.initiator == Initiator::Mn;
         let to_responder = RouteDirection {
             route_id,
@@ -662,7 +694,7 @@ impl Nms {
             tunnel_key,
             initiate: !mn_initiates,
             punch: decision.punch && mn_initiates,
-            relay: self.relay_offer(now, route_id, 1),
+            relay: self.relay_offer(now, route_id, 1, &servers),
         };
         let to_initiator = RouteDirection {
             route_id,
@@ -671,7 +703,7 @@ impl Nms {
             tunnel_key,
             initiate: mn_initiates,
             punch: decision.punch && !mn_initiates,
-            relay: self.relay_offer(now, route_id, 0),
+            relay: self.relay_offer(now, route_id, 0, &servers),
         };
         let cn_txid: u64 = self.rng.gen();
         let Some(cn_session) = self.sessions.get_mut(&cn) else {
@@ -803,6 +835,20 @@ impl Nms {
     }
 }
 
+/// Groups a TRS list into instances: each instance lists its addresses
+/// together, at most one per IP version (`trs_public` is written that way:
+/// `[T1 v4, T1 v6, T2 v4, T2 v6]`).
+pub fn relay_instances(servers: &[SocketAddr]) -> Vec<Vec<SocketAddr>> {
+    let mut out: Vec<Vec<SocketAddr>> = Vec::new();
+    for s in servers {
+        match out.last_mut() {
+            Some(group) if !group.iter().any(|g| g.is_ipv6() == s.is_ipv6()) => group.push(*s),
+            _ => out.push(vec![*s]),
+        }
+    }
+    out
+}
+
 fn peer_info(info: &SessionInfo, reg: &Registration, endpoints: Vec<SocketAddr>) -> PeerInfo {
     PeerInfo {
         fqdn: info.fqdn.clone(),
@@ -834,4 +880,54 @@ fn usable_endpoint(ip: IpAddr) -> bool {
 /// DNS names compare case-insensitively and without the root dot.
 pub fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_instances_group_one_address_per_family() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let list = [
+            a("192.0.2.1:4503"),
+            a("[2001:db8::1]:4503"),
+            a("192.0.2.2:4503"),
+            a("[2001:db8::2]:4503"),
+            a("192.0.2.3:4503"),
+        ];
+        assert_eq!(
+            relay_instances(&list),
+            vec![
+                vec![list[0], list[1]],
+                vec![list[2], list[3]],
+                vec![list[4]]
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_spread_over_relay_instances() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let servers = vec![
+            a("192.0.2.1:4503"),
+            a("[2001:db8::1]:4503"),
+            a("192.0.2.2:4503"),
+            a("[2001:db8::2]:4503"),
+        ];
+        let config = NmsConfig {
+            relay: Some(RelayConfig {
+                secret: vec![1; 32],
+                servers: servers.clone(),
+                lifetime: Duration::from_secs(60),
+                wall_origin: (Instant::now(), 1_900_000_000),
+            }),
+            ..NmsConfig::default()
+        };
+        let mut nms = Nms::new(config, [0; 32], 0);
+        let firsts: Vec<SocketAddr> = (0..4).map(|_| nms.relay_servers()[0]).collect();
+        assert_eq!(firsts, vec![servers[0], servers[2], servers[0], servers[2]]);
+        // Every list still holds every instance, for failover.
+        assert_eq!(nms.relay_servers().len(), 4);
+    }
 }

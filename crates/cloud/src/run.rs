@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::config::CloudConfig;
+use crate::edge::{CloudHub, EdgeTargets};
 use crate::nms::{Nms, NmsConfig, NmsEvent, SessionInfo};
 use crate::store::Store;
 
@@ -38,18 +39,41 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let mut tasks = tokio::task::JoinSet::new();
-    if matches!(roles, Roles::All | Roles::As) {
-        let server = crate::as_server::AsServer::bind(cfg.clone(), store.clone()).await?;
+    let as_server = if matches!(roles, Roles::All | Roles::As) {
+        Some(crate::as_server::AsServer::bind(cfg.clone(), store.clone()).await?)
+    } else {
+        None
+    };
+    // QUIC and TLS over TCP (443) beside the native ports, for the NMS and
+    // the TRS; with the AS here too, TCP 443 also serves the Login flow
+    // (ALPN cyphonic-as/1).
+    let (as_tx, as_rx) = match &as_server {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(64);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let edge = if roles == Roles::As {
+        None
+    } else {
+        bind_edge(&cfg, &store, as_server.as_ref().map(|s| s.identity()), as_tx).await
+    };
+    if let Some(server) = as_server {
         tracing::info!(addrs = ?server.local_addrs(), "AS listening (TLS)");
         let mut rx = stop_rx.clone();
         tasks.spawn(async move {
             server
-                .run(async move {
+                .run_with_handoff(as_rx, async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
                 .await
         });
     }
+    let mut targets = EdgeTargets {
+        nms: None,
+        trs: None,
+    };
     if matches!(roles, Roles::All | Roles::Nms) {
         let mut listen = cfg.nms_listen.clone();
         if cfg.nms_probe_port != 0 {
@@ -96,7 +120,14 @@ pub async fn run(
         };
         let store = store.clone();
         let rx = stop_rx.clone();
-        tasks.spawn(async move { run_nms(nms_cfg, sockets, store, rx).await });
+        let (input_tx, input_rx) = mpsc::channel(4096);
+        if edge.is_some() {
+            targets.nms = Some(input_tx.clone());
+        }
+        let nms_edge = edge.clone();
+        tasks.spawn(async move {
+            run_nms(nms_cfg, sockets, store, rx, nms_edge, (input_tx, input_rx)).await
+        });
     }
     if matches!(roles, Roles::All | Roles::Trs) {
         let secret = load_relay_secret(&cfg)?;
@@ -105,12 +136,22 @@ pub async fn run(
                 .with_context(|| format!("cannot bind the TRS on {:?}", cfg.trs_listen))?,
         );
         tracing::info!(v4 = ?sockets.v4.as_ref().and_then(|s| s.local_addr().ok()), v6 = ?sockets.v6.as_ref().and_then(|s| s.local_addr().ok()), "TRS listening (UDP)");
-        let trs = crate::trs::Trs::new(crate::trs::TrsConfig {
-            secret,
-            ..crate::trs::TrsConfig::default()
-        });
+        let trs = Arc::new(std::sync::Mutex::new(crate::trs::Trs::new(
+            crate::trs::TrsConfig {
+                secret,
+                ..crate::trs::TrsConfig::default()
+            },
+        )));
+        if edge.is_some() {
+            targets.trs = Some((trs.clone(), sockets.clone()));
+        }
         let rx = stop_rx.clone();
-        tasks.spawn(async move { run_trs(trs, sockets, rx).await });
+        let trs_edge = edge.clone();
+        tasks.spawn(async move { run_trs(trs, sockets, rx, trs_edge).await });
+    }
+    if let Some(edge) = edge {
+        let rx = stop_rx.clone();
+        tasks.spawn(crate::edge::run_edge(edge, targets, rx));
     }
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
@@ -125,6 +166,48 @@ pub async fn run(
     store.close().await;
     result
 }
+
+/// The hub on `quic_listen` and `tcp443_listen`, presenting the AS's
+/// server certificate (or one issued now when the AS runs elsewhere).
+/// Failing to bind (port 443 needs privileges) leaves the native ports
+/// serving and is logged.
+async fn bind_edge(
+    cfg: &CloudConfig,
+    store: &Store,
+    as_identity: Option<crate::as_server::ServerIdentity>,
+    as_streams: Option<mpsc::Sender<(crate::as_server::HandedOff, SocketAddr)>>,
+) -> Option<Arc<CloudHub>> {
+    if cfg.quic_listen.is_empty() && cfg.tcp443_listen.is_empty() {
+        return None;
+    }
+    let bound = async {
+        let identity = match as_identity {
+            Some(identity) => identity,
+            None => crate::as_server::server_identity(cfg, store).await?,
+        };
+        CloudHub::bind(cfg, &identity, as_streams).await
+    };
+    match bound.await {
+        Ok(edge) => edge,
+        Err(e) => {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                quic_listen = ?cfg.quic_listen,
+                tcp443_listen = ?cfg.tcp443_listen,
+                "cannot start the QUIC and TLS-over-TCP listeners; serving native UDP only \
+                 (set quic_listen = [] and tcp443_listen = [] to disable them)"
+            );
+            None
+        }
+    }
+}
+
+/// What the NMS shell reads: `(local, from, datagram)` from its UDP
+/// sockets and from the hub.
+pub type NmsInput = (
+    mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
+    mpsc::Receiver<(SocketAddr, SocketAddr, Vec<u8>)>,
+);
 
 async fn bind_nms(addrs: &[SocketAddr]) -> anyhow::Result<Vec<Arc<UdpSocket>>> {
     let mut out = Vec::new();
@@ -155,11 +238,17 @@ async fn bind_nms(addrs: &[SocketAddr]) -> anyhow::Result<Vec<Arc<UdpSocket>>> {
 
 /// The NMS shell: sockets in, [`Nms`] in the middle, sockets and the
 /// database out.
+///
+/// `input` also carries datagrams from the hub (`edge`), with
+/// [`CloudHub::nms_local`] as their `local`: what the core sends from that
+/// `local` goes back through the hub, on the leg to the destination.
 pub async fn run_nms(
     config: NmsConfig,
     sockets: Vec<Arc<UdpSocket>>,
     store: Store,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    edge: Option<Arc<CloudHub>>,
+    input: NmsInput,
 ) -> anyhow::Result<()> {
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
@@ -168,7 +257,7 @@ pub async fn run_nms(
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     let mut nms = Nms::new(config, seed, micros);
-    let (tx, mut rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(4096);
+    let (tx, mut rx) = input;
     let mut by_local = std::collections::HashMap::new();
     for sock in &sockets {
         let local = sock.local_addr()?;
@@ -191,7 +280,11 @@ pub async fn run_nms(
     let (session_tx, mut session_rx) = mpsc::channel::<(u64, Option<SessionInfo>)>(256);
     loop {
         while let Some(t) = nms.poll_transmit() {
-            if let Some(sock) = by_local.get(&t.local) {
+            if let Some(edge) = edge.as_ref().filter(|e| e.nms_local() == t.local) {
+                if let Err(e) = edge.send(t.destination, t.payload) {
+                    tracing::debug!(dst = %t.destination, error = ?e, "NMS send over a leg dropped");
+                }
+            } else if let Some(sock) = by_local.get(&t.local) {
                 if let Err(e) = sock.send_to(&t.payload, t.destination).await {
                     tracing::debug!(dst = %t.destination, error = %e, "NMS send failed");
                 }
@@ -291,13 +384,16 @@ pub fn load_relay_secret(cfg: &CloudConfig) -> anyhow::Result<Vec<u8>> {
 /// The TRS shell: one thread per socket, each receiving a batch, asking the
 /// [`crate::trs::Trs`] core what to do with every datagram, and forwarding
 /// in place.
+///
+/// `edge`: relay sides bound over the hub's legs; forwards to them go
+/// through the hub (its own task feeds the same core).
 pub async fn run_trs(
-    trs: crate::trs::Trs,
+    trs: Arc<std::sync::Mutex<crate::trs::Trs>>,
     sockets: Arc<cyphonic_platform::udp::Sockets>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    edge: Option<Arc<CloudHub>>,
 ) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let trs = Arc::new(std::sync::Mutex::new(trs));
     let halt = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for v6 in [false, true] {
@@ -310,10 +406,11 @@ pub async fn run_trs(
             continue;
         }
         let (trs, sockets, halt) = (trs.clone(), sockets.clone(), halt.clone());
+        let edge = edge.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(if v6 { "trs-udp6" } else { "trs-udp4" }.into())
-                .spawn(move || relay_loop(v6, &trs, &sockets, &halt))?,
+                .spawn(move || relay_loop(v6, &trs, &sockets, &halt, edge.as_deref()))?,
         );
     }
     let expire = {
@@ -346,6 +443,7 @@ fn relay_loop(
     trs: &std::sync::Mutex<crate::trs::Trs>,
     sockets: &cyphonic_platform::udp::Sockets,
     halt: &std::sync::atomic::AtomicBool,
+    edge: Option<&CloudHub>,
 ) {
     use crate::trs::Action;
     use std::io::IoSliceMut;
@@ -388,7 +486,10 @@ fn relay_loop(
                 off = end;
                 let action = trs.handle_datagram(now, unix, from, datagram);
                 let result = match action {
-                    Action::Forward(dst) => sockets.send_to(datagram, dst),
+                    Action::Forward(dst) => {
+                        crate::edge::forward(edge, sockets, datagram, dst);
+                        Ok(())
+                    }
                     Action::Reply(len) => sockets.send_to(&datagram[..len], from),
                     Action::Drop(reason) => {
                         tracing::trace!(%from, ?reason, "relay drop");

@@ -23,7 +23,7 @@ use crate::config::{HubConfig, MAX_DATAGRAM};
 use crate::error::SendError;
 use crate::socket::{bind_dial_udp, bind_tcp, bind_udp, canonical, Family};
 use crate::table::LegTable;
-use crate::tcp::TcpProbe;
+use crate::tcp::{TcpHandoff, TcpProbe};
 use crate::tls::{TlsConfigs, TlsIdentity};
 use crate::types::{Direction, HubStats, LegEvent, LegId, LegInfo, Received, Transport};
 use crate::{quic, tcp};
@@ -74,7 +74,7 @@ impl Hub {
     ) -> anyhow::Result<Hub> {
         let quic: Vec<_> = quic_listen.into_iter().collect();
         let tcp: Vec<_> = tcp_listen.into_iter().collect();
-        Self::build(config, &identity, true, &quic, &tcp, true).await
+        Self::build(config, &identity, true, &quic, &tcp, true, None).await
     }
 
     /// A cloud server's hub (NMS, TRS) with [`HubConfig::default`]: accepts
@@ -114,6 +114,31 @@ impl Hub {
             &quic_listen,
             &tcp_listen,
             require_client_cert,
+            None,
+        )
+        .await
+    }
+
+    /// [`Hub::server_with_config`] whose TCP listeners also accept
+    /// `handoff.alpn` and hand those TLS streams to `handoff.streams`
+    /// instead of making legs (another service sharing the port, such as
+    /// the AS on TCP 443). The same client-certificate rule applies.
+    pub async fn server_with_handoff(
+        config: HubConfig,
+        identity: TlsIdentity,
+        quic_listen: Vec<SocketAddr>,
+        tcp_listen: Vec<SocketAddr>,
+        require_client_cert: bool,
+        handoff: TcpHandoff,
+    ) -> anyhow::Result<Hub> {
+        Self::build(
+            config,
+            &identity,
+            false,
+            &quic_listen,
+            &tcp_listen,
+            require_client_cert,
+            Some(handoff),
         )
         .await
     }
@@ -125,10 +150,16 @@ impl Hub {
         quic_listen: &[SocketAddr],
         tcp_listen: &[SocketAddr],
         require_client_cert: bool,
+        handoff: Option<TcpHandoff>,
     ) -> anyhow::Result<Hub> {
         let runtime = tokio::runtime::Handle::try_current()
             .context("a hub must be created inside a tokio runtime")?;
-        let tls = TlsConfigs::new(identity, dial, require_client_cert)?;
+        let tls = TlsConfigs::new(
+            identity,
+            dial,
+            require_client_cert,
+            handoff.as_ref().map(|h| h.alpn.as_slice()),
+        )?;
 
         let dialer = match (&tls.quic_client, &tls.tcp_client) {
             (Some(quic_tls), Some(tcp_tls)) => {
@@ -189,7 +220,12 @@ impl Hub {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.tcp_server.clone());
         for (listener, addr) in tcp_listeners.into_iter().zip(&tcp_listen_addrs) {
             info!(listen = %addr, "TCP listener up");
-            let task = tokio::spawn(tcp::accept_loop(shared.clone(), listener, acceptor.clone()));
+            let task = tokio::spawn(tcp::accept_loop(
+                shared.clone(),
+                listener,
+                acceptor.clone(),
+                handoff.clone(),
+            ));
             listener_tasks.push(task.abort_handle());
         }
 

@@ -94,5 +94,6 @@ mod types;
 pub use config::{HubConfig, MAX_DATAGRAM, QUIC_UDP_PAYLOAD_V4, QUIC_UDP_PAYLOAD_V6};
 pub use error::SendError;
 pub use hub::Hub;
+pub use tcp::TcpHandoff;
 pub use tls::{TlsIdentity, QUIC_ALPN, TCP_ALPN};
 pub use types::{Direction, HubStats, LegEvent, LegId, LegInfo, Received, Transport};

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsStream};
-use tracing::{trace, warn};
+use tracing::{debug, trace, warn};
 
 use crate::framing::{self, Frame, FrameDecoder};
 use crate::hub::{AbortOnDrop, Established, LegRun, LegStats, Shared};
@@ -56,8 +56,23 @@ pub(crate) async fn dial(
     Ok(stream)
 }
 
+/// TLS-over-TCP connections on a hub's listeners that negotiated `alpn`
+/// rather than `cyphonic-dgram/1`: they go, handshake done, to `streams`
+/// (dropped when it is full or closed) instead of becoming legs. See
+/// [`crate::Hub::server_with_handoff`].
+#[derive(Debug, Clone)]
+pub struct TcpHandoff {
+    pub alpn: Vec<u8>,
+    pub streams: mpsc::Sender<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+}
+
 /// Accepts connections on a listener until the hub closes it.
-pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acceptor: TlsAcceptor) {
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handoff: Option<TcpHandoff>,
+) {
     loop {
         let (tcp, remote) = match listener.accept().await {
             Ok(x) => x,
@@ -86,6 +101,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acce
         };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
+        let handoff = handoff.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
@@ -96,6 +112,14 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, acce
                     Err(_) => Err("TLS handshake timed out".to_owned()),
                     Ok(Err(e)) => Err(format!("TLS: {e}")),
                     Ok(Ok(stream)) => {
+                        if let Some(h) = handoff.filter(|h| {
+                            stream.get_ref().1.alpn_protocol() == Some(h.alpn.as_slice())
+                        }) {
+                            if h.streams.try_send((stream, remote)).is_err() {
+                                debug!(%remote, "hand-off queue full or closed; dropping connection");
+                            }
+                            return;
+                        }
                         let stream = TlsStream::Server(stream);
                         check_alpn(&stream).map(|()| stream)
                     }

@@ -56,10 +56,13 @@ impl TlsConfigs {
     /// `dial`: the identity is a node's and may open legs.
     /// `require_client_cert`: listeners refuse peers without a certificate
     /// (a certificate that is presented must chain to our root either way).
+    /// `handoff_alpn`: TCP listeners also accept this ALPN (for
+    /// [`crate::TcpHandoff`]).
     pub fn new(
         identity: &TlsIdentity,
         dial: bool,
         require_client_cert: bool,
+        handoff_alpn: Option<&[u8]>,
     ) -> anyhow::Result<Self> {
         let verifier = Verifier::new(identity.root_der.clone())
             .context("root certificate of the TLS identity")?;
@@ -79,16 +82,19 @@ impl TlsConfigs {
             (None, None)
         };
         let server = server_config(identity, require_client_cert)?;
-        let with_alpn = |alpn: &[u8]| {
+        let with_alpn = |alpn: &[u8], extra: Option<&[u8]>| {
             let mut config = server.clone();
-            config.alpn_protocols = vec![alpn.to_vec()];
+            config.alpn_protocols = std::iter::once(alpn)
+                .chain(extra)
+                .map(<[u8]>::to_vec)
+                .collect();
             Arc::new(config)
         };
         Ok(TlsConfigs {
             quic_client,
             tcp_client,
-            quic_server: with_alpn(QUIC_ALPN),
-            tcp_server: with_alpn(TCP_ALPN),
+            quic_server: with_alpn(QUIC_ALPN, None),
+            tcp_server: with_alpn(TCP_ALPN, handoff_alpn),
             verifier,
         })
     }

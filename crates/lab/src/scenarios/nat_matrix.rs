@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context};
 use serde_json::Value;
 
-use super::nat::{NatKind, NatLab, Placement, Topology, CLOUD_V4, TRS2_V4, TRS2_V6, TRS_PORT};
+use super::nat::{
+    NatKind, NatLab, Placement, Topology, CLOUD_V4, CLOUD_V6, TRS2_V4, TRS2_V6, TRS_PORT,
+};
 use super::overlay::{iperf, parse_ping, send_marker, Overlay, Report};
 use super::pcap;
 use crate::wait_until;
@@ -670,9 +672,21 @@ fn relay_capture_check(nl: &mut NatLab) -> anyhow::Result<String> {
     let p = nl.o.peer(mn, &nl.o.fqdn(cn))?;
     ensure!(p["path"] == "relayed", "path is {}, not relayed", p["path"]);
     let marker = format!("CYPHONIC-RELAY-MARKER-{}", nl.o.lab.prefix());
-    let cloud_ns = nl.o.cloud_ns.clone();
+    // Capture on the link of the TRS serving this tunnel (the NMS spreads
+    // routes over the instances).
+    let endpoint = p["endpoint"].as_str().unwrap_or_default().to_owned();
+    let on_trs2 = [
+        SocketAddr::from((TRS2_V4, TRS_PORT)),
+        SocketAddr::from((TRS2_V6, TRS_PORT)),
+    ]
+    .iter()
+    .any(|a| a.to_string() == endpoint);
+    let trs_ns = match (&nl.trs2, on_trs2) {
+        (Some(t), true) => t.ns.clone(),
+        _ => nl.o.cloud_ns.clone(),
+    };
     let cn_ns = nl.o.nodes[cn].ns.clone();
-    let mut outer = nl.o.lab.capture(&cloud_ns, "eth0")?;
+    let mut outer = nl.o.lab.capture(&trs_ns, "eth0")?;
     let mut inner = nl.o.lab.capture(&cn_ns, "cy0")?;
     let bytes = send_marker(&nl.o, mn, &vip4, &marker, &mut inner, &mut outer)?;
     let seen = bytes.windows(marker.len()).any(|w| w == marker.as_bytes());
@@ -680,10 +694,10 @@ fn relay_capture_check(nl: &mut NatLab) -> anyhow::Result<String> {
     ensure!(!seen, "the marker crossed the TRS's link in clear");
     ensure!(
         relay_packets > 0,
-        "no relay packets (UDP port {TRS_PORT}) on the cloud's link"
+        "no relay packets (UDP port {TRS_PORT}) on the TRS's link"
     );
     Ok(format!(
-        "marker seen inside sym-b, absent from {relay_packets} relay packets on the cloud's link"
+        "marker seen inside sym-b, absent from {relay_packets} relay packets on the link of the TRS at {endpoint}"
     ))
 }
 
@@ -695,20 +709,39 @@ fn failover_check(nl: &mut NatLab) -> anyhow::Result<String> {
     let (vip4, _) = establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT)?;
     let fqdn = nl.o.fqdn(cn);
     let p = nl.o.peer(mn, &fqdn)?;
-    let first: SocketAddr = (CLOUD_V4, TRS_PORT).into();
+    // The NMS spreads routes over the TRS instances: find the one serving
+    // this tunnel, and stop that one.
+    let cloud_trs = [
+        SocketAddr::from((CLOUD_V4, TRS_PORT)).to_string(),
+        SocketAddr::from((CLOUD_V6, TRS_PORT)).to_string(),
+    ];
+    let trs2 = [
+        SocketAddr::from((TRS2_V4, TRS_PORT)).to_string(),
+        SocketAddr::from((TRS2_V6, TRS_PORT)).to_string(),
+    ];
+    let endpoint = p["endpoint"].as_str().unwrap_or_default().to_owned();
     ensure!(
-        p["path"] == "relayed" && p["endpoint"] == first.to_string(),
-        "the tunnel is {} via {}, not relayed via {first}",
+        p["path"] == "relayed" && (cloud_trs.contains(&endpoint) || trs2.contains(&endpoint)),
+        "the tunnel is {} via {}, not relayed",
         p["path"],
         p["endpoint"]
     );
     nl.trs2_running()?;
-    let cloud_ns = nl.o.cloud_ns.clone();
+    let (victim_ns, second) = if cloud_trs.contains(&endpoint) {
+        (nl.o.cloud_ns.clone(), trs2)
+    } else {
+        let ns = nl
+            .trs2
+            .as_ref()
+            .map(|t| t.ns.clone())
+            .context("no second TRS")?;
+        (ns, cloud_trs)
+    };
     let run = iperf_start(&mut nl.o, mn, cn, &vip4, 8, "failover")?;
     std::thread::sleep(Duration::from_secs(2));
     let blocked = nft(
         &nl.o,
-        &cloud_ns,
+        &victim_ns,
         &format!(
             "add table inet lab\n\
              add chain inet lab in {{ type filter hook input priority 0; }}\n\
@@ -717,12 +750,8 @@ fn failover_check(nl: &mut NatLab) -> anyhow::Result<String> {
     );
     let transfer = iperf_finish(&mut nl.o, run, Duration::from_secs(30));
     let moved = blocked.and_then(|()| {
-        let second = [
-            SocketAddr::from((TRS2_V4, TRS_PORT)).to_string(),
-            SocketAddr::from((TRS2_V6, TRS_PORT)).to_string(),
-        ];
         wait_until(
-            "the tunnel on the second TRS",
+            "the tunnel on the other TRS",
             Duration::from_secs(5),
             || {
                 let p = nl.o.peer(mn, &fqdn)?;
@@ -735,7 +764,7 @@ fn failover_check(nl: &mut NatLab) -> anyhow::Result<String> {
             format!("endpoint is {} (path {})", p["endpoint"], p["path"])
         })
     });
-    let unblocked = nft(&nl.o, &cloud_ns, "delete table inet lab");
+    let unblocked = nft(&nl.o, &victim_ns, "delete table inet lab");
     let transfer = transfer.context("the transfer across the failover")?;
     let ep = moved?;
     unblocked?;
