@@ -77,6 +77,13 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
                 format!("as_listen = [\"127.0.0.1:{port}\"]")
             } else if l.starts_with("nms_listen") {
                 format!("nms_listen = [\"127.0.0.1:{}\"]", port + 1)
+            } else if l.starts_with("nms_probe_port") {
+                format!("nms_probe_port = {}", port + 2)
+            } else if l.starts_with("trs_listen") {
+                format!("trs_listen = [\"127.0.0.1:{}\"]", port + 3)
+            } else if l.starts_with("quic_listen") || l.starts_with("tcp443_listen") {
+                // Nothing on the host's port 443.
+                format!("{} = []", l.split('=').next().unwrap_or_default().trim())
             } else {
                 l.to_owned()
             }

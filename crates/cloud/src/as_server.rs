@@ -105,7 +105,7 @@ pub async fn server_identity(cfg: &CloudConfig, store: &Store) -> anyhow::Result
 
 /// The root (PEM), the intermediate CA and a verifier on the root.
 fn load_ca(cfg: &CloudConfig) -> anyhow::Result<(String, Issuer, Verifier)> {
-        let read = |path: std::path::PathBuf| {
+    let read = |path: std::path::PathBuf| {
         std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "cannot read {}; run `cyphonic cloud init` first or check data_dir",
@@ -123,9 +123,8 @@ fn load_ca(cfg: &CloudConfig) -> anyhow::Result<(String, Issuer, Verifier)> {
             cfg.as_key_path().display()
         )
     })?;
-    let verifier = Verifier::from_pem(&root_pem).with_context(|| {
-        format!("cannot load the root CA {}", cfg.root_cert_path().display())
-    })?;
+    let verifier = Verifier::from_pem(&root_pem)
+        .with_context(|| format!("cannot load the root CA {}", cfg.root_cert_path().display()))?;
     Ok((root_pem, issuer, verifier))
 }
 

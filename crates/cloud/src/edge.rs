@@ -23,9 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cyphonic_proto::relay::{TYPE_RELAY_BIND, TYPE_RELAY_BIND_ACK, TYPE_RELAY_DATA};
 use cyphonic_proto::signal::TYPE_SIGNALING;
-use cyphonic_transport::{
-    Hub, HubConfig, Received, SendError, TcpHandoff, TlsIdentity, Transport,
-};
+use cyphonic_transport::{Hub, HubConfig, Received, SendError, TcpHandoff, TlsIdentity, Transport};
 use tokio::sync::mpsc;
 use tracing::{debug, info, trace, warn};
 
@@ -55,10 +53,7 @@ pub struct EdgeTargets {
     /// The NMS shell's input: `(local, from, datagram)`.
     pub nms: Option<mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>>,
     /// The TRS core and its UDP sockets (for relay peers on native UDP).
-    pub trs: Option<(
-        Arc<Mutex<Trs>>,
-        Arc<cyphonic_platform::udp::Sockets>,
-    )>,
+    pub trs: Option<(Arc<Mutex<Trs>>, Arc<cyphonic_platform::udp::Sockets>)>,
 }
 
 impl CloudHub {
@@ -173,7 +168,8 @@ impl CloudHub {
             .collect();
         let mut remotes = self.remotes();
         remotes.retain(|addr, t| legs.contains(&(*addr, *t)));
-        self.any_remote.store(!remotes.is_empty(), Ordering::Relaxed);
+        self.any_remote
+            .store(!remotes.is_empty(), Ordering::Relaxed);
     }
 }
 
@@ -205,7 +201,11 @@ pub async fn run_edge(
             match r.datagram.first() {
                 Some(&TYPE_SIGNALING) => match &targets.nms {
                     Some(nms) => {
-                        if nms.send((edge.nms_local, r.from, r.datagram)).await.is_err() {
+                        if nms
+                            .send((edge.nms_local, r.from, r.datagram))
+                            .await
+                            .is_err()
+                        {
                             return Ok(());
                         }
                     }
@@ -217,7 +217,9 @@ pub async fn run_edge(
                         None => trace!(from = %r.from, "relay on a host without the TRS"),
                     }
                 }
-                _ => trace!(from = %r.from, transport = %r.transport, "dropping datagram of unknown type"),
+                _ => {
+                    trace!(from = %r.from, transport = %r.transport, "dropping datagram of unknown type")
+                }
             }
         }
     }
@@ -240,12 +242,10 @@ fn relay(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let action = trs.lock().unwrap_or_else(|e| e.into_inner()).handle_datagram(
-        Instant::now(),
-        unix,
-        from,
-        &mut datagram,
-    );
+    let action = trs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .handle_datagram(Instant::now(), unix, from, &mut datagram);
     match action {
         Action::Forward(dst) => forward(Some(edge), sockets, &datagram, dst),
         Action::Reply(len) => {

@@ -57,7 +57,13 @@ pub async fn run(
     let edge = if roles == Roles::As {
         None
     } else {
-        bind_edge(&cfg, &store, as_server.as_ref().map(|s| s.identity()), as_tx).await
+        bind_edge(
+            &cfg,
+            &store,
+            as_server.as_ref().map(|s| s.identity()),
+            as_tx,
+        )
+        .await
     };
     if let Some(server) = as_server {
         tracing::info!(addrs = ?server.local_addrs(), "AS listening (TLS)");

@@ -6,13 +6,14 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cyphonic_cloud::as_proto::{Response, AS_ALPN};
 use cyphonic_cloud::run::{run, Roles};
 use cyphonic_cloud::{admin, as_client, CloudConfig};
 use cyphonic_pki::{NodeKey, Verifier};
 use cyphonic_proto::relay::{self, Bind, RELAY_HEADER_LEN, TYPE_RELAY_BIND_ACK};
 use cyphonic_proto::signal::{Envelope, Message, RegistrationRequest, Role, SignalCipher};
 use cyphonic_transport::{Hub, TlsIdentity, Transport, TCP_ALPN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 const PASSWORD: &str = "correct horse battery";
@@ -26,7 +27,10 @@ fn free_tcp() -> SocketAddr {
 }
 
 fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 struct Cloud {
@@ -81,35 +85,48 @@ impl Cloud {
                 .await
                 .is_err()
         {
-            assert!(tokio::time::Instant::now() < deadline, "cloud did not start");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cloud did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         cloud
     }
 
-    /// Enrolls `n1` and logs in: its TLS identity and its session.
-    async fn node(&self) -> (TlsIdentity, as_client::LoginInfo) {
+    /// Enrolls `n1`: its TLS identity.
+    async fn enroll(&self) -> TlsIdentity {
         let key = NodeKey::generate().unwrap();
         let csr = key.csr_pem("n1.cyphonic.internal").unwrap();
-        let as_addr = self.cfg.as_listen[0];
-        let enrolled =
-            as_client::enroll(as_addr, "127.0.0.1", &self.root_der, "n1", PASSWORD, &csr)
-                .await
-                .unwrap();
-        let login = as_client::login(
-            as_addr,
+        let enrolled = as_client::enroll(
+            self.cfg.as_listen[0],
             "127.0.0.1",
             &self.root_der,
-            &enrolled.cert_chain_pem,
-            &key.to_pem(),
+            "n1",
+            PASSWORD,
+            &csr,
         )
         .await
         .unwrap();
-        let identity = TlsIdentity {
+        TlsIdentity {
             chain_pem: enrolled.cert_chain_pem,
             key_pem: key.to_pem(),
             root_der: self.root_der.clone(),
-        };
+        }
+    }
+
+    /// Enrolls `n1` and logs in: its TLS identity and its session.
+    async fn node(&self) -> (TlsIdentity, as_client::LoginInfo) {
+        let identity = self.enroll().await;
+        let login = as_client::login(
+            self.cfg.as_listen[0],
+            "127.0.0.1",
+            &self.root_der,
+            &identity.chain_pem,
+            &identity.key_pem,
+        )
+        .await
+        .unwrap();
         (identity, login)
     }
 
@@ -158,13 +175,20 @@ async fn registration_over(transport: Transport) {
     let answer = cipher.open(&got.datagram).unwrap();
     assert_eq!(answer.txid, 77);
     let Message::RegistrationResponse(response) = answer.message else {
-        panic!("expected a RegistrationResponse, got {}", answer.message.name());
+        panic!(
+            "expected a RegistrationResponse, got {}",
+            answer.message.name()
+        );
     };
     assert_eq!(response.fqdn, "n1.cyphonic.internal");
     assert_eq!(response.vip4, login.vip4);
     assert_eq!(response.vip6, login.vip6);
     // The NMS saw the leg's remote address, on loopback.
-    assert!(response.observed.ip().is_loopback(), "{}", response.observed);
+    assert!(
+        response.observed.ip().is_loopback(),
+        "{}",
+        response.observed
+    );
     hub.shutdown().await;
     cloud.stop().await;
 }
@@ -185,8 +209,14 @@ async fn relay_between_a_quic_side_and_a_tcp_side() {
     let (identity, _) = cloud.node().await;
     let secret = cyphonic_cloud::run::load_relay_secret(&cloud.cfg).unwrap();
     let sides = [
-        (Transport::Quic, Hub::new(identity.clone(), None, None).await.unwrap()),
-        (Transport::Tcp, Hub::new(identity, None, None).await.unwrap()),
+        (
+            Transport::Quic,
+            Hub::new(identity.clone(), None, None).await.unwrap(),
+        ),
+        (
+            Transport::Tcp,
+            Hub::new(identity, None, None).await.unwrap(),
+        ),
     ];
     let relay_id = 0x5eed_0001;
     let expires = SystemTime::now()
@@ -204,8 +234,12 @@ async fn relay_between_a_quic_side_and_a_tcp_side() {
             expires,
             counter: 1,
         };
-        hub.send(*transport, cloud.addr(*transport), bind.encode(&key).to_vec())
-            .unwrap();
+        hub.send(
+            *transport,
+            cloud.addr(*transport),
+            bind.encode(&key).to_vec(),
+        )
+        .unwrap();
         let ack = recv(hub).await;
         assert_eq!(ack.transport, *transport);
         assert_eq!(ack.datagram[0], TYPE_RELAY_BIND_ACK);
@@ -257,4 +291,58 @@ async fn a_client_without_a_certificate_is_refused() {
         );
     }
     cloud.stop().await;
+}
+
+/// The Login flow on the TLS-over-TCP listener, told apart from legs by
+/// ALPN `cyphonic-as/1`.
+#[tokio::test]
+async fn login_over_tcp_443_by_alpn() {
+    let cloud = Cloud::start().await;
+    let identity = cloud.enroll().await;
+    let base = cyphonic_pki::node_client_config(
+        &cloud.root_der,
+        Some((&identity.chain_pem, &identity.key_pem)),
+    )
+    .unwrap();
+    let mut config = (*base).clone();
+    config.alpn_protocols = vec![AS_ALPN.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(cloud.tcp).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(AS_ALPN));
+    let mut stream = tokio::io::BufReader::new(tls);
+    stream
+        .get_mut()
+        .write_all(b"{\"type\":\"login\"}\n")
+        .await
+        .unwrap();
+    stream.get_mut().flush().await.unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, stream.read_line(&mut line))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let response: Response = serde_json::from_str(&line).unwrap();
+    let Response::LoginOk(ok) = response else {
+        panic!("expected login_ok, got {line}");
+    };
+    assert_eq!(ok.fqdn, "n1.cyphonic.internal");
+    let session = cloud_store_session(&cloud, ok.session_id).await;
+    assert_eq!(session.device_id, "n1");
+    cloud.stop().await;
+}
+
+async fn cloud_store_session(cloud: &Cloud, id: u64) -> cyphonic_cloud::SessionRecord {
+    let store = cyphonic_cloud::Store::open(&cloud.cfg.database_path())
+        .await
+        .unwrap();
+    let session = store
+        .session(id)
+        .await
+        .unwrap()
+        .expect("the session exists");
+    store.close().await;
+    session
 }

@@ -105,25 +105,27 @@ pub(crate) async fn accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            let accepted =
-                match tokio::time::timeout(shared.config.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Err(_) => Err("TLS handshake timed out".to_owned()),
-                    Ok(Err(e)) => Err(format!("TLS: {e}")),
-                    Ok(Ok(stream)) => {
-                        if let Some(h) = handoff.filter(|h| {
-                            stream.get_ref().1.alpn_protocol() == Some(h.alpn.as_slice())
-                        }) {
-                            if h.streams.try_send((stream, remote)).is_err() {
-                                debug!(%remote, "hand-off queue full or closed; dropping connection");
-                            }
-                            return;
+            let accepted = match tokio::time::timeout(
+                shared.config.handshake_timeout,
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Err(_) => Err("TLS handshake timed out".to_owned()),
+                Ok(Err(e)) => Err(format!("TLS: {e}")),
+                Ok(Ok(stream)) => {
+                    if let Some(h) = handoff
+                        .filter(|h| stream.get_ref().1.alpn_protocol() == Some(h.alpn.as_slice()))
+                    {
+                        if h.streams.try_send((stream, remote)).is_err() {
+                            debug!(%remote, "hand-off queue full or closed; dropping connection");
                         }
-                        let stream = TlsStream::Server(stream);
-                        check_alpn(&stream).map(|()| stream)
+                        return;
                     }
-                };
+                    let stream = TlsStream::Server(stream);
+                    check_alpn(&stream).map(|()| stream)
+                }
+            };
             match accepted {
                 Ok(stream) => shared.accepted(remote, Established::Tcp(Box::new(stream))),
                 Err(reason) => shared.refused(Transport::Tcp, remote, reason),
