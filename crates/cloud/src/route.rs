@@ -121,6 +121,33 @@ impl Placement {
         Placement::Eim,
         Placement::Sym,
     ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::V6 => "v6",
+            Placement::V4 => "v4",
+            Placement::Ds => "ds",
+            Placement::Eim => "eim",
+            Placement::Sym => "sym",
+        }
+    }
+
+    /// The NAT kind the NMS detects for a node placed here.
+    pub fn nat(self) -> NatKind {
+        match self {
+            Placement::V6 | Placement::V4 | Placement::Ds => NatKind::None,
+            Placement::Eim => NatKind::EndpointIndependent,
+            Placement::Sym => NatKind::Symmetric,
+        }
+    }
+
+    pub fn has_v4(self) -> bool {
+        self != Placement::V6
+    }
+
+    pub fn has_v6(self) -> bool {
+        matches!(self, Placement::V6 | Placement::Ds)
+    }
 }
 
 /// The table of `docs/routing.md`: the path ("direct", "punched" or

@@ -482,7 +482,7 @@ fn relay_loop(
         // One lock per batch, not per datagram.
         let mut trs = trs.lock().unwrap_or_else(|e| e.into_inner());
         for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
-            let from = canonical(m.addr);
+            let from = cyphonic_platform::udp::canonical(m.addr);
             let stride = m.stride.max(1);
             let mut off = 0;
             // A GRO batch holds datagrams of one source; forward each.
@@ -507,15 +507,5 @@ fn relay_loop(
                 }
             }
         }
-    }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(std::net::IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
     }
 }

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cyphonic_platform::tun::Tun;
-pub use cyphonic_platform::udp::{wait_ready, Sockets};
+pub use cyphonic_platform::udp::{canonical, wait_ready, Sockets};
 use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
 use cyphonic_proto::ip;
 use serde::Serialize;
@@ -530,15 +530,4 @@ fn write_tun(tun: &Tun, out: &mut Vec<Vec<u8>>, spare: &mut Vec<Vec<u8>>, counte
         tracing::debug!(error = %e, "TUN write failed");
     }
     spare.append(out);
-}
-
-/// IPv4-mapped IPv6 addresses are IPv4 addresses.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
 }

@@ -16,6 +16,7 @@ mod sim {
     pub mod pki;
 }
 
+use cyphonic_cloud::route::Placement;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -49,27 +50,9 @@ fn fqdn(i: usize) -> String {
 
 // ---- placements ---------------------------------------------------------
 
-/// Where a node sits, as in docs/routing.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placement {
-    V6,
-    V4,
-    Ds,
-    Eim,
-    Sym,
-}
-
 /// The path docs/routing.md promises from an MN at `mn` to a CN at `cn`.
 fn expected_path(mn: Placement, cn: Placement) -> &'static str {
-    use cyphonic_cloud::route::{documented_path, Placement as P};
-    let p = |x: Placement| match x {
-        Placement::V6 => P::V6,
-        Placement::V4 => P::V4,
-        Placement::Ds => P::Ds,
-        Placement::Eim => P::Eim,
-        Placement::Sym => P::Sym,
-    };
-    documented_path(p(mn), p(cn))
+    cyphonic_cloud::route::documented_path(mn, cn)
 }
 
 /// The NMS on ports 4502 and 4504 with relay grants for two TRS, and nodes

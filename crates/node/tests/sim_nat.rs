@@ -12,6 +12,7 @@ mod sim {
     pub mod pki;
 }
 
+use cyphonic_cloud::route::Placement;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -41,21 +42,6 @@ fn secs(n: u64) -> Duration {
 
 // ---- placements -------------------------------------------------------
 
-/// Where a node sits, as in docs/routing.md and `cyphonic lab nat-matrix`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placement {
-    /// Global IPv6 only.
-    V6,
-    /// Global IPv4 only.
-    V4,
-    /// Global IPv4 and IPv6.
-    Ds,
-    /// Private IPv4 behind its own `masquerade` NAT.
-    Eim,
-    /// Private IPv4 behind its own `masquerade fully-random` NAT.
-    Sym,
-}
-
 const ALL: [Placement; 5] = [
     Placement::V6,
     Placement::V4,
@@ -68,15 +54,7 @@ const ALL: [Placement; 5] = [
 /// `cn` (the table of `cyphonic_lab::scenarios::nat_matrix::expected_path`
 /// and of the route decision's tests in `cloud/src/route.rs`).
 fn expected_path(mn: Placement, cn: Placement) -> &'static str {
-    use cyphonic_cloud::route::{documented_path, Placement as P};
-    let p = |x: Placement| match x {
-        Placement::V6 => P::V6,
-        Placement::V4 => P::V4,
-        Placement::Ds => P::Ds,
-        Placement::Eim => P::Eim,
-        Placement::Sym => P::Sym,
-    };
-    documented_path(p(mn), p(cn))
+    cyphonic_cloud::route::documented_path(mn, cn)
 }
 
 fn natted(p: Placement) -> bool {

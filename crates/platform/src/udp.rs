@@ -147,3 +147,14 @@ pub fn wait_ready(sock: &UdpSocket, write: bool, timeout: Duration) {
         libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int);
     }
 }
+
+/// IPv4-mapped IPv6 addresses are IPv4 addresses.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(std::net::IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}

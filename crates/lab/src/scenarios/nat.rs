@@ -71,57 +71,14 @@ const LAN_PREFIX: u8 = 26;
 /// A LAN's nodes: .10, .11, ... of its block.
 const FIRST_LAN_HOST: u8 = 10;
 
-/// Where a node sits on the lab internet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Placement {
-    /// Global IPv6 only.
-    V6,
-    /// Global IPv4 only.
-    V4,
-    /// Dual stack: global IPv4 and IPv6.
-    Ds,
-    /// Private IPv4 behind an endpoint-independent-mapping NAT.
-    Eim,
-    /// Private IPv4 behind a symmetric NAT.
-    Sym,
-}
+/// Where a node sits on the lab internet (the placements of
+/// docs/routing.md).
+pub use cyphonic_cloud::route::Placement;
 
-impl Placement {
-    pub const ALL: [Placement; 5] = [
-        Placement::V6,
-        Placement::V4,
-        Placement::Ds,
-        Placement::Eim,
-        Placement::Sym,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Placement::V6 => "v6",
-            Placement::V4 => "v4",
-            Placement::Ds => "ds",
-            Placement::Eim => "eim",
-            Placement::Sym => "sym",
-        }
-    }
-
-    /// The NAT kind the cloud should detect for a node placed here (a
-    /// node's `cyphonic status --json` shows it as `cloud.nat`).
-    pub fn expected_nat(self) -> &'static str {
-        match self {
-            Placement::V6 | Placement::V4 | Placement::Ds => "none",
-            Placement::Eim => "endpoint-independent",
-            Placement::Sym => "symmetric",
-        }
-    }
-
-    fn has_v4(self) -> bool {
-        self != Placement::V6
-    }
-
-    fn has_v6(self) -> bool {
-        matches!(self, Placement::V6 | Placement::Ds)
-    }
+/// The NAT kind the cloud should detect for a node placed here (a node's
+/// `cyphonic status --json` shows it as `cloud.nat`).
+pub fn expected_nat(p: Placement) -> &'static str {
+    p.nat().as_str()
 }
 
 /// How a NAT router maps.

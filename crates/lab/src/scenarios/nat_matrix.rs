@@ -43,15 +43,7 @@ use crate::wait_until;
 /// placed at `cn`: "direct" (pattern 1, no NAT in the way), "punched"
 /// (pattern 2, a NAT opened from inside) or "relayed" (pattern 3, TRS).
 pub fn expected_path(mn: Placement, cn: Placement) -> &'static str {
-    use cyphonic_cloud::route::{documented_path, Placement as P};
-    let p = |x: Placement| match x {
-        Placement::V6 => P::V6,
-        Placement::V4 => P::V4,
-        Placement::Ds => P::Ds,
-        Placement::Eim => P::Eim,
-        Placement::Sym => P::Sym,
-    };
-    documented_path(p(mn), p(cn))
+    cyphonic_cloud::route::documented_path(mn, cn)
 }
 
 /// How long a pair may take from the name lookup to an established tunnel
@@ -409,7 +401,7 @@ fn mapping_checks(nl: &mut NatLab, report: &mut Report) -> anyhow::Result<()> {
 fn nat_detection_check(nl: &NatLab) -> anyhow::Result<String> {
     let mut wrong = Vec::new();
     for (i, n) in nl.nodes.iter().enumerate() {
-        let want = n.placement.expected_nat();
+        let want = super::nat::expected_nat(n.placement);
         match nl.o.status(i) {
             Ok(s) => {
                 let got = s["cloud"]["nat"].as_str().unwrap_or("absent").to_owned();
