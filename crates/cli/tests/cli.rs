@@ -167,3 +167,24 @@ fn lab_direct_passes() {
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
+
+/// `cyphonic lab demo`, what the README's first command ends with.
+#[test]
+fn lab_demo_passes() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let out = cyphonic(&["lab", "demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "lab demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in ["direct via", "punched via", "relayed via"] {
+        assert!(stdout.contains(path), "no {path} in the demo:\n{stdout}");
+    }
+    assert!(stdout.contains("demo: 5 passed, 0 failed"), "{stdout}");
+}

@@ -2246,9 +2246,7 @@ fn path_reason(d: &RouteDirection) -> String {
         RoutePattern::Punched if d.punch || (!d.initiate && d.peer.endpoints.is_empty()) => {
             "pattern 2: both behind endpoint-independent NATs, punched from both sides".into()
         }
-        RoutePattern::Punched => {
-            "pattern 2: a NAT on the path, opened by the side behind it".into()
-        }
+        RoutePattern::Punched => "pattern 2: a NAT on the path, opened from inside".into(),
         RoutePattern::Relayed => "no direct path possible: pattern 3, relay".into(),
         RoutePattern::Unknown(v) => format!("pattern {v}"),
     }

@@ -59,40 +59,70 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
     }
 }
 
-/// The README's first command: the most telling topology there is so far.
+/// The README's first command: the most telling topology there is so far:
+/// a cloud (AS, NMS, TRS) and five nodes placed as users' devices are — on
+/// a dual-stack network, behind a home router's NAT, behind a symmetric
+/// (carrier-grade) NAT, on an IPv6-only network — every one reaching the
+/// others by name, and how.
 fn demo(bin: &Path) -> anyhow::Result<bool> {
-    use overlay::{parse_ping, Report, Underlay};
+    use nat::{NatKind, Placement, Topology};
+    use overlay::{parse_ping, Report};
     let mut report = Report::default();
-    println!("cyphonic demo: a cloud (AS + NMS) and three nodes in network namespaces");
-    let o = direct::bring_up(bin, "demo", Underlay::V4, &["n1", "n2", "n3"])?;
-    for i in 0..3 {
-        let s = o.status(i)?;
+    println!("cyphonic demo: a cloud (AS, NMS, TRS) and five nodes in network namespaces,");
+    println!("on a dual-stack network, behind NATs and on an IPv6-only network\n");
+    let mut nl = Topology::new()
+        .router("home", NatKind::Eim)
+        .router("carrier", NatKind::Sym)
+        .router("office", NatKind::Eim)
+        .node("server", Placement::Ds)
+        .node_behind("laptop", "home")
+        .node_behind("phone", "carrier")
+        .node_behind("camera", "office")
+        .node("sensor", Placement::V6)
+        .build("demo", bin)?;
+    for (i, r) in nl.start()?.into_iter().enumerate() {
+        if let Err(e) = r {
+            report.check(&format!("{} starts", nl.o.nodes[i].name), Err(e));
+        }
+    }
+    for i in 0..nl.o.nodes.len() {
+        let s = nl.o.status(i)?;
         println!(
-            "  {} registered: {} {} (underlay {})",
+            "  {:<28} {:<13} {:<22} NAT: {}",
             s["fqdn"].as_str().unwrap_or("?"),
             s["vip4"].as_str().unwrap_or("?"),
             s["vip6"].as_str().unwrap_or("?"),
-            o.nodes[i].underlay
+            s["cloud"]["nat"].as_str().unwrap_or("?"),
         );
     }
-    for (from, to) in [(0, 1), (0, 2), (1, 2)] {
-        let name = o.fqdn(to);
-        let r = o.sh(from, &format!("ping -c3 -W2 {name}")).and_then(|out| {
+    println!();
+    let pairs = [
+        ("laptop", "server"),
+        ("laptop", "camera"),
+        ("laptop", "phone"),
+        ("phone", "sensor"),
+        ("server", "sensor"),
+    ];
+    for (from, to) in pairs {
+        let (a, b) = (nl.node(from)?, nl.node(to)?);
+        let name = nl.o.fqdn(b);
+        let o = &nl.o;
+        let r = o.sh(a, &format!("ping -c3 -W2 {name}")).and_then(|out| {
             let (rx, avg) = parse_ping(&out).ok_or_else(|| anyhow::anyhow!("no ping summary"))?;
-            anyhow::ensure!(rx == 3, "{rx}/3 replies");
-            let p = o.peer(from, &name)?;
+            anyhow::ensure!(rx >= 2, "{rx}/3 replies");
+            let p = o.peer(a, &name)?;
             Ok(format!(
-                "{rx}/3 replies, avg {avg:.2} ms, path {} over {} to {}",
+                "{rx}/3 replies, avg {avg:.2} ms: {} via {} ({})",
                 p["path"].as_str().unwrap_or("?"),
-                p["transport"].as_str().unwrap_or("?"),
-                p["endpoint"].as_str().unwrap_or("?")
+                p["endpoint"].as_str().unwrap_or("?"),
+                p["path_reason"].as_str().unwrap_or("?")
             ))
         });
-        report.check(&format!("{} -> {name}", o.nodes[from].name), r);
+        report.check(&format!("{from} -> {name}"), r);
     }
-    println!("\n`cyphonic status` on n1:");
-    let st = o.status(0)?;
-    for line in render(&st).lines() {
+    let laptop = nl.node("laptop")?;
+    println!("\n`cyphonic status` on the laptop:");
+    for line in render(&nl.o.status(laptop)?).lines() {
         println!("  {line}");
     }
     println!("demo: {} passed, {} failed", report.passed, report.failed);
