@@ -29,21 +29,6 @@ use hickory_proto::rr::RecordType;
 
 use sim::harness::*;
 
-/// `SIM_SEED`, if set, replays the seed a failed case printed.
-fn one_seed(default: u64) -> u64 {
-    std::env::var("SIM_SEED")
-        .ok()
-        .map_or(default, |s| s.parse().expect("SIM_SEED is a number"))
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 fn fqdn(i: usize) -> String {
     format!("n{i}.cyphonic.internal")
 }

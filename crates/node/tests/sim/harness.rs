@@ -1688,3 +1688,18 @@ pub fn ipv6_packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     p.extend_from_slice(payload);
     p
 }
+
+/// `SIM_SEED`, if set, replays the seed a failed case printed.
+pub fn one_seed(default: u64) -> u64 {
+    std::env::var("SIM_SEED")
+        .ok()
+        .map_or(default, |s| s.parse().expect("SIM_SEED is a number"))
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
