@@ -1479,11 +1479,11 @@ impl Node {
 
     /// The data plane opened a packet of tunnel `local_index` that came on
     /// `path`, which is not the tunnel's current one. Authenticated traffic
-    /// on a direct path moves a relayed tunnel onto it (the relay-to-direct
-    /// upgrade), and moves a direct tunnel to the peer's new address (a NAT
-    /// rebinding or a move). Traffic through the relay moves a direct
-    /// tunnel onto the relay: the peer's liveness check found the direct
-    /// path dead.
+    /// on a direct path is probed, and the tunnel moves onto it when the
+    /// probe's ack comes back over it (the relay-to-direct upgrade, or the
+    /// peer's new address after a NAT rebinding or a move). Traffic through
+    /// the relay moves a direct tunnel onto the relay: the peer's liveness
+    /// check found the direct path dead.
     pub fn handle_path_seen(&mut self, now: Instant, local_index: u32, path: Path) {
         let Some(fqdn) = self.by_index.get(&local_index).cloned() else {
             return;

@@ -963,16 +963,5 @@ fn busy_move_run(seed: u64) -> (u64, usize, usize) {
 
 #[test]
 fn the_same_seed_gives_the_same_packets_through_moves() {
-    let seed = one_seed(7);
-    let first = busy_move_run(seed);
-    assert_eq!(first, busy_move_run(seed), "seed {seed} ran twice");
-    assert!(
-        first.1 > 500 && first.2 > 200,
-        "the run did something: {first:?}"
-    );
-    assert_ne!(
-        first.0,
-        busy_move_run(seed + 1).0,
-        "another seed, other packets"
-    );
+    assert_deterministic(one_seed(7), busy_move_run, 500, 200);
 }

@@ -1703,3 +1703,22 @@ pub fn ms(n: u64) -> Duration {
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
+
+/// Runs `run` twice with `seed` and once with `seed + 1`: the same seed
+/// must give the same (transmit hash, packets on the wire, deliveries), the
+/// run must have done something (`min_wire`, `min_received`), and another
+/// seed other packets.
+pub fn assert_deterministic(
+    seed: u64,
+    run: impl Fn(u64) -> (u64, usize, usize),
+    min_wire: usize,
+    min_received: usize,
+) {
+    let first = run(seed);
+    assert_eq!(first, run(seed), "seed {seed} ran twice");
+    assert!(
+        first.1 > min_wire && first.2 > min_received,
+        "the run did something: {first:?}"
+    );
+    assert_ne!(first.0, run(seed + 1).0, "another seed, other packets");
+}
