@@ -143,7 +143,30 @@ enum NodeCmd {
         /// detects dead paths (after three silent intervals).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
         keepalive: u64,
+        /// How legs travel: `auto` tries native UDP, then QUIC (UDP 443)
+        /// and TLS over TCP 443 when UDP is blocked; `udp`, `quic` or
+        /// `tcp` forces one.
+        #[arg(long, default_value = "auto", value_parser = parse_transport)]
+        transport: TransportChoice,
+        /// Accept QUIC legs from peers on this UDP port, so a peer whose
+        /// network lets only UDP 443 out reaches this node directly
+        /// (0: no listener).
+        #[arg(long, default_value_t = 0)]
+        quic_port: u16,
     },
+}
+
+/// `--transport`: `auto` or a forced transport.
+#[derive(Debug, Clone, Copy)]
+struct TransportChoice(Option<cyphonic_node::core::Transport>);
+
+fn parse_transport(s: &str) -> Result<TransportChoice, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(TransportChoice(None));
+    }
+    s.parse::<cyphonic_node::core::Transport>()
+        .map(|t| TransportChoice(Some(t)))
+        .map_err(|e| format!("{e} (or auto)"))
 }
 
 fn main() -> std::process::ExitCode {
@@ -272,6 +295,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             no_dns,
             offload,
             keepalive,
+            transport,
+            quic_port,
         }) => {
             if !cyphonic_platform::is_root() {
                 anyhow::bail!("the node daemon needs root (TUN device, resolver configuration): run it with sudo");
@@ -283,6 +308,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 dns_listen: (!no_dns).then_some(dns_listen),
                 offload,
                 keepalive: std::time::Duration::from_secs(keepalive),
+                transport: transport.0,
+                quic_port,
             })
             .await?;
         }

@@ -68,6 +68,8 @@ pub struct LoginInfo {
     pub session_expires_in: u64,
     /// The cloud's addresses of every IP version.
     pub cloud_addrs: Vec<std::net::IpAddr>,
+    pub quic_port: u16,
+    pub tcp_port: u16,
 }
 
 impl fmt::Debug for LoginInfo {
@@ -150,6 +152,8 @@ fn login_info(ok: LoginOk) -> Result<LoginInfo, AsClientError> {
         nms_port: ok.nms_port,
         session_expires_in: ok.session_expires_in,
         cloud_addrs: ok.cloud_addrs,
+        quic_port: ok.quic_port,
+        tcp_port: ok.tcp_port,
     })
 }
 
@@ -173,6 +177,11 @@ async fn exchange(
             "{server_name:?} is neither a DNS name nor an IP address"
         ))
     })?;
+    // The AS shares TCP 443 with the cloud's TLS legs and tells its
+    // connections apart by ALPN; on its own port the offer is ignored.
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![crate::as_proto::AS_ALPN.to_vec()];
+    let config = Arc::new(config);
     let exchange = async {
         let tcp = TcpStream::connect(addr).await.map_err(AsClientError::Io)?;
         let _ = tcp.set_nodelay(true);

@@ -103,6 +103,12 @@ pub struct LoginOk {
     /// that moves into a network of the other IP version still reaches it.
     #[serde(default)]
     pub cloud_addrs: Vec<std::net::IpAddr>,
+    /// The cloud's QUIC (UDP) and TLS-over-TCP ports for signaling and
+    /// relaying when native UDP is blocked; 0: not offered.
+    #[serde(default)]
+    pub quic_port: u16,
+    #[serde(default)]
+    pub tcp_port: u16,
 }
 
 impl fmt::Debug for LoginOk {
@@ -177,6 +183,8 @@ mod tests {
             nms_port: 4502,
             session_expires_in: 86400,
             cloud_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            quic_port: 443,
+            tcp_port: 443,
         });
         let line = encode_line(&ok);
         assert!(line.starts_with(br#"{"type":"login_ok","session_id":18446744073709551615"#));

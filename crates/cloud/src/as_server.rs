@@ -483,6 +483,8 @@ impl State {
             nms_port: self.cfg.nms_port(),
             session_expires_in: lifetime.as_secs(),
             cloud_addrs: self.cfg.public_addrs.clone(),
+            quic_port: self.cfg.leg_ports().0,
+            tcp_port: self.cfg.leg_ports().1,
         }))
     }
 

@@ -442,6 +442,13 @@ impl CloudConfig {
             .collect()
     }
 
+    /// The ports of the cloud's QUIC and TLS-over-TCP listeners (same on
+    /// every cloud address and TRS instance), 0 for one that is off.
+    pub fn leg_ports(&self) -> (u16, u16) {
+        let port = |l: &[SocketAddr]| l.first().map_or(0, SocketAddr::port);
+        (port(&self.quic_listen), port(&self.tcp443_listen))
+    }
+
     /// The port nodes send NMS signaling to.
     pub fn nms_port(&self) -> u16 {
         self.nms_listen

@@ -70,6 +70,10 @@ pub struct RelayConfig {
     pub secret: Vec<u8>,
     /// TRS addresses, best first.
     pub servers: Vec<SocketAddr>,
+    /// The TRSs' QUIC and TLS-over-TCP port at the same addresses (0: none),
+    /// for nodes whose network lets only those out.
+    pub quic_port: u16,
+    pub tcp_port: u16,
     /// How long a grant is valid.
     pub lifetime: Duration,
     /// The same moment as an `Instant` and as Unix seconds: grants carry
@@ -166,6 +170,10 @@ pub struct Registration {
     /// The NMS socket the node talks to (replies leave from it).
     pub nms_local: SocketAddr,
     pub last_seen: Instant,
+    /// How its Registration came: native UDP or a QUIC / TCP leg.
+    pub transport: cyphonic_proto::Transport,
+    /// Its QUIC listener port (0: none).
+    pub quic_port: u16,
 }
 
 impl Registration {
@@ -174,6 +182,8 @@ impl Registration {
             local_addrs: self.local_addrs.clone(),
             observed: self.observed,
             observed_probe: self.observed_probe,
+            transport: self.transport,
+            quic_port: self.quic_port,
         }
     }
 
@@ -480,6 +490,8 @@ impl Nms {
             observed_probe: None,
             nms_local: local,
             last_seen: now,
+            transport: req.transport,
+            quic_port: req.quic_port,
         });
         let fqdn = session.info.fqdn.clone();
         let response = Message::RegistrationResponse(RegistrationResponse {
@@ -591,6 +603,8 @@ impl Nms {
             expires,
             key: cyphonic_proto::relay::side_key(&relay.secret, relay_id, side, expires),
             servers: servers.to_vec(),
+            quic_port: relay.quic_port,
+            tcp_port: relay.tcp_port,
         })
     }
 
@@ -695,6 +709,7 @@ impl Nms {
             initiate: !mn_initiates,
             punch: decision.punch && mn_initiates,
             relay: self.relay_offer(now, route_id, 1, &servers),
+            via: decision.via,
         };
         let to_initiator = RouteDirection {
             route_id,
@@ -704,6 +719,7 @@ impl Nms {
             initiate: mn_initiates,
             punch: decision.punch && !mn_initiates,
             relay: self.relay_offer(now, route_id, 0, &servers),
+            via: decision.via,
         };
         let cn_txid: u64 = self.rng.gen();
         let Some(cn_session) = self.sessions.get_mut(&cn) else {
@@ -919,6 +935,8 @@ mod tests {
             relay: Some(RelayConfig {
                 secret: vec![1; 32],
                 servers: servers.clone(),
+                quic_port: 443,
+                tcp_port: 443,
                 lifetime: Duration::from_secs(60),
                 wall_origin: (Instant::now(), 1_900_000_000),
             }),

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use cyphonic_proto::signal::{RoutePattern, MAX_ENDPOINTS};
+use cyphonic_proto::Transport;
 
 /// What the NMS knows of a node's network, from its Registration and NAT
 /// Probe.
@@ -17,6 +18,28 @@ pub struct NetInfo {
     pub observed: SocketAddr,
     /// Where the NMS saw its NAT Probe (to the second port) come from.
     pub observed_probe: Option<SocketAddr>,
+    /// How its Registration travelled: native UDP, or a QUIC / TLS-over-TCP
+    /// leg (its network lets no other UDP out).
+    pub transport: Transport,
+    /// Its QUIC listener port (0: none).
+    pub quic_port: u16,
+}
+
+impl NetInfo {
+    /// A node on native UDP with these addresses, as the NMS saw it.
+    pub fn udp(
+        local_addrs: Vec<SocketAddr>,
+        observed: SocketAddr,
+        observed_probe: Option<SocketAddr>,
+    ) -> Self {
+        NetInfo {
+            local_addrs,
+            observed,
+            observed_probe,
+            transport: Transport::Udp,
+            quic_port: 0,
+        }
+    }
 }
 
 /// IPv4 NAT in front of a node, by mapping behaviour (RFC 4787 §4.1).
@@ -72,6 +95,11 @@ impl NetInfo {
 
     /// The NAT in front of the node's IPv4, as far as the NMS can tell.
     pub fn nat(&self) -> NatKind {
+        if self.transport != Transport::Udp {
+            // Seen through a leg from another socket: the tunnel port's
+            // mapping is unknown (and native UDP does not get out anyway).
+            return NatKind::Unknown;
+        }
         if !self.observed.is_ipv4() {
             // Registered over IPv6: global IPv6 needs no NAT; its IPv4, if
             // any, was never observed.
@@ -95,6 +123,33 @@ impl NetInfo {
     /// or its own address), if known.
     fn v4_public(&self) -> Option<SocketAddr> {
         self.observed.is_ipv4().then_some(self.observed)
+    }
+
+    /// Where peers dial this node's QUIC listener: its global IPv6
+    /// addresses, and its IPv4 address if the NMS saw it come from that
+    /// very address (no NAT in front, whichever port it sent from). Empty
+    /// without a listener.
+    fn quic_endpoints(&self) -> Vec<SocketAddr> {
+        if self.quic_port == 0 {
+            return Vec::new();
+        }
+        let mut out: Vec<SocketAddr> = self
+            .local_addrs
+            .iter()
+            .filter(|a| match a {
+                SocketAddr::V6(v6) => (v6.ip().segments()[0] & 0xe000) == 0x2000,
+                SocketAddr::V4(_) => a.ip() == self.observed.ip(),
+            })
+            .map(|a| SocketAddr::new(a.ip(), self.quic_port))
+            .collect();
+        dedup(&mut out);
+        cap(out)
+    }
+
+    /// Can dial a QUIC listener: its signaling goes over native UDP or
+    /// QUIC, so UDP gets out at least to 443.
+    fn dials_quic(&self) -> bool {
+        matches!(self.transport, Transport::Udp | Transport::Quic)
     }
 }
 
@@ -185,6 +240,9 @@ pub struct RouteDecision {
     pub mn_endpoints: Vec<SocketAddr>,
     /// The non-initiating side punches its NAT towards the initiator.
     pub punch: bool,
+    /// How the initiator reaches the other side's endpoints: native UDP, or
+    /// QUIC to its listener.
+    pub via: Transport,
     /// Why, in words, for `cyphonic status` and logs.
     pub reason: &'static str,
 }
@@ -202,7 +260,13 @@ pub struct RouteDecision {
 ///    MN's.
 /// 6. Otherwise (a symmetric or unknown NAT on both sides, or no common
 ///    address family): pattern 3 through a TRS.
+///
+/// A node that registered over a QUIC or TCP leg (its network lets no
+/// native UDP out) takes none of those: see [`decide_leg_route`].
 pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
+    if mn.transport != Transport::Udp || cn.transport != Transport::Udp {
+        return decide_leg_route(mn, cn);
+    }
     let (mn6, cn6) = (mn.v6(), cn.v6());
     if !mn6.is_empty() && !cn6.is_empty() {
         return RouteDecision {
@@ -211,6 +275,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: with_fallbacks(cn6, cn, mn),
             mn_endpoints: with_fallbacks(mn6, mn, cn),
             punch: false,
+            via: Transport::Udp,
             reason: "both have global IPv6: direct",
         };
     }
@@ -220,6 +285,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
         cn_endpoints: probe_candidates(cn, mn),
         mn_endpoints: probe_candidates(mn, cn),
         punch: false,
+        via: Transport::Udp,
         reason,
     };
     if !(mn.has_v4() && cn.has_v4()) {
@@ -238,6 +304,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: cap(cn.v4_locals()),
             mn_endpoints: cap(mn.v4_locals()),
             punch: false,
+            via: Transport::Udp,
             reason: "behind the same NAT: direct over local addresses",
         };
     }
@@ -253,6 +320,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: cn_at(cn),
             mn_endpoints: cn_at(mn),
             punch: false,
+            via: Transport::Udp,
             reason: "no NAT between the nodes: direct",
         },
         (_, NatKind::None) => RouteDecision {
@@ -261,6 +329,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: cn_at(cn),
             mn_endpoints: cn_at(mn),
             punch: false,
+            via: Transport::Udp,
             reason: "this side behind a NAT, the peer public: the NATed side initiates (pattern 2)",
         },
         (NatKind::None, _) => RouteDecision {
@@ -269,6 +338,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: cn_at(cn),
             mn_endpoints: cn_at(mn),
             punch: false,
+            via: Transport::Udp,
             reason: "the peer behind a NAT, this side public: the NATed side initiates (pattern 2)",
         },
         (NatKind::EndpointIndependent, NatKind::EndpointIndependent) => RouteDecision {
@@ -277,9 +347,61 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: cn_at(cn),
             mn_endpoints: cn_at(mn),
             punch: true,
+            via: Transport::Udp,
             reason: "both behind endpoint-independent NATs: coordinated punching",
         },
         _ => relayed("NATs on both sides that cannot be punched: relay (pattern 3)"),
+    }
+}
+
+/// The route when at least one side reaches the cloud only over a QUIC or
+/// TCP leg: direct over QUIC when one side listens for QUIC at a public
+/// address and the other can dial it (the dialer initiates), else relayed,
+/// each side over its own transport to the TRS. No native UDP endpoints are
+/// handed out: the blocked side could not use them.
+pub fn decide_leg_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
+    let reachable = |of: &NetInfo, from: &NetInfo| -> Vec<SocketAddr> {
+        if !from.dials_quic() {
+            return Vec::new();
+        }
+        let from_v6 = !from.v6().is_empty() || from.observed.is_ipv6();
+        let from_v4 = from.has_v4();
+        of.quic_endpoints()
+            .into_iter()
+            .filter(|a| if a.is_ipv6() { from_v6 } else { from_v4 })
+            .collect()
+    };
+    let (to_cn, to_mn) = (reachable(cn, mn), reachable(mn, cn));
+    if !to_cn.is_empty() {
+        return RouteDecision {
+            pattern: RoutePattern::Direct,
+            initiator: Initiator::Mn,
+            cn_endpoints: to_cn,
+            mn_endpoints: Vec::new(),
+            punch: false,
+            via: Transport::Quic,
+            reason: "UDP blocked at one end; the peer listens for QUIC: direct over QUIC",
+        };
+    }
+    if !to_mn.is_empty() {
+        return RouteDecision {
+            pattern: RoutePattern::Direct,
+            initiator: Initiator::Cn,
+            cn_endpoints: Vec::new(),
+            mn_endpoints: to_mn,
+            punch: false,
+            via: Transport::Quic,
+            reason: "UDP blocked at one end; this side listens for QUIC: the peer dials it",
+        };
+    }
+    RouteDecision {
+        pattern: RoutePattern::Relayed,
+        initiator: Initiator::Mn,
+        cn_endpoints: Vec::new(),
+        mn_endpoints: Vec::new(),
+        punch: false,
+        via: Transport::Udp,
+        reason: "native UDP blocked at one end: relay, each side over its own transport",
     }
 }
 
@@ -352,11 +474,15 @@ mod tests {
                 local_addrs: vec![a(&format!("[2001:db8::1{n}]:4501"))],
                 observed: a(&format!("[2001:db8::1{n}]:4501")),
                 observed_probe: Some(a(&format!("[2001:db8::1{n}]:4501"))),
+                transport: Transport::Udp,
+                quic_port: 0,
             },
             P::V4 => NetInfo {
                 local_addrs: vec![a(&format!("192.0.2.1{n}:4501"))],
                 observed: a(&format!("192.0.2.1{n}:4501")),
                 observed_probe: Some(a(&format!("192.0.2.1{n}:4501"))),
+                transport: Transport::Udp,
+                quic_port: 0,
             },
             P::Ds => NetInfo {
                 local_addrs: vec![
@@ -365,16 +491,22 @@ mod tests {
                 ],
                 observed: a(&format!("192.0.2.2{n}:4501")),
                 observed_probe: Some(a(&format!("192.0.2.2{n}:4501"))),
+                transport: Transport::Udp,
+                quic_port: 0,
             },
             P::Eim => NetInfo {
                 local_addrs: vec![a(&format!("198.51.100.1{n}:4501"))],
                 observed: a(&format!("192.0.2.10{n}:4501")),
                 observed_probe: Some(a(&format!("192.0.2.10{n}:4501"))),
+                transport: Transport::Udp,
+                quic_port: 0,
             },
             P::Sym => NetInfo {
                 local_addrs: vec![a(&format!("203.0.113.1{n}:4501"))],
                 observed: a(&format!("192.0.2.11{n}:40001")),
                 observed_probe: Some(a(&format!("192.0.2.11{n}:40002"))),
+                transport: Transport::Udp,
+                quic_port: 0,
             },
         }
     }
@@ -494,5 +626,85 @@ mod tests {
             decide_route(&unknown, &node(P::V4, 2)).pattern,
             RoutePattern::Punched
         );
+    }
+
+    fn on_leg(mut n: NetInfo, transport: Transport, quic_port: u16) -> NetInfo {
+        // Seen from the leg's own socket, not the tunnel port.
+        n.observed = SocketAddr::new(n.observed.ip(), 50_000);
+        n.observed_probe = None;
+        n.transport = transport;
+        n.quic_port = quic_port;
+        n
+    }
+
+    #[test]
+    fn nodes_on_legs_are_relayed_unless_a_quic_listener_is_reachable() {
+        let all = [P::V6, P::V4, P::Ds, P::Eim, P::Sym];
+        for other in all {
+            for t in [Transport::Quic, Transport::Tcp] {
+                let blocked = on_leg(node(P::Eim, 1), t, 0);
+                // No listener anywhere: relayed, no native endpoints.
+                for (mn, cn) in [(&blocked, &node(other, 2)), (&node(other, 2), &blocked)] {
+                    let d = decide_route(mn, cn);
+                    assert_eq!(d.pattern, RoutePattern::Relayed, "{other:?} {t:?}");
+                    assert!(d.cn_endpoints.is_empty() && d.mn_endpoints.is_empty());
+                    assert!(!d.punch);
+                }
+                // The peer listens for QUIC at a public address.
+                let mut listening = node(other, 2);
+                listening.quic_port = 443;
+                let public = matches!(other, P::V4 | P::Ds);
+                for (mn_blocked, d) in [
+                    (true, decide_route(&blocked, &listening)),
+                    (false, decide_route(&listening, &blocked)),
+                ] {
+                    if public && t == Transport::Quic {
+                        assert_eq!(d.pattern, RoutePattern::Direct, "{other:?}");
+                        assert_eq!(d.via, Transport::Quic);
+                        // The blocked side dials.
+                        let (initiator, target) = if mn_blocked {
+                            (Initiator::Mn, &d.cn_endpoints)
+                        } else {
+                            (Initiator::Cn, &d.mn_endpoints)
+                        };
+                        assert_eq!(d.initiator, initiator);
+                        assert_eq!(target[0].port(), 443);
+                        assert!(listening
+                            .local_addrs
+                            .iter()
+                            .any(|a| a.ip() == target[0].ip()));
+                    } else {
+                        // TCP-only cannot dial QUIC; a NATed listener is
+                        // not reachable.
+                        assert_eq!(d.pattern, RoutePattern::Relayed, "{other:?} {t:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_public_nodes_forced_onto_quic_go_direct() {
+        let mut a1 = on_leg(node(P::V4, 1), Transport::Quic, 443);
+        let b = on_leg(node(P::V4, 2), Transport::Quic, 443);
+        let d = decide_route(&a1, &b);
+        assert_eq!(
+            (d.pattern, d.via, d.initiator),
+            (RoutePattern::Direct, Transport::Quic, Initiator::Mn)
+        );
+        assert_eq!(d.cn_endpoints, vec![a("192.0.2.12:443")]);
+        // Behind a NAT (seen from another address) nobody can dial it, but
+        // it can dial the public one.
+        a1.observed = a("192.0.2.200:50000");
+        let d = decide_route(&b, &a1);
+        assert_eq!(
+            (d.pattern, d.initiator),
+            (RoutePattern::Direct, Initiator::Cn)
+        );
+        assert_eq!(d.mn_endpoints, vec![a("192.0.2.12:443")]);
+        assert_eq!(a1.nat(), NatKind::Unknown);
+        let mut b2 = b.clone();
+        b2.observed = a("192.0.2.201:50000");
+        assert_eq!(decide_route(&b2, &a1).pattern, RoutePattern::Relayed);
     }
 }

@@ -96,6 +96,8 @@ pub async fn run(
             Ok(secret) if !cfg.relay_endpoints().is_empty() => Some(crate::nms::RelayConfig {
                 secret,
                 servers: cfg.relay_endpoints(),
+                quic_port: cfg.leg_ports().0,
+                tcp_port: cfg.leg_ports().1,
                 lifetime: Duration::from_secs(24 * 3600),
                 wall_origin: (
                     Instant::now(),

@@ -165,6 +165,8 @@ async fn registration_over(transport: Transport) {
             static_public: [9; 32],
             tunnel_port: 4600,
             local_addrs: vec!["192.0.2.10:4600".parse().unwrap()],
+            transport,
+            quic_port: 0,
         }),
     };
     let to = cloud.addr(transport);

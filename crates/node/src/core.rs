@@ -50,6 +50,10 @@ pub struct Login {
     /// the other IP version keeps signaling going.
     pub nms_alternatives: Vec<SocketAddr>,
     pub keepalive: Duration,
+    /// The cloud's QUIC (UDP) and TLS-over-TCP ports at the NMS's
+    /// addresses; 0: not offered.
+    pub quic_port: u16,
+    pub tcp_port: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +79,17 @@ pub struct NodeConfig {
     pub max_queued: usize,
     /// Keepalives to the NMS that may go unanswered before logging in again.
     pub max_missed_keepalives: u32,
+    /// `Some`: every leg uses this transport. `None`: native UDP first;
+    /// QUIC and TCP 443 when the NMS does not answer it.
+    pub transport: Option<Transport>,
+    /// How long a Registration waits for an answer on one transport before
+    /// the others are raced.
+    pub transport_fallback: Duration,
+    /// While signaling travels over QUIC or TCP, how often the cheaper
+    /// transports are tried again.
+    pub transport_reprobe: Duration,
+    /// Our QUIC listener's port, told to the NMS (0: none).
+    pub quic_port: u16,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +107,10 @@ impl Default for NodeConfig {
             punch_interval: Duration::from_millis(200),
             max_queued: 256,
             max_missed_keepalives: 3,
+            transport: None,
+            transport_fallback: Duration::from_secs(1),
+            transport_reprobe: Duration::from_secs(30),
+            quic_port: 0,
         }
     }
 }
@@ -102,7 +121,55 @@ pub type DnsClient = u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub destination: SocketAddr,
+    /// Native UDP from the tunnel port, or the QUIC / TCP leg to
+    /// `destination`.
+    pub transport: Transport,
     pub payload: Vec<u8>,
+}
+
+pub use cyphonic_proto::Transport;
+
+/// One way to reach a party: a transport and the remote address on it. On
+/// native UDP the address is the party's socket; on QUIC and TCP it names
+/// the leg (the listener dialed, or the address an accepted leg comes
+/// from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Leg {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl Leg {
+    pub fn new(transport: Transport, addr: SocketAddr) -> Self {
+        Leg { transport, addr }
+    }
+
+    pub fn udp(addr: SocketAddr) -> Self {
+        Leg::new(Transport::Udp, addr)
+    }
+
+    fn transmit(self, payload: Vec<u8>) -> Transmit {
+        Transmit {
+            destination: self.addr,
+            transport: self.transport,
+            payload,
+        }
+    }
+}
+
+impl From<SocketAddr> for Leg {
+    fn from(addr: SocketAddr) -> Self {
+        Leg::udp(addr)
+    }
+}
+
+impl std::fmt::Display for Leg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.transport {
+            Transport::Udp => write!(f, "{}", self.addr),
+            t => write!(f, "{t}:{}", self.addr),
+        }
+    }
 }
 
 /// Byte and packet counters of one tunnel, shared with the data plane.
@@ -117,19 +184,40 @@ pub struct TunnelStats {
 /// Where a tunnel's packets go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Path {
-    /// Straight to the peer (or its NAT's mapping).
-    Direct(SocketAddr),
-    /// Through a TRS, framed with the relay session's header.
-    Relay { server: SocketAddr, relay_id: u64 },
+    /// Straight to the peer (or its NAT's mapping), over native UDP or a
+    /// QUIC leg to its listener.
+    Direct(Leg),
+    /// Through a TRS, framed with the relay session's header, over the
+    /// leg to the TRS.
+    Relay { server: Leg, relay_id: u64 },
 }
 
 impl Path {
-    /// The address datagrams on this path are sent to.
-    pub fn address(&self) -> SocketAddr {
+    /// A direct path over native UDP.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Path::Direct(Leg::udp(addr))
+    }
+
+    /// The leg datagrams on this path go out on.
+    pub fn leg(&self) -> Leg {
         match self {
-            Path::Direct(a) => *a,
+            Path::Direct(l) => *l,
             Path::Relay { server, .. } => *server,
         }
+    }
+
+    /// The address datagrams on this path are sent to.
+    pub fn address(&self) -> SocketAddr {
+        self.leg().addr
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.leg().transport
+    }
+
+    /// `packet`, framed for this path, as a transmit.
+    pub fn transmit(&self, packet: &[u8]) -> Transmit {
+        self.leg().transmit(self.frame(packet))
     }
 
     pub fn is_relay(&self) -> bool {
@@ -153,7 +241,7 @@ impl Path {
 impl std::fmt::Display for Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Path::Direct(a) => write!(f, "{a}"),
+            Path::Direct(l) => write!(f, "{l}"),
             Path::Relay { server, relay_id } => write!(f, "relay {server} #{relay_id:x}"),
         }
     }
@@ -197,6 +285,9 @@ pub enum NodeEvent {
     /// its packets to `handle_outbound`, which holds them until the tunnel
     /// is back (a `TunnelUp`). Receiving goes on.
     TunnelHold { fqdn: String },
+    /// A QUIC leg to `addr` leads to the peer `fqdn`: its TLS certificate
+    /// must name it.
+    LegName { addr: SocketAddr, fqdn: String },
 }
 
 /// One answered `cyphonic ping`: the path the probe and its ack took.
@@ -221,6 +312,7 @@ impl std::fmt::Debug for NodeEvent {
             NodeEvent::TunnelDown { fqdn, .. } => write!(f, "TunnelDown({fqdn})"),
             NodeEvent::PingResult { client, .. } => write!(f, "PingResult({client})"),
             NodeEvent::TunnelHold { fqdn } => write!(f, "TunnelHold({fqdn})"),
+            NodeEvent::LegName { addr, fqdn } => write!(f, "LegName({addr} = {fqdn})"),
         }
     }
 }
@@ -253,6 +345,9 @@ pub struct NodeCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RequestKind {
     Registration,
+    /// A Registration over cheaper transports than the current one: an
+    /// answer moves signaling there.
+    TransportProbe,
     KeepAlive,
     Direction,
     NatProbe,
@@ -268,6 +363,10 @@ struct OutRequest {
     /// A Direction Request sent before a move: the NMS chose its route
     /// from our old addresses.
     before_move: bool,
+    /// The transports it is sent over (each retransmission goes on all).
+    transports: Vec<Transport>,
+    /// A Registration: when to race the other transports if unanswered.
+    race_at: Option<Instant>,
 }
 
 struct Signaling {
@@ -280,6 +379,28 @@ struct Signaling {
     observed_probe: Option<SocketAddr>,
     next_keepalive: Instant,
     missed_keepalives: u32,
+    /// The transport the NMS has our registration over.
+    registered_over: Option<Transport>,
+    /// When to try cheaper transports again (signaling on QUIC or TCP).
+    next_reprobe: Instant,
+}
+
+impl Signaling {
+    /// The NMS's leg on `transport`: its UDP port, or the cloud's QUIC or
+    /// TCP port at the same address.
+    fn nms_leg(&self, transport: Transport) -> Option<Leg> {
+        let port = match transport {
+            Transport::Udp => self.login.nms.port(),
+            Transport::Quic => self.login.quic_port,
+            Transport::Tcp => self.login.tcp_port,
+        };
+        (port != 0).then(|| Leg::new(transport, SocketAddr::new(self.login.nms.ip(), port)))
+    }
+
+    fn is_nms(&self, from: Leg) -> bool {
+        self.nms_leg(from.transport) == Some(from)
+            || (from.transport == Transport::Udp && Some(from.addr) == self.probe)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -358,6 +479,8 @@ struct RelayState {
     offer: RelayOffer,
     /// The offer's servers this node can reach (its address families).
     servers: Vec<SocketAddr>,
+    /// How this side reaches the TRS: the transport signaling found.
+    transport: Transport,
     index: usize,
     counter: u64,
     bound: bool,
@@ -366,8 +489,14 @@ struct RelayState {
 }
 
 impl RelayState {
-    fn server(&self) -> Option<SocketAddr> {
-        self.servers.get(self.index).copied()
+    fn server(&self) -> Option<Leg> {
+        let addr = self.servers.get(self.index).copied()?;
+        let port = match self.transport {
+            Transport::Udp => addr.port(),
+            Transport::Quic => self.offer.quic_port,
+            Transport::Tcp => self.offer.tcp_port,
+        };
+        (port != 0).then(|| Leg::new(self.transport, SocketAddr::new(addr.ip(), port)))
     }
 
     fn path(&self) -> Option<Path> {
@@ -410,6 +539,8 @@ pub struct Node {
     early_requests: VecDeque<(Instant, Path, Vec<u8>)>,
     /// `cyphonic ping` probes in flight: nonce -> (client, peer, sent at).
     pings: HashMap<u64, (u64, String, Instant)>,
+    /// The transport signaling uses (or tries first), kept across logins.
+    transport: Transport,
 }
 
 const MAX_EARLY_REQUESTS: usize = 8;
@@ -468,6 +599,7 @@ impl Node {
         now: Instant,
         wall: SystemTime,
     ) -> Self {
+        let transport = config.transport.unwrap_or(Transport::Udp);
         Self {
             config,
             rng: StdRng::from_seed(seed),
@@ -491,6 +623,7 @@ impl Node {
             reroute_when_registered: false,
             early_requests: VecDeque::new(),
             pings: HashMap::new(),
+            transport,
         }
     }
 
@@ -535,6 +668,16 @@ impl Node {
             .as_ref()
             .filter(|s| s.registered)
             .map(|s| (s.next_keepalive, TimerReason::KeepAlive));
+        let reprobe = self
+            .signaling
+            .as_ref()
+            .filter(|s| s.registered && self.reprobes())
+            .map(|s| (s.next_reprobe, TimerReason::KeepAlive));
+        let races = self
+            .requests
+            .values()
+            .filter_map(|r| r.race_at)
+            .map(|t| (t, TimerReason::SignalRetransmit));
         let handshakes = self.peers.values().filter_map(|p| match &p.state {
             PeerState::Handshaking {
                 next_retransmit,
@@ -558,6 +701,8 @@ impl Node {
         });
         requests
             .chain(keepalive)
+            .chain(reprobe)
+            .chain(races)
             .chain(handshakes)
             .chain(paths)
             .min_by_key(|(t, _)| *t)
@@ -656,6 +801,11 @@ impl Node {
             r.before_move |= r.kind == RequestKind::Direction;
         }
         self.reroute_when_registered = true;
+        // The new network may let native UDP out again (or block it).
+        let fallback = self.config.transport_fallback;
+        if let Some(sig) = self.signaling.as_mut() {
+            sig.next_reprobe = now + fallback;
+        }
         self.send_registration(now);
     }
 
@@ -726,6 +876,8 @@ impl Node {
             probe: None,
             observed_probe: None,
             missed_keepalives: 0,
+            registered_over: None,
+            next_reprobe: now,
         });
         self.send_registration(now);
     }
@@ -744,16 +896,111 @@ impl Node {
         self.login_requested = false;
     }
 
-    fn send_registration(&mut self, now: Instant) {
-        self.requests
-            .retain(|_, r| r.kind != RequestKind::Registration);
-        let message = Message::RegistrationRequest(RegistrationRequest {
+    fn registration(&self, transport: Transport) -> Message {
+        Message::RegistrationRequest(RegistrationRequest {
             static_public: self.identity.static_keys.public,
             tunnel_port: self.config.tunnel_port,
             local_addrs: self.local_addrs.clone(),
+            transport,
+            quic_port: self.config.quic_port,
+        })
+    }
+
+    /// Whether the transport is ours to choose (not forced) and a cheaper
+    /// one than the current may work.
+    fn reprobes(&self) -> bool {
+        self.config.transport.is_none() && self.transport != Transport::Udp
+    }
+
+    /// Registers over the current transport; unanswered after
+    /// `transport_fallback`, the same Registration is raced over every
+    /// other transport the cloud offers (unless one is forced).
+    fn send_registration(&mut self, now: Instant) {
+        self.requests.retain(|_, r| {
+            !matches!(
+                r.kind,
+                RequestKind::Registration | RequestKind::TransportProbe
+            )
         });
+        let message = self.registration(self.transport);
         let timeout = self.config.registration_timeout;
-        self.send_request(now, RequestKind::Registration, message, None, timeout);
+        let txid = self.send_request(now, RequestKind::Registration, message, None, timeout);
+        if self.config.transport.is_none() {
+            if let Some(r) = self.requests.get_mut(&txid) {
+                r.race_at = Some(now + self.config.transport_fallback);
+            }
+        }
+    }
+
+    /// Unanswered Registration: send it over the other transports too.
+    fn race_transports(&mut self, now: Instant, txid: u64) {
+        let others: Vec<Transport> = Transport::ALL
+            .into_iter()
+            .filter(|t| {
+                self.signaling
+                    .as_ref()
+                    .is_some_and(|s| s.nms_leg(*t).is_some())
+            })
+            .collect();
+        let Some(r) = self.requests.get_mut(&txid) else {
+            return;
+        };
+        r.race_at = None;
+        let new: Vec<Transport> = others
+            .into_iter()
+            .filter(|t| !r.transports.contains(t))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        tracing::info!(tried = ?r.transports, racing = ?new, "NMS silent; racing the other transports");
+        r.transports.extend(new.iter().copied());
+        r.next_retransmit = now + r.interval;
+        for t in new {
+            self.seal_to_nms_over(txid, self.registration(t), t);
+        }
+    }
+
+    /// While signaling is on QUIC or TCP: a Registration over each cheaper
+    /// transport; the first answer moves signaling there.
+    fn reprobe_transports(&mut self, now: Instant) {
+        let current = self.transport;
+        let Some(sig) = self.signaling.as_mut() else {
+            return;
+        };
+        sig.next_reprobe = now + self.config.transport_reprobe;
+        let cheaper: Vec<Transport> = Transport::ALL
+            .into_iter()
+            .filter(|t| *t < current && sig.nms_leg(*t).is_some())
+            .collect();
+        if cheaper.is_empty()
+            || self
+                .requests
+                .values()
+                .any(|r| r.kind == RequestKind::TransportProbe)
+        {
+            return;
+        }
+        tracing::debug!(?cheaper, "trying cheaper transports again");
+        let txid: u64 = self.rng.gen();
+        let interval = self.config.retransmit;
+        self.requests.insert(
+            txid,
+            OutRequest {
+                kind: RequestKind::TransportProbe,
+                message: self.registration(cheaper[0]),
+                target: None,
+                next_retransmit: now + interval,
+                interval,
+                deadline: now + self.config.transport_fallback * 2,
+                before_move: false,
+                transports: cheaper.clone(),
+                race_at: None,
+            },
+        );
+        for t in cheaper {
+            self.seal_to_nms_over(txid, self.registration(t), t);
+        }
     }
 
     fn send_request(
@@ -766,6 +1013,7 @@ impl Node {
     ) -> u64 {
         let txid: u64 = self.rng.gen();
         let interval = self.config.retransmit;
+        let transport = self.transport;
         self.requests.insert(
             txid,
             OutRequest {
@@ -776,31 +1024,40 @@ impl Node {
                 interval,
                 deadline: now + timeout,
                 before_move: false,
+                transports: vec![transport],
+                race_at: None,
             },
         );
-        self.seal_to_nms(txid, message);
+        self.seal_to_nms_over(txid, message, transport);
         txid
     }
 
+    /// Signaling over the current transport.
     fn seal_to_nms(&mut self, txid: u64, message: Message) {
-        if let Some(sig) = self.signaling.as_mut() {
-            // A NAT Probe goes to the NMS's second port; all else to the first.
-            let destination = match (&message, sig.probe) {
-                (Message::NatProbe, Some(probe)) => probe,
-                _ => sig.login.nms,
-            };
-            let payload = sig.cipher.seal(&Envelope { txid, message });
-            self.transmits.push_back(Transmit {
-                destination,
-                payload,
-            });
-        }
+        self.seal_to_nms_over(txid, message, self.transport);
+    }
+
+    fn seal_to_nms_over(&mut self, txid: u64, message: Message, transport: Transport) {
+        let Some(sig) = self.signaling.as_mut() else {
+            return;
+        };
+        // A NAT Probe goes to the NMS's second port; all else to the first.
+        let leg = match (&message, sig.probe) {
+            (Message::NatProbe, Some(probe)) => Some(Leg::udp(probe)),
+            _ => sig.nms_leg(transport),
+        };
+        let Some(leg) = leg else {
+            return;
+        };
+        let payload = sig.cipher.seal(&Envelope { txid, message });
+        self.transmits.push_back(leg.transmit(payload));
     }
 
     /// A datagram that is not a data packet arrived on the tunnel port.
     /// Relay Data wraps a packet from the peer; the TRS's address and the
     /// relay session are its path.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, from: impl Into<Leg>, packet: &[u8]) {
+        let from: Leg = from.into();
         let (path, inner) = match packet.first() {
             Some(&relay::TYPE_RELAY_DATA) => match relay::parse_data(packet) {
                 Ok(relay_id) => (
@@ -831,12 +1088,12 @@ impl Node {
         }
     }
 
-    fn on_signaling(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+    fn on_signaling(&mut self, now: Instant, from: Leg, packet: &[u8]) {
         let Some(sig) = self.signaling.as_mut() else {
             self.counters.signal_rx_bad += 1;
             return;
         };
-        if from != sig.login.nms && Some(from) != sig.probe {
+        if !sig.is_nms(from) {
             self.counters.signal_rx_bad += 1;
             return;
         }
@@ -851,10 +1108,28 @@ impl Node {
         tracing::trace!(msg = env.message.name(), txid = env.txid, "signaling in");
         match env.message {
             Message::RegistrationResponse(resp) => {
-                if self
-                    .take_request(env.txid, RequestKind::Registration)
-                    .is_none()
-                {
+                let probe = self.take_request(env.txid, RequestKind::TransportProbe);
+                let request = match probe {
+                    Some(r) => Some(r),
+                    None => self.take_request(env.txid, RequestKind::Registration),
+                };
+                let Some(request) = request else {
+                    return;
+                };
+                if request.transports.len() > 1 || request.kind == RequestKind::TransportProbe {
+                    // A race: the first transport to answer wins. The NMS
+                    // may have taken another copy last, so register once
+                    // more over the winner alone.
+                    tracing::info!(transport = %from.transport, "NMS answered; signaling over it");
+                    self.transport = from.transport;
+                    self.send_registration(now);
+                    if let Some(r) = self
+                        .requests
+                        .values_mut()
+                        .find(|r| r.kind == RequestKind::Registration)
+                    {
+                        r.race_at = None;
+                    }
                     return;
                 }
                 let keepalive = Duration::from_secs(resp.keepalive_secs.max(1) as u64);
@@ -864,18 +1139,30 @@ impl Node {
                 sig.registered = true;
                 sig.observed = Some(resp.observed);
                 sig.observed_probe = None;
-                sig.probe = (resp.probe_port != 0)
+                // NAT behaviour is probed on native UDP only: a leg's
+                // socket is not the tunnel port.
+                sig.probe = (resp.probe_port != 0 && from.transport == Transport::Udp)
                     .then(|| SocketAddr::new(sig.login.nms.ip(), resp.probe_port));
                 sig.missed_keepalives = 0;
                 sig.login.keepalive = keepalive;
                 sig.next_keepalive = now + keepalive;
+                let before = sig.registered_over.replace(from.transport);
+                if before.is_none() {
+                    sig.next_reprobe = now + self.config.transport_reprobe;
+                }
+                if before.is_some_and(|b| b != from.transport) {
+                    self.on_transport_change(now, before, from.transport);
+                }
+                let Some(sig) = self.signaling.as_mut() else {
+                    return;
+                };
                 if sig.probe.is_some() {
                     let timeout = self.config.registration_timeout;
                     self.send_request(now, RequestKind::NatProbe, Message::NatProbe, None, timeout);
                 } else {
                     self.reroute_peers(now);
                 }
-                tracing::info!(fqdn = %resp.fqdn, vip4 = %resp.vip4, vip6 = %resp.vip6, observed = %resp.observed, "Registration done");
+                tracing::info!(fqdn = %resp.fqdn, vip4 = %resp.vip4, vip6 = %resp.vip6, observed = %resp.observed, transport = %from.transport, "Registration done");
                 self.events.push_back(NodeEvent::Registered {
                     fqdn: resp.fqdn,
                     vip4: resp.vip4,
@@ -964,6 +1251,26 @@ impl Node {
         }
     }
 
+    /// Signaling moved to another transport (native UDP got blocked, or
+    /// came back): relays follow it, and every peer's route is selected
+    /// again, since the NMS chooses routes by how each node reaches it.
+    fn on_transport_change(&mut self, now: Instant, before: Option<Transport>, after: Transport) {
+        tracing::info!(?before, %after, "signaling transport changed; selecting routes again");
+        for peer in self.peers.values_mut() {
+            if let Some(r) = peer.relay.as_mut() {
+                r.transport = after;
+                r.bound = false;
+                r.unacked = 0;
+                r.next_bind = now;
+            }
+            if !matches!(peer.state, PeerState::Failed { .. }) {
+                peer.reroute = true;
+            }
+        }
+        // The NAT Probe (or its absence) that follows decides when.
+        self.reroute_when_registered = true;
+    }
+
     fn take_request(&mut self, txid: u64, kind: RequestKind) -> Option<OutRequest> {
         match self.requests.get(&txid) {
             Some(r) if r.kind == kind => self.requests.remove(&txid),
@@ -1025,6 +1332,14 @@ impl Node {
         };
         let deadline = now + self.config.handshake_timeout * 2;
         let punch = direction.punch;
+        if direction.via == Transport::Quic {
+            for addr in &direction.peer.endpoints {
+                self.events.push_back(NodeEvent::LegName {
+                    addr: *addr,
+                    fqdn: fqdn.clone(),
+                });
+            }
+        }
         self.install_peer(
             now,
             direction,
@@ -1124,6 +1439,7 @@ impl Node {
             (!servers.is_empty()).then_some(RelayState {
                 offer,
                 servers,
+                transport: self.transport,
                 index: 0,
                 counter: 0,
                 bound: false,
@@ -1188,16 +1504,22 @@ impl Node {
     /// relay; otherwise each direct endpoint, then the relay as fallback.
     fn attempt_paths(peer: &Peer) -> Vec<Path> {
         let relay = peer.relay.as_ref().and_then(RelayState::path);
-        let direct = peer
-            .direction
-            .peer
-            .endpoints
-            .iter()
-            .map(|e| Path::Direct(*e));
+        let direct = Self::direct_paths(peer);
         if peer.direction.pattern == RoutePattern::Relayed && relay.is_some() {
             return relay.into_iter().collect();
         }
         direct.chain(relay).collect()
+    }
+
+    /// The peer's endpoints as direct paths, over the transport the NMS
+    /// named (native UDP, or QUIC to the peer's listener).
+    fn direct_paths(peer: &Peer) -> impl Iterator<Item = Path> + '_ {
+        let via = peer.direction.via;
+        peer.direction
+            .peer
+            .endpoints
+            .iter()
+            .map(move |e| Path::Direct(Leg::new(via, *e)))
     }
 
     fn start_handshake(&mut self, now: Instant, fqdn: &str) {
@@ -1224,10 +1546,7 @@ impl Node {
         ) {
             Ok((initiator, request)) => {
                 tracing::debug!(peer = %fqdn, path = %first, "Tunnel Request");
-                self.transmits.push_back(Transmit {
-                    destination: first.address(),
-                    payload: first.frame(&request),
-                });
+                self.transmits.push_back(first.transmit(&request));
                 peer.state = PeerState::Handshaking {
                     initiator: Some(Box::new(initiator)),
                     request,
@@ -1282,11 +1601,7 @@ impl Node {
         }
         if let Some((req, resp)) = &peer.last_request {
             if req == packet {
-                let payload = path.frame(resp);
-                self.transmits.push_back(Transmit {
-                    destination: path.address(),
-                    payload,
-                });
+                self.transmits.push_back(path.transmit(resp));
                 return;
             }
         }
@@ -1311,10 +1626,7 @@ impl Node {
                 peer.local_index = local_index;
                 self.by_index.insert(local_index, fqdn.clone());
                 peer.last_request = Some((packet.to_vec(), response.clone()));
-                self.transmits.push_back(Transmit {
-                    destination: path.address(),
-                    payload: path.frame(&response),
-                });
+                self.transmits.push_back(path.transmit(&response));
                 tracing::info!(peer = %fqdn, %path, "Tunnel Response sent; tunnel up");
                 self.tunnel_up(now, &fqdn, path, keys);
             }
@@ -1468,10 +1780,7 @@ impl Node {
                     .stats
                     .tx_bytes
                     .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                self.transmits.push_back(Transmit {
-                    destination: path.address(),
-                    payload: path.frame(&buf),
-                });
+                self.transmits.push_back(path.transmit(&buf));
             }
             Err(e) => tracing::warn!(peer = %tunnel.fqdn, error = ?e, "cannot seal"),
         }
@@ -1699,12 +2008,13 @@ impl Node {
         let mut packet = [0u8; 12];
         packet[0] = cyphonic_proto::TYPE_PUNCH;
         packet[4..12].copy_from_slice(&peer.direction.route_id.to_be_bytes());
+        if peer.direction.via != Transport::Udp {
+            return; // QUIC legs need no holes punched
+        }
         for e in peer.direction.peer.endpoints.clone() {
             self.counters.punches_sent += 1;
-            self.transmits.push_back(Transmit {
-                destination: e,
-                payload: packet.to_vec(),
-            });
+            self.transmits
+                .push_back(Leg::udp(e).transmit(packet.to_vec()));
         }
     }
 
@@ -1756,13 +2066,10 @@ impl Node {
             counter: relay.counter,
         }
         .encode(&relay.offer.key);
-        self.transmits.push_back(Transmit {
-            destination: server,
-            payload: bind.to_vec(),
-        });
+        self.transmits.push_back(server.transmit(bind.to_vec()));
     }
 
-    fn on_relay_bind_ack(&mut self, from: SocketAddr, packet: &[u8]) {
+    fn on_relay_bind_ack(&mut self, from: Leg, packet: &[u8]) {
         let Ok(ack) = Bind::parse(packet) else {
             self.counters.relay_rx_bad += 1;
             return;
@@ -1840,10 +2147,7 @@ impl Node {
                     }
                     *sent_on_attempt += 1;
                     *next_retransmit = now + retransmit;
-                    self.transmits.push_back(Transmit {
-                        destination: path.address(),
-                        payload: path.frame(request),
-                    });
+                    self.transmits.push_back(path.transmit(request));
                 }
             }
             PeerState::AwaitingRequest { deadline } if now >= *deadline => {
@@ -1887,12 +2191,7 @@ impl Node {
         let dead = peer.stale_ticks >= dead_after;
         let relay_path = peer.relay.as_ref().and_then(RelayState::path);
         let probes: Vec<Path> = if tunnel.path.is_relay() {
-            peer.direction
-                .peer
-                .endpoints
-                .iter()
-                .map(|e| Path::Direct(*e))
-                .collect()
+            Self::direct_paths(peer).collect()
         } else {
             Vec::new()
         };
@@ -2073,17 +2372,33 @@ impl Node {
     fn signal_timers(&mut self, now: Instant) {
         let mut expired = Vec::new();
         let mut resend = Vec::new();
+        let mut race = Vec::new();
         for (txid, r) in self.requests.iter_mut() {
             if now >= r.deadline {
                 expired.push(*txid);
-            } else if now >= r.next_retransmit {
+                continue;
+            }
+            if r.race_at.is_some_and(|t| now >= t) {
+                race.push(*txid);
+            }
+            if now >= r.next_retransmit {
                 r.interval = (r.interval * 2).min(Duration::from_secs(2));
                 r.next_retransmit = now + r.interval;
-                resend.push((*txid, r.message.clone()));
+                resend.push((*txid, r.message.clone(), r.transports.clone()));
             }
         }
-        for (txid, message) in resend {
-            self.seal_to_nms(txid, message);
+        for (txid, message, transports) in resend {
+            for t in transports {
+                // A Registration names the transport it travels by.
+                let message = match &message {
+                    Message::RegistrationRequest(_) => self.registration(t),
+                    m => m.clone(),
+                };
+                self.seal_to_nms_over(txid, message, t);
+            }
+        }
+        for txid in race {
+            self.race_transports(now, txid);
         }
         for txid in expired {
             let Some(r) = self.requests.remove(&txid) else {
@@ -2108,6 +2423,9 @@ impl Node {
                         return;
                     }
                 }
+                RequestKind::TransportProbe => {
+                    tracing::debug!(transports = ?r.transports, "cheaper transports still blocked");
+                }
                 RequestKind::NatProbe => {
                     tracing::info!("NMS did not answer the NAT Probe: NAT behaviour stays unknown");
                     self.reroute_peers(now);
@@ -2122,6 +2440,14 @@ impl Node {
     }
 
     fn keepalive_timer(&mut self, now: Instant) {
+        if self.reprobes()
+            && self
+                .signaling
+                .as_ref()
+                .is_some_and(|s| s.registered && now >= s.next_reprobe)
+        {
+            self.reprobe_transports(now);
+        }
         let due = self
             .signaling
             .as_ref()
@@ -2151,10 +2477,21 @@ impl Node {
                 local_addrs: self.local_addrs.clone(),
                 observed,
                 observed_probe: self.signaling.as_ref().and_then(|s| s.observed_probe),
+                transport: self.signaling_transport(),
+                quic_port: self.config.quic_port,
             }
             .nat(),
             None => NatKind::Unknown,
         }
+    }
+
+    /// How signaling travels: the transport the NMS has our registration
+    /// over, or the one being tried.
+    pub fn signaling_transport(&self) -> Transport {
+        self.signaling
+            .as_ref()
+            .and_then(|s| s.registered_over)
+            .unwrap_or(self.transport)
     }
 
     /// A snapshot for `cyphonic status`.
@@ -2172,6 +2509,8 @@ impl Node {
                 observed_probe: sig.and_then(|s| s.observed_probe),
                 nat: self.nat().as_str().into(),
                 local_addrs: self.local_addrs.clone(),
+                transport: self.signaling_transport().as_str().into(),
+                transport_forced: self.config.transport.is_some(),
             },
             peers: self
                 .peers
@@ -2200,8 +2539,16 @@ impl Node {
                             (None, pattern) => pattern.as_str().into(),
                         },
                         path_reason: p.path_note.clone(),
-                        transport: "udp".into(),
-                        relay: p.relay.as_ref().and_then(|r| r.server()),
+                        transport: match p.tunnel.as_ref() {
+                            Some(t) => t.path.transport(),
+                            None if p.direction.pattern == RoutePattern::Relayed => {
+                                p.relay.as_ref().map_or(self.transport, |r| r.transport)
+                            }
+                            None => p.direction.via,
+                        }
+                        .as_str()
+                        .into(),
+                        relay: p.relay.as_ref().and_then(|r| r.server()).map(|l| l.addr),
                         endpoint: p.tunnel.as_ref().map(|t| t.path.address()),
                         last_handshake_unix: p
                             .last_handshake
@@ -2326,6 +2673,10 @@ pub struct CloudStatus {
     /// "none", "endpoint-independent", "symmetric" or "unknown".
     pub nat: String,
     pub local_addrs: Vec<SocketAddr>,
+    /// How signaling (and relaying) travels: "udp", "quic" or "tcp".
+    pub transport: String,
+    /// The transport was forced by configuration, not chosen.
+    pub transport_forced: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -2339,7 +2690,8 @@ pub struct PeerStatus {
     /// "direct", "punched" or "relayed".
     pub path: String,
     pub path_reason: String,
-    /// "udp" now; "quic" and "tcp" later.
+    /// "udp", "quic" or "tcp": how the tunnel's packets travel (to the peer
+    /// or to the TRS).
     pub transport: String,
     pub endpoint: Option<SocketAddr>,
     /// The TRS this tunnel may fall back to (or uses).

@@ -18,9 +18,10 @@ use tokio::net::{UdpSocket, UnixListener};
 use tokio::sync::mpsc;
 
 use crate::config::{write_private, NodeFile, StatePaths};
-use crate::core::{Login, Node, NodeConfig, NodeEvent, NodeStatus};
+use crate::core::{Leg, Login, Node, NodeConfig, NodeEvent, NodeStatus, Transport};
 use crate::dataplane::{DataCounters, DataCountersSnapshot, DataPlane, Sockets, Tables, ToControl};
 use crate::resolver::{self, Classified};
+use cyphonic_transport::{Hub, HubConfig, LegInfo, TlsIdentity};
 
 pub const DEFAULT_TUNNEL_PORT: u16 = 4501;
 pub const DEFAULT_AS_PORT: u16 = 4501;
@@ -29,6 +30,9 @@ pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.153";
 /// (16) + the relay header (12): a full packet fits unfragmented on every
 /// path, relayed over IPv6 included.
 pub const DEFAULT_MTU: u16 = 1408;
+/// Where the AS also answers Login (TLS on TCP, by ALPN) when its own port
+/// is blocked: the cloud's `tcp443_listen`.
+pub const DEFAULT_AS_FALLBACK_PORT: u16 = 443;
 
 /// Enrolls this node: makes its key, sends a CSR with the one-time device
 /// password, and stores the certificate the AS issued.
@@ -84,6 +88,11 @@ pub struct RunOptions {
     pub offload: bool,
     /// Tunnel keepalive interval.
     pub keepalive: Duration,
+    /// Force one transport for every leg; `None` chooses (UDP, then QUIC
+    /// and TCP 443).
+    pub transport: Option<Transport>,
+    /// Accept QUIC legs from peers on this UDP port (0: no listener).
+    pub quic_port: u16,
 }
 
 /// What `cyphonic status --json` prints.
@@ -93,6 +102,8 @@ pub struct StatusReport {
     pub node: NodeStatus,
     pub tun: Option<String>,
     pub dataplane: DataCountersSnapshot,
+    /// QUIC and TLS-over-TCP legs (to the cloud, TRSs and peers).
+    pub legs: Vec<LegInfo>,
 }
 
 fn unix_micros() -> u64 {
@@ -145,10 +156,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let counters = Arc::new(DataCounters::default());
     let (to_control, mut from_data) = mpsc::channel::<ToControl>(4096);
 
+    let hub = Arc::new(
+        node_hub(&chain_pem, &key_pem, &verifier, opts.quic_port)
+            .await
+            .context("cannot start the QUIC / TCP legs")?,
+    );
+    let quic_port = hub.quic_listen_addrs().first().map_or(0, |a| a.port());
     let config = NodeConfig {
         domain: file.domain.clone(),
         tunnel_port: opts.tunnel_port,
         keepalive: opts.keepalive,
+        transport: opts.transport,
+        quic_port,
         ..NodeConfig::default()
     };
     let start = Instant::now();
@@ -255,6 +274,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     tracing::info!(peer = %fqdn, "holding packets until the tunnel is back");
                     tables.hold(&fqdn);
                 }
+                NodeEvent::LegName { addr, fqdn } => hub.set_server_name(addr, fqdn),
                 NodeEvent::PingResult { client, result } => {
                     if let Some(w) = ping_waiters.remove(&client) {
                         let body = match result {
@@ -267,8 +287,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
         while let Some(t) = node.poll_transmit() {
-            if let Err(e) = sockets.send_to(&t.payload, t.destination) {
-                tracing::debug!(dst = %t.destination, error = %e, "send failed");
+            if t.transport == Transport::Udp {
+                if let Err(e) = sockets.send_to(&t.payload, t.destination) {
+                    tracing::debug!(dst = %t.destination, error = %e, "send failed");
+                }
+            } else if let Err(e) = hub.send(t.transport, t.destination, t.payload) {
+                tracing::debug!(dst = %t.destination, transport = %t.transport, error = %e, "send failed");
             }
         }
         let deadline = node
@@ -308,13 +332,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             })
                             .with_context(|| format!("cannot create TUN device {}", opts.tun_name))?,
                         );
-                        dataplane = Some(DataPlane::start(
+                        let dp = DataPlane::start(
                             t.clone(),
                             sockets.clone(),
+                            Some(hub.clone()),
                             tables.clone(),
                             counters.clone(),
                             to_control.clone(),
-                        )?);
+                        )?;
+                        tokio::spawn(receive_legs(hub.clone(), dp.inbound()));
+                        dataplane = Some(dp);
                         tracing::info!(tun = %t.name(), %vip4, %vip6, "TUN device up");
                         tun = Some(t);
                         if let Some(listen) = opts.dns_listen {
@@ -349,6 +376,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                         nms,
                         nms_alternatives,
                         keepalive: Duration::from_secs(info.keepalive_secs.max(1)),
+                        quic_port: info.quic_port,
+                        tcp_port: info.tcp_port,
                     });
                 }
                 Err(e) => {
@@ -406,6 +435,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                             node: node.status(Instant::now()),
                             tun: tun.as_ref().map(|t| t.name().to_owned()),
                             dataplane: counters.snapshot(),
+                            legs: hub.legs(),
                         };
                         let _ = reply.send(serde_json::to_string(&report).unwrap_or_default());
                     }
@@ -426,6 +456,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                     node.handle_route_change(Instant::now(), format!("default route now {}", routes.join(", ")));
                 }
                 default_routes = routes;
+                if !same_addrs {
+                    // QUIC legs migrate to the new address (RFC 9000 §9);
+                    // TCP legs are dialed again.
+                    if let Err(e) = hub.rebind() {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot move the QUIC legs");
+                    }
+                }
                 node.handle_local_addrs(Instant::now(), addrs);
             },
             _ = addr_check.tick() => {
@@ -437,6 +474,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     tracing::info!("stopping");
     drop(dataplane);
+    hub.close();
     if let Some(mut g) = dns_guard.take() {
         if let Err(e) = g.restore() {
             tracing::warn!(error = %e, "could not restore the resolver configuration");
@@ -470,18 +508,75 @@ async fn login(
         } else {
             ip.to_string()
         };
-        let addr = SocketAddr::new(ip, file.cloud.port());
-        match cyphonic_cloud::as_client::login(addr, &name, verifier.root_der(), chain_pem, key_pem)
-            .await
-        {
-            Ok(info) => {
-                let nms = SocketAddr::new(ip, info.nms_port);
-                return Ok((info, nms));
+        // The AS's own port and TCP 443 at once: a firewall that lets only
+        // the web out drops the first silently.
+        let (tx, mut rx) = mpsc::channel(2);
+        for port in [file.cloud.port(), DEFAULT_AS_FALLBACK_PORT] {
+            let addr = SocketAddr::new(ip, port);
+            let (tx, name, root, chain, key) = (
+                tx.clone(),
+                name.clone(),
+                verifier.root_der().to_vec(),
+                chain_pem.to_owned(),
+                key_pem.to_owned(),
+            );
+            tokio::spawn(async move {
+                let r = cyphonic_cloud::as_client::login(addr, &name, &root, &chain, &key).await;
+                let _ = tx.send((addr, r)).await;
+            });
+        }
+        drop(tx);
+        while let Some((addr, r)) = rx.recv().await {
+            match r {
+                Ok(info) => {
+                    let nms = SocketAddr::new(ip, info.nms_port);
+                    return Ok((info, nms));
+                }
+                Err(e) => last = Some(anyhow::Error::from(e).context(format!("login at {addr}"))),
             }
-            Err(e) => last = Some(anyhow::Error::from(e).context(format!("login at {addr}"))),
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no cloud address to log in at")))
+}
+
+/// The node's hub: dials QUIC and TLS-over-TCP legs with the node
+/// certificate, and with `quic_port` set accepts QUIC legs from peers on
+/// it (IPv4, and IPv6 where the host has it).
+async fn node_hub(
+    chain_pem: &str,
+    key_pem: &str,
+    verifier: &Verifier,
+    quic_port: u16,
+) -> anyhow::Result<Hub> {
+    let identity = TlsIdentity {
+        chain_pem: chain_pem.to_owned(),
+        key_pem: key_pem.to_owned(),
+        root_der: verifier.root_der().to_vec(),
+    };
+    let mut listen: Vec<SocketAddr> = Vec::new();
+    if quic_port != 0 {
+        listen.push(SocketAddr::new(IpAddr::from([0u8; 4]), quic_port));
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            listen.push(SocketAddr::new(IpAddr::from([0u16; 8]), quic_port));
+        }
+    }
+    Hub::node(HubConfig::default(), identity, listen, Vec::new()).await
+}
+
+/// Datagrams from QUIC and TCP legs into the data plane (which hands
+/// what is not data to the control task).
+async fn receive_legs(hub: Arc<Hub>, mut inbound: crate::dataplane::Inbound) {
+    let mut batch = Vec::with_capacity(crate::dataplane::BATCH);
+    loop {
+        batch.clear();
+        if hub.recv_many(&mut batch, crate::dataplane::BATCH).await == 0 {
+            return;
+        }
+        for r in batch.iter_mut() {
+            inbound.datagram(Leg::new(r.transport, r.from), &mut r.datagram);
+        }
+        inbound.flush();
+    }
 }
 
 /// Forwards a query to the host's own resolvers, first answer wins.

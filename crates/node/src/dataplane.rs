@@ -21,8 +21,9 @@ use cyphonic_proto::ip;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::core::{Path, TunnelHandle};
+use crate::core::{Leg, Path, Transport, TunnelHandle};
 use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
+use cyphonic_transport::Hub;
 
 /// Room in front of each packet read from the TUN device: the relay header,
 /// then our data header, so both are written in place.
@@ -38,7 +39,7 @@ const RX_BUF: usize = 65536;
 #[derive(Debug)]
 pub enum ToControl {
     /// A non-data datagram (signaling, handshake) from the network.
-    Datagram { from: SocketAddr, packet: Vec<u8> },
+    Datagram { from: Leg, packet: Vec<u8> },
     /// An application packet with no tunnel for its destination.
     Outbound(Vec<u8>),
     /// An authenticated packet of tunnel `index` came on `path`, which is
@@ -87,6 +88,11 @@ pub struct DataCounters {
     pub rx_bad_inner_source: AtomicU64,
     pub tx_errors: AtomicU64,
     pub control_queue_full: AtomicU64,
+    /// Packets larger than their path carries (QUIC legs): answered with
+    /// ICMP Fragmentation Needed / Packet Too Big on the TUN device.
+    pub tx_too_big: AtomicU64,
+    /// Packets a QUIC or TCP leg refused (queue full, no leg).
+    pub tx_leg_dropped: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -100,6 +106,8 @@ pub struct DataCountersSnapshot {
     pub rx_bad_inner_source: u64,
     pub tx_errors: u64,
     pub control_queue_full: u64,
+    pub tx_too_big: u64,
+    pub tx_leg_dropped: u64,
 }
 
 impl DataCounters {
@@ -115,6 +123,8 @@ impl DataCounters {
             rx_bad_inner_source: l(&self.rx_bad_inner_source),
             tx_errors: l(&self.tx_errors),
             control_queue_full: l(&self.control_queue_full),
+            tx_too_big: l(&self.tx_too_big),
+            tx_leg_dropped: l(&self.tx_leg_dropped),
         }
     }
 }
@@ -186,17 +196,40 @@ impl Tables {
     }
 }
 
+/// The largest inner packet a QUIC leg carries on a path of this family:
+/// the hub's DATAGRAM budget on a 1500-byte link, less our data header and
+/// tag and, relayed, the relay header (docs/transports.md).
+pub fn quic_inner_limit(ipv6: bool, relayed: bool) -> usize {
+    let payload = if ipv6 {
+        cyphonic_transport::QUIC_UDP_PAYLOAD_V6
+    } else {
+        cyphonic_transport::QUIC_UDP_PAYLOAD_V4
+    } as usize;
+    let relay = if relayed { RELAY_HEADER_LEN } else { 0 };
+    payload - QUIC_BUDGET - DATA_HEADER_LEN - TAG_LEN - relay
+}
+
+/// Bytes quinn sets aside per DATAGRAM frame in a 1-RTT packet (see
+/// `cyphonic-transport`'s crate docs).
+const QUIC_BUDGET: usize = 38;
+
 /// The running fast path; dropping it stops the threads.
 pub struct DataPlane {
     stop: Arc<AtomicBool>,
     tun: Arc<Tun>,
     threads: Vec<JoinHandle<()>>,
+    tables: Arc<Tables>,
+    counters: Arc<DataCounters>,
+    control: mpsc::Sender<ToControl>,
 }
 
 impl DataPlane {
+    /// `hub` carries the tunnels whose path is a QUIC or TCP leg; their
+    /// received datagrams come in through [`DataPlane::inbound`].
     pub fn start(
         tun: Arc<Tun>,
         sockets: Arc<Sockets>,
+        hub: Option<Arc<Hub>>,
         tables: Arc<Tables>,
         counters: Arc<DataCounters>,
         control: mpsc::Sender<ToControl>,
@@ -212,9 +245,19 @@ impl DataPlane {
                 control.clone(),
                 stop.clone(),
             );
-            threads.push(std::thread::Builder::new().name("cy-tun-rx".into()).spawn(
-                move || outbound_loop(&tun, &sockets, &tables, &counters, &control, &stop),
-            )?);
+            let out = Outbound {
+                tun,
+                sockets,
+                hub,
+                tables,
+                counters,
+                control,
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cy-tun-rx".into())
+                    .spawn(move || outbound_loop(&out, &stop))?,
+            );
         }
         for v6 in [false, true] {
             let has = if v6 {
@@ -225,23 +268,28 @@ impl DataPlane {
             if !has {
                 continue;
             }
-            let (tun, sockets, tables, counters, control, stop) = (
-                tun.clone(),
-                sockets.clone(),
-                tables.clone(),
-                counters.clone(),
-                control.clone(),
-                stop.clone(),
-            );
+            let inbound = Inbound::new(&tun, &tables, &counters, &control);
+            let (sockets, stop) = (sockets.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(if v6 { "cy-udp6-rx" } else { "cy-udp4-rx" }.into())
-                    .spawn(move || {
-                        inbound_loop(v6, &tun, &sockets, &tables, &counters, &control, &stop)
-                    })?,
+                    .spawn(move || inbound_loop(v6, &sockets, inbound, &stop))?,
             );
         }
-        Ok(DataPlane { stop, tun, threads })
+        Ok(DataPlane {
+            stop,
+            tun,
+            threads,
+            tables,
+            counters,
+            control,
+        })
+    }
+
+    /// A receiver for datagrams that arrive on QUIC and TCP legs: the same
+    /// checks and the same TUN writes as the UDP sockets' threads.
+    pub fn inbound(&self) -> Inbound {
+        Inbound::new(&self.tun, &self.tables, &self.counters, &self.control)
     }
 }
 
@@ -255,16 +303,20 @@ impl Drop for DataPlane {
     }
 }
 
-/// TUN -> seal -> UDP. Packets to one endpoint that fill whole segments go
-/// out in one GSO send.
-fn outbound_loop(
-    tun: &Tun,
-    sockets: &Sockets,
-    tables: &Tables,
-    counters: &DataCounters,
-    control: &mpsc::Sender<ToControl>,
-    stop: &AtomicBool,
-) {
+/// What the TUN reader needs.
+struct Outbound {
+    tun: Arc<Tun>,
+    sockets: Arc<Sockets>,
+    hub: Option<Arc<Hub>>,
+    tables: Arc<Tables>,
+    counters: Arc<DataCounters>,
+    control: mpsc::Sender<ToControl>,
+}
+
+/// TUN -> seal -> UDP (or a QUIC / TCP leg). Packets to one UDP endpoint
+/// that fill whole segments go out in one GSO send.
+fn outbound_loop(o: &Outbound, stop: &AtomicBool) {
+    let (tun, sockets, tables, counters) = (&o.tun, &o.sockets, &o.tables, &o.counters);
     let mtu = tun.mtu() as usize;
     let slot = HEADROOM + mtu + TAG_LEN;
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; slot]).collect();
@@ -272,6 +324,7 @@ fn outbound_loop(
     let mut scratch = vec![0u8; 65536 + 64];
     // Sealed packets for the current destination, back to back.
     let mut train: Vec<u8> = Vec::with_capacity(slot * BATCH);
+    let mut too_big: Vec<Vec<u8>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         for b in bufs.iter_mut() {
             b.resize(slot, 0);
@@ -307,7 +360,7 @@ fn outbound_loop(
                 continue;
             };
             let Some(tunnel) = tables.by_destination(dst) else {
-                if control
+                if o.control
                     .try_send(ToControl::Outbound(packet.to_vec()))
                     .is_err()
                 {
@@ -315,6 +368,21 @@ fn outbound_loop(
                 }
                 continue;
             };
+            let leg = tunnel.path.leg();
+            if leg.transport == Transport::Quic {
+                // A QUIC DATAGRAM frame must fit one packet: tell the
+                // sender the path's size (its TCP lowers its MSS).
+                let limit = quic_inner_limit(leg.addr.is_ipv6(), tunnel.path.is_relay());
+                if len > limit {
+                    counters.tx_too_big.fetch_add(1, Ordering::Relaxed);
+                    if let Some(icmp) = ip::packet_too_big(packet, limit as u16) {
+                        let mut b = vec![0u8; DATA_HEADER_LEN];
+                        b.extend_from_slice(&icmp);
+                        too_big.push(b);
+                    }
+                    continue;
+                }
+            }
             let sealed = match tunnel
                 .send
                 .seal_in_place(&mut bufs[i][RELAY_HEADER_LEN..], len)
@@ -344,7 +412,18 @@ fn outbound_loop(
                     (0, sealed + RELAY_HEADER_LEN)
                 }
             };
-            let endpoint = tunnel.path.address();
+            if leg.transport != Transport::Udp {
+                let datagram = bufs[i][start..start + sealed].to_vec();
+                let sent = match &o.hub {
+                    Some(hub) => hub.send(leg.transport, leg.addr, datagram).is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    counters.tx_leg_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
+            let endpoint = leg.addr;
             // A train continues while the endpoint is the same and every
             // segment but the last has the train's size.
             let joins = match current {
@@ -365,19 +444,17 @@ fn outbound_loop(
             }
         }
         flush(&mut train, &mut current);
+        if !too_big.is_empty() {
+            if let Err(e) = tun.send_batch(&mut too_big, DATA_HEADER_LEN) {
+                tracing::debug!(error = %e, "TUN write of ICMP too-big failed");
+            }
+            too_big.clear();
+        }
     }
 }
 
 /// UDP -> open -> checks -> TUN.
-fn inbound_loop(
-    v6: bool,
-    tun: &Tun,
-    sockets: &Sockets,
-    tables: &Tables,
-    counters: &DataCounters,
-    control: &mpsc::Sender<ToControl>,
-    stop: &AtomicBool,
-) {
+fn inbound_loop(v6: bool, sockets: &Sockets, mut inbound: Inbound, stop: &AtomicBool) {
     let Some(sock) = (if v6 {
         sockets.v6.as_ref()
     } else {
@@ -388,9 +465,6 @@ fn inbound_loop(
     let n_bufs = 8;
     let mut rx: Vec<Vec<u8>> = (0..n_bufs).map(|_| vec![0u8; RX_BUF]).collect();
     let mut meta = vec![quinn_udp::RecvMeta::default(); n_bufs];
-    let mut out: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut reports = PathReports::default();
     while !stop.load(Ordering::Relaxed) {
         // Wake at least this often to notice shutdown.
         wait_ready(sock, false, Duration::from_millis(250));
@@ -415,109 +489,153 @@ fn inbound_loop(
             }
         };
         for (buf, m) in rx.iter_mut().zip(meta.iter()).take(n) {
-            let from = canonical(m.addr);
+            let from = Leg::udp(canonical(m.addr));
             let stride = m.stride.max(1);
             let mut off = 0;
             while off < m.len {
                 let end = (off + stride).min(m.len);
-                let whole = &mut buf[off..end];
+                inbound.datagram(from, &mut buf[off..end]);
                 off = end;
-                // Relay Data carrying a data packet is ours to open; the
-                // relay session and TRS make its path.
-                let (path, datagram) = match relay::parse_data(whole) {
-                    Ok(relay_id) if whole.get(relay::RELAY_HEADER_LEN) == Some(&TYPE_DATA) => (
-                        Path::Relay {
-                            server: from,
-                            relay_id,
-                        },
-                        &mut whole[relay::RELAY_HEADER_LEN..],
-                    ),
-                    _ => (Path::Direct(from), whole),
-                };
-                if datagram.first() != Some(&TYPE_DATA) {
-                    let msg = ToControl::Datagram {
-                        from,
-                        packet: datagram.to_vec(),
-                    };
-                    if control.try_send(msg).is_err() {
-                        counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                let Some(index) = data_receiver_index(datagram) else {
-                    counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let Some(tunnel) = tables.by_index(index) else {
-                    counters.rx_unknown_index.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let range = match tunnel.recv.open_in_place(datagram) {
-                    Ok(r) => r,
-                    Err(DataError::Replay(_)) => {
-                        counters.rx_replayed.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(DataError::Auth) => {
-                        counters.rx_auth_failed.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(_) => {
-                        counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
-                let plain = &datagram[range];
-                tunnel.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-                counters.rx_packets.fetch_add(1, Ordering::Relaxed);
-                if path != tunnel.path && reports.allow(index, path) {
-                    let _ = control.try_send(ToControl::PathSeen { index, path });
-                }
-                if plain.is_empty() {
-                    continue; // keepalive
-                }
-                if !matches!(plain[0] >> 4, 4 | 6) {
-                    // Not an IP packet: a tunnel message for the control task.
-                    if plain.len() <= 64 {
-                        let message = plain.to_vec();
-                        if control
-                            .try_send(ToControl::TunnelMessage {
-                                index,
-                                path,
-                                message,
-                            })
-                            .is_err()
-                        {
-                            counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    continue;
-                }
-                // A peer may only speak for its own VIPs.
-                let src_ok = match ip::inner_source(plain) {
-                    Some(IpAddr::V4(a)) => a == tunnel.vip4,
-                    Some(IpAddr::V6(a)) => a == tunnel.vip6,
-                    None => false,
-                };
-                if !src_ok {
-                    counters.rx_bad_inner_source.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                tunnel
-                    .stats
-                    .rx_bytes
-                    .fetch_add(plain.len() as u64, Ordering::Relaxed);
-                let mut b = spare.pop().unwrap_or_default();
-                b.clear();
-                b.resize(DATA_HEADER_LEN, 0);
-                b.extend_from_slice(plain);
-                out.push(b);
-                if out.len() == BATCH {
-                    write_tun(tun, &mut out, &mut spare, counters);
-                }
             }
         }
-        write_tun(tun, &mut out, &mut spare, counters);
+        inbound.flush();
+    }
+}
+
+/// Opens received datagrams of known tunnels and writes their packets to
+/// the TUN device in batches; hands everything else to the control task.
+/// One per receiving thread or task.
+pub struct Inbound {
+    tun: Arc<Tun>,
+    tables: Arc<Tables>,
+    counters: Arc<DataCounters>,
+    control: mpsc::Sender<ToControl>,
+    reports: PathReports,
+    out: Vec<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Inbound {
+    fn new(
+        tun: &Arc<Tun>,
+        tables: &Arc<Tables>,
+        counters: &Arc<DataCounters>,
+        control: &mpsc::Sender<ToControl>,
+    ) -> Self {
+        Inbound {
+            tun: tun.clone(),
+            tables: tables.clone(),
+            counters: counters.clone(),
+            control: control.clone(),
+            reports: PathReports::default(),
+            out: Vec::with_capacity(BATCH),
+            spare: Vec::new(),
+        }
+    }
+
+    /// One datagram from `from`; its packet is written by the next
+    /// [`Inbound::flush`] (or sooner, when a batch is full).
+    pub fn datagram(&mut self, from: Leg, whole: &mut [u8]) {
+        let counters = &*self.counters;
+        // Relay Data carrying a data packet is ours to open; the relay
+        // session and TRS make its path.
+        let (path, datagram) = match relay::parse_data(whole) {
+            Ok(relay_id) if whole.get(relay::RELAY_HEADER_LEN) == Some(&TYPE_DATA) => (
+                Path::Relay {
+                    server: from,
+                    relay_id,
+                },
+                &mut whole[relay::RELAY_HEADER_LEN..],
+            ),
+            _ => (Path::Direct(from), whole),
+        };
+        if datagram.first() != Some(&TYPE_DATA) {
+            let msg = ToControl::Datagram {
+                from,
+                packet: datagram.to_vec(),
+            };
+            if self.control.try_send(msg).is_err() {
+                counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let Some(index) = data_receiver_index(datagram) else {
+            counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(tunnel) = self.tables.by_index(index) else {
+            counters.rx_unknown_index.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let range = match tunnel.recv.open_in_place(datagram) {
+            Ok(r) => r,
+            Err(DataError::Replay(_)) => {
+                counters.rx_replayed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(DataError::Auth) => {
+                counters.rx_auth_failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let plain = &datagram[range];
+        tunnel.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+        counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+        if path != tunnel.path && self.reports.allow(index, path) {
+            let _ = self.control.try_send(ToControl::PathSeen { index, path });
+        }
+        if plain.is_empty() {
+            return; // keepalive
+        }
+        if !matches!(plain[0] >> 4, 4 | 6) {
+            // Not an IP packet: a tunnel message for the control task.
+            if plain.len() <= 64 {
+                let message = plain.to_vec();
+                if self
+                    .control
+                    .try_send(ToControl::TunnelMessage {
+                        index,
+                        path,
+                        message,
+                    })
+                    .is_err()
+                {
+                    counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        // A peer may only speak for its own VIPs.
+        let src_ok = match ip::inner_source(plain) {
+            Some(IpAddr::V4(a)) => a == tunnel.vip4,
+            Some(IpAddr::V6(a)) => a == tunnel.vip6,
+            None => false,
+        };
+        if !src_ok {
+            counters.rx_bad_inner_source.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        tunnel
+            .stats
+            .rx_bytes
+            .fetch_add(plain.len() as u64, Ordering::Relaxed);
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.resize(DATA_HEADER_LEN, 0);
+        b.extend_from_slice(plain);
+        self.out.push(b);
+        if self.out.len() == BATCH {
+            self.flush();
+        }
+    }
+
+    /// Writes the packets gathered so far to the TUN device.
+    pub fn flush(&mut self) {
+        write_tun(&self.tun, &mut self.out, &mut self.spare, &self.counters);
     }
 }
 

@@ -336,11 +336,12 @@ fn check_after_move(sim: &Sim, mover: usize, peer: usize, want: &str, moves: u64
         assert_eq!((p.vip4, p.vip6), (vip4(other), vip6(other)));
         match tunnel_path(sim, me, other).expect("a data plane tunnel") {
             Path::Direct(a) => assert!(
-                sim.holds(other, a),
+                sim.holds(other, a.addr),
                 "n{me} sends to {a}, which n{other} does not hold"
             ),
             Path::Relay { server, .. } => assert!(
-                (0..sim.trs.len()).any(|k| server == trs_v4(k) || server == trs_v6(k)),
+                (0..sim.trs.len())
+                    .any(|k| server == trs_v4(k).into() || server == trs_v6(k).into()),
                 "relayed through {server}"
             ),
         }
@@ -472,16 +473,16 @@ fn a_move_into_ipv6_only_against_an_ipv4_only_peer_goes_through_the_relay() {
     // Both ends meet at one TRS instance (the NMS spreads routes over the
     // instances, so which one depends on the routes before).
     let instance = (0..2).find(|k| {
-        matches!(tunnel_path(&sim, 1, 2), Some(Path::Relay { server, .. }) if server == trs_v6(*k))
+        matches!(tunnel_path(&sim, 1, 2), Some(Path::Relay { server, .. }) if server == trs_v6(*k).into())
     });
     let k = instance.expect("n1 relays through a TRS over IPv6");
     assert!(matches!(
         tunnel_path(&sim, 2, 1),
-        Some(Path::Relay { server, .. }) if server == trs_v4(k)
+        Some(Path::Relay { server, .. }) if server == trs_v4(k).into()
     ));
     exchange(&mut sim, 1, 2, "relayed");
     let last = sim.node(1).received.last().unwrap();
-    assert!(matches!(last.path, Path::Relay { server, .. } if server == trs_v6(k)));
+    assert!(matches!(last.path, Path::Relay { server, .. } if server == trs_v6(k).into()));
     assert!(sim.trs[k].trs.counters().forwarded_packets > 0);
 }
 
@@ -875,7 +876,7 @@ fn a_spoofed_endpoint_after_a_move_does_not_take_the_tunnel() {
     // forged source, and an unseen genuine packet from a third address.
     sim.inject(ATTACKER, node_v4(2), delivered);
     sim.inject(ATTACKER, node_v4(2), unseen);
-    assert!(sim.run_until(secs(1), |s| tunnel_path(s, 2, 1) == Some(Path::Direct(new))));
+    assert!(sim.run_until(secs(1), |s| tunnel_path(s, 2, 1) == Some(Path::udp(new))));
     let followed = sim.elapsed() - moved;
     assert_eq!(sim.node(2).data_rx_replayed, replayed + 1);
     assert_eq!(sim.node(2).data_rx_bad, bad + 1);
@@ -883,7 +884,7 @@ fn a_spoofed_endpoint_after_a_move_does_not_take_the_tunnel() {
         sim.node(2)
             .path_reports
             .iter()
-            .any(|(at, _, p)| *at >= moved && *p == Path::Direct(ATTACKER)),
+            .any(|(at, _, p)| *at >= moved && *p == Path::udp(ATTACKER)),
         "the unseen packet authenticated and was reported"
     );
 
@@ -897,7 +898,7 @@ fn a_spoofed_endpoint_after_a_move_does_not_take_the_tunnel() {
         sim.node(2)
             .path_reports
             .iter()
-            .any(|(at, _, p)| *at >= injected && *p == Path::Direct(old)),
+            .any(|(at, _, p)| *at >= injected && *p == Path::udp(old)),
         "the packet from the old address authenticated and was reported"
     );
     let paths = paths_since(&sim, 2, 1, moved);
@@ -918,9 +919,9 @@ fn a_spoofed_endpoint_after_a_move_does_not_take_the_tunnel() {
             "n2 sent no probe to {forged}"
         );
     }
-    assert_eq!(tunnel_path(&sim, 2, 1), Some(Path::Direct(new)));
+    assert_eq!(tunnel_path(&sim, 2, 1), Some(Path::udp(new)));
     exchange(&mut sim, 1, 2, "after the spoofing");
-    assert_eq!(tunnel_path(&sim, 2, 1), Some(Path::Direct(new)));
+    assert_eq!(tunnel_path(&sim, 2, 1), Some(Path::udp(new)));
     eprintln!("n2 followed n1 {followed:?} after the move, past the forged packets");
 }
 

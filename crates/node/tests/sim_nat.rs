@@ -641,11 +641,7 @@ fn two_nodes_behind_one_nat_go_direct_over_the_lan() {
                 .all(|w| w.lan_src.is_none() && (w.dst == a || w.dst == b)),
             "{nat:?}: every packet between them stayed on the LAN"
         );
-        assert!(sim
-            .node(1)
-            .received
-            .iter()
-            .all(|r| r.path == Path::Direct(b)));
+        assert!(sim.node(1).received.iter().all(|r| r.path == Path::udp(b)));
     }
 }
 
@@ -790,7 +786,7 @@ fn a_relayed_tunnel_moves_to_the_direct_path_once_it_opens() {
         assert_eq!(path_of(&sim, me, peer), "relayed");
         assert!(matches!(
             tunnel_path(&sim, me, peer),
-            Some(Path::Relay { server, .. }) if server == trs_v4(0)
+            Some(Path::Relay { server, .. }) if server == trs_v4(0).into()
         ));
     }
     let relayed = stream(&mut sim, secs(3), ms(100), "relayed");
@@ -816,7 +812,7 @@ fn a_relayed_tunnel_moves_to_the_direct_path_once_it_opens() {
         );
         assert_eq!(
             tunnel_path(&sim, me, peer),
-            Some(Path::Direct(SocketAddr::new(
+            Some(Path::udp(SocketAddr::new(
                 nat_public(peer - 1),
                 TUNNEL_PORT
             )))
@@ -898,7 +894,7 @@ fn falls_back_to_the_relay(direct_latency: Duration, traffic: bool) {
     sim.run_for(ms(200));
     exchange(&mut sim, 1, 2, "relayed").unwrap();
     let last = sim.node(1).received.last().unwrap();
-    assert!(matches!(last.path, Path::Relay { server, .. } if server == trs_v4(0)));
+    assert!(matches!(last.path, Path::Relay { server, .. } if server == trs_v4(0).into()));
 }
 
 #[test]

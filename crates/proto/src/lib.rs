@@ -16,4 +16,7 @@ pub mod ip;
 pub mod relay;
 pub mod replay;
 pub mod signal;
+pub mod transport;
 pub mod wire;
+
+pub use transport::Transport;

@@ -23,6 +23,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::wire::{Reader, WireError, Writer};
+use crate::Transport;
 
 pub const TYPE_SIGNALING: u8 = 1;
 pub const SIGNAL_VERSION: u8 = 1;
@@ -259,6 +260,14 @@ pub struct RegistrationRequest {
     pub tunnel_port: u16,
     /// The node's own addresses (with `tunnel_port`), as it sees them.
     pub local_addrs: Vec<SocketAddr>,
+    /// How this registration travels: UDP to the NMS's own port, or a QUIC
+    /// or TLS-over-TCP leg to its 443. A node that registers over a leg is
+    /// not reachable on native UDP, so its routes are relayed (or direct
+    /// over QUIC to a peer that listens for it).
+    pub transport: Transport,
+    /// The node's QUIC listener port on its addresses (0: none): peers may
+    /// dial it for a direct QUIC path.
+    pub quic_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,6 +384,10 @@ pub struct RouteDirection {
     /// Relay credentials for this node's side, when the cloud runs a TRS:
     /// the path for pattern 3, and the fallback for the others.
     pub relay: Option<RelayOffer>,
+    /// The transport to reach `peer.endpoints` by: native UDP, or QUIC to
+    /// the peer's QUIC listener (a direct path for a node that only has
+    /// UDP 443 out).
+    pub via: Transport,
 }
 
 /// One side's grant for a relay session (see [`crate::relay`]).
@@ -387,6 +400,10 @@ pub struct RelayOffer {
     /// TRS addresses, best first; a node uses the first of its family and
     /// moves down the list when one stops answering.
     pub servers: Vec<SocketAddr>,
+    /// The TRSs' QUIC and TLS-over-TCP port (same addresses as `servers`),
+    /// for a node whose signaling travels over a leg; 0: none.
+    pub quic_port: u16,
+    pub tcp_port: u16,
 }
 
 impl std::fmt::Debug for RelayOffer {
@@ -466,6 +483,7 @@ impl Envelope {
                 w.u8(MSG_REGISTRATION_REQUEST).u64(self.txid);
                 w.bytes(&r.static_public).u16(r.tunnel_port);
                 w.socket_addrs(&r.local_addrs[..r.local_addrs.len().min(MAX_ENDPOINTS)]);
+                w.u8(r.transport.to_u8()).u16(r.quic_port);
             }
             Message::RegistrationResponse(r) => {
                 w.u8(MSG_REGISTRATION_RESPONSE).u64(self.txid);
@@ -530,10 +548,14 @@ impl Envelope {
                     }
                     .into());
                 }
+                let transport = transport(r.u8()?)?;
+                let quic_port = r.u16()?;
                 Message::RegistrationRequest(RegistrationRequest {
                     static_public,
                     tunnel_port,
                     local_addrs,
+                    transport,
+                    quic_port,
                 })
             }
             MSG_REGISTRATION_RESPONSE => Message::RegistrationResponse(RegistrationResponse {
@@ -598,8 +620,14 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
                 .u64(r.expires)
                 .bytes(&r.key);
             w.socket_addrs(&r.servers[..r.servers.len().min(MAX_ENDPOINTS)]);
+            w.u16(r.quic_port).u16(r.tcp_port);
         }
     }
+    w.u8(d.via.to_u8());
+}
+
+fn transport(code: u8) -> Result<Transport, SignalError> {
+    Transport::from_u8(code).ok_or_else(|| WireError::Invalid { field: "transport" }.into())
 }
 
 fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
@@ -637,6 +665,8 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
                 expires: r.u64()?,
                 key: r.array()?,
                 servers: r.socket_addrs()?,
+                quic_port: r.u16()?,
+                tcp_port: r.u16()?,
             };
             if offer.side > 1 || offer.servers.len() > MAX_ENDPOINTS {
                 return Err(WireError::Invalid {
@@ -661,6 +691,7 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         initiate: flags & 1 != 0,
         punch: flags & 2 != 0,
         relay,
+        via: transport(r.u8()?)?,
     })
 }
 
@@ -694,6 +725,7 @@ mod tests {
             initiate: true,
             punch: false,
             relay: None,
+            via: Transport::Udp,
         };
         let relayed = RouteDirection {
             pattern: RoutePattern::Relayed,
@@ -708,7 +740,10 @@ mod tests {
                     "192.0.2.1:4503".parse().unwrap(),
                     "[2001:db8::1]:4503".parse().unwrap(),
                 ],
+                quic_port: 443,
+                tcp_port: 443,
             }),
+            via: Transport::Quic,
             ..dir.clone()
         };
         vec![
@@ -719,6 +754,8 @@ mod tests {
                     "192.0.2.11:4501".parse().unwrap(),
                     "[2001:db8::11]:4501".parse().unwrap(),
                 ],
+                transport: Transport::Tcp,
+                quic_port: 443,
             }),
             Message::RegistrationResponse(RegistrationResponse {
                 fqdn: "n1.cyphonic.internal".into(),

@@ -77,6 +77,26 @@ impl Hub {
         Self::build(config, &identity, true, &quic, &tcp, true, None).await
     }
 
+    /// [`Hub::client_with_config`] listening on any number of addresses
+    /// (a node's QUIC listener on IPv4 and IPv6).
+    pub async fn node(
+        config: HubConfig,
+        identity: TlsIdentity,
+        quic_listen: Vec<SocketAddr>,
+        tcp_listen: Vec<SocketAddr>,
+    ) -> anyhow::Result<Hub> {
+        Self::build(
+            config,
+            &identity,
+            true,
+            &quic_listen,
+            &tcp_listen,
+            true,
+            None,
+        )
+        .await
+    }
+
     /// A cloud server's hub (NMS, TRS) with [`HubConfig::default`]: accepts
     /// legs from nodes on every address given and never dials; it answers
     /// on the leg the destination address names.

@@ -92,6 +92,7 @@ mod tls;
 mod types;
 
 pub use config::{HubConfig, MAX_DATAGRAM, QUIC_UDP_PAYLOAD_V4, QUIC_UDP_PAYLOAD_V6};
+pub use cyphonic_proto::transport::UnknownTransport;
 pub use error::SendError;
 pub use hub::Hub;
 pub use tcp::TcpHandoff;

@@ -3,56 +3,11 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-/// How a cyphonic datagram travels between two parties.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// The node's own UDP tunnel socket (not carried by a [`crate::Hub`]).
-    Udp,
-    /// One QUIC DATAGRAM frame per datagram.
-    Quic,
-    /// TLS 1.3 over TCP, one length-prefixed frame per datagram.
-    Tcp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Quic => "quic",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The name was none of `udp`, `quic`, `tcp`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown transport {0:?}: expected udp, quic or tcp")]
-pub struct UnknownTransport(pub String);
-
-impl FromStr for Transport {
-    type Err = UnknownTransport;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "udp" => Ok(Transport::Udp),
-            "quic" => Ok(Transport::Quic),
-            "tcp" => Ok(Transport::Tcp),
-            _ => Err(UnknownTransport(s.to_owned())),
-        }
-    }
-}
+pub use cyphonic_proto::transport::Transport;
 
 /// Names one leg for its whole life, whatever its remote address becomes
 /// (a QUIC peer's address changes when it migrates). Never reused within a

@@ -640,6 +640,8 @@ impl Sim {
                     .collect(),
                 lifetime: Duration::from_secs(3600),
                 wall_origin: (base, micros(wall) / 1_000_000),
+                quic_port: 0,
+                tcp_port: 0,
             });
         }
         let nms = Nms::new(config.nms.clone(), rng.gen(), micros(wall));
@@ -1398,6 +1400,7 @@ impl Sim {
                 // As `dataplane::Tables::hold`: sending stops, receiving goes on.
                 self.nodes[slot].tx.retain(|_, h| h.fqdn != fqdn);
             }
+            NodeEvent::LegName { .. } => {}
         }
     }
 
@@ -1425,6 +1428,8 @@ impl Sim {
             // into a network of the other IP version keeps signaling going.
             nms_alternatives: vec![NMS_V4, NMS_V6],
             keepalive: Duration::from_secs(15),
+            quic_port: 0,
+            tcp_port: 0,
         };
         let n = &mut self.nodes[slot];
         n.session = Some(info);
@@ -1515,12 +1520,12 @@ impl Sim {
         let (path, mut datagram) = match relay::parse_data(&payload) {
             Ok(relay_id) => (
                 Path::Relay {
-                    server: from,
+                    server: from.into(),
                     relay_id,
                 },
                 payload[RELAY_HEADER_LEN..].to_vec(),
             ),
-            Err(_) => (Path::Direct(from), payload),
+            Err(_) => (Path::udp(from), payload),
         };
         let n = &mut self.nodes[slot];
         let handle = data_receiver_index(&datagram).and_then(|i| n.rx.get(&i).cloned());
