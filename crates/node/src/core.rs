@@ -507,6 +507,9 @@ impl RelayState {
     }
 }
 
+/// Between adding one transport to a Registration race and the next.
+pub const RACE_STAGGER: Duration = Duration::from_millis(300);
+
 /// Tries of a handshake on one path before the next.
 const SENDS_PER_ATTEMPT: u32 = 2;
 /// Relay Binds unanswered before moving to the next TRS.
@@ -541,6 +544,9 @@ pub struct Node {
     pings: HashMap<u64, (u64, String, Instant)>,
     /// The transport signaling uses (or tries first), kept across logins.
     transport: Transport,
+    /// The transport of the last registration the NMS answered, kept
+    /// across logins.
+    last_registered_over: Option<Transport>,
 }
 
 const MAX_EARLY_REQUESTS: usize = 8;
@@ -624,6 +630,7 @@ impl Node {
             early_requests: VecDeque::new(),
             pings: HashMap::new(),
             transport,
+            last_registered_over: None,
         }
     }
 
@@ -932,7 +939,11 @@ impl Node {
         }
     }
 
-    /// Unanswered Registration: send it over the other transports too.
+    /// Unanswered Registration: send it over the next transport too,
+    /// cheapest first, each `RACE_STAGGER` after the previous (as Happy
+    /// Eyeballs staggers address families): QUIC gets a head start on TLS
+    /// over TCP, whose handshake takes a round trip more, so it wins
+    /// wherever both get out.
     fn race_transports(&mut self, now: Instant, txid: u64) {
         let others: Vec<Transport> = Transport::ALL
             .into_iter()
@@ -945,20 +956,18 @@ impl Node {
         let Some(r) = self.requests.get_mut(&txid) else {
             return;
         };
-        r.race_at = None;
-        let new: Vec<Transport> = others
+        let untried: Vec<Transport> = others
             .into_iter()
             .filter(|t| !r.transports.contains(t))
             .collect();
-        if new.is_empty() {
+        let Some(&next) = untried.first() else {
+            r.race_at = None;
             return;
-        }
-        tracing::info!(tried = ?r.transports, racing = ?new, "NMS silent; racing the other transports");
-        r.transports.extend(new.iter().copied());
-        r.next_retransmit = now + r.interval;
-        for t in new {
-            self.seal_to_nms_over(txid, self.registration(t), t);
-        }
+        };
+        tracing::info!(tried = ?r.transports, adding = %next, "NMS silent; racing another transport");
+        r.transports.push(next);
+        r.race_at = (untried.len() > 1).then_some(now + RACE_STAGGER);
+        self.seal_to_nms_over(txid, self.registration(next), next);
     }
 
     /// While signaling is on QUIC or TCP: a Registration over each cheaper
@@ -1114,6 +1123,15 @@ impl Node {
                     None => self.take_request(env.txid, RequestKind::Registration),
                 };
                 let Some(request) = request else {
+                    // A raced copy that reached the NMS late (its leg came
+                    // up after the winner's): the NMS now has us on that
+                    // leg. Register again over the transport we use.
+                    if self.signaling.as_ref().is_some_and(|s| s.registered)
+                        && from.transport != self.transport
+                    {
+                        tracing::info!(late = %from.transport, using = %self.transport, "late raced registration; registering again");
+                        self.send_registration(now);
+                    }
                     return;
                 };
                 if request.transports.len() > 1 || request.kind == RequestKind::TransportProbe {
@@ -1146,10 +1164,12 @@ impl Node {
                 sig.missed_keepalives = 0;
                 sig.login.keepalive = keepalive;
                 sig.next_keepalive = now + keepalive;
-                let before = sig.registered_over.replace(from.transport);
-                if before.is_none() {
+                if sig.registered_over.replace(from.transport).is_none() {
                     sig.next_reprobe = now + self.config.transport_reprobe;
                 }
+                // Compared with the last registration of any session: a
+                // transport that broke leads to a new Login first.
+                let before = self.last_registered_over.replace(from.transport);
                 if before.is_some_and(|b| b != from.transport) {
                     self.on_transport_change(now, before, from.transport);
                 }
@@ -1941,7 +1961,7 @@ impl Node {
                             vip4: tunnel.vip4,
                             path: path_kind.into(),
                             endpoint: path.address(),
-                            transport: "udp".into(),
+                            transport: path.transport().as_str().into(),
                             rtt_us: now.saturating_duration_since(sent).as_micros() as u64,
                         }),
                     });

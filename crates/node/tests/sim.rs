@@ -767,6 +767,11 @@ struct LossyRun {
 fn lossy_run(seed: u64, loss: f64) -> LossyRun {
     let mut config = SimConfig::new(seed, 3);
     config.link.loss = loss;
+    // No 443 legs: these runs measure native UDP signaling's own
+    // retransmission (with legs, a second of loss moves a node to QUIC or
+    // TCP and its routes to a relay this cloud does not run; sim_transport
+    // covers the transports).
+    config.cloud_legs = false;
     let (registration, direction, handshake) = (
         config.node.registration_timeout,
         config.node.direction_timeout,

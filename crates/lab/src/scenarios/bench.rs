@@ -105,6 +105,9 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     if let Err(e) = patterns(bin, &mut report) {
         report.check("route patterns", Err(e));
     }
+    if let Err(e) = super::bench_transports::measure(bin, &mut report) {
+        report.check("transports", Err(e));
+    }
     println!("bench: {} passed, {} failed", report.passed, report.failed);
     Ok(report.ok())
 }

@@ -3,7 +3,9 @@
 //! real tools see, prints every check and a summary line, and cleans up.
 
 pub mod bench;
+pub mod bench_transports;
 pub mod direct;
+pub mod firewall;
 pub mod mobility;
 pub mod nat;
 pub mod nat_matrix;
@@ -32,6 +34,14 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nodes move (global IPv4 -> NAT -> IPv6 only -> back; both ends at once) under TCP and ping: outage per move",
     ),
     (
+        "bench-transports",
+        "TCP throughput, RTT and per-packet overhead: native UDP, QUIC direct, QUIC relayed, TCP 443 relayed",
+    ),
+    (
+        "firewall",
+        "nodes behind nftables firewalls (UDP+TCP 443 only, TCP 443 only, open): QUIC, TCP, UDP; a move behind the QUIC-only one",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -46,10 +56,12 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "bench" => bench::run(bin),
         "nat-matrix" => nat_matrix::run(bin),
         "mobility" => mobility::run(bin),
+        "firewall" => firewall::run(bin),
+        "bench-transports" => bench_transports::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()
-                .map(|(n, d)| format!("  {n:<10} {d}"))
+                .map(|(n, d)| format!("  {n:<16} {d}"))
                 .collect();
             bail!(
                 "unknown scenario {other:?}; the scenarios are:\n{}",

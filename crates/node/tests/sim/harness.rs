@@ -19,8 +19,24 @@
 //! network forgets its old addresses and the core hears of the new ones, as
 //! after a netlink event.
 //!
-//! Three test crates (`sim`, `sim_nat` and `sim_mobility`) share this
-//! module, and each uses only part of it.
+//! Every packet carries a transport ([`Transport`]). Native UDP leaves the
+//! node's tunnel port. QUIC and TLS-over-TCP travel on *legs*, as
+//! `cyphonic-transport`'s hub makes them: a node dials a leg from an
+//! ephemeral port of its own (one for QUIC, a fresh one per TCP
+//! connection), through its NAT like any packet; the dial is a handshake
+//! round trip ("LegOpen", "LegAccept") that is retried and gives up as the
+//! hub's does ([`LEG_HANDSHAKE_TIMEOUT`]), and datagrams sent meanwhile
+//! wait in the leg's queue. The cloud listens for QUIC and TCP on port 443
+//! of every cloud address ([`CLOUD_LEG_PORT`]) and hands what comes to the
+//! NMS (signaling) or the host's TRS (relay), answering on the leg it came
+//! by, as `cloud::edge` does; a node with a QUIC port accepts legs there.
+//! TCP loses nothing; QUIC and UDP take the links' loss. A per-node
+//! [`Firewall`] filters the node's outbound packets (and lets in only
+//! replies to flows it let out); tests change it mid-run
+//! ([`Sim::set_firewall`]).
+//!
+//! Four test crates (`sim`, `sim_nat`, `sim_mobility` and `sim_transport`)
+//! share this module, and each uses only part of it.
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
@@ -33,7 +49,9 @@ use std::sync::atomic::Ordering;
 
 use cyphonic_cloud::nms::{Nms, NmsConfig, NmsEvent, RelayConfig, SessionInfo};
 use cyphonic_cloud::trs::{Action, DropReason, Trs, TrsConfig};
-use cyphonic_node::core::{Login, Node, NodeConfig, NodeEvent, Path, TunnelHandle};
+use cyphonic_node::core::{
+    Leg, Login, Node, NodeConfig, NodeEvent, Path, Transmit, Transport, TunnelHandle,
+};
 use cyphonic_node::resolver::{self, Classified};
 use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
 use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
@@ -57,6 +75,32 @@ pub const PROBE_PORT: u16 = 4504;
 pub const TRS_PORT: u16 = 4503;
 /// The secret the NMS and every TRS share (see `cyphonic_proto::relay`).
 pub const RELAY_SECRET: &[u8] = b"sim relay secret";
+/// The cloud's QUIC (UDP) and TLS-over-TCP (TCP) port at every cloud
+/// address: `Login::quic_port` / `tcp_port` and `RelayConfig::quic_port` /
+/// `tcp_port` (with [`SimConfig::cloud_legs`]).
+pub const CLOUD_LEG_PORT: u16 = 443;
+/// Node `i` dials its QUIC legs from port `QUIC_DIAL_PORT + i` (the hub's
+/// one dialing socket) and its TCP legs from fresh ports counting up from
+/// `TCP_DIAL_PORT + 100 i`.
+pub const QUIC_DIAL_PORT: u16 = 40_000;
+pub const TCP_DIAL_PORT: u16 = 50_000;
+/// As `cyphonic_transport::HubConfig::default()`: a dial (TCP connect and
+/// TLS, or the QUIC handshake) gives up after this long; the address is
+/// then refused for [`LEG_REDIAL_BACKOFF`]; a leg that received nothing for
+/// [`LEG_IDLE_TIMEOUT`] is closed (its PINGs would have been answered if
+/// the path worked) and the next send dials again.
+pub const LEG_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const LEG_REDIAL_BACKOFF: Duration = Duration::from_secs(1);
+pub const LEG_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The first handshake retransmission (QUIC's first PTO with its initial
+/// RTT of 333 ms; TCP's initial SYN RTO); it doubles after each.
+pub const LEG_OPEN_RETRY: Duration = Duration::from_secs(1);
+/// Datagrams a dialing leg holds (`HubConfig::leg_queue`).
+pub const LEG_QUEUE: usize = 1024;
+/// How long a firewall remembers a flow it let out (conntrack's UDP
+/// stream timeout; TCP flows are held far longer).
+pub const FIREWALL_UDP_FLOW: Duration = Duration::from_secs(120);
+pub const FIREWALL_TCP_FLOW: Duration = Duration::from_secs(7200);
 
 /// TRS `k`'s addresses: the cloud's (192.0.2.1, 2001:db8::1) for the first,
 /// 192.0.2.2 and 2001:db8::2 for the second, port 4503.
@@ -153,6 +197,50 @@ pub enum Stack {
     Dual,
 }
 
+/// A firewall on a node's outbound packets (a corporate or campus
+/// network's). Stateful: what comes in passes only as the reply to a flow
+/// it let out (same protocol and both endpoints), except when `Open`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firewall {
+    /// Everything passes, both ways.
+    #[default]
+    Open,
+    /// Only UDP and TCP to port 443 go out: QUIC and TLS to the cloud's 443.
+    Only443,
+    /// Only TCP to port 443 goes out.
+    TcpOnly443,
+    /// Nothing goes out.
+    Closed,
+}
+
+impl Firewall {
+    /// Whether a packet of `transport` to `dst` may leave.
+    pub fn allows(self, transport: Transport, dst: SocketAddr) -> bool {
+        match self {
+            Firewall::Open => true,
+            Firewall::Only443 => dst.port() == 443,
+            Firewall::TcpOnly443 => transport == Transport::Tcp && dst.port() == 443,
+            Firewall::Closed => false,
+        }
+    }
+}
+
+/// The IP protocol a transport travels in: QUIC is UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Udp,
+    Tcp,
+}
+
+impl From<Transport> for Proto {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Udp | Transport::Quic => Proto::Udp,
+            Transport::Tcp => Proto::Tcp,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     /// `n<index>`; also picks addresses and VIPs.
@@ -162,6 +250,12 @@ pub struct NodeSpec {
     /// Its IPv4 is a private address ([`lan_v4`]) behind this NAT of
     /// [`SimConfig::nats`]; its IPv6, if any, stays global.
     pub nat: Option<usize>,
+    /// Overrides `NodeConfig::quic_port` (its QUIC listener) for this node.
+    pub quic_port: Option<u16>,
+    /// Overrides `NodeConfig::transport` for this node: `Some(t)` forces t.
+    pub transport: Option<Transport>,
+    /// The firewall its packets pass at the start.
+    pub firewall: Firewall,
 }
 
 impl NodeSpec {
@@ -171,7 +265,26 @@ impl NodeSpec {
             stack: Stack::V4,
             cert: Cert::Own,
             nat: None,
+            quic_port: None,
+            transport: None,
+            firewall: Firewall::Open,
         }
+    }
+
+    pub fn quic_port(mut self, port: u16) -> Self {
+        self.quic_port = Some(port);
+        self
+    }
+
+    /// Forces `transport` (`NodeConfig::transport = Some(transport)`).
+    pub fn forced(mut self, transport: Transport) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    pub fn firewall(mut self, firewall: Firewall) -> Self {
+        self.firewall = firewall;
+        self
     }
 
     pub fn behind(mut self, nat: usize) -> Self {
@@ -276,6 +389,9 @@ pub struct SimConfig {
     pub nats: Vec<NatSpec>,
     /// TRS instances (0, 1 or 2), dual-stack, at [`trs_v4`] / [`trs_v6`].
     pub trs: usize,
+    /// The cloud listens for QUIC and TCP on [`CLOUD_LEG_PORT`] and says so
+    /// in Login and relay offers (on by default).
+    pub cloud_legs: bool,
 }
 
 impl SimConfig {
@@ -290,6 +406,7 @@ impl SimConfig {
             link: Link::default(),
             nats: Vec::new(),
             trs: 0,
+            cloud_legs: true,
         }
     }
 }
@@ -310,6 +427,12 @@ pub enum Fate {
     /// Arrived at a NAT's public address and dropped there: no live
     /// mapping for it from that source (set on arrival).
     Filtered,
+    /// Stopped by the sender's [`Firewall`], or on arrival by the
+    /// receiver's (no flow it let out matches).
+    Firewalled,
+    /// Arrived where nothing listens for it (a closed port, no leg for it,
+    /// a leg the cloud does not know), set on arrival.
+    Refused,
 }
 
 /// One packet on the wire, decoded as far as an observer holding the
@@ -317,6 +440,8 @@ pub enum Fate {
 #[derive(Debug, Clone)]
 pub struct WireRecord {
     pub at: Duration,
+    /// Native UDP, or a QUIC or TCP leg.
+    pub transport: Transport,
     /// The source on the wire: for a packet from behind a NAT, its mapping.
     pub src: SocketAddr,
     pub dst: SocketAddr,
@@ -324,8 +449,8 @@ pub struct WireRecord {
     pub lan_src: Option<SocketAddr>,
     /// "RegistrationRequest" … for signaling, else "TunnelRequest",
     /// "TunnelResponse", "Data", "Punch", "RelayBind", "RelayBindAck",
-    /// "RelayedTunnelRequest", "RelayedTunnelResponse", "RelayedData" or
-    /// "Unknown".
+    /// "RelayedTunnelRequest", "RelayedTunnelResponse", "RelayedData",
+    /// "LegOpen" / "LegAccept" (a leg's handshake) or "Unknown".
     pub kind: &'static str,
     pub message: Option<Message>,
     /// The signaling transaction ID, when the packet could be opened.
@@ -339,6 +464,7 @@ pub struct WireRecord {
 
 /// What a drop rule sees (addresses as on the wire, after any NAT).
 pub struct WireInfo {
+    pub transport: Transport,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub lan_src: Option<SocketAddr>,
@@ -427,6 +553,22 @@ pub struct SimNode {
     last_report: HashMap<(u32, Path), Instant>,
     /// The NAT its IPv4 is behind.
     pub nat: Option<usize>,
+    /// Its firewall now ([`Sim::set_firewall`]).
+    pub firewall: Firewall,
+    /// Flows the firewall let out: (protocol, local, remote) -> last packet.
+    fw_flows: BTreeMap<(Proto, SocketAddr, SocketAddr), Instant>,
+    /// Its QUIC listener's port (0: none).
+    pub quic_port: u16,
+    /// Its legs (dialed or accepted), by transport and remote address.
+    pub legs: BTreeMap<(Transport, SocketAddr), SimLeg>,
+    quic_dial_port: u16,
+    next_tcp_port: u16,
+    /// Leg dials started, and of them the ones that gave up.
+    pub leg_dials: u64,
+    pub leg_dial_failures: u64,
+    /// Datagrams its hub dropped: a dialing leg's queue full, or the
+    /// address refused after a failed dial.
+    pub leg_drops: u64,
     /// Data plane tables, as `dataplane::Tables` keeps them.
     tx: HashMap<IpAddr, TunnelHandle>,
     rx: HashMap<u32, TunnelHandle>,
@@ -452,10 +594,47 @@ impl SimNode {
     }
 }
 
+/// One leg of a node's hub.
+#[derive(Debug)]
+pub struct SimLeg {
+    /// Our port: the dialing socket's, or the QUIC listener's for a leg a
+    /// peer dialed.
+    pub local_port: u16,
+    pub state: LegState,
+    /// When something last came on it (a dialing leg: when the dial began).
+    pub last_rx: Instant,
+}
+
+#[derive(Debug)]
+pub enum LegState {
+    /// The handshake is under way; datagrams wait.
+    Dialing {
+        started: Instant,
+        next_open: Instant,
+        interval: Duration,
+        queue: Vec<Vec<u8>>,
+    },
+    Up,
+    /// The dial gave up: sends to the address are refused until then.
+    Failed {
+        until: Instant,
+    },
+}
+
+/// A leg's handshake, standing for QUIC's Initial/Handshake flights or
+/// TCP's SYN and the TLS handshake: one round trip, no payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LegCtl {
+    Open,
+    Accept,
+}
+
 struct InFlight {
+    transport: Transport,
     src: SocketAddr,
     dst: SocketAddr,
     payload: Vec<u8>,
+    ctl: Option<LegCtl>,
     /// Its record in [`Sim::wire`].
     wire: usize,
 }
@@ -466,6 +645,8 @@ enum Endpoint {
     Nms,
     Node(usize),
     Trs(usize),
+    /// Cloud host `k`'s QUIC and TCP listeners on [`CLOUD_LEG_PORT`].
+    Edge(usize),
 }
 
 /// One conntrack entry: inside endpoint and remote endpoint, mapped to a
@@ -480,11 +661,11 @@ struct Conntrack {
 pub struct SimNat {
     pub spec: NatSpec,
     pub public: IpAddr,
-    /// (inside, remote) -> entry.
-    entries: BTreeMap<(SocketAddr, SocketAddr), Conntrack>,
+    /// (protocol, inside, remote) -> entry.
+    entries: BTreeMap<(Proto, SocketAddr, SocketAddr), Conntrack>,
     /// Without an input firewall: unsolicited packets conntrack recorded
-    /// for the router itself, (remote, public port) -> last seen.
-    own: BTreeMap<(SocketAddr, u16), Instant>,
+    /// for the router itself, (protocol, remote, public port) -> last seen.
+    own: BTreeMap<(Proto, SocketAddr, u16), Instant>,
     rng: StdRng,
     /// Mappings made, inbound packets filtered, entries expired.
     pub mappings: u64,
@@ -493,32 +674,50 @@ pub struct SimNat {
 }
 
 impl SimNat {
+    /// How long an idle entry of `proto` lives: the UDP timeout, or
+    /// conntrack's established-TCP timeout (days; here two hours).
+    fn timeout(&self, proto: Proto) -> Duration {
+        match proto {
+            Proto::Udp => self.spec.udp_timeout,
+            Proto::Tcp => FIREWALL_TCP_FLOW,
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
-        let timeout = self.spec.udp_timeout;
+        let (udp, tcp) = (self.timeout(Proto::Udp), self.timeout(Proto::Tcp));
+        let timeout = |p: Proto| if p == Proto::Udp { udp } else { tcp };
         let before = self.entries.len();
         self.entries
-            .retain(|_, e| now.saturating_duration_since(e.last_used) < timeout);
+            .retain(|k, e| now.saturating_duration_since(e.last_used) < timeout(k.0));
         self.expired += (before - self.entries.len()) as u64;
         self.own
-            .retain(|_, t| now.saturating_duration_since(*t) < timeout);
+            .retain(|k, t| now.saturating_duration_since(*t) < timeout(k.0));
     }
 
     /// The public source of a packet from `inside` to `remote`, making the
     /// mapping if there is none.
-    fn outbound(&mut self, now: Instant, inside: SocketAddr, remote: SocketAddr) -> SocketAddr {
+    fn outbound(
+        &mut self,
+        now: Instant,
+        proto: Proto,
+        inside: SocketAddr,
+        remote: SocketAddr,
+    ) -> SocketAddr {
         self.expire(now);
-        if let Some(e) = self.entries.get_mut(&(inside, remote)) {
+        if let Some(e) = self.entries.get_mut(&(proto, inside, remote)) {
             e.last_used = now;
             return SocketAddr::new(self.public, e.port);
         }
         // The reply tuple (remote -> public:port) must be unique, also
-        // against what conntrack recorded for the router itself.
+        // against what conntrack recorded for the router itself. Across
+        // protocols too (stricter than conntrack), so a remote never sees
+        // one public port for two of a node's legs.
         let (entries, own) = (&self.entries, &self.own);
         let taken = |port: u16| {
-            own.contains_key(&(remote, port))
+            own.keys().any(|(_, r, p)| *r == remote && *p == port)
                 || entries
                     .iter()
-                    .any(|((_, r), e)| *r == remote && e.port == port)
+                    .any(|((_, _, r), e)| *r == remote && e.port == port)
         };
         let port = match self.spec.mapping {
             NatMapping::Masquerade if !taken(inside.port()) => inside.port(),
@@ -530,7 +729,7 @@ impl SimNat {
             },
         };
         self.entries.insert(
-            (inside, remote),
+            (proto, inside, remote),
             Conntrack {
                 port,
                 last_used: now,
@@ -542,33 +741,43 @@ impl SimNat {
 
     /// The inside endpoint a packet from `remote` to public `port` goes to,
     /// if a live entry lets it in.
-    fn inbound(&mut self, now: Instant, remote: SocketAddr, port: u16) -> Option<SocketAddr> {
+    fn inbound(
+        &mut self,
+        now: Instant,
+        proto: Proto,
+        remote: SocketAddr,
+        port: u16,
+    ) -> Option<SocketAddr> {
         self.expire(now);
         let found = self
             .entries
             .iter_mut()
-            .find(|((_, r), e)| *r == remote && e.port == port);
+            .find(|((p, _, r), e)| *p == proto && *r == remote && e.port == port);
         match found {
-            Some(((inside, _), e)) => {
+            Some(((_, inside, _), e)) => {
                 e.last_used = now;
                 Some(*inside)
             }
             None => {
                 self.filtered += 1;
                 if !self.spec.input_firewall {
-                    self.own.insert((remote, port), now);
+                    self.own.insert((proto, remote, port), now);
                 }
                 None
             }
         }
     }
 
-    /// The live mappings: (inside, remote, public port).
+    /// The live UDP mappings (native UDP and QUIC): (inside, remote,
+    /// public port).
     pub fn mappings_now(&self, now: Instant) -> Vec<(SocketAddr, SocketAddr, u16)> {
         self.entries
             .iter()
-            .filter(|(_, e)| now.saturating_duration_since(e.last_used) < self.spec.udp_timeout)
-            .map(|((i, r), e)| (*i, *r, e.port))
+            .filter(|((p, _, _), e)| {
+                *p == Proto::Udp
+                    && now.saturating_duration_since(e.last_used) < self.spec.udp_timeout
+            })
+            .map(|((_, i, r), e)| (*i, *r, e.port))
             .collect()
     }
 }
@@ -613,6 +822,12 @@ pub struct Sim {
     steps: u64,
     /// Every [`Sim::move_node`]: (time, node index, new addresses).
     pub moves: Vec<(Duration, usize, Vec<SocketAddr>)>,
+    /// The cloud listens on [`CLOUD_LEG_PORT`] ([`SimConfig::cloud_legs`]).
+    pub cloud_legs: bool,
+    /// Per cloud host (host `k` has the addresses of TRS `k`; host 0 also
+    /// runs the NMS): the transport of the leg each remote address last
+    /// sent on, as `cloud::edge::CloudHub` keeps it.
+    pub edges: Vec<BTreeMap<SocketAddr, Transport>>,
 }
 
 /// Upper bound on driver steps in one simulation, so a timer that never
@@ -640,8 +855,8 @@ impl Sim {
                     .collect(),
                 lifetime: Duration::from_secs(3600),
                 wall_origin: (base, micros(wall) / 1_000_000),
-                quic_port: 0,
-                tcp_port: 0,
+                quic_port: if config.cloud_legs { CLOUD_LEG_PORT } else { 0 },
+                tcp_port: if config.cloud_legs { CLOUD_LEG_PORT } else { 0 },
             });
         }
         let nms = Nms::new(config.nms.clone(), rng.gen(), micros(wall));
@@ -699,8 +914,16 @@ impl Sim {
             for a in &addrs {
                 addr_book.insert(*a, Endpoint::Node(slot));
             }
+            let mut node_config = config.node.clone();
+            if let Some(port) = spec.quic_port {
+                node_config.quic_port = port;
+            }
+            if let Some(t) = spec.transport {
+                node_config.transport = Some(t);
+            }
+            let quic_port = node_config.quic_port;
             let mut node = Node::new(
-                config.node.clone(),
+                node_config,
                 identity,
                 verifier,
                 rng.gen(),
@@ -736,6 +959,15 @@ impl Sim {
                 tunnel_messages: 0,
                 last_report: HashMap::new(),
                 nat: spec.nat,
+                firewall: spec.firewall,
+                fw_flows: BTreeMap::new(),
+                quic_port,
+                legs: BTreeMap::new(),
+                quic_dial_port: QUIC_DIAL_PORT + spec.index as u16,
+                next_tcp_port: TCP_DIAL_PORT + 100 * spec.index as u16,
+                leg_dials: 0,
+                leg_dial_failures: 0,
+                leg_drops: 0,
                 tx: HashMap::new(),
                 rx: HashMap::new(),
                 next_client: 1,
@@ -802,6 +1034,8 @@ impl Sim {
             transmit_hash: Default::default(),
             steps: 0,
             moves: Vec::new(),
+            cloud_legs: config.cloud_legs,
+            edges: vec![BTreeMap::new(); config.trs.max(1)],
         }
     }
 
@@ -862,17 +1096,37 @@ impl Sim {
         self.rules.retain(|(i, _)| *i != id);
     }
 
-    /// Drops everything to and from TRS `k` (both its addresses), from now
-    /// on: the TRS is dead.
+    /// Drops everything to and from TRS `k` (both its addresses, and relay
+    /// packets on its host's legs), from now on: the TRS is dead. TRS 0
+    /// shares its host with the NMS, whose legs stay.
     pub fn kill_trs(&mut self, k: usize) -> RuleId {
         let (v4, v6) = (trs_v4(k), trs_v6(k));
-        self.add_rule(move |w| [v4, v6].contains(&w.src) || [v4, v6].contains(&w.dst))
+        let legs = [v4, v6].map(|a| SocketAddr::new(a.ip(), CLOUD_LEG_PORT));
+        let whole_host = k > 0;
+        self.add_rule(move |w| {
+            let on_host = |a: &SocketAddr| [v4.ip(), v6.ip()].contains(&a.ip());
+            let relay = w.kind.starts_with("Relay");
+            [v4, v6].contains(&w.src)
+                || [v4, v6].contains(&w.dst)
+                || (whole_host && (on_host(&w.src) || on_host(&w.dst)))
+                || (relay && (legs.contains(&w.src) || legs.contains(&w.dst)))
+        })
     }
 
     /// Sends a packet as if from `src`, whoever owns it: an attacker's
     /// forged packet. It takes the network like any other.
     pub fn inject(&mut self, src: SocketAddr, dst: SocketAddr, payload: Vec<u8>) {
         self.send(src, dst, payload);
+    }
+
+    /// Node `n<index>`'s firewall from now on. Flows the old one let out
+    /// are forgotten (as after `conntrack -F`): only what the new rules let
+    /// out may be answered.
+    pub fn set_firewall(&mut self, index: usize, firewall: Firewall) {
+        let slot = self.slot(index);
+        let n = &mut self.nodes[slot];
+        n.firewall = firewall;
+        n.fw_flows.clear();
     }
 
     /// Drops the first `count` packets of `kind` (a [`WireRecord::kind`]).
@@ -888,13 +1142,14 @@ impl Sim {
         });
     }
 
-    /// Drops everything node `n<index>` sends or is sent, from now on.
+    /// Drops everything node `n<index>` sends or is sent (at its
+    /// addresses, any port: its legs too), from now on.
     pub fn silence(&mut self, index: usize) {
-        let addrs = self.node(index).addrs.clone();
+        let ips: Vec<IpAddr> = self.node(index).addrs.iter().map(|a| a.ip()).collect();
         self.add_rule(move |w| {
-            addrs.contains(&w.src)
-                || addrs.contains(&w.dst)
-                || w.lan_src.is_some_and(|s| addrs.contains(&s))
+            ips.contains(&w.src.ip())
+                || ips.contains(&w.dst.ip())
+                || w.lan_src.is_some_and(|s| ips.contains(&s.ip()))
         });
     }
 
@@ -959,6 +1214,9 @@ impl Sim {
         let n = &mut self.nodes[slot];
         n.addrs = addrs.clone();
         n.nat = nat;
+        // As `Hub::rebind`: QUIC legs migrate to the new address, TCP
+        // connections are gone and are dialed again.
+        n.legs.retain(|(t, _), _| *t != Transport::Tcp);
         // A later Login goes to the NMS over a family the node still has.
         if !addrs.iter().any(|a| a.is_ipv4() == n.nms.is_ipv4()) {
             n.nms = if n.nms.is_ipv4() { NMS_V6 } else { NMS_V4 };
@@ -1010,29 +1268,91 @@ impl Sim {
         self.transmit_hash.finish()
     }
 
+    /// Native UDP from `src`, not from a node's own stack (the cloud's
+    /// sockets, an attacker).
     fn send(&mut self, src: SocketAddr, dst: SocketAddr, payload: Vec<u8>) {
-        let at = self.elapsed();
-        transmit_fingerprint(&mut self.transmit_hash, at, src, dst, &payload);
+        self.send_on(Transport::Udp, src, dst, payload, None, None);
+    }
 
-        let (kind, message, txid) = self.decode(dst, &payload);
+    /// Which cloud host has `ip`: host `k` has TRS `k`'s addresses (host 0
+    /// is also the NMS's).
+    fn cloud_host(&self, ip: IpAddr) -> Option<usize> {
+        (0..self.edges.len()).find(|&k| ip == trs_v4(k).ip() || ip == trs_v6(k).ip())
+    }
+
+    /// Who receives a packet of `transport` at `dst` (after any NAT).
+    /// Native UDP goes to the socket at that very address; QUIC and TCP to
+    /// the cloud's 443, or to the node owning the address (which may have
+    /// no socket on that port: the packet is refused there).
+    fn listener(&self, dst: SocketAddr, transport: Transport) -> Option<Endpoint> {
+        if transport == Transport::Udp {
+            return self.addr_book.get(&dst).copied();
+        }
+        if let Some(k) = self.cloud_host(dst.ip()) {
+            return (self.cloud_legs && dst.port() == CLOUD_LEG_PORT).then_some(Endpoint::Edge(k));
+        }
+        match self.addr_book.get(&SocketAddr::new(dst.ip(), TUNNEL_PORT)) {
+            Some(Endpoint::Node(slot)) => Some(Endpoint::Node(*slot)),
+            _ => None,
+        }
+    }
+
+    /// Puts a packet on the wire. Its fate is decided now: the sending
+    /// node's firewall (`from_node`), routing, the sender's NAT, the test's
+    /// rules, the link's loss (TCP loses nothing: it retransmits below
+    /// us, and the latency hides that).
+    fn send_on(
+        &mut self,
+        transport: Transport,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: Vec<u8>,
+        ctl: Option<LegCtl>,
+        from_node: Option<usize>,
+    ) {
+        let at = self.elapsed();
+        transmit_fingerprint(
+            &mut self.transmit_hash,
+            at,
+            transport,
+            src,
+            dst,
+            &payload,
+            ctl,
+        );
+
+        let (kind, message, txid) = self.decode(dst, &payload, ctl);
+        let proto = Proto::from(transport);
+        let firewalled = match from_node {
+            Some(slot) => {
+                let n = &mut self.nodes[slot];
+                let allowed = n.firewall.allows(transport, dst);
+                if allowed && n.firewall != Firewall::Open {
+                    n.fw_flows.insert((proto, src, dst), self.now);
+                }
+                !allowed
+            }
+            None => false,
+        };
         // The sender's NAT translates a packet that leaves its LAN; private
         // addresses are reachable only from their own LAN.
         let routable =
-            self.addr_book.contains_key(&dst) || self.nat_by_public.contains_key(&dst.ip());
+            self.listener(dst, transport).is_some() || self.nat_by_public.contains_key(&dst.ip());
         let (mut wire_src, mut lan_src, mut unroutable) = (src, None, !routable);
         match self.lan.get(&src.ip()).copied() {
             Some(k) if self.lan.get(&dst.ip()) == Some(&k) => {}
             Some(k) => {
                 if self.lan.contains_key(&dst.ip()) || dst.ip() == self.nats[k].public {
                     unroutable = true;
-                } else if routable {
-                    wire_src = self.nats[k].outbound(self.now, src, dst);
+                } else if routable && !firewalled {
+                    wire_src = self.nats[k].outbound(self.now, proto, src, dst);
                     lan_src = Some(src);
                 }
             }
             None => unroutable |= self.lan.contains_key(&dst.ip()),
         }
         let info = WireInfo {
+            transport,
             src: wire_src,
             dst,
             lan_src,
@@ -1043,17 +1363,21 @@ impl Sim {
             .get(&(wire_src.ip(), dst.ip()))
             .copied()
             .unwrap_or(self.link);
-        let fate = if unroutable {
+        let lossy = transport != Transport::Tcp && link.loss > 0.0;
+        let fate = if firewalled {
+            Fate::Firewalled
+        } else if unroutable {
             Fate::Unroutable
         } else if self.rules.iter_mut().any(|(_, r)| r(&info)) {
             Fate::Dropped
-        } else if link.loss > 0.0 && self.rng.gen_bool(link.loss) {
+        } else if lossy && self.rng.gen_bool(link.loss) {
             Fate::Lost
         } else {
             Fate::Delivered
         };
         self.wire.push(WireRecord {
             at,
+            transport,
             src: wire_src,
             dst,
             lan_src,
@@ -1071,13 +1395,51 @@ impl Sim {
             self.in_flight.insert(
                 id,
                 InFlight {
+                    transport,
                     src: wire_src,
                     dst,
                     payload,
+                    ctl,
                     wire: self.wire.len() - 1,
                 },
             );
         }
+    }
+
+    /// A packet that never reached the wire (no source address of the
+    /// destination's family, no leg to answer on): recorded as unroutable.
+    fn record_unsent(
+        &mut self,
+        transport: Transport,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: Vec<u8>,
+        ctl: Option<LegCtl>,
+    ) {
+        let at = self.elapsed();
+        transmit_fingerprint(
+            &mut self.transmit_hash,
+            at,
+            transport,
+            src,
+            dst,
+            &payload,
+            ctl,
+        );
+        let (kind, message, txid) = self.decode(dst, &payload, ctl);
+        self.wire.push(WireRecord {
+            at,
+            transport,
+            src,
+            dst,
+            lan_src: None,
+            kind,
+            message,
+            txid,
+            digest: digest(&payload),
+            fate: Fate::Unroutable,
+            payload,
+        });
     }
 
     /// Opens a signaling packet with the session database's key (a fresh
@@ -1086,10 +1448,17 @@ impl Sim {
         &self,
         dst: SocketAddr,
         payload: &[u8],
+        ctl: Option<LegCtl>,
     ) -> (&'static str, Option<Message>, Option<u64>) {
+        match ctl {
+            Some(LegCtl::Open) => return ("LegOpen", None, None),
+            Some(LegCtl::Accept) => return ("LegAccept", None, None),
+            None => {}
+        }
         match payload.first() {
             Some(&signal::TYPE_SIGNALING) => {
-                let to_nms = matches!(self.addr_book.get(&dst), Some(Endpoint::Nms));
+                let to_nms = matches!(self.addr_book.get(&dst), Some(Endpoint::Nms))
+                    || (dst.port() == CLOUD_LEG_PORT && self.cloud_host(dst.ip()) == Some(0));
                 let envelope = signal::peek_session(payload)
                     .ok()
                     .and_then(|id| self.db.get(&id))
@@ -1148,7 +1517,13 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|n| n.node.poll_timeout().map(|(t, _)| t));
-        packets.into_iter().chain(nms).chain(nodes).min()
+        let legs = self.nodes.iter().filter_map(leg_wake);
+        packets
+            .into_iter()
+            .chain(nms)
+            .chain(nodes)
+            .chain(legs)
+            .min()
     }
 
     /// Advances to the next event and handles everything due then. False
@@ -1185,6 +1560,9 @@ impl Sim {
                 self.nodes[slot].node.handle_timeout(self.now);
                 self.drain_node(slot);
             }
+            if leg_wake(&self.nodes[slot]).is_some_and(|t| t <= self.now) {
+                self.leg_timers(slot);
+            }
         }
         true
     }
@@ -1216,9 +1594,10 @@ impl Sim {
 
     fn deliver(&mut self, p: InFlight) {
         let now = self.now;
+        let proto = Proto::from(p.transport);
         let mut dst = p.dst;
         if let Some(&k) = self.nat_by_public.get(&dst.ip()) {
-            match self.nats[k].inbound(now, p.src, dst.port()) {
+            match self.nats[k].inbound(now, proto, p.src, dst.port()) {
                 Some(inside) => dst = inside,
                 None => {
                     self.wire[p.wire].fate = Fate::Filtered;
@@ -1226,39 +1605,221 @@ impl Sim {
                 }
             }
         }
-        match self.addr_book.get(&dst).copied() {
+        match self.listener(dst, p.transport) {
             Some(Endpoint::Nms) => {
                 self.nms.handle_datagram(now, dst, p.src, &p.payload);
                 self.drain_nms();
             }
             Some(Endpoint::Node(slot)) => {
-                // The data plane takes data packets, bare or in Relay Data;
-                // everything else goes to the core.
-                let data = match p.payload.first() {
-                    Some(&TYPE_DATA) => true,
-                    Some(&relay::TYPE_RELAY_DATA) => {
-                        relay::parse_data(&p.payload).is_ok()
-                            && p.payload.get(RELAY_HEADER_LEN) == Some(&TYPE_DATA)
-                    }
-                    _ => false,
-                };
-                if data {
-                    self.data_in(slot, p.src, p.payload);
+                if !self.firewall_in(slot, proto, dst, p.src) {
+                    self.wire[p.wire].fate = Fate::Firewalled;
+                    return;
+                }
+                if p.transport == Transport::Udp {
+                    self.node_in(slot, Leg::udp(p.src), p.payload);
                 } else {
-                    self.nodes[slot]
-                        .node
-                        .handle_datagram(now, p.src, &p.payload);
-                    self.drain_node(slot);
+                    self.leg_in(slot, dst, p);
                 }
             }
-            Some(Endpoint::Trs(k)) => self.trs_in(k, dst, p.src, p.payload),
+            Some(Endpoint::Trs(k)) => self.trs_in(k, dst, p.src, p.payload, None),
+            Some(Endpoint::Edge(k)) => self.edge_in(k, dst, p),
+            None if p.transport != Transport::Udp => self.wire[p.wire].fate = Fate::Refused,
             None => {}
         }
     }
 
-    /// A datagram reaches TRS `k` at its address `local`: forward, answer
-    /// or drop, as its core says.
-    fn trs_in(&mut self, k: usize, local: SocketAddr, from: SocketAddr, mut payload: Vec<u8>) {
+    /// A datagram for node `slot`'s data plane or core, from `from`: the
+    /// data plane takes data packets, bare or in Relay Data; everything
+    /// else goes to the core.
+    fn node_in(&mut self, slot: usize, from: Leg, payload: Vec<u8>) {
+        let data = match payload.first() {
+            Some(&TYPE_DATA) => true,
+            Some(&relay::TYPE_RELAY_DATA) => {
+                relay::parse_data(&payload).is_ok()
+                    && payload.get(RELAY_HEADER_LEN) == Some(&TYPE_DATA)
+            }
+            _ => false,
+        };
+        if data {
+            self.data_in(slot, from, payload);
+        } else {
+            self.nodes[slot]
+                .node
+                .handle_datagram(self.now, from, &payload);
+            self.drain_node(slot);
+        }
+    }
+
+    /// Whether node `slot`'s firewall lets in a packet from `remote` to its
+    /// `local` address: always when open, else only as the reply to a flow
+    /// it let out.
+    fn firewall_in(
+        &mut self,
+        slot: usize,
+        proto: Proto,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> bool {
+        let now = self.now;
+        let n = &mut self.nodes[slot];
+        if n.firewall == Firewall::Open {
+            return true;
+        }
+        let life = match proto {
+            Proto::Udp => FIREWALL_UDP_FLOW,
+            Proto::Tcp => FIREWALL_TCP_FLOW,
+        };
+        match n.fw_flows.get_mut(&(proto, local, remote)) {
+            Some(t) if now.saturating_duration_since(*t) < life => {
+                *t = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A QUIC or TCP packet at node `slot`'s `local` address: a leg's
+    /// handshake, or a datagram on one of its legs (or a new one on its
+    /// QUIC listener, as a peer's migrated connection would be).
+    fn leg_in(&mut self, slot: usize, local: SocketAddr, p: InFlight) {
+        let now = self.now;
+        let key = (p.transport, p.src);
+        let n = &mut self.nodes[slot];
+        let listening =
+            p.transport == Transport::Quic && n.quic_port != 0 && local.port() == n.quic_port;
+        match p.ctl {
+            Some(LegCtl::Open) => {
+                if !listening {
+                    self.wire[p.wire].fate = Fate::Refused;
+                    return;
+                }
+                let queued = match n.legs.get_mut(&key) {
+                    Some(leg) if matches!(leg.state, LegState::Up) => {
+                        leg.last_rx = now;
+                        Vec::new()
+                    }
+                    other => {
+                        let queued = match other.map(|l| &mut l.state) {
+                            Some(LegState::Dialing { queue, .. }) => std::mem::take(queue),
+                            _ => Vec::new(),
+                        };
+                        n.legs.insert(
+                            key,
+                            SimLeg {
+                                local_port: local.port(),
+                                state: LegState::Up,
+                                last_rx: now,
+                            },
+                        );
+                        queued
+                    }
+                };
+                self.leg_transmit(
+                    slot,
+                    p.transport,
+                    local.port(),
+                    p.src,
+                    Vec::new(),
+                    Some(LegCtl::Accept),
+                );
+                for d in queued {
+                    self.leg_transmit(slot, p.transport, local.port(), p.src, d, None);
+                }
+            }
+            Some(LegCtl::Accept) => {
+                let Some(leg) = n.legs.get_mut(&key) else {
+                    return;
+                };
+                let LegState::Dialing { queue, .. } = &mut leg.state else {
+                    return;
+                };
+                if leg.local_port != local.port() {
+                    return;
+                }
+                let queued = std::mem::take(queue);
+                leg.state = LegState::Up;
+                leg.last_rx = now;
+                let port = leg.local_port;
+                for d in queued {
+                    self.leg_transmit(slot, p.transport, port, p.src, d, None);
+                }
+            }
+            None => {
+                let known = match n.legs.get_mut(&key) {
+                    Some(leg)
+                        if matches!(leg.state, LegState::Up) && leg.local_port == local.port() =>
+                    {
+                        leg.last_rx = now;
+                        true
+                    }
+                    _ => false,
+                };
+                if !known {
+                    if !listening {
+                        self.wire[p.wire].fate = Fate::Refused;
+                        return;
+                    }
+                    n.legs.insert(
+                        key,
+                        SimLeg {
+                            local_port: local.port(),
+                            state: LegState::Up,
+                            last_rx: now,
+                        },
+                    );
+                }
+                self.node_in(slot, Leg::new(p.transport, p.src), p.payload);
+            }
+        }
+    }
+
+    /// A QUIC or TCP packet at cloud host `k`'s 443, as `cloud::edge`
+    /// handles it: a handshake is answered; a datagram is filed under its
+    /// remote address and goes to the NMS (signaling, host 0) or the host's
+    /// TRS (relay).
+    fn edge_in(&mut self, k: usize, local: SocketAddr, p: InFlight) {
+        match p.ctl {
+            Some(LegCtl::Open) => self.send_on(
+                p.transport,
+                local,
+                p.src,
+                Vec::new(),
+                Some(LegCtl::Accept),
+                None,
+            ),
+            Some(LegCtl::Accept) => {}
+            None => {
+                self.edges[k].insert(p.src, p.transport);
+                match p.payload.first() {
+                    Some(&signal::TYPE_SIGNALING) if k == 0 => {
+                        self.nms.handle_datagram(self.now, local, p.src, &p.payload);
+                        self.drain_nms();
+                    }
+                    Some(
+                        &(relay::TYPE_RELAY_BIND
+                        | relay::TYPE_RELAY_BIND_ACK
+                        | relay::TYPE_RELAY_DATA),
+                    ) if k < self.trs.len() => {
+                        self.trs_in(k, local, p.src, p.payload, Some(p.transport));
+                    }
+                    _ => self.wire[p.wire].fate = Fate::Refused,
+                }
+            }
+        }
+    }
+
+    /// A datagram reaches TRS `k` at its address `local` (over a leg of
+    /// transport `via`, or native UDP): forward, answer or drop, as its core
+    /// says. Answers go back the way the datagram came; forwards go on the
+    /// leg the destination last sent on, else over UDP, as `cloud::edge`.
+    fn trs_in(
+        &mut self,
+        k: usize,
+        local: SocketAddr,
+        from: SocketAddr,
+        mut payload: Vec<u8>,
+        via: Option<Transport>,
+    ) {
         let (now, unix) = (self.now, self.unix_now());
         let at = self.elapsed();
         let t = &mut self.trs[k];
@@ -1266,11 +1827,20 @@ impl Sim {
         match t.trs.handle_datagram(now, unix, from, &mut payload) {
             Action::Forward(to) => {
                 let src = if to.is_ipv4() { t.v4 } else { t.v6 };
-                self.send(src, to, payload);
+                match self.edges.get(k).and_then(|e| e.get(&to)).copied() {
+                    Some(leg) => {
+                        let src = SocketAddr::new(src.ip(), CLOUD_LEG_PORT);
+                        self.send_on(leg, src, to, payload, None, None);
+                    }
+                    None => self.send(src, to, payload),
+                }
             }
             Action::Reply(len) => {
                 payload.truncate(len);
-                self.send(local, from, payload);
+                match via {
+                    Some(leg) => self.send_on(leg, local, from, payload, None, None),
+                    None => self.send(local, from, payload),
+                }
             }
             Action::Drop(reason) => t.drops.push((at, from, reason)),
         }
@@ -1281,7 +1851,23 @@ impl Sim {
             let mut progressed = false;
             while let Some(t) = self.nms.poll_transmit() {
                 progressed = true;
-                self.send(t.local, t.destination, t.payload);
+                if self.cloud_legs && t.local.port() == CLOUD_LEG_PORT {
+                    // The edge's hub: on the leg the node last sent on.
+                    match self.edges[0].get(&t.destination).copied() {
+                        Some(leg) => {
+                            self.send_on(leg, t.local, t.destination, t.payload, None, None)
+                        }
+                        None => self.record_unsent(
+                            Transport::Quic,
+                            t.local,
+                            t.destination,
+                            t.payload,
+                            None,
+                        ),
+                    }
+                } else {
+                    self.send(t.local, t.destination, t.payload);
+                }
             }
             while let Some(ev) = self.nms.poll_event() {
                 progressed = true;
@@ -1304,7 +1890,7 @@ impl Sim {
             let mut progressed = false;
             while let Some(t) = self.nodes[slot].node.poll_transmit() {
                 progressed = true;
-                self.send_from_node(slot, t.destination, t.payload);
+                self.send_from_node(slot, t);
             }
             while let Some(ev) = self.nodes[slot].node.poll_event() {
                 progressed = true;
@@ -1316,33 +1902,151 @@ impl Sim {
         }
     }
 
-    /// Sends from the node's address of the destination's family, as the
-    /// kernel picks the source of a socket bound to the wildcard address.
-    fn send_from_node(&mut self, slot: usize, dst: SocketAddr, payload: Vec<u8>) {
+    /// A node's transmit: native UDP from the tunnel port, QUIC and TCP on
+    /// its hub's leg to the destination.
+    fn send_from_node(&mut self, slot: usize, t: Transmit) {
+        match t.transport {
+            Transport::Udp => {
+                let port = self.nodes[slot].addrs[0].port();
+                self.node_transmit(slot, Transport::Udp, port, t.destination, t.payload, None);
+            }
+            leg => self.leg_send(slot, leg, t.destination, t.payload),
+        }
+    }
+
+    /// Sends from the node's address of the destination's family (port
+    /// `port`), as the kernel picks the source of a socket bound to the
+    /// wildcard address.
+    fn node_transmit(
+        &mut self,
+        slot: usize,
+        transport: Transport,
+        port: u16,
+        dst: SocketAddr,
+        payload: Vec<u8>,
+        ctl: Option<LegCtl>,
+    ) {
         let addrs = &self.nodes[slot].addrs;
         let src = addrs.iter().find(|a| a.is_ipv4() == dst.is_ipv4()).copied();
         let first = addrs[0];
         match src {
-            Some(src) => self.send(src, dst, payload),
-            None => {
-                // No address of the destination's family: the send fails
-                // in the kernel; record it as unroutable.
-                let at = self.elapsed();
-                transmit_fingerprint(&mut self.transmit_hash, at, first, dst, &payload);
-                let (kind, message, txid) = self.decode(dst, &payload);
-                self.wire.push(WireRecord {
-                    at,
-                    src: first,
-                    dst,
-                    lan_src: None,
-                    kind,
-                    message,
-                    txid,
-                    digest: digest(&payload),
-                    fate: Fate::Unroutable,
-                    payload,
-                });
+            Some(src) => {
+                let src = SocketAddr::new(src.ip(), port);
+                self.send_on(transport, src, dst, payload, ctl, Some(slot));
             }
+            // No address of the destination's family: the send fails in
+            // the kernel; record it as unroutable.
+            None => self.record_unsent(transport, first, dst, payload, ctl),
+        }
+    }
+
+    fn leg_transmit(
+        &mut self,
+        slot: usize,
+        transport: Transport,
+        port: u16,
+        dst: SocketAddr,
+        payload: Vec<u8>,
+        ctl: Option<LegCtl>,
+    ) {
+        self.node_transmit(slot, transport, port, dst, payload, ctl);
+    }
+
+    /// As `Hub::send`: on the leg to `dst` if it is up; queued while it is
+    /// being dialed; dropped while the address is refused after a failed
+    /// dial; else a new dial (a leg idle for [`LEG_IDLE_TIMEOUT`] is closed
+    /// and dialed anew).
+    fn leg_send(&mut self, slot: usize, transport: Transport, dst: SocketAddr, payload: Vec<u8>) {
+        let now = self.now;
+        let n = &mut self.nodes[slot];
+        let mut payload = Some(payload);
+        let up = match n.legs.get_mut(&(transport, dst)) {
+            Some(leg) => match &mut leg.state {
+                LegState::Up if now.saturating_duration_since(leg.last_rx) < LEG_IDLE_TIMEOUT => {
+                    Some(leg.local_port)
+                }
+                LegState::Dialing { queue, .. } => {
+                    if queue.len() < LEG_QUEUE {
+                        queue.extend(payload.take());
+                    } else {
+                        n.leg_drops += 1;
+                    }
+                    return;
+                }
+                LegState::Failed { until } if now < *until => {
+                    n.leg_drops += 1;
+                    return;
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        let payload = payload.take().unwrap_or_default();
+        if let Some(port) = up {
+            self.leg_transmit(slot, transport, port, dst, payload, None);
+            return;
+        }
+        let port = match transport {
+            Transport::Tcp => {
+                let base = TCP_DIAL_PORT + 100 * n.index as u16;
+                let port = n.next_tcp_port;
+                n.next_tcp_port = base + (port - base + 1) % 100;
+                port
+            }
+            _ => n.quic_dial_port,
+        };
+        n.leg_dials += 1;
+        n.legs.insert(
+            (transport, dst),
+            SimLeg {
+                local_port: port,
+                state: LegState::Dialing {
+                    started: now,
+                    next_open: now + LEG_OPEN_RETRY,
+                    interval: LEG_OPEN_RETRY,
+                    queue: vec![payload],
+                },
+                last_rx: now,
+            },
+        );
+        self.leg_transmit(slot, transport, port, dst, Vec::new(), Some(LegCtl::Open));
+    }
+
+    /// Dialing legs of node `slot`: handshakes sent again, dials given up.
+    fn leg_timers(&mut self, slot: usize) {
+        let now = self.now;
+        let mut opens = Vec::new();
+        let n = &mut self.nodes[slot];
+        for ((transport, remote), leg) in n.legs.iter_mut() {
+            let LegState::Dialing {
+                started,
+                next_open,
+                interval,
+                ..
+            } = &mut leg.state
+            else {
+                continue;
+            };
+            if now >= *started + LEG_HANDSHAKE_TIMEOUT {
+                leg.state = LegState::Failed {
+                    until: now + LEG_REDIAL_BACKOFF,
+                };
+                n.leg_dial_failures += 1;
+            } else if now >= *next_open {
+                *interval *= 2;
+                *next_open = now + *interval;
+                opens.push((*transport, leg.local_port, *remote));
+            }
+        }
+        for (transport, port, remote) in opens {
+            self.leg_transmit(
+                slot,
+                transport,
+                port,
+                remote,
+                Vec::new(),
+                Some(LegCtl::Open),
+            );
         }
     }
 
@@ -1428,8 +2132,8 @@ impl Sim {
             // into a network of the other IP version keeps signaling going.
             nms_alternatives: vec![NMS_V4, NMS_V6],
             keepalive: Duration::from_secs(15),
-            quic_port: 0,
-            tcp_port: 0,
+            quic_port: if self.cloud_legs { CLOUD_LEG_PORT } else { 0 },
+            tcp_port: if self.cloud_legs { CLOUD_LEG_PORT } else { 0 },
         };
         let n = &mut self.nodes[slot];
         n.session = Some(info);
@@ -1500,8 +2204,7 @@ impl Sim {
                     .stats
                     .tx_bytes
                     .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                let dst = tunnel.path.address();
-                self.send_from_node(slot, dst, tunnel.path.frame(&sealed));
+                self.send_from_node(slot, tunnel.path.transmit(&sealed));
             }
             None => {
                 self.nodes[slot].node.handle_outbound(self.now, packet);
@@ -1515,17 +2218,17 @@ impl Sim {
     /// the tunnel's liveness; arriving on a path other than the tunnel's
     /// it is reported to the core (rate-limited); empty ones are
     /// keepalives, and non-IP plaintexts are tunnel messages for the core.
-    fn data_in(&mut self, slot: usize, from: SocketAddr, payload: Vec<u8>) {
+    fn data_in(&mut self, slot: usize, from: Leg, payload: Vec<u8>) {
         let (at, now) = (self.elapsed(), self.now);
         let (path, mut datagram) = match relay::parse_data(&payload) {
             Ok(relay_id) => (
                 Path::Relay {
-                    server: from.into(),
+                    server: from,
                     relay_id,
                 },
                 payload[RELAY_HEADER_LEN..].to_vec(),
             ),
-            Err(_) => (Path::udp(from), payload),
+            Err(_) => (Path::Direct(from), payload),
         };
         let n = &mut self.nodes[slot];
         let handle = data_receiver_index(&datagram).and_then(|i| n.rx.get(&i).cloned());
@@ -1599,8 +2302,12 @@ impl Sim {
                     .lan_src
                     .map(|l| format!(" (from {l})"))
                     .unwrap_or_default();
+                let on = match w.transport {
+                    Transport::Udp => String::new(),
+                    t => format!("{t} "),
+                };
                 format!(
-                    "{:>10.3?} {}{lan} -> {} {} {:?}\n",
+                    "{:>10.3?} {on}{}{lan} -> {} {} {:?}\n",
                     w.at, w.src, w.dst, w.kind, w.fate
                 )
             })
@@ -1636,14 +2343,32 @@ pub fn seal(tunnel: &TunnelHandle, packet: &[u8]) -> Vec<u8> {
 fn transmit_fingerprint(
     h: &mut std::collections::hash_map::DefaultHasher,
     at: Duration,
+    transport: Transport,
     src: SocketAddr,
     dst: SocketAddr,
     payload: &[u8],
+    ctl: Option<LegCtl>,
 ) {
     at.as_nanos().hash(h);
+    transport.hash(h);
     src.hash(h);
     dst.hash(h);
     payload.hash(h);
+    ctl.map(|c| c as u8).hash(h);
+}
+
+/// When node `n`'s hub next has something to do: a dialing leg's
+/// handshake retransmission or its giving up.
+fn leg_wake(n: &SimNode) -> Option<Instant> {
+    n.legs
+        .values()
+        .filter_map(|l| match &l.state {
+            LegState::Dialing {
+                started, next_open, ..
+            } => Some((*next_open).min(*started + LEG_HANDSHAKE_TIMEOUT)),
+            _ => None,
+        })
+        .min()
 }
 
 fn digest(bytes: &[u8]) -> u64 {
