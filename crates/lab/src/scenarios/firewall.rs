@@ -49,6 +49,7 @@ use serde_json::Value;
 use super::nat::{NatKind, NatLab, Placement, Topology, CLOUD_V4};
 use super::nat_matrix::{establish, expected_path};
 use super::overlay::{iperf, parse_ping, send_marker, Overlay, Report};
+use crate::scenarios::overlay::{iperf_finish, iperf_start, LongIperf};
 use crate::wait_until;
 
 /// How long a pair may take from the name lookup to an established tunnel.
@@ -805,6 +806,7 @@ fn move_check(fl: &mut FirewallLab) -> anyhow::Result<String> {
                 &fqdn_a,
                 port,
                 total,
+                Some("20M"),
                 &format!("move-{label}"),
             )
         })
@@ -858,6 +860,7 @@ fn move_check(fl: &mut FirewallLab) -> anyhow::Result<String> {
         let label = run.label.clone();
         results.push(
             iperf_finish(&mut fl.nl.o, run, Duration::from_secs(total as u64 + 20))
+                .map(|r| format!("{label}: {r}"))
                 .with_context(|| format!("the transfer from {label}")),
         );
     }
@@ -1052,94 +1055,6 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
-}
-
-/// An iperf3 TCP transfer running in the background.
-struct LongIperf {
-    server: u32,
-    client: u32,
-    client_log: String,
-    label: String,
-}
-
-fn iperf_start(
-    o: &mut Overlay,
-    from: usize,
-    to: usize,
-    dst: &str,
-    port: u16,
-    secs: u32,
-    label: &str,
-) -> anyhow::Result<LongIperf> {
-    let to_ns = o.nodes[to].ns.clone();
-    let from_ns = o.nodes[from].ns.clone();
-    let port_s = port.to_string();
-    let server = o.lab.spawn(
-        &to_ns,
-        &["iperf3", "-s", "-1", "-p", &port_s],
-        &format!("iperf3-server-{label}"),
-        &[],
-    )?;
-    let lab = &o.lab;
-    let listening = wait_until(
-        "the iperf3 server to listen",
-        Duration::from_secs(5),
-        || {
-            let out = lab.exec(&to_ns, &["ss", "-Hltn", &format!("sport = :{port}")])?;
-            Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
-        },
-    );
-    if let Err(e) = listening {
-        let _ = o.lab.kill(server);
-        return Err(e);
-    }
-    let client_log = format!("iperf3-client-{label}");
-    let cmd = format!("iperf3 -c {dst} -p {port} -t {secs} -b 20M -J --connect-timeout 3000");
-    let client = o
-        .lab
-        .spawn(&from_ns, &["sh", "-c", &cmd], &client_log, &[])?;
-    Ok(LongIperf {
-        server,
-        client,
-        client_log,
-        label: label.to_owned(),
-    })
-}
-
-/// Waits for the client; Ok with the figures when it exited 0 without an
-/// error (a reset connection is an error).
-fn iperf_finish(o: &mut Overlay, run: LongIperf, timeout: Duration) -> anyhow::Result<String> {
-    let lab = &mut o.lab;
-    let status = wait_until("iperf3 to finish", timeout, || lab.try_wait(run.client));
-    let _ = o.lab.kill(run.client);
-    let _ = o.lab.kill(run.server);
-    let status = status?;
-    let log = o.lab.log(&run.client_log);
-    let json = log
-        .find('{')
-        .zip(log.rfind('}'))
-        .map(|(a, b)| &log[a..=b])
-        .with_context(|| format!("iperf3 printed no JSON: {}", log.trim()))?;
-    let v: Value = serde_json::from_str(json).context("iperf3's JSON")?;
-    if let Some(err) = v["error"].as_str() {
-        bail!("iperf3: {err}");
-    }
-    ensure!(status.success(), "iperf3 exited with {status}");
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no received throughput")?;
-    let intervals = v["intervals"].as_array().cloned().unwrap_or_default();
-    let stalled = intervals
-        .iter()
-        .filter(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0) == 0.0)
-        .count();
-    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    Ok(format!(
-        "{}: TCP {:.0} Mbit/s, {stalled} of {} intervals without data, {retransmits} retransmits",
-        run.label,
-        bps / 1e6,
-        intervals.len()
-    ))
 }
 
 fn unix_now() -> f64 {

@@ -37,6 +37,7 @@ use super::nat::{
 };
 use super::overlay::{iperf, parse_ping, send_marker, Overlay, Report};
 use super::pcap;
+use crate::scenarios::overlay::{iperf_finish, iperf_start};
 use crate::wait_until;
 
 /// The path docs/routing.md promises from an MN placed at `mn` to a CN
@@ -729,7 +730,7 @@ fn failover_check(nl: &mut NatLab) -> anyhow::Result<String> {
             .context("no second TRS")?;
         (ns, cloud_trs)
     };
-    let run = iperf_start(&mut nl.o, mn, cn, &vip4, 8, "failover")?;
+    let run = iperf_start(&mut nl.o, mn, cn, &vip4, 5201, 8, None, "failover")?;
     std::thread::sleep(Duration::from_secs(2));
     let blocked = nft(
         &nl.o,
@@ -795,7 +796,7 @@ fn upgrade_check(nl: &mut NatLab) -> anyhow::Result<String> {
             p["path"],
             p["endpoint"]
         );
-        let run = iperf_start(&mut nl.o, mn, cn, &vip4, 12, "upgrade")?;
+        let run = iperf_start(&mut nl.o, mn, cn, &vip4, 5201, 12, None, "upgrade")?;
         std::thread::sleep(Duration::from_secs(2));
         let opened = Instant::now();
         let unblocked = nft(&nl.o, &b_ns, "delete table inet lab");
@@ -828,103 +829,6 @@ fn nft(o: &Overlay, ns: &str, script: &str) -> anyhow::Result<()> {
     o.lab
         .sh(ns, &format!("nft -f - <<'EOF'\n{script}\nEOF"))
         .map(drop)
-}
-
-/// An iperf3 TCP transfer running in the background.
-struct LongIperf {
-    server: u32,
-    client: u32,
-    client_log: String,
-}
-
-fn iperf_start(
-    o: &mut Overlay,
-    from: usize,
-    to: usize,
-    dst: &str,
-    secs: u32,
-    label: &str,
-) -> anyhow::Result<LongIperf> {
-    let to_ns = o.nodes[to].ns.clone();
-    let from_ns = o.nodes[from].ns.clone();
-    let server = o.lab.spawn(
-        &to_ns,
-        &["iperf3", "-s", "-1", "-p", "5201"],
-        &format!("iperf3-server-{label}"),
-        &[],
-    )?;
-    let lab = &o.lab;
-    let listening = wait_until(
-        "the iperf3 server to listen",
-        Duration::from_secs(5),
-        || {
-            let out = lab.exec(&to_ns, &["ss", "-Hltn", "sport = :5201"])?;
-            Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
-        },
-    );
-    if let Err(e) = listening {
-        let _ = o.lab.kill(server);
-        return Err(e);
-    }
-    let client_log = format!("iperf3-client-{label}");
-    let secs = secs.to_string();
-    let client = o.lab.spawn(
-        &from_ns,
-        &[
-            "iperf3",
-            "-c",
-            dst,
-            "-p",
-            "5201",
-            "-t",
-            &secs,
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ],
-        &client_log,
-        &[],
-    )?;
-    Ok(LongIperf {
-        server,
-        client,
-        client_log,
-    })
-}
-
-/// Waits for the client; Ok with the figures when it exited 0 without an
-/// error (a reset connection is an error).
-fn iperf_finish(o: &mut Overlay, run: LongIperf, timeout: Duration) -> anyhow::Result<String> {
-    let lab = &mut o.lab;
-    let status = wait_until("iperf3 to finish", timeout, || lab.try_wait(run.client));
-    let _ = o.lab.kill(run.client);
-    let _ = o.lab.kill(run.server);
-    let status = status?;
-    let log = o.lab.log(&run.client_log);
-    let json = log
-        .find('{')
-        .zip(log.rfind('}'))
-        .map(|(a, b)| &log[a..=b])
-        .with_context(|| format!("iperf3 printed no JSON: {}", log.trim()))?;
-    let v: Value = serde_json::from_str(json).context("iperf3's JSON")?;
-    if let Some(err) = v["error"].as_str() {
-        bail!("iperf3: {err}");
-    }
-    ensure!(status.success(), "iperf3 exited with {status}");
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no received throughput")?;
-    let intervals = v["intervals"].as_array().cloned().unwrap_or_default();
-    let stalled = intervals
-        .iter()
-        .filter(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0) == 0.0)
-        .count();
-    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    Ok(format!(
-        "TCP {:.0} Mbit/s, {stalled} of {} intervals without data, {retransmits} retransmits",
-        bps / 1e6,
-        intervals.len()
-    ))
 }
 
 #[cfg(test)]

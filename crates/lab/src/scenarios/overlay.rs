@@ -522,6 +522,112 @@ pub fn parse_ping(out: &str) -> Option<(u32, f64)> {
     Some((received, avg))
 }
 
+/// An iperf3 TCP transfer running in the background
+/// ([`iperf_start`] .. [`iperf_finish`]).
+pub struct LongIperf {
+    server: u32,
+    client: u32,
+    client_log: String,
+    pub label: String,
+}
+
+/// Starts an iperf3 server on node `to` (one client, `port`) and, once it
+/// listens, a `secs`-long TCP transfer from node `from` to `dst`, at most
+/// `rate` (iperf3's `-b`) when given.
+#[allow(clippy::too_many_arguments)]
+pub fn iperf_start(
+    o: &mut Overlay,
+    from: usize,
+    to: usize,
+    dst: &str,
+    port: u16,
+    secs: u32,
+    rate: Option<&str>,
+    label: &str,
+) -> anyhow::Result<LongIperf> {
+    let to_ns = o.nodes[to].ns.clone();
+    let from_ns = o.nodes[from].ns.clone();
+    let port_s = port.to_string();
+    let server = o.lab.spawn(
+        &to_ns,
+        &["iperf3", "-s", "-1", "-p", &port_s],
+        &format!("iperf3-server-{label}"),
+        &[],
+    )?;
+    let lab = &o.lab;
+    let listening = wait_until(
+        "the iperf3 server to listen",
+        Duration::from_secs(5),
+        || {
+            let out = lab.exec(&to_ns, &["ss", "-Hltn", &format!("sport = :{port}")])?;
+            Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
+        },
+    );
+    if let Err(e) = listening {
+        let _ = o.lab.kill(server);
+        return Err(e);
+    }
+    let client_log = format!("iperf3-client-{label}");
+    let secs = secs.to_string();
+    let mut args = vec![
+        "iperf3",
+        "-c",
+        dst,
+        "-p",
+        &port_s,
+        "-t",
+        &secs,
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ];
+    if let Some(rate) = rate {
+        args.extend(["-b", rate]);
+    }
+    let client = o.lab.spawn(&from_ns, &args, &client_log, &[])?;
+    Ok(LongIperf {
+        server,
+        client,
+        client_log,
+        label: label.to_owned(),
+    })
+}
+
+/// Waits for the client; Ok with the figures when it exited 0 without an
+/// error (a reset connection is an error).
+pub fn iperf_finish(o: &mut Overlay, run: LongIperf, timeout: Duration) -> anyhow::Result<String> {
+    let lab = &mut o.lab;
+    let status = wait_until("iperf3 to finish", timeout, || lab.try_wait(run.client));
+    let _ = o.lab.kill(run.client);
+    let _ = o.lab.kill(run.server);
+    let status = status?;
+    let log = o.lab.log(&run.client_log);
+    let json = log
+        .find('{')
+        .zip(log.rfind('}'))
+        .map(|(a, b)| &log[a..=b])
+        .with_context(|| format!("iperf3 printed no JSON: {}", log.trim()))?;
+    let v: serde_json::Value = serde_json::from_str(json).context("iperf3's JSON")?;
+    if let Some(err) = v["error"].as_str() {
+        bail!("iperf3: {err}");
+    }
+    ensure!(status.success(), "iperf3 exited with {status}");
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no received throughput")?;
+    let intervals = v["intervals"].as_array().cloned().unwrap_or_default();
+    let stalled = intervals
+        .iter()
+        .filter(|i| i["sum"]["bytes"].as_f64().unwrap_or(0.0) == 0.0)
+        .count();
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok(format!(
+        "TCP {:.0} Mbit/s, {stalled} of {} intervals without data, {retransmits} retransmits",
+        bps / 1e6,
+        intervals.len()
+    ))
+}
+
 /// Runs an iperf3 TCP transfer from node `from` to `dst` (server in node
 /// `to`); returns the receiver's throughput in Mbit/s.
 pub fn iperf(
