@@ -379,8 +379,6 @@ struct Signaling {
     observed_probe: Option<SocketAddr>,
     next_keepalive: Instant,
     missed_keepalives: u32,
-    /// The transport the NMS has our registration over.
-    registered_over: Option<Transport>,
     /// When to try cheaper transports again (signaling on QUIC or TCP).
     next_reprobe: Instant,
 }
@@ -883,7 +881,6 @@ impl Node {
             probe: None,
             observed_probe: None,
             missed_keepalives: 0,
-            registered_over: None,
             next_reprobe: now,
         });
         self.send_registration(now);
@@ -1154,7 +1151,7 @@ impl Node {
                 let Some(sig) = self.signaling.as_mut() else {
                     return;
                 };
-                sig.registered = true;
+                let first = !std::mem::replace(&mut sig.registered, true);
                 sig.observed = Some(resp.observed);
                 sig.observed_probe = None;
                 // NAT behaviour is probed on native UDP only: a leg's
@@ -1164,7 +1161,7 @@ impl Node {
                 sig.missed_keepalives = 0;
                 sig.login.keepalive = keepalive;
                 sig.next_keepalive = now + keepalive;
-                if sig.registered_over.replace(from.transport).is_none() {
+                if first {
                     sig.next_reprobe = now + self.config.transport_reprobe;
                 }
                 // Compared with the last registration of any session: a
@@ -2508,10 +2505,10 @@ impl Node {
     /// How signaling travels: the transport the NMS has our registration
     /// over, or the one being tried.
     pub fn signaling_transport(&self) -> Transport {
-        self.signaling
-            .as_ref()
-            .and_then(|s| s.registered_over)
-            .unwrap_or(self.transport)
+        match self.last_registered_over {
+            Some(t) if self.signaling.as_ref().is_some_and(|s| s.registered) => t,
+            _ => self.transport,
+        }
     }
 
     /// A snapshot for `cyphonic status`.
