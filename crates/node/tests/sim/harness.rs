@@ -2324,6 +2324,65 @@ impl Drop for Sim {
                 self.elapsed(),
                 self.wire_tail(30)
             );
+            return;
+        }
+        goldens::check(self.transmit_hash(), self.wire.len());
+    }
+}
+
+/// Every simulation's outcome (the hash of every packet it sent, with its
+/// time and addresses, and how many there were) is pinned per test in
+/// `tests/sim/goldens.txt`, recorded from the node core before it was
+/// split into parts. A change of the node's behaviour shows here first: a
+/// commit that changes one says why and records them again with
+/// `SIM_GOLDENS=record` (after deleting the file; each simulation appends
+/// its line). Runs with `SIM_SEED` set are not compared.
+mod goldens {
+    use std::cell::Cell;
+    use std::io::Write;
+
+    thread_local! {
+        /// Simulations finished so far in this test (a test may run several).
+        static RUN: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn file() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sim/goldens.txt")
+    }
+
+    pub fn check(hash: u64, packets: usize) {
+        if std::env::var_os("SIM_SEED").is_some() {
+            return;
+        }
+        let run = RUN.with(|r| {
+            let n = r.get();
+            r.set(n + 1);
+            n
+        });
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        let crate_name = env!("CARGO_CRATE_NAME");
+        let key = format!("{crate_name}::{test}#{run}");
+        let line = format!("{key} {hash:016x} {packets}");
+        if std::env::var("SIM_GOLDENS").as_deref() == Ok("record") {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file())
+                .expect("open goldens.txt");
+            f.write_all(format!("{line}\n").as_bytes())
+                .expect("write goldens.txt");
+            return;
+        }
+        let text = std::fs::read_to_string(file()).unwrap_or_default();
+        let golden = text
+            .lines()
+            .find(|l| l.split(' ').next() == Some(key.as_str()));
+        match golden {
+            Some(golden) => assert_eq!(line, golden, "the simulation differs from its golden"),
+            None => panic!("no golden for {key}: record it with SIM_GOLDENS=record"),
         }
     }
 }

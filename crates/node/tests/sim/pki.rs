@@ -1,12 +1,14 @@
-//! Certificates for the simulation, made once per test process: every
-//! simulation (and both runs of the determinism test) shares them, so the
-//! only randomness left in a run is its seed.
+//! Certificates for the simulation, made once per test process from fixed
+//! keys (`fixtures/`, test-only material): Ed25519 signatures are
+//! deterministic, so every process issues the same bytes and a run's
+//! packets depend on its seed alone. That is what lets `goldens.rs` pin
+//! the transmit hashes of whole runs across builds.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cyphonic_pki::{create_ca, Issuer, NodeKey, Verifier};
+use cyphonic_pki::{Issuer, NodeKey, Verifier};
 
 pub const DOMAIN: &str = "cyphonic.internal";
 const DAY: Duration = Duration::from_secs(86_400);
@@ -44,12 +46,12 @@ pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
         let wall = UNIX_EPOCH + Duration::from_secs(1_750_000_000);
-        let (verifier, issuer) = ca(wall);
-        let (foreign_verifier, foreign_issuer) = ca(wall);
+        let (verifier, issuer) = ca("overlay");
+        let (foreign_verifier, foreign_issuer) = ca("foreign");
         let certs = (1..=6)
             .map(|i| {
                 let name = format!("n{i}");
-                let cert = issue(&issuer, &name, wall - DAY, wall + 30 * DAY);
+                let cert = issue(&issuer, &name, &name, wall - DAY, wall + 30 * DAY);
                 (name, cert)
             })
             .collect();
@@ -58,25 +60,46 @@ pub fn pki() -> &'static Pki {
             verifier,
             foreign_verifier,
             certs,
-            foreign_n3: issue(&foreign_issuer, "n3", wall - DAY, wall + 30 * DAY),
-            expired_n2: issue(&issuer, "n2", wall - 30 * DAY, wall - DAY),
+            foreign_n3: issue(
+                &foreign_issuer,
+                "foreign-n3",
+                "n3",
+                wall - DAY,
+                wall + 30 * DAY,
+            ),
+            expired_n2: issue(&issuer, "expired-n2", "n2", wall - 30 * DAY, wall - DAY),
         }
     })
 }
 
-fn ca(wall: SystemTime) -> (Verifier, Issuer) {
-    let material = create_ca(DOMAIN, wall).expect("create CA");
-    let verifier = Verifier::from_pem(&material.root_cert_pem).expect("root");
+/// A fixture file's text.
+fn fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sim/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A CA from the fixtures: "overlay" or "foreign" (made with
+/// `cyphonic_pki::create_ca` at the simulations' wall clock).
+fn ca(name: &str) -> (Verifier, Issuer) {
+    let verifier = Verifier::from_pem(&fixture(&format!("{name}-root.pem"))).expect("root");
     let issuer = Issuer::from_pem(
-        &material.intermediate_cert_pem,
-        &material.intermediate_key_pem,
+        &fixture(&format!("{name}-intermediate.pem")),
+        &fixture(&format!("{name}-intermediate.key")),
     )
     .expect("issuer");
     (verifier, issuer)
 }
 
-fn issue(issuer: &Issuer, name: &str, not_before: SystemTime, not_after: SystemTime) -> NodeCert {
-    let key = NodeKey::generate().expect("node key");
+fn issue(
+    issuer: &Issuer,
+    key_name: &str,
+    name: &str,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> NodeCert {
+    let key = NodeKey::from_pem(&fixture(&format!("{key_name}.key"))).expect("node key");
     let fqdn = fqdn(name);
     let csr = key.csr_pem(&fqdn).expect("csr");
     let issued = issuer
