@@ -6,5 +6,6 @@ pub mod addrs;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod datapath;
 pub mod dataplane;
 pub mod resolver;

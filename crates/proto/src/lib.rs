@@ -13,6 +13,7 @@ pub const TYPE_PUNCH: u8 = 9;
 pub mod data;
 pub mod handshake;
 pub mod ip;
+pub mod punch;
 pub mod relay;
 pub mod replay;
 pub mod signal;

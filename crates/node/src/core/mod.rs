@@ -1,0 +1,522 @@
+//! The node daemon's protocol logic as a pure state machine: signaling with
+//! the NMS (Registration, KeepAlive, route selection), the resolver's
+//! overlay answers, and tunnel establishment with peers. Data packets of an
+//! established tunnel bypass it: the data plane holds the tunnel's keys
+//! ([`NodeEvent::TunnelUp`]) and only hands over what it cannot route.
+//!
+//! # Use
+//!
+//! Inputs (each takes `now`): [`Node::handle_login`] after the shell logged
+//! in to the AS (TLS is the shell's job), [`Node::handle_datagram`] for every
+//! non-data packet on the node's UDP port, [`Node::handle_dns_query`] for an
+//! overlay-domain query, [`Node::handle_outbound`] for an application packet
+//! the data plane had no tunnel for, [`Node::handle_local_addrs`] when the
+//! host's addresses change, [`Node::handle_path_seen`] and
+//! [`Node::handle_tunnel_message`] for what the data plane opened, and
+//! [`Node::handle_timeout`]. After each input, drain [`Node::poll_transmit`]
+//! and [`Node::poll_event`], then sleep until [`Node::poll_timeout`]. The
+//! node never reads a clock, a socket or the OS's randomness.
+//!
+//! # Parts
+//!
+//! The node is its parts and this front, the only place that passes events
+//! between them; each part keeps its own state and timers:
+//!
+//! - [`signaling`]: the NMS client (session, Registration and the race of
+//!   transports, NAT Probe, KeepAlive, requests and their retransmission);
+//!   what the NMS says about routes comes out as a `SignalingEvent`.
+//! - [`peers`]: the peer table and its indexes (name, VIP, local index,
+//!   route) and the peers' timer table.
+//! - [`routes`]: route directions turned into peers.
+//! - [`tunnel`]: the handshake per peer.
+//! - [`path`]: punching, relay binds, keepalives, probes, path switches,
+//!   the liveness check and `cyphonic ping`; [`relay`]: one end of a relay
+//!   session.
+//! - [`dns`], [`ping`], [`mobility`], [`status`]: the waiting DNS queries,
+//!   the pings in flight, the record of moves, and the status snapshot.
+//!
+//! Packets and events of every part go to one [`Outbox`] in the order the
+//! parts produce them.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+use cyphonic_pki::Verifier;
+use cyphonic_proto::handshake::{self, LocalIdentity};
+use cyphonic_proto::relay as relay_wire;
+use cyphonic_proto::signal::TYPE_SIGNALING;
+use hickory_proto::op::{Message as DnsMessage, ResponseCode};
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::resolver;
+use cyphonic_cloud::route::NatKind;
+
+mod dns;
+mod mobility;
+mod path;
+mod peers;
+mod ping;
+mod relay;
+mod routes;
+mod signaling;
+mod status;
+mod timers;
+mod tunnel;
+mod types;
+
+pub use routes::DirectionRefused;
+pub use signaling::RACE_STAGGER;
+pub use status::{CloudStatus, MobilityStatus, MoveStatus, NodeStatus, PeerStatus};
+pub use types::*;
+
+use dns::DnsWaiters;
+use mobility::{describe_change, Mobility};
+use peers::Peers;
+use ping::Pings;
+use signaling::{Signaling, SignalingEvent};
+use tunnel::{EarlyRequests, PeerState};
+
+/// What the parts produce, in order: packets to send and events for the
+/// shell.
+#[derive(Default)]
+pub struct Outbox {
+    pub(crate) transmits: VecDeque<Transmit>,
+    pub(crate) events: VecDeque<NodeEvent>,
+}
+
+/// The node's protocol state machine.
+pub struct Node {
+    config: NodeConfig,
+    rng: StdRng,
+    counter_base: u64,
+    clock_origin: (Instant, SystemTime),
+    identity: LocalIdentity,
+    verifier: Verifier,
+    signaling: Signaling,
+    peers: Peers,
+    dns: DnsWaiters,
+    pings: Pings,
+    early: EarlyRequests,
+    mobility: Mobility,
+    /// Set by a move: select every peer's route again once registered.
+    reroute_when_registered: bool,
+    out: Outbox,
+    counters: NodeCounters,
+}
+
+impl Node {
+    /// `seed` makes the node's choices (transaction IDs, indexes, handshake
+    /// ephemeral keys) repeatable in tests; `counter_base` is the wall clock
+    /// in microseconds; `now` and `wall` are the same moment on the two
+    /// clocks, so certificate validity can be checked without reading the
+    /// clock.
+    pub fn new(
+        config: NodeConfig,
+        identity: LocalIdentity,
+        verifier: Verifier,
+        seed: [u8; 32],
+        counter_base: u64,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let signaling = Signaling::new(config.clone(), identity.static_keys.public);
+        Self {
+            config,
+            rng: StdRng::from_seed(seed),
+            counter_base,
+            clock_origin: (now, wall),
+            identity,
+            verifier,
+            signaling,
+            peers: Peers::default(),
+            dns: DnsWaiters::default(),
+            pings: Pings::default(),
+            early: EarlyRequests::default(),
+            mobility: Mobility::default(),
+            reroute_when_registered: false,
+            out: Outbox::default(),
+            counters: NodeCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The host's addresses as last reported by `handle_local_addrs`.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        self.signaling.local_addrs()
+    }
+
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
+    }
+
+    /// The first input: asks the shell to log in.
+    pub fn start(&mut self) {
+        self.signaling.request_login("starting", &mut self.out);
+    }
+
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.transmits.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.out.events.pop_front()
+    }
+
+    /// When to call [`Node::handle_timeout`], and why: the earliest of the
+    /// signaling part's timers and the peers' timer table.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        [self.signaling.poll_timeout(), self.peers.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
+    }
+
+    fn wall(&self, now: Instant) -> SystemTime {
+        self.clock_origin.1 + now.saturating_duration_since(self.clock_origin.0)
+    }
+
+    /// The host's usable addresses (with the tunnel port) changed.
+    ///
+    /// A change after the first report is a move (seed: mobility
+    /// management): every tunnel sends a keepalive at once from the new
+    /// address (a peer that can still reach us follows it, authenticated),
+    /// the node registers again, and once the NMS knows the new network
+    /// every peer's route is selected anew, possibly with another pattern.
+    /// The VIPs stay, so connections inside the overlay do not notice.
+    pub fn handle_local_addrs(&mut self, now: Instant, addrs: Vec<SocketAddr>) {
+        if addrs == self.signaling.local_addrs() {
+            return;
+        }
+        let before = self.signaling.set_local_addrs(addrs);
+        if !self.signaling.logged_in() || before.is_empty() {
+            return;
+        }
+        let change = describe_change(&before, self.signaling.local_addrs());
+        self.on_move(now, change);
+    }
+
+    /// The default route changed while the addresses stayed (another
+    /// gateway, another uplink with the same address): the path to every
+    /// peer may have changed, so it counts as a move.
+    pub fn handle_route_change(&mut self, now: Instant, description: String) {
+        if !self.signaling.logged_in() || self.signaling.local_addrs().is_empty() {
+            return;
+        }
+        self.on_move(now, description);
+    }
+
+    fn on_move(&mut self, now: Instant, change: String) {
+        tracing::info!(%change, "network move");
+        self.signaling.on_move(now);
+        let wall = self.wall(now);
+        self.mobility.record(now, wall, change);
+        // Relay binds go out at once from the new address, so a relayed
+        // tunnel does not wait for the next scheduled bind.
+        self.peers.for_each_mut(|peer| {
+            if let Some(r) = peer.relay.as_mut() {
+                r.next_bind = now;
+            }
+        });
+        let local = self.signaling.local_addrs().to_vec();
+        let has_family = |a: SocketAddr| local.iter().any(|l| l.is_ipv6() == a.is_ipv6());
+        let names: Vec<String> = self
+            .peers
+            .values()
+            .filter(|p| !p.failed())
+            .map(|p| p.fqdn.clone())
+            .collect();
+        for fqdn in &names {
+            let Some(mut peer) = self.peers.get_mut(fqdn) else {
+                continue;
+            };
+            let tunnel = peer.tunnel.clone();
+            let lost_path = tunnel
+                .as_ref()
+                .is_some_and(|t| !has_family(t.path.address()));
+            peer.reroute = true;
+            if lost_path && !peer.held {
+                // Nothing can leave on this path now: hold the
+                // application's packets (bounded) rather than drop them.
+                peer.held = true;
+                self.out
+                    .events
+                    .push_back(NodeEvent::TunnelHold { fqdn: fqdn.clone() });
+            }
+            drop(peer);
+            if let (Some(t), false) = (tunnel, lost_path) {
+                self.seal_to(&t, t.path, &[]);
+            }
+        }
+        self.reroute_when_registered = true;
+        self.signaling
+            .send_registration(now, &mut self.rng, &mut self.out);
+    }
+
+    /// After a move, once the NMS has our new registration (and NAT
+    /// probe), asks for every peer's route again.
+    fn reroute_peers(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.reroute_when_registered) {
+            return;
+        }
+        let mut names = Vec::new();
+        self.peers.for_each_mut(|p| {
+            if std::mem::take(&mut p.reroute) {
+                names.push(p.fqdn.clone());
+            }
+        });
+        for fqdn in names {
+            tracing::info!(peer = %fqdn, "Direction Request after the move");
+            self.signaling
+                .send_direction(now, fqdn, &mut self.rng, &mut self.out);
+        }
+    }
+
+    /// Login succeeded: start (or restart) signaling with the NMS.
+    pub fn handle_login(&mut self, now: Instant, login: Login) {
+        let counter_base = self.counter_base_now(now);
+        self.signaling
+            .handle_login(now, login, counter_base, &mut self.rng, &mut self.out);
+    }
+
+    /// A later session reuses no nonce of an earlier one even if the AS
+    /// handed out the same key: the counter base moves with the clock.
+    fn counter_base_now(&self, now: Instant) -> u64 {
+        self.counter_base
+            + now
+                .saturating_duration_since(self.clock_origin.0)
+                .as_micros() as u64
+    }
+
+    /// The login failed; the shell retries later by itself.
+    pub fn handle_login_failed(&mut self) {
+        self.signaling.handle_login_failed();
+    }
+
+    /// A datagram that is not a data packet arrived on the tunnel port.
+    /// Relay Data wraps a packet from the peer; the TRS's address and the
+    /// relay session are its path.
+    pub fn handle_datagram(&mut self, now: Instant, from: impl Into<Leg>, packet: &[u8]) {
+        let from: Leg = from.into();
+        let (path, inner) = match packet.first() {
+            Some(&relay_wire::TYPE_RELAY_DATA) => match relay_wire::parse_data(packet) {
+                Ok(relay_id) => (
+                    Path::Relay {
+                        server: from,
+                        relay_id,
+                    },
+                    &packet[relay_wire::RELAY_HEADER_LEN..],
+                ),
+                Err(_) => {
+                    self.counters.relay_rx_bad += 1;
+                    return;
+                }
+            },
+            _ => (Path::Direct(from), packet),
+        };
+        match (inner.first(), path) {
+            (Some(&TYPE_SIGNALING), Path::Direct(_)) => {
+                let event = self.signaling.handle_packet(
+                    now,
+                    from,
+                    packet,
+                    &mut self.rng,
+                    &mut self.out,
+                    &mut self.counters,
+                );
+                if let Some(event) = event {
+                    self.on_signaling_event(now, event);
+                }
+            }
+            (Some(&handshake::TYPE_TUNNEL_REQUEST), _) => self.on_tunnel_request(now, path, inner),
+            (Some(&handshake::TYPE_TUNNEL_RESPONSE), _) => {
+                self.on_tunnel_response(now, path, inner)
+            }
+            (Some(&relay_wire::TYPE_RELAY_BIND_ACK), Path::Direct(_)) => {
+                self.on_relay_bind_ack(from, packet)
+            }
+            (Some(&cyphonic_proto::TYPE_PUNCH), _) => self.counters.punches_received += 1,
+            _ => self.counters.handshake_rx_bad += 1,
+        }
+    }
+
+    /// What the NMS said, passed to the parts it concerns.
+    fn on_signaling_event(&mut self, now: Instant, event: SignalingEvent) {
+        match event {
+            SignalingEvent::Registered {
+                fqdn,
+                vip4,
+                vip6,
+                observed,
+                transport_change,
+                probing,
+            } => {
+                if let Some((before, after)) = transport_change {
+                    self.on_transport_change(now, before, after);
+                }
+                if !probing {
+                    self.reroute_peers(now);
+                }
+                self.out.events.push_back(NodeEvent::Registered {
+                    fqdn,
+                    vip4,
+                    vip6,
+                    observed,
+                });
+            }
+            SignalingEvent::NatKnown => self.reroute_peers(now),
+            SignalingEvent::DirectionToResponder { txid, direction } => {
+                self.on_direction_to_responder(now, txid, direction)
+            }
+            SignalingEvent::DirectionToInitiator {
+                target,
+                before_move,
+                direction,
+            } => self.on_direction_to_initiator(now, target, before_move, direction),
+            SignalingEvent::DirectionFailed { target, rcode } => {
+                self.dns.answer(&target, Err(rcode), &mut self.out)
+            }
+        }
+    }
+
+    /// Signaling moved to another transport (native UDP got blocked, or
+    /// came back): relays follow it, and every peer's route is selected
+    /// again, since the NMS chooses routes by how each node reaches it.
+    fn on_transport_change(&mut self, now: Instant, before: Option<Transport>, after: Transport) {
+        tracing::info!(?before, %after, "signaling transport changed; selecting routes again");
+        self.peers.for_each_mut(|peer| {
+            if let Some(r) = peer.relay.as_mut() {
+                r.set_transport(after, now);
+            }
+            if !peer.failed() {
+                peer.reroute = true;
+            }
+        });
+        // The NAT Probe (or its absence) that follows decides when.
+        self.reroute_when_registered = true;
+    }
+
+    /// An application packet for which the data plane has no tunnel: hold it
+    /// while the peer's tunnel is being set up, send it if the tunnel came up
+    /// meanwhile, drop it otherwise.
+    pub fn handle_outbound(&mut self, _now: Instant, packet: &[u8]) {
+        let Some(dst) = cyphonic_proto::ip::inner_destination(packet) else {
+            self.counters.outbound_no_route += 1;
+            return;
+        };
+        let Some(fqdn) = self.peers.name_by_vip(dst).cloned() else {
+            self.counters.outbound_no_route += 1;
+            return;
+        };
+        let Some(mut peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        let max_queued = self.config.max_queued;
+        let established = matches!(peer.state, PeerState::Established);
+        let establishing = matches!(
+            peer.state,
+            PeerState::Handshaking { .. } | PeerState::AwaitingRequest { .. }
+        );
+        if peer.held || (establishing && !(established && peer.tunnel.is_some())) {
+            if peer.queue.len() < max_queued {
+                peer.queue.push_back(packet.to_vec());
+            } else {
+                self.counters.outbound_queue_full += 1;
+            }
+            return;
+        }
+        match peer.tunnel.clone().filter(|_| established) {
+            Some(tunnel) => {
+                drop(peer);
+                self.seal_to(&tunnel, tunnel.path, packet);
+            }
+            None => self.counters.outbound_no_route += 1,
+        }
+    }
+
+    /// A DNS query for a name in the overlay domain (see
+    /// [`resolver::classify`]). The answer comes as a
+    /// [`NodeEvent::DnsResponse`], at once or after route selection.
+    pub fn handle_dns_query(
+        &mut self,
+        now: Instant,
+        client: DnsClient,
+        query: DnsMessage,
+        name: String,
+    ) {
+        self.counters.dns_overlay_queries += 1;
+        if let Some(login) = self.signaling.login() {
+            if resolver::normalize(&login.fqdn) == name {
+                let response = resolver::answer(&query, login.vip4, login.vip6);
+                self.out
+                    .events
+                    .push_back(NodeEvent::DnsResponse { client, response });
+                return;
+            }
+        }
+        if let Some(peer) = self.peers.get(&name).filter(|p| !p.failed()) {
+            let response =
+                resolver::answer(&query, peer.direction.peer.vip4, peer.direction.peer.vip6);
+            self.out
+                .events
+                .push_back(NodeEvent::DnsResponse { client, response });
+            return;
+        }
+        if !self.signaling.registered() {
+            let response = resolver::error(&query, ResponseCode::ServFail);
+            self.out
+                .events
+                .push_back(NodeEvent::DnsResponse { client, response });
+            return;
+        }
+        match self.dns.add(&name, client, query.clone()) {
+            Err(dns::Full) => {
+                let response = resolver::error(&query, ResponseCode::ServFail);
+                self.out
+                    .events
+                    .push_back(NodeEvent::DnsResponse { client, response });
+            }
+            Ok(true) => {
+                tracing::info!(target = %name, "Direction Request");
+                self.signaling
+                    .send_direction(now, name, &mut self.rng, &mut self.out);
+            }
+            Ok(false) => {}
+        }
+    }
+
+    /// Everything due at `now`: signaling first (retransmissions, races,
+    /// expired requests, then the keepalive), then each peer with a timer
+    /// due, in name order.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for txid in self.signaling.handle_timeout(now, &mut self.out) {
+            match self.signaling.expire(txid, &mut self.out) {
+                Ok(Some(event)) => self.on_signaling_event(now, event),
+                Ok(None) => {}
+                Err(()) => break,
+            }
+        }
+        self.signaling
+            .keepalive_timer(now, &mut self.rng, &mut self.out);
+        for fqdn in self.peers.due(now) {
+            self.peer_timers(now, &fqdn);
+        }
+    }
+
+    /// The NAT in front of this node, as the NMS's two ports saw it.
+    pub fn nat(&self) -> NatKind {
+        self.signaling.nat()
+    }
+
+    /// How signaling travels: the transport the NMS has our registration
+    /// over, or the one being tried.
+    pub fn signaling_transport(&self) -> Transport {
+        self.signaling.signaling_transport()
+    }
+}

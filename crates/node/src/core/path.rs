@@ -1,0 +1,424 @@
+//! The life of an established tunnel's path: punching, relay binds and
+//! their failover, keepalives, path probes (a probe's ack proves a path
+//! both ways) and the switch to a better or surviving path, the liveness
+//! check, and `cyphonic ping`.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use cyphonic_proto::relay::Bind;
+use cyphonic_proto::signal::RoutePattern;
+use cyphonic_proto::Transport;
+use rand::Rng;
+
+use super::peers::PeerMut;
+use super::ping::PROBE_LIFETIME;
+use super::relay::RelayState;
+use super::tunnel::{direct_paths, PeerState};
+use super::types::{Leg, NodeEvent, Path, Pong, TunnelHandle};
+use super::Node;
+use crate::resolver;
+use cyphonic_proto::punch::Probe;
+
+/// Path probes in flight per peer.
+const MAX_PROBES: usize = 16;
+
+/// "direct", "punched" or "relayed": how a path of a route of `pattern`
+/// goes, for status and ping.
+pub(crate) fn path_kind(path: Path, pattern: RoutePattern) -> &'static str {
+    match (path, pattern) {
+        (Path::Relay { .. }, _) => "relayed",
+        (Path::Direct(_), RoutePattern::Direct) => "direct",
+        (Path::Direct(_), _) => "punched",
+    }
+}
+
+impl Node {
+    /// Seals `packet` (empty: a keepalive) for `tunnel` and sends it on `path`.
+    pub(super) fn seal_to(&mut self, tunnel: &TunnelHandle, path: Path, packet: &[u8]) {
+        match crate::datapath::encapsulate_vec(tunnel, path, packet) {
+            Ok(framed) => self.out.transmits.push_back(path.leg().transmit(framed)),
+            Err(e) => tracing::warn!(peer = %tunnel.fqdn, error = ?e, "cannot seal"),
+        }
+    }
+
+    /// The data plane opened a packet of tunnel `local_index` that came on
+    /// `path`, which is not the tunnel's current one. Authenticated traffic
+    /// on a direct path is probed, and the tunnel moves onto it when the
+    /// probe's ack comes back over it (the relay-to-direct upgrade, or the
+    /// peer's new address after a NAT rebinding or a move). Traffic through
+    /// the relay moves a direct tunnel onto the relay: the peer's liveness
+    /// check found the direct path dead.
+    pub fn handle_path_seen(&mut self, now: Instant, local_index: u32, path: Path) {
+        let Some(fqdn) = self.peers.name_by_index(local_index).cloned() else {
+            return;
+        };
+        let Some(peer) = self.peers.get(&fqdn) else {
+            return;
+        };
+        let Some(current) = peer.tunnel.as_ref().map(|t| t.path) else {
+            return;
+        };
+        if current == path {
+            return;
+        }
+        if path.is_relay() {
+            // The peer sends through the relay only when its liveness check
+            // found our packets on the direct path gone (or it never had
+            // one): follow it. Its relayed packets keep our own liveness
+            // check content, so we would otherwise stay on a dead path. Not
+            // for relayed packets still in flight when we moved onto the
+            // direct path: those stop within a keepalive interval.
+            let relay = peer.relay.as_ref().and_then(RelayState::path);
+            let settled = now >= peer.path_since + self.config.keepalive;
+            if let (Path::Direct(_), Some(relay), true) = (current, relay, settled) {
+                self.switch_path(now, &fqdn, relay, "the peer fell back to the relay");
+            }
+            return;
+        }
+        // Traffic arriving on a path shows only that it works towards us:
+        // probe it, and move when the ack shows it works both ways.
+        self.send_probe(now, &fqdn, path);
+    }
+
+    /// `cyphonic ping <fqdn>`: a path probe over the tunnel's current path;
+    /// its ack, or a failure, comes back as [`NodeEvent::PingResult`]. With
+    /// no tunnel yet, the route is selected (as a DNS query would) and this
+    /// ping fails; later ones find the tunnel.
+    pub fn handle_ping(&mut self, now: Instant, client: u64, fqdn: &str) {
+        let fqdn = resolver::normalize(fqdn);
+        let path = self
+            .peers
+            .get(&fqdn)
+            .filter(|p| matches!(p.state, PeerState::Established))
+            .and_then(|p| p.tunnel.as_ref().map(|t| t.path));
+        let Some(path) = path else {
+            if self.signaling.registered() && !self.signaling.direction_pending(&fqdn) {
+                self.signaling
+                    .send_direction(now, fqdn.clone(), &mut self.rng, &mut self.out);
+            }
+            self.out.events.push_back(NodeEvent::PingResult {
+                client,
+                result: Err(format!("no tunnel to {fqdn} yet: selecting a route")),
+            });
+            return;
+        };
+        if !self.pings.make_room(now) {
+            self.out.events.push_back(NodeEvent::PingResult {
+                client,
+                result: Err("too many pings in flight".into()),
+            });
+            return;
+        }
+        if let Some(nonce) = self.send_probe(now, &fqdn, path) {
+            self.pings.insert(nonce, client, now);
+        }
+    }
+
+    fn send_probe(&mut self, now: Instant, fqdn: &str, path: Path) -> Option<u64> {
+        let nonce: u64 = self.rng.gen();
+        let mut peer = self.peers.get_mut(fqdn)?;
+        let tunnel = peer.tunnel.clone()?;
+        while peer.probes.len() >= MAX_PROBES {
+            peer.probes.pop_front();
+        }
+        peer.probes.push_back((nonce, path, now));
+        drop(peer);
+        self.seal_to(&tunnel, path, &Probe::Probe { nonce }.encode());
+        Some(nonce)
+    }
+
+    /// A tunnel message (a path probe or ack, [`Probe`]) the data plane opened for
+    /// tunnel `local_index`, which came on `path`.
+    pub fn handle_tunnel_message(
+        &mut self,
+        now: Instant,
+        local_index: u32,
+        path: Path,
+        msg: &[u8],
+    ) {
+        let Some(fqdn) = self.peers.name_by_index(local_index).cloned() else {
+            return;
+        };
+        let Some(mut peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        let Some(tunnel) = peer.tunnel.clone() else {
+            return;
+        };
+        match Probe::parse(msg) {
+            Some(Probe::Probe { nonce }) => {
+                drop(peer);
+                self.seal_to(&tunnel, path, &Probe::Ack { nonce }.encode());
+            }
+            Some(Probe::Ack { nonce }) => {
+                let found = peer.probes.iter().position(|(pn, pp, at)| {
+                    *pn == nonce
+                        && *pp == path
+                        && now.saturating_duration_since(*at) < PROBE_LIFETIME
+                });
+                let Some(i) = found else {
+                    drop(peer);
+                    self.counters.handshake_rx_bad += 1;
+                    return;
+                };
+                peer.probes.remove(i);
+                let pattern = peer.direction.pattern;
+                drop(peer);
+                if let Some(ping) = self.pings.take(nonce) {
+                    self.out.events.push_back(NodeEvent::PingResult {
+                        client: ping.client,
+                        result: Ok(Pong {
+                            fqdn: fqdn.clone(),
+                            vip4: tunnel.vip4,
+                            path: path_kind(path, pattern).into(),
+                            endpoint: path.address(),
+                            transport: path.transport().as_str().into(),
+                            rtt_us: now.saturating_duration_since(ping.sent).as_micros() as u64,
+                        }),
+                    });
+                }
+                let current = tunnel.path;
+                if path == current || path.is_relay() {
+                    return;
+                }
+                let note = if current.is_relay() {
+                    "a direct path answered both ways: moved off the relay"
+                } else {
+                    "the peer is at a new address"
+                };
+                self.switch_path(now, &fqdn, path, note);
+            }
+            None => {
+                drop(peer);
+                self.counters.handshake_rx_bad += 1;
+            }
+        }
+    }
+
+    pub(super) fn switch_path(&mut self, now: Instant, fqdn: &str, path: Path, note: &str) {
+        let keepalive = self.config.keepalive;
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let Some(tunnel) = peer.tunnel.as_mut() else {
+            return;
+        };
+        tracing::info!(peer = %fqdn, from = %tunnel.path, to = %path, why = note, "path change");
+        tunnel.path = path;
+        let handle = tunnel.clone();
+        peer.path_note = note.to_owned();
+        peer.stale_ticks = 0;
+        peer.path_since = now;
+        peer.next_keepalive = now + keepalive;
+        let queued: Vec<Vec<u8>> = if std::mem::take(&mut peer.held) {
+            peer.queue.drain(..).collect()
+        } else {
+            Vec::new()
+        };
+        drop(peer);
+        self.mobility.tunnel_back(fqdn, now);
+        self.counters.path_changes += 1;
+        self.out
+            .events
+            .push_back(NodeEvent::TunnelUp(handle.clone()));
+        // Tell the peer at once on the new path.
+        self.seal_to(&handle, path, &[]);
+        for packet in queued {
+            self.seal_to(&handle, path, &packet);
+        }
+    }
+
+    pub(super) fn send_punches(&mut self, now: Instant, fqdn: &str) {
+        let interval = self.config.punch_interval;
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        match peer.punch_until {
+            Some(until) if now < until && now >= peer.next_punch => {}
+            _ => return,
+        }
+        peer.next_punch = now + interval;
+        if peer.direction.via != Transport::Udp {
+            return; // QUIC legs need no holes punched
+        }
+        let packet = cyphonic_proto::punch::encode(peer.direction.route_id);
+        for e in peer.direction.peer.endpoints.clone() {
+            self.counters.punches_sent += 1;
+            self.out
+                .transmits
+                .push_back(Leg::udp(e).transmit(packet.to_vec()));
+        }
+    }
+
+    pub(super) fn send_relay_bind(&mut self, now: Instant, fqdn: &str) {
+        let (keepalive, retransmit) = (self.config.keepalive, self.config.handshake_retransmit);
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let Some(relay) = peer.relay.as_mut() else {
+            return;
+        };
+        if relay.should_fail_over() {
+            // This TRS stopped answering: the next one, for both sides of
+            // the session (they walk the same list).
+            relay.fail_over(now);
+            self.counters.relay_failovers += 1;
+            tracing::warn!(peer = %fqdn, server = ?relay.server(), "relay unreachable; failing over");
+            let new_path = relay.path();
+            let on_relay = peer.tunnel.as_ref().is_some_and(|t| t.path.is_relay());
+            drop(peer);
+            if let (true, Some(p)) = (on_relay, new_path) {
+                self.switch_path(now, fqdn, p, "relay failover");
+            }
+        } else {
+            drop(peer);
+        }
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let Some(bind) = peer
+            .relay
+            .as_mut()
+            .and_then(|r| r.bind(now, keepalive, retransmit))
+        else {
+            return;
+        };
+        drop(peer);
+        self.out.transmits.push_back(bind);
+    }
+
+    pub(super) fn on_relay_bind_ack(&mut self, from: Leg, packet: &[u8]) {
+        let Ok(ack) = Bind::parse(packet) else {
+            self.counters.relay_rx_bad += 1;
+            return;
+        };
+        let Some(fqdn) = self.peers.name_by_route(ack.relay_id).cloned() else {
+            self.counters.relay_rx_bad += 1;
+            return;
+        };
+        let Some(mut peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        let Some(relay) = peer.relay.as_mut() else {
+            return;
+        };
+        match relay.on_ack(from, &ack, packet) {
+            Ok(true) => tracing::debug!(peer = %fqdn, server = %from, "relay bound"),
+            Ok(false) => {}
+            Err(_) => {
+                drop(peer);
+                self.counters.relay_rx_bad += 1;
+            }
+        }
+    }
+
+    /// Everything due for one peer: handshake retransmission over the
+    /// attempt paths, punching, relay binds, keepalives, probes and the
+    /// liveness check.
+    pub(super) fn peer_timers(&mut self, now: Instant, fqdn: &str) {
+        self.handshake_timer(now, fqdn);
+        self.send_punches(now, fqdn);
+        let bind_due = self
+            .peers
+            .get(fqdn)
+            .and_then(|p| p.relay.as_ref())
+            .is_some_and(|r| r.bind_due(now));
+        if bind_due {
+            self.send_relay_bind(now, fqdn);
+        }
+        self.keepalive_tick(now, fqdn);
+    }
+
+    /// Once per keepalive interval for an established tunnel: a keepalive
+    /// on the current path (holding NAT bindings), probes to the direct
+    /// endpoints while relayed, and the liveness check: a path that brought
+    /// nothing for `dead_after` intervals is dead, and the tunnel moves to
+    /// the relay (or to route selection anew when there is none).
+    fn keepalive_tick(&mut self, now: Instant, fqdn: &str) {
+        let (keepalive, dead_after) = (self.config.keepalive, self.config.dead_after);
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        if !matches!(peer.state, PeerState::Established) || now < peer.next_keepalive {
+            return;
+        }
+        let Some(tunnel) = peer.tunnel.clone() else {
+            return;
+        };
+        peer.next_keepalive = now + keepalive;
+        let dead = liveness(&mut peer, &tunnel, dead_after);
+        let relay_path = peer.relay.as_ref().and_then(RelayState::path);
+        let probes: Vec<Path> = if tunnel.path.is_relay() {
+            direct_paths(&peer).collect()
+        } else {
+            Vec::new()
+        };
+        let pattern = peer.direction.pattern;
+        drop(peer);
+        self.seal_to(&tunnel, tunnel.path, &[]);
+        for p in probes {
+            self.send_probe(now, fqdn, p);
+        }
+        if !dead {
+            return;
+        }
+        match (tunnel.path, relay_path) {
+            (Path::Direct(_), Some(relay)) => {
+                self.switch_path(
+                    now,
+                    fqdn,
+                    relay,
+                    "direct path silent: fell back to the relay",
+                );
+            }
+            (Path::Relay { .. }, Some(_)) => {
+                // Make the next bind fail over to another TRS.
+                if let Some(mut p) = self.peers.get_mut(fqdn) {
+                    if let Some(r) = p.relay.as_mut() {
+                        r.force_fail_over(now);
+                    }
+                    p.stale_ticks = 0;
+                }
+            }
+            _ => {
+                tracing::warn!(peer = %fqdn, pattern = pattern.as_str(), "path silent and no relay: selecting the route again");
+                if let Some(mut p) = self.peers.get_mut(fqdn) {
+                    p.stale_ticks = 0;
+                }
+                self.signaling
+                    .send_direction(now, fqdn.to_owned(), &mut self.rng, &mut self.out);
+            }
+        }
+    }
+}
+
+/// One liveness tick: whether the tunnel's path brought nothing for
+/// `dead_after` ticks in a row.
+fn liveness(peer: &mut PeerMut<'_>, tunnel: &TunnelHandle, dead_after: u32) -> bool {
+    let rx = tunnel.stats.rx_packets.load(Ordering::Relaxed);
+    if rx == peer.rx_seen {
+        peer.stale_ticks += 1;
+    } else {
+        peer.rx_seen = rx;
+        peer.stale_ticks = 0;
+    }
+    peer.stale_ticks >= dead_after
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_kinds_name_the_route() {
+        let direct = Path::udp("192.0.2.21:4501".parse().expect("addr"));
+        let relay = Path::Relay {
+            server: Leg::udp("192.0.2.1:4503".parse().expect("addr")),
+            relay_id: 1,
+        };
+        assert_eq!(path_kind(direct, RoutePattern::Direct), "direct");
+        assert_eq!(path_kind(direct, RoutePattern::Punched), "punched");
+        assert_eq!(path_kind(relay, RoutePattern::Direct), "relayed");
+    }
+}

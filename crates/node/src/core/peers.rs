@@ -1,0 +1,398 @@
+//! The peer table: one entry per peer FQDN, with its indexes by VIP, by
+//! our local index and by route ID, and the peers' timers, all kept
+//! consistent here and nowhere else.
+//!
+//! A peer is changed through [`PeerMut`], which puts the peer's next
+//! deadline back into the timer table when it goes out of scope, so no
+//! change of a peer can leave a stale timer behind.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::ops::{Deref, DerefMut};
+use std::time::{Instant, SystemTime};
+
+use cyphonic_proto::signal::RouteDirection;
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::relay::RelayState;
+use super::timers::Timers;
+use super::tunnel::PeerState;
+use super::types::{Path, TimerReason, TunnelHandle, TunnelRole};
+
+/// Peers the network can make us hold at once.
+pub const MAX_PEERS: usize = 4096;
+
+pub(crate) struct Peer {
+    pub fqdn: String,
+    pub direction: RouteDirection,
+    pub role: TunnelRole,
+    pub local_index: u32,
+    pub state: PeerState,
+    pub tunnel: Option<TunnelHandle>,
+    /// The last Tunnel Request we answered and our answer, so a
+    /// retransmitted request gets the same answer and the same keys.
+    pub last_request: Option<(Vec<u8>, Vec<u8>)>,
+    pub last_handshake: Option<SystemTime>,
+    pub queue: VecDeque<Vec<u8>>,
+    pub relay: Option<RelayState>,
+    /// Punch packets go to the peer's endpoints until then.
+    pub punch_until: Option<Instant>,
+    pub next_punch: Instant,
+    /// Keepalives, probes and the liveness check of an established tunnel.
+    pub next_keepalive: Instant,
+    pub rx_seen: u64,
+    pub stale_ticks: u32,
+    /// When the tunnel took its current path.
+    pub path_since: Instant,
+    /// Why the tunnel takes its current path, for status.
+    pub path_note: String,
+    /// Select this peer's route again after the registration that follows
+    /// a move.
+    pub reroute: bool,
+    /// Path probes in flight: (nonce, path, sent at).
+    pub probes: VecDeque<(u64, Path, Instant)>,
+    /// The tunnel's path went with a move: application packets wait in
+    /// `queue` until it is back.
+    pub held: bool,
+}
+
+impl Peer {
+    /// When this peer next has something to do, and why.
+    pub fn wake(&self) -> Option<(Instant, TimerReason)> {
+        let handshake = self.state.wake().map(|t| (t, TimerReason::Handshake));
+        let punch = self
+            .punch_until
+            .filter(|u| self.next_punch < *u)
+            .map(|_| self.next_punch);
+        let bind = self.relay.as_ref().map(|r| r.next_bind);
+        let keepalive = matches!(self.state, PeerState::Established).then_some(self.next_keepalive);
+        handshake
+            .into_iter()
+            .chain(
+                [punch, bind, keepalive]
+                    .into_iter()
+                    .flatten()
+                    .map(|t| (t, TimerReason::Path)),
+            )
+            .min_by_key(|(t, _)| *t)
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(self.state, PeerState::Failed { .. })
+    }
+}
+
+/// A peer being changed; its timer follows when this is dropped.
+pub(crate) struct PeerMut<'a> {
+    peer: &'a mut Peer,
+    timers: &'a mut Timers<String>,
+}
+
+impl Deref for PeerMut<'_> {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        self.peer
+    }
+}
+
+impl DerefMut for PeerMut<'_> {
+    fn deref_mut(&mut self) -> &mut Peer {
+        self.peer
+    }
+}
+
+impl Drop for PeerMut<'_> {
+    fn drop(&mut self) {
+        let wake = self.peer.wake().map(|(t, _)| t);
+        self.timers.set(self.peer.fqdn.clone(), wake);
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Peers {
+    by_name: BTreeMap<String, Peer>,
+    by_vip: HashMap<IpAddr, String>,
+    by_index: HashMap<u32, String>,
+    by_route: HashMap<u64, String>,
+    timers: Timers<String>,
+}
+
+impl Peers {
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn contains(&self, fqdn: &str) -> bool {
+        self.by_name.contains_key(fqdn)
+    }
+
+    pub fn get(&self, fqdn: &str) -> Option<&Peer> {
+        self.by_name.get(fqdn)
+    }
+
+    pub fn get_mut(&mut self, fqdn: &str) -> Option<PeerMut<'_>> {
+        let peer = self.by_name.get_mut(fqdn)?;
+        Some(PeerMut {
+            peer,
+            timers: &mut self.timers,
+        })
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Peer> {
+        self.by_name.values()
+    }
+
+    /// Changes every peer, in name order.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Peer)) {
+        for (name, peer) in self.by_name.iter_mut() {
+            f(peer);
+            self.timers.set(name.clone(), peer.wake().map(|(t, _)| t));
+        }
+    }
+
+    pub fn name_by_vip(&self, vip: IpAddr) -> Option<&String> {
+        self.by_vip.get(&vip)
+    }
+
+    pub fn name_by_index(&self, local_index: u32) -> Option<&String> {
+        self.by_index.get(&local_index)
+    }
+
+    pub fn name_by_route(&self, route_id: u64) -> Option<&String> {
+        self.by_route.get(&route_id)
+    }
+
+    /// A local index no peer has (never 0).
+    pub fn fresh_index(&self, rng: &mut StdRng) -> u32 {
+        loop {
+            let i: u32 = rng.gen();
+            if i != 0 && !self.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    /// Gives a peer a new local index (a new handshake).
+    pub fn set_local_index(&mut self, fqdn: &str, local_index: u32) {
+        let Some(peer) = self.by_name.get_mut(fqdn) else {
+            return;
+        };
+        self.by_index.remove(&peer.local_index);
+        peer.local_index = local_index;
+        self.by_index.insert(local_index, fqdn.to_owned());
+    }
+
+    /// Adds a peer, replacing (and returning) the one of the same name.
+    pub fn insert(&mut self, peer: Peer) -> Option<Peer> {
+        let name = peer.fqdn.clone();
+        let old = self.remove(&name);
+        let d = &peer.direction;
+        self.by_vip.insert(IpAddr::V4(d.peer.vip4), name.clone());
+        self.by_vip.insert(IpAddr::V6(d.peer.vip6), name.clone());
+        self.by_index.insert(peer.local_index, name.clone());
+        self.by_route.insert(d.route_id, name.clone());
+        self.timers.set(name.clone(), peer.wake().map(|(t, _)| t));
+        self.by_name.insert(name, peer);
+        old
+    }
+
+    pub fn remove(&mut self, fqdn: &str) -> Option<Peer> {
+        let peer = self.by_name.remove(fqdn)?;
+        self.timers.remove(&peer.fqdn);
+        self.by_index.remove(&peer.local_index);
+        self.by_route.remove(&peer.direction.route_id);
+        for vip in [
+            IpAddr::V4(peer.direction.peer.vip4),
+            IpAddr::V6(peer.direction.peer.vip6),
+        ] {
+            if self.by_vip.get(&vip).map(String::as_str) == Some(fqdn) {
+                self.by_vip.remove(&vip);
+            }
+        }
+        Some(peer)
+    }
+
+    /// Removes every peer whose tunnel establishment failed, to make room;
+    /// returns them (their tunnels, if any, leave the data plane).
+    pub fn evict_failed(&mut self) -> Vec<Peer> {
+        let failed: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, p)| p.failed())
+            .map(|(n, _)| n.clone())
+            .collect();
+        failed.iter().filter_map(|n| self.remove(n)).collect()
+    }
+
+    /// The earliest peer timer, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        let (t, name) = self.timers.next()?;
+        let reason = self
+            .by_name
+            .get(name)
+            .and_then(Peer::wake)
+            .map_or(TimerReason::Path, |(_, r)| r);
+        Some((t, reason))
+    }
+
+    /// The peers with something due at `now`, in name order.
+    pub fn due(&self, now: Instant) -> Vec<String> {
+        self.timers.due(now)
+    }
+
+    #[cfg(test)]
+    pub fn check_indexes(&self) {
+        for (name, peer) in &self.by_name {
+            assert_eq!(self.by_index.get(&peer.local_index), Some(name));
+            assert_eq!(self.by_route.get(&peer.direction.route_id), Some(name));
+        }
+        assert_eq!(self.by_index.len(), self.by_name.len());
+        assert_eq!(self.by_route.len(), self.by_name.len());
+        assert!(self.by_vip.values().all(|n| self.by_name.contains_key(n)));
+        assert_eq!(
+            self.timers.len(),
+            self.by_name.values().filter(|p| p.wake().is_some()).count()
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use cyphonic_proto::signal::{CertStatus, PeerInfo, RoutePattern};
+    use cyphonic_proto::Transport;
+    use rand::SeedableRng;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::time::Duration;
+
+    pub fn direction(i: u32, route_id: u64) -> RouteDirection {
+        RouteDirection {
+            route_id,
+            pattern: RoutePattern::Direct,
+            initiate: true,
+            punch: false,
+            tunnel_key: [0; 32],
+            relay: None,
+            via: Transport::Udp,
+            peer: PeerInfo {
+                fqdn: format!("p{i}.cyphonic.internal"),
+                vip4: Ipv4Addr::new(100, 64, (i >> 8) as u8, i as u8),
+                vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i as u16),
+                static_public: [0; 32],
+                cert_serial: 1,
+                cert_status: CertStatus::Good,
+                endpoints: Vec::new(),
+            },
+        }
+    }
+
+    pub fn peer(i: u32, local_index: u32, now: Instant, state: PeerState) -> Peer {
+        let direction = direction(i, 1000 + i as u64);
+        Peer {
+            fqdn: direction.peer.fqdn.clone(),
+            direction,
+            role: TunnelRole::Initiator,
+            local_index,
+            state,
+            tunnel: None,
+            last_request: None,
+            last_handshake: None,
+            queue: VecDeque::new(),
+            relay: None,
+            punch_until: None,
+            next_punch: now,
+            next_keepalive: now + Duration::from_secs(5),
+            rx_seen: 0,
+            stale_ticks: 0,
+            path_since: now,
+            path_note: String::new(),
+            reroute: false,
+            probes: VecDeque::new(),
+            held: false,
+        }
+    }
+
+    #[test]
+    fn indexes_follow_inserts_replacements_and_removals() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        let deadline = now + Duration::from_secs(3);
+        peers.insert(peer(1, 11, now, PeerState::AwaitingRequest { deadline }));
+        peers.insert(peer(2, 22, now, PeerState::AwaitingRequest { deadline }));
+        peers.check_indexes();
+        let name = "p1.cyphonic.internal";
+        assert_eq!(peers.name_by_index(11).map(String::as_str), Some(name));
+        assert_eq!(
+            peers
+                .name_by_vip(Ipv4Addr::new(100, 64, 0, 1).into())
+                .map(String::as_str),
+            Some(name)
+        );
+        // A new route for the same peer replaces the old one everywhere.
+        let mut again = peer(1, 33, now, PeerState::AwaitingRequest { deadline });
+        again.direction.route_id = 77;
+        let old = peers.insert(again).expect("replaced");
+        assert_eq!(old.local_index, 11);
+        assert!(peers.name_by_index(11).is_none());
+        assert!(peers.name_by_route(1001).is_none());
+        assert_eq!(peers.name_by_route(77).map(String::as_str), Some(name));
+        peers.set_local_index(name, 44);
+        assert!(peers.name_by_index(33).is_none());
+        peers.check_indexes();
+        peers.remove(name);
+        assert!(peers
+            .name_by_vip(Ipv4Addr::new(100, 64, 0, 1).into())
+            .is_none());
+        peers.check_indexes();
+        assert_eq!(peers.len(), 1);
+    }
+
+    #[test]
+    fn a_change_through_get_mut_moves_the_peers_timer() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        let deadline = now + Duration::from_secs(3);
+        peers.insert(peer(1, 11, now, PeerState::AwaitingRequest { deadline }));
+        assert_eq!(
+            peers.poll_timeout(),
+            Some((deadline, TimerReason::Handshake))
+        );
+        assert!(peers.due(now).is_empty());
+        {
+            let mut p = peers.get_mut("p1.cyphonic.internal").expect("peer");
+            p.state = PeerState::Established;
+        }
+        // Established: the keepalive is the next thing to do.
+        assert_eq!(
+            peers.poll_timeout(),
+            Some((now + Duration::from_secs(5), TimerReason::Path))
+        );
+        peers.for_each_mut(|p| p.next_keepalive = now);
+        assert_eq!(peers.due(now), vec!["p1.cyphonic.internal".to_string()]);
+        peers.check_indexes();
+    }
+
+    #[test]
+    fn failed_peers_make_room() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        for i in 0..10 {
+            let state = if i % 2 == 0 {
+                PeerState::Failed {
+                    reason: "test".into(),
+                }
+            } else {
+                PeerState::Established
+            };
+            let index = peers.fresh_index(&mut rng);
+            peers.insert(peer(i, index, now, state));
+        }
+        let gone = peers.evict_failed();
+        assert_eq!(gone.len(), 5);
+        assert_eq!(peers.len(), 5);
+        assert!(peers.values().all(|p| !p.failed()));
+        peers.check_indexes();
+    }
+}

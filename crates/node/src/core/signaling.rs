@@ -1,0 +1,873 @@
+//! The NMS client: the Login's session, Registration (and the race of
+//! transports when native UDP goes unanswered, and the later re-probe of
+//! cheaper ones), the NAT Probe, KeepAlive, and every request's
+//! retransmission and deadline.
+//!
+//! It owns no peer: what the NMS says about routes comes out as a
+//! [`SignalingEvent`] for the node to act on, and the node hands it the
+//! Direction Requests to send. Packets and [`NodeEvent::NeedLogin`] go
+//! straight to the shared [`Outbox`].
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use cyphonic_proto::signal::{
+    DirectionErrorCode, Envelope, Message, RegistrationRequest, RouteDirection, SignalCipher,
+};
+use hickory_proto::op::ResponseCode;
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::timers::Timers;
+use super::types::{Leg, Login, NodeConfig, NodeCounters, NodeEvent, TimerReason, Transport};
+use super::Outbox;
+use cyphonic_cloud::route::{NatKind, NetInfo};
+
+/// Between adding one transport to a Registration race and the next.
+pub const RACE_STAGGER: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestKind {
+    Registration,
+    /// A Registration over cheaper transports than the current one: an
+    /// answer moves signaling there.
+    TransportProbe,
+    KeepAlive,
+    Direction,
+    NatProbe,
+}
+
+pub(crate) struct OutRequest {
+    kind: RequestKind,
+    message: Message,
+    target: Option<String>,
+    next_retransmit: Instant,
+    interval: Duration,
+    deadline: Instant,
+    /// A Direction Request sent before a move: the NMS chose its route
+    /// from our old addresses.
+    before_move: bool,
+    /// The transports it is sent over (each retransmission goes on all).
+    transports: Vec<Transport>,
+    /// A Registration: when to race the other transports if unanswered.
+    race_at: Option<Instant>,
+}
+
+impl OutRequest {
+    fn wake(&self) -> Instant {
+        let t = self.next_retransmit.min(self.deadline);
+        self.race_at.map_or(t, |r| t.min(r))
+    }
+}
+
+/// Requests in flight by transaction ID, with their timers in a table.
+#[derive(Default)]
+struct Requests {
+    map: BTreeMap<u64, OutRequest>,
+    timers: Timers<u64>,
+}
+
+impl Requests {
+    fn insert(&mut self, txid: u64, r: OutRequest) {
+        self.timers.set(txid, Some(r.wake()));
+        self.map.insert(txid, r);
+    }
+
+    fn remove(&mut self, txid: u64) -> Option<OutRequest> {
+        self.timers.remove(&txid);
+        self.map.remove(&txid)
+    }
+
+    fn get(&self, txid: u64) -> Option<&OutRequest> {
+        self.map.get(&txid)
+    }
+
+    /// Changes a request; its timer follows.
+    fn update<T>(&mut self, txid: u64, f: impl FnOnce(&mut OutRequest) -> T) -> Option<T> {
+        let r = self.map.get_mut(&txid)?;
+        let out = f(r);
+        self.timers.set(txid, Some(r.wake()));
+        Some(out)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&OutRequest) -> bool) {
+        let gone: Vec<u64> = self
+            .map
+            .iter()
+            .filter(|(_, r)| !keep(r))
+            .map(|(t, _)| *t)
+            .collect();
+        for txid in gone {
+            self.remove(txid);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.timers.clear();
+    }
+
+    fn find(&self, f: impl Fn(&OutRequest) -> bool) -> Option<u64> {
+        self.map.iter().find(|(_, r)| f(r)).map(|(t, _)| *t)
+    }
+}
+
+/// One Login's session with the NMS.
+struct Session {
+    cipher: SignalCipher,
+    login: Login,
+    registered: bool,
+    observed: Option<SocketAddr>,
+    /// The NMS's probe address (its address, second port), when it has one.
+    probe: Option<SocketAddr>,
+    observed_probe: Option<SocketAddr>,
+    next_keepalive: Instant,
+    missed_keepalives: u32,
+    /// When to try cheaper transports again (signaling on QUIC or TCP).
+    next_reprobe: Instant,
+}
+
+impl Session {
+    /// The NMS's leg on `transport`: its UDP port, or the cloud's QUIC or
+    /// TCP port at the same address.
+    fn nms_leg(&self, transport: Transport) -> Option<Leg> {
+        let port = match transport {
+            Transport::Udp => self.login.nms.port(),
+            Transport::Quic => self.login.quic_port,
+            Transport::Tcp => self.login.tcp_port,
+        };
+        (port != 0).then(|| Leg::new(transport, SocketAddr::new(self.login.nms.ip(), port)))
+    }
+
+    fn is_nms(&self, from: Leg) -> bool {
+        self.nms_leg(from.transport) == Some(from)
+            || (from.transport == Transport::Udp && Some(from.addr) == self.probe)
+    }
+}
+
+/// What the NMS said that concerns the rest of the node.
+pub(crate) enum SignalingEvent {
+    /// The NMS has our registration. `transport_change`: it came over
+    /// another transport than the last one (before, after). `probing`: a
+    /// NAT Probe follows, and routes wait for its answer.
+    Registered {
+        fqdn: String,
+        vip4: Ipv4Addr,
+        vip6: Ipv6Addr,
+        observed: SocketAddr,
+        transport_change: Option<(Option<Transport>, Transport)>,
+        probing: bool,
+    },
+    /// The NAT Probe was answered (or never will be): the NMS knows our
+    /// network now.
+    NatKnown,
+    DirectionToResponder {
+        txid: u64,
+        direction: RouteDirection,
+    },
+    DirectionToInitiator {
+        /// The name the Direction Request asked for.
+        target: String,
+        before_move: bool,
+        direction: RouteDirection,
+    },
+    /// Route selection for `target` failed or timed out.
+    DirectionFailed { target: String, rcode: ResponseCode },
+}
+
+pub(crate) struct Signaling {
+    config: NodeConfig,
+    static_public: [u8; 32],
+    local_addrs: Vec<SocketAddr>,
+    session: Option<Session>,
+    login_requested: bool,
+    requests: Requests,
+    /// The transport signaling uses (or tries first), kept across logins.
+    transport: Transport,
+    /// The transport of the last registration the NMS answered, kept
+    /// across logins.
+    last_registered_over: Option<Transport>,
+}
+
+impl Signaling {
+    pub fn new(config: NodeConfig, static_public: [u8; 32]) -> Self {
+        let transport = config.transport.unwrap_or(Transport::Udp);
+        Signaling {
+            config,
+            static_public,
+            local_addrs: Vec::new(),
+            session: None,
+            login_requested: false,
+            requests: Requests::default(),
+            transport,
+            last_registered_over: None,
+        }
+    }
+
+    /// The host's addresses, as registered.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn set_local_addrs(&mut self, addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        std::mem::replace(&mut self.local_addrs, addrs)
+    }
+
+    pub fn logged_in(&self) -> bool {
+        self.session.is_some()
+    }
+
+    pub fn registered(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.registered)
+    }
+
+    pub fn login(&self) -> Option<&Login> {
+        self.session.as_ref().map(|s| &s.login)
+    }
+
+    pub fn observed(&self) -> Option<SocketAddr> {
+        self.session.as_ref().and_then(|s| s.observed)
+    }
+
+    pub fn observed_probe(&self) -> Option<SocketAddr> {
+        self.session.as_ref().and_then(|s| s.observed_probe)
+    }
+
+    /// The transport signaling uses or tries first (relays follow it).
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// How signaling travels: the transport the NMS has our registration
+    /// over, or the one being tried.
+    pub fn signaling_transport(&self) -> Transport {
+        match self.last_registered_over {
+            Some(t) if self.registered() => t,
+            _ => self.transport,
+        }
+    }
+
+    /// The NAT in front of this node, as the NMS's two ports saw it.
+    pub fn nat(&self) -> NatKind {
+        match self.observed() {
+            Some(observed) => NetInfo {
+                local_addrs: self.local_addrs.clone(),
+                observed,
+                observed_probe: self.observed_probe(),
+                transport: self.signaling_transport(),
+                quic_port: self.config.quic_port,
+            }
+            .nat(),
+            None => NatKind::Unknown,
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        let requests = self
+            .requests
+            .timers
+            .next()
+            .map(|(t, _)| (t, TimerReason::SignalRetransmit));
+        let session = self.session.as_ref().filter(|s| s.registered);
+        let keepalive = session.map(|s| (s.next_keepalive, TimerReason::KeepAlive));
+        let reprobe = session
+            .filter(|_| self.reprobes())
+            .map(|s| (s.next_reprobe, TimerReason::KeepAlive));
+        [requests, keepalive, reprobe]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
+    }
+
+    /// Asks the shell to log in, once until it answers.
+    pub fn request_login(&mut self, reason: &str, out: &mut Outbox) {
+        if !self.login_requested {
+            self.login_requested = true;
+            out.events.push_back(NodeEvent::NeedLogin {
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Login succeeded: a new session, and the Registration in it.
+    /// `counter_base` must move with the clock (see `Node::handle_login`).
+    pub fn handle_login(
+        &mut self,
+        now: Instant,
+        login: Login,
+        counter_base: u64,
+        rng: &mut StdRng,
+        out: &mut Outbox,
+    ) {
+        self.login_requested = false;
+        let cipher = SignalCipher::new(
+            login.session_id,
+            &login.common_key,
+            cyphonic_proto::signal::Role::Node,
+            counter_base,
+        );
+        self.requests.clear();
+        self.session = Some(Session {
+            cipher,
+            next_keepalive: now + login.keepalive,
+            login,
+            registered: false,
+            observed: None,
+            probe: None,
+            observed_probe: None,
+            missed_keepalives: 0,
+            next_reprobe: now,
+        });
+        self.send_registration(now, rng, out);
+    }
+
+    pub fn handle_login_failed(&mut self) {
+        self.login_requested = false;
+    }
+
+    fn registration(&self, transport: Transport) -> Message {
+        Message::RegistrationRequest(RegistrationRequest {
+            static_public: self.static_public,
+            tunnel_port: self.config.tunnel_port,
+            local_addrs: self.local_addrs.clone(),
+            transport,
+            quic_port: self.config.quic_port,
+        })
+    }
+
+    /// Whether the transport is ours to choose (not forced) and a cheaper
+    /// one than the current may work.
+    fn reprobes(&self) -> bool {
+        self.config.transport.is_none() && self.transport != Transport::Udp
+    }
+
+    /// Registers over the current transport; unanswered after
+    /// `transport_fallback`, the same Registration is raced over every
+    /// other transport the cloud offers (unless one is forced).
+    pub fn send_registration(&mut self, now: Instant, rng: &mut StdRng, out: &mut Outbox) {
+        self.requests.retain(|r| {
+            !matches!(
+                r.kind,
+                RequestKind::Registration | RequestKind::TransportProbe
+            )
+        });
+        let message = self.registration(self.transport);
+        let timeout = self.config.registration_timeout;
+        let txid = self.send_request(
+            now,
+            RequestKind::Registration,
+            message,
+            None,
+            timeout,
+            rng,
+            out,
+        );
+        if self.config.transport.is_none() {
+            let race_at = now + self.config.transport_fallback;
+            self.requests.update(txid, |r| r.race_at = Some(race_at));
+        }
+    }
+
+    /// Unanswered Registration: send it over the next transport too,
+    /// cheapest first, each `RACE_STAGGER` after the previous (as Happy
+    /// Eyeballs staggers address families): QUIC gets a head start on TLS
+    /// over TCP, whose handshake takes a round trip more, so it wins
+    /// wherever both get out.
+    fn race_transports(&mut self, now: Instant, txid: u64, out: &mut Outbox) {
+        let others: Vec<Transport> = Transport::ALL
+            .into_iter()
+            .filter(|t| {
+                self.session
+                    .as_ref()
+                    .is_some_and(|s| s.nms_leg(*t).is_some())
+            })
+            .collect();
+        let Some(r) = self.requests.get(txid) else {
+            return;
+        };
+        let untried: Vec<Transport> = others
+            .into_iter()
+            .filter(|t| !r.transports.contains(t))
+            .collect();
+        let Some(&next) = untried.first() else {
+            self.requests.update(txid, |r| r.race_at = None);
+            return;
+        };
+        tracing::info!(tried = ?r.transports, adding = %next, "NMS silent; racing another transport");
+        self.requests.update(txid, |r| {
+            r.transports.push(next);
+            r.race_at = (untried.len() > 1).then_some(now + RACE_STAGGER);
+        });
+        self.seal_to_nms_over(txid, self.registration(next), next, out);
+    }
+
+    /// While signaling is on QUIC or TCP: a Registration over each cheaper
+    /// transport; the first answer moves signaling there.
+    fn reprobe_transports(&mut self, now: Instant, rng: &mut StdRng, out: &mut Outbox) {
+        let current = self.transport;
+        let Some(sig) = self.session.as_mut() else {
+            return;
+        };
+        sig.next_reprobe = now + self.config.transport_reprobe;
+        let cheaper: Vec<Transport> = Transport::ALL
+            .into_iter()
+            .filter(|t| *t < current && sig.nms_leg(*t).is_some())
+            .collect();
+        if cheaper.is_empty()
+            || self
+                .requests
+                .find(|r| r.kind == RequestKind::TransportProbe)
+                .is_some()
+        {
+            return;
+        }
+        tracing::debug!(?cheaper, "trying cheaper transports again");
+        let txid: u64 = rng.gen();
+        let interval = self.config.retransmit;
+        self.requests.insert(
+            txid,
+            OutRequest {
+                kind: RequestKind::TransportProbe,
+                message: self.registration(cheaper[0]),
+                target: None,
+                next_retransmit: now + interval,
+                interval,
+                deadline: now + self.config.transport_fallback * 2,
+                before_move: false,
+                transports: cheaper.clone(),
+                race_at: None,
+            },
+        );
+        for t in cheaper {
+            self.seal_to_nms_over(txid, self.registration(t), t, out);
+        }
+    }
+
+    /// A Direction Request for `target` (a normalised FQDN).
+    pub fn send_direction(
+        &mut self,
+        now: Instant,
+        target: String,
+        rng: &mut StdRng,
+        out: &mut Outbox,
+    ) {
+        let timeout = self.config.direction_timeout;
+        self.send_request(
+            now,
+            RequestKind::Direction,
+            Message::DirectionRequest {
+                target: target.clone(),
+            },
+            Some(target),
+            timeout,
+            rng,
+            out,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_request(
+        &mut self,
+        now: Instant,
+        kind: RequestKind,
+        message: Message,
+        target: Option<String>,
+        timeout: Duration,
+        rng: &mut StdRng,
+        out: &mut Outbox,
+    ) -> u64 {
+        let txid: u64 = rng.gen();
+        let interval = self.config.retransmit;
+        let transport = self.transport;
+        self.requests.insert(
+            txid,
+            OutRequest {
+                kind,
+                message: message.clone(),
+                target,
+                next_retransmit: now + interval,
+                interval,
+                deadline: now + timeout,
+                before_move: false,
+                transports: vec![transport],
+                race_at: None,
+            },
+        );
+        self.seal_to_nms_over(txid, message, transport, out);
+        txid
+    }
+
+    /// Signaling over the current transport.
+    pub fn seal_to_nms(&mut self, txid: u64, message: Message, out: &mut Outbox) {
+        self.seal_to_nms_over(txid, message, self.transport, out);
+    }
+
+    fn seal_to_nms_over(
+        &mut self,
+        txid: u64,
+        message: Message,
+        transport: Transport,
+        out: &mut Outbox,
+    ) {
+        let Some(sig) = self.session.as_mut() else {
+            return;
+        };
+        // A NAT Probe goes to the NMS's second port; all else to the first.
+        let leg = match (&message, sig.probe) {
+            (Message::NatProbe, Some(probe)) => Some(Leg::udp(probe)),
+            _ => sig.nms_leg(transport),
+        };
+        let Some(leg) = leg else {
+            return;
+        };
+        let payload = sig.cipher.seal(&Envelope { txid, message });
+        out.transmits.push_back(leg.transmit(payload));
+    }
+
+    fn take_request(&mut self, txid: u64, kind: RequestKind) -> Option<OutRequest> {
+        match self.requests.get(txid) {
+            Some(r) if r.kind == kind => self.requests.remove(txid),
+            _ => None,
+        }
+    }
+
+    /// Whether a Direction Request for `target` is in flight.
+    pub fn direction_pending(&self, target: &str) -> bool {
+        self.requests
+            .find(|r| r.target.as_deref() == Some(target))
+            .is_some()
+    }
+
+    /// Forgets our own Direction Requests for `target`: the route the NMS
+    /// directed us to (as responder) supersedes them.
+    pub fn cancel_directions(&mut self, target: &str) {
+        self.requests
+            .retain(|r| !(r.kind == RequestKind::Direction && r.target.as_deref() == Some(target)));
+    }
+
+    /// A move: routes being selected now are chosen from our old
+    /// addresses, the NMS is reached over a family we still have, and the
+    /// new network may let cheaper transports out.
+    pub fn on_move(&mut self, now: Instant) {
+        self.pick_nms_family();
+        let txids: Vec<u64> = self.requests.map.keys().copied().collect();
+        for txid in txids {
+            self.requests.update(txid, |r| {
+                r.before_move |= r.kind == RequestKind::Direction;
+            });
+        }
+        let fallback = self.config.transport_fallback;
+        if let Some(sig) = self.session.as_mut() {
+            sig.next_reprobe = now + fallback;
+        }
+    }
+
+    /// Talks to the NMS over an IP version the host still has.
+    fn pick_nms_family(&mut self) {
+        let local = &self.local_addrs;
+        let has = |v6: bool| local.iter().any(|a| a.is_ipv6() == v6);
+        let Some(sig) = self.session.as_mut() else {
+            return;
+        };
+        if has(sig.login.nms.is_ipv6()) {
+            return;
+        }
+        if let Some(alt) = sig
+            .login
+            .nms_alternatives
+            .iter()
+            .find(|a| has(a.is_ipv6()))
+            .copied()
+        {
+            tracing::info!(from = %sig.login.nms, to = %alt, "NMS reached over the other IP version");
+            sig.login.nms = alt;
+            sig.probe = None;
+        }
+    }
+
+    /// A signaling packet from `from`.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        packet: &[u8],
+        rng: &mut StdRng,
+        out: &mut Outbox,
+        counters: &mut NodeCounters,
+    ) -> Option<SignalingEvent> {
+        let Some(sig) = self.session.as_mut() else {
+            counters.signal_rx_bad += 1;
+            return None;
+        };
+        if !sig.is_nms(from) {
+            counters.signal_rx_bad += 1;
+            return None;
+        }
+        let env = match sig.cipher.open(packet) {
+            Ok(env) => env,
+            Err(e) => {
+                counters.signal_rx_bad += 1;
+                tracing::debug!(%from, error = %e, "dropping signaling packet");
+                return None;
+            }
+        };
+        tracing::trace!(msg = env.message.name(), txid = env.txid, "signaling in");
+        match env.message {
+            Message::RegistrationResponse(resp) => {
+                let probe = self.take_request(env.txid, RequestKind::TransportProbe);
+                let request = match probe {
+                    Some(r) => Some(r),
+                    None => self.take_request(env.txid, RequestKind::Registration),
+                };
+                let Some(request) = request else {
+                    // A raced copy that reached the NMS late (its leg came
+                    // up after the winner's): the NMS now has us on that
+                    // leg. Register again over the transport we use.
+                    if self.registered() && from.transport != self.transport {
+                        tracing::info!(late = %from.transport, using = %self.transport, "late raced registration; registering again");
+                        self.send_registration(now, rng, out);
+                    }
+                    return None;
+                };
+                if request.transports.len() > 1 || request.kind == RequestKind::TransportProbe {
+                    // A race: the first transport to answer wins. The NMS
+                    // may have taken another copy last, so register once
+                    // more over the winner alone.
+                    tracing::info!(transport = %from.transport, "NMS answered; signaling over it");
+                    self.transport = from.transport;
+                    self.send_registration(now, rng, out);
+                    if let Some(txid) = self.requests.find(|r| r.kind == RequestKind::Registration)
+                    {
+                        self.requests.update(txid, |r| r.race_at = None);
+                    }
+                    return None;
+                }
+                let keepalive = Duration::from_secs(resp.keepalive_secs.max(1) as u64);
+                let reprobe = self.config.transport_reprobe;
+                let sig = self.session.as_mut()?;
+                let first = !std::mem::replace(&mut sig.registered, true);
+                sig.observed = Some(resp.observed);
+                sig.observed_probe = None;
+                // NAT behaviour is probed on native UDP only: a leg's
+                // socket is not the tunnel port.
+                sig.probe = (resp.probe_port != 0 && from.transport == Transport::Udp)
+                    .then(|| SocketAddr::new(sig.login.nms.ip(), resp.probe_port));
+                sig.missed_keepalives = 0;
+                sig.login.keepalive = keepalive;
+                sig.next_keepalive = now + keepalive;
+                if first {
+                    sig.next_reprobe = now + reprobe;
+                }
+                let probing = sig.probe.is_some();
+                // Compared with the last registration of any session: a
+                // transport that broke leads to a new Login first.
+                let before = self.last_registered_over.replace(from.transport);
+                let transport_change = before
+                    .is_some_and(|b| b != from.transport)
+                    .then_some((before, from.transport));
+                if probing {
+                    let timeout = self.config.registration_timeout;
+                    self.send_request(
+                        now,
+                        RequestKind::NatProbe,
+                        Message::NatProbe,
+                        None,
+                        timeout,
+                        rng,
+                        out,
+                    );
+                }
+                tracing::info!(fqdn = %resp.fqdn, vip4 = %resp.vip4, vip6 = %resp.vip6, observed = %resp.observed, transport = %from.transport, "Registration done");
+                Some(SignalingEvent::Registered {
+                    fqdn: resp.fqdn,
+                    vip4: resp.vip4,
+                    vip6: resp.vip6,
+                    observed: resp.observed,
+                    transport_change,
+                    probing,
+                })
+            }
+            Message::KeepAliveAck { observed } => {
+                self.take_request(env.txid, RequestKind::KeepAlive)?;
+                let moved = self.session.as_mut().is_some_and(|sig| {
+                    sig.missed_keepalives = 0;
+                    sig.observed.is_some_and(|o| o != observed)
+                });
+                if moved {
+                    // Our NAT mapped us anew: register again, so the NMS
+                    // learns our network (and probes it) afresh.
+                    tracing::info!(%observed, "observed address changed; registering again");
+                    self.send_registration(now, rng, out);
+                }
+                None
+            }
+            Message::NatProbeAck { observed } => {
+                self.take_request(env.txid, RequestKind::NatProbe)?;
+                if let Some(sig) = self.session.as_mut() {
+                    sig.observed_probe = Some(observed);
+                }
+                tracing::info!(nat = self.nat().as_str(), "NAT Probe answered");
+                Some(SignalingEvent::NatKnown)
+            }
+            Message::ReRegister => {
+                tracing::info!("NMS asked for registration again");
+                if let Some(sig) = self.session.as_mut() {
+                    sig.registered = false;
+                }
+                self.send_registration(now, rng, out);
+                None
+            }
+            Message::RouteDirectionToResponder(direction) => {
+                Some(SignalingEvent::DirectionToResponder {
+                    txid: env.txid,
+                    direction,
+                })
+            }
+            Message::RouteDirectionToInitiator(direction) => {
+                let req = self.take_request(env.txid, RequestKind::Direction)?;
+                Some(SignalingEvent::DirectionToInitiator {
+                    target: req.target.unwrap_or_default(),
+                    before_move: req.before_move,
+                    direction,
+                })
+            }
+            Message::DirectionError { code, message } => {
+                let req = self.take_request(env.txid, RequestKind::Direction)?;
+                let target = req.target.unwrap_or_default();
+                tracing::info!(%target, ?code, %message, "route selection failed");
+                let rcode = match code {
+                    DirectionErrorCode::NotFound => ResponseCode::NXDomain,
+                    _ => ResponseCode::ServFail,
+                };
+                Some(SignalingEvent::DirectionFailed { target, rcode })
+            }
+            other => {
+                counters.signal_rx_bad += 1;
+                tracing::debug!(msg = other.name(), "unexpected message from the NMS");
+                None
+            }
+        }
+    }
+
+    /// Retransmits and races what is due; returns the requests whose
+    /// deadline passed, for [`Signaling::expire`] one by one.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) -> Vec<u64> {
+        let mut expired = Vec::new();
+        let mut resend = Vec::new();
+        let mut race = Vec::new();
+        for txid in self.requests.timers.due(now) {
+            let Some(r) = self.requests.get(txid) else {
+                continue;
+            };
+            if now >= r.deadline {
+                expired.push(txid);
+                continue;
+            }
+            if r.race_at.is_some_and(|t| now >= t) {
+                race.push(txid);
+            }
+            if now >= r.next_retransmit {
+                let (message, transports) = self
+                    .requests
+                    .update(txid, |r| {
+                        r.interval = (r.interval * 2).min(Duration::from_secs(2));
+                        r.next_retransmit = now + r.interval;
+                        (r.message.clone(), r.transports.clone())
+                    })
+                    .unwrap_or((Message::KeepAlive, Vec::new()));
+                resend.push((txid, message, transports));
+            }
+        }
+        for (txid, message, transports) in resend {
+            for t in transports {
+                // A Registration names the transport it travels by.
+                let message = match &message {
+                    Message::RegistrationRequest(_) => self.registration(t),
+                    m => m.clone(),
+                };
+                self.seal_to_nms_over(txid, message, t, out);
+            }
+        }
+        for txid in race {
+            self.race_transports(now, txid, out);
+        }
+        expired
+    }
+
+    /// A request whose deadline passed. `Err(())`: the session is gone
+    /// (the NMS stopped answering), and the rest of the expired requests
+    /// with it.
+    pub fn expire(&mut self, txid: u64, out: &mut Outbox) -> Result<Option<SignalingEvent>, ()> {
+        let Some(r) = self.requests.remove(txid) else {
+            return Ok(None);
+        };
+        match r.kind {
+            RequestKind::Registration => {
+                tracing::warn!("NMS did not answer the Registration");
+                self.session = None;
+                self.request_login("registration timed out", out);
+            }
+            RequestKind::KeepAlive => {
+                let missed = self.session.as_mut().map(|s| {
+                    s.missed_keepalives += 1;
+                    s.missed_keepalives
+                });
+                if missed.unwrap_or(0) >= self.config.max_missed_keepalives {
+                    tracing::warn!("NMS stopped answering keepalives; logging in again");
+                    self.session = None;
+                    self.requests.clear();
+                    self.request_login("NMS unreachable", out);
+                    return Err(());
+                }
+            }
+            RequestKind::TransportProbe => {
+                tracing::debug!(transports = ?r.transports, "cheaper transports still blocked");
+            }
+            RequestKind::NatProbe => {
+                tracing::info!("NMS did not answer the NAT Probe: NAT behaviour stays unknown");
+                return Ok(Some(SignalingEvent::NatKnown));
+            }
+            RequestKind::Direction => {
+                let target = r.target.unwrap_or_default();
+                tracing::warn!(%target, "Direction Request timed out");
+                return Ok(Some(SignalingEvent::DirectionFailed {
+                    target,
+                    rcode: ResponseCode::ServFail,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The re-probe of cheaper transports and the KeepAlive, when due.
+    pub fn keepalive_timer(&mut self, now: Instant, rng: &mut StdRng, out: &mut Outbox) {
+        if self.reprobes()
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.registered && now >= s.next_reprobe)
+        {
+            self.reprobe_transports(now, rng, out);
+        }
+        let Some(sig) = self
+            .session
+            .as_mut()
+            .filter(|s| s.registered && now >= s.next_keepalive)
+        else {
+            return;
+        };
+        sig.next_keepalive = now + sig.login.keepalive;
+        // A keepalive may wait for its answer at most until the next one.
+        let timeout = sig.login.keepalive.min(Duration::from_secs(5));
+        self.send_request(
+            now,
+            RequestKind::KeepAlive,
+            Message::KeepAlive,
+            None,
+            timeout,
+            rng,
+            out,
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! Tunnel establishment per peer: the initiator's Tunnel Request over each
+//! path to try in turn (direct endpoints first, the relay last), the
+//! responder's answer (the same answer to a retransmitted request), the
+//! check of the peer's certificate, and the tunnel's keys handed to the
+//! data plane ([`NodeEvent::TunnelUp`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cyphonic_pki::Verifier;
+use cyphonic_proto::data::{RecvKey, SendKey};
+use cyphonic_proto::handshake::{self, Initiator, PeerVerifier};
+use cyphonic_proto::signal::RoutePattern;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::peers::Peer;
+use super::relay::RelayState;
+use super::types::{Leg, NodeEvent, Path, TunnelHandle, TunnelRole};
+use super::Node;
+
+/// Tries of a handshake on one path before the next.
+pub const SENDS_PER_ATTEMPT: u32 = 2;
+
+/// Where a peer's tunnel establishment stands.
+pub(crate) enum PeerState {
+    /// Waiting for the initiator's Tunnel Request.
+    AwaitingRequest {
+        deadline: Instant,
+    },
+    Handshaking {
+        initiator: Option<Box<Initiator>>,
+        request: Vec<u8>,
+        /// Paths to try, in order; each gets `SENDS_PER_ATTEMPT` tries.
+        attempts: Vec<Path>,
+        attempt: usize,
+        sent_on_attempt: u32,
+        next_retransmit: Instant,
+        deadline: Instant,
+    },
+    Established,
+    Failed {
+        reason: String,
+    },
+}
+
+impl PeerState {
+    /// When establishment next has something to do.
+    pub fn wake(&self) -> Option<Instant> {
+        match self {
+            PeerState::Handshaking {
+                next_retransmit,
+                deadline,
+                ..
+            } => Some((*next_retransmit).min(*deadline)),
+            PeerState::AwaitingRequest { deadline } => Some(*deadline),
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            PeerState::AwaitingRequest { .. } => "awaiting-request".into(),
+            PeerState::Handshaking { .. } => "handshaking".into(),
+            PeerState::Established => "established".into(),
+            PeerState::Failed { reason } => format!("failed: {reason}"),
+        }
+    }
+}
+
+/// The peer's endpoints as direct paths, over the transport the NMS named
+/// (native UDP, or QUIC to the peer's listener).
+pub(crate) fn direct_paths(peer: &Peer) -> impl Iterator<Item = Path> + '_ {
+    let via = peer.direction.via;
+    peer.direction
+        .peer
+        .endpoints
+        .iter()
+        .map(move |e| Path::Direct(Leg::new(via, *e)))
+}
+
+/// The paths an initiator tries, in order: for a relayed route the relay;
+/// otherwise each direct endpoint, then the relay as fallback.
+fn attempt_paths(peer: &Peer) -> Vec<Path> {
+    let relay = peer.relay.as_ref().and_then(RelayState::path);
+    let direct = direct_paths(peer);
+    if peer.direction.pattern == RoutePattern::Relayed && relay.is_some() {
+        return relay.into_iter().collect();
+    }
+    direct.chain(relay).collect()
+}
+
+/// Randomness for one handshake's ephemeral key. The node's generator is
+/// re-keyed from its own output afterwards (fast key erasure), so its state
+/// never lets anyone recompute an earlier ephemeral key: forward secrecy
+/// does not rest on the OS's generator being used per handshake.
+pub(crate) fn ephemeral_rng(rng: &mut StdRng) -> StdRng {
+    let one = StdRng::from_seed(rng.gen());
+    *rng = StdRng::from_seed(rng.gen());
+    one
+}
+
+impl Node {
+    pub(super) fn start_handshake(&mut self, now: Instant, fqdn: &str) {
+        let mut rng = ephemeral_rng(&mut self.rng);
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let attempts = attempt_paths(&peer);
+        let Some(&first) = attempts.first() else {
+            peer.state = PeerState::Failed {
+                reason: "no path to try".into(),
+            };
+            self.counters.handshake_failures += 1;
+            return;
+        };
+        let d = &peer.direction;
+        match Initiator::start_with_rng(
+            &self.identity,
+            &d.peer.static_public,
+            &d.tunnel_key,
+            d.route_id,
+            peer.local_index,
+            &mut rng,
+        ) {
+            Ok((initiator, request)) => {
+                tracing::debug!(peer = %fqdn, path = %first, "Tunnel Request");
+                self.out.transmits.push_back(first.transmit(&request));
+                peer.state = PeerState::Handshaking {
+                    initiator: Some(Box::new(initiator)),
+                    request,
+                    attempts,
+                    attempt: 0,
+                    sent_on_attempt: 1,
+                    next_retransmit: now + self.config.handshake_retransmit,
+                    deadline: now + self.config.handshake_timeout,
+                };
+            }
+            Err(e) => {
+                self.counters.handshake_failures += 1;
+                peer.state = PeerState::Failed {
+                    reason: format!("cannot start handshake: {e}"),
+                };
+            }
+        }
+    }
+
+    fn peer_verifier(&self, peer: &Peer, now: Instant) -> CertCheck {
+        CertCheck {
+            verifier: self.verifier.clone(),
+            fqdn: peer.fqdn.clone(),
+            serial: peer.direction.peer.cert_serial,
+            now: self.wall(now),
+        }
+    }
+
+    pub(super) fn on_tunnel_request(&mut self, now: Instant, path: Path, packet: &[u8]) {
+        let Ok(header) = handshake::peek_request(packet) else {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        let Some(fqdn) = self.peers.name_by_route(header.route_id).cloned() else {
+            // Not a route the NMS directed us to (yet): no reply at all.
+            // When the peer initiates (pattern 2 with the CN behind the
+            // NAT), its request can overtake our route direction, so a few
+            // are held briefly and answered once the direction arrives.
+            self.early.hold(now, path, packet);
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get(&fqdn) else {
+            return;
+        };
+        if peer.role != TunnelRole::Responder {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        }
+        if let Some((req, resp)) = &peer.last_request {
+            if req == packet {
+                self.out.transmits.push_back(path.transmit(resp));
+                return;
+            }
+        }
+        let check = self.peer_verifier(peer, now);
+        let local_index = self.peers.fresh_index(&mut self.rng);
+        let mut rng = ephemeral_rng(&mut self.rng);
+        let Some(peer) = self.peers.get(&fqdn) else {
+            return;
+        };
+        let d = &peer.direction;
+        match handshake::respond_with_rng(
+            packet,
+            &self.identity,
+            &d.peer.static_public,
+            &d.tunnel_key,
+            local_index,
+            &check,
+            &mut rng,
+        ) {
+            Ok((keys, response)) => {
+                self.peers.set_local_index(&fqdn, local_index);
+                if let Some(mut peer) = self.peers.get_mut(&fqdn) {
+                    peer.last_request = Some((packet.to_vec(), response.clone()));
+                }
+                self.out.transmits.push_back(path.transmit(&response));
+                tracing::info!(peer = %fqdn, %path, "Tunnel Response sent; tunnel up");
+                self.tunnel_up(now, &fqdn, path, keys);
+            }
+            Err(e) => {
+                self.counters.handshake_failures += 1;
+                tracing::warn!(peer = %fqdn, %path, error = %e, "Tunnel Request refused");
+            }
+        }
+    }
+
+    pub(super) fn on_tunnel_response(&mut self, now: Instant, path: Path, packet: &[u8]) {
+        let Ok(header) = handshake::peek_response(packet) else {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        let Some(fqdn) = self.peers.name_by_index(header.receiver_index).cloned() else {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get(&fqdn) else {
+            return;
+        };
+        let check = self.peer_verifier(peer, now);
+        let Some(mut peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        let PeerState::Handshaking { initiator, .. } = &mut peer.state else {
+            self.counters.handshake_rx_bad += 1;
+            return;
+        };
+        // Cheap checks (index, MAC) first: junk must not cost the pending
+        // handshake its state.
+        match initiator.as_ref().map(|i| i.check_response(packet)) {
+            Some(Ok(_)) => {}
+            _ => {
+                self.counters.handshake_rx_bad += 1;
+                return;
+            }
+        }
+        let Some(init) = initiator.take() else { return };
+        drop(peer);
+        match init.finish(packet, &check) {
+            Ok(keys) => {
+                tracing::info!(peer = %fqdn, %path, "Tunnel Response received; tunnel up");
+                self.tunnel_up(now, &fqdn, path, keys);
+            }
+            Err(e) => {
+                // A forged or stale response must not end a handshake that a
+                // genuine response may still complete: rebuild the initiator
+                // state on the same path. The new request waits for the
+                // retransmission timer; sent at once, a peer whose every
+                // response we refuse would have us handshake once per round
+                // trip until the deadline.
+                self.counters.handshake_failures += 1;
+                tracing::warn!(peer = %fqdn, %path, error = %e, "Tunnel Response refused");
+                self.rearm_handshake(&fqdn);
+            }
+        }
+    }
+
+    /// A fresh initiator state and Tunnel Request for a pending handshake,
+    /// leaving its paths, timers and deadline as they are.
+    fn rearm_handshake(&mut self, fqdn: &str) {
+        let mut rng = ephemeral_rng(&mut self.rng);
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let peer = &mut *peer;
+        let d = &peer.direction;
+        let PeerState::Handshaking {
+            initiator, request, ..
+        } = &mut peer.state
+        else {
+            return;
+        };
+        match Initiator::start_with_rng(
+            &self.identity,
+            &d.peer.static_public,
+            &d.tunnel_key,
+            d.route_id,
+            peer.local_index,
+            &mut rng,
+        ) {
+            Ok((fresh, fresh_request)) => {
+                *initiator = Some(Box::new(fresh));
+                *request = fresh_request;
+            }
+            Err(e) => {
+                peer.state = PeerState::Failed {
+                    reason: format!("cannot start handshake: {e}"),
+                };
+            }
+        }
+    }
+
+    fn tunnel_up(&mut self, now: Instant, fqdn: &str, path: Path, keys: handshake::SessionKeys) {
+        let wall = self.wall(now);
+        let keepalive = self.config.keepalive;
+        self.mobility.tunnel_back(fqdn, now);
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let handle = TunnelHandle {
+            fqdn: fqdn.to_owned(),
+            vip4: peer.direction.peer.vip4,
+            vip6: peer.direction.peer.vip6,
+            path,
+            send: Arc::new(SendKey::new(&keys.send, keys.remote_index)),
+            recv: Arc::new(RecvKey::new(&keys.recv, keys.local_index)),
+            stats: peer
+                .tunnel
+                .as_ref()
+                .map(|t| t.stats.clone())
+                .unwrap_or_default(),
+        };
+        peer.state = PeerState::Established;
+        peer.held = false;
+        peer.last_handshake = Some(wall);
+        peer.tunnel = Some(handle.clone());
+        peer.punch_until = None;
+        peer.next_keepalive = now + keepalive;
+        peer.rx_seen = handle.stats.rx_packets.load(Ordering::Relaxed);
+        peer.stale_ticks = 0;
+        peer.path_since = now;
+        if path.is_relay() && peer.direction.pattern != RoutePattern::Relayed {
+            peer.path_note = "direct attempts failed: relay until a direct path answers".into();
+        }
+        let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
+        drop(peer);
+        self.out
+            .events
+            .push_back(NodeEvent::TunnelUp(handle.clone()));
+        for packet in queued {
+            self.seal_to(&handle, handle.path, &packet);
+        }
+    }
+
+    /// Retransmits a pending Tunnel Request (on the next path once this
+    /// one had its tries) or gives up at the deadline.
+    pub(super) fn handshake_timer(&mut self, now: Instant, fqdn: &str) {
+        let retransmit = self.config.handshake_retransmit;
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let peer = &mut *peer;
+        let relay_path = peer.relay.as_ref().and_then(RelayState::path);
+        let mut failed = None;
+        match &mut peer.state {
+            PeerState::Handshaking {
+                request,
+                attempts,
+                attempt,
+                sent_on_attempt,
+                next_retransmit,
+                deadline,
+                ..
+            } => {
+                if now >= *deadline {
+                    failed = Some("no Tunnel Response on any path".to_string());
+                } else if now >= *next_retransmit {
+                    if *sent_on_attempt >= SENDS_PER_ATTEMPT && *attempt + 1 < attempts.len() {
+                        *attempt += 1;
+                        *sent_on_attempt = 0;
+                    }
+                    // The relay path follows the current TRS (failover).
+                    let mut path = attempts[*attempt];
+                    if let (Path::Relay { .. }, Some(r)) = (path, relay_path) {
+                        path = r;
+                        attempts[*attempt] = r;
+                    }
+                    *sent_on_attempt += 1;
+                    *next_retransmit = now + retransmit;
+                    self.out.transmits.push_back(path.transmit(request));
+                }
+            }
+            PeerState::AwaitingRequest { deadline } if now >= *deadline => {
+                failed = Some("no Tunnel Request from the initiator".to_string());
+            }
+            _ => {}
+        }
+        if let Some(reason) = failed {
+            tracing::warn!(peer = %fqdn, %reason, "tunnel establishment failed");
+            self.counters.handshake_failures += 1;
+            peer.state = PeerState::Failed { reason };
+            peer.queue.clear();
+            peer.punch_until = None;
+        }
+    }
+}
+
+/// Tunnel Requests held before their route's direction reached us.
+const MAX_EARLY_REQUESTS: usize = 8;
+const EARLY_REQUEST_LIFETIME: Duration = Duration::from_secs(2);
+
+/// Tunnel Requests for routes not directed yet: the initiator's request
+/// can overtake our Route Direction (pattern 2 with the CN behind the
+/// NAT), so a few are held briefly and answered once it arrives.
+#[derive(Default)]
+pub(crate) struct EarlyRequests {
+    held: VecDeque<(Instant, Path, Vec<u8>)>,
+}
+
+impl EarlyRequests {
+    pub fn hold(&mut self, now: Instant, path: Path, packet: &[u8]) {
+        while self.held.len() >= MAX_EARLY_REQUESTS {
+            self.held.pop_front();
+        }
+        self.held.push_back((now, path, packet.to_vec()));
+    }
+
+    /// The fresh requests for a route `ours` accepts, in arrival order;
+    /// the other fresh ones stay, stale ones go.
+    pub fn take(&mut self, now: Instant, ours: impl Fn(u64) -> bool) -> Vec<(Path, Vec<u8>)> {
+        let mut taken = Vec::new();
+        for (at, path, packet) in std::mem::take(&mut self.held) {
+            let fresh = now.saturating_duration_since(at) < EARLY_REQUEST_LIFETIME;
+            if fresh && handshake::peek_request(&packet).is_ok_and(|h| ours(h.route_id)) {
+                taken.push((path, packet));
+            } else if fresh {
+                self.held.push_back((at, path, packet));
+            }
+        }
+        taken
+    }
+}
+
+/// Checks a peer's handshake identity: its certificate chains to our root,
+/// names the expected FQDN, is valid now, carries the serial the NMS vouched
+/// for, and its key signed the peer's static key.
+struct CertCheck {
+    verifier: Verifier,
+    fqdn: String,
+    serial: u64,
+    now: SystemTime,
+}
+
+impl PeerVerifier for CertCheck {
+    fn verify_peer(
+        &self,
+        chain: &[Vec<u8>],
+        static_public: &[u8; 32],
+        binding_sig: &[u8; 64],
+    ) -> Result<(), String> {
+        let node = self
+            .verifier
+            .verify_node(chain, Some(&self.fqdn), self.now)
+            .map_err(|e| e.to_string())?;
+        if node.serial != self.serial {
+            return Err(format!(
+                "certificate serial {:x} is not the one the NMS vouched for ({:x})",
+                node.serial, self.serial
+            ));
+        }
+        cyphonic_pki::verify_ed25519(
+            &node.public_key,
+            &handshake::binding_message(static_public),
+            binding_sig,
+        )
+        .map_err(|e| format!("static key not bound to the certificate: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::peers::tests::peer;
+
+    #[test]
+    fn attempts_go_direct_first_and_relayed_routes_only_to_the_relay() {
+        let now = Instant::now();
+        let mut p = peer(1, 1, now, PeerState::Established);
+        let e1 = "192.0.2.21:4501".parse().expect("addr");
+        let e2 = "198.51.100.21:4501".parse().expect("addr");
+        p.direction.peer.endpoints = vec![e1, e2];
+        assert_eq!(attempt_paths(&p), vec![Path::udp(e1), Path::udp(e2)]);
+        p.relay = RelayState::new(
+            cyphonic_proto::signal::RelayOffer {
+                relay_id: 9,
+                side: 0,
+                expires: u64::MAX,
+                key: [1; 32],
+                servers: vec!["192.0.2.1:4503".parse().expect("addr")],
+                quic_port: 0,
+                tcp_port: 0,
+            },
+            &["192.0.2.50:4501".parse().expect("addr")],
+            None,
+            super::super::types::Transport::Udp,
+            now,
+        );
+        let relay = p
+            .relay
+            .as_ref()
+            .and_then(RelayState::path)
+            .expect("relay path");
+        assert_eq!(attempt_paths(&p), vec![Path::udp(e1), Path::udp(e2), relay]);
+        p.direction.pattern = RoutePattern::Relayed;
+        assert_eq!(attempt_paths(&p), vec![relay]);
+    }
+
+    #[test]
+    fn early_requests_are_bounded_and_stale_ones_dropped() {
+        let t0 = Instant::now();
+        let mut e = EarlyRequests::default();
+        let path = Path::udp("192.0.2.21:4501".parse().expect("addr"));
+        // Not a Tunnel Request at all: never taken, dropped when stale.
+        for i in 0..(MAX_EARLY_REQUESTS as u8 + 3) {
+            e.hold(t0, path, &[0xff, i]);
+        }
+        assert_eq!(e.held.len(), MAX_EARLY_REQUESTS);
+        assert_eq!(e.held.front().map(|h| h.2[1]), Some(3), "oldest dropped");
+        assert!(e.take(t0, |_| true).is_empty());
+        assert_eq!(e.held.len(), MAX_EARLY_REQUESTS);
+        assert!(e.take(t0 + EARLY_REQUEST_LIFETIME, |_| true).is_empty());
+        assert!(e.held.is_empty());
+    }
+
+    #[test]
+    fn establishment_wakes_at_retransmission_or_deadline() {
+        let now = Instant::now();
+        let s = PeerState::AwaitingRequest {
+            deadline: now + Duration::from_secs(12),
+        };
+        assert_eq!(s.wake(), Some(now + Duration::from_secs(12)));
+        assert_eq!(s.describe(), "awaiting-request");
+        assert_eq!(PeerState::Established.wake(), None);
+        let f = PeerState::Failed {
+            reason: "no path to try".into(),
+        };
+        assert_eq!(f.describe(), "failed: no path to try");
+    }
+
+    #[test]
+    fn each_handshake_gets_fresh_randomness_and_the_generator_moves_on() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut a = ephemeral_rng(&mut rng);
+        let mut b = ephemeral_rng(&mut rng);
+        let (x, y): (u64, u64) = (a.gen(), b.gen());
+        assert_ne!(x, y);
+        let mut again = StdRng::seed_from_u64(5);
+        let mut a2 = ephemeral_rng(&mut again);
+        assert_eq!(a2.gen::<u64>(), x, "seeded: repeatable");
+    }
+}

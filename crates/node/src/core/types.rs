@@ -1,0 +1,337 @@
+//! The node core's vocabulary: what the shell gives it (Login, config),
+//! what it hands back (transmits, events, tunnel handles) and the paths
+//! tunnels take.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cyphonic_proto::data::{RecvKey, SendKey};
+use cyphonic_proto::relay;
+use serde::Serialize;
+
+/// What Login (at the AS) gave the node.
+#[derive(Clone)]
+pub struct Login {
+    pub session_id: u64,
+    pub common_key: [u8; 32],
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub nms: SocketAddr,
+    /// The NMS at every address the cloud has, so a move into a network of
+    /// the other IP version keeps signaling going.
+    pub nms_alternatives: Vec<SocketAddr>,
+    pub keepalive: Duration,
+    /// The cloud's QUIC (UDP) and TLS-over-TCP ports at the NMS's
+    /// addresses; 0: not offered.
+    pub quic_port: u16,
+    pub tcp_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub domain: String,
+    pub tunnel_port: u16,
+    /// First retransmission of a signaling request; doubles up to 2 s.
+    pub retransmit: Duration,
+    /// How long a Direction Request may take before the DNS query fails.
+    pub direction_timeout: Duration,
+    pub registration_timeout: Duration,
+    /// Tunnel Request retransmission interval and overall limit.
+    pub handshake_retransmit: Duration,
+    pub handshake_timeout: Duration,
+    /// Tunnel keepalive: holds NAT bindings, refreshes relay binds, probes
+    /// for a direct path while relayed, and paces the liveness check.
+    pub keepalive: Duration,
+    /// Keepalive intervals without a packet from the peer before its path
+    /// counts as dead.
+    pub dead_after: u32,
+    pub punch_interval: Duration,
+    /// Packets held per peer while its tunnel is being established.
+    pub max_queued: usize,
+    /// Keepalives to the NMS that may go unanswered before logging in again.
+    pub max_missed_keepalives: u32,
+    /// `Some`: every leg uses this transport. `None`: native UDP first;
+    /// QUIC and TCP 443 when the NMS does not answer it.
+    pub transport: Option<Transport>,
+    /// How long a Registration waits for an answer on one transport before
+    /// the others are raced.
+    pub transport_fallback: Duration,
+    /// While signaling travels over QUIC or TCP, how often the cheaper
+    /// transports are tried again.
+    pub transport_reprobe: Duration,
+    /// Our QUIC listener's port, told to the NMS (0: none).
+    pub quic_port: u16,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            domain: "cyphonic.internal".into(),
+            tunnel_port: 4501,
+            retransmit: Duration::from_millis(250),
+            direction_timeout: Duration::from_secs(5),
+            registration_timeout: Duration::from_secs(5),
+            handshake_retransmit: Duration::from_millis(300),
+            handshake_timeout: Duration::from_secs(6),
+            keepalive: Duration::from_secs(5),
+            dead_after: 3,
+            punch_interval: Duration::from_millis(200),
+            max_queued: 256,
+            max_missed_keepalives: 3,
+            transport: None,
+            transport_fallback: Duration::from_secs(1),
+            transport_reprobe: Duration::from_secs(30),
+            quic_port: 0,
+        }
+    }
+}
+
+/// An opaque handle the shell uses to route a DNS answer to its client.
+pub type DnsClient = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    /// Native UDP from the tunnel port, or the QUIC / TCP leg to
+    /// `destination`.
+    pub transport: Transport,
+    pub payload: Vec<u8>,
+}
+
+pub use cyphonic_proto::Transport;
+
+/// One way to reach a party: a transport and the remote address on it. On
+/// native UDP the address is the party's socket; on QUIC and TCP it names
+/// the leg (the listener dialed, or the address an accepted leg comes
+/// from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Leg {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl Leg {
+    pub fn new(transport: Transport, addr: SocketAddr) -> Self {
+        Leg { transport, addr }
+    }
+
+    pub fn udp(addr: SocketAddr) -> Self {
+        Leg::new(Transport::Udp, addr)
+    }
+
+    pub(crate) fn transmit(self, payload: Vec<u8>) -> Transmit {
+        Transmit {
+            destination: self.addr,
+            transport: self.transport,
+            payload,
+        }
+    }
+}
+
+impl From<SocketAddr> for Leg {
+    fn from(addr: SocketAddr) -> Self {
+        Leg::udp(addr)
+    }
+}
+
+impl std::fmt::Display for Leg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.transport {
+            Transport::Udp => write!(f, "{}", self.addr),
+            t => write!(f, "{t}:{}", self.addr),
+        }
+    }
+}
+
+/// Byte and packet counters of one tunnel, shared with the data plane.
+#[derive(Debug, Default)]
+pub struct TunnelStats {
+    pub rx_bytes: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+}
+
+/// Where a tunnel's packets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Path {
+    /// Straight to the peer (or its NAT's mapping), over native UDP or a
+    /// QUIC leg to its listener.
+    Direct(Leg),
+    /// Through a TRS, framed with the relay session's header, over the
+    /// leg to the TRS.
+    Relay { server: Leg, relay_id: u64 },
+}
+
+impl Path {
+    /// A direct path over native UDP.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Path::Direct(Leg::udp(addr))
+    }
+
+    /// The leg datagrams on this path go out on.
+    pub fn leg(&self) -> Leg {
+        match self {
+            Path::Direct(l) => *l,
+            Path::Relay { server, .. } => *server,
+        }
+    }
+
+    /// The address datagrams on this path are sent to.
+    pub fn address(&self) -> SocketAddr {
+        self.leg().addr
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.leg().transport
+    }
+
+    /// `packet`, framed for this path, as a transmit.
+    pub fn transmit(&self, packet: &[u8]) -> Transmit {
+        self.leg().transmit(self.frame(packet))
+    }
+
+    pub fn is_relay(&self) -> bool {
+        matches!(self, Path::Relay { .. })
+    }
+
+    /// Frames `packet` for this path.
+    pub fn frame(&self, packet: &[u8]) -> Vec<u8> {
+        match self {
+            Path::Direct(_) => packet.to_vec(),
+            Path::Relay { relay_id, .. } => {
+                let mut out = vec![0u8; relay::RELAY_HEADER_LEN + packet.len()];
+                relay::write_data_header(&mut out, *relay_id);
+                out[relay::RELAY_HEADER_LEN..].copy_from_slice(packet);
+                out
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Direct(l) => write!(f, "{l}"),
+            Path::Relay { server, relay_id } => write!(f, "relay {server} #{relay_id:x}"),
+        }
+    }
+}
+
+/// A tunnel's data-plane state: everything the fast path needs.
+#[derive(Clone)]
+pub struct TunnelHandle {
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+    pub path: Path,
+    pub send: Arc<SendKey>,
+    pub recv: Arc<RecvKey>,
+    pub stats: Arc<TunnelStats>,
+}
+
+pub enum NodeEvent {
+    /// Log in to the AS (again) and call `handle_login`.
+    NeedLogin { reason: String },
+    Registered {
+        fqdn: String,
+        vip4: Ipv4Addr,
+        vip6: Ipv6Addr,
+        observed: SocketAddr,
+    },
+    DnsResponse {
+        client: DnsClient,
+        response: Vec<u8>,
+    },
+    /// Install (or replace) the tunnel to a peer in the data plane.
+    TunnelUp(TunnelHandle),
+    /// Remove a peer's tunnel from the data plane.
+    TunnelDown { fqdn: String, local_index: u32 },
+    /// The answer to `handle_ping`.
+    PingResult {
+        client: u64,
+        result: Result<Pong, String>,
+    },
+    /// Stop sending on a peer's tunnel (its path went with a move) and hand
+    /// its packets to `handle_outbound`, which holds them until the tunnel
+    /// is back (a `TunnelUp`). Receiving goes on.
+    TunnelHold { fqdn: String },
+    /// A QUIC leg to `addr` leads to the peer `fqdn`: its TLS certificate
+    /// must name it.
+    LegName { addr: SocketAddr, fqdn: String },
+}
+
+/// One answered `cyphonic ping`: the path the probe and its ack took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pong {
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    /// "direct", "punched" or "relayed".
+    pub path: String,
+    pub endpoint: SocketAddr,
+    pub transport: String,
+    pub rtt_us: u64,
+}
+
+impl std::fmt::Debug for TunnelHandle {
+    /// Names the tunnel and its path; never its keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TunnelHandle({} {} via {})",
+            self.fqdn, self.vip4, self.path
+        )
+    }
+}
+
+impl std::fmt::Debug for NodeEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeEvent::NeedLogin { reason } => write!(f, "NeedLogin({reason})"),
+            NodeEvent::Registered { fqdn, .. } => write!(f, "Registered({fqdn})"),
+            NodeEvent::DnsResponse { client, .. } => write!(f, "DnsResponse({client})"),
+            NodeEvent::TunnelUp(t) => write!(f, "TunnelUp({} via {})", t.fqdn, t.path),
+            NodeEvent::TunnelDown { fqdn, .. } => write!(f, "TunnelDown({fqdn})"),
+            NodeEvent::PingResult { client, .. } => write!(f, "PingResult({client})"),
+            NodeEvent::TunnelHold { fqdn } => write!(f, "TunnelHold({fqdn})"),
+            NodeEvent::LegName { addr, fqdn } => write!(f, "LegName({addr} = {fqdn})"),
+        }
+    }
+}
+
+/// Why the node wants to be woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerReason {
+    SignalRetransmit,
+    KeepAlive,
+    Handshake,
+    /// Punching, relay binds, tunnel keepalives and path checks.
+    Path,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct NodeCounters {
+    pub signal_rx_bad: u64,
+    pub handshake_rx_bad: u64,
+    pub handshake_failures: u64,
+    pub outbound_no_route: u64,
+    pub outbound_queue_full: u64,
+    pub dns_overlay_queries: u64,
+    pub punches_sent: u64,
+    pub punches_received: u64,
+    pub path_changes: u64,
+    pub relay_failovers: u64,
+    pub relay_rx_bad: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelRole {
+    Initiator,
+    Responder,
+}
+
+pub use cyphonic_proto::punch::{MSG_PATH_PROBE, MSG_PATH_PROBE_ACK};

@@ -1,0 +1,401 @@
+//! The one datapath: what happens to a packet between the TUN device and
+//! the wire, as pure functions on caller-owned buffers. The data-plane
+//! threads, the node core (its keepalives, probes and queued packets) and
+//! the simulation harness all seal and open through here, so there is one
+//! receive path and one send path to get right.
+//!
+//! Sending: [`encapsulate`] seals the plaintext in place behind room for
+//! the headers ([`HEADROOM`]) and frames it for the path (the relay header
+//! for a TRS). Receiving: [`decapsulate`] takes a datagram as it came on a
+//! leg and classifies it: control traffic for the core, a packet for the
+//! TUN device, a keepalive, a tunnel message, or a drop with its reason.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
+use cyphonic_proto::ip;
+use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
+
+use crate::core::{Leg, Path, TunnelHandle};
+
+/// Room in front of a plaintext for the relay header, then our data
+/// header, so both are written in place.
+pub const HEADROOM: usize = RELAY_HEADER_LEN + DATA_HEADER_LEN;
+
+/// The longest tunnel message (a plaintext that is not an IP packet) the
+/// core is handed; longer ones are dropped.
+pub const MAX_TUNNEL_MESSAGE: usize = 64;
+
+/// Seals the `len` plaintext bytes at `buf[HEADROOM..]` for `tunnel` and
+/// frames them for `path`; returns where the datagram lies in `buf`. `buf`
+/// must hold `HEADROOM + len + TAG_LEN` bytes. Counts the packet in the
+/// tunnel's stats.
+pub fn encapsulate(
+    tunnel: &TunnelHandle,
+    path: Path,
+    buf: &mut [u8],
+    len: usize,
+) -> Result<Range<usize>, DataError> {
+    let sealed = tunnel
+        .send
+        .seal_in_place(&mut buf[RELAY_HEADER_LEN..], len)?;
+    tunnel.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+    tunnel
+        .stats
+        .tx_bytes
+        .fetch_add(len as u64, Ordering::Relaxed);
+    Ok(match path {
+        Path::Direct(_) => RELAY_HEADER_LEN..RELAY_HEADER_LEN + sealed,
+        Path::Relay { relay_id, .. } => {
+            relay::write_data_header(&mut buf[..RELAY_HEADER_LEN], relay_id);
+            0..RELAY_HEADER_LEN + sealed
+        }
+    })
+}
+
+/// [`encapsulate`] into a fresh buffer: for the control path (keepalives,
+/// probes, packets held during establishment), not the fast path.
+pub fn encapsulate_vec(
+    tunnel: &TunnelHandle,
+    path: Path,
+    packet: &[u8],
+) -> Result<Vec<u8>, DataError> {
+    let mut buf = vec![0u8; HEADROOM + packet.len() + TAG_LEN];
+    buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
+    let range = encapsulate(tunnel, path, &mut buf, packet.len())?;
+    buf.truncate(range.end);
+    buf.drain(..range.start);
+    Ok(buf)
+}
+
+/// Why a received datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Too short or badly framed for a data packet.
+    Malformed,
+    /// No tunnel has the receiver index.
+    UnknownIndex,
+    /// The AEAD tag did not verify.
+    AuthFailed,
+    /// The counter was seen already or is too old for the window.
+    Replayed,
+    /// The inner source is not the peer's VIP (a peer may only speak for
+    /// its own addresses).
+    BadInnerSource,
+    /// A tunnel message longer than any we send.
+    MessageTooLong,
+}
+
+/// What an opened data packet carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// Empty: a keepalive.
+    Keepalive,
+    /// A tunnel message (path probe or ack) for the core.
+    Message,
+    /// An IP packet from the peer's VIP, for the TUN device.
+    Packet,
+}
+
+/// A data packet opened for one of our tunnels.
+#[derive(Debug)]
+pub struct Opened {
+    pub tunnel: Arc<TunnelHandle>,
+    /// The path it came by (the TRS and relay session, when relayed).
+    pub path: Path,
+    /// Where the plaintext lies in the datagram.
+    pub plain: Range<usize>,
+    pub payload: Payload,
+}
+
+impl Opened {
+    /// It came on another path than the tunnel's current one: the core
+    /// wants to know ([`crate::core::Node::handle_path_seen`]).
+    pub fn path_changed(&self) -> bool {
+        self.path != self.tunnel.path
+    }
+
+    pub fn local_index(&self) -> u32 {
+        self.tunnel.recv.local_index()
+    }
+}
+
+/// A received datagram, classified.
+#[derive(Debug)]
+pub enum Decapsulated {
+    /// Not a data packet of ours (signaling, handshakes, relay binds,
+    /// punches): the core's ([`crate::core::Node::handle_datagram`]), as
+    /// it came.
+    Control,
+    Opened(Opened),
+    Dropped(DropReason),
+}
+
+/// Opens `datagram` (as it came from `from`) in place if it is a data
+/// packet, bare or inside Relay Data, of a tunnel `lookup` finds by our
+/// receiver index. Counts what it opens in the tunnel's stats.
+pub fn decapsulate(
+    datagram: &mut [u8],
+    from: Leg,
+    lookup: impl FnOnce(u32) -> Option<Arc<TunnelHandle>>,
+) -> Decapsulated {
+    // Relay Data carrying a data packet is ours to open; the relay session
+    // and TRS make its path.
+    let (path, offset) = match relay::parse_data(datagram) {
+        Ok(relay_id) if datagram.get(RELAY_HEADER_LEN) == Some(&TYPE_DATA) => (
+            Path::Relay {
+                server: from,
+                relay_id,
+            },
+            RELAY_HEADER_LEN,
+        ),
+        _ => (Path::Direct(from), 0),
+    };
+    let data = &mut datagram[offset..];
+    if data.first() != Some(&TYPE_DATA) {
+        return Decapsulated::Control;
+    }
+    let Some(index) = data_receiver_index(data) else {
+        return Decapsulated::Dropped(DropReason::Malformed);
+    };
+    let Some(tunnel) = lookup(index) else {
+        return Decapsulated::Dropped(DropReason::UnknownIndex);
+    };
+    let range = match tunnel.recv.open_in_place(data) {
+        Ok(r) => r,
+        Err(DataError::Replay(_)) => return Decapsulated::Dropped(DropReason::Replayed),
+        Err(DataError::Auth) => return Decapsulated::Dropped(DropReason::AuthFailed),
+        Err(_) => return Decapsulated::Dropped(DropReason::Malformed),
+    };
+    tunnel.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+    let plain = &data[range.clone()];
+    let payload = match plain.first() {
+        None => Payload::Keepalive,
+        Some(b) if !matches!(b >> 4, 4 | 6) => {
+            if plain.len() > MAX_TUNNEL_MESSAGE {
+                return Decapsulated::Dropped(DropReason::MessageTooLong);
+            }
+            Payload::Message
+        }
+        Some(_) => {
+            let src_ok = match ip::inner_source(plain) {
+                Some(IpAddr::V4(a)) => a == tunnel.vip4,
+                Some(IpAddr::V6(a)) => a == tunnel.vip6,
+                None => false,
+            };
+            if !src_ok {
+                return Decapsulated::Dropped(DropReason::BadInnerSource);
+            }
+            tunnel
+                .stats
+                .rx_bytes
+                .fetch_add(plain.len() as u64, Ordering::Relaxed);
+            Payload::Packet
+        }
+    };
+    Decapsulated::Opened(Opened {
+        tunnel,
+        path,
+        plain: offset + range.start..offset + range.end,
+        payload,
+    })
+}
+
+/// How often one tunnel's packets on one other path are reported to the
+/// core, however fast they come.
+pub const PATH_REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// (tunnel, path) pairs remembered before the memory starts over.
+const MAX_PATH_REPORTS: usize = 4096;
+
+/// Bounds path reports to the core: at most one per tunnel and path each
+/// [`PATH_REPORT_INTERVAL`].
+#[derive(Default)]
+pub struct PathReports {
+    last: HashMap<(u32, Path), Instant>,
+}
+
+impl PathReports {
+    pub fn allow(&mut self, index: u32, path: Path, now: Instant) -> bool {
+        if self.last.len() > MAX_PATH_REPORTS {
+            self.last.clear();
+        }
+        match self.last.get(&(index, path)) {
+            Some(t) if now.saturating_duration_since(*t) < PATH_REPORT_INTERVAL => false,
+            _ => {
+                self.last.insert((index, path), now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::TunnelStats;
+    use cyphonic_proto::data::{RecvKey, SendKey};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    fn pair(path: Path) -> (TunnelHandle, Arc<TunnelHandle>) {
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let a = TunnelHandle {
+            fqdn: "b.cyphonic.internal".into(),
+            vip4: Ipv4Addr::new(100, 64, 0, 2),
+            vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
+            path,
+            send: Arc::new(SendKey::new(&k1, 22)),
+            recv: Arc::new(RecvKey::new(&k2, 11)),
+            stats: Arc::new(TunnelStats::default()),
+        };
+        let b = TunnelHandle {
+            fqdn: "a.cyphonic.internal".into(),
+            vip4: Ipv4Addr::new(100, 64, 0, 1),
+            vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+            path,
+            send: Arc::new(SendKey::new(&k2, 11)),
+            recv: Arc::new(RecvKey::new(&k1, 22)),
+            stats: Arc::new(TunnelStats::default()),
+        };
+        (a, Arc::new(b))
+    }
+
+    fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        p
+    }
+
+    fn leg() -> Leg {
+        Leg::udp(SocketAddr::from(([192, 0, 2, 1], 4501)))
+    }
+
+    fn open(b: &Arc<TunnelHandle>, wire: &mut [u8], from: Leg) -> Decapsulated {
+        decapsulate(wire, from, |i| (i == 22).then(|| b.clone()))
+    }
+
+    #[test]
+    fn a_sealed_packet_opens_to_the_same_bytes_directly_and_relayed() {
+        let direct = Path::Direct(leg());
+        let relayed = Path::Relay {
+            server: Leg::udp(SocketAddr::from(([192, 0, 2, 9], 4503))),
+            relay_id: 0x77,
+        };
+        for path in [direct, relayed] {
+            let (a, b) = pair(direct);
+            // From node A (VIP 100.64.0.1) to B, opened at B with the
+            // handle for A.
+            let inner = ipv4(b.vip4, a.vip4);
+            let mut wire = encapsulate_vec(&a, path, &inner).expect("seal");
+            assert_eq!(a.stats.tx_packets.load(Ordering::Relaxed), 1);
+            assert_eq!(path.is_relay(), wire[0] == relay::TYPE_RELAY_DATA);
+            let from = path.leg();
+            match open(&b, &mut wire, from) {
+                Decapsulated::Opened(o) => {
+                    assert_eq!(o.payload, Payload::Packet);
+                    assert_eq!(&wire[o.plain.clone()], &inner[..]);
+                    assert_eq!(o.path, path);
+                    assert_eq!(o.path_changed(), path != direct);
+                    assert_eq!(o.local_index(), 22);
+                }
+                other => panic!("not opened: {other:?}"),
+            }
+            assert_eq!(b.stats.rx_packets.load(Ordering::Relaxed), 1);
+            assert_eq!(b.stats.rx_bytes.load(Ordering::Relaxed), inner.len() as u64);
+        }
+    }
+
+    #[test]
+    fn each_bad_datagram_is_dropped_with_its_reason() {
+        let (a, b) = pair(Path::Direct(leg()));
+        let good = ipv4(b.vip4, a.vip4);
+        let sealed = encapsulate_vec(&a, a.path, &good).expect("seal");
+        // Replayed.
+        let mut once = sealed.clone();
+        assert!(matches!(
+            open(&b, &mut once, leg()),
+            Decapsulated::Opened(_)
+        ));
+        let mut again = sealed.clone();
+        assert!(matches!(
+            open(&b, &mut again, leg()),
+            Decapsulated::Dropped(DropReason::Replayed)
+        ));
+        // Tampered.
+        let mut bad = encapsulate_vec(&a, a.path, &good).expect("seal");
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(
+            open(&b, &mut bad, leg()),
+            Decapsulated::Dropped(DropReason::AuthFailed)
+        ));
+        // Another tunnel's index.
+        let mut other = encapsulate_vec(&a, a.path, &good).expect("seal");
+        assert!(matches!(
+            decapsulate(&mut other, leg(), |_| None),
+            Decapsulated::Dropped(DropReason::UnknownIndex)
+        ));
+        // Truncated.
+        let mut short = vec![TYPE_DATA, 0, 0];
+        assert!(matches!(
+            open(&b, &mut short, leg()),
+            Decapsulated::Dropped(DropReason::Malformed)
+        ));
+        // Another node's VIP as the inner source.
+        let spoofed = ipv4(Ipv4Addr::new(100, 64, 0, 9), a.vip4);
+        let mut s = encapsulate_vec(&a, a.path, &spoofed).expect("seal");
+        assert!(matches!(
+            open(&b, &mut s, leg()),
+            Decapsulated::Dropped(DropReason::BadInnerSource)
+        ));
+        // A tunnel message longer than any we send.
+        let mut long = encapsulate_vec(&a, a.path, &[1u8; MAX_TUNNEL_MESSAGE + 1]).expect("seal");
+        assert!(matches!(
+            open(&b, &mut long, leg()),
+            Decapsulated::Dropped(DropReason::MessageTooLong)
+        ));
+        // Keepalives and messages are opened for the core.
+        let mut ka = encapsulate_vec(&a, a.path, &[]).expect("seal");
+        assert!(matches!(
+            open(&b, &mut ka, leg()),
+            Decapsulated::Opened(Opened {
+                payload: Payload::Keepalive,
+                ..
+            })
+        ));
+        let mut msg = encapsulate_vec(&a, a.path, &[1u8; 9]).expect("seal");
+        assert!(matches!(
+            open(&b, &mut msg, leg()),
+            Decapsulated::Opened(Opened {
+                payload: Payload::Message,
+                ..
+            })
+        ));
+        // Not data at all: the core's.
+        let mut signal = vec![cyphonic_proto::signal::TYPE_SIGNALING, 1, 2, 3];
+        assert!(matches!(
+            open(&b, &mut signal, leg()),
+            Decapsulated::Control
+        ));
+    }
+
+    #[test]
+    fn path_reports_are_rate_limited_per_tunnel_and_path() {
+        let t0 = Instant::now();
+        let mut r = PathReports::default();
+        let p = Path::Direct(leg());
+        assert!(r.allow(1, p, t0));
+        assert!(!r.allow(1, p, t0 + Duration::from_millis(50)));
+        assert!(r.allow(2, p, t0 + Duration::from_millis(50)));
+        assert!(r.allow(1, p, t0 + PATH_REPORT_INTERVAL));
+    }
+}

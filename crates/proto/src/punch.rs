@@ -1,0 +1,110 @@
+//! Path framing outside the AEAD's routing: the punch packet that opens a
+//! NAT towards a peer, and the path probe messages carried inside a
+//! tunnel (a probe asks the peer to answer on the path it came by; its
+//! ack proves the path works both ways). `docs/protocol.md` §§ punching
+//! and path probes.
+
+use crate::TYPE_PUNCH;
+
+/// `[9][3 reserved][route_id u64]`.
+pub const PUNCH_LEN: usize = 12;
+
+/// A punch packet for route `route_id`.
+pub fn encode(route_id: u64) -> [u8; PUNCH_LEN] {
+    let mut p = [0u8; PUNCH_LEN];
+    p[0] = TYPE_PUNCH;
+    p[4..12].copy_from_slice(&route_id.to_be_bytes());
+    p
+}
+
+/// The route a punch packet names; `None` if it is not one.
+pub fn parse(p: &[u8]) -> Option<u64> {
+    if p.len() != PUNCH_LEN || p[0] != TYPE_PUNCH {
+        return None;
+    }
+    Some(u64::from_be_bytes(p[4..12].try_into().ok()?))
+}
+
+/// Tunnel messages: plaintexts of data packets whose first byte is not an
+/// IP version nibble (4 or 6).
+pub const MSG_PATH_PROBE: u8 = 0x01;
+pub const MSG_PATH_PROBE_ACK: u8 = 0x02;
+/// `[type][nonce u64]`.
+pub const PROBE_LEN: usize = 9;
+
+/// A path probe or its ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Probe { nonce: u64 },
+    Ack { nonce: u64 },
+}
+
+impl Probe {
+    pub fn encode(self) -> [u8; PROBE_LEN] {
+        let (t, nonce) = match self {
+            Probe::Probe { nonce } => (MSG_PATH_PROBE, nonce),
+            Probe::Ack { nonce } => (MSG_PATH_PROBE_ACK, nonce),
+        };
+        let mut m = [0u8; PROBE_LEN];
+        m[0] = t;
+        m[1..].copy_from_slice(&nonce.to_be_bytes());
+        m
+    }
+
+    /// `None`: not a probe message (unknown type or length).
+    pub fn parse(m: &[u8]) -> Option<Probe> {
+        if m.len() != PROBE_LEN {
+            return None;
+        }
+        let nonce = u64::from_be_bytes(m[1..].try_into().ok()?);
+        match m[0] {
+            MSG_PATH_PROBE => Some(Probe::Probe { nonce }),
+            MSG_PATH_PROBE_ACK => Some(Probe::Ack { nonce }),
+            _ => None,
+        }
+    }
+
+    /// The answer to a probe (the same nonce).
+    pub fn ack(self) -> Option<Probe> {
+        match self {
+            Probe::Probe { nonce } => Some(Probe::Ack { nonce }),
+            Probe::Ack { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn punches_round_trip_and_junk_is_refused() {
+        let p = encode(0x0102_0304_0506_0708);
+        assert_eq!(p, [9, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(parse(&p), Some(0x0102_0304_0506_0708));
+        assert_eq!(parse(&p[..11]), None);
+        let mut q = p;
+        q[0] = 8;
+        assert_eq!(parse(&q), None);
+        assert_eq!(parse(&[]), None);
+    }
+
+    #[test]
+    fn probes_round_trip_and_junk_is_refused() {
+        for m in [Probe::Probe { nonce: 7 }, Probe::Ack { nonce: u64::MAX }] {
+            assert_eq!(Probe::parse(&m.encode()), Some(m));
+        }
+        assert_eq!(
+            Probe::Probe { nonce: 1 }.encode(),
+            [1, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        assert_eq!(
+            Probe::Probe { nonce: 5 }.ack(),
+            Some(Probe::Ack { nonce: 5 })
+        );
+        assert_eq!(Probe::Ack { nonce: 5 }.ack(), None);
+        assert_eq!(Probe::parse(&[1, 2, 3]), None);
+        assert_eq!(Probe::parse(&[3, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(Probe::parse(&[]), None);
+    }
+}
