@@ -10,7 +10,6 @@
 
 pub mod admin;
 pub mod as_client;
-pub mod as_proto;
 pub mod as_server;
 pub mod config;
 pub mod edge;
@@ -19,6 +18,8 @@ pub mod route;
 pub mod run;
 pub mod store;
 pub mod trs;
+
+pub use cyphonic_proto::login as as_proto;
 
 pub use config::CloudConfig;
 pub use store::{DeviceRecord, SessionRecord, Store, StoreError};
