@@ -5,12 +5,12 @@
 //! - [`config`] — `cloud.toml`.
 //! - [`store`] — devices, VIPs, certificates and sessions in SQLite.
 //! - [`admin`] — the operator's commands (init, add device, list, revoke).
-//! - [`as_proto`], [`as_server`], [`as_client`] — the Login flow over TLS.
+//! - [`as_proto`], [`as_server`] — the Login flow over TLS (the node's side
+//!   is `cyphonic_node::as_client`).
 //! - [`nms`], [`trs`], [`route`] — the pure cores (`cyphonic-cloud-core`);
 //!   [`run`] runs them as the cloud services.
 
 pub mod admin;
-pub mod as_client;
 pub mod as_server;
 pub mod config;
 pub mod edge;

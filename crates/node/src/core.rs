@@ -35,7 +35,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::resolver;
-use cyphonic_cloud::route::{NatKind, NetInfo};
+use cyphonic_proto::nat::{NatKind, NetInfo};
 
 /// What Login (at the AS) gave the node.
 #[derive(Clone)]
