@@ -5,20 +5,20 @@
 //! - [`config`] — `cloud.toml`.
 //! - [`store`] — devices, VIPs, certificates and sessions in SQLite.
 //! - [`admin`] — the operator's commands (init, add device, list, revoke).
-//! - [`as_proto`], [`as_server`], [`as_client`] — the Login flow over TLS.
-//! - [`nms`], [`run`] — the NMS and running the cloud services.
+//! - [`as_proto`], [`as_server`] — the Login flow over TLS (the node's side
+//!   is `cyphonic_node::as_client`).
+//! - [`nms`], [`trs`], [`route`] — the pure cores (`cyphonic-cloud-core`);
+//!   [`run`] runs them as the cloud services.
 
 pub mod admin;
-pub mod as_client;
-pub mod as_proto;
 pub mod as_server;
 pub mod config;
 pub mod edge;
-pub mod nms;
-pub mod route;
 pub mod run;
 pub mod store;
-pub mod trs;
+
+pub use cyphonic_cloud_core::{nms, route, trs};
+pub use cyphonic_proto::login as as_proto;
 
 pub use config::CloudConfig;
 pub use store::{DeviceRecord, SessionRecord, Store, StoreError};

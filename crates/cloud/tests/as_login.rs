@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cyphonic_cloud::as_client::{self, AsClientError};
 use cyphonic_cloud::as_proto::code;
 use cyphonic_cloud::store::CertStatus;
 use cyphonic_cloud::{admin, as_server, CloudConfig, Store};
+use cyphonic_node::as_client::{self, AsClientError};
 use cyphonic_pki::{NodeKey, Verifier};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;

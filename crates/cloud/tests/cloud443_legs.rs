@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cyphonic_cloud::as_proto::{Response, AS_ALPN};
 use cyphonic_cloud::run::{run, Roles};
-use cyphonic_cloud::{admin, as_client, CloudConfig};
+use cyphonic_cloud::{admin, CloudConfig};
+use cyphonic_node::as_client;
 use cyphonic_pki::{NodeKey, Verifier};
 use cyphonic_proto::relay::{self, Bind, RELAY_HEADER_LEN, TYPE_RELAY_BIND_ACK};
 use cyphonic_proto::signal::{Envelope, Message, RegistrationRequest, Role, SignalCipher};

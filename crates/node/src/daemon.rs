@@ -49,7 +49,7 @@ pub async fn enroll(
     let verifier = Verifier::from_pem(root_pem).context("the --ca file is not a certificate")?;
     let key = NodeKey::generate()?;
     let csr = key.csr_pem(device_id)?;
-    let enrolled = cyphonic_cloud::as_client::enroll(
+    let enrolled = crate::as_client::enroll(
         cloud,
         server_name,
         verifier.root_der(),
@@ -113,7 +113,7 @@ fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-struct LoginResult(anyhow::Result<(cyphonic_cloud::as_client::LoginInfo, SocketAddr)>);
+struct LoginResult(anyhow::Result<(crate::as_client::LoginInfo, SocketAddr)>);
 
 /// Runs the node until SIGINT / SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -493,7 +493,7 @@ async fn login(
     chain_pem: &str,
     key_pem: &str,
     clouds: &[IpAddr],
-) -> anyhow::Result<(cyphonic_cloud::as_client::LoginInfo, SocketAddr)> {
+) -> anyhow::Result<(crate::as_client::LoginInfo, SocketAddr)> {
     let verifier = Verifier::from_pem(root_pem)?;
     let local = crate::addrs::local_endpoints(0);
     let mut order: Vec<IpAddr> = std::iter::once(file.cloud.ip())
@@ -521,7 +521,7 @@ async fn login(
                 key_pem.to_owned(),
             );
             tokio::spawn(async move {
-                let r = cyphonic_cloud::as_client::login(addr, &name, &root, &chain, &key).await;
+                let r = crate::as_client::login(addr, &name, &root, &chain, &key).await;
                 let _ = tx.send((addr, r)).await;
             });
         }

@@ -3,6 +3,7 @@
 //! ([`dataplane`]) and the tokio daemon ([`daemon`]).
 
 pub mod addrs;
+pub mod as_client;
 pub mod config;
 pub mod core;
 pub mod daemon;

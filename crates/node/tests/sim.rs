@@ -206,7 +206,7 @@ fn route_and_tunnel(stack: Stack, want_endpoint: fn(usize) -> SocketAddr) {
     );
     assert!(matches!(
         sim.nms_events.iter().find_map(|(_, e)| match e {
-            cyphonic_cloud::nms::NmsEvent::RouteDirected { initiator, responder, .. } =>
+            cyphonic_cloud_core::nms::NmsEvent::RouteDirected { initiator, responder, .. } =>
                 Some((initiator.clone(), responder.clone())),
             _ => None,
         }),

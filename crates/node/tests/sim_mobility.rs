@@ -16,13 +16,13 @@ mod sim {
     pub mod pki;
 }
 
-use cyphonic_cloud::route::Placement;
+use cyphonic_cloud_core::route::Placement;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use cyphonic_cloud::nms::NmsEvent;
-use cyphonic_cloud::route::NatKind;
+use cyphonic_cloud_core::nms::NmsEvent;
+use cyphonic_cloud_core::route::NatKind;
 use cyphonic_node::core::{Path, PeerStatus};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -37,7 +37,7 @@ fn fqdn(i: usize) -> String {
 
 /// The path docs/routing.md promises from an MN at `mn` to a CN at `cn`.
 fn expected_path(mn: Placement, cn: Placement) -> &'static str {
-    cyphonic_cloud::route::documented_path(mn, cn)
+    cyphonic_cloud_core::route::documented_path(mn, cn)
 }
 
 /// The NMS on ports 4502 and 4504 with relay grants for two TRS, and nodes

@@ -12,13 +12,13 @@ mod sim {
     pub mod pki;
 }
 
-use cyphonic_cloud::route::Placement;
+use cyphonic_cloud_core::route::Placement;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use cyphonic_cloud::nms::NmsEvent;
-use cyphonic_cloud::route::NatKind;
-use cyphonic_cloud::trs::DropReason;
+use cyphonic_cloud_core::nms::NmsEvent;
+use cyphonic_cloud_core::route::NatKind;
+use cyphonic_cloud_core::trs::DropReason;
 use cyphonic_node::core::{NodeConfig, Path, PeerStatus};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -39,7 +39,7 @@ const ALL: [Placement; 5] = [
 /// `cn` (the table of `cyphonic_lab::scenarios::nat_matrix::expected_path`
 /// and of the route decision's tests in `cloud/src/route.rs`).
 fn expected_path(mn: Placement, cn: Placement) -> &'static str {
-    cyphonic_cloud::route::documented_path(mn, cn)
+    cyphonic_cloud_core::route::documented_path(mn, cn)
 }
 
 fn natted(p: Placement) -> bool {

@@ -5,6 +5,10 @@
 //! Response ([`handshake`]), 4 data ([`data`]), 6 Relay Bind, 7 Relay Bind
 //! Ack and 8 Relay Data ([`relay`]), 9 punch ([`TYPE_PUNCH`]). `docs/protocol.md` is the
 //! specification; this crate is its implementation.
+//!
+//! Besides the datagrams: the Login flow's messages between a node and the
+//! AS ([`login`], JSON lines over TLS) and the NAT classification both the
+//! NMS and the node compute ([`nat`]).
 
 /// A punch packet: `[9][3 reserved][route_id u64]`. It only opens the
 /// sender's NAT towards the peer; the receiver drops it.
@@ -13,6 +17,8 @@ pub const TYPE_PUNCH: u8 = 9;
 pub mod data;
 pub mod handshake;
 pub mod ip;
+pub mod login;
+pub mod nat;
 pub mod punch;
 pub mod relay;
 pub mod replay;

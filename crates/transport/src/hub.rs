@@ -9,21 +9,21 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cyphonic_pki::Verifier;
 use tokio::sync::{mpsc, Semaphore};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{HubConfig, MAX_DATAGRAM};
 use crate::error::SendError;
-use crate::socket::{bind_dial_udp, bind_tcp, bind_udp, canonical, Family};
+use crate::leg::{lock, Counters, Dialer, Established, LegHandle, LegRun, LegStats, Link, Shared};
+use crate::socket::{bind_dial_udp, bind_tcp, bind_udp, canonical, Family, TcpProbe};
 use crate::table::LegTable;
-use crate::tcp::{TcpHandoff, TcpProbe};
+use crate::tcp::TcpHandoff;
 use crate::tls::{TlsConfigs, TlsIdentity};
 use crate::types::{Direction, HubStats, LegEvent, LegId, LegInfo, Received, Transport};
 use crate::{quic, tcp};
@@ -234,7 +234,11 @@ impl Hub {
         let mut listener_tasks = Vec::new();
         for (endpoint, addr) in quic_listeners.iter().zip(&quic_listen_addrs) {
             info!(listen = %addr, "QUIC listener up");
-            let task = tokio::spawn(quic::accept_loop(shared.clone(), endpoint.clone()));
+            let task = tokio::spawn(quic::accept_loop(
+                shared.clone(),
+                endpoint.clone(),
+                Shared::accepted,
+            ));
             listener_tasks.push(task.abort_handle());
         }
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.tcp_server.clone());
@@ -245,6 +249,7 @@ impl Hub {
                 listener,
                 acceptor.clone(),
                 handoff.clone(),
+                Shared::accepted,
             ));
             listener_tasks.push(task.abort_handle());
         }
@@ -538,67 +543,7 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// State shared by the hub and its tasks.
-pub(crate) struct Shared {
-    pub config: HubConfig,
-    runtime: tokio::runtime::Handle,
-    table: Mutex<LegTable<LegHandle>>,
-    server_names: Mutex<HashMap<SocketAddr, String>>,
-    /// `None` on servers.
-    pub dialer: Option<Dialer>,
-    /// Names peers from their certificates.
-    pub verifier: Verifier,
-    /// Handshakes in progress on the listeners.
-    pub handshakes: Arc<Semaphore>,
-    /// Taken on close, so `recv` ends once the legs' clones are gone.
-    received: Mutex<Option<mpsc::Sender<Received>>>,
-    events: Mutex<Option<mpsc::Sender<LegEvent>>>,
-    counters: Counters,
-    closed: AtomicBool,
-}
-
-pub(crate) struct Dialer {
-    pub endpoint: quinn::Endpoint,
-    /// Per address family, for the MTU (see `HubConfig::quic_transport`).
-    pub quic_v4: quinn::ClientConfig,
-    pub quic_v6: quinn::ClientConfig,
-    pub tcp: tokio_rustls::TlsConnector,
-}
-
-#[derive(Default)]
-struct Counters {
-    dropped_queue_full: AtomicU64,
-    dropped_no_leg: AtomicU64,
-    dropped_backoff: AtomicU64,
-    dials_failed: AtomicU64,
-    refused: AtomicU64,
-    events_dropped: AtomicU64,
-}
-
-/// What the table holds per leg.
-pub(crate) struct LegHandle {
-    direction: Direction,
-    queue: mpsc::Sender<Vec<u8>>,
-    stats: Arc<LegStats>,
-    server_name: Option<String>,
-    peer: Option<String>,
-    /// `None` while a dialed leg connects.
-    link: Option<Link>,
-    supervisor: Option<AbortHandle>,
-}
-
-/// An established leg's connection, for status queries.
-pub(crate) enum Link {
-    Quic(quinn::Connection),
-    Tcp(TcpProbe),
-}
-
-/// A connection that finished its handshake, about to become a leg.
-pub(crate) enum Established {
-    Quic(quinn::Connection),
-    Tcp(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),
-}
-
+/// What the hub does with a connection that depends on its transport.
 impl Established {
     fn link(&self) -> Link {
         match self {
@@ -621,68 +566,9 @@ impl Established {
     }
 }
 
-/// Per-leg counters, shared between the table and the leg's tasks.
-#[derive(Default)]
-pub(crate) struct LegStats {
-    pub tx_datagrams: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub rx_datagrams: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub dropped_queue_full: AtomicU64,
-    pub dropped_too_large: AtomicU64,
-}
-
-impl LegStats {
-    pub fn sent(&self, datagrams: u64, bytes: u64) {
-        self.tx_datagrams.fetch_add(datagrams, Ordering::Relaxed);
-        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub fn received(&self, bytes: usize) {
-        self.rx_datagrams.fetch_add(1, Ordering::Relaxed);
-        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-}
-
-/// Everything a leg's tasks need once it is up.
-pub(crate) struct LegRun {
-    pub shared: Arc<Shared>,
-    pub id: LegId,
-    pub remote: SocketAddr,
-    pub queue: mpsc::Receiver<Vec<u8>>,
-    pub stats: Arc<LegStats>,
-    pub received: mpsc::Sender<Received>,
-}
-
-/// Aborts a task when dropped, so a supervisor's end (or abort) ends its
-/// reader and writer.
-pub(crate) struct AbortOnDrop<T>(pub JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves plain data behind,
-    // still consistent at every await-free step; keep going.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
+/// The hub's side of the registry: dialing, accepting and running legs,
+/// which needs both transports.
 impl Shared {
-    fn table(&self) -> MutexGuard<'_, LegTable<LegHandle>> {
-        lock(&self.table)
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    pub fn leg_count(&self) -> usize {
-        self.table().len()
-    }
-
     fn send(
         self: &Arc<Self>,
         transport: Transport,
@@ -802,7 +688,7 @@ impl Shared {
     }
 
     /// A peer's handshake on a listener succeeded: make it a leg.
-    pub fn accepted(self: &Arc<Self>, remote: SocketAddr, conn: Established) {
+    fn accepted(self: &Arc<Self>, remote: SocketAddr, conn: Established) {
         let transport = conn.transport();
         let Some(received) = lock(&self.received).clone().filter(|_| !self.is_closed()) else {
             conn.close();
@@ -854,77 +740,6 @@ impl Shared {
         match conn {
             Established::Quic(c) => quic::peer_name(&self.verifier, c),
             Established::Tcp(s) => tcp::peer_name(&self.verifier, s),
-        }
-    }
-
-    fn dial_failed(&self, transport: Transport, to: SocketAddr) {
-        self.counters.dials_failed.fetch_add(1, Ordering::Relaxed);
-        self.table()
-            .dial_failed((transport, to), Instant::now(), self.config.redial_backoff);
-    }
-
-    /// A QUIC peer now sends from `remote`.
-    pub fn moved(&self, id: LegId, remote: SocketAddr) {
-        let mut table = self.table();
-        let old = table.get(id).map(|e| e.remote);
-        if table.moved(id, remote) {
-            info!(leg = %id, old = ?old, new = %remote, "QUIC leg migrated");
-        }
-    }
-
-    /// A leg's supervisor ended: forget the leg.
-    fn finish(&self, id: LegId, reason: &str) {
-        let entry = self.table().remove(id);
-        if let Some(entry) = entry {
-            self.closed_leg(id, entry.transport, entry.remote, reason);
-        }
-    }
-
-    fn leg_up(
-        &self,
-        leg: LegId,
-        transport: Transport,
-        remote: SocketAddr,
-        direction: Direction,
-        peer: Option<String>,
-    ) {
-        info!(%leg, %transport, %remote, ?direction, peer = ?peer, "leg up");
-        self.emit(LegEvent::Up {
-            leg,
-            transport,
-            remote,
-            direction,
-            peer,
-        });
-    }
-
-    fn closed_leg(&self, leg: LegId, transport: Transport, remote: SocketAddr, reason: &str) {
-        info!(%leg, %transport, %remote, reason, "leg closed");
-        self.emit(LegEvent::Closed {
-            leg,
-            transport,
-            remote,
-            reason: reason.to_owned(),
-        });
-    }
-
-    /// A peer's handshake on a listener failed.
-    pub fn refused(&self, transport: Transport, remote: SocketAddr, reason: String) {
-        self.counters.refused.fetch_add(1, Ordering::Relaxed);
-        warn!(%transport, %remote, reason, "leg refused");
-        self.emit(LegEvent::Refused {
-            transport,
-            remote,
-            reason,
-        });
-    }
-
-    fn emit(&self, event: LegEvent) {
-        let events = lock(&self.events);
-        if let Some(events) = events.as_ref() {
-            if events.try_send(event).is_err() {
-                self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
-            }
         }
     }
 }

@@ -84,6 +84,7 @@ pub mod framing;
 mod config;
 mod error;
 mod hub;
+mod leg;
 mod quic;
 mod socket;
 mod table;

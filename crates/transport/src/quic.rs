@@ -14,7 +14,7 @@ use rustls_pki_types::CertificateDer;
 use tracing::trace;
 
 use crate::config::HubConfig;
-use crate::hub::{AbortOnDrop, Established, LegRun, LegStats, Shared};
+use crate::leg::{AbortOnDrop, Established, LegRun, LegStats, MakeLeg, Shared};
 use crate::socket::canonical;
 use crate::tls::{self, QUIC_ALPN};
 use crate::types::{Received, Transport};
@@ -92,7 +92,7 @@ pub(crate) async fn dial(
 }
 
 /// Accepts connections on a listener until the hub closes it.
-pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
+pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint, make_leg: MakeLeg) {
     while let Some(incoming) = endpoint.accept().await {
         let remote = canonical(incoming.remote_address());
         if shared.is_closed() {
@@ -129,9 +129,11 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
             };
             match accepted.await {
                 // The address after the handshake: the peer may have moved.
-                Ok(conn) => {
-                    shared.accepted(canonical(conn.remote_address()), Established::Quic(conn))
-                }
+                Ok(conn) => make_leg(
+                    &shared,
+                    canonical(conn.remote_address()),
+                    Established::Quic(conn),
+                ),
                 Err(reason) => shared.refused(Transport::Quic, remote, reason),
             }
         });

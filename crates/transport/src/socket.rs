@@ -1,9 +1,12 @@
-//! Sockets for the hub: UDP for QUIC endpoints, TCP listeners.
+//! Sockets for the hub: UDP for QUIC endpoints, TCP listeners, and the
+//! kernel's RTT of a TCP leg.
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpStream;
 
 /// How a UDP socket for QUIC is bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,58 @@ pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
             None => addr,
         },
         SocketAddr::V4(_) => addr,
+    }
+}
+
+/// Reads the kernel's RTT estimate of a TCP leg (Linux `TCP_INFO`).
+pub(crate) struct TcpProbe {
+    /// A duplicate of the leg's socket descriptor, so the probe needs no
+    /// access to the stream the leg's tasks own.
+    #[cfg(target_os = "linux")]
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl TcpProbe {
+    pub fn new(tcp: &TcpStream) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsFd;
+            TcpProbe {
+                fd: tcp.as_fd().try_clone_to_owned().ok(),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = tcp;
+            TcpProbe {}
+        }
+    }
+
+    pub fn rtt(&self) -> Option<Duration> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = self.fd.as_ref()?;
+            // SAFETY: tcp_info is plain old data; zeroed is a valid value.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            // SAFETY: `fd` is an open socket we own; `info` and `len` are
+            // valid for writes of `len` bytes for the duration of the call.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&mut info as *mut libc::tcp_info).cast(),
+                    &mut len,
+                )
+            };
+            (rc == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
     }
 }
 

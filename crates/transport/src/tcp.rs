@@ -14,7 +14,7 @@ use tokio_rustls::{TlsAcceptor, TlsStream};
 use tracing::{debug, trace, warn};
 
 use crate::framing::{self, Frame, FrameDecoder};
-use crate::hub::{AbortOnDrop, Established, LegRun, LegStats, Shared};
+use crate::leg::{AbortOnDrop, Established, LegRun, LegStats, MakeLeg, Shared};
 use crate::socket::canonical;
 use crate::tls::{self, TCP_ALPN};
 use crate::types::{LegId, Received, Transport};
@@ -72,6 +72,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handoff: Option<TcpHandoff>,
+    make_leg: MakeLeg,
 ) {
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -127,7 +128,7 @@ pub(crate) async fn accept_loop(
                 }
             };
             match accepted {
-                Ok(stream) => shared.accepted(remote, Established::Tcp(Box::new(stream))),
+                Ok(stream) => make_leg(&shared, remote, Established::Tcp(Box::new(stream))),
                 Err(reason) => shared.refused(Transport::Tcp, remote, reason),
             }
         });
@@ -266,58 +267,6 @@ async fn read(
             if received.send(item).await.is_err() {
                 return "hub closed".into();
             }
-        }
-    }
-}
-
-/// Reads the kernel's RTT estimate of a TCP leg (Linux `TCP_INFO`).
-pub(crate) struct TcpProbe {
-    /// A duplicate of the leg's socket descriptor, so the probe needs no
-    /// access to the stream the leg's tasks own.
-    #[cfg(target_os = "linux")]
-    fd: Option<std::os::fd::OwnedFd>,
-}
-
-impl TcpProbe {
-    pub fn new(tcp: &TcpStream) -> Self {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsFd;
-            TcpProbe {
-                fd: tcp.as_fd().try_clone_to_owned().ok(),
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = tcp;
-            TcpProbe {}
-        }
-    }
-
-    pub fn rtt(&self) -> Option<Duration> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let fd = self.fd.as_ref()?;
-            // SAFETY: tcp_info is plain old data; zeroed is a valid value.
-            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-            // SAFETY: `fd` is an open socket we own; `info` and `len` are
-            // valid for writes of `len` bytes for the duration of the call.
-            let rc = unsafe {
-                libc::getsockopt(
-                    fd.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_INFO,
-                    (&mut info as *mut libc::tcp_info).cast(),
-                    &mut len,
-                )
-            };
-            (rc == 0 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            None
         }
     }
 }

@@ -73,7 +73,7 @@ const FIRST_LAN_HOST: u8 = 10;
 
 /// Where a node sits on the lab internet (the placements of
 /// docs/routing.md).
-pub use cyphonic_cloud::route::Placement;
+pub use cyphonic_cloud_core::route::Placement;
 
 /// The NAT kind the cloud should detect for a node placed here (a node's
 /// `cyphonic status --json` shows it as `cloud.nat`).

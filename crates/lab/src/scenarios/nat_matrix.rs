@@ -44,7 +44,7 @@ use crate::wait_until;
 /// placed at `cn`: "direct" (pattern 1, no NAT in the way), "punched"
 /// (pattern 2, a NAT opened from inside) or "relayed" (pattern 3, TRS).
 pub fn expected_path(mn: Placement, cn: Placement) -> &'static str {
-    cyphonic_cloud::route::documented_path(mn, cn)
+    cyphonic_cloud_core::route::documented_path(mn, cn)
 }
 
 /// How long a pair may take from the name lookup to an established tunnel

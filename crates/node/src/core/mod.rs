@@ -50,7 +50,7 @@ use hickory_proto::op::{Message as DnsMessage, ResponseCode};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::resolver;
-use cyphonic_cloud::route::NatKind;
+use cyphonic_proto::nat::NatKind;
 
 mod dns;
 mod mobility;

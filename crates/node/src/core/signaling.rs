@@ -22,7 +22,7 @@ use rand::Rng;
 use super::timers::Timers;
 use super::types::{Leg, Login, NodeConfig, NodeCounters, NodeEvent, TimerReason, Transport};
 use super::Outbox;
-use cyphonic_cloud::route::{NatKind, NetInfo};
+use cyphonic_proto::nat::{NatKind, NetInfo};
 
 /// Between adding one transport to a Registration race and the next.
 pub const RACE_STAGGER: Duration = Duration::from_millis(300);

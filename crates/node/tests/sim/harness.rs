@@ -47,8 +47,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::atomic::Ordering;
 
-use cyphonic_cloud::nms::{Nms, NmsConfig, NmsEvent, RelayConfig, SessionInfo};
-use cyphonic_cloud::trs::{Action, DropReason, Trs, TrsConfig};
+use cyphonic_cloud_core::nms::{Nms, NmsConfig, NmsEvent, RelayConfig, SessionInfo};
+use cyphonic_cloud_core::trs::{Action, DropReason, Trs, TrsConfig};
 use cyphonic_node::core::{
     Leg, Login, Node, NodeConfig, NodeEvent, Path, Transmit, Transport, TunnelHandle,
 };

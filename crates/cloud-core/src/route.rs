@@ -8,67 +8,19 @@ use std::net::SocketAddr;
 use cyphonic_proto::signal::{RoutePattern, MAX_ENDPOINTS};
 use cyphonic_proto::Transport;
 
-/// What the NMS knows of a node's network, from its Registration and NAT
-/// Probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetInfo {
-    /// The node's own addresses (tunnel port), as it listed them.
-    pub local_addrs: Vec<SocketAddr>,
-    /// Where the NMS saw its Registration / KeepAlives come from.
-    pub observed: SocketAddr,
-    /// Where the NMS saw its NAT Probe (to the second port) come from.
-    pub observed_probe: Option<SocketAddr>,
-    /// How its Registration travelled: native UDP, or a QUIC / TLS-over-TCP
-    /// leg (its network lets no other UDP out).
-    pub transport: Transport,
-    /// Its QUIC listener port (0: none).
-    pub quic_port: u16,
+pub use cyphonic_proto::nat::{NatKind, NetInfo};
+
+/// What the route decision reads from a [`NetInfo`] besides its NAT (which
+/// the node classifies too, hence its home in `cyphonic_proto`).
+trait Endpoints {
+    fn v6(&self) -> Vec<SocketAddr>;
+    fn has_v4(&self) -> bool;
+    fn v4_public(&self) -> Option<SocketAddr>;
+    fn quic_endpoints(&self) -> Vec<SocketAddr>;
+    fn dials_quic(&self) -> bool;
 }
 
-impl NetInfo {
-    /// A node on native UDP with these addresses, as the NMS saw it.
-    pub fn udp(
-        local_addrs: Vec<SocketAddr>,
-        observed: SocketAddr,
-        observed_probe: Option<SocketAddr>,
-    ) -> Self {
-        NetInfo {
-            local_addrs,
-            observed,
-            observed_probe,
-            transport: Transport::Udp,
-            quic_port: 0,
-        }
-    }
-}
-
-/// IPv4 NAT in front of a node, by mapping behaviour (RFC 4787 §4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NatKind {
-    /// The node is reachable at an address it has itself.
-    None,
-    /// One mapping for every destination: punchable.
-    EndpointIndependent,
-    /// A new mapping per destination: not punchable from both sides.
-    Symmetric,
-    /// Behind a NAT whose behaviour is not known (no probe answer yet, or
-    /// registered over IPv6).
-    Unknown,
-}
-
-impl NatKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NatKind::None => "none",
-            NatKind::EndpointIndependent => "endpoint-independent",
-            NatKind::Symmetric => "symmetric",
-            NatKind::Unknown => "unknown",
-        }
-    }
-}
-
-impl NetInfo {
+impl Endpoints for NetInfo {
     fn v6(&self) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = std::iter::once(self.observed)
             .chain(self.local_addrs.iter().copied())
@@ -83,40 +35,6 @@ impl NetInfo {
 
     fn has_v4(&self) -> bool {
         self.observed.is_ipv4() || self.local_addrs.iter().any(|a| a.is_ipv4())
-    }
-
-    fn v4_locals(&self) -> Vec<SocketAddr> {
-        self.local_addrs
-            .iter()
-            .copied()
-            .filter(|a| a.is_ipv4())
-            .collect()
-    }
-
-    /// The NAT in front of the node's IPv4, as far as the NMS can tell.
-    pub fn nat(&self) -> NatKind {
-        if self.transport != Transport::Udp {
-            // Seen through a leg from another socket: the tunnel port's
-            // mapping is unknown (and native UDP does not get out anyway).
-            return NatKind::Unknown;
-        }
-        if !self.observed.is_ipv4() {
-            // Registered over IPv6: global IPv6 needs no NAT; its IPv4, if
-            // any, was never observed.
-            return if self.v4_locals().is_empty() {
-                NatKind::None
-            } else {
-                NatKind::Unknown
-            };
-        }
-        if self.local_addrs.contains(&self.observed) {
-            return NatKind::None;
-        }
-        match self.observed_probe {
-            Some(p) if p == self.observed => NatKind::EndpointIndependent,
-            Some(_) => NatKind::Symmetric,
-            None => NatKind::Unknown,
-        }
     }
 
     /// The IPv4 address other nodes reach this one at (its NAT's mapping,
@@ -607,11 +525,8 @@ mod tests {
     }
 
     #[test]
-    fn nat_kinds() {
-        assert_eq!(node(P::V4, 1).nat(), NatKind::None);
-        assert_eq!(node(P::V6, 1).nat(), NatKind::None);
-        assert_eq!(node(P::Eim, 1).nat(), NatKind::EndpointIndependent);
-        assert_eq!(node(P::Sym, 1).nat(), NatKind::Symmetric);
+    fn unknown_nats() {
+        // The NAT kinds themselves are tested in `cyphonic_proto::nat`.
         let mut unknown = node(P::Eim, 1);
         unknown.observed_probe = None;
         assert_eq!(unknown.nat(), NatKind::Unknown);

@@ -1,4 +1,4 @@
-//! The node's side of the Login flow (see [`crate::as_proto`]): enroll once
+//! The node's side of the Login flow (see [`cyphonic_proto::login`]): enroll once
 //! with device ID and password, then log in with the certificate.
 //!
 //! Each call opens one TLS connection, sends one request and reads one
@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::as_proto::{encode_line, LoginOk, Password, Request, Response, MAX_LINE};
+use cyphonic_proto::login::{encode_line, LoginOk, Password, Request, Response, MAX_LINE};
 
 /// Time allowed for connecting, the TLS handshake and the exchange together.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,7 +24,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum AsClientError {
     /// The AS answered with an error; `code` is one of
-    /// [`crate::as_proto::code`].
+    /// [`cyphonic_proto::login::code`].
     #[error("the AS refused: {message} ({code})")]
     Refused { code: String, message: String },
     /// TLS failed: the AS's certificate is not from our root, or the AS
@@ -180,7 +180,7 @@ async fn exchange(
     // The AS shares TCP 443 with the cloud's TLS legs and tells its
     // connections apart by ALPN; on its own port the offer is ignored.
     let mut config = (*config).clone();
-    config.alpn_protocols = vec![crate::as_proto::AS_ALPN.to_vec()];
+    config.alpn_protocols = vec![cyphonic_proto::login::AS_ALPN.to_vec()];
     let config = Arc::new(config);
     let exchange = async {
         let tcp = TcpStream::connect(addr).await.map_err(AsClientError::Io)?;

@@ -1,0 +1,11 @@
+//! The cloud's pure cores: no sockets, no clock, no store. The cloud's
+//! services (`cyphonic-cloud`) wrap them in tokio and SQLite; the node's
+//! simulations drive them on a virtual clock.
+//!
+//! - [`nms`] — registration, virtual IPs and route selection.
+//! - [`route`] — the route table of `docs/routing.md`.
+//! - [`trs`] — the relay.
+
+pub mod nms;
+pub mod route;
+pub mod trs;
