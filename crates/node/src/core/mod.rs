@@ -58,6 +58,7 @@ mod path;
 mod peers;
 mod ping;
 mod relay;
+mod requests;
 mod routes;
 mod signaling;
 mod status;
@@ -520,3 +521,6 @@ impl Node {
         self.signaling.signaling_transport()
     }
 }
+
+#[cfg(test)]
+mod tests;

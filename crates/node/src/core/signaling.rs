@@ -8,7 +8,6 @@
 //! Direction Requests to send. Packets and [`NodeEvent::NeedLogin`] go
 //! straight to the shared [`Outbox`].
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -19,99 +18,13 @@ use hickory_proto::op::ResponseCode;
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::timers::Timers;
+use super::requests::{OutRequest, RequestKind, Requests};
 use super::types::{Leg, Login, NodeConfig, NodeCounters, NodeEvent, TimerReason, Transport};
 use super::Outbox;
 use cyphonic_proto::nat::{NatKind, NetInfo};
 
 /// Between adding one transport to a Registration race and the next.
 pub const RACE_STAGGER: Duration = Duration::from_millis(300);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RequestKind {
-    Registration,
-    /// A Registration over cheaper transports than the current one: an
-    /// answer moves signaling there.
-    TransportProbe,
-    KeepAlive,
-    Direction,
-    NatProbe,
-}
-
-pub(crate) struct OutRequest {
-    kind: RequestKind,
-    message: Message,
-    target: Option<String>,
-    next_retransmit: Instant,
-    interval: Duration,
-    deadline: Instant,
-    /// A Direction Request sent before a move: the NMS chose its route
-    /// from our old addresses.
-    before_move: bool,
-    /// The transports it is sent over (each retransmission goes on all).
-    transports: Vec<Transport>,
-    /// A Registration: when to race the other transports if unanswered.
-    race_at: Option<Instant>,
-}
-
-impl OutRequest {
-    fn wake(&self) -> Instant {
-        let t = self.next_retransmit.min(self.deadline);
-        self.race_at.map_or(t, |r| t.min(r))
-    }
-}
-
-/// Requests in flight by transaction ID, with their timers in a table.
-#[derive(Default)]
-struct Requests {
-    map: BTreeMap<u64, OutRequest>,
-    timers: Timers<u64>,
-}
-
-impl Requests {
-    fn insert(&mut self, txid: u64, r: OutRequest) {
-        self.timers.set(txid, Some(r.wake()));
-        self.map.insert(txid, r);
-    }
-
-    fn remove(&mut self, txid: u64) -> Option<OutRequest> {
-        self.timers.remove(&txid);
-        self.map.remove(&txid)
-    }
-
-    fn get(&self, txid: u64) -> Option<&OutRequest> {
-        self.map.get(&txid)
-    }
-
-    /// Changes a request; its timer follows.
-    fn update<T>(&mut self, txid: u64, f: impl FnOnce(&mut OutRequest) -> T) -> Option<T> {
-        let r = self.map.get_mut(&txid)?;
-        let out = f(r);
-        self.timers.set(txid, Some(r.wake()));
-        Some(out)
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&OutRequest) -> bool) {
-        let gone: Vec<u64> = self
-            .map
-            .iter()
-            .filter(|(_, r)| !keep(r))
-            .map(|(t, _)| *t)
-            .collect();
-        for txid in gone {
-            self.remove(txid);
-        }
-    }
-
-    fn clear(&mut self) {
-        self.map.clear();
-        self.timers.clear();
-    }
-
-    fn find(&self, f: impl Fn(&OutRequest) -> bool) -> Option<u64> {
-        self.map.iter().find(|(_, r)| f(r)).map(|(t, _)| *t)
-    }
-}
 
 /// One Login's session with the NMS.
 struct Session {
@@ -871,3 +784,7 @@ impl Signaling {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "signaling_tests.rs"]
+mod tests;

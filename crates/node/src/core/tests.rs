@@ -1,0 +1,258 @@
+//! The node's front, time stepped by hand, against a test NMS: what only
+//! shows when the parts work together.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use cyphonic_pki::Verifier;
+use cyphonic_proto::handshake::{LocalIdentity, StaticKeypair};
+use cyphonic_proto::signal::{
+    CertStatus, Envelope, Message, PeerInfo, RegistrationResponse, Role, RouteDirection,
+    RoutePattern, SignalCipher,
+};
+use hickory_proto::op::{Message as DnsMessage, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::peers::MAX_PEERS;
+use super::*;
+
+const NMS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 4502);
+const KEY: [u8; 32] = [5; 32];
+
+fn verifier() -> Verifier {
+    let ca = cyphonic_pki::create_ca("cyphonic.internal", SystemTime::now()).expect("CA");
+    Verifier::from_pem(&ca.root_cert_pem).expect("root")
+}
+
+/// A registered node and the NMS's end of its signaling.
+struct Bench {
+    node: Node,
+    nms: SignalCipher,
+    rng: StdRng,
+    t0: Instant,
+    now: Instant,
+}
+
+impl Bench {
+    fn registered() -> Self {
+        let mut rng = StdRng::seed_from_u64(11);
+        let identity = LocalIdentity {
+            static_keys: StaticKeypair::generate(&mut rng),
+            cert_chain_der: Vec::new(),
+            binding_sig: [0; 64],
+        };
+        let t0 = Instant::now();
+        let config = NodeConfig {
+            transport: Some(Transport::Udp),
+            ..NodeConfig::default()
+        };
+        let mut node = Node::new(
+            config,
+            identity,
+            verifier(),
+            rng.gen(),
+            1,
+            t0,
+            SystemTime::now(),
+        );
+        node.handle_local_addrs(t0, vec!["192.0.2.50:4501".parse().expect("addr")]);
+        node.start();
+        node.handle_login(
+            t0,
+            Login {
+                session_id: 9,
+                common_key: KEY,
+                fqdn: "n1.cyphonic.internal".into(),
+                vip4: Ipv4Addr::new(100, 64, 0, 1),
+                vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+                nms: NMS,
+                nms_alternatives: vec![NMS],
+                keepalive: Duration::from_secs(10),
+                quic_port: 0,
+                tcp_port: 0,
+            },
+        );
+        let mut b = Bench {
+            node,
+            nms: SignalCipher::new(9, &KEY, Role::Nms, 1),
+            rng,
+            t0,
+            now: t0,
+        };
+        b.pump();
+        assert!(b.node.status(b.now).cloud.registered);
+        while b.node.poll_event().is_some() {}
+        b
+    }
+
+    fn send(&mut self, txid: u64, message: Message) {
+        let packet = self.nms.seal(&Envelope { txid, message });
+        self.node.handle_datagram(self.now, NMS, &packet);
+    }
+
+    /// Plays the NMS for what the node sent: registrations and keepalives
+    /// are answered; Direction Requests are returned.
+    fn pump(&mut self) -> Vec<(u64, String)> {
+        let mut directions = Vec::new();
+        while let Some(t) = self.node.poll_transmit() {
+            if t.destination != NMS {
+                continue;
+            }
+            let env = self.nms.open(&t.payload).expect("the NMS opens it");
+            match env.message {
+                Message::RegistrationRequest(_) => self.send(
+                    env.txid,
+                    Message::RegistrationResponse(RegistrationResponse {
+                        fqdn: "n1.cyphonic.internal".into(),
+                        vip4: Ipv4Addr::new(100, 64, 0, 1),
+                        vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+                        observed: "192.0.2.50:4501".parse().expect("addr"),
+                        keepalive_secs: 10,
+                        probe_port: 0,
+                    }),
+                ),
+                Message::KeepAlive => self.send(
+                    env.txid,
+                    Message::KeepAliveAck {
+                        observed: "192.0.2.50:4501".parse().expect("addr"),
+                    },
+                ),
+                Message::DirectionRequest { target } => directions.push((env.txid, target)),
+                _ => {}
+            }
+        }
+        directions
+    }
+
+    /// Runs every timer up to `until`, answering the NMS's part.
+    fn run_until(&mut self, until: Instant) {
+        while let Some((t, _)) = self.node.poll_timeout().filter(|(t, _)| *t <= until) {
+            self.now = self.now.max(t);
+            self.node.handle_timeout(self.now);
+            self.pump();
+        }
+        self.now = until;
+    }
+}
+
+/// Peer `i` (VIPs from 100.64.0.2 and fd00::2 on; ours are .1 and ::1).
+fn direction(i: u32, initiate: bool) -> RouteDirection {
+    let v = i + 2;
+    RouteDirection {
+        route_id: 1_000_000 + i as u64,
+        pattern: RoutePattern::Direct,
+        initiate,
+        punch: false,
+        tunnel_key: [0; 32],
+        relay: None,
+        via: Transport::Udp,
+        peer: PeerInfo {
+            fqdn: format!("p{i}.cyphonic.internal"),
+            vip4: Ipv4Addr::new(100, 64 + (v >> 16) as u8, (v >> 8) as u8, v as u8),
+            vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, (v >> 16) as u16, v as u16),
+            static_public: [0; 32],
+            cert_serial: 1,
+            cert_status: CertStatus::Good,
+            endpoints: Vec::new(),
+        },
+    }
+}
+
+fn dns_query(name: &str) -> DnsMessage {
+    let mut m = DnsMessage::new(1, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::A,
+    ));
+    m
+}
+
+#[test]
+fn five_thousand_names_come_and_go_and_routes_still_work() {
+    let mut b = Bench::registered();
+    let names = 5000;
+    for i in 0..names {
+        // The NMS directs us as responder; the initiator never shows up,
+        // so the peer fails when its deadline passes.
+        let txid = b.rng.gen();
+        b.send(
+            txid,
+            Message::RouteDirectionToResponder(direction(i, false)),
+        );
+        if i % 1000 == 999 {
+            let until = b.now + b.node.config().handshake_timeout * 2 + Duration::from_secs(1);
+            b.run_until(until);
+        }
+    }
+    b.run_until(b.now + Duration::from_secs(13));
+    let status = b.node.status(b.now);
+    assert!(status.peers.len() <= MAX_PEERS, "the table stays bounded");
+    assert!(status.peers.iter().all(|p| p.state.starts_with("failed")));
+    assert_eq!(b.node.counters().handshake_failures, names as u64);
+    b.node.peers.check_indexes();
+
+    // A name never seen before still gets its route.
+    let fresh = direction(names, true);
+    let name = fresh.peer.fqdn.clone();
+    b.node
+        .handle_dns_query(b.now, 7, dns_query(&format!("{name}.")), name.clone());
+    let asked = b.pump();
+    assert_eq!(
+        asked.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+        vec![name.as_str()]
+    );
+    b.send(asked[0].0, Message::RouteDirectionToInitiator(fresh));
+    let answered = std::iter::from_fn(|| b.node.poll_event()).any(|e| {
+        matches!(e, NodeEvent::DnsResponse { client: 7, response }
+            if DnsMessage::from_vec(&response).is_ok_and(|m| m.answers.len() == 1))
+    });
+    assert!(answered, "the DNS query got the peer's VIP");
+    let status = b.node.status(b.now);
+    let peer = status
+        .peers
+        .iter()
+        .find(|p| p.fqdn == name)
+        .expect("installed");
+    let v = names + 2;
+    assert_eq!(peer.vip4, Ipv4Addr::new(100, 64, (v >> 8) as u8, v as u8));
+    // And an old name that failed is selected anew.
+    b.node.handle_dns_query(
+        b.now,
+        8,
+        dns_query("p3.cyphonic.internal."),
+        "p3.cyphonic.internal".into(),
+    );
+    assert_eq!(b.pump().len(), 1);
+    b.node.peers.check_indexes();
+}
+
+#[test]
+fn a_full_table_of_live_peers_refuses_new_routes() {
+    let mut b = Bench::registered();
+    for i in 0..MAX_PEERS as u32 {
+        let txid = b.rng.gen();
+        b.send(
+            txid,
+            Message::RouteDirectionToResponder(direction(i, false)),
+        );
+    }
+    assert_eq!(b.node.status(b.now).peers.len(), MAX_PEERS);
+    let txid = b.rng.gen();
+    b.send(
+        txid,
+        Message::RouteDirectionToResponder(direction(MAX_PEERS as u32, false)),
+    );
+    let status = b.node.status(b.now);
+    assert_eq!(
+        status.peers.len(),
+        MAX_PEERS,
+        "nothing evicted: none failed"
+    );
+    assert!(!status
+        .peers
+        .iter()
+        .any(|p| p.fqdn == format!("p{MAX_PEERS}.cyphonic.internal")));
+    assert!(b.t0 <= b.now);
+}
