@@ -510,6 +510,16 @@ impl Node {
         }
     }
 
+    /// The session of the last Login, which the NMS's packets name.
+    pub fn session_id(&self) -> Option<u64> {
+        self.signaling.login().map(|l| l.session_id)
+    }
+
+    /// Whether a peer's route (and relay session) has this ID.
+    pub fn knows_route(&self, route_id: u64) -> bool {
+        self.peers.name_by_route(route_id).is_some()
+    }
+
     /// The NAT in front of this node, as the NMS's two ports saw it.
     pub fn nat(&self) -> NatKind {
         self.signaling.nat()

@@ -163,11 +163,15 @@ impl Peers {
         self.by_route.get(&route_id)
     }
 
-    /// A local index no peer has (never 0).
-    pub fn fresh_index(&self, rng: &mut StdRng) -> u32 {
+    /// A local index no peer has (never 0), with `tag` as its top byte
+    /// when given.
+    pub fn fresh_index(&self, rng: &mut StdRng, tag: Option<u8>) -> u32 {
         loop {
-            let i: u32 = rng.gen();
-            if i != 0 && !self.by_index.contains_key(&i) {
+            let i: u32 = match tag {
+                None => rng.gen(),
+                Some(t) => (rng.gen::<u32>() & 0x00ff_ffff) | (u32::from(t) << 24),
+            };
+            if i & 0x00ff_ffff != 0 && i != 0 && !self.by_index.contains_key(&i) {
                 return i;
             }
         }
@@ -381,12 +385,12 @@ pub(crate) mod tests {
         for i in 0..10 {
             let state = if i % 2 == 0 {
                 PeerState::Failed {
-                    reason: "test".into(),
+                    reason: crate::core::tunnel::EstablishmentFailed::NoRequest,
                 }
             } else {
                 PeerState::Established
             };
-            let index = peers.fresh_index(&mut rng);
+            let index = peers.fresh_index(&mut rng, None);
             peers.insert(peer(i, index, now, state));
         }
         let gone = peers.evict_failed();
@@ -394,5 +398,16 @@ pub(crate) mod tests {
         assert_eq!(peers.len(), 5);
         assert!(peers.values().all(|p| !p.failed()));
         peers.check_indexes();
+    }
+
+    #[test]
+    fn tagged_indexes_carry_their_tag() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let peers = Peers::default();
+        for _ in 0..1000 {
+            let i = peers.fresh_index(&mut rng, Some(0xa5));
+            assert_eq!(i >> 24, 0xa5);
+            assert_ne!(i & 0x00ff_ffff, 0);
+        }
     }
 }

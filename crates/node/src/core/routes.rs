@@ -200,7 +200,7 @@ impl Node {
                 return;
             }
         }
-        let local_index = self.peers.fresh_index(&mut self.rng);
+        let local_index = self.peers.fresh_index(&mut self.rng, self.config.index_tag);
         // A new route replaces the old one; the data plane keeps the old
         // tunnel until the new one is up (TunnelUp for the same VIPs), so
         // traffic flows during re-establishment.

@@ -42,8 +42,21 @@ pub(crate) enum PeerState {
     },
     Established,
     Failed {
-        reason: String,
+        reason: EstablishmentFailed,
     },
+}
+
+/// Why a peer's tunnel could not be established.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EstablishmentFailed {
+    #[error("no path to try")]
+    NoPath,
+    #[error("cannot start handshake: {0}")]
+    Start(handshake::HandshakeError),
+    #[error("no Tunnel Response on any path")]
+    NoResponse,
+    #[error("no Tunnel Request from the initiator")]
+    NoRequest,
 }
 
 impl PeerState {
@@ -111,7 +124,7 @@ impl Node {
         let attempts = attempt_paths(&peer);
         let Some(&first) = attempts.first() else {
             peer.state = PeerState::Failed {
-                reason: "no path to try".into(),
+                reason: EstablishmentFailed::NoPath,
             };
             self.counters.handshake_failures += 1;
             return;
@@ -141,7 +154,7 @@ impl Node {
             Err(e) => {
                 self.counters.handshake_failures += 1;
                 peer.state = PeerState::Failed {
-                    reason: format!("cannot start handshake: {e}"),
+                    reason: EstablishmentFailed::Start(e),
                 };
             }
         }
@@ -184,7 +197,7 @@ impl Node {
             }
         }
         let check = self.peer_verifier(peer, now);
-        let local_index = self.peers.fresh_index(&mut self.rng);
+        let local_index = self.peers.fresh_index(&mut self.rng, self.config.index_tag);
         let mut rng = ephemeral_rng(&mut self.rng);
         let Some(peer) = self.peers.get(&fqdn) else {
             return;
@@ -294,7 +307,7 @@ impl Node {
             }
             Err(e) => {
                 peer.state = PeerState::Failed {
-                    reason: format!("cannot start handshake: {e}"),
+                    reason: EstablishmentFailed::Start(e),
                 };
             }
         }
@@ -363,7 +376,7 @@ impl Node {
                 ..
             } => {
                 if now >= *deadline {
-                    failed = Some("no Tunnel Response on any path".to_string());
+                    failed = Some(EstablishmentFailed::NoResponse);
                 } else if now >= *next_retransmit {
                     if *sent_on_attempt >= SENDS_PER_ATTEMPT && *attempt + 1 < attempts.len() {
                         *attempt += 1;
@@ -381,7 +394,7 @@ impl Node {
                 }
             }
             PeerState::AwaitingRequest { deadline } if now >= *deadline => {
-                failed = Some("no Tunnel Request from the initiator".to_string());
+                failed = Some(EstablishmentFailed::NoRequest);
             }
             _ => {}
         }
@@ -532,7 +545,7 @@ mod tests {
         assert_eq!(s.describe(), "awaiting-request");
         assert_eq!(PeerState::Established.wake(), None);
         let f = PeerState::Failed {
-            reason: "no path to try".into(),
+            reason: EstablishmentFailed::NoPath,
         };
         assert_eq!(f.describe(), "failed: no path to try");
     }

@@ -64,6 +64,11 @@ pub struct NodeConfig {
     pub transport_reprobe: Duration,
     /// Our QUIC listener's port, told to the NMS (0: none).
     pub quic_port: u16,
+    /// `Some(tag)`: every local index this node hands out has `tag` as its
+    /// top byte, so several nodes behind one tunnel port (see
+    /// [`crate::host::Host`]) never share an index and a datagram's
+    /// receiver index names its node. `None`: any index.
+    pub index_tag: Option<u8>,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +90,7 @@ impl Default for NodeConfig {
             transport_fallback: Duration::from_secs(1),
             transport_reprobe: Duration::from_secs(30),
             quic_port: 0,
+            index_tag: None,
         }
     }
 }

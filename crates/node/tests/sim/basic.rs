@@ -1,12 +1,7 @@
 //! Deterministic simulations of the overlay's flows: Registration, route
 //! selection, tunnel establishment and data, with the real NMS and node
-//! cores on a virtual clock (see `sim/harness.rs`). Each case runs in
+//! cores on a virtual clock (see `harness.rs`). Each case runs in
 //! milliseconds; a failing case prints its seed.
-
-mod sim {
-    pub mod harness;
-    pub mod pki;
-}
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -15,7 +10,7 @@ use cyphonic_proto::signal::{DirectionErrorCode, Message};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-use sim::harness::*;
+use crate::harness::*;
 
 /// `SIM_SEED`, if set, replays the seed a failed case printed.
 fn replay_seed() -> Option<u64> {
@@ -769,8 +764,8 @@ fn lossy_run(seed: u64, loss: f64) -> LossyRun {
     config.link.loss = loss;
     // No 443 legs: these runs measure native UDP signaling's own
     // retransmission (with legs, a second of loss moves a node to QUIC or
-    // TCP and its routes to a relay this cloud does not run; sim_transport
-    // covers the transports).
+    // TCP and its routes to a relay this cloud does not run; the `transport`
+    // module covers the transports).
     config.cloud_legs = false;
     let (registration, direction, handshake) = (
         config.node.registration_timeout,

@@ -8,9 +8,10 @@
 //! protocol time pass in milliseconds. After every input it drains the
 //! input's core (`poll_transmit`, then `poll_event`), as the cores' docs ask.
 //! The shells' jobs are done here too: the NMS's session database, the
-//! node's Login, its resolver's clients and its data plane (data packets
-//! are sealed and opened with the keys of [`NodeEvent::TunnelUp`], never by
-//! the core).
+//! node's Login, its resolver's clients and its data plane: data packets
+//! are sealed and opened with the keys of [`NodeEvent::TunnelUp`] by
+//! [`cyphonic_node::datapath`], the receive and send path the data-plane
+//! threads run, never by the core.
 //!
 //! Everything random comes from the seed; a panicking test prints it (see
 //! the `Drop` impl) together with the tail of the wire log.
@@ -35,25 +36,23 @@
 //! replies to flows it let out); tests change it mid-run
 //! ([`Sim::set_firewall`]).
 //!
-//! Four test crates (`sim`, `sim_nat`, `sim_mobility` and `sim_transport`)
-//! share this module, and each uses only part of it.
-#![allow(dead_code)]
+//! The test modules (`basic`, `nat`, `mobility` and `transport`) share
+//! this module in one test binary.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use std::sync::atomic::Ordering;
 
 use cyphonic_cloud_core::nms::{Nms, NmsConfig, NmsEvent, RelayConfig, SessionInfo};
 use cyphonic_cloud_core::trs::{Action, DropReason, Trs, TrsConfig};
 use cyphonic_node::core::{
     Leg, Login, Node, NodeConfig, NodeEvent, Path, Transmit, Transport, TunnelHandle,
 };
+use cyphonic_node::datapath::{self, Decapsulated, Opened, PathReports, Payload};
 use cyphonic_node::resolver::{self, Classified};
-use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
 use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
 use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
 use cyphonic_proto::signal::{self, Message, Role, SignalCipher};
@@ -209,8 +208,6 @@ pub enum Firewall {
     Only443,
     /// Only TCP to port 443 goes out.
     TcpOnly443,
-    /// Nothing goes out.
-    Closed,
 }
 
 impl Firewall {
@@ -220,7 +217,6 @@ impl Firewall {
             Firewall::Open => true,
             Firewall::Only443 => dst.port() == 443,
             Firewall::TcpOnly443 => transport == Transport::Tcp && dst.port() == 443,
-            Firewall::Closed => false,
         }
     }
 }
@@ -366,11 +362,6 @@ impl NatSpec {
             mapping: NatMapping::FullyRandom,
             ..Self::eim()
         }
-    }
-
-    pub fn udp_timeout(mut self, t: Duration) -> Self {
-        self.udp_timeout = t;
-        self
     }
 
     pub fn without_input_firewall(mut self) -> Self {
@@ -538,7 +529,8 @@ pub struct SimNode {
     /// `cyphonic ping` answers: (time, client, result).
     pub pongs: Vec<(Duration, u64, Result<cyphonic_node::core::Pong, String>)>,
     pub received: Vec<Received>,
-    /// Data packets no installed key opened.
+    /// Data packets the data plane dropped, for any
+    /// [`datapath::DropReason`].
     pub data_rx_bad: u64,
     /// Of those, the ones the replay window refused.
     pub data_rx_replayed: u64,
@@ -548,9 +540,9 @@ pub struct SimNode {
     pub path_reports: Vec<(Duration, String, Path)>,
     /// Tunnel messages (path probes and acks) handed to the core.
     pub tunnel_messages: u64,
-    /// When each (tunnel, path) was last reported: the data plane reports
-    /// one at most every [`PATH_REPORT_INTERVAL`].
-    last_report: HashMap<(u32, Path), Instant>,
+    /// Bounds the reports: one per (tunnel, path) at most every
+    /// [`datapath::PATH_REPORT_INTERVAL`], as the data plane's.
+    reports: PathReports,
     /// The NAT its IPv4 is behind.
     pub nat: Option<usize>,
     /// Its firewall now ([`Sim::set_firewall`]).
@@ -570,15 +562,15 @@ pub struct SimNode {
     /// address refused after a failed dial.
     pub leg_drops: u64,
     /// Data plane tables, as `dataplane::Tables` keeps them.
-    tx: HashMap<IpAddr, TunnelHandle>,
-    rx: HashMap<u32, TunnelHandle>,
+    tx: HashMap<IpAddr, Arc<TunnelHandle>>,
+    rx: HashMap<u32, Arc<TunnelHandle>>,
     next_client: u64,
 }
 
 impl SimNode {
     /// The tunnel the data plane would use for `fqdn`, if any.
     pub fn tunnel_to(&self, fqdn: &str) -> Option<&TunnelHandle> {
-        self.tx.values().find(|t| t.fqdn == fqdn)
+        self.tx.values().find(|t| t.fqdn == fqdn).map(|t| &**t)
     }
 
     pub fn tunnel_up_with(&self, fqdn: &str) -> bool {
@@ -834,12 +826,6 @@ pub struct Sim {
 /// advances fails the test instead of hanging it.
 const MAX_STEPS: u64 = 5_000_000;
 
-/// As `dataplane::PathReports`: one report per tunnel and path at most this
-/// often.
-pub const PATH_REPORT_INTERVAL: Duration = Duration::from_millis(100);
-/// The longest tunnel message the data plane hands to the core.
-const MAX_TUNNEL_MESSAGE: usize = 64;
-
 impl Sim {
     pub fn new(mut config: SimConfig) -> Self {
         let pki = pki();
@@ -957,7 +943,7 @@ impl Sim {
                 keepalives: 0,
                 path_reports: Vec::new(),
                 tunnel_messages: 0,
-                last_report: HashMap::new(),
+                reports: PathReports::default(),
                 nat: spec.nat,
                 firewall: spec.firewall,
                 fw_flows: BTreeMap::new(),
@@ -1628,25 +1614,27 @@ impl Sim {
         }
     }
 
-    /// A datagram for node `slot`'s data plane or core, from `from`: the
-    /// data plane takes data packets, bare or in Relay Data; everything
-    /// else goes to the core.
-    fn node_in(&mut self, slot: usize, from: Leg, payload: Vec<u8>) {
-        let data = match payload.first() {
-            Some(&TYPE_DATA) => true,
-            Some(&relay::TYPE_RELAY_DATA) => {
-                relay::parse_data(&payload).is_ok()
-                    && payload.get(RELAY_HEADER_LEN) == Some(&TYPE_DATA)
+    /// A datagram for node `slot` from `from`, as the data plane's inbound
+    /// loop takes it: [`datapath::decapsulate`] opens data packets, bare or
+    /// in Relay Data, and counts them; everything else goes to the core as
+    /// it came.
+    fn node_in(&mut self, slot: usize, from: Leg, mut payload: Vec<u8>) {
+        let rx = &self.nodes[slot].rx;
+        match datapath::decapsulate(&mut payload, from, |i| rx.get(&i).cloned()) {
+            Decapsulated::Control => {
+                self.nodes[slot]
+                    .node
+                    .handle_datagram(self.now, from, &payload);
+                self.drain_node(slot);
             }
-            _ => false,
-        };
-        if data {
-            self.data_in(slot, from, payload);
-        } else {
-            self.nodes[slot]
-                .node
-                .handle_datagram(self.now, from, &payload);
-            self.drain_node(slot);
+            Decapsulated::Opened(opened) => self.data_in(slot, opened, &payload),
+            Decapsulated::Dropped(reason) => {
+                let n = &mut self.nodes[slot];
+                n.data_rx_bad += 1;
+                if reason == datapath::DropReason::Replayed {
+                    n.data_rx_replayed += 1;
+                }
+            }
         }
     }
 
@@ -2086,9 +2074,10 @@ impl Sim {
                     n.tx.get(&IpAddr::V4(handle.vip4))
                         .map(|h| h.recv.local_index());
                 n.rx.retain(|i, h| h.fqdn != handle.fqdn || Some(*i) == previous);
-                n.rx.insert(handle.recv.local_index(), handle.clone());
-                n.tx.insert(IpAddr::V4(handle.vip4), handle.clone());
-                n.tx.insert(IpAddr::V6(handle.vip6), handle.clone());
+                let shared = Arc::new(handle.clone());
+                n.rx.insert(handle.recv.local_index(), shared.clone());
+                n.tx.insert(IpAddr::V4(handle.vip4), shared.clone());
+                n.tx.insert(IpAddr::V6(handle.vip6), shared);
                 n.tunnel_ups.push((at, handle));
             }
             NodeEvent::TunnelDown { fqdn, .. } => {
@@ -2196,15 +2185,17 @@ impl Sim {
         let dst = cyphonic_proto::ip::inner_destination(packet).expect("an IP packet");
         match self.nodes[slot].tx.get(&dst).cloned() {
             Some(tunnel) => {
-                // As the data plane's outbound loop: seal, count, frame for
-                // the tunnel's path (the relay header for a TRS).
-                let sealed = seal(&tunnel, packet);
-                tunnel.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-                tunnel
-                    .stats
-                    .tx_bytes
-                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                self.send_from_node(slot, tunnel.path.transmit(&sealed));
+                // As the data plane's outbound loop: sealed, counted and
+                // framed for the tunnel's path (the relay header for a TRS).
+                let payload = datapath::encapsulate_vec(&tunnel, tunnel.path, packet)
+                    .expect("a packet within the send key's limits seals");
+                let leg = tunnel.path.leg();
+                let t = Transmit {
+                    destination: leg.addr,
+                    transport: leg.transport,
+                    payload,
+                };
+                self.send_from_node(slot, t);
             }
             None => {
                 self.nodes[slot].node.handle_outbound(self.now, packet);
@@ -2213,83 +2204,37 @@ impl Sim {
         }
     }
 
-    /// The data plane's inbound path (`dataplane::inbound_loop`): a data
-    /// packet, bare or in Relay Data from a TRS, is opened; it counts for
-    /// the tunnel's liveness; arriving on a path other than the tunnel's
-    /// it is reported to the core (rate-limited); empty ones are
-    /// keepalives, and non-IP plaintexts are tunnel messages for the core.
-    fn data_in(&mut self, slot: usize, from: Leg, payload: Vec<u8>) {
+    /// A data packet [`datapath::decapsulate`] opened in `datagram` at node
+    /// `slot`, as `dataplane::inbound_loop` handles it: arriving on a path
+    /// other than the tunnel's, it is reported to the core (rate-limited);
+    /// then a keepalive is counted, a tunnel message goes to the core, and
+    /// a packet to the TUN device ([`SimNode::received`]).
+    fn data_in(&mut self, slot: usize, opened: Opened, datagram: &[u8]) {
         let (at, now) = (self.elapsed(), self.now);
-        let (path, mut datagram) = match relay::parse_data(&payload) {
-            Ok(relay_id) => (
-                Path::Relay {
-                    server: from,
-                    relay_id,
-                },
-                payload[RELAY_HEADER_LEN..].to_vec(),
-            ),
-            Err(_) => (Path::Direct(from), payload),
-        };
+        let index = opened.local_index();
+        let path = opened.path;
         let n = &mut self.nodes[slot];
-        let handle = data_receiver_index(&datagram).and_then(|i| n.rx.get(&i).cloned());
-        let Some(handle) = handle else {
-            n.data_rx_bad += 1;
-            return;
-        };
-        let range = match handle.recv.open_in_place(&mut datagram) {
-            Ok(range) => range,
-            Err(e) => {
-                n.data_rx_bad += 1;
-                if matches!(e, DataError::Replay(_)) {
-                    n.data_rx_replayed += 1;
-                }
-                return;
-            }
-        };
-        handle.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-        let index = handle.recv.local_index();
-        if path != handle.path {
-            let due = n
-                .last_report
-                .get(&(index, path))
-                .is_none_or(|t| now.saturating_duration_since(*t) >= PATH_REPORT_INTERVAL);
-            if due {
-                n.last_report.insert((index, path), now);
-                n.path_reports.push((at, handle.fqdn.clone(), path));
-                n.node.handle_path_seen(now, index, path);
-                self.drain_node(slot);
-            }
+        if opened.path_changed() && n.reports.allow(index, path, now) {
+            n.path_reports.push((at, opened.tunnel.fqdn.clone(), path));
+            n.node.handle_path_seen(now, index, path);
+            self.drain_node(slot);
         }
         let n = &mut self.nodes[slot];
-        let plain = &datagram[range];
-        if plain.is_empty() {
-            n.keepalives += 1;
-            return;
-        }
-        if !matches!(plain[0] >> 4, 4 | 6) {
-            if plain.len() <= MAX_TUNNEL_MESSAGE {
+        let plain = &datagram[opened.plain];
+        match opened.payload {
+            Payload::Keepalive => n.keepalives += 1,
+            Payload::Message => {
                 n.tunnel_messages += 1;
                 n.node.handle_tunnel_message(now, index, path, plain);
                 self.drain_node(slot);
             }
-            return;
+            Payload::Packet => n.received.push(Received {
+                at,
+                peer: opened.tunnel.fqdn.clone(),
+                packet: plain.to_vec(),
+                path,
+            }),
         }
-        // Cryptokey routing: the inner source must be the peer's VIP.
-        let src = cyphonic_proto::ip::inner_source(plain);
-        if src != Some(IpAddr::V4(handle.vip4)) && src != Some(IpAddr::V6(handle.vip6)) {
-            n.data_rx_bad += 1;
-            return;
-        }
-        handle
-            .stats
-            .rx_bytes
-            .fetch_add(plain.len() as u64, Ordering::Relaxed);
-        n.received.push(Received {
-            at,
-            peer: handle.fqdn.clone(),
-            packet: plain.to_vec(),
-            path,
-        });
     }
 
     /// The tail of the wire log, for failure reports.
@@ -2333,10 +2278,13 @@ impl Drop for Sim {
 /// Every simulation's outcome (the hash of every packet it sent, with its
 /// time and addresses, and how many there were) is pinned per test in
 /// `tests/sim/goldens.txt`, recorded from the node core before it was
-/// split into parts. A change of the node's behaviour shows here first: a
+/// split into parts. Each line is keyed by the test's path and the
+/// simulation's number in it (`nat::some_test#0`); the file is kept sorted
+/// (`LC_ALL=C sort`). A change of the node's behaviour shows here first: a
 /// commit that changes one says why and records them again with
 /// `SIM_GOLDENS=record` (after deleting the file; each simulation appends
-/// its line). Runs with `SIM_SEED` set are not compared.
+/// its line, so sort it afterwards). Runs with `SIM_SEED` set are not
+/// compared.
 mod goldens {
     use std::cell::Cell;
     use std::io::Write;
@@ -2363,8 +2311,8 @@ mod goldens {
             .name()
             .unwrap_or("unnamed")
             .to_owned();
-        let crate_name = env!("CARGO_CRATE_NAME");
-        let key = format!("{crate_name}::{test}#{run}");
+        // One test binary: the test's path (`nat::some_test`) names it.
+        let key = format!("{test}#{run}");
         let line = format!("{key} {hash:016x} {packets}");
         if std::env::var("SIM_GOLDENS").as_deref() == Ok("record") {
             let mut f = std::fs::OpenOptions::new()
@@ -2385,18 +2333,6 @@ mod goldens {
             None => panic!("no golden for {key}: record it with SIM_GOLDENS=record"),
         }
     }
-}
-
-/// Seals `packet` with a tunnel's send key, as the data plane does.
-pub fn seal(tunnel: &TunnelHandle, packet: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; DATA_HEADER_LEN + packet.len() + TAG_LEN];
-    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + packet.len()].copy_from_slice(packet);
-    let n = tunnel
-        .send
-        .seal_in_place(&mut buf, packet.len())
-        .expect("seal a data packet");
-    buf.truncate(n);
-    buf
 }
 
 fn transmit_fingerprint(

@@ -2,7 +2,7 @@
 //! another attachment (another global address, behind a NAT, IPv6 only,
 //! dual stack) and tells its core as the daemon does after a netlink event
 //! (`Sim::move_node`). The real NMS, node and TRS cores on a virtual clock
-//! (see `sim/harness.rs`); every bound is virtual time, every case is
+//! (see `harness.rs`); every bound is virtual time, every case is
 //! seeded, and a failing case prints its seed.
 //!
 //! What a move must keep (docs/routing.md, "After the tunnel is up"): data
@@ -10,11 +10,6 @@
 //! tunnel ends up on the path the table promises for the new placements,
 //! and a tunnel follows a peer to a new address only once a probe's ack came
 //! back over it.
-
-mod sim {
-    pub mod harness;
-    pub mod pki;
-}
 
 use cyphonic_cloud_core::route::Placement;
 use std::collections::HashMap;
@@ -27,7 +22,7 @@ use cyphonic_node::core::{Path, PeerStatus};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-use sim::harness::*;
+use crate::harness::*;
 
 fn fqdn(i: usize) -> String {
     format!("n{i}.cyphonic.internal")

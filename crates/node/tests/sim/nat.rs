@@ -1,16 +1,11 @@
 //! Deterministic simulations of NAT traversal: the real NMS, node and TRS
 //! cores on a virtual clock, with NAT boxes modelled on Linux conntrack
 //! (`masquerade` and `masquerade fully-random`, address-and-port-dependent
-//! filtering, idle expiry, no hairpinning; see `sim/harness.rs`). The
+//! filtering, idle expiry, no hairpinning; see `harness.rs`). The
 //! simulated counterpart of `cyphonic lab nat-matrix`: every ordered pair
 //! of placements, NAT detection, pattern 2, coordinated punching, same-NAT
 //! shortcuts, mapping expiry, relay <-> direct path changes, relay failover
 //! and spoofed packets. A failing case prints its seed.
-
-mod sim {
-    pub mod harness;
-    pub mod pki;
-}
 
 use cyphonic_cloud_core::route::Placement;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,7 +18,7 @@ use cyphonic_node::core::{NodeConfig, Path, PeerStatus};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-use sim::harness::*;
+use crate::harness::*;
 
 // ---- placements -------------------------------------------------------
 

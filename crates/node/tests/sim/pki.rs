@@ -1,7 +1,7 @@
 //! Certificates for the simulation, made once per test process from fixed
 //! keys (`fixtures/`, test-only material): Ed25519 signatures are
 //! deterministic, so every process issues the same bytes and a run's
-//! packets depend on its seed alone. That is what lets `goldens.rs` pin
+//! packets depend on its seed alone. That is what lets `goldens.txt` pin
 //! the transmit hashes of whole runs across builds.
 
 use std::collections::BTreeMap;

@@ -4,13 +4,8 @@
 //! directly, a firewall that closes and opens mid-session, and a forced
 //! transport. The real NMS, node and TRS cores on a virtual clock, their
 //! legs made as `cyphonic-transport`'s hub makes them (see
-//! `sim/harness.rs`). The simulated counterpart of `cyphonic lab
+//! `harness.rs`). The simulated counterpart of `cyphonic lab
 //! firewall`. A failing case prints its seed.
-
-mod sim {
-    pub mod harness;
-    pub mod pki;
-}
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +15,7 @@ use cyphonic_node::core::{
 };
 use cyphonic_proto::signal::Message;
 
-use sim::harness::*;
+use crate::harness::*;
 
 // ---- helpers ---------------------------------------------------------------
 
