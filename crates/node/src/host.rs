@@ -10,9 +10,14 @@
 //! | packet | demultiplexed by |
 //! |---|---|
 //! | signaling | the session ID in its clear header |
-//! | Tunnel Request | its route ID (the NMS directed exactly one of them) |
-//! | Tunnel Response, data | the top byte of the receiver index ([`NodeConfig::index_tag`]) |
-//! | Relay Bind Ack, punch | the route ID (a relay session's ID is its route's) |
+//! | Tunnel Request | its route ID: the identity that responds on that route |
+//! | Tunnel Response, data | the top byte of the receiver index ([`crate::core::NodeConfig::index_tag`]) |
+//! | Relay Bind Ack | the route ID (a relay session's ID is its route's) and the Bind's side |
+//! | punch | the route ID |
+//!
+//! Two identities of one host may be the two ends of one route (they reach
+//! each other like any two nodes, through the shared port); the role and
+//! the relay side tell them apart.
 //!
 //! A Tunnel Request whose route no node knows yet (it overtook the Route
 //! Direction) goes to every node; each holds it as an early request and
@@ -28,7 +33,7 @@ use cyphonic_proto::handshake;
 use cyphonic_proto::relay::{self, Bind};
 use cyphonic_proto::signal;
 
-use crate::core::{Leg, Node, NodeEvent, TimerReason, Transmit};
+use crate::core::{Leg, Node, NodeEvent, TimerReason, Transmit, TunnelRole};
 
 /// An identity's slot in the host: the tag of its local indexes.
 pub type IdentityId = u8;
@@ -104,10 +109,13 @@ impl Host {
             },
             _ => packet,
         };
-        let by_route = |nodes: &BTreeMap<IdentityId, Node>, route_id: u64| {
+        // The identities at an end of `route_id` that `fits` (role, side).
+        let by_route = |nodes: &BTreeMap<IdentityId, Node>,
+                        route_id: u64,
+                        fits: &dyn Fn(TunnelRole, Option<u8>) -> bool| {
             nodes
                 .iter()
-                .filter(|(_, n)| n.knows_route(route_id))
+                .filter(|(_, n)| n.route_end(route_id).is_some_and(|(r, s)| fits(r, s)))
                 .map(|(id, _)| *id)
                 .collect::<Vec<_>>()
         };
@@ -129,7 +137,8 @@ impl Host {
             },
             Some(&handshake::TYPE_TUNNEL_REQUEST) => match handshake::peek_request(inner) {
                 Ok(h) => {
-                    let ids = by_route(&self.nodes, h.route_id);
+                    let responder = |r: TunnelRole, _: Option<u8>| r == TunnelRole::Responder;
+                    let ids = by_route(&self.nodes, h.route_id, &responder);
                     // Early: every node holds it until its direction comes.
                     return if ids.is_empty() {
                         self.nodes.keys().copied().collect()
@@ -150,13 +159,19 @@ impl Host {
                 }
                 Err(_) => None,
             },
-            Some(&relay::TYPE_RELAY_BIND_ACK) => Bind::parse(inner).ok().map(|b| b.relay_id),
-            Some(&cyphonic_proto::TYPE_PUNCH) => cyphonic_proto::punch::parse(inner),
+            Some(&relay::TYPE_RELAY_BIND_ACK) => {
+                Bind::parse(inner).ok().map(|b| (b.relay_id, Some(b.side)))
+            }
+            Some(&cyphonic_proto::TYPE_PUNCH) => {
+                cyphonic_proto::punch::parse(inner).map(|r| (r, None))
+            }
             _ => None,
         };
         match found {
-            Some(route_id) => {
-                let ids = by_route(&self.nodes, route_id);
+            Some((route_id, side)) => {
+                // A Bind Ack names the side it binds; a punch any end.
+                let fits = |_: TunnelRole, s: Option<u8>| side.is_none() || s == side;
+                let ids = by_route(&self.nodes, route_id, &fits);
                 if ids.is_empty() {
                     self.counters.unknown_route += 1;
                 }

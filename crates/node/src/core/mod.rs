@@ -520,6 +520,14 @@ impl Node {
         self.peers.name_by_route(route_id).is_some()
     }
 
+    /// Our end of route `route_id`: our role in its handshake and, if it
+    /// has a relay session, our side of it. Two identities of one process
+    /// can be both ends of one route (see [`crate::host`]).
+    pub fn route_end(&self, route_id: u64) -> Option<(TunnelRole, Option<u8>)> {
+        let peer = self.peers.get(self.peers.name_by_route(route_id)?)?;
+        Some((peer.role, peer.relay.as_ref().map(|r| r.offer.side)))
+    }
+
     /// The NAT in front of this node, as the NMS's two ports saw it.
     pub fn nat(&self) -> NatKind {
         self.signaling.nat()

@@ -13,6 +13,7 @@
 //! `goldens` module of the harness).
 
 mod harness;
+mod identities;
 mod pki;
 
 mod basic;
