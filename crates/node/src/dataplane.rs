@@ -1,10 +1,12 @@
-//! The fast path: application packets from the TUN device are sealed and
-//! sent to the peer's endpoint; data packets from the UDP sockets are opened,
-//! checked and written to the TUN device. Threads, not tasks: each loop
-//! works on batches (TUN reads split from offloaded segments, `recvmmsg`
-//! with GRO through quinn-udp) in buffers allocated once, and encrypts in
-//! place. Everything that is not a data packet of a known tunnel goes to
-//! the control task over a bounded channel.
+//! The fast path's IO: application packets from the TUN device are sealed
+//! and sent to the peer's endpoint; data packets from the UDP sockets (and
+//! the QUIC and TCP legs) are opened and written to the TUN device. What
+//! happens to a packet in between is [`crate::datapath`]'s; this module
+//! keeps the threads, the batches (TUN reads split from offloaded segments,
+//! `recvmmsg` with GRO through quinn-udp, GSO trains), the buffers (allocated
+//! once; packets are sealed and opened in place), the QUIC size check, the
+//! counters and the bounded channel to the control task, which gets
+//! everything that is not a packet of a known tunnel.
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -12,22 +14,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cyphonic_platform::tun::Tun;
 pub use cyphonic_platform::udp::{canonical, wait_ready, Sockets};
-use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
+use cyphonic_proto::data::{DataError, DATA_HEADER_LEN, TAG_LEN};
 use cyphonic_proto::ip;
+use cyphonic_proto::relay::RELAY_HEADER_LEN;
+use cyphonic_transport::Hub;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::core::{Leg, Path, Transport, TunnelHandle};
-use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
-use cyphonic_transport::Hub;
-
-/// Room in front of each packet read from the TUN device: the relay header,
-/// then our data header, so both are written in place.
-const HEADROOM: usize = RELAY_HEADER_LEN + DATA_HEADER_LEN;
+use crate::datapath::{self, Decapsulated, DropReason, Opened, PathReports, Payload, HEADROOM};
 
 /// Packets per batch: the TUN and socket loops never do more work than this
 /// per wake-up.
@@ -53,32 +52,13 @@ pub enum ToControl {
     },
 }
 
-/// Bounds path reports to the control task: at most one per tunnel and
-/// path each 100 ms, however fast packets come.
-#[derive(Default)]
-struct PathReports {
-    last: HashMap<(u32, Path), std::time::Instant>,
-}
-
-impl PathReports {
-    fn allow(&mut self, index: u32, path: Path) -> bool {
-        let now = std::time::Instant::now();
-        if self.last.len() > 4096 {
-            self.last.clear();
-        }
-        match self.last.get(&(index, path)) {
-            Some(t) if now.duration_since(*t) < Duration::from_millis(100) => false,
-            _ => {
-                self.last.insert((index, path), now);
-                true
-            }
-        }
-    }
-}
-
-/// Drop counters, by reason; every dropped packet is counted once.
+/// The data plane's packet counters, and its drop counters by reason:
+/// every dropped packet is counted once.
 #[derive(Debug, Default)]
 pub struct DataCounters {
+    /// Data packets opened (authenticated) for a tunnel, including those
+    /// dropped afterwards for what they carry, as the tunnel's own stats
+    /// count them.
     pub rx_packets: AtomicU64,
     pub tx_packets: AtomicU64,
     pub rx_malformed: AtomicU64,
@@ -86,6 +66,10 @@ pub struct DataCounters {
     pub rx_auth_failed: AtomicU64,
     pub rx_replayed: AtomicU64,
     pub rx_bad_inner_source: AtomicU64,
+    /// Tunnel messages longer than any a node sends.
+    pub rx_message_too_long: AtomicU64,
+    /// Packets that could not be sealed (see `outbound_loop`), sends the
+    /// kernel refused, and failed TUN writes.
     pub tx_errors: AtomicU64,
     pub control_queue_full: AtomicU64,
     /// Packets larger than their path carries (QUIC legs): answered with
@@ -104,6 +88,7 @@ pub struct DataCountersSnapshot {
     pub rx_auth_failed: u64,
     pub rx_replayed: u64,
     pub rx_bad_inner_source: u64,
+    pub rx_message_too_long: u64,
     pub tx_errors: u64,
     pub control_queue_full: u64,
     pub tx_too_big: u64,
@@ -121,10 +106,23 @@ impl DataCounters {
             rx_auth_failed: l(&self.rx_auth_failed),
             rx_replayed: l(&self.rx_replayed),
             rx_bad_inner_source: l(&self.rx_bad_inner_source),
+            rx_message_too_long: l(&self.rx_message_too_long),
             tx_errors: l(&self.tx_errors),
             control_queue_full: l(&self.control_queue_full),
             tx_too_big: l(&self.tx_too_big),
             tx_leg_dropped: l(&self.tx_leg_dropped),
+        }
+    }
+
+    /// The counter of received datagrams dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> &AtomicU64 {
+        match reason {
+            DropReason::Malformed => &self.rx_malformed,
+            DropReason::UnknownIndex => &self.rx_unknown_index,
+            DropReason::AuthFailed => &self.rx_auth_failed,
+            DropReason::Replayed => &self.rx_replayed,
+            DropReason::BadInnerSource => &self.rx_bad_inner_source,
+            DropReason::MessageTooLong => &self.rx_message_too_long,
         }
     }
 }
@@ -383,37 +381,25 @@ fn outbound_loop(o: &Outbound, stop: &AtomicBool) {
                     continue;
                 }
             }
-            let sealed = match tunnel
-                .send
-                .seal_in_place(&mut bufs[i][RELAY_HEADER_LEN..], len)
-            {
-                Ok(n) => n,
+            let wire = match datapath::encapsulate(&tunnel, tunnel.path, &mut bufs[i], len) {
+                Ok(range) => range,
                 Err(DataError::CounterLimit) => {
-                    // The control task rekeys; until then nothing goes out.
+                    // This tunnel's send key has sealed all it may. Nothing
+                    // rekeys yet (a later issue): the packet is counted and
+                    // dropped, as is every later one on this key.
                     counters.tx_errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                Err(_) => {
+                Err(e) => {
                     counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::trace!(error = %e, len, "cannot seal");
                     continue;
                 }
             };
-            tunnel.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-            tunnel
-                .stats
-                .tx_bytes
-                .fetch_add(len as u64, Ordering::Relaxed);
             counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-            // Relayed packets carry the relay header in the headroom.
-            let (start, sealed) = match tunnel.path {
-                Path::Direct(_) => (RELAY_HEADER_LEN, sealed),
-                Path::Relay { relay_id, .. } => {
-                    relay::write_data_header(&mut bufs[i][..RELAY_HEADER_LEN], relay_id);
-                    (0, sealed + RELAY_HEADER_LEN)
-                }
-            };
+            let sealed = wire.len();
             if leg.transport != Transport::Udp {
-                let datagram = bufs[i][start..start + sealed].to_vec();
+                let datagram = bufs[i][wire].to_vec();
                 let sent = match &o.hub {
                     Some(hub) => hub.send(leg.transport, leg.addr, datagram).is_ok(),
                     None => false,
@@ -436,7 +422,7 @@ fn outbound_loop(o: &Outbound, stop: &AtomicBool) {
                 flush(&mut train, &mut current);
                 current = Some((endpoint, sealed));
             }
-            train.extend_from_slice(&bufs[i][start..start + sealed]);
+            train.extend_from_slice(&bufs[i][wire]);
             if let Some((_, seg)) = current {
                 if sealed < seg {
                     flush(&mut train, &mut current);
@@ -535,101 +521,66 @@ impl Inbound {
 
     /// One datagram from `from`; its packet is written by the next
     /// [`Inbound::flush`] (or sooner, when a batch is full).
-    pub fn datagram(&mut self, from: Leg, whole: &mut [u8]) {
-        let counters = &*self.counters;
-        // Relay Data carrying a data packet is ours to open; the relay
-        // session and TRS make its path.
-        let (path, datagram) = match relay::parse_data(whole) {
-            Ok(relay_id) if whole.get(relay::RELAY_HEADER_LEN) == Some(&TYPE_DATA) => (
-                Path::Relay {
-                    server: from,
-                    relay_id,
-                },
-                &mut whole[relay::RELAY_HEADER_LEN..],
-            ),
-            _ => (Path::Direct(from), whole),
-        };
-        if datagram.first() != Some(&TYPE_DATA) {
-            let msg = ToControl::Datagram {
-                from,
-                packet: datagram.to_vec(),
-            };
-            if self.control.try_send(msg).is_err() {
-                counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+    pub fn datagram(&mut self, from: Leg, datagram: &mut [u8]) {
+        let tables = &*self.tables;
+        match datapath::decapsulate(datagram, from, |index| tables.by_index(index)) {
+            Decapsulated::Control => {
+                let msg = ToControl::Datagram {
+                    from,
+                    packet: datagram.to_vec(),
+                };
+                self.hand_over(msg);
             }
-            return;
+            Decapsulated::Opened(opened) => self.opened(opened, datagram),
+            Decapsulated::Dropped(reason) => {
+                if matches!(
+                    reason,
+                    DropReason::BadInnerSource | DropReason::MessageTooLong
+                ) {
+                    // Opened (authenticated) before what it carries was
+                    // refused: received, as the tunnel's stats count it.
+                    self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                self.counters
+                    .dropped(reason)
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
-        let Some(index) = data_receiver_index(datagram) else {
-            counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let Some(tunnel) = self.tables.by_index(index) else {
-            counters.rx_unknown_index.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let range = match tunnel.recv.open_in_place(datagram) {
-            Ok(r) => r,
-            Err(DataError::Replay(_)) => {
-                counters.rx_replayed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(DataError::Auth) => {
-                counters.rx_auth_failed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(_) => {
-                counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        let plain = &datagram[range];
-        tunnel.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-        counters.rx_packets.fetch_add(1, Ordering::Relaxed);
-        if path != tunnel.path && self.reports.allow(index, path) {
+    }
+
+    /// A packet of one of our tunnels, opened in place in `datagram`.
+    fn opened(&mut self, opened: Opened, datagram: &[u8]) {
+        self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+        let (index, path) = (opened.local_index(), opened.path);
+        if opened.path_changed() && self.reports.allow(index, path, Instant::now()) {
             let _ = self.control.try_send(ToControl::PathSeen { index, path });
         }
-        if plain.is_empty() {
-            return; // keepalive
-        }
-        if !matches!(plain[0] >> 4, 4 | 6) {
-            // Not an IP packet: a tunnel message for the control task.
-            if plain.len() <= 64 {
-                let message = plain.to_vec();
-                if self
-                    .control
-                    .try_send(ToControl::TunnelMessage {
-                        index,
-                        path,
-                        message,
-                    })
-                    .is_err()
-                {
-                    counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+        let plain = &datagram[opened.plain];
+        match opened.payload {
+            Payload::Keepalive => {}
+            Payload::Message => self.hand_over(ToControl::TunnelMessage {
+                index,
+                path,
+                message: plain.to_vec(),
+            }),
+            Payload::Packet => {
+                let mut b = self.spare.pop().unwrap_or_default();
+                b.clear();
+                b.resize(DATA_HEADER_LEN, 0);
+                b.extend_from_slice(plain);
+                self.out.push(b);
+                if self.out.len() == BATCH {
+                    self.flush();
                 }
             }
-            return;
         }
-        // A peer may only speak for its own VIPs.
-        let src_ok = match ip::inner_source(plain) {
-            Some(IpAddr::V4(a)) => a == tunnel.vip4,
-            Some(IpAddr::V6(a)) => a == tunnel.vip6,
-            None => false,
-        };
-        if !src_ok {
-            counters.rx_bad_inner_source.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        tunnel
-            .stats
-            .rx_bytes
-            .fetch_add(plain.len() as u64, Ordering::Relaxed);
-        let mut b = self.spare.pop().unwrap_or_default();
-        b.clear();
-        b.resize(DATA_HEADER_LEN, 0);
-        b.extend_from_slice(plain);
-        self.out.push(b);
-        if self.out.len() == BATCH {
-            self.flush();
+    }
+
+    fn hand_over(&self, msg: ToControl) {
+        if self.control.try_send(msg).is_err() {
+            self.counters
+                .control_queue_full
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -1,0 +1,127 @@
+//! The local control socket: one request line (`status`, `ping <fqdn>`)
+//! in, one JSON line out; and the CLI's side of it.
+
+use super::*;
+
+/// What the local control socket is asked: one line per request.
+pub(super) enum ControlRequest {
+    Status,
+    Ping(String),
+}
+
+/// Reads one request line, hands it to the daemon's loop and writes the
+/// answer (one JSON line). Bad requests get an error line.
+pub(super) async fn read_control(mut stream: UnixStream, to_daemon: mpsc::Sender<ControlMessage>) {
+    let (r, mut w) = stream.split();
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(2),
+        BufReader::new(r.take(1024)).read_line(&mut line),
+    )
+    .await;
+    if !matches!(read, Ok(Ok(_))) {
+        return;
+    }
+    let mut words = line.split_whitespace();
+    let request = match (words.next(), words.next()) {
+        (Some("status"), None) => ControlRequest::Status,
+        (Some("ping"), Some(name)) => ControlRequest::Ping(name.to_owned()),
+        _ => {
+            let err = serde_json::json!({ "error": format!("unknown request {:?}", line.trim()) });
+            let _ = w.write_all(format!("{err}\n").as_bytes()).await;
+            return;
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    if to_daemon.send((request, tx)).await.is_err() {
+        return;
+    }
+    if let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(5), rx).await {
+        let _ = w.write_all(body.as_bytes()).await;
+        let _ = w.write_all(b"\n").await;
+    }
+}
+
+/// `cyphonic status`: asks the running daemon.
+pub async fn query_status(state_dir: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    query(state_dir, "status").await
+}
+
+/// `cyphonic ping`: one probe through the tunnel to `fqdn`; the answer says
+/// which path it took and its round trip.
+pub async fn query_ping(
+    state_dir: &std::path::Path,
+    fqdn: &str,
+) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        !fqdn.is_empty() && fqdn.len() < 254 && !fqdn.contains(char::is_whitespace),
+        "{fqdn:?} is not a node name"
+    );
+    query(state_dir, &format!("ping {fqdn}")).await
+}
+
+pub(super) async fn query(
+    state_dir: &std::path::Path,
+    request: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let path = StatePaths::new(state_dir).socket();
+    let mut stream = match tokio::net::UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e) => bail!(
+            "no node daemon answers on {} ({e}): is `cyphonic node run` running?",
+            path.display()
+        ),
+    };
+    stream.write_all(format!("{request}\n").as_bytes()).await?;
+    let mut body = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        BufReader::new(stream).read_line(&mut body),
+    )
+    .await
+    .context("the node daemon did not answer")??;
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Human-readable status, like `tailscale status`.
+pub fn render_status(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let s = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    out.push_str(&format!(
+        "{}  {}  {}\n",
+        s(&v["fqdn"]),
+        s(&v["vip4"]),
+        s(&v["vip6"])
+    ));
+    let cloud = &v["cloud"];
+    out.push_str(&format!(
+        "cloud: nms {}  logged in: {}  registered: {}  seen as {}\n",
+        s(&cloud["nms"]),
+        cloud["logged_in"],
+        cloud["registered"],
+        s(&cloud["observed"])
+    ));
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        out.push_str("no peers yet\n");
+    }
+    for p in peers {
+        out.push_str(&format!(
+            "{:<32} {:<15} {:<12} {:<8} {:<4} {:<28} rx {} B  tx {} B  handshake {}s ago\n",
+            s(&p["fqdn"]),
+            s(&p["vip4"]),
+            s(&p["state"]),
+            s(&p["path"]),
+            s(&p["transport"]),
+            s(&p["endpoint"]),
+            p["rx_bytes"],
+            p["tx_bytes"],
+            s(&p["last_handshake_secs_ago"]),
+        ));
+    }
+    out
+}

@@ -1,0 +1,745 @@
+//! The node daemon: the tokio shell around [`crate::core::Node`]. It owns
+//! the AS TLS client, the UDP sockets' control traffic, the DNS listener,
+//! the status socket and the TUN device, and starts the data plane.
+//!
+//! [`run`] builds a [`Daemon`] and turns its loop: wait for the first of
+//! its event sources, hand that event to the core (one `on_*` method per
+//! source), then carry out what the core asked for
+//! ([`Daemon::drain_core`]) and sleep until the core's next timeout or
+//! event.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use cyphonic_pki::{NodeKey, Verifier};
+use cyphonic_platform::dns::DnsGuard;
+use cyphonic_platform::netwatch::NetWatch;
+use cyphonic_platform::tun::{Tun, TunConfig};
+use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UdpSocket, UnixListener, UnixStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::as_client::LoginInfo;
+use crate::config::{write_private, NodeFile, StatePaths};
+use crate::core::{
+    DnsClient, Leg, Login, Node, NodeConfig, NodeEvent, NodeStatus, Transmit, Transport,
+};
+use crate::dataplane::{DataCounters, DataCountersSnapshot, DataPlane, Sockets, Tables, ToControl};
+use crate::resolver::{self, Classified};
+use cyphonic_transport::{Hub, HubConfig, LegInfo, TlsIdentity};
+
+pub const DEFAULT_TUNNEL_PORT: u16 = 4501;
+pub const DEFAULT_AS_PORT: u16 = 4501;
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.153";
+/// Underlay MTU 1500 minus IPv6 (40) + UDP (8) + CYPHONIC header (16) + tag
+/// (16) + the relay header (12): a full packet fits unfragmented on every
+/// path, relayed over IPv6 included.
+pub const DEFAULT_MTU: u16 = 1408;
+/// Where the AS also answers Login (TLS on TCP, by ALPN) when its own port
+/// is blocked: the cloud's `tcp443_listen`.
+pub const DEFAULT_AS_FALLBACK_PORT: u16 = 443;
+
+/// The first wait before logging in again after a failure; it doubles up
+/// to [`MAX_LOGIN_BACKOFF`] and starts over once registered.
+const FIRST_LOGIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_LOGIN_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the host's addresses are read without a netlink event: only a
+/// backstop, moves are noticed through netlink at once.
+const ADDR_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Overlay DNS queries waiting for the core at once; more are dropped.
+const MAX_DNS_CLIENTS: usize = 4096;
+/// Datagrams from the data plane waiting for the control task.
+const CONTROL_QUEUE: usize = 4096;
+
+/// Enrolls this node: makes its key, sends a CSR with the one-time device
+/// password, and stores the certificate the AS issued.
+pub async fn enroll(
+    state: &StatePaths,
+    cloud: SocketAddr,
+    server_name: &str,
+    root_pem: &str,
+    device_id: &str,
+    password: &str,
+) -> anyhow::Result<NodeFile> {
+    std::fs::create_dir_all(&state.dir)
+        .with_context(|| format!("cannot create {}", state.dir.display()))?;
+    let verifier = Verifier::from_pem(root_pem).context("the --ca file is not a certificate")?;
+    let key = NodeKey::generate()?;
+    let csr = key.csr_pem(device_id)?;
+    let enrolled = crate::as_client::enroll(
+        cloud,
+        server_name,
+        verifier.root_der(),
+        device_id,
+        password,
+        &csr,
+    )
+    .await
+    .context("enrollment failed")?;
+    write_private(&state.key(), &key.to_pem())?;
+    write_private(&state.chain(), &enrolled.cert_chain_pem)?;
+    write_private(&state.root(), root_pem)?;
+    let domain = enrolled
+        .fqdn
+        .split_once('.')
+        .map(|(_, d)| d.to_owned())
+        .unwrap_or_default();
+    let file = NodeFile {
+        cloud,
+        server_name: server_name.to_owned(),
+        device_id: device_id.to_owned(),
+        fqdn: enrolled.fqdn,
+        domain,
+    };
+    write_private(&state.config(), &toml::to_string(&file)?)?;
+    Ok(file)
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub state_dir: PathBuf,
+    pub tunnel_port: u16,
+    pub tun_name: String,
+    /// Where the resolver listens (port 53); None leaves the host's DNS alone.
+    pub dns_listen: Option<IpAddr>,
+    pub offload: bool,
+    /// Tunnel keepalive interval.
+    pub keepalive: Duration,
+    /// Force one transport for every leg; `None` chooses (UDP, then QUIC
+    /// and TCP 443).
+    pub transport: Option<Transport>,
+    /// Accept QUIC legs from peers on this UDP port (0: no listener).
+    pub quic_port: u16,
+}
+
+/// What `cyphonic status --json` prints.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    #[serde(flatten)]
+    pub node: NodeStatus,
+    pub tun: Option<String>,
+    pub dataplane: DataCountersSnapshot,
+    /// QUIC and TLS-over-TCP legs (to the cloud, TRSs and peers).
+    pub legs: Vec<LegInfo>,
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs the node until SIGINT / SIGTERM.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let mut daemon = Daemon::start(opts).await?;
+    let result = daemon.run().await;
+    daemon.stop();
+    result
+}
+
+/// The node's certificate chain, key and root, as read at start: every
+/// Login presents them again.
+struct Credentials {
+    chain_pem: String,
+    key_pem: String,
+    root_pem: String,
+}
+
+/// What a Login task reports: the AS's answer and the NMS it names.
+type LoginResult = anyhow::Result<(LoginInfo, SocketAddr)>;
+
+/// A request on the status socket and where its answer goes.
+type ControlMessage = (ControlRequest, oneshot::Sender<String>);
+
+/// The daemon: the core and the IO around it. Each event source has its
+/// `on_*` method, which hands the event to the core; after each,
+/// [`Daemon::drain_core`] carries out what the core asked for.
+struct Daemon {
+    opts: RunOptions,
+    file: NodeFile,
+    credentials: Arc<Credentials>,
+    node: Node,
+    /// The tunnel port: the core's control traffic goes out here, and the
+    /// data plane receives on it.
+    sockets: Arc<Sockets>,
+    /// The QUIC and TLS-over-TCP legs.
+    hub: Arc<Hub>,
+    /// The data plane's tunnels, as the core's events set them.
+    tables: Arc<Tables>,
+    counters: Arc<DataCounters>,
+    /// What the data plane hands to the core.
+    to_control: mpsc::Sender<ToControl>,
+    from_data: mpsc::Receiver<ToControl>,
+    /// The TUN device and the data plane: up from the first Login on (the
+    /// VIPs are the device's for good).
+    tun: Option<Arc<Tun>>,
+    dataplane: Option<DataPlane>,
+    logins: Logins,
+    dns: Dns,
+    control: Control,
+    moves: Moves,
+    /// Numbers DNS clients and pings for the core.
+    next_client: u64,
+    sigterm: Signal,
+}
+
+/// Logging in at the AS, each attempt on a task of its own.
+struct Logins {
+    results_tx: mpsc::Sender<LoginResult>,
+    results: mpsc::Receiver<LoginResult>,
+    /// The wait before the next attempt that is not the first.
+    backoff: Duration,
+    /// Every address the cloud is known at (the enrolled one, then what
+    /// Login reports).
+    clouds: Vec<IpAddr>,
+}
+
+/// The local resolver: listening from the first Login on when
+/// [`RunOptions::dns_listen`] is set.
+struct Dns {
+    socket: Option<UdpSocket>,
+    /// Puts the host's resolver configuration back.
+    guard: Option<DnsGuard>,
+    /// The host's own resolvers, for names outside the overlay.
+    upstreams: Vec<SocketAddr>,
+    /// Overlay queries the core is answering, by the core's client number.
+    clients: HashMap<DnsClient, SocketAddr>,
+    buf: Vec<u8>,
+    /// Upstream answers to forwarded queries, and their clients.
+    answers_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    answers: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+}
+
+/// The status socket (`cyphonic status`, `cyphonic ping`): each connection
+/// is read on a task of its own, which hands its request to the loop.
+struct Control {
+    listener: UnixListener,
+    path: PathBuf,
+    requests_tx: mpsc::Sender<ControlMessage>,
+    requests: mpsc::Receiver<ControlMessage>,
+    /// `cyphonic ping`s the core is answering, by client number.
+    ping_waiters: HashMap<u64, oneshot::Sender<String>>,
+}
+
+/// Noticing moves: netlink events at once, a periodic check as backstop.
+struct Moves {
+    /// Stops the netlink watcher when dropped.
+    _watch: Option<NetWatch>,
+    changed: mpsc::Receiver<()>,
+    check: tokio::time::Interval,
+    default_routes: Vec<String>,
+}
+
+impl Daemon {
+    /// Reads the node's state, binds the tunnel port, the legs and the
+    /// status socket, and starts the core (which asks to log in first).
+    async fn start(opts: RunOptions) -> anyhow::Result<Daemon> {
+        let state = StatePaths::new(&opts.state_dir);
+        let file = state.load()?;
+        let key_pem = std::fs::read_to_string(state.key()).context("cannot read node.key")?;
+        let chain_pem = std::fs::read_to_string(state.chain()).context("cannot read node.pem")?;
+        let root_pem = std::fs::read_to_string(state.root()).context("cannot read root.pem")?;
+        let key = NodeKey::from_pem(&key_pem)?;
+        let verifier = Verifier::from_pem(&root_pem)?;
+        let chain = cyphonic_pki::pem_to_der_chain(&chain_pem)?;
+        // The own certificate must be usable before we announce it to anyone.
+        verifier
+            .verify_node(&chain, Some(&file.fqdn), SystemTime::now())
+            .context("this node's certificate is not valid: enroll again")?;
+
+        // A fresh static key per run: it is bound to the certificate by a
+        // signature and registered with the NMS, so it need not persist.
+        let mut seed = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+        let static_keys = StaticKeypair::generate(&mut rand::rngs::OsRng);
+        let binding_sig = key.sign(&binding_message(&static_keys.public));
+        let identity = LocalIdentity {
+            static_keys,
+            cert_chain_der: chain,
+            binding_sig,
+        };
+
+        if cyphonic_platform::dns::recover(&opts.state_dir)? {
+            tracing::warn!("restored the resolver configuration a previous run left behind");
+        }
+
+        let sockets = Arc::new(Sockets::bind(opts.tunnel_port).with_context(|| {
+            format!(
+                "cannot bind UDP port {} (is another node running?)",
+                opts.tunnel_port
+            )
+        })?);
+        let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
+
+        let hub = Arc::new(
+            node_hub(&chain_pem, &key_pem, &verifier, opts.quic_port)
+                .await
+                .context("cannot start the QUIC / TCP legs")?,
+        );
+        let quic_port = hub.quic_listen_addrs().first().map_or(0, |a| a.port());
+        let config = NodeConfig {
+            domain: file.domain.clone(),
+            tunnel_port: opts.tunnel_port,
+            keepalive: opts.keepalive,
+            transport: opts.transport,
+            quic_port,
+            ..NodeConfig::default()
+        };
+        let start = Instant::now();
+        let mut node = Node::new(
+            config,
+            identity,
+            verifier,
+            seed,
+            unix_micros(),
+            start,
+            SystemTime::now(),
+        );
+        node.handle_local_addrs(start, crate::addrs::local_endpoints(opts.tunnel_port));
+        node.start();
+
+        let socket_path = state.socket();
+        let _ = std::fs::remove_file(&socket_path);
+        let listener = UnixListener::bind(&socket_path)
+            .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+        let (requests_tx, requests) = mpsc::channel(64);
+        let (results_tx, results) = mpsc::channel(4);
+        let (answers_tx, answers) = mpsc::channel(256);
+        let (moved, changed) = mpsc::channel(1);
+        let watch = match NetWatch::start(Duration::from_millis(20), move || {
+            let _ = moved.try_send(());
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch network changes; checking every 10 s");
+                None
+            }
+        };
+        let sigterm = signal(SignalKind::terminate())?;
+
+        Ok(Daemon {
+            logins: Logins {
+                results_tx,
+                results,
+                backoff: FIRST_LOGIN_BACKOFF,
+                clouds: vec![file.cloud.ip()],
+            },
+            dns: Dns {
+                socket: None,
+                guard: None,
+                upstreams: Vec::new(),
+                clients: HashMap::new(),
+                buf: vec![0u8; 4096],
+                answers_tx,
+                answers,
+            },
+            control: Control {
+                listener,
+                path: socket_path,
+                requests_tx,
+                requests,
+                ping_waiters: HashMap::new(),
+            },
+            moves: Moves {
+                _watch: watch,
+                changed,
+                check: tokio::time::interval(ADDR_CHECK_INTERVAL),
+                default_routes: crate::addrs::default_routes(),
+            },
+            opts,
+            file,
+            credentials: Arc::new(Credentials {
+                chain_pem,
+                key_pem,
+                root_pem,
+            }),
+            node,
+            sockets,
+            hub,
+            tables: Arc::new(Tables::default()),
+            counters: Arc::new(DataCounters::default()),
+            to_control,
+            from_data,
+            tun: None,
+            dataplane: None,
+            next_client: 1,
+            sigterm,
+        })
+    }
+
+    /// Turns the loop until SIGINT / SIGTERM, or until bringing up the TUN
+    /// device or the resolver fails.
+    async fn run(&mut self) -> anyhow::Result<()> {
+        loop {
+            self.drain_core().await;
+            let deadline = self
+                .node
+                .poll_timeout()
+                .map(|(t, _)| tokio::time::Instant::from_std(t))
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => self.on_timeout(),
+                Some(msg) = self.from_data.recv() => self.on_data_plane(msg),
+                Some(r) = self.logins.results.recv() => self.on_login_result(r).await?,
+                r = recv_dns(self.dns.socket.as_ref(), &mut self.dns.buf) => {
+                    self.on_dns_query(r).await
+                }
+                Some((to, answer)) = self.dns.answers.recv() => {
+                    self.on_dns_answer(to, answer).await
+                }
+                Ok((stream, _)) = self.control.listener.accept() => {
+                    self.on_control_connection(stream)
+                }
+                Some((request, reply)) = self.control.requests.recv() => {
+                    self.on_control_request(request, reply)
+                }
+                Some(()) = self.moves.changed.recv() => self.on_netlink(),
+                _ = self.moves.check.tick() => self.on_addr_check(),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = self.sigterm.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// Stops the data plane and the legs, puts the host's resolver back
+    /// and removes the status socket.
+    fn stop(mut self) {
+        tracing::info!("stopping");
+        drop(self.dataplane.take());
+        self.hub.close();
+        if let Some(mut g) = self.dns.guard.take() {
+            if let Err(e) = g.restore() {
+                tracing::warn!(error = %e, "could not restore the resolver configuration");
+            }
+        }
+        let _ = std::fs::remove_file(&self.control.path);
+    }
+
+    /// Carries out the core's outputs. Events first, so a tunnel is in the
+    /// data plane's tables before the packet that completes its handshake
+    /// (or the queued packets after it) leaves; the peer's answer may come
+    /// back at once.
+    async fn drain_core(&mut self) {
+        while let Some(event) = self.node.poll_event() {
+            self.on_node_event(event).await;
+        }
+        while let Some(t) = self.node.poll_transmit() {
+            self.transmit(t);
+        }
+    }
+
+    async fn on_node_event(&mut self, event: NodeEvent) {
+        match event {
+            NodeEvent::NeedLogin { reason } => {
+                tracing::info!(%reason, cloud = %self.file.cloud, "Login");
+                self.login_later(reason == "starting");
+            }
+            NodeEvent::Registered {
+                fqdn,
+                vip4,
+                vip6,
+                observed,
+            } => {
+                self.logins.backoff = FIRST_LOGIN_BACKOFF;
+                tracing::info!(%fqdn, %vip4, %vip6, %observed, "registered");
+            }
+            NodeEvent::DnsResponse { client, response } => {
+                if let (Some(sock), Some(addr)) =
+                    (self.dns.socket.as_ref(), self.dns.clients.remove(&client))
+                {
+                    let _ = sock.send_to(&response, addr).await;
+                }
+            }
+            NodeEvent::TunnelUp(handle) => {
+                tracing::info!(peer = %handle.fqdn, path = %handle.path, "tunnel installed");
+                self.tables.install(handle);
+            }
+            NodeEvent::TunnelDown { fqdn, local_index } => {
+                // The core no longer knows the peer, so every key of its
+                // leaves the tables: the one before `local_index`, kept for
+                // packets in flight, too. Hence by name, not by index.
+                tracing::info!(peer = %fqdn, local_index, "tunnel removed");
+                self.tables.remove(&fqdn);
+            }
+            NodeEvent::TunnelHold { fqdn } => {
+                tracing::info!(peer = %fqdn, "holding packets until the tunnel is back");
+                self.tables.hold(&fqdn);
+            }
+            NodeEvent::LegName { addr, fqdn } => self.hub.set_server_name(addr, fqdn),
+            NodeEvent::PingResult { client, result } => {
+                if let Some(w) = self.control.ping_waiters.remove(&client) {
+                    let body = match result {
+                        Ok(pong) => serde_json::json!({ "ok": pong }),
+                        Err(e) => serde_json::json!({ "error": e }),
+                    };
+                    let _ = w.send(body.to_string());
+                }
+            }
+        }
+    }
+
+    fn transmit(&self, t: Transmit) {
+        if t.transport == Transport::Udp {
+            if let Err(e) = self.sockets.send_to(&t.payload, t.destination) {
+                tracing::debug!(dst = %t.destination, error = %e, "send failed");
+            }
+        } else if let Err(e) = self.hub.send(t.transport, t.destination, t.payload) {
+            let (dst, transport) = (t.destination, t.transport);
+            tracing::debug!(%dst, %transport, error = %e, "send failed");
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        self.node.handle_timeout(Instant::now());
+    }
+
+    fn on_data_plane(&mut self, msg: ToControl) {
+        let now = Instant::now();
+        match msg {
+            ToControl::Datagram { from, packet } => self.node.handle_datagram(now, from, &packet),
+            ToControl::Outbound(packet) => self.node.handle_outbound(now, &packet),
+            ToControl::PathSeen { index, path } => self.node.handle_path_seen(now, index, path),
+            ToControl::TunnelMessage {
+                index,
+                path,
+                message,
+            } => self.node.handle_tunnel_message(now, index, path, &message),
+        }
+    }
+
+    /// Logs in on a task of its own: at once for the first Login, else
+    /// after the backoff, which doubles.
+    fn login_later(&mut self, at_once: bool) {
+        let delay = if at_once {
+            Duration::ZERO
+        } else {
+            self.logins.backoff
+        };
+        self.logins.backoff = (self.logins.backoff * 2).min(MAX_LOGIN_BACKOFF);
+        let (results, file, credentials, clouds) = (
+            self.logins.results_tx.clone(),
+            self.file.clone(),
+            self.credentials.clone(),
+            self.logins.clouds.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let r = login(&file, &credentials, &clouds).await;
+            let _ = results.send(r).await;
+        });
+    }
+
+    /// A Login task's result. Fails only when the first Login's TUN device,
+    /// data plane or resolver cannot be brought up.
+    async fn on_login_result(&mut self, result: LoginResult) -> anyhow::Result<()> {
+        let (info, nms) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "Login failed; retrying");
+                self.node.handle_login_failed();
+                self.node.handle_timeout(Instant::now());
+                self.login_later(false);
+                return Ok(());
+            }
+        };
+        tracing::info!(fqdn = %info.fqdn, session = info.session_id, %nms, "Login done");
+        if self.tun.is_none() {
+            self.bring_up(&info).await?;
+        }
+        for ip in &info.cloud_addrs {
+            if !self.logins.clouds.contains(ip) {
+                self.logins.clouds.push(*ip);
+            }
+        }
+        let nms_alternatives = self
+            .logins
+            .clouds
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, info.nms_port))
+            .collect();
+        self.node.handle_login(
+            Instant::now(),
+            Login {
+                session_id: info.session_id,
+                common_key: info.common_key,
+                fqdn: info.fqdn,
+                vip4: info.vip4,
+                vip6: info.vip6,
+                nms,
+                nms_alternatives,
+                keepalive: Duration::from_secs(info.keepalive_secs.max(1)),
+                quic_port: info.quic_port,
+                tcp_port: info.tcp_port,
+            },
+        );
+        Ok(())
+    }
+
+    /// The TUN device with the VIPs of the first Login, the data plane on
+    /// it, and the resolver when asked for.
+    async fn bring_up(&mut self, info: &LoginInfo) -> anyhow::Result<()> {
+        let (vip4, vip6) = (info.vip4, info.vip6);
+        let tun = Arc::new(
+            Tun::create(&TunConfig {
+                name: self.opts.tun_name.clone(),
+                mtu: DEFAULT_MTU,
+                vip4,
+                prefix4: 10,
+                vip6,
+                prefix6: 48,
+                offload: self.opts.offload,
+            })
+            .with_context(|| format!("cannot create TUN device {}", self.opts.tun_name))?,
+        );
+        let dataplane = DataPlane::start(
+            tun.clone(),
+            self.sockets.clone(),
+            Some(self.hub.clone()),
+            self.tables.clone(),
+            self.counters.clone(),
+            self.to_control.clone(),
+        )?;
+        tokio::spawn(receive_legs(self.hub.clone(), dataplane.inbound()));
+        self.dataplane = Some(dataplane);
+        tracing::info!(tun = %tun.name(), %vip4, %vip6, "TUN device up");
+        self.tun = Some(tun);
+        if let Some(listen) = self.opts.dns_listen {
+            self.start_resolver(listen).await?;
+        }
+        Ok(())
+    }
+
+    /// Listens for DNS on `listen`:53 and makes it the host's resolver for
+    /// the overlay domain.
+    async fn start_resolver(&mut self, listen: IpAddr) -> anyhow::Result<()> {
+        let socket = UdpSocket::bind(SocketAddr::new(listen, 53))
+            .await
+            .with_context(|| format!("cannot listen for DNS on {listen}:53"))?;
+        let (guard, upstreams) =
+            cyphonic_platform::dns::install(&cyphonic_platform::dns::DnsSetup {
+                listen,
+                domain: self.file.domain.clone(),
+                tun_name: self.opts.tun_name.clone(),
+                state_dir: self.opts.state_dir.clone(),
+            })
+            .context("cannot configure the host's resolver")?;
+        let domain = &self.file.domain;
+        tracing::info!(%listen, ?upstreams, %domain, "resolver installed");
+        self.dns.upstreams = upstreams;
+        self.dns.guard = Some(guard);
+        self.dns.socket = Some(socket);
+        Ok(())
+    }
+
+    /// A query on the resolver's socket: overlay names go to the core,
+    /// others to the host's resolvers on a task, and malformed ones get
+    /// their FORMERR.
+    async fn on_dns_query(&mut self, received: io::Result<(usize, SocketAddr)>) {
+        let Ok((n, from)) = received else {
+            return;
+        };
+        let query = &self.dns.buf[..n];
+        match resolver::classify(query, &self.file.domain) {
+            Classified::Overlay { query, name, .. } => {
+                let id = self.next_client;
+                self.next_client += 1;
+                if self.dns.clients.len() < MAX_DNS_CLIENTS {
+                    self.dns.clients.insert(id, from);
+                    self.node.handle_dns_query(Instant::now(), id, query, name);
+                }
+            }
+            Classified::Forward => {
+                let (query, upstreams, answers) = (
+                    query.to_vec(),
+                    self.dns.upstreams.clone(),
+                    self.dns.answers_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    if let Some(answer) = forward_dns(&query, &upstreams).await {
+                        let _ = answers.send((from, answer)).await;
+                    }
+                });
+            }
+            Classified::Invalid(Some(answer)) => self.on_dns_answer(from, answer).await,
+            Classified::Invalid(None) => {}
+        }
+    }
+
+    /// An answer for a DNS client that the core did not make.
+    async fn on_dns_answer(&mut self, to: SocketAddr, answer: Vec<u8>) {
+        if let Some(s) = self.dns.socket.as_ref() {
+            let _ = s.send_to(&answer, to).await;
+        }
+    }
+
+    fn on_control_connection(&mut self, stream: UnixStream) {
+        tokio::spawn(read_control(stream, self.control.requests_tx.clone()));
+    }
+
+    fn on_control_request(&mut self, request: ControlRequest, reply: oneshot::Sender<String>) {
+        match request {
+            ControlRequest::Status => {
+                let report = StatusReport {
+                    node: self.node.status(Instant::now()),
+                    tun: self.tun.as_ref().map(|t| t.name().to_owned()),
+                    dataplane: self.counters.snapshot(),
+                    legs: self.hub.legs(),
+                };
+                let _ = reply.send(serde_json::to_string(&report).unwrap_or_default());
+            }
+            ControlRequest::Ping(fqdn) => {
+                let id = self.next_client;
+                self.next_client += 1;
+                let waiters = &mut self.control.ping_waiters;
+                waiters.retain(|_, w| !w.is_closed());
+                waiters.insert(id, reply);
+                self.node.handle_ping(Instant::now(), id, &fqdn);
+            }
+        }
+    }
+
+    /// Netlink says addresses, routes or links changed: a move when the
+    /// addresses did, a route change when only the default route did.
+    fn on_netlink(&mut self) {
+        let addrs = crate::addrs::local_endpoints(self.opts.tunnel_port);
+        let routes = crate::addrs::default_routes();
+        let same_addrs = self.node.local_addrs() == addrs.as_slice();
+        if same_addrs && routes != self.moves.default_routes {
+            self.node.handle_route_change(
+                Instant::now(),
+                format!("default route now {}", routes.join(", ")),
+            );
+        }
+        self.moves.default_routes = routes;
+        if !same_addrs {
+            // QUIC legs migrate to the new address (RFC 9000 §9); TCP legs
+            // are dialed again.
+            if let Err(e) = self.hub.rebind() {
+                tracing::warn!(error = %format!("{e:#}"), "cannot move the QUIC legs");
+            }
+        }
+        self.node.handle_local_addrs(Instant::now(), addrs);
+    }
+
+    /// The backstop for a missed netlink event.
+    fn on_addr_check(&mut self) {
+        let addrs = crate::addrs::local_endpoints(self.opts.tunnel_port);
+        self.node.handle_local_addrs(Instant::now(), addrs);
+    }
+}
+
+mod control;
+mod shell;
+
+pub use control::{query_ping, query_status, render_status};
+use control::{read_control, ControlRequest};
+use shell::{forward_dns, login, node_hub, receive_legs, recv_dns};
