@@ -156,7 +156,8 @@ impl Node {
 
     /// The first input: asks the shell to log in.
     pub fn start(&mut self) {
-        self.signaling.request_login("starting", &mut self.out);
+        self.signaling
+            .request_login(LoginReason::Starting, &mut self.out);
     }
 
     #[must_use]

@@ -15,7 +15,7 @@ use super::peers::PeerMut;
 use super::ping::PROBE_LIFETIME;
 use super::relay::RelayState;
 use super::tunnel::{direct_paths, PeerState};
-use super::types::{Leg, NodeEvent, Path, Pong, TunnelHandle};
+use super::types::{Leg, NodeEvent, Path, PingError, Pong, TunnelHandle};
 use super::Node;
 use crate::resolver;
 use cyphonic_proto::punch::Probe;
@@ -99,14 +99,14 @@ impl Node {
             }
             self.out.events.push_back(NodeEvent::PingResult {
                 client,
-                result: Err(format!("no tunnel to {fqdn} yet: selecting a route")),
+                result: Err(PingError::NoTunnel(fqdn.clone())),
             });
             return;
         };
         if !self.pings.make_room(now) {
             self.out.events.push_back(NodeEvent::PingResult {
                 client,
-                result: Err("too many pings in flight".into()),
+                result: Err(PingError::TooMany),
             });
             return;
         }

@@ -19,7 +19,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::requests::{OutRequest, RequestKind, Requests};
-use super::types::{Leg, Login, NodeConfig, NodeCounters, NodeEvent, TimerReason, Transport};
+use super::types::{
+    Leg, Login, LoginReason, NodeConfig, NodeCounters, NodeEvent, TimerReason, Transport,
+};
 use super::Outbox;
 use cyphonic_proto::nat::{NatKind, NetInfo};
 
@@ -194,12 +196,10 @@ impl Signaling {
     }
 
     /// Asks the shell to log in, once until it answers.
-    pub fn request_login(&mut self, reason: &str, out: &mut Outbox) {
+    pub fn request_login(&mut self, reason: LoginReason, out: &mut Outbox) {
         if !self.login_requested {
             self.login_requested = true;
-            out.events.push_back(NodeEvent::NeedLogin {
-                reason: reason.to_owned(),
-            });
+            out.events.push_back(NodeEvent::NeedLogin { reason });
         }
     }
 
@@ -719,7 +719,7 @@ impl Signaling {
             RequestKind::Registration => {
                 tracing::warn!("NMS did not answer the Registration");
                 self.session = None;
-                self.request_login("registration timed out", out);
+                self.request_login(LoginReason::RegistrationTimedOut, out);
             }
             RequestKind::KeepAlive => {
                 let missed = self.session.as_mut().map(|s| {
@@ -730,7 +730,7 @@ impl Signaling {
                     tracing::warn!("NMS stopped answering keepalives; logging in again");
                     self.session = None;
                     self.requests.clear();
-                    self.request_login("NMS unreachable", out);
+                    self.request_login(LoginReason::NmsUnreachable, out);
                     return Err(());
                 }
             }

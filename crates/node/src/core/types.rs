@@ -241,7 +241,7 @@ pub struct TunnelHandle {
 
 pub enum NodeEvent {
     /// Log in to the AS (again) and call `handle_login`.
-    NeedLogin { reason: String },
+    NeedLogin { reason: LoginReason },
     Registered {
         fqdn: String,
         vip4: Ipv4Addr,
@@ -259,7 +259,7 @@ pub enum NodeEvent {
     /// The answer to `handle_ping`.
     PingResult {
         client: u64,
-        result: Result<Pong, String>,
+        result: Result<Pong, PingError>,
     },
     /// Stop sending on a peer's tunnel (its path went with a move) and hand
     /// its packets to `handle_outbound`, which holds them until the tunnel
@@ -268,6 +268,31 @@ pub enum NodeEvent {
     /// A QUIC leg to `addr` leads to the peer `fqdn`: its TLS certificate
     /// must name it.
     LegName { addr: SocketAddr, fqdn: String },
+}
+
+/// Why the node asks to log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoginReason {
+    /// The first Login of this run.
+    #[error("starting")]
+    Starting,
+    /// The NMS did not answer the Registration: the session may be gone.
+    #[error("registration timed out")]
+    RegistrationTimedOut,
+    /// The NMS stopped answering keepalives.
+    #[error("NMS unreachable")]
+    NmsUnreachable,
+}
+
+/// Why a `cyphonic ping` got no pong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    /// No tunnel yet; the ping started route selection, a later one will
+    /// find the tunnel.
+    #[error("no tunnel to {0} yet: selecting a route")]
+    NoTunnel(String),
+    #[error("too many pings in flight")]
+    TooMany,
 }
 
 /// One answered `cyphonic ping`: the path the probe and its ack took.

@@ -30,7 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::as_client::LoginInfo;
 use crate::config::{write_private, NodeFile, StatePaths};
 use crate::core::{
-    DnsClient, Leg, Login, Node, NodeConfig, NodeEvent, NodeStatus, Transmit, Transport,
+    DnsClient, Leg, Login, LoginReason, Node, NodeConfig, NodeEvent, NodeStatus, Transmit,
+    Transport,
 };
 use crate::dataplane::{DataCounters, DataCountersSnapshot, DataPlane, Sockets, Tables, ToControl};
 use crate::resolver::{self, Classified};
@@ -441,7 +442,7 @@ impl Daemon {
         match event {
             NodeEvent::NeedLogin { reason } => {
                 tracing::info!(%reason, cloud = %self.file.cloud, "Login");
-                self.login_later(reason == "starting");
+                self.login_later(reason == LoginReason::Starting);
             }
             NodeEvent::Registered {
                 fqdn,
@@ -479,7 +480,7 @@ impl Daemon {
                 if let Some(w) = self.control.ping_waiters.remove(&client) {
                     let body = match result {
                         Ok(pong) => serde_json::json!({ "ok": pong }),
-                        Err(e) => serde_json::json!({ "error": e }),
+                        Err(e) => serde_json::json!({ "error": e.to_string() }),
                     };
                     let _ = w.send(body.to_string());
                 }

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cyphonic_cloud_core::nms::{Nms, NmsConfig, NmsEvent, RelayConfig, SessionInfo};
 use cyphonic_cloud_core::trs::{Action, DropReason, Trs, TrsConfig};
 use cyphonic_node::core::{
-    Leg, Login, Node, NodeConfig, NodeEvent, Path, Transmit, Transport, TunnelHandle,
+    Leg, Login, LoginReason, Node, NodeConfig, NodeEvent, Path, Transmit, Transport, TunnelHandle,
 };
 use cyphonic_node::datapath::{self, Decapsulated, Opened, PathReports, Payload};
 use cyphonic_node::resolver::{self, Classified};
@@ -521,13 +521,17 @@ pub struct SimNode {
     pub auto_login: bool,
     pub session: Option<SessionInfo>,
     pub logins: u32,
-    pub need_logins: Vec<(Duration, String)>,
+    pub need_logins: Vec<(Duration, LoginReason)>,
     pub registered: Vec<Registered>,
     pub dns: BTreeMap<u64, DnsAnswer>,
     pub tunnel_ups: Vec<(Duration, TunnelHandle)>,
     pub tunnel_downs: Vec<(Duration, String)>,
     /// `cyphonic ping` answers: (time, client, result).
-    pub pongs: Vec<(Duration, u64, Result<cyphonic_node::core::Pong, String>)>,
+    pub pongs: Vec<(
+        Duration,
+        u64,
+        Result<cyphonic_node::core::Pong, cyphonic_node::core::PingError>,
+    )>,
     pub received: Vec<Received>,
     /// Data packets the data plane dropped, for any
     /// [`datapath::DropReason`].
