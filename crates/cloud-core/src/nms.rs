@@ -25,12 +25,13 @@ use cyphonic_proto::signal::{
     self, CertStatus, DirectionErrorCode, Envelope, Message, PeerInfo, RegistrationRequest,
     RegistrationResponse, RelayOffer, Role, RouteDirection, RoutePattern, SignalCipher,
 };
+use cyphonic_proto::{RelayId, RouteId, SessionId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// What the AS recorded at Login, as the NMS needs it.
 #[derive(Clone)]
 pub struct SessionInfo {
-    pub session_id: u64,
+    pub session_id: SessionId,
     pub common_key: [u8; 32],
     pub device_id: String,
     pub fqdn: String,
@@ -117,14 +118,14 @@ pub enum NmsEvent {
     /// A packet arrived for a session the NMS does not hold: look it up and
     /// answer with `handle_session` or `handle_session_missing`.
     NeedSession {
-        session_id: u64,
+        session_id: SessionId,
     },
     Registered {
         fqdn: String,
         observed: SocketAddr,
     },
     RouteDirected {
-        route_id: u64,
+        route_id: RouteId,
         initiator: String,
         responder: String,
         pattern: RoutePattern,
@@ -199,9 +200,9 @@ struct Session {
 }
 
 struct PendingRoute {
-    mn_session: u64,
+    mn_session: SessionId,
     mn_txid: u64,
-    cn_session: u64,
+    cn_session: SessionId,
     cn_txid: u64,
     to_initiator: RouteDirection,
     to_responder: RouteDirection,
@@ -220,16 +221,16 @@ pub struct Nms {
     config: NmsConfig,
     rng: StdRng,
     counter_base: u64,
-    sessions: HashMap<u64, Session>,
+    sessions: HashMap<SessionId, Session>,
     /// fqdn -> session of its latest registration.
-    by_fqdn: HashMap<String, u64>,
+    by_fqdn: HashMap<String, SessionId>,
     /// Packets waiting for a session lookup, by session ID.
-    awaiting_session: BTreeMap<u64, Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
-    routes: BTreeMap<u64, PendingRoute>,
+    awaiting_session: BTreeMap<SessionId, Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
+    routes: BTreeMap<RouteId, PendingRoute>,
     /// (session, txid) -> sealed answer, so a retransmitted request is
     /// answered the same way instead of being acted on twice.
-    answered: HashMap<(u64, u64), Vec<u8>>,
-    answered_order: VecDeque<(u64, u64)>,
+    answered: HashMap<(SessionId, u64), Vec<u8>>,
+    answered_order: VecDeque<(SessionId, u64)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<NmsEvent>,
     counters: NmsCounters,
@@ -335,11 +336,11 @@ impl Nms {
             Ok(env) => env,
             Err(e) => {
                 self.counters.rx_bad += 1;
-                tracing::debug!(%from, session_id, error = %e, "dropping signaling packet");
+                tracing::debug!(%from, %session_id, error = %e, "dropping signaling packet");
                 return;
             }
         };
-        tracing::trace!(%from, session_id, msg = envelope.message.name(), txid = envelope.txid, "signaling in");
+        tracing::trace!(%from, %session_id, msg = envelope.message.name(), txid = envelope.txid, "signaling in");
         if let Some(reg) = session.registration.as_mut() {
             reg.last_seen = now;
         }
@@ -356,7 +357,7 @@ impl Nms {
     }
 
     /// The shell has no such session (expired or forged): drop its packets.
-    pub fn handle_session_missing(&mut self, session_id: u64) {
+    pub fn handle_session_missing(&mut self, session_id: SessionId) {
         self.awaiting_session.remove(&session_id);
     }
 
@@ -423,7 +424,7 @@ impl Nms {
     fn dispatch(
         &mut self,
         now: Instant,
-        session_id: u64,
+        session_id: SessionId,
         local: SocketAddr,
         from: SocketAddr,
         env: Envelope,
@@ -456,7 +457,7 @@ impl Nms {
             other => {
                 self.counters.rx_bad += 1;
                 tracing::debug!(
-                    session_id,
+                    %session_id,
                     msg = other.name(),
                     "unexpected message at the NMS"
                 );
@@ -467,7 +468,7 @@ impl Nms {
     fn on_registration(
         &mut self,
         now: Instant,
-        session_id: u64,
+        session_id: SessionId,
         local: SocketAddr,
         from: SocketAddr,
         txid: u64,
@@ -521,8 +522,8 @@ impl Nms {
     /// route being set up: that route was chosen from its old network.
     /// Choose it again, under a fresh route ID; the responder replaces the
     /// stale direction it may have installed.
-    fn redecide_pending(&mut self, now: Instant, session_id: u64) {
-        let stale: Vec<u64> = self
+    fn redecide_pending(&mut self, now: Instant, session_id: SessionId) {
+        let stale: Vec<RouteId> = self
             .routes
             .iter()
             .filter(|(_, r)| r.cn_session == session_id)
@@ -533,12 +534,18 @@ impl Nms {
                 continue;
             };
             let target = r.to_initiator.peer.fqdn.clone();
-            tracing::debug!(route_id, %target, "responder moved during route selection: choosing again");
+            tracing::debug!(%route_id, %target, "responder moved during route selection: choosing again");
             self.on_direction_request(now, r.mn_session, r.mn_txid, &target);
         }
     }
 
-    fn on_keepalive(&mut self, session_id: u64, local: SocketAddr, from: SocketAddr, txid: u64) {
+    fn on_keepalive(
+        &mut self,
+        session_id: SessionId,
+        local: SocketAddr,
+        from: SocketAddr,
+        txid: u64,
+    ) {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -562,7 +569,13 @@ impl Nms {
 
     /// A NAT Probe: only meaningful on the probe port, where it shows the
     /// node's mapping towards a second destination.
-    fn on_nat_probe(&mut self, session_id: u64, local: SocketAddr, from: SocketAddr, txid: u64) {
+    fn on_nat_probe(
+        &mut self,
+        session_id: SessionId,
+        local: SocketAddr,
+        from: SocketAddr,
+        txid: u64,
+    ) {
         if self.config.probe_port == 0 || local.port() != self.config.probe_port {
             self.counters.rx_bad += 1;
             return;
@@ -589,7 +602,7 @@ impl Nms {
     fn relay_offer(
         &mut self,
         now: Instant,
-        relay_id: u64,
+        relay_id: RelayId,
         side: u8,
         servers: &[SocketAddr],
     ) -> Option<RelayOffer> {
@@ -629,7 +642,7 @@ impl Nms {
             .collect()
     }
 
-    fn on_direction_request(&mut self, now: Instant, mn: u64, txid: u64, target: &str) {
+    fn on_direction_request(&mut self, now: Instant, mn: SessionId, txid: u64, target: &str) {
         let target = normalize(target);
         if self
             .routes
@@ -697,7 +710,7 @@ impl Nms {
             peer_info(mn_info, &mn_reg, decision.mn_endpoints.clone()),
             peer_info(cn_info, &cn_reg, decision.cn_endpoints.clone()),
         );
-        let route_id: u64 = self.rng.gen_range(1..u64::MAX);
+        let route_id = RouteId(self.rng.gen_range(1..u64::MAX));
         let tunnel_key: [u8; 32] = self.rng.gen();
         let servers = self.relay_servers();
         let mn_initiates = decision.initiator == Initiator::Mn;
@@ -708,7 +721,7 @@ impl Nms {
             tunnel_key,
             initiate: !mn_initiates,
             punch: decision.punch && mn_initiates,
-            relay: self.relay_offer(now, route_id, 1, &servers),
+            relay: self.relay_offer(now, route_id.relay_id(), 1, &servers),
             via: decision.via,
         };
         let to_initiator = RouteDirection {
@@ -718,7 +731,7 @@ impl Nms {
             tunnel_key,
             initiate: mn_initiates,
             punch: decision.punch && !mn_initiates,
-            relay: self.relay_offer(now, route_id, 0, &servers),
+            relay: self.relay_offer(now, route_id.relay_id(), 0, &servers),
             via: decision.via,
         };
         let cn_txid: u64 = self.rng.gen();
@@ -750,13 +763,13 @@ impl Nms {
         );
     }
 
-    fn on_confirmation(&mut self, cn: u64, txid: u64, route_id: u64) {
+    fn on_confirmation(&mut self, cn: SessionId, txid: u64, route_id: RouteId) {
         let matches = self
             .routes
             .get(&route_id)
             .is_some_and(|r| r.cn_session == cn && r.cn_txid == txid);
         if !matches {
-            tracing::debug!(route_id, "confirmation for no pending route");
+            tracing::debug!(%route_id, "confirmation for no pending route");
             return;
         }
         let Some(route) = self.routes.remove(&route_id) else {
@@ -791,7 +804,7 @@ impl Nms {
 
     fn fail_direction(
         &mut self,
-        mn: u64,
+        mn: SessionId,
         txid: u64,
         target: &str,
         code: DirectionErrorCode,
@@ -823,7 +836,7 @@ impl Nms {
     /// answered from the cache rather than acted on again.
     fn answer(
         &mut self,
-        session_id: u64,
+        session_id: SessionId,
         local: SocketAddr,
         to: SocketAddr,
         txid: u64,

@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cyphonic_proto::relay::{self, Bind, BIND_LEN, TYPE_RELAY_BIND, TYPE_RELAY_DATA};
+use cyphonic_proto::RelayId;
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
@@ -123,7 +124,7 @@ struct Session {
 
 pub struct Trs {
     config: TrsConfig,
-    sessions: HashMap<u64, Session>,
+    sessions: HashMap<RelayId, Session>,
     bind_limits: HashMap<IpAddr, TokenBucket>,
     counters: TrsCounters,
 }
@@ -275,6 +276,7 @@ mod tests {
     const SECRET: &[u8] = b"test relay secret";
 
     fn bind(relay_id: u64, side: u8, expires: u64, counter: u64) -> Vec<u8> {
+        let relay_id = RelayId(relay_id);
         let key = relay::side_key(SECRET, relay_id, side, expires);
         Bind {
             ack: false,
@@ -289,7 +291,7 @@ mod tests {
 
     fn data(relay_id: u64, payload: &[u8]) -> Vec<u8> {
         let mut p = vec![0u8; relay::RELAY_HEADER_LEN];
-        relay::write_data_header(&mut p, relay_id);
+        relay::write_data_header(&mut p, RelayId(relay_id));
         p.extend_from_slice(payload);
         p
     }

@@ -14,6 +14,7 @@ use crate::config::CloudConfig;
 use crate::edge::{CloudHub, EdgeTargets};
 use crate::nms::{Nms, NmsConfig, NmsEvent, SessionInfo};
 use crate::store::Store;
+use cyphonic_proto::SessionId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roles {
@@ -285,7 +286,7 @@ pub async fn run_nms(
             }
         });
     }
-    let (session_tx, mut session_rx) = mpsc::channel::<(u64, Option<SessionInfo>)>(256);
+    let (session_tx, mut session_rx) = mpsc::channel::<(SessionId, Option<SessionInfo>)>(256);
     loop {
         while let Some(t) = nms.poll_transmit() {
             if let Some(edge) = edge.as_ref().filter(|e| e.nms_local() == t.local) {
@@ -319,7 +320,7 @@ pub async fn run_nms(
                     responder,
                     pattern,
                 } => {
-                    tracing::info!(route_id, %initiator, %responder, pattern = pattern.as_str(), "Route Direction done")
+                    tracing::info!(%route_id, %initiator, %responder, pattern = pattern.as_str(), "Route Direction done")
                 }
                 NmsEvent::DirectionFailed {
                     initiator,
@@ -346,8 +347,8 @@ pub async fn run_nms(
     }
 }
 
-async fn lookup_session(store: &Store, session_id: u64) -> Option<SessionInfo> {
-    let session = match store.session(session_id).await {
+async fn lookup_session(store: &Store, session_id: SessionId) -> Option<SessionInfo> {
+    let session = match store.session(session_id.0).await {
         Ok(Some(s)) => s,
         Ok(None) => return None,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! relay from client hubs with node certificates, over loopback, on free
 //! ports; the real store in a temporary folder.
 
+use cyphonic_proto::{RelayId, SessionId};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -159,7 +160,12 @@ async fn registration_over(transport: Transport) {
     let cloud = Cloud::start().await;
     let (identity, login) = cloud.node().await;
     let hub = Hub::new(identity, None, None).await.unwrap();
-    let mut cipher = SignalCipher::new(login.session_id, &login.common_key, Role::Node, 1);
+    let mut cipher = SignalCipher::new(
+        SessionId(login.session_id),
+        &login.common_key,
+        Role::Node,
+        1,
+    );
     let request = Envelope {
         txid: 77,
         message: Message::RegistrationRequest(RegistrationRequest {
@@ -229,10 +235,10 @@ async fn relay_between_a_quic_side_and_a_tcp_side() {
         + 3600;
     for (side, (transport, hub)) in sides.iter().enumerate() {
         let side = side as u8;
-        let key = relay::side_key(&secret, relay_id, side, expires);
+        let key = relay::side_key(&secret, RelayId(relay_id), side, expires);
         let bind = Bind {
             ack: false,
-            relay_id,
+            relay_id: RelayId(relay_id),
             side,
             expires,
             counter: 1,
@@ -247,12 +253,12 @@ async fn relay_between_a_quic_side_and_a_tcp_side() {
         assert_eq!(ack.transport, *transport);
         assert_eq!(ack.datagram[0], TYPE_RELAY_BIND_ACK);
         let parsed = Bind::parse(&ack.datagram).unwrap();
-        assert!(parsed.ack && parsed.relay_id == relay_id && parsed.side == side);
+        assert!(parsed.ack && parsed.relay_id == RelayId(relay_id) && parsed.side == side);
         Bind::verify(&ack.datagram, &key).unwrap();
     }
     for (from, to) in [(0, 1), (1, 0)] {
         let mut datagram = vec![0u8; RELAY_HEADER_LEN + 100];
-        relay::write_data_header(&mut datagram, relay_id);
+        relay::write_data_header(&mut datagram, RelayId(relay_id));
         datagram[RELAY_HEADER_LEN..].fill(from as u8 + 1);
         let (transport, hub) = &sides[from];
         hub.send(*transport, cloud.addr(*transport), datagram.clone())

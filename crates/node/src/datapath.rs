@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
 use cyphonic_proto::ip;
 use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
+use cyphonic_proto::LocalIndex;
 
 use crate::core::{Leg, Path, TunnelHandle};
 
@@ -120,7 +121,7 @@ impl Opened {
         self.path != self.tunnel.path
     }
 
-    pub fn local_index(&self) -> u32 {
+    pub fn local_index(&self) -> LocalIndex {
         self.tunnel.recv.local_index()
     }
 }
@@ -142,7 +143,7 @@ pub enum Decapsulated {
 pub fn decapsulate(
     datagram: &mut [u8],
     from: Leg,
-    lookup: impl FnOnce(u32) -> Option<Arc<TunnelHandle>>,
+    lookup: impl FnOnce(LocalIndex) -> Option<Arc<TunnelHandle>>,
 ) -> Decapsulated {
     // Relay Data carrying a data packet is ours to open; the relay session
     // and TRS make its path.
@@ -216,11 +217,11 @@ const MAX_PATH_REPORTS: usize = 4096;
 /// [`PATH_REPORT_INTERVAL`].
 #[derive(Default)]
 pub struct PathReports {
-    last: HashMap<(u32, Path), Instant>,
+    last: HashMap<(LocalIndex, Path), Instant>,
 }
 
 impl PathReports {
-    pub fn allow(&mut self, index: u32, path: Path, now: Instant) -> bool {
+    pub fn allow(&mut self, index: LocalIndex, path: Path, now: Instant) -> bool {
         if self.last.len() > MAX_PATH_REPORTS {
             self.last.clear();
         }
@@ -239,6 +240,7 @@ mod tests {
     use super::*;
     use crate::core::TunnelStats;
     use cyphonic_proto::data::{RecvKey, SendKey};
+    use cyphonic_proto::{LocalIndex, RelayId};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
     fn pair(path: Path) -> (TunnelHandle, Arc<TunnelHandle>) {
@@ -248,8 +250,8 @@ mod tests {
             vip4: Ipv4Addr::new(100, 64, 0, 2),
             vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2),
             path,
-            send: Arc::new(SendKey::new(&k1, 22)),
-            recv: Arc::new(RecvKey::new(&k2, 11)),
+            send: Arc::new(SendKey::new(&k1, LocalIndex(22))),
+            recv: Arc::new(RecvKey::new(&k2, LocalIndex(11))),
             stats: Arc::new(TunnelStats::default()),
         };
         let b = TunnelHandle {
@@ -257,8 +259,8 @@ mod tests {
             vip4: Ipv4Addr::new(100, 64, 0, 1),
             vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
             path,
-            send: Arc::new(SendKey::new(&k2, 11)),
-            recv: Arc::new(RecvKey::new(&k1, 22)),
+            send: Arc::new(SendKey::new(&k2, LocalIndex(11))),
+            recv: Arc::new(RecvKey::new(&k1, LocalIndex(22))),
             stats: Arc::new(TunnelStats::default()),
         };
         (a, Arc::new(b))
@@ -280,7 +282,7 @@ mod tests {
     }
 
     fn open(b: &Arc<TunnelHandle>, wire: &mut [u8], from: Leg) -> Decapsulated {
-        decapsulate(wire, from, |i| (i == 22).then(|| b.clone()))
+        decapsulate(wire, from, |i| (i == LocalIndex(22)).then(|| b.clone()))
     }
 
     #[test]
@@ -288,7 +290,7 @@ mod tests {
         let direct = Path::Direct(leg());
         let relayed = Path::Relay {
             server: Leg::udp(SocketAddr::from(([192, 0, 2, 9], 4503))),
-            relay_id: 0x77,
+            relay_id: RelayId(0x77),
         };
         for path in [direct, relayed] {
             let (a, b) = pair(direct);
@@ -305,7 +307,7 @@ mod tests {
                     assert_eq!(&wire[o.plain.clone()], &inner[..]);
                     assert_eq!(o.path, path);
                     assert_eq!(o.path_changed(), path != direct);
-                    assert_eq!(o.local_index(), 22);
+                    assert_eq!(o.local_index(), LocalIndex(22));
                 }
                 other => panic!("not opened: {other:?}"),
             }
@@ -393,9 +395,9 @@ mod tests {
         let t0 = Instant::now();
         let mut r = PathReports::default();
         let p = Path::Direct(leg());
-        assert!(r.allow(1, p, t0));
-        assert!(!r.allow(1, p, t0 + Duration::from_millis(50)));
-        assert!(r.allow(2, p, t0 + Duration::from_millis(50)));
-        assert!(r.allow(1, p, t0 + PATH_REPORT_INTERVAL));
+        assert!(r.allow(LocalIndex(1), p, t0));
+        assert!(!r.allow(LocalIndex(1), p, t0 + Duration::from_millis(50)));
+        assert!(r.allow(LocalIndex(2), p, t0 + Duration::from_millis(50)));
+        assert!(r.allow(LocalIndex(1), p, t0 + PATH_REPORT_INTERVAL));
     }
 }

@@ -21,6 +21,7 @@ pub use cyphonic_platform::udp::{canonical, wait_ready, Sockets};
 use cyphonic_proto::data::{DataError, DATA_HEADER_LEN, TAG_LEN};
 use cyphonic_proto::ip;
 use cyphonic_proto::relay::RELAY_HEADER_LEN;
+use cyphonic_proto::LocalIndex;
 use cyphonic_transport::Hub;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -43,10 +44,10 @@ pub enum ToControl {
     Outbound(Vec<u8>),
     /// An authenticated packet of tunnel `index` came on `path`, which is
     /// not the tunnel's current path.
-    PathSeen { index: u32, path: Path },
+    PathSeen { index: LocalIndex, path: Path },
     /// A tunnel message (path probe or ack) of tunnel `index`, from `path`.
     TunnelMessage {
-        index: u32,
+        index: LocalIndex,
         path: Path,
         message: Vec<u8>,
     },
@@ -132,7 +133,7 @@ impl DataCounters {
 #[derive(Default)]
 pub struct Tables {
     tx: RwLock<HashMap<IpAddr, Arc<TunnelHandle>>>,
-    rx: RwLock<HashMap<u32, Arc<TunnelHandle>>>,
+    rx: RwLock<HashMap<LocalIndex, Arc<TunnelHandle>>>,
 }
 
 impl Tables {
@@ -143,7 +144,7 @@ impl Tables {
         let index = handle.recv.local_index();
         {
             let mut rx = self.rx.write().unwrap_or_else(|e| e.into_inner());
-            let previous: Option<u32> = self
+            let previous: Option<LocalIndex> = self
                 .tx
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
@@ -185,7 +186,7 @@ impl Tables {
             .cloned()
     }
 
-    fn by_index(&self, index: u32) -> Option<Arc<TunnelHandle>> {
+    fn by_index(&self, index: LocalIndex) -> Option<Arc<TunnelHandle>> {
         self.rx
             .read()
             .unwrap_or_else(|e| e.into_inner())

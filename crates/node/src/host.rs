@@ -32,6 +32,7 @@ use std::time::Instant;
 use cyphonic_proto::handshake;
 use cyphonic_proto::relay::{self, Bind};
 use cyphonic_proto::signal;
+use cyphonic_proto::{LocalIndex, RouteId};
 
 use crate::core::{Leg, Node, NodeEvent, TimerReason, Transmit, TunnelRole};
 
@@ -62,8 +63,8 @@ pub struct Host {
 }
 
 /// The identity whose index this is.
-pub fn identity_of_index(local_index: u32) -> IdentityId {
-    (local_index >> 24) as u8
+pub fn identity_of_index(local_index: LocalIndex) -> IdentityId {
+    (local_index.0 >> 24) as u8
 }
 
 impl Host {
@@ -111,7 +112,7 @@ impl Host {
         };
         // The identities at an end of `route_id` that `fits` (role, side).
         let by_route = |nodes: &BTreeMap<IdentityId, Node>,
-                        route_id: u64,
+                        route_id: RouteId,
                         fits: &dyn Fn(TunnelRole, Option<u8>) -> bool| {
             nodes
                 .iter()
@@ -159,9 +160,9 @@ impl Host {
                 }
                 Err(_) => None,
             },
-            Some(&relay::TYPE_RELAY_BIND_ACK) => {
-                Bind::parse(inner).ok().map(|b| (b.relay_id, Some(b.side)))
-            }
+            Some(&relay::TYPE_RELAY_BIND_ACK) => Bind::parse(inner)
+                .ok()
+                .map(|b| (b.relay_id.route_id(), Some(b.side))),
             Some(&cyphonic_proto::TYPE_PUNCH) => {
                 cyphonic_proto::punch::parse(inner).map(|r| (r, None))
             }

@@ -8,6 +8,6 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod datapath;
-pub mod host;
 pub mod dataplane;
+pub mod host;
 pub mod resolver;

@@ -42,6 +42,8 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::LocalIndex;
+
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 
 use crate::replay::{ReplayError, ReplayWindow, REJECT_AFTER_MESSAGES};
@@ -87,7 +89,7 @@ pub enum DataError {
 /// peer at once; each packet takes the next counter atomically.
 pub struct SendKey {
     key: LessSafeKey,
-    remote_index: u32,
+    remote_index: LocalIndex,
     /// Next counter to use; at most [`REJECT_AFTER_MESSAGES`].
     counter: AtomicU64,
 }
@@ -95,7 +97,7 @@ pub struct SendKey {
 impl SendKey {
     /// `key` is the sending key from the handshake; `remote_index` is the
     /// index the peer chose, written into every packet for the peer's lookup.
-    pub fn new(key: &[u8; 32], remote_index: u32) -> Self {
+    pub fn new(key: &[u8; 32], remote_index: LocalIndex) -> Self {
         Self {
             key: aes_key(key),
             remote_index,
@@ -147,7 +149,7 @@ impl SendKey {
     }
 
     /// The peer's index this key writes into packets.
-    pub fn remote_index(&self) -> u32 {
+    pub fn remote_index(&self) -> LocalIndex {
         self.remote_index
     }
 
@@ -174,14 +176,14 @@ impl std::fmt::Debug for SendKey {
 /// check and update, never across the AEAD.
 pub struct RecvKey {
     key: LessSafeKey,
-    local_index: u32,
+    local_index: LocalIndex,
     window: Mutex<ReplayWindow>,
 }
 
 impl RecvKey {
     /// `key` is the receiving key from the handshake; `local_index` is the
     /// index we chose, which every packet for this session carries.
-    pub fn new(key: &[u8; 32], local_index: u32) -> Self {
+    pub fn new(key: &[u8; 32], local_index: LocalIndex) -> Self {
         Self {
             key: aes_key(key),
             local_index,
@@ -227,7 +229,7 @@ impl RecvKey {
     }
 
     /// Our index, which packets for this session carry.
-    pub fn local_index(&self) -> u32 {
+    pub fn local_index(&self) -> LocalIndex {
         self.local_index
     }
 
@@ -257,13 +259,13 @@ impl std::fmt::Debug for RecvKey {
 /// The receiver index of a data packet, without any cryptography: enough to
 /// route a datagram to its session. `None` unless `packet` is long enough
 /// for a header and tag, has the data type byte and zero reserved bytes.
-pub fn data_receiver_index(packet: &[u8]) -> Option<u32> {
+pub fn data_receiver_index(packet: &[u8]) -> Option<LocalIndex> {
     parse_header(packet).map(|h| h.receiver_index)
 }
 
 /// The unauthenticated header fields of a data packet.
 struct Header {
-    receiver_index: u32,
+    receiver_index: LocalIndex,
     counter: u64,
 }
 
@@ -271,7 +273,7 @@ fn parse_header(packet: &[u8]) -> Option<Header> {
     if packet.len() < DATA_OVERHEAD || packet[0] != TYPE_DATA || packet[1..4] != [0, 0, 0] {
         return None;
     }
-    let receiver_index = u32::from_be_bytes(packet[4..8].try_into().ok()?);
+    let receiver_index = LocalIndex(u32::from_be_bytes(packet[4..8].try_into().ok()?));
     let counter = u64::from_be_bytes(packet[8..16].try_into().ok()?);
     Some(Header {
         receiver_index,
@@ -299,8 +301,8 @@ mod tests {
 
     #[test]
     fn send_counter_stops_at_the_limit() {
-        let send = SendKey::new(&[1; 32], 7);
-        let recv = RecvKey::new(&[1; 32], 7);
+        let send = SendKey::new(&[1; 32], LocalIndex(7));
+        let recv = RecvKey::new(&[1; 32], LocalIndex(7));
         send.counter
             .store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
 

@@ -79,6 +79,7 @@ use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
 
 use crate::data::{RecvKey, SendKey};
+use crate::{LocalIndex, RouteId};
 
 /// Type byte of a Tunnel Request.
 pub const TYPE_TUNNEL_REQUEST: u8 = 2;
@@ -237,9 +238,9 @@ pub struct SessionKeys {
     /// Key to open the peer's data packets with.
     pub recv: [u8; 32],
     /// Index we chose; the peer writes it into its data packets to us.
-    pub local_index: u32,
+    pub local_index: LocalIndex,
     /// Index the peer chose; we write it into our data packets to it.
-    pub remote_index: u32,
+    pub remote_index: LocalIndex,
 }
 
 impl SessionKeys {
@@ -266,9 +267,9 @@ impl std::fmt::Debug for SessionKeys {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestHeader {
     /// The initiator's index: our data packets to it carry this.
-    pub sender_index: u32,
+    pub sender_index: LocalIndex,
     /// The route direction this request belongs to.
-    pub route_id: u64,
+    pub route_id: RouteId,
 }
 
 /// The cleartext header of a Tunnel Response. Not authenticated until
@@ -276,9 +277,9 @@ pub struct RequestHeader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseHeader {
     /// The responder's index.
-    pub sender_index: u32,
+    pub sender_index: LocalIndex,
     /// The initiator's index, which routes the response to its [`Initiator`].
-    pub receiver_index: u32,
+    pub receiver_index: LocalIndex,
 }
 
 /// Reads a Tunnel Request's header without any cryptography, to find the
@@ -290,8 +291,8 @@ pub fn peek_request(packet: &[u8]) -> Result<RequestHeader, HandshakeError> {
         return Err(HandshakeError::Malformed);
     }
     Ok(RequestHeader {
-        sender_index: be_u32(&packet[4..8])?,
-        route_id: be_u64(&packet[8..16])?,
+        sender_index: LocalIndex(be_u32(&packet[4..8])?),
+        route_id: RouteId(be_u64(&packet[8..16])?),
     })
 }
 
@@ -305,8 +306,8 @@ pub fn peek_response(packet: &[u8]) -> Result<ResponseHeader, HandshakeError> {
         return Err(HandshakeError::Malformed);
     }
     Ok(ResponseHeader {
-        sender_index: be_u32(&packet[4..8])?,
-        receiver_index: be_u32(&packet[8..12])?,
+        sender_index: LocalIndex(be_u32(&packet[4..8])?),
+        receiver_index: LocalIndex(be_u32(&packet[8..12])?),
     })
 }
 
@@ -331,8 +332,8 @@ pub struct Initiator {
     noise: snow::HandshakeState,
     tunnel_key: [u8; 32],
     remote_static: [u8; 32],
-    route_id: u64,
-    local_index: u32,
+    route_id: RouteId,
+    local_index: LocalIndex,
 }
 
 impl Initiator {
@@ -345,8 +346,8 @@ impl Initiator {
         local: &LocalIdentity,
         remote_static: &[u8; 32],
         tunnel_key: &[u8; 32],
-        route_id: u64,
-        local_index: u32,
+        route_id: RouteId,
+        local_index: LocalIndex,
     ) -> Result<(Initiator, Vec<u8>), HandshakeError> {
         Self::start_with_rng(
             local,
@@ -364,8 +365,8 @@ impl Initiator {
         local: &LocalIdentity,
         remote_static: &[u8; 32],
         tunnel_key: &[u8; 32],
-        route_id: u64,
-        local_index: u32,
+        route_id: RouteId,
+        local_index: LocalIndex,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<(Initiator, Vec<u8>), HandshakeError> {
         let identity = encode_identity(local, MAX_REQUEST_IDENTITY_LEN)?;
@@ -447,12 +448,12 @@ impl Initiator {
     }
 
     /// The index the CN's response and data packets carry for us.
-    pub fn local_index(&self) -> u32 {
+    pub fn local_index(&self) -> LocalIndex {
         self.local_index
     }
 
     /// The route direction this handshake belongs to.
-    pub fn route_id(&self) -> u64 {
+    pub fn route_id(&self) -> RouteId {
         self.route_id
     }
 }
@@ -482,7 +483,7 @@ pub fn respond(
     local: &LocalIdentity,
     expected_remote_static: &[u8; 32],
     tunnel_key: &[u8; 32],
-    local_index: u32,
+    local_index: LocalIndex,
     verifier: &dyn PeerVerifier,
 ) -> Result<(SessionKeys, Vec<u8>), HandshakeError> {
     respond_with_rng(
@@ -503,7 +504,7 @@ pub fn respond_with_rng(
     local: &LocalIdentity,
     expected_remote_static: &[u8; 32],
     tunnel_key: &[u8; 32],
-    local_index: u32,
+    local_index: LocalIndex,
     verifier: &dyn PeerVerifier,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<(SessionKeys, Vec<u8>), HandshakeError> {
@@ -561,7 +562,7 @@ pub fn respond_with_rng(
 /// `label || route_id BE || initiator index BE`: authenticated by Noise
 /// (Noise §6), so a holder of the tunnel key cannot move a request to
 /// another route or redirect the responder's data packets.
-fn prologue(route_id: u64, initiator_index: u32) -> Vec<u8> {
+fn prologue(route_id: RouteId, initiator_index: LocalIndex) -> Vec<u8> {
     let mut prologue = Vec::with_capacity(PROLOGUE_LABEL.len() + 12);
     prologue.extend_from_slice(PROLOGUE_LABEL);
     prologue.extend_from_slice(&route_id.to_be_bytes());

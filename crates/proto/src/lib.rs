@@ -16,6 +16,7 @@ pub const TYPE_PUNCH: u8 = 9;
 
 pub mod data;
 pub mod handshake;
+pub mod ids;
 pub mod ip;
 pub mod login;
 pub mod nat;
@@ -26,4 +27,5 @@ pub mod signal;
 pub mod transport;
 pub mod wire;
 
+pub use ids::{LocalIndex, RelayId, RouteId, SessionId};
 pub use transport::Transport;

@@ -4,13 +4,13 @@
 //! ack proves the path works both ways). `docs/protocol.md` §§ punching
 //! and path probes.
 
-use crate::TYPE_PUNCH;
+use crate::{RouteId, TYPE_PUNCH};
 
 /// `[9][3 reserved][route_id u64]`.
 pub const PUNCH_LEN: usize = 12;
 
 /// A punch packet for route `route_id`.
-pub fn encode(route_id: u64) -> [u8; PUNCH_LEN] {
+pub fn encode(route_id: RouteId) -> [u8; PUNCH_LEN] {
     let mut p = [0u8; PUNCH_LEN];
     p[0] = TYPE_PUNCH;
     p[4..12].copy_from_slice(&route_id.to_be_bytes());
@@ -18,11 +18,11 @@ pub fn encode(route_id: u64) -> [u8; PUNCH_LEN] {
 }
 
 /// The route a punch packet names; `None` if it is not one.
-pub fn parse(p: &[u8]) -> Option<u64> {
+pub fn parse(p: &[u8]) -> Option<RouteId> {
     if p.len() != PUNCH_LEN || p[0] != TYPE_PUNCH {
         return None;
     }
-    Some(u64::from_be_bytes(p[4..12].try_into().ok()?))
+    Some(RouteId(u64::from_be_bytes(p[4..12].try_into().ok()?)))
 }
 
 /// Tunnel messages: plaintexts of data packets whose first byte is not an
@@ -79,9 +79,9 @@ mod tests {
 
     #[test]
     fn punches_round_trip_and_junk_is_refused() {
-        let p = encode(0x0102_0304_0506_0708);
+        let p = encode(RouteId(0x0102_0304_0506_0708));
         assert_eq!(p, [9, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(parse(&p), Some(0x0102_0304_0506_0708));
+        assert_eq!(parse(&p), Some(RouteId(0x0102_0304_0506_0708)));
         assert_eq!(parse(&p[..11]), None);
         let mut q = p;
         q[0] = 8;

@@ -30,6 +30,8 @@
 
 use ring::hmac;
 
+use crate::RelayId;
+
 pub const TYPE_RELAY_BIND: u8 = 6;
 pub const TYPE_RELAY_BIND_ACK: u8 = 7;
 pub const TYPE_RELAY_DATA: u8 = 8;
@@ -41,7 +43,7 @@ const LABEL: &[u8] = b"cyphonic relay v1";
 /// One side of a relay session's credentials, as the NMS gives it to a node.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RelayGrant {
-    pub relay_id: u64,
+    pub relay_id: RelayId,
     pub side: u8,
     pub expires: u64,
     pub key: [u8; 32],
@@ -58,7 +60,7 @@ impl std::fmt::Debug for RelayGrant {
 }
 
 /// Derives a side's key from the relay secret (NMS and TRS both do this).
-pub fn side_key(secret: &[u8], relay_id: u64, side: u8, expires: u64) -> [u8; 32] {
+pub fn side_key(secret: &[u8], relay_id: RelayId, side: u8, expires: u64) -> [u8; 32] {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     let mut ctx = hmac::Context::with_key(&key);
     ctx.update(LABEL);
@@ -82,7 +84,7 @@ fn mac(key: &[u8; 32], body: &[u8]) -> [u8; MAC_LEN] {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bind {
     pub ack: bool,
-    pub relay_id: u64,
+    pub relay_id: RelayId,
     pub side: u8,
     pub expires: u64,
     pub counter: u64,
@@ -131,7 +133,7 @@ impl Bind {
         };
         Ok(Bind {
             ack,
-            relay_id: u64_at(4),
+            relay_id: RelayId(u64_at(4)),
             side: p[12],
             expires: u64_at(16),
             counter: u64_at(24),
@@ -157,20 +159,20 @@ impl Bind {
 }
 
 /// Writes the relay header for `relay_id` into `buf[..RELAY_HEADER_LEN]`.
-pub fn write_data_header(buf: &mut [u8], relay_id: u64) {
+pub fn write_data_header(buf: &mut [u8], relay_id: RelayId) {
     buf[0] = TYPE_RELAY_DATA;
     buf[1..4].copy_from_slice(&[0, 0, 0]);
     buf[4..12].copy_from_slice(&relay_id.to_be_bytes());
 }
 
 /// The relay id of a Relay Data packet and where its inner packet starts.
-pub fn parse_data(p: &[u8]) -> Result<u64, RelayError> {
+pub fn parse_data(p: &[u8]) -> Result<RelayId, RelayError> {
     if p.len() <= RELAY_HEADER_LEN || p[0] != TYPE_RELAY_DATA || p[1..4] != [0, 0, 0] {
         return Err(RelayError::Malformed);
     }
     let mut b = [0u8; 8];
     b.copy_from_slice(&p[4..12]);
-    Ok(u64::from_be_bytes(b))
+    Ok(RelayId(u64::from_be_bytes(b)))
 }
 
 #[cfg(test)]
@@ -180,12 +182,12 @@ mod tests {
     #[test]
     fn binds_round_trip_and_only_the_right_key_verifies() {
         let secret = b"relay secret shared by NMS and TRS";
-        let k0 = side_key(secret, 7, 0, 1_900_000_000);
-        let k1 = side_key(secret, 7, 1, 1_900_000_000);
+        let k0 = side_key(secret, RelayId(7), 0, 1_900_000_000);
+        let k1 = side_key(secret, RelayId(7), 1, 1_900_000_000);
         assert_ne!(k0, k1);
         let b = Bind {
             ack: false,
-            relay_id: 7,
+            relay_id: RelayId(7),
             side: 0,
             expires: 1_900_000_000,
             counter: 3,
@@ -195,7 +197,7 @@ mod tests {
         assert_eq!(Bind::verify(&p, &k0), Ok(()));
         assert_eq!(Bind::verify(&p, &k1), Err(RelayError::BadMac));
         // Another expiry, another key: a grant cannot be extended.
-        assert_ne!(side_key(secret, 7, 0, 1_900_000_001), k0);
+        assert_ne!(side_key(secret, RelayId(7), 0, 1_900_000_001), k0);
         for i in 0..BIND_LEN {
             let mut bad = p;
             bad[i] ^= 1;
@@ -218,8 +220,8 @@ mod tests {
     #[test]
     fn data_header() {
         let mut buf = [0u8; 20];
-        write_data_header(&mut buf, 0x0102_0304_0506_0708);
-        assert_eq!(parse_data(&buf), Ok(0x0102_0304_0506_0708));
+        write_data_header(&mut buf, RelayId(0x0102_0304_0506_0708));
+        assert_eq!(parse_data(&buf), Ok(RelayId(0x0102_0304_0506_0708)));
         assert!(parse_data(&buf[..RELAY_HEADER_LEN]).is_err());
         buf[2] = 1;
         assert!(parse_data(&buf).is_err());

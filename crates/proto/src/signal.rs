@@ -23,7 +23,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::wire::{Reader, WireError, Writer};
-use crate::Transport;
+use crate::{RelayId, RouteId, SessionId, Transport};
 
 pub const TYPE_SIGNALING: u8 = 1;
 pub const SIGNAL_VERSION: u8 = 1;
@@ -60,7 +60,7 @@ pub enum SignalError {
     #[error("signaling packet truncated or oversized")]
     Malformed,
     #[error("signaling packet for session {got}, expected {expected}")]
-    WrongSession { expected: u64, got: u64 },
+    WrongSession { expected: SessionId, got: SessionId },
     #[error("signaling packet from the wrong direction")]
     WrongDirection,
     #[error("signaling packet failed authentication")]
@@ -75,7 +75,7 @@ pub enum SignalError {
 
 /// The session ID of a signaling packet, read before any crypto so the NMS
 /// can find the session's key.
-pub fn peek_session(packet: &[u8]) -> Result<u64, SignalError> {
+pub fn peek_session(packet: &[u8]) -> Result<SessionId, SignalError> {
     if packet.first() != Some(&TYPE_SIGNALING) {
         return Err(SignalError::NotSignaling);
     }
@@ -87,14 +87,14 @@ pub fn peek_session(packet: &[u8]) -> Result<u64, SignalError> {
     }
     let mut id = [0u8; 8];
     id.copy_from_slice(&packet[4..12]);
-    Ok(u64::from_be_bytes(id))
+    Ok(SessionId(u64::from_be_bytes(id)))
 }
 
 /// One end of a signaling session: seals outgoing messages and opens
 /// incoming ones, rejecting forgeries and replays.
 pub struct SignalCipher {
     key: LessSafeKey,
-    session_id: u64,
+    session_id: SessionId,
     role: Role,
     tx_counter: u64,
     rx_window: ReplayWindow,
@@ -112,7 +112,7 @@ impl std::fmt::Debug for SignalCipher {
 impl SignalCipher {
     /// `counter_base` should be the wall clock in microseconds since the
     /// Unix epoch: see the module doc.
-    pub fn new(session_id: u64, key: &[u8; 32], role: Role, counter_base: u64) -> Self {
+    pub fn new(session_id: SessionId, key: &[u8; 32], role: Role, counter_base: u64) -> Self {
         // Invariant: CHACHA20_POLY1305 takes exactly 32-byte keys.
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte key");
         Self {
@@ -124,7 +124,7 @@ impl SignalCipher {
         }
     }
 
-    pub fn session_id(&self) -> u64 {
+    pub fn session_id(&self) -> SessionId {
         self.session_id
     }
 
@@ -216,7 +216,7 @@ pub enum Message {
     },
     RouteDirectionToResponder(RouteDirection),
     RouteDirectionConfirmation {
-        route_id: u64,
+        route_id: RouteId,
     },
     RouteDirectionToInitiator(RouteDirection),
     DirectionError {
@@ -369,7 +369,7 @@ pub struct PeerInfo {
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct RouteDirection {
-    pub route_id: u64,
+    pub route_id: RouteId,
     pub pattern: RoutePattern,
     pub peer: PeerInfo,
     /// Pre-shared key for this route's handshakes (Noise psk): proves the
@@ -393,7 +393,7 @@ pub struct RouteDirection {
 /// One side's grant for a relay session (see [`crate::relay`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RelayOffer {
-    pub relay_id: u64,
+    pub relay_id: RelayId,
     pub side: u8,
     pub expires: u64,
     pub key: [u8; 32],
@@ -510,7 +510,7 @@ impl Envelope {
             Message::RouteDirectionConfirmation { route_id } => {
                 w.u8(MSG_ROUTE_DIRECTION_CONFIRMATION)
                     .u64(self.txid)
-                    .u64(*route_id);
+                    .u64(route_id.0);
             }
             Message::RouteDirectionToInitiator(d) => {
                 w.u8(MSG_ROUTE_DIRECTION_TO_INITIATOR).u64(self.txid);
@@ -576,9 +576,9 @@ impl Envelope {
             MSG_ROUTE_DIRECTION_TO_RESPONDER => {
                 Message::RouteDirectionToResponder(decode_direction(&mut r)?)
             }
-            MSG_ROUTE_DIRECTION_CONFIRMATION => {
-                Message::RouteDirectionConfirmation { route_id: r.u64()? }
-            }
+            MSG_ROUTE_DIRECTION_CONFIRMATION => Message::RouteDirectionConfirmation {
+                route_id: RouteId(r.u64()?),
+            },
             MSG_ROUTE_DIRECTION_TO_INITIATOR => {
                 Message::RouteDirectionToInitiator(decode_direction(&mut r)?)
             }
@@ -599,7 +599,9 @@ impl Envelope {
 }
 
 fn encode_direction(w: &mut Writer, d: &RouteDirection) {
-    w.u64(d.route_id).u8(d.pattern.to_u8()).bytes(&d.tunnel_key);
+    w.u64(d.route_id.0)
+        .u8(d.pattern.to_u8())
+        .bytes(&d.tunnel_key);
     let p = &d.peer;
     w.str(&p.fqdn)
         .bytes(&p.vip4.octets())
@@ -615,7 +617,7 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
         }
         Some(r) => {
             w.u8(1)
-                .u64(r.relay_id)
+                .u64(r.relay_id.0)
                 .u8(r.side)
                 .u64(r.expires)
                 .bytes(&r.key);
@@ -631,7 +633,7 @@ fn transport(code: u8) -> Result<Transport, SignalError> {
 }
 
 fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
-    let route_id = r.u64()?;
+    let route_id = RouteId(r.u64()?);
     let pattern = RoutePattern::from_u8(r.u8()?);
     let tunnel_key = r.array()?;
     let peer = PeerInfo {
@@ -660,7 +662,7 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         0 => None,
         1 => {
             let offer = RelayOffer {
-                relay_id: r.u64()?,
+                relay_id: RelayId(r.u64()?),
                 side: r.u8()?,
                 expires: r.u64()?,
                 key: r.array()?,
@@ -702,8 +704,8 @@ mod tests {
     fn pair() -> (SignalCipher, SignalCipher) {
         let key = [7u8; 32];
         (
-            SignalCipher::new(42, &key, Role::Node, 1_000),
-            SignalCipher::new(42, &key, Role::Nms, 5_000),
+            SignalCipher::new(SessionId(42), &key, Role::Node, 1_000),
+            SignalCipher::new(SessionId(42), &key, Role::Nms, 5_000),
         )
     }
 
@@ -718,7 +720,7 @@ mod tests {
             endpoints: vec!["192.0.2.12:4501".parse().unwrap()],
         };
         let dir = RouteDirection {
-            route_id: 99,
+            route_id: RouteId(99),
             pattern: RoutePattern::Direct,
             peer,
             tunnel_key: [3; 32],
@@ -732,7 +734,7 @@ mod tests {
             initiate: false,
             punch: true,
             relay: Some(RelayOffer {
-                relay_id: 77,
+                relay_id: RelayId(77),
                 side: 1,
                 expires: 1_900_000_000,
                 key: [5; 32],
@@ -773,7 +775,9 @@ mod tests {
                 target: "n2.cyphonic.internal".into(),
             },
             Message::RouteDirectionToResponder(dir.clone()),
-            Message::RouteDirectionConfirmation { route_id: 99 },
+            Message::RouteDirectionConfirmation {
+                route_id: RouteId(99),
+            },
             Message::RouteDirectionToInitiator(dir),
             Message::DirectionError {
                 code: DirectionErrorCode::NotFound,
@@ -797,7 +801,7 @@ mod tests {
                 message,
             };
             let packet = node.seal(&env);
-            assert_eq!(peek_session(&packet), Ok(42));
+            assert_eq!(peek_session(&packet), Ok(SessionId(42)));
             assert_eq!(nms.open(&packet).unwrap(), env);
             let back = nms.seal(&env);
             assert_eq!(node.open(&back).unwrap(), env);
@@ -821,7 +825,7 @@ mod tests {
         assert!(nms.open(&packet).is_ok());
         assert!(matches!(nms.open(&packet), Err(SignalError::Replay(_))));
         // A node's own packet sent back to it is not accepted as the NMS's.
-        let mut node2 = SignalCipher::new(42, &[7u8; 32], Role::Node, 0);
+        let mut node2 = SignalCipher::new(SessionId(42), &[7u8; 32], Role::Node, 0);
         assert_eq!(node2.open(&packet), Err(SignalError::WrongDirection));
     }
 

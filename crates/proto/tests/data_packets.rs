@@ -8,9 +8,10 @@ use cyphonic_proto::data::{
     TYPE_DATA,
 };
 use cyphonic_proto::replay::ReplayError;
+use cyphonic_proto::LocalIndex;
 
 const KEY: [u8; 32] = [0x42; 32];
-const INDEX: u32 = 0x0102_0304;
+const INDEX: LocalIndex = LocalIndex(0x0102_0304);
 
 fn pair() -> (SendKey, RecvKey) {
     (SendKey::new(&KEY, INDEX), RecvKey::new(&KEY, INDEX))
@@ -154,7 +155,7 @@ fn header_fields_outside_aad_checks() {
         );
     }
 
-    let other_session = RecvKey::new(&KEY, INDEX + 1);
+    let other_session = RecvKey::new(&KEY, LocalIndex(INDEX.0 + 1));
     assert_eq!(open(&other_session, &genuine), Err(DataError::WrongIndex));
     let other_key = RecvKey::new(&[0x43; 32], INDEX);
     assert_eq!(open(&other_key, &genuine), Err(DataError::Auth));

@@ -9,15 +9,16 @@ use cyphonic_proto::handshake::{
     MAX_HANDSHAKE_LEN, MAX_REQUEST_IDENTITY_LEN, MAX_RESPONSE_IDENTITY_LEN, TYPE_TUNNEL_REQUEST,
     TYPE_TUNNEL_RESPONSE,
 };
+use cyphonic_proto::{LocalIndex, RouteId};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use ring::hmac;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
 const TUNNEL_KEY: [u8; 32] = [0x5a; 32];
-const ROUTE_ID: u64 = 0x1122_3344_5566_7788;
-const MN_INDEX: u32 = 0xaaaa_0001;
-const CN_INDEX: u32 = 0xbbbb_0002;
+const ROUTE_ID: RouteId = RouteId(0x1122_3344_5566_7788);
+const MN_INDEX: LocalIndex = LocalIndex(0xaaaa_0001);
+const CN_INDEX: LocalIndex = LocalIndex(0xbbbb_0002);
 /// Stand-in for a DER certificate: a marker and the Ed25519 public key.
 const CERT_MARKER: &[u8] = b"TEST-CERT:";
 

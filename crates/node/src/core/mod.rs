@@ -46,6 +46,7 @@ use cyphonic_pki::Verifier;
 use cyphonic_proto::handshake::{self, LocalIdentity};
 use cyphonic_proto::relay as relay_wire;
 use cyphonic_proto::signal::TYPE_SIGNALING;
+use cyphonic_proto::{RouteId, SessionId};
 use hickory_proto::op::{Message as DnsMessage, ResponseCode};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -512,19 +513,19 @@ impl Node {
     }
 
     /// The session of the last Login, which the NMS's packets name.
-    pub fn session_id(&self) -> Option<u64> {
+    pub fn session_id(&self) -> Option<SessionId> {
         self.signaling.login().map(|l| l.session_id)
     }
 
     /// Whether a peer's route (and relay session) has this ID.
-    pub fn knows_route(&self, route_id: u64) -> bool {
+    pub fn knows_route(&self, route_id: RouteId) -> bool {
         self.peers.name_by_route(route_id).is_some()
     }
 
     /// Our end of route `route_id`: our role in its handshake and, if it
     /// has a relay session, our side of it. Two identities of one process
     /// can be both ends of one route (see [`crate::host`]).
-    pub fn route_end(&self, route_id: u64) -> Option<(TunnelRole, Option<u8>)> {
+    pub fn route_end(&self, route_id: RouteId) -> Option<(TunnelRole, Option<u8>)> {
         let peer = self.peers.get(self.peers.name_by_route(route_id)?)?;
         Some((peer.role, peer.relay.as_ref().map(|r| r.offer.side)))
     }

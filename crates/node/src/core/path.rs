@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use cyphonic_proto::relay::Bind;
 use cyphonic_proto::signal::RoutePattern;
-use cyphonic_proto::Transport;
+use cyphonic_proto::{LocalIndex, Transport};
 use rand::Rng;
 
 use super::peers::PeerMut;
@@ -49,7 +49,7 @@ impl Node {
     /// peer's new address after a NAT rebinding or a move). Traffic through
     /// the relay moves a direct tunnel onto the relay: the peer's liveness
     /// check found the direct path dead.
-    pub fn handle_path_seen(&mut self, now: Instant, local_index: u32, path: Path) {
+    pub fn handle_path_seen(&mut self, now: Instant, local_index: LocalIndex, path: Path) {
         let Some(fqdn) = self.peers.name_by_index(local_index).cloned() else {
             return;
         };
@@ -133,7 +133,7 @@ impl Node {
     pub fn handle_tunnel_message(
         &mut self,
         now: Instant,
-        local_index: u32,
+        local_index: LocalIndex,
         path: Path,
         msg: &[u8],
     ) {
@@ -293,7 +293,7 @@ impl Node {
             self.counters.relay_rx_bad += 1;
             return;
         };
-        let Some(fqdn) = self.peers.name_by_route(ack.relay_id).cloned() else {
+        let Some(fqdn) = self.peers.name_by_route(ack.relay_id.route_id()).cloned() else {
             self.counters.relay_rx_bad += 1;
             return;
         };
@@ -415,7 +415,7 @@ mod tests {
         let direct = Path::udp("192.0.2.21:4501".parse().expect("addr"));
         let relay = Path::Relay {
             server: Leg::udp("192.0.2.1:4503".parse().expect("addr")),
-            relay_id: 1,
+            relay_id: cyphonic_proto::RelayId(1),
         };
         assert_eq!(path_kind(direct, RoutePattern::Direct), "direct");
         assert_eq!(path_kind(direct, RoutePattern::Punched), "punched");

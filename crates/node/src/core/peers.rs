@@ -12,6 +12,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Instant, SystemTime};
 
 use cyphonic_proto::signal::RouteDirection;
+use cyphonic_proto::{LocalIndex, RouteId};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -27,7 +28,7 @@ pub(crate) struct Peer {
     pub fqdn: String,
     pub direction: RouteDirection,
     pub role: TunnelRole,
-    pub local_index: u32,
+    pub local_index: LocalIndex,
     pub state: PeerState,
     pub tunnel: Option<TunnelHandle>,
     /// The last Tunnel Request we answered and our answer, so a
@@ -113,8 +114,8 @@ impl Drop for PeerMut<'_> {
 pub(crate) struct Peers {
     by_name: BTreeMap<String, Peer>,
     by_vip: HashMap<IpAddr, String>,
-    by_index: HashMap<u32, String>,
-    by_route: HashMap<u64, String>,
+    by_index: HashMap<LocalIndex, String>,
+    by_route: HashMap<RouteId, String>,
     timers: Timers<String>,
 }
 
@@ -155,30 +156,30 @@ impl Peers {
         self.by_vip.get(&vip)
     }
 
-    pub fn name_by_index(&self, local_index: u32) -> Option<&String> {
+    pub fn name_by_index(&self, local_index: LocalIndex) -> Option<&String> {
         self.by_index.get(&local_index)
     }
 
-    pub fn name_by_route(&self, route_id: u64) -> Option<&String> {
+    pub fn name_by_route(&self, route_id: RouteId) -> Option<&String> {
         self.by_route.get(&route_id)
     }
 
     /// A local index no peer has (never 0), with `tag` as its top byte
     /// when given.
-    pub fn fresh_index(&self, rng: &mut StdRng, tag: Option<u8>) -> u32 {
+    pub fn fresh_index(&self, rng: &mut StdRng, tag: Option<u8>) -> LocalIndex {
         loop {
             let i: u32 = match tag {
                 None => rng.gen(),
                 Some(t) => (rng.gen::<u32>() & 0x00ff_ffff) | (u32::from(t) << 24),
             };
-            if i & 0x00ff_ffff != 0 && i != 0 && !self.by_index.contains_key(&i) {
-                return i;
+            if i & 0x00ff_ffff != 0 && !self.by_index.contains_key(&LocalIndex(i)) {
+                return LocalIndex(i);
             }
         }
     }
 
     /// Gives a peer a new local index (a new handshake).
-    pub fn set_local_index(&mut self, fqdn: &str, local_index: u32) {
+    pub fn set_local_index(&mut self, fqdn: &str, local_index: LocalIndex) {
         let Some(peer) = self.by_name.get_mut(fqdn) else {
             return;
         };
@@ -272,7 +273,7 @@ pub(crate) mod tests {
 
     pub fn direction(i: u32, route_id: u64) -> RouteDirection {
         RouteDirection {
-            route_id,
+            route_id: RouteId(route_id),
             pattern: RoutePattern::Direct,
             initiate: true,
             punch: false,
@@ -297,7 +298,7 @@ pub(crate) mod tests {
             fqdn: direction.peer.fqdn.clone(),
             direction,
             role: TunnelRole::Initiator,
-            local_index,
+            local_index: LocalIndex(local_index),
             state,
             tunnel: None,
             last_request: None,
@@ -326,7 +327,10 @@ pub(crate) mod tests {
         peers.insert(peer(2, 22, now, PeerState::AwaitingRequest { deadline }));
         peers.check_indexes();
         let name = "p1.cyphonic.internal";
-        assert_eq!(peers.name_by_index(11).map(String::as_str), Some(name));
+        assert_eq!(
+            peers.name_by_index(LocalIndex(11)).map(String::as_str),
+            Some(name)
+        );
         assert_eq!(
             peers
                 .name_by_vip(Ipv4Addr::new(100, 64, 0, 1).into())
@@ -335,14 +339,17 @@ pub(crate) mod tests {
         );
         // A new route for the same peer replaces the old one everywhere.
         let mut again = peer(1, 33, now, PeerState::AwaitingRequest { deadline });
-        again.direction.route_id = 77;
+        again.direction.route_id = RouteId(77);
         let old = peers.insert(again).expect("replaced");
-        assert_eq!(old.local_index, 11);
-        assert!(peers.name_by_index(11).is_none());
-        assert!(peers.name_by_route(1001).is_none());
-        assert_eq!(peers.name_by_route(77).map(String::as_str), Some(name));
-        peers.set_local_index(name, 44);
-        assert!(peers.name_by_index(33).is_none());
+        assert_eq!(old.local_index, LocalIndex(11));
+        assert!(peers.name_by_index(LocalIndex(11)).is_none());
+        assert!(peers.name_by_route(RouteId(1001)).is_none());
+        assert_eq!(
+            peers.name_by_route(RouteId(77)).map(String::as_str),
+            Some(name)
+        );
+        peers.set_local_index(name, LocalIndex(44));
+        assert!(peers.name_by_index(LocalIndex(33)).is_none());
         peers.check_indexes();
         peers.remove(name);
         assert!(peers
@@ -391,7 +398,7 @@ pub(crate) mod tests {
                 PeerState::Established
             };
             let index = peers.fresh_index(&mut rng, None);
-            peers.insert(peer(i, index, now, state));
+            peers.insert(peer(i, index.0, now, state));
         }
         let gone = peers.evict_failed();
         assert_eq!(gone.len(), 5);
@@ -406,8 +413,8 @@ pub(crate) mod tests {
         let peers = Peers::default();
         for _ in 0..1000 {
             let i = peers.fresh_index(&mut rng, Some(0xa5));
-            assert_eq!(i >> 24, 0xa5);
-            assert_ne!(i & 0x00ff_ffff, 0);
+            assert_eq!(i.0 >> 24, 0xa5);
+            assert_ne!(i.0 & 0x00ff_ffff, 0);
         }
     }
 }

@@ -171,7 +171,7 @@ mod tests {
 
     fn offer() -> RelayOffer {
         RelayOffer {
-            relay_id: 0x42,
+            relay_id: cyphonic_proto::RelayId(0x42),
             side: 1,
             expires: u64::MAX,
             key: [7; 32],

@@ -18,7 +18,7 @@ const KEY: [u8; 32] = [5; 32];
 
 fn login(keepalive: Duration) -> Login {
     Login {
-        session_id: 9,
+        session_id: cyphonic_proto::SessionId(9),
         common_key: KEY,
         fqdn: "n1.cyphonic.internal".into(),
         vip4: Ipv4Addr::new(100, 64, 0, 1),
@@ -47,7 +47,7 @@ impl Bench {
             sig: Signaling::new(config, [1; 32]),
             out: Outbox::default(),
             rng: StdRng::seed_from_u64(3),
-            nms: SignalCipher::new(9, &KEY, Role::Nms, 1),
+            nms: SignalCipher::new(cyphonic_proto::SessionId(9), &KEY, Role::Nms, 1),
             counters: NodeCounters::default(),
             t0: Instant::now(),
         };

@@ -1,6 +1,7 @@
 //! The node's front, time stepped by hand, against a test NMS: what only
 //! shows when the parts work together.
 
+use cyphonic_proto::{RouteId, SessionId};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -62,7 +63,7 @@ impl Bench {
         node.handle_login(
             t0,
             Login {
-                session_id: 9,
+                session_id: SessionId(9),
                 common_key: KEY,
                 fqdn: "n1.cyphonic.internal".into(),
                 vip4: Ipv4Addr::new(100, 64, 0, 1),
@@ -76,7 +77,7 @@ impl Bench {
         );
         let mut b = Bench {
             node,
-            nms: SignalCipher::new(9, &KEY, Role::Nms, 1),
+            nms: SignalCipher::new(SessionId(9), &KEY, Role::Nms, 1),
             rng,
             t0,
             now: t0,
@@ -141,7 +142,7 @@ impl Bench {
 fn direction(i: u32, initiate: bool) -> RouteDirection {
     let v = i + 2;
     RouteDirection {
-        route_id: 1_000_000 + i as u64,
+        route_id: RouteId(1_000_000 + i as u64),
         pattern: RoutePattern::Direct,
         initiate,
         punch: false,

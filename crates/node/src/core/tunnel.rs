@@ -13,6 +13,7 @@ use cyphonic_pki::Verifier;
 use cyphonic_proto::data::{RecvKey, SendKey};
 use cyphonic_proto::handshake::{self, Initiator, PeerVerifier};
 use cyphonic_proto::signal::RoutePattern;
+use cyphonic_proto::RouteId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -430,7 +431,7 @@ impl EarlyRequests {
 
     /// The fresh requests for a route `ours` accepts, in arrival order;
     /// the other fresh ones stay, stale ones go.
-    pub fn take(&mut self, now: Instant, ours: impl Fn(u64) -> bool) -> Vec<(Path, Vec<u8>)> {
+    pub fn take(&mut self, now: Instant, ours: impl Fn(RouteId) -> bool) -> Vec<(Path, Vec<u8>)> {
         let mut taken = Vec::new();
         for (at, path, packet) in std::mem::take(&mut self.held) {
             let fresh = now.saturating_duration_since(at) < EARLY_REQUEST_LIFETIME;
@@ -495,7 +496,7 @@ mod tests {
         assert_eq!(attempt_paths(&p), vec![Path::udp(e1), Path::udp(e2)]);
         p.relay = RelayState::new(
             cyphonic_proto::signal::RelayOffer {
-                relay_id: 9,
+                relay_id: cyphonic_proto::RelayId(9),
                 side: 0,
                 expires: u64::MAX,
                 key: [1; 32],

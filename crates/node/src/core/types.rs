@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use cyphonic_proto::data::{RecvKey, SendKey};
 use cyphonic_proto::relay;
+use cyphonic_proto::{LocalIndex, RelayId, SessionId};
 use serde::Serialize;
 
 /// What Login (at the AS) gave the node.
 #[derive(Clone)]
 pub struct Login {
-    pub session_id: u64,
+    pub session_id: SessionId,
     pub common_key: [u8; 32],
     pub fqdn: String,
     pub vip4: Ipv4Addr,
@@ -169,7 +170,7 @@ pub enum Path {
     Direct(Leg),
     /// Through a TRS, framed with the relay session's header, over the
     /// leg to the TRS.
-    Relay { server: Leg, relay_id: u64 },
+    Relay { server: Leg, relay_id: RelayId },
 }
 
 impl Path {
@@ -222,7 +223,7 @@ impl std::fmt::Display for Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Path::Direct(l) => write!(f, "{l}"),
-            Path::Relay { server, relay_id } => write!(f, "relay {server} #{relay_id:x}"),
+            Path::Relay { server, relay_id } => write!(f, "relay {server} #{relay_id}"),
         }
     }
 }
@@ -255,7 +256,10 @@ pub enum NodeEvent {
     /// Install (or replace) the tunnel to a peer in the data plane.
     TunnelUp(TunnelHandle),
     /// Remove a peer's tunnel from the data plane.
-    TunnelDown { fqdn: String, local_index: u32 },
+    TunnelDown {
+        fqdn: String,
+        local_index: LocalIndex,
+    },
     /// The answer to `handle_ping`.
     PingResult {
         client: u64,

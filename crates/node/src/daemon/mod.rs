@@ -468,7 +468,7 @@ impl Daemon {
                 // The core no longer knows the peer, so every key of its
                 // leaves the tables: the one before `local_index`, kept for
                 // packets in flight, too. Hence by name, not by index.
-                tracing::info!(peer = %fqdn, local_index, "tunnel removed");
+                tracing::info!(peer = %fqdn, %local_index, "tunnel removed");
                 self.tables.remove(&fqdn);
             }
             NodeEvent::TunnelHold { fqdn } => {
@@ -570,7 +570,7 @@ impl Daemon {
         self.node.handle_login(
             Instant::now(),
             Login {
-                session_id: info.session_id,
+                session_id: cyphonic_proto::SessionId(info.session_id),
                 common_key: info.common_key,
                 fqdn: info.fqdn,
                 vip4: info.vip4,

@@ -567,7 +567,7 @@ pub struct SimNode {
     pub leg_drops: u64,
     /// Data plane tables, as `dataplane::Tables` keeps them.
     tx: HashMap<IpAddr, Arc<TunnelHandle>>,
-    rx: HashMap<u32, Arc<TunnelHandle>>,
+    rx: HashMap<cyphonic_proto::LocalIndex, Arc<TunnelHandle>>,
     next_client: u64,
 }
 
@@ -796,7 +796,7 @@ pub struct Sim {
     pub nms: Nms,
     pub nms_events: Vec<(Duration, NmsEvent)>,
     /// The database the AS writes and the NMS reads: session ID -> session.
-    pub db: BTreeMap<u64, SessionInfo>,
+    pub db: BTreeMap<cyphonic_proto::SessionId, SessionInfo>,
     pub nodes: Vec<SimNode>,
     pub nats: Vec<SimNat>,
     pub trs: Vec<SimTrs>,
@@ -2105,7 +2105,7 @@ impl Sim {
     pub fn login(&mut self, slot: usize) {
         let n = &self.nodes[slot];
         let info = SessionInfo {
-            session_id: self.rng.gen_range(1..u64::MAX),
+            session_id: cyphonic_proto::SessionId(self.rng.gen_range(1..u64::MAX)),
             common_key: self.rng.gen(),
             device_id: format!("device-{}", n.name),
             fqdn: n.fqdn.clone(),

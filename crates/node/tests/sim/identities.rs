@@ -33,7 +33,7 @@ struct Process {
     addr: SocketAddr,
     host: Host,
     tx: HashMap<(IdentityId, IpAddr), Arc<TunnelHandle>>,
-    rx: HashMap<u32, Arc<TunnelHandle>>,
+    rx: HashMap<cyphonic_proto::LocalIndex, Arc<TunnelHandle>>,
     reports: PathReports,
     /// (identity, peer FQDN, packet) delivered to the TUN device.
     received: Vec<(IdentityId, String, Vec<u8>)>,
@@ -44,7 +44,7 @@ struct Process {
 struct World {
     now: Instant,
     nms: Nms,
-    sessions: HashMap<u64, SessionInfo>,
+    sessions: HashMap<cyphonic_proto::SessionId, SessionInfo>,
     procs: Vec<Process>,
     wire: VecDeque<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
     rng: StdRng,
@@ -118,7 +118,7 @@ impl World {
     fn login(&mut self, p: usize, id: IdentityId) {
         let name = format!("n{id}");
         let info = SessionInfo {
-            session_id: self.rng.gen_range(1..u64::MAX),
+            session_id: cyphonic_proto::SessionId(self.rng.gen_range(1..u64::MAX)),
             common_key: self.rng.gen(),
             device_id: format!("device-{name}"),
             fqdn: fqdn(&name),
@@ -373,6 +373,6 @@ fn two_identities_in_one_process() {
     assert_eq!(got(0, 2, 1), 3);
     assert_eq!(got(0, 1, 2), 3);
     // The identities never share an index, and nothing was left unclaimed.
-    assert!(w.procs[0].rx.keys().all(|i| matches!(i >> 24, 1 | 2)));
+    assert!(w.procs[0].rx.keys().all(|i| matches!(i.0 >> 24, 1 | 2)));
     assert_eq!(w.procs[0].host.counters(), Default::default());
 }
