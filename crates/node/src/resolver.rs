@@ -4,6 +4,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use cyphonic_proto::Fqdn;
 use hickory_proto::op::{Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -18,7 +19,7 @@ pub enum Classified {
     /// A question about a name in the overlay domain (lower-case, no root dot).
     Overlay {
         query: Message,
-        name: String,
+        name: Fqdn,
         qtype: RecordType,
     },
     /// Any other name: forward the query bytes upstream unchanged.
@@ -133,8 +134,8 @@ fn formerr_from_raw(query: &[u8]) -> Option<Vec<u8>> {
     ])
 }
 
-pub fn normalize(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
+pub fn normalize(name: &str) -> Fqdn {
+    Fqdn::new(name)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 pub const TYPE_PUNCH: u8 = 9;
 
 pub mod data;
+pub mod fqdn;
 pub mod handshake;
 pub mod ids;
 pub mod ip;
@@ -27,5 +28,6 @@ pub mod signal;
 pub mod transport;
 pub mod wire;
 
+pub use fqdn::Fqdn;
 pub use ids::{LocalIndex, RelayId, RouteId, SessionId};
 pub use transport::Transport;

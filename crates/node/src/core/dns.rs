@@ -11,13 +11,14 @@ use hickory_proto::op::{Message as DnsMessage, ResponseCode};
 use super::types::{DnsClient, NodeEvent};
 use super::Outbox;
 use crate::resolver;
+use cyphonic_proto::Fqdn;
 
 /// Queries the network can make us hold at once.
 pub const MAX_DNS_WAITERS: usize = 256;
 
 #[derive(Default)]
 pub(crate) struct DnsWaiters {
-    waiting: BTreeMap<String, Vec<(DnsClient, DnsMessage)>>,
+    waiting: BTreeMap<Fqdn, Vec<(DnsClient, DnsMessage)>>,
     total: usize,
 }
 
@@ -28,11 +29,11 @@ pub(crate) struct Full;
 impl DnsWaiters {
     /// Holds `query` until `name`'s route is known. `Ok(true)`: the first
     /// query for the name (route selection starts now).
-    pub fn add(&mut self, name: &str, client: DnsClient, query: DnsMessage) -> Result<bool, Full> {
+    pub fn add(&mut self, name: &Fqdn, client: DnsClient, query: DnsMessage) -> Result<bool, Full> {
         if self.total >= MAX_DNS_WAITERS {
             return Err(Full);
         }
-        let waiting = self.waiting.entry(name.to_owned()).or_default();
+        let waiting = self.waiting.entry(name.clone()).or_default();
         let first = waiting.is_empty();
         waiting.push((client, query));
         self.total += 1;
@@ -91,10 +92,20 @@ mod tests {
         let mut w = DnsWaiters::default();
         let mut out = Outbox::default();
         let name = "n2.cyphonic.internal";
-        assert_eq!(w.add(name, 1, query("n2.cyphonic.internal.")), Ok(true));
-        assert_eq!(w.add(name, 2, query("n2.cyphonic.internal.")), Ok(false));
         assert_eq!(
-            w.add("n3.cyphonic.internal", 3, query("n3.cyphonic.internal.")),
+            w.add(&Fqdn::new(name), 1, query("n2.cyphonic.internal.")),
+            Ok(true)
+        );
+        assert_eq!(
+            w.add(&Fqdn::new(name), 2, query("n2.cyphonic.internal.")),
+            Ok(false)
+        );
+        assert_eq!(
+            w.add(
+                &Fqdn::new("n3.cyphonic.internal"),
+                3,
+                query("n3.cyphonic.internal.")
+            ),
             Ok(true)
         );
         w.answer(
@@ -124,10 +135,16 @@ mod tests {
         let mut out = Outbox::default();
         for i in 0..MAX_DNS_WAITERS {
             let name = format!("n{}.cyphonic.internal", i % 7);
-            assert!(w.add(&name, i as u64, query(&format!("{name}."))).is_ok());
+            assert!(w
+                .add(&Fqdn::new(&name), i as u64, query(&format!("{name}.")))
+                .is_ok());
         }
         assert_eq!(
-            w.add("x.cyphonic.internal", 999, query("x.cyphonic.internal.")),
+            w.add(
+                &Fqdn::new("x.cyphonic.internal"),
+                999,
+                query("x.cyphonic.internal.")
+            ),
             Err(Full)
         );
         w.answer(
@@ -136,7 +153,11 @@ mod tests {
             &mut out,
         );
         assert!(w
-            .add("x.cyphonic.internal", 999, query("x.cyphonic.internal."))
+            .add(
+                &Fqdn::new("x.cyphonic.internal"),
+                999,
+                query("x.cyphonic.internal.")
+            )
             .is_ok());
     }
 }

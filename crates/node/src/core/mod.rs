@@ -46,7 +46,7 @@ use cyphonic_pki::Verifier;
 use cyphonic_proto::handshake::{self, LocalIdentity};
 use cyphonic_proto::relay as relay_wire;
 use cyphonic_proto::signal::TYPE_SIGNALING;
-use cyphonic_proto::{RouteId, SessionId};
+use cyphonic_proto::{Fqdn, RouteId, SessionId};
 use hickory_proto::op::{Message as DnsMessage, ResponseCode};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -229,7 +229,7 @@ impl Node {
         });
         let local = self.signaling.local_addrs().to_vec();
         let has_family = |a: SocketAddr| local.iter().any(|l| l.is_ipv6() == a.is_ipv6());
-        let names: Vec<String> = self
+        let names: Vec<Fqdn> = self
             .peers
             .values()
             .filter(|p| !p.failed())
@@ -248,9 +248,9 @@ impl Node {
                 // Nothing can leave on this path now: hold the
                 // application's packets (bounded) rather than drop them.
                 peer.held = true;
-                self.out
-                    .events
-                    .push_back(NodeEvent::TunnelHold { fqdn: fqdn.clone() });
+                self.out.events.push_back(NodeEvent::TunnelHold {
+                    fqdn: fqdn.to_string(),
+                });
             }
             drop(peer);
             if let (Some(t), false) = (tunnel, lost_path) {
@@ -451,7 +451,7 @@ impl Node {
         now: Instant,
         client: DnsClient,
         query: DnsMessage,
-        name: String,
+        name: Fqdn,
     ) {
         self.counters.dns_overlay_queries += 1;
         if let Some(login) = self.signaling.login() {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use cyphonic_proto::relay::Bind;
 use cyphonic_proto::signal::RoutePattern;
-use cyphonic_proto::{LocalIndex, Transport};
+use cyphonic_proto::{Fqdn, LocalIndex, Transport};
 use rand::Rng;
 
 use super::peers::PeerMut;
@@ -99,7 +99,7 @@ impl Node {
             }
             self.out.events.push_back(NodeEvent::PingResult {
                 client,
-                result: Err(PingError::NoTunnel(fqdn.clone())),
+                result: Err(PingError::NoTunnel(fqdn.to_string())),
             });
             return;
         };
@@ -169,7 +169,7 @@ impl Node {
                     self.out.events.push_back(NodeEvent::PingResult {
                         client: ping.client,
                         result: Ok(Pong {
-                            fqdn: fqdn.clone(),
+                            fqdn: fqdn.to_string(),
                             vip4: tunnel.vip4,
                             path: path_kind(path, pattern).into(),
                             endpoint: path.address(),
@@ -387,7 +387,7 @@ impl Node {
                     p.stale_ticks = 0;
                 }
                 self.signaling
-                    .send_direction(now, fqdn.to_owned(), &mut self.rng, &mut self.out);
+                    .send_direction(now, Fqdn::new(fqdn), &mut self.rng, &mut self.out);
             }
         }
     }

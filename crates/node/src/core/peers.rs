@@ -12,7 +12,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Instant, SystemTime};
 
 use cyphonic_proto::signal::RouteDirection;
-use cyphonic_proto::{LocalIndex, RouteId};
+use cyphonic_proto::{Fqdn, LocalIndex, RouteId};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -25,7 +25,7 @@ use super::types::{Path, TimerReason, TunnelHandle, TunnelRole};
 pub const MAX_PEERS: usize = 4096;
 
 pub(crate) struct Peer {
-    pub fqdn: String,
+    pub fqdn: Fqdn,
     pub direction: RouteDirection,
     pub role: TunnelRole,
     pub local_index: LocalIndex,
@@ -87,7 +87,7 @@ impl Peer {
 /// A peer being changed; its timer follows when this is dropped.
 pub(crate) struct PeerMut<'a> {
     peer: &'a mut Peer,
-    timers: &'a mut Timers<String>,
+    timers: &'a mut Timers<Fqdn>,
 }
 
 impl Deref for PeerMut<'_> {
@@ -112,11 +112,11 @@ impl Drop for PeerMut<'_> {
 
 #[derive(Default)]
 pub(crate) struct Peers {
-    by_name: BTreeMap<String, Peer>,
-    by_vip: HashMap<IpAddr, String>,
-    by_index: HashMap<LocalIndex, String>,
-    by_route: HashMap<RouteId, String>,
-    timers: Timers<String>,
+    by_name: BTreeMap<Fqdn, Peer>,
+    by_vip: HashMap<IpAddr, Fqdn>,
+    by_index: HashMap<LocalIndex, Fqdn>,
+    by_route: HashMap<RouteId, Fqdn>,
+    timers: Timers<Fqdn>,
 }
 
 impl Peers {
@@ -152,15 +152,15 @@ impl Peers {
         }
     }
 
-    pub fn name_by_vip(&self, vip: IpAddr) -> Option<&String> {
+    pub fn name_by_vip(&self, vip: IpAddr) -> Option<&Fqdn> {
         self.by_vip.get(&vip)
     }
 
-    pub fn name_by_index(&self, local_index: LocalIndex) -> Option<&String> {
+    pub fn name_by_index(&self, local_index: LocalIndex) -> Option<&Fqdn> {
         self.by_index.get(&local_index)
     }
 
-    pub fn name_by_route(&self, route_id: RouteId) -> Option<&String> {
+    pub fn name_by_route(&self, route_id: RouteId) -> Option<&Fqdn> {
         self.by_route.get(&route_id)
     }
 
@@ -185,7 +185,7 @@ impl Peers {
         };
         self.by_index.remove(&peer.local_index);
         peer.local_index = local_index;
-        self.by_index.insert(local_index, fqdn.to_owned());
+        self.by_index.insert(local_index, peer.fqdn.clone());
     }
 
     /// Adds a peer, replacing (and returning) the one of the same name.
@@ -211,7 +211,7 @@ impl Peers {
             IpAddr::V4(peer.direction.peer.vip4),
             IpAddr::V6(peer.direction.peer.vip6),
         ] {
-            if self.by_vip.get(&vip).map(String::as_str) == Some(fqdn) {
+            if self.by_vip.get(&vip).map(Fqdn::as_str) == Some(fqdn) {
                 self.by_vip.remove(&vip);
             }
         }
@@ -221,7 +221,7 @@ impl Peers {
     /// Removes every peer whose tunnel establishment failed, to make room;
     /// returns them (their tunnels, if any, leave the data plane).
     pub fn evict_failed(&mut self) -> Vec<Peer> {
-        let failed: Vec<String> = self
+        let failed: Vec<Fqdn> = self
             .by_name
             .iter()
             .filter(|(_, p)| p.failed())
@@ -242,7 +242,7 @@ impl Peers {
     }
 
     /// The peers with something due at `now`, in name order.
-    pub fn due(&self, now: Instant) -> Vec<String> {
+    pub fn due(&self, now: Instant) -> Vec<Fqdn> {
         self.timers.due(now)
     }
 
@@ -295,7 +295,7 @@ pub(crate) mod tests {
     pub fn peer(i: u32, local_index: u32, now: Instant, state: PeerState) -> Peer {
         let direction = direction(i, 1000 + i as u64);
         Peer {
-            fqdn: direction.peer.fqdn.clone(),
+            fqdn: Fqdn::new(&direction.peer.fqdn),
             direction,
             role: TunnelRole::Initiator,
             local_index: LocalIndex(local_index),
@@ -328,13 +328,13 @@ pub(crate) mod tests {
         peers.check_indexes();
         let name = "p1.cyphonic.internal";
         assert_eq!(
-            peers.name_by_index(LocalIndex(11)).map(String::as_str),
+            peers.name_by_index(LocalIndex(11)).map(Fqdn::as_str),
             Some(name)
         );
         assert_eq!(
             peers
                 .name_by_vip(Ipv4Addr::new(100, 64, 0, 1).into())
-                .map(String::as_str),
+                .map(Fqdn::as_str),
             Some(name)
         );
         // A new route for the same peer replaces the old one everywhere.
@@ -345,7 +345,7 @@ pub(crate) mod tests {
         assert!(peers.name_by_index(LocalIndex(11)).is_none());
         assert!(peers.name_by_route(RouteId(1001)).is_none());
         assert_eq!(
-            peers.name_by_route(RouteId(77)).map(String::as_str),
+            peers.name_by_route(RouteId(77)).map(Fqdn::as_str),
             Some(name)
         );
         peers.set_local_index(name, LocalIndex(44));

@@ -10,6 +10,7 @@ use cyphonic_proto::signal::Message;
 
 use super::timers::Timers;
 use super::types::Transport;
+use cyphonic_proto::Fqdn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestKind {
@@ -25,7 +26,7 @@ pub(crate) enum RequestKind {
 pub(crate) struct OutRequest {
     pub kind: RequestKind,
     pub message: Message,
-    pub target: Option<String>,
+    pub target: Option<Fqdn>,
     pub next_retransmit: Instant,
     pub interval: Duration,
     pub deadline: Instant,

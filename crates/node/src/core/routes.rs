@@ -14,6 +14,7 @@ use super::tunnel::PeerState;
 use super::types::{NodeEvent, Transport, TunnelRole};
 use super::Node;
 use crate::resolver;
+use cyphonic_proto::Fqdn;
 
 /// Why a route direction is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,7 +81,7 @@ impl Node {
     pub(super) fn on_direction_to_initiator(
         &mut self,
         now: Instant,
-        target: String,
+        target: Fqdn,
         before_move: bool,
         direction: RouteDirection,
     ) {
@@ -129,7 +130,7 @@ impl Node {
             for addr in &direction.peer.endpoints {
                 self.out.events.push_back(NodeEvent::LegName {
                     addr: *addr,
-                    fqdn: fqdn.clone(),
+                    fqdn: fqdn.to_string(),
                 });
             }
         }
@@ -190,7 +191,7 @@ impl Node {
             for gone in self.peers.evict_failed() {
                 if let Some(t) = gone.tunnel {
                     self.out.events.push_back(NodeEvent::TunnelDown {
-                        fqdn: gone.fqdn,
+                        fqdn: gone.fqdn.to_string(),
                         local_index: t.recv.local_index(),
                     });
                 }

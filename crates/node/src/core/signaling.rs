@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use cyphonic_proto::signal::{
     DirectionErrorCode, Envelope, Message, RegistrationRequest, RouteDirection, SignalCipher,
 };
+use cyphonic_proto::Fqdn;
 use hickory_proto::op::ResponseCode;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -83,12 +84,12 @@ pub(crate) enum SignalingEvent {
     },
     DirectionToInitiator {
         /// The name the Direction Request asked for.
-        target: String,
+        target: Fqdn,
         before_move: bool,
         direction: RouteDirection,
     },
     /// Route selection for `target` failed or timed out.
-    DirectionFailed { target: String, rcode: ResponseCode },
+    DirectionFailed { target: Fqdn, rcode: ResponseCode },
 }
 
 pub(crate) struct Signaling {
@@ -357,11 +358,11 @@ impl Signaling {
         }
     }
 
-    /// A Direction Request for `target` (a normalised FQDN).
+    /// A Direction Request for `target`.
     pub fn send_direction(
         &mut self,
         now: Instant,
-        target: String,
+        target: Fqdn,
         rng: &mut StdRng,
         out: &mut Outbox,
     ) {
@@ -370,7 +371,7 @@ impl Signaling {
             now,
             RequestKind::Direction,
             Message::DirectionRequest {
-                target: target.clone(),
+                target: target.to_string(),
             },
             Some(target),
             timeout,
@@ -385,7 +386,7 @@ impl Signaling {
         now: Instant,
         kind: RequestKind,
         message: Message,
-        target: Option<String>,
+        target: Option<Fqdn>,
         timeout: Duration,
         rng: &mut StdRng,
         out: &mut Outbox,

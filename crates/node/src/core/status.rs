@@ -42,7 +42,7 @@ impl Node {
                         stats.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0)
                     };
                     PeerStatus {
-                        fqdn: p.fqdn.clone(),
+                        fqdn: p.fqdn.to_string(),
                         vip4: p.direction.peer.vip4,
                         vip6: p.direction.peer.vip6,
                         role: p.role,

@@ -198,7 +198,7 @@ fn five_thousand_names_come_and_go_and_routes_still_work() {
     let fresh = direction(names, true);
     let name = fresh.peer.fqdn.clone();
     b.node
-        .handle_dns_query(b.now, 7, dns_query(&format!("{name}.")), name.clone());
+        .handle_dns_query(b.now, 7, dns_query(&format!("{name}.")), Fqdn::new(&name));
     let asked = b.pump();
     assert_eq!(
         asked.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
@@ -223,7 +223,7 @@ fn five_thousand_names_come_and_go_and_routes_still_work() {
         b.now,
         8,
         dns_query("p3.cyphonic.internal."),
-        "p3.cyphonic.internal".into(),
+        Fqdn::new("p3.cyphonic.internal"),
     );
     assert_eq!(b.pump().len(), 1);
     b.node.peers.check_indexes();

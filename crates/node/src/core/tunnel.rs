@@ -164,7 +164,7 @@ impl Node {
     fn peer_verifier(&self, peer: &Peer, now: Instant) -> CertCheck {
         CertCheck {
             verifier: self.verifier.clone(),
-            fqdn: peer.fqdn.clone(),
+            fqdn: peer.fqdn.to_string(),
             serial: peer.direction.peer.cert_serial,
             now: self.wall(now),
         }
