@@ -108,62 +108,30 @@ impl NetInfo {
 mod tests {
     use super::*;
 
-    /// Placements of `docs/routing.md` that tell the NAT kinds apart.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum P {
-        V6,
-        V4,
-        Eim,
-        Sym,
-    }
-
-    fn a(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    /// A node of placement `p`; `n` tells two nodes of one placement apart
-    /// (different addresses and different NATs).
-    fn node(p: P, n: u8) -> NetInfo {
-        match p {
-            P::V6 => NetInfo {
-                local_addrs: vec![a(&format!("[2001:db8::1{n}]:4501"))],
-                observed: a(&format!("[2001:db8::1{n}]:4501")),
-                observed_probe: Some(a(&format!("[2001:db8::1{n}]:4501"))),
-                transport: Transport::Udp,
-                quic_port: 0,
-            },
-            P::V4 => NetInfo {
-                local_addrs: vec![a(&format!("192.0.2.1{n}:4501"))],
-                observed: a(&format!("192.0.2.1{n}:4501")),
-                observed_probe: Some(a(&format!("192.0.2.1{n}:4501"))),
-                transport: Transport::Udp,
-                quic_port: 0,
-            },
-            P::Eim => NetInfo {
-                local_addrs: vec![a(&format!("198.51.100.1{n}:4501"))],
-                observed: a(&format!("192.0.2.10{n}:4501")),
-                observed_probe: Some(a(&format!("192.0.2.10{n}:4501"))),
-                transport: Transport::Udp,
-                quic_port: 0,
-            },
-            P::Sym => NetInfo {
-                local_addrs: vec![a(&format!("203.0.113.1{n}:4501"))],
-                observed: a(&format!("192.0.2.11{n}:40001")),
-                observed_probe: Some(a(&format!("192.0.2.11{n}:40002"))),
-                transport: Transport::Udp,
-                quic_port: 0,
-            },
+    /// A node with these local addresses that the NMS's two ports saw as
+    /// `observed` and `probe`.
+    fn seen(local: &str, observed: &str, probe: Option<&str>) -> NetInfo {
+        NetInfo {
+            local_addrs: vec![local.parse().expect("addr")],
+            observed: observed.parse().expect("addr"),
+            observed_probe: probe.map(|p| p.parse().expect("addr")),
+            transport: Transport::Udp,
+            quic_port: 0,
         }
     }
 
     #[test]
     fn nat_kinds() {
-        assert_eq!(node(P::V4, 1).nat(), NatKind::None);
-        assert_eq!(node(P::V6, 1).nat(), NatKind::None);
-        assert_eq!(node(P::Eim, 1).nat(), NatKind::EndpointIndependent);
-        assert_eq!(node(P::Sym, 1).nat(), NatKind::Symmetric);
-        let mut unknown = node(P::Eim, 1);
-        unknown.observed_probe = None;
-        assert_eq!(unknown.nat(), NatKind::Unknown);
+        let (v4, v6) = ("192.0.2.11:4501", "[2001:db8::11]:4501");
+        assert_eq!(seen(v4, v4, Some(v4)).nat(), NatKind::None);
+        assert_eq!(seen(v6, v6, Some(v6)).nat(), NatKind::None);
+        let (lan, wan) = ("198.51.100.11:4501", "192.0.2.101:4501");
+        assert_eq!(
+            seen(lan, wan, Some(wan)).nat(),
+            NatKind::EndpointIndependent
+        );
+        let sym = seen(lan, "192.0.2.111:40001", Some("192.0.2.111:40002"));
+        assert_eq!(sym.nat(), NatKind::Symmetric);
+        assert_eq!(seen(lan, wan, None).nat(), NatKind::Unknown);
     }
 }

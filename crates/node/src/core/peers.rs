@@ -271,7 +271,10 @@ pub(crate) mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::time::Duration;
 
+    /// Route `route_id` to peer `p<i>`, whose VIPs are 100.64.0.0 + i + 2
+    /// and fd00::(i + 2) (a node under test has .1 and ::1).
     pub fn direction(i: u32, route_id: u64) -> RouteDirection {
+        let v = i + 2;
         RouteDirection {
             route_id: RouteId(route_id),
             pattern: RoutePattern::Direct,
@@ -282,8 +285,8 @@ pub(crate) mod tests {
             via: Transport::Udp,
             peer: PeerInfo {
                 fqdn: format!("p{i}.cyphonic.internal"),
-                vip4: Ipv4Addr::new(100, 64, (i >> 8) as u8, i as u8),
-                vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i as u16),
+                vip4: Ipv4Addr::new(100, 64 + (v >> 16) as u8, (v >> 8) as u8, v as u8),
+                vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, (v >> 16) as u16, v as u16),
                 static_public: [0; 32],
                 cert_serial: 1,
                 cert_status: CertStatus::Good,
@@ -333,7 +336,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             peers
-                .name_by_vip(Ipv4Addr::new(100, 64, 0, 1).into())
+                .name_by_vip(Ipv4Addr::new(100, 64, 0, 3).into())
                 .map(Fqdn::as_str),
             Some(name)
         );
@@ -353,7 +356,7 @@ pub(crate) mod tests {
         peers.check_indexes();
         peers.remove(name);
         assert!(peers
-            .name_by_vip(Ipv4Addr::new(100, 64, 0, 1).into())
+            .name_by_vip(Ipv4Addr::new(100, 64, 0, 3).into())
             .is_none());
         peers.check_indexes();
         assert_eq!(peers.len(), 1);

@@ -788,4 +788,4 @@ impl Signaling {
 
 #[cfg(test)]
 #[path = "signaling_tests.rs"]
-mod tests;
+pub(crate) mod tests;

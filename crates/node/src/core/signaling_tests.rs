@@ -109,7 +109,8 @@ impl Bench {
     }
 }
 
-fn registered() -> Message {
+/// The NMS's answer to n1's Registration (192.0.2.50, no NAT, no probe).
+pub(crate) fn registered() -> Message {
     Message::RegistrationResponse(RegistrationResponse {
         fqdn: "n1.cyphonic.internal".into(),
         vip4: Ipv4Addr::new(100, 64, 0, 1),

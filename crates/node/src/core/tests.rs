@@ -1,16 +1,13 @@
 //! The node's front, time stepped by hand, against a test NMS: what only
 //! shows when the parts work together.
 
-use cyphonic_proto::{RouteId, SessionId};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use cyphonic_pki::Verifier;
 use cyphonic_proto::handshake::{LocalIdentity, StaticKeypair};
-use cyphonic_proto::signal::{
-    CertStatus, Envelope, Message, PeerInfo, RegistrationResponse, Role, RouteDirection,
-    RoutePattern, SignalCipher,
-};
+use cyphonic_proto::signal::{Envelope, Message, Role, RouteDirection, SignalCipher};
+use cyphonic_proto::SessionId;
 use hickory_proto::op::{Message as DnsMessage, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use rand::rngs::StdRng;
@@ -103,17 +100,9 @@ impl Bench {
             }
             let env = self.nms.open(&t.payload).expect("the NMS opens it");
             match env.message {
-                Message::RegistrationRequest(_) => self.send(
-                    env.txid,
-                    Message::RegistrationResponse(RegistrationResponse {
-                        fqdn: "n1.cyphonic.internal".into(),
-                        vip4: Ipv4Addr::new(100, 64, 0, 1),
-                        vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
-                        observed: "192.0.2.50:4501".parse().expect("addr"),
-                        keepalive_secs: 10,
-                        probe_port: 0,
-                    }),
-                ),
+                Message::RegistrationRequest(_) => {
+                    self.send(env.txid, super::signaling::tests::registered())
+                }
                 Message::KeepAlive => self.send(
                     env.txid,
                     Message::KeepAliveAck {
@@ -138,27 +127,12 @@ impl Bench {
     }
 }
 
-/// Peer `i` (VIPs from 100.64.0.2 and fd00::2 on; ours are .1 and ::1).
+/// Route to peer `p<i>` (VIPs from 100.64.0.2 and fd00::2 on; ours are
+/// .1 and ::1).
 fn direction(i: u32, initiate: bool) -> RouteDirection {
-    let v = i + 2;
-    RouteDirection {
-        route_id: RouteId(1_000_000 + i as u64),
-        pattern: RoutePattern::Direct,
-        initiate,
-        punch: false,
-        tunnel_key: [0; 32],
-        relay: None,
-        via: Transport::Udp,
-        peer: PeerInfo {
-            fqdn: format!("p{i}.cyphonic.internal"),
-            vip4: Ipv4Addr::new(100, 64 + (v >> 16) as u8, (v >> 8) as u8, v as u8),
-            vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, (v >> 16) as u16, v as u16),
-            static_public: [0; 32],
-            cert_serial: 1,
-            cert_status: CertStatus::Good,
-            endpoints: Vec::new(),
-        },
-    }
+    let mut d = super::peers::tests::direction(i, 1_000_000 + i as u64);
+    d.initiate = initiate;
+    d
 }
 
 fn dns_query(name: &str) -> DnsMessage {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cyphonic_pki::Verifier;
 use cyphonic_proto::data::{RecvKey, SendKey};
-use cyphonic_proto::handshake::{self, Initiator, PeerVerifier};
+use cyphonic_proto::handshake::{self, Initiator, LocalIdentity, PeerVerifier};
 use cyphonic_proto::signal::RoutePattern;
 use cyphonic_proto::RouteId;
 use rand::rngs::StdRng;
@@ -106,6 +106,23 @@ fn attempt_paths(peer: &Peer) -> Vec<Path> {
     direct.chain(relay).collect()
 }
 
+/// The initiator's state and Tunnel Request for `peer`'s route.
+fn initiate(
+    identity: &LocalIdentity,
+    peer: &Peer,
+    rng: &mut StdRng,
+) -> Result<(Initiator, Vec<u8>), handshake::HandshakeError> {
+    let d = &peer.direction;
+    Initiator::start_with_rng(
+        identity,
+        &d.peer.static_public,
+        &d.tunnel_key,
+        d.route_id,
+        peer.local_index,
+        rng,
+    )
+}
+
 /// Randomness for one handshake's ephemeral key. The node's generator is
 /// re-keyed from its own output afterwards (fast key erasure), so its state
 /// never lets anyone recompute an earlier ephemeral key: forward secrecy
@@ -130,15 +147,7 @@ impl Node {
             self.counters.handshake_failures += 1;
             return;
         };
-        let d = &peer.direction;
-        match Initiator::start_with_rng(
-            &self.identity,
-            &d.peer.static_public,
-            &d.tunnel_key,
-            d.route_id,
-            peer.local_index,
-            &mut rng,
-        ) {
+        match initiate(&self.identity, &peer, &mut rng) {
             Ok((initiator, request)) => {
                 tracing::debug!(peer = %fqdn, path = %first, "Tunnel Request");
                 self.out.transmits.push_back(first.transmit(&request));
@@ -286,22 +295,14 @@ impl Node {
         let Some(mut peer) = self.peers.get_mut(fqdn) else {
             return;
         };
-        let peer = &mut *peer;
-        let d = &peer.direction;
+        let started = initiate(&self.identity, &peer, &mut rng);
         let PeerState::Handshaking {
             initiator, request, ..
         } = &mut peer.state
         else {
             return;
         };
-        match Initiator::start_with_rng(
-            &self.identity,
-            &d.peer.static_public,
-            &d.tunnel_key,
-            d.route_id,
-            peer.local_index,
-            &mut rng,
-        ) {
+        match started {
             Ok((fresh, fresh_request)) => {
                 *initiator = Some(Box::new(fresh));
                 *request = fresh_request;
