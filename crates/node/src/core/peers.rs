@@ -21,9 +21,6 @@ use super::timers::Timers;
 use super::tunnel::PeerState;
 use super::types::{Path, TimerReason, TunnelHandle, TunnelRole};
 
-/// Peers the network can make us hold at once.
-pub const MAX_PEERS: usize = 4096;
-
 pub(crate) struct Peer {
     pub fqdn: Fqdn,
     pub direction: RouteDirection,

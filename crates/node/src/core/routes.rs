@@ -8,7 +8,7 @@ use std::time::Instant;
 use cyphonic_proto::signal::{CertStatus, Message, RouteDirection, RoutePattern};
 use hickory_proto::op::ResponseCode;
 
-use super::peers::{Peer, MAX_PEERS};
+use super::peers::Peer;
 use super::relay::RelayState;
 use super::tunnel::PeerState;
 use super::types::{NodeEvent, Transport, TunnelRole};
@@ -184,7 +184,7 @@ impl Node {
         state: PeerState,
     ) {
         let fqdn = resolver::normalize(&direction.peer.fqdn);
-        if !self.peers.contains(&fqdn) && self.peers.len() >= MAX_PEERS {
+        if !self.peers.contains(&fqdn) && self.peers.len() >= self.config.max_peers {
             // Peers whose establishment failed hold nothing worth keeping:
             // they make room (and leave the data plane if an older tunnel
             // of theirs was still there).
@@ -196,7 +196,7 @@ impl Node {
                     });
                 }
             }
-            if self.peers.len() >= MAX_PEERS {
+            if self.peers.len() >= self.config.max_peers {
                 tracing::warn!(peer = %fqdn, "peer table full");
                 return;
             }

@@ -13,8 +13,10 @@ use hickory_proto::rr::{Name, RecordType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::peers::MAX_PEERS;
 use super::*;
+
+/// `NodeConfig::default().max_peers`.
+const MAX_PEERS: usize = 4096;
 
 const NMS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 4502);
 const KEY: [u8; 32] = [5; 32];
@@ -201,6 +203,11 @@ fn five_thousand_names_come_and_go_and_routes_still_work() {
     );
     assert_eq!(b.pump().len(), 1);
     b.node.peers.check_indexes();
+}
+
+#[test]
+fn the_default_bound_is_the_documented_one() {
+    assert_eq!(NodeConfig::default().max_peers, MAX_PEERS);
 }
 
 #[test]

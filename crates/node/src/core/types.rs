@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// [`crate::host::Host`]) never share an index and a datagram's
     /// receiver index names its node. `None`: any index.
     pub index_tag: Option<u8>,
+    /// Peers held at once; when full, peers whose tunnel establishment
+    /// failed make room, and a new route is refused only when none did.
+    pub max_peers: usize,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +95,7 @@ impl Default for NodeConfig {
             transport_reprobe: Duration::from_secs(30),
             quic_port: 0,
             index_tag: None,
+            max_peers: 4096,
         }
     }
 }

@@ -974,3 +974,64 @@ fn ping_reports_the_path_and_round_trip() {
     // virtual clock.
     assert_eq!(pong.rtt_us, 20_000, "{pong:?}");
 }
+
+// ---- 9. A full peer table ---------------------------------------------
+
+/// A peer whose tunnel went dead and whose new route failed makes room
+/// when the table is full, and its old tunnel leaves the data plane
+/// (`TunnelDown`); live peers stay.
+#[test]
+fn a_failed_peer_makes_room_and_its_tunnel_goes_down() {
+    let mut config = SimConfig::new(one_seed(91), 4);
+    config.node.max_peers = 2;
+    let mut sim = registered(config);
+    assert_eq!(lookup(&mut sim, 1, 2, RecordType::A), ResponseCode::NoError);
+    assert!(tunnel_between(&mut sim, 1, 2, secs(5)));
+    // n1 and n2 stop reaching each other (the NMS still reaches both): the
+    // liveness check selects the route again, and its handshake fails.
+    let (a, b) = (node_v4(1).ip(), node_v4(2).ip());
+    sim.add_rule(move |w| {
+        (w.src.ip() == a && w.dst.ip() == b) || (w.src.ip() == b && w.dst.ip() == a)
+    });
+    let n2 = sim.node(2).fqdn.clone();
+    assert!(
+        sim.run_until(secs(60), |s| s
+            .node(1)
+            .node
+            .status(s.now)
+            .peers
+            .iter()
+            .any(|p| p.fqdn == n2 && p.state.starts_with("failed"))),
+        "n1's new route to n2 failed"
+    );
+    assert!(
+        sim.node(1).tunnel_downs.is_empty(),
+        "the old tunnel stays until room is needed"
+    );
+    // n3 fills the table; n4 needs the room n2 holds.
+    assert_eq!(lookup(&mut sim, 1, 3, RecordType::A), ResponseCode::NoError);
+    assert!(tunnel_between(&mut sim, 1, 3, secs(5)));
+    assert_eq!(lookup(&mut sim, 1, 4, RecordType::A), ResponseCode::NoError);
+    assert!(tunnel_between(&mut sim, 1, 4, secs(5)));
+    let downs: Vec<&str> = sim
+        .node(1)
+        .tunnel_downs
+        .iter()
+        .map(|(_, f)| f.as_str())
+        .collect();
+    assert_eq!(downs, vec![n2.as_str()]);
+    let peers: Vec<String> = sim
+        .node(1)
+        .node
+        .status(sim.now)
+        .peers
+        .into_iter()
+        .map(|p| p.fqdn)
+        .collect();
+    assert_eq!(
+        peers,
+        vec![sim.node(3).fqdn.clone(), sim.node(4).fqdn.clone()]
+    );
+    exchange(&mut sim, 1, 3, "after eviction");
+    exchange(&mut sim, 1, 4, "after eviction");
+}
