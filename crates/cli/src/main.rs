@@ -80,11 +80,46 @@ enum CloudCmd {
     /// Manage devices.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Manage general nodes: devices without a client that an adapter
+    /// serves on its LAN.
+    #[command(subcommand, name = "general-node")]
+    GeneralNode(GeneralNodeCmd),
     /// Revoke a node certificate by serial (hex or decimal).
     Revoke {
         #[arg(long)]
         config: PathBuf,
         serial: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GeneralNodeCmd {
+    /// Add a general node `<name>.<domain>` that adapter `--adapter` serves;
+    /// it is known on the adapter's LAN by `--mac`.
+    Add {
+        #[arg(long)]
+        config: PathBuf,
+        /// The adapter's device ID (a node).
+        #[arg(long)]
+        adapter: String,
+        /// The general node's MAC address, aa:bb:cc:dd:ee:ff.
+        #[arg(long)]
+        mac: String,
+        name: String,
+    },
+    /// List general nodes with their adapter, MAC, names and VIPs.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this adapter's.
+        #[arg(long)]
+        adapter: Option<String>,
+    },
+    /// Remove a general node.
+    Remove {
+        #[arg(long)]
+        config: PathBuf,
+        name: String,
     },
 }
 
@@ -247,6 +282,43 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 "added {} as {} ({} {})",
                 d.device_id, d.fqdn, d.vip4, d.vip6
             );
+        }
+        Command::Cloud(CloudCmd::GeneralNode(GeneralNodeCmd::Add {
+            config,
+            adapter,
+            mac,
+            name,
+        })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            let g = cyphonic_cloud::admin::add_general_node(&cfg, &adapter, &mac, &name).await?;
+            println!(
+                "added general node {} ({}) as {} ({} {}), served by {}",
+                g.device.device_id,
+                g.mac,
+                g.device.fqdn,
+                g.device.vip4,
+                g.device.vip6,
+                g.adapter_id
+            );
+        }
+        Command::Cloud(CloudCmd::GeneralNode(GeneralNodeCmd::List { config, adapter })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            for g in cyphonic_cloud::admin::list_general_nodes(&cfg, adapter.as_deref()).await? {
+                println!(
+                    "{:<20} {:<17} {:<20} {:<32} {:<15} {}",
+                    g.device.device_id,
+                    g.mac,
+                    g.adapter_id,
+                    g.device.fqdn,
+                    g.device.vip4,
+                    g.device.vip6
+                );
+            }
+        }
+        Command::Cloud(CloudCmd::GeneralNode(GeneralNodeCmd::Remove { config, name })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            cyphonic_cloud::admin::remove_general_node(&cfg, &name).await?;
+            println!("removed general node {name}");
         }
         Command::Cloud(CloudCmd::Device(DeviceCmd::List { config })) => {
             let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;

@@ -188,3 +188,105 @@ fn lab_demo_passes() {
     }
     assert!(stdout.contains("demo: 5 passed, 0 failed"), "{stdout}");
 }
+
+/// `cyphonic cloud general-node add | list | remove` as an operator runs
+/// them: the adapter must be a node, MACs are checked and unique, the
+/// list shows what was added, and an adapter with general nodes cannot be
+/// removed from under them.
+#[test]
+fn general_nodes_are_managed_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = dir.path().join("cloud");
+    let ok = |args: &[&str]| {
+        let out = cyphonic(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let err = |args: &[&str]| {
+        let out = cyphonic(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    ok(&[
+        "cloud",
+        "init",
+        "--dir",
+        cloud.to_str().unwrap(),
+        "--public",
+        "192.0.2.1",
+    ]);
+    let cfg = cloud.join("cloud.toml");
+    let cfg = cfg.to_str().unwrap();
+    ok(&[
+        "cloud",
+        "device",
+        "add",
+        "--config",
+        cfg,
+        "adapter1",
+        "--password",
+        "adapter-secret",
+    ]);
+    let gn = |mac: &str, name: &str, adapter: &str| {
+        vec![
+            "cloud".to_owned(),
+            "general-node".into(),
+            "add".into(),
+            "--config".into(),
+            cfg.into(),
+            "--adapter".into(),
+            adapter.into(),
+            "--mac".into(),
+            mac.into(),
+            name.into(),
+        ]
+    };
+    let added = ok(&strs(&gn("02:00:5E:10:00:01", "camera", "adapter1")));
+    assert!(added.contains("camera.cyphonic.internal"), "{added}");
+    assert!(added.contains("02:00:5e:10:00:01"), "{added}");
+    ok(&strs(&gn("02:00:5e:10:00:02", "plc", "adapter1")));
+    let e = err(&strs(&gn("02:00:5e:10:00:01", "printer", "adapter1")));
+    assert!(e.contains("already belongs to a general node"), "{e}");
+    let e = err(&strs(&gn("02:00:5e:10:00", "printer", "adapter1")));
+    assert!(e.contains("is not a MAC address"), "{e}");
+    let e = err(&strs(&gn("02:00:5e:10:00:03", "printer", "nobody")));
+    assert!(e.contains("nobody does not exist"), "{e}");
+    let e = err(&strs(&gn("02:00:5e:10:00:03", "printer", "camera")));
+    assert!(e.contains("only a node can be an adapter"), "{e}");
+    let list = ok(&["cloud", "general-node", "list", "--config", cfg]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with("camera") && lines[0].contains("adapter1"),
+        "{list}"
+    );
+    assert!(lines[1].starts_with("plc"), "{list}");
+    ok(&["cloud", "general-node", "remove", "--config", cfg, "camera"]);
+    let list = ok(&[
+        "cloud",
+        "general-node",
+        "list",
+        "--config",
+        cfg,
+        "--adapter",
+        "adapter1",
+    ]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+    let e = err(&[
+        "cloud",
+        "general-node",
+        "remove",
+        "--config",
+        cfg,
+        "adapter1",
+    ]);
+    assert!(e.contains("not a general node"), "{e}");
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use crate::route::{decide_route, Initiator, NatKind, NetInfo};
 use cyphonic_proto::signal::{
-    self, CertStatus, DirectionErrorCode, Envelope, Message, PeerInfo, RegistrationRequest,
-    RegistrationResponse, RelayOffer, Role, RouteDirection, RoutePattern, SignalCipher,
+    self, CertStatus, DirectionErrorCode, Envelope, GeneralNodes, Message, PeerInfo,
+    RegistrationRequest, RegistrationResponse, RelayOffer, Role, RouteDirection, RoutePattern,
+    SignalCipher,
 };
 use cyphonic_proto::{RelayId, RouteId, SessionId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -139,6 +140,14 @@ pub enum NmsEvent {
         target: String,
         reason: String,
     },
+    /// An adapter asked for the general nodes it serves: look up the ones
+    /// of `device_id` and answer with `handle_general_nodes`.
+    NeedGeneralNodes {
+        session_id: SessionId,
+        txid: u64,
+        device_id: String,
+        offset: u16,
+    },
 }
 
 /// Why the NMS wants to be woken.
@@ -216,6 +225,8 @@ const MAX_PENDING_PER_UNKNOWN_SESSION: usize = 4;
 const MAX_UNKNOWN_SESSIONS: usize = 1024;
 const MAX_PENDING_ROUTES: usize = 4096;
 const RESPONSE_CACHE: usize = 4096;
+/// Information Requests waiting for the shell's lookup.
+const MAX_INFORMATION_PENDING: usize = 1024;
 
 pub struct Nms {
     config: NmsConfig,
@@ -231,6 +242,8 @@ pub struct Nms {
     /// answered the same way instead of being acted on twice.
     answered: HashMap<(SessionId, u64), Vec<u8>>,
     answered_order: VecDeque<(SessionId, u64)>,
+    /// Information Requests the shell is looking up: where to answer.
+    information_pending: BTreeMap<(SessionId, u64), (SocketAddr, SocketAddr)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<NmsEvent>,
     counters: NmsCounters,
@@ -254,6 +267,7 @@ impl Nms {
             routes: BTreeMap::new(),
             answered: HashMap::new(),
             answered_order: VecDeque::new(),
+            information_pending: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: NmsCounters::default(),
@@ -453,6 +467,9 @@ impl Nms {
             }
             Message::RouteDirectionConfirmation { route_id } => {
                 self.on_confirmation(session_id, env.txid, route_id)
+            }
+            Message::InformationRequest { offset } => {
+                self.on_information_request(session_id, local, from, env.txid, offset)
             }
             other => {
                 self.counters.rx_bad += 1;
@@ -834,6 +851,53 @@ impl Nms {
 
     /// Seals and sends an answer; with `cache`, a retransmitted request is
     /// answered from the cache rather than acted on again.
+    /// Information Request (seed slide 15): the shell looks the list up.
+    /// Only a registered session may ask; the answer goes where the
+    /// request came from.
+    fn on_information_request(
+        &mut self,
+        session_id: SessionId,
+        local: SocketAddr,
+        from: SocketAddr,
+        txid: u64,
+        offset: u16,
+    ) {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return;
+        };
+        if session.registration.is_none() {
+            self.counters.rx_bad += 1;
+            return;
+        }
+        while self.information_pending.len() >= MAX_INFORMATION_PENDING {
+            self.information_pending.pop_first();
+        }
+        self.information_pending
+            .insert((session_id, txid), (local, from));
+        self.events.push_back(NmsEvent::NeedGeneralNodes {
+            session_id,
+            txid,
+            device_id: session.info.device_id.clone(),
+            offset,
+        });
+    }
+
+    /// The shell's answer to [`NmsEvent::NeedGeneralNodes`]: one page of
+    /// the adapter's general nodes.
+    pub fn handle_general_nodes(&mut self, session_id: SessionId, txid: u64, page: GeneralNodes) {
+        let Some((local, from)) = self.information_pending.remove(&(session_id, txid)) else {
+            return;
+        };
+        self.answer(
+            session_id,
+            local,
+            from,
+            txid,
+            Message::InformationResponse(page),
+            true,
+        );
+    }
+
     fn answer(
         &mut self,
         session_id: SessionId,
@@ -960,5 +1024,115 @@ mod tests {
         assert_eq!(firsts, vec![servers[0], servers[2], servers[0], servers[2]]);
         // Every list still holds every instance, for failover.
         assert_eq!(nms.relay_servers().len(), 4);
+    }
+
+    /// A node's end of one session with `nms`, registered.
+    fn registered_node(nms: &mut Nms, now: Instant, id: u64) -> (SignalCipher, SocketAddr) {
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let from: SocketAddr = format!("192.0.2.{}:4501", 10 + id).parse().unwrap();
+        let key = [id as u8; 32];
+        nms.handle_session(
+            now,
+            SessionInfo {
+                session_id: SessionId(id),
+                common_key: key,
+                device_id: format!("a{id}"),
+                fqdn: format!("a{id}.cyphonic.internal"),
+                vip4: std::net::Ipv4Addr::new(100, 64, 0, id as u8),
+                vip6: format!("fd7a:6379:7068::{id}").parse().unwrap(),
+                cert_serial: id,
+            },
+        );
+        let mut node = SignalCipher::new(SessionId(id), &key, Role::Node, 1);
+        let reg = node.seal(&Envelope {
+            txid: 1,
+            message: Message::RegistrationRequest(RegistrationRequest {
+                static_public: [1; 32],
+                tunnel_port: 4501,
+                local_addrs: vec![from],
+                transport: cyphonic_proto::Transport::Udp,
+                quic_port: 0,
+            }),
+        });
+        nms.handle_datagram(now, local, from, &reg);
+        while nms.poll_transmit().is_some() {}
+        while nms.poll_event().is_some() {}
+        (node, from)
+    }
+
+    #[test]
+    fn an_adapter_gets_its_general_nodes_where_it_asked_from() {
+        let now = Instant::now();
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 0);
+        let (mut adapter, from) = registered_node(&mut nms, now, 1);
+        let ask = adapter.seal(&Envelope {
+            txid: 7,
+            message: Message::InformationRequest { offset: 4 },
+        });
+        nms.handle_datagram(now, local, from, &ask);
+        let mut asked = Vec::new();
+        while let Some(e) = nms.poll_event() {
+            if let NmsEvent::NeedGeneralNodes {
+                session_id,
+                txid,
+                device_id,
+                offset,
+            } = e
+            {
+                asked.push((session_id, txid, device_id, offset));
+            }
+        }
+        assert_eq!(asked, vec![(SessionId(1), 7, "a1".to_string(), 4)]);
+        assert!(nms.poll_transmit().is_none(), "no answer before the lookup");
+        let page = GeneralNodes {
+            version: 9,
+            total: 5,
+            offset: 4,
+            nodes: vec![cyphonic_proto::signal::GeneralNodeInfo {
+                mac: [2, 0, 0, 0, 0, 5],
+                fqdn: "gn5.cyphonic.internal".into(),
+                vip4: std::net::Ipv4Addr::new(100, 64, 1, 5),
+                vip6: "fd7a:6379:7068::1:5".parse().unwrap(),
+            }],
+        };
+        nms.handle_general_nodes(SessionId(1), 7, page.clone());
+        let t = nms.poll_transmit().expect("the answer");
+        assert_eq!((t.local, t.destination), (local, from));
+        let env = adapter.open(&t.payload).expect("sealed for the adapter");
+        assert_eq!(env.txid, 7);
+        assert_eq!(env.message, Message::InformationResponse(page.clone()));
+        // A late or unknown lookup answers nothing.
+        nms.handle_general_nodes(SessionId(1), 7, page);
+        assert!(nms.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn an_unregistered_session_gets_no_general_nodes() {
+        let now = Instant::now();
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 0);
+        let key = [3; 32];
+        nms.handle_session(
+            now,
+            SessionInfo {
+                session_id: SessionId(3),
+                common_key: key,
+                device_id: "a3".into(),
+                fqdn: "a3.cyphonic.internal".into(),
+                vip4: std::net::Ipv4Addr::new(100, 64, 0, 3),
+                vip6: "fd7a:6379:7068::3".parse().unwrap(),
+                cert_serial: 3,
+            },
+        );
+        let mut node = SignalCipher::new(SessionId(3), &key, Role::Node, 1);
+        let ask = node.seal(&Envelope {
+            txid: 1,
+            message: Message::InformationRequest { offset: 0 },
+        });
+        nms.handle_datagram(now, local, "192.0.2.13:4501".parse().unwrap(), &ask);
+        assert!(std::iter::from_fn(|| nms.poll_event())
+            .all(|e| !matches!(e, NmsEvent::NeedGeneralNodes { .. })));
+        assert!(nms.poll_transmit().is_none());
     }
 }

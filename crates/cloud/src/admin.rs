@@ -22,7 +22,8 @@ use crate::config::{
     is_dns_label, CloudConfig, ConfigError, AS_CERT_FILE, AS_KEY_FILE, CONFIG_FILE, DATABASE_FILE,
     ROOT_CERT_FILE, ROOT_KEY_FILE,
 };
-use crate::store::{CertStatus, DeviceRecord, Store, StoreError};
+use crate::store::{CertStatus, DeviceKind, DeviceRecord, GeneralNodeRecord, Store, StoreError};
+use cyphonic_proto::mac::{BadMac, MacAddr};
 
 /// The shortest password `add_device` accepts.
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -51,6 +52,8 @@ pub enum AdminError {
     },
     #[error("cannot create the CA: {0}")]
     Pki(String),
+    #[error(transparent)]
+    Mac(BadMac),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -159,6 +162,61 @@ pub async fn add_device(
     let result = store
         .add_device(device_id, password, &fqdn, cfg.vip4_prefix, cfg.vip6_prefix)
         .await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// Adds general node `<name>.<domain>`, which adapter `adapter_id` (a node)
+/// serves on its LAN where it shows up with `mac`, and gives it its VIPs.
+pub async fn add_general_node(
+    cfg: &CloudConfig,
+    adapter_id: &str,
+    mac: &str,
+    name: &str,
+) -> Result<GeneralNodeRecord, AdminError> {
+    if !is_dns_label(name) {
+        return Err(AdminError::InvalidDeviceId(name.to_owned()));
+    }
+    let mac: MacAddr = mac.parse().map_err(AdminError::Mac)?;
+    let fqdn = format!("{name}.{}", cfg.domain);
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store
+        .add_general_node(
+            adapter_id,
+            &mac.to_string(),
+            name,
+            &fqdn,
+            cfg.vip4_prefix,
+            cfg.vip6_prefix,
+        )
+        .await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// The general nodes of one adapter, or of all.
+pub async fn list_general_nodes(
+    cfg: &CloudConfig,
+    adapter_id: Option<&str>,
+) -> Result<Vec<GeneralNodeRecord>, AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store.general_nodes(adapter_id).await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// Removes a general node: its device, its sessions and certificates, as
+/// `remove_device` does for any device.
+pub async fn remove_general_node(cfg: &CloudConfig, name: &str) -> Result<(), AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = match store.device(name).await {
+        Ok(Some(d)) if d.kind == DeviceKind::General => store.remove_device(name).await,
+        Ok(Some(_)) => Err(StoreError::InvalidInput(format!(
+            "{name} is not a general node"
+        ))),
+        Ok(None) => Err(StoreError::NoSuchDevice(name.to_owned())),
+        Err(e) => Err(e),
+    };
     store.close().await;
     Ok(result?)
 }

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod as_server;
 pub mod config;
 pub mod edge;
+pub mod general;
 pub mod run;
 pub mod store;
 

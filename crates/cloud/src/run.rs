@@ -14,6 +14,7 @@ use crate::config::CloudConfig;
 use crate::edge::{CloudHub, EdgeTargets};
 use crate::nms::{Nms, NmsConfig, NmsEvent, SessionInfo};
 use crate::store::Store;
+use cyphonic_proto::signal::GeneralNodes;
 use cyphonic_proto::SessionId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +288,7 @@ pub async fn run_nms(
         });
     }
     let (session_tx, mut session_rx) = mpsc::channel::<(SessionId, Option<SessionInfo>)>(256);
+    let (general_tx, mut general_rx) = mpsc::channel::<(SessionId, u64, GeneralNodes)>(256);
     loop {
         while let Some(t) = nms.poll_transmit() {
             if let Some(edge) = edge.as_ref().filter(|e| e.nms_local() == t.local) {
@@ -329,6 +331,25 @@ pub async fn run_nms(
                 } => {
                     tracing::info!(%initiator, %target, %reason, "Direction Request failed")
                 }
+                NmsEvent::NeedGeneralNodes {
+                    session_id,
+                    txid,
+                    device_id,
+                    offset,
+                } => {
+                    let (store, tx) = (store.clone(), general_tx.clone());
+                    tokio::spawn(async move {
+                        match store.general_nodes(Some(&device_id)).await {
+                            Ok(records) => {
+                                let page = crate::general::page(&records, offset);
+                                let _ = tx.send((session_id, txid, page)).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(%device_id, error = %e, "general node lookup failed")
+                            }
+                        }
+                    });
+                }
             }
         }
         let deadline = nms
@@ -338,6 +359,7 @@ pub async fn run_nms(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => nms.handle_timeout(Instant::now()),
             Some((local, from, packet)) = rx.recv() => nms.handle_datagram(Instant::now(), local, from, &packet),
+            Some((id, txid, page)) = general_rx.recv() => nms.handle_general_nodes(id, txid, page),
             Some((id, info)) = session_rx.recv() => match info {
                 Some(info) => nms.handle_session(Instant::now(), info),
                 None => nms.handle_session_missing(id),

@@ -123,6 +123,15 @@ pub struct DeviceRecord {
     pub disabled: bool,
 }
 
+/// A general node: its device, the adapter that serves it, and the MAC it
+/// shows up with on the adapter's LAN (lowercase, colon-separated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneralNodeRecord {
+    pub device: DeviceRecord,
+    pub adapter_id: String,
+    pub mac: String,
+}
+
 /// Whether a certificate may still be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CertStatus {
@@ -295,62 +304,129 @@ impl Store {
             }
             None => None,
         };
-        let now = SystemTime::now();
-
         // IMMEDIATE takes the write lock now, so two concurrent additions
         // cannot pick the same free address.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if exists(
+        let record = insert_device(
             &mut tx,
-            "SELECT 1 FROM devices WHERE device_id = ?",
+            kind,
             device_id,
+            password_hash,
+            fqdn,
+            vip4_prefix,
+            vip6_prefix,
         )
-        .await?
-        {
-            return Err(StoreError::DeviceExists(device_id.to_owned()));
-        }
-        if exists(&mut tx, "SELECT 1 FROM devices WHERE fqdn = ?", fqdn).await? {
-            return Err(StoreError::FqdnTaken(fqdn.to_owned()));
-        }
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT vip4, vip6 FROM devices")
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut used4 = HashSet::with_capacity(rows.len());
-        let mut used6 = HashSet::with_capacity(rows.len());
-        for (v4, v6) in &rows {
-            used4.insert(parse_column::<Ipv4Addr>("devices", "vip4", v4)?);
-            used6.insert(parse_column::<Ipv6Addr>("devices", "vip6", v6)?);
-        }
-        let (vip4, vip6) = allocate_vips(vip4_prefix, vip6_prefix, &used4, &used6).ok_or(
-            StoreError::VipsExhausted {
-                vip4_prefix,
-                vip6_prefix,
-            },
-        )?;
-        sqlx::query(
-            "INSERT INTO devices \
-             (device_id, kind, password_hash, fqdn, vip4, vip6, created_at, disabled) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-        )
-        .bind(device_id)
-        .bind(kind.as_str())
-        .bind(password_hash)
-        .bind(fqdn)
-        .bind(vip4.to_string())
-        .bind(vip6.to_string())
-        .bind(unix_secs(now))
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(DeviceRecord {
-            device_id: device_id.to_owned(),
-            kind,
-            fqdn: fqdn.to_owned(),
-            vip4,
-            vip6,
-            created_at: from_unix_secs(unix_secs(now)),
-            disabled: false,
+        Ok(record)
+    }
+
+    /// Adds general node `device_id` (its FQDN, VIPs from the pool) that
+    /// adapter `adapter_id` serves on its LAN, where it shows up with
+    /// `mac`. The adapter must be a node.
+    pub async fn add_general_node(
+        &self,
+        adapter_id: &str,
+        mac: &str,
+        device_id: &str,
+        fqdn: &str,
+        vip4_prefix: Ipv4Prefix,
+        vip6_prefix: Ipv6Prefix,
+    ) -> Result<GeneralNodeRecord, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let adapter: Option<(String,)> =
+            sqlx::query_as("SELECT kind FROM devices WHERE device_id = ?")
+                .bind(adapter_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match adapter {
+            None => return Err(StoreError::NoSuchDevice(adapter_id.to_owned())),
+            Some((kind,)) if kind != DeviceKind::Node.as_str() => {
+                return Err(StoreError::InvalidInput(format!(
+                    "{adapter_id} is a general node: only a node can be an adapter"
+                )))
+            }
+            Some(_) => {}
+        }
+        if exists(&mut tx, "SELECT 1 FROM general_nodes WHERE mac = ?", mac).await? {
+            return Err(StoreError::InvalidInput(format!(
+                "the MAC {mac} already belongs to a general node"
+            )));
+        }
+        let device = insert_device(
+            &mut tx,
+            DeviceKind::General,
+            device_id,
+            None,
+            fqdn,
+            vip4_prefix,
+            vip6_prefix,
+        )
+        .await?;
+        sqlx::query("INSERT INTO general_nodes (device_id, adapter_id, mac) VALUES (?, ?, ?)")
+            .bind(device_id)
+            .bind(adapter_id)
+            .bind(mac)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(GeneralNodeRecord {
+            device,
+            adapter_id: adapter_id.to_owned(),
+            mac: mac.to_owned(),
         })
+    }
+
+    /// The general nodes, of one adapter or of all, ordered by device ID.
+    pub async fn general_nodes(
+        &self,
+        adapter_id: Option<&str>,
+    ) -> Result<Vec<GeneralNodeRecord>, StoreError> {
+        let columns = DEVICE_COLUMNS
+            .split(", ")
+            .map(|c| format!("d.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            bool,
+            String,
+            String,
+        );
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {columns}, g.adapter_id, g.mac FROM general_nodes g \
+             JOIN devices d ON d.device_id = g.device_id \
+             WHERE ?1 IS NULL OR g.adapter_id = ?1 ORDER BY d.device_id"
+        ))
+        .bind(adapter_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(
+                |(device_id, kind, fqdn, vip4, vip6, created_at, disabled, adapter_id, mac)| {
+                    let device = DeviceRow {
+                        device_id,
+                        kind,
+                        fqdn,
+                        vip4,
+                        vip6,
+                        created_at,
+                        disabled,
+                    }
+                    .into_record()?;
+                    Ok(GeneralNodeRecord {
+                        device,
+                        adapter_id,
+                        mac,
+                    })
+                },
+            )
+            .collect()
     }
 
     /// The device with this ID.
@@ -389,6 +465,17 @@ impl Store {
     /// (their rows stay, as a record). Its VIPs become free for new devices.
     pub async fn remove_device(&self, device_id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if exists(
+            &mut tx,
+            "SELECT 1 FROM general_nodes WHERE adapter_id = ?",
+            device_id,
+        )
+        .await?
+        {
+            return Err(StoreError::InvalidInput(format!(
+                "{device_id} is the adapter of general nodes: remove them first"
+            )));
+        }
         sqlx::query("UPDATE certificates SET status = 'revoked' WHERE device_id = ?")
             .bind(device_id)
             .execute(&mut *tx)
@@ -848,6 +935,64 @@ fn from_unix_secs(secs: i64) -> SystemTime {
     } else {
         UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
     }
+}
+
+/// Inserts a device with free VIPs, in the caller's transaction (which
+/// holds the write lock, so no other addition can take the same VIPs).
+async fn insert_device(
+    tx: &mut Transaction<'static, Sqlite>,
+    kind: DeviceKind,
+    device_id: &str,
+    password_hash: Option<String>,
+    fqdn: &str,
+    vip4_prefix: Ipv4Prefix,
+    vip6_prefix: Ipv6Prefix,
+) -> Result<DeviceRecord, StoreError> {
+    let now = SystemTime::now();
+    if exists(tx, "SELECT 1 FROM devices WHERE device_id = ?", device_id).await? {
+        return Err(StoreError::DeviceExists(device_id.to_owned()));
+    }
+    if exists(tx, "SELECT 1 FROM devices WHERE fqdn = ?", fqdn).await? {
+        return Err(StoreError::FqdnTaken(fqdn.to_owned()));
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT vip4, vip6 FROM devices")
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut used4 = HashSet::with_capacity(rows.len());
+    let mut used6 = HashSet::with_capacity(rows.len());
+    for (v4, v6) in &rows {
+        used4.insert(parse_column::<Ipv4Addr>("devices", "vip4", v4)?);
+        used6.insert(parse_column::<Ipv6Addr>("devices", "vip6", v6)?);
+    }
+    let (vip4, vip6) = allocate_vips(vip4_prefix, vip6_prefix, &used4, &used6).ok_or(
+        StoreError::VipsExhausted {
+            vip4_prefix,
+            vip6_prefix,
+        },
+    )?;
+    sqlx::query(
+        "INSERT INTO devices \
+         (device_id, kind, password_hash, fqdn, vip4, vip6, created_at, disabled) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+    )
+    .bind(device_id)
+    .bind(kind.as_str())
+    .bind(password_hash)
+    .bind(fqdn)
+    .bind(vip4.to_string())
+    .bind(vip6.to_string())
+    .bind(unix_secs(now))
+    .execute(&mut **tx)
+    .await?;
+    Ok(DeviceRecord {
+        device_id: device_id.to_owned(),
+        kind,
+        fqdn: fqdn.to_owned(),
+        vip4,
+        vip6,
+        created_at: from_unix_secs(unix_secs(now)),
+        disabled: false,
+    })
 }
 
 #[cfg(test)]

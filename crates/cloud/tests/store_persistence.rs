@@ -228,3 +228,93 @@ async fn certificates_and_sessions_persist_and_end() {
     );
     assert_eq!(store.certificates_of("n1").await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn general_nodes_belong_to_an_adapter_and_survive_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("cloud.db");
+    let (p4, p6) = prefixes();
+    let store = Store::open(&path).await.unwrap();
+    let a1 = store
+        .add_device("a1", "adapter password", "a1.cyphonic.internal", p4, p6)
+        .await
+        .unwrap();
+    store
+        .add_device("a2", "adapter password", "a2.cyphonic.internal", p4, p6)
+        .await
+        .unwrap();
+    let gn = store
+        .add_general_node(
+            "a1",
+            "02:00:00:00:00:01",
+            "gn1",
+            "gn1.cyphonic.internal",
+            p4,
+            p6,
+        )
+        .await
+        .unwrap();
+    assert_eq!(gn.device.kind, DeviceKind::General);
+    assert_ne!(
+        gn.device.vip4, a1.vip4,
+        "VIPs from the same pool, never shared"
+    );
+    store
+        .add_general_node(
+            "a2",
+            "02:00:00:00:00:02",
+            "gn2",
+            "gn2.cyphonic.internal",
+            p4,
+            p6,
+        )
+        .await
+        .unwrap();
+    // A MAC names one general node; a general node cannot be an adapter.
+    assert!(matches!(
+        store
+            .add_general_node(
+                "a2",
+                "02:00:00:00:00:01",
+                "gn3",
+                "gn3.cyphonic.internal",
+                p4,
+                p6
+            )
+            .await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store
+            .add_general_node(
+                "gn1",
+                "02:00:00:00:00:03",
+                "gn3",
+                "gn3.cyphonic.internal",
+                p4,
+                p6
+            )
+            .await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(
+        store.device("gn3").await.unwrap().is_none(),
+        "nothing half-added"
+    );
+    // An adapter serving general nodes cannot be removed from under them.
+    assert!(matches!(
+        store.remove_device("a1").await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    store.close().await;
+
+    let store = Store::open(&path).await.unwrap();
+    let of_a1 = store.general_nodes(Some("a1")).await.unwrap();
+    assert_eq!(of_a1.len(), 1);
+    assert_eq!(of_a1[0], gn);
+    assert_eq!(store.general_nodes(None).await.unwrap().len(), 2);
+    store.remove_device("gn1").await.unwrap();
+    assert!(store.general_nodes(Some("a1")).await.unwrap().is_empty());
+    store.remove_device("a1").await.unwrap();
+    store.close().await;
+}

@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod ids;
 pub mod ip;
 pub mod login;
+pub mod mac;
 pub mod nat;
 pub mod punch;
 pub mod relay;

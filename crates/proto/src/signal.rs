@@ -231,7 +231,40 @@ pub enum Message {
     NatProbeAck {
         observed: SocketAddr,
     },
+    /// An adapter asks for the general nodes it serves, from the `offset`th
+    /// on (seed: Information Request).
+    InformationRequest {
+        offset: u16,
+    },
+    /// One page of the adapter's general nodes (seed: Information
+    /// Response): `total` in all, this page from `offset`; `version`
+    /// changes whenever the list does, so an adapter that polls sees a
+    /// change on the first page.
+    InformationResponse(GeneralNodes),
 }
+
+/// A page of the general nodes an adapter serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneralNodes {
+    pub version: u64,
+    pub total: u16,
+    pub offset: u16,
+    pub nodes: Vec<GeneralNodeInfo>,
+}
+
+/// One general node: the MAC it shows up with on the adapter's LAN and the
+/// identity the adapter stands for on its behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneralNodeInfo {
+    pub mac: [u8; 6],
+    pub fqdn: String,
+    pub vip4: Ipv4Addr,
+    pub vip6: Ipv6Addr,
+}
+
+/// General nodes per Information Response: with the longest FQDN (253
+/// bytes) a page still fits one signaling datagram.
+pub const GENERAL_NODES_PER_PAGE: usize = 4;
 
 impl Message {
     pub fn name(&self) -> &'static str {
@@ -248,6 +281,8 @@ impl Message {
             Message::ReRegister => "ReRegister",
             Message::NatProbe => "NatProbe",
             Message::NatProbeAck { .. } => "NatProbeAck",
+            Message::InformationRequest { .. } => "InformationRequest",
+            Message::InformationResponse(_) => "InformationResponse",
         }
     }
 }
@@ -473,6 +508,8 @@ const MSG_DIRECTION_ERROR: u8 = 0x09;
 const MSG_REREGISTER: u8 = 0x0a;
 const MSG_NAT_PROBE: u8 = 0x0b;
 const MSG_NAT_PROBE_ACK: u8 = 0x0c;
+const MSG_INFORMATION_REQUEST: u8 = 0x0d;
+const MSG_INFORMATION_RESPONSE: u8 = 0x0e;
 
 impl Envelope {
     /// Body layout: `u8 message type || u64 txid || fields`.
@@ -528,6 +565,23 @@ impl Envelope {
             }
             Message::NatProbeAck { observed } => {
                 w.u8(MSG_NAT_PROBE_ACK).u64(self.txid).socket_addr(observed);
+            }
+            Message::InformationRequest { offset } => {
+                w.u8(MSG_INFORMATION_REQUEST).u64(self.txid).u16(*offset);
+            }
+            Message::InformationResponse(g) => {
+                w.u8(MSG_INFORMATION_RESPONSE).u64(self.txid);
+                let page = &g.nodes[..g.nodes.len().min(GENERAL_NODES_PER_PAGE)];
+                w.u64(g.version)
+                    .u16(g.total)
+                    .u16(g.offset)
+                    .u8(page.len() as u8);
+                for n in page {
+                    w.bytes(&n.mac)
+                        .str(&n.fqdn)
+                        .bytes(&n.vip4.octets())
+                        .bytes(&n.vip6.octets());
+                }
             }
         }
         w.into_inner()
@@ -591,6 +645,32 @@ impl Envelope {
             MSG_NAT_PROBE_ACK => Message::NatProbeAck {
                 observed: r.socket_addr()?,
             },
+            MSG_INFORMATION_REQUEST => Message::InformationRequest { offset: r.u16()? },
+            MSG_INFORMATION_RESPONSE => {
+                let (version, total, offset) = (r.u64()?, r.u16()?, r.u16()?);
+                let count = r.u8()? as usize;
+                if count > GENERAL_NODES_PER_PAGE {
+                    return Err(WireError::Invalid {
+                        field: "general node count",
+                    }
+                    .into());
+                }
+                let mut nodes = Vec::with_capacity(count);
+                for _ in 0..count {
+                    nodes.push(GeneralNodeInfo {
+                        mac: r.array()?,
+                        fqdn: r.str("general node fqdn")?.to_owned(),
+                        vip4: r.ipv4()?,
+                        vip6: r.ipv6()?,
+                    });
+                }
+                Message::InformationResponse(GeneralNodes {
+                    version,
+                    total,
+                    offset,
+                    nodes,
+                })
+            }
             other => return Err(SignalError::UnknownMessage(other)),
         };
         r.finish()?;
@@ -789,7 +869,61 @@ mod tests {
             Message::NatProbeAck {
                 observed: "203.0.113.7:31000".parse().unwrap(),
             },
+            Message::InformationRequest { offset: 4 },
+            Message::InformationResponse(GeneralNodes {
+                version: 0xfeed,
+                total: 5,
+                offset: 4,
+                nodes: vec![GeneralNodeInfo {
+                    mac: [2, 0, 0x5e, 0x10, 0, 1],
+                    fqdn: "camera.cyphonic.internal".into(),
+                    vip4: Ipv4Addr::new(100, 64, 0, 9),
+                    vip6: "fd7a:6379:7068::9".parse().unwrap(),
+                }],
+            }),
         ]
+    }
+
+    #[test]
+    fn a_full_page_of_the_longest_names_fits_one_datagram() {
+        let name = format!("{}.cyphonic.internal", "a".repeat(253 - 18));
+        let page = GeneralNodes {
+            version: u64::MAX,
+            total: u16::MAX,
+            offset: 0,
+            nodes: vec![
+                GeneralNodeInfo {
+                    mac: [0xff; 6],
+                    fqdn: name,
+                    vip4: Ipv4Addr::BROADCAST,
+                    vip6: Ipv6Addr::UNSPECIFIED,
+                };
+                GENERAL_NODES_PER_PAGE
+            ],
+        };
+        let (_, mut nms) = pair();
+        let packet = nms.seal(&Envelope {
+            txid: 1,
+            message: Message::InformationResponse(page),
+        });
+        assert!(packet.len() <= MAX_SIGNAL_PACKET, "{} bytes", packet.len());
+    }
+
+    #[test]
+    fn an_information_response_with_too_many_nodes_is_refused() {
+        let mut body = Envelope {
+            txid: 1,
+            message: Message::InformationResponse(GeneralNodes {
+                version: 1,
+                total: 1,
+                offset: 0,
+                nodes: Vec::new(),
+            }),
+        }
+        .encode();
+        let count_at = body.len() - 1;
+        body[count_at] = GENERAL_NODES_PER_PAGE as u8 + 1;
+        assert!(Envelope::decode(&body).is_err());
     }
 
     #[test]
