@@ -54,6 +54,7 @@ use crate::resolver;
 use cyphonic_proto::nat::NatKind;
 
 mod dns;
+mod general;
 mod mobility;
 mod path;
 mod peers;
@@ -61,6 +62,7 @@ mod ping;
 mod relay;
 mod requests;
 mod routes;
+mod session;
 mod signaling;
 mod status;
 mod timers;
@@ -103,6 +105,8 @@ pub struct Node {
     mobility: Mobility,
     /// Set by a move: select every peer's route again once registered.
     reroute_when_registered: bool,
+    /// An adapter's list of general nodes.
+    general: Option<general::GeneralNodesFetch>,
     out: Outbox,
     counters: NodeCounters,
 }
@@ -123,6 +127,9 @@ impl Node {
         wall: SystemTime,
     ) -> Self {
         let signaling = Signaling::new(config.clone(), identity.static_keys.public);
+        let general = config
+            .general_nodes_poll
+            .map(|poll| general::GeneralNodesFetch::new(poll, now));
         Self {
             config,
             rng: StdRng::from_seed(seed),
@@ -137,6 +144,7 @@ impl Node {
             early: EarlyRequests::default(),
             mobility: Mobility::default(),
             reroute_when_registered: false,
+            general,
             out: Outbox::default(),
             counters: NodeCounters::default(),
         }
@@ -175,10 +183,19 @@ impl Node {
     /// signaling part's timers and the peers' timer table.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
-        [self.signaling.poll_timeout(), self.peers.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min_by_key(|(t, _)| *t)
+        let general = self
+            .general
+            .as_ref()
+            .filter(|_| self.signaling.registered())
+            .map(|g| (g.next_poll(), TimerReason::KeepAlive));
+        [
+            self.signaling.poll_timeout(),
+            self.peers.poll_timeout(),
+            general,
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(t, _)| *t)
     }
 
     fn wall(&self, now: Instant) -> SystemTime {
@@ -366,6 +383,9 @@ impl Node {
                 if !probing {
                     self.reroute_peers(now);
                 }
+                if let Some(step) = self.general.as_mut().map(|g| g.poll(now)) {
+                    self.general_step(now, step);
+                }
                 self.out.events.push_back(NodeEvent::Registered {
                     fqdn,
                     vip4,
@@ -385,6 +405,28 @@ impl Node {
             SignalingEvent::DirectionFailed { target, rcode } => {
                 self.dns.answer(&target, Err(rcode), &mut self.out)
             }
+            SignalingEvent::GeneralNodes(page) => {
+                if let Some(step) = self.general.as_mut().map(|g| g.on_page(page)) {
+                    self.general_step(now, step);
+                }
+            }
+        }
+    }
+
+    /// The next move in fetching an adapter's general nodes.
+    fn general_step(&mut self, now: Instant, step: general::Step) {
+        match step {
+            general::Step::Ask(offset) => {
+                self.signaling
+                    .send_information(now, offset, &mut self.rng, &mut self.out)
+            }
+            general::Step::Done { version, nodes } => {
+                tracing::info!(count = nodes.len(), version = %format!("{version:x}"), "general nodes");
+                self.out
+                    .events
+                    .push_back(NodeEvent::GeneralNodes { version, nodes });
+            }
+            general::Step::Idle => {}
         }
     }
 
@@ -507,6 +549,16 @@ impl Node {
         }
         self.signaling
             .keepalive_timer(now, &mut self.rng, &mut self.out);
+        let general_due = self.signaling.registered()
+            && self.general.as_ref().is_some_and(|g| now >= g.next_poll());
+        if let Some(step) = self
+            .general
+            .as_mut()
+            .filter(|_| general_due)
+            .map(|g| g.poll(now))
+        {
+            self.general_step(now, step);
+        }
         for fqdn in self.peers.due(now) {
             self.peer_timers(now, &fqdn);
         }

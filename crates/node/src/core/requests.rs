@@ -21,6 +21,8 @@ pub(crate) enum RequestKind {
     KeepAlive,
     Direction,
     NatProbe,
+    /// An adapter's Information Request.
+    Information,
 }
 
 pub(crate) struct OutRequest {

@@ -12,7 +12,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cyphonic_proto::signal::{
-    DirectionErrorCode, Envelope, Message, RegistrationRequest, RouteDirection, SignalCipher,
+    DirectionErrorCode, Envelope, GeneralNodes, Message, RegistrationRequest, RouteDirection,
+    SignalCipher,
 };
 use cyphonic_proto::Fqdn;
 use hickory_proto::op::ResponseCode;
@@ -20,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::requests::{OutRequest, RequestKind, Requests};
+use super::session::Session;
 use super::types::{
     Leg, Login, LoginReason, NodeConfig, NodeCounters, NodeEvent, TimerReason, Transport,
 };
@@ -28,39 +30,6 @@ use cyphonic_proto::nat::{NatKind, NetInfo};
 
 /// Between adding one transport to a Registration race and the next.
 pub const RACE_STAGGER: Duration = Duration::from_millis(300);
-
-/// One Login's session with the NMS.
-struct Session {
-    cipher: SignalCipher,
-    login: Login,
-    registered: bool,
-    observed: Option<SocketAddr>,
-    /// The NMS's probe address (its address, second port), when it has one.
-    probe: Option<SocketAddr>,
-    observed_probe: Option<SocketAddr>,
-    next_keepalive: Instant,
-    missed_keepalives: u32,
-    /// When to try cheaper transports again (signaling on QUIC or TCP).
-    next_reprobe: Instant,
-}
-
-impl Session {
-    /// The NMS's leg on `transport`: its UDP port, or the cloud's QUIC or
-    /// TCP port at the same address.
-    fn nms_leg(&self, transport: Transport) -> Option<Leg> {
-        let port = match transport {
-            Transport::Udp => self.login.nms.port(),
-            Transport::Quic => self.login.quic_port,
-            Transport::Tcp => self.login.tcp_port,
-        };
-        (port != 0).then(|| Leg::new(transport, SocketAddr::new(self.login.nms.ip(), port)))
-    }
-
-    fn is_nms(&self, from: Leg) -> bool {
-        self.nms_leg(from.transport) == Some(from)
-            || (from.transport == Transport::Udp && Some(from.addr) == self.probe)
-    }
-}
 
 /// What the NMS said that concerns the rest of the node.
 pub(crate) enum SignalingEvent {
@@ -90,6 +59,8 @@ pub(crate) enum SignalingEvent {
     },
     /// Route selection for `target` failed or timed out.
     DirectionFailed { target: Fqdn, rcode: ResponseCode },
+    /// A page of the general nodes this adapter serves.
+    GeneralNodes(GeneralNodes),
 }
 
 pub(crate) struct Signaling {
@@ -380,6 +351,29 @@ impl Signaling {
         );
     }
 
+    /// An Information Request for the general nodes from `offset` on.
+    pub fn send_information(
+        &mut self,
+        now: Instant,
+        offset: u16,
+        rng: &mut StdRng,
+        out: &mut Outbox,
+    ) {
+        if !self.registered() {
+            return;
+        }
+        let timeout = self.config.direction_timeout;
+        self.send_request(
+            now,
+            RequestKind::Information,
+            Message::InformationRequest { offset },
+            None,
+            timeout,
+            rng,
+            out,
+        );
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn send_request(
         &mut self,
@@ -646,6 +640,10 @@ impl Signaling {
                     direction,
                 })
             }
+            Message::InformationResponse(page) => {
+                self.take_request(env.txid, RequestKind::Information)?;
+                Some(SignalingEvent::GeneralNodes(page))
+            }
             Message::DirectionError { code, message } => {
                 let req = self.take_request(env.txid, RequestKind::Direction)?;
                 let target = req.target.unwrap_or_default();
@@ -734,6 +732,9 @@ impl Signaling {
                     self.request_login(LoginReason::NmsUnreachable, out);
                     return Err(());
                 }
+            }
+            RequestKind::Information => {
+                tracing::debug!("Information Request unanswered: the next poll asks again");
             }
             RequestKind::TransportProbe => {
                 tracing::debug!(transports = ?r.transports, "cheaper transports still blocked");

@@ -73,6 +73,10 @@ pub struct NodeConfig {
     /// Peers held at once; when full, peers whose tunnel establishment
     /// failed make room, and a new route is refused only when none did.
     pub max_peers: usize,
+    /// `Some(interval)`: this node is an adapter; it fetches the general
+    /// nodes it serves once registered, polls for changes this often and
+    /// reports each new list ([`NodeEvent::GeneralNodes`]).
+    pub general_nodes_poll: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +100,7 @@ impl Default for NodeConfig {
             quic_port: 0,
             index_tag: None,
             max_peers: 4096,
+            general_nodes_poll: None,
         }
     }
 }
@@ -276,6 +281,12 @@ pub enum NodeEvent {
     /// A QUIC leg to `addr` leads to the peer `fqdn`: its TLS certificate
     /// must name it.
     LegName { addr: SocketAddr, fqdn: String },
+    /// The general nodes this adapter serves, whole, each time the list
+    /// changed (see [`NodeConfig::general_nodes_poll`]).
+    GeneralNodes {
+        version: u64,
+        nodes: Vec<cyphonic_proto::signal::GeneralNodeInfo>,
+    },
 }
 
 /// Why the node asks to log in.
@@ -337,6 +348,9 @@ impl std::fmt::Debug for NodeEvent {
             NodeEvent::PingResult { client, .. } => write!(f, "PingResult({client})"),
             NodeEvent::TunnelHold { fqdn } => write!(f, "TunnelHold({fqdn})"),
             NodeEvent::LegName { addr, fqdn } => write!(f, "LegName({addr} = {fqdn})"),
+            NodeEvent::GeneralNodes { version, nodes } => {
+                write!(f, "GeneralNodes({} v{version:x})", nodes.len())
+            }
         }
     }
 }

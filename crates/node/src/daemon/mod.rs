@@ -476,6 +476,9 @@ impl Daemon {
                 self.tables.hold(&fqdn);
             }
             NodeEvent::LegName { addr, fqdn } => self.hub.set_server_name(addr, fqdn),
+            // Only an adapter asks for general nodes; the node daemon
+            // never does (`general_nodes_poll` is off).
+            NodeEvent::GeneralNodes { .. } => {}
             NodeEvent::PingResult { client, result } => {
                 if let Some(w) = self.control.ping_waiters.remove(&client) {
                     let body = match result {

@@ -56,6 +56,7 @@ use cyphonic_node::resolver::{self, Classified};
 use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
 use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
 use cyphonic_proto::signal::{self, Message, Role, SignalCipher};
+use cyphonic_proto::signal::{GeneralNodeInfo, GeneralNodes, GENERAL_NODES_PER_PAGE};
 use hickory_proto::op::{Message as DnsMessage, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use rand::rngs::StdRng;
@@ -527,6 +528,9 @@ pub struct SimNode {
     pub tunnel_ups: Vec<(Duration, TunnelHandle)>,
     pub tunnel_downs: Vec<(Duration, String)>,
     /// `cyphonic ping` answers: (time, client, result).
+    /// Every general-node list this node (an adapter) reported: (time,
+    /// version, list).
+    pub general_nodes: Vec<(Duration, u64, Vec<GeneralNodeInfo>)>,
     pub pongs: Vec<(
         Duration,
         u64,
@@ -797,6 +801,10 @@ pub struct Sim {
     pub nms_events: Vec<(Duration, NmsEvent)>,
     /// The database the AS writes and the NMS reads: session ID -> session.
     pub db: BTreeMap<cyphonic_proto::SessionId, SessionInfo>,
+    /// The general nodes each adapter (by device ID, `device-n<i>`)
+    /// serves, as the cloud's store holds them; the NMS's lookups are
+    /// answered from here.
+    pub general: BTreeMap<String, Vec<GeneralNodeInfo>>,
     pub nodes: Vec<SimNode>,
     pub nats: Vec<SimNat>,
     pub trs: Vec<SimTrs>,
@@ -940,6 +948,7 @@ impl Sim {
                 dns: BTreeMap::new(),
                 tunnel_ups: Vec::new(),
                 tunnel_downs: Vec::new(),
+                general_nodes: Vec::new(),
                 pongs: Vec::new(),
                 received: Vec::new(),
                 data_rx_bad: 0,
@@ -1007,6 +1016,7 @@ impl Sim {
             nms,
             nms_events: Vec::new(),
             db: BTreeMap::new(),
+            general: BTreeMap::new(),
             nodes,
             nats,
             trs,
@@ -1869,6 +1879,19 @@ impl Sim {
                         None => self.nms.handle_session_missing(session_id),
                     }
                 }
+                if let NmsEvent::NeedGeneralNodes {
+                    session_id,
+                    txid,
+                    ref device_id,
+                    offset,
+                } = ev
+                {
+                    let page = general_page(
+                        self.general.get(device_id).map_or(&[][..], Vec::as_slice),
+                        offset,
+                    );
+                    self.nms.handle_general_nodes(session_id, txid, page);
+                }
                 self.nms_events.push((self.elapsed(), ev));
             }
             if !progressed {
@@ -2098,6 +2121,9 @@ impl Sim {
                 self.nodes[slot].tx.retain(|_, h| h.fqdn != fqdn);
             }
             NodeEvent::LegName { .. } => {}
+            NodeEvent::GeneralNodes { version, nodes } => {
+                self.nodes[slot].general_nodes.push((at, version, nodes));
+            }
         }
     }
 
@@ -2450,4 +2476,21 @@ pub fn assert_deterministic(
         "the run did something: {first:?}"
     );
     assert_ne!(first.0, run(seed + 1).0, "another seed, other packets");
+}
+
+/// A page of an adapter's general nodes, as `cloud::general::page` cuts
+/// them (the version a digest of the whole list).
+pub fn general_page(all: &[GeneralNodeInfo], offset: u16) -> GeneralNodes {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for n in all {
+        (n.mac, &n.fqdn, n.vip4, n.vip6).hash(&mut h);
+    }
+    let start = (offset as usize).min(all.len());
+    let end = (start + GENERAL_NODES_PER_PAGE).min(all.len());
+    GeneralNodes {
+        version: h.finish(),
+        total: all.len() as u16,
+        offset: start as u16,
+        nodes: all[start..end].to_vec(),
+    }
 }

@@ -12,6 +12,7 @@
 //! Every simulation's packets are pinned in `goldens.txt` (see the
 //! `goldens` module of the harness).
 
+mod general;
 mod harness;
 mod identities;
 mod pki;
