@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::as_proto::{code, encode_line, LoginOk, Request, Response, MAX_LINE};
 use crate::config::CloudConfig;
-use crate::store::{CertStatus, CertificateRecord, Store, StoreError};
+use crate::store::{CertStatus, CertificateRecord, DeviceRecord, Store, StoreError};
 
 /// Silence after which a connection is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -311,6 +311,10 @@ impl State {
                 csr_pem,
             } => self.enroll(&device_id, &password.0, &csr_pem, peer).await,
             Request::Login {} => self.login(peer_chain, peer).await,
+            Request::EnrollGeneral { device_id, csr_pem } => {
+                self.enroll_general(peer_chain, &device_id, &csr_pem, peer)
+                    .await
+            }
         };
         match result {
             Ok(response) => (response, false),
@@ -354,6 +358,17 @@ impl State {
                 }
             }
         };
+        self.issue_for(&device, csr_pem, peer).await
+    }
+
+    /// A certificate for `device` from the CSR, recorded, with its chain.
+    async fn issue_for(
+        &self,
+        device: &DeviceRecord,
+        csr_pem: &str,
+        peer: SocketAddr,
+    ) -> Result<Response, Refusal> {
+        let device_id = device.device_id.as_str();
         let serial = self.store.next_serial().await.map_err(|e| {
             warn!(%peer, device_id, error = %e, "enroll failed");
             Refusal::internal()
@@ -389,17 +404,53 @@ impl State {
             })?;
         info!(%peer, device_id, fqdn = %device.fqdn, serial = format_args!("{:#x}", cert.serial), "enrolled");
         Ok(Response::Enrolled {
-            fqdn: device.fqdn,
+            fqdn: device.fqdn.clone(),
             cert_chain_pem: join_pem(&cert.cert_pem, self.issuer.cert_pem()),
             root_pem: self.root_pem.clone(),
         })
     }
 
-    async fn login(
+    /// `enroll_general`: the adapter proves itself with its certificate (as
+    /// for Login); the general node must be one it serves.
+    async fn enroll_general(
+        &self,
+        peer_chain: Option<&[Vec<u8>]>,
+        device_id: &str,
+        csr_pem: &str,
+        peer: SocketAddr,
+    ) -> Result<Response, Refusal> {
+        let (adapter, _) = self.authenticate(peer_chain, peer).await?;
+        let served = self
+            .store
+            .general_nodes(Some(&adapter.device_id))
+            .await
+            .map_err(|e| self.internal(peer, e))?
+            .into_iter()
+            .find(|g| g.device.device_id == device_id);
+        let Some(general) = served else {
+            warn!(%peer, adapter = %adapter.device_id, device_id, "general node enrollment refused: not served by this adapter");
+            return Err(Refusal::new(
+                code::NOT_SERVED,
+                format!("{device_id} is not a general node of {}", adapter.device_id),
+            ));
+        };
+        if general.device.disabled {
+            return Err(Refusal::new(
+                code::DEVICE_DISABLED,
+                format!("device {device_id} is disabled"),
+            ));
+        }
+        info!(%peer, adapter = %adapter.device_id, device_id, "enrolling a general node for its adapter");
+        self.issue_for(&general.device, csr_pem, peer).await
+    }
+
+    /// The device whose certificate the TLS client presented: issued by
+    /// this cloud, not revoked, its device still there and enabled.
+    async fn authenticate(
         &self,
         peer_chain: Option<&[Vec<u8>]>,
         peer: SocketAddr,
-    ) -> Result<Response, Refusal> {
+    ) -> Result<(DeviceRecord, cyphonic_pki::VerifiedNode), Refusal> {
         let Some(chain) = peer_chain.filter(|c| !c.is_empty()) else {
             info!(%peer, "login refused: no client certificate");
             return Err(Refusal::new(
@@ -457,6 +508,17 @@ impl State {
                 format!("device {} is disabled", device.device_id),
             ));
         }
+        Ok((device, node))
+    }
+
+    async fn login(
+        &self,
+        peer_chain: Option<&[Vec<u8>]>,
+        peer: SocketAddr,
+    ) -> Result<Response, Refusal> {
+        let (device, node) = self.authenticate(peer_chain, peer).await?;
+        let serial = node.serial;
+        let now = SystemTime::now();
         // A session never outlives the certificate that opened it.
         let cert_left = node.not_after.duration_since(now).unwrap_or_default();
         let lifetime = Duration::from_secs(self.cfg.session_lifetime_secs).min(cert_left);

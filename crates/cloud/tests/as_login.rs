@@ -385,3 +385,125 @@ async fn unreachable_as_is_an_io_error() {
     .unwrap_err();
     assert!(matches!(err, AsClientError::Io(_)), "{err:?}");
 }
+
+/// The AS issues a general node's certificate only to the adapter that
+/// serves it, for a key the adapter made; with it the adapter logs in on
+/// the general node's behalf and gets the general node's VIPs.
+#[tokio::test]
+async fn an_adapter_enrolls_and_logs_in_for_its_general_node_only() {
+    let cloud = Cloud::start().await;
+    let (adapter_chain, adapter_key) = cloud.enroll_n1().await;
+    let cfg_domain = "cyphonic.internal";
+    // n1 serves `camera`; `plc` belongs to another adapter, n2.
+    let (p4, p6) = (
+        "100.64.0.0/10".parse().unwrap(),
+        "fd7a:6379:7068::/48".parse().unwrap(),
+    );
+    cloud
+        .store
+        .add_general_node(
+            "n1",
+            "02:00:5e:10:00:01",
+            "camera",
+            &format!("camera.{cfg_domain}"),
+            p4,
+            p6,
+        )
+        .await
+        .unwrap();
+    cloud
+        .store
+        .add_device("n2", PASSWORD, &format!("n2.{cfg_domain}"), p4, p6)
+        .await
+        .unwrap();
+    cloud
+        .store
+        .add_general_node(
+            "n2",
+            "02:00:5e:10:00:02",
+            "plc",
+            &format!("plc.{cfg_domain}"),
+            p4,
+            p6,
+        )
+        .await
+        .unwrap();
+
+    let gn_key = NodeKey::generate().unwrap();
+    let csr = gn_key.csr_pem("camera.cyphonic.internal").unwrap();
+    let enrolled = as_client::enroll_general(
+        cloud.v4,
+        "127.0.0.1",
+        &cloud.root_der,
+        &adapter_chain,
+        &adapter_key,
+        "camera",
+        &csr,
+    )
+    .await
+    .unwrap();
+    assert_eq!(enrolled.fqdn, "camera.cyphonic.internal");
+    let chain = cyphonic_pki::pem_to_der_chain(&enrolled.cert_chain_pem).unwrap();
+    let node = Verifier::from_pem(&enrolled.root_pem)
+        .unwrap()
+        .verify_node(&chain, Some("camera.cyphonic.internal"), SystemTime::now())
+        .unwrap();
+    assert_eq!(
+        node.public_key,
+        gn_key.public_key(),
+        "the adapter's key for it"
+    );
+    assert_eq!(
+        cloud
+            .store
+            .certificate(node.serial)
+            .await
+            .unwrap()
+            .unwrap()
+            .device_id,
+        "camera"
+    );
+
+    // Another adapter's general node: refused, and nothing issued.
+    let csr = gn_key.csr_pem("plc.cyphonic.internal").unwrap();
+    let err = as_client::enroll_general(
+        cloud.v4,
+        "127.0.0.1",
+        &cloud.root_der,
+        &adapter_chain,
+        &adapter_key,
+        "plc",
+        &csr,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, AsClientError::Refused { code: c, .. } if c == code::NOT_SERVED),
+        "{err:?}"
+    );
+    assert!(cloud.store.certificates_of("plc").await.unwrap().is_empty());
+    // Without a client certificate there is no adapter to speak for.
+    let lines = raw_exchange(
+        &cloud,
+        b"{\"type\":\"enroll_general\",\"device_id\":\"camera\",\"csr_pem\":\"x\"}\n",
+    )
+    .await;
+    assert!(lines[0].contains(code::CERTIFICATE_REQUIRED), "{lines:?}");
+
+    // The adapter logs in as the general node.
+    let info = as_client::login(
+        cloud.v4,
+        "127.0.0.1",
+        &cloud.root_der,
+        &enrolled.cert_chain_pem,
+        &gn_key.to_pem(),
+    )
+    .await
+    .unwrap();
+    let camera = cloud.store.device("camera").await.unwrap().unwrap();
+    assert_eq!(
+        (info.fqdn.as_str(), info.vip4, info.vip6),
+        ("camera.cyphonic.internal", camera.vip4, camera.vip6)
+    );
+    cloud.stop().await;
+}

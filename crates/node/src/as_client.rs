@@ -120,6 +120,39 @@ pub async fn enroll(
     }
 }
 
+/// An adapter gets a certificate for general node `device_id` (which it
+/// serves) for the key in `csr_pem`, proving itself with its own
+/// certificate (`chain_pem`) and key.
+#[allow(clippy::too_many_arguments)]
+pub async fn enroll_general(
+    addr: SocketAddr,
+    server_name: &str,
+    root_der: &[u8],
+    chain_pem: &str,
+    key_pem: &str,
+    device_id: &str,
+    csr_pem: &str,
+) -> Result<Enrolled, AsClientError> {
+    let config = cyphonic_pki::node_client_config(root_der, Some((chain_pem, key_pem)))
+        .map_err(|e| AsClientError::Setup(e.to_string()))?;
+    let request = Request::EnrollGeneral {
+        device_id: device_id.to_owned(),
+        csr_pem: csr_pem.to_owned(),
+    };
+    match exchange(addr, server_name, config, &request).await? {
+        Response::Enrolled {
+            fqdn,
+            cert_chain_pem,
+            root_pem,
+        } => Ok(Enrolled {
+            fqdn,
+            cert_chain_pem,
+            root_pem,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// Logs in with the node certificate (`chain_pem`: node certificate then
 /// intermediate) and its key, and opens a session.
 pub async fn login(

@@ -5,6 +5,8 @@
 //! node -> AS  {"type":"enroll","device_id":"n1","password":"..","csr_pem":".."}
 //! AS -> node  {"type":"enrolled","fqdn":"n1.cyphonic.internal","cert_chain_pem":"..","root_pem":".."}
 //! node -> AS  {"type":"login"}            (over TLS with the node's certificate)
+//! adapter -> AS {"type":"enroll_general","device_id":"camera","csr_pem":".."}
+//!                                          (over TLS with the adapter's certificate)
 //! AS -> node  {"type":"login_ok","session_id":..,"common_key":"<hex>",..}
 //! AS -> node  {"type":"error","code":"bad_credentials","message":".."}
 //! ```
@@ -36,6 +38,8 @@ pub mod code {
     pub const DEVICE_DISABLED: &str = "device_disabled";
     /// The CSR could not be used (bad PEM, bad signature, wrong key type).
     pub const BAD_CSR: &str = "bad_csr";
+    /// `enroll_general` for a general node the asking adapter does not serve.
+    pub const NOT_SERVED: &str = "not_served";
     /// Not a request this server understands; the AS closes the connection.
     pub const BAD_REQUEST: &str = "bad_request";
     /// The AS failed on its side; trying later may work.
@@ -66,6 +70,10 @@ pub enum Request {
     },
     /// Prove the device with the TLS client certificate and open a session.
     Login {},
+    /// An adapter (proved by its TLS client certificate) gets a certificate
+    /// for general node `device_id`, which it serves, for the key in the
+    /// CSR: a key the adapter made and keeps (`docs/adapter.md`).
+    EnrollGeneral { device_id: String, csr_pem: String },
 }
 
 /// What the AS answers.
