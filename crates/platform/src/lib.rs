@@ -2,6 +2,7 @@
 //!
 //! - [`tun`]: the TUN device that carries the node's virtual IPs, with
 //!   batched, offload-aware packet IO for the data path.
+//! - [`packet`]: raw Ethernet frames on one interface (the adapter's LAN).
 //! - [`dns`]: making the node's local resolver the host's resolver for the
 //!   overlay domain only, and putting the host's configuration back.
 //!
@@ -11,6 +12,8 @@
 
 pub mod dns;
 pub mod netwatch;
+#[cfg(target_os = "linux")]
+pub mod packet;
 pub mod tun;
 pub mod udp;
 
