@@ -4,11 +4,9 @@
 //! `cyphonic cloud init` writes a complete file with every default spelled
 //! out. Loading checks the values, and every error names the key and the fix.
 
-use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,16 +19,11 @@ pub const DEFAULT_NMS_PORT: u16 = 4502;
 
 /// The whole shared address space virtual IPv4 addresses may come from
 /// (RFC 6598 shared address space).
-pub const VIP4_SPACE: Ipv4Prefix = Ipv4Prefix {
-    addr: Ipv4Addr::new(100, 64, 0, 0),
-    len: 10,
-};
+pub const VIP4_SPACE: Ipv4Prefix = Ipv4Prefix::network(Ipv4Addr::new(100, 64, 0, 0), 10);
 /// The whole space virtual IPv6 addresses may come from (RFC 4193 ULAs
 /// with the L bit set).
-pub const VIP6_SPACE: Ipv6Prefix = Ipv6Prefix {
-    addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
-    len: 8,
-};
+pub const VIP6_SPACE: Ipv6Prefix =
+    Ipv6Prefix::network(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0), 8);
 
 /// File names inside `data_dir`.
 pub const ROOT_CERT_FILE: &str = "root.pem";
@@ -134,10 +127,7 @@ fn default_vip4_prefix() -> Ipv4Prefix {
 }
 
 fn default_vip6_prefix() -> Ipv6Prefix {
-    Ipv6Prefix {
-        addr: Ipv6Addr::new(0xfd7a, 0x6379, 0x7068, 0, 0, 0, 0, 0),
-        len: 48,
-    }
+    Ipv6Prefix::network(Ipv6Addr::new(0xfd7a, 0x6379, 0x7068, 0, 0, 0, 0, 0), 48)
 }
 
 fn default_cert_validity_days() -> u32 {
@@ -480,144 +470,7 @@ pub fn is_dns_name(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-/// Why a string is not a prefix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PrefixError {
-    #[error("\"{0}\" is not an address prefix like \"100.64.0.0/10\"")]
-    Syntax(String),
-    #[error("prefix length in \"{0}\" is too long")]
-    Length(String),
-    #[error("\"{given}\" has host bits set; did you mean \"{network}\"?")]
-    HostBits { given: String, network: String },
-}
-
-macro_rules! prefix_type {
-    ($name:ident, $addr:ty, $int:ty, $bits:expr, $doc:expr) => {
-        #[doc = $doc]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name {
-            addr: $addr,
-            len: u8,
-        }
-
-        impl $name {
-            /// A prefix; the host bits of `addr` must be zero.
-            pub fn new(addr: $addr, len: u8) -> Result<Self, PrefixError> {
-                if u32::from(len) > $bits {
-                    return Err(PrefixError::Length(format!("{addr}/{len}")));
-                }
-                let prefix = $name { addr, len };
-                let network = <$addr>::from(<$int>::from(addr) & prefix.mask());
-                if network != addr {
-                    return Err(PrefixError::HostBits {
-                        given: format!("{addr}/{len}"),
-                        network: format!("{network}/{len}"),
-                    });
-                }
-                Ok(prefix)
-            }
-
-            /// The network address.
-            pub fn addr(&self) -> $addr {
-                self.addr
-            }
-
-            /// The prefix length in bits.
-            pub fn prefix_len(&self) -> u8 {
-                self.len
-            }
-
-            /// The number of host bits.
-            pub fn host_bits(&self) -> u32 {
-                $bits - u32::from(self.len)
-            }
-
-            fn mask(&self) -> $int {
-                if self.len == 0 {
-                    0
-                } else {
-                    <$int>::MAX << ($bits - u32::from(self.len))
-                }
-            }
-
-            /// Whether `addr` is inside this prefix.
-            pub fn contains(&self, addr: $addr) -> bool {
-                <$int>::from(addr) & self.mask() == <$int>::from(self.addr)
-            }
-
-            /// Whether `other` lies wholly inside this prefix.
-            pub fn contains_prefix(&self, other: &$name) -> bool {
-                other.len >= self.len && self.contains(other.addr)
-            }
-
-            /// The address at host number `host`, if the prefix has it.
-            pub fn host(&self, host: u128) -> Option<$addr> {
-                if self.host_bits() < 128 && host >> self.host_bits() != 0 {
-                    return None;
-                }
-                let host = <$int>::try_from(host).ok()?;
-                Some(<$addr>::from(<$int>::from(self.addr) | host))
-            }
-
-            /// The host number of `addr` inside this prefix.
-            pub fn host_number(&self, addr: $addr) -> Option<u128> {
-                self.contains(addr)
-                    .then(|| u128::from(<$int>::from(addr) & !self.mask()))
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}/{}", self.addr, self.len)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = PrefixError;
-
-            fn from_str(s: &str) -> Result<Self, PrefixError> {
-                let syntax = || PrefixError::Syntax(s.to_owned());
-                let (addr, len) = s.split_once('/').ok_or_else(syntax)?;
-                let addr: $addr = addr.parse().map_err(|_| syntax())?;
-                if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(syntax());
-                }
-                let len: u8 = len.parse().map_err(|_| PrefixError::Length(s.to_owned()))?;
-                $name::new(addr, len)
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = PrefixError;
-
-            fn try_from(s: String) -> Result<Self, PrefixError> {
-                s.parse()
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(p: $name) -> String {
-                p.to_string()
-            }
-        }
-    };
-}
-
-prefix_type!(
-    Ipv4Prefix,
-    Ipv4Addr,
-    u32,
-    32,
-    "An IPv4 prefix such as `100.64.0.0/10`."
-);
-prefix_type!(
-    Ipv6Prefix,
-    Ipv6Addr,
-    u128,
-    128,
-    "An IPv6 prefix such as `fd7a:6379:7068::/48`."
-);
+pub use cyphonic_proto::prefix::{Ipv4Prefix, Ipv6Prefix, PrefixError};
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ pub mod ip;
 pub mod login;
 pub mod mac;
 pub mod nat;
+pub mod prefix;
 pub mod punch;
 pub mod relay;
 pub mod replay;
