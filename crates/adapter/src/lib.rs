@@ -7,6 +7,8 @@
 pub mod dhcp4;
 pub mod dhcp6;
 pub mod frame;
+#[cfg(target_os = "linux")]
+pub mod lan;
 pub mod prefix;
 pub mod proxy;
 pub mod ra;

@@ -1,6 +1,9 @@
 //! Raw Ethernet frames on one interface (`AF_PACKET`, packet(7)): how the
 //! adapter sees and answers everything on its LAN (`docs/adapter.md`).
-//! Frames this socket sends are not read back (`PACKET_IGNORE_OUTGOING`).
+//! Frames this socket sends are not read back (`PACKET_IGNORE_OUTGOING`);
+//! each frame read says whether its transport checksum is still to be
+//! filled in (`PACKET_AUXDATA`, `TP_STATUS_CSUMNOTREADY`), as it is for
+//! frames from a local stack or a virtual NIC with checksum offload.
 
 use std::ffi::CString;
 use std::io;
@@ -15,6 +18,17 @@ pub struct PacketSocket {
 }
 
 const ETH_P_ALL: u16 = 0x0003;
+/// `tpacket_auxdata.tp_status`: the checksum is not computed yet.
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
+
+/// One frame read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    pub len: usize,
+    /// The kernel has not filled in the transport checksum yet: there is
+    /// none to verify.
+    pub checksum_not_ready: bool,
+}
 
 impl PacketSocket {
     /// Opens the socket on `ifname` (needs `CAP_NET_RAW`).
@@ -49,6 +63,19 @@ impl PacketSocket {
                 fd.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_IGNORE_OUTGOING,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
                 (&one as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
@@ -105,7 +132,7 @@ impl PacketSocket {
 
     /// The next frame into `buf`, waiting at most `timeout`: `Ok(None)`
     /// when none came. A frame longer than `buf` is cut to it.
-    pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+    pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<Frame>> {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -125,15 +152,21 @@ impl PacketSocket {
         if rc == 0 {
             return Ok(None);
         }
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
         };
+        // Room for one tpacket_auxdata control message, aligned.
+        let mut control = [0u64; 8];
+        // SAFETY: msghdr is plain old data; zeroed is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `msg` points at `iov` (valid for `buf`) and `control`,
+        // both alive for the call.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::WouldBlock {
@@ -142,7 +175,26 @@ impl PacketSocket {
                 Err(e)
             };
         }
-        Ok(Some(n as usize))
+        let mut checksum_not_ready = false;
+        // SAFETY: the CMSG macros walk the control buffer recvmsg filled,
+        // within `msg_controllen`.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_PACKET
+                    && (*cmsg).cmsg_type == libc::PACKET_AUXDATA
+                {
+                    let aux: libc::tpacket_auxdata =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    checksum_not_ready = aux.tp_status & TP_STATUS_CSUMNOTREADY != 0;
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok(Some(Frame {
+            len: n as usize,
+            checksum_not_ready,
+        }))
     }
 }
 

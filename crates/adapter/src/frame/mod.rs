@@ -1942,12 +1942,30 @@ pub enum NdpInvalid {
 
 /// Classifies one frame from the LAN. Never panics.
 pub fn classify(frame: &[u8]) -> Class {
-    classify_frame(frame).unwrap_or_else(Class::Other)
+    classify_frame(frame, Checksums::Verify).unwrap_or_else(Class::Other)
+}
+
+/// Whether the UDP and ICMPv6 checksums of a received frame are there to
+/// verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksums {
+    Verify,
+    /// The kernel handed the frame over before its transport checksum was
+    /// filled in (`TP_STATUS_CSUMNOTREADY`: it came from a local stack, a
+    /// veth or a virtual NIC with checksum offload): there is no checksum
+    /// to verify yet, and the path it came by did not alter it.
+    NotReady,
+}
+
+/// [`classify`] for a frame whose transport checksum may not be filled in
+/// yet (see [`Checksums`]).
+pub fn classify_received(frame: &[u8], checksums: Checksums) -> Class {
+    classify_frame(frame, checksums).unwrap_or_else(Class::Other)
 }
 
 type Classified = std::result::Result<Class, OtherReason>;
 
-fn classify_frame(frame: &[u8]) -> Classified {
+fn classify_frame(frame: &[u8], checksums: Checksums) -> Classified {
     let eth = EthernetFrame::new_checked(frame).map_err(OtherReason::Ethernet)?;
     let src_mac = eth.src_addr();
     if src_mac.is_multicast() {
@@ -1960,8 +1978,8 @@ fn classify_frame(frame: &[u8]) -> Classified {
                 .map_err(OtherReason::Arp)?;
             Ok(Class::Arp { src_mac, arp })
         }
-        EtherType::Ipv4 => classify_ipv4(src_mac, eth.dst_addr(), eth.payload()),
-        EtherType::Ipv6 => classify_ipv6(src_mac, eth.dst_addr(), eth.payload()),
+        EtherType::Ipv4 => classify_ipv4(src_mac, eth.dst_addr(), eth.payload(), checksums),
+        EtherType::Ipv6 => classify_ipv6(src_mac, eth.dst_addr(), eth.payload(), checksums),
         EtherType::Unknown(ETHERTYPE_VLAN | ETHERTYPE_QINQ) => Err(OtherReason::Vlan),
         EtherType::Unknown(t) => Err(OtherReason::EtherType(t)),
     }
@@ -1972,7 +1990,12 @@ fn is_unicast_v4(a: Ipv4Addr) -> bool {
     !(a.is_unspecified() || a.is_broadcast() || a.is_multicast())
 }
 
-fn classify_ipv4(src_mac: MacAddr, dst_mac: MacAddr, bytes: &[u8]) -> Classified {
+fn classify_ipv4(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    bytes: &[u8],
+    checksums: Checksums,
+) -> Classified {
     let ip = Ipv4Packet::new_checked(bytes).map_err(OtherReason::Ipv4)?;
     let repr = Ipv4Repr::parse(&ip).map_err(OtherReason::Ipv4)?;
     if ip.is_fragment() {
@@ -1991,7 +2014,7 @@ fn classify_ipv4(src_mac: MacAddr, dst_mac: MacAddr, bytes: &[u8]) -> Classified
         let service = sport == DHCPV4_SERVER_PORT
             || [DHCPV4_SERVER_PORT, DHCPV4_CLIENT_PORT, DNS_PORT].contains(&dport);
         if service {
-            UdpRepr::parse(&udp, src_ip.into(), dst_ip.into()).map_err(OtherReason::Udp)?;
+            check_udp(&udp, src_ip.into(), dst_ip.into(), checksums)?;
             // RFC 2131 §4.1: servers and relays send from 67, and only a
             // server's message goes to the client port; a client sends to
             // 67 from 68.
@@ -2038,7 +2061,12 @@ fn classify_ipv4(src_mac: MacAddr, dst_mac: MacAddr, bytes: &[u8]) -> Classified
     })
 }
 
-fn classify_ipv6(src_mac: MacAddr, dst_mac: MacAddr, bytes: &[u8]) -> Classified {
+fn classify_ipv6(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    bytes: &[u8],
+    checksums: Checksums,
+) -> Classified {
     let ip = Ipv6Packet::new_checked(bytes).map_err(OtherReason::Ipv6)?;
     let repr = Ipv6Repr::parse(&ip).map_err(OtherReason::Ipv6)?;
     let (src_ip, dst_ip) = (repr.src_addr, repr.dst_addr);
@@ -2052,7 +2080,7 @@ fn classify_ipv6(src_mac: MacAddr, dst_mac: MacAddr, bytes: &[u8]) -> Classified
         IpProtocol::Icmpv6 => {
             let icmp = Icmpv6Packet::new_checked(ip.payload()).map_err(OtherReason::Icmpv6)?;
             if (ICMPV6_ROUTER_SOLICIT..=ICMPV6_REDIRECT).contains(&icmp.msg_type()) {
-                return classify_ndisc(src_mac, &repr, &icmp);
+                return classify_ndisc(src_mac, &repr, &icmp, checksums);
             }
         }
         IpProtocol::Udp => {
@@ -2062,7 +2090,7 @@ fn classify_ipv6(src_mac: MacAddr, dst_mac: MacAddr, bytes: &[u8]) -> Classified
             let service = sport == DHCPV6_SERVER_PORT
                 || [DHCPV6_SERVER_PORT, DHCPV6_CLIENT_PORT, DNS_PORT].contains(&dport);
             if service {
-                UdpRepr::parse(&udp, src_ip.into(), dst_ip.into()).map_err(OtherReason::Udp)?;
+                check_udp(&udp, src_ip.into(), dst_ip.into(), checksums)?;
                 // RFC 8415 §7.2: clients listen on 546, servers and relay
                 // agents on 547; only those send from 547 or to 546.
                 if sport == DHCPV6_SERVER_PORT || dport == DHCPV6_CLIENT_PORT {
@@ -2119,14 +2147,34 @@ fn classify_ipv6(src_mac: MacAddr, dst_mac: MacAddr, bytes: &[u8]) -> Classified
 /// The validity checks of RFC 4861 §6.1.1 (RS), §6.1.2 (RA), §7.1.1 (NS)
 /// and §7.1.2 (NA). A message that fails one is silently discarded there;
 /// here it is `Other` for the caller to count.
-fn classify_ndisc(src_mac: MacAddr, ip: &Ipv6Repr, icmp: &Icmpv6Packet<&[u8]>) -> Classified {
+/// The UDP header's length, and its checksum unless it is not ready.
+fn check_udp(
+    udp: &UdpPacket<&[u8]>,
+    src: IpAddr,
+    dst: IpAddr,
+    checksums: Checksums,
+) -> std::result::Result<(), OtherReason> {
+    match checksums {
+        Checksums::Verify => UdpRepr::parse(udp, src, dst)
+            .map(|_| ())
+            .map_err(OtherReason::Udp),
+        Checksums::NotReady => udp.check_len().map_err(OtherReason::Udp),
+    }
+}
+
+fn classify_ndisc(
+    src_mac: MacAddr,
+    ip: &Ipv6Repr,
+    icmp: &Icmpv6Packet<&[u8]>,
+    checksums: Checksums,
+) -> Classified {
     use NdpInvalid as Why;
     let ndp = |why| Err(OtherReason::Ndp(why));
     let (src_ip, dst_ip) = (ip.src_addr, ip.dst_addr);
     if ip.hop_limit != ND_HOP_LIMIT {
         return ndp(Why::HopLimit);
     }
-    if !icmp.verify_checksum(src_ip, dst_ip) {
+    if checksums == Checksums::Verify && !icmp.verify_checksum(src_ip, dst_ip) {
         return Err(OtherReason::Icmpv6(WireError::Checksum));
     }
     if icmp.msg_code() != 0 {
