@@ -6,6 +6,7 @@
 //! the gateway) comes out of [`Lan::turn`] for the general nodes' cores.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -29,6 +30,16 @@ pub struct LanConfig {
     pub overlay4: Ipv4Prefix,
     pub overlay6: Ipv6Prefix,
     pub domain: String,
+    /// Where the DHCPv4 and DHCPv6 leases are kept, so they outlive a
+    /// restart (`None`: in memory only).
+    pub lease_file: Option<PathBuf>,
+}
+
+/// The lease file's contents.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Leases {
+    pub dhcp4: Vec<dhcp4::Lease>,
+    pub dhcp6: Vec<dhcp6::Lease6>,
 }
 
 /// A general node as the LAN side knows it.
@@ -86,6 +97,7 @@ pub struct Lan {
     proxy: Proxy,
     counters: LanCounters,
     buf: Vec<u8>,
+    lease_file: Option<PathBuf>,
 }
 
 impl Lan {
@@ -133,8 +145,22 @@ impl Lan {
             proxy,
             counters: LanCounters::default(),
             buf: vec![0; 65_536],
+            lease_file: config.lease_file.clone(),
         };
         lan.set_general_nodes(nodes);
+        if let Some(path) = &config.lease_file {
+            match std::fs::read(path) {
+                Ok(bytes) => {
+                    let leases: Leases = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("reading the leases in {}", path.display()))?;
+                    let kept4 = lan.dhcp4.restore(leases.dhcp4);
+                    let kept6 = lan.dhcp6.restore(unix_now(), leases.dhcp6);
+                    tracing::info!(kept4, kept6, file = %path.display(), "leases restored");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+        }
         Ok(lan)
     }
 
@@ -144,6 +170,38 @@ impl Lan {
 
     pub fn counters(&self) -> LanCounters {
         self.counters
+    }
+
+    /// The leases held now.
+    pub fn leases(&self) -> Leases {
+        Leases {
+            dhcp4: self.dhcp4.leases(),
+            dhcp6: self.dhcp6.leases().cloned().collect(),
+        }
+    }
+
+    /// Writes the leases if they changed (to a temporary file first, so a
+    /// crash leaves the old or the new file, never half of one).
+    fn save_leases(&mut self) {
+        let mut changed = self.dhcp6.poll_leases_changed();
+        while let Some(event) = self.dhcp4.poll_event() {
+            changed |= matches!(
+                event,
+                dhcp4::Event::LeaseGranted { .. } | dhcp4::Event::LeaseEnded { .. }
+            );
+        }
+        let Some(path) = self.lease_file.clone().filter(|_| changed) else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            let bytes = serde_json::to_vec_pretty(&self.leases())?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(file = %path.display(), error = %e, "cannot save the leases");
+        }
     }
 
     /// The general nodes this adapter serves now; others get nothing.
@@ -302,6 +360,7 @@ impl Lan {
             self.send(&out);
         }
         self.dhcp4.handle_timeout(unix_now());
+        self.save_leases();
     }
 
     /// Sends a whole frame on the LAN (answers, and packets from the

@@ -109,21 +109,24 @@ fn general_nodes_get_their_vips_from_real_clients_and_strangers_nothing() {
         .find(|n| n.ends_with("-adapter"))
         .expect("adapter namespace")
         .clone();
+    let lease_file = lab.dir().join("leases.json");
     let stop = Arc::new(AtomicBool::new(false));
     let service = {
         let stop = stop.clone();
+        let lease_file = lease_file.clone();
         std::thread::spawn(move || {
             let file = File::open(format!("/run/netns/{adapter_ns}")).expect("netns file");
             // SAFETY: a valid namespace fd; setns only affects this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns");
-            let config = LanConfig {
+            let mut config = LanConfig {
                 iface: "cyl0".into(),
                 gateway4: GATEWAY4.parse().expect("gateway4"),
                 gateway6: GATEWAY6.parse().expect("gateway6"),
                 overlay4: "100.64.0.0/10".parse().expect("prefix"),
                 overlay6: "fd7a:6379:7068::/48".parse().expect("prefix"),
                 domain: "cyphonic.internal".into(),
+                lease_file: Some(lease_file),
             };
             let mut lan = Lan::open(&config, &[gn(1), gn(2)]).expect("open the LAN");
             let mut overlay = Vec::new();
@@ -132,7 +135,14 @@ fn general_nodes_get_their_vips_from_real_clients_and_strangers_nothing() {
                     overlay.push(input);
                 }
             }
-            (lan.counters(), lan.mac(), overlay)
+            let (lan_counters, mac) = (lan.counters(), lan.mac());
+            let leases = lan.leases();
+            drop(lan);
+            // A restarted LAN side holds the same leases.
+            let again = Lan::open(&config, &[gn(1), gn(2)]).expect("reopen the LAN");
+            let restored = again.leases();
+            config.lease_file = None;
+            (lan_counters, mac, overlay, leases, restored)
         })
     };
     let dir = lab.dir().to_path_buf();
@@ -231,7 +241,25 @@ fn general_nodes_get_their_vips_from_real_clients_and_strangers_nothing() {
         ),
     );
     stop.store(true, Ordering::SeqCst);
-    let (counters, mac, overlay) = service.join().expect("service");
+    let (counters, mac, overlay, leases, restored) = service.join().expect("service");
+    let macs4: Vec<MacAddr> = leases.dhcp4.iter().map(|l| l.mac).collect();
+    assert_eq!(
+        macs4,
+        vec![gn(1).mac, gn(2).mac],
+        "gn1 (dhclient) and gn2 (dhcpcd)"
+    );
+    assert!(leases
+        .dhcp6
+        .iter()
+        .any(|l| l.mac == gn(1).mac && l.address == gn(1).vip6));
+    assert_eq!(restored.dhcp4, leases.dhcp4, "the leases outlive a restart");
+    assert_eq!(restored.dhcp6.len(), leases.dhcp6.len());
+    let file: cyphonic_adapter::lan::Leases =
+        serde_json::from_slice(&std::fs::read(&lease_file).expect("lease file")).expect("leases");
+    assert_eq!(
+        file.dhcp4, leases.dhcp4,
+        "the file holds what the server holds"
+    );
     assert!(
         neigh4.contains(&mac.to_string()),
         "{neigh4} (adapter {mac})"
