@@ -106,18 +106,7 @@ pub async fn enroll(
         password: Password(password.to_owned()),
         csr_pem: csr_pem.to_owned(),
     };
-    match exchange(addr, server_name, config, &request).await? {
-        Response::Enrolled {
-            fqdn,
-            cert_chain_pem,
-            root_pem,
-        } => Ok(Enrolled {
-            fqdn,
-            cert_chain_pem,
-            root_pem,
-        }),
-        other => Err(unexpected(other)),
-    }
+    enrolled(exchange(addr, server_name, config, &request).await?)
 }
 
 /// An adapter gets a certificate for general node `device_id` (which it
@@ -139,18 +128,7 @@ pub async fn enroll_general(
         device_id: device_id.to_owned(),
         csr_pem: csr_pem.to_owned(),
     };
-    match exchange(addr, server_name, config, &request).await? {
-        Response::Enrolled {
-            fqdn,
-            cert_chain_pem,
-            root_pem,
-        } => Ok(Enrolled {
-            fqdn,
-            cert_chain_pem,
-            root_pem,
-        }),
-        other => Err(unexpected(other)),
-    }
+    enrolled(exchange(addr, server_name, config, &request).await?)
 }
 
 /// Logs in with the node certificate (`chain_pem`: node certificate then
@@ -166,6 +144,22 @@ pub async fn login(
         .map_err(|e| AsClientError::Setup(e.to_string()))?;
     match exchange(addr, server_name, config, &Request::Login {}).await? {
         Response::LoginOk(ok) => login_info(ok),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The certificate an `enrolled` answer carries.
+fn enrolled(response: Response) -> Result<Enrolled, AsClientError> {
+    match response {
+        Response::Enrolled {
+            fqdn,
+            cert_chain_pem,
+            root_pem,
+        } => Ok(Enrolled {
+            fqdn,
+            cert_chain_pem,
+            root_pem,
+        }),
         other => Err(unexpected(other)),
     }
 }
