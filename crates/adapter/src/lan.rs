@@ -5,12 +5,14 @@
 //! here; what is meant for the overlay (data to peer VIPs, DNS queries to
 //! the gateway) comes out of [`Lan::turn`] for the general nodes' cores.
 
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use cyphonic_platform::packet::PacketSocket;
+use cyphonic_platform::packet::{self, Gso, PacketSocket};
 
 use crate::frame::{self, Checksums, Class};
 use crate::prefix::{Ipv4Prefix, Ipv6Prefix};
@@ -33,10 +35,13 @@ pub struct LanConfig {
     /// Where the DHCPv4 and DHCPv6 leases are kept, so they outlive a
     /// restart (`None`: in memory only).
     pub lease_file: Option<PathBuf>,
+    /// The MTU the general nodes are told (DHCPv4 option 26, the RA's MTU
+    /// option): the tunnel's, so their packets fit it (`None`: not told).
+    pub mtu: Option<u16>,
 }
 
 /// The lease file's contents.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Leases {
     pub dhcp4: Vec<dhcp4::Lease>,
     pub dhcp6: Vec<dhcp6::Lease6>,
@@ -71,7 +76,7 @@ pub enum LanInput {
 }
 
 /// What the LAN side did, for status and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LanCounters {
     pub frames: u64,
     pub proxy_answers: u64,
@@ -86,7 +91,7 @@ pub struct LanCounters {
 }
 
 pub struct Lan {
-    socket: PacketSocket,
+    socket: Arc<PacketSocket>,
     mac: MacAddr,
     link_local: Ipv6Addr,
     gateway4: Ipv4Addr,
@@ -98,20 +103,28 @@ pub struct Lan {
     counters: LanCounters,
     buf: Vec<u8>,
     lease_file: Option<PathBuf>,
+    /// The general nodes' MACs, those seen on the LAN since the start, and
+    /// those seen for the first time not yet polled.
+    known: HashSet<MacAddr>,
+    seen: HashSet<MacAddr>,
+    arrivals: VecDeque<MacAddr>,
 }
 
 impl Lan {
     /// Opens the LAN interface and starts advertising.
     pub fn open(config: &LanConfig, nodes: &[GeneralNodeAddrs]) -> anyhow::Result<Lan> {
-        let socket = PacketSocket::open(&config.iface)
-            .with_context(|| format!("opening the LAN interface {}", config.iface))?;
+        let socket = Arc::new(
+            PacketSocket::open(&config.iface)
+                .with_context(|| format!("opening the LAN interface {}", config.iface))?,
+        );
         let mac = MacAddr(socket.mac());
-        let dhcp4 = dhcp4::Server::new(dhcp4::Config::new(
+        let mut dhcp4_config = dhcp4::Config::new(
             config.gateway4,
             config.overlay4.prefix_len(),
             config.domain.clone(),
-        ))
-        .context("DHCPv4 configuration")?;
+        );
+        dhcp4_config.interface_mtu = config.mtu;
+        let dhcp4 = dhcp4::Server::new(dhcp4_config).context("DHCPv4 configuration")?;
         let dhcp6 = dhcp6::Dhcp6Server::new(dhcp6::Dhcp6Config::new(
             mac,
             config.gateway6,
@@ -119,7 +132,8 @@ impl Lan {
             config.overlay6,
         ))
         .context("DHCPv6 configuration")?;
-        let ra_config = RaConfig::new(mac, config.overlay6, config.gateway6);
+        let mut ra_config = RaConfig::new(mac, config.overlay6, config.gateway6);
+        ra_config.mtu = config.mtu;
         let link_local = ra_config.link_local;
         let seed = u64::from_le_bytes([
             mac.0[0], mac.0[1], mac.0[2], mac.0[3], mac.0[4], mac.0[5], 0, 0,
@@ -144,8 +158,12 @@ impl Lan {
             ra,
             proxy,
             counters: LanCounters::default(),
-            buf: vec![0; 65_536],
+            // A super-packet (GRO, TSO) of 64 KiB with its Ethernet header.
+            buf: vec![0; 65_536 + 64],
             lease_file: config.lease_file.clone(),
+            known: HashSet::new(),
+            seen: HashSet::new(),
+            arrivals: VecDeque::new(),
         };
         lan.set_general_nodes(nodes);
         if let Some(path) = &config.lease_file {
@@ -166,6 +184,17 @@ impl Lan {
 
     pub fn mac(&self) -> MacAddr {
         self.mac
+    }
+
+    /// The socket, for the data plane's writes to the general nodes.
+    pub fn socket(&self) -> Arc<PacketSocket> {
+        self.socket.clone()
+    }
+
+    /// A general node sent its first frame since the start (it showed up,
+    /// or the adapter restarted): time to stand for it in the overlay.
+    pub fn poll_arrival(&mut self) -> Option<MacAddr> {
+        self.arrivals.pop_front()
     }
 
     pub fn counters(&self) -> LanCounters {
@@ -206,6 +235,8 @@ impl Lan {
 
     /// The general nodes this adapter serves now; others get nothing.
     pub fn set_general_nodes(&mut self, nodes: &[GeneralNodeAddrs]) {
+        self.known = nodes.iter().map(|n| n.mac).collect();
+        self.seen.retain(|m| self.known.contains(m));
         for r in self
             .dhcp4
             .set_general_nodes(nodes.iter().map(|n| (n.mac, n.vip4, n.name.clone())))
@@ -229,32 +260,59 @@ impl Lan {
     /// answer, sends what its timers want, and returns traffic for the
     /// overlay, if the frame was such.
     pub fn turn(&mut self, wait: Duration) -> std::io::Result<Option<LanInput>> {
+        let mut out = Vec::with_capacity(1);
+        self.turn_batch(wait, 1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    /// Like [`Lan::turn`] for up to `max` frames: waits at most `wait` for
+    /// the first, then takes those already there; traffic for the overlay
+    /// is appended to `out`.
+    pub fn turn_batch(
+        &mut self,
+        wait: Duration,
+        max: usize,
+        out: &mut Vec<LanInput>,
+    ) -> std::io::Result<()> {
         let now = Instant::now();
-        let wait = match self.ra.poll_timeout() {
+        let mut wait = match self.ra.poll_timeout() {
             Some((t, _)) => wait.min(t.saturating_duration_since(now)),
             None => wait,
         };
-        let got = self.socket.recv(&mut self.buf, wait)?;
-        let input = match got {
-            Some(f) => {
-                let checksums = if f.checksum_not_ready {
-                    Checksums::NotReady
-                } else {
-                    Checksums::Verify
-                };
-                let frame = std::mem::take(&mut self.buf);
-                let input = self.on_frame(&frame[..f.len], checksums);
-                self.buf = frame;
-                input
-            }
-            None => None,
-        };
+        for _ in 0..max {
+            let Some(f) = self.socket.recv(&mut self.buf, wait)? else {
+                break;
+            };
+            wait = Duration::ZERO;
+            let checksums = if f.checksum_not_ready {
+                Checksums::NotReady
+            } else {
+                Checksums::Verify
+            };
+            let frame = std::mem::take(&mut self.buf);
+            self.on_frame(&frame[..f.len], checksums, f.gso, out);
+            self.buf = frame;
+        }
         self.on_timers();
-        Ok(input)
+        Ok(())
     }
 
-    fn on_frame(&mut self, frame: &[u8], checksums: Checksums) -> Option<LanInput> {
+    /// One frame: answered here, or its traffic for the overlay appended
+    /// to `out` (a super-packet as its segments).
+    fn on_frame(
+        &mut self,
+        frame: &[u8],
+        checksums: Checksums,
+        gso: Option<Gso>,
+        out: &mut Vec<LanInput>,
+    ) {
         self.counters.frames += 1;
+        if let Some(src) = frame.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok()) {
+            let src = MacAddr(src);
+            if self.known.contains(&src) && self.seen.insert(src) {
+                self.arrivals.push_back(src);
+            }
+        }
         let unix = unix_now();
         let class = frame::classify_received(frame, checksums);
         match &class {
@@ -320,7 +378,7 @@ impl Lan {
                 payload,
             } if dst.ip() == IpAddr::V4(self.gateway4) || dst.ip() == IpAddr::V6(self.gateway6) => {
                 self.counters.to_overlay += 1;
-                return Some(LanInput::Dns {
+                out.push(LanInput::Dns {
                     src_mac: *src_mac,
                     src: *src,
                     dst: *dst,
@@ -334,15 +392,34 @@ impl Lan {
                 ..
             } => {
                 self.counters.to_overlay += 1;
-                return Some(LanInput::Data {
+                let mut packet = frame[packet.clone()].to_vec();
+                let data = |packet| LanInput::Data {
                     src_mac: *src_mac,
                     dst_ip: *dst_ip,
-                    packet: frame[packet.clone()].to_vec(),
-                });
+                    packet,
+                };
+                if let Some(gso) = gso {
+                    // One super-packet for many wire frames (GRO, a
+                    // sender's TSO): cut into what the wire carried.
+                    let mut segments = Vec::new();
+                    match packet::split_gso(&mut packet, gso, &mut segments) {
+                        Ok(()) => out.extend(segments.into_iter().map(data)),
+                        Err(e) => {
+                            self.counters.ignored += 1;
+                            tracing::debug!(error = %e, "cannot split a super-packet");
+                        }
+                    }
+                    return;
+                }
+                if checksums == Checksums::NotReady {
+                    // Left to offload by the sender's stack: the peer
+                    // checks it end to end, so it is made whole here.
+                    frame::complete_transport_checksum(&mut packet);
+                }
+                out.push(data(packet));
             }
             _ => self.counters.ignored += 1,
         }
-        None
     }
 
     fn on_timers(&mut self) {

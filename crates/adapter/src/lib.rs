@@ -4,6 +4,10 @@
 //! `AF_PACKET` socket on the LAN interface and to the node cores that
 //! stand for the general nodes.
 
+#[cfg(target_os = "linux")]
+pub mod daemon;
+#[cfg(target_os = "linux")]
+pub mod device;
 pub mod dhcp4;
 pub mod dhcp6;
 pub mod frame;

@@ -127,6 +127,7 @@ fn general_nodes_get_their_vips_from_real_clients_and_strangers_nothing() {
                 overlay6: "fd7a:6379:7068::/48".parse().expect("prefix"),
                 domain: "cyphonic.internal".into(),
                 lease_file: Some(lease_file),
+                mtu: Some(1408),
             };
             let mut lan = Lan::open(&config, &[gn(1), gn(2)]).expect("open the LAN");
             let mut overlay = Vec::new();

@@ -30,6 +30,10 @@ enum Command {
     /// The node daemon and its enrollment.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// The adapter: gives the overlay to general nodes on a LAN (enroll it
+    /// as a node first: `cyphonic node enroll --device <adapter> ...`).
+    #[command(subcommand)]
+    Adapter(AdapterCmd),
     /// Show this node's state, its peers and their paths.
     Status {
         #[arg(long)]
@@ -188,6 +192,34 @@ enum NodeCmd {
         /// (0: no listener).
         #[arg(long, default_value_t = 0)]
         quic_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdapterCmd {
+    /// Run the adapter: log in as itself, serve its general nodes on the
+    /// LAN (DHCPv4, RA + DHCPv6, DNS, ARP/ND proxy) and stand for each in
+    /// the overlay.
+    Run {
+        /// The general nodes' LAN interface (the adapter keeps the kernel's
+        /// IP stack off it).
+        #[arg(long)]
+        lan: String,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_TUNNEL_PORT)]
+        port: u16,
+        /// Tunnel keepalive interval in seconds.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        keepalive: u64,
+        #[arg(long, default_value = "auto", value_parser = parse_transport)]
+        transport: TransportChoice,
+        #[arg(long, default_value_t = 0)]
+        quic_port: u16,
+        /// How often the general-node list is asked for again (seconds):
+        /// changes reach the running adapter within this time.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        list_poll: u64,
     },
 }
 
@@ -382,6 +414,29 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 keepalive: std::time::Duration::from_secs(keepalive),
                 transport: transport.0,
                 quic_port,
+            })
+            .await?;
+        }
+        Command::Adapter(AdapterCmd::Run {
+            lan,
+            state_dir,
+            port,
+            keepalive,
+            transport,
+            quic_port,
+            list_poll,
+        }) => {
+            if !cyphonic_platform::is_root() {
+                anyhow::bail!("the adapter needs root (raw LAN socket): run it with sudo");
+            }
+            cyphonic_adapter::daemon::run(cyphonic_adapter::daemon::AdapterOptions {
+                state_dir,
+                lan,
+                tunnel_port: port,
+                keepalive: std::time::Duration::from_secs(keepalive),
+                transport: transport.0,
+                quic_port,
+                list_poll: std::time::Duration::from_secs(list_poll),
             })
             .await?;
         }

@@ -1,4 +1,5 @@
-//! The fast path's IO: application packets from the TUN device are sealed
+//! The fast path's IO: application packets from the TUN device (or an
+//! adapter's LAN, [`Device`]) are sealed
 //! and sent to the peer's endpoint; data packets from the UDP sockets (and
 //! the QUIC and TCP legs) are opened and written to the TUN device. What
 //! happens to a packet in between is [`crate::datapath`]'s; this module
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::core::{Leg, Path, Transport, TunnelHandle};
 use crate::datapath::{self, Decapsulated, DropReason, Opened, PathReports, Payload, HEADROOM};
+use crate::host::{identity_of_index, IdentityId};
 
 /// Packets per batch: the TUN and socket loops never do more work than this
 /// per wake-up.
@@ -40,8 +42,12 @@ const RX_BUF: usize = 65536;
 pub enum ToControl {
     /// A non-data datagram (signaling, handshake) from the network.
     Datagram { from: Leg, packet: Vec<u8> },
-    /// An application packet with no tunnel for its destination.
-    Outbound(Vec<u8>),
+    /// An application packet of identity `identity` with no tunnel for
+    /// its destination.
+    Outbound {
+        identity: IdentityId,
+        packet: Vec<u8>,
+    },
     /// An authenticated packet of tunnel `index` came on `path`, which is
     /// not the tunnel's current path.
     PathSeen { index: LocalIndex, path: Path },
@@ -67,14 +73,18 @@ pub struct DataCounters {
     pub rx_auth_failed: AtomicU64,
     pub rx_replayed: AtomicU64,
     pub rx_bad_inner_source: AtomicU64,
+    /// Opened packets for an address the tunnel's identity does not own
+    /// (an adapter's general node only gets packets for its own VIPs).
+    pub rx_bad_inner_destination: AtomicU64,
     /// Tunnel messages longer than any a node sends.
     pub rx_message_too_long: AtomicU64,
     /// Packets that could not be sealed (see `outbound_loop`), sends the
     /// kernel refused, and failed TUN writes.
     pub tx_errors: AtomicU64,
     pub control_queue_full: AtomicU64,
-    /// Packets larger than their path carries (QUIC legs): answered with
-    /// ICMP Fragmentation Needed / Packet Too Big on the TUN device.
+    /// Packets larger than their path carries (QUIC legs, or the tunnel
+    /// MTU when the device's is larger): answered with ICMP Fragmentation
+    /// Needed / Packet Too Big on the device.
     pub tx_too_big: AtomicU64,
     /// Packets a QUIC or TCP leg refused (queue full, no leg).
     pub tx_leg_dropped: AtomicU64,
@@ -89,6 +99,7 @@ pub struct DataCountersSnapshot {
     pub rx_auth_failed: u64,
     pub rx_replayed: u64,
     pub rx_bad_inner_source: u64,
+    pub rx_bad_inner_destination: u64,
     pub rx_message_too_long: u64,
     pub tx_errors: u64,
     pub control_queue_full: u64,
@@ -107,6 +118,7 @@ impl DataCounters {
             rx_auth_failed: l(&self.rx_auth_failed),
             rx_replayed: l(&self.rx_replayed),
             rx_bad_inner_source: l(&self.rx_bad_inner_source),
+            rx_bad_inner_destination: l(&self.rx_bad_inner_destination),
             rx_message_too_long: l(&self.rx_message_too_long),
             tx_errors: l(&self.tx_errors),
             control_queue_full: l(&self.control_queue_full),
@@ -128,18 +140,21 @@ impl DataCounters {
     }
 }
 
-/// The tunnels the fast path knows, by destination VIP (sending) and by our
-/// receiver index (receiving).
+/// The tunnels the fast path knows, by identity and destination VIP
+/// (sending) and by our receiver index (receiving; an index names its
+/// identity, [`crate::host`]). A node has one identity (0); an adapter one
+/// per general node, and two of them may have tunnels to the same peer.
 #[derive(Default)]
 pub struct Tables {
-    tx: RwLock<HashMap<IpAddr, Arc<TunnelHandle>>>,
-    rx: RwLock<HashMap<LocalIndex, Arc<TunnelHandle>>>,
+    tx: RwLock<HashMap<(IdentityId, IpAddr), Arc<TunnelHandle>>>,
+    rx: RwLock<HashMap<LocalIndex, (IdentityId, Arc<TunnelHandle>)>>,
 }
 
 impl Tables {
-    /// Installs a tunnel. The peer's previous receive key stays valid (for
-    /// packets already in flight under it); older ones are removed.
-    pub fn install(&self, handle: TunnelHandle) {
+    /// Installs a tunnel of identity `id`. The peer's previous receive key
+    /// stays valid (for packets already in flight under it); older ones are
+    /// removed.
+    pub fn install(&self, id: IdentityId, handle: TunnelHandle) {
         let handle = Arc::new(handle);
         let index = handle.recv.local_index();
         {
@@ -148,41 +163,52 @@ impl Tables {
                 .tx
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(&IpAddr::V4(handle.vip4))
+                .get(&(id, IpAddr::V4(handle.vip4)))
                 .map(|h| h.recv.local_index());
-            rx.retain(|i, h| h.fqdn != handle.fqdn || Some(*i) == previous);
-            rx.insert(index, handle.clone());
+            rx.retain(|i, (owner, h)| {
+                *owner != id || h.fqdn != handle.fqdn || Some(*i) == previous
+            });
+            rx.insert(index, (id, handle.clone()));
         }
         let mut tx = self.tx.write().unwrap_or_else(|e| e.into_inner());
-        tx.insert(IpAddr::V4(handle.vip4), handle.clone());
-        tx.insert(IpAddr::V6(handle.vip6), handle);
+        tx.insert((id, IpAddr::V4(handle.vip4)), handle.clone());
+        tx.insert((id, IpAddr::V6(handle.vip6)), handle);
     }
 
-    /// Stops sending to `fqdn` (its packets go to the control task), while
-    /// its packets are still received.
-    pub fn hold(&self, fqdn: &str) {
+    /// Stops sending from `id` to `fqdn` (its packets go to the control
+    /// task), while its packets are still received.
+    pub fn hold(&self, id: IdentityId, fqdn: &str) {
         self.tx
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, h| h.fqdn != fqdn);
+            .retain(|(owner, _), h| *owner != id || h.fqdn != fqdn);
     }
 
-    pub fn remove(&self, fqdn: &str) {
+    pub fn remove(&self, id: IdentityId, fqdn: &str) {
         self.rx
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, h| h.fqdn != fqdn);
+            .retain(|_, (owner, h)| *owner != id || h.fqdn != fqdn);
+        self.hold(id, fqdn);
+    }
+
+    /// Forgets every tunnel of identity `id` (it left the host).
+    pub fn remove_identity(&self, id: IdentityId) {
+        self.rx
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (owner, _)| *owner != id);
         self.tx
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, h| h.fqdn != fqdn);
+            .retain(|(owner, _), _| *owner != id);
     }
 
-    fn by_destination(&self, dst: IpAddr) -> Option<Arc<TunnelHandle>> {
+    fn by_destination(&self, id: IdentityId, dst: IpAddr) -> Option<Arc<TunnelHandle>> {
         self.tx
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&dst)
+            .get(&(id, dst))
             .cloned()
     }
 
@@ -191,7 +217,29 @@ impl Tables {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&index)
-            .cloned()
+            .map(|(_, h)| h.clone())
+    }
+}
+
+/// Where the data plane delivers opened packets: a node's TUN device, an
+/// adapter's LAN.
+pub trait Device: Send + Sync + 'static {
+    /// Writes each `bufs[i][offset..]` (one whole IP packet); `offset` is
+    /// at least [`DATA_HEADER_LEN`], room a device may write into.
+    fn send_batch(&self, bufs: &mut [Vec<u8>], offset: usize) -> io::Result<()>;
+    /// Whether a packet to `dst` that came through a tunnel of identity
+    /// `id` is that identity's to receive.
+    fn delivers_to(&self, id: IdentityId, dst: IpAddr) -> bool;
+}
+
+impl Device for Tun {
+    fn send_batch(&self, bufs: &mut [Vec<u8>], offset: usize) -> io::Result<()> {
+        Tun::send_batch(self, bufs, offset)
+    }
+
+    /// The host's stack decides what a node receives.
+    fn delivers_to(&self, _id: IdentityId, _dst: IpAddr) -> bool {
+        true
     }
 }
 
@@ -236,45 +284,25 @@ impl DataPlane {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
-            let (tun, sockets, tables, counters, control, stop) = (
-                tun.clone(),
+            let sender = Sender::new(
                 sockets.clone(),
+                hub,
                 tables.clone(),
                 counters.clone(),
                 control.clone(),
-                stop.clone(),
+                usize::from(tun.mtu()),
             );
-            let out = Outbound {
-                tun,
-                sockets,
-                hub,
-                tables,
-                counters,
-                control,
-            };
+            let (tun, stop) = (tun.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("cy-tun-rx".into())
-                    .spawn(move || outbound_loop(&out, &stop))?,
+                    .spawn(move || outbound_loop(&tun, sender, &stop))?,
             );
         }
-        for v6 in [false, true] {
-            let has = if v6 {
-                sockets.v6.is_some()
-            } else {
-                sockets.v4.is_some()
-            };
-            if !has {
-                continue;
-            }
-            let inbound = Inbound::new(&tun, &tables, &counters, &control);
-            let (sockets, stop) = (sockets.clone(), stop.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(if v6 { "cy-udp6-rx" } else { "cy-udp4-rx" }.into())
-                    .spawn(move || inbound_loop(v6, &sockets, inbound, &stop))?,
-            );
-        }
+        let device: Arc<dyn Device> = tun.clone();
+        threads.extend(spawn_receivers(
+            &sockets, &device, &tables, &counters, &control, &stop,
+        )?);
         Ok(DataPlane {
             stop,
             tun,
@@ -288,7 +316,8 @@ impl DataPlane {
     /// A receiver for datagrams that arrive on QUIC and TCP legs: the same
     /// checks and the same TUN writes as the UDP sockets' threads.
     pub fn inbound(&self) -> Inbound {
-        Inbound::new(&self.tun, &self.tables, &self.counters, &self.control)
+        let device: Arc<dyn Device> = self.tun.clone();
+        Inbound::new(device, &self.tables, &self.counters, &self.control)
     }
 }
 
@@ -302,28 +331,43 @@ impl Drop for DataPlane {
     }
 }
 
-/// What the TUN reader needs.
-struct Outbound {
-    tun: Arc<Tun>,
-    sockets: Arc<Sockets>,
-    hub: Option<Arc<Hub>>,
-    tables: Arc<Tables>,
-    counters: Arc<DataCounters>,
-    control: mpsc::Sender<ToControl>,
+/// One receiving thread per socket of the tunnel port (IPv4, IPv6), each
+/// delivering to `device` until `stop` is set.
+pub fn spawn_receivers(
+    sockets: &Arc<Sockets>,
+    device: &Arc<dyn Device>,
+    tables: &Arc<Tables>,
+    counters: &Arc<DataCounters>,
+    control: &mpsc::Sender<ToControl>,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    for v6 in [false, true] {
+        let has = if v6 {
+            sockets.v6.is_some()
+        } else {
+            sockets.v4.is_some()
+        };
+        if !has {
+            continue;
+        }
+        let inbound = Inbound::new(device.clone(), tables, counters, control);
+        let (sockets, stop) = (sockets.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(if v6 { "cy-udp6-rx" } else { "cy-udp4-rx" }.into())
+                .spawn(move || inbound_loop(v6, &sockets, inbound, &stop))?,
+        );
+    }
+    Ok(threads)
 }
 
-/// TUN -> seal -> UDP (or a QUIC / TCP leg). Packets to one UDP endpoint
-/// that fill whole segments go out in one GSO send.
-fn outbound_loop(o: &Outbound, stop: &AtomicBool) {
-    let (tun, sockets, tables, counters) = (&o.tun, &o.sockets, &o.tables, &o.counters);
-    let mtu = tun.mtu() as usize;
-    let slot = HEADROOM + mtu + TAG_LEN;
+/// TUN -> [`Sender`].
+fn outbound_loop(tun: &Tun, mut sender: Sender, stop: &AtomicBool) {
+    let slot = HEADROOM + sender.mtu + TAG_LEN;
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; slot]).collect();
     let mut sizes = vec![0usize; BATCH];
     let mut scratch = vec![0u8; 65536 + 64];
-    // Sealed packets for the current destination, back to back.
-    let mut train: Vec<u8> = Vec::with_capacity(slot * BATCH);
-    let mut too_big: Vec<Vec<u8>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         for b in bufs.iter_mut() {
             b.resize(slot, 0);
@@ -340,103 +384,157 @@ fn outbound_loop(o: &Outbound, stop: &AtomicBool) {
                 continue;
             }
         };
-        let mut current: Option<(SocketAddr, usize)> = None; // endpoint, segment size
-        let flush = |train: &mut Vec<u8>, current: &mut Option<(SocketAddr, usize)>| {
-            if let Some((dst, seg)) = current.take() {
-                if !train.is_empty() {
-                    if let Err(e) = sockets.send_segments(train, seg, dst) {
-                        counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(error = %e, %dst, "send failed");
-                    }
-                }
-            }
-            train.clear();
-        };
         for i in 0..n {
-            let len = sizes[i];
-            let packet = &bufs[i][HEADROOM..HEADROOM + len];
-            let Some(dst) = ip::inner_destination(packet) else {
-                continue;
-            };
-            let Some(tunnel) = tables.by_destination(dst) else {
-                if o.control
-                    .try_send(ToControl::Outbound(packet.to_vec()))
-                    .is_err()
-                {
-                    counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-                continue;
-            };
-            let leg = tunnel.path.leg();
-            if leg.transport == Transport::Quic {
-                // A QUIC DATAGRAM frame must fit one packet: tell the
-                // sender the path's size (its TCP lowers its MSS).
-                let limit = quic_inner_limit(leg.addr.is_ipv6(), tunnel.path.is_relay());
-                if len > limit {
-                    counters.tx_too_big.fetch_add(1, Ordering::Relaxed);
-                    if let Some(icmp) = ip::packet_too_big(packet, limit as u16) {
-                        let mut b = vec![0u8; DATA_HEADER_LEN];
-                        b.extend_from_slice(&icmp);
-                        too_big.push(b);
-                    }
-                    continue;
-                }
-            }
-            let wire = match datapath::encapsulate(&tunnel, tunnel.path, &mut bufs[i], len) {
-                Ok(range) => range,
-                Err(DataError::CounterLimit) => {
-                    // This tunnel's send key has sealed all it may. Nothing
-                    // rekeys yet (a later issue): the packet is counted and
-                    // dropped, as is every later one on this key.
-                    counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Err(e) => {
-                    counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(error = %e, len, "cannot seal");
-                    continue;
-                }
-            };
-            counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-            let sealed = wire.len();
-            if leg.transport != Transport::Udp {
-                let datagram = bufs[i][wire].to_vec();
-                let sent = match &o.hub {
-                    Some(hub) => hub.send(leg.transport, leg.addr, datagram).is_ok(),
-                    None => false,
-                };
-                if !sent {
-                    counters.tx_leg_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                continue;
-            }
-            let endpoint = leg.addr;
-            // A train continues while the endpoint is the same and every
-            // segment but the last has the train's size.
-            let joins = match current {
-                Some((dst, seg)) => {
-                    dst == endpoint && train.len().is_multiple_of(seg) && sealed <= seg
-                }
-                None => false,
-            };
-            if !joins {
-                flush(&mut train, &mut current);
-                current = Some((endpoint, sealed));
-            }
-            train.extend_from_slice(&bufs[i][wire]);
-            if let Some((_, seg)) = current {
-                if sealed < seg {
-                    flush(&mut train, &mut current);
-                }
-            }
+            sender.packet(0, &mut bufs[i], sizes[i]);
         }
-        flush(&mut train, &mut current);
-        if !too_big.is_empty() {
-            if let Err(e) = tun.send_batch(&mut too_big, DATA_HEADER_LEN) {
+        sender.flush();
+        if !sender.too_big.is_empty() {
+            if let Err(e) = tun.send_batch(&mut sender.too_big, DATA_HEADER_LEN) {
                 tracing::debug!(error = %e, "TUN write of ICMP too-big failed");
             }
-            too_big.clear();
+            sender.too_big.clear();
         }
+    }
+}
+
+/// Application packets -> seal -> UDP (or a QUIC / TCP leg): the sending
+/// half of the fast path, whatever device the packets come from. Packets
+/// to one UDP endpoint that fill whole segments go out in one GSO send.
+pub struct Sender {
+    sockets: Arc<Sockets>,
+    hub: Option<Arc<Hub>>,
+    tables: Arc<Tables>,
+    counters: Arc<DataCounters>,
+    control: mpsc::Sender<ToControl>,
+    /// The tunnel MTU: larger packets get a too-big.
+    pub mtu: usize,
+    /// Sealed packets for `current`, back to back.
+    train: Vec<u8>,
+    /// The train's endpoint and segment size.
+    current: Option<(SocketAddr, usize)>,
+    /// ICMP too-big answers for the device, each after
+    /// [`DATA_HEADER_LEN`] bytes of headroom.
+    pub too_big: Vec<Vec<u8>>,
+}
+
+impl Sender {
+    pub fn new(
+        sockets: Arc<Sockets>,
+        hub: Option<Arc<Hub>>,
+        tables: Arc<Tables>,
+        counters: Arc<DataCounters>,
+        control: mpsc::Sender<ToControl>,
+        mtu: usize,
+    ) -> Sender {
+        Sender {
+            sockets,
+            hub,
+            tables,
+            counters,
+            control,
+            mtu,
+            train: Vec::with_capacity((HEADROOM + mtu + TAG_LEN) * BATCH),
+            current: None,
+            too_big: Vec::new(),
+        }
+    }
+
+    /// Sends the `len`-byte packet of identity `id` at `buf[HEADROOM..]`
+    /// (`buf` holds [`TAG_LEN`] more bytes after it), sealing it in place,
+    /// or hands it to the control task when its tunnel is not up.
+    pub fn packet(&mut self, id: IdentityId, buf: &mut [u8], len: usize) {
+        let counters = &*self.counters;
+        let packet = &buf[HEADROOM..HEADROOM + len];
+        let Some(dst) = ip::inner_destination(packet) else {
+            return;
+        };
+        let Some(tunnel) = self.tables.by_destination(id, dst) else {
+            let msg = ToControl::Outbound {
+                identity: id,
+                packet: packet.to_vec(),
+            };
+            if self.control.try_send(msg).is_err() {
+                counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        let leg = tunnel.path.leg();
+        let limit = if leg.transport == Transport::Quic {
+            // A QUIC DATAGRAM frame must fit one packet.
+            quic_inner_limit(leg.addr.is_ipv6(), tunnel.path.is_relay()).min(self.mtu)
+        } else {
+            self.mtu
+        };
+        if len > limit {
+            // Tell the sender the path's size (its TCP lowers its MSS).
+            counters.tx_too_big.fetch_add(1, Ordering::Relaxed);
+            if let Some(icmp) = ip::packet_too_big(packet, limit as u16) {
+                let mut b = vec![0u8; DATA_HEADER_LEN];
+                b.extend_from_slice(&icmp);
+                self.too_big.push(b);
+            }
+            return;
+        }
+        let wire = match datapath::encapsulate(&tunnel, tunnel.path, buf, len) {
+            Ok(range) => range,
+            Err(DataError::CounterLimit) => {
+                // This tunnel's send key has sealed all it may. Nothing
+                // rekeys yet (a later issue): the packet is counted and
+                // dropped, as is every later one on this key.
+                counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(error = %e, len, "cannot seal");
+                return;
+            }
+        };
+        counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+        let sealed = wire.len();
+        if leg.transport != Transport::Udp {
+            let datagram = buf[wire].to_vec();
+            let sent = match &self.hub {
+                Some(hub) => hub.send(leg.transport, leg.addr, datagram).is_ok(),
+                None => false,
+            };
+            if !sent {
+                counters.tx_leg_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let endpoint = leg.addr;
+        // A train continues while the endpoint is the same and every
+        // segment but the last has the train's size.
+        let joins = match self.current {
+            Some((dst, seg)) => {
+                dst == endpoint && self.train.len().is_multiple_of(seg) && sealed <= seg
+            }
+            None => false,
+        };
+        if !joins {
+            self.flush();
+            self.current = Some((endpoint, sealed));
+        }
+        self.train.extend_from_slice(&buf[wire]);
+        if let Some((_, seg)) = self.current {
+            if sealed < seg {
+                self.flush();
+            }
+        }
+    }
+
+    /// Sends the train gathered so far.
+    pub fn flush(&mut self) {
+        if let Some((dst, seg)) = self.current.take() {
+            if !self.train.is_empty() {
+                if let Err(e) = self.sockets.send_segments(&self.train, seg, dst) {
+                    self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, %dst, "send failed");
+                }
+            }
+        }
+        self.train.clear();
     }
 }
 
@@ -493,7 +591,7 @@ fn inbound_loop(v6: bool, sockets: &Sockets, mut inbound: Inbound, stop: &Atomic
 /// the TUN device in batches; hands everything else to the control task.
 /// One per receiving thread or task.
 pub struct Inbound {
-    tun: Arc<Tun>,
+    device: Arc<dyn Device>,
     tables: Arc<Tables>,
     counters: Arc<DataCounters>,
     control: mpsc::Sender<ToControl>,
@@ -503,14 +601,14 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    fn new(
-        tun: &Arc<Tun>,
+    pub fn new(
+        device: Arc<dyn Device>,
         tables: &Arc<Tables>,
         counters: &Arc<DataCounters>,
         control: &mpsc::Sender<ToControl>,
     ) -> Self {
         Inbound {
-            tun: tun.clone(),
+            device,
             tables: tables.clone(),
             counters: counters.clone(),
             control: control.clone(),
@@ -565,6 +663,14 @@ impl Inbound {
                 message: plain.to_vec(),
             }),
             Payload::Packet => {
+                let to_identity = ip::inner_destination(plain)
+                    .is_some_and(|dst| self.device.delivers_to(identity_of_index(index), dst));
+                if !to_identity {
+                    self.counters
+                        .rx_bad_inner_destination
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 let mut b = self.spare.pop().unwrap_or_default();
                 b.clear();
                 b.resize(DATA_HEADER_LEN, 0);
@@ -585,19 +691,15 @@ impl Inbound {
         }
     }
 
-    /// Writes the packets gathered so far to the TUN device.
+    /// Writes the packets gathered so far to the device.
     pub fn flush(&mut self) {
-        write_tun(&self.tun, &mut self.out, &mut self.spare, &self.counters);
+        if self.out.is_empty() {
+            return;
+        }
+        if let Err(e) = self.device.send_batch(&mut self.out, DATA_HEADER_LEN) {
+            self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "device write failed");
+        }
+        self.spare.append(&mut self.out);
     }
-}
-
-fn write_tun(tun: &Tun, out: &mut Vec<Vec<u8>>, spare: &mut Vec<Vec<u8>>, counters: &DataCounters) {
-    if out.is_empty() {
-        return;
-    }
-    if let Err(e) = tun.send_batch(out, DATA_HEADER_LEN) {
-        counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(error = %e, "TUN write failed");
-    }
-    spare.append(out);
 }

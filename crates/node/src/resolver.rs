@@ -88,6 +88,12 @@ pub fn error(query: &Message, code: ResponseCode) -> Vec<u8> {
     encode(response_to(query, code))
 }
 
+/// SERVFAIL: the asker should try again (its identity is not in the
+/// overlay yet).
+pub fn servfail(query: &Message) -> Vec<u8> {
+    error(query, ResponseCode::ServFail)
+}
+
 fn response_to(query: &Message, code: ResponseCode) -> Message {
     let mut resp = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
     resp.metadata = Metadata::response_from_request(&query.metadata);

@@ -4,6 +4,12 @@
 //! each frame read says whether its transport checksum is still to be
 //! filled in (`PACKET_AUXDATA`, `TP_STATUS_CSUMNOTREADY`), as it is for
 //! frames from a local stack or a virtual NIC with checksum offload.
+//!
+//! Frames may also be larger than the link's MTU: a NIC's GRO, or a veth
+//! peer's TSO, hands the socket one TCP or UDP super-packet for many
+//! wire frames. The socket reads each frame with its virtio-net header
+//! (`PACKET_VNET_HDR`), and [`split_gso`] cuts such a packet into the
+//! segments the wire would have carried, every checksum filled in.
 
 use std::ffi::CString;
 use std::io;
@@ -28,6 +34,53 @@ pub struct Frame {
     /// The kernel has not filled in the transport checksum yet: there is
     /// none to verify.
     pub checksum_not_ready: bool,
+    /// The frame is a segmentation-offload super-packet: [`split_gso`].
+    pub gso: Option<Gso>,
+}
+
+/// How a super-packet is cut: its virtio-net header, with offsets counted
+/// from the start of the IP packet (the socket's count from the Ethernet
+/// header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gso {
+    gso_type: u8,
+    hdr_len: u16,
+    gso_size: u16,
+    csum_start: u16,
+    csum_offset: u16,
+}
+
+/// The virtio-net header's length (`struct virtio_net_hdr`).
+const VNET_HDR_LEN: usize = 10;
+const VNET_HDR_F_NEEDS_CSUM: u8 = 1;
+const ETHERNET_HEADER_LEN: u16 = 14;
+
+/// Cuts the IP packet `packet` (a super-packet described by `gso`) into
+/// its segments, each a whole IP packet with its checksums, appended to
+/// `out`. Fails, leaving `out` as it was, if the header does not describe
+/// the packet.
+pub fn split_gso(packet: &mut [u8], gso: Gso, out: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    let is_v6 = packet.first().is_some_and(|b| b >> 4 == 6);
+    let hdr = tun_rs::VirtioNetHdr {
+        flags: VNET_HDR_F_NEEDS_CSUM,
+        gso_type: gso.gso_type,
+        hdr_len: gso.hdr_len,
+        gso_size: gso.gso_size,
+        csum_start: gso.csum_start,
+        csum_offset: gso.csum_offset,
+    };
+    let payload = packet.len().saturating_sub(usize::from(gso.hdr_len));
+    let size = usize::from(gso.gso_size.max(1));
+    let segments = payload.div_ceil(size).max(1);
+    let seg_len = usize::from(gso.hdr_len) + size;
+    let mut bufs: Vec<Vec<u8>> = (0..segments).map(|_| vec![0u8; seg_len]).collect();
+    let mut sizes = vec![0usize; segments];
+    let n = tun_rs::gso_split(packet, hdr, &mut bufs, &mut sizes, 0, is_v6)?;
+    for (mut b, len) in bufs.into_iter().zip(sizes).take(n) {
+        b.truncate(len);
+        out.push(b);
+    }
+    Ok(())
 }
 
 impl PacketSocket {
@@ -63,6 +116,19 @@ impl PacketSocket {
                 fd.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_IGNORE_OUTGOING,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
                 (&one as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
@@ -111,19 +177,29 @@ impl PacketSocket {
             m.copy_from_slice(d);
             m
         });
-        let addr = sockaddr_ll(self.ifindex, dst);
-        // SAFETY: `frame` is valid for reads of its length; `addr` is a
-        // valid sockaddr_ll of the size passed.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
+        let mut addr = sockaddr_ll(self.ifindex, dst);
+        // A whole frame: an empty virtio-net header (no offload) first.
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        let mut iov = [
+            libc::iovec {
+                iov_base: vnet.as_mut_ptr().cast(),
+                iov_len: VNET_HDR_LEN,
+            },
+            libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            },
+        ];
+        // SAFETY: msghdr is plain old data; zeroed is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_ll).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: `msg` points at `addr` and `iov`, whose buffers (`vnet`,
+        // `frame`) are valid for reads of their lengths during the call;
+        // the kernel does not write through them.
+        let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -152,16 +228,23 @@ impl PacketSocket {
         if rc == 0 {
             return Ok(None);
         }
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        let mut iov = [
+            libc::iovec {
+                iov_base: vnet.as_mut_ptr().cast(),
+                iov_len: VNET_HDR_LEN,
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+        ];
         // Room for one tpacket_auxdata control message, aligned.
         let mut control = [0u64; 8];
         // SAFETY: msghdr is plain old data; zeroed is a valid value.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = std::mem::size_of_val(&control) as _;
         // SAFETY: `msg` points at `iov` (valid for `buf`) and `control`,
@@ -191,9 +274,21 @@ impl PacketSocket {
                 cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
             }
         }
+        let len = (n as usize).saturating_sub(VNET_HDR_LEN);
+        let u16_at = |at: usize| u16::from_le_bytes([vnet[at], vnet[at + 1]]);
+        let (flags, gso_type) = (vnet[0], vnet[1]);
+        // The socket counts offsets from the Ethernet header.
+        let gso = (gso_type != 0).then(|| Gso {
+            gso_type,
+            hdr_len: u16_at(2).saturating_sub(ETHERNET_HEADER_LEN),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6).saturating_sub(ETHERNET_HEADER_LEN),
+            csum_offset: u16_at(8),
+        });
         Ok(Some(Frame {
-            len: n as usize,
-            checksum_not_ready,
+            len,
+            checksum_not_ready: checksum_not_ready || flags & VNET_HDR_F_NEEDS_CSUM != 0,
+            gso,
         }))
     }
 }

@@ -188,6 +188,59 @@ mod checksum {
     }
 }
 
+/// Completes the TCP or UDP checksum of an IP packet whose sender left it
+/// to checksum offload (the kernel says so: [`Checksums::NotReady`]), so
+/// the packet can leave the LAN; the field holds only the pseudo-header's
+/// partial sum until then. IPv4 first fragments and IPv6 packets without
+/// extension headers are completed; anything else is left as it is.
+/// Returns whether it completed one.
+pub fn complete_transport_checksum(packet: &mut [u8]) -> bool {
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    let Some(&first) = packet.first() else {
+        return false;
+    };
+    let (src, dst, protocol, start) = match first >> 4 {
+        4 if packet.len() >= 20 => {
+            let ihl = usize::from(first & 0x0f) * 4;
+            let fragment = u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff;
+            if ihl < 20 || fragment != 0 {
+                return false;
+            }
+            let a = |at: usize| {
+                IpAddr::from(<[u8; 4]>::try_from(&packet[at..at + 4]).unwrap_or([0; 4]))
+            };
+            (a(12), a(16), packet[9], ihl)
+        }
+        6 if packet.len() >= 40 => {
+            let a = |at: usize| {
+                IpAddr::from(<[u8; 16]>::try_from(&packet[at..at + 16]).unwrap_or([0; 16]))
+            };
+            (a(8), a(24), packet[6], 40)
+        }
+        _ => return false,
+    };
+    let field = match protocol {
+        TCP => 16,
+        UDP => 6,
+        _ => return false,
+    };
+    let Some(segment) = packet.get_mut(start..) else {
+        return false;
+    };
+    if segment.len() < field + 2 {
+        return false;
+    }
+    segment[field..field + 2].copy_from_slice(&[0, 0]);
+    let acc = checksum::pseudo_header(src, dst, protocol, segment.len()) + checksum::sum(segment);
+    let sum = match (checksum::finish(acc), protocol) {
+        (0, UDP) => 0xffff,
+        (sum, _) => sum,
+    };
+    segment[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+    true
+}
+
 /// Defines a byte of flag bits as a newtype: unknown bits are kept, so a
 /// parsed value emits as it came.
 macro_rules! flags {

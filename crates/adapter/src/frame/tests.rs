@@ -1173,3 +1173,47 @@ fn random_and_mutated_bytes_are_classified_without_panic() {
         }
     }
 }
+
+// --- checksum completion (offloaded senders) --------------------------
+
+#[test]
+fn transport_checksums_left_to_offload_are_completed() {
+    let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+    let (s4, d4): (Ipv4Addr, Ipv4Addr) =
+        ("100.64.0.5".parse().unwrap(), "100.64.0.2".parse().unwrap());
+    let (s6, d6): (Ipv6Addr, Ipv6Addr) = (
+        "fd7a:6379:7068::5".parse().unwrap(),
+        "fd7a:6379:7068::2".parse().unwrap(),
+    );
+    // UDP over IPv4 and IPv6, as the builders make them (checksums right).
+    for whole in [
+        ipv4_udp(mac, mac, s4, d4, 4000, 53, b"some payload"),
+        ipv6_udp(mac, mac, s6, d6, 4000, 53, b"odd payload"),
+    ] {
+        let packet = &whole[ETHERNET_HEADER_LEN..];
+        let field = if packet[0] >> 4 == 4 { 20 + 6 } else { 40 + 6 };
+        let mut partial = packet.to_vec();
+        partial[field..field + 2].copy_from_slice(&[0x12, 0x34]);
+        assert!(complete_transport_checksum(&mut partial));
+        assert_eq!(partial, packet, "the builder's checksum again");
+    }
+    // A TCP SYN over IPv4: the completed checksum verifies.
+    let mut tcp = hex("45000028 0001 4000 4006 0000 64400005 64400002
+        c350 1f90 00000001 00000000 5002 faf0 beef 0000");
+    assert!(complete_transport_checksum(&mut tcp));
+    let acc = checksum::pseudo_header(s4.into(), d4.into(), 6, 20) + checksum::sum(&tcp[20..]);
+    assert!(checksum::verifies(acc));
+    // Not TCP or UDP, a later fragment, or truncated: left alone.
+    let mut icmp = tcp.clone();
+    icmp[9] = 1;
+    let before = icmp.clone();
+    assert!(!complete_transport_checksum(&mut icmp));
+    assert_eq!(icmp, before);
+    let mut fragment = tcp.clone();
+    fragment[7] = 8;
+    assert!(!complete_transport_checksum(&mut fragment));
+    for len in 0..tcp.len() - 4 {
+        let mut cut = tcp[..len].to_vec();
+        let _ = complete_transport_checksum(&mut cut);
+    }
+}

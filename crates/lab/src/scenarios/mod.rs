@@ -2,6 +2,7 @@
 //! namespaces with [`crate::Lab`], runs the real binary in them, checks what
 //! real tools see, prints every check and a summary line, and cleans up.
 
+pub mod adapter;
 pub mod bench;
 pub mod bench_transports;
 pub mod direct;
@@ -24,6 +25,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "demo",
         "a complete local demonstration: cloud and nodes, what connected and how",
+    ),
+    (
+        "adapter",
+        "general nodes behind two adapters (dhclient, dhcpcd, rdisc6): VIPs, names, ping, curl, iperf3 with a node and each other",
     ),
     (
         "bench",
@@ -54,6 +59,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "direct" => direct::run(bin),
         "demo" => demo(bin),
         "bench" => bench::run(bin),
+        "adapter" => adapter::run(bin),
         "nat-matrix" => nat_matrix::run(bin),
         "mobility" => mobility::run(bin),
         "firewall" => firewall::run(bin),

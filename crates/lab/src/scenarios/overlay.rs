@@ -267,6 +267,36 @@ impl Overlay {
         Ok(())
     }
 
+    /// Starts node `i` as an adapter (`cyphonic adapter run`) serving the
+    /// general nodes on its interface `lan`.
+    pub fn start_adapter(&mut self, i: usize, lan: &str) -> anyhow::Result<()> {
+        let bin = self.bin();
+        let n = &self.nodes[i];
+        let state = n.state_dir.to_string_lossy().to_string();
+        let (ns, name) = (n.ns.clone(), n.name.clone());
+        let mut args = vec![
+            bin.as_str(),
+            "adapter",
+            "run",
+            "--state-dir",
+            &state,
+            "--lan",
+            lan,
+        ];
+        args.extend(self.node_args.iter().map(String::as_str));
+        let pid = self.lab.spawn(
+            &ns,
+            &args,
+            &name,
+            &[(
+                "CYPHONIC_LOG",
+                "info,cyphonic_node=debug,cyphonic_adapter=debug",
+            )],
+        )?;
+        self.nodes[i].pid = Some(pid);
+        Ok(())
+    }
+
     pub fn stop_node(&mut self, i: usize) -> anyhow::Result<()> {
         if let Some(pid) = self.nodes[i].pid.take() {
             self.lab.kill(pid)?;
@@ -486,6 +516,19 @@ pub fn send_marker(
     Ok(bytes)
 }
 
+/// The cloud's configuration file, as an argument.
+pub fn cloud_config(o: &Overlay) -> String {
+    o.cloud_dir.join("cloud.toml").to_string_lossy().to_string()
+}
+
+/// Runs `cyphonic <args>` in the cloud's namespace; its stdout.
+pub fn cloud_cli(o: &Overlay, args: &[&str]) -> anyhow::Result<String> {
+    let bin = o.bin();
+    let mut all = vec![bin.as_str()];
+    all.extend_from_slice(args);
+    run_ok(&o.lab, &o.cloud_ns, &all)
+}
+
 pub fn password(device: &str) -> String {
     format!("enroll-{device}-secret")
 }
@@ -638,24 +681,46 @@ pub fn iperf(
     streams: u32,
     secs: u32,
 ) -> anyhow::Result<f64> {
-    let to_ns = o.nodes[to].ns.clone();
+    let (from_ns, to_ns) = (o.nodes[from].ns.clone(), o.nodes[to].ns.clone());
     let log = format!("iperf3-server-{}", o.nodes[to].name);
-    let server = o
-        .lab
-        .spawn(&to_ns, &["iperf3", "-s", "-1", "-p", "5201"], &log, &[])?;
-    let lab = &o.lab;
+    iperf_ns(
+        &mut o.lab,
+        &from_ns,
+        &to_ns,
+        dst,
+        &["-P", &streams.to_string()],
+        secs,
+        &log,
+    )
+}
+
+/// Runs an iperf3 transfer from namespace `from_ns` to `dst` (server in
+/// `to_ns`) with the client's `extra` flags (`-P 4`, `-u -b 100M`);
+/// returns the receiver's throughput in Mbit/s.
+pub fn iperf_ns(
+    lab: &mut Lab,
+    from_ns: &str,
+    to_ns: &str,
+    dst: &str,
+    extra: &[&str],
+    secs: u32,
+    log: &str,
+) -> anyhow::Result<f64> {
+    let server = lab.spawn(to_ns, &["iperf3", "-s", "-1", "-p", "5201"], log, &[])?;
     let listening = wait_until(
         "the iperf3 server to listen",
         Duration::from_secs(5),
         || {
-            let out = lab.exec(&to_ns, &["ss", "-Hltn", "sport = :5201"])?;
+            let out = lab.exec(to_ns, &["ss", "-Hltn", "sport = :5201"])?;
             Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
         },
     );
-    let ns = o.nodes[from].ns.clone();
-    let cmd = format!("iperf3 -c {dst} -p 5201 -t {secs} -P {streams} -J --connect-timeout 3000");
+    let cmd = format!(
+        "iperf3 -c {dst} -p 5201 -t {secs} {} -J --connect-timeout 3000",
+        extra.join(" ")
+    );
     let result = listening.and_then(|()| {
-        let out = lab.sh(&ns, &cmd)?;
+        let out = lab.sh(from_ns, &cmd)?;
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("iperf3 printed no JSON")?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
@@ -668,7 +733,7 @@ pub fn iperf(
             })?;
         Ok(bps / 1e6)
     });
-    let _ = o.lab.kill(server);
+    let _ = lab.kill(server);
     result
 }
 

@@ -4,14 +4,14 @@
 use super::*;
 
 /// What the local control socket is asked: one line per request.
-pub(super) enum ControlRequest {
+pub enum ControlRequest {
     Status,
     Ping(String),
 }
 
 /// Reads one request line, hands it to the daemon's loop and writes the
 /// answer (one JSON line). Bad requests get an error line.
-pub(super) async fn read_control(mut stream: UnixStream, to_daemon: mpsc::Sender<ControlMessage>) {
+pub async fn read_control(mut stream: UnixStream, to_daemon: mpsc::Sender<ControlMessage>) {
     let (r, mut w) = stream.split();
     let mut line = String::new();
     let read = tokio::time::timeout(
@@ -122,6 +122,29 @@ pub fn render_status(v: &serde_json::Value) -> String {
             p["tx_bytes"],
             s(&p["last_handshake_secs_ago"]),
         ));
+    }
+    // An adapter's general nodes.
+    for g in v["general_nodes"].as_array().cloned().unwrap_or_default() {
+        out.push_str(&format!(
+            "general node {} {}  {}  {}  {}  lease v4 {}s v6 {}s\n",
+            s(&g["fqdn"]),
+            s(&g["mac"]),
+            s(&g["vip4"]),
+            s(&g["vip6"]),
+            s(&g["state"]),
+            s(&g["lease4_secs"]),
+            s(&g["lease6_secs"]),
+        ));
+        for p in g["peers"].as_array().cloned().unwrap_or_default() {
+            out.push_str(&format!(
+                "    {:<32} {:<12} {:<8} {:<4} {}\n",
+                s(&p["fqdn"]),
+                s(&p["state"]),
+                s(&p["path"]),
+                s(&p["transport"]),
+                s(&p["endpoint"]),
+            ));
+        }
     }
     out
 }

@@ -132,7 +132,7 @@ pub struct StatusReport {
     pub legs: Vec<LegInfo>,
 }
 
-fn unix_micros() -> u64 {
+pub fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -147,19 +147,56 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     result
 }
 
-/// The node's certificate chain, key and root, as read at start: every
+/// A node's certificate chain, key and root, as read at start: every
 /// Login presents them again.
-struct Credentials {
-    chain_pem: String,
-    key_pem: String,
-    root_pem: String,
+pub struct Credentials {
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub root_pem: String,
+}
+
+impl Credentials {
+    /// Reads the key, chain and root in `state`, and checks that the
+    /// certificate is valid for `fqdn` now: it must be usable before it is
+    /// announced to anyone.
+    pub fn load(state: &StatePaths, fqdn: &str) -> anyhow::Result<Credentials> {
+        let key_pem = std::fs::read_to_string(state.key()).context("cannot read node.key")?;
+        let chain_pem = std::fs::read_to_string(state.chain()).context("cannot read node.pem")?;
+        let root_pem = std::fs::read_to_string(state.root()).context("cannot read root.pem")?;
+        NodeKey::from_pem(&key_pem)?;
+        let verifier = Verifier::from_pem(&root_pem)?;
+        let chain = cyphonic_pki::pem_to_der_chain(&chain_pem)?;
+        verifier
+            .verify_node(&chain, Some(fqdn), SystemTime::now())
+            .context("this node's certificate is not valid: enroll again")?;
+        Ok(Credentials {
+            chain_pem,
+            key_pem,
+            root_pem,
+        })
+    }
+
+    /// The tunnel identity for a run: a fresh static key, bound to the
+    /// certificate by a signature and registered with the NMS, so it need
+    /// not persist.
+    pub fn tunnel_identity(&self) -> anyhow::Result<LocalIdentity> {
+        let key = NodeKey::from_pem(&self.key_pem)?;
+        let cert_chain_der = cyphonic_pki::pem_to_der_chain(&self.chain_pem)?;
+        let static_keys = StaticKeypair::generate(&mut rand::rngs::OsRng);
+        let binding_sig = key.sign(&binding_message(&static_keys.public));
+        Ok(LocalIdentity {
+            static_keys,
+            cert_chain_der,
+            binding_sig,
+        })
+    }
 }
 
 /// What a Login task reports: the AS's answer and the NMS it names.
-type LoginResult = anyhow::Result<(LoginInfo, SocketAddr)>;
+pub type LoginResult = anyhow::Result<(LoginInfo, SocketAddr)>;
 
 /// A request on the status socket and where its answer goes.
-type ControlMessage = (ControlRequest, oneshot::Sender<String>);
+pub type ControlMessage = (ControlRequest, oneshot::Sender<String>);
 
 /// The daemon: the core and the IO around it. Each event source has its
 /// `on_*` method, which hands the event to the core; after each,
@@ -246,28 +283,11 @@ impl Daemon {
     async fn start(opts: RunOptions) -> anyhow::Result<Daemon> {
         let state = StatePaths::new(&opts.state_dir);
         let file = state.load()?;
-        let key_pem = std::fs::read_to_string(state.key()).context("cannot read node.key")?;
-        let chain_pem = std::fs::read_to_string(state.chain()).context("cannot read node.pem")?;
-        let root_pem = std::fs::read_to_string(state.root()).context("cannot read root.pem")?;
-        let key = NodeKey::from_pem(&key_pem)?;
-        let verifier = Verifier::from_pem(&root_pem)?;
-        let chain = cyphonic_pki::pem_to_der_chain(&chain_pem)?;
-        // The own certificate must be usable before we announce it to anyone.
-        verifier
-            .verify_node(&chain, Some(&file.fqdn), SystemTime::now())
-            .context("this node's certificate is not valid: enroll again")?;
-
-        // A fresh static key per run: it is bound to the certificate by a
-        // signature and registered with the NMS, so it need not persist.
+        let credentials = Credentials::load(&state, &file.fqdn)?;
+        let verifier = Verifier::from_pem(&credentials.root_pem)?;
         let mut seed = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
-        let static_keys = StaticKeypair::generate(&mut rand::rngs::OsRng);
-        let binding_sig = key.sign(&binding_message(&static_keys.public));
-        let identity = LocalIdentity {
-            static_keys,
-            cert_chain_der: chain,
-            binding_sig,
-        };
+        let identity = credentials.tunnel_identity()?;
 
         if cyphonic_platform::dns::recover(&opts.state_dir)? {
             tracing::warn!("restored the resolver configuration a previous run left behind");
@@ -282,9 +302,14 @@ impl Daemon {
         let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
 
         let hub = Arc::new(
-            node_hub(&chain_pem, &key_pem, &verifier, opts.quic_port)
-                .await
-                .context("cannot start the QUIC / TCP legs")?,
+            node_hub(
+                &credentials.chain_pem,
+                &credentials.key_pem,
+                &verifier,
+                opts.quic_port,
+            )
+            .await
+            .context("cannot start the QUIC / TCP legs")?,
         );
         let quic_port = hub.quic_listen_addrs().first().map_or(0, |a| a.port());
         let config = NodeConfig {
@@ -358,11 +383,7 @@ impl Daemon {
             },
             opts,
             file,
-            credentials: Arc::new(Credentials {
-                chain_pem,
-                key_pem,
-                root_pem,
-            }),
+            credentials: Arc::new(credentials),
             node,
             sockets,
             hub,
@@ -462,18 +483,18 @@ impl Daemon {
             }
             NodeEvent::TunnelUp(handle) => {
                 tracing::info!(peer = %handle.fqdn, path = %handle.path, "tunnel installed");
-                self.tables.install(handle);
+                self.tables.install(0, handle);
             }
             NodeEvent::TunnelDown { fqdn, local_index } => {
                 // The core no longer knows the peer, so every key of its
                 // leaves the tables: the one before `local_index`, kept for
                 // packets in flight, too. Hence by name, not by index.
                 tracing::info!(peer = %fqdn, %local_index, "tunnel removed");
-                self.tables.remove(&fqdn);
+                self.tables.remove(0, &fqdn);
             }
             NodeEvent::TunnelHold { fqdn } => {
                 tracing::info!(peer = %fqdn, "holding packets until the tunnel is back");
-                self.tables.hold(&fqdn);
+                self.tables.hold(0, &fqdn);
             }
             NodeEvent::LegName { addr, fqdn } => self.hub.set_server_name(addr, fqdn),
             // Only an adapter asks for general nodes; the node daemon
@@ -510,7 +531,7 @@ impl Daemon {
         let now = Instant::now();
         match msg {
             ToControl::Datagram { from, packet } => self.node.handle_datagram(now, from, &packet),
-            ToControl::Outbound(packet) => self.node.handle_outbound(now, &packet),
+            ToControl::Outbound { packet, .. } => self.node.handle_outbound(now, &packet),
             ToControl::PathSeen { index, path } => self.node.handle_path_seen(now, index, path),
             ToControl::TunnelMessage {
                 index,
@@ -564,27 +585,8 @@ impl Daemon {
                 self.logins.clouds.push(*ip);
             }
         }
-        let nms_alternatives = self
-            .logins
-            .clouds
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, info.nms_port))
-            .collect();
-        self.node.handle_login(
-            Instant::now(),
-            Login {
-                session_id: cyphonic_proto::SessionId(info.session_id),
-                common_key: info.common_key,
-                fqdn: info.fqdn,
-                vip4: info.vip4,
-                vip6: info.vip6,
-                nms,
-                nms_alternatives,
-                keepalive: Duration::from_secs(info.keepalive_secs.max(1)),
-                quic_port: info.quic_port,
-                tcp_port: info.tcp_port,
-            },
-        );
+        let login = login_of(&info, nms, &self.logins.clouds);
+        self.node.handle_login(Instant::now(), login);
         Ok(())
     }
 
@@ -744,6 +746,5 @@ impl Daemon {
 mod control;
 mod shell;
 
-pub use control::{query_ping, query_status, render_status};
-use control::{read_control, ControlRequest};
-use shell::{forward_dns, login, node_hub, receive_legs, recv_dns};
+pub use control::{query_ping, query_status, read_control, render_status, ControlRequest};
+pub use shell::{forward_dns, login, login_of, node_hub, receive_legs, recv_dns};

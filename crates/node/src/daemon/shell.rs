@@ -4,7 +4,7 @@
 use super::*;
 
 /// The next query on the resolver's socket; never, while there is none.
-pub(super) async fn recv_dns(
+pub async fn recv_dns(
     socket: Option<&UdpSocket>,
     buf: &mut [u8],
 ) -> io::Result<(usize, SocketAddr)> {
@@ -17,11 +17,7 @@ pub(super) async fn recv_dns(
 /// Logs in at the first cloud address that answers, trying those of an IP
 /// version this host has first (after a move into an IPv6-only network the
 /// enrolled IPv4 address is useless).
-pub(super) async fn login(
-    file: &NodeFile,
-    credentials: &Credentials,
-    clouds: &[IpAddr],
-) -> LoginResult {
+pub async fn login(file: &NodeFile, credentials: &Credentials, clouds: &[IpAddr]) -> LoginResult {
     let verifier = Verifier::from_pem(&credentials.root_pem)?;
     let local = crate::addrs::local_endpoints(0);
     let mut order: Vec<IpAddr> = std::iter::once(file.cloud.ip())
@@ -70,7 +66,7 @@ pub(super) async fn login(
 /// The node's hub: dials QUIC and TLS-over-TCP legs with the node
 /// certificate, and with `quic_port` set accepts QUIC legs from peers on
 /// it (IPv4, and IPv6 where the host has it).
-pub(super) async fn node_hub(
+pub async fn node_hub(
     chain_pem: &str,
     key_pem: &str,
     verifier: &Verifier,
@@ -93,7 +89,7 @@ pub(super) async fn node_hub(
 
 /// Datagrams from QUIC and TCP legs into the data plane (which hands
 /// what is not data to the control task).
-pub(super) async fn receive_legs(hub: Arc<Hub>, mut inbound: crate::dataplane::Inbound) {
+pub async fn receive_legs(hub: Arc<Hub>, mut inbound: crate::dataplane::Inbound) {
     let mut batch = Vec::with_capacity(crate::dataplane::BATCH);
     loop {
         batch.clear();
@@ -108,7 +104,7 @@ pub(super) async fn receive_legs(hub: Arc<Hub>, mut inbound: crate::dataplane::I
 }
 
 /// Forwards a query to the host's own resolvers, first answer wins.
-pub(super) async fn forward_dns(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+pub async fn forward_dns(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     for up in upstreams {
         let bind: SocketAddr = if up.is_ipv4() {
             "0.0.0.0:0".parse().ok()?
@@ -131,4 +127,24 @@ pub(super) async fn forward_dns(query: &[u8], upstreams: &[SocketAddr]) -> Optio
         }
     }
     None
+}
+
+/// The core's Login from the AS's answer: the NMS it named, and the same
+/// port at every other address the cloud is known at.
+pub fn login_of(info: &LoginInfo, nms: SocketAddr, clouds: &[IpAddr]) -> Login {
+    Login {
+        session_id: cyphonic_proto::SessionId(info.session_id),
+        common_key: info.common_key,
+        fqdn: info.fqdn.clone(),
+        vip4: info.vip4,
+        vip6: info.vip6,
+        nms,
+        nms_alternatives: clouds
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, info.nms_port))
+            .collect(),
+        keepalive: Duration::from_secs(info.keepalive_secs.max(1)),
+        quic_port: info.quic_port,
+        tcp_port: info.tcp_port,
+    }
 }

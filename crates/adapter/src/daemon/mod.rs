@@ -1,0 +1,836 @@
+//! `cyphonic adapter run`: the adapter as a running service
+//! (`docs/adapter.md`). One process holds a [`Host`] of node cores: the
+//! adapter's own identity (0), which logs in, registers and polls its
+//! general-node list, and one identity per general node, which logs in
+//! and registers on that node's behalf with the node's own certificate
+//! once the node shows up on the LAN. They share the tunnel port, the QUIC
+//! and TCP legs and the node's data plane ([`cyphonic_node::dataplane`]),
+//! whose device here is the LAN ([`LanDevice`]) instead of a TUN device.
+//!
+//! The loop is the node daemon's: wait for the first event source, hand
+//! the event to the core it concerns, carry out what the cores asked for.
+
+mod general;
+mod lan_thread;
+mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use cyphonic_node::as_client::LoginInfo;
+use cyphonic_node::config::{NodeFile, StatePaths};
+use cyphonic_node::core::{LoginReason, Node, NodeConfig, NodeEvent, Transmit, Transport};
+use cyphonic_node::daemon::{
+    forward_dns, login, login_of, node_hub, read_control, receive_legs, unix_micros,
+    ControlMessage, ControlRequest, Credentials, LoginResult, DEFAULT_MTU,
+};
+use cyphonic_node::dataplane::{
+    spawn_receivers, DataCounters, Device, Inbound, Sender, Sockets, Tables, ToControl,
+};
+use cyphonic_node::host::{identity_of_index, Host, IdentityId};
+use cyphonic_node::resolver::{self, Classified};
+use cyphonic_pki::Verifier;
+use cyphonic_platform::netwatch::NetWatch;
+use cyphonic_proto::prefix::{Ipv4Prefix, Ipv6Prefix};
+use cyphonic_proto::signal::GeneralNodeInfo;
+use cyphonic_transport::Hub;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::device::LanDevice;
+use crate::frame;
+use crate::lan::{GeneralNodeAddrs, Lan, LanConfig};
+use crate::MacAddr;
+use lan_thread::{LanCommand, LanEvent, LanSnapshot, LanThread};
+
+/// The adapter's own identity in the host; general nodes get 1..=255.
+const ADAPTER: IdentityId = 0;
+const FIRST_LOGIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_LOGIN_BACKOFF: Duration = Duration::from_secs(10);
+const ADDR_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+const CONTROL_QUEUE: usize = 4096;
+const MAX_DNS_CLIENTS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct AdapterOptions {
+    pub state_dir: PathBuf,
+    /// The general nodes' LAN interface (kept without an IP stack).
+    pub lan: String,
+    pub tunnel_port: u16,
+    pub keepalive: Duration,
+    pub transport: Option<Transport>,
+    pub quic_port: u16,
+    /// How often the general-node list is asked for again: changes reach
+    /// a running adapter within this time.
+    pub list_poll: Duration,
+}
+
+/// Runs the adapter until SIGINT / SIGTERM.
+pub async fn run(opts: AdapterOptions) -> anyhow::Result<()> {
+    let mut adapter = Adapter::start(opts).await?;
+    let result = adapter.run().await;
+    adapter.stop();
+    result
+}
+
+/// Where a general node is on its way into the overlay.
+enum Phase {
+    /// Listed, not seen on the LAN yet.
+    Listed,
+    /// Seen; its credentials are being loaded or issued.
+    Preparing,
+    /// Its core is in the host.
+    Running(Arc<Credentials>),
+    /// Its credentials could not be had; tried again when it shows up.
+    Failed(String),
+}
+
+struct GeneralNode {
+    info: GeneralNodeInfo,
+    /// Its device ID: the first label of its FQDN.
+    name: String,
+    id: IdentityId,
+    phase: Phase,
+    registered: bool,
+    backoff: Duration,
+}
+
+/// One identity's Login result.
+type LoginDone = (IdentityId, String, LoginResult);
+/// A general node's credentials, loaded or issued.
+type Prepared = (MacAddr, anyhow::Result<Credentials>);
+
+/// A DNS query from the LAN the adapter is answering.
+#[derive(Debug, Clone, Copy)]
+struct DnsQuery {
+    mac: MacAddr,
+    /// The general node's address and port, and the gateway's it asked.
+    src: SocketAddr,
+    dst: SocketAddr,
+}
+
+struct LanSide {
+    device: Arc<LanDevice>,
+    commands: std::sync::mpsc::Sender<LanCommand>,
+    snapshot: Arc<Mutex<LanSnapshot>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Adapter {
+    opts: AdapterOptions,
+    file: NodeFile,
+    credentials: Arc<Credentials>,
+    host: Host,
+    sockets: Arc<Sockets>,
+    hub: Arc<Hub>,
+    tables: Arc<Tables>,
+    counters: Arc<DataCounters>,
+    to_control: mpsc::Sender<ToControl>,
+    from_data: mpsc::Receiver<ToControl>,
+    quic_port: u16,
+    /// The adapter's own VIPs, from its first Login on.
+    gateway: Option<(std::net::Ipv4Addr, std::net::Ipv6Addr)>,
+    lan: Option<LanSide>,
+    lan_events_tx: mpsc::Sender<LanEvent>,
+    lan_events: mpsc::Receiver<LanEvent>,
+    lan_events_dropped: Arc<AtomicU64>,
+    general: BTreeMap<MacAddr, GeneralNode>,
+    list_version: Option<u64>,
+    prepared_tx: mpsc::Sender<Prepared>,
+    prepared: mpsc::Receiver<Prepared>,
+    logins_tx: mpsc::Sender<LoginDone>,
+    logins: mpsc::Receiver<LoginDone>,
+    backoff: Duration,
+    clouds: Vec<IpAddr>,
+    upstreams: Vec<SocketAddr>,
+    dns_clients: HashMap<u64, DnsQuery>,
+    dns_answers_tx: mpsc::Sender<(DnsQuery, Vec<u8>)>,
+    dns_answers: mpsc::Receiver<(DnsQuery, Vec<u8>)>,
+    listener: UnixListener,
+    socket_path: PathBuf,
+    requests_tx: mpsc::Sender<ControlMessage>,
+    requests: mpsc::Receiver<ControlMessage>,
+    ping_waiters: HashMap<u64, oneshot::Sender<String>>,
+    _watch: Option<NetWatch>,
+    moved: mpsc::Receiver<()>,
+    check: tokio::time::Interval,
+    next_client: u64,
+    sigterm: Signal,
+}
+
+impl Adapter {
+    async fn start(opts: AdapterOptions) -> anyhow::Result<Adapter> {
+        let state = StatePaths::new(&opts.state_dir);
+        let file = state.load()?;
+        let credentials = Credentials::load(&state, &file.fqdn)?;
+        let verifier = Verifier::from_pem(&credentials.root_pem)?;
+        let sockets = Arc::new(Sockets::bind(opts.tunnel_port).with_context(|| {
+            format!(
+                "cannot bind UDP port {} (is another node running?)",
+                opts.tunnel_port
+            )
+        })?);
+        let hub = Arc::new(
+            node_hub(
+                &credentials.chain_pem,
+                &credentials.key_pem,
+                &verifier,
+                opts.quic_port,
+            )
+            .await
+            .context("cannot start the QUIC / TCP legs")?,
+        );
+        let quic_port = hub.quic_listen_addrs().first().map_or(0, |a| a.port());
+        let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
+        let socket_path = state.socket();
+        let _ = std::fs::remove_file(&socket_path);
+        let listener = UnixListener::bind(&socket_path)
+            .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+        let (requests_tx, requests) = mpsc::channel(64);
+        let (logins_tx, logins) = mpsc::channel(64);
+        let (prepared_tx, prepared) = mpsc::channel(64);
+        let (lan_events_tx, lan_events) = mpsc::channel(1024);
+        let (dns_answers_tx, dns_answers) = mpsc::channel(256);
+        let (moved_tx, moved) = mpsc::channel(1);
+        let watch = NetWatch::start(Duration::from_millis(20), move || {
+            let _ = moved_tx.try_send(());
+        })
+        .map_err(|e| tracing::warn!(error = %e, "cannot watch network changes"))
+        .ok();
+        let upstreams = cyphonic_platform::dns::resolv_conf::upstreams(
+            &cyphonic_platform::dns::resolv_conf::parse(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
+            &[],
+            |_| None,
+        );
+        let mut adapter = Adapter {
+            clouds: vec![file.cloud.ip()],
+            opts,
+            file,
+            credentials: Arc::new(credentials),
+            host: Host::default(),
+            sockets,
+            hub,
+            tables: Arc::new(Tables::default()),
+            counters: Arc::new(DataCounters::default()),
+            to_control,
+            from_data,
+            quic_port,
+            gateway: None,
+            lan: None,
+            lan_events_tx,
+            lan_events,
+            lan_events_dropped: Arc::new(AtomicU64::new(0)),
+            general: BTreeMap::new(),
+            list_version: None,
+            prepared_tx,
+            prepared,
+            logins_tx,
+            logins,
+            backoff: FIRST_LOGIN_BACKOFF,
+            upstreams,
+            dns_clients: HashMap::new(),
+            dns_answers_tx,
+            dns_answers,
+            listener,
+            socket_path,
+            requests_tx,
+            requests,
+            ping_waiters: HashMap::new(),
+            _watch: watch,
+            moved,
+            check: tokio::time::interval(ADDR_CHECK_INTERVAL),
+            next_client: 1,
+            sigterm: signal(SignalKind::terminate())?,
+        };
+        let own = adapter.new_core(ADAPTER, &adapter.credentials.clone(), true)?;
+        adapter.host.add(own).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(adapter)
+    }
+
+    /// A node core for identity `id` with `credentials`, started.
+    fn new_core(
+        &self,
+        id: IdentityId,
+        credentials: &Credentials,
+        is_adapter: bool,
+    ) -> anyhow::Result<Node> {
+        let verifier = Verifier::from_pem(&credentials.root_pem)?;
+        let mut seed = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+        let config = NodeConfig {
+            domain: self.file.domain.clone(),
+            tunnel_port: self.opts.tunnel_port,
+            keepalive: self.opts.keepalive,
+            transport: self.opts.transport,
+            quic_port: self.quic_port,
+            index_tag: Some(id),
+            general_nodes_poll: is_adapter.then_some(self.opts.list_poll),
+            ..NodeConfig::default()
+        };
+        let now = Instant::now();
+        let mut node = Node::new(
+            config,
+            credentials.tunnel_identity()?,
+            verifier,
+            seed,
+            unix_micros(),
+            now,
+            SystemTime::now(),
+        );
+        node.handle_local_addrs(
+            now,
+            cyphonic_node::addrs::local_endpoints(self.opts.tunnel_port),
+        );
+        node.start();
+        Ok(node)
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        loop {
+            self.drain_cores();
+            let deadline = self
+                .host
+                .poll_timeout()
+                .map(|(t, _)| tokio::time::Instant::from_std(t))
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => self.host.handle_timeout(Instant::now()),
+                Some(msg) = self.from_data.recv() => self.on_data_plane(msg),
+                Some(done) = self.logins.recv() => self.on_login(done)?,
+                Some(p) = self.prepared.recv() => self.on_prepared(p),
+                Some(e) = self.lan_events.recv() => self.on_lan_event(e),
+                Some((q, answer)) = self.dns_answers.recv() => self.answer_dns(q, &answer),
+                Ok((stream, _)) = self.listener.accept() => self.on_control_connection(stream),
+                Some((request, reply)) = self.requests.recv() => self.on_control_request(request, reply),
+                Some(()) = self.moved.recv() => self.on_addrs(true),
+                _ = self.check.tick() => self.on_addrs(false),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = self.sigterm.recv() => return Ok(()),
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        tracing::info!("stopping");
+        if let Some(lan) = self.lan.take() {
+            lan.stop.store(true, Ordering::SeqCst);
+            for t in lan.threads {
+                let _ = t.join();
+            }
+        }
+        self.hub.close();
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+
+    /// Carries out what the cores asked for; events first, as the node
+    /// daemon does, so a tunnel is in the tables before its first packet.
+    fn drain_cores(&mut self) {
+        while let Some((id, event)) = self.host.poll_event() {
+            self.on_node_event(id, event);
+        }
+        while let Some((_, t)) = self.host.poll_transmit() {
+            self.transmit(t);
+        }
+    }
+
+    fn transmit(&self, t: Transmit) {
+        if t.transport == Transport::Udp {
+            if let Err(e) = self.sockets.send_to(&t.payload, t.destination) {
+                tracing::debug!(dst = %t.destination, error = %e, "send failed");
+            }
+        } else if let Err(e) = self.hub.send(t.transport, t.destination, t.payload) {
+            tracing::debug!(dst = %t.destination, error = %e, "send failed");
+        }
+    }
+
+    fn on_node_event(&mut self, id: IdentityId, event: NodeEvent) {
+        match event {
+            NodeEvent::NeedLogin { reason } => {
+                tracing::info!(identity = id, %reason, "Login");
+                self.login_later(id, reason == LoginReason::Starting);
+            }
+            NodeEvent::Registered {
+                fqdn, vip4, vip6, ..
+            } => {
+                tracing::info!(identity = id, %fqdn, %vip4, %vip6, "registered");
+                if id == ADAPTER {
+                    self.backoff = FIRST_LOGIN_BACKOFF;
+                } else if let Some(g) = self.general.values_mut().find(|g| g.id == id) {
+                    g.registered = true;
+                    g.backoff = FIRST_LOGIN_BACKOFF;
+                }
+            }
+            NodeEvent::DnsResponse { client, response } => {
+                if let Some(q) = self.dns_clients.remove(&client) {
+                    self.answer_dns(q, &response);
+                }
+            }
+            NodeEvent::TunnelUp(handle) => {
+                tracing::info!(identity = id, peer = %handle.fqdn, path = %handle.path, "tunnel installed");
+                self.tables.install(id, handle);
+            }
+            NodeEvent::TunnelDown { fqdn, .. } => {
+                tracing::info!(identity = id, peer = %fqdn, "tunnel removed");
+                self.tables.remove(id, &fqdn);
+            }
+            NodeEvent::TunnelHold { fqdn } => self.tables.hold(id, &fqdn),
+            NodeEvent::LegName { addr, fqdn } => self.hub.set_server_name(addr, fqdn),
+            NodeEvent::GeneralNodes { version, nodes } if id == ADAPTER => {
+                self.on_general_nodes(version, nodes)
+            }
+            NodeEvent::GeneralNodes { .. } => {}
+            NodeEvent::PingResult { client, result } => {
+                if let Some(w) = self.ping_waiters.remove(&client) {
+                    let body = match result {
+                        Ok(pong) => serde_json::json!({ "ok": pong }),
+                        Err(e) => serde_json::json!({ "error": e.to_string() }),
+                    };
+                    let _ = w.send(body.to_string());
+                }
+            }
+        }
+    }
+
+    fn on_data_plane(&mut self, msg: ToControl) {
+        let now = Instant::now();
+        match msg {
+            ToControl::Datagram { from, packet } => self.host.handle_datagram(now, from, &packet),
+            ToControl::Outbound { identity, packet } => {
+                if let Some(n) = self.host.node_mut(identity) {
+                    n.handle_outbound(now, &packet);
+                }
+            }
+            ToControl::PathSeen { index, path } => {
+                if let Some(n) = self.host.node_mut(identity_of_index(index)) {
+                    n.handle_path_seen(now, index, path);
+                }
+            }
+            ToControl::TunnelMessage {
+                index,
+                path,
+                message,
+            } => {
+                if let Some(n) = self.host.node_mut(identity_of_index(index)) {
+                    n.handle_tunnel_message(now, index, path, &message);
+                }
+            }
+        }
+    }
+
+    /// Logs identity `id` in on a task: at once the first time, else after
+    /// its backoff, which doubles.
+    fn login_later(&mut self, id: IdentityId, at_once: bool) {
+        let (file, credentials, backoff) = if id == ADAPTER {
+            let b = &mut self.backoff;
+            let delay = *b;
+            *b = (*b * 2).min(MAX_LOGIN_BACKOFF);
+            (self.file.clone(), self.credentials.clone(), delay)
+        } else {
+            let domain = self.file.domain.clone();
+            let Some(g) = self.general.values_mut().find(|g| g.id == id) else {
+                return;
+            };
+            let Phase::Running(c) = &g.phase else {
+                return;
+            };
+            let delay = g.backoff;
+            g.backoff = (g.backoff * 2).min(MAX_LOGIN_BACKOFF);
+            let mut file = self.file.clone();
+            file.device_id = g.name.clone();
+            file.fqdn = g.info.fqdn.clone();
+            file.domain = domain;
+            (file, c.clone(), delay)
+        };
+        let delay = if at_once { Duration::ZERO } else { backoff };
+        let (tx, clouds) = (self.logins_tx.clone(), self.clouds.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let r = login(&file, &credentials, &clouds).await;
+            let _ = tx.send((id, file.fqdn.clone(), r)).await;
+        });
+    }
+
+    /// A Login's result. Fails only when the LAN side cannot be brought up
+    /// after the adapter's first Login.
+    fn on_login(&mut self, (id, fqdn, result): LoginDone) -> anyhow::Result<()> {
+        let Some(node) = self.host.node_mut(id) else {
+            return Ok(());
+        };
+        let (info, nms) = match result {
+            Ok(done) if done.0.fqdn == fqdn => done,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(identity = id, %fqdn, error = %format!("{e:#}"), "Login failed; retrying");
+                node.handle_login_failed();
+                node.handle_timeout(Instant::now());
+                self.login_later(id, false);
+                return Ok(());
+            }
+        };
+        tracing::info!(identity = id, fqdn = %info.fqdn, %nms, "Login done");
+        for ip in &info.cloud_addrs {
+            if !self.clouds.contains(ip) {
+                self.clouds.push(*ip);
+            }
+        }
+        if id == ADAPTER && self.lan.is_none() {
+            self.bring_up(&info)?;
+        }
+        let login = login_of(&info, nms, &self.clouds);
+        if let Some(node) = self.host.node_mut(id) {
+            node.handle_login(Instant::now(), login);
+        }
+        Ok(())
+    }
+
+    /// The LAN side with the adapter's VIPs as gateway, its thread, and
+    /// the data plane's receivers delivering to it.
+    fn bring_up(&mut self, info: &LoginInfo) -> anyhow::Result<()> {
+        let (vip4, vip6) = (info.vip4, info.vip6);
+        let config = LanConfig {
+            iface: self.opts.lan.clone(),
+            gateway4: vip4,
+            gateway6: vip6,
+            overlay4: Ipv4Prefix::containing(vip4, 10)?,
+            overlay6: Ipv6Prefix::containing(vip6, 48)?,
+            domain: self.file.domain.clone(),
+            lease_file: Some(self.opts.state_dir.join("leases.json")),
+            mtu: Some(DEFAULT_MTU),
+        };
+        let lan = Lan::open(&config, &self.lan_addrs())?;
+        let device = Arc::new(LanDevice::new(lan.socket(), lan.mac()));
+        let (commands_tx, commands) = std::sync::mpsc::channel();
+        let snapshot = Arc::new(Mutex::new(LanSnapshot::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = Sender::new(
+            self.sockets.clone(),
+            Some(self.hub.clone()),
+            self.tables.clone(),
+            self.counters.clone(),
+            self.to_control.clone(),
+            usize::from(DEFAULT_MTU),
+        );
+        let thread = LanThread {
+            lan,
+            device: device.clone(),
+            sender,
+            commands,
+            events: self.lan_events_tx.clone(),
+            snapshot: snapshot.clone(),
+            events_dropped: self.lan_events_dropped.clone(),
+        };
+        let mut threads = Vec::new();
+        {
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cy-lan".into())
+                    .spawn(move || thread.run(&stop))?,
+            );
+        }
+        let dev: Arc<dyn Device> = device.clone();
+        threads.extend(spawn_receivers(
+            &self.sockets,
+            &dev,
+            &self.tables,
+            &self.counters,
+            &self.to_control,
+            &stop,
+        )?);
+        let inbound = Inbound::new(dev, &self.tables, &self.counters, &self.to_control);
+        tokio::spawn(receive_legs(self.hub.clone(), inbound));
+        tracing::info!(lan = %self.opts.lan, %vip4, %vip6, "LAN side up");
+        self.gateway = Some((vip4, vip6));
+        self.lan = Some(LanSide {
+            device,
+            commands: commands_tx,
+            snapshot,
+            stop,
+            threads,
+        });
+        Ok(())
+    }
+
+    /// The general nodes as the LAN side serves them.
+    fn lan_addrs(&self) -> Vec<GeneralNodeAddrs> {
+        self.general.values().map(addrs_of).collect()
+    }
+
+    /// A new version of the general-node list: new nodes are listed,
+    /// those gone leave the host and the LAN.
+    fn on_general_nodes(&mut self, version: u64, nodes: Vec<GeneralNodeInfo>) {
+        tracing::info!(version, count = nodes.len(), "general-node list");
+        self.list_version = Some(version);
+        let listed: BTreeMap<MacAddr, GeneralNodeInfo> =
+            nodes.into_iter().map(|n| (MacAddr(n.mac), n)).collect();
+        let gone: Vec<MacAddr> = self
+            .general
+            .iter()
+            .filter(|(mac, g)| listed.get(*mac) != Some(&g.info))
+            .map(|(mac, _)| *mac)
+            .collect();
+        for mac in gone {
+            if let Some(g) = self.general.remove(&mac) {
+                tracing::info!(fqdn = %g.info.fqdn, %mac, "general node removed");
+                self.host.remove(g.id);
+                self.tables.remove_identity(g.id);
+                if let Some(lan) = &self.lan {
+                    lan.device.leave(g.id);
+                }
+            }
+        }
+        let suffix = format!(".{}", self.file.domain);
+        for (mac, info) in listed {
+            if self.general.contains_key(&mac) {
+                continue;
+            }
+            let Some(id) =
+                (1..=IdentityId::MAX).find(|i| self.general.values().all(|g| g.id != *i))
+            else {
+                tracing::warn!(fqdn = %info.fqdn, "more general nodes than identities (255); left out");
+                continue;
+            };
+            let name = info
+                .fqdn
+                .strip_suffix(&suffix)
+                .unwrap_or(&info.fqdn)
+                .to_owned();
+            tracing::info!(fqdn = %info.fqdn, %mac, identity = id, "general node listed");
+            self.general.insert(
+                mac,
+                GeneralNode {
+                    info,
+                    name,
+                    id,
+                    phase: Phase::Listed,
+                    registered: false,
+                    backoff: FIRST_LOGIN_BACKOFF,
+                },
+            );
+        }
+        if let Some(lan) = &self.lan {
+            let _ = lan
+                .commands
+                .send(LanCommand::SetGeneralNodes(self.lan_addrs()));
+        }
+    }
+
+    fn on_lan_event(&mut self, event: LanEvent) {
+        match event {
+            LanEvent::Arrived(mac) => self.on_arrival(mac),
+            LanEvent::Dns {
+                src_mac,
+                src,
+                dst,
+                query,
+            } => self.on_dns_query(
+                DnsQuery {
+                    mac: src_mac,
+                    src,
+                    dst,
+                },
+                &query,
+            ),
+        }
+    }
+
+    /// A general node showed up: its credentials are loaded (or issued)
+    /// on a task, then it logs in.
+    fn on_arrival(&mut self, mac: MacAddr) {
+        let Some(g) = self.general.get_mut(&mac) else {
+            return;
+        };
+        if !matches!(g.phase, Phase::Listed | Phase::Failed(_)) {
+            return;
+        }
+        tracing::info!(fqdn = %g.info.fqdn, %mac, "general node on the LAN");
+        g.phase = Phase::Preparing;
+        let dir = self.opts.state_dir.join("general").join(&g.name);
+        let (file, adapter, name, fqdn, tx) = (
+            self.file.clone(),
+            self.credentials.clone(),
+            g.name.clone(),
+            g.info.fqdn.clone(),
+            self.prepared_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let r = general::credentials(&dir, &file, &adapter, &name, &fqdn).await;
+            let _ = tx.send((mac, r)).await;
+        });
+    }
+
+    fn on_prepared(&mut self, (mac, result): Prepared) {
+        let Some(g) = self.general.get(&mac) else {
+            return;
+        };
+        let (id, fqdn) = (g.id, g.info.fqdn.clone());
+        let credentials = match result {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(%fqdn, error = %why, "no credentials for the general node");
+                if let Some(g) = self.general.get_mut(&mac) {
+                    g.phase = Phase::Failed(why);
+                }
+                return;
+            }
+        };
+        let node = match self.new_core(id, &credentials, false) {
+            Ok(n) => n,
+            Err(e) => {
+                if let Some(g) = self.general.get_mut(&mac) {
+                    g.phase = Phase::Failed(format!("{e:#}"));
+                }
+                return;
+            }
+        };
+        self.host.remove(id);
+        if let Err(e) = self.host.add(node) {
+            tracing::warn!(%fqdn, error = %e, "cannot add the general node");
+            return;
+        }
+        let addrs = addrs_of(g);
+        if let Some(g) = self.general.get_mut(&mac) {
+            g.phase = Phase::Running(credentials);
+        }
+        if let Some(lan) = &self.lan {
+            lan.device.join(id, addrs);
+        }
+    }
+
+    /// A query from a general node to the gateway: overlay names through
+    /// its own core (route selection on its behalf), others forwarded to
+    /// the adapter's resolvers.
+    fn on_dns_query(&mut self, q: DnsQuery, query: &[u8]) {
+        let id = self.lan.as_ref().and_then(|l| l.device.identity(q.mac));
+        match resolver::classify(query, &self.file.domain) {
+            Classified::Overlay { query, name, .. } => {
+                let Some(node) = id.and_then(|id| self.host.node_mut(id)) else {
+                    // Not in the overlay yet: SERVFAIL, so the node retries.
+                    self.answer_dns(q, &resolver::servfail(&query));
+                    return;
+                };
+                let client = self.next_client;
+                self.next_client += 1;
+                if self.dns_clients.len() < MAX_DNS_CLIENTS {
+                    self.dns_clients.insert(client, q);
+                    node.handle_dns_query(Instant::now(), client, query, name);
+                }
+            }
+            Classified::Forward => {
+                let (query, upstreams, answers) = (
+                    query.to_vec(),
+                    self.upstreams.clone(),
+                    self.dns_answers_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    if let Some(answer) = forward_dns(&query, &upstreams).await {
+                        let _ = answers.send((q, answer)).await;
+                    }
+                });
+            }
+            Classified::Invalid(Some(answer)) => self.answer_dns(q, &answer),
+            Classified::Invalid(None) => {}
+        }
+    }
+
+    /// Sends a DNS answer from the gateway to the general node that asked.
+    fn answer_dns(&self, q: DnsQuery, answer: &[u8]) {
+        let Some(lan) = &self.lan else {
+            return;
+        };
+        let Some(gateway_mac) = self.lan_mac() else {
+            return;
+        };
+        let out = match (q.dst, q.src) {
+            (SocketAddr::V4(d), SocketAddr::V4(s)) => frame::ipv4_udp(
+                gateway_mac,
+                q.mac,
+                *d.ip(),
+                *s.ip(),
+                d.port(),
+                s.port(),
+                answer,
+            ),
+            (SocketAddr::V6(d), SocketAddr::V6(s)) => frame::ipv6_udp(
+                gateway_mac,
+                q.mac,
+                *d.ip(),
+                *s.ip(),
+                d.port(),
+                s.port(),
+                answer,
+            ),
+            _ => return,
+        };
+        if let Err(e) = lan.device.send_frame(&out) {
+            tracing::debug!(error = %e, "DNS answer not sent");
+        }
+    }
+
+    fn lan_mac(&self) -> Option<MacAddr> {
+        self.lan.as_ref().map(|l| l.device.mac())
+    }
+
+    fn on_control_connection(&mut self, stream: UnixStream) {
+        tokio::spawn(read_control(stream, self.requests_tx.clone()));
+    }
+
+    fn on_control_request(&mut self, request: ControlRequest, reply: oneshot::Sender<String>) {
+        match request {
+            ControlRequest::Status => {
+                let report = self.status(Instant::now());
+                let _ = reply.send(serde_json::to_string(&report).unwrap_or_default());
+            }
+            ControlRequest::Ping(fqdn) => {
+                let id = self.next_client;
+                self.next_client += 1;
+                self.ping_waiters.retain(|_, w| !w.is_closed());
+                self.ping_waiters.insert(id, reply);
+                if let Some(n) = self.host.node_mut(ADAPTER) {
+                    n.handle_ping(Instant::now(), id, &fqdn);
+                }
+            }
+        }
+    }
+
+    /// Netlink said something changed (`moved`), or the periodic check:
+    /// every core learns the host's addresses; the QUIC legs move.
+    fn on_addrs(&mut self, moved: bool) {
+        let addrs = cyphonic_node::addrs::local_endpoints(self.opts.tunnel_port);
+        let same = self
+            .host
+            .node(ADAPTER)
+            .is_some_and(|n| n.local_addrs() == addrs.as_slice());
+        if moved && !same {
+            if let Err(e) = self.hub.rebind() {
+                tracing::warn!(error = %format!("{e:#}"), "cannot move the QUIC legs");
+            }
+        }
+        let ids: Vec<IdentityId> = self.host.identities().collect();
+        for id in ids {
+            if let Some(n) = self.host.node_mut(id) {
+                n.handle_local_addrs(Instant::now(), addrs.clone());
+            }
+        }
+    }
+}
+
+fn addrs_of(g: &GeneralNode) -> GeneralNodeAddrs {
+    GeneralNodeAddrs {
+        mac: MacAddr(g.info.mac),
+        vip4: g.info.vip4,
+        vip6: g.info.vip6,
+        name: g.name.clone(),
+    }
+}

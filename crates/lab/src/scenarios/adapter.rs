@@ -1,0 +1,606 @@
+//! `cyphonic lab adapter`: general nodes behind adapters, with clients
+//! nobody here wrote. A cloud, a node (n1) and two adapters (a1, a2) on
+//! an IPv4 underlay; behind a1 a bridged LAN with gn1 (dual stack:
+//! `dhclient -4` and stateful `dhclient -6`) and gn2 (IPv4 only,
+//! `dhcpcd`, added to the cloud while a1 runs), behind a2 gn3 (IPv6 only,
+//! `dhclient -6`). Each general node gets its VIPs, resolves peers through
+//! the adapter, and reaches n1 and the others by name (ping, curl,
+//! iperf3); n1 reaches them by their FQDNs; a stranger's MAC gets nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+
+use super::overlay::{
+    cloud_cli, cloud_config, iperf_ns, parse_ping, Overlay, Report, Underlay, DOMAIN,
+};
+use crate::wait_until;
+
+/// The general nodes: name, adapter (index in the overlay), MAC.
+pub const GENERAL: &[(&str, usize, &str)] = &[
+    ("gn1", 1, "02:00:5e:10:01:01"),
+    ("gn2", 1, "02:00:5e:10:01:02"),
+    ("gn3", 2, "02:00:5e:10:02:01"),
+];
+const STRANGER_MAC: &str = "02:00:5e:10:01:66";
+
+/// The overlay with its adapters and their LANs, general nodes configured
+/// by their own DHCP clients.
+pub struct AdapterLab {
+    pub o: Overlay,
+    /// Each general node's VIPs as its clients configured them.
+    pub gn_vip4: Vec<Option<String>>,
+    pub gn_vip6: Vec<Option<String>>,
+}
+
+impl AdapterLab {
+    pub fn fqdn(name: &str) -> String {
+        format!("{name}.{DOMAIN}")
+    }
+
+    /// Runs `cmd` in a general node's (or any) namespace; its stdout.
+    pub fn sh(&self, ns: &str, cmd: &str) -> anyhow::Result<String> {
+        let out = self.o.lab.sh(ns, cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// The adapter's status entry for general node `name`.
+    pub fn general_status(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        let (_, adapter, _) = GENERAL
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .with_context(|| format!("no general node {name}"))?;
+        let s = self.o.status(*adapter)?;
+        s["general_nodes"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["fqdn"] == Self::fqdn(name)).cloned())
+            .with_context(|| format!("{name} is not in the adapter's status"))
+    }
+}
+
+/// Builds and starts everything, up to general nodes with addresses and
+/// registered identities. Checks along the way go into `report`.
+pub fn bring_up(bin: &Path, scenario: &str, report: &mut Report) -> anyhow::Result<AdapterLab> {
+    let mut o = Overlay::build(scenario, bin, Underlay::V4, &["n1", "a1", "a2"])?;
+    // a1's LAN: a bridge with a1, gn1, gn2 and a stranger; a2's: gn3 alone.
+    let lab = &mut o.lab;
+    for ns in ["lan1", "gn1", "gn2", "gn3", "stranger"] {
+        lab.add_ns(ns)?;
+    }
+    lab.link("a1", "lan0", &[], "lan1", "p0", &[])?;
+    for (i, host) in ["gn1", "gn2", "stranger"].iter().enumerate() {
+        lab.link(host, "eth0", &[], "lan1", &format!("p{}", i + 1), &[])?;
+    }
+    lab.sh(
+        "lan1",
+        "ip link add br0 type bridge mcast_snooping 0 && ip link set br0 up && for p in p0 p1 p2 p3; do ip link set $p master br0; done",
+    )?;
+    lab.link("a2", "lan0", &[], "gn3", "eth0", &[])?;
+    for (name, _, mac) in GENERAL {
+        set_mac(lab, name, mac)?;
+    }
+    set_mac(lab, "stranger", STRANGER_MAC)?;
+    for a in ["a1", "a2"] {
+        // The LAN interface carries no IP stack of the adapter host's own.
+        lab.sh(a, "sysctl -qw net.ipv6.conf.lan0.disable_ipv6=1")?;
+    }
+    // gn3 is IPv6-only: no IPv4 client runs there, and nothing else gives
+    // it an IPv4 address.
+
+    o.start_cloud()?;
+    let cfg = cloud_config(&o);
+    // gn1 and gn3 are known before the adapters start; gn2 is added to a
+    // running adapter below.
+    for (name, adapter, mac) in GENERAL.iter().filter(|(n, _, _)| *n != "gn2") {
+        add_general(&o, &cfg, name, *adapter, mac)?;
+    }
+    for i in 0..3 {
+        o.enroll(i)?;
+    }
+    o.start_node(0)?;
+    o.start_adapter(1, "lan0")?;
+    o.start_adapter(2, "lan0")?;
+    for i in 0..3 {
+        o.wait_registered(i, Duration::from_secs(30))?;
+    }
+    report.check("n1, a1 and a2 are registered", Ok(String::new()));
+
+    add_general(&o, &cfg, "gn2", 1, GENERAL[1].2)?;
+    report.check(
+        "gn2, added to the cloud while a1 runs, reaches a1 without a restart",
+        wait_until("a1 to list gn2", Duration::from_secs(20), || {
+            let s = o.status(1)?;
+            let listed = s["general_nodes"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g["fqdn"] == AdapterLab::fqdn("gn2")));
+            Ok(listed.then(|| format!("list version {}", s["list_version"])))
+        }),
+    );
+
+    let mut al = AdapterLab {
+        o,
+        gn_vip4: vec![None; GENERAL.len()],
+        gn_vip6: vec![None; GENERAL.len()],
+    };
+    configure(&mut al, report)?;
+    for (name, _, _) in GENERAL {
+        let r = wait_until(
+            &format!("{name} to be registered by its adapter"),
+            Duration::from_secs(30),
+            || {
+                let g = al.general_status(name)?;
+                Ok((g["state"] == "registered").then_some(()))
+            },
+        );
+        report.check(
+            &format!("{name} logs in and registers through its adapter, as itself"),
+            r.map(|()| String::new()),
+        );
+    }
+    Ok(al)
+}
+
+fn set_mac(lab: &crate::Lab, ns: &str, mac: &str) -> anyhow::Result<()> {
+    lab.sh(
+        ns,
+        &format!("ip link set eth0 down && ip link set eth0 address {mac} && ip link set eth0 up"),
+    )?;
+    Ok(())
+}
+
+fn add_general(
+    o: &Overlay,
+    cfg: &str,
+    name: &str,
+    adapter: usize,
+    mac: &str,
+) -> anyhow::Result<()> {
+    let adapter = o.nodes[adapter].name.clone();
+    cloud_cli(
+        o,
+        &[
+            "cloud",
+            "general-node",
+            "add",
+            "--config",
+            cfg,
+            "--adapter",
+            &adapter,
+            "--mac",
+            mac,
+            name,
+        ],
+    )?;
+    Ok(())
+}
+
+/// The general nodes' own clients configure them: dhclient -4 and -6 on
+/// gn1, dhcpcd on gn2, dhclient -6 on gn3; each one's resolver is the
+/// DNS server its lease names. A stranger's MAC gets no lease.
+fn configure(al: &mut AdapterLab, report: &mut Report) -> anyhow::Result<()> {
+    let dir = al.o.lab.dir().to_path_buf();
+    let d = |n: &str| dir.join(n).display().to_string();
+    // Clients run in the foreground under the lab, which stops them.
+    let spawn = |al: &mut AdapterLab, ns: &str, cmd: &str, log: &str| -> anyhow::Result<u32> {
+        al.o.lab.spawn(ns, &["sh", "-c", cmd], log, &[])
+    };
+    spawn(
+        al,
+        "gn1",
+        &format!(
+            "exec dhclient -d -4 -pf {} -lf {} eth0",
+            d("gn1-4.pid"),
+            d("gn1-4.leases")
+        ),
+        "gn1-dhclient4",
+    )?;
+    spawn(
+        al,
+        "gn1",
+        &format!(
+            "exec dhclient -d -6 -pf {} -lf {} eth0",
+            d("gn1-6.pid"),
+            d("gn1-6.leases")
+        ),
+        "gn1-dhclient6",
+    )?;
+    spawn(
+        al,
+        "gn2",
+        "exec dhcpcd -B -4 --noipv4ll --nohook resolv.conf -f /dev/null eth0",
+        "gn2-dhcpcd",
+    )?;
+    spawn(
+        al,
+        "gn3",
+        &format!(
+            "exec dhclient -d -6 -pf {} -lf {} eth0",
+            d("gn3-6.pid"),
+            d("gn3-6.leases")
+        ),
+        "gn3-dhclient6",
+    )?;
+    spawn(
+        al,
+        "stranger",
+        &format!(
+            "exec dhclient -d -4 -pf {} -lf {} eth0",
+            d("st-4.pid"),
+            d("st-4.leases")
+        ),
+        "stranger-dhclient4",
+    )?;
+
+    for (i, (name, _, _)) in GENERAL.iter().enumerate() {
+        let want4 = *name != "gn3";
+        let want6 = *name != "gn2";
+        let (lab, started) = (&al.o.lab, Instant::now());
+        let got = wait_until(
+            &format!("{name}'s DHCP clients to configure it"),
+            Duration::from_secs(40),
+            || {
+                let v4 = addr_of(lab, name, "-4", "100.")?;
+                let v6 = addr_of(lab, name, "-6", "fd")?;
+                let done = (v4.is_some() || !want4) && (v6.is_some() || !want6);
+                Ok(done.then_some((v4, v6)))
+            },
+        );
+        let detail = got.as_ref().map(|(v4, v6)| {
+            format!(
+                "VIPv4 {}, VIPv6 {} ({:.1} s)",
+                v4.as_deref().unwrap_or("none"),
+                v6.as_deref().unwrap_or("none"),
+                started.elapsed().as_secs_f64()
+            )
+        });
+        let what = match *name {
+            "gn1" => "gn1 (dhclient -4, dhclient -6) gets its VIPv4 and VIPv6",
+            "gn2" => "gn2 (dhcpcd, IPv4 only) gets its VIPv4",
+            _ => "gn3 (dhclient -6, IPv6 only) gets its VIPv6 and no IPv4 address",
+        };
+        let detail = detail.map_err(|e| anyhow::anyhow!("{e:#}"));
+        if report.check(what, detail) {
+            let (v4, v6) = got.expect("checked");
+            al.gn_vip4[i] = v4;
+            al.gn_vip6[i] = v6;
+        }
+    }
+    report.check(
+        "gn1: rdisc6 sees the adapter's RA with M=1 and O=1, RDNSS = the adapter's VIPv6",
+        al.sh("gn1", "rdisc6 -1 -w 3000 eth0").and_then(|ra| {
+            let flag = |what: &str| {
+                ra.lines()
+                    .find(|l| l.contains(what))
+                    .is_some_and(|l| l.contains("Yes"))
+            };
+            ensure!(
+                flag("Stateful address conf.") && flag("Stateful other conf."),
+                "{ra}"
+            );
+            let rdnss = ra
+                .lines()
+                .find(|l| l.contains("Recursive DNS server"))
+                .and_then(|l| {
+                    l.split(':')
+                        .skip(1)
+                        .collect::<Vec<_>>()
+                        .join(":")
+                        .split_whitespace()
+                        .next()
+                        .map(str::to_owned)
+                })
+                .context("no RDNSS")?;
+            Ok(format!("RDNSS {rdnss}"))
+        }),
+    );
+
+    // Each general node's resolver: what its lease says.
+    let lease4 = std::fs::read_to_string(dir.join("gn1-4.leases")).unwrap_or_default();
+    let dns4 = lease_value(&lease4, "option domain-name-servers");
+    let dns6 = lease_value(
+        &std::fs::read_to_string(dir.join("gn3-6.leases")).unwrap_or_default(),
+        "option dhcp6.name-servers",
+    );
+    let dhcpcd = al
+        .sh("gn2", "dhcpcd -4 -U eth0 2>/dev/null")
+        .unwrap_or_default();
+    let dns_gn2 = dhcpcd
+        .lines()
+        .find_map(|l| l.strip_prefix("domain_name_servers="))
+        .map(|v| v.trim_matches('\'').to_owned());
+    report.check(
+        "the leases name the adapter as DNS server (dhclient -4, dhcpcd, dhclient -6)",
+        (|| {
+            let (Some(d4), Some(d6), Some(g2)) = (&dns4, &dns6, &dns_gn2) else {
+                bail!(
+                    "DNS servers: dhclient -4 {dns4:?}, dhcpcd {dns_gn2:?}, dhclient -6 {dns6:?}"
+                );
+            };
+            Ok(format!("{d4} (gn1), {g2} (gn2), {d6} (gn3)"))
+        })(),
+    );
+    for (ns, server) in [("gn1", &dns4), ("gn2", &dns_gn2), ("gn3", &dns6)] {
+        if let Some(server) = server {
+            al.o.lab
+                .set_resolv_conf(ns, &format!("nameserver {server}\n"))?;
+        }
+    }
+    let lab = &al.o.lab;
+    report.check(
+        "a stranger's MAC on the LAN gets no lease",
+        (|| {
+            std::thread::sleep(Duration::from_secs(1));
+            let v4 = addr_of(lab, "stranger", "-4", "100.")?;
+            ensure!(v4.is_none(), "the stranger got {v4:?}");
+            Ok(String::new())
+        })(),
+    );
+    Ok(())
+}
+
+/// The first address of family `family` on eth0 that starts with `prefix`.
+fn addr_of(
+    lab: &crate::Lab,
+    ns: &str,
+    family: &str,
+    prefix: &str,
+) -> anyhow::Result<Option<String>> {
+    let out = lab.sh(
+        ns,
+        &format!("ip {family} -o addr show dev eth0 scope global"),
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet" && *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .filter(|a| a.starts_with(prefix))
+        .map(str::to_owned))
+}
+
+/// `key value;` from a dhclient lease file (the last lease).
+fn lease_value(leases: &str, key: &str) -> Option<String> {
+    leases
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .map(|v| {
+            v.trim()
+                .trim_end_matches(';')
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// `ping -c3` in `ns`; Ok with replies and RTT when at least two came.
+fn ping(al: &AdapterLab, ns: &str, args: &str) -> anyhow::Result<String> {
+    let out =
+        al.o.lab
+            .exec(ns, &["sh", "-c", &format!("ping -c3 -W2 {args}")])?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (rx, avg) = parse_ping(&text).with_context(|| {
+        format!(
+            "no ping summary: {}{}",
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })?;
+    ensure!(rx >= 2, "{rx}/3 replies");
+    Ok(format!("{rx}/3 replies, avg {avg:.2} ms"))
+}
+
+/// Fetches a page a small HTTP server in `server_ns` serves, with curl in
+/// `client_ns`, at `url`.
+fn curl(
+    al: &mut AdapterLab,
+    server_ns: &str,
+    client_ns: &str,
+    url: &str,
+    tag: &str,
+) -> anyhow::Result<String> {
+    let dir = al.o.lab.dir().join(format!("www-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    let marker = format!("cyphonic-adapter-{tag}");
+    std::fs::write(dir.join("index.html"), &marker)?;
+    let dir_s = dir.display().to_string();
+    let pid = al.o.lab.spawn(
+        server_ns,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "::",
+            "--directory",
+            &dir_s,
+        ],
+        &format!("http-{tag}"),
+        &[],
+    )?;
+    let lab = &al.o.lab;
+    let result = wait_until("the HTTP server to listen", Duration::from_secs(5), || {
+        let out = lab.exec(server_ns, &["ss", "-Hltn", "sport = :8080"])?;
+        Ok((!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(()))
+    })
+    .and_then(|()| {
+        let out = lab.exec(client_ns, &["curl", "-sS", "-m", "10", "-g", url])?;
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        ensure!(
+            body.contains(&marker),
+            "curl {url}: {}{}",
+            body.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(format!("{} bytes", body.len()))
+    });
+    let _ = al.o.lab.kill(pid);
+    result
+}
+
+/// A throughput figure that shows data flowed.
+fn mbits(m: f64) -> anyhow::Result<String> {
+    ensure!(m >= 1.0, "only {m:.2} Mbit/s");
+    Ok(format!("{m:.0} Mbit/s"))
+}
+
+pub fn run(bin: &Path) -> anyhow::Result<bool> {
+    let mut report = Report::default();
+    println!("adapter: a cloud, a node (n1) and two adapters; behind them general nodes");
+    println!("configured by dhclient, dhcpcd and rdisc6, reaching the overlay by name\n");
+    let mut al = bring_up(bin, "adapter", &mut report)?;
+    let n1 = al.o.fqdn(0);
+    let s = al.o.status(0)?;
+    let (n1_v4, n1_v6) = (
+        s["vip4"].as_str().unwrap_or_default().to_owned(),
+        s["vip6"].as_str().unwrap_or_default().to_owned(),
+    );
+    let (gn1, gn2, gn3) = (
+        AdapterLab::fqdn("gn1"),
+        AdapterLab::fqdn("gn2"),
+        AdapterLab::fqdn("gn3"),
+    );
+
+    report.check(
+        &format!("gn1: getent ahosts {n1} gives both of n1's VIPs (through a1's resolver)"),
+        al.sh("gn1", &format!("getent ahosts {n1}"))
+            .and_then(|out| {
+                ensure!(out.contains(&n1_v4) && out.contains(&n1_v6), "{out}");
+                Ok(format!("{n1_v4}, {n1_v6}"))
+            }),
+    );
+    report.check(
+        "gn1: names outside the overlay are forwarded to a1's resolvers",
+        al.sh(
+            "gn1",
+            &format!("getent hosts {}", super::overlay::GENERAL_NAME),
+        )
+        .and_then(|out| {
+            ensure!(out.contains(super::overlay::GENERAL_ADDR), "{out}");
+            Ok(out.trim().to_owned())
+        }),
+    );
+    let pings = [
+        ("gn1", format!("-4 {n1}"), "gn1 -> n1 over IPv4, by name"),
+        ("gn1", format!("-6 {n1}"), "gn1 -> n1 over IPv6, by name"),
+        ("gn2", format!("-4 {n1}"), "gn2 (IPv4 only) -> n1, by name"),
+        ("gn3", format!("-6 {n1}"), "gn3 (IPv6 only) -> n1, by name"),
+        (
+            "gn1",
+            format!("-6 {gn3}"),
+            "gn1 -> gn3, behind two adapters, by name",
+        ),
+        (
+            "gn3",
+            format!("-6 {gn1}"),
+            "gn3 -> gn1, behind two adapters, by name",
+        ),
+        (
+            "gn2",
+            format!("-4 {gn1}"),
+            "gn2 -> gn1, two general nodes of one adapter",
+        ),
+    ];
+    for (ns, args, what) in pings {
+        report.check(what, ping(&al, ns, &args));
+    }
+    let n1_ns = al.o.nodes[0].ns.clone();
+    for (args, what) in [
+        (format!("-4 {gn1}"), "n1 -> gn1 over IPv4, by its FQDN"),
+        (format!("-6 {gn1}"), "n1 -> gn1 over IPv6, by its FQDN"),
+        (format!("-4 {gn2}"), "n1 -> gn2, by its FQDN"),
+        (format!("-6 {gn3}"), "n1 -> gn3, by its FQDN"),
+    ] {
+        report.check(what, ping(&al, &n1_ns, &args));
+    }
+    let r = curl(
+        &mut al,
+        &n1_ns,
+        "gn1",
+        &format!("http://{n1}:8080/"),
+        "gn1-n1",
+    );
+    report.check("curl gn1 -> n1 (HTTP server on n1)", r);
+    let r = curl(
+        &mut al,
+        &n1_ns,
+        "gn3",
+        &format!("http://{n1}:8080/"),
+        "gn3-n1",
+    );
+    report.check("curl gn3 (IPv6 only) -> n1", r);
+    let r = curl(
+        &mut al,
+        "gn1",
+        &n1_ns,
+        &format!("http://{gn1}:8080/"),
+        "n1-gn1",
+    );
+    report.check("curl n1 -> gn1 by its FQDN (HTTP server on gn1)", r);
+    let r = curl(
+        &mut al,
+        "gn3",
+        "gn1",
+        &format!("http://{gn3}:8080/"),
+        "gn1-gn3",
+    );
+    report.check("curl gn1 -> gn3, behind two adapters", r);
+    let r = iperf_ns(&mut al.o.lab, "gn1", &n1_ns, &n1, &[], 3, "iperf3-gn1-n1");
+    report.check("iperf3 gn1 -> n1 (TCP)", r.and_then(mbits));
+    let r = iperf_ns(&mut al.o.lab, &n1_ns, "gn1", &gn1, &[], 3, "iperf3-n1-gn1");
+    report.check("iperf3 n1 -> gn1 by its FQDN (TCP)", r.and_then(mbits));
+
+    report.check(
+        "`cyphonic status` on a1 lists gn1 with its lease and its tunnel to n1",
+        al.general_status("gn1").and_then(|g| {
+            ensure!(g["lease4_secs"].as_u64().is_some_and(|s| s > 0), "{g}");
+            ensure!(g["lease6_secs"].as_u64().is_some_and(|s| s > 0), "{g}");
+            let peer = g["peers"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["fqdn"] == n1.as_str()).cloned())
+                .context("no tunnel to n1")?;
+            Ok(format!(
+                "{} {} {} lease v4 {}s v6 {}s; n1 {} via {} ({})",
+                g["mac"].as_str().unwrap_or("?"),
+                g["vip4"].as_str().unwrap_or("?"),
+                g["vip6"].as_str().unwrap_or("?"),
+                g["lease4_secs"],
+                g["lease6_secs"],
+                peer["state"].as_str().unwrap_or("?"),
+                peer["path"].as_str().unwrap_or("?"),
+                peer["transport"].as_str().unwrap_or("?"),
+            ))
+        }),
+    );
+    println!("\n`cyphonic status` on a1:");
+    let state = al.o.nodes[1].state_dir.display().to_string();
+    let a1_ns = al.o.nodes[1].ns.clone();
+    if let Ok(out) =
+        al.o.lab
+            .exec(&a1_ns, &[&al.o.bin(), "status", "--state-dir", &state])
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "adapter: {} passed, {} failed",
+        report.passed, report.failed
+    );
+    if !report.ok() {
+        for i in 1..3 {
+            let log = al.o.node_log(i);
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            println!("--- {} log (last lines) ---", al.o.nodes[i].name);
+            for l in tail.into_iter().rev() {
+                println!("{l}");
+            }
+        }
+    }
+    Ok(report.ok())
+}
