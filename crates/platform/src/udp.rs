@@ -97,7 +97,14 @@ impl Sockets {
                 "no socket for this address family",
             )
         })?;
-        let max = self.state.max_gso_segments().max(1);
+        // One GSO send is one UDP datagram to the kernel: its payload must
+        // fit a datagram's 16-bit length (less the UDP and IPv6 headers),
+        // or the call fails (EMSGSIZE) and nothing of it is sent.
+        let max = self
+            .state
+            .max_gso_segments()
+            .min(MAX_GSO_PAYLOAD / segment.max(1))
+            .max(1);
         for chunk in contents.chunks(segment * max) {
             let transmit = quinn_udp::Transmit {
                 destination: dst,
@@ -111,6 +118,10 @@ impl Sockets {
         Ok(())
     }
 }
+
+/// The most payload one GSO send carries: 65535 less the UDP (8) and IPv6
+/// (40) headers.
+const MAX_GSO_PAYLOAD: usize = 65_535 - 8 - 40;
 
 fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -156,5 +167,36 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
             None => addr,
         },
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A train longer than one UDP datagram's 64 KiB (64 sealed packets of
+    /// a full-size tunnel, as a batch of TUN or LAN packets makes) is sent
+    /// in several GSO calls, and every segment arrives.
+    #[test]
+    fn a_train_longer_than_one_datagram_arrives_whole() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let _ = socket2::SockRef::from(&receiver).set_recv_buffer_size(4 << 20);
+        let sockets = Sockets::bind_addrs(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let (segment, count) = (1440usize, 64usize);
+        let contents: Vec<u8> = (0..segment * count).map(|i| (i / segment) as u8).collect();
+        sockets
+            .send_segments(&contents, segment, receiver.local_addr().unwrap())
+            .expect("sent");
+        let mut buf = [0u8; 2048];
+        let mut seen = vec![false; count];
+        for _ in 0..count {
+            let (n, _) = receiver.recv_from(&mut buf).expect("a segment");
+            assert_eq!(n, segment);
+            seen[usize::from(buf[0])] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
     }
 }
