@@ -4,7 +4,7 @@
 # dig, python3), the general-node clients the adapter is tested with
 # (dhclient, dhcpcd, rdisc6) and cargo-nextest. Safe to run again.
 set -euo pipefail
-pkgs=(iproute2 nftables dnsmasq-base tcpdump iperf3 iputils-ping dnsutils ethtool python3 procps isc-dhcp-client dhcpcd5 ndisc6)
+pkgs=(iproute2 nftables dnsmasq-base tcpdump iperf3 iputils-ping dnsutils ethtool python3 procps isc-dhcp-client dhcpcd5 ndisc6 curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -443,6 +443,118 @@ fn curl(
     result
 }
 
+/// Sends, on the LAN, a burst of DHCPDISCOVERs from random MACs
+/// (starvation), a rogue DHCPOFFER for gn1 and a rogue Router
+/// Advertisement, from the stranger's port.
+const ROGUE: &str = r#"
+import random, socket, struct, sys
+iface, count, victim = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3].replace(':', ''))
+me = bytes.fromhex('02005e100166')
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+def csum(b):
+    if len(b) % 2: b += b'\x00'
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+def udp4(src, dst, sport, dport, payload):
+    udp = struct.pack('!HHHH', sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+    return ip + udp
+def bootp(op, mac, yiaddr, options):
+    b = struct.pack('!BBBBIHH4s4s4s4s', op, 1, 6, 0, random.getrandbits(32), 0, 0x8000, bytes(4), socket.inet_aton(yiaddr), bytes(4), bytes(4))
+    b += mac + bytes(10) + bytes(192) + bytes.fromhex('63825363') + options + b'\xff'
+    return b + bytes(max(0, 300 - len(b)))
+for _ in range(count):
+    mac = bytes([2] + [random.randrange(256) for _ in range(5)])
+    s.send(b'\xff' * 6 + mac + b'\x08\x00' + udp4('0.0.0.0', '255.255.255.255', 68, 67, bootp(1, mac, '0.0.0.0', b'\x35\x01\x01')))
+offer = b'\x35\x01\x02' + b'\x36\x04' + socket.inet_aton('192.0.2.250') + b'\x01\x04' + socket.inet_aton('255.255.255.0') + b'\x03\x04' + socket.inet_aton('192.0.2.250') + b'\x33\x04' + struct.pack('!I', 3600)
+s.send(b'\xff' * 6 + me + b'\x08\x00' + udp4('192.0.2.250', '255.255.255.255', 67, 68, bootp(2, victim, '192.0.2.77', offer)))
+src = socket.inet_pton(socket.AF_INET6, 'fe80::5eff:fe10:166')
+dst = socket.inet_pton(socket.AF_INET6, 'ff02::1')
+pio = struct.pack('!BBBBIII16s', 3, 4, 64, 0xc0, 3600, 3600, 0, socket.inet_pton(socket.AF_INET6, '2001:db8:bad::'))
+ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, 0, 0, 0) + pio
+pseudo = src + dst + struct.pack('!I3xB', len(ra), 58)
+ra = ra[:2] + struct.pack('!H', csum(pseudo + ra)) + ra[4:]
+ip6 = struct.pack('!IHBB', 0x60000000, len(ra), 58, 255) + src + dst
+s.send(bytes.fromhex('333300000001') + me + b'\x86\xdd' + ip6 + ra)
+print('sent', count + 2)
+"#;
+
+/// The LAN's hygiene, on a1's LAN: a burst of DHCPDISCOVERs from random
+/// MACs, a rogue DHCP server's offer and a rogue RA change nothing the
+/// adapter gives its general nodes: no lease for a stranger, the known
+/// nodes' leases kept, gn2 renews, gn1's traffic flows on.
+fn hygiene(al: &AdapterLab, report: &mut Report, n1: &str) {
+    let before = al.o.status(1);
+    let script = al.o.lab.dir().join("rogue.py");
+    let sent = std::fs::write(&script, ROGUE)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            al.sh(
+                "stranger",
+                &format!("python3 {} eth0 300 {}", script.display(), GENERAL[0].2),
+            )
+        });
+    let result = (|| {
+        let before = before?;
+        ensure!(sent?.contains("sent 302"), "the rogue frames were not sent");
+        let field = |v: &serde_json::Value, k: &str| v["lan_counters"][k].as_u64().unwrap_or(0);
+        // The frames are seen, and none of them is answered.
+        let after = wait_until("a1 to see the burst", Duration::from_secs(10), || {
+            let s = al.o.status(1)?;
+            Ok((field(&s, "frames") >= field(&before, "frames") + 302).then_some(s))
+        })?;
+        let replies = field(&after, "dhcp4_replies") - field(&before, "dhcp4_replies");
+        ensure!(replies == 0, "{replies} DHCPv4 replies to the burst");
+        ensure!(
+            field(&after, "ignored") >= field(&before, "ignored") + 2,
+            "the rogue offer and RA were not ignored: {}",
+            after["lan_counters"]
+        );
+        let leases = |v: &serde_json::Value| {
+            v["general_nodes"]
+                .as_array()
+                .map(|g| {
+                    g.iter()
+                        .map(|g| {
+                            (
+                                g["fqdn"].clone(),
+                                g["vip4"].clone(),
+                                g["lease4_secs"].is_u64(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        ensure!(
+            leases(&before) == leases(&after),
+            "leases changed: {:?} -> {:?}",
+            leases(&before),
+            leases(&after)
+        );
+        // gn2 renews with the adapter, and gets its own address again.
+        al.sh("gn2", "dhcpcd -4 -n eth0")?;
+        wait_until("gn2's renewal", Duration::from_secs(15), || {
+            let s = al.o.status(1)?;
+            Ok((field(&s, "dhcp4_replies") > field(&after, "dhcp4_replies")).then_some(()))
+        })?;
+        let v4 = addr_of(&al.o.lab, "gn2", "-4", "100.")?;
+        ensure!(v4 == al.gn_vip4[1], "gn2 now has {v4:?}");
+        ping(al, "gn1", &format!("-4 {n1}"))?;
+        Ok(format!(
+            "302 frames, no reply; leases kept; gn2 renewed {}",
+            v4.unwrap_or_default()
+        ))
+    })();
+    report.check(
+        "a DHCP starvation burst, a rogue DHCP offer and a rogue RA change nothing the adapter gives",
+        result,
+    );
+}
+
 /// A throughput figure that shows data flowed.
 fn mbits(m: f64) -> anyhow::Result<String> {
     ensure!(m >= 1.0, "only {m:.2} Mbit/s");
@@ -555,6 +667,7 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let r = iperf_ns(&mut al.o.lab, &n1_ns, "gn1", &gn1, &[], 3, "iperf3-n1-gn1");
     report.check("iperf3 n1 -> gn1 by its FQDN (TCP)", r.and_then(mbits));
 
+    hygiene(&al, &mut report, &n1);
     report.check(
         "`cyphonic status` on a1 lists gn1 with its lease and its tunnel to n1",
         al.general_status("gn1").and_then(|g| {
