@@ -60,9 +60,17 @@ impl AdapterLab {
 }
 
 /// Builds and starts everything, up to general nodes with addresses and
-/// registered identities. Checks along the way go into `report`.
-pub fn bring_up(bin: &Path, scenario: &str, report: &mut Report) -> anyhow::Result<AdapterLab> {
-    let mut o = Overlay::build(scenario, bin, Underlay::V4, &["n1", "a1", "a2"])?;
+/// registered identities, plus `extra` nodes (indexes 3..) beside n1.
+/// Checks along the way go into `report`.
+pub fn bring_up(
+    bin: &Path,
+    scenario: &str,
+    extra: &[&str],
+    report: &mut Report,
+) -> anyhow::Result<AdapterLab> {
+    let mut names = vec!["n1", "a1", "a2"];
+    names.extend_from_slice(extra);
+    let mut o = Overlay::build(scenario, bin, Underlay::V4, &names)?;
     // a1's LAN: a bridge with a1, gn1, gn2 and a stranger; a2's: gn3 alone.
     let lab = &mut o.lab;
     for ns in ["lan1", "gn1", "gn2", "gn3", "stranger"] {
@@ -95,16 +103,22 @@ pub fn bring_up(bin: &Path, scenario: &str, report: &mut Report) -> anyhow::Resu
     for (name, adapter, mac) in GENERAL.iter().filter(|(n, _, _)| *n != "gn2") {
         add_general(&o, &cfg, name, *adapter, mac)?;
     }
-    for i in 0..3 {
+    for i in 0..names.len() {
         o.enroll(i)?;
     }
     o.start_node(0)?;
     o.start_adapter(1, "lan0")?;
     o.start_adapter(2, "lan0")?;
-    for i in 0..3 {
-        o.wait_registered(i, Duration::from_secs(30))?;
+    for i in 3..names.len() {
+        o.start_node(i)?;
     }
-    report.check("n1, a1 and a2 are registered", Ok(String::new()));
+    let registered = (0..names.len())
+        .map(|i| o.wait_registered(i, Duration::from_secs(30)).map(drop))
+        .collect::<anyhow::Result<Vec<()>>>();
+    report.check(
+        &format!("{} register with the cloud", names.join(", ")),
+        registered.map(|_| String::new()),
+    );
 
     add_general(&o, &cfg, "gn2", 1, GENERAL[1].2)?;
     report.check(
@@ -340,7 +354,7 @@ fn configure(al: &mut AdapterLab, report: &mut Report) -> anyhow::Result<()> {
 }
 
 /// The first address of family `family` on eth0 that starts with `prefix`.
-fn addr_of(
+pub fn addr_of(
     lab: &crate::Lab,
     ns: &str,
     family: &str,
@@ -378,7 +392,7 @@ fn lease_value(leases: &str, key: &str) -> Option<String> {
 }
 
 /// `ping -c3` in `ns`; Ok with replies and RTT when at least two came.
-fn ping(al: &AdapterLab, ns: &str, args: &str) -> anyhow::Result<String> {
+pub fn ping(al: &AdapterLab, ns: &str, args: &str) -> anyhow::Result<String> {
     let out =
         al.o.lab
             .exec(ns, &["sh", "-c", &format!("ping -c3 -W2 {args}")])?;
@@ -556,7 +570,7 @@ fn hygiene(al: &AdapterLab, report: &mut Report, n1: &str) {
 }
 
 /// A throughput figure that shows data flowed.
-fn mbits(m: f64) -> anyhow::Result<String> {
+pub fn mbits(m: f64) -> anyhow::Result<String> {
     ensure!(m >= 1.0, "only {m:.2} Mbit/s");
     Ok(format!("{m:.0} Mbit/s"))
 }
@@ -565,7 +579,7 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let mut report = Report::default();
     println!("adapter: a cloud, a node (n1) and two adapters; behind them general nodes");
     println!("configured by dhclient, dhcpcd and rdisc6, reaching the overlay by name\n");
-    let mut al = bring_up(bin, "adapter", &mut report)?;
+    let mut al = bring_up(bin, "adapter", &[], &mut report)?;
     let n1 = al.o.fqdn(0);
     let s = al.o.status(0)?;
     let (n1_v4, n1_v6) = (

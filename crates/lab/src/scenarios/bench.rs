@@ -13,7 +13,7 @@ use super::overlay::{iperf, parse_ping, Report, Underlay};
 /// Times one DNS query to the node's resolver for a peer never contacted,
 /// then one ICMP echo to the VIP it returned (the echo waits for the tunnel
 /// handshake). Prints JSON: {"dns_ms": .., "first_reply_ms": .., "vip": ..}.
-const PROBE: &str = r#"
+pub const PROBE: &str = r#"
 import json, random, socket, struct, sys, time
 name, server = sys.argv[1], sys.argv[2]
 qid = random.randint(0, 65535)

@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod bench;
+pub mod bench_adapter;
 pub mod bench_transports;
 pub mod direct;
 pub mod firewall;
@@ -29,6 +30,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "adapter",
         "general nodes behind two adapters (dhclient, dhcpcd, rdisc6): VIPs, names, ping, curl, iperf3 with a node and each other",
+    ),
+    (
+        "bench-adapter",
+        "the seed's adapter figures from a general node's side: route selection, tunnel, ARP, NDP, DNS, TCP, UDP",
     ),
     (
         "bench",
@@ -60,6 +65,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "demo" => demo(bin),
         "bench" => bench::run(bin),
         "adapter" => adapter::run(bin),
+        "bench-adapter" => bench_adapter::run(bin),
         "nat-matrix" => nat_matrix::run(bin),
         "mobility" => mobility::run(bin),
         "firewall" => firewall::run(bin),
