@@ -106,10 +106,10 @@ pub fn bring_up(
     for i in 0..names.len() {
         o.enroll(i)?;
     }
-    o.start_node(0)?;
-    o.start_adapter(1, "lan0")?;
-    o.start_adapter(2, "lan0")?;
-    for i in 3..names.len() {
+    for i in [1, 2] {
+        o.nodes[i].adapter_lan = Some("lan0".into());
+    }
+    for i in 0..names.len() {
         o.start_node(i)?;
     }
     let registered = (0..names.len())
@@ -371,6 +371,41 @@ pub fn addr_of(
         .and_then(|a| a.split('/').next())
         .filter(|a| a.starts_with(prefix))
         .map(str::to_owned))
+}
+
+/// A general node in `ns` joins its LAN as a device does: `dhclient -4`
+/// (run by the lab) gets its address, and its resolver becomes the DNS
+/// server the lease names. Returns the address.
+pub fn join_with_dhclient4(lab: &mut crate::Lab, ns: &str) -> anyhow::Result<String> {
+    let leases = lab.dir().join(format!("{ns}-4.leases"));
+    let pid = lab.dir().join(format!("{ns}-4.pid"));
+    lab.spawn(
+        ns,
+        &[
+            "dhclient",
+            "-d",
+            "-4",
+            "-pf",
+            &pid.display().to_string(),
+            "-lf",
+            &leases.display().to_string(),
+            "eth0",
+        ],
+        &format!("{ns}-dhclient4"),
+        &[],
+    )?;
+    let addr = wait_until(
+        &format!("{ns} to get an address"),
+        Duration::from_secs(30),
+        || addr_of(lab, ns, "-4", "100."),
+    )?;
+    let dns = lease_value(
+        &std::fs::read_to_string(&leases).unwrap_or_default(),
+        "option domain-name-servers",
+    )
+    .with_context(|| format!("{ns}'s lease names no DNS server"))?;
+    lab.set_resolv_conf(ns, &format!("nameserver {dns}\n"))?;
+    Ok(addr)
 }
 
 /// `key value;` from a dhclient lease file (the last lease).

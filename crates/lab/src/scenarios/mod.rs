@@ -18,6 +18,8 @@ use std::path::Path;
 
 use anyhow::bail;
 
+use crate::wait_until;
+
 pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "direct",
@@ -93,7 +95,8 @@ fn demo(bin: &Path) -> anyhow::Result<bool> {
     use overlay::{parse_ping, Report};
     let mut report = Report::default();
     println!("cyphonic demo: a cloud (AS, NMS, TRS) and five nodes in network namespaces,");
-    println!("on a dual-stack network, behind NATs and on an IPv6-only network\n");
+    println!("on a dual-stack network, behind NATs and on an IPv6-only network, and a");
+    println!("camera that runs no client, behind the office's adapter\n");
     let mut nl = Topology::new()
         .router("home", NatKind::Eim)
         .router("carrier", NatKind::Sym)
@@ -101,49 +104,126 @@ fn demo(bin: &Path) -> anyhow::Result<bool> {
         .node("server", Placement::Ds)
         .node_behind("laptop", "home")
         .node_behind("phone", "carrier")
-        .node_behind("camera", "office")
+        .node_behind("gateway", "office")
         .node("sensor", Placement::V6)
         .build("demo", bin)?;
+    // The office's adapter and, on its LAN, the camera (a general node).
+    let gateway = nl.node("gateway")?;
+    nl.o.nodes[gateway].adapter_lan = Some("lan0".into());
+    nl.o.lab.add_ns("camera")?;
+    let gw_ns = nl.o.nodes[gateway].ns.clone();
+    nl.o.lab.link(&gw_ns, "lan0", &[], "camera", "eth0", &[])?;
+    nl.o.lab
+        .sh(&gw_ns, "sysctl -qw net.ipv6.conf.lan0.disable_ipv6=1")?;
+    let camera_mac = "02:00:5e:10:0c:01";
+    nl.o.lab.sh(
+        "camera",
+        &format!(
+            "ip link set eth0 down && ip link set eth0 address {camera_mac} && ip link set eth0 up"
+        ),
+    )?;
+    let cfg = overlay::cloud_config(&nl.o);
+    overlay::cloud_cli(
+        &nl.o,
+        &[
+            "cloud",
+            "general-node",
+            "add",
+            "--config",
+            &cfg,
+            "--adapter",
+            "gateway",
+            "--mac",
+            camera_mac,
+            "camera",
+        ],
+    )?;
     for (i, r) in nl.start()?.into_iter().enumerate() {
         if let Err(e) = r {
             report.check(&format!("{} starts", nl.o.nodes[i].name), Err(e));
         }
     }
+    let camera = adapter::AdapterLab::fqdn("camera");
+    let joined = adapter::join_with_dhclient4(&mut nl.o.lab, "camera").and_then(|vip| {
+        wait_until(
+            "the camera to register",
+            std::time::Duration::from_secs(30),
+            || {
+                let s = nl.o.status(gateway)?;
+                let registered = s["general_nodes"].as_array().is_some_and(|g| {
+                    g.iter()
+                        .any(|g| g["fqdn"] == camera.as_str() && g["state"] == "registered")
+                });
+                Ok(registered.then_some(()))
+            },
+        )?;
+        Ok(vip)
+    });
+    let camera_vip = joined.as_ref().map(String::clone).unwrap_or_default();
+    report.check(
+        "the camera gets its VIP from the adapter (dhclient) and registers as itself",
+        joined,
+    );
     for i in 0..nl.o.nodes.len() {
         let s = nl.o.status(i)?;
         println!(
-            "  {:<28} {:<13} {:<22} NAT: {}",
+            "  {:<28} {:<13} {:<22} NAT: {}{}",
             s["fqdn"].as_str().unwrap_or("?"),
             s["vip4"].as_str().unwrap_or("?"),
             s["vip6"].as_str().unwrap_or("?"),
             s["cloud"]["nat"].as_str().unwrap_or("?"),
+            if i == gateway { " (adapter)" } else { "" },
         );
     }
-    println!();
+    println!("  {camera:<28} {camera_vip:<13} general node behind the adapter, no client\n");
     let pairs = [
         ("laptop", "server"),
         ("laptop", "camera"),
         ("laptop", "phone"),
         ("phone", "sensor"),
         ("server", "sensor"),
+        ("sensor", "camera"),
     ];
     for (from, to) in pairs {
-        let (a, b) = (nl.node(from)?, nl.node(to)?);
-        let name = nl.o.fqdn(b);
+        let a = nl.node(from)?;
+        // The camera runs IPv4 only (dhclient -4).
+        let (name, family) = if to == "camera" {
+            (camera.clone(), "-4 ")
+        } else {
+            (nl.o.fqdn(nl.node(to)?), "")
+        };
         let o = &nl.o;
-        let r = o.sh(a, &format!("ping -c3 -W2 {name}")).and_then(|out| {
-            let (rx, avg) = parse_ping(&out).ok_or_else(|| anyhow::anyhow!("no ping summary"))?;
-            anyhow::ensure!(rx >= 2, "{rx}/3 replies");
-            let p = o.peer(a, &name)?;
-            Ok(format!(
-                "{rx}/3 replies, avg {avg:.2} ms: {} via {} ({})",
-                p["path"].as_str().unwrap_or("?"),
-                p["endpoint"].as_str().unwrap_or("?"),
-                p["path_reason"].as_str().unwrap_or("?")
-            ))
-        });
+        let r = o
+            .sh(a, &format!("ping {family}-c3 -W2 {name}"))
+            .and_then(|out| {
+                let (rx, avg) =
+                    parse_ping(&out).ok_or_else(|| anyhow::anyhow!("no ping summary"))?;
+                anyhow::ensure!(rx >= 2, "{rx}/3 replies");
+                let p = o.peer(a, &name)?;
+                Ok(format!(
+                    "{rx}/3 replies, avg {avg:.2} ms: {} via {} ({})",
+                    p["path"].as_str().unwrap_or("?"),
+                    p["endpoint"].as_str().unwrap_or("?"),
+                    p["path_reason"].as_str().unwrap_or("?")
+                ))
+            });
         report.check(&format!("{from} -> {name}"), r);
     }
+    let server = nl.o.fqdn(nl.node("server")?);
+    let r = nl
+        .o
+        .lab
+        .sh("camera", &format!("ping -4 -c3 -W2 {server}"))
+        .and_then(|out| {
+            let out = String::from_utf8_lossy(&out.stdout).to_string();
+            let (rx, avg) = parse_ping(&out).ok_or_else(|| anyhow::anyhow!("no ping summary"))?;
+            anyhow::ensure!(rx >= 2, "{rx}/3 replies");
+            Ok(format!("{rx}/3 replies, avg {avg:.2} ms"))
+        });
+    report.check(
+        &format!("camera (general node) -> {server}, by name through the adapter"),
+        r,
+    );
     let laptop = nl.node("laptop")?;
     println!("\n`cyphonic status` on the laptop:");
     for line in render(&nl.o.status(laptop)?).lines() {

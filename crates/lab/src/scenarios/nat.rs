@@ -309,6 +309,7 @@ impl Topology {
                 pid: None,
                 // IPv6-only nodes can reach the cloud over IPv6 only.
                 cloud: (!spec.placement.has_v4()).then_some(CLOUD_V6.into()),
+                adapter_lan: None,
             });
             nodes.push(NatNode {
                 placement: spec.placement,

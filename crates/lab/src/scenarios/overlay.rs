@@ -40,6 +40,8 @@ pub struct NodeHandle {
     /// The cloud address this node enrolls with, when not the overlay's
     /// `cloud_addr` (an IPv6-only node next to IPv4 ones).
     pub cloud: Option<IpAddr>,
+    /// Set: the node runs as an adapter serving the LAN on this interface.
+    pub adapter_lan: Option<String>,
 }
 
 /// Results of a scenario's checks, printed as they happen.
@@ -140,6 +142,7 @@ impl Overlay {
                 underlay: underlay_ip,
                 pid: None,
                 cloud: None,
+                adapter_lan: None,
             });
         }
         // The upstream resolver for general names, as a site would have.
@@ -239,7 +242,12 @@ impl Overlay {
         )
     }
 
+    /// Starts node `i`: `cyphonic node run`, or `cyphonic adapter run` when
+    /// it is an adapter.
     pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(lan) = self.nodes[i].adapter_lan.clone() {
+            return self.start_adapter(i, &lan);
+        }
         let bin = self.bin();
         let n = &self.nodes[i];
         let state = n.state_dir.to_string_lossy().to_string();
@@ -269,7 +277,7 @@ impl Overlay {
 
     /// Starts node `i` as an adapter (`cyphonic adapter run`) serving the
     /// general nodes on its interface `lan`.
-    pub fn start_adapter(&mut self, i: usize, lan: &str) -> anyhow::Result<()> {
+    fn start_adapter(&mut self, i: usize, lan: &str) -> anyhow::Result<()> {
         let bin = self.bin();
         let n = &self.nodes[i];
         let state = n.state_dir.to_string_lossy().to_string();
