@@ -6,29 +6,13 @@
 
 use std::process::Command;
 
+mod common;
+
 #[test]
 fn lab_firewall_passes() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root");
+    let Some(stdout) = common::lab_passes("firewall") else {
         return;
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
-        .args(["lab", "firewall"])
-        .output()
-        .expect("run cyphonic lab firewall");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
-    assert!(
-        out.status.success(),
-        "lab firewall failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("firewall: ") && stdout.contains(" passed, 0 failed"),
-        "{stdout}"
-    );
-    assert!(!stdout.contains("FAIL"), "{stdout}");
+    };
     for mode in ["mode (a)", "mode (b)", "mode (c)"] {
         assert!(stdout.contains(mode), "{mode} missing:\n{stdout}");
     }
@@ -38,8 +22,7 @@ fn lab_firewall_passes() {
 #[test]
 #[ignore = "measurement run: cargo test -p cyphonic-cli --test lab_firewall -- --ignored"]
 fn lab_bench_transports_measures_every_transport() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !common::is_root() {
         eprintln!("skipped: needs root");
         return;
     }

@@ -55,6 +55,25 @@ const VNET_HDR_LEN: usize = 10;
 const VNET_HDR_F_NEEDS_CSUM: u8 = 1;
 const ETHERNET_HEADER_LEN: u16 = 14;
 
+/// Turns on the `SOL_PACKET` option `option`.
+fn enable(fd: &OwnedFd, option: libc::c_int) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: the option value is a valid c_int for the call's duration.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            option,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Cuts the IP packet `packet` (a super-packet described by `gso`) into
 /// its segments, each a whole IP packet with its checksums, appended to
 /// `out`. Fails, leaving `out` as it was, if the header does not describe
@@ -109,45 +128,14 @@ impl PacketSocket {
         }
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let one: libc::c_int = 1;
-        // SAFETY: the option value is a valid c_int for the call's duration.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_IGNORE_OUTGOING,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_VNET_HDR,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_AUXDATA,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        // Our own frames are not read back; each frame read comes with its
+        // virtio-net header and its checksum status.
+        for option in [
+            libc::PACKET_IGNORE_OUTGOING,
+            libc::PACKET_VNET_HDR,
+            libc::PACKET_AUXDATA,
+        ] {
+            enable(&fd, option)?;
         }
         let addr = sockaddr_ll(ifindex, None);
         // SAFETY: `addr` is a valid sockaddr_ll of the size passed.

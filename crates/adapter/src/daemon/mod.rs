@@ -22,13 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context;
 use cyphonic_node::as_client::LoginInfo;
 use cyphonic_node::config::{NodeFile, StatePaths};
-use cyphonic_node::core::{LoginReason, Node, NodeConfig, NodeEvent, Transmit, Transport};
+use cyphonic_node::core::{LoginReason, Node, NodeConfig, NodeEvent, Transport};
 use cyphonic_node::daemon::{
-    forward_dns, login, login_of, node_hub, read_control, receive_legs, unix_micros,
-    ControlMessage, ControlRequest, Credentials, LoginResult, DEFAULT_MTU,
+    bind_ports, control_listener, forward_dns, login, login_of, ping_answer, read_control,
+    receive_legs, transmit, unix_micros, ControlMessage, ControlRequest, Credentials, LoginResult,
+    DEFAULT_MTU,
 };
 use cyphonic_node::dataplane::{
     spawn_receivers, DataCounters, Device, Inbound, Sender, Sockets, Tables, ToControl,
@@ -171,29 +171,10 @@ impl Adapter {
         let state = StatePaths::new(&opts.state_dir);
         let file = state.load()?;
         let credentials = Credentials::load(&state, &file.fqdn)?;
-        let verifier = Verifier::from_pem(&credentials.root_pem)?;
-        let sockets = Arc::new(Sockets::bind(opts.tunnel_port).with_context(|| {
-            format!(
-                "cannot bind UDP port {} (is another node running?)",
-                opts.tunnel_port
-            )
-        })?);
-        let hub = Arc::new(
-            node_hub(
-                &credentials.chain_pem,
-                &credentials.key_pem,
-                &verifier,
-                opts.quic_port,
-            )
-            .await
-            .context("cannot start the QUIC / TCP legs")?,
-        );
+        let (sockets, hub) = bind_ports(&credentials, opts.tunnel_port, opts.quic_port).await?;
         let quic_port = hub.quic_listen_addrs().first().map_or(0, |a| a.port());
         let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
-        let socket_path = state.socket();
-        let _ = std::fs::remove_file(&socket_path);
-        let listener = UnixListener::bind(&socket_path)
-            .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+        let (listener, socket_path) = control_listener(&state)?;
         let (requests_tx, requests) = mpsc::channel(64);
         let (logins_tx, logins) = mpsc::channel(64);
         let (prepared_tx, prepared) = mpsc::channel(64);
@@ -339,17 +320,7 @@ impl Adapter {
             self.on_node_event(id, event);
         }
         while let Some((_, t)) = self.host.poll_transmit() {
-            self.transmit(t);
-        }
-    }
-
-    fn transmit(&self, t: Transmit) {
-        if t.transport == Transport::Udp {
-            if let Err(e) = self.sockets.send_to(&t.payload, t.destination) {
-                tracing::debug!(dst = %t.destination, error = %e, "send failed");
-            }
-        } else if let Err(e) = self.hub.send(t.transport, t.destination, t.payload) {
-            tracing::debug!(dst = %t.destination, error = %e, "send failed");
+            transmit(&self.sockets, &self.hub, t);
         }
     }
 
@@ -391,11 +362,7 @@ impl Adapter {
             NodeEvent::GeneralNodes { .. } => {}
             NodeEvent::PingResult { client, result } => {
                 if let Some(w) = self.ping_waiters.remove(&client) {
-                    let body = match result {
-                        Ok(pong) => serde_json::json!({ "ok": pong }),
-                        Err(e) => serde_json::json!({ "error": e.to_string() }),
-                    };
-                    let _ = w.send(body.to_string());
+                    let _ = w.send(ping_answer(&result));
                 }
             }
         }

@@ -245,53 +245,21 @@ impl Overlay {
     /// Starts node `i`: `cyphonic node run`, or `cyphonic adapter run` when
     /// it is an adapter.
     pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
-        if let Some(lan) = self.nodes[i].adapter_lan.clone() {
-            return self.start_adapter(i, &lan);
-        }
         let bin = self.bin();
         let n = &self.nodes[i];
         let state = n.state_dir.to_string_lossy().to_string();
-        let (ns, name) = (n.ns.clone(), n.name.clone());
-        let mut args = vec![
-            bin.as_str(),
-            "node",
-            "run",
-            "--state-dir",
-            &state,
-            "--tun",
-            "cy0",
-        ];
+        let (ns, name, lan) = (n.ns.clone(), n.name.clone(), n.adapter_lan.clone());
+        let mut args = vec![bin.as_str()];
+        match &lan {
+            Some(lan) => args.extend(["adapter", "run", "--state-dir", &state, "--lan", lan]),
+            None => args.extend(["node", "run", "--state-dir", &state, "--tun", "cy0"]),
+        }
         // Extra daemon flags for experiments, e.g. CYPHONIC_LAB_NODE_ARGS=--offload.
         args.extend(self.node_args.iter().map(String::as_str));
         let extra = std::env::var("CYPHONIC_LAB_NODE_ARGS").unwrap_or_default();
-        args.extend(extra.split_whitespace());
-        let pid = self.lab.spawn(
-            &ns,
-            &args,
-            &name,
-            &[("CYPHONIC_LOG", "info,cyphonic_node=debug")],
-        )?;
-        self.nodes[i].pid = Some(pid);
-        Ok(())
-    }
-
-    /// Starts node `i` as an adapter (`cyphonic adapter run`) serving the
-    /// general nodes on its interface `lan`.
-    fn start_adapter(&mut self, i: usize, lan: &str) -> anyhow::Result<()> {
-        let bin = self.bin();
-        let n = &self.nodes[i];
-        let state = n.state_dir.to_string_lossy().to_string();
-        let (ns, name) = (n.ns.clone(), n.name.clone());
-        let mut args = vec![
-            bin.as_str(),
-            "adapter",
-            "run",
-            "--state-dir",
-            &state,
-            "--lan",
-            lan,
-        ];
-        args.extend(self.node_args.iter().map(String::as_str));
+        if lan.is_none() {
+            args.extend(extra.split_whitespace());
+        }
         let pid = self.lab.spawn(
             &ns,
             &args,

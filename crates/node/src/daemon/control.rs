@@ -9,6 +9,25 @@ pub enum ControlRequest {
     Ping(String),
 }
 
+/// The status socket in the state directory (a stale one from a crashed
+/// run is replaced), and its path.
+pub fn control_listener(state: &StatePaths) -> anyhow::Result<(UnixListener, PathBuf)> {
+    let path = state.socket();
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    Ok((listener, path))
+}
+
+/// The answer line for `cyphonic ping`.
+pub fn ping_answer(result: &Result<crate::core::Pong, crate::core::PingError>) -> String {
+    match result {
+        Ok(pong) => serde_json::json!({ "ok": pong }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
+    .to_string()
+}
+
 /// Reads one request line, hands it to the daemon's loop and writes the
 /// answer (one JSON line). Bad requests get an error line.
 pub async fn read_control(mut stream: UnixStream, to_daemon: mpsc::Sender<ControlMessage>) {

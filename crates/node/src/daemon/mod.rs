@@ -293,25 +293,9 @@ impl Daemon {
             tracing::warn!("restored the resolver configuration a previous run left behind");
         }
 
-        let sockets = Arc::new(Sockets::bind(opts.tunnel_port).with_context(|| {
-            format!(
-                "cannot bind UDP port {} (is another node running?)",
-                opts.tunnel_port
-            )
-        })?);
-        let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
-
-        let hub = Arc::new(
-            node_hub(
-                &credentials.chain_pem,
-                &credentials.key_pem,
-                &verifier,
-                opts.quic_port,
-            )
-            .await
-            .context("cannot start the QUIC / TCP legs")?,
-        );
+        let (sockets, hub) = bind_ports(&credentials, opts.tunnel_port, opts.quic_port).await?;
         let quic_port = hub.quic_listen_addrs().first().map_or(0, |a| a.port());
+        let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
         let config = NodeConfig {
             domain: file.domain.clone(),
             tunnel_port: opts.tunnel_port,
@@ -333,10 +317,7 @@ impl Daemon {
         node.handle_local_addrs(start, crate::addrs::local_endpoints(opts.tunnel_port));
         node.start();
 
-        let socket_path = state.socket();
-        let _ = std::fs::remove_file(&socket_path);
-        let listener = UnixListener::bind(&socket_path)
-            .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+        let (listener, socket_path) = control_listener(&state)?;
         let (requests_tx, requests) = mpsc::channel(64);
         let (results_tx, results) = mpsc::channel(4);
         let (answers_tx, answers) = mpsc::channel(256);
@@ -502,25 +483,14 @@ impl Daemon {
             NodeEvent::GeneralNodes { .. } => {}
             NodeEvent::PingResult { client, result } => {
                 if let Some(w) = self.control.ping_waiters.remove(&client) {
-                    let body = match result {
-                        Ok(pong) => serde_json::json!({ "ok": pong }),
-                        Err(e) => serde_json::json!({ "error": e.to_string() }),
-                    };
-                    let _ = w.send(body.to_string());
+                    let _ = w.send(ping_answer(&result));
                 }
             }
         }
     }
 
     fn transmit(&self, t: Transmit) {
-        if t.transport == Transport::Udp {
-            if let Err(e) = self.sockets.send_to(&t.payload, t.destination) {
-                tracing::debug!(dst = %t.destination, error = %e, "send failed");
-            }
-        } else if let Err(e) = self.hub.send(t.transport, t.destination, t.payload) {
-            let (dst, transport) = (t.destination, t.transport);
-            tracing::debug!(%dst, %transport, error = %e, "send failed");
-        }
+        transmit(&self.sockets, &self.hub, t);
     }
 
     fn on_timeout(&mut self) {
@@ -746,5 +716,10 @@ impl Daemon {
 mod control;
 mod shell;
 
-pub use control::{query_ping, query_status, read_control, render_status, ControlRequest};
-pub use shell::{forward_dns, login, login_of, node_hub, receive_legs, recv_dns};
+pub use control::{
+    control_listener, ping_answer, query_ping, query_status, read_control, render_status,
+    ControlRequest,
+};
+pub use shell::{
+    bind_ports, forward_dns, login, login_of, node_hub, receive_legs, recv_dns, transmit,
+};

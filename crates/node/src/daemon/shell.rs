@@ -87,6 +87,41 @@ pub async fn node_hub(
     Hub::node(HubConfig::default(), identity, listen, Vec::new()).await
 }
 
+/// The tunnel port (UDP, both families) and the QUIC / TCP legs with this
+/// identity's certificate, accepting QUIC from peers on `quic_port`.
+pub async fn bind_ports(
+    credentials: &Credentials,
+    tunnel_port: u16,
+    quic_port: u16,
+) -> anyhow::Result<(Arc<Sockets>, Arc<Hub>)> {
+    let sockets = Arc::new(Sockets::bind(tunnel_port).with_context(|| {
+        format!("cannot bind UDP port {tunnel_port} (is another node running?)")
+    })?);
+    let verifier = Verifier::from_pem(&credentials.root_pem)?;
+    let hub = node_hub(
+        &credentials.chain_pem,
+        &credentials.key_pem,
+        &verifier,
+        quic_port,
+    )
+    .await
+    .context("cannot start the QUIC / TCP legs")?;
+    Ok((sockets, Arc::new(hub)))
+}
+
+/// Sends what a core asked for: native UDP on the tunnel port, QUIC and
+/// TCP on the hub's legs.
+pub fn transmit(sockets: &Sockets, hub: &Hub, t: Transmit) {
+    if t.transport == Transport::Udp {
+        if let Err(e) = sockets.send_to(&t.payload, t.destination) {
+            tracing::debug!(dst = %t.destination, error = %e, "send failed");
+        }
+    } else if let Err(e) = hub.send(t.transport, t.destination, t.payload) {
+        let (dst, transport) = (t.destination, t.transport);
+        tracing::debug!(%dst, %transport, error = %e, "send failed");
+    }
+}
+
 /// Datagrams from QUIC and TCP legs into the data plane (which hands
 /// what is not data to the control task).
 pub async fn receive_legs(hub: Arc<Hub>, mut inbound: crate::dataplane::Inbound) {
