@@ -108,6 +108,9 @@ pub struct Lan {
     known: HashSet<MacAddr>,
     seen: HashSet<MacAddr>,
     arrivals: VecDeque<MacAddr>,
+    /// The lease file's leases, until the first list of general nodes
+    /// says whose they are.
+    unrestored: Option<Leases>,
 }
 
 impl Lan {
@@ -164,20 +167,23 @@ impl Lan {
             known: HashSet::new(),
             seen: HashSet::new(),
             arrivals: VecDeque::new(),
+            unrestored: None,
         };
-        lan.set_general_nodes(nodes);
         if let Some(path) = &config.lease_file {
             match std::fs::read(path) {
                 Ok(bytes) => {
                     let leases: Leases = serde_json::from_slice(&bytes)
                         .with_context(|| format!("reading the leases in {}", path.display()))?;
-                    let kept4 = lan.dhcp4.restore(leases.dhcp4);
-                    let kept6 = lan.dhcp6.restore(unix_now(), leases.dhcp6);
-                    tracing::info!(kept4, kept6, file = %path.display(), "leases restored");
+                    lan.unrestored = Some(leases);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
             }
+        }
+        // The leases are restored for the general nodes known: now, when
+        // they are given, else once the list comes.
+        if !nodes.is_empty() {
+            lan.set_general_nodes(nodes);
         }
         Ok(lan)
     }
@@ -254,6 +260,11 @@ impl Lan {
                 },
             )
         }));
+        if let Some(leases) = self.unrestored.take() {
+            let kept4 = self.dhcp4.restore(leases.dhcp4);
+            let kept6 = self.dhcp6.restore(unix_now(), leases.dhcp6);
+            tracing::info!(kept4, kept6, "leases restored");
+        }
     }
 
     /// Waits at most `wait` for a frame, answers what is the adapter's to

@@ -166,7 +166,9 @@ fn general_nodes_get_their_vips_from_real_clients_and_strangers_nothing() {
 
     // gn2: dhcpcd, IPv4 only, gets its own VIPv4.
     sh(&lab, "gn2", &format!(
-        "timeout 30 dhcpcd -4 --oneshot --noipv4ll --nohook resolv.conf -t 20 -f /dev/null --logfile {} eth0",
+        // Its own run and lease directories: other tests' dhcpcd (other
+        // namespaces, same file system) must not answer for it.
+        "mkdir -p /run/dhcpcd /var/lib/dhcpcd && mount -t tmpfs tmpfs /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd && timeout 30 dhcpcd -4 --oneshot --noipv4ll --nohook resolv.conf -t 20 -f /dev/null --logfile {} eth0",
         d("gn2-dhcpcd.log")
     ));
     let addr = wait_for(

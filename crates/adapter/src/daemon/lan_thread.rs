@@ -61,7 +61,8 @@ impl LanThread {
         let mut buf = vec![0u8; HEADROOM + 65_536 + TAG_LEN];
         let mut inputs = Vec::with_capacity(BATCH);
         let mut unknown_sender = 0u64;
-        let mut published = std::time::Instant::now();
+        // Published at once, then every half second.
+        let mut published: Option<std::time::Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             while let Ok(command) = self.commands.try_recv() {
                 match command {
@@ -118,8 +119,8 @@ impl LanThread {
                 }
                 self.sender.too_big.clear();
             }
-            if published.elapsed() >= Duration::from_millis(500) {
-                published = std::time::Instant::now();
+            if published.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+                published = Some(std::time::Instant::now());
                 let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
                 s.counters = self.lan.counters();
                 s.leases = self.lan.leases();

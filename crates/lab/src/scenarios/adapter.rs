@@ -32,7 +32,13 @@ pub struct AdapterLab {
     /// Each general node's VIPs as its clients configured them.
     pub gn_vip4: Vec<Option<String>>,
     pub gn_vip6: Vec<Option<String>>,
+    /// gn2's dhcpcd, to signal.
+    pub gn2_dhcpcd: Option<u32>,
 }
+
+/// Gives a dhcpcd its own run and lease directories (its mount namespace
+/// is private to its `ip netns exec`).
+pub const DHCPCD_PRIVATE: &str = "mkdir -p /run/dhcpcd /var/lib/dhcpcd && mount -t tmpfs tmpfs /run/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd";
 
 impl AdapterLab {
     pub fn fqdn(name: &str) -> String {
@@ -136,6 +142,7 @@ pub fn bring_up(
         o,
         gn_vip4: vec![None; GENERAL.len()],
         gn_vip6: vec![None; GENERAL.len()],
+        gn2_dhcpcd: None,
     };
     configure(&mut al, report)?;
     for (name, _, _) in GENERAL {
@@ -219,12 +226,27 @@ fn configure(al: &mut AdapterLab, report: &mut Report) -> anyhow::Result<()> {
         ),
         "gn1-dhclient6",
     )?;
-    spawn(
+    // dhcpcd keeps its control socket and leases in fixed paths
+    // (/run/dhcpcd, /var/lib/dhcpcd) that namespaces share: this one gets
+    // its own, in the mount namespace `ip netns exec` made for it, and
+    // reports its leases through its hook script (every variable, each
+    // time it runs).
+    let hook = dir.join("gn2-dhcpcd-hook.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\nenv >> {}\n", d("gn2-dhcpcd.env")),
+    )?;
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let gn2_dhcpcd = spawn(
         al,
         "gn2",
-        "exec dhcpcd -B -4 --noipv4ll --nohook resolv.conf -f /dev/null eth0",
+        &format!(
+            "{DHCPCD_PRIVATE} && exec dhcpcd -B -4 --noipv4ll -c {} -f /dev/null eth0",
+            hook.display()
+        ),
         "gn2-dhcpcd",
     )?;
+    al.gn2_dhcpcd = Some(gn2_dhcpcd);
     spawn(
         al,
         "gn3",
@@ -316,13 +338,12 @@ fn configure(al: &mut AdapterLab, report: &mut Report) -> anyhow::Result<()> {
         &std::fs::read_to_string(dir.join("gn3-6.leases")).unwrap_or_default(),
         "option dhcp6.name-servers",
     );
-    let dhcpcd = al
-        .sh("gn2", "dhcpcd -4 -U eth0 2>/dev/null")
-        .unwrap_or_default();
-    let dns_gn2 = dhcpcd
+    let dns_gn2 = std::fs::read_to_string(dir.join("gn2-dhcpcd.env"))
+        .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("domain_name_servers="))
-        .map(|v| v.trim_matches('\'').to_owned());
+        .rev()
+        .find_map(|l| l.strip_prefix("new_domain_name_servers="))
+        .map(|v| v.split_whitespace().next().unwrap_or_default().to_owned());
     report.check(
         "the leases name the adapter as DNS server (dhclient -4, dhcpcd, dhclient -6)",
         (|| {
@@ -590,7 +611,11 @@ fn hygiene(al: &AdapterLab, report: &mut Report, n1: &str) {
             leases(&after)
         );
         // gn2 renews with the adapter, and gets its own address again.
-        al.sh("gn2", "dhcpcd -4 -n eth0")?;
+        // SIGUSR1: dhcpcd renews its leases.
+        let pid = al.gn2_dhcpcd.context("gn2's dhcpcd is not running")?;
+        // SAFETY: kill(2) on a pid the lab started and still tracks.
+        let rc = unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+        ensure!(rc == 0, "cannot signal gn2's dhcpcd");
         wait_until("gn2's renewal", Duration::from_secs(15), || {
             let s = al.o.status(1)?;
             Ok((field(&s, "dhcp4_replies") > field(&after, "dhcp4_replies")).then_some(()))
@@ -606,6 +631,107 @@ fn hygiene(al: &AdapterLab, report: &mut Report, n1: &str) {
     report.check(
         "a DHCP starvation burst, a rogue DHCP offer and a rogue RA change nothing the adapter gives",
         result,
+    );
+}
+
+/// An adapter's uplink moves (a2 takes a new address) under a 20 Hz ping
+/// from gn3: its general node's tunnels follow it. Then an adapter
+/// restarts (a1): gn1 keeps its lease and is back in the overlay as soon
+/// as it sends.
+fn resilience(al: &mut AdapterLab, report: &mut Report, n1: &str) {
+    let gn3 = AdapterLab::fqdn("gn3");
+    let moved = (|| {
+        let pid = al.o.lab.spawn(
+            "gn3",
+            &["ping", "-6", "-n", "-i", "0.05", "-w", "8", n1],
+            "gn3-ping-move",
+            &[],
+        )?;
+        let lab = &mut al.o.lab;
+        wait_until("gn3's ping to get replies", Duration::from_secs(5), || {
+            Ok(lab
+                .log("gn3-ping-move")
+                .contains("icmp_seq=5 ")
+                .then_some(()))
+        })?;
+        lab.sh(
+            "a2",
+            // (Deleting a primary IPv4 address deletes its secondaries: the
+            // old one goes first.)
+            "ip addr del 192.0.2.13/24 dev eth0 && ip addr add 192.0.2.23/24 dev eth0",
+        )?;
+        let o = &al.o;
+        let endpoint = wait_until(
+            "n1 to see gn3 at a2's new address",
+            Duration::from_secs(10),
+            || {
+                let p = o.peer(0, &gn3)?;
+                let e = p["endpoint"].as_str().unwrap_or_default().to_owned();
+                Ok(e.starts_with("192.0.2.23:").then_some(e))
+            },
+        )?;
+        let lab = &mut al.o.lab;
+        wait_until("gn3's ping to end", Duration::from_secs(15), || {
+            lab.try_wait(pid)
+        })?;
+        let log = lab.log("gn3-ping-move");
+        let sent = log
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .context("no ping summary")?;
+        let (received, _) = parse_ping(&log).context("no ping summary")?;
+        let last = log
+            .lines()
+            .rfind(|l| l.contains("icmp_seq="))
+            .unwrap_or_default()
+            .to_owned();
+        let last_seq: u32 = last
+            .split("icmp_seq=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        ensure!(
+            last_seq + 10 >= sent,
+            "replies stopped at icmp_seq {last_seq} of {sent}"
+        );
+        Ok(format!(
+            "{received}/{sent} replies at 20 Hz (outage about {} ms); n1 sees gn3 at {endpoint}",
+            (sent - received) * 50
+        ))
+    })();
+    report.check(
+        "a2's uplink moves under gn3's ping: gn3's tunnel follows",
+        moved,
+    );
+
+    let restarted = (|| {
+        al.o.stop_node(1)?;
+        al.o.start_node(1)?;
+        let started = Instant::now();
+        al.o.wait_registered(1, Duration::from_secs(20))?;
+        wait_until("gn1 to reach n1 again", Duration::from_secs(30), || {
+            let out = al.o.lab.exec("gn1", &["ping", "-4", "-c1", "-W1", n1])?;
+            Ok(out.status.success().then_some(()))
+        })?;
+        let back = started.elapsed().as_secs_f64();
+        let v4 = addr_of(&al.o.lab, "gn1", "-4", "100.")?;
+        ensure!(v4 == al.gn_vip4[0], "gn1 now has {v4:?}");
+        // The status shows the LAN side's figures of the last half second.
+        wait_until("a1 to show gn1's lease", Duration::from_secs(5), || {
+            let g = al.general_status("gn1")?;
+            Ok(g["lease4_secs"].as_u64().is_some().then_some(()))
+        })?;
+        Ok(format!(
+            "gn1 keeps {} and reaches n1 {back:.1} s after the restart",
+            v4.unwrap_or_default()
+        ))
+    })();
+    report.check(
+        "a1 restarts: gn1's lease is kept, and it is back in the overlay",
+        restarted,
     );
 }
 
@@ -744,6 +870,7 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
             ))
         }),
     );
+    resilience(&mut al, &mut report, &n1);
     println!("\n`cyphonic status` on a1:");
     let state = al.o.nodes[1].state_dir.display().to_string();
     let a1_ns = al.o.nodes[1].ns.clone();

@@ -145,14 +145,14 @@ pub fn render_status(v: &serde_json::Value) -> String {
     // An adapter's general nodes.
     for g in v["general_nodes"].as_array().cloned().unwrap_or_default() {
         out.push_str(&format!(
-            "general node {} {}  {}  {}  {}  lease v4 {}s v6 {}s\n",
+            "general node {} {}  {}  {}  {}  lease v4 {} v6 {}\n",
             s(&g["fqdn"]),
             s(&g["mac"]),
             s(&g["vip4"]),
             s(&g["vip6"]),
             s(&g["state"]),
-            s(&g["lease4_secs"]),
-            s(&g["lease6_secs"]),
+            secs(&g["lease4_secs"]),
+            secs(&g["lease6_secs"]),
         ));
         for p in g["peers"].as_array().cloned().unwrap_or_default() {
             out.push_str(&format!(
@@ -166,4 +166,10 @@ pub fn render_status(v: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// A lease's remaining seconds, or "none" where there is no lease.
+fn secs(v: &serde_json::Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "none".to_owned(), |n| format!("{n}s"))
 }
