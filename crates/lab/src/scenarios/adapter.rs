@@ -735,6 +735,88 @@ fn resilience(al: &mut AdapterLab, report: &mut Report, n1: &str) {
     );
 }
 
+/// The nftables table of a2's web-only firewall.
+const WEB_TABLE: &str = "cyweb";
+
+/// a2's host firewall lets out only what `allowed` accepts (and DNS), and
+/// in only replies: the uplink of a web-only network.
+fn web_firewall(allowed: &str) -> String {
+    format!(
+        "table inet {WEB_TABLE}\n\
+         delete table inet {WEB_TABLE}\n\
+         table inet {WEB_TABLE} {{\n  \
+           chain output {{\n    \
+             type filter hook output priority 0; policy accept;\n    \
+             oifname \"eth0\" jump outbound\n  \
+           }}\n  \
+           chain input {{\n    \
+             type filter hook input priority 0; policy accept;\n    \
+             iifname \"eth0\" jump inbound\n  \
+           }}\n  \
+           chain outbound {{\n    {allowed}\n    meta l4proto {{ tcp, udp }} th dport 53 accept\n    counter drop\n  }}\n  \
+           chain inbound {{\n    ct state established,related accept\n    counter drop\n  }}\n\
+         }}\n"
+    )
+}
+
+/// a2's uplink becomes a network that lets only the web out (UDP and TCP
+/// 443), then only TCP 443: a2 moves its legs to QUIC, then to TLS over
+/// TCP, by itself, and gn3 keeps reaching n1 through its tunnel.
+fn web_only(al: &AdapterLab, report: &mut Report, n1: &str) {
+    for (mode, allowed, transport) in [
+        (
+            "outbound UDP 443 and TCP 443 only",
+            "udp dport 443 accept\n    tcp dport 443 accept",
+            "quic",
+        ),
+        ("outbound TCP 443 only", "tcp dport 443 accept", "tcp"),
+    ] {
+        let r = (|| {
+            al.o.lab.sh(
+                "a2",
+                &format!("nft -f - <<'EOF'\n{}\nEOF", web_firewall(allowed)),
+            )?;
+            let started = Instant::now();
+            wait_until(
+                &format!("a2's signaling to move to {transport}"),
+                Duration::from_secs(60),
+                || {
+                    let s = al.o.status(2)?;
+                    Ok((s["cloud"]["transport"] == transport).then_some(()))
+                },
+            )?;
+            let moved = started.elapsed().as_secs_f64();
+            let peer = wait_until(
+                &format!("gn3's tunnel to n1 over {transport}"),
+                Duration::from_secs(30),
+                || {
+                    let out = al.o.lab.exec("gn3", &["ping", "-6", "-c1", "-W1", n1])?;
+                    if !out.status.success() {
+                        return Ok(None);
+                    }
+                    let g = al.general_status("gn3")?;
+                    Ok(g["peers"]
+                        .as_array()
+                        .and_then(|p| p.iter().find(|p| p["fqdn"] == n1).cloned())
+                        .filter(|p| p["transport"] == transport))
+                },
+            )?;
+            Ok(format!(
+                "a2 on {transport} {moved:.1} s after the firewall; gn3 -> n1 {} over {}",
+                peer["path"].as_str().unwrap_or("?"),
+                peer["transport"].as_str().unwrap_or("?")
+            ))
+        })();
+        report.check(
+            &format!("a2's uplink lets {mode}: gn3 reaches n1 over {transport}"),
+            r,
+        );
+    }
+    let _ =
+        al.o.lab
+            .sh("a2", &format!("nft delete table inet {WEB_TABLE}"));
+}
+
 /// A throughput figure that shows data flowed.
 pub fn mbits(m: f64) -> anyhow::Result<String> {
     ensure!(m >= 1.0, "only {m:.2} Mbit/s");
@@ -871,6 +953,7 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
         }),
     );
     resilience(&mut al, &mut report, &n1);
+    web_only(&al, &mut report, &n1);
     println!("\n`cyphonic status` on a1:");
     let state = al.o.nodes[1].state_dir.display().to_string();
     let a1_ns = al.o.nodes[1].ns.clone();
