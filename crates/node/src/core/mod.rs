@@ -105,6 +105,10 @@ pub struct Node {
     mobility: Mobility,
     /// Set by a move: select every peer's route again once registered.
     reroute_when_registered: bool,
+    /// The host's addresses were reported at least once: any later change
+    /// is a move, also one from no address at all (a link that went down
+    /// and came back on another network).
+    addrs_reported: bool,
     /// An adapter's list of general nodes.
     general: Option<general::GeneralNodesFetch>,
     out: Outbox,
@@ -144,6 +148,7 @@ impl Node {
             early: EarlyRequests::default(),
             mobility: Mobility::default(),
             reroute_when_registered: false,
+            addrs_reported: false,
             general,
             out: Outbox::default(),
             counters: NodeCounters::default(),
@@ -211,11 +216,12 @@ impl Node {
     /// every peer's route is selected anew, possibly with another pattern.
     /// The VIPs stay, so connections inside the overlay do not notice.
     pub fn handle_local_addrs(&mut self, now: Instant, addrs: Vec<SocketAddr>) {
+        let first = !std::mem::replace(&mut self.addrs_reported, true);
         if addrs == self.signaling.local_addrs() {
             return;
         }
         let before = self.signaling.set_local_addrs(addrs);
-        if !self.signaling.logged_in() || before.is_empty() {
+        if !self.signaling.logged_in() || first {
             return;
         }
         let change = describe_change(&before, self.signaling.local_addrs());

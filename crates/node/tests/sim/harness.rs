@@ -1229,6 +1229,17 @@ impl Sim {
         addrs
     }
 
+    /// As `move_node`, with the link down first: the core hears that the
+    /// host has no usable address at all, then the new ones.
+    pub fn move_node_link_down(&mut self, index: usize, to: Attachment) -> Vec<SocketAddr> {
+        let slot = self.slot(index);
+        self.nodes[slot]
+            .node
+            .handle_local_addrs(self.now, Vec::new());
+        self.drain_node(slot);
+        self.move_node(index, to)
+    }
+
     /// Whether node `n<index>` receives what is sent to `addr` now: one of
     /// its own addresses, or a live mapping of its NAT for one of them.
     pub fn holds(&self, index: usize, addr: SocketAddr) -> bool {

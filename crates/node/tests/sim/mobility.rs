@@ -481,6 +481,23 @@ fn a_move_into_ipv6_only_against_an_ipv4_only_peer_goes_through_the_relay() {
     assert!(sim.trs[k].trs.counters().forwarded_packets > 0);
 }
 
+/// A move with the link down in between (the daemon hears "no address",
+/// then the new ones, as netlink reports a flush and an add): the address
+/// that comes after none is a move too, so `n1` registers from IPv6 and
+/// its tunnel comes back through the relay.
+#[test]
+fn a_move_through_no_address_at_all_is_a_move() {
+    let mut sim = started(config(one_seed(3), &[Stack::V4, Stack::V4]));
+    lookup(&mut sim, 1, 2);
+    assert!(tunnel_between(&mut sim, 1, 2, secs(6)));
+    exchange(&mut sim, 1, 2, "before");
+    sim.move_node_link_down(1, Attachment::V6(roam_v6(1, 1)));
+    sim.run_for(secs(6));
+    // Two moves: to no address, then to IPv6 only.
+    check_after_move(&sim, 1, 2, "relayed", 2);
+    exchange(&mut sim, 1, 2, "after");
+}
+
 // ---- 3. Both ends move at once -------------------------------------------------
 
 /// Route selections the NMS completed for the pair `n<a>`, `n<b>` since
