@@ -182,6 +182,10 @@ enum NodeCmd {
         /// detects dead paths (after three silent intervals).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
         keepalive: u64,
+        /// Tunnel keys are replaced by a fresh handshake this often
+        /// (seconds), and refused at one and a half times this age.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(2..=3600))]
+        rekey_after: u64,
         /// How legs travel: `auto` tries native UDP, then QUIC (UDP 443)
         /// and TLS over TCP 443 when UDP is blocked; `udp`, `quic` or
         /// `tcp` forces one.
@@ -212,6 +216,10 @@ enum AdapterCmd {
         /// Tunnel keepalive interval in seconds.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
         keepalive: u64,
+        /// Tunnel keys are replaced by a fresh handshake this often
+        /// (seconds), and refused at one and a half times this age.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(2..=3600))]
+        rekey_after: u64,
         #[arg(long, default_value = "auto", value_parser = parse_transport)]
         transport: TransportChoice,
         #[arg(long, default_value_t = 0)]
@@ -399,6 +407,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             no_dns,
             offload,
             keepalive,
+            rekey_after,
             transport,
             quic_port,
         }) => {
@@ -412,6 +421,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 dns_listen: (!no_dns).then_some(dns_listen),
                 offload,
                 keepalive: std::time::Duration::from_secs(keepalive),
+                rekey_after: std::time::Duration::from_secs(rekey_after),
                 transport: transport.0,
                 quic_port,
             })
@@ -422,6 +432,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             state_dir,
             port,
             keepalive,
+            rekey_after,
             transport,
             quic_port,
             list_poll,
@@ -434,6 +445,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 lan,
                 tunnel_port: port,
                 keepalive: std::time::Duration::from_secs(keepalive),
+                rekey_after: std::time::Duration::from_secs(rekey_after),
                 transport: transport.0,
                 quic_port,
                 list_poll: std::time::Duration::from_secs(list_poll),

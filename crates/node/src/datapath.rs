@@ -23,6 +23,7 @@ use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
 use cyphonic_proto::LocalIndex;
 
 use crate::core::{Leg, Path, TunnelHandle};
+use crate::host::IdentityId;
 
 /// Room in front of a plaintext for the relay header, then our data
 /// header, so both are written in place.
@@ -90,6 +91,8 @@ pub enum DropReason {
     BadInnerSource,
     /// A tunnel message longer than any we send.
     MessageTooLong,
+    /// Under keys retired for their age.
+    Retired,
 }
 
 /// What an opened data packet carries.
@@ -123,6 +126,89 @@ impl Opened {
 
     pub fn local_index(&self) -> LocalIndex {
         self.tunnel.recv.local_index()
+    }
+
+    /// The first packet opened under keys that were not confirmed: they
+    /// are now (true once per tunnel), and the core wants to know
+    /// ([`crate::core::Node::handle_key_confirmed`]).
+    pub fn confirms_keys(&self) -> bool {
+        !self.tunnel.confirmed.load(Ordering::Relaxed)
+            && !self.tunnel.confirmed.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// The tunnels the fast path knows, by identity and destination VIP
+/// (sending) and by our receiver index (receiving; an index names its
+/// identity, [`crate::host`]). A node has one identity (0); an adapter one
+/// per general node, and two of them may have tunnels to the same peer.
+/// The data plane keeps one behind a lock; the simulation uses it as is.
+#[derive(Default)]
+pub struct TunnelTable {
+    tx: HashMap<(IdentityId, IpAddr), Arc<TunnelHandle>>,
+    rx: HashMap<LocalIndex, (IdentityId, Arc<TunnelHandle>)>,
+}
+
+impl TunnelTable {
+    /// Installs a tunnel of identity `id`. The peer's current receive key
+    /// stays valid (for packets already in flight under it); older ones
+    /// are removed. Keys not confirmed yet (a rekey we answered) only
+    /// receive while the peer has a tunnel to send on: sending moves to
+    /// them once the peer has used them ([`Opened::confirms_keys`], then
+    /// the core installs them again).
+    pub fn install(&mut self, id: IdentityId, handle: TunnelHandle) {
+        let handle = Arc::new(handle);
+        let index = handle.recv.local_index();
+        let current = self.tx.get(&(id, IpAddr::V4(handle.vip4))).cloned();
+        let keep = current.as_ref().map(|h| h.recv.local_index());
+        self.rx
+            .retain(|i, (owner, h)| *owner != id || h.fqdn != handle.fqdn || Some(*i) == keep);
+        self.rx.insert(index, (id, handle.clone()));
+        let confirmed = handle.confirmed.load(Ordering::Relaxed);
+        if !confirmed && current.is_some_and(|c| c.fqdn == handle.fqdn) {
+            return;
+        }
+        self.tx
+            .insert((id, IpAddr::V4(handle.vip4)), handle.clone());
+        self.tx.insert((id, IpAddr::V6(handle.vip6)), handle);
+    }
+
+    /// Stops sending from `id` to `fqdn` (its packets go to the control
+    /// task), while its packets are still received.
+    pub fn hold(&mut self, id: IdentityId, fqdn: &str) {
+        self.tx
+            .retain(|(owner, _), h| *owner != id || h.fqdn != fqdn);
+    }
+
+    pub fn remove(&mut self, id: IdentityId, fqdn: &str) {
+        self.rx
+            .retain(|_, (owner, h)| *owner != id || h.fqdn != fqdn);
+        self.hold(id, fqdn);
+    }
+
+    /// Forgets every tunnel of identity `id`.
+    pub fn remove_identity(&mut self, id: IdentityId) {
+        self.rx.retain(|_, (owner, _)| *owner != id);
+        self.tx.retain(|(owner, _), _| *owner != id);
+    }
+
+    pub fn by_destination(&self, id: IdentityId, dst: IpAddr) -> Option<Arc<TunnelHandle>> {
+        self.tx.get(&(id, dst)).cloned()
+    }
+
+    pub fn by_index(&self, index: LocalIndex) -> Option<Arc<TunnelHandle>> {
+        self.rx.get(&index).map(|(_, h)| h.clone())
+    }
+
+    /// Our receiver indexes that open packets of identity `id`.
+    pub fn receiving(&self, id: IdentityId) -> Vec<LocalIndex> {
+        let mut v: Vec<LocalIndex> = self
+            .rx
+            .iter()
+            .filter(|(_, (owner, _))| *owner == id)
+            .map(|(i, _)| *i)
+            .collect();
+        v.sort();
+        v
     }
 }
 
@@ -171,6 +257,7 @@ pub fn decapsulate(
         Ok(r) => r,
         Err(DataError::Replay(_)) => return Decapsulated::Dropped(DropReason::Replayed),
         Err(DataError::Auth) => return Decapsulated::Dropped(DropReason::AuthFailed),
+        Err(DataError::Retired) => return Decapsulated::Dropped(DropReason::Retired),
         Err(_) => return Decapsulated::Dropped(DropReason::Malformed),
     };
     tunnel.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +340,7 @@ mod tests {
             send: Arc::new(SendKey::new(&k1, LocalIndex(22))),
             recv: Arc::new(RecvKey::new(&k2, LocalIndex(11))),
             stats: Arc::new(TunnelStats::default()),
+            confirmed: Arc::new(true.into()),
         };
         let b = TunnelHandle {
             fqdn: "a.cyphonic.internal".into(),
@@ -262,8 +350,66 @@ mod tests {
             send: Arc::new(SendKey::new(&k2, LocalIndex(11))),
             recv: Arc::new(RecvKey::new(&k1, LocalIndex(22))),
             stats: Arc::new(TunnelStats::default()),
+            confirmed: Arc::new(true.into()),
         };
         (a, Arc::new(b))
+    }
+
+    /// `base` with fresh keys under `index`, confirmed or not.
+    fn rekeyed(base: &TunnelHandle, index: u32, confirmed: bool) -> TunnelHandle {
+        TunnelHandle {
+            send: Arc::new(SendKey::new(&[index as u8; 32], LocalIndex(index + 1000))),
+            recv: Arc::new(RecvKey::new(&[index as u8; 32], LocalIndex(index))),
+            confirmed: Arc::new(confirmed.into()),
+            ..base.clone()
+        }
+    }
+
+    #[test]
+    fn unconfirmed_keys_receive_but_sending_waits_for_the_peer() {
+        let path = Path::udp("192.0.2.2:4501".parse().expect("addr"));
+        let (a, _) = pair(path);
+        let vip = IpAddr::V4(a.vip4);
+        let mut t = TunnelTable::default();
+        t.install(0, a.clone());
+        let sends = |t: &TunnelTable| t.by_destination(0, vip).map(|h| h.recv.local_index());
+        assert_eq!(sends(&t), Some(LocalIndex(11)));
+
+        // A rekey we answered: both keys receive, the old one sends.
+        let r1 = rekeyed(&a, 31, false);
+        t.install(0, r1.clone());
+        assert_eq!(t.receiving(0), vec![LocalIndex(11), LocalIndex(31)]);
+        assert_eq!(sends(&t), Some(LocalIndex(11)));
+
+        // A replayed request's keys, never used by anyone, replace r1 in
+        // receiving and still do not send.
+        let r2 = rekeyed(&a, 32, false);
+        t.install(0, r2.clone());
+        assert_eq!(t.receiving(0), vec![LocalIndex(11), LocalIndex(32)]);
+        assert_eq!(sends(&t), Some(LocalIndex(11)));
+
+        // The peer's first packet under r2 confirms it, once; installed
+        // again, it sends, and the old key still receives.
+        let mut buf = [0u8; HEADROOM + TAG_LEN];
+        let peer_send = SendKey::new(&[32; 32], LocalIndex(32));
+        let n = peer_send
+            .seal_in_place(&mut buf[RELAY_HEADER_LEN..], 0)
+            .expect("seal");
+        let mut datagram = buf[RELAY_HEADER_LEN..RELAY_HEADER_LEN + n].to_vec();
+        let from = Leg::udp("192.0.2.2:4501".parse().expect("addr"));
+        let Decapsulated::Opened(o) = decapsulate(&mut datagram, from, |i| t.by_index(i)) else {
+            panic!("the peer's packet opens under the new key");
+        };
+        assert!(o.confirms_keys());
+        assert!(!o.confirms_keys(), "only the first packet confirms");
+        t.install(0, r2);
+        assert_eq!(sends(&t), Some(LocalIndex(32)));
+        assert_eq!(t.receiving(0), vec![LocalIndex(11), LocalIndex(32)]);
+
+        // Unconfirmed keys of a peer with no tunnel send at once.
+        let mut fresh = TunnelTable::default();
+        fresh.install(0, rekeyed(&a, 40, false));
+        assert_eq!(sends(&fresh), Some(LocalIndex(40)));
     }
 
     fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {

@@ -9,7 +9,6 @@
 //! counters and the bounded channel to the control task, which gets
 //! everything that is not a packet of a known tunnel.
 
-use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +27,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::core::{Leg, Path, Transport, TunnelHandle};
-use crate::datapath::{self, Decapsulated, DropReason, Opened, PathReports, Payload, HEADROOM};
+use crate::datapath::{
+    self, Decapsulated, DropReason, Opened, PathReports, Payload, TunnelTable, HEADROOM,
+};
 use crate::host::{identity_of_index, IdentityId};
 
 /// Packets per batch: the TUN and socket loops never do more work than this
@@ -57,6 +58,9 @@ pub enum ToControl {
         path: Path,
         message: Vec<u8>,
     },
+    /// The first packet under the keys of tunnel `index`, whose keys were
+    /// not confirmed yet (a rekey we answered): the peer has them.
+    KeyConfirmed { index: LocalIndex },
 }
 
 /// The data plane's packet counters, and its drop counters by reason:
@@ -78,6 +82,8 @@ pub struct DataCounters {
     pub rx_bad_inner_destination: AtomicU64,
     /// Tunnel messages longer than any a node sends.
     pub rx_message_too_long: AtomicU64,
+    /// Packets under keys that were retired (older than the session limit).
+    pub rx_retired: AtomicU64,
     /// Packets that could not be sealed (see `outbound_loop`), sends the
     /// kernel refused, and failed TUN writes.
     pub tx_errors: AtomicU64,
@@ -101,6 +107,7 @@ pub struct DataCountersSnapshot {
     pub rx_bad_inner_source: u64,
     pub rx_bad_inner_destination: u64,
     pub rx_message_too_long: u64,
+    pub rx_retired: u64,
     pub tx_errors: u64,
     pub control_queue_full: u64,
     pub tx_too_big: u64,
@@ -120,6 +127,7 @@ impl DataCounters {
             rx_bad_inner_source: l(&self.rx_bad_inner_source),
             rx_bad_inner_destination: l(&self.rx_bad_inner_destination),
             rx_message_too_long: l(&self.rx_message_too_long),
+            rx_retired: l(&self.rx_retired),
             tx_errors: l(&self.tx_errors),
             control_queue_full: l(&self.control_queue_full),
             tx_too_big: l(&self.tx_too_big),
@@ -136,88 +144,52 @@ impl DataCounters {
             DropReason::Replayed => &self.rx_replayed,
             DropReason::BadInnerSource => &self.rx_bad_inner_source,
             DropReason::MessageTooLong => &self.rx_message_too_long,
+            DropReason::Retired => &self.rx_retired,
         }
     }
 }
 
-/// The tunnels the fast path knows, by identity and destination VIP
-/// (sending) and by our receiver index (receiving; an index names its
-/// identity, [`crate::host`]). A node has one identity (0); an adapter one
-/// per general node, and two of them may have tunnels to the same peer.
+/// The tunnels the fast path knows ([`TunnelTable`]), behind one lock:
+/// the packet loops only read it.
 #[derive(Default)]
 pub struct Tables {
-    tx: RwLock<HashMap<(IdentityId, IpAddr), Arc<TunnelHandle>>>,
-    rx: RwLock<HashMap<LocalIndex, (IdentityId, Arc<TunnelHandle>)>>,
+    table: RwLock<TunnelTable>,
 }
 
 impl Tables {
-    /// Installs a tunnel of identity `id`. The peer's previous receive key
-    /// stays valid (for packets already in flight under it); older ones are
-    /// removed.
-    pub fn install(&self, id: IdentityId, handle: TunnelHandle) {
-        let handle = Arc::new(handle);
-        let index = handle.recv.local_index();
-        {
-            let mut rx = self.rx.write().unwrap_or_else(|e| e.into_inner());
-            let previous: Option<LocalIndex> = self
-                .tx
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&(id, IpAddr::V4(handle.vip4)))
-                .map(|h| h.recv.local_index());
-            rx.retain(|i, (owner, h)| {
-                *owner != id || h.fqdn != handle.fqdn || Some(*i) == previous
-            });
-            rx.insert(index, (id, handle.clone()));
-        }
-        let mut tx = self.tx.write().unwrap_or_else(|e| e.into_inner());
-        tx.insert((id, IpAddr::V4(handle.vip4)), handle.clone());
-        tx.insert((id, IpAddr::V6(handle.vip6)), handle);
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, TunnelTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stops sending from `id` to `fqdn` (its packets go to the control
-    /// task), while its packets are still received.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, TunnelTable> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`TunnelTable::install`].
+    pub fn install(&self, id: IdentityId, handle: TunnelHandle) {
+        self.write().install(id, handle);
+    }
+
+    /// [`TunnelTable::hold`].
     pub fn hold(&self, id: IdentityId, fqdn: &str) {
-        self.tx
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(owner, _), h| *owner != id || h.fqdn != fqdn);
+        self.write().hold(id, fqdn);
     }
 
     pub fn remove(&self, id: IdentityId, fqdn: &str) {
-        self.rx
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (owner, h)| *owner != id || h.fqdn != fqdn);
-        self.hold(id, fqdn);
+        self.write().remove(id, fqdn);
     }
 
     /// Forgets every tunnel of identity `id` (it left the host).
     pub fn remove_identity(&self, id: IdentityId) {
-        self.rx
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (owner, _)| *owner != id);
-        self.tx
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(owner, _), _| *owner != id);
+        self.write().remove_identity(id);
     }
 
     fn by_destination(&self, id: IdentityId, dst: IpAddr) -> Option<Arc<TunnelHandle>> {
-        self.tx
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(id, dst))
-            .cloned()
+        self.read().by_destination(id, dst)
     }
 
     fn by_index(&self, index: LocalIndex) -> Option<Arc<TunnelHandle>> {
-        self.rx
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&index)
-            .map(|(_, h)| h.clone())
+        self.read().by_index(index)
     }
 }
 
@@ -477,11 +449,17 @@ impl Sender {
         }
         let wire = match datapath::encapsulate(&tunnel, tunnel.path, buf, len) {
             Ok(range) => range,
-            Err(DataError::CounterLimit) => {
-                // This tunnel's send key has sealed all it may. Nothing
-                // rekeys yet (a later issue): the packet is counted and
-                // dropped, as is every later one on this key.
-                counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            Err(DataError::CounterLimit | DataError::Retired) => {
+                // This tunnel's send key has sealed all it may, or is too
+                // old: the core holds the packet until the new keys of the
+                // rekey it started are up.
+                let msg = ToControl::Outbound {
+                    identity: id,
+                    packet: buf[HEADROOM..HEADROOM + len].to_vec(),
+                };
+                if self.control.try_send(msg).is_err() {
+                    counters.control_queue_full.fetch_add(1, Ordering::Relaxed);
+                }
                 return;
             }
             Err(e) => {
@@ -651,6 +629,9 @@ impl Inbound {
     fn opened(&mut self, opened: Opened, datagram: &[u8]) {
         self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
         let (index, path) = (opened.local_index(), opened.path);
+        if opened.confirms_keys() {
+            self.hand_over(ToControl::KeyConfirmed { index });
+        }
         if opened.path_changed() && self.reports.allow(index, path, Instant::now()) {
             let _ = self.control.try_send(ToControl::PathSeen { index, path });
         }

@@ -25,7 +25,8 @@
 //!   nonce is 4 zero bytes followed by the counter (the 96-bit nonce of
 //!   RFC 5116 §3.2 / NIST SP 800-38D §8.2.1, deterministic construction), so
 //!   a counter is never reused under one key: the sender stops at
-//!   [`REJECT_AFTER_MESSAGES`] and the session must be rekeyed.
+//!   [`KEY_MESSAGE_LIMIT`] and the session must be rekeyed (the node rekeys
+//!   at [`REKEY_AFTER_MESSAGES`] or [`REKEY_AFTER_TIME`], whichever first).
 //! - The whole 16-byte header is the AAD, so the index and counter cannot be
 //!   altered without failing authentication.
 //! - An empty plaintext is a keepalive: it proves liveness and refreshes NAT
@@ -39,14 +40,14 @@
 //! since they run once per packet.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::LocalIndex;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 
-use crate::replay::{ReplayError, ReplayWindow, REJECT_AFTER_MESSAGES};
+use crate::replay::{ReplayError, ReplayWindow};
 
 /// Type byte of a data packet.
 pub const TYPE_DATA: u8 = 4;
@@ -75,13 +76,35 @@ pub enum DataError {
     /// another key.
     #[error("data packet failed authentication")]
     Auth,
-    /// This key has sealed [`REJECT_AFTER_MESSAGES`] packets; rekey.
+    /// This key has sealed [`KEY_MESSAGE_LIMIT`] packets; rekey.
     #[error("send counter exhausted, the session must be rekeyed")]
     CounterLimit,
+    /// The key was retired (too old: the node core retires a session's keys
+    /// [`REJECT_AFTER_TIME`] after its handshake); rekey.
+    #[error("session key retired, the session must be rekeyed")]
+    Retired,
     /// The buffer cannot hold the header, plaintext and tag.
     #[error("buffer too small for a data packet")]
     BufferTooSmall,
 }
+
+/// Packets one send key seals before the node starts a new handshake.
+///
+/// AES-GCM's limit is on blocks encrypted under one key, not on time:
+/// after `2^26` packets of at most 1500 bytes (`2^32.6` blocks) an
+/// attacker's advantage in telling ciphertext from random stays below
+/// `2^-60` (the bound of the CFRG's AEAD usage limits, the same reasoning
+/// as TLS 1.3's `2^24.5` full records, RFC 8446 §5.5).
+pub const REKEY_AFTER_MESSAGES: u64 = 1 << 26;
+/// Packets one send key may ever seal: twice the rekey point, so a rekey
+/// has `2^26` packets (75 s at 10 Gbit/s) to complete before sending stops.
+pub const KEY_MESSAGE_LIMIT: u64 = 1 << 27;
+/// Age at which the initiator of a tunnel starts a new handshake.
+pub const REKEY_AFTER_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+/// Age at which both ends refuse a session's keys, sending and receiving
+/// (WireGuard's `REJECT_AFTER_TIME`): the window of traffic that one
+/// compromised session key exposes.
+pub const REJECT_AFTER_TIME: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// The sending half of a session: seals inner packets for one peer.
 ///
@@ -90,8 +113,9 @@ pub enum DataError {
 pub struct SendKey {
     key: LessSafeKey,
     remote_index: LocalIndex,
-    /// Next counter to use; at most [`REJECT_AFTER_MESSAGES`].
+    /// Next counter to use; at most [`KEY_MESSAGE_LIMIT`].
     counter: AtomicU64,
+    retired: AtomicBool,
 }
 
 impl SendKey {
@@ -102,6 +126,7 @@ impl SendKey {
             key: aes_key(key),
             remote_index,
             counter: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -124,10 +149,13 @@ impl SendKey {
         // Never hand out a counter at or past the limit, and never wrap: a
         // repeated nonce under AES-GCM would reveal the XOR of plaintexts and
         // the authentication key (NIST SP 800-38D Appendix A).
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(DataError::Retired);
+        }
         let counter = self
             .counter
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                (c < REJECT_AFTER_MESSAGES).then_some(c + 1)
+                (c < KEY_MESSAGE_LIMIT).then_some(c + 1)
             })
             .map_err(|_| DataError::CounterLimit)?;
 
@@ -157,6 +185,15 @@ impl SendKey {
     pub fn sent(&self) -> u64 {
         self.counter.load(Ordering::Relaxed)
     }
+
+    /// Refuses every later seal ([`DataError::Retired`]).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for SendKey {
@@ -178,6 +215,7 @@ pub struct RecvKey {
     key: LessSafeKey,
     local_index: LocalIndex,
     window: Mutex<ReplayWindow>,
+    retired: AtomicBool,
 }
 
 impl RecvKey {
@@ -188,6 +226,7 @@ impl RecvKey {
             key: aes_key(key),
             local_index,
             window: Mutex::new(ReplayWindow::new()),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -205,6 +244,9 @@ impl RecvKey {
         let header = parse_header(packet).ok_or(DataError::Malformed)?;
         if header.receiver_index != self.local_index {
             return Err(DataError::WrongIndex);
+        }
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(DataError::Retired);
         }
         self.window().check(header.counter)?;
 
@@ -231,6 +273,15 @@ impl RecvKey {
     /// Our index, which packets for this session carry.
     pub fn local_index(&self) -> LocalIndex {
         self.local_index
+    }
+
+    /// Refuses every later packet ([`DataError::Retired`]).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// The greatest counter accepted so far (0 when none has been).
@@ -298,17 +349,17 @@ fn aes_key(key: &[u8; 32]) -> LessSafeKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replay::REJECT_AFTER_MESSAGES;
 
     #[test]
     fn send_counter_stops_at_the_limit() {
         let send = SendKey::new(&[1; 32], LocalIndex(7));
         let recv = RecvKey::new(&[1; 32], LocalIndex(7));
-        send.counter
-            .store(REJECT_AFTER_MESSAGES - 1, Ordering::Relaxed);
+        send.counter.store(KEY_MESSAGE_LIMIT - 1, Ordering::Relaxed);
 
         let mut buf = [0u8; DATA_OVERHEAD];
         assert_eq!(send.seal_in_place(&mut buf, 0), Ok(DATA_OVERHEAD));
-        assert_eq!(buf[8..16], (REJECT_AFTER_MESSAGES - 1).to_be_bytes());
+        assert_eq!(buf[8..16], (KEY_MESSAGE_LIMIT - 1).to_be_bytes());
         assert_eq!(recv.open_in_place(&mut buf.clone()), Ok(16..16));
 
         for _ in 0..3 {
@@ -317,13 +368,33 @@ mod tests {
                 Err(DataError::CounterLimit)
             );
         }
-        assert_eq!(send.sent(), REJECT_AFTER_MESSAGES);
+        assert_eq!(send.sent(), KEY_MESSAGE_LIMIT);
 
-        // A packet claiming the limit is refused before the AEAD.
+        // A packet claiming the window's limit is refused before the AEAD.
         buf[8..16].copy_from_slice(&REJECT_AFTER_MESSAGES.to_be_bytes());
         assert_eq!(
             recv.open_in_place(&mut buf),
             Err(DataError::Replay(ReplayError::CounterLimit))
         );
+    }
+
+    #[test]
+    fn a_retired_key_neither_seals_nor_opens() {
+        let send = SendKey::new(&[3; 32], LocalIndex(9));
+        let recv = RecvKey::new(&[3; 32], LocalIndex(9));
+        let mut buf = [0u8; DATA_OVERHEAD + 4];
+        let n = send.seal_in_place(&mut buf, 4).expect("seals");
+        let sealed = buf;
+        recv.retire();
+        assert!(recv.retired());
+        assert_eq!(
+            recv.open_in_place(&mut { sealed }[..n]),
+            Err(DataError::Retired)
+        );
+        // The refused packet did not move the window.
+        assert_eq!(recv.max_counter(), 0);
+        send.retire();
+        assert_eq!(send.seal_in_place(&mut buf, 4), Err(DataError::Retired));
+        assert_eq!(send.sent(), 1, "no counter spent on a refused seal");
     }
 }

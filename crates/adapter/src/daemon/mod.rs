@@ -65,6 +65,8 @@ pub struct AdapterOptions {
     pub lan: String,
     pub tunnel_port: u16,
     pub keepalive: Duration,
+    /// Tunnel keys' rekey age; keys are refused at one and a half times it.
+    pub rekey_after: Duration,
     pub transport: Option<Transport>,
     pub quic_port: u16,
     /// How often the general-node list is asked for again: changes reach
@@ -252,6 +254,8 @@ impl Adapter {
             domain: self.file.domain.clone(),
             tunnel_port: self.opts.tunnel_port,
             keepalive: self.opts.keepalive,
+            rekey_after: self.opts.rekey_after,
+            reject_after: self.opts.rekey_after * 3 / 2,
             transport: self.opts.transport,
             quic_port: self.quic_port,
             index_tag: Some(id),
@@ -389,6 +393,11 @@ impl Adapter {
             } => {
                 if let Some(n) = self.host.node_mut(identity_of_index(index)) {
                     n.handle_tunnel_message(now, index, path, &message);
+                }
+            }
+            ToControl::KeyConfirmed { index } => {
+                if let Some(n) = self.host.node_mut(identity_of_index(index)) {
+                    n.handle_key_confirmed(now, index);
                 }
             }
         }

@@ -318,6 +318,7 @@ impl Node {
     /// liveness check.
     pub(super) fn peer_timers(&mut self, now: Instant, fqdn: &str) {
         self.handshake_timer(now, fqdn);
+        self.key_timer(now, fqdn);
         self.send_punches(now, fqdn);
         let bind_due = self
             .peers

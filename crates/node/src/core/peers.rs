@@ -53,6 +53,27 @@ pub(crate) struct Peer {
     /// The tunnel's path went with a move: application packets wait in
     /// `queue` until it is back.
     pub held: bool,
+    /// When the tunnel's current keys were made (its handshake).
+    pub keys_at: Instant,
+    /// Keys are refused this long after their handshake (the node's
+    /// `reject_after`).
+    pub reject_after: std::time::Duration,
+    /// The initiator's next rekey (set when a tunnel comes up; pushed back
+    /// after a rekey that got no answer).
+    pub next_rekey: Instant,
+    /// A rekey handshake in flight (we initiate).
+    pub rekey: Option<Rekey>,
+    /// Keys we answered a rekey with, not yet used by the peer, and when.
+    pub pending: Option<(TunnelHandle, Instant)>,
+    /// The receive key the current keys replaced, and when it was made:
+    /// packets in flight under it still arrive until it is too old.
+    pub prev: Option<(std::sync::Arc<cyphonic_proto::data::RecvKey>, Instant)>,
+    /// Ephemeral keys of the Tunnel Requests answered on this route (the
+    /// newest last, bounded): a replayed request is refused.
+    pub answered: VecDeque<[u8; 32]>,
+    /// The local indexes the peer table maps to this peer (the table's
+    /// own; empty in a new peer).
+    pub mapped: Vec<LocalIndex>,
 }
 
 impl Peer {
@@ -65,13 +86,41 @@ impl Peer {
             .map(|_| self.next_punch);
         let bind = self.relay.as_ref().map(|r| r.next_bind);
         let keepalive = matches!(self.state, PeerState::Established).then_some(self.next_keepalive);
+        let rekey = self
+            .rekey
+            .as_ref()
+            .map(|r| r.next_retransmit.min(r.deadline));
+        // The keys' own deadlines: the initiator's next rekey, and when
+        // each live key (current, replaced, awaiting confirmation) must be
+        // refused.
+        let live = self.tunnel.as_ref().filter(|t| !t.send.retired());
+        let next_rekey = (self.role == TunnelRole::Initiator
+            && matches!(self.state, PeerState::Established)
+            && self.rekey.is_none()
+            && live.is_some())
+        .then_some(self.next_rekey);
+        let keys = [
+            next_rekey,
+            live.map(|_| self.keys_at + self.reject_after),
+            self.prev
+                .as_ref()
+                .map(|(_, made)| *made + self.reject_after),
+            self.pending
+                .as_ref()
+                .map(|(_, made)| *made + self.reject_after),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let rekey = rekey.into_iter().chain(keys).min();
         handshake
             .into_iter()
             .chain(
                 [punch, bind, keepalive]
                     .into_iter()
                     .flatten()
-                    .map(|t| (t, TimerReason::Path)),
+                    .map(|t| (t, TimerReason::Path))
+                    .chain(rekey.map(|t| (t, TimerReason::Handshake))),
             )
             .min_by_key(|(t, _)| *t)
     }
@@ -79,12 +128,41 @@ impl Peer {
     pub fn failed(&self) -> bool {
         matches!(self.state, PeerState::Failed { .. })
     }
+
+    /// Our indexes whose packets belong to this peer: the handshake's, the
+    /// tunnel's, the keys awaiting confirmation and the replaced ones.
+    fn indexes(&self) -> Vec<LocalIndex> {
+        let mut v = vec![self.local_index];
+        v.extend(self.tunnel.as_ref().map(|t| t.recv.local_index()));
+        v.extend(self.pending.as_ref().map(|(t, _)| t.recv.local_index()));
+        v.extend(self.prev.as_ref().map(|(k, _)| k.local_index()));
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The tunnel's keys, from a handshake at `now`: sets when they are
+    /// rekeyed and refused.
+    pub fn keys_made(&mut self, now: Instant, rekey_after: std::time::Duration) {
+        self.keys_at = now;
+        self.next_rekey = now + rekey_after;
+    }
+}
+
+/// The initiator's rekey in flight: a fresh handshake on the tunnel's path
+/// while the tunnel keeps its keys.
+pub(crate) struct Rekey {
+    pub initiator: Box<cyphonic_proto::handshake::Initiator>,
+    pub request: Vec<u8>,
+    pub next_retransmit: Instant,
+    pub deadline: Instant,
 }
 
 /// A peer being changed; its timer follows when this is dropped.
 pub(crate) struct PeerMut<'a> {
     peer: &'a mut Peer,
     timers: &'a mut Timers<Fqdn>,
+    by_index: &'a mut HashMap<LocalIndex, Fqdn>,
 }
 
 impl Deref for PeerMut<'_> {
@@ -104,7 +182,25 @@ impl Drop for PeerMut<'_> {
     fn drop(&mut self) {
         let wake = self.peer.wake().map(|(t, _)| t);
         self.timers.set(self.peer.fqdn.clone(), wake);
+        reindex(self.by_index, self.peer);
     }
+}
+
+/// Maps exactly `peer`'s indexes to it.
+fn reindex(by_index: &mut HashMap<LocalIndex, Fqdn>, peer: &mut Peer) {
+    let now = peer.indexes();
+    if now == peer.mapped {
+        return;
+    }
+    for i in &peer.mapped {
+        if !now.contains(i) && by_index.get(i) == Some(&peer.fqdn) {
+            by_index.remove(i);
+        }
+    }
+    for i in &now {
+        by_index.insert(*i, peer.fqdn.clone());
+    }
+    peer.mapped = now;
 }
 
 #[derive(Default)]
@@ -134,6 +230,7 @@ impl Peers {
         Some(PeerMut {
             peer,
             timers: &mut self.timers,
+            by_index: &mut self.by_index,
         })
     }
 
@@ -146,6 +243,7 @@ impl Peers {
         for (name, peer) in self.by_name.iter_mut() {
             f(peer);
             self.timers.set(name.clone(), peer.wake().map(|(t, _)| t));
+            reindex(&mut self.by_index, peer);
         }
     }
 
@@ -177,23 +275,21 @@ impl Peers {
 
     /// Gives a peer a new local index (a new handshake).
     pub fn set_local_index(&mut self, fqdn: &str, local_index: LocalIndex) {
-        let Some(peer) = self.by_name.get_mut(fqdn) else {
-            return;
-        };
-        self.by_index.remove(&peer.local_index);
-        peer.local_index = local_index;
-        self.by_index.insert(local_index, peer.fqdn.clone());
+        if let Some(mut peer) = self.get_mut(fqdn) {
+            peer.local_index = local_index;
+        }
     }
 
     /// Adds a peer, replacing (and returning) the one of the same name.
-    pub fn insert(&mut self, peer: Peer) -> Option<Peer> {
+    pub fn insert(&mut self, mut peer: Peer) -> Option<Peer> {
         let name = peer.fqdn.clone();
         let old = self.remove(&name);
         let d = &peer.direction;
         self.by_vip.insert(IpAddr::V4(d.peer.vip4), name.clone());
         self.by_vip.insert(IpAddr::V6(d.peer.vip6), name.clone());
-        self.by_index.insert(peer.local_index, name.clone());
         self.by_route.insert(d.route_id, name.clone());
+        peer.mapped.clear();
+        reindex(&mut self.by_index, &mut peer);
         self.timers.set(name.clone(), peer.wake().map(|(t, _)| t));
         self.by_name.insert(name, peer);
         old
@@ -202,7 +298,11 @@ impl Peers {
     pub fn remove(&mut self, fqdn: &str) -> Option<Peer> {
         let peer = self.by_name.remove(fqdn)?;
         self.timers.remove(&peer.fqdn);
-        self.by_index.remove(&peer.local_index);
+        for i in &peer.mapped {
+            if self.by_index.get(i) == Some(&peer.fqdn) {
+                self.by_index.remove(i);
+            }
+        }
         self.by_route.remove(&peer.direction.route_id);
         for vip in [
             IpAddr::V4(peer.direction.peer.vip4),
@@ -246,10 +346,18 @@ impl Peers {
     #[cfg(test)]
     pub fn check_indexes(&self) {
         for (name, peer) in &self.by_name {
-            assert_eq!(self.by_index.get(&peer.local_index), Some(name));
+            for i in peer.indexes() {
+                assert_eq!(self.by_index.get(&i), Some(name));
+            }
             assert_eq!(self.by_route.get(&peer.direction.route_id), Some(name));
         }
-        assert_eq!(self.by_index.len(), self.by_name.len());
+        assert_eq!(
+            self.by_index.len(),
+            self.by_name
+                .values()
+                .map(|p| p.indexes().len())
+                .sum::<usize>()
+        );
         assert_eq!(self.by_route.len(), self.by_name.len());
         assert!(self.by_vip.values().all(|n| self.by_name.contains_key(n)));
         assert_eq!(
@@ -315,6 +423,14 @@ pub(crate) mod tests {
             reroute: false,
             probes: VecDeque::new(),
             held: false,
+            keys_at: now,
+            reject_after: Duration::from_secs(180),
+            next_rekey: now,
+            rekey: None,
+            pending: None,
+            prev: None,
+            answered: VecDeque::new(),
+            mapped: Vec::new(),
         }
     }
 

@@ -205,9 +205,11 @@ impl Node {
         // A new route replaces the old one; the data plane keeps the old
         // tunnel until the new one is up (TunnelUp for the same VIPs), so
         // traffic flows during re-establishment.
-        let (queue, tunnel) = match self.peers.remove(&fqdn) {
-            Some(old) => (old.queue, old.tunnel),
-            None => (VecDeque::new(), None),
+        // The kept tunnel keeps its keys' age: it is refused as it would
+        // have been.
+        let (queue, tunnel, keys_at, prev) = match self.peers.remove(&fqdn) {
+            Some(old) => (old.queue, old.tunnel, old.keys_at, old.prev),
+            None => (VecDeque::new(), None, now, None),
         };
         let observed_v6 = self.signaling.observed().map(|o| o.is_ipv6());
         let relay = direction.relay.clone().and_then(|offer| {
@@ -241,6 +243,14 @@ impl Node {
             reroute: false,
             probes: VecDeque::new(),
             held: false,
+            keys_at,
+            reject_after: self.config.reject_after,
+            next_rekey: keys_at + self.config.rekey_after,
+            rekey: None,
+            pending: None,
+            prev,
+            answered: VecDeque::new(),
+            mapped: Vec::new(),
         });
     }
 }

@@ -5,19 +5,19 @@
 //! data plane ([`NodeEvent::TunnelUp`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cyphonic_pki::Verifier;
-use cyphonic_proto::data::{RecvKey, SendKey};
+use cyphonic_proto::data::{RecvKey, SendKey, REKEY_AFTER_MESSAGES};
 use cyphonic_proto::handshake::{self, Initiator, LocalIdentity, PeerVerifier};
 use cyphonic_proto::signal::RoutePattern;
-use cyphonic_proto::RouteId;
+use cyphonic_proto::{Fqdn, LocalIndex, RouteId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::peers::Peer;
+use super::peers::{Peer, Rekey};
 use super::relay::RelayState;
 use super::types::{Leg, NodeEvent, Path, TunnelHandle, TunnelRole};
 use super::Node;
@@ -206,6 +206,13 @@ impl Node {
                 return;
             }
         }
+        let ephemeral = handshake::request_ephemeral(packet).ok();
+        if ephemeral.is_some_and(|e| peer.answered.contains(&e)) {
+            // A recorded request of this route, replayed: answering it
+            // would only cost us a handshake.
+            self.counters.handshake_replays += 1;
+            return;
+        }
         let check = self.peer_verifier(peer, now);
         let local_index = self.peers.fresh_index(&mut self.rng, self.config.index_tag);
         let mut rng = ephemeral_rng(&mut self.rng);
@@ -224,12 +231,25 @@ impl Node {
         ) {
             Ok((keys, response)) => {
                 self.peers.set_local_index(&fqdn, local_index);
+                let mut rekey = false;
                 if let Some(mut peer) = self.peers.get_mut(&fqdn) {
                     peer.last_request = Some((packet.to_vec(), response.clone()));
+                    if let Some(e) = ephemeral {
+                        if peer.answered.len() >= MAX_ANSWERED {
+                            peer.answered.pop_front();
+                        }
+                        peer.answered.push_back(e);
+                    }
+                    rekey = matches!(peer.state, PeerState::Established) && peer.tunnel.is_some();
                 }
                 self.out.transmits.push_back(path.transmit(&response));
-                tracing::info!(peer = %fqdn, %path, "Tunnel Response sent; tunnel up");
-                self.tunnel_up(now, &fqdn, path, keys);
+                if rekey {
+                    tracing::debug!(peer = %fqdn, %path, "rekey answered; new keys await the peer's first packet");
+                    self.rekey_answered(now, &fqdn, path, keys);
+                } else {
+                    tracing::info!(peer = %fqdn, %path, "Tunnel Response sent; tunnel up");
+                    self.tunnel_up(now, &fqdn, path, keys);
+                }
             }
             Err(e) => {
                 self.counters.handshake_failures += 1;
@@ -251,6 +271,14 @@ impl Node {
             return;
         };
         let check = self.peer_verifier(peer, now);
+        let rekeying = peer
+            .rekey
+            .as_ref()
+            .is_some_and(|r| r.initiator.local_index() == header.receiver_index);
+        if rekeying {
+            self.on_rekey_response(now, &fqdn, packet, &check);
+            return;
+        }
         let Some(mut peer) = self.peers.get_mut(&fqdn) else {
             return;
         };
@@ -317,24 +345,16 @@ impl Node {
 
     fn tunnel_up(&mut self, now: Instant, fqdn: &str, path: Path, keys: handshake::SessionKeys) {
         let wall = self.wall(now);
-        let keepalive = self.config.keepalive;
+        let (keepalive, rekey_after) = (self.config.keepalive, self.config.rekey_after);
         self.mobility.tunnel_back(fqdn, now);
         let Some(mut peer) = self.peers.get_mut(fqdn) else {
             return;
         };
-        let handle = TunnelHandle {
-            fqdn: fqdn.to_owned(),
-            vip4: peer.direction.peer.vip4,
-            vip6: peer.direction.peer.vip6,
-            path,
-            send: Arc::new(SendKey::new(&keys.send, keys.remote_index)),
-            recv: Arc::new(RecvKey::new(&keys.recv, keys.local_index)),
-            stats: peer
-                .tunnel
-                .as_ref()
-                .map(|t| t.stats.clone())
-                .unwrap_or_default(),
-        };
+        let handle = new_handle(&peer, path, &keys, true);
+        peer.prev = peer.tunnel.as_ref().map(|t| (t.recv.clone(), peer.keys_at));
+        peer.keys_made(now, rekey_after);
+        peer.rekey = None;
+        peer.pending = None;
         peer.state = PeerState::Established;
         peer.held = false;
         peer.last_handshake = Some(wall);
@@ -354,6 +374,236 @@ impl Node {
             .push_back(NodeEvent::TunnelUp(handle.clone()));
         for packet in queued {
             self.seal_to(&handle, handle.path, &packet);
+        }
+    }
+
+    /// Keys we answered a rekey with: the data plane receives with them at
+    /// once but sends with them only once the peer has (its first packet
+    /// under them, [`Node::handle_key_confirmed`]).
+    fn rekey_answered(
+        &mut self,
+        now: Instant,
+        fqdn: &str,
+        path: Path,
+        keys: handshake::SessionKeys,
+    ) {
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let handle = new_handle(&peer, path, &keys, false);
+        peer.pending = Some((handle.clone(), now));
+        drop(peer);
+        self.out.events.push_back(NodeEvent::TunnelUp(handle));
+    }
+
+    /// The data plane opened the first packet under keys that awaited
+    /// confirmation: the tunnel sends with them from now on.
+    pub fn handle_key_confirmed(&mut self, _now: Instant, local_index: LocalIndex) {
+        let Some(fqdn) = self.peers.name_by_index(local_index).cloned() else {
+            return;
+        };
+        self.promote_pending(&fqdn);
+    }
+
+    fn promote_pending(&mut self, fqdn: &str) {
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let confirmed = peer
+            .pending
+            .as_ref()
+            .is_some_and(|(h, _)| h.confirmed.load(Ordering::Relaxed));
+        if !confirmed {
+            return;
+        }
+        let Some((mut handle, made)) = peer.pending.take() else {
+            return;
+        };
+        if let Some(t) = &peer.tunnel {
+            handle.path = t.path;
+        }
+        drop(peer);
+        tracing::debug!(peer = %fqdn, "rekeyed (responder)");
+        self.replace_keys(fqdn, handle, made);
+    }
+
+    /// The tunnel's keys replaced by those of a rekey made at `made`; the
+    /// replaced receive key keeps opening packets in flight.
+    fn replace_keys(&mut self, fqdn: &str, handle: TunnelHandle, made: Instant) {
+        let (rekey_after, wall) = (self.config.rekey_after, self.wall(made));
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        peer.prev = peer.tunnel.as_ref().map(|t| (t.recv.clone(), peer.keys_at));
+        peer.keys_made(made, rekey_after);
+        peer.last_handshake = Some(wall);
+        peer.tunnel = Some(handle.clone());
+        drop(peer);
+        self.counters.rekeys += 1;
+        self.out.events.push_back(NodeEvent::TunnelUp(handle));
+    }
+
+    /// Starts the initiator's rekey: a fresh handshake (new ephemeral, new
+    /// index) on the tunnel's current path; the tunnel keeps its keys
+    /// until the answer.
+    fn start_rekey(&mut self, now: Instant, fqdn: &str) {
+        let (retransmit, timeout, keepalive) = (
+            self.config.handshake_retransmit,
+            self.config.handshake_timeout,
+            self.config.keepalive,
+        );
+        let mut rng = ephemeral_rng(&mut self.rng);
+        let index = self.peers.fresh_index(&mut self.rng, self.config.index_tag);
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let Some(path) = peer.tunnel.as_ref().map(|t| t.path) else {
+            return;
+        };
+        peer.local_index = index;
+        match initiate(&self.identity, &peer, &mut rng) {
+            Ok((initiator, request)) => {
+                tracing::debug!(peer = %fqdn, %path, "rekey: Tunnel Request");
+                self.out.transmits.push_back(path.transmit(&request));
+                peer.rekey = Some(Rekey {
+                    initiator: Box::new(initiator),
+                    request,
+                    next_retransmit: now + retransmit,
+                    deadline: now + timeout,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(peer = %fqdn, error = %e, "cannot start a rekey");
+                peer.next_rekey = now + keepalive;
+                drop(peer);
+                self.counters.rekey_failures += 1;
+            }
+        }
+    }
+
+    fn on_rekey_response(&mut self, now: Instant, fqdn: &str, packet: &[u8], check: &CertCheck) {
+        let keepalive = self.config.keepalive;
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        let Some(rekey) = peer.rekey.as_ref() else {
+            return;
+        };
+        if rekey.initiator.check_response(packet).is_err() {
+            drop(peer);
+            self.counters.handshake_rx_bad += 1;
+            return;
+        }
+        let Some(rekey) = peer.rekey.take() else {
+            return;
+        };
+        match rekey.initiator.finish(packet, check) {
+            Ok(keys) => {
+                let path = peer.tunnel.as_ref().map(|t| t.path);
+                let handle = path.map(|p| new_handle(&peer, p, &keys, true));
+                drop(peer);
+                if let Some(handle) = handle {
+                    tracing::debug!(peer = %fqdn, "rekeyed (initiator)");
+                    self.replace_keys(fqdn, handle, now);
+                }
+            }
+            Err(e) => {
+                // Refused (a peer whose certificate no longer passes, or a
+                // forgery that passed the mac): the tunnel keeps its keys
+                // and the rekey is tried again; keys that reach
+                // `reject_after` end the tunnel.
+                peer.next_rekey = now + keepalive;
+                drop(peer);
+                self.counters.handshake_failures += 1;
+                self.counters.rekey_failures += 1;
+                tracing::warn!(peer = %fqdn, error = %e, "rekey response refused");
+            }
+        }
+    }
+
+    /// The keys' lifecycle for one peer: confirmation of keys we answered
+    /// a rekey with, the initiator's rekey (start, retransmission, giving
+    /// up), and refusal of keys that reached `reject_after` (the tunnel is
+    /// held and the route selected again).
+    pub(super) fn key_timer(&mut self, now: Instant, fqdn: &str) {
+        let (retransmit, keepalive, reject_after) = (
+            self.config.handshake_retransmit,
+            self.config.keepalive,
+            self.config.reject_after,
+        );
+        self.promote_pending(fqdn);
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        if peer
+            .pending
+            .as_ref()
+            .is_some_and(|(_, made)| now >= *made + reject_after)
+        {
+            if let Some((h, _)) = peer.pending.take() {
+                h.recv.retire();
+                h.send.retire();
+            }
+        }
+        if let Some((prev, made)) = &peer.prev {
+            if now >= *made + reject_after {
+                prev.retire();
+                peer.prev = None;
+            }
+        }
+        let mut resend = None;
+        let mut gave_up = false;
+        if let Some(rekey) = peer.rekey.as_mut() {
+            if now >= rekey.deadline {
+                gave_up = true;
+            } else if now >= rekey.next_retransmit {
+                rekey.next_retransmit = now + retransmit;
+                resend = Some(rekey.request.clone());
+            }
+        }
+        if gave_up {
+            peer.rekey = None;
+            peer.next_rekey = now + keepalive;
+        }
+        let path = peer.tunnel.as_ref().map(|t| t.path);
+        if let (Some(request), Some(path)) = (resend, path) {
+            self.out.transmits.push_back(path.transmit(&request));
+        }
+        let live = peer.tunnel.as_ref().filter(|t| !t.send.retired()).cloned();
+        let Some(tunnel) = live else {
+            drop(peer);
+            if gave_up {
+                self.counters.rekey_failures += 1;
+            }
+            return;
+        };
+        if now >= peer.keys_at + reject_after {
+            tunnel.send.retire();
+            tunnel.recv.retire();
+            peer.held = true;
+            let established = matches!(peer.state, PeerState::Established);
+            drop(peer);
+            self.counters.keys_expired += 1;
+            tracing::warn!(peer = %fqdn, "tunnel keys expired unreplaced: selecting the route again");
+            self.out.events.push_back(NodeEvent::TunnelHold {
+                fqdn: fqdn.to_owned(),
+            });
+            if established && !self.signaling.direction_pending(fqdn) {
+                self.signaling
+                    .send_direction(now, Fqdn::new(fqdn), &mut self.rng, &mut self.out);
+            }
+            return;
+        }
+        let due = peer.role == TunnelRole::Initiator
+            && matches!(peer.state, PeerState::Established)
+            && peer.rekey.is_none()
+            && (now >= peer.next_rekey || tunnel.send.sent() >= REKEY_AFTER_MESSAGES);
+        drop(peer);
+        if gave_up {
+            self.counters.rekey_failures += 1;
+        }
+        if due {
+            self.start_rekey(now, fqdn);
         }
     }
 
@@ -407,6 +657,34 @@ impl Node {
             peer.queue.clear();
             peer.punch_until = None;
         }
+    }
+}
+
+/// Ephemeral keys of answered Tunnel Requests remembered per route: a
+/// rekey every two minutes keeps about two hours of them.
+const MAX_ANSWERED: usize = 64;
+
+/// A tunnel handle for `peer` with the keys of a handshake; its stats
+/// carry on from the tunnel it replaces.
+fn new_handle(
+    peer: &Peer,
+    path: Path,
+    keys: &handshake::SessionKeys,
+    confirmed: bool,
+) -> TunnelHandle {
+    TunnelHandle {
+        fqdn: peer.fqdn.to_string(),
+        vip4: peer.direction.peer.vip4,
+        vip6: peer.direction.peer.vip6,
+        path,
+        send: Arc::new(SendKey::new(&keys.send, keys.remote_index)),
+        recv: Arc::new(RecvKey::new(&keys.recv, keys.local_index)),
+        stats: peer
+            .tunnel
+            .as_ref()
+            .map(|t| t.stats.clone())
+            .unwrap_or_default(),
+        confirmed: Arc::new(AtomicBool::new(confirmed)),
     }
 }
 

@@ -3,7 +3,7 @@
 //! tunnels take.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +77,11 @@ pub struct NodeConfig {
     /// nodes it serves once registered, polls for changes this often and
     /// reports each new list ([`NodeEvent::GeneralNodes`]).
     pub general_nodes_poll: Option<Duration>,
+    /// The initiator of a tunnel starts a new handshake when its keys are
+    /// this old (or have sealed `REKEY_AFTER_MESSAGES` packets).
+    pub rekey_after: Duration,
+    /// Keys this old are refused for sending and receiving.
+    pub reject_after: Duration,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +106,8 @@ impl Default for NodeConfig {
             index_tag: None,
             max_peers: 4096,
             general_nodes_poll: None,
+            rekey_after: cyphonic_proto::data::REKEY_AFTER_TIME,
+            reject_after: cyphonic_proto::data::REJECT_AFTER_TIME,
         }
     }
 }
@@ -247,6 +254,12 @@ pub struct TunnelHandle {
     pub send: Arc<SendKey>,
     pub recv: Arc<RecvKey>,
     pub stats: Arc<TunnelStats>,
+    /// The peer has these keys: it answered with them (we initiated) or
+    /// sent under them. Keys a responder made in a rekey are not confirmed
+    /// until the first packet under them arrives; until then the data
+    /// plane receives with them but keeps sending with the older ones, so
+    /// a lost Tunnel Response (or a replayed Tunnel Request) costs nothing.
+    pub confirmed: Arc<AtomicBool>,
 }
 
 pub enum NodeEvent {
@@ -378,6 +391,15 @@ pub struct NodeCounters {
     pub path_changes: u64,
     pub relay_failovers: u64,
     pub relay_rx_bad: u64,
+    /// Tunnels whose keys were replaced by a new handshake (both roles).
+    pub rekeys: u64,
+    /// Rekey handshakes that got no answer in time (retried).
+    pub rekey_failures: u64,
+    /// Tunnels whose keys reached `reject_after` unreplaced: a new route.
+    pub keys_expired: u64,
+    /// Tunnel Requests refused because their ephemeral key was answered
+    /// before (a replay).
+    pub handshake_replays: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -114,6 +114,8 @@ pub struct RunOptions {
     pub offload: bool,
     /// Tunnel keepalive interval.
     pub keepalive: Duration,
+    /// Tunnel keys' rekey age; keys are refused at one and a half times it.
+    pub rekey_after: Duration,
     /// Force one transport for every leg; `None` chooses (UDP, then QUIC
     /// and TCP 443).
     pub transport: Option<Transport>,
@@ -300,6 +302,8 @@ impl Daemon {
             domain: file.domain.clone(),
             tunnel_port: opts.tunnel_port,
             keepalive: opts.keepalive,
+            rekey_after: opts.rekey_after,
+            reject_after: opts.rekey_after * 3 / 2,
             transport: opts.transport,
             quic_port,
             ..NodeConfig::default()
@@ -508,6 +512,7 @@ impl Daemon {
                 path,
                 message,
             } => self.node.handle_tunnel_message(now, index, path, &message),
+            ToControl::KeyConfirmed { index } => self.node.handle_key_confirmed(now, index),
         }
     }
 

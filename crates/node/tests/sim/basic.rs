@@ -25,12 +25,12 @@ fn seeds(n: u64) -> Vec<u64> {
 }
 
 /// The seed of a single-run case: `default`, or `SIM_SEED`.
-fn one_seed(default: u64) -> u64 {
+pub(crate) fn one_seed(default: u64) -> u64 {
     replay_seed().unwrap_or(default)
 }
 
 /// Starts the simulation and waits until every node registered.
-fn registered(config: SimConfig) -> Sim {
+pub(crate) fn registered(config: SimConfig) -> Sim {
     let timeout = config.node.registration_timeout;
     let mut sim = Sim::new(config);
     sim.start();
@@ -45,7 +45,7 @@ fn registered(config: SimConfig) -> Sim {
 }
 
 /// Looks `n<to>` up at `n<from>` and waits for the answer.
-fn lookup(sim: &mut Sim, from: usize, to: usize, qtype: RecordType) -> ResponseCode {
+pub(crate) fn lookup(sim: &mut Sim, from: usize, to: usize, qtype: RecordType) -> ResponseCode {
     let name = format!("n{to}.cyphonic.internal.");
     let client = sim.dns_query(from, &name, qtype);
     let timeout = sim.node(from).node.config().direction_timeout + Duration::from_secs(1);
@@ -65,7 +65,7 @@ fn lookup(sim: &mut Sim, from: usize, to: usize, qtype: RecordType) -> ResponseC
 }
 
 /// Waits until `n<a>` and `n<b>` both have a tunnel to each other.
-fn tunnel_between(sim: &mut Sim, a: usize, b: usize, timeout: Duration) -> bool {
+pub(crate) fn tunnel_between(sim: &mut Sim, a: usize, b: usize, timeout: Duration) -> bool {
     let (fa, fb) = (sim.node(a).fqdn.clone(), sim.node(b).fqdn.clone());
     sim.run_until(timeout, |s| {
         s.node(a).tunnel_up_with(&fb) && s.node(b).tunnel_up_with(&fa)
@@ -571,11 +571,7 @@ fn refused(bad: NodeSpec, initiator: usize, responder: usize) -> Sim {
     );
 
     // Whatever the bad node may seal never opens at n1.
-    if let Some(t) = sim
-        .node(bad_index)
-        .tunnel_to("n1.cyphonic.internal")
-        .cloned()
-    {
+    if let Some(t) = sim.node(bad_index).tunnel_to("n1.cyphonic.internal") {
         let before = sim.node(1).data_rx_bad;
         let p = ipv4_packet(vip4(bad_index), vip4(1), b"let me in");
         sim.send_app(bad_index, &p);

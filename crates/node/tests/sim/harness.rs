@@ -51,7 +51,7 @@ use cyphonic_cloud_core::trs::{Action, DropReason, Trs, TrsConfig};
 use cyphonic_node::core::{
     Leg, Login, LoginReason, Node, NodeConfig, NodeEvent, Path, Transmit, Transport, TunnelHandle,
 };
-use cyphonic_node::datapath::{self, Decapsulated, Opened, PathReports, Payload};
+use cyphonic_node::datapath::{self, Decapsulated, Opened, PathReports, Payload, TunnelTable};
 use cyphonic_node::resolver::{self, Classified};
 use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
 use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
@@ -569,16 +569,19 @@ pub struct SimNode {
     /// Datagrams its hub dropped: a dialing leg's queue full, or the
     /// address refused after a failed dial.
     pub leg_drops: u64,
-    /// Data plane tables, as `dataplane::Tables` keeps them.
-    tx: HashMap<IpAddr, Arc<TunnelHandle>>,
-    rx: HashMap<cyphonic_proto::LocalIndex, Arc<TunnelHandle>>,
+    /// The data plane's tunnel table (identity 0), as `dataplane::Tables`
+    /// keeps it.
+    pub table: TunnelTable,
     next_client: u64,
 }
 
 impl SimNode {
     /// The tunnel the data plane would use for `fqdn`, if any.
-    pub fn tunnel_to(&self, fqdn: &str) -> Option<&TunnelHandle> {
-        self.tx.values().find(|t| t.fqdn == fqdn).map(|t| &**t)
+    pub fn tunnel_to(&self, fqdn: &str) -> Option<Arc<TunnelHandle>> {
+        let ups = self.tunnel_ups.iter().rev();
+        let vip = ups.filter(|(_, t)| t.fqdn == fqdn).map(|(_, t)| t.vip4);
+        vip.filter_map(|v| self.table.by_destination(0, IpAddr::V4(v)))
+            .next()
     }
 
     pub fn tunnel_up_with(&self, fqdn: &str) -> bool {
@@ -967,8 +970,7 @@ impl Sim {
                 leg_dials: 0,
                 leg_dial_failures: 0,
                 leg_drops: 0,
-                tx: HashMap::new(),
-                rx: HashMap::new(),
+                table: TunnelTable::default(),
                 next_client: 1,
             });
         }
@@ -1644,8 +1646,8 @@ impl Sim {
     /// in Relay Data, and counts them; everything else goes to the core as
     /// it came.
     fn node_in(&mut self, slot: usize, from: Leg, mut payload: Vec<u8>) {
-        let rx = &self.nodes[slot].rx;
-        match datapath::decapsulate(&mut payload, from, |i| rx.get(&i).cloned()) {
+        let table = &self.nodes[slot].table;
+        match datapath::decapsulate(&mut payload, from, |i| table.by_index(i)) {
             Decapsulated::Control => {
                 self.nodes[slot]
                     .node
@@ -2106,30 +2108,19 @@ impl Sim {
             }
             NodeEvent::TunnelUp(handle) => {
                 let n = &mut self.nodes[slot];
-                // As `dataplane::Tables::install`: the previous receive key
-                // stays for packets in flight, older ones go.
-                let previous =
-                    n.tx.get(&IpAddr::V4(handle.vip4))
-                        .map(|h| h.recv.local_index());
-                n.rx.retain(|i, h| h.fqdn != handle.fqdn || Some(*i) == previous);
-                let shared = Arc::new(handle.clone());
-                n.rx.insert(handle.recv.local_index(), shared.clone());
-                n.tx.insert(IpAddr::V4(handle.vip4), shared.clone());
-                n.tx.insert(IpAddr::V6(handle.vip6), shared);
+                n.table.install(0, handle.clone());
                 n.tunnel_ups.push((at, handle));
             }
             NodeEvent::TunnelDown { fqdn, .. } => {
                 let n = &mut self.nodes[slot];
-                n.rx.retain(|_, h| h.fqdn != fqdn);
-                n.tx.retain(|_, h| h.fqdn != fqdn);
+                n.table.remove(0, &fqdn);
                 n.tunnel_downs.push((at, fqdn));
             }
             NodeEvent::PingResult { client, result } => {
                 self.nodes[slot].pongs.push((at, client, result));
             }
             NodeEvent::TunnelHold { fqdn } => {
-                // As `dataplane::Tables::hold`: sending stops, receiving goes on.
-                self.nodes[slot].tx.retain(|_, h| h.fqdn != fqdn);
+                self.nodes[slot].table.hold(0, &fqdn);
             }
             NodeEvent::LegName { .. } => {}
             NodeEvent::GeneralNodes { version, nodes } => {
@@ -2224,12 +2215,16 @@ impl Sim {
     pub fn send_app(&mut self, index: usize, packet: &[u8]) {
         let slot = self.slot(index);
         let dst = cyphonic_proto::ip::inner_destination(packet).expect("an IP packet");
-        match self.nodes[slot].tx.get(&dst).cloned() {
-            Some(tunnel) => {
+        let sealed = self.nodes[slot]
+            .table
+            .by_destination(0, dst)
+            .and_then(|t| Some((datapath::encapsulate_vec(&t, t.path, packet).ok()?, t)));
+        match sealed {
+            Some((payload, tunnel)) => {
                 // As the data plane's outbound loop: sealed, counted and
-                // framed for the tunnel's path (the relay header for a TRS).
-                let payload = datapath::encapsulate_vec(&tunnel, tunnel.path, packet)
-                    .expect("a packet within the send key's limits seals");
+                // framed for the tunnel's path (the relay header for a TRS);
+                // a key that may not seal any more hands the packet to the
+                // core.
                 let leg = tunnel.path.leg();
                 let t = Transmit {
                     destination: leg.addr,
@@ -2254,6 +2249,10 @@ impl Sim {
         let (at, now) = (self.elapsed(), self.now);
         let index = opened.local_index();
         let path = opened.path;
+        if opened.confirms_keys() {
+            self.nodes[slot].node.handle_key_confirmed(now, index);
+            self.drain_node(slot);
+        }
         let n = &mut self.nodes[slot];
         if opened.path_changed() && n.reports.allow(index, path, now) {
             n.path_reports.push((at, opened.tunnel.fqdn.clone(), path));

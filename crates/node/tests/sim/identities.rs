@@ -7,13 +7,12 @@
 //! destination VIP).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cyphonic_cloud_core::nms::{Nms, NmsConfig, NmsEvent, SessionInfo};
-use cyphonic_node::core::{Leg, Login, Node, NodeConfig, NodeEvent, TunnelHandle};
-use cyphonic_node::datapath::{self, Decapsulated, PathReports, Payload};
+use cyphonic_node::core::{Leg, Login, Node, NodeConfig, NodeEvent};
+use cyphonic_node::datapath::{self, Decapsulated, PathReports, Payload, TunnelTable};
 use cyphonic_node::host::{identity_of_index, Host, IdentityId};
 use cyphonic_node::resolver::{self, Classified};
 use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
@@ -32,8 +31,7 @@ const LATENCY: Duration = Duration::from_millis(1);
 struct Process {
     addr: SocketAddr,
     host: Host,
-    tx: HashMap<(IdentityId, IpAddr), Arc<TunnelHandle>>,
-    rx: HashMap<cyphonic_proto::LocalIndex, Arc<TunnelHandle>>,
+    table: TunnelTable,
     reports: PathReports,
     /// (identity, peer FQDN, packet) delivered to the TUN device.
     received: Vec<(IdentityId, String, Vec<u8>)>,
@@ -101,8 +99,7 @@ impl World {
             w.procs.push(Process {
                 addr: *addr,
                 host,
-                tx: HashMap::new(),
-                rx: HashMap::new(),
+                table: TunnelTable::default(),
                 reports: PathReports::default(),
                 received: Vec::new(),
                 dns: BTreeMap::new(),
@@ -159,13 +156,7 @@ impl World {
                 more = true;
                 match e {
                     NodeEvent::NeedLogin { .. } => self.login(p, id),
-                    NodeEvent::TunnelUp(h) => {
-                        let h = Arc::new(h);
-                        let proc = &mut self.procs[p];
-                        proc.tx.insert((id, IpAddr::V4(h.vip4)), h.clone());
-                        proc.tx.insert((id, IpAddr::V6(h.vip6)), h.clone());
-                        proc.rx.insert(h.recv.local_index(), h);
-                    }
+                    NodeEvent::TunnelUp(h) => self.procs[p].table.install(id, h),
                     NodeEvent::DnsResponse { client, response } => {
                         let m = DnsMessage::from_vec(&response).expect("the answer parses");
                         self.procs[p].dns.insert((id, client), m);
@@ -208,8 +199,8 @@ impl World {
         let now = self.now;
         let proc = &mut self.procs[p];
         let from = Leg::udp(from);
-        let rx = &proc.rx;
-        match datapath::decapsulate(&mut payload, from, |i| rx.get(&i).cloned()) {
+        let table = &proc.table;
+        match datapath::decapsulate(&mut payload, from, |i| table.by_index(i)) {
             Decapsulated::Control => proc.host.handle_datagram(now, from, &payload),
             Decapsulated::Dropped(reason) => panic!("process {p} dropped a packet: {reason:?}"),
             Decapsulated::Opened(o) => {
@@ -298,7 +289,7 @@ impl World {
         let dst = cyphonic_proto::ip::inner_destination(packet).expect("an IP packet");
         let now = self.now;
         let proc = &mut self.procs[p];
-        match proc.tx.get(&(id, dst)).cloned() {
+        match proc.table.by_destination(id, dst) {
             Some(t) => {
                 let framed = datapath::encapsulate_vec(&t, t.path, packet).expect("seal");
                 self.wire
@@ -373,6 +364,8 @@ fn two_identities_in_one_process() {
     assert_eq!(got(0, 2, 1), 3);
     assert_eq!(got(0, 1, 2), 3);
     // The identities never share an index, and nothing was left unclaimed.
-    assert!(w.procs[0].rx.keys().all(|i| matches!(i.0 >> 24, 1 | 2)));
+    let (a, b) = (w.procs[0].table.receiving(1), w.procs[0].table.receiving(2));
+    assert!(!a.is_empty() && !b.is_empty());
+    assert!(a.iter().chain(&b).all(|i| matches!(i.0 >> 24, 1 | 2)));
     assert_eq!(w.procs[0].host.counters(), Default::default());
 }

@@ -8,6 +8,7 @@
 //! - [`nat`]: NAT traversal, every pair of placements, relays and spoofing.
 //! - [`mobility`]: a node with a tunnel moves to another attachment.
 //! - [`transport`]: firewalls, QUIC and TLS-over-TCP legs.
+//! - [`lifetime`]: rekeying, key limits, replayed handshakes.
 //!
 //! Every simulation's packets are pinned in `goldens.txt` (see the
 //! `goldens` module of the harness).
@@ -18,6 +19,7 @@ mod identities;
 mod pki;
 
 mod basic;
+mod lifetime;
 mod mobility;
 mod nat;
 mod transport;

@@ -1,0 +1,165 @@
+//! Tunnels over long virtual times: rekeying under steady traffic (no
+//! packet lost), a lost Tunnel Response or a replayed Tunnel Request in a
+//! rekey (nothing changes for the traffic), and keys that nobody replaces
+//! (refused at their age limit, the route selected anew).
+
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+use crate::basic::{lookup, one_seed, registered, tunnel_between};
+use crate::harness::*;
+
+/// Two registered nodes with a direct tunnel between them.
+fn pair(seed: u64) -> Sim {
+    let mut sim = registered(SimConfig::new(seed, 2));
+    assert_eq!(lookup(&mut sim, 1, 2, RecordType::A), ResponseCode::NoError);
+    assert!(tunnel_between(&mut sim, 1, 2, Duration::from_secs(3)));
+    sim
+}
+
+/// Sends numbered packets both ways every `every` for `total`; returns
+/// how many each side sent.
+fn steady(sim: &mut Sim, every: Duration, total: Duration) -> u64 {
+    let mut sent = 0u64;
+    let end = sim.elapsed() + total;
+    while sim.elapsed() < end {
+        for (a, b) in [(1, 2), (2, 1)] {
+            let p = ipv4_packet(vip4(a), vip4(b), format!("seq {sent}").as_bytes());
+            sim.send_app(a, &p);
+        }
+        sent += 1;
+        sim.run_for(every);
+    }
+    sim.run_for(Duration::from_secs(1));
+    sent
+}
+
+/// Every packet `n<from>` sent arrived at `n<to>` exactly once, in order.
+fn all_arrived(sim: &Sim, from: usize, to: usize, sent: u64) {
+    let want: Vec<Vec<u8>> = (0..sent)
+        .map(|i| ipv4_packet(vip4(from), vip4(to), format!("seq {i}").as_bytes()))
+        .collect();
+    let got: Vec<Vec<u8>> = sim
+        .node(to)
+        .received_from(&sim.node(from).fqdn)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let lost = want.iter().filter(|p| !got.contains(p)).count();
+    assert_eq!(lost, 0, "n{from} -> n{to}: {lost} of {sent} packets lost");
+    assert_eq!(got, want, "n{from} -> n{to}: each packet once, in order");
+}
+
+#[test]
+fn a_tunnel_rekeys_every_two_minutes_and_loses_no_packet() {
+    let mut sim = pair(one_seed(31));
+    let hour = Duration::from_secs(3600);
+    let sent = steady(&mut sim, Duration::from_millis(500), hour);
+    all_arrived(&sim, 1, 2, sent);
+    all_arrived(&sim, 2, 1, sent);
+    let (c1, c2) = (sim.node(1).node.counters(), sim.node(2).node.counters());
+    // One rekey per `rekey_after` (120 s) of the hour, on both ends.
+    let want = hour.as_secs() / 120 - 1;
+    assert!(c1.rekeys >= want, "initiator rekeyed {} times", c1.rekeys);
+    assert!(c2.rekeys >= want, "responder rekeyed {} times", c2.rekeys);
+    assert_eq!((c1.keys_expired, c2.keys_expired), (0, 0));
+    assert_eq!((c1.rekey_failures, c2.rekey_failures), (0, 0));
+    // The keys in use now are younger than a rekey interval.
+    let t = sim.node(1).tunnel_to(&sim.node(2).fqdn).expect("tunnel");
+    assert!(
+        t.send.sent() < 2 * 120 * 2 + 100,
+        "{} sealed",
+        t.send.sent()
+    );
+    assert_eq!(sim.node(2).data_rx_bad, 0);
+}
+
+#[test]
+fn a_lost_tunnel_response_in_a_rekey_costs_no_packet() {
+    let mut sim = pair(one_seed(32));
+    // The first two answers to the first rekey never arrive: the responder
+    // holds its new keys back until the initiator has them.
+    sim.drop_first("TunnelResponse", 2);
+    let sent = steady(
+        &mut sim,
+        Duration::from_millis(100),
+        Duration::from_secs(150),
+    );
+    all_arrived(&sim, 1, 2, sent);
+    all_arrived(&sim, 2, 1, sent);
+    let (c1, c2) = (sim.node(1).node.counters(), sim.node(2).node.counters());
+    assert_eq!((c1.rekeys, c2.rekeys), (1, 1));
+    let lost = sim
+        .wire
+        .iter()
+        .filter(|w| w.kind == "TunnelResponse" && w.fate != Fate::Delivered)
+        .count();
+    assert_eq!(lost, 2, "the rule dropped two answers");
+}
+
+#[test]
+fn a_replayed_tunnel_request_is_refused_and_changes_nothing() {
+    let mut sim = pair(one_seed(33));
+    sim.run_for(Duration::from_secs(125));
+    assert_eq!(sim.node(1).node.counters().rekeys, 1);
+    // An attacker on the wire recorded the rekey's request; it replays it
+    // from the initiator's address later.
+    let w = sim
+        .wire
+        .iter()
+        .rev()
+        .find(|w| w.kind == "TunnelRequest" && w.fate == Fate::Delivered)
+        .expect("the rekey's Tunnel Request");
+    let (src, dst, payload) = (w.src, w.dst, w.payload.clone());
+    sim.run_for(Duration::from_secs(130));
+    assert_eq!(sim.node(2).node.counters().rekeys, 2);
+    let ups = sim.node(2).tunnel_ups.len();
+    sim.inject(src, dst, payload);
+    let sent = steady(&mut sim, Duration::from_millis(100), Duration::from_secs(5));
+    all_arrived(&sim, 1, 2, sent);
+    all_arrived(&sim, 2, 1, sent);
+    let c2 = sim.node(2).node.counters();
+    assert_eq!(c2.handshake_replays, 1);
+    assert_eq!(c2.rekeys, 2);
+    assert_eq!(sim.node(2).tunnel_ups.len(), ups, "nothing installed");
+}
+
+#[test]
+fn keys_nobody_replaces_are_refused_at_their_age_limit() {
+    let mut sim = pair(one_seed(34));
+    let t0 = sim.elapsed();
+    // Every later handshake is lost: rekeys fail, and so does the new
+    // route's handshake.
+    let rule = sim.add_rule(|w| w.kind == "TunnelRequest");
+    let old = sim.node(1).tunnel_to(&sim.node(2).fqdn).expect("tunnel");
+    let reject = sim.node(1).node.config().reject_after;
+    assert!(sim.run_until(reject + Duration::from_secs(10), |s| s
+        .node(1)
+        .node
+        .counters()
+        .keys_expired
+        == 1));
+    let expired_at = sim.elapsed() - t0;
+    assert!(
+        expired_at >= reject && expired_at <= reject + Duration::from_secs(1),
+        "refused after {expired_at:?}"
+    );
+    assert!(old.send.retired() && old.recv.retired());
+    let c1 = sim.node(1).node.counters();
+    assert!(c1.rekey_failures >= 2, "{c1:?}");
+    assert_eq!(c1.rekeys, 0);
+    // Packets sent now wait for a tunnel; none leaves under the old keys.
+    let before = sim.node(2).received.len();
+    let p = ipv4_packet(vip4(1), vip4(2), b"after the keys' end");
+    sim.send_app(1, &p);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.node(2).received.len(), before);
+    // Handshakes get through again: the new route's tunnel carries it.
+    sim.remove_rule(rule);
+    assert!(sim.run_until(Duration::from_secs(30), |s| s
+        .node(2)
+        .received_from(&s.node(1).fqdn)
+        .contains(&p.as_slice())));
+}
