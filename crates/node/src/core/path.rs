@@ -374,12 +374,27 @@ impl Node {
                 );
             }
             (Path::Relay { .. }, Some(_)) => {
-                // Make the next bind fail over to another TRS.
+                // First make the next bind fail over to another TRS; when
+                // that brings nothing either (the peer restarted, or its
+                // grant ended), select the route again.
+                let mut reroute = false;
                 if let Some(mut p) = self.peers.get_mut(fqdn) {
-                    if let Some(r) = p.relay.as_mut() {
-                        r.force_fail_over(now);
-                    }
+                    p.dead_rounds += 1;
                     p.stale_ticks = 0;
+                    let more = p.relay.as_ref().is_some_and(RelayState::can_fail_over);
+                    if p.dead_rounds == 1 && more {
+                        if let Some(r) = p.relay.as_mut() {
+                            r.force_fail_over(now);
+                        }
+                    } else {
+                        reroute = true;
+                    }
+                }
+                if reroute && !self.signaling.direction_pending(fqdn) {
+                    tracing::warn!(peer = %fqdn, "relayed path silent on every TRS: selecting the route again");
+                    self.counters.relay_dead_reroutes += 1;
+                    self.signaling
+                        .send_direction(now, Fqdn::new(fqdn), &mut self.rng, &mut self.out);
                 }
             }
             _ => {
@@ -403,6 +418,7 @@ fn liveness(peer: &mut PeerMut<'_>, tunnel: &TunnelHandle, dead_after: u32) -> b
     } else {
         peer.rx_seen = rx;
         peer.stale_ticks = 0;
+        peer.dead_rounds = 0;
     }
     peer.stale_ticks >= dead_after
 }

@@ -41,6 +41,8 @@ pub(crate) struct Peer {
     pub next_keepalive: Instant,
     pub rx_seen: u64,
     pub stale_ticks: u32,
+    /// Liveness verdicts "dead" since the peer was last heard.
+    pub dead_rounds: u32,
     /// When the tunnel took its current path.
     pub path_since: Instant,
     /// Why the tunnel takes its current path, for status.
@@ -71,6 +73,9 @@ pub(crate) struct Peer {
     /// Ephemeral keys of the Tunnel Requests answered on this route (the
     /// newest last, bounded): a replayed request is refused.
     pub answered: VecDeque<[u8; 32]>,
+    /// When the initiator asks for the route again, before its relay
+    /// grant ends (three quarters into the grant's life).
+    pub grant_renew_at: Option<Instant>,
     /// The local indexes the peer table maps to this peer (the table's
     /// own; empty in a new peer).
     pub mapped: Vec<LocalIndex>,
@@ -112,7 +117,10 @@ impl Peer {
         .into_iter()
         .flatten()
         .min();
-        let rekey = rekey.into_iter().chain(keys).min();
+        let renew = self
+            .grant_renew_at
+            .filter(|_| self.role == TunnelRole::Initiator);
+        let rekey = rekey.into_iter().chain(keys).chain(renew).min();
         handshake
             .into_iter()
             .chain(
@@ -418,6 +426,7 @@ pub(crate) mod tests {
             next_keepalive: now + Duration::from_secs(5),
             rx_seen: 0,
             stale_ticks: 0,
+            dead_rounds: 0,
             path_since: now,
             path_note: String::new(),
             reroute: false,
@@ -430,6 +439,7 @@ pub(crate) mod tests {
             pending: None,
             prev: None,
             answered: VecDeque::new(),
+            grant_renew_at: None,
             mapped: Vec::new(),
         }
     }

@@ -86,11 +86,21 @@ impl RelayState {
         })
     }
 
+    /// When the grant ends (Unix seconds).
+    pub fn expires(&self) -> u64 {
+        self.offer.expires
+    }
+
     pub fn bind_due(&self, now: Instant) -> bool {
         now >= self.next_bind
     }
 
     /// The current TRS stopped answering and there is another.
+    /// There is another TRS to fail over to.
+    pub fn can_fail_over(&self) -> bool {
+        self.servers.len() > 1
+    }
+
     pub fn should_fail_over(&self) -> bool {
         self.unacked >= MAX_UNACKED_BINDS && self.servers.len() > 1
     }

@@ -3,7 +3,7 @@
 //! punches, the relay Bind, and the DNS queries that waited for the route.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cyphonic_proto::signal::{CertStatus, Message, RouteDirection, RoutePattern};
 use hickory_proto::op::ResponseCode;
@@ -222,6 +222,16 @@ impl Node {
             )
         });
         let path_note = path_reason(&direction);
+        // Renew the grant three quarters into its life: a new route, whose
+        // tunnel replaces this one's without a gap.
+        let unix = self
+            .wall(now)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let grant_renew_at = relay.as_ref().and_then(|r| {
+            let left = r.expires().checked_sub(unix)?;
+            (left < 366 * 86_400).then(|| now + Duration::from_secs(left * 3 / 4))
+        });
         self.peers.insert(Peer {
             fqdn,
             direction,
@@ -238,6 +248,7 @@ impl Node {
             next_keepalive: now + self.config.keepalive,
             rx_seen: 0,
             stale_ticks: 0,
+            dead_rounds: 0,
             path_since: now,
             path_note,
             reroute: false,
@@ -250,6 +261,7 @@ impl Node {
             pending: None,
             prev,
             answered: VecDeque::new(),
+            grant_renew_at,
             mapped: Vec::new(),
         });
     }

@@ -594,6 +594,11 @@ impl Node {
             }
             return;
         }
+        let renew = peer.role == TunnelRole::Initiator
+            && peer.grant_renew_at.is_some_and(|t| now >= t);
+        if renew {
+            peer.grant_renew_at = None;
+        }
         let due = peer.role == TunnelRole::Initiator
             && matches!(peer.state, PeerState::Established)
             && peer.rekey.is_none()
@@ -601,6 +606,12 @@ impl Node {
         drop(peer);
         if gave_up {
             self.counters.rekey_failures += 1;
+        }
+        if renew && !self.signaling.direction_pending(fqdn) {
+            tracing::info!(peer = %fqdn, "relay grant nearing its end: selecting the route again");
+            self.counters.grant_renewals += 1;
+            self.signaling
+                .send_direction(now, Fqdn::new(fqdn), &mut self.rng, &mut self.out);
         }
         if due {
             self.start_rekey(now, fqdn);

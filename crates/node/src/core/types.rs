@@ -390,6 +390,10 @@ pub struct NodeCounters {
     pub punches_received: u64,
     pub path_changes: u64,
     pub relay_failovers: u64,
+    /// Routes selected again because their relay grant neared its end.
+    pub grant_renewals: u64,
+    /// Relayed tunnels that stayed silent on every TRS: route selected anew.
+    pub relay_dead_reroutes: u64,
     pub relay_rx_bad: u64,
     /// Tunnels whose keys were replaced by a new handshake (both roles).
     pub rekeys: u64,

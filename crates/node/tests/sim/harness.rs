@@ -381,6 +381,8 @@ pub struct SimConfig {
     pub nats: Vec<NatSpec>,
     /// TRS instances (0, 1 or 2), dual-stack, at [`trs_v4`] / [`trs_v6`].
     pub trs: usize,
+    /// How long the NMS's relay grants last.
+    pub relay_lifetime: Duration,
     /// The cloud listens for QUIC and TCP on [`CLOUD_LEG_PORT`] and says so
     /// in Login and relay offers (on by default).
     pub cloud_legs: bool,
@@ -398,6 +400,7 @@ impl SimConfig {
             link: Link::default(),
             nats: Vec::new(),
             trs: 0,
+            relay_lifetime: Duration::from_secs(3600),
             cloud_legs: true,
         }
     }
@@ -854,7 +857,7 @@ impl Sim {
                 servers: (0..config.trs)
                     .flat_map(|k| [trs_v4(k), trs_v6(k)])
                     .collect(),
-                lifetime: Duration::from_secs(3600),
+                lifetime: config.relay_lifetime,
                 wall_origin: (base, micros(wall) / 1_000_000),
                 quic_port: if config.cloud_legs { CLOUD_LEG_PORT } else { 0 },
                 tcp_port: if config.cloud_legs { CLOUD_LEG_PORT } else { 0 },

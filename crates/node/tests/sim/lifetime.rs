@@ -163,3 +163,32 @@ fn keys_nobody_replaces_are_refused_at_their_age_limit() {
         .received_from(&s.node(1).fqdn)
         .contains(&p.as_slice())));
 }
+
+/// A relayed tunnel (symmetric NATs on both sides) whose grants last a
+/// minute: the initiator selects the route again three quarters into each
+/// grant, the new route's tunnel replaces the old one, and no packet is
+/// lost across five grants.
+#[test]
+fn relay_grants_are_renewed_before_they_end_and_lose_no_packet() {
+    use crate::nat::{nat_config, path_of, started};
+    use cyphonic_cloud_core::route::Placement;
+    let mut config = nat_config(one_seed(35), &[Placement::Sym, Placement::Sym]);
+    config.relay_lifetime = Duration::from_secs(60);
+    let mut sim = started(config);
+    assert_eq!(lookup(&mut sim, 1, 2, RecordType::A), ResponseCode::NoError);
+    assert!(tunnel_between(&mut sim, 1, 2, Duration::from_secs(6)));
+    assert_eq!(path_of(&sim, 1, 2), "relayed");
+    let sent = steady(&mut sim, Duration::from_millis(250), Duration::from_secs(300));
+    all_arrived(&sim, 1, 2, sent);
+    all_arrived(&sim, 2, 1, sent);
+    let c1 = sim.node(1).node.counters();
+    assert!(c1.grant_renewals >= 5, "{c1:?}");
+    assert_eq!(path_of(&sim, 1, 2), "relayed");
+    // The TRS never had to refuse an expired grant.
+    let expired = sim.trs[0]
+        .drops
+        .iter()
+        .filter(|d| format!("{:?}", d.2).contains("Expired"))
+        .count();
+    assert_eq!(expired, 0);
+}

@@ -89,7 +89,7 @@ fn placed(index: usize, p: Placement, nats: &mut Vec<NatSpec>) -> NodeSpec {
 
 /// The NMS on ports 4502 and 4504 with relay grants for two TRS, and nodes
 /// `n1`, `n2`, … placed as given.
-fn nat_config(seed: u64, placements: &[Placement]) -> SimConfig {
+pub(crate) fn nat_config(seed: u64, placements: &[Placement]) -> SimConfig {
     let mut config = SimConfig::new(seed, 0);
     config.nms.probe_port = PROBE_PORT;
     config.trs = 2;
@@ -112,7 +112,7 @@ fn ready(sim: &Sim) -> bool {
 }
 
 /// Starts the simulation and waits until every node is ready.
-fn started(config: SimConfig) -> Sim {
+pub(crate) fn started(config: SimConfig) -> Sim {
     let timeout = config.node.registration_timeout * 2;
     let mut sim = Sim::new(config);
     sim.start();
@@ -128,7 +128,7 @@ fn fqdn(i: usize) -> String {
 }
 
 /// `n<me>`'s status of its peer `n<peer>`.
-fn peer_status(sim: &Sim, me: usize, peer: usize) -> Option<PeerStatus> {
+pub(crate) fn peer_status(sim: &Sim, me: usize, peer: usize) -> Option<PeerStatus> {
     sim.node(me)
         .node
         .status(sim.now)
@@ -137,7 +137,7 @@ fn peer_status(sim: &Sim, me: usize, peer: usize) -> Option<PeerStatus> {
         .find(|p| p.fqdn == fqdn(peer))
 }
 
-fn path_of(sim: &Sim, me: usize, peer: usize) -> String {
+pub(crate) fn path_of(sim: &Sim, me: usize, peer: usize) -> String {
     peer_status(sim, me, peer).map_or_else(|| "-".into(), |p| p.path)
 }
 
