@@ -193,10 +193,17 @@ impl Node {
             .as_ref()
             .filter(|_| self.signaling.registered())
             .map(|g| (g.next_poll(), TimerReason::KeepAlive));
+        let dns = if self.signaling.cloud_away() {
+            self.dns.next_wait(self.config.retransmit)
+        } else {
+            self.dns.next_check(self.config.retransmit)
+        }
+        .map(|t| (t, TimerReason::SignalRetransmit));
         [
             self.signaling.poll_timeout(),
             self.peers.poll_timeout(),
             general,
+            dns,
         ]
         .into_iter()
         .flatten()
@@ -409,6 +416,10 @@ impl Node {
                 direction,
             } => self.on_direction_to_initiator(now, target, before_move, direction),
             SignalingEvent::DirectionFailed { target, rcode } => {
+                if rcode != ResponseCode::ServFail {
+                    self.dns
+                        .set_negative(now, &target, rcode == ResponseCode::NXDomain);
+                }
                 self.dns.answer(&target, Err(rcode), &mut self.out)
             }
             SignalingEvent::GeneralNodes(page) => {
@@ -526,7 +537,15 @@ impl Node {
                 .push_back(NodeEvent::DnsResponse { client, response });
             return;
         }
-        match self.dns.add(&name, client, query.clone()) {
+        if self.signaling.cloud_away() && self.dns.negative(now, &name) {
+            // While the cloud is away, what it said lately stands.
+            let response = resolver::error(&query, ResponseCode::NXDomain);
+            self.out
+                .events
+                .push_back(NodeEvent::DnsResponse { client, response });
+            return;
+        }
+        match self.dns.add(now, &name, client, query.clone()) {
             Err(dns::Full) => {
                 let response = resolver::error(&query, ResponseCode::ServFail);
                 self.out
@@ -567,6 +586,22 @@ impl Node {
         }
         for fqdn in self.peers.due(now) {
             self.peer_timers(now, &fqdn);
+        }
+        let (check_after, wait) = (self.config.retransmit, self.config.dns_cloud_wait);
+        if self.dns.check_due(now, check_after) {
+            let timeout = wait.saturating_sub(check_after);
+            self.signaling
+                .check_cloud(now, timeout, &mut self.rng, &mut self.out);
+        }
+        if self.signaling.cloud_away() {
+            // Applications fail fast while the cloud is away: a query gets
+            // one `retransmit` for the NMS to answer (the cloud may be back)
+            // and SERVFAIL then; its route is still asked for, so a later
+            // query finds it.
+            for name in self.dns.waited(now, check_after) {
+                self.dns
+                    .answer(&name, Err(ResponseCode::ServFail), &mut self.out);
+            }
         }
     }
 

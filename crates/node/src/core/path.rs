@@ -393,8 +393,12 @@ impl Node {
                 if reroute && !self.signaling.direction_pending(fqdn) {
                     tracing::warn!(peer = %fqdn, "relayed path silent on every TRS: selecting the route again");
                     self.counters.relay_dead_reroutes += 1;
-                    self.signaling
-                        .send_direction(now, Fqdn::new(fqdn), &mut self.rng, &mut self.out);
+                    self.signaling.send_direction(
+                        now,
+                        Fqdn::new(fqdn),
+                        &mut self.rng,
+                        &mut self.out,
+                    );
                 }
             }
             _ => {

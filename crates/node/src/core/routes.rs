@@ -65,6 +65,7 @@ impl Node {
             self.signaling.cancel_directions(&fqdn);
             let (vip4, vip6) = (direction.peer.vip4, direction.peer.vip6);
             self.setup_route(now, direction);
+            self.dns.set_negative(now, &fqdn, false);
             self.dns.answer(&fqdn, Ok((vip4, vip6)), &mut self.out);
         }
         self.signaling.seal_to_nms(
@@ -100,6 +101,7 @@ impl Node {
             let (vip4, vip6) = (direction.peer.vip4, direction.peer.vip6);
             tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), initiate = direction.initiate, punch = direction.punch, relay = direction.relay.is_some(), endpoints = ?direction.peer.endpoints, "Route Direction to Initiator");
             self.setup_route(now, direction);
+            self.dns.set_negative(now, &fqdn, false);
             self.dns.answer(&fqdn, Ok((vip4, vip6)), &mut self.out);
         }
         if before_move {

@@ -19,6 +19,9 @@ pub(crate) struct Session {
     pub observed_probe: Option<SocketAddr>,
     pub next_keepalive: Instant,
     pub missed_keepalives: u32,
+    /// The NMS left a KeepAlive unanswered to its deadline and has said
+    /// nothing since: DNS queries it would have to answer fail at once.
+    pub away: bool,
     /// When to try cheaper transports again (signaling on QUIC or TCP).
     pub next_reprobe: Instant,
 }

@@ -109,6 +109,39 @@ impl Signaling {
         self.session.as_ref().is_some_and(|s| s.registered)
     }
 
+    /// The NMS left a request unanswered and has said nothing since.
+    pub fn cloud_away(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.away)
+    }
+
+    /// Asks the NMS whether it is there (a KeepAlive with a short
+    /// deadline) unless a KeepAlive is in flight: a DNS query waits for an
+    /// answer the NMS may never give. Unanswered, the cloud is away.
+    pub fn check_cloud(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        rng: &mut StdRng,
+        out: &mut Outbox,
+    ) {
+        let in_flight = self
+            .requests
+            .find(|r| r.kind == RequestKind::KeepAlive)
+            .is_some();
+        if in_flight || !self.registered() {
+            return;
+        }
+        self.send_request(
+            now,
+            RequestKind::KeepAlive,
+            Message::KeepAlive,
+            None,
+            timeout,
+            rng,
+            out,
+        );
+    }
+
     pub fn login(&self) -> Option<&Login> {
         self.session.as_ref().map(|s| &s.login)
     }
@@ -202,6 +235,7 @@ impl Signaling {
             probe: None,
             observed_probe: None,
             missed_keepalives: 0,
+            away: false,
             next_reprobe: now,
         });
         self.send_registration(now, rng, out);
@@ -521,6 +555,9 @@ impl Signaling {
             }
         };
         tracing::trace!(msg = env.message.name(), txid = env.txid, "signaling in");
+        if std::mem::take(&mut sig.away) {
+            tracing::info!("the NMS answers again");
+        }
         match env.message {
             Message::RegistrationResponse(resp) => {
                 let probe = self.take_request(env.txid, RequestKind::TransportProbe);
@@ -723,6 +760,12 @@ impl Signaling {
             RequestKind::KeepAlive => {
                 let missed = self.session.as_mut().map(|s| {
                     s.missed_keepalives += 1;
+                    if !s.away {
+                        tracing::warn!(
+                            "the NMS does not answer: overlay names it must resolve fail at once"
+                        );
+                    }
+                    s.away = true;
                     s.missed_keepalives
                 });
                 if missed.unwrap_or(0) >= self.config.max_missed_keepalives {

@@ -32,6 +32,7 @@ impl Node {
                 local_addrs: sig.local_addrs().to_vec(),
                 transport: sig.signaling_transport().as_str().into(),
                 transport_forced: self.config.transport.is_some(),
+                away: self.signaling.cloud_away(),
             },
             peers: self
                 .peers
@@ -143,6 +144,9 @@ pub struct CloudStatus {
     pub transport: String,
     /// The transport was forced by configuration, not chosen.
     pub transport_forced: bool,
+    /// The NMS left a request unanswered and said nothing since: overlay
+    /// names it would have to resolve fail at once.
+    pub away: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -594,8 +594,8 @@ impl Node {
             }
             return;
         }
-        let renew = peer.role == TunnelRole::Initiator
-            && peer.grant_renew_at.is_some_and(|t| now >= t);
+        let renew =
+            peer.role == TunnelRole::Initiator && peer.grant_renew_at.is_some_and(|t| now >= t);
         if renew {
             peer.grant_renew_at = None;
         }

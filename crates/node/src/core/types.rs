@@ -39,6 +39,12 @@ pub struct NodeConfig {
     pub retransmit: Duration,
     /// How long a Direction Request may take before the DNS query fails.
     pub direction_timeout: Duration,
+    /// How long a DNS query may wait on a cloud that does not answer: a
+    /// query still waiting after `retransmit` sends a KeepAlive, which
+    /// must be answered by `dns_cloud_wait`; else the cloud is away and a
+    /// query waits one `retransmit` at most before SERVFAIL (a live NMS's
+    /// answer may take up to `direction_timeout`).
+    pub dns_cloud_wait: Duration,
     pub registration_timeout: Duration,
     /// Tunnel Request retransmission interval and overall limit.
     pub handshake_retransmit: Duration,
@@ -91,6 +97,7 @@ impl Default for NodeConfig {
             tunnel_port: 4501,
             retransmit: Duration::from_millis(250),
             direction_timeout: Duration::from_secs(5),
+            dns_cloud_wait: Duration::from_secs(2),
             registration_timeout: Duration::from_secs(5),
             handshake_retransmit: Duration::from_millis(300),
             handshake_timeout: Duration::from_secs(6),

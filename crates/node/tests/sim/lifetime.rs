@@ -178,7 +178,11 @@ fn relay_grants_are_renewed_before_they_end_and_lose_no_packet() {
     assert_eq!(lookup(&mut sim, 1, 2, RecordType::A), ResponseCode::NoError);
     assert!(tunnel_between(&mut sim, 1, 2, Duration::from_secs(6)));
     assert_eq!(path_of(&sim, 1, 2), "relayed");
-    let sent = steady(&mut sim, Duration::from_millis(250), Duration::from_secs(300));
+    let sent = steady(
+        &mut sim,
+        Duration::from_millis(250),
+        Duration::from_secs(300),
+    );
     all_arrived(&sim, 1, 2, sent);
     all_arrived(&sim, 2, 1, sent);
     let c1 = sim.node(1).node.counters();
@@ -191,4 +195,70 @@ fn relay_grants_are_renewed_before_they_end_and_lose_no_packet() {
         .filter(|d| format!("{:?}", d.2).contains("Expired"))
         .count();
     assert_eq!(expired, 0);
+}
+
+/// Asks `n<from>` for `name` and waits for the answer: its code and how
+/// long it took.
+fn ask(sim: &mut Sim, from: usize, name: &str) -> (ResponseCode, Duration) {
+    let asked = sim.elapsed();
+    let client = sim.dns_query(from, name, RecordType::A);
+    assert!(
+        sim.run_until(Duration::from_secs(6), |s| s
+            .dns_answer(from, client)
+            .is_some()),
+        "no answer to {name}"
+    );
+    let a = sim.dns_answer(from, client).expect("answered");
+    (a.rcode(), a.at - asked)
+}
+
+/// The cloud dies: overlay names the node cannot answer itself fail fast
+/// (SERVFAIL, or NXDOMAIN where the NMS said so), known peers still
+/// resolve, and the running tunnel carries every packet. When the cloud
+/// is back, the names resolve again.
+#[test]
+fn while_the_cloud_is_away_names_fail_fast_and_tunnels_go_on() {
+    let mut sim = registered(SimConfig::new(one_seed(36), 3));
+    assert_eq!(lookup(&mut sim, 1, 2, RecordType::A), ResponseCode::NoError);
+    assert!(tunnel_between(&mut sim, 1, 2, Duration::from_secs(3)));
+    let (rcode, _) = ask(&mut sim, 1, "nobody.cyphonic.internal.");
+    assert_eq!(rcode, ResponseCode::NXDomain);
+
+    let nms = [NMS_V4.ip(), NMS_V6.ip()];
+    let dead = sim.add_rule(move |w| nms.contains(&w.src.ip()) || nms.contains(&w.dst.ip()));
+    let wait = sim.node(1).node.config().dns_cloud_wait;
+    // The first query finds out: it waits `dns_cloud_wait`, no longer.
+    let (rcode, took) = ask(&mut sim, 1, "n3.cyphonic.internal.");
+    assert_eq!(rcode, ResponseCode::ServFail);
+    assert!(took <= wait + Duration::from_millis(50), "took {took:?}");
+    // Later ones get one retransmission interval for the NMS, no more;
+    // what the NMS said does not exist, and known peers, at once.
+    let retransmit = sim.node(1).node.config().retransmit;
+    let (rcode, took) = ask(&mut sim, 1, "n3.cyphonic.internal.");
+    assert_eq!((rcode, took), (ResponseCode::ServFail, retransmit));
+    let (rcode, took) = ask(&mut sim, 1, "nobody.cyphonic.internal.");
+    assert_eq!((rcode, took), (ResponseCode::NXDomain, Duration::ZERO));
+    let (rcode, took) = ask(&mut sim, 1, "n2.cyphonic.internal.");
+    assert_eq!((rcode, took), (ResponseCode::NoError, Duration::ZERO));
+    // The tunnel does not notice: every packet of 20 s arrives.
+    let sent = steady(
+        &mut sim,
+        Duration::from_millis(100),
+        Duration::from_secs(20),
+    );
+    let from_n1 = sim.node(2).received_from(&sim.node(1).fqdn).len() as u64;
+    assert!(from_n1 >= sent);
+
+    sim.remove_rule(dead);
+    assert!(
+        sim.run_until(Duration::from_secs(60), |s| !s
+            .node(1)
+            .node
+            .status(s.now)
+            .cloud
+            .away
+            && s.node(1).node.status(s.now).cloud.registered),
+        "the node did not find the cloud again"
+    );
+    assert_eq!(lookup(&mut sim, 1, 3, RecordType::A), ResponseCode::NoError);
 }
