@@ -45,6 +45,11 @@ impl StatePaths {
     pub fn socket(&self) -> PathBuf {
         self.dir.join("node.sock")
     }
+    /// The peers this node had tunnels with, one FQDN a line: asked for
+    /// again after a restart.
+    pub fn peers(&self) -> PathBuf {
+        self.dir.join("peers")
+    }
 
     pub fn load(&self) -> anyhow::Result<NodeFile> {
         let path = self.config();

@@ -89,6 +89,9 @@ pub struct Outbox {
     pub(crate) events: VecDeque<NodeEvent>,
 }
 
+/// Peers of a previous run whose routes are asked for after a restart.
+pub const MAX_RESUMED: usize = 64;
+
 /// The node's protocol state machine.
 pub struct Node {
     config: NodeConfig,
@@ -105,6 +108,9 @@ pub struct Node {
     mobility: Mobility,
     /// Set by a move: select every peer's route again once registered.
     reroute_when_registered: bool,
+    /// Peers of the node's previous run, whose routes are asked for once
+    /// registered ([`Node::resume_peers`]).
+    resume: Vec<Fqdn>,
     /// The host's addresses were reported at least once: any later change
     /// is a move, also one from no address at all (a link that went down
     /// and came back on another network).
@@ -148,6 +154,7 @@ impl Node {
             early: EarlyRequests::default(),
             mobility: Mobility::default(),
             reroute_when_registered: false,
+            resume: Vec::new(),
             addrs_reported: false,
             general,
             out: Outbox::default(),
@@ -295,6 +302,15 @@ impl Node {
     /// After a move, once the NMS has our new registration (and NAT
     /// probe), asks for every peer's route again.
     fn reroute_peers(&mut self, now: Instant) {
+        let own = self.signaling.login().map(|l| resolver::normalize(&l.fqdn));
+        for fqdn in std::mem::take(&mut self.resume) {
+            let fresh = !self.peers.contains(&fqdn) && !self.signaling.direction_pending(&fqdn);
+            if fresh && Some(&fqdn) != own.as_ref() {
+                tracing::info!(peer = %fqdn, "Direction Request for a peer of the previous run");
+                self.signaling
+                    .send_direction(now, fqdn, &mut self.rng, &mut self.out);
+            }
+        }
         if !std::mem::take(&mut self.reroute_when_registered) {
             return;
         }
@@ -309,6 +325,34 @@ impl Node {
             self.signaling
                 .send_direction(now, fqdn, &mut self.rng, &mut self.out);
         }
+    }
+
+    /// The peers this node had tunnels with when it last ran (at most
+    /// [`MAX_RESUMED`]): once registered, it asks for their routes. Their
+    /// tunnels still hold the keys of our previous run, which nothing
+    /// opens now; a new route replaces them at once, instead of after
+    /// their liveness checks.
+    pub fn resume_peers(&mut self, names: impl IntoIterator<Item = String>) {
+        let own = self.signaling.login().map(|l| resolver::normalize(&l.fqdn));
+        self.resume = names
+            .into_iter()
+            .map(|n| resolver::normalize(&n))
+            .filter(|n| Some(n) != own.as_ref() && !n.is_empty())
+            .take(MAX_RESUMED)
+            .collect();
+        self.resume.sort();
+        self.resume.dedup();
+    }
+
+    /// The peers with a tunnel now, for [`Node::resume_peers`] after a
+    /// restart.
+    pub fn tunnel_peers(&self) -> Vec<String> {
+        self.peers
+            .values()
+            .filter(|p| p.tunnel.is_some())
+            .map(|p| p.fqdn.to_string())
+            .take(MAX_RESUMED)
+            .collect()
     }
 
     /// Login succeeded: start (or restart) signaling with the NMS.

@@ -8,7 +8,7 @@
 //! ([`Daemon::drain_core`]) and sleep until the core's next timeout or
 //! event.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -223,6 +223,8 @@ struct Daemon {
     /// VIPs are the device's for good).
     tun: Option<Arc<Tun>>,
     dataplane: Option<DataPlane>,
+    /// Peers whose tunnels came up in this run (saved for the next).
+    tunnel_peers: BTreeSet<String>,
     logins: Logins,
     dns: Dns,
     control: Control,
@@ -319,6 +321,9 @@ impl Daemon {
             SystemTime::now(),
         );
         node.handle_local_addrs(start, crate::addrs::local_endpoints(opts.tunnel_port));
+        if let Ok(text) = std::fs::read_to_string(state.peers()) {
+            node.resume_peers(text.lines().map(str::to_owned));
+        }
         node.start();
 
         let (listener, socket_path) = control_listener(&state)?;
@@ -378,6 +383,7 @@ impl Daemon {
             from_data,
             tun: None,
             dataplane: None,
+            tunnel_peers: BTreeSet::new(),
             next_client: 1,
             sigterm,
         })
@@ -467,7 +473,11 @@ impl Daemon {
                 }
             }
             NodeEvent::TunnelUp(handle) => {
-                tracing::info!(peer = %handle.fqdn, path = %handle.path, "tunnel installed");
+                tracing::debug!(peer = %handle.fqdn, path = %handle.path, "tunnel installed");
+                if !self.tunnel_peers.contains(&handle.fqdn) {
+                    self.tunnel_peers.insert(handle.fqdn.clone());
+                    self.save_peers();
+                }
                 self.tables.install(0, handle);
             }
             NodeEvent::TunnelDown { fqdn, local_index } => {
@@ -495,6 +505,21 @@ impl Daemon {
 
     fn transmit(&self, t: Transmit) {
         transmit(&self.sockets, &self.hub, t);
+    }
+
+    /// Writes the peers with tunnels (at most `MAX_RESUMED`) for the next
+    /// run ([`Node::resume_peers`]).
+    fn save_peers(&self) {
+        let names: Vec<&str> = self
+            .tunnel_peers
+            .iter()
+            .take(crate::core::MAX_RESUMED)
+            .map(String::as_str)
+            .collect();
+        let path = StatePaths::new(&self.opts.state_dir).peers();
+        if let Err(e) = write_private(&path, &(names.join("\n") + "\n")) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot save the peer list");
+        }
     }
 
     fn on_timeout(&mut self) {

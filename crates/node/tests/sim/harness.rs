@@ -2165,6 +2165,43 @@ impl Sim {
         n.node.handle_login(self.now, login);
     }
 
+    /// Kills node `n<index>` and starts it again: a new process with a
+    /// new static key, the same certificate and addresses, and `resume` as
+    /// the peer list its state directory kept. Its data plane starts empty;
+    /// what it received stays on record.
+    pub fn restart_node(&mut self, index: usize, resume: Vec<String>) {
+        let slot = self.slot(index);
+        let name = self.nodes[slot].name.clone();
+        let cert = &pki().certs[&name];
+        let static_keys = StaticKeypair::generate(&mut self.rng);
+        let binding_sig = cert.key.sign(&binding_message(&static_keys.public));
+        let identity = LocalIdentity {
+            static_keys,
+            cert_chain_der: cert.chain.clone(),
+            binding_sig,
+        };
+        let config = self.nodes[slot].node.config().clone();
+        let wall_now = self.wall + self.elapsed();
+        let mut node = Node::new(
+            config,
+            identity,
+            pki().verifier.clone(),
+            self.rng.gen(),
+            micros(wall_now),
+            self.now,
+            wall_now,
+        );
+        node.handle_local_addrs(self.now, self.nodes[slot].addrs.clone());
+        node.resume_peers(resume);
+        let n = &mut self.nodes[slot];
+        n.node = node;
+        n.session = None;
+        n.table = TunnelTable::default();
+        n.legs.clear();
+        n.node.start();
+        self.drain_node(slot);
+    }
+
     /// Replaces the NMS with a fresh process over the same database. Its
     /// counter base is the wall clock now, as a restarted NMS's would be.
     pub fn restart_nms(&mut self) {
