@@ -30,11 +30,15 @@ pub struct TrsConfig {
     pub max_sessions: usize,
     /// A session neither side used for this long is forgotten.
     pub idle_timeout: Duration,
-    /// Per session, both directions together, in bytes per second.
+    /// Per session, both directions together, in bytes per second; a
+    /// session may burst a tenth of a second's worth (at least 64 KiB).
     pub session_rate: u64,
-    /// Relay Binds a single source address may send per second (they cost
-    /// an HMAC each).
+    /// Relay Binds a single source (an IPv4 address, an IPv6 /64) may send
+    /// per second (they cost an HMAC each).
     pub binds_per_source: u32,
+    /// Sources with a bind budget at once; new sources beyond it share one
+    /// budget of `binds_per_source` x 8 until the table is pruned.
+    pub max_bind_sources: usize,
 }
 
 impl Default for TrsConfig {
@@ -43,8 +47,10 @@ impl Default for TrsConfig {
             secret: Vec::new(),
             max_sessions: 65536,
             idle_timeout: Duration::from_secs(120),
-            session_rate: 1_250_000_000, // 10 Gbit/s: the limit guards against abuse, not use
+            // 1 Gbit/s per session: one pair of nodes cannot take a relay.
+            session_rate: 125_000_000,
             binds_per_source: 50,
+            max_bind_sources: 16_384,
         }
     }
 }
@@ -125,18 +131,41 @@ struct Session {
 pub struct Trs {
     config: TrsConfig,
     sessions: HashMap<RelayId, Session>,
+    /// Bind budgets by source prefix ([`bind_source`]).
     bind_limits: HashMap<IpAddr, TokenBucket>,
+    /// The budget new sources share while `bind_limits` is full.
+    overflow: TokenBucket,
     counters: TrsCounters,
+}
+
+/// The source a bind budget is kept for: an IPv4 address, or the /64 of
+/// an IPv6 address (one host holds a whole /64, so per-address budgets
+/// would give it 2^64 of them).
+fn bind_source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
 }
 
 impl Trs {
     pub fn new(config: TrsConfig) -> Self {
+        let shared = f64::from(config.binds_per_source) * 8.0;
         Self {
             config,
             sessions: HashMap::new(),
             bind_limits: HashMap::new(),
+            overflow: TokenBucket::new(shared, shared, Instant::now()),
             counters: TrsCounters::default(),
         }
+    }
+
+    /// Sources with a bind budget now.
+    pub fn bind_sources(&self) -> usize {
+        self.bind_limits.len()
     }
 
     pub fn counters(&self) -> TrsCounters {
@@ -209,15 +238,20 @@ impl Trs {
         if bind.expires <= unix_now {
             return Action::Drop(DropReason::Expired);
         }
+        // Bounded, and never scanned here: a flood from many sources
+        // (a whole IPv6 /48) shares one budget until `handle_timeout`
+        // prunes the table, and forwarding never waits for a scan.
         let rate = self.config.binds_per_source as f64;
-        if self.bind_limits.len() > 65536 {
-            self.bind_limits
-                .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(10));
-        }
-        let limiter = self
-            .bind_limits
-            .entry(from.ip())
-            .or_insert_with(|| TokenBucket::new(rate, rate, now));
+        let source = bind_source(from.ip());
+        let full = self.bind_limits.len() >= self.config.max_bind_sources;
+        let limiter = match self.bind_limits.get_mut(&source) {
+            Some(b) => b,
+            None if full => &mut self.overflow,
+            None => self
+                .bind_limits
+                .entry(source)
+                .or_insert_with(|| TokenBucket::new(rate, rate, now)),
+        };
         if !limiter.take(now, 1.0) {
             return Action::Drop(DropReason::RateLimited);
         }
@@ -239,7 +273,7 @@ impl Trs {
                 counters: [0, 0],
                 expires: bind.expires,
                 last_used: now,
-                bucket: TokenBucket::new(rate, rate.max(1e6), now),
+                bucket: TokenBucket::new(rate, (rate / 10.0).max(65_536.0), now),
             });
         let side = bind.side as usize;
         if bind.counter <= s.counters[side] && s.sides[side].is_some() {
@@ -422,8 +456,8 @@ mod tests {
         }
         assert_eq!(replies, 3, "binds per source are limited");
         t.handle_datagram(now, 1000, b, &mut bind(9, 1, 2000, 1));
-        // The bucket's burst is at least 1 MB; a session rate of 10 kB/s
-        // then lets through about 1 MB at once and no more.
+        // The bucket's burst is at least 64 KiB; a session rate of 10 kB/s
+        // then lets through about 64 KiB at once and no more.
         let mut forwarded = 0usize;
         let payload = vec![0u8; 1200];
         for _ in 0..2000 {
@@ -432,10 +466,57 @@ mod tests {
             }
         }
         assert!(
-            forwarded < 2000 && forwarded * 1212 <= 1_000_000 + 1212,
+            forwarded > 0 && forwarded * 1212 <= 65_536 + 1212,
             "{forwarded}"
         );
         t.handle_timeout(now + Duration::from_secs(1000), 1000);
         assert_eq!(t.counters().sessions, 0, "idle sessions expire");
+    }
+
+    #[test]
+    fn bind_budgets_are_per_prefix_and_bounded() {
+        let mut t = Trs::new(TrsConfig {
+            secret: SECRET.to_vec(),
+            binds_per_source: 2,
+            max_bind_sources: 4,
+            ..TrsConfig::default()
+        });
+        let now = Instant::now();
+        // Every address of one IPv6 /64 shares one budget.
+        let mut replies = 0;
+        for i in 1..=10u64 {
+            let from: SocketAddr = format!("[2001:db8:1:2::{i:x}]:4501").parse().unwrap();
+            if let Action::Reply(_) = t.handle_datagram(now, 1000, from, &mut bind(i, 0, 2000, 1)) {
+                replies += 1;
+            }
+        }
+        assert_eq!(replies, 2, "one /64, one budget");
+        assert_eq!(t.bind_sources(), 1);
+        // A flood from many /64s fills the table and then shares the
+        // overflow budget (8 x 2), whatever the number of sources.
+        let mut flood = 0;
+        for i in 1..=1000u64 {
+            let from: SocketAddr = format!("[2001:db8:2:{i:x}::1]:4501").parse().unwrap();
+            if let Action::Reply(_) =
+                t.handle_datagram(now, 1000, from, &mut bind(100 + i, 0, 2000, 1))
+            {
+                flood += 1;
+            }
+        }
+        assert_eq!(t.bind_sources(), 4, "the table stays bounded");
+        assert_eq!(flood, 3 + 16, "three new prefixes fit, the rest share 16");
+        // Pruned off the hot path, the table makes room again.
+        t.handle_timeout(now + Duration::from_secs(11), 1000);
+        assert_eq!(t.bind_sources(), 0);
+        let v4: SocketAddr = "198.51.100.10:4501".parse().unwrap();
+        assert!(matches!(
+            t.handle_datagram(
+                now + Duration::from_secs(11),
+                1000,
+                v4,
+                &mut bind(5000, 0, 2000, 1)
+            ),
+            Action::Reply(_)
+        ));
     }
 }
