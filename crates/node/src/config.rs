@@ -64,22 +64,40 @@ impl StatePaths {
     }
 }
 
-/// Writes a file readable by its owner only (keys, or files next to them).
+/// Writes a file readable by its owner only (keys, or files next to them),
+/// atomically: a new temporary file of an unpredictable name, created
+/// exclusively (so never through a symlink or into a file someone else
+/// opened), then renamed over `path`.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    let written = (|| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Creates the state directory (and its parents) and makes it private to
+/// its owner (0700), whatever the umask.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))
 }
 
 /// Parses `host[:port]` for the cloud, defaulting the AS port.
@@ -107,6 +125,44 @@ pub fn parse_cloud(s: &str, default_port: u16) -> anyhow::Result<(SocketAddr, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_files_are_0600_and_never_written_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cyphonic-private-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        private_dir(&dir).expect("dir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        // Someone planted a symlink where a predictable temporary file
+        // would go, pointing at a file of theirs.
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "untouched").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("node.key.tmp")).expect("symlink");
+        let key = dir.join("node.key");
+        write_private(&key, "secret").expect("write");
+        assert_eq!(std::fs::read_to_string(&key).expect("read"), "secret");
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        // A symlink at the target is replaced, not followed.
+        std::fs::remove_file(&key).expect("rm");
+        std::os::unix::fs::symlink(&victim, &key).expect("symlink");
+        write_private(&key, "again").expect("write");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        assert!(!std::fs::symlink_metadata(&key)
+            .expect("meta")
+            .file_type()
+            .is_symlink());
+        let leftovers = std::fs::read_dir(&dir)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name().to_string_lossy().ends_with(".tmp") && e.file_name() != "node.key.tmp"
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     #[test]
     fn cloud_addresses_parse() {

@@ -33,6 +33,16 @@ pub const HEADROOM: usize = RELAY_HEADER_LEN + DATA_HEADER_LEN;
 /// core is handed; longer ones are dropped.
 pub const MAX_TUNNEL_MESSAGE: usize = 64;
 
+/// The longest datagram that is not a data packet the core is handed: a
+/// signaling packet or a handshake, in Relay Data at most. Longer ones are
+/// nothing we know and are dropped before they are copied.
+pub const MAX_CONTROL_DATAGRAM: usize = RELAY_HEADER_LEN
+    + if cyphonic_proto::signal::MAX_SIGNAL_PACKET > cyphonic_proto::handshake::MAX_HANDSHAKE_LEN {
+        cyphonic_proto::signal::MAX_SIGNAL_PACKET
+    } else {
+        cyphonic_proto::handshake::MAX_HANDSHAKE_LEN
+    };
+
 /// Seals the `len` plaintext bytes at `buf[HEADROOM..]` for `tunnel` and
 /// frames them for `path`; returns where the datagram lies in `buf`. `buf`
 /// must hold `HEADROOM + len + TAG_LEN` bytes. Counts the packet in the

@@ -84,6 +84,9 @@ pub struct DataCounters {
     pub rx_message_too_long: AtomicU64,
     /// Packets under keys that were retired (older than the session limit).
     pub rx_retired: AtomicU64,
+    /// Datagrams that are not data packets and longer than any control
+    /// datagram (`MAX_CONTROL_DATAGRAM`): dropped before they are copied.
+    pub rx_control_too_long: AtomicU64,
     /// Packets that could not be sealed (see `outbound_loop`), sends the
     /// kernel refused, and failed TUN writes.
     pub tx_errors: AtomicU64,
@@ -108,6 +111,7 @@ pub struct DataCountersSnapshot {
     pub rx_bad_inner_destination: u64,
     pub rx_message_too_long: u64,
     pub rx_retired: u64,
+    pub rx_control_too_long: u64,
     pub tx_errors: u64,
     pub control_queue_full: u64,
     pub tx_too_big: u64,
@@ -128,6 +132,7 @@ impl DataCounters {
             rx_bad_inner_destination: l(&self.rx_bad_inner_destination),
             rx_message_too_long: l(&self.rx_message_too_long),
             rx_retired: l(&self.rx_retired),
+            rx_control_too_long: l(&self.rx_control_too_long),
             tx_errors: l(&self.tx_errors),
             control_queue_full: l(&self.control_queue_full),
             tx_too_big: l(&self.tx_too_big),
@@ -601,6 +606,11 @@ impl Inbound {
     pub fn datagram(&mut self, from: Leg, datagram: &mut [u8]) {
         let tables = &*self.tables;
         match datapath::decapsulate(datagram, from, |index| tables.by_index(index)) {
+            Decapsulated::Control if datagram.len() > datapath::MAX_CONTROL_DATAGRAM => {
+                self.counters
+                    .rx_control_too_long
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             Decapsulated::Control => {
                 let msg = ToControl::Datagram {
                     from,
@@ -682,5 +692,41 @@ impl Inbound {
             tracing::debug!(error = %e, "device write failed");
         }
         self.spare.append(&mut self.out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoDevice;
+
+    impl Device for NoDevice {
+        fn send_batch(&self, _bufs: &mut [Vec<u8>], _offset: usize) -> io::Result<()> {
+            Ok(())
+        }
+        fn delivers_to(&self, _id: IdentityId, _dst: IpAddr) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn oversized_control_datagrams_are_dropped_before_they_are_copied() {
+        let tables = Arc::new(Tables::default());
+        let counters = Arc::new(DataCounters::default());
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut inbound = Inbound::new(Arc::new(NoDevice), &tables, &counters, &tx);
+        let from = Leg::udp("192.0.2.9:4501".parse().expect("addr"));
+        // A signaling-sized datagram (type 1) goes to the core ...
+        let mut fits = vec![1u8; datapath::MAX_CONTROL_DATAGRAM];
+        inbound.datagram(from, &mut fits);
+        assert!(
+            matches!(rx.try_recv(), Ok(ToControl::Datagram { packet, .. }) if packet.len() == fits.len())
+        );
+        // ... a 64 KiB one does not, and is counted.
+        let mut huge = vec![1u8; 65_000];
+        inbound.datagram(from, &mut huge);
+        assert!(rx.try_recv().is_err());
+        assert_eq!(counters.snapshot().rx_control_too_long, 1);
     }
 }

@@ -12,10 +12,14 @@ pub enum ControlRequest {
 /// The status socket in the state directory (a stale one from a crashed
 /// run is replaced), and its path.
 pub fn control_listener(state: &StatePaths) -> anyhow::Result<(UnixListener, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
     let path = state.socket();
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Only the daemon's own user may ask (the umask does not decide).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
     Ok((listener, path))
 }
 
@@ -31,6 +35,14 @@ pub fn ping_answer(result: &Result<crate::core::Pong, crate::core::PingError>) -
 /// Reads one request line, hands it to the daemon's loop and writes the
 /// answer (one JSON line). Bad requests get an error line.
 pub async fn read_control(mut stream: UnixStream, to_daemon: mpsc::Sender<ControlMessage>) {
+    // The socket's mode admits the daemon's user only; the peer's
+    // credentials say so again (a socket opened before a mode change, a
+    // descriptor passed on).
+    let own = unsafe { libc::geteuid() };
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == own || c.uid() == 0 => {}
+        _ => return,
+    }
     let (r, mut w) = stream.split();
     let mut line = String::new();
     let read = tokio::time::timeout(

@@ -58,6 +58,9 @@ const ADDR_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Overlay DNS queries waiting for the core at once; more are dropped.
 const MAX_DNS_CLIENTS: usize = 4096;
 /// Datagrams from the data plane waiting for the control task.
+/// Queries for general names forwarded to the host's resolvers at once;
+/// more are dropped (the client retries) and counted.
+const MAX_DNS_FORWARDS: usize = 256;
 const CONTROL_QUEUE: usize = 4096;
 
 /// Enrolls this node: makes its key, sends a CSR with the one-time device
@@ -70,8 +73,7 @@ pub async fn enroll(
     device_id: &str,
     password: &str,
 ) -> anyhow::Result<NodeFile> {
-    std::fs::create_dir_all(&state.dir)
-        .with_context(|| format!("cannot create {}", state.dir.display()))?;
+    crate::config::private_dir(&state.dir)?;
     let verifier = Verifier::from_pem(root_pem).context("the --ca file is not a certificate")?;
     let key = NodeKey::generate()?;
     let csr = key.csr_pem(device_id)?;
@@ -132,6 +134,9 @@ pub struct StatusReport {
     pub dataplane: DataCountersSnapshot,
     /// QUIC and TLS-over-TCP legs (to the cloud, TRSs and peers).
     pub legs: Vec<LegInfo>,
+    /// Queries for general names dropped because `MAX_DNS_FORWARDS` were
+    /// already being forwarded.
+    pub dns_forwards_refused: u64,
 }
 
 pub fn unix_micros() -> u64 {
@@ -143,6 +148,12 @@ pub fn unix_micros() -> u64 {
 
 /// Runs the node until SIGINT / SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    if let Some(listen) = opts.dns_listen.filter(|a| !a.is_loopback()) {
+        anyhow::bail!(
+            "--dns-listen {listen} is not a loopback address: the resolver forwards any name \
+             to the host's resolvers, so anyone who reaches it could use it (an open resolver)"
+        );
+    }
     let mut daemon = Daemon::start(opts).await?;
     let result = daemon.run().await;
     daemon.stop();
@@ -259,6 +270,9 @@ struct Dns {
     /// Upstream answers to forwarded queries, and their clients.
     answers_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     answers: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    /// Permits for queries being forwarded (`MAX_DNS_FORWARDS`).
+    forwards: Arc<tokio::sync::Semaphore>,
+    forwards_refused: u64,
 }
 
 /// The status socket (`cyphonic status`, `cyphonic ping`): each connection
@@ -287,6 +301,7 @@ impl Daemon {
     async fn start(opts: RunOptions) -> anyhow::Result<Daemon> {
         let state = StatePaths::new(&opts.state_dir);
         let file = state.load()?;
+        crate::config::private_dir(&opts.state_dir)?;
         let credentials = Credentials::load(&state, &file.fqdn)?;
         let verifier = Verifier::from_pem(&credentials.root_pem)?;
         let mut seed = [0u8; 32];
@@ -357,6 +372,8 @@ impl Daemon {
                 buf: vec![0u8; 4096],
                 answers_tx,
                 answers,
+                forwards: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_FORWARDS)),
+                forwards_refused: 0,
             },
             control: Control {
                 listener,
@@ -664,6 +681,12 @@ impl Daemon {
                 }
             }
             Classified::Forward => {
+                // Bounded: each forward holds a task and a socket until
+                // its upstream answers or times out.
+                let Ok(permit) = self.dns.forwards.clone().try_acquire_owned() else {
+                    self.dns.forwards_refused += 1;
+                    return;
+                };
                 let (query, upstreams, answers) = (
                     query.to_vec(),
                     self.dns.upstreams.clone(),
@@ -673,6 +696,7 @@ impl Daemon {
                     if let Some(answer) = forward_dns(&query, &upstreams).await {
                         let _ = answers.send((from, answer)).await;
                     }
+                    drop(permit);
                 });
             }
             Classified::Invalid(Some(answer)) => self.on_dns_answer(from, answer).await,
@@ -699,6 +723,7 @@ impl Daemon {
                     tun: self.tun.as_ref().map(|t| t.name().to_owned()),
                     dataplane: self.counters.snapshot(),
                     legs: self.hub.legs(),
+                    dns_forwards_refused: self.dns.forwards_refused,
                 };
                 let _ = reply.send(serde_json::to_string(&report).unwrap_or_default());
             }
