@@ -16,8 +16,9 @@
 //!
 //! - The initiator (MN) knows the responder's (CN's) static public key in
 //!   advance from the NMS's route direction (`<- s`, Noise §7.4 "IK").
-//! - The psk (Noise §9) is the 32-byte tunnel key the NMS hands both ends in
-//!   its route direction, so only ends the NMS directed can complete a
+//! - The psk (Noise §9) is derived from the 32-byte tunnel key the NMS
+//!   hands both ends in its route direction (as is, separately, the key of
+//!   each message's mac), so only ends the NMS directed can complete a
 //!   handshake. The NMS never sees the static or ephemeral private keys, so
 //!   it cannot compute the session keys: `ee` gives forward secrecy, and the
 //!   `es`/`ss`/`se` terms need the ends' static private keys.
@@ -371,10 +372,11 @@ impl Initiator {
     ) -> Result<(Initiator, Vec<u8>), HandshakeError> {
         let identity = encode_identity(local, MAX_REQUEST_IDENTITY_LEN)?;
         let prologue = prologue(route_id, local_index);
+        let psk = psk(tunnel_key);
         let mut noise = builder(rng)?
             .local_private_key(&local.static_keys.private)
             .and_then(|b| b.remote_public_key(remote_static))
-            .and_then(|b| b.psk(2, tunnel_key))
+            .and_then(|b| b.psk(2, &psk))
             .and_then(|b| b.prologue(&prologue))
             .and_then(|b| b.build_initiator())
             .map_err(noise_error)?;
@@ -513,9 +515,10 @@ pub fn respond_with_rng(
     let identity = encode_identity(local, MAX_RESPONSE_IDENTITY_LEN)?;
 
     let prologue = prologue(header.route_id, header.sender_index);
+    let psk = psk(tunnel_key);
     let mut noise = builder(rng)?
         .local_private_key(&local.static_keys.private)
-        .and_then(|b| b.psk(2, tunnel_key))
+        .and_then(|b| b.psk(2, &psk))
         .and_then(|b| b.prologue(&prologue))
         .and_then(|b| b.build_responder())
         .map_err(noise_error)?;
@@ -585,9 +588,28 @@ fn noise_error(e: snow::Error) -> HandshakeError {
     HandshakeError::Noise(e.to_string())
 }
 
-/// `HMAC-SHA256(tunnel_key, data)[..16]`.
-fn mac(tunnel_key: &[u8; 32], data: &[u8]) -> [u8; MAC_LEN] {
+/// A key of its own for each use of the tunnel key:
+/// `HMAC-SHA256(tunnel_key, label)`, so the mac key and the Noise psk are
+/// never the same bytes.
+fn subkey(tunnel_key: &[u8; 32], label: &[u8]) -> [u8; 32] {
     let key = hmac::Key::new(hmac::HMAC_SHA256, tunnel_key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(hmac::sign(&key, label).as_ref());
+    out
+}
+
+/// The Noise psk of a route: [`subkey`] "cyphonic tunnel psk v1".
+fn psk(tunnel_key: &[u8; 32]) -> [u8; 32] {
+    subkey(tunnel_key, b"cyphonic tunnel psk v1")
+}
+
+/// `HMAC-SHA256(mac_key, data)[..16]`, where `mac_key` is [`subkey`]
+/// "cyphonic tunnel mac v1" of the tunnel key.
+fn mac(tunnel_key: &[u8; 32], data: &[u8]) -> [u8; MAC_LEN] {
+    let key = hmac::Key::new(
+        hmac::HMAC_SHA256,
+        &subkey(tunnel_key, b"cyphonic tunnel mac v1"),
+    );
     let tag = hmac::sign(&key, data);
     let mut mac = [0u8; MAC_LEN];
     mac.copy_from_slice(&tag.as_ref()[..MAC_LEN]);

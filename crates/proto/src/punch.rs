@@ -17,9 +17,10 @@ pub fn encode(route_id: RouteId) -> [u8; PUNCH_LEN] {
     p
 }
 
-/// The route a punch packet names; `None` if it is not one.
+/// The route a punch packet names; `None` if it is not one (another
+/// length or type, or a non-zero reserved byte, as for every other type).
 pub fn parse(p: &[u8]) -> Option<RouteId> {
-    if p.len() != PUNCH_LEN || p[0] != TYPE_PUNCH {
+    if p.len() != PUNCH_LEN || p[0] != TYPE_PUNCH || p[1..4] != [0, 0, 0] {
         return None;
     }
     Some(RouteId(u64::from_be_bytes(p[4..12].try_into().ok()?)))
@@ -87,6 +88,17 @@ mod tests {
         q[0] = 8;
         assert_eq!(parse(&q), None);
         assert_eq!(parse(&[]), None);
+    }
+
+    /// Found by the `data` fuzz target (`parse(encode(parse(x))) == x`):
+    /// a punch with a non-zero reserved byte was taken for one.
+    #[test]
+    fn punches_with_reserved_bytes_set_are_refused() {
+        for at in 1..4 {
+            let mut p = encode(RouteId(0x4433_5500_1166_7788));
+            p[at] = 0x22;
+            assert_eq!(parse(&p), None, "reserved byte {at}");
+        }
     }
 
     #[test]

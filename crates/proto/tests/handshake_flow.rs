@@ -114,10 +114,18 @@ fn respond(
 }
 
 /// Recomputes the trailing mac, as a holder of the tunnel key (the NMS)
-/// could after altering a packet.
+/// could after altering a packet: HMAC-SHA256 under the tunnel key's mac
+/// subkey, `HMAC-SHA256(tunnel key, "cyphonic tunnel mac v1")` (§6.4).
 fn remac(packet: &mut [u8], key: &[u8; 32]) {
     let split = packet.len() - 16;
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), &packet[..split]);
+    let mac_key = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, key),
+        b"cyphonic tunnel mac v1",
+    );
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, mac_key.as_ref()),
+        &packet[..split],
+    );
     packet[split..].copy_from_slice(&tag.as_ref()[..16]);
 }
 
