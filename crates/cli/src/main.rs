@@ -129,13 +129,27 @@ enum GeneralNodeCmd {
 
 #[derive(Subcommand)]
 enum DeviceCmd {
-    /// Add a device: it may enroll once with this password.
+    /// Add a device with a one-time enrollment password: a random one
+    /// (128 bits, printed once) unless --password gives one. Its first
+    /// enrollment spends it.
     Add {
         #[arg(long)]
         config: PathBuf,
         device_id: String,
+        /// Choose the one-time password yourself (at least 8 characters).
         #[arg(long, env = "CYPHONIC_DEVICE_PASSWORD")]
-        password: String,
+        password: Option<String>,
+    },
+    /// Let a device enroll again: a new one-time enrollment password
+    /// (printed once, or --password), its certificates revoked and its
+    /// sessions ended.
+    Reset {
+        #[arg(long)]
+        config: PathBuf,
+        device_id: String,
+        /// Choose the new one-time password yourself (at least 8 characters).
+        #[arg(long, env = "CYPHONIC_DEVICE_PASSWORD")]
+        password: Option<String>,
     },
     /// List devices with their names and VIPs.
     List {
@@ -317,11 +331,33 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             password,
         })) => {
             let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
-            let d = cyphonic_cloud::admin::add_device(&cfg, &device_id, &password).await?;
+            let added =
+                cyphonic_cloud::admin::add_device(&cfg, &device_id, password.as_deref()).await?;
+            let d = &added.device;
             println!(
                 "added {} as {} ({} {})",
                 d.device_id, d.fqdn, d.vip4, d.vip6
             );
+            print_enrollment_password(&d.device_id, &added.password);
+        }
+        Command::Cloud(CloudCmd::Device(DeviceCmd::Reset {
+            config,
+            device_id,
+            password,
+        })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            let reset =
+                cyphonic_cloud::admin::reset_device(&cfg, &device_id, password.as_deref()).await?;
+            let serials: Vec<String> = reset.revoked.iter().map(|s| format!("{s:x}")).collect();
+            println!(
+                "reset {}: revoked {} certificate(s){}{}, ended {} session(s)",
+                reset.device_id,
+                serials.len(),
+                if serials.is_empty() { "" } else { " " },
+                serials.join(" "),
+                reset.ended_sessions
+            );
+            print_enrollment_password(&reset.device_id, &reset.password);
         }
         Command::Cloud(CloudCmd::GeneralNode(GeneralNodeCmd::Add {
             config,
@@ -516,6 +552,26 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows a generated enrollment password (once: it is stored only as a
+/// hash) and how the device uses it.
+fn print_enrollment_password(
+    device_id: &str,
+    password: &cyphonic_cloud::admin::EnrollmentPassword,
+) {
+    if password.generated {
+        println!(
+            "one-time enrollment password (shown only now): {}",
+            password.password
+        );
+    } else {
+        println!("its enrollment password is the one you chose; it works once");
+    }
+    println!(
+        "next, on the device: cyphonic node enroll --cloud <cloud address> --device {device_id} \
+         --password <that password> --ca root.pem"
+    );
 }
 
 async fn shutdown_signal() {

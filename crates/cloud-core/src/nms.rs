@@ -9,12 +9,38 @@
 //! # Use
 //!
 //! Inputs: [`Nms::handle_datagram`] for every packet that reaches an NMS
-//! socket, [`Nms::handle_session`] / [`Nms::handle_session_missing`] to
-//! answer a [`NmsEvent::NeedSession`] (the shell looks the session up in the
-//! database the AS writes), [`Nms::handle_timeout`] when the deadline from
-//! [`Nms::poll_timeout`] passes. Outputs, to drain after every input:
-//! [`Nms::poll_transmit`] then [`Nms::poll_event`], then re-arm the timer
-//! with [`Nms::poll_timeout`]. The NMS never reads a clock or a socket.
+//! socket, [`Nms::handle_stored_session`] / [`Nms::handle_session_missing`]
+//! to answer a [`NmsEvent::NeedSession`] (the shell looks the session up in
+//! the database the AS writes), [`Nms::handle_replay_floor_stored`] to
+//! answer a [`NmsEvent::StoreReplayFloor`], [`Nms::handle_sessions_ended`]
+//! when the database ends sessions (a newer Login, revocation, reset, a
+//! periodic re-check of [`Nms::held_sessions`]), [`Nms::handle_timeout`]
+//! when the deadline from [`Nms::poll_timeout`] passes. Outputs, to drain
+//! after every input: [`Nms::poll_transmit`] then [`Nms::poll_event`], then
+//! re-arm the timer with [`Nms::poll_timeout`]. The NMS never reads a clock
+//! or a socket.
+//!
+//! # Sessions (`docs/protocol.md` §3.4, §4.3, §4.6)
+//!
+//! A session from the store ([`Nms::handle_stored_session`]) comes with its
+//! [`SessionStanding`]: its Login's number and its replay floor. Then:
+//!
+//! - A node counter at or below the floor is refused before any crypto:
+//!   the floor is the counter of the session's latest Registration any NMS
+//!   accepted, so nothing recorded before it is accepted again, even by a
+//!   restarted NMS whose replay window is empty.
+//! - A Registration takes effect only once its counter is stored as the new
+//!   floor ([`NmsEvent::StoreReplayFloor`]); the store then ends the
+//!   device's sessions from earlier Logins, and so does the NMS. A
+//!   Registration under a session older than the device's registered one is
+//!   refused, as is loading such a session.
+//! - Lookups of unknown session IDs are bounded: IDs the store did not
+//!   know (or ended) are remembered for [`MISSING_TTL`], and new lookups
+//!   are rate-limited per source and in all ([`NmsConfig::lookups_per_source`],
+//!   [`NmsConfig::lookups_total`]).
+//!
+//! [`Nms::handle_session`] loads a session without a standing (no order,
+//! no floor to store): for harnesses without a store.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -50,6 +76,29 @@ impl std::fmt::Debug for SessionInfo {
     }
 }
 
+/// Where a stored session stands among its device's sessions, and what an
+/// NMS accepted under it before (the store's `sessions` row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionStanding {
+    /// The Login's number: a later Login has a greater one.
+    pub login_seq: u64,
+    /// Node counters at or below this are refused: the counter of the
+    /// latest Registration an NMS accepted under this session (0: none).
+    pub replay_floor: u64,
+}
+
+/// How storing a replay floor ([`NmsEvent::StoreReplayFloor`]) went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloorStored {
+    /// Stored: the Registration may take effect.
+    Stored,
+    /// The session has ended (superseded, revoked, expired): it goes.
+    SessionEnded,
+    /// The store failed; the Registration is dropped (the node sends it
+    /// again, under a new counter).
+    Failed,
+}
+
 #[derive(Debug, Clone)]
 pub struct NmsConfig {
     pub keepalive: Duration,
@@ -64,6 +113,11 @@ pub struct NmsConfig {
     pub probe_port: u16,
     /// Relay grants for route directions, when TRS instances run.
     pub relay: Option<RelayConfig>,
+    /// Lookups of unknown session IDs one source (an IPv4 address or an
+    /// IPv6 /64) may cause per second; bursts of twice as many.
+    pub lookups_per_source: u32,
+    /// Lookups of unknown session IDs per second in all (bursts as many).
+    pub lookups_total: u32,
 }
 
 /// How the NMS hands out relay grants (see [`cyphonic_proto::relay`]).
@@ -101,6 +155,8 @@ impl Default for NmsConfig {
             direction_timeout: Duration::from_secs(4),
             probe_port: 0,
             relay: None,
+            lookups_per_source: 50,
+            lookups_total: 5000,
         }
     }
 }
@@ -117,9 +173,17 @@ pub struct Transmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NmsEvent {
     /// A packet arrived for a session the NMS does not hold: look it up and
-    /// answer with `handle_session` or `handle_session_missing`.
+    /// answer with `handle_stored_session` or `handle_session_missing`.
     NeedSession {
         session_id: SessionId,
+    },
+    /// A Registration under a stored session waits: store `floor` as the
+    /// session's replay floor (raising it, never lowering), end the
+    /// device's sessions from earlier Logins, then answer with
+    /// `handle_replay_floor_stored`.
+    StoreReplayFloor {
+        session_id: SessionId,
+        floor: u64,
     },
     Registered {
         fqdn: String,
@@ -166,6 +230,23 @@ pub struct NmsCounters {
     pub registrations: u64,
     pub directions: u64,
     pub direction_failures: u64,
+    /// Session lookups asked of the shell.
+    pub lookups: u64,
+    /// Lookups the store answered with no such (live) session.
+    pub lookups_missing: u64,
+    /// Packets of unknown sessions dropped without a lookup: rate limits,
+    /// or too many lookups waiting.
+    pub lookups_limited: u64,
+    /// Packets of sessions known to be missing or ended, dropped without a
+    /// lookup.
+    pub rx_ended_session: u64,
+    /// Packets whose counter is at or below the session's replay floor.
+    pub rx_below_floor: u64,
+    /// Registrations (and session loads) refused because the device has
+    /// registered under a newer session.
+    pub rx_superseded: u64,
+    /// Sessions dropped because they ended.
+    pub sessions_ended: u64,
 }
 
 /// Registration state of one node.
@@ -206,6 +287,35 @@ struct Session {
     info: SessionInfo,
     cipher: SignalCipher,
     registration: Option<Registration>,
+    /// For a session from the store: its order and replay floor.
+    stored: Option<Stored>,
+}
+
+/// A stored session's standing as the NMS tracks it.
+struct Stored {
+    login_seq: u64,
+    /// Counters at or below this are refused.
+    floor: u64,
+    /// The greatest floor known to be in the store.
+    stored_floor: u64,
+    /// The floor being stored now (one write per session at a time).
+    storing: Option<u64>,
+    /// The latest Registration waiting for its counter to be stored.
+    waiting: Option<WaitingRegistration>,
+}
+
+struct WaitingRegistration {
+    counter: u64,
+    local: SocketAddr,
+    from: SocketAddr,
+    txid: u64,
+    request: RegistrationRequest,
+}
+
+/// Packets waiting for a session lookup, since when.
+struct Awaiting {
+    since: Instant,
+    packets: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
 }
 
 struct PendingRoute {
@@ -227,6 +337,12 @@ const MAX_PENDING_ROUTES: usize = 4096;
 const RESPONSE_CACHE: usize = 4096;
 /// Information Requests waiting for the shell's lookup.
 const MAX_INFORMATION_PENDING: usize = 1024;
+/// Session IDs remembered as missing or ended, and for how long.
+pub const MAX_MISSING_SESSIONS: usize = 4096;
+pub const MISSING_TTL: Duration = Duration::from_secs(60);
+/// Sources whose lookup rate is tracked; beyond, idle ones are dropped
+/// (and if that frees too little, all are).
+pub const MAX_LOOKUP_SOURCES: usize = 4096;
 
 pub struct Nms {
     config: NmsConfig,
@@ -236,7 +352,10 @@ pub struct Nms {
     /// fqdn -> session of its latest registration.
     by_fqdn: HashMap<String, SessionId>,
     /// Packets waiting for a session lookup, by session ID.
-    awaiting_session: BTreeMap<SessionId, Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
+    awaiting_session: BTreeMap<SessionId, Awaiting>,
+    /// Session IDs the store did not know, or that ended.
+    missing: MissingSessions,
+    lookup_limits: LookupLimits,
     routes: BTreeMap<RouteId, PendingRoute>,
     /// (session, txid) -> sealed answer, so a retransmitted request is
     /// answered the same way instead of being acted on twice.
@@ -264,6 +383,8 @@ impl Nms {
             sessions: HashMap::new(),
             by_fqdn: HashMap::new(),
             awaiting_session: BTreeMap::new(),
+            missing: MissingSessions::default(),
+            lookup_limits: LookupLimits::default(),
             routes: BTreeMap::new(),
             answered: HashMap::new(),
             answered_order: VecDeque::new(),
@@ -332,20 +453,18 @@ impl Nms {
         };
         let Some(session) = self.sessions.get_mut(&session_id) else {
             self.counters.rx_unknown_session += 1;
-            if !self.awaiting_session.contains_key(&session_id)
-                && self.awaiting_session.len() >= MAX_UNKNOWN_SESSIONS
-            {
-                return;
-            }
-            let queue = self.awaiting_session.entry(session_id).or_default();
-            if queue.is_empty() {
-                self.events.push_back(NmsEvent::NeedSession { session_id });
-            }
-            if queue.len() < MAX_PENDING_PER_UNKNOWN_SESSION {
-                queue.push((local, from, packet.to_vec()));
-            }
+            self.on_unknown_session(now, local, from, session_id, packet);
             return;
         };
+        // peek_session checked the length: the counter is there.
+        let counter = signal_counter(packet).unwrap_or(0);
+        if let Some(stored) = &session.stored {
+            if counter <= stored.floor {
+                self.counters.rx_below_floor += 1;
+                tracing::debug!(%from, %session_id, counter, floor = stored.floor, "dropping signaling packet at or below the replay floor");
+                return;
+            }
+        }
         let envelope = match session.cipher.open(packet) {
             Ok(env) => env,
             Err(e) => {
@@ -358,21 +477,225 @@ impl Nms {
         if let Some(reg) = session.registration.as_mut() {
             reg.last_seen = now;
         }
-        self.dispatch(now, session_id, local, from, envelope);
+        self.dispatch(now, session_id, local, from, counter, envelope);
     }
 
-    /// The shell found the session a [`NmsEvent::NeedSession`] asked for.
+    /// A packet for a session the NMS does not hold: queue it and ask for
+    /// a lookup, unless the session is known to be missing or the lookup
+    /// limits say no.
+    fn on_unknown_session(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        session_id: SessionId,
+        packet: &[u8],
+    ) {
+        if let Some(waiting) = self.awaiting_session.get_mut(&session_id) {
+            if waiting.packets.len() < MAX_PENDING_PER_UNKNOWN_SESSION {
+                waiting.packets.push((local, from, packet.to_vec()));
+            }
+            return;
+        }
+        if self.missing.contains(session_id, now) {
+            self.counters.rx_ended_session += 1;
+            return;
+        }
+        if self.awaiting_session.len() >= MAX_UNKNOWN_SESSIONS
+            || !self.lookup_limits.allow(
+                now,
+                from.ip(),
+                self.config.lookups_per_source,
+                self.config.lookups_total,
+            )
+        {
+            self.counters.lookups_limited += 1;
+            tracing::debug!(%from, %session_id, "unknown session: lookup limited");
+            return;
+        }
+        self.awaiting_session.insert(
+            session_id,
+            Awaiting {
+                since: now,
+                packets: vec![(local, from, packet.to_vec())],
+            },
+        );
+        self.counters.lookups += 1;
+        self.events.push_back(NmsEvent::NeedSession { session_id });
+    }
+
+    /// The shell found the session a [`NmsEvent::NeedSession`] asked for,
+    /// in a store that does not order sessions or keep replay floors (a
+    /// test harness): the session is used as it is. A shell over the
+    /// cloud's store answers with [`Nms::handle_stored_session`].
     pub fn handle_session(&mut self, now: Instant, info: SessionInfo) {
+        self.load_session(now, info, None);
+    }
+
+    /// The shell found the session a [`NmsEvent::NeedSession`] asked for,
+    /// with its standing in the store.
+    pub fn handle_stored_session(
+        &mut self,
+        now: Instant,
+        info: SessionInfo,
+        standing: SessionStanding,
+    ) {
+        self.load_session(now, info, Some(standing));
+    }
+
+    /// The shell has no such session (expired, ended or forged): drop its
+    /// packets, and its next ones for [`MISSING_TTL`] without a lookup.
+    pub fn handle_session_missing(&mut self, session_id: SessionId) {
+        if let Some(waiting) = self.awaiting_session.remove(&session_id) {
+            self.counters.lookups_missing += 1;
+            self.missing.insert(session_id, waiting.since);
+        }
+    }
+
+    /// The lookup failed (the store, not the session): drop the packets;
+    /// the session's next packet asks again.
+    pub fn handle_session_lookup_failed(&mut self, session_id: SessionId) {
+        self.awaiting_session.remove(&session_id);
+    }
+
+    /// These sessions ended in the store: they stop now, and their packets
+    /// are dropped without a lookup for [`MISSING_TTL`]. IDs the NMS does
+    /// not hold are remembered too (a lookup may be under way).
+    pub fn handle_sessions_ended(&mut self, now: Instant, ended: &[SessionId]) {
+        for &id in ended {
+            self.end_session(now, id);
+        }
+    }
+
+    /// The sessions the NMS holds, for the shell's re-check against the
+    /// store.
+    pub fn held_sessions(&self) -> Vec<SessionId> {
+        let mut ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The shell's answer to [`NmsEvent::StoreReplayFloor`].
+    pub fn handle_replay_floor_stored(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        floor: u64,
+        outcome: FloorStored,
+    ) {
+        let Some(stored) = self
+            .sessions
+            .get_mut(&session_id)
+            .and_then(|s| s.stored.as_mut())
+        else {
+            return;
+        };
+        if stored.storing == Some(floor) {
+            stored.storing = None;
+        }
+        match outcome {
+            FloorStored::Stored => {}
+            FloorStored::SessionEnded => {
+                self.end_session(now, session_id);
+                return;
+            }
+            FloorStored::Failed => {
+                tracing::warn!(%session_id, "cannot store the replay floor: Registration dropped");
+                stored.waiting = None;
+                return;
+            }
+        }
+        stored.stored_floor = stored.stored_floor.max(floor);
+        let Some(waiting) = stored.waiting.take() else {
+            return;
+        };
+        if waiting.counter > stored.stored_floor {
+            // A newer Registration came while storing: store its counter.
+            if stored.storing.is_none() {
+                stored.storing = Some(waiting.counter);
+                self.events.push_back(NmsEvent::StoreReplayFloor {
+                    session_id,
+                    floor: waiting.counter,
+                });
+            }
+            stored.waiting = Some(waiting);
+            return;
+        }
+        if self.superseded(session_id) {
+            self.counters.rx_superseded += 1;
+            return;
+        }
+        self.apply_registration(
+            now,
+            session_id,
+            waiting.local,
+            waiting.from,
+            waiting.txid,
+            waiting.counter,
+            waiting.request,
+        );
+    }
+
+    fn load_session(&mut self, now: Instant, info: SessionInfo, standing: Option<SessionStanding>) {
         let id = info.session_id;
-        self.insert_session(info);
-        for (local, from, packet) in self.awaiting_session.remove(&id).unwrap_or_default() {
+        let waiting = self.awaiting_session.remove(&id);
+        if self.missing.contains(id, now) {
+            // It ended while the shell looked it up.
+            return;
+        }
+        if let Some(standing) = standing {
+            if self.older_than_registered(&info.fqdn, standing.login_seq) {
+                self.counters.rx_superseded += 1;
+                tracing::debug!(session_id = %id, fqdn = %info.fqdn, "refusing a session older than the device's registered one");
+                self.missing.insert(id, now);
+                return;
+            }
+        }
+        // A session already held keeps its window: loading it afresh would
+        // accept its recorded packets once more.
+        if !self.sessions.contains_key(&id) {
+            self.insert_session(info, standing);
+        }
+        for (local, from, packet) in waiting.map(|w| w.packets).unwrap_or_default() {
             self.handle_datagram(now, local, from, &packet);
         }
     }
 
-    /// The shell has no such session (expired or forged): drop its packets.
-    pub fn handle_session_missing(&mut self, session_id: SessionId) {
-        self.awaiting_session.remove(&session_id);
+    /// Drops a session that ended; its next packets need no lookup.
+    fn end_session(&mut self, now: Instant, id: SessionId) {
+        self.awaiting_session.remove(&id);
+        self.missing.insert(id, now);
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        if self.by_fqdn.get(&session.info.fqdn) == Some(&id) {
+            self.by_fqdn.remove(&session.info.fqdn);
+        }
+        self.counters.sessions_ended += 1;
+        tracing::debug!(session_id = %id, fqdn = %session.info.fqdn, "session ended");
+    }
+
+    /// Whether a stored session of this FQDN with Login number `login_seq`
+    /// is older than the stored session the device is registered under.
+    fn older_than_registered(&self, fqdn: &str, login_seq: u64) -> bool {
+        self.by_fqdn
+            .get(fqdn)
+            .and_then(|r| self.sessions.get(r))
+            .and_then(|r| r.stored.as_ref())
+            .is_some_and(|r| r.login_seq > login_seq)
+    }
+
+    /// Whether this stored session's device is registered under a newer
+    /// one.
+    fn superseded(&self, session_id: SessionId) -> bool {
+        let Some(session) = self.sessions.get(&session_id) else {
+            return true;
+        };
+        let Some(stored) = session.stored.as_ref() else {
+            return false;
+        };
+        self.by_fqdn.get(&session.info.fqdn) != Some(&session_id)
+            && self.older_than_registered(&session.info.fqdn, stored.login_seq)
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -418,7 +741,7 @@ impl Nms {
         }
     }
 
-    fn insert_session(&mut self, info: SessionInfo) {
+    fn insert_session(&mut self, info: SessionInfo, standing: Option<SessionStanding>) {
         let cipher = SignalCipher::new(
             info.session_id,
             &info.common_key,
@@ -431,6 +754,13 @@ impl Nms {
                 info,
                 cipher,
                 registration: None,
+                stored: standing.map(|s| Stored {
+                    login_seq: s.login_seq,
+                    floor: s.replay_floor,
+                    stored_floor: s.replay_floor,
+                    storing: None,
+                    waiting: None,
+                }),
             },
         );
     }
@@ -441,6 +771,7 @@ impl Nms {
         session_id: SessionId,
         local: SocketAddr,
         from: SocketAddr,
+        counter: u64,
         env: Envelope,
     ) {
         if let Some(cached) = self.answered.get(&(session_id, env.txid)) {
@@ -458,7 +789,7 @@ impl Nms {
         }
         match env.message {
             Message::RegistrationRequest(req) => {
-                self.on_registration(now, session_id, local, from, env.txid, req)
+                self.on_registration(now, session_id, local, from, env.txid, counter, req)
             }
             Message::KeepAlive => self.on_keepalive(session_id, local, from, env.txid),
             Message::NatProbe => self.on_nat_probe(session_id, local, from, env.txid),
@@ -482,6 +813,10 @@ impl Nms {
         }
     }
 
+    /// A Registration under a stored session takes effect once its counter
+    /// is stored as the session's replay floor; one under a session older
+    /// than the device's registered one is refused.
+    #[allow(clippy::too_many_arguments)]
     fn on_registration(
         &mut self,
         now: Instant,
@@ -489,12 +824,62 @@ impl Nms {
         local: SocketAddr,
         from: SocketAddr,
         txid: u64,
+        counter: u64,
+        req: RegistrationRequest,
+    ) {
+        if self.superseded(session_id) {
+            self.counters.rx_superseded += 1;
+            tracing::info!(%from, %session_id, "Registration under a superseded session refused");
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let Some(stored) = session.stored.as_mut() else {
+            self.apply_registration(now, session_id, local, from, txid, counter, req);
+            return;
+        };
+        if counter <= stored.stored_floor {
+            self.apply_registration(now, session_id, local, from, txid, counter, req);
+            return;
+        }
+        stored.waiting = Some(WaitingRegistration {
+            counter,
+            local,
+            from,
+            txid,
+            request: req,
+        });
+        if stored.storing.is_none() {
+            stored.storing = Some(counter);
+            self.events.push_back(NmsEvent::StoreReplayFloor {
+                session_id,
+                floor: counter,
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_registration(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        local: SocketAddr,
+        from: SocketAddr,
+        txid: u64,
+        counter: u64,
         req: RegistrationRequest,
     ) {
         let keepalive_secs = self.config.keepalive.as_secs().clamp(1, u16::MAX as u64) as u16;
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
+        let login_seq = session.stored.as_mut().map(|stored| {
+            // Nothing sealed before this Registration is accepted again.
+            stored.floor = stored.floor.max(counter);
+            stored.login_seq
+        });
+        let device_id = session.info.device_id.clone();
         let local_addrs = req
             .local_addrs
             .into_iter()
@@ -522,8 +907,25 @@ impl Nms {
         });
         // A node that logged in again replaces its older session.
         if let Some(old) = self.by_fqdn.insert(fqdn.clone(), session_id) {
-            if old != session_id {
+            if old != session_id && login_seq.is_none() {
                 self.sessions.remove(&old);
+            }
+        }
+        if let Some(login_seq) = login_seq {
+            // The store ended the device's sessions from earlier Logins
+            // before this took effect; so does the NMS, at once.
+            let older: Vec<SessionId> = self
+                .sessions
+                .iter()
+                .filter(|(id, s)| {
+                    **id != session_id
+                        && s.info.device_id == device_id
+                        && s.stored.as_ref().is_none_or(|o| o.login_seq < login_seq)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in older {
+                self.end_session(now, id);
             }
         }
         self.counters.registrations += 1;
@@ -975,6 +1377,120 @@ pub fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// The sender's counter of a signaling packet: nonce bytes 4..12, at
+/// offset 16 (`docs/protocol.md` §4.1).
+fn signal_counter(packet: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = packet.get(16..24)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// Session IDs known not to exist (the store said so, or they ended), for
+/// [`MISSING_TTL`] each, at most [`MAX_MISSING_SESSIONS`] (the oldest go
+/// first).
+#[derive(Default)]
+struct MissingSessions {
+    until: HashMap<SessionId, Instant>,
+    order: VecDeque<(SessionId, Instant)>,
+}
+
+impl MissingSessions {
+    fn insert(&mut self, id: SessionId, now: Instant) {
+        let until = now + MISSING_TTL;
+        while let Some(&(old, old_until)) = self.order.front() {
+            if old_until > now && self.order.len() < MAX_MISSING_SESSIONS {
+                break;
+            }
+            self.order.pop_front();
+            if self.until.get(&old) == Some(&old_until) {
+                self.until.remove(&old);
+            }
+        }
+        self.until.insert(id, until);
+        self.order.push_back((id, until));
+    }
+
+    fn contains(&self, id: SessionId, now: Instant) -> bool {
+        self.until.get(&id).is_some_and(|until| now < *until)
+    }
+}
+
+/// Token buckets that bound session lookups, per source (an IPv4 address
+/// or an IPv6 /64: spoofing either is cheap, so the total bucket is the
+/// real bound) and in all.
+#[derive(Default)]
+struct LookupLimits {
+    total: Option<Bucket>,
+    sources: HashMap<IpAddr, Bucket>,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant, rate: f64, burst: f64) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.last = now;
+    }
+}
+
+impl LookupLimits {
+    /// Whether a lookup caused by a packet from `ip` may go ahead now;
+    /// takes a token from the source's bucket and the total one if so.
+    fn allow(&mut self, now: Instant, ip: IpAddr, per_source: u32, total: u32) -> bool {
+        let (rate, burst) = (f64::from(per_source), 2.0 * f64::from(per_source));
+        let (total_rate, total_burst) = (f64::from(total), f64::from(total));
+        let key = source_key(ip);
+        if !self.sources.contains_key(&key) && self.sources.len() >= MAX_LOOKUP_SOURCES {
+            // Buckets that refilled say nothing a fresh one would not.
+            self.sources.retain(|_, b| {
+                b.refill(now, rate, burst);
+                b.tokens < burst
+            });
+            if self.sources.len() >= MAX_LOOKUP_SOURCES / 2 {
+                self.sources.clear();
+            }
+        }
+        let source = self
+            .sources
+            .entry(key)
+            .or_insert_with(|| Bucket::full(burst, now));
+        source.refill(now, rate, burst);
+        let total_bucket = self
+            .total
+            .get_or_insert_with(|| Bucket::full(total_burst, now));
+        total_bucket.refill(now, total_rate, total_burst);
+        if source.tokens < 1.0 || total_bucket.tokens < 1.0 {
+            return false;
+        }
+        source.tokens -= 1.0;
+        total_bucket.tokens -= 1.0;
+        true
+    }
+}
+
+/// An IPv4 address, or the /64 of an IPv6 address (IPv4-mapped ones count
+/// as IPv4).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1134,5 +1650,384 @@ mod tests {
         assert!(std::iter::from_fn(|| nms.poll_event())
             .all(|e| !matches!(e, NmsEvent::NeedGeneralNodes { .. })));
         assert!(nms.poll_transmit().is_none());
+    }
+
+    // ---- sessions: order, replay floor, ended sessions, lookups -----------
+
+    const NMS_LOCAL: &str = "192.0.2.1:4502";
+
+    fn at(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn info(id: u64, device: &str) -> SessionInfo {
+        SessionInfo {
+            session_id: SessionId(id),
+            common_key: [id as u8; 32],
+            device_id: device.into(),
+            fqdn: format!("{device}.cyphonic.internal"),
+            vip4: std::net::Ipv4Addr::new(100, 64, 0, 2),
+            vip6: "fd7a:6379:7068::2".parse().unwrap(),
+            cert_serial: 7,
+        }
+    }
+
+    /// The node's end of session `id`, its counters from `base`.
+    fn node_cipher(id: u64, base: u64) -> SignalCipher {
+        SignalCipher::new(SessionId(id), &[id as u8; 32], Role::Node, base)
+    }
+
+    fn registration(node: &mut SignalCipher, txid: u64) -> Vec<u8> {
+        node.seal(&Envelope {
+            txid,
+            message: Message::RegistrationRequest(RegistrationRequest {
+                static_public: [txid as u8; 32],
+                tunnel_port: 4501,
+                local_addrs: vec![at("198.51.100.20:4501")],
+                transport: cyphonic_proto::Transport::Udp,
+                quic_port: 0,
+            }),
+        })
+    }
+
+    fn keepalive(node: &mut SignalCipher, txid: u64) -> Vec<u8> {
+        node.seal(&Envelope {
+            txid,
+            message: Message::KeepAlive,
+        })
+    }
+
+    fn events(nms: &mut Nms) -> Vec<NmsEvent> {
+        std::iter::from_fn(|| nms.poll_event()).collect()
+    }
+
+    fn transmits(nms: &mut Nms) -> Vec<Transmit> {
+        std::iter::from_fn(|| nms.poll_transmit()).collect()
+    }
+
+    /// The floors the NMS asked to store, answered as stored.
+    fn store_floors(nms: &mut Nms, now: Instant) -> Vec<(SessionId, u64)> {
+        let mut stored = Vec::new();
+        loop {
+            let asked: Vec<(SessionId, u64)> = events(nms)
+                .into_iter()
+                .filter_map(|e| match e {
+                    NmsEvent::StoreReplayFloor { session_id, floor } => Some((session_id, floor)),
+                    _ => None,
+                })
+                .collect();
+            if asked.is_empty() {
+                return stored;
+            }
+            for (id, floor) in asked {
+                nms.handle_replay_floor_stored(now, id, floor, FloorStored::Stored);
+                stored.push((id, floor));
+            }
+        }
+    }
+
+    /// Registers stored session `id` of `device` from `from`; returns the
+    /// node's cipher and the Registration packet (to replay).
+    fn register_stored(
+        nms: &mut Nms,
+        now: Instant,
+        id: u64,
+        device: &str,
+        standing: SessionStanding,
+        base: u64,
+        from: SocketAddr,
+    ) -> (SignalCipher, Vec<u8>) {
+        nms.handle_stored_session(now, info(id, device), standing);
+        let mut node = node_cipher(id, base);
+        let reg = registration(&mut node, 1);
+        nms.handle_datagram(now, at(NMS_LOCAL), from, &reg);
+        assert!(
+            transmits(nms).is_empty(),
+            "no answer before the floor is stored"
+        );
+        assert_eq!(store_floors(nms, now), vec![(SessionId(id), base)]);
+        let answers = transmits(nms);
+        assert_eq!(answers.len(), 1, "the RegistrationResponse");
+        let env = node.open(&answers[0].payload).unwrap();
+        assert!(matches!(env.message, Message::RegistrationResponse(_)));
+        (node, reg)
+    }
+
+    fn observed(nms: &Nms, fqdn: &str) -> Option<SocketAddr> {
+        nms.registrations()
+            .into_iter()
+            .find(|(f, _)| f == fqdn)
+            .map(|(_, r)| r.observed)
+    }
+
+    #[test]
+    fn a_registration_takes_effect_only_once_its_floor_is_stored() {
+        let now = Instant::now();
+        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 1);
+        let standing = SessionStanding {
+            login_seq: 1,
+            replay_floor: 0,
+        };
+        nms.handle_stored_session(now, info(5, "n1"), standing);
+        let mut node = node_cipher(5, 1000);
+        let from = at("198.51.100.20:4501");
+        nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 1));
+        assert_eq!(
+            events(&mut nms),
+            vec![NmsEvent::StoreReplayFloor {
+                session_id: SessionId(5),
+                floor: 1000
+            }]
+        );
+        assert!(nms.registrations().is_empty());
+        // The store failed: nothing took effect, and the node's next copy
+        // (a new counter) is stored and answered.
+        nms.handle_replay_floor_stored(now, SessionId(5), 1000, FloorStored::Failed);
+        assert!(transmits(&mut nms).is_empty() && nms.registrations().is_empty());
+        nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 1));
+        assert_eq!(store_floors(&mut nms, now), vec![(SessionId(5), 1001)]);
+        assert_eq!(observed(&nms, "n1.cyphonic.internal"), Some(from));
+        assert_eq!(transmits(&mut nms).len(), 1);
+        // Its session ended meanwhile: it goes, without an answer.
+        nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 2));
+        let [NmsEvent::StoreReplayFloor { floor, .. }] = events(&mut nms)[..] else {
+            panic!("a floor to store");
+        };
+        nms.handle_replay_floor_stored(now, SessionId(5), floor, FloorStored::SessionEnded);
+        assert!(transmits(&mut nms).is_empty());
+        assert!(nms.held_sessions().is_empty());
+    }
+
+    /// The review's finding, in the core: a device registered under a newer
+    /// session; a recorded Registration of its older session, replayed
+    /// from anywhere, must not take the registration over: not while the
+    /// NMS runs, not from a lookup that raced the newer Registration, and
+    /// not after a restart that finds the old session still stored.
+    #[test]
+    fn an_older_sessions_recorded_registration_cannot_take_over() {
+        let now = Instant::now();
+        let home = at("198.51.100.20:4501");
+        let attacker = at("203.0.113.66:40000");
+        let fqdn = "n1.cyphonic.internal";
+        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 1);
+        let first = SessionStanding {
+            login_seq: 1,
+            replay_floor: 0,
+        };
+        let second = SessionStanding {
+            login_seq: 2,
+            replay_floor: 0,
+        };
+        let (_, old_reg) = register_stored(&mut nms, now, 1, "n1", first, 1000, home);
+        register_stored(&mut nms, now, 2, "n1", second, 5000, home);
+        assert_eq!(nms.held_sessions(), vec![SessionId(2)], "S2 ended S1");
+
+        nms.handle_datagram(now, at(NMS_LOCAL), attacker, &old_reg);
+        assert!(transmits(&mut nms).is_empty());
+        assert!(
+            events(&mut nms).is_empty(),
+            "no lookup for an ended session"
+        );
+        assert_eq!(nms.counters().rx_ended_session, 1);
+        assert_eq!(observed(&nms, fqdn), Some(home));
+
+        // A lookup of S1 that read the store before S2's Registration
+        // ended it answers late: refused.
+        nms.handle_stored_session(now, info(1, "n1"), first);
+        assert_eq!(nms.held_sessions(), vec![SessionId(2)]);
+
+        // A restarted NMS whose store (wrongly) still has S1: S2
+        // registers again, then S1's session is refused on load.
+        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 2);
+        let stored_second = SessionStanding {
+            login_seq: 2,
+            replay_floor: 5000,
+        };
+        register_stored(&mut nms, now, 2, "n1", stored_second, 6000, home);
+        nms.handle_datagram(now, at(NMS_LOCAL), attacker, &old_reg);
+        let [NmsEvent::NeedSession { session_id }] = events(&mut nms)[..] else {
+            panic!("a lookup of S1");
+        };
+        assert_eq!(session_id, SessionId(1));
+        nms.handle_stored_session(now, info(1, "n1"), first);
+        assert!(transmits(&mut nms).is_empty());
+        assert!(events(&mut nms).is_empty());
+        assert_eq!(nms.counters().rx_superseded, 1);
+        assert_eq!(observed(&nms, fqdn), Some(home));
+        assert_eq!(nms.held_sessions(), vec![SessionId(2)]);
+    }
+
+    /// Both sessions held (a node's parallel Logins): whichever registers
+    /// is the device's; an older one's Registration waiting for its floor
+    /// when a newer one took effect never does.
+    #[test]
+    fn an_older_session_never_replaces_a_newer_ones_registration() {
+        let now = Instant::now();
+        let (home, elsewhere) = (at("198.51.100.20:4501"), at("203.0.113.66:40000"));
+        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 1);
+        for (id, seq) in [(1, 1), (2, 2)] {
+            nms.handle_stored_session(
+                now,
+                info(id, "n1"),
+                SessionStanding {
+                    login_seq: seq,
+                    replay_floor: 0,
+                },
+            );
+        }
+        let (mut old, mut new) = (node_cipher(1, 1000), node_cipher(2, 5000));
+        nms.handle_datagram(now, at(NMS_LOCAL), elsewhere, &registration(&mut old, 1));
+        nms.handle_datagram(now, at(NMS_LOCAL), home, &registration(&mut new, 1));
+        let asked = events(&mut nms);
+        assert_eq!(asked.len(), 2);
+        // S2's floor is stored first: S2 takes effect and ends S1.
+        nms.handle_replay_floor_stored(now, SessionId(2), 5000, FloorStored::Stored);
+        nms.handle_replay_floor_stored(now, SessionId(1), 1000, FloorStored::Stored);
+        assert_eq!(observed(&nms, "n1.cyphonic.internal"), Some(home));
+        assert_eq!(nms.held_sessions(), vec![SessionId(2)]);
+        assert_eq!(transmits(&mut nms).len(), 1, "S2's answer only");
+    }
+
+    /// What a restarted NMS must refuse: every counter at or below the
+    /// stored floor (the last Registration accepted before), and, once the
+    /// node registered anew, every counter before that Registration.
+    #[test]
+    fn a_restarted_nms_refuses_what_was_accepted_before() {
+        let now = Instant::now();
+        let (home, attacker) = (at("198.51.100.20:4501"), at("203.0.113.66:40000"));
+        let fqdn = "n1.cyphonic.internal";
+        let standing = SessionStanding {
+            login_seq: 1,
+            replay_floor: 0,
+        };
+        let mut before = Nms::new(NmsConfig::default(), [0; 32], 1);
+        let (mut node, reg) = register_stored(&mut before, now, 1, "n1", standing, 1000, home);
+        let (first, second) = (keepalive(&mut node, 2), keepalive(&mut node, 3));
+        for k in [&first, &second] {
+            before.handle_datagram(now, at(NMS_LOCAL), home, k);
+        }
+        assert_eq!(transmits(&mut before).len(), 2, "two KeepAliveAcks");
+
+        // The store holds floor 1000 (the Registration's counter).
+        let mut after = Nms::new(NmsConfig::default(), [0; 32], 2);
+        after.handle_stored_session(
+            now,
+            info(1, "n1"),
+            SessionStanding {
+                login_seq: 1,
+                replay_floor: 1000,
+            },
+        );
+        after.handle_datagram(now, at(NMS_LOCAL), attacker, &reg);
+        assert!(transmits(&mut after).is_empty() && events(&mut after).is_empty());
+        assert_eq!(after.counters().rx_below_floor, 1);
+        // A KeepAlive from after that Registration only asks for a new
+        // one, and changes nothing.
+        after.handle_datagram(now, at(NMS_LOCAL), attacker, &first);
+        let answers = transmits(&mut after);
+        assert_eq!(answers.len(), 1);
+        let env = node_cipher(1, 0).open(&answers[0].payload).unwrap();
+        assert_eq!(env.message, Message::ReRegister);
+        assert!(after.registrations().is_empty());
+        // The node registers anew; the other KeepAlive, never seen by this
+        // NMS's window, is refused: it is older than that Registration.
+        after.handle_datagram(now, at(NMS_LOCAL), home, &registration(&mut node, 3));
+        store_floors(&mut after, now);
+        assert_eq!(observed(&after, fqdn), Some(home));
+        transmits(&mut after);
+        after.handle_datagram(now, at(NMS_LOCAL), attacker, &second);
+        assert!(transmits(&mut after).is_empty());
+        assert_eq!(observed(&after, fqdn), Some(home));
+        assert_eq!(after.counters().rx_below_floor, 2);
+    }
+
+    #[test]
+    fn ended_sessions_stop_at_once_and_are_not_looked_up_again() {
+        let now = Instant::now();
+        let home = at("198.51.100.20:4501");
+        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 1);
+        let standing = SessionStanding {
+            login_seq: 1,
+            replay_floor: 0,
+        };
+        let (mut node, _) = register_stored(&mut nms, now, 1, "n1", standing, 1000, home);
+        nms.handle_sessions_ended(now, &[SessionId(1)]);
+        assert!(nms.held_sessions().is_empty() && nms.registrations().is_empty());
+        nms.handle_datagram(now, at(NMS_LOCAL), home, &keepalive(&mut node, 2));
+        assert!(transmits(&mut nms).is_empty() && events(&mut nms).is_empty());
+        // After MISSING_TTL the store is asked again.
+        nms.handle_datagram(
+            now + MISSING_TTL,
+            at(NMS_LOCAL),
+            home,
+            &keepalive(&mut node, 3),
+        );
+        assert_eq!(
+            events(&mut nms),
+            vec![NmsEvent::NeedSession {
+                session_id: SessionId(1)
+            }]
+        );
+        // A lookup answered after the session ended (ended while it ran)
+        // loads nothing.
+        nms.handle_stored_session(now, info(9, "n9"), standing);
+        nms.handle_sessions_ended(now, &[SessionId(10)]);
+        nms.handle_stored_session(now, info(10, "n10"), standing);
+        assert_eq!(nms.held_sessions(), vec![SessionId(9)]);
+    }
+
+    #[test]
+    fn unknown_session_lookups_are_bounded() {
+        let now = Instant::now();
+        let config = NmsConfig {
+            lookups_per_source: 10,
+            lookups_total: 100,
+            ..NmsConfig::default()
+        };
+        let mut nms = Nms::new(config, [0; 32], 1);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut probe = |nms: &mut Nms, from: SocketAddr, id: u64, now: Instant| {
+            let packet = keepalive(&mut node_cipher(id, 1), rng.gen());
+            nms.handle_datagram(now, at(NMS_LOCAL), from, &packet);
+            let asked = events(nms).len();
+            // The shell finds none of them.
+            nms.handle_session_missing(SessionId(id));
+            asked
+        };
+        // One source: its burst (twice its rate), then nothing.
+        let one = at("203.0.113.66:40000");
+        let asked: usize = (1..=1000).map(|id| probe(&mut nms, one, id, now)).sum();
+        assert_eq!(asked, 20);
+        assert_eq!(nms.counters().lookups_limited, 980);
+        // The same /64 is the same source; the next /64 is another.
+        let v6 = |s: &str| SocketAddr::new(s.parse().unwrap(), 4501);
+        assert_eq!(probe(&mut nms, v6("2001:db8:0:1::1"), 2001, now), 1);
+        for id in 2002..2030 {
+            probe(&mut nms, v6("2001:db8:0:1::ffff"), id, now);
+        }
+        assert_eq!(probe(&mut nms, v6("2001:db8:0:1::2"), 2030, now), 0);
+        assert_eq!(probe(&mut nms, v6("2001:db8:0:2::1"), 2031, now), 1);
+        // A second later, the source's rate again.
+        let later = now + Duration::from_secs(1);
+        let asked: usize = (3000..3100).map(|id| probe(&mut nms, one, id, later)).sum();
+        assert_eq!(asked, 10);
+        // Many sources: the total bounds them, and the source table stays
+        // bounded.
+        let much_later = now + Duration::from_secs(3600);
+        let asked: usize = (0..(2 * MAX_LOOKUP_SOURCES as u32))
+            .map(|i| {
+                let from =
+                    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), 1);
+                probe(&mut nms, from, 10_000 + u64::from(i), much_later)
+            })
+            .sum();
+        assert_eq!(asked, 100);
+        assert!(nms.lookup_limits.sources.len() <= MAX_LOOKUP_SOURCES);
+        // A session the store did not know costs no second lookup.
+        let known_missing = keepalive(&mut node_cipher(1, 1), 1);
+        nms.handle_datagram(much_later, at(NMS_LOCAL), one, &known_missing);
+        assert!(events(&mut nms).is_empty());
+        // The missing table stays bounded.
+        assert!(nms.missing.order.len() <= MAX_MISSING_SESSIONS);
     }
 }

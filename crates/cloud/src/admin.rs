@@ -25,8 +25,11 @@ use crate::config::{
 use crate::store::{CertStatus, DeviceKind, DeviceRecord, GeneralNodeRecord, Store, StoreError};
 use cyphonic_proto::mac::{BadMac, MacAddr};
 
-/// The shortest password `add_device` accepts.
+/// The shortest password `add_device` and `reset_device` accept from an
+/// operator who chooses one.
 pub const MIN_PASSWORD_LEN: usize = 8;
+/// Random bytes in a generated enrollment password (128 bits).
+pub const TOKEN_BYTES: usize = 16;
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,26 +147,119 @@ pub async fn init(
     Ok(report)
 }
 
-/// Adds a node `<device_id>.<domain>` with its password and gives it its
-/// VIPs.
+/// A device's one-time enrollment password, as the operator hands it to
+/// the device's owner.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrollmentPassword {
+    pub password: String,
+    /// Made here (the operator chose none): show it, once.
+    pub generated: bool,
+}
+
+impl std::fmt::Debug for EnrollmentPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollmentPassword")
+            .field("password", &"<redacted>")
+            .field("generated", &self.generated)
+            .finish()
+    }
+}
+
+/// What `add_device` made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedDevice {
+    pub device: DeviceRecord,
+    pub password: EnrollmentPassword,
+}
+
+/// What `reset_device` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceReset {
+    pub device_id: String,
+    pub password: EnrollmentPassword,
+    /// Serials of the certificates it revoked.
+    pub revoked: Vec<u64>,
+    /// How many sessions ended.
+    pub ended_sessions: usize,
+}
+
+/// A random enrollment password of [`TOKEN_BYTES`] bytes from the OS,
+/// as four dash-separated groups of 8 hex digits.
+pub fn generate_password() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    bytes
+        .chunks(4)
+        .map(hex::encode)
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The operator's password if they chose one (checked), or a fresh one.
+fn enrollment_password(chosen: Option<&str>) -> Result<EnrollmentPassword, AdminError> {
+    match chosen {
+        Some(pw) if pw.chars().count() < MIN_PASSWORD_LEN => Err(AdminError::WeakPassword),
+        Some(pw) => Ok(EnrollmentPassword {
+            password: pw.to_owned(),
+            generated: false,
+        }),
+        None => Ok(EnrollmentPassword {
+            password: generate_password(),
+            generated: true,
+        }),
+    }
+}
+
+/// Adds a node `<device_id>.<domain>` and gives it its VIPs and a one-time
+/// enrollment password: the operator's, or (without one) a random one of
+/// 128 bits. The first enrollment spends it.
 pub async fn add_device(
     cfg: &CloudConfig,
     device_id: &str,
-    password: &str,
-) -> Result<DeviceRecord, AdminError> {
+    password: Option<&str>,
+) -> Result<AddedDevice, AdminError> {
     if !is_dns_label(device_id) {
         return Err(AdminError::InvalidDeviceId(device_id.to_owned()));
     }
-    if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(AdminError::WeakPassword);
-    }
+    let password = enrollment_password(password)?;
     let fqdn = format!("{device_id}.{}", cfg.domain);
     let store = Store::open(&cfg.database_path()).await?;
     let result = store
-        .add_device(device_id, password, &fqdn, cfg.vip4_prefix, cfg.vip6_prefix)
+        .add_device(
+            device_id,
+            &password.password,
+            &fqdn,
+            cfg.vip4_prefix,
+            cfg.vip6_prefix,
+        )
         .await;
     store.close().await;
-    Ok(result?)
+    Ok(AddedDevice {
+        device: result?,
+        password,
+    })
+}
+
+/// Lets a node enroll again: a new one-time enrollment password (the
+/// operator's, or a random one), its certificates revoked and its sessions
+/// ended, so only whoever enrolls with the new password is the device from
+/// now on.
+pub async fn reset_device(
+    cfg: &CloudConfig,
+    device_id: &str,
+    password: Option<&str>,
+) -> Result<DeviceReset, AdminError> {
+    let password = enrollment_password(password)?;
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store.reset_credential(device_id, &password.password).await;
+    store.close().await;
+    let reset = result?;
+    Ok(DeviceReset {
+        device_id: device_id.to_owned(),
+        password,
+        revoked: reset.revoked,
+        ended_sessions: reset.ended_sessions.len(),
+    })
 }
 
 /// Adds general node `<name>.<domain>`, which adapter `adapter_id` (a node)

@@ -7,15 +7,24 @@
 //! at the TLS layer (enrolling nodes have none yet); when one is presented,
 //! rustls has verified its chain to our root before any request is read.
 //!
-//! Bounds: at most [`MAX_CONNECTIONS`] connections, [`MAX_LINE`] bytes per
-//! request line, [`IDLE_TIMEOUT`] of silence (handshake included), and at
-//! most [`MAX_PASSWORD_CHECKS`] argon2 verifications at once, so
-//! unauthenticated peers cannot take every core.
+//! Bounds: at most [`MAX_CONNECTIONS`] connections, of which
+//! [`MAX_CONNECTIONS_PER_SOURCE`] from one source (an IPv4 address or an
+//! IPv6 /64), [`MAX_LINE`] bytes per request line, [`IDLE_TIMEOUT`] of
+//! silence (handshake included), and at most [`MAX_PASSWORD_CHECKS`] argon2
+//! verifications at once, so unauthenticated peers cannot take every core.
+//!
+//! Password guessing is limited ([`Attempts`]): one enrollment per
+//! connection, and per device ID and per source [`FREE_FAILURES`] wrong
+//! passwords, then a lockout that doubles with every further one (from
+//! [`FIRST_LOCKOUT`] up to [`MAX_LOCKOUT`]). A locked attempt costs no
+//! argon2 work and is answered [`code::TOO_MANY_ATTEMPTS`].
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use cyphonic_pki::{Issuer, Verifier};
@@ -26,16 +35,52 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::as_proto::{code, encode_line, LoginOk, Request, Response, MAX_LINE};
+use crate::as_proto::{encode_line, LoginOk, Request, Response, MAX_LINE};
 use crate::config::CloudConfig;
-use crate::store::{CertStatus, CertificateRecord, DeviceRecord, Store, StoreError};
+use crate::store::{
+    CertStatus, CertificateRecord, DeviceRecord, EnrollmentGrant, Store, StoreError,
+};
+
+/// The error codes of `docs/protocol.md` §3.3: those of
+/// [`crate::as_proto::code`] and the ones this AS added since.
+pub mod code {
+    pub use crate::as_proto::code::*;
+    /// The enrollment was not tried: too many wrong passwords for this
+    /// device ID or from this source (the message says when to try again),
+    /// or a second enrollment on one connection (which is then closed).
+    pub const TOO_MANY_ATTEMPTS: &str = "too_many_attempts";
+    /// The right password, but it already enrolled the device: enrollment
+    /// passwords are one-time; the operator resets the device for a new
+    /// one.
+    pub const CREDENTIAL_USED: &str = "credential_used";
+}
 
 /// Silence after which a connection is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections served at once from one source (an IPv4 address or an IPv6
+/// /64); more from it are closed at once.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 16;
 /// Password verifications (argon2) at once.
 pub const MAX_PASSWORD_CHECKS: usize = 4;
+/// Enrollments (password checks) one connection may ask for; a further
+/// one is refused and the connection closed.
+pub const MAX_ENROLLMENTS_PER_CONNECTION: u32 = 1;
+/// Wrong passwords per device ID and per source before a lockout.
+pub const FREE_FAILURES: u32 = 5;
+/// The first lockout; each further wrong password doubles it.
+pub const FIRST_LOCKOUT: Duration = Duration::from_secs(60);
+/// The longest lockout.
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(3600);
+/// A device ID or source without a wrong password for this long starts
+/// afresh.
+pub const FORGET_FAILURES_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Device IDs and sources whose failures are remembered, each; when full,
+/// the entry with the oldest failure goes.
+pub const MAX_TRACKED: usize = 16_384;
+/// How often forgotten failures are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the AS renews its own TLS server certificate.
 const SERVER_CERT_RENEWAL: Duration = Duration::from_secs(24 * 3600);
 /// Slack for node clocks that run behind: a certificate is valid from this
@@ -137,6 +182,8 @@ struct State {
     root_der: Vec<u8>,
     acceptor: RwLock<TlsAcceptor>,
     password_checks: Semaphore,
+    attempts: Mutex<Attempts>,
+    slots: Arc<ConnectionSlots>,
 }
 
 impl AsServer {
@@ -157,6 +204,8 @@ impl AsServer {
             root_der,
             acceptor: RwLock::new(acceptor),
             password_checks: Semaphore::new(MAX_PASSWORD_CHECKS),
+            attempts: Mutex::new(Attempts::new(MAX_TRACKED)),
+            slots: Arc::new(ConnectionSlots::new(MAX_CONNECTIONS_PER_SOURCE)),
         };
 
         let mut listeners = Vec::new();
@@ -231,24 +280,33 @@ impl AsServer {
         let mut connections = JoinSet::new();
         let mut renewal = tokio::time::interval(SERVER_CERT_RENEWAL);
         renewal.tick().await; // The first tick is immediate; the cert is fresh.
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some((tcp, peer)) = accepted.recv() => {
-                    if connections.len() >= MAX_CONNECTIONS {
-                        warn!(%peer, "too many connections; closing this one");
+                    let Some(slot) = admit(&self.state, connections.len(), peer) else {
                         continue;
-                    }
-                    connections.spawn(serve_connection(self.state.clone(), tcp, peer));
+                    };
+                    let state = self.state.clone();
+                    connections.spawn(async move {
+                        serve_connection(state, tcp, peer).await;
+                        drop(slot);
+                    });
                 }
                 Some((tls, peer)) = async { handoff.as_mut()?.recv().await }, if handoff.is_some() => {
-                    if connections.len() >= MAX_CONNECTIONS {
-                        warn!(%peer, "too many connections; closing this one");
+                    let Some(slot) = admit(&self.state, connections.len(), peer) else {
                         continue;
-                    }
-                    connections.spawn(serve_tls(self.state.clone(), tls, peer));
+                    };
+                    let state = self.state.clone();
+                    connections.spawn(async move {
+                        serve_tls(state, tls, peer).await;
+                        drop(slot);
+                    });
                 }
+                _ = prune.tick() => self.state.attempts().prune(Instant::now()),
                 Some(done) = connections.join_next() => {
                     if let Err(e) = done {
                         if e.is_panic() {
@@ -276,12 +334,36 @@ impl AsServer {
     }
 }
 
+/// A slot for a new connection from `peer`, or `None` (and the connection
+/// is dropped, so closed) when the AS or that source is full.
+fn admit(state: &State, open: usize, peer: SocketAddr) -> Option<SourceSlot> {
+    if open >= MAX_CONNECTIONS {
+        warn!(%peer, "too many connections; closing this one");
+        return None;
+    }
+    let slot = ConnectionSlots::acquire(&state.slots, peer.ip());
+    if slot.is_none() {
+        warn!(%peer, limit = MAX_CONNECTIONS_PER_SOURCE, "too many connections from this source; closing this one");
+    }
+    slot
+}
+
+/// What one connection has asked for so far.
+#[derive(Debug, Default)]
+struct ConnectionState {
+    enrollments: u32,
+}
+
 impl State {
     fn acceptor(&self) -> TlsAcceptor {
         self.acceptor
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn attempts(&self) -> std::sync::MutexGuard<'_, Attempts> {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Answers one request line. The flag says whether to close the
@@ -291,6 +373,7 @@ impl State {
         line: &[u8],
         peer_chain: Option<&[Vec<u8>]>,
         peer: SocketAddr,
+        conn: &mut ConnectionState,
     ) -> (Response, bool) {
         let request: Request = match serde_json::from_slice(line) {
             Ok(r) => r,
@@ -305,11 +388,29 @@ impl State {
             }
         };
         let result = match request {
+            Request::Enroll { device_id, .. }
+                if conn.enrollments >= MAX_ENROLLMENTS_PER_CONNECTION =>
+            {
+                warn!(%peer, device_id, "enroll refused: another enrollment on one connection");
+                return (
+                    Response::error(
+                        code::TOO_MANY_ATTEMPTS,
+                        format!(
+                            "at most {MAX_ENROLLMENTS_PER_CONNECTION} enrollment per connection; \
+                             open a new connection"
+                        ),
+                    ),
+                    true,
+                );
+            }
             Request::Enroll {
                 device_id,
                 password,
                 csr_pem,
-            } => self.enroll(&device_id, &password.0, &csr_pem, peer).await,
+            } => {
+                conn.enrollments += 1;
+                self.enroll(&device_id, &password.0, &csr_pem, peer).await
+            }
             Request::Login {} => self.login(peer_chain, peer).await,
             Request::EnrollGeneral { device_id, csr_pem } => {
                 self.enroll_general(peer_chain, &device_id, &csr_pem, peer)
@@ -329,42 +430,45 @@ impl State {
         csr_pem: &str,
         peer: SocketAddr,
     ) -> Result<Response, Refusal> {
-        let device = {
+        // Counted before the check, so concurrent guesses cannot slip past
+        // the limit; settled once the outcome is known.
+        let attempt = self
+            .attempts()
+            .begin(device_id, peer.ip(), Instant::now())
+            .map_err(|retry_after| {
+                warn!(%peer, device_id, retry_after = retry_after.as_secs(), "enroll refused: too many failed attempts");
+                Refusal::new(
+                    code::TOO_MANY_ATTEMPTS,
+                    format!(
+                        "too many wrong passwords for this device or from this address; \
+                         try again in {} s",
+                        retry_after.as_secs().max(1)
+                    ),
+                )
+            })?;
+        let checked = {
             // Invariant: the semaphore is never closed.
             let _permit = self
                 .password_checks
                 .acquire()
                 .await
                 .map_err(|_| Refusal::internal())?;
-            match self.store.check_password(device_id, password).await {
-                Ok(device) => device,
-                Err(StoreError::BadCredentials) => {
-                    warn!(%peer, device_id, "enroll refused: wrong device ID or password");
-                    return Err(Refusal::new(
-                        code::BAD_CREDENTIALS,
-                        "wrong device ID or password",
-                    ));
-                }
-                Err(StoreError::DeviceDisabled(id)) => {
-                    warn!(%peer, device_id, "enroll refused: device disabled");
-                    return Err(Refusal::new(
-                        code::DEVICE_DISABLED,
-                        format!("device {id} is disabled"),
-                    ));
-                }
-                Err(e) => {
-                    warn!(%peer, device_id, error = %e, "enroll failed");
-                    return Err(Refusal::internal());
-                }
-            }
+            self.store.check_enrollment(device_id, password).await
         };
-        self.issue_for(&device, csr_pem, peer).await
+        let failed = matches!(checked, Err(StoreError::BadCredentials));
+        self.attempts().settle(attempt, failed);
+        let grant = checked.map_err(|e| enroll_refusal(e, device_id, peer))?;
+        self.issue_for(&grant.device, Some(&grant), csr_pem, peer)
+            .await
     }
 
     /// A certificate for `device` from the CSR, recorded, with its chain.
+    /// With `grant`, recording it spends the password that enrolled it (a
+    /// CSR the AS cannot use spends nothing).
     async fn issue_for(
         &self,
         device: &DeviceRecord,
+        grant: Option<&EnrollmentGrant>,
         csr_pem: &str,
         peer: SocketAddr,
     ) -> Result<Response, Refusal> {
@@ -386,22 +490,21 @@ impl State {
                     format!("cannot issue a certificate from this CSR: {e}"),
                 )
             })?;
-        self.store
-            .record_certificate(&CertificateRecord {
-                serial: cert.serial,
-                device_id: device.device_id.clone(),
-                fqdn: device.fqdn.clone(),
-                not_before: cert.not_before,
-                not_after: cert.not_after,
-                issued_at: now,
-                status: CertStatus::Good,
-                cert_pem: cert.cert_pem.clone(),
-            })
-            .await
-            .map_err(|e| {
-                warn!(%peer, device_id, error = %e, "enroll failed: cannot record the certificate");
-                Refusal::internal()
-            })?;
+        let record = CertificateRecord {
+            serial: cert.serial,
+            device_id: device.device_id.clone(),
+            fqdn: device.fqdn.clone(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            issued_at: now,
+            status: CertStatus::Good,
+            cert_pem: cert.cert_pem.clone(),
+        };
+        let recorded = match grant {
+            Some(grant) => self.store.record_enrollment(grant, &record).await,
+            None => self.store.record_certificate(&record).await,
+        };
+        recorded.map_err(|e| enroll_refusal(e, device_id, peer))?;
         info!(%peer, device_id, fqdn = %device.fqdn, serial = format_args!("{:#x}", cert.serial), "enrolled");
         Ok(Response::Enrolled {
             fqdn: device.fqdn.clone(),
@@ -441,7 +544,7 @@ impl State {
             ));
         }
         info!(%peer, adapter = %adapter.device_id, device_id, "enrolling a general node for its adapter");
-        self.issue_for(&general.device, csr_pem, peer).await
+        self.issue_for(&general.device, None, csr_pem, peer).await
     }
 
     /// The device whose certificate the TLS client presented: issued by
@@ -556,6 +659,28 @@ impl State {
     }
 }
 
+/// The answer to an enrollment the store refused.
+fn enroll_refusal(e: StoreError, device_id: &str, peer: SocketAddr) -> Refusal {
+    match e {
+        StoreError::BadCredentials => {
+            warn!(%peer, device_id, "enroll refused: wrong device ID or password");
+            Refusal::new(code::BAD_CREDENTIALS, "wrong device ID or password")
+        }
+        StoreError::DeviceDisabled(id) => {
+            warn!(%peer, device_id, "enroll refused: device disabled");
+            Refusal::new(code::DEVICE_DISABLED, format!("device {id} is disabled"))
+        }
+        e @ StoreError::CredentialUsed(_) => {
+            warn!(%peer, device_id, "enroll refused: the enrollment password was already used");
+            Refusal::new(code::CREDENTIAL_USED, e.to_string())
+        }
+        e => {
+            warn!(%peer, device_id, error = %e, "enroll failed");
+            Refusal::internal()
+        }
+    }
+}
+
 /// An error answer.
 struct Refusal {
     code: &'static str,
@@ -620,6 +745,7 @@ async fn serve_tls(state: Arc<State>, tls: HandedOff, peer: SocketAddr) {
         .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
     let mut stream = BufReader::new(tls);
     let mut line = Vec::new();
+    let mut conn = ConnectionState::default();
     loop {
         line.clear();
         let read = tokio::time::timeout(
@@ -653,7 +779,11 @@ async fn serve_tls(state: Arc<State>, tls: HandedOff, peer: SocketAddr) {
                     true,
                 )
             }
-            Ok(Ok(_)) => state.answer(&line, peer_chain.as_deref(), peer).await,
+            Ok(Ok(_)) => {
+                state
+                    .answer(&line, peer_chain.as_deref(), peer, &mut conn)
+                    .await
+            }
         };
         let write = async {
             stream.get_mut().write_all(&encode_line(&response)).await?;
@@ -744,4 +874,374 @@ fn join_pem(first: &str, second: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Whom connection and guessing limits count against: an IPv4 address, or
+/// an IPv6 /64 (one subscriber's usual allocation, RFC 6177); an
+/// IPv4-mapped IPv6 address counts as its IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceKey(IpAddr);
+
+impl SourceKey {
+    pub fn of(ip: IpAddr) -> SourceKey {
+        match ip {
+            IpAddr::V4(v4) => SourceKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    SourceKey(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
+        }
+    }
+}
+
+/// Open connections per source, each held by a [`SourceSlot`]. Entries
+/// exist only for sources with open connections, so the table never holds
+/// more than the AS's connections.
+struct ConnectionSlots {
+    per_source: usize,
+    open: Mutex<HashMap<SourceKey, usize>>,
+}
+
+impl ConnectionSlots {
+    fn new(per_source: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            per_source,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn acquire(this: &Arc<ConnectionSlots>, ip: IpAddr) -> Option<SourceSlot> {
+        let source = SourceKey::of(ip);
+        let mut open = this.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(source).or_insert(0);
+        if *count >= this.per_source {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            slots: this.clone(),
+            source,
+        })
+    }
+}
+
+/// One open connection of a source; dropping it frees the slot.
+struct SourceSlot {
+    slots: Arc<ConnectionSlots>,
+    source: SourceKey,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Wrong enrollment passwords, per device ID and per source; pure (the
+/// caller passes `now`).
+///
+/// Use: [`Attempts::begin`] before checking a password (it refuses while
+/// either key is locked out, and counts the attempt as a failure at once,
+/// so concurrent attempts cannot exceed the limit), then
+/// [`Attempts::settle`] with whether the password was wrong.
+/// [`Attempts::prune`] now and then drops forgotten entries.
+pub struct Attempts {
+    devices: FailureTable<String>,
+    sources: FailureTable<SourceKey>,
+}
+
+/// An attempt [`Attempts::begin`] counted, to [`Attempts::settle`].
+#[derive(Debug)]
+#[must_use = "settle the attempt with its outcome"]
+pub struct Attempt {
+    device: String,
+    source: SourceKey,
+}
+
+/// Device IDs longer than this are counted by their first this many bytes
+/// (no device ID is longer than a DNS label, 63), so keys stay small.
+const MAX_DEVICE_KEY: usize = 64;
+
+impl Attempts {
+    /// Remembers at most `max_tracked` device IDs and as many sources.
+    pub fn new(max_tracked: usize) -> Attempts {
+        Attempts {
+            devices: FailureTable::new(max_tracked),
+            sources: FailureTable::new(max_tracked),
+        }
+    }
+
+    /// Counts an attempt on `device_id` from `ip`, or refuses it with how
+    /// long the lockout still lasts.
+    pub fn begin(
+        &mut self,
+        device_id: &str,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<Attempt, Duration> {
+        let mut end = device_id.len().min(MAX_DEVICE_KEY);
+        while !device_id.is_char_boundary(end) {
+            end -= 1;
+        }
+        let device = device_id[..end].to_owned();
+        let source = SourceKey::of(ip);
+        let wait = self
+            .devices
+            .locked(&device, now)
+            .max(self.sources.locked(&source, now));
+        if !wait.is_zero() {
+            return Err(wait);
+        }
+        self.devices.count(device.clone(), now);
+        self.sources.count(source, now);
+        Ok(Attempt { device, source })
+    }
+
+    /// The attempt's outcome: `failed` when the password was wrong (or the
+    /// device unknown); otherwise it is not counted after all.
+    pub fn settle(&mut self, attempt: Attempt, failed: bool) {
+        if !failed {
+            self.devices.uncount(&attempt.device);
+            self.sources.uncount(&attempt.source);
+        }
+    }
+
+    /// Forgets device IDs and sources without a failure for
+    /// [`FORGET_FAILURES_AFTER`].
+    pub fn prune(&mut self, now: Instant) {
+        self.devices.prune(now);
+        self.sources.prune(now);
+    }
+
+    /// Device IDs and sources remembered.
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.devices.entries.len(), self.sources.entries.len())
+    }
+}
+
+struct Failures {
+    count: u32,
+    last: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Failures per key, at most `max` keys.
+struct FailureTable<K> {
+    max: usize,
+    entries: HashMap<K, Failures>,
+}
+
+impl<K: Hash + Eq + Clone> FailureTable<K> {
+    fn new(max: usize) -> Self {
+        FailureTable {
+            max: max.max(1),
+            entries: HashMap::new(),
+        }
+    }
+
+    /// How long `key` stays locked out (zero: not locked).
+    fn locked(&self, key: &K, now: Instant) -> Duration {
+        self.entries
+            .get(key)
+            .and_then(|f| f.locked_until)
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
+
+    fn count(&mut self, key: K, now: Instant) {
+        if let Some(f) = self.entries.get(&key) {
+            if now.saturating_duration_since(f.last) >= FORGET_FAILURES_AFTER {
+                self.entries.remove(&key);
+            }
+        }
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.max {
+            self.prune(now);
+            if self.entries.len() >= self.max {
+                // The oldest failure is the one least worth remembering.
+                // Bounded work: argon2 bounds the rate of failures.
+                if let Some(oldest) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.entries.remove(&oldest);
+                }
+            }
+        }
+        let f = self.entries.entry(key).or_insert(Failures {
+            count: 0,
+            last: now,
+            locked_until: None,
+        });
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        if f.count >= FREE_FAILURES {
+            f.locked_until = Some(now + lockout(f.count));
+        }
+    }
+
+    fn uncount(&mut self, key: &K) {
+        let Some(f) = self.entries.get_mut(key) else {
+            return;
+        };
+        f.count = f.count.saturating_sub(1);
+        if f.count < FREE_FAILURES {
+            f.locked_until = None;
+        }
+        if f.count == 0 {
+            self.entries.remove(key);
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        self.entries
+            .retain(|_, f| now.saturating_duration_since(f.last) < FORGET_FAILURES_AFTER);
+    }
+}
+
+/// The lockout after the `count`th failure (`count` ≥ [`FREE_FAILURES`]):
+/// [`FIRST_LOCKOUT`], doubling with each further failure, at most
+/// [`MAX_LOCKOUT`].
+fn lockout(count: u32) -> Duration {
+    let doublings = count.saturating_sub(FREE_FAILURES).min(16);
+    FIRST_LOCKOUT
+        .saturating_mul(1 << doublings)
+        .min(MAX_LOCKOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            SourceKey::of(a("2001:db8:1:2:aaaa::1")),
+            SourceKey::of(a("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            SourceKey::of(a("2001:db8:1:2::1")),
+            SourceKey::of(a("2001:db8:1:3::1"))
+        );
+        assert_eq!(SourceKey::of(a("::ffff:198.51.100.7")), SourceKey::of(V4));
+        assert_ne!(
+            SourceKey::of(a("198.51.100.7")),
+            SourceKey::of(a("198.51.100.8"))
+        );
+    }
+
+    #[test]
+    fn five_failures_then_a_lockout_that_doubles_up_to_an_hour() {
+        let mut attempts = Attempts::new(16);
+        let mut now = Instant::now();
+        for _ in 0..FREE_FAILURES {
+            let a = attempts.begin("n1", V4, now).expect("free attempts");
+            attempts.settle(a, true);
+        }
+        assert_eq!(attempts.begin("n1", V4, now).unwrap_err(), FIRST_LOCKOUT);
+        let mut expected = FIRST_LOCKOUT;
+        for _ in 0..8 {
+            now += expected;
+            let a = attempts.begin("n1", V4, now).expect("after the lockout");
+            attempts.settle(a, true);
+            expected = (expected * 2).min(MAX_LOCKOUT);
+            assert_eq!(attempts.begin("n1", V4, now).unwrap_err(), expected);
+        }
+        assert_eq!(expected, MAX_LOCKOUT);
+        // A day without failures and it starts afresh.
+        now += FORGET_FAILURES_AFTER + MAX_LOCKOUT;
+        attempts.prune(now);
+        assert_eq!(attempts.tracked(), (0, 0));
+        let a = attempts.begin("n1", V4, now).unwrap();
+        attempts.settle(a, false);
+    }
+
+    #[test]
+    fn device_and_source_count_apart_and_right_passwords_are_not_counted() {
+        let mut attempts = Attempts::new(16);
+        let now = Instant::now();
+        let other = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        // Four wrong passwords for n1 from V4 and one from elsewhere: n1 is
+        // locked from everywhere, V4 only for n1 (V4 has 4 failures).
+        for _ in 0..4 {
+            let a = attempts.begin("n1", V4, now).unwrap();
+            attempts.settle(a, true);
+        }
+        let a = attempts.begin("n1", other, now).unwrap();
+        attempts.settle(a, true);
+        assert!(attempts.begin("n1", V4, now).is_err());
+        assert!(attempts.begin("n1", other, now).is_err());
+        // Right passwords (or used, disabled) are not failures.
+        for _ in 0..10 {
+            let a = attempts.begin("n2", V4, now).unwrap();
+            attempts.settle(a, false);
+        }
+        let a = attempts.begin("n2", V4, now).unwrap();
+        attempts.settle(a, true);
+        // That was V4's fifth failure: V4 is locked for every device now.
+        assert!(attempts.begin("n3", V4, now).is_err());
+        assert!(attempts.begin("n3", other, now).is_ok());
+    }
+
+    #[test]
+    fn concurrent_attempts_cannot_pass_the_limit() {
+        let mut attempts = Attempts::new(16);
+        let now = Instant::now();
+        let in_flight: Vec<_> = (0..FREE_FAILURES)
+            .map(|_| attempts.begin("n1", V4, now).unwrap())
+            .collect();
+        assert!(attempts.begin("n1", V4, now).is_err(), "the sixth waits");
+        for a in in_flight {
+            attempts.settle(a, false);
+        }
+        assert!(attempts.begin("n1", V4, now).is_ok());
+    }
+
+    #[test]
+    fn tables_stay_bounded_and_keys_small() {
+        let mut attempts = Attempts::new(8);
+        let now = Instant::now();
+        for i in 0..100u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, i));
+            let a = attempts.begin(&format!("ghost{i}"), ip, now).unwrap();
+            attempts.settle(a, true);
+        }
+        assert_eq!(attempts.tracked(), (8, 8));
+        let long = "x".repeat(MAX_LINE);
+        let a = attempts.begin(&long, V4, now).unwrap();
+        assert!(a.device.len() <= MAX_DEVICE_KEY);
+        attempts.settle(a, true);
+        // Multi-byte characters are cut at a boundary.
+        let a = attempts.begin(&"é".repeat(100), V4, now).unwrap();
+        assert!(a.device.len() <= MAX_DEVICE_KEY);
+        attempts.settle(a, true);
+    }
+
+    #[test]
+    fn connection_slots_per_source() {
+        let slots = Arc::new(ConnectionSlots::new(2));
+        let a = ConnectionSlots::acquire(&slots, V4).unwrap();
+        let b = ConnectionSlots::acquire(&slots, V4).unwrap();
+        assert!(ConnectionSlots::acquire(&slots, V4).is_none());
+        assert!(ConnectionSlots::acquire(&slots, "2001:db8::1".parse().unwrap()).is_some());
+        drop(a);
+        let c = ConnectionSlots::acquire(&slots, V4).unwrap();
+        drop((b, c));
+        assert!(
+            slots.open.lock().unwrap().is_empty(),
+            "no entry outlives its connections"
+        );
+    }
 }

@@ -71,6 +71,10 @@ pub struct CloudConfig {
     /// Interval at which nodes send keepalives to the NMS.
     #[serde(default = "default_keepalive_secs")]
     pub keepalive_secs: u64,
+    /// How long a relay grant in a route direction is valid; nodes renew
+    /// it (a new route) three quarters into its life.
+    #[serde(default = "default_relay_grant_secs")]
+    pub relay_grant_secs: u64,
     /// Second UDP port of the NMS, on the same addresses as `nms_listen`:
     /// a node seen from two ports reveals its NAT's mapping behaviour
     /// (RFC 4787 §4.1).
@@ -142,6 +146,10 @@ fn default_keepalive_secs() -> u64 {
     15
 }
 
+fn default_relay_grant_secs() -> u64 {
+    86_400
+}
+
 pub const DEFAULT_NMS_PROBE_PORT: u16 = 4504;
 pub const DEFAULT_TRS_PORT: u16 = 4503;
 pub const RELAY_SECRET_FILE: &str = "relay.secret";
@@ -198,6 +206,7 @@ impl CloudConfig {
             cert_validity_days: default_cert_validity_days(),
             session_lifetime_secs: default_session_lifetime_secs(),
             keepalive_secs: default_keepalive_secs(),
+            relay_grant_secs: default_relay_grant_secs(),
             nms_probe_port: default_nms_probe_port(),
             trs_listen: default_trs_listen(),
             trs_public: Vec::new(),
@@ -372,6 +381,13 @@ impl CloudConfig {
                 "session_lifetime_secs",
                 format!("= {} is out of range", self.session_lifetime_secs),
                 "use a number of seconds from 60 to 31622400",
+            ));
+        }
+        if !(20..=7 * 86_400).contains(&self.relay_grant_secs) {
+            return Err(invalid(
+                "relay_grant_secs",
+                format!("= {} is out of range", self.relay_grant_secs),
+                "use a number of seconds from 20 to 604800",
             ));
         }
         if self.keepalive_secs == 0 || self.keepalive_secs * 2 > self.session_lifetime_secs {

@@ -12,10 +12,17 @@ use tokio::sync::mpsc;
 
 use crate::config::CloudConfig;
 use crate::edge::{CloudHub, EdgeTargets};
-use crate::nms::{Nms, NmsConfig, NmsEvent, SessionInfo};
-use crate::store::Store;
+use crate::nms::{
+    FloorStored, Nms, NmsConfig, NmsCounters, NmsEvent, SessionInfo, SessionStanding,
+};
+use crate::store::{Store, StoreError};
 use cyphonic_proto::signal::GeneralNodes;
 use cyphonic_proto::SessionId;
+
+/// How often the NMS re-checks the sessions it holds against the store:
+/// sessions another process ended (a `device reset` or `revoke` from the
+/// CLI, a Login at an AS elsewhere) or that expired stop within this.
+pub const SESSION_RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roles {
@@ -30,6 +37,17 @@ pub async fn run(
     cfg: CloudConfig,
     roles: Roles,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_observed(cfg, roles, shutdown, None).await
+}
+
+/// [`run`], publishing the NMS's counters on `nms_counters` after every
+/// input it handles (for status pages and tests).
+pub async fn run_observed(
+    cfg: CloudConfig,
+    roles: Roles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    nms_counters: Option<tokio::sync::watch::Sender<NmsCounters>>,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let store = Store::open(&cfg.database_path())
@@ -100,7 +118,7 @@ pub async fn run(
                 servers: cfg.relay_endpoints(),
                 quic_port: cfg.leg_ports().0,
                 tcp_port: cfg.leg_ports().1,
-                lifetime: Duration::from_secs(24 * 3600),
+                lifetime: Duration::from_secs(cfg.relay_grant_secs),
                 wall_origin: (
                     Instant::now(),
                     SystemTime::now()
@@ -136,7 +154,16 @@ pub async fn run(
         }
         let nms_edge = edge.clone();
         tasks.spawn(async move {
-            run_nms(nms_cfg, sockets, store, rx, nms_edge, (input_tx, input_rx)).await
+            run_nms_observed(
+                nms_cfg,
+                sockets,
+                store,
+                rx,
+                nms_edge,
+                (input_tx, input_rx),
+                nms_counters,
+            )
+            .await
         });
     }
     if matches!(roles, Roles::All | Roles::Trs) {
@@ -252,13 +279,39 @@ async fn bind_nms(addrs: &[SocketAddr]) -> anyhow::Result<Vec<Arc<UdpSocket>>> {
 /// `input` also carries datagrams from the hub (`edge`), with
 /// [`CloudHub::nms_local`] as their `local`: what the core sends from that
 /// `local` goes back through the hub, on the leg to the destination.
+///
+/// Sessions: lookups answer [`NmsEvent::NeedSession`]; a Registration's
+/// replay floor is stored ([`Store::record_registration`]) before it takes
+/// effect; sessions this process's store ends reach the core at once
+/// ([`Store::subscribe_ended_sessions`]), those other processes end within
+/// [`SESSION_RECHECK`].
 pub async fn run_nms(
+    config: NmsConfig,
+    sockets: Vec<Arc<UdpSocket>>,
+    store: Store,
+    stop: tokio::sync::watch::Receiver<bool>,
+    edge: Option<Arc<CloudHub>>,
+    input: NmsInput,
+) -> anyhow::Result<()> {
+    run_nms_observed(config, sockets, store, stop, edge, input, None).await
+}
+
+/// A session lookup's answer.
+enum Lookup {
+    Found(SessionInfo, SessionStanding),
+    Missing,
+    Failed,
+}
+
+/// [`run_nms`], publishing the core's counters after every input.
+pub async fn run_nms_observed(
     config: NmsConfig,
     sockets: Vec<Arc<UdpSocket>>,
     store: Store,
     mut stop: tokio::sync::watch::Receiver<bool>,
     edge: Option<Arc<CloudHub>>,
     input: NmsInput,
+    counters: Option<tokio::sync::watch::Sender<NmsCounters>>,
 ) -> anyhow::Result<()> {
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
@@ -269,11 +322,14 @@ pub async fn run_nms(
     let mut nms = Nms::new(config, seed, micros);
     let (tx, mut rx) = input;
     let mut by_local = std::collections::HashMap::new();
+    // Dropped on return, which stops the readers and so frees the ports
+    // (a cloud restarted in the same process binds them again).
+    let mut readers = tokio::task::JoinSet::new();
     for sock in &sockets {
         let local = sock.local_addr()?;
         by_local.insert(local, sock.clone());
         let (sock, tx) = (sock.clone(), tx.clone());
-        tokio::spawn(async move {
+        readers.spawn(async move {
             let mut buf = vec![0u8; 2048];
             loop {
                 match sock.recv_from(&mut buf).await {
@@ -287,8 +343,14 @@ pub async fn run_nms(
             }
         });
     }
-    let (session_tx, mut session_rx) = mpsc::channel::<(SessionId, Option<SessionInfo>)>(256);
+    let (session_tx, mut session_rx) = mpsc::channel::<(SessionId, Lookup)>(256);
     let (general_tx, mut general_rx) = mpsc::channel::<(SessionId, u64, GeneralNodes)>(256);
+    let (floor_tx, mut floor_rx) = mpsc::channel::<(SessionId, u64, FloorStored)>(256);
+    let (recheck_tx, mut recheck_rx) = mpsc::channel::<Vec<SessionId>>(1);
+    let mut ended = store.subscribe_ended_sessions();
+    let mut recheck = tokio::time::interval(SESSION_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rechecking = false;
     loop {
         while let Some(t) = nms.poll_transmit() {
             if let Some(edge) = edge.as_ref().filter(|e| e.nms_local() == t.local) {
@@ -306,8 +368,22 @@ pub async fn run_nms(
                 NmsEvent::NeedSession { session_id } => {
                     let (store, tx) = (store.clone(), session_tx.clone());
                     tokio::spawn(async move {
-                        let info = lookup_session(&store, session_id).await;
-                        let _ = tx.send((session_id, info)).await;
+                        let found = lookup_session(&store, session_id).await;
+                        let _ = tx.send((session_id, found)).await;
+                    });
+                }
+                NmsEvent::StoreReplayFloor { session_id, floor } => {
+                    let (store, tx) = (store.clone(), floor_tx.clone());
+                    tokio::spawn(async move {
+                        let outcome = match store.record_registration(session_id.0, floor).await {
+                            Ok(_) => FloorStored::Stored,
+                            Err(StoreError::NoSuchSession(_)) => FloorStored::SessionEnded,
+                            Err(e) => {
+                                tracing::warn!(%session_id, error = %e, "cannot store a replay floor");
+                                FloorStored::Failed
+                            }
+                        };
+                        let _ = tx.send((session_id, floor, outcome)).await;
                     });
                 }
                 NmsEvent::NatDetected { fqdn, nat } => {
@@ -352,6 +428,16 @@ pub async fn run_nms(
                 }
             }
         }
+        // After the transmits went out: whoever sees a counter move can
+        // rely on the answers to that input having been sent.
+        if let Some(counters) = &counters {
+            counters.send_if_modified(|c| {
+                let now = nms.counters();
+                let changed = *c != now;
+                *c = now;
+                changed
+            });
+        }
         let deadline = nms
             .poll_timeout()
             .map(|(t, _)| tokio::time::Instant::from_std(t))
@@ -360,37 +446,95 @@ pub async fn run_nms(
             _ = tokio::time::sleep_until(deadline) => nms.handle_timeout(Instant::now()),
             Some((local, from, packet)) = rx.recv() => nms.handle_datagram(Instant::now(), local, from, &packet),
             Some((id, txid, page)) = general_rx.recv() => nms.handle_general_nodes(id, txid, page),
-            Some((id, info)) = session_rx.recv() => match info {
-                Some(info) => nms.handle_session(Instant::now(), info),
-                None => nms.handle_session_missing(id),
+            Some((id, found)) = session_rx.recv() => match found {
+                Lookup::Found(info, standing) => nms.handle_stored_session(Instant::now(), info, standing),
+                Lookup::Missing => nms.handle_session_missing(id),
+                Lookup::Failed => nms.handle_session_lookup_failed(id),
             },
+            Some((id, floor, outcome)) = floor_rx.recv() => {
+                nms.handle_replay_floor_stored(Instant::now(), id, floor, outcome)
+            }
+            announced = ended.recv() => match announced {
+                Ok(ids) => {
+                    let ids: Vec<SessionId> = ids.into_iter().map(SessionId).collect();
+                    nms.handle_sessions_ended(Instant::now(), &ids);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "missed ended-session announcements; re-checking every session");
+                    recheck.reset_immediately();
+                }
+                // Invariant: the store (held here) keeps the sender.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+            },
+            _ = recheck.tick(), if !rechecking => {
+                let held = nms.held_sessions();
+                if !held.is_empty() {
+                    rechecking = true;
+                    let (store, tx) = (store.clone(), recheck_tx.clone());
+                    tokio::spawn(async move {
+                        let _ = tx.send(ended_among(&store, &held).await).await;
+                    });
+                }
+            }
+            Some(gone) = recheck_rx.recv() => {
+                rechecking = false;
+                if !gone.is_empty() {
+                    tracing::info!(sessions = gone.len(), "sessions ended in the store");
+                    nms.handle_sessions_ended(Instant::now(), &gone);
+                }
+            }
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }
 }
 
-async fn lookup_session(store: &Store, session_id: SessionId) -> Option<SessionInfo> {
+async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
+    let failed = |e: StoreError| {
+        tracing::warn!(error = %e, "session lookup failed");
+        Lookup::Failed
+    };
     let session = match store.session(session_id.0).await {
         Ok(Some(s)) => s,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!(error = %e, "session lookup failed");
-            return None;
-        }
+        Ok(None) => return Lookup::Missing,
+        Err(e) => return failed(e),
     };
-    let device = store.device(&session.device_id).await.ok().flatten()?;
-    if device.disabled {
-        return None;
+    let device = match store.device(&session.device_id).await {
+        Ok(Some(d)) if !d.disabled => d,
+        Ok(_) => return Lookup::Missing,
+        Err(e) => return failed(e),
+    };
+    Lookup::Found(
+        SessionInfo {
+            session_id,
+            common_key: session.common_key,
+            device_id: session.device_id,
+            fqdn: session.fqdn,
+            vip4: device.vip4,
+            vip6: device.vip6,
+            cert_serial: session.cert_serial,
+        },
+        SessionStanding {
+            login_seq: session.login_seq,
+            replay_floor: session.replay_floor,
+        },
+    )
+}
+
+/// The sessions among `held` the store no longer has live (ended, expired,
+/// device disabled). A store failure ends none.
+async fn ended_among(store: &Store, held: &[SessionId]) -> Vec<SessionId> {
+    let ids: Vec<u64> = held.iter().map(|s| s.0).collect();
+    match store.live_sessions(&ids, SystemTime::now()).await {
+        Ok(live) => held
+            .iter()
+            .copied()
+            .filter(|s| !live.contains(&s.0))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-check sessions");
+            Vec::new()
+        }
     }
-    Some(SessionInfo {
-        session_id,
-        common_key: session.common_key,
-        device_id: session.device_id,
-        fqdn: session.fqdn,
-        vip4: device.vip4,
-        vip6: device.vip6,
-        cert_serial: session.cert_serial,
-    })
 }
 
 /// The relay secret shared by NMS and TRS, from `relay.secret`.

@@ -5,6 +5,13 @@
 //! on, so a committed change survives a crash of the process or the machine.
 //! Migrations live in `crates/cloud/migrations` and are embedded in the
 //! binary; [`Store::open`] applies those the file lacks.
+//!
+//! Sessions end here (Login supersedes older ones, a Registration ends the
+//! device's older ones, revocation, disabling, removal, reset, expiry);
+//! every deletion is announced to this process's NMS through
+//! [`Store::subscribe_ended_sessions`], so a running NMS drops them at once.
+//! Another process (the CLI, an AS on another host) cannot reach it: the
+//! NMS also re-checks the sessions it holds ([`Store::live_sessions`]).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -19,6 +26,7 @@ use rand::RngCore;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
+use tokio::sync::broadcast;
 
 use crate::config::{Ipv4Prefix, Ipv6Prefix};
 
@@ -28,6 +36,18 @@ static MIGRATOR: Migrator = sqlx::migrate!();
 pub const CLOUD_HOST_NUMBER: u128 = 1;
 /// The lowest host number a device may get.
 const FIRST_DEVICE_HOST_NUMBER: u128 = CLOUD_HOST_NUMBER + 1;
+/// A Login ends the device's sessions opened at least this long before it.
+/// Younger ones stay until one of the device's sessions registers at the
+/// NMS ([`Store::record_registration`]): a node tries its Login at two
+/// ports at once and keeps the first answer, so the session it uses may be
+/// the older of two opened within its client timeout (5 s).
+pub const LOGIN_OVERLAP: Duration = Duration::from_secs(10);
+/// Ended-session announcements a slow subscriber may fall behind by before
+/// it is told it lagged (and re-checks everything it holds).
+const ENDED_SESSIONS_BACKLOG: usize = 1024;
+/// Session IDs per query in [`Store::live_sessions`] (SQLite's parameter
+/// limit is far above).
+const LIVE_SESSIONS_CHUNK: usize = 500;
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +62,21 @@ pub enum StoreError {
     /// which device IDs exist.
     #[error("wrong device ID or password")]
     BadCredentials,
+    /// The right password, but it already enrolled the device (or an
+    /// operator replaced it since): enrollment passwords are one-time.
+    #[error(
+        "the enrollment password of device {0} was already used; ask the operator for a new one \
+         (`cyphonic cloud device reset {0}`)"
+    )]
+    CredentialUsed(String),
     #[error("device {0} is disabled")]
     DeviceDisabled(String),
     #[error("certificate {0:#x} is not recorded")]
     NoSuchCertificate(u64),
     #[error("certificate serial {0:#x} is already recorded")]
     SerialExists(u64),
+    #[error("session {0:#x} does not exist (ended or expired)")]
+    NoSuchSession(u64),
     #[error("no free virtual IP is left in {vip4_prefix} / {vip6_prefix}")]
     VipsExhausted {
         vip4_prefix: Ipv4Prefix,
@@ -190,6 +219,12 @@ pub struct SessionRecord {
     pub common_key: [u8; 32],
     pub cert_serial: u64,
     pub expires_at: SystemTime,
+    /// The Login's number: a later Login (of any device) has a greater one.
+    pub login_seq: u64,
+    /// Node -> NMS counters at or below this were accepted by an NMS and
+    /// are refused from now on (the counter of the session's latest
+    /// Registration; 0 before any).
+    pub replay_floor: u64,
 }
 
 impl fmt::Debug for SessionRecord {
@@ -201,14 +236,45 @@ impl fmt::Debug for SessionRecord {
             .field("common_key", &"<redacted>")
             .field("cert_serial", &self.cert_serial)
             .field("expires_at", &self.expires_at)
+            .field("login_seq", &self.login_seq)
+            .field("replay_floor", &self.replay_floor)
             .finish()
     }
 }
 
-/// The cloud's database. Cheap to clone: clones share one connection pool.
+/// A device whose enrollment password just verified: what
+/// [`Store::record_enrollment`] needs to spend that very password.
+#[derive(Clone)]
+pub struct EnrollmentGrant {
+    pub device: DeviceRecord,
+    /// The password hash that verified; spending it fails if an operator
+    /// replaced it meanwhile.
+    credential: String,
+}
+
+impl fmt::Debug for EnrollmentGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollmentGrant")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Store::reset_credential`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialReset {
+    /// Serials of the certificates it revoked (those still good).
+    pub revoked: Vec<u64>,
+    /// Sessions it ended.
+    pub ended_sessions: Vec<u64>,
+}
+
+/// The cloud's database. Cheap to clone: clones share one connection pool
+/// and one announcement channel of ended sessions.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    ended: broadcast::Sender<Vec<u64>>,
 }
 
 const DEVICE_COLUMNS: &str = "device_id, kind, fqdn, vip4, vip6, created_at, disabled";
@@ -240,12 +306,28 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Store { pool })
+        let (ended, _) = broadcast::channel(ENDED_SESSIONS_BACKLOG);
+        Ok(Store { pool, ended })
     }
 
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Announcements of sessions this store (and its clones) ended, after
+    /// each commit. A subscriber that lags gets `RecvError::Lagged` and
+    /// should re-check what it holds with [`Store::live_sessions`]; changes
+    /// made by other processes are never announced here.
+    pub fn subscribe_ended_sessions(&self) -> broadcast::Receiver<Vec<u64>> {
+        self.ended.subscribe()
+    }
+
+    fn announce_ended(&self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            // No subscriber (the CLI, an AS alone) is fine.
+            let _ = self.ended.send(ids);
+        }
     }
 
     /// Adds a node with its password, and gives it the lowest free VIPv4 in
@@ -293,15 +375,7 @@ impl Store {
                     "the password must not be empty".into(),
                 ))
             }
-            Some(pw) => {
-                let pw = pw.to_owned();
-                Some(
-                    tokio::task::spawn_blocking(move || cyphonic_pki::hash_password(&pw))
-                        .await
-                        .map_err(|e| StoreError::Password(e.to_string()))?
-                        .map_err(|e| StoreError::Password(e.to_string()))?,
-                )
-            }
+            Some(pw) => Some(hash_password(pw).await?),
             None => None,
         };
         // IMMEDIATE takes the write lock now, so two concurrent additions
@@ -480,6 +554,12 @@ impl Store {
             .bind(device_id)
             .execute(&mut *tx)
             .await?;
+        let ended = delete_sessions_returning(
+            &mut tx,
+            "DELETE FROM sessions WHERE device_id = ? RETURNING session_id",
+            device_id,
+        )
+        .await?;
         let deleted = sqlx::query("DELETE FROM devices WHERE device_id = ?")
             .bind(device_id)
             .execute(&mut *tx)
@@ -489,6 +569,7 @@ impl Store {
             return Err(StoreError::NoSuchDevice(device_id.to_owned()));
         }
         tx.commit().await?;
+        self.announce_ended(ended);
         Ok(())
     }
 
@@ -509,42 +590,62 @@ impl Store {
         if updated == 0 {
             return Err(StoreError::NoSuchDevice(device_id.to_owned()));
         }
-        if disabled {
-            sqlx::query("DELETE FROM sessions WHERE device_id = ?")
-                .bind(device_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let ended = if disabled {
+            delete_sessions_returning(
+                &mut tx,
+                "DELETE FROM sessions WHERE device_id = ? RETURNING session_id",
+                device_id,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
+        self.announce_ended(ended);
         Ok(())
     }
 
-    /// Checks a device's password (argon2, on a blocking thread). An unknown
-    /// device costs the same work as a wrong password and gives the same
-    /// [`StoreError::BadCredentials`]. A disabled device with the right
-    /// password gives [`StoreError::DeviceDisabled`].
+    /// Checks a device's enrollment password (argon2, on a blocking
+    /// thread). An unknown device costs the same work as a wrong password
+    /// and gives the same [`StoreError::BadCredentials`]. The right password
+    /// of a disabled device gives [`StoreError::DeviceDisabled`]; one that
+    /// already enrolled the device gives [`StoreError::CredentialUsed`].
     pub async fn check_password(
         &self,
         device_id: &str,
         password: &str,
     ) -> Result<DeviceRecord, StoreError> {
-        let row: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT password_hash FROM devices WHERE device_id = ?")
-                .bind(device_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let known_hash = row.and_then(|(hash,)| hash);
+        Ok(self.check_enrollment(device_id, password).await?.device)
+    }
+
+    /// [`Store::check_password`], with what [`Store::record_enrollment`]
+    /// needs to spend the password.
+    pub async fn check_enrollment(
+        &self,
+        device_id: &str,
+        password: &str,
+    ) -> Result<EnrollmentGrant, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT password_hash, password_used_at FROM devices WHERE device_id = ?",
+        )
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (known_hash, used) = match row {
+            Some((hash, used_at)) => (hash, used_at.is_some()),
+            None => (None, false),
+        };
         let found = known_hash.is_some();
         let password = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || {
+        let (matches, known_hash) = tokio::task::spawn_blocking(move || {
             let hash = known_hash.as_deref().unwrap_or_else(|| dummy_hash());
-            cyphonic_pki::verify_password(&password, hash)
+            (cyphonic_pki::verify_password(&password, hash), known_hash)
         })
         .await
         .map_err(|e| StoreError::Password(e.to_string()))?;
-        if !(found && matches) {
+        let (true, Some(credential)) = (found && matches, known_hash) else {
             return Err(StoreError::BadCredentials);
-        }
+        };
         // The device may have been removed meanwhile: same answer.
         let device = self
             .device(device_id)
@@ -553,7 +654,120 @@ impl Store {
         if device.disabled {
             return Err(StoreError::DeviceDisabled(device.device_id));
         }
-        Ok(device)
+        if used {
+            return Err(StoreError::CredentialUsed(device.device_id));
+        }
+        Ok(EnrollmentGrant { device, credential })
+    }
+
+    /// Records the certificate an enrollment issued and spends the
+    /// password that enrolled it, in one transaction: of two enrollments
+    /// with one password, exactly one is recorded; the other gets
+    /// [`StoreError::CredentialUsed`] and nothing is recorded for it.
+    pub async fn record_enrollment(
+        &self,
+        grant: &EnrollmentGrant,
+        cert: &CertificateRecord,
+    ) -> Result<(), StoreError> {
+        let device_id = grant.device.device_id.as_str();
+        if cert.device_id != device_id {
+            return Err(StoreError::InvalidInput(format!(
+                "a certificate for {} cannot spend the password of {device_id}",
+                cert.device_id
+            )));
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let spent = sqlx::query(
+            "UPDATE devices SET password_used_at = ? \
+             WHERE device_id = ? AND password_hash = ? AND password_used_at IS NULL \
+             AND disabled = 0",
+        )
+        .bind(unix_secs(SystemTime::now()))
+        .bind(device_id)
+        .bind(&grant.credential)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if spent == 0 {
+            // Why: gone, disabled, or spent or replaced since the check.
+            let row: Option<(bool,)> =
+                sqlx::query_as("SELECT disabled FROM devices WHERE device_id = ?")
+                    .bind(device_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Err(match row {
+                None => StoreError::BadCredentials,
+                Some((true,)) => StoreError::DeviceDisabled(device_id.to_owned()),
+                Some((false,)) => StoreError::CredentialUsed(device_id.to_owned()),
+            });
+        }
+        insert_certificate(&mut tx, cert).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives a node a new one-time enrollment password (an operator's
+    /// `device reset`): its certificates are revoked and its sessions end,
+    /// so only the device that enrolls with the new password is it from
+    /// now on.
+    pub async fn reset_credential(
+        &self,
+        device_id: &str,
+        password: &str,
+    ) -> Result<CredentialReset, StoreError> {
+        if password.is_empty() {
+            return Err(StoreError::InvalidInput(
+                "the password must not be empty".into(),
+            ));
+        }
+        let hash = hash_password(password).await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let kind: Option<(String,)> =
+            sqlx::query_as("SELECT kind FROM devices WHERE device_id = ?")
+                .bind(device_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match kind {
+            None => return Err(StoreError::NoSuchDevice(device_id.to_owned())),
+            Some((kind,)) if kind != DeviceKind::Node.as_str() => {
+                return Err(StoreError::InvalidInput(format!(
+                    "{device_id} is a general node: it has no enrollment password \
+                     (its adapter enrolls it; remove and add it to start over)"
+                )))
+            }
+            Some(_) => {}
+        }
+        sqlx::query(
+            "UPDATE devices SET password_hash = ?, password_used_at = NULL WHERE device_id = ?",
+        )
+        .bind(hash)
+        .bind(device_id)
+        .execute(&mut *tx)
+        .await?;
+        let revoked: Vec<(i64,)> = sqlx::query_as(
+            "UPDATE certificates SET status = 'revoked' \
+             WHERE device_id = ? AND status = 'good' RETURNING serial",
+        )
+        .bind(device_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ended = delete_sessions_returning(
+            &mut tx,
+            "DELETE FROM sessions WHERE device_id = ? RETURNING session_id",
+            device_id,
+        )
+        .await?;
+        tx.commit().await?;
+        self.announce_ended(ended.clone());
+        let mut revoked: Vec<u64> = revoked
+            .into_iter()
+            .filter_map(|(s,)| u64::try_from(s).ok())
+            .collect();
+        revoked.sort_unstable();
+        Ok(CredentialReset {
+            revoked,
+            ended_sessions: ended,
+        })
     }
 
     /// A fresh random certificate serial in 1..2^63 that no recorded
@@ -575,30 +789,13 @@ impl Store {
         }
     }
 
-    /// Records an issued certificate.
+    /// Records an issued certificate (one no password paid for: a general
+    /// node's, which its adapter asked for).
     pub async fn record_certificate(&self, cert: &CertificateRecord) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO certificates \
-             (serial, device_id, fqdn, not_before, not_after, issued_at, status, cert_pem) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(serial_to_sql(cert.serial)?)
-        .bind(&cert.device_id)
-        .bind(&cert.fqdn)
-        .bind(unix_secs(cert.not_before))
-        .bind(unix_secs(cert.not_after))
-        .bind(unix_secs(cert.issued_at))
-        .bind(cert.status.as_str())
-        .bind(&cert.cert_pem)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::SerialExists(cert.serial))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        insert_certificate(&mut tx, cert).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The certificate with this serial.
@@ -648,34 +845,55 @@ impl Store {
         if updated == 0 {
             return Err(StoreError::NoSuchCertificate(serial));
         }
-        if status == CertStatus::Revoked {
-            sqlx::query("DELETE FROM sessions WHERE cert_serial = ?")
-                .bind(sql_serial)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let ended = if status == CertStatus::Revoked {
+            delete_sessions_returning(
+                &mut tx,
+                "DELETE FROM sessions WHERE cert_serial = ? RETURNING session_id",
+                sql_serial,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
+        self.announce_ended(ended);
         Ok(())
     }
 
     /// Opens a Login session for a device with a fresh random session ID and
-    /// common key, valid for `lifetime` from now. Expired sessions are
-    /// purged on the way.
+    /// common key, valid for `lifetime` from now, numbered after every
+    /// earlier Login. It supersedes the device's sessions opened at least
+    /// [`LOGIN_OVERLAP`] before: they end now. Expired sessions are purged
+    /// on the way.
     pub async fn create_session(
         &self,
         device_id: &str,
         cert_serial: u64,
         lifetime: Duration,
     ) -> Result<SessionRecord, StoreError> {
-        let now = SystemTime::now();
+        self.create_session_at(device_id, cert_serial, lifetime, SystemTime::now())
+            .await
+    }
+
+    /// [`Store::create_session`] as if opened at `now` (its creation time,
+    /// expiry and which older sessions it supersedes follow from `now`).
+    pub async fn create_session_at(
+        &self,
+        device_id: &str,
+        cert_serial: u64,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<SessionRecord, StoreError> {
         let expires_at = from_unix_secs(unix_secs(now + lifetime));
         let sql_serial =
             i64::try_from(cert_serial).map_err(|_| StoreError::NoSuchCertificate(cert_serial))?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
-            .bind(unix_secs(now))
-            .execute(&mut *tx)
-            .await?;
+        let mut ended = delete_sessions_returning(
+            &mut tx,
+            "DELETE FROM sessions WHERE expires_at <= ? RETURNING session_id",
+            unix_secs(now),
+        )
+        .await?;
         let fqdn: Option<(String,)> =
             sqlx::query_as("SELECT fqdn FROM devices WHERE device_id = ?")
                 .bind(device_id)
@@ -691,6 +909,18 @@ impl Store {
         {
             return Err(StoreError::NoSuchCertificate(cert_serial));
         }
+        let superseded: Vec<(i64,)> = sqlx::query_as(
+            "DELETE FROM sessions WHERE device_id = ? AND created_at <= ? RETURNING session_id",
+        )
+        .bind(device_id)
+        .bind(unix_secs(now).saturating_sub(LOGIN_OVERLAP.as_secs() as i64))
+        .fetch_all(&mut *tx)
+        .await?;
+        ended.extend(superseded.into_iter().map(|(id,)| session_id_from_sql(id)));
+        let (login_seq,): (i64,) =
+            sqlx::query_as("UPDATE login_sequence SET last = last + 1 WHERE id = 1 RETURNING last")
+                .fetch_one(&mut *tx)
+                .await?;
         let mut common_key = [0u8; 32];
         OsRng.fill_bytes(&mut common_key);
         let session_id = loop {
@@ -708,8 +938,9 @@ impl Store {
         };
         sqlx::query(
             "INSERT INTO sessions \
-             (session_id, device_id, common_key, cert_serial, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             (session_id, device_id, common_key, cert_serial, created_at, expires_at, \
+              login_seq, replay_floor) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
         )
         .bind(session_id_to_sql(session_id))
         .bind(device_id)
@@ -717,9 +948,11 @@ impl Store {
         .bind(sql_serial)
         .bind(unix_secs(now))
         .bind(unix_secs(expires_at))
+        .bind(login_seq)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.announce_ended(ended);
         Ok(SessionRecord {
             session_id,
             device_id: device_id.to_owned(),
@@ -727,6 +960,11 @@ impl Store {
             common_key,
             cert_serial,
             expires_at,
+            login_seq: u64::try_from(login_seq).map_err(|_| StoreError::Corrupt {
+                table: "login_sequence",
+                detail: format!("negative login number {login_seq}"),
+            })?,
+            replay_floor: 0,
         })
     }
 
@@ -741,8 +979,10 @@ impl Store {
         session_id: u64,
         now: SystemTime,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let row: Option<(i64, String, String, Vec<u8>, i64, i64)> = sqlx::query_as(
-            "SELECT s.session_id, s.device_id, d.fqdn, s.common_key, s.cert_serial, s.expires_at \
+        type Row = (i64, String, String, Vec<u8>, i64, i64, i64, i64);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT s.session_id, s.device_id, d.fqdn, s.common_key, s.cert_serial, s.expires_at, \
+                    s.login_seq, s.replay_floor \
              FROM sessions s JOIN devices d ON d.device_id = s.device_id \
              WHERE s.session_id = ? AND s.expires_at > ?",
         )
@@ -750,33 +990,115 @@ impl Store {
         .bind(unix_secs(now))
         .fetch_optional(&self.pool)
         .await?;
-        let Some((id, device_id, fqdn, key, serial, expires_at)) = row else {
+        let Some((id, device_id, fqdn, key, serial, expires_at, login_seq, floor)) = row else {
             return Ok(None);
         };
         let common_key: [u8; 32] = key.try_into().map_err(|_| StoreError::Corrupt {
             table: "sessions",
             detail: "common_key is not 32 bytes".into(),
         })?;
+        let non_negative = |column: &str, value: i64| {
+            u64::try_from(value).map_err(|_| StoreError::Corrupt {
+                table: "sessions",
+                detail: format!("negative {column} {value}"),
+            })
+        };
         Ok(Some(SessionRecord {
             session_id: session_id_from_sql(id),
             device_id,
             fqdn,
             common_key,
-            cert_serial: u64::try_from(serial).map_err(|_| StoreError::Corrupt {
-                table: "sessions",
-                detail: format!("negative cert_serial {serial}"),
-            })?,
+            cert_serial: non_negative("cert_serial", serial)?,
             expires_at: from_unix_secs(expires_at),
+            login_seq: non_negative("login_seq", login_seq)?,
+            replay_floor: counter_from_sql(floor),
         }))
+    }
+
+    /// Stores that an NMS accepted a Registration under this session with
+    /// node counter `floor` (so no NMS accepts a counter at or below it
+    /// again), and ends the device's sessions from earlier Logins: the
+    /// session that registers is its device's. Call it before the
+    /// Registration takes effect. Returns the sessions it ended;
+    /// [`StoreError::NoSuchSession`] when this one has ended or expired.
+    pub async fn record_registration(
+        &self,
+        session_id: u64,
+        floor: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let now = SystemTime::now();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT device_id, login_seq, replay_floor FROM sessions \
+             WHERE session_id = ? AND expires_at > ?",
+        )
+        .bind(session_id_to_sql(session_id))
+        .bind(unix_secs(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((device_id, login_seq, stored)) = row else {
+            return Err(StoreError::NoSuchSession(session_id));
+        };
+        // Compared as u64: the column holds the counter's bits.
+        let raised = counter_from_sql(stored).max(floor);
+        sqlx::query("UPDATE sessions SET replay_floor = ? WHERE session_id = ?")
+            .bind(counter_to_sql(raised))
+            .bind(session_id_to_sql(session_id))
+            .execute(&mut *tx)
+            .await?;
+        let older: Vec<(i64,)> = sqlx::query_as(
+            "DELETE FROM sessions WHERE device_id = ? AND login_seq < ? RETURNING session_id",
+        )
+        .bind(&device_id)
+        .bind(login_seq)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let ended: Vec<u64> = older
+            .into_iter()
+            .map(|(id,)| session_id_from_sql(id))
+            .collect();
+        self.announce_ended(ended.clone());
+        Ok(ended)
+    }
+
+    /// Which of `ids` are still live sessions at `now`: not ended, not
+    /// expired, their device not disabled.
+    pub async fn live_sessions(
+        &self,
+        ids: &[u64],
+        now: SystemTime,
+    ) -> Result<HashSet<u64>, StoreError> {
+        let mut live = HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(LIVE_SESSIONS_CHUNK) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT s.session_id FROM sessions s JOIN devices d ON d.device_id = s.device_id \
+                 WHERE s.session_id IN ({marks}) AND s.expires_at > ? AND d.disabled = 0"
+            );
+            let mut query = sqlx::query_as::<_, (i64,)>(&sql);
+            for id in chunk {
+                query = query.bind(session_id_to_sql(*id));
+            }
+            let rows = query.bind(unix_secs(now)).fetch_all(&self.pool).await?;
+            live.extend(rows.into_iter().map(|(id,)| session_id_from_sql(id)));
+        }
+        Ok(live)
     }
 
     /// Deletes sessions that expired by `now`; returns how many.
     pub async fn purge_expired_sessions(&self, now: SystemTime) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
-            .bind(unix_secs(now))
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ended = delete_sessions_returning(
+            &mut tx,
+            "DELETE FROM sessions WHERE expires_at <= ? RETURNING session_id",
+            unix_secs(now),
+        )
+        .await?;
+        tx.commit().await?;
+        let count = ended.len() as u64;
+        self.announce_ended(ended);
+        Ok(count)
     }
 }
 
@@ -828,6 +1150,61 @@ where
         .fetch_optional(&mut **tx)
         .await?
         .is_some())
+}
+
+/// Runs a `DELETE FROM sessions ... RETURNING session_id` with one
+/// parameter and returns the IDs of the sessions it deleted.
+async fn delete_sessions_returning<'q, T>(
+    tx: &mut Transaction<'static, Sqlite>,
+    sql: &'q str,
+    value: T,
+) -> Result<Vec<u64>, sqlx::Error>
+where
+    T: 'q + Send + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
+{
+    let rows: Vec<(i64,)> = sqlx::query_as(sql).bind(value).fetch_all(&mut **tx).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id,)| session_id_from_sql(id))
+        .collect())
+}
+
+/// Inserts an issued certificate in the caller's transaction.
+async fn insert_certificate(
+    tx: &mut Transaction<'static, Sqlite>,
+    cert: &CertificateRecord,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO certificates \
+         (serial, device_id, fqdn, not_before, not_after, issued_at, status, cert_pem) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(serial_to_sql(cert.serial)?)
+    .bind(&cert.device_id)
+    .bind(&cert.fqdn)
+    .bind(unix_secs(cert.not_before))
+    .bind(unix_secs(cert.not_after))
+    .bind(unix_secs(cert.issued_at))
+    .bind(cert.status.as_str())
+    .bind(&cert.cert_pem)
+    .execute(&mut **tx)
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::SerialExists(cert.serial))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// argon2id on a blocking thread.
+async fn hash_password(password: &str) -> Result<String, StoreError> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || cyphonic_pki::hash_password(&password))
+        .await
+        .map_err(|e| StoreError::Password(e.to_string()))?
+        .map_err(|e| StoreError::Password(e.to_string()))
 }
 
 #[derive(sqlx::FromRow)]
@@ -919,6 +1296,15 @@ fn session_id_to_sql(id: u64) -> i64 {
 
 fn session_id_from_sql(id: i64) -> u64 {
     u64::from_ne_bytes(id.to_ne_bytes())
+}
+
+/// Signaling counters use all 64 bits too; stored the same way.
+fn counter_to_sql(counter: u64) -> i64 {
+    session_id_to_sql(counter)
+}
+
+fn counter_from_sql(counter: i64) -> u64 {
+    session_id_from_sql(counter)
 }
 
 /// Seconds since the Unix epoch, negative before it.

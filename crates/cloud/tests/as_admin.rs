@@ -127,7 +127,7 @@ async fn add_device_checks_its_id_and_lists_devices() {
         .unwrap();
     let cfg = CloudConfig::load(&report.config_path).unwrap();
     for bad in ["N1", "n_1", "-n1", "n1.x", ""] {
-        let err = admin::add_device(&cfg, bad, "long enough pw")
+        let err = admin::add_device(&cfg, bad, Some("long enough pw"))
             .await
             .unwrap_err();
         assert!(
@@ -135,18 +135,22 @@ async fn add_device_checks_its_id_and_lists_devices() {
             "{bad}: {err:?}"
         );
     }
-    let err = admin::add_device(&cfg, "n1", "short").await.unwrap_err();
+    let err = admin::add_device(&cfg, "n1", Some("short"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AdminError::WeakPassword), "{err:?}");
 
-    let n1 = admin::add_device(&cfg, "n1", "long enough pw")
+    let n1 = admin::add_device(&cfg, "n1", Some("long enough pw"))
         .await
         .unwrap();
-    assert_eq!(n1.fqdn, "n1.cyphonic.internal");
-    let err = admin::add_device(&cfg, "n1", "long enough pw")
+    assert_eq!(n1.device.fqdn, "n1.cyphonic.internal");
+    assert_eq!(n1.password.password, "long enough pw");
+    assert!(!n1.password.generated);
+    let err = admin::add_device(&cfg, "n1", Some("long enough pw"))
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "device n1 already exists");
-    admin::add_device(&cfg, "gw-2", "long enough pw")
+    admin::add_device(&cfg, "gw-2", Some("long enough pw"))
         .await
         .unwrap();
     let ids: Vec<_> = admin::list_devices(&cfg)
@@ -156,4 +160,55 @@ async fn add_device_checks_its_id_and_lists_devices() {
         .map(|d| d.device_id)
         .collect();
     assert_eq!(ids, ["gw-2", "n1"]);
+}
+
+/// Without `--password` the operator gets a random one-time password of
+/// 128 bits, different every time, and it is the one the store checks.
+#[tokio::test]
+async fn add_device_without_a_password_generates_a_random_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let report = admin::init(&tmp.path().join("c"), "cyphonic.internal", &[])
+        .await
+        .unwrap();
+    let cfg = CloudConfig::load(&report.config_path).unwrap();
+    let a = admin::add_device(&cfg, "a", None).await.unwrap();
+    let b = admin::add_device(&cfg, "b", None).await.unwrap();
+    assert!(a.password.generated && b.password.generated);
+    assert_ne!(a.password.password, b.password.password);
+    for pw in [&a.password.password, &b.password.password] {
+        let hex: String = pw.chars().filter(|c| *c != '-').collect();
+        assert_eq!(hex.len() * 4, 128, "{pw}");
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{pw}");
+    }
+    assert!(
+        !format!("{a:?}").contains(&a.password.password),
+        "Debug never shows it"
+    );
+    let store = cyphonic_cloud::Store::open(&cfg.database_path())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .check_password("a", &a.password.password)
+            .await
+            .unwrap()
+            .device_id,
+        "a"
+    );
+    assert!(store
+        .check_password("a", &b.password.password)
+        .await
+        .is_err());
+    store.close().await;
+
+    // A reset gives a new one; a chosen one is checked as at `add`.
+    let reset = admin::reset_device(&cfg, "a", None).await.unwrap();
+    assert!(reset.password.generated);
+    assert_ne!(reset.password.password, a.password.password);
+    assert!(matches!(
+        admin::reset_device(&cfg, "a", Some("short")).await,
+        Err(AdminError::WeakPassword)
+    ));
+    let err = admin::reset_device(&cfg, "nobody", None).await.unwrap_err();
+    assert_eq!(err.to_string(), "device nobody does not exist");
 }

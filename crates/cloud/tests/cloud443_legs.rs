@@ -61,7 +61,7 @@ impl Cloud {
         cfg.quic_listen = vec![quic];
         cfg.tcp443_listen = vec![tcp];
         cfg.validate().unwrap();
-        admin::add_device(&cfg, "n1", PASSWORD).await.unwrap();
+        admin::add_device(&cfg, "n1", Some(PASSWORD)).await.unwrap();
         let root_der =
             Verifier::from_pem(&std::fs::read_to_string(&report.root_cert_path).unwrap())
                 .unwrap()
