@@ -234,7 +234,12 @@ impl Overlay {
                     return Ok(Some(()));
                 }
                 let err = String::from_utf8_lossy(&out.stderr).to_string();
-                if err.contains("wrong device ID or password") {
+                // Final answers: retrying cannot change them (a spent
+                // one-time password needs `cloud device reset`).
+                if err.contains("wrong device ID or password")
+                    || err.contains("credential_used")
+                    || err.contains("was already used")
+                {
                     bail!("{err}");
                 }
                 Err(anyhow::anyhow!("{}", err.trim()))
