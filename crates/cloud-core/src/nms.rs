@@ -204,6 +204,13 @@ pub enum NmsEvent {
         target: String,
         reason: String,
     },
+    /// A session ended (ended in the store, superseded, expired): if its
+    /// certificate was revoked or its device disabled or removed, answer
+    /// with `handle_withdrawn`, and the NMS tells every node.
+    SessionEnded {
+        fqdn: String,
+        cert_serial: u64,
+    },
     /// An adapter asked for the general nodes it serves: look up the ones
     /// of `device_id` and answer with `handle_general_nodes`.
     NeedGeneralNodes {
@@ -247,6 +254,12 @@ pub struct NmsCounters {
     pub rx_superseded: u64,
     /// Sessions dropped because they ended.
     pub sessions_ended: u64,
+    /// Nodes withdrawn from the overlay (revoked, disabled, removed).
+    pub withdrawn: u64,
+    /// PeerRevoked notices sent (retransmissions included), and the ones
+    /// that were never acknowledged.
+    pub notices_sent: u64,
+    pub notices_unacked: u64,
 }
 
 /// Registration state of one node.
@@ -330,6 +343,23 @@ struct PendingRoute {
     deadline: Instant,
 }
 
+/// A notice to one node (`PeerRevoked`), sent until acknowledged.
+struct Notice {
+    message: Message,
+    next_retransmit: Instant,
+    interval: Duration,
+    tries: u32,
+}
+
+/// Sends of one notice before the NMS gives up (250 ms doubling: about
+/// 8 s in all).
+const NOTICE_TRIES: u32 = 6;
+/// Notices in flight at once; beyond, the oldest give up.
+const MAX_NOTICES: usize = 65_536;
+/// Withdrawn certificates remembered (newest last), so no session of one
+/// registers or is routed to again while the store catches up.
+const MAX_WITHDRAWN: usize = 4096;
+
 /// Bounds on state a remote party can grow.
 const MAX_PENDING_PER_UNKNOWN_SESSION: usize = 4;
 const MAX_UNKNOWN_SESSIONS: usize = 1024;
@@ -369,6 +399,10 @@ pub struct Nms {
     /// Relay grants handed out per TRS instance: the least used goes first
     /// in the next route's list.
     relay_load: Vec<u64>,
+    /// Notices in flight, by (session, txid).
+    notices: BTreeMap<(SessionId, u64), Notice>,
+    /// Certificate serials withdrawn from the overlay.
+    withdrawn: VecDeque<u64>,
 }
 
 impl Nms {
@@ -393,6 +427,103 @@ impl Nms {
             events: VecDeque::new(),
             counters: NmsCounters::default(),
             relay_load: Vec::new(),
+            notices: BTreeMap::new(),
+            withdrawn: VecDeque::new(),
+        }
+    }
+
+    /// The node `fqdn` with certificate `cert_serial` left the overlay (the
+    /// shell found its certificate revoked or its device disabled or
+    /// removed, [`NmsEvent::SessionEnded`]): its sessions end, and every
+    /// registered node is told to close its tunnels with it
+    /// ([`Message::PeerRevoked`], sent until acknowledged).
+    pub fn handle_withdrawn(&mut self, now: Instant, fqdn: &str, cert_serial: u64) {
+        let fqdn = normalize(fqdn);
+        if !self.withdrawn.contains(&cert_serial) {
+            if self.withdrawn.len() >= MAX_WITHDRAWN {
+                self.withdrawn.pop_front();
+            }
+            self.withdrawn.push_back(cert_serial);
+            self.counters.withdrawn += 1;
+        }
+        let theirs: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.info.cert_serial == cert_serial)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in theirs {
+            self.end_session(now, id);
+        }
+        let others: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.registration.is_some() && normalize(&s.info.fqdn) != fqdn)
+            .map(|(id, _)| *id)
+            .collect();
+        tracing::info!(%fqdn, serial = format_args!("{cert_serial:#x}"), nodes = others.len(), "node withdrawn: telling every node");
+        for id in others {
+            while self.notices.len() >= MAX_NOTICES {
+                self.notices.pop_first();
+                self.counters.notices_unacked += 1;
+            }
+            let txid: u64 = self.rng.gen();
+            let notice = Notice {
+                message: Message::PeerRevoked {
+                    fqdn: fqdn.clone(),
+                    cert_serial,
+                },
+                next_retransmit: now,
+                interval: self.config.retransmit,
+                tries: 0,
+            };
+            self.notices.insert((id, txid), notice);
+        }
+        self.send_notices(now);
+    }
+
+    /// Whether a certificate was withdrawn from the overlay.
+    pub fn is_withdrawn(&self, cert_serial: u64) -> bool {
+        self.withdrawn.contains(&cert_serial)
+    }
+
+    /// Sends the notices due (first sends and retransmissions, each sealed
+    /// afresh) and gives up on those sent `NOTICE_TRIES` times.
+    fn send_notices(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        for (&(id, txid), n) in self.notices.iter_mut() {
+            if now < n.next_retransmit {
+                continue;
+            }
+            let Some(session) = self.sessions.get_mut(&id) else {
+                done.push((id, txid));
+                continue;
+            };
+            let Some(reg) = session.registration.as_ref() else {
+                done.push((id, txid));
+                continue;
+            };
+            if n.tries >= NOTICE_TRIES {
+                self.counters.notices_unacked += 1;
+                done.push((id, txid));
+                continue;
+            }
+            let payload = session.cipher.seal(&Envelope {
+                txid,
+                message: n.message.clone(),
+            });
+            self.transmits.push_back(Transmit {
+                local: reg.nms_local,
+                destination: reg.observed,
+                payload,
+            });
+            self.counters.notices_sent += 1;
+            n.tries += 1;
+            n.next_retransmit = now + n.interval;
+            n.interval *= 2;
+        }
+        for key in done {
+            self.notices.remove(&key);
         }
     }
 
@@ -423,6 +554,10 @@ impl Nms {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Option<(Instant, TimerReason)> {
+        let notices = self
+            .notices
+            .values()
+            .map(|n| (n.next_retransmit, TimerReason::RetransmitDirection));
         self.routes
             .values()
             .flat_map(|r| {
@@ -431,6 +566,7 @@ impl Nms {
                     (r.deadline, TimerReason::DirectionTimeout),
                 ]
             })
+            .chain(notices)
             .min_by_key(|(t, _)| *t)
     }
 
@@ -643,6 +779,11 @@ impl Nms {
             // It ended while the shell looked it up.
             return;
         }
+        if self.is_withdrawn(info.cert_serial) {
+            // Its certificate left the overlay; the store will say so too.
+            self.missing.insert(id, now);
+            return;
+        }
         if let Some(standing) = standing {
             if self.older_than_registered(&info.fqdn, standing.login_seq) {
                 self.counters.rx_superseded += 1;
@@ -671,7 +812,12 @@ impl Nms {
         if self.by_fqdn.get(&session.info.fqdn) == Some(&id) {
             self.by_fqdn.remove(&session.info.fqdn);
         }
+        self.notices.retain(|(s, _), _| *s != id);
         self.counters.sessions_ended += 1;
+        self.events.push_back(NmsEvent::SessionEnded {
+            fqdn: session.info.fqdn.clone(),
+            cert_serial: session.info.cert_serial,
+        });
         tracing::debug!(session_id = %id, fqdn = %session.info.fqdn, "session ended");
     }
 
@@ -699,6 +845,7 @@ impl Nms {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.send_notices(now);
         let mut failed = Vec::new();
         for (route_id, r) in self.routes.iter_mut() {
             if now >= r.deadline {
@@ -801,6 +948,11 @@ impl Nms {
             }
             Message::InformationRequest { offset } => {
                 self.on_information_request(session_id, local, from, env.txid, offset)
+            }
+            Message::NoticeAck => {
+                if self.notices.remove(&(session_id, env.txid)).is_none() {
+                    self.counters.rx_bad += 1;
+                }
             }
             other => {
                 self.counters.rx_bad += 1;
@@ -1574,6 +1726,74 @@ mod tests {
         while nms.poll_transmit().is_some() {}
         while nms.poll_event().is_some() {}
         (node, from)
+    }
+
+    #[test]
+    fn a_withdrawn_node_is_announced_to_every_node_until_acknowledged() {
+        let now = Instant::now();
+        let mut nms = Nms::new(NmsConfig::default(), [3; 32], 1);
+        let (_n1, _) = registered_node(&mut nms, now, 1);
+        let (mut n2, at2) = registered_node(&mut nms, now, 2);
+        let (mut n3, at3) = registered_node(&mut nms, now, 3);
+        nms.handle_withdrawn(now, "A1.cyphonic.internal.", 1);
+        assert_eq!(nms.held_sessions(), vec![SessionId(2), SessionId(3)]);
+        assert!(nms.is_withdrawn(1) && !nms.is_withdrawn(2));
+        assert!(nms.poll_event().is_some_and(|e| e
+            == NmsEvent::SessionEnded {
+                fqdn: "a1.cyphonic.internal".into(),
+                cert_serial: 1
+            }));
+        let notice =
+            |t: &Transmit, node: &mut SignalCipher| node.open(&t.payload).expect("sealed for it");
+        let sent: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
+        assert_eq!(sent.len(), 2, "one notice per other node");
+        let to2 = sent.iter().find(|t| t.destination == at2).expect("to n2");
+        let env2 = notice(to2, &mut n2);
+        assert_eq!(
+            env2.message,
+            Message::PeerRevoked {
+                fqdn: "a1.cyphonic.internal".into(),
+                cert_serial: 1
+            }
+        );
+        // n2 acknowledges; n3 stays silent and hears it again, sealed afresh.
+        let ack = n2.seal(&Envelope {
+            txid: env2.txid,
+            message: Message::NoticeAck,
+        });
+        nms.handle_datagram(now, "192.0.2.1:4502".parse().unwrap(), at2, &ack);
+        let mut again = Vec::new();
+        let mut t = now;
+        for _ in 0..10 {
+            t += Duration::from_secs(2);
+            nms.handle_timeout(t);
+            again.extend(std::iter::from_fn(|| nms.poll_transmit()));
+        }
+        assert!(
+            again.iter().all(|x| x.destination == at3),
+            "n2 acknowledged"
+        );
+        assert_eq!(again.len() as u32, NOTICE_TRIES - 1);
+        for x in &again {
+            assert!(matches!(
+                notice(x, &mut n3).message,
+                Message::PeerRevoked { .. }
+            ));
+        }
+        let c = nms.counters();
+        assert_eq!(
+            (c.withdrawn, c.notices_sent, c.notices_unacked),
+            (1, 2 + 5, 1)
+        );
+        // A session of the withdrawn certificate is not loaded again.
+        nms.handle_session(t, info(9, "a1"));
+        let mut late = SessionInfo {
+            cert_serial: 1,
+            ..info(10, "a1")
+        };
+        late.session_id = SessionId(10);
+        nms.handle_session(t, late);
+        assert!(!nms.held_sessions().contains(&SessionId(10)));
     }
 
     #[test]

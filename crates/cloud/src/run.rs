@@ -21,8 +21,9 @@ use cyphonic_proto::SessionId;
 
 /// How often the NMS re-checks the sessions it holds against the store:
 /// sessions another process ended (a `device reset` or `revoke` from the
-/// CLI, a Login at an AS elsewhere) or that expired stop within this.
-pub const SESSION_RECHECK: Duration = Duration::from_secs(5);
+/// CLI, a Login at an AS elsewhere) or that expired stop within this, and
+/// a revoked or disabled node's peers are told at once after.
+pub const SESSION_RECHECK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roles {
@@ -347,6 +348,7 @@ pub async fn run_nms_observed(
     let (general_tx, mut general_rx) = mpsc::channel::<(SessionId, u64, GeneralNodes)>(256);
     let (floor_tx, mut floor_rx) = mpsc::channel::<(SessionId, u64, FloorStored)>(256);
     let (recheck_tx, mut recheck_rx) = mpsc::channel::<Vec<SessionId>>(1);
+    let (withdrawn_tx, mut withdrawn_rx) = mpsc::channel::<(String, u64)>(256);
     let mut ended = store.subscribe_ended_sessions();
     let mut recheck = tokio::time::interval(SESSION_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -384,6 +386,21 @@ pub async fn run_nms_observed(
                             }
                         };
                         let _ = tx.send((session_id, floor, outcome)).await;
+                    });
+                }
+                NmsEvent::SessionEnded { fqdn, cert_serial } => {
+                    let (store, tx) = (store.clone(), withdrawn_tx.clone());
+                    tokio::spawn(async move {
+                        match withdrawal(&store, cert_serial).await {
+                            Ok(Some(why)) => {
+                                tracing::warn!(%fqdn, serial = format_args!("{cert_serial:#x}"), why, "node left the overlay");
+                                let _ = tx.send((fqdn, cert_serial)).await;
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(%fqdn, error = %e, "cannot check an ended session's certificate")
+                            }
+                        }
                     });
                 }
                 NmsEvent::NatDetected { fqdn, nat } => {
@@ -476,6 +493,9 @@ pub async fn run_nms_observed(
                     });
                 }
             }
+            Some((fqdn, serial)) = withdrawn_rx.recv() => {
+                nms.handle_withdrawn(Instant::now(), &fqdn, serial);
+            }
             Some(gone) = recheck_rx.recv() => {
                 rechecking = false;
                 if !gone.is_empty() {
@@ -518,6 +538,22 @@ async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
             replay_floor: session.replay_floor,
         },
     )
+}
+
+/// Why a certificate no longer belongs to the overlay, if it does not: it
+/// was revoked, or its device was disabled or removed.
+async fn withdrawal(store: &Store, serial: u64) -> Result<Option<&'static str>, StoreError> {
+    let Some(cert) = store.certificate(serial).await? else {
+        return Ok(Some("certificate removed"));
+    };
+    if cert.status == crate::store::CertStatus::Revoked {
+        return Ok(Some("certificate revoked"));
+    }
+    Ok(match store.device(&cert.device_id).await? {
+        None => Some("device removed"),
+        Some(d) if d.disabled => Some("device disabled"),
+        Some(_) => None,
+    })
 }
 
 /// The sessions among `held` the store no longer has live (ended, expired,

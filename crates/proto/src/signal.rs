@@ -241,6 +241,15 @@ pub enum Message {
     /// changes whenever the list does, so an adapter that polls sees a
     /// change on the first page.
     InformationResponse(GeneralNodes),
+    /// The node `fqdn` with the certificate `cert_serial` left the overlay
+    /// (its certificate was revoked, or its device disabled or removed):
+    /// close every tunnel with it. Sent by the NMS until acknowledged.
+    PeerRevoked {
+        fqdn: String,
+        cert_serial: u64,
+    },
+    /// A node acknowledges a notice of the NMS (`PeerRevoked`), same txid.
+    NoticeAck,
 }
 
 /// A page of the general nodes an adapter serves.
@@ -283,6 +292,8 @@ impl Message {
             Message::NatProbeAck { .. } => "NatProbeAck",
             Message::InformationRequest { .. } => "InformationRequest",
             Message::InformationResponse(_) => "InformationResponse",
+            Message::PeerRevoked { .. } => "PeerRevoked",
+            Message::NoticeAck => "NoticeAck",
         }
     }
 }
@@ -510,6 +521,8 @@ const MSG_NAT_PROBE: u8 = 0x0b;
 const MSG_NAT_PROBE_ACK: u8 = 0x0c;
 const MSG_INFORMATION_REQUEST: u8 = 0x0d;
 const MSG_INFORMATION_RESPONSE: u8 = 0x0e;
+const MSG_PEER_REVOKED: u8 = 0x0f;
+const MSG_NOTICE_ACK: u8 = 0x10;
 
 impl Envelope {
     /// Body layout: `u8 message type || u64 txid || fields`.
@@ -582,6 +595,15 @@ impl Envelope {
                         .bytes(&n.vip4.octets())
                         .bytes(&n.vip6.octets());
                 }
+            }
+            Message::PeerRevoked { fqdn, cert_serial } => {
+                w.u8(MSG_PEER_REVOKED)
+                    .u64(self.txid)
+                    .str(fqdn)
+                    .u64(*cert_serial);
+            }
+            Message::NoticeAck => {
+                w.u8(MSG_NOTICE_ACK).u64(self.txid);
             }
         }
         w.into_inner()
@@ -671,6 +693,11 @@ impl Envelope {
                     nodes,
                 })
             }
+            MSG_PEER_REVOKED => Message::PeerRevoked {
+                fqdn: r.str("fqdn")?.to_owned(),
+                cert_serial: r.u64()?,
+            },
+            MSG_NOTICE_ACK => Message::NoticeAck,
             other => return Err(SignalError::UnknownMessage(other)),
         };
         r.finish()?;
@@ -881,6 +908,11 @@ mod tests {
                     vip6: "fd7a:6379:7068::9".parse().unwrap(),
                 }],
             }),
+            Message::PeerRevoked {
+                fqdn: "n2.cyphonic.internal".into(),
+                cert_serial: 0x1234_5678_9abc_def0,
+            },
+            Message::NoticeAck,
         ]
     }
 

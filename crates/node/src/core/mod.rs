@@ -91,6 +91,8 @@ pub struct Outbox {
 
 /// Peers of a previous run whose routes are asked for after a restart.
 pub const MAX_RESUMED: usize = 64;
+/// Revoked certificate serials a node remembers.
+pub const MAX_REVOKED: usize = 1024;
 
 /// The node's protocol state machine.
 pub struct Node {
@@ -111,6 +113,12 @@ pub struct Node {
     /// Peers of the node's previous run, whose routes are asked for once
     /// registered ([`Node::resume_peers`]).
     resume: Vec<Fqdn>,
+    /// Certificates the NMS said left the overlay (newest last): no route
+    /// naming one is taken.
+    revoked: VecDeque<u64>,
+    /// Why the AS refused this node's Login for good (its certificate
+    /// revoked, its device disabled), when it did.
+    refused: Option<String>,
     /// The host's addresses were reported at least once: any later change
     /// is a move, also one from no address at all (a link that went down
     /// and came back on another network).
@@ -155,6 +163,8 @@ impl Node {
             mobility: Mobility::default(),
             reroute_when_registered: false,
             resume: Vec::new(),
+            revoked: VecDeque::new(),
+            refused: None,
             addrs_reported: false,
             general,
             out: Outbox::default(),
@@ -327,6 +337,65 @@ impl Node {
         }
     }
 
+    /// The NMS says the node `fqdn` with certificate `cert_serial` left
+    /// the overlay: its tunnel closes now, and no route naming that
+    /// certificate is taken again.
+    fn on_peer_revoked(&mut self, fqdn: &str, cert_serial: u64) {
+        if !self.revoked.contains(&cert_serial) {
+            if self.revoked.len() >= MAX_REVOKED {
+                self.revoked.pop_front();
+            }
+            self.revoked.push_back(cert_serial);
+        }
+        let ours = self
+            .peers
+            .get(fqdn)
+            .is_some_and(|p| p.direction.peer.cert_serial == cert_serial);
+        if !ours {
+            return;
+        }
+        tracing::warn!(peer = %fqdn, serial = format_args!("{cert_serial:#x}"), "peer left the overlay (revoked or disabled): closing its tunnel");
+        self.counters.peers_revoked += 1;
+        self.drop_peer(fqdn);
+    }
+
+    /// Removes a peer and its tunnel from the data plane.
+    fn drop_peer(&mut self, fqdn: &str) {
+        if let Some(gone) = self.peers.remove(fqdn) {
+            let index = gone.tunnel.as_ref().map(|t| t.recv.local_index());
+            if let Some(t) = &gone.tunnel {
+                t.send.retire();
+                t.recv.retire();
+            }
+            if let Some(local_index) = index.or(Some(gone.local_index)) {
+                self.out.events.push_back(NodeEvent::TunnelDown {
+                    fqdn: gone.fqdn.to_string(),
+                    local_index,
+                });
+            }
+        }
+    }
+
+    /// The AS refused this node's Login for good: its certificate was
+    /// revoked or its device disabled or removed (`reason` says which).
+    /// The node is no longer part of the overlay: every tunnel closes. It
+    /// keeps asking (an operator may enable the device again).
+    pub fn handle_login_refused(&mut self, reason: String) {
+        tracing::error!(%reason, "the cloud refused this node: closing every tunnel");
+        let names: Vec<String> = self.peers.values().map(|p| p.fqdn.to_string()).collect();
+        for fqdn in names {
+            self.drop_peer(&fqdn);
+        }
+        self.refused = Some(reason);
+        self.signaling.handle_login_failed();
+    }
+
+    /// Why the AS refused this node for good, if it did (since its last
+    /// successful Login).
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
     /// The peers this node had tunnels with when it last ran (at most
     /// [`MAX_RESUMED`]): once registered, it asks for their routes. Their
     /// tunnels still hold the keys of our previous run, which nothing
@@ -357,6 +426,7 @@ impl Node {
 
     /// Login succeeded: start (or restart) signaling with the NMS.
     pub fn handle_login(&mut self, now: Instant, login: Login) {
+        self.refused = None;
         let counter_base = self.counter_base_now(now);
         self.signaling
             .handle_login(now, login, counter_base, &mut self.rng, &mut self.out);
@@ -465,6 +535,9 @@ impl Node {
                         .set_negative(now, &target, rcode == ResponseCode::NXDomain);
                 }
                 self.dns.answer(&target, Err(rcode), &mut self.out)
+            }
+            SignalingEvent::PeerRevoked { fqdn, cert_serial } => {
+                self.on_peer_revoked(&fqdn, cert_serial)
             }
             SignalingEvent::GeneralNodes(page) => {
                 if let Some(step) = self.general.as_mut().map(|g| g.on_page(page)) {

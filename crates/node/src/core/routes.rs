@@ -167,6 +167,9 @@ impl Node {
         if d.peer.cert_status != CertStatus::Good {
             return Err(DirectionRefused::CertStatus(d.peer.cert_status));
         }
+        if self.revoked.contains(&d.peer.cert_serial) {
+            return Err(DirectionRefused::CertStatus(CertStatus::Revoked));
+        }
         if self.signaling.login().map(|l| l.vip4) == Some(d.peer.vip4) {
             return Err(DirectionRefused::OwnVip);
         }

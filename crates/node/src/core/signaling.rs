@@ -61,6 +61,8 @@ pub(crate) enum SignalingEvent {
     DirectionFailed { target: Fqdn, rcode: ResponseCode },
     /// A page of the general nodes this adapter serves.
     GeneralNodes(GeneralNodes),
+    /// The node `fqdn` with certificate `cert_serial` left the overlay.
+    PeerRevoked { fqdn: Fqdn, cert_serial: u64 },
 }
 
 pub(crate) struct Signaling {
@@ -680,6 +682,15 @@ impl Signaling {
             Message::InformationResponse(page) => {
                 self.take_request(env.txid, RequestKind::Information)?;
                 Some(SignalingEvent::GeneralNodes(page))
+            }
+            Message::PeerRevoked { fqdn, cert_serial } => {
+                // Acknowledged every time (a lost ack brings a copy); acted
+                // on every time too, which changes nothing the second time.
+                self.seal_to_nms_over(env.txid, Message::NoticeAck, from.transport, out);
+                Some(SignalingEvent::PeerRevoked {
+                    fqdn: Fqdn::new(&fqdn),
+                    cert_serial,
+                })
             }
             Message::DirectionError { code, message } => {
                 let req = self.take_request(env.txid, RequestKind::Direction)?;

@@ -33,6 +33,7 @@ impl Node {
                 transport: sig.signaling_transport().as_str().into(),
                 transport_forced: self.config.transport.is_some(),
                 away: self.signaling.cloud_away(),
+                refused: self.refused.clone(),
             },
             peers: self
                 .peers
@@ -147,6 +148,9 @@ pub struct CloudStatus {
     /// The NMS left a request unanswered and said nothing since: overlay
     /// names it would have to resolve fail at once.
     pub away: bool,
+    /// Why the AS refused this node for good (certificate revoked, device
+    /// disabled), if it did.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -411,6 +411,8 @@ pub struct NodeCounters {
     /// Tunnel Requests refused because their ephemeral key was answered
     /// before (a replay).
     pub handshake_replays: u64,
+    /// Peers whose tunnels closed because they left the overlay.
+    pub peers_revoked: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -146,6 +146,13 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// Login refusals that say this node left the overlay (its certificate
+/// revoked, its device disabled), not that the AS is unwell.
+fn withdrawn_code(code: &str) -> bool {
+    use cyphonic_proto::login::code;
+    [code::CERTIFICATE_REJECTED, code::DEVICE_DISABLED].contains(&code)
+}
+
 /// Runs the node until SIGINT / SIGTERM.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(listen) = opts.dns_listen.filter(|a| !a.is_loopback()) {
@@ -587,7 +594,14 @@ impl Daemon {
             Ok(done) => done,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "Login failed; retrying");
-                self.node.handle_login_failed();
+                match e.downcast_ref::<crate::as_client::AsClientError>() {
+                    Some(crate::as_client::AsClientError::Refused { code, message })
+                        if withdrawn_code(code) =>
+                    {
+                        self.node.handle_login_refused(message.clone())
+                    }
+                    _ => self.node.handle_login_failed(),
+                }
                 self.node.handle_timeout(Instant::now());
                 self.login_later(false);
                 return Ok(());

@@ -2202,6 +2202,23 @@ impl Sim {
         self.drain_node(slot);
     }
 
+    /// An operator revokes node `n<index>`'s certificate: its sessions
+    /// leave the database, the NMS is told (as the cloud's shell tells it
+    /// on finding the certificate revoked) and the AS refuses the node's
+    /// Logins from now on.
+    pub fn revoke(&mut self, index: usize) {
+        let slot = self.slot(index);
+        let (fqdn, serial) = (self.nodes[slot].fqdn.clone(), self.nodes[slot].cert_serial);
+        self.db.retain(|_, s| s.cert_serial != serial);
+        self.nms.handle_withdrawn(self.now, &fqdn, serial);
+        self.drain_nms();
+        let n = &mut self.nodes[slot];
+        n.auto_login = false;
+        n.node
+            .handle_login_refused(format!("certificate {serial:#x} has been revoked"));
+        self.drain_node(slot);
+    }
+
     /// Replaces the NMS with a fresh process over the same database. Its
     /// counter base is the wall clock now, as a restarted NMS's would be.
     pub fn restart_nms(&mut self) {

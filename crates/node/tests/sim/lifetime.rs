@@ -298,3 +298,61 @@ fn a_restarted_node_is_reached_again_within_two_seconds() {
     );
     eprintln!("reached again after {resumed:?} with the peer list, {waited:?} without");
 }
+
+/// One of three nodes is revoked while all three talk: every tunnel with
+/// it closes within a round trip of the NMS's notice, no route to it is
+/// taken again, the other two keep talking, and it knows why.
+#[test]
+fn a_revoked_node_loses_every_tunnel_and_the_others_keep_talking() {
+    let mut sim = registered(SimConfig::new(one_seed(38), 3));
+    for (a, b) in [(1, 2), (1, 3), (2, 3)] {
+        assert_eq!(lookup(&mut sim, a, b, RecordType::A), ResponseCode::NoError);
+        assert!(tunnel_between(&mut sim, a, b, Duration::from_secs(3)));
+    }
+    let f3 = sim.node(3).fqdn.clone();
+    let revoked_at = sim.elapsed();
+    sim.revoke(3);
+    assert!(
+        sim.run_until(Duration::from_secs(5), |s| [1, 2].iter().all(|&i| s
+            .node(i)
+            .tunnel_downs
+            .iter()
+            .any(|(_, f)| *f == f3))),
+        "the tunnels with n3 did not close"
+    );
+    for i in [1, 2] {
+        let (at, _) = sim
+            .node(i)
+            .tunnel_downs
+            .iter()
+            .find(|(_, f)| *f == f3)
+            .expect("down");
+        let took = *at - revoked_at;
+        assert!(
+            took < Duration::from_millis(100),
+            "n{i} closed after {took:?}"
+        );
+        assert!(sim.node(i).tunnel_to(&f3).is_none());
+        assert_eq!(sim.node(i).node.counters().peers_revoked, 1);
+    }
+    // n3 knows why and holds no tunnel either.
+    let status = sim.node(3).node.status(sim.now);
+    assert!(status
+        .cloud
+        .refused
+        .as_deref()
+        .is_some_and(|r| r.contains("revoked")));
+    assert!(status.peers.is_empty());
+    // Packets n1 sends to n3 go nowhere, and n3 is not found again.
+    let p = ipv4_packet(vip4(1), vip4(3), b"still there?");
+    sim.send_app(1, &p);
+    sim.run_for(Duration::from_secs(1));
+    assert!(!sim
+        .node(3)
+        .received_from(&sim.node(1).fqdn)
+        .contains(&p.as_slice()));
+    assert_ne!(lookup(&mut sim, 1, 3, RecordType::A), ResponseCode::NoError);
+    // n1 and n2 keep talking.
+    let sent = steady(&mut sim, Duration::from_millis(100), Duration::from_secs(3));
+    all_arrived(&sim, 1, 2, sent);
+}
