@@ -25,6 +25,12 @@ pub enum DirectionRefused {
     OwnVip,
     #[error("peer VIPs are outside the overlay ranges")]
     OutsideOverlay,
+    /// Another peer this node has a working tunnel with holds the VIP.
+    #[error("the peer's VIP {vip} belongs to {holder}")]
+    VipTaken {
+        vip: std::net::IpAddr,
+        holder: String,
+    },
 }
 
 /// Why the tunnel takes the path its route's pattern gives, for status.
@@ -172,6 +178,23 @@ impl Node {
         }
         if self.signaling.login().map(|l| l.vip4) == Some(d.peer.vip4) {
             return Err(DirectionRefused::OwnVip);
+        }
+        // A route never takes over the VIP of another peer whose tunnel
+        // works: packets for that VIP would go to the newcomer. A failed
+        // peer's VIPs are free (the NMS may have given them anew).
+        for vip in [
+            std::net::IpAddr::V4(d.peer.vip4),
+            std::net::IpAddr::V6(d.peer.vip6),
+        ] {
+            let holder = self.peers.name_by_vip(vip).and_then(|n| self.peers.get(n));
+            if let Some(h) = holder.filter(|h| *h.fqdn != *resolver::normalize(&d.peer.fqdn)) {
+                if !h.failed() {
+                    return Err(DirectionRefused::VipTaken {
+                        vip,
+                        holder: h.fqdn.to_string(),
+                    });
+                }
+            }
         }
         let o = d.peer.vip4.octets();
         let v4_shared = o[0] == 100 && (o[1] & 0xc0) == 64;

@@ -238,3 +238,36 @@ fn a_full_table_of_live_peers_refuses_new_routes() {
         .any(|p| p.fqdn == format!("p{MAX_PEERS}.cyphonic.internal")));
     assert!(b.t0 <= b.now);
 }
+
+#[test]
+fn a_route_never_takes_over_a_live_peers_vip() {
+    let mut b = Bench::registered();
+    let txid = b.rng.gen();
+    b.send(txid, Message::RouteDirectionToResponder(direction(1, false)));
+    // Another name with p1's VIPs: refused, p1 keeps them.
+    let mut thief = direction(2, false);
+    thief.peer.vip4 = direction(1, false).peer.vip4;
+    let txid = b.rng.gen();
+    b.send(txid, Message::RouteDirectionToResponder(thief));
+    let peers: Vec<String> = b
+        .node
+        .status(b.now)
+        .peers
+        .into_iter()
+        .map(|p| p.fqdn)
+        .collect();
+    assert_eq!(peers, vec!["p1.cyphonic.internal".to_owned()]);
+    // Once p1's establishment failed, its VIPs are free for the new name.
+    b.run_until(b.now + Duration::from_secs(30));
+    assert!(b.node.status(b.now).peers[0].state.starts_with("failed"));
+    let mut heir = direction(2, false);
+    heir.peer.vip4 = direction(1, false).peer.vip4;
+    let txid = b.rng.gen();
+    b.send(txid, Message::RouteDirectionToResponder(heir));
+    assert!(b
+        .node
+        .status(b.now)
+        .peers
+        .iter()
+        .any(|p| p.fqdn == "p2.cyphonic.internal"));
+}
