@@ -8,6 +8,7 @@ pub mod bench_adapter;
 pub mod bench_transports;
 pub mod direct;
 pub mod firewall;
+pub mod lifetime;
 pub mod mobility;
 pub mod nat;
 pub mod nat_matrix;
@@ -54,6 +55,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nodes behind nftables firewalls (UDP+TCP 443 only, TCP 443 only, open): QUIC, TCP, UDP; a move behind the QUIC-only one",
     ),
     (
+        "lifetime",
+        "rekeys every 5 s and relay grants of 20 s under 60 s of TCP on a direct and a relayed tunnel",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -72,6 +77,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "mobility" => mobility::run(bin),
         "firewall" => firewall::run(bin),
         "bench-transports" => bench_transports::run(bin),
+        "lifetime" => lifetime::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()
