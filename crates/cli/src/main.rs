@@ -88,11 +88,18 @@ enum CloudCmd {
     /// serves on its LAN.
     #[command(subcommand, name = "general-node")]
     GeneralNode(GeneralNodeCmd),
-    /// Revoke a node certificate by serial (hex or decimal).
+    /// Revoke a node certificate by serial (hex or decimal), or every
+    /// certificate of a device (--device): its tunnels close within
+    /// seconds.
     Revoke {
         #[arg(long)]
         config: PathBuf,
-        serial: String,
+        /// The certificate's serial.
+        #[arg(required_unless_present = "device", conflicts_with = "device")]
+        serial: Option<String>,
+        /// Revoke every certificate of this device instead.
+        #[arg(long)]
+        device: Option<String>,
     },
 }
 
@@ -150,6 +157,19 @@ enum DeviceCmd {
         /// Choose the new one-time password yourself (at least 8 characters).
         #[arg(long, env = "CYPHONIC_DEVICE_PASSWORD")]
         password: Option<String>,
+    },
+    /// Disable a device: its sessions end, its peers close their tunnels
+    /// with it, and it can neither enroll nor log in until enabled.
+    Disable {
+        #[arg(long)]
+        config: PathBuf,
+        device_id: String,
+    },
+    /// Enable a disabled device again.
+    Enable {
+        #[arg(long)]
+        config: PathBuf,
+        device_id: String,
     },
     /// List devices with their names and VIPs.
     List {
@@ -405,14 +425,42 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 );
             }
         }
-        Command::Cloud(CloudCmd::Revoke { config, serial }) => {
+        Command::Cloud(CloudCmd::Revoke {
+            config,
+            serial,
+            device,
+        }) => {
             let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
-            let s = serial.trim_start_matches("0x");
-            let serial = u64::from_str_radix(s, 16)
-                .or_else(|_| serial.parse::<u64>())
-                .with_context(|| format!("{serial:?} is not a serial number"))?;
-            cyphonic_cloud::admin::revoke_certificate(&cfg, serial).await?;
-            println!("revoked {serial:x}");
+            match (serial, device) {
+                (_, Some(device)) => {
+                    let serials = cyphonic_cloud::admin::revoke_device(&cfg, &device).await?;
+                    if serials.is_empty() {
+                        println!("{device} has no certificate left to revoke");
+                    }
+                    for s in serials {
+                        println!("revoked {s:x} ({device})");
+                    }
+                }
+                (Some(serial), None) => {
+                    let s = serial.trim_start_matches("0x");
+                    let serial = u64::from_str_radix(s, 16)
+                        .or_else(|_| serial.parse::<u64>())
+                        .with_context(|| format!("{serial:?} is not a serial number"))?;
+                    cyphonic_cloud::admin::revoke_certificate(&cfg, serial).await?;
+                    println!("revoked {serial:x}");
+                }
+                (None, None) => anyhow::bail!("give a serial or --device"),
+            }
+        }
+        Command::Cloud(CloudCmd::Device(DeviceCmd::Disable { config, device_id })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            cyphonic_cloud::admin::set_device_disabled(&cfg, &device_id, true).await?;
+            println!("disabled {device_id}");
+        }
+        Command::Cloud(CloudCmd::Device(DeviceCmd::Enable { config, device_id })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            cyphonic_cloud::admin::set_device_disabled(&cfg, &device_id, false).await?;
+            println!("enabled {device_id}");
         }
         Command::Node(NodeCmd::Enroll {
             cloud,

@@ -403,7 +403,15 @@ pub struct Nms {
     notices: BTreeMap<(SessionId, u64), Notice>,
     /// Certificate serials withdrawn from the overlay.
     withdrawn: VecDeque<u64>,
+    /// Sessions that ended lately, kept a short while so a node whose
+    /// certificate turns out withdrawn can be told (newest last).
+    ended_lately: VecDeque<(Instant, Session)>,
 }
+
+/// How long, and how many, ended sessions are kept for telling their node
+/// it was withdrawn.
+const ENDED_KEPT: Duration = Duration::from_secs(30);
+const MAX_ENDED_KEPT: usize = 256;
 
 impl Nms {
     /// `seed` drives route IDs and tunnel keys in tests; production passes
@@ -429,6 +437,7 @@ impl Nms {
             relay_load: Vec::new(),
             notices: BTreeMap::new(),
             withdrawn: VecDeque::new(),
+            ended_lately: VecDeque::new(),
         }
     }
 
@@ -454,6 +463,33 @@ impl Nms {
             .collect();
         for id in theirs {
             self.end_session(now, id);
+        }
+        // The node itself, told once over its ended session (the AS
+        // refuses its next Login in any case).
+        self.ended_lately
+            .retain(|(at, _)| now.saturating_duration_since(*at) < ENDED_KEPT);
+        for (_, s) in self
+            .ended_lately
+            .iter_mut()
+            .filter(|(_, s)| s.info.cert_serial == cert_serial)
+        {
+            let Some(reg) = s.registration.as_ref() else {
+                continue;
+            };
+            let txid: u64 = self.rng.gen();
+            let payload = s.cipher.seal(&Envelope {
+                txid,
+                message: Message::PeerRevoked {
+                    fqdn: fqdn.clone(),
+                    cert_serial,
+                },
+            });
+            self.transmits.push_back(Transmit {
+                local: reg.nms_local,
+                destination: reg.observed,
+                payload,
+            });
+            self.counters.notices_sent += 1;
         }
         let others: Vec<SessionId> = self
             .sessions
@@ -818,7 +854,11 @@ impl Nms {
             fqdn: session.info.fqdn.clone(),
             cert_serial: session.info.cert_serial,
         });
+        if self.ended_lately.len() >= MAX_ENDED_KEPT {
+            self.ended_lately.pop_front();
+        }
         tracing::debug!(session_id = %id, fqdn = %session.info.fqdn, "session ended");
+        self.ended_lately.push_back((now, session));
     }
 
     /// Whether a stored session of this FQDN with Login number `login_seq`
@@ -1732,7 +1772,7 @@ mod tests {
     fn a_withdrawn_node_is_announced_to_every_node_until_acknowledged() {
         let now = Instant::now();
         let mut nms = Nms::new(NmsConfig::default(), [3; 32], 1);
-        let (_n1, _) = registered_node(&mut nms, now, 1);
+        let (mut n1, at1) = registered_node(&mut nms, now, 1);
         let (mut n2, at2) = registered_node(&mut nms, now, 2);
         let (mut n3, at3) = registered_node(&mut nms, now, 3);
         nms.handle_withdrawn(now, "A1.cyphonic.internal.", 1);
@@ -1746,7 +1786,15 @@ mod tests {
         let notice =
             |t: &Transmit, node: &mut SignalCipher| node.open(&t.payload).expect("sealed for it");
         let sent: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
-        assert_eq!(sent.len(), 2, "one notice per other node");
+        assert_eq!(sent.len(), 3, "one notice per node, the withdrawn one too");
+        let to1 = sent
+            .iter()
+            .find(|t| t.destination == at1)
+            .expect("to n1 itself");
+        assert!(matches!(
+            notice(to1, &mut n1).message,
+            Message::PeerRevoked { fqdn, .. } if fqdn == "a1.cyphonic.internal"
+        ));
         let to2 = sent.iter().find(|t| t.destination == at2).expect("to n2");
         let env2 = notice(to2, &mut n2);
         assert_eq!(
@@ -1783,7 +1831,7 @@ mod tests {
         let c = nms.counters();
         assert_eq!(
             (c.withdrawn, c.notices_sent, c.notices_unacked),
-            (1, 2 + 5, 1)
+            (1, 3 + 5, 1)
         );
         // A session of the withdrawn certificate is not loaded again.
         nms.handle_session(t, info(9, "a1"));

@@ -327,6 +327,45 @@ pub async fn list_devices(cfg: &CloudConfig) -> Result<Vec<DeviceRecord>, AdminE
 
 /// Revokes a certificate: it can no longer log in, and the sessions it
 /// opened end.
+/// Revokes every certificate of `device_id` still good; returns their
+/// serials. Its sessions end with them, and its peers close their tunnels
+/// with it once the NMS notices (protocol §5.14).
+pub async fn revoke_device(cfg: &CloudConfig, device_id: &str) -> Result<Vec<u64>, AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = async {
+        if store.device(device_id).await?.is_none() {
+            return Err(crate::store::StoreError::NoSuchDevice(device_id.to_owned()));
+        }
+        let mut revoked = Vec::new();
+        for c in store.certificates_of(device_id).await? {
+            if c.status == CertStatus::Good {
+                store
+                    .set_certificate_status(c.serial, CertStatus::Revoked)
+                    .await?;
+                revoked.push(c.serial);
+            }
+        }
+        Ok(revoked)
+    }
+    .await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// Disables (or enables again) a device: a disabled device's sessions end,
+/// it can neither enroll nor log in, and its peers close their tunnels
+/// with it.
+pub async fn set_device_disabled(
+    cfg: &CloudConfig,
+    device_id: &str,
+    disabled: bool,
+) -> Result<(), AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store.set_device_disabled(device_id, disabled).await;
+    store.close().await;
+    Ok(result?)
+}
+
 pub async fn revoke_certificate(cfg: &CloudConfig, serial: u64) -> Result<(), AdminError> {
     let store = Store::open(&cfg.database_path()).await?;
     let result = store

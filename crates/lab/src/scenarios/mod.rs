@@ -14,6 +14,7 @@ pub mod nat;
 pub mod nat_matrix;
 pub mod overlay;
 pub mod pcap;
+pub mod revoke;
 
 use std::path::Path;
 
@@ -59,6 +60,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "rekeys every 5 s and relay grants of 20 s under 60 s of TCP on a direct and a relayed tunnel",
     ),
     (
+        "revoke",
+        "one of three nodes revoked during ping and iperf3: its tunnels close within 5 s, no new route, the others keep talking",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -78,6 +83,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "firewall" => firewall::run(bin),
         "bench-transports" => bench_transports::run(bin),
         "lifetime" => lifetime::run(bin),
+        "revoke" => revoke::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()

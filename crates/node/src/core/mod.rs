@@ -341,6 +341,15 @@ impl Node {
     /// the overlay: its tunnel closes now, and no route naming that
     /// certificate is taken again.
     fn on_peer_revoked(&mut self, fqdn: &str, cert_serial: u64) {
+        let own = self.signaling.login().map(|l| resolver::normalize(&l.fqdn));
+        if own.is_some_and(|o| *o == *fqdn) {
+            // Us: the cloud withdrew this node.
+            self.handle_login_refused(
+                "the cloud withdrew this node (its certificate was revoked or its device disabled)"
+                    .into(),
+            );
+            return;
+        }
         if !self.revoked.contains(&cert_serial) {
             if self.revoked.len() >= MAX_REVOKED {
                 self.revoked.pop_front();
