@@ -116,6 +116,12 @@ pub struct NmsConfig {
     /// Lookups of unknown session IDs one source (an IPv4 address or an
     /// IPv6 /64) may cause per second; bursts of twice as many.
     pub lookups_per_source: u32,
+    /// Direction Requests one session may make per second (burst twice
+    /// that): each makes the NMS and two nodes work, and sends handshakes.
+    pub directions_per_session: u32,
+    /// Route directions per second towards one target, whoever asks
+    /// (burst twice that).
+    pub directions_per_target: u32,
     /// Lookups of unknown session IDs per second in all (bursts as many).
     pub lookups_total: u32,
 }
@@ -156,6 +162,8 @@ impl Default for NmsConfig {
             probe_port: 0,
             relay: None,
             lookups_per_source: 50,
+            directions_per_session: 10,
+            directions_per_target: 50,
             lookups_total: 5000,
         }
     }
@@ -260,6 +268,8 @@ pub struct NmsCounters {
     /// that were never acknowledged.
     pub notices_sent: u64,
     pub notices_unacked: u64,
+    /// Direction Requests refused for their rate (per session or target).
+    pub directions_limited: u64,
 }
 
 /// Registration state of one node.
@@ -360,6 +370,49 @@ const MAX_NOTICES: usize = 65_536;
 /// registers or is routed to again while the store catches up.
 const MAX_WITHDRAWN: usize = 4096;
 
+/// Direction budgets tracked at once, per kind (sessions, targets).
+const MAX_DIRECTION_BUCKETS: usize = 16_384;
+
+/// Token buckets by key, at most `max`: when full, the ones that refilled
+/// (idle) go first, and all if that frees too little.
+struct KeyedBuckets<K> {
+    buckets: HashMap<K, Bucket>,
+    max: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
+    fn new(max: usize) -> Self {
+        KeyedBuckets {
+            buckets: HashMap::new(),
+            max,
+        }
+    }
+
+    /// Takes a token from `key`'s bucket (`rate` per second, `burst`) if it
+    /// has one.
+    fn allow(&mut self, now: Instant, key: &K, rate: f64, burst: f64) -> bool {
+        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max {
+            self.buckets.retain(|_, b| {
+                b.refill(now, rate, burst);
+                b.tokens < burst
+            });
+            if self.buckets.len() >= self.max / 2 {
+                self.buckets.clear();
+            }
+        }
+        let b = self
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| Bucket::full(burst, now));
+        b.refill(now, rate, burst);
+        if b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+}
+
 /// Bounds on state a remote party can grow.
 const MAX_PENDING_PER_UNKNOWN_SESSION: usize = 4;
 const MAX_UNKNOWN_SESSIONS: usize = 1024;
@@ -386,6 +439,9 @@ pub struct Nms {
     /// Session IDs the store did not know, or that ended.
     missing: MissingSessions,
     lookup_limits: LookupLimits,
+    /// Direction Request budgets per requesting session and per target.
+    session_directions: KeyedBuckets<SessionId>,
+    target_directions: KeyedBuckets<String>,
     routes: BTreeMap<RouteId, PendingRoute>,
     /// (session, txid) -> sealed answer, so a retransmitted request is
     /// answered the same way instead of being acted on twice.
@@ -427,6 +483,8 @@ impl Nms {
             awaiting_session: BTreeMap::new(),
             missing: MissingSessions::default(),
             lookup_limits: LookupLimits::default(),
+            session_directions: KeyedBuckets::new(MAX_DIRECTION_BUCKETS),
+            target_directions: KeyedBuckets::new(MAX_DIRECTION_BUCKETS),
             routes: BTreeMap::new(),
             answered: HashMap::new(),
             answered_order: VecDeque::new(),
@@ -1272,6 +1330,25 @@ impl Nms {
             );
             return;
         };
+        let per_session = f64::from(self.config.directions_per_session);
+        let per_target = f64::from(self.config.directions_per_target);
+        if !self
+            .session_directions
+            .allow(now, &mn, per_session, 2.0 * per_session)
+            || !self
+                .target_directions
+                .allow(now, &target, per_target, 2.0 * per_target)
+        {
+            self.counters.directions_limited += 1;
+            self.fail_direction(
+                mn,
+                txid,
+                &target,
+                DirectionErrorCode::RateLimited,
+                "too many route requests: try again shortly".into(),
+            );
+            return;
+        }
         let cn = match self.by_fqdn.get(&target) {
             Some(&cn) if cn != mn => cn,
             _ => {
@@ -1769,6 +1846,72 @@ mod tests {
     }
 
     #[test]
+    fn direction_requests_are_limited_per_session_and_per_target() {
+        let now = Instant::now();
+        let config = NmsConfig {
+            directions_per_session: 2,
+            directions_per_target: 3,
+            ..NmsConfig::default()
+        };
+        let mut nms = Nms::new(config, [4; 32], 1);
+        let (mut n1, at1) = registered_node(&mut nms, now, 1);
+        let (mut n2, at2) = registered_node(&mut nms, now, 2);
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let ask = |nms: &mut Nms, node: &mut SignalCipher, from, txid, target: &str| {
+            let p = node.seal(&Envelope {
+                txid,
+                message: Message::DirectionRequest {
+                    target: target.into(),
+                },
+            });
+            nms.handle_datagram(now, local, from, &p);
+            let limited = std::iter::from_fn(|| nms.poll_transmit())
+                .filter(|t| t.destination == from)
+                .filter_map(|t| node.open(&t.payload).ok())
+                .any(|e| {
+                    matches!(
+                        e.message,
+                        Message::DirectionError {
+                            code: DirectionErrorCode::RateLimited,
+                            ..
+                        }
+                    )
+                });
+            limited
+        };
+        // n1 may ask four times at once (burst 2 x 2), not a fifth.
+        let limited: Vec<bool> = (10..15)
+            .map(|t| {
+                ask(
+                    &mut nms,
+                    &mut n1,
+                    at1,
+                    t,
+                    &format!("x{t}.cyphonic.internal"),
+                )
+            })
+            .collect();
+        assert_eq!(limited, vec![false, false, false, false, true]);
+        // A target takes six at once (burst 2 x 3) from everybody together:
+        // n2 and n3 ask in turn, each within its own budget.
+        let (mut n3, at3) = registered_node(&mut nms, now, 3);
+        let mut limited = Vec::new();
+        for t in 20..27 {
+            let (node, from) = if t % 2 == 0 {
+                (&mut n2, at2)
+            } else {
+                (&mut n3, at3)
+            };
+            limited.push(ask(&mut nms, node, from, t, "a9.cyphonic.internal"));
+        }
+        assert_eq!(
+            limited,
+            vec![false, false, false, false, false, false, true]
+        );
+        assert_eq!(nms.counters().directions_limited, 2);
+    }
+
+    #[test]
     fn a_withdrawn_node_is_announced_to_every_node_until_acknowledged() {
         let now = Instant::now();
         let mut nms = Nms::new(NmsConfig::default(), [3; 32], 1);
@@ -2221,6 +2364,14 @@ mod tests {
         let (mut node, _) = register_stored(&mut nms, now, 1, "n1", standing, 1000, home);
         nms.handle_sessions_ended(now, &[SessionId(1)]);
         assert!(nms.held_sessions().is_empty() && nms.registrations().is_empty());
+        // The shell is asked whether its certificate left the overlay.
+        assert_eq!(
+            events(&mut nms),
+            vec![NmsEvent::SessionEnded {
+                fqdn: "n1.cyphonic.internal".into(),
+                cert_serial: 7
+            }]
+        );
         nms.handle_datagram(now, at(NMS_LOCAL), home, &keepalive(&mut node, 2));
         assert!(transmits(&mut nms).is_empty() && events(&mut nms).is_empty());
         // After MISSING_TTL the store is asked again.

@@ -226,17 +226,22 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             reason: "behind the same NAT: direct over local addresses",
         };
     }
-    let cn_at = |n: &NetInfo| -> Vec<SocketAddr> {
-        let mut v: Vec<SocketAddr> = n.v4_public().into_iter().chain(n.v4_locals()).collect();
+    let at = |n: &NetInfo, other: &NetInfo| -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = n
+            .v4_public()
+            .into_iter()
+            .chain(shared_locals(n, other))
+            .collect();
         dedup(&mut v);
         cap(v)
     };
+
     match (mn_nat, cn_nat) {
         (NatKind::None, NatKind::None) => RouteDecision {
             pattern: RoutePattern::Direct,
             initiator: Initiator::Mn,
-            cn_endpoints: cn_at(cn),
-            mn_endpoints: cn_at(mn),
+            cn_endpoints: at(cn, mn),
+            mn_endpoints: at(mn, cn),
             punch: false,
             via: Transport::Udp,
             reason: "no NAT between the nodes: direct",
@@ -244,8 +249,8 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
         (_, NatKind::None) => RouteDecision {
             pattern: RoutePattern::Punched,
             initiator: Initiator::Mn,
-            cn_endpoints: cn_at(cn),
-            mn_endpoints: cn_at(mn),
+            cn_endpoints: at(cn, mn),
+            mn_endpoints: at(mn, cn),
             punch: false,
             via: Transport::Udp,
             reason: "this side behind a NAT, the peer public: the NATed side initiates (pattern 2)",
@@ -253,8 +258,8 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
         (NatKind::None, _) => RouteDecision {
             pattern: RoutePattern::Punched,
             initiator: Initiator::Cn,
-            cn_endpoints: cn_at(cn),
-            mn_endpoints: cn_at(mn),
+            cn_endpoints: at(cn, mn),
+            mn_endpoints: at(mn, cn),
             punch: false,
             via: Transport::Udp,
             reason: "the peer behind a NAT, this side public: the NATed side initiates (pattern 2)",
@@ -262,8 +267,8 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
         (NatKind::EndpointIndependent, NatKind::EndpointIndependent) => RouteDecision {
             pattern: RoutePattern::Punched,
             initiator: Initiator::Mn,
-            cn_endpoints: cn_at(cn),
-            mn_endpoints: cn_at(mn),
+            cn_endpoints: at(cn, mn),
+            mn_endpoints: at(mn, cn),
             punch: true,
             via: Transport::Udp,
             reason: "both behind endpoint-independent NATs: coordinated punching",
@@ -343,10 +348,24 @@ fn probe_candidates(of: &NetInfo, from: &NetInfo) -> Vec<SocketAddr> {
     }
     if from_v4 {
         out.extend(of.v4_public());
-        out.extend(of.v4_locals());
+        out.extend(shared_locals(of, from));
     }
     dedup(&mut out);
     cap(out)
+}
+
+/// `of`'s own IPv4 addresses, for `from` to try: only when both are seen at
+/// the same public address (the same NAT, or the same host), since
+/// another network's private addresses are nobody `from` should send to
+/// (at best lost, at worst a host on `from`'s own LAN that never asked for
+/// a handshake). Otherwise none: `of`'s public address stands for it.
+fn shared_locals(of: &NetInfo, from: &NetInfo) -> Vec<SocketAddr> {
+    let (a, b) = (of.v4_public(), from.v4_public());
+    if a.is_some() && a.map(|x| x.ip()) == b.map(|x| x.ip()) {
+        of.v4_locals()
+    } else {
+        Vec::new()
+    }
 }
 
 fn dedup(v: &mut Vec<SocketAddr>) {

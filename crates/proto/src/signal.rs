@@ -484,6 +484,8 @@ pub enum DirectionErrorCode {
     Timeout,
     /// The requester is not registered yet.
     NotRegistered,
+    /// The requester (or everybody, for this target) asked too often.
+    RateLimited,
     Unknown(u8),
 }
 
@@ -493,6 +495,7 @@ impl DirectionErrorCode {
             DirectionErrorCode::NotFound => 1,
             DirectionErrorCode::Timeout => 2,
             DirectionErrorCode::NotRegistered => 3,
+            DirectionErrorCode::RateLimited => 4,
             DirectionErrorCode::Unknown(v) => v,
         }
     }
@@ -502,6 +505,7 @@ impl DirectionErrorCode {
             1 => DirectionErrorCode::NotFound,
             2 => DirectionErrorCode::Timeout,
             3 => DirectionErrorCode::NotRegistered,
+            4 => DirectionErrorCode::RateLimited,
             v => DirectionErrorCode::Unknown(v),
         }
     }
