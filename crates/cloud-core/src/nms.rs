@@ -1865,7 +1865,7 @@ mod tests {
                 },
             });
             nms.handle_datagram(now, local, from, &p);
-            let limited = std::iter::from_fn(|| nms.poll_transmit())
+            std::iter::from_fn(|| nms.poll_transmit())
                 .filter(|t| t.destination == from)
                 .filter_map(|t| node.open(&t.payload).ok())
                 .any(|e| {
@@ -1876,8 +1876,7 @@ mod tests {
                             ..
                         }
                     )
-                });
-            limited
+                })
         };
         // n1 may ask four times at once (burst 2 x 2), not a fifth.
         let limited: Vec<bool> = (10..15)
