@@ -18,6 +18,12 @@
 //! passwords, then a lockout that doubles with every further one (from
 //! [`FIRST_LOCKOUT`] up to [`MAX_LOCKOUT`]). A locked attempt costs no
 //! argon2 work and is answered [`code::TOO_MANY_ATTEMPTS`].
+//!
+//! Renewal (`renew`, `docs/protocol.md` §3.3) needs the client certificate
+//! a Login needs, at least a third of its lifetime old and not renewed
+//! before: each certificate has at most one successor, so a stolen key
+//! cannot mint certificates in a loop, and the node that renews second
+//! learns that two hold its key ([`code::ALREADY_RENEWED`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,7 +41,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::as_proto::{encode_line, LoginOk, Request, Response, MAX_LINE};
+use crate::as_proto::{encode_line, CertLife, LoginOk, Request, Response, CERT_BACKDATE, MAX_LINE};
 use crate::config::CloudConfig;
 use crate::store::{
     CertStatus, CertificateRecord, DeviceRecord, EnrollmentGrant, Store, StoreError,
@@ -85,7 +91,7 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 const SERVER_CERT_RENEWAL: Duration = Duration::from_secs(24 * 3600);
 /// Slack for node clocks that run behind: a certificate is valid from this
 /// long before its issue.
-const CLOCK_SKEW: Duration = Duration::from_secs(300);
+const CLOCK_SKEW: Duration = CERT_BACKDATE;
 /// How long in-flight connections may finish after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -416,6 +422,7 @@ impl State {
                 self.enroll_general(peer_chain, &device_id, &csr_pem, peer)
                     .await
             }
+            Request::Renew { csr_pem } => self.renew(peer_chain, &csr_pem, peer).await,
         };
         match result {
             Ok(response) => (response, false),
@@ -473,18 +480,42 @@ impl State {
         peer: SocketAddr,
     ) -> Result<Response, Refusal> {
         let device_id = device.device_id.as_str();
+        let (cert, record) = self.issue(device, csr_pem, SystemTime::now(), peer).await?;
+        let recorded = match grant {
+            Some(grant) => self.store.record_enrollment(grant, &record).await,
+            None => self.store.record_certificate(&record).await,
+        };
+        recorded.map_err(|e| enroll_refusal(e, device_id, peer))?;
+        info!(%peer, device_id, fqdn = %device.fqdn, serial = format_args!("{:#x}", cert.serial), "enrolled");
+        Ok(Response::Enrolled {
+            fqdn: device.fqdn.clone(),
+            cert_chain_pem: join_pem(&cert.cert_pem, self.issuer.cert_pem()),
+            root_pem: self.root_pem.clone(),
+        })
+    }
+
+    /// A certificate for `device` from the CSR, valid from [`CLOCK_SKEW`]
+    /// before `now` for the configured lifetime, and its record (not
+    /// recorded yet).
+    async fn issue(
+        &self,
+        device: &DeviceRecord,
+        csr_pem: &str,
+        now: SystemTime,
+        peer: SocketAddr,
+    ) -> Result<(cyphonic_pki::IssuedCert, CertificateRecord), Refusal> {
+        let device_id = device.device_id.as_str();
         let serial = self.store.next_serial().await.map_err(|e| {
-            warn!(%peer, device_id, error = %e, "enroll failed");
+            warn!(%peer, device_id, error = %e, "issuing failed");
             Refusal::internal()
         })?;
-        let now = SystemTime::now();
         let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
-        let not_after = now + Duration::from_secs(u64::from(self.cfg.cert_validity_days) * 86_400);
+        let not_after = now + self.cfg.cert_validity();
         let cert = self
             .issuer
             .issue_node(csr_pem, &device.fqdn, serial, not_before, not_after)
             .map_err(|e| {
-                info!(%peer, device_id, error = %e, "enroll refused: unusable CSR");
+                info!(%peer, device_id, error = %e, "refused: unusable CSR");
                 Refusal::new(
                     code::BAD_CSR,
                     format!("cannot issue a certificate from this CSR: {e}"),
@@ -500,17 +531,127 @@ impl State {
             status: CertStatus::Good,
             cert_pem: cert.cert_pem.clone(),
         };
-        let recorded = match grant {
-            Some(grant) => self.store.record_enrollment(grant, &record).await,
-            None => self.store.record_certificate(&record).await,
+        Ok((cert, record))
+    }
+
+    /// `renew`: the node proves itself with its certificate (as for
+    /// Login), which must be at least a third of its lifetime old
+    /// ([`CertLife::renewable_from`]) and not renewed before; the new
+    /// certificate is for the same device and the CSR's key, which must be
+    /// another. The presented certificate stays good until it expires.
+    ///
+    /// A renewal whose answer was lost is asked for again with the same
+    /// CSR key: the certificate already issued for that key is answered
+    /// again. Another key gets [`code::ALREADY_RENEWED`].
+    async fn renew(
+        &self,
+        peer_chain: Option<&[Vec<u8>]>,
+        csr_pem: &str,
+        peer: SocketAddr,
+    ) -> Result<Response, Refusal> {
+        let Authenticated { device, node, cert } =
+            self.authenticate(peer_chain, peer, "renew").await?;
+        let device_id = device.device_id.as_str();
+        let now = SystemTime::now();
+        let from = CertLife::of(cert.not_before, cert.not_after).renewable_from();
+        if let Some(wait) = from.duration_since(now).ok().filter(|w| !w.is_zero()) {
+            info!(%peer, device_id, serial = format_args!("{:#x}", cert.serial), wait = wait.as_secs(), "renew refused: too early");
+            return Err(Refusal::new(
+                code::RENEWAL_TOO_EARLY,
+                format!(
+                    "certificate {:#x} is younger than a third of its lifetime; \
+                     renew in {} s",
+                    cert.serial,
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
+        let (issued, record) = self.issue(&device, csr_pem, now, peer).await?;
+        let Some(key) = self.leaf_key(&issued.cert_der, &device.fqdn, now) else {
+            warn!(%peer, device_id, "renew failed: the new certificate does not verify");
+            return Err(Refusal::internal());
         };
-        recorded.map_err(|e| enroll_refusal(e, device_id, peer))?;
-        info!(%peer, device_id, fqdn = %device.fqdn, serial = format_args!("{:#x}", cert.serial), "enrolled");
-        Ok(Response::Enrolled {
-            fqdn: device.fqdn.clone(),
-            cert_chain_pem: join_pem(&cert.cert_pem, self.issuer.cert_pem()),
-            root_pem: self.root_pem.clone(),
+        if key == node.public_key {
+            info!(%peer, device_id, "renew refused: the CSR has the old key");
+            return Err(Refusal::new(
+                code::BAD_CSR,
+                "a renewal needs a new key: make one and send its CSR",
+            ));
+        }
+        let chain_pem = match self.store.record_renewal(cert.serial, &record).await {
+            Ok(()) => {
+                info!(
+                    %peer,
+                    device_id,
+                    renewed = format_args!("{:#x}", cert.serial),
+                    serial = format_args!("{:#x}", record.serial),
+                    "certificate renewed"
+                );
+                join_pem(&issued.cert_pem, self.issuer.cert_pem())
+            }
+            Err(StoreError::AlreadyRenewed { serial, successor }) => {
+                let same_key = successor.status == CertStatus::Good
+                    && cyphonic_pki::pem_to_der_chain(&successor.cert_pem)
+                        .ok()
+                        .and_then(|c| c.into_iter().next())
+                        .and_then(|der| self.leaf_key(&der, &device.fqdn, now))
+                        == Some(key);
+                if !same_key {
+                    warn!(
+                        %peer,
+                        device_id,
+                        renewed = format_args!("{serial:#x}"),
+                        successor = format_args!("{:#x}", successor.serial),
+                        "renew refused: this certificate was already renewed for another key \
+                         (two hold the device's key?)"
+                    );
+                    return Err(Refusal::new(
+                        code::ALREADY_RENEWED,
+                        format!(
+                            "certificate {serial:#x} was already renewed; if this node did not \
+                             renew it, its key is known to someone else: the operator resets \
+                             the device (`cyphonic cloud device reset {device_id}`)"
+                        ),
+                    ));
+                }
+                info!(%peer, device_id, serial = format_args!("{:#x}", successor.serial), "renewal asked again: the same certificate");
+                join_pem(&successor.cert_pem, self.issuer.cert_pem())
+            }
+            Err(StoreError::CertificateRevoked(serial)) => {
+                warn!(%peer, device_id, "renew refused: certificate revoked meanwhile");
+                return Err(Refusal::new(
+                    code::CERTIFICATE_REJECTED,
+                    format!("certificate {serial:#x} has been revoked"),
+                ));
+            }
+            Err(StoreError::DeviceDisabled(id)) => {
+                return Err(Refusal::new(
+                    code::DEVICE_DISABLED,
+                    format!("device {id} is disabled"),
+                ))
+            }
+            Err(StoreError::NoSuchDevice(id)) => {
+                return Err(Refusal::new(
+                    code::CERTIFICATE_REJECTED,
+                    format!("device {id} no longer exists"),
+                ))
+            }
+            Err(e) => return Err(self.internal(peer, e)),
+        };
+        Ok(Response::Renewed {
+            fqdn: device.fqdn,
+            cert_chain_pem: chain_pem,
         })
+    }
+
+    /// The Ed25519 key of a node certificate this AS issued (DER), if it
+    /// verifies for `fqdn` at `now`.
+    fn leaf_key(&self, der: &[u8], fqdn: &str, now: SystemTime) -> Option<[u8; 32]> {
+        let chain = [der.to_vec(), self.issuer.cert_der().to_vec()];
+        self.verifier
+            .verify_node(&chain, Some(fqdn), now)
+            .ok()
+            .map(|n| n.public_key)
     }
 
     /// `enroll_general`: the adapter proves itself with its certificate (as
@@ -522,7 +663,10 @@ impl State {
         csr_pem: &str,
         peer: SocketAddr,
     ) -> Result<Response, Refusal> {
-        let (adapter, _) = self.authenticate(peer_chain, peer).await?;
+        let adapter = self
+            .authenticate(peer_chain, peer, "enroll_general")
+            .await?
+            .device;
         let served = self
             .store
             .general_nodes(Some(&adapter.device_id))
@@ -549,20 +693,22 @@ impl State {
 
     /// The device whose certificate the TLS client presented: issued by
     /// this cloud, not revoked, its device still there and enabled.
+    /// `request` names the request in logs.
     async fn authenticate(
         &self,
         peer_chain: Option<&[Vec<u8>]>,
         peer: SocketAddr,
-    ) -> Result<(DeviceRecord, cyphonic_pki::VerifiedNode), Refusal> {
+        request: &'static str,
+    ) -> Result<Authenticated, Refusal> {
         let Some(chain) = peer_chain.filter(|c| !c.is_empty()) else {
-            info!(%peer, "login refused: no client certificate");
+            info!(%peer, request, "refused: no client certificate");
             return Err(Refusal::new(
                 code::CERTIFICATE_REQUIRED,
-                "login needs the node certificate; enroll first",
+                format!("{request} needs the node certificate; enroll first"),
             ));
         };
         let reject = |reason: String| {
-            warn!(%peer, reason = %reason, "login refused");
+            warn!(%peer, request, reason = %reason, "refused: client certificate");
             Refusal::new(code::CERTIFICATE_REJECTED, reason)
         };
         let now = SystemTime::now();
@@ -605,13 +751,17 @@ impl State {
             )));
         }
         if device.disabled {
-            warn!(%peer, device_id = %device.device_id, "login refused: device disabled");
+            warn!(%peer, request, device_id = %device.device_id, "refused: device disabled");
             return Err(Refusal::new(
                 code::DEVICE_DISABLED,
                 format!("device {} is disabled", device.device_id),
             ));
         }
-        Ok((device, node))
+        Ok(Authenticated {
+            device,
+            node,
+            cert: record,
+        })
     }
 
     async fn login(
@@ -619,7 +769,8 @@ impl State {
         peer_chain: Option<&[Vec<u8>]>,
         peer: SocketAddr,
     ) -> Result<Response, Refusal> {
-        let (device, node) = self.authenticate(peer_chain, peer).await?;
+        let Authenticated { device, node, .. } =
+            self.authenticate(peer_chain, peer, "login").await?;
         let serial = node.serial;
         let now = SystemTime::now();
         // A session never outlives the certificate that opened it.
@@ -657,6 +808,14 @@ impl State {
         warn!(%peer, error = %e, "login failed");
         Refusal::internal()
     }
+}
+
+/// A device proved by its TLS client certificate ([`State::authenticate`]).
+struct Authenticated {
+    device: DeviceRecord,
+    node: cyphonic_pki::VerifiedNode,
+    /// The presented certificate as recorded.
+    cert: CertificateRecord,
 }
 
 /// The answer to an enrollment the store refused.

@@ -2,11 +2,14 @@
 //!
 //! Every key but `data_dir` has a default, so the smallest file is one line.
 //! `cyphonic cloud init` writes a complete file with every default spelled
-//! out. Loading checks the values, and every error names the key and the fix.
+//! out, but for the node certificates' lifetime: it is one of two keys
+//! (`cert_validity_days`, `cert_validity_secs`), and neither means 90 days.
+//! Loading checks the values, and every error names the key and the fix.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -62,9 +65,15 @@ pub struct CloudConfig {
     /// Prefix virtual IPv6 addresses are assigned from; inside fd00::/8.
     #[serde(default = "default_vip6_prefix")]
     pub vip6_prefix: Ipv6Prefix,
-    /// Lifetime of the node certificates the AS issues.
-    #[serde(default = "default_cert_validity_days")]
-    pub cert_validity_days: u32,
+    /// Lifetime of the node certificates the AS issues, in days (1 to
+    /// 3650); without it and `cert_validity_secs`, 90 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_validity_days: Option<u32>,
+    /// The same in seconds (60 to 3650 days), for lifetimes that are not
+    /// whole days (a lab's certificates of a minute). A file gives at most
+    /// one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_validity_secs: Option<u64>,
     /// Lifetime of a Login session (and of its common key).
     #[serde(default = "default_session_lifetime_secs")]
     pub session_lifetime_secs: u64,
@@ -134,9 +143,14 @@ fn default_vip6_prefix() -> Ipv6Prefix {
     Ipv6Prefix::network(Ipv6Addr::new(0xfd7a, 0x6379, 0x7068, 0, 0, 0, 0, 0), 48)
 }
 
-fn default_cert_validity_days() -> u32 {
-    90
-}
+/// Node certificates' lifetime without `cert_validity_days` or
+/// `cert_validity_secs`.
+pub const DEFAULT_CERT_VALIDITY_DAYS: u32 = 90;
+/// The longest node certificate lifetime, in days.
+pub const MAX_CERT_VALIDITY_DAYS: u32 = 3650;
+/// The shortest node certificate lifetime, in seconds: a node renews at two
+/// thirds of it and needs some of the last third for retries.
+pub const MIN_CERT_VALIDITY_SECS: u64 = 60;
 
 fn default_session_lifetime_secs() -> u64 {
     86_400
@@ -203,7 +217,8 @@ impl CloudConfig {
             public_addrs: Vec::new(),
             vip4_prefix: default_vip4_prefix(),
             vip6_prefix: default_vip6_prefix(),
-            cert_validity_days: default_cert_validity_days(),
+            cert_validity_days: None,
+            cert_validity_secs: None,
             session_lifetime_secs: default_session_lifetime_secs(),
             keepalive_secs: default_keepalive_secs(),
             relay_grant_secs: default_relay_grant_secs(),
@@ -369,12 +384,32 @@ impl CloudConfig {
                 "use a shorter IPv6 prefix, like a /48",
             ));
         }
-        if !(1..=3650).contains(&self.cert_validity_days) {
-            return Err(invalid(
-                "cert_validity_days",
-                format!("= {} is out of range", self.cert_validity_days),
-                "use a number of days from 1 to 3650",
-            ));
+        match (self.cert_validity_days, self.cert_validity_secs) {
+            (Some(days), Some(secs)) => {
+                return Err(invalid(
+                    "cert_validity_secs",
+                    format!("= {secs} is given beside cert_validity_days = {days}"),
+                    "give the certificate lifetime once: remove one of the two keys",
+                ))
+            }
+            (Some(days), None) if !(1..=MAX_CERT_VALIDITY_DAYS).contains(&days) => {
+                return Err(invalid(
+                    "cert_validity_days",
+                    format!("= {days} is out of range"),
+                    "use a number of days from 1 to 3650",
+                ))
+            }
+            (None, Some(secs))
+                if !(MIN_CERT_VALIDITY_SECS..=u64::from(MAX_CERT_VALIDITY_DAYS) * 86_400)
+                    .contains(&secs) =>
+            {
+                return Err(invalid(
+                    "cert_validity_secs",
+                    format!("= {secs} is out of range"),
+                    "use a number of seconds from 60 to 315360000 (3650 days)",
+                ))
+            }
+            _ => {}
         }
         if !(60..=366 * 86_400).contains(&self.session_lifetime_secs) {
             return Err(invalid(
@@ -401,6 +436,16 @@ impl CloudConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The lifetime of the node certificates the AS issues:
+    /// `cert_validity_secs`, else `cert_validity_days`, else 90 days.
+    pub fn cert_validity(&self) -> Duration {
+        match (self.cert_validity_secs, self.cert_validity_days) {
+            (Some(secs), _) => Duration::from_secs(secs),
+            (None, Some(days)) => Duration::from_secs(u64::from(days) * 86_400),
+            (None, None) => Duration::from_secs(u64::from(DEFAULT_CERT_VALIDITY_DAYS) * 86_400),
+        }
     }
 
     /// The SQLite database file.
@@ -589,6 +634,51 @@ mod tests {
         let mut cfg = CloudConfig::new("/x");
         cfg.vip6_prefix = "fd00::/120".parse().unwrap();
         assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn certificate_lifetime_in_days_or_seconds_not_both() {
+        let parse = |text: &str| -> CloudConfig { toml::from_str(text).unwrap() };
+        let cfg = parse("data_dir = \"/x\"");
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cert_validity(), Duration::from_secs(90 * 86_400));
+        assert!(
+            !cfg.to_toml().contains("cert_validity"),
+            "neither key is written when neither is set"
+        );
+
+        let cfg = parse("data_dir = \"/x\"\ncert_validity_days = 30");
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cert_validity(), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse(&cfg.to_toml()), cfg);
+
+        let cfg = parse("data_dir = \"/x\"\ncert_validity_secs = 60");
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cert_validity(), Duration::from_secs(60));
+        assert_eq!(parse(&cfg.to_toml()), cfg);
+
+        let both = parse("data_dir = \"/x\"\ncert_validity_days = 1\ncert_validity_secs = 60");
+        let e = both.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("`cert_validity_secs`") && e.contains("cert_validity_days = 1"),
+            "{e}"
+        );
+
+        for (text, key) in [
+            ("cert_validity_secs = 59", "`cert_validity_secs`"),
+            ("cert_validity_secs = 315360001", "`cert_validity_secs`"),
+            ("cert_validity_days = 0", "`cert_validity_days`"),
+            ("cert_validity_days = 3651", "`cert_validity_days`"),
+        ] {
+            let e = parse(&format!("data_dir = \"/x\"\n{text}"))
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(parse("data_dir = \"/x\"\ncert_validity_days = 3650")
+            .validate()
+            .is_ok());
     }
 
     #[test]

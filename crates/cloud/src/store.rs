@@ -75,6 +75,15 @@ pub enum StoreError {
     NoSuchCertificate(u64),
     #[error("certificate serial {0:#x} is already recorded")]
     SerialExists(u64),
+    #[error("certificate {0:#x} has been revoked")]
+    CertificateRevoked(u64),
+    /// Each certificate is renewed once: this one already was, by
+    /// `successor` (the first certificate of its device issued since).
+    #[error("certificate {serial:#x} was already renewed (by {:#x})", successor.serial)]
+    AlreadyRenewed {
+        serial: u64,
+        successor: Box<CertificateRecord>,
+    },
     #[error("session {0:#x} does not exist (ended or expired)")]
     NoSuchSession(u64),
     #[error("no free virtual IP is left in {vip4_prefix} / {vip6_prefix}")]
@@ -793,6 +802,76 @@ impl Store {
     /// node's, which its adapter asked for).
     pub async fn record_certificate(&self, cert: &CertificateRecord) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        insert_certificate(&mut tx, cert).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records `cert`, which renews certificate `renewed` of the same
+    /// device (same FQDN), in one transaction with the checks that make a
+    /// renewal safe: `renewed` is recorded, good and the device's, the
+    /// device is there and enabled, and `renewed` has no successor yet (no
+    /// other certificate of the device issued at or after it). So each
+    /// certificate is renewed at most once, concurrent requests included;
+    /// the certificate it renews stays good until it expires.
+    pub async fn record_renewal(
+        &self,
+        renewed: u64,
+        cert: &CertificateRecord,
+    ) -> Result<(), StoreError> {
+        let sql_renewed =
+            i64::try_from(renewed).map_err(|_| StoreError::NoSuchCertificate(renewed))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let old: Option<CertificateRow> = sqlx::query_as(&format!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = ?"
+        ))
+        .bind(sql_renewed)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let old = old
+            .ok_or(StoreError::NoSuchCertificate(renewed))?
+            .into_record()?;
+        if old.device_id != cert.device_id || old.fqdn != cert.fqdn {
+            return Err(StoreError::InvalidInput(format!(
+                "certificate {renewed:#x} of {} cannot be renewed for {}",
+                old.fqdn, cert.fqdn
+            )));
+        }
+        if old.status == CertStatus::Revoked {
+            return Err(StoreError::CertificateRevoked(renewed));
+        }
+        let device: Option<(String, bool)> =
+            sqlx::query_as("SELECT fqdn, disabled FROM devices WHERE device_id = ?")
+                .bind(&cert.device_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match device {
+            None => return Err(StoreError::NoSuchDevice(cert.device_id.clone())),
+            Some((fqdn, _)) if fqdn != cert.fqdn => {
+                return Err(StoreError::InvalidInput(format!(
+                    "device {} is now {fqdn}, not {}",
+                    cert.device_id, cert.fqdn
+                )))
+            }
+            Some((_, true)) => return Err(StoreError::DeviceDisabled(cert.device_id.clone())),
+            Some(_) => {}
+        }
+        let successor: Option<CertificateRow> = sqlx::query_as(&format!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates \
+             WHERE device_id = ? AND serial != ? AND issued_at >= ? \
+             ORDER BY issued_at, serial LIMIT 1"
+        ))
+        .bind(&old.device_id)
+        .bind(sql_renewed)
+        .bind(unix_secs(old.issued_at))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(successor) = successor {
+            return Err(StoreError::AlreadyRenewed {
+                serial: renewed,
+                successor: Box::new(successor.into_record()?),
+            });
+        }
         insert_certificate(&mut tx, cert).await?;
         tx.commit().await?;
         Ok(())

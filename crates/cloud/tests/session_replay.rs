@@ -156,6 +156,12 @@ async fn a_reset_from_another_process_ends_the_session_in_the_running_nms() {
             c.sessions_ended > before.sessions_ended
         })
         .await;
+    // The reset revoked n1's certificate: the NMS tells n1 itself, once,
+    // over its ended session (protocol §5.14), and says nothing else.
+    match node.recv().await {
+        Message::PeerRevoked { fqdn, .. } => assert_eq!(fqdn, "n1.cyphonic.internal"),
+        other => panic!("expected n1's own PeerRevoked, got {other:?}"),
+    }
     let before = cloud.now();
     node.send(Message::KeepAlive).await;
     cloud

@@ -1,5 +1,6 @@
 //! The node's side of the Login flow (see [`cyphonic_proto::login`]): enroll once
-//! with device ID and password, then log in with the certificate.
+//! with device ID and password, then log in with the certificate, and renew
+//! the certificate before it expires.
 //!
 //! Each call opens one TLS connection, sends one request and reads one
 //! answer, all within [`TIMEOUT`].
@@ -148,6 +149,29 @@ pub async fn login(
     }
 }
 
+/// Renews the node certificate (`chain_pem`, proved with its key
+/// `key_pem`): the AS issues a new one for the same device and the key in
+/// `csr_pem` (a new key). Returns the new chain (certificate, then
+/// intermediate).
+pub async fn renew(
+    addr: SocketAddr,
+    server_name: &str,
+    root_der: &[u8],
+    chain_pem: &str,
+    key_pem: &str,
+    csr_pem: &str,
+) -> Result<String, AsClientError> {
+    let config = cyphonic_pki::node_client_config(root_der, Some((chain_pem, key_pem)))
+        .map_err(|e| AsClientError::Setup(e.to_string()))?;
+    let request = Request::Renew {
+        csr_pem: csr_pem.to_owned(),
+    };
+    match exchange(addr, server_name, config, &request).await? {
+        Response::Renewed { cert_chain_pem, .. } => Ok(cert_chain_pem),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// The certificate an `enrolled` answer carries.
 fn enrolled(response: Response) -> Result<Enrolled, AsClientError> {
     match response {
@@ -189,6 +213,7 @@ fn unexpected(response: Response) -> AsClientError {
         Response::Error { code, message } => AsClientError::Refused { code, message },
         Response::Enrolled { .. } => AsClientError::Protocol("unexpected `enrolled`".into()),
         Response::LoginOk(_) => AsClientError::Protocol("unexpected `login_ok`".into()),
+        Response::Renewed { .. } => AsClientError::Protocol("unexpected `renewed`".into()),
     }
 }
 

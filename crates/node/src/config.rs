@@ -1,6 +1,8 @@
 //! What a node keeps on disk after enrollment: its configuration
 //! (`node.toml`), its private key (`node.key`, never sent anywhere), its
-//! certificate chain (`node.pem`) and the cloud's root (`root.pem`).
+//! certificate chain (`node.pem`) and the cloud's root (`root.pem`); while
+//! a renewal of the certificate is under way, the key it is for
+//! (`node.key.next`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,13 @@ impl StatePaths {
     }
     pub fn chain(&self) -> PathBuf {
         self.dir.join("node.pem")
+    }
+    /// The key a certificate renewal is for, from before it is asked for
+    /// until `node.key` is that key: a renewal asked again after a restart
+    /// (its answer lost) is for the same key, and a crash between writing
+    /// `node.pem` and `node.key` leaves the key that goes with `node.pem`.
+    pub fn next_key(&self) -> PathBuf {
+        self.dir.join("node.key.next")
     }
     pub fn root(&self) -> PathBuf {
         self.dir.join("root.pem")

@@ -35,10 +35,12 @@ pub fn classify(query: &[u8], domain: &str) -> Classified {
         Ok(m) => m,
         Err(_) => return Classified::Invalid(formerr_from_raw(query)),
     };
-    if msg.metadata.message_type != MessageType::Query
-        || msg.metadata.op_code != OpCode::Query
-        || msg.queries.len() != 1
-    {
+    if msg.metadata.message_type != MessageType::Query {
+        // Never answer a response: two resolvers (or one and a spoofed
+        // peer) would bounce errors between them without end.
+        return Classified::Invalid(None);
+    }
+    if msg.metadata.op_code != OpCode::Query || msg.queries.len() != 1 {
         let resp = Message::error_msg(msg.metadata.id, msg.metadata.op_code, ResponseCode::FormErr);
         return Classified::Invalid(resp.to_vec().ok());
     }
@@ -194,6 +196,26 @@ mod tests {
         assert_eq!(resp.answers[0].data, RData::AAAA(AAAA(v6)));
         let nx = Message::from_vec(&error(&query, ResponseCode::NXDomain)).unwrap();
         assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    /// Found by the `dns` fuzz target: a response with one question got a
+    /// FORMERR, itself a response, so two resolvers could bounce them
+    /// forever.
+    #[test]
+    fn a_response_is_never_answered() {
+        let mut m = Message::from_vec(&query("n2.cyphonic.internal.", RecordType::A)).unwrap();
+        m.metadata.message_type = MessageType::Response;
+        let bytes = m.to_vec().unwrap();
+        assert!(matches!(
+            classify(&bytes, "cyphonic.internal"),
+            Classified::Invalid(None)
+        ));
+        let mut other = Message::from_vec(&query("www.example.com.", RecordType::A)).unwrap();
+        other.metadata.message_type = MessageType::Response;
+        assert!(matches!(
+            classify(&other.to_vec().unwrap(), "cyphonic.internal"),
+            Classified::Invalid(None)
+        ));
     }
 
     #[test]

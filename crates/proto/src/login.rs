@@ -8,6 +8,8 @@
 //! adapter -> AS {"type":"enroll_general","device_id":"camera","csr_pem":".."}
 //!                                          (over TLS with the adapter's certificate)
 //! AS -> node  {"type":"login_ok","session_id":..,"common_key":"<hex>",..}
+//! node -> AS  {"type":"renew","csr_pem":".."}   (over TLS with the node's certificate)
+//! AS -> node  {"type":"renewed","fqdn":"n1.cyphonic.internal","cert_chain_pem":".."}
 //! AS -> node  {"type":"error","code":"bad_credentials","message":".."}
 //! ```
 //!
@@ -15,6 +17,7 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,11 +28,61 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// (`cyphonic-dgram/1`). The AS's own port needs none.
 pub const AS_ALPN: &[u8] = b"cyphonic-as/1";
 
+/// How far the AS dates a node certificate back (its notBefore), so that
+/// nodes whose clocks run behind accept it at once. A certificate's
+/// validity proper, the one renewal is scheduled by, starts this long
+/// after its notBefore (`docs/protocol.md` §2.1).
+pub const CERT_BACKDATE: Duration = Duration::from_secs(300);
+
+/// The moments of a node certificate's life that renewal goes by
+/// (`docs/protocol.md` §3.3), from its notBefore and notAfter: when it was
+/// issued (notBefore + [`CERT_BACKDATE`], or notBefore for a certificate
+/// that is not backdated as ours are), from when the AS renews it (a third
+/// of its lifetime after issue) and when the node renews it (two thirds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertLife {
+    pub issued: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl CertLife {
+    /// The life of a certificate valid from `not_before` to `not_after`.
+    pub fn of(not_before: SystemTime, not_after: SystemTime) -> CertLife {
+        let span = not_after.duration_since(not_before).unwrap_or_default();
+        let issued = if span > CERT_BACKDATE {
+            not_before + CERT_BACKDATE
+        } else {
+            not_before
+        };
+        CertLife { issued, not_after }
+    }
+
+    /// From issue to notAfter.
+    pub fn lifetime(&self) -> Duration {
+        self.not_after
+            .duration_since(self.issued)
+            .unwrap_or_default()
+    }
+
+    /// The AS renews the certificate from this moment on, not before
+    /// (a third of its lifetime after issue).
+    pub fn renewable_from(&self) -> SystemTime {
+        self.issued + self.lifetime() / 3
+    }
+
+    /// When its node asks for a new one (two thirds of its lifetime after
+    /// issue), leaving a third of it for retries.
+    pub fn renew_at(&self) -> SystemTime {
+        self.issued + self.lifetime() * 2 / 3
+    }
+}
+
 /// Error codes in [`Response::Error`].
 pub mod code {
     /// Unknown device ID or wrong password.
     pub const BAD_CREDENTIALS: &str = "bad_credentials";
-    /// `login` on a connection without a client certificate.
+    /// `login`, `renew` or `enroll_general` on a connection without a
+    /// client certificate.
     pub const CERTIFICATE_REQUIRED: &str = "certificate_required";
     /// The client certificate is unknown, revoked or does not match its
     /// device.
@@ -40,6 +93,13 @@ pub mod code {
     pub const BAD_CSR: &str = "bad_csr";
     /// `enroll_general` for a general node the asking adapter does not serve.
     pub const NOT_SERVED: &str = "not_served";
+    /// `renew` with a certificate younger than a third of its lifetime (the
+    /// message says how many seconds to wait).
+    pub const RENEWAL_TOO_EARLY: &str = "renewal_too_early";
+    /// `renew` with a certificate that was already renewed (to another key):
+    /// each certificate is renewed once. Two holders of one key, or a
+    /// renewal whose answer was lost and whose key is gone.
+    pub const ALREADY_RENEWED: &str = "already_renewed";
     /// Not a request this server understands; the AS closes the connection.
     pub const BAD_REQUEST: &str = "bad_request";
     /// The AS failed on its side; trying later may work.
@@ -74,6 +134,10 @@ pub enum Request {
     /// for general node `device_id`, which it serves, for the key in the
     /// CSR: a key the adapter made and keeps (`docs/adapter.md`).
     EnrollGeneral { device_id: String, csr_pem: String },
+    /// Prove the device with the TLS client certificate (as for `login`)
+    /// and get a new certificate for the same device and the key in the
+    /// CSR, which must be another key than the presented certificate's.
+    Renew { csr_pem: String },
 }
 
 /// What the AS answers.
@@ -87,6 +151,11 @@ pub enum Response {
         root_pem: String,
     },
     LoginOk(LoginOk),
+    /// The answer to `renew`: the new certificate, then the intermediate.
+    Renewed {
+        fqdn: String,
+        cert_chain_pem: String,
+    },
     Error {
         /// One of [`code`]; kept a string so a newer AS's codes still parse.
         code: String,
@@ -174,6 +243,14 @@ mod tests {
         assert!(!format!("{r:?}").contains("pw\""));
         let r: Request = serde_json::from_str(r#"{"type":"login"}"#).unwrap();
         assert_eq!(r, Request::Login {});
+        let r: Request = serde_json::from_str(r#"{"type":"renew","csr_pem":"x"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Renew {
+                csr_pem: "x".into()
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"type":"renew"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"type":"bogus"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"type":"enroll"}"#).is_err());
     }
@@ -199,10 +276,43 @@ mod tests {
         assert_eq!(line.last(), Some(&b'\n'));
         let back: Response = serde_json::from_slice(&line).unwrap();
         assert_eq!(back, ok);
+        let renewed = Response::Renewed {
+            fqdn: "n1.cyphonic.internal".into(),
+            cert_chain_pem: "pem".into(),
+        };
+        let line = encode_line(&renewed);
+        assert_eq!(
+            line,
+            b"{\"type\":\"renewed\",\"fqdn\":\"n1.cyphonic.internal\",\"cert_chain_pem\":\"pem\"}\n"
+        );
+        assert_eq!(serde_json::from_slice::<Response>(&line).unwrap(), renewed);
         let err = encode_line(&Response::error(code::BAD_REQUEST, "x"));
         assert_eq!(
             err,
             b"{\"type\":\"error\",\"code\":\"bad_request\",\"message\":\"x\"}\n"
         );
+    }
+
+    #[test]
+    fn a_certificate_is_renewable_after_a_third_and_renewed_at_two_thirds() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // Issued at t0 for 60 s, backdated as the AS does.
+        let life = CertLife::of(t0 - CERT_BACKDATE, t0 + Duration::from_secs(60));
+        assert_eq!(life.issued, t0);
+        assert_eq!(life.lifetime(), Duration::from_secs(60));
+        assert_eq!(life.renewable_from(), t0 + Duration::from_secs(20));
+        assert_eq!(life.renew_at(), t0 + Duration::from_secs(40));
+        // 90 days.
+        let days = Duration::from_secs(90 * 86_400);
+        let life = CertLife::of(t0 - CERT_BACKDATE, t0 + days);
+        assert_eq!(life.renew_at(), t0 + Duration::from_secs(60 * 86_400));
+        // Not backdated (shorter than the backdate): its notBefore is its
+        // issue; inverted: no life at all, renew at once.
+        let life = CertLife::of(t0, t0 + Duration::from_secs(90));
+        assert_eq!(life.issued, t0);
+        assert_eq!(life.renew_at(), t0 + Duration::from_secs(60));
+        let life = CertLife::of(t0, t0 - Duration::from_secs(1));
+        assert_eq!(life.lifetime(), Duration::ZERO);
+        assert_eq!(life.renew_at(), t0);
     }
 }

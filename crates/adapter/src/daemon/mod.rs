@@ -9,6 +9,12 @@
 //!
 //! The loop is the node daemon's: wait for the first event source, hand
 //! the event to the core it concerns, carry out what the cores asked for.
+//!
+//! The adapter renews its own certificate as the node daemon does
+//! ([`Renewer`]); the general nodes' certificates (issued to the adapter
+//! with `enroll_general`) are not renewed yet: a general node whose
+//! certificate expired cannot log in until the adapter starts again, which
+//! then enrolls it anew.
 
 mod general;
 mod lan_thread;
@@ -27,8 +33,8 @@ use cyphonic_node::config::{NodeFile, StatePaths};
 use cyphonic_node::core::{LoginReason, Node, NodeConfig, NodeEvent, Transport};
 use cyphonic_node::daemon::{
     bind_ports, control_listener, forward_dns, login, login_of, ping_answer, read_control,
-    receive_legs, transmit, unix_micros, ControlMessage, ControlRequest, Credentials, LoginResult,
-    DEFAULT_MTU,
+    receive_legs, sleep_until_some, transmit, unix_micros, CertificateStatus, ControlMessage,
+    ControlRequest, Credentials, LoginResult, LoginUse, Renewer, DEFAULT_MTU,
 };
 use cyphonic_node::dataplane::{
     spawn_receivers, DataCounters, Device, Inbound, Sender, Sockets, Tables, ToControl,
@@ -37,6 +43,7 @@ use cyphonic_node::host::{identity_of_index, Host, IdentityId};
 use cyphonic_node::resolver::{self, Classified};
 use cyphonic_pki::Verifier;
 use cyphonic_platform::netwatch::NetWatch;
+use cyphonic_proto::handshake::LocalIdentity;
 use cyphonic_proto::prefix::{Ipv4Prefix, Ipv6Prefix};
 use cyphonic_proto::signal::GeneralNodeInfo;
 use cyphonic_transport::Hub;
@@ -104,8 +111,9 @@ struct GeneralNode {
     backoff: Duration,
 }
 
-/// One identity's Login result.
-type LoginDone = (IdentityId, String, LoginResult);
+/// One identity's Login result, with the generation of the credentials it
+/// presented (the adapter's [`Renewer::generation`]; 0 for general nodes).
+type LoginDone = (IdentityId, u64, String, LoginResult);
 /// A general node's credentials, loaded or issued.
 type Prepared = (MacAddr, anyhow::Result<Credentials>);
 
@@ -130,6 +138,8 @@ struct Adapter {
     opts: AdapterOptions,
     file: NodeFile,
     credentials: Arc<Credentials>,
+    /// The adapter's own certificate's renewal.
+    certificate: Renewer,
     host: Host,
     sockets: Arc<Sockets>,
     hub: Arc<Hub>,
@@ -173,6 +183,9 @@ impl Adapter {
         let state = StatePaths::new(&opts.state_dir);
         let file = state.load()?;
         let credentials = Credentials::load(&state, &file.fqdn)?;
+        let identity = credentials.tunnel_identity()?;
+        let certificate =
+            Renewer::new(&opts.state_dir, &credentials, identity.static_keys.clone())?;
         let (sockets, hub) = bind_ports(&credentials, opts.tunnel_port, opts.quic_port).await?;
         let quic_port = hub.quic_listen_addrs().first().map_or(0, |a| a.port());
         let (to_control, from_data) = mpsc::channel(CONTROL_QUEUE);
@@ -200,6 +213,7 @@ impl Adapter {
             opts,
             file,
             credentials: Arc::new(credentials),
+            certificate,
             host: Host::default(),
             sockets,
             hub,
@@ -235,16 +249,18 @@ impl Adapter {
             next_client: 1,
             sigterm: signal(SignalKind::terminate())?,
         };
-        let own = adapter.new_core(ADAPTER, &adapter.credentials.clone(), true)?;
+        let own = adapter.new_core(ADAPTER, &adapter.credentials.clone(), identity, true)?;
         adapter.host.add(own).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(adapter)
     }
 
-    /// A node core for identity `id` with `credentials`, started.
+    /// A node core for identity `id` with `credentials` (presented as
+    /// `identity`), started.
     fn new_core(
         &self,
         id: IdentityId,
         credentials: &Credentials,
+        identity: LocalIdentity,
         is_adapter: bool,
     ) -> anyhow::Result<Node> {
         let verifier = Verifier::from_pem(&credentials.root_pem)?;
@@ -265,7 +281,7 @@ impl Adapter {
         let now = Instant::now();
         let mut node = Node::new(
             config,
-            credentials.tunnel_identity()?,
+            identity,
             verifier,
             seed,
             unix_micros(),
@@ -288,8 +304,13 @@ impl Adapter {
                 .poll_timeout()
                 .map(|(t, _)| tokio::time::Instant::from_std(t))
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let renewal = self.certificate.deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => self.host.handle_timeout(Instant::now()),
+                _ = sleep_until_some(renewal), if renewal.is_some() => {
+                    self.certificate.start(&self.file, &self.credentials, &self.clouds)
+                }
+                r = self.certificate.next_result() => self.on_renewed(r),
                 Some(msg) = self.from_data.recv() => self.on_data_plane(msg),
                 Some(done) = self.logins.recv() => self.on_login(done)?,
                 Some(p) = self.prepared.recv() => self.on_prepared(p),
@@ -406,11 +427,17 @@ impl Adapter {
     /// Logs identity `id` in on a task: at once the first time, else after
     /// its backoff, which doubles.
     fn login_later(&mut self, id: IdentityId, at_once: bool) {
-        let (file, credentials, backoff) = if id == ADAPTER {
+        let (file, credentials, backoff, generation) = if id == ADAPTER {
             let b = &mut self.backoff;
             let delay = *b;
             *b = (*b * 2).min(MAX_LOGIN_BACKOFF);
-            (self.file.clone(), self.credentials.clone(), delay)
+            let generation = self.certificate.generation();
+            (
+                self.file.clone(),
+                self.credentials.clone(),
+                delay,
+                generation,
+            )
         } else {
             let domain = self.file.domain.clone();
             let Some(g) = self.general.values_mut().find(|g| g.id == id) else {
@@ -425,20 +452,26 @@ impl Adapter {
             file.device_id = g.name.clone();
             file.fqdn = g.info.fqdn.clone();
             file.domain = domain;
-            (file, c.clone(), delay)
+            (file, c.clone(), delay, 0)
         };
         let delay = if at_once { Duration::ZERO } else { backoff };
         let (tx, clouds) = (self.logins_tx.clone(), self.clouds.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let r = login(&file, &credentials, &clouds).await;
-            let _ = tx.send((id, file.fqdn.clone(), r)).await;
+            let _ = tx.send((id, generation, file.fqdn.clone(), r)).await;
         });
     }
 
     /// A Login's result. Fails only when the LAN side cannot be brought up
     /// after the adapter's first Login.
-    fn on_login(&mut self, (id, fqdn, result): LoginDone) -> anyhow::Result<()> {
+    ///
+    /// The adapter's Logins with its certificate before a renewal are
+    /// dropped: the renewed one logs in (as in the node daemon).
+    fn on_login(&mut self, (id, generation, fqdn, result): LoginDone) -> anyhow::Result<()> {
+        if id == ADAPTER && generation != self.certificate.generation() {
+            return Ok(());
+        }
         let Some(node) = self.host.node_mut(id) else {
             return Ok(());
         };
@@ -463,10 +496,38 @@ impl Adapter {
             self.bring_up(&info)?;
         }
         let login = login_of(&info, nms, &self.clouds);
+        let renewed = match id {
+            ADAPTER => match self.certificate.on_login(generation) {
+                LoginUse::Session => None,
+                LoginUse::Stale => return Ok(()),
+                LoginUse::RenewedSession(identity) => Some(identity),
+            },
+            _ => None,
+        };
         if let Some(node) = self.host.node_mut(id) {
+            if let Some(identity) = renewed {
+                // The NMS vouches for the renewed certificate's serial
+                // from this session on (see the node daemon).
+                node.set_identity(identity);
+                tracing::info!(
+                    identity = id,
+                    "the adapter presents its renewed certificate"
+                );
+            }
             node.handle_login(Instant::now(), login);
         }
         Ok(())
+    }
+
+    /// The outcome of a renewal of the adapter's certificate: a new one
+    /// (installed by then) logs in at once, and is the one `enroll_general`
+    /// presents from now on.
+    fn on_renewed(&mut self, result: anyhow::Result<String>) {
+        let root_pem = &self.credentials.root_pem;
+        if let Some(credentials) = self.certificate.finish(result, &self.file.fqdn, root_pem) {
+            self.credentials = Arc::new(credentials);
+            self.login_later(ADAPTER, true);
+        }
     }
 
     /// The LAN side with the adapter's VIPs as gateway, its thread, and
@@ -661,7 +722,10 @@ impl Adapter {
                 return;
             }
         };
-        let node = match self.new_core(id, &credentials, false) {
+        let node = match credentials
+            .tunnel_identity()
+            .and_then(|identity| self.new_core(id, &credentials, identity, false))
+        {
             Ok(n) => n,
             Err(e) => {
                 if let Some(g) = self.general.get_mut(&mac) {
@@ -765,7 +829,10 @@ impl Adapter {
     fn on_control_request(&mut self, request: ControlRequest, reply: oneshot::Sender<String>) {
         match request {
             ControlRequest::Status => {
-                let report = self.status(Instant::now());
+                let report = StatusWithCertificate {
+                    adapter: self.status(Instant::now()),
+                    certificate: self.certificate.status(),
+                };
                 let _ = reply.send(serde_json::to_string(&report).unwrap_or_default());
             }
             ControlRequest::Ping(fqdn) => {
@@ -800,6 +867,16 @@ impl Adapter {
             }
         }
     }
+}
+
+/// `cyphonic status --json` on an adapter: its status and its own
+/// certificate's, as the node daemon shows them.
+#[derive(serde::Serialize)]
+struct StatusWithCertificate {
+    #[serde(flatten)]
+    adapter: status::AdapterStatus,
+    #[serde(flatten)]
+    certificate: CertificateStatus,
 }
 
 fn addrs_of(g: &GeneralNode) -> GeneralNodeAddrs {

@@ -54,7 +54,9 @@ pub const MAX_EVENTS: usize = 256;
 
 /// Largest reply sent: every client must accept an options field of 312
 /// octets (RFC 2131 §2), so 236 + 312 bytes. The host name (option 12) is
-/// left out of a reply that would be larger.
+/// left out of a reply that would be larger; only the client identifier,
+/// echoed as RFC 6842 requires, can still add its (at most 257) bytes, so
+/// a reply always fits one Ethernet frame.
 const MAX_REPLY_LEN: usize = 548;
 /// Replies are padded to the 300 bytes of a BOOTP message (RFC 951, 64-octet
 /// vendor area): some old clients drop shorter ones.
@@ -1011,7 +1013,10 @@ fn decode(payload: &[u8]) -> Result<Message, Malformed> {
             53 => bytes.len() == 1,
             50 | 54 => bytes.len() == 4,
             55 => !bytes.is_empty(),
-            61 => bytes.len() >= 2,
+            // One option's worth (RFC 2132 §9.14): a longer identifier,
+            // joined from several (RFC 3396) and echoed whole, would make
+            // the reply as long as the request, past a frame.
+            61 => (2..=255).contains(&bytes.len()),
             _ => true,
         };
         if !ok {

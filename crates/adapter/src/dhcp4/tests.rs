@@ -810,6 +810,46 @@ fn a_long_hostname_is_left_out_rather_than_overflow_the_reply() {
     assert!(!codes(&r).contains(&12));
 }
 
+/// Found by the `dhcp4` fuzz target: a client identifier split over
+/// several options (RFC 3396) was joined and echoed whole, so a GN could
+/// make the reply as long as its request: past the 548 bytes every client
+/// takes and, from a full-size request, past the link's MTU.
+#[test]
+fn a_client_identifier_longer_than_one_option_is_refused() {
+    let mut s = server();
+    let discover = |client_id: &[&[u8]]| {
+        let mut p = dhclient_discover();
+        p.truncate(DHCLIENT_END);
+        for part in client_id {
+            p.extend([61, part.len() as u8]);
+            p.extend_from_slice(part);
+        }
+        p.push(255);
+        p
+    };
+    let mut full = vec![1u8];
+    full.extend([0xab; 254]);
+    let too_long = discover(&[&full, &[0xcd, 0xef]]);
+    assert_eq!(
+        s.handle(NOW, PRINTER, &too_long),
+        Outcome::NoReply(NoReply::Malformed(Malformed::BadOptionLength {
+            code: 61,
+            len: 257
+        }))
+    );
+    // The longest one that fits one option is still echoed.
+    let r = reply_of(s.handle(NOW, PRINTER, &discover(&[&full])));
+    assert_eq!(
+        opt(&parse(&r), OptionCode::ClientIdentifier),
+        Some(DhcpOption::ClientIdentifier(full))
+    );
+    assert!(
+        r.payload.len() <= MAX_REPLY_LEN + 257,
+        "{}",
+        r.payload.len()
+    );
+}
+
 #[test]
 fn every_truncation_of_a_discover_is_refused_or_answered_whole() {
     let mut s = server();

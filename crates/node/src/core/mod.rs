@@ -422,6 +422,30 @@ impl Node {
         self.resume.dedup();
     }
 
+    /// The node certificate was renewed: later handshakes (new tunnels and
+    /// rekeys, as initiator and responder) present `identity`. Its static
+    /// key must be the one the NMS has (the shell binds it to the new
+    /// certificate again). Call it with [`Node::handle_login`] of the first
+    /// session the new certificate opened: peers check our certificate's
+    /// serial against the one in their route direction, which the NMS took
+    /// from our session, so every peer's route is selected again once the
+    /// new session is registered; tunnels keep their keys until then.
+    pub fn set_identity(&mut self, identity: LocalIdentity) {
+        // Invariant (the shell's): the static key stays; the NMS hands it
+        // to peers from our Registration.
+        debug_assert_eq!(
+            identity.static_keys.public,
+            self.identity.static_keys.public
+        );
+        self.identity = identity;
+        self.peers.for_each_mut(|peer| {
+            if !peer.failed() {
+                peer.reroute = true;
+            }
+        });
+        self.reroute_when_registered = true;
+    }
+
     /// The peers with a tunnel now, for [`Node::resume_peers`] after a
     /// restart.
     pub fn tunnel_peers(&self) -> Vec<String> {

@@ -243,7 +243,10 @@ fn a_full_table_of_live_peers_refuses_new_routes() {
 fn a_route_never_takes_over_a_live_peers_vip() {
     let mut b = Bench::registered();
     let txid = b.rng.gen();
-    b.send(txid, Message::RouteDirectionToResponder(direction(1, false)));
+    b.send(
+        txid,
+        Message::RouteDirectionToResponder(direction(1, false)),
+    );
     // Another name with p1's VIPs: refused, p1 keeps them.
     let mut thief = direction(2, false);
     thief.peer.vip4 = direction(1, false).peer.vip4;

@@ -7,6 +7,13 @@
 //! source), then carry out what the core asked for
 //! ([`Daemon::drain_core`]) and sleep until the core's next timeout or
 //! event.
+//!
+//! The node certificate is renewed two thirds into its lifetime
+//! ([`renewal`], [`Renewer`]): a new key and CSR, `renew` at the AS, the
+//! new files, then a Login with the new certificate; with the session it
+//! opens, the core gets the new identity (same static key, new chain and
+//! binding) and selects its peers' routes again, since their route
+//! directions carry the old certificate's serial.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -90,6 +97,8 @@ pub async fn enroll(
     write_private(&state.key(), &key.to_pem())?;
     write_private(&state.chain(), &enrolled.cert_chain_pem)?;
     write_private(&state.root(), root_pem)?;
+    // A renewal of an earlier enrollment's certificate left its key.
+    let _ = std::fs::remove_file(state.next_key());
     let domain = enrolled
         .fqdn
         .split_once('.')
@@ -130,6 +139,8 @@ pub struct RunOptions {
 pub struct StatusReport {
     #[serde(flatten)]
     pub node: NodeStatus,
+    #[serde(flatten)]
+    pub certificate: CertificateStatus,
     pub tun: Option<String>,
     pub dataplane: DataCountersSnapshot,
     /// QUIC and TLS-over-TCP legs (to the cloud, TRSs and peers).
@@ -137,6 +148,24 @@ pub struct StatusReport {
     /// Queries for general names dropped because `MAX_DNS_FORWARDS` were
     /// already being forwarded.
     pub dns_forwards_refused: u64,
+}
+
+/// The node certificate and its renewal, in `cyphonic status --json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CertificateStatus {
+    /// The serial of the certificate the node presents ("0x…").
+    pub cert_serial: String,
+    /// Its notAfter, Unix seconds.
+    pub cert_not_after: u64,
+    /// Certificates renewed in this run.
+    pub cert_renewals: u64,
+    /// When the next renewal attempt is due (Unix seconds); none while one
+    /// is under way or once the certificate has expired.
+    pub cert_next_renewal: Option<u64>,
+    /// Failed renewal attempts in this run.
+    pub cert_renewal_failures: u64,
+    /// Why the last attempt failed, if none succeeded since.
+    pub cert_renewal_error: Option<String>,
 }
 
 pub fn unix_micros() -> u64 {
@@ -167,28 +196,53 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     result
 }
 
-/// A node's certificate chain, key and root, as read at start: every
-/// Login presents them again.
+/// A node's certificate chain, key and root, as read at start (or
+/// installed by a renewal): every Login presents them again.
 pub struct Credentials {
     pub chain_pem: String,
     pub key_pem: String,
     pub root_pem: String,
 }
 
+/// What a node certificate says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateInfo {
+    pub serial: u64,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
 impl Credentials {
     /// Reads the key, chain and root in `state`, and checks that the
-    /// certificate is valid for `fqdn` now: it must be usable before it is
-    /// announced to anyone.
+    /// certificate is valid for `fqdn` now and is the key's: it must be
+    /// usable before it is announced to anyone.
+    ///
+    /// A renewal writes `node.pem` before `node.key`; after a crash
+    /// between the two, `node.key.next` holds the key that goes with
+    /// `node.pem`, and it becomes `node.key` here.
     pub fn load(state: &StatePaths, fqdn: &str) -> anyhow::Result<Credentials> {
-        let key_pem = std::fs::read_to_string(state.key()).context("cannot read node.key")?;
+        let mut key_pem = std::fs::read_to_string(state.key()).context("cannot read node.key")?;
         let chain_pem = std::fs::read_to_string(state.chain()).context("cannot read node.pem")?;
         let root_pem = std::fs::read_to_string(state.root()).context("cannot read root.pem")?;
-        NodeKey::from_pem(&key_pem)?;
         let verifier = Verifier::from_pem(&root_pem)?;
         let chain = cyphonic_pki::pem_to_der_chain(&chain_pem)?;
-        verifier
+        let cert = verifier
             .verify_node(&chain, Some(fqdn), SystemTime::now())
             .context("this node's certificate is not valid: enroll again")?;
+        if NodeKey::from_pem(&key_pem)?.public_key() != cert.public_key {
+            let next = std::fs::read_to_string(state.next_key())
+                .ok()
+                .filter(|pem| {
+                    NodeKey::from_pem(pem).is_ok_and(|k| k.public_key() == cert.public_key)
+                })
+                .context("node.key is not the key of the certificate in node.pem: enroll again")?;
+            write_private(&state.key(), &next)?;
+            let _ = std::fs::remove_file(state.next_key());
+            tracing::warn!(
+                "node.key was the key before the certificate's renewal; now the renewed one"
+            );
+            key_pem = next;
+        }
         Ok(Credentials {
             chain_pem,
             key_pem,
@@ -196,13 +250,70 @@ impl Credentials {
         })
     }
 
+    /// Checks a renewed certificate `chain_pem` (valid now for `fqdn`,
+    /// under `root_pem`, for `key_pem`) and installs it in `state`:
+    /// `node.pem`, then `node.key` (each replaced atomically), then
+    /// `node.key.next` goes. Returns the new credentials.
+    pub fn install_renewal(
+        state: &StatePaths,
+        fqdn: &str,
+        root_pem: &str,
+        key_pem: &str,
+        chain_pem: &str,
+    ) -> anyhow::Result<Credentials> {
+        let verifier = Verifier::from_pem(root_pem)?;
+        let chain = cyphonic_pki::pem_to_der_chain(chain_pem)
+            .context("the renewed certificate chain is not PEM")?;
+        let cert = verifier
+            .verify_node(&chain, Some(fqdn), SystemTime::now())
+            .context("the renewed certificate is not valid")?;
+        if NodeKey::from_pem(key_pem)?.public_key() != cert.public_key {
+            bail!("the renewed certificate is not for the key this node sent");
+        }
+        write_private(&state.chain(), chain_pem)?;
+        write_private(&state.key(), key_pem)?;
+        if let Err(e) = std::fs::remove_file(state.next_key()) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, "cannot remove node.key.next");
+            }
+        }
+        Ok(Credentials {
+            chain_pem: chain_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            root_pem: root_pem.to_owned(),
+        })
+    }
+
+    /// The certificate's serial and validity (it verified when these
+    /// credentials were made; this reads it again at its notBefore).
+    pub fn certificate(&self) -> anyhow::Result<CertificateInfo> {
+        let verifier = Verifier::from_pem(&self.root_pem)?;
+        let chain = cyphonic_pki::pem_to_der_chain(&self.chain_pem)?;
+        let leaf = chain.first().context("node.pem holds no certificate")?;
+        let not_before = not_before(&verifier, leaf)?;
+        let cert = verifier
+            .verify_node(&chain, None, not_before)
+            .context("the node certificate does not verify")?;
+        Ok(CertificateInfo {
+            serial: cert.serial,
+            not_before,
+            not_after: cert.not_after,
+        })
+    }
+
     /// The tunnel identity for a run: a fresh static key, bound to the
     /// certificate by a signature and registered with the NMS, so it need
     /// not persist.
     pub fn tunnel_identity(&self) -> anyhow::Result<LocalIdentity> {
+        self.identity_with(StaticKeypair::generate(&mut rand::rngs::OsRng))
+    }
+
+    /// The tunnel identity with `static_keys`, bound to this certificate:
+    /// after a renewal, the run's static key (the one the NMS has) with the
+    /// new certificate.
+    pub fn identity_with(&self, static_keys: StaticKeypair) -> anyhow::Result<LocalIdentity> {
         let key = NodeKey::from_pem(&self.key_pem)?;
         let cert_chain_der = cyphonic_pki::pem_to_der_chain(&self.chain_pem)?;
-        let static_keys = StaticKeypair::generate(&mut rand::rngs::OsRng);
         let binding_sig = key.sign(&binding_message(&static_keys.public));
         Ok(LocalIdentity {
             static_keys,
@@ -212,8 +323,25 @@ impl Credentials {
     }
 }
 
+/// The notBefore of the node certificate `leaf` (DER). `Verifier` reports
+/// a leaf's notAfter but not its notBefore; verifying the leaf alone at
+/// the epoch fails on the leaf's own validity (checked before its issuer
+/// is looked for, and the leaf is the only certificate given) with its
+/// notBefore.
+fn not_before(verifier: &Verifier, leaf: &[u8]) -> anyhow::Result<SystemTime> {
+    match verifier.verify_node(&[leaf.to_vec()], None, UNIX_EPOCH) {
+        Err(cyphonic_pki::PkiError::NotYetValid { not_before }) => Ok(not_before),
+        Err(e) => Err(anyhow::Error::from(e).context("cannot read the certificate's notBefore")),
+        Ok(_) => bail!("the node certificate is valid at the Unix epoch"),
+    }
+}
+
 /// What a Login task reports: the AS's answer and the NMS it names.
 pub type LoginResult = anyhow::Result<(LoginInfo, SocketAddr)>;
+
+/// A Login task's result and the generation of the credentials it
+/// presented ([`Renewer::generation`]).
+type LoginDone = (u64, LoginResult);
 
 /// A request on the status socket and where its answer goes.
 pub type ControlMessage = (ControlRequest, oneshot::Sender<String>);
@@ -225,6 +353,7 @@ struct Daemon {
     opts: RunOptions,
     file: NodeFile,
     credentials: Arc<Credentials>,
+    certificate: Renewer,
     node: Node,
     /// The tunnel port: the core's control traffic goes out here, and the
     /// data plane receives on it.
@@ -254,8 +383,8 @@ struct Daemon {
 
 /// Logging in at the AS, each attempt on a task of its own.
 struct Logins {
-    results_tx: mpsc::Sender<LoginResult>,
-    results: mpsc::Receiver<LoginResult>,
+    results_tx: mpsc::Sender<LoginDone>,
+    results: mpsc::Receiver<LoginDone>,
     /// The wait before the next attempt that is not the first.
     backoff: Duration,
     /// Every address the cloud is known at (the enrolled one, then what
@@ -314,6 +443,8 @@ impl Daemon {
         let mut seed = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
         let identity = credentials.tunnel_identity()?;
+        let certificate =
+            Renewer::new(&opts.state_dir, &credentials, identity.static_keys.clone())?;
 
         if cyphonic_platform::dns::recover(&opts.state_dir)? {
             tracing::warn!("restored the resolver configuration a previous run left behind");
@@ -398,6 +529,7 @@ impl Daemon {
             opts,
             file,
             credentials: Arc::new(credentials),
+            certificate,
             node,
             sockets,
             hub,
@@ -423,10 +555,13 @@ impl Daemon {
                 .poll_timeout()
                 .map(|(t, _)| tokio::time::Instant::from_std(t))
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let renewal = self.certificate.deadline();
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => self.on_timeout(),
                 Some(msg) = self.from_data.recv() => self.on_data_plane(msg),
                 Some(r) = self.logins.results.recv() => self.on_login_result(r).await?,
+                _ = sleep_until_some(renewal), if renewal.is_some() => self.on_renewal_due(),
+                r = self.certificate.next_result() => self.on_renewed(r),
                 r = recv_dns(self.dns.socket.as_ref(), &mut self.dns.buf) => {
                     self.on_dns_query(r).await
                 }
@@ -574,22 +709,36 @@ impl Daemon {
             self.logins.backoff
         };
         self.logins.backoff = (self.logins.backoff * 2).min(MAX_LOGIN_BACKOFF);
-        let (results, file, credentials, clouds) = (
+        let (results, file, credentials, clouds, generation) = (
             self.logins.results_tx.clone(),
             self.file.clone(),
             self.credentials.clone(),
             self.logins.clouds.clone(),
+            self.certificate.generation(),
         );
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let r = login(&file, &credentials, &clouds).await;
-            let _ = results.send(r).await;
+            let _ = results.send((generation, r)).await;
         });
     }
 
     /// A Login task's result. Fails only when the first Login's TUN device,
     /// data plane or resolver cannot be brought up.
-    async fn on_login_result(&mut self, result: LoginResult) -> anyhow::Result<()> {
+    ///
+    /// A Login with a certificate older than the newest is dropped: the
+    /// Login with the newest is under way (a renewal starts one, and it
+    /// retries until it succeeds) and its session replaces any other.
+    async fn on_login_result(&mut self, (generation, result): LoginDone) -> anyhow::Result<()> {
+        if generation != self.certificate.generation() {
+            tracing::debug!(
+                generation,
+                newest = self.certificate.generation(),
+                ok = result.is_ok(),
+                "a Login with the certificate before its renewal; the renewed one logs in"
+            );
+            return Ok(());
+        }
         let (info, nms) = match result {
             Ok(done) => done,
             Err(e) => {
@@ -617,8 +766,42 @@ impl Daemon {
             }
         }
         let login = login_of(&info, nms, &self.logins.clouds);
+        match self.certificate.on_login(generation) {
+            LoginUse::Session => {}
+            LoginUse::Stale => return Ok(()),
+            LoginUse::RenewedSession(identity) => {
+                // From this session on the NMS vouches for the renewed
+                // certificate's serial: the core presents it, and selects
+                // its peers' routes again once registered.
+                // (`Node::resume_peers` would not do here: it asks only for
+                // peers without a route, and replaces the previous run's
+                // list.)
+                self.node.set_identity(identity);
+                tracing::info!(
+                    session = info.session_id,
+                    "the core presents the renewed certificate"
+                );
+            }
+        }
         self.node.handle_login(Instant::now(), login);
         Ok(())
+    }
+
+    /// The certificate is due for renewal: an attempt on a task.
+    fn on_renewal_due(&mut self) {
+        self.certificate
+            .start(&self.file, &self.credentials, &self.logins.clouds);
+    }
+
+    /// A renewal attempt's outcome. A new certificate (installed by then)
+    /// logs in at once; its identity goes to the core with the session
+    /// that Login opens ([`Daemon::on_login_result`]).
+    fn on_renewed(&mut self, result: anyhow::Result<String>) {
+        let root_pem = &self.credentials.root_pem;
+        if let Some(credentials) = self.certificate.finish(result, &self.file.fqdn, root_pem) {
+            self.credentials = Arc::new(credentials);
+            self.login_later(true);
+        }
     }
 
     /// The TUN device with the VIPs of the first Login, the data plane on
@@ -734,6 +917,7 @@ impl Daemon {
             ControlRequest::Status => {
                 let report = StatusReport {
                     node: self.node.status(Instant::now()),
+                    certificate: self.certificate.status(),
                     tun: self.tun.as_ref().map(|t| t.name().to_owned()),
                     dataplane: self.counters.snapshot(),
                     legs: self.hub.legs(),
@@ -783,12 +967,16 @@ impl Daemon {
 }
 
 mod control;
+pub mod renewal;
 mod shell;
+#[cfg(test)]
+mod tests;
 
 pub use control::{
     control_listener, ping_answer, query_ping, query_status, read_control, render_status,
     ControlRequest,
 };
 pub use shell::{
-    bind_ports, forward_dns, login, login_of, node_hub, receive_legs, recv_dns, transmit,
+    bind_ports, failure_of, forward_dns, login, login_of, node_hub, receive_legs, recv_dns, renew,
+    sleep_until_some, transmit, unix_secs, LoginUse, Renewer,
 };

@@ -1,6 +1,8 @@
-//! The daemon's IO helpers: the DNS socket, the AS Login, the QUIC / TCP
-//! hub and its receive task, and forwarding to the host's resolvers.
+//! The daemon's IO helpers: the DNS socket, the AS Login and certificate
+//! renewal, the QUIC / TCP hub and its receive task, and forwarding to the
+//! host's resolvers.
 
+use super::renewal::{Failure, Renewal};
 use super::*;
 
 /// The next query on the resolver's socket; never, while there is none.
@@ -18,6 +20,63 @@ pub async fn recv_dns(
 /// version this host has first (after a move into an IPv6-only network the
 /// enrolled IPv4 address is useless).
 pub async fn login(file: &NodeFile, credentials: &Credentials, clouds: &[IpAddr]) -> LoginResult {
+    let (info, ip) = at_cloud(
+        file,
+        credentials,
+        clouds,
+        "login",
+        |addr, name, root, chain, key| async move {
+            crate::as_client::login(addr, &name, &root, &chain, &key).await
+        },
+    )
+    .await?;
+    let nms = SocketAddr::new(ip, info.nms_port);
+    Ok((info, nms))
+}
+
+/// Renews the node certificate (`credentials`) for the key of `csr_pem`,
+/// at the cloud addresses and ports [`login`] uses; returns the new chain
+/// (certificate, then intermediate).
+pub async fn renew(
+    file: &NodeFile,
+    credentials: &Credentials,
+    clouds: &[IpAddr],
+    csr_pem: &str,
+) -> anyhow::Result<String> {
+    let csr_pem = Arc::new(csr_pem.to_owned());
+    let (chain, _) = at_cloud(
+        file,
+        credentials,
+        clouds,
+        "renew",
+        move |addr, name, root, chain, key| {
+            let csr_pem = csr_pem.clone();
+            async move { crate::as_client::renew(addr, &name, &root, &chain, &key, &csr_pem).await }
+        },
+    )
+    .await?;
+    Ok(chain)
+}
+
+/// Asks the AS with the node certificate (`call` with the address, TLS
+/// server name, root, chain and key) at the first cloud address that
+/// answers: the enrolled one and `clouds`, those of an IP version this host
+/// has first, each at the AS's own port and TCP 443 at once (a firewall
+/// that lets only the web out drops the first silently). The first answer
+/// wins; when none does, the error is a refusal if there was one (what the
+/// AS said is more telling than a port nobody answered on), else the last.
+async fn at_cloud<T, F, Fut>(
+    file: &NodeFile,
+    credentials: &Credentials,
+    clouds: &[IpAddr],
+    what: &'static str,
+    call: F,
+) -> anyhow::Result<(T, IpAddr)>
+where
+    T: Send + 'static,
+    F: Fn(SocketAddr, String, Vec<u8>, String, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, crate::as_client::AsClientError>> + Send,
+{
     let verifier = Verifier::from_pem(&credentials.root_pem)?;
     let local = crate::addrs::local_endpoints(0);
     let mut order: Vec<IpAddr> = std::iter::once(file.cloud.ip())
@@ -25,42 +84,331 @@ pub async fn login(file: &NodeFile, credentials: &Credentials, clouds: &[IpAddr]
         .collect();
     order.dedup();
     order.sort_by_key(|ip| !local.iter().any(|l| l.is_ipv4() == ip.is_ipv4()));
-    let mut last = None;
+    let mut last: Option<anyhow::Error> = None;
+    let mut refused = false;
     for ip in order {
         let name = if ip == file.cloud.ip() {
             file.server_name.clone()
         } else {
             ip.to_string()
         };
-        // The AS's own port and TCP 443 at once: a firewall that lets only
-        // the web out drops the first silently.
         let (tx, mut rx) = mpsc::channel(2);
         for port in [file.cloud.port(), DEFAULT_AS_FALLBACK_PORT] {
             let addr = SocketAddr::new(ip, port);
-            let (tx, name, root, chain, key) = (
+            let (tx, call, name, root, chain, key) = (
                 tx.clone(),
+                call.clone(),
                 name.clone(),
                 verifier.root_der().to_vec(),
                 credentials.chain_pem.clone(),
                 credentials.key_pem.clone(),
             );
             tokio::spawn(async move {
-                let r = crate::as_client::login(addr, &name, &root, &chain, &key).await;
+                let r = call(addr, name, root, chain, key).await;
                 let _ = tx.send((addr, r)).await;
             });
         }
         drop(tx);
         while let Some((addr, r)) = rx.recv().await {
             match r {
-                Ok(info) => {
-                    let nms = SocketAddr::new(ip, info.nms_port);
-                    return Ok((info, nms));
+                Ok(answer) => return Ok((answer, ip)),
+                Err(e) => {
+                    let is_refusal = matches!(e, crate::as_client::AsClientError::Refused { .. });
+                    if is_refusal || !refused {
+                        refused |= is_refusal;
+                        last = Some(anyhow::Error::from(e).context(format!("{what} at {addr}")));
+                    }
                 }
-                Err(e) => last = Some(anyhow::Error::from(e).context(format!("login at {addr}"))),
             }
         }
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("no cloud address to log in at")))
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no cloud address to {what} at")))
+}
+
+/// Renewing a node certificate before it expires ([`super::renewal`]): the
+/// schedule, the attempt on a task of its own, the key it is for; and which
+/// certificate the core presents.
+///
+/// Use: sleep until [`Renewer::deadline`], then [`Renewer::start`]; hand
+/// what [`Renewer::next_result`] gives to [`Renewer::finish`], which
+/// installs a new certificate in the state directory and returns its
+/// credentials: log in with them at once. Tag every Login with the
+/// [`Renewer::generation`] of the credentials it presented, and ask
+/// [`Renewer::on_login`] what to do with its session.
+pub struct Renewer {
+    state: StatePaths,
+    schedule: Renewal,
+    serial: u64,
+    results_tx: mpsc::Sender<anyhow::Result<String>>,
+    results: mpsc::Receiver<anyhow::Result<String>>,
+    in_flight: bool,
+    /// The key (PEM) the renewal under way is for, also in
+    /// `node.key.next`: kept across attempts, so a renewal asked again
+    /// (its answer lost) is for the same key and gets the same certificate.
+    next_key: Option<String>,
+    /// The run's static key, which the NMS has: a renewed certificate is
+    /// bound to it again.
+    static_keys: StaticKeypair,
+    /// Counts the renewals of this run: the credentials' generation.
+    generation: u64,
+    /// The generation whose certificate the core presents; it gets a newer
+    /// one with the first session a Login with it opens.
+    core_generation: u64,
+    /// The newest generation's identity, until the core has it.
+    pending_identity: Option<LocalIdentity>,
+}
+
+/// What to do with the session of a Login ([`Renewer::on_login`]).
+pub enum LoginUse {
+    /// Hand it to the core.
+    Session,
+    /// The first session of a renewed certificate: give the core this
+    /// identity (`Node::set_identity`), then the session.
+    RenewedSession(LocalIdentity),
+    /// A Login with a certificate older than the newest: drop it (the
+    /// newest one's Login is under way).
+    Stale,
+}
+
+impl Renewer {
+    /// The schedule of the certificate in `credentials`, kept in
+    /// `state_dir`; the core presents it bound to `static_keys`.
+    pub fn new(
+        state_dir: &std::path::Path,
+        credentials: &Credentials,
+        static_keys: StaticKeypair,
+    ) -> anyhow::Result<Renewer> {
+        let cert = credentials.certificate()?;
+        let (results_tx, results) = mpsc::channel(1);
+        Ok(Renewer {
+            state: StatePaths::new(state_dir),
+            schedule: Renewal::new(cert.not_before, cert.not_after),
+            serial: cert.serial,
+            results_tx,
+            results,
+            in_flight: false,
+            next_key: None,
+            static_keys,
+            generation: 0,
+            core_generation: 0,
+            pending_identity: None,
+        })
+    }
+
+    /// The generation of the newest credentials: 0 for those of the
+    /// start, one more with each renewal.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A Login that presented credentials of `generation` opened a
+    /// session: what to do with it.
+    pub fn on_login(&mut self, generation: u64) -> LoginUse {
+        if generation != self.generation {
+            return LoginUse::Stale;
+        }
+        if generation == self.core_generation {
+            return LoginUse::Session;
+        }
+        self.core_generation = generation;
+        match self.pending_identity.take() {
+            Some(identity) => LoginUse::RenewedSession(identity),
+            None => LoginUse::Session,
+        }
+    }
+
+    /// When the next attempt is due; none while one is under way or once
+    /// the certificate has expired.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight {
+            return None;
+        }
+        let at = self.schedule.next_attempt()?;
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        Some(tokio::time::Instant::now() + wait)
+    }
+
+    /// Starts an attempt for `file`'s device with `credentials` at the
+    /// cloud addresses `clouds`: a new key (or the one of an attempt
+    /// before) and its CSR, `renew` on a task.
+    pub fn start(&mut self, file: &NodeFile, credentials: &Arc<Credentials>, clouds: &[IpAddr]) {
+        let csr = self.prepare_key(credentials).and_then(|key| {
+            let csr = NodeKey::from_pem(&key)?.csr_pem(&file.fqdn)?;
+            Ok(csr)
+        });
+        let csr = match csr {
+            Ok(csr) => csr,
+            Err(e) => {
+                self.failed(
+                    Failure::Unreachable,
+                    e.context("cannot make the key to renew with"),
+                );
+                return;
+            }
+        };
+        tracing::info!(
+            serial = format_args!("{:#x}", self.serial),
+            "renewing the node certificate"
+        );
+        self.in_flight = true;
+        let (tx, file, credentials, clouds) = (
+            self.results_tx.clone(),
+            file.clone(),
+            credentials.clone(),
+            clouds.to_vec(),
+        );
+        tokio::spawn(async move {
+            let r = renew(&file, &credentials, &clouds, &csr).await;
+            let _ = tx.send(r).await;
+        });
+    }
+
+    /// The result of the attempt under way; never while there is none.
+    pub async fn next_result(&mut self) -> anyhow::Result<String> {
+        match self.results.recv().await {
+            Some(r) => r,
+            // Invariant: `self` holds a sender, so the channel never closes.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The outcome of an attempt: the new certificate `chain_pem` is
+    /// checked and installed (`node.pem`, `node.key`) and its credentials
+    /// returned; a failure is logged and the next attempt scheduled.
+    pub fn finish(
+        &mut self,
+        result: anyhow::Result<String>,
+        fqdn: &str,
+        root_pem: &str,
+    ) -> Option<Credentials> {
+        self.in_flight = false;
+        let installed = result.and_then(|chain_pem| {
+            let key = self
+                .next_key
+                .as_deref()
+                .context("a renewal answer without a key it was for")?;
+            Credentials::install_renewal(&self.state, fqdn, root_pem, key, &chain_pem)
+        });
+        let credentials = match installed {
+            Ok(c) => c,
+            Err(e) => {
+                let failure = failure_of(&e);
+                self.failed(failure, e);
+                return None;
+            }
+        };
+        let cert = match credentials.certificate() {
+            Ok(cert) => cert,
+            Err(e) => {
+                self.failed(Failure::Unreachable, e);
+                return None;
+            }
+        };
+        let identity = match credentials.identity_with(self.static_keys.clone()) {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.failed(Failure::Unreachable, e);
+                return None;
+            }
+        };
+        self.next_key = None;
+        self.generation += 1;
+        self.pending_identity = Some(identity);
+        self.schedule
+            .handle_renewed(cert.not_before, cert.not_after);
+        tracing::info!(
+            renewed = format_args!("{:#x}", self.serial),
+            serial = format_args!("{:#x}", cert.serial),
+            not_after = unix_secs(cert.not_after),
+            renewals = self.schedule.renewals(),
+            "node certificate renewed"
+        );
+        self.serial = cert.serial;
+        Some(credentials)
+    }
+
+    /// What `cyphonic status --json` shows of the certificate.
+    pub fn status(&self) -> CertificateStatus {
+        let s = self.schedule.status();
+        CertificateStatus {
+            cert_serial: format!("{:#x}", self.serial),
+            cert_not_after: s.not_after,
+            cert_renewals: s.renewals,
+            cert_next_renewal: s.next_attempt,
+            cert_renewal_failures: s.failures,
+            cert_renewal_error: s.last_error,
+        }
+    }
+
+    /// The key to renew with: the one in `node.key.next` if there is one
+    /// (an attempt before this run's, whose answer may have been lost) and
+    /// it is not already the certificate's, else a new one, written there
+    /// first.
+    pub(super) fn prepare_key(&mut self, credentials: &Credentials) -> anyhow::Result<String> {
+        if let Some(key) = &self.next_key {
+            return Ok(key.clone());
+        }
+        let current = NodeKey::from_pem(&credentials.key_pem)?.public_key();
+        let path = self.state.next_key();
+        let kept = std::fs::read_to_string(&path)
+            .ok()
+            .filter(|pem| NodeKey::from_pem(pem).is_ok_and(|k| k.public_key() != current));
+        let key = match kept {
+            Some(pem) => pem,
+            None => {
+                let pem = NodeKey::generate()?.to_pem();
+                write_private(&path, &pem)?;
+                pem
+            }
+        };
+        self.next_key = Some(key.clone());
+        Ok(key)
+    }
+
+    fn failed(&mut self, failure: Failure, e: anyhow::Error) {
+        let why = format!("{e:#}");
+        let wait = self
+            .schedule
+            .handle_failure(SystemTime::now(), failure, why.clone());
+        match self.schedule.next_attempt() {
+            Some(_) => tracing::warn!(
+                error = %why,
+                retry_in_secs = wait.as_secs(),
+                "cannot renew the node certificate; trying again"
+            ),
+            None => tracing::error!(
+                error = %why,
+                not_after = unix_secs(self.schedule.not_after()),
+                "cannot renew the node certificate before it expires: enroll this node again"
+            ),
+        }
+    }
+}
+
+/// How a renewal failed: a refusal from the AS (other than `internal`) or
+/// anything else.
+pub fn failure_of(e: &anyhow::Error) -> Failure {
+    match e.downcast_ref::<crate::as_client::AsClientError>() {
+        Some(crate::as_client::AsClientError::Refused { code, .. })
+            if code != cyphonic_proto::login::code::INTERNAL =>
+        {
+            Failure::Refused
+        }
+        _ => Failure::Unreachable,
+    }
+}
+
+/// Sleeps until `deadline`; never without one.
+pub async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Unix seconds of `t` (0 before 1970).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The node's hub: dials QUIC and TLS-over-TCP legs with the node
