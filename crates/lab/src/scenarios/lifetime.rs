@@ -32,11 +32,13 @@ const TRANSFER_SECS: u32 = 60;
 const REKEY_SECS: u64 = 5;
 /// The relay grants' lifetime, seconds.
 const GRANT_SECS: u64 = 20;
+/// The node certificates' lifetime, seconds: renewed at two thirds.
+const CERT_SECS: u64 = 60;
 
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let mut report = Report::default();
     println!(
-        "lifetime: rekeys every {REKEY_SECS} s and relay grants of {GRANT_SECS} s under {TRANSFER_SECS} s of TCP on a direct and a relayed tunnel"
+        "lifetime: rekeys every {REKEY_SECS} s, relay grants of {GRANT_SECS} s and certificates of {CERT_SECS} s under {TRANSFER_SECS} s of TCP on a direct and a relayed tunnel"
     );
     if let Err(e) = scenario(bin, &mut report) {
         report.check("scenario", Err(e));
@@ -67,7 +69,10 @@ fn scenario(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
         .build("lifetime", bin)?;
     set_config_keys(
         &nl.o.cloud_dir.join("cloud.toml"),
-        &[("relay_grant_secs", GRANT_SECS.to_string())],
+        &[
+            ("relay_grant_secs", GRANT_SECS.to_string()),
+            ("cert_validity_secs", CERT_SECS.to_string()),
+        ],
     )?;
     nl.o.node_args = vec!["--rekey-after".into(), REKEY_SECS.to_string()];
     for (i, r) in nl.start()?.into_iter().enumerate() {
@@ -154,6 +159,35 @@ fn scenario(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
             ))
         })();
         report.check(&format!("{name} rekeyed all along"), r);
+    }
+    for &i in &[d1, d2, s1, s2] {
+        let name = nl.o.nodes[i].name.clone();
+        let r = (|| {
+            let s = nl.o.status(i)?;
+            let renewals = s["cert_renewals"].as_u64().context("no cert_renewals")?;
+            let failures = s["cert_renewal_failures"].as_u64().unwrap_or(0);
+            let not_after = s["cert_not_after"].as_u64().context("no cert_not_after")?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            ensure!(renewals >= 1, "{renewals} certificate renewals");
+            ensure!(
+                failures == 0,
+                "{failures} failed renewals: {}",
+                s["cert_renewal_error"]
+            );
+            ensure!(
+                not_after > now,
+                "its certificate expired {} s ago",
+                now - not_after
+            );
+            Ok(format!(
+                "{renewals} renewals, serial {}, valid {} s more",
+                s["cert_serial"],
+                not_after - now
+            ))
+        })();
+        report.check(&format!("{name} renewed its certificate by itself"), r);
     }
     let renewals = counter(&nl, s1, "grant_renewals")? + counter(&nl, s2, "grant_renewals")?;
     let want = u64::from(TRANSFER_SECS) / GRANT_SECS;

@@ -830,6 +830,8 @@ pub struct Sim {
     /// Hash of every transmit (time, source, destination, bytes) in order.
     transmit_hash: std::collections::hash_map::DefaultHasher,
     steps: u64,
+    /// A guard against a livelock: `step` panics past this many.
+    max_steps: u64,
     /// Every [`Sim::move_node`]: (time, node index, new addresses).
     pub moves: Vec<(Duration, usize, Vec<SocketAddr>)>,
     /// The cloud listens on [`CLOUD_LEG_PORT`] ([`SimConfig::cloud_legs`]).
@@ -1038,6 +1040,7 @@ impl Sim {
             next_packet: 0,
             transmit_hash: Default::default(),
             steps: 0,
+            max_steps: MAX_STEPS,
             moves: Vec::new(),
             cloud_legs: config.cloud_legs,
             edges: vec![BTreeMap::new(); config.trs.max(1)],
@@ -1050,6 +1053,16 @@ impl Sim {
             self.nodes[slot].node.start();
             self.drain_node(slot);
         }
+    }
+
+    /// Raises the livelock guard for a simulation of many virtual days.
+    pub fn set_max_steps(&mut self, max: u64) {
+        self.max_steps = max;
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
     }
 
     /// Time since the simulation began.
@@ -1550,8 +1563,9 @@ impl Sim {
         };
         self.steps += 1;
         assert!(
-            self.steps < MAX_STEPS,
-            "simulation did not settle after {MAX_STEPS} steps"
+            self.steps < self.max_steps,
+            "simulation did not settle after {} steps",
+            self.max_steps
         );
         self.now = self.now.max(next);
         while let Some(Reverse((t, id))) = self.queue.peek().copied() {

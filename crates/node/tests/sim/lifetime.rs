@@ -356,3 +356,121 @@ fn a_revoked_node_loses_every_tunnel_and_the_others_keep_talking() {
     let sent = steady(&mut sim, Duration::from_millis(100), Duration::from_secs(3));
     all_arrived(&sim, 1, 2, sent);
 }
+
+/// `days` virtual days of two tunnels, one direct (n1-n2, public) and one
+/// relayed (n3-n4, symmetric NATs), a packet each way on each every
+/// minute: rekeys every two minutes, relay grants renewed every 18 h, an
+/// NMS restart (at 1/7 of the time), a peer restart (3/7), the first TRS
+/// dying (5/7). No tunnel is lost, no packet is lost but those sent to a
+/// node while it restarts, and every renewal is counted.
+fn long_run(seed: u64, days: u32) {
+    use crate::nat::{nat_config, started};
+    use cyphonic_cloud_core::route::Placement;
+    let placements = [Placement::V4, Placement::V4, Placement::Sym, Placement::Sym];
+    let mut sim = started(nat_config(seed, &placements));
+    sim.set_max_steps(u64::from(days) * 8_000_000);
+    for (a, b) in [(1, 2), (3, 4)] {
+        assert_eq!(lookup(&mut sim, a, b, RecordType::A), ResponseCode::NoError);
+        assert!(tunnel_between(&mut sim, a, b, Duration::from_secs(6)));
+    }
+    let total = Duration::from_secs(86_400) * days;
+    let seventh = total / 7;
+    let minute = Duration::from_secs(60);
+    let pairs = [(1, 2), (2, 1), (3, 4), (4, 3)];
+    let mut sent: Vec<Vec<Vec<u8>>> = vec![Vec::new(); pairs.len()];
+    // Packets sent to a node that is down are lost by nature: not counted.
+    let mut excused = 0;
+    let start = sim.elapsed();
+    let mut seq = 0u64;
+    let (mut restarted_nms, mut restarted_peer, mut killed_trs) = (false, false, false);
+    while sim.elapsed() < start + total {
+        let t = sim.elapsed() - start;
+        if !restarted_nms && t >= seventh {
+            restarted_nms = true;
+            sim.restart_nms();
+        }
+        let restart_due = !restarted_peer && t >= seventh * 3;
+        if restart_due {
+            restarted_peer = true;
+            let peers = sim.node(2).node.tunnel_peers();
+            sim.restart_node(2, peers);
+        }
+        if !killed_trs && t >= seventh * 5 {
+            killed_trs = true;
+            sim.kill_trs(0);
+        }
+        for (k, &(a, b)) in pairs.iter().enumerate() {
+            let p = ipv4_packet(vip4(a), vip4(b), format!("seq {seq}").as_bytes());
+            sim.send_app(a, &p);
+            // Right after n2's restart its tunnels are being set up again.
+            if restart_due && (a == 2 || b == 2) {
+                excused += 1;
+            } else {
+                sent[k].push(p);
+            }
+        }
+        seq += 1;
+        sim.run_for(minute);
+    }
+    sim.run_for(Duration::from_secs(10));
+    for (k, &(a, b)) in pairs.iter().enumerate() {
+        let got = sim.node(b).received_from(&sim.node(a).fqdn);
+        let lost: Vec<String> = sent[k]
+            .iter()
+            .filter(|p| !got.contains(&p.as_slice()))
+            .map(|p| String::from_utf8_lossy(&p[28..]).into_owned())
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "n{a} -> n{b}: lost {lost:?} of {}",
+            sent[k].len()
+        );
+    }
+    assert!(excused <= 2);
+    let (c1, c3) = (sim.node(1).node.counters(), sim.node(3).node.counters());
+    // A rekey every two minutes, less the new tunnels of renewals and
+    // restarts.
+    let two_minutes = u64::from(days) * 86_400 / 120;
+    assert!(c1.rekeys > two_minutes * 9 / 10, "n1: {c1:?}");
+    assert!(c3.rekeys > two_minutes * 9 / 10, "n3: {c3:?}");
+    // Grants of 24 h renewed three quarters in.
+    let renewals = u64::from(days) * 24 / 18;
+    assert!(
+        c1.grant_renewals >= renewals && c3.grant_renewals >= renewals,
+        "{c1:?} {c3:?}"
+    );
+    for i in 1..=4 {
+        assert_eq!(sim.node(i).node.counters().keys_expired, 0, "n{i}");
+    }
+    // The relayed tunnel outlived its first TRS: it ends relayed through
+    // the second.
+    let p = crate::nat::peer_status(&sim, 3, 4).expect("n3 still has n4");
+    assert_eq!(p.path, "relayed");
+    assert!(
+        p.endpoint
+            .is_some_and(|e| e.ip() == trs_v4(1).ip() || e.ip() == trs_v6(1).ip()),
+        "n3's tunnel ends through {:?}",
+        p.endpoint
+    );
+    eprintln!(
+        "{days} days: n1 {} rekeys, {} grant renewals; n3 {} rekeys, {} grant renewals, {} relay failovers; {} steps",
+        c1.rekeys, c1.grant_renewals, c3.rekeys, c3.grant_renewals, c3.relay_failovers, sim.steps()
+    );
+}
+
+/// [`long_run`] over one virtual day: about two minutes of CPU in a debug
+/// build, so on demand too.
+#[test]
+#[ignore = "a virtual day takes minutes; run on demand in release"]
+fn a_virtual_day_of_rekeys_renewals_restarts_and_failover() {
+    long_run(one_seed(39), 1);
+}
+
+/// [`long_run`] over seven virtual days: minutes of CPU, so run on demand
+/// (release build):
+/// `cargo nextest run --release -p cyphonic-node --test sim --run-ignored only seven_virtual_days`.
+#[test]
+#[ignore = "seven virtual days take minutes; run on demand in release"]
+fn seven_virtual_days_of_rekeys_renewals_restarts_and_failover() {
+    long_run(one_seed(39), 7);
+}
