@@ -832,6 +832,8 @@ pub struct Sim {
     steps: u64,
     /// A guard against a livelock: `step` panics past this many.
     max_steps: u64,
+    /// Whether this run's packets are pinned in `goldens.txt`.
+    pinned: bool,
     /// Every [`Sim::move_node`]: (time, node index, new addresses).
     pub moves: Vec<(Duration, usize, Vec<SocketAddr>)>,
     /// The cloud listens on [`CLOUD_LEG_PORT`] ([`SimConfig::cloud_legs`]).
@@ -1041,6 +1043,7 @@ impl Sim {
             transmit_hash: Default::default(),
             steps: 0,
             max_steps: MAX_STEPS,
+            pinned: true,
             moves: Vec::new(),
             cloud_legs: config.cloud_legs,
             edges: vec![BTreeMap::new(); config.trs.max(1)],
@@ -1055,9 +1058,12 @@ impl Sim {
         }
     }
 
-    /// Raises the livelock guard for a simulation of many virtual days.
+    /// Raises the livelock guard for a simulation of many virtual days,
+    /// whose packets are not pinned in `goldens.txt` (run on demand, its
+    /// hash would pin nothing the suite checks).
     pub fn set_max_steps(&mut self, max: u64) {
         self.max_steps = max;
+        self.pinned = false;
     }
 
     /// Steps taken so far.
@@ -2382,7 +2388,9 @@ impl Drop for Sim {
             );
             return;
         }
-        goldens::check(self.transmit_hash(), self.wire.len());
+        if self.pinned {
+            goldens::check(self.transmit_hash(), self.wire.len());
+        }
     }
 }
 
