@@ -513,12 +513,15 @@ impl Nms {
             self.withdrawn.push_back(cert_serial);
             self.counters.withdrawn += 1;
         }
-        let theirs: Vec<SessionId> = self
+        // In session order: the notices' txids come from the NMS's
+        // generator, so the same inputs send the same packets.
+        let mut theirs: Vec<SessionId> = self
             .sessions
             .iter()
             .filter(|(_, s)| s.info.cert_serial == cert_serial)
             .map(|(id, _)| *id)
             .collect();
+        theirs.sort_unstable();
         for id in theirs {
             self.end_session(now, id);
         }
@@ -549,12 +552,13 @@ impl Nms {
             });
             self.counters.notices_sent += 1;
         }
-        let others: Vec<SessionId> = self
+        let mut others: Vec<SessionId> = self
             .sessions
             .iter()
             .filter(|(_, s)| s.registration.is_some() && normalize(&s.info.fqdn) != fqdn)
             .map(|(id, _)| *id)
             .collect();
+        others.sort_unstable();
         tracing::info!(%fqdn, serial = format_args!("{cert_serial:#x}"), nodes = others.len(), "node withdrawn: telling every node");
         for id in others {
             while self.notices.len() >= MAX_NOTICES {

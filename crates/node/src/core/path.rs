@@ -253,12 +253,29 @@ impl Node {
 
     pub(super) fn send_relay_bind(&mut self, now: Instant, fqdn: &str) {
         let (keepalive, retransmit) = (self.config.keepalive, self.config.handshake_retransmit);
+        let unix_now = self
+            .wall(now)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let Some(mut peer) = self.peers.get_mut(fqdn) else {
             return;
         };
         let Some(relay) = peer.relay.as_mut() else {
             return;
         };
+        if relay.should_fail_over() && relay.expires() <= unix_now {
+            // No TRS takes an expired grant: failing over between them
+            // would go on forever. A new route brings a new grant.
+            relay.hold_binds(now + keepalive);
+            drop(peer);
+            if !self.signaling.direction_pending(fqdn) {
+                tracing::warn!(peer = %fqdn, "relay grant expired: selecting the route again");
+                self.counters.grant_renewals += 1;
+                self.signaling
+                    .send_direction(now, Fqdn::new(fqdn), &mut self.rng, &mut self.out);
+            }
+            return;
+        }
         if relay.should_fail_over() {
             // This TRS stopped answering: the next one, for both sides of
             // the session (they walk the same list).

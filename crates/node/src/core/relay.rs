@@ -96,6 +96,11 @@ impl RelayState {
     }
 
     /// The current TRS stopped answering and there is another.
+    /// No Bind until `until` (the grant ran out; a new route is coming).
+    pub fn hold_binds(&mut self, until: Instant) {
+        self.next_bind = until;
+    }
+
     /// There is another TRS to fail over to.
     pub fn can_fail_over(&self) -> bool {
         self.servers.len() > 1

@@ -597,7 +597,10 @@ impl Node {
         let renew =
             peer.role == TunnelRole::Initiator && peer.grant_renew_at.is_some_and(|t| now >= t);
         if renew {
-            peer.grant_renew_at = None;
+            // Asked again until a new route (with a new grant) replaces
+            // this peer: a request lost with an NMS restart must not leave
+            // the grant to run out.
+            peer.grant_renew_at = Some(now + RENEW_RETRY);
         }
         let due = peer.role == TunnelRole::Initiator
             && matches!(peer.state, PeerState::Established)
@@ -670,6 +673,9 @@ impl Node {
         }
     }
 }
+
+/// How soon a grant renewal is asked for again while no new route came.
+const RENEW_RETRY: Duration = Duration::from_secs(30);
 
 /// Ephemeral keys of answered Tunnel Requests remembered per route: a
 /// rekey every two minutes keeps about two hours of them.
