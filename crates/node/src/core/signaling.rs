@@ -116,6 +116,25 @@ impl Signaling {
         self.session.as_ref().is_some_and(|s| s.away)
     }
 
+    /// A KeepAlive that must be answered within `timeout`.
+    fn send_keepalive(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        rng: &mut StdRng,
+        out: &mut Outbox,
+    ) {
+        self.send_request(
+            now,
+            RequestKind::KeepAlive,
+            Message::KeepAlive,
+            None,
+            timeout,
+            rng,
+            out,
+        );
+    }
+
     /// Asks the NMS whether it is there (a KeepAlive with a short
     /// deadline) unless a KeepAlive is in flight: a DNS query waits for an
     /// answer the NMS may never give. Unanswered, the cloud is away.
@@ -133,15 +152,7 @@ impl Signaling {
         if in_flight || !self.registered() {
             return;
         }
-        self.send_request(
-            now,
-            RequestKind::KeepAlive,
-            Message::KeepAlive,
-            None,
-            timeout,
-            rng,
-            out,
-        );
+        self.send_keepalive(now, timeout, rng, out);
     }
 
     pub fn login(&self) -> Option<&Login> {
@@ -829,15 +840,7 @@ impl Signaling {
         sig.next_keepalive = now + sig.login.keepalive;
         // A keepalive may wait for its answer at most until the next one.
         let timeout = sig.login.keepalive.min(Duration::from_secs(5));
-        self.send_request(
-            now,
-            RequestKind::KeepAlive,
-            Message::KeepAlive,
-            None,
-            timeout,
-            rng,
-            out,
-        );
+        self.send_keepalive(now, timeout, rng, out);
     }
 }
 
