@@ -30,6 +30,9 @@
 //!   through [`PeerVerifier`], so this module needs no X.509 code.
 //! - The prologue (Noise §6) binds the route id and the initiator's index,
 //!   so neither can be altered in flight even by a holder of the tunnel key.
+//!   The responder's index, chosen after the prologue is fixed, opens its
+//!   Noise payload and must equal the one in the header, so it cannot be
+//!   altered either.
 //! - The session keys are the raw Noise `Split()` output (Noise §5.2),
 //!   used as AES-256-GCM keys by [`crate::data::SendKey`] and
 //!   [`crate::data::RecvKey`]: the initiator sends with the first and
@@ -58,6 +61,9 @@
 //! ```text
 //! [cert_count u8 >= 1]{ [len u16 BE][DER certificate] } × cert_count [binding signature 64]
 //! ```
+//!
+//! The Tunnel Response's Noise payload is `[sender_index u32 BE]` followed
+//! by the identity payload.
 //!
 //! # Replayed Tunnel Requests
 //!
@@ -115,8 +121,9 @@ const MIN_REQUEST_LEN: usize = REQUEST_HEADER_LEN + MESSAGE1_OVERHEAD + MAC_LEN;
 const MIN_RESPONSE_LEN: usize = RESPONSE_HEADER_LEN + MESSAGE2_OVERHEAD + MAC_LEN;
 /// Largest identity payload a Tunnel Request can carry.
 pub const MAX_REQUEST_IDENTITY_LEN: usize = MAX_HANDSHAKE_LEN - MIN_REQUEST_LEN;
-/// Largest identity payload a Tunnel Response can carry.
-pub const MAX_RESPONSE_IDENTITY_LEN: usize = MAX_HANDSHAKE_LEN - MIN_RESPONSE_LEN;
+/// Largest identity payload a Tunnel Response can carry (after the
+/// responder's index, which opens its payload).
+pub const MAX_RESPONSE_IDENTITY_LEN: usize = MAX_HANDSHAKE_LEN - MIN_RESPONSE_LEN - 4;
 
 /// Why a handshake step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -433,7 +440,15 @@ impl Initiator {
         if !self.noise.is_handshake_finished() {
             return Err(HandshakeError::Noise("handshake not finished".into()));
         }
-        let identity = payload.get(..len).ok_or(HandshakeError::Malformed)?;
+        let payload = payload.get(..len).ok_or(HandshakeError::Malformed)?;
+        let (index, identity) = payload
+            .split_at_checked(4)
+            .ok_or(HandshakeError::Malformed)?;
+        // The index in the header is only mac-bound; the one Noise
+        // authenticated must match it.
+        if index != header.sender_index.to_be_bytes() {
+            return Err(HandshakeError::Malformed);
+        }
         let (chain, binding_sig) = parse_identity(identity)?;
         verifier
             .verify_peer(&chain, &self.remote_static, &binding_sig)
@@ -541,9 +556,12 @@ pub fn respond_with_rng(
     packet.extend_from_slice(&[TYPE_TUNNEL_RESPONSE, 0, 0, 0]);
     packet.extend_from_slice(&local_index.to_be_bytes());
     packet.extend_from_slice(&header.sender_index.to_be_bytes());
-    packet.resize(RESPONSE_HEADER_LEN + MESSAGE2_OVERHEAD + identity.len(), 0);
+    let mut payload = Vec::with_capacity(4 + identity.len());
+    payload.extend_from_slice(&local_index.to_be_bytes());
+    payload.extend_from_slice(&identity);
+    packet.resize(RESPONSE_HEADER_LEN + MESSAGE2_OVERHEAD + payload.len(), 0);
     let written = noise
-        .write_message(&identity, &mut packet[RESPONSE_HEADER_LEN..])
+        .write_message(&payload, &mut packet[RESPONSE_HEADER_LEN..])
         .map_err(noise_error)?;
     packet.truncate(RESPONSE_HEADER_LEN + written);
     let mac = mac(tunnel_key, &packet);

@@ -334,6 +334,20 @@ fn tunnel_key_holder_cannot_tamper() {
         initiator.finish(&tampered, &verifier_of(&cn)).unwrap_err(),
         HandshakeError::Noise(_)
     ));
+
+    // The responder's index (header bytes 4..8) is outside the prologue,
+    // but Noise authenticates it in the payload: an altered one with a
+    // recomputed mac is refused, so the initiator never sends its data
+    // packets under an index the responder did not choose.
+    let (initiator, request) = start(&mn, &cn, 9);
+    let (_, response) = respond(&request, &mn, &cn, &TUNNEL_KEY, &verifier_of(&mn)).unwrap();
+    let mut tampered = response.clone();
+    tampered[7] ^= 0x01;
+    remac(&mut tampered, &TUNNEL_KEY);
+    assert_eq!(
+        initiator.finish(&tampered, &verifier_of(&cn)).unwrap_err(),
+        HandshakeError::Malformed
+    );
 }
 
 #[test]
