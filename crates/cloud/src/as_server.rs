@@ -513,7 +513,14 @@ impl State {
         let not_after = now + self.cfg.cert_validity();
         let cert = self
             .issuer
-            .issue_node(csr_pem, &device.fqdn, serial, not_before, not_after)
+            .issue_node(
+                csr_pem,
+                &device.fqdn,
+                &[device.vip4.into(), device.vip6.into()],
+                serial,
+                not_before,
+                not_after,
+            )
             .map_err(|e| {
                 info!(%peer, device_id, error = %e, "refused: unusable CSR");
                 Refusal::new(

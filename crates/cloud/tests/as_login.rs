@@ -258,6 +258,7 @@ async fn certificate_from_another_ca_fails_at_tls() {
         .issue_node(
             &key.csr_pem("n1.cyphonic.internal").unwrap(),
             "n1.cyphonic.internal",
+            &[],
             7,
             now - Duration::from_secs(60),
             now + Duration::from_secs(3600),

@@ -5,7 +5,7 @@
 //! ```text
 //! root CA  (10 years, pathlen 1)        operator keeps root key offline
 //!   └─ AS intermediate (5 years, pathlen 0)   lives on the AS
-//!        ├─ node leaf   (clientAuth + serverAuth, one dNSName)
+//!        ├─ node leaf   (clientAuth, one dNSName, its VIPs as iPAddress)
 //!        └─ AS server   (serverAuth, DNS names + IPs)
 //! ```
 //!
@@ -248,8 +248,12 @@ impl Issuer {
 
     /// Verifies the CSR's self-signature, ignores any names and extensions
     /// in it, and issues a leaf for `fqdn`: CN = fqdn, dNSName SAN = fqdn,
-    /// key usage digitalSignature, EKU clientAuth + serverAuth (a node is
-    /// both ends of its tunnels), not a CA. The CSR's key must be Ed25519.
+    /// an iPAddress SAN for each of the node's virtual IPs `vips` (its peers
+    /// check them in the tunnel handshake), key usage digitalSignature, EKU
+    /// clientAuth only (so no TLS client that trusts our root takes a node
+    /// for a server; our own legs between nodes check node certificates as
+    /// such, [`crate::node_client_config`]), not a CA. The CSR's key must
+    /// be Ed25519.
     ///
     /// `fqdn` is stored lowercase without a trailing dot. `serial` must not
     /// be 0 (RFC 5280 §4.1.2.2 wants a positive integer).
@@ -257,6 +261,7 @@ impl Issuer {
         &self,
         csr_pem: &str,
         fqdn: &str,
+        vips: &[IpAddr],
         serial: u64,
         not_before: SystemTime,
         not_after: SystemTime,
@@ -273,13 +278,12 @@ impl Issuer {
         p.not_after = na.encoded;
         p.distinguished_name = DistinguishedName::new();
         p.distinguished_name.push(DnType::CommonName, fqdn.as_str());
-        p.subject_alt_names = vec![dns_san(&fqdn)?];
+        p.subject_alt_names = std::iter::once(dns_san(&fqdn)?)
+            .chain(vips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)))
+            .collect();
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.use_authority_key_identifier_extension = true;
         self.sign(&p, &subject_key, serial, nb.system, na.system)
     }
@@ -482,6 +486,7 @@ mod tests {
             .issue_node(
                 &key.csr_pem("n1.cyphonic.internal").expect("csr"),
                 "n1.cyphonic.internal",
+                &[],
                 1,
                 now(),
                 now() + DAY,
@@ -497,7 +502,17 @@ mod tests {
         let key = NodeKey::generate().expect("keygen");
         let csr = key.csr_pem("evil.example.com").expect("csr");
         let leaf = issuer
-            .issue_node(&csr, "N7.Cyphonic.Internal.", 7, now(), now() + DAY)
+            .issue_node(
+                &csr,
+                "N7.Cyphonic.Internal.",
+                &[
+                    "100.64.0.7".parse().expect("ip"),
+                    "fd7a::7".parse().expect("ip"),
+                ],
+                7,
+                now(),
+                now() + DAY,
+            )
             .expect("issue");
         let (_, cert) = X509Certificate::from_der(&leaf.cert_der).expect("parses");
         let cn = cert.subject().iter_common_name().next().expect("CN");
@@ -509,9 +524,16 @@ mod tests {
             .value;
         assert_eq!(
             san.general_names,
-            vec![x509_parser::extensions::GeneralName::DNSName(
-                "n7.cyphonic.internal"
-            )]
+            vec![
+                x509_parser::extensions::GeneralName::DNSName("n7.cyphonic.internal"),
+                x509_parser::extensions::GeneralName::IPAddress(&[100, 64, 0, 7]),
+                x509_parser::extensions::GeneralName::IPAddress(
+                    &"fd7a::7"
+                        .parse::<std::net::Ipv6Addr>()
+                        .expect("ip")
+                        .octets()
+                ),
+            ]
         );
         assert!(!cert.is_ca());
         let eku = cert
@@ -519,7 +541,7 @@ mod tests {
             .expect("ok")
             .expect("present")
             .value;
-        assert!(eku.client_auth && eku.server_auth);
+        assert!(eku.client_auth && !eku.server_auth);
         let ku = cert.key_usage().expect("ok").expect("present").value;
         assert!(ku.digital_signature() && !ku.key_cert_sign());
         assert_eq!(ed25519_spki(cert.public_key()), Ok(key.public_key()));
@@ -538,7 +560,7 @@ mod tests {
             (1, now(), now() + DAY, "*.cyphonic.internal"),
         ] {
             assert!(matches!(
-                issuer.issue_node(&csr, name, serial, nb, na),
+                issuer.issue_node(&csr, name, &[], serial, nb, na),
                 Err(PkiError::InvalidRequest(_))
             ));
         }
@@ -559,7 +581,14 @@ mod tests {
         der[last] ^= 0x01;
         let tampered = crate::pem::encode("CERTIFICATE REQUEST", &der);
         let err = issuer
-            .issue_node(&tampered, "n1.cyphonic.internal", 1, now(), now() + DAY)
+            .issue_node(
+                &tampered,
+                "n1.cyphonic.internal",
+                &[],
+                1,
+                now(),
+                now() + DAY,
+            )
             .unwrap_err();
         assert_eq!(err, PkiError::BadCsr("signature does not verify".into()));
     }
@@ -575,7 +604,7 @@ mod tests {
             .pem()
             .expect("pem");
         let err = issuer
-            .issue_node(&csr, "n1.cyphonic.internal", 1, now(), now() + DAY)
+            .issue_node(&csr, "n1.cyphonic.internal", &[], 1, now(), now() + DAY)
             .unwrap_err();
         assert!(matches!(err, PkiError::BadCsr(_)), "{err}");
     }
@@ -590,7 +619,7 @@ mod tests {
             "A".repeat(MAX_CSR_PEM_LEN + 1),
         ] {
             assert!(matches!(
-                issuer.issue_node(&csr, "n1.cyphonic.internal", 1, now(), now() + DAY),
+                issuer.issue_node(&csr, "n1.cyphonic.internal", &[], 1, now(), now() + DAY),
                 Err(PkiError::BadCsr(_))
             ));
         }

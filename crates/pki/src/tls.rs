@@ -6,13 +6,15 @@
 //! certificate and handshake signature algorithm.
 
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::verify::SUPPORTED_SIG_ALGS;
 use crate::PkiError;
@@ -90,6 +92,11 @@ pub fn as_server_config(
 /// A node's TLS client configuration: trusts only our root, and presents
 /// `identity` = (chain PEM: node certificate then intermediate, key PEM)
 /// when given. Without an identity it is the enrollment configuration.
+///
+/// The server is either a cloud server (a certificate with serverAuth for
+/// the dialed name or address) or, on a leg between two nodes, the peer
+/// node: its node certificate (clientAuth only) naming the dialed FQDN,
+/// checked as [`crate::Verifier::verify_node`] checks it.
 pub fn node_client_config(
     root_cert_der: &[u8],
     identity: Option<(&str, &str)>,
@@ -99,10 +106,15 @@ pub fn node_client_config(
         WebPkiServerVerifier::builder_with_provider(root_store(root_cert_der)?, provider.clone())
             .build()
             .map_err(|e| PkiError::Tls(format!("server certificate verifier: {e}")))?;
+    let verifier = ServerOrNodeVerifier {
+        server: server_verifier,
+        nodes: crate::Verifier::new(root_cert_der.to_vec())?,
+    };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_webpki_verifier(server_verifier);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let config = match identity {
         Some((chain_pem, key_pem)) => {
             let (chain, key) = self::identity(chain_pem, key_pem)?;
@@ -113,4 +125,71 @@ pub fn node_client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// Accepts a cloud server's certificate as webpki does, or a node
+/// certificate for the dialed DNS name (a peer node's listener). The
+/// handshake signature checks are webpki's in both cases.
+#[derive(Debug)]
+struct ServerOrNodeVerifier {
+    server: Arc<WebPkiServerVerifier>,
+    nodes: crate::Verifier,
+}
+
+impl ServerCertVerifier for ServerOrNodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let server_err = match self.server.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(verified) => return Ok(verified),
+            Err(e) => e,
+        };
+        // Only a DNS name can be a node's: addresses name cloud servers.
+        let ServerName::DnsName(name) = server_name else {
+            return Err(server_err);
+        };
+        let chain: Vec<Vec<u8>> = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        let when = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        match self.nodes.verify_node(&chain, Some(name.as_ref()), when) {
+            Ok(_) => Ok(ServerCertVerified::assertion()),
+            // A certificate that is not a node's either: webpki's reason.
+            Err(_) => Err(server_err),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.server.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.server.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.server.supported_verify_schemes()
+    }
 }

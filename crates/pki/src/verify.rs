@@ -5,6 +5,7 @@
 //! x509-parser only reads fields out of a leaf webpki has accepted, so a
 //! parser quirk cannot turn into a trust decision.
 
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor};
@@ -34,6 +35,8 @@ pub struct VerifiedNode {
     pub not_after: SystemTime,
     /// The node's raw Ed25519 public key.
     pub public_key: [u8; 32],
+    /// The node's virtual IPs (its iPAddress SANs), in certificate order.
+    pub vips: Vec<IpAddr>,
 }
 
 /// Verifies node certificate chains against our root. Cheap to clone: the
@@ -164,6 +167,7 @@ impl Verifier {
             serial: fields.serial,
             not_after: fields.not_after,
             public_key: fields.public_key,
+            vips: fields.ips,
         })
     }
 }
@@ -173,6 +177,7 @@ struct LeafFields {
     serial: u64,
     not_after: SystemTime,
     dns_names: Vec<String>,
+    ips: Vec<IpAddr>,
     public_key: [u8; 32],
 }
 
@@ -181,27 +186,43 @@ fn read_leaf(der: &[u8]) -> Result<LeafFields, PkiError> {
         .map_err(|e| PkiError::Malformed(format!("leaf certificate: {e}")))?;
     let serial = serial_from_der_integer(cert.raw_serial())?;
     let not_after = from_unix_secs(cert.validity().not_after.timestamp());
-    let dns_names = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|g| match g {
-                GeneralName::DNSName(n) => Some((*n).to_string()),
-                _ => None,
-            })
-            .collect(),
-        Ok(None) => Vec::new(),
+    let names: &[GeneralName<'_>] = match cert.subject_alternative_name() {
+        Ok(Some(san)) => &san.value.general_names,
+        Ok(None) => &[],
         Err(e) => return Err(PkiError::Malformed(format!("leaf subjectAltName: {e}"))),
     };
+    let dns_names = names
+        .iter()
+        .filter_map(|g| match g {
+            GeneralName::DNSName(n) => Some((*n).to_string()),
+            _ => None,
+        })
+        .collect();
+    let mut ips = Vec::new();
+    for g in names {
+        if let GeneralName::IPAddress(raw) = g {
+            ips.push(ip_from_san(raw)?);
+        }
+    }
     let public_key = ed25519_spki(cert.public_key())
         .map_err(|why| PkiError::Malformed(format!("leaf certificate: {why}")))?;
     Ok(LeafFields {
         serial,
         not_after,
         dns_names,
+        ips,
         public_key,
     })
+}
+
+/// An iPAddress SAN's octets (RFC 5280 §4.2.1.6: 4 or 16 of them).
+fn ip_from_san(raw: &[u8]) -> Result<IpAddr, PkiError> {
+    if let Ok(v4) = <[u8; 4]>::try_from(raw) {
+        return Ok(IpAddr::from(v4));
+    }
+    <[u8; 16]>::try_from(raw)
+        .map(IpAddr::from)
+        .map_err(|_| PkiError::Malformed(format!("iPAddress SAN of {} octets", raw.len())))
 }
 
 /// The content octets of a DER INTEGER serial as a `u64`.

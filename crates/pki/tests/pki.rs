@@ -44,7 +44,7 @@ fn node(pki: &Pki, fqdn: &str, serial: u64) -> (NodeKey, IssuedCert) {
     let csr = key.csr_pem(fqdn).expect("csr");
     let cert = pki
         .issuer
-        .issue_node(&csr, fqdn, serial, now(), now() + DAY)
+        .issue_node(&csr, fqdn, &[], serial, now(), now() + DAY)
         .expect("issue_node");
     (key, cert)
 }
@@ -72,6 +72,7 @@ fn issued_node_certificate_verifies_with_its_fields() {
             serial: 42,
             not_after: cert.not_after,
             public_key: key.public_key(),
+            vips: Vec::new(),
         }
     );
     assert_eq!(cert.serial, 42);
@@ -229,6 +230,7 @@ fn csr_with_bad_signature_is_bad_csr() {
         .issue_node(
             &to_pem("CERTIFICATE REQUEST", &tampered),
             "n1.cyphonic.internal",
+            &[],
             1,
             now(),
             now() + DAY,
@@ -238,7 +240,7 @@ fn csr_with_bad_signature_is_bad_csr() {
     // The untampered request is accepted.
     assert!(pki
         .issuer
-        .issue_node(&csr, "n1.cyphonic.internal", 1, now(), now() + DAY)
+        .issue_node(&csr, "n1.cyphonic.internal", &[], 1, now(), now() + DAY)
         .is_ok());
 }
 
@@ -381,7 +383,7 @@ mod tls {
         let t = SystemTime::now();
         let cert = pki
             .issuer
-            .issue_node(&csr, fqdn, 77, t - DAY, t + DAY)
+            .issue_node(&csr, fqdn, &[], 77, t - DAY, t + DAY)
             .expect("issue");
         (
             format!("{}{}", cert.cert_pem, pki.issuer.cert_pem()),
@@ -465,6 +467,96 @@ mod tls {
         let mut got = [0u8; 5];
         s.reader().read_exact(&mut got).expect("read");
         assert_eq!(&got, b"login");
+    }
+
+    /// A node's listener (a peer leg's server side) presenting its node
+    /// certificate.
+    fn node_server(pki: &Pki, fqdn: &str) -> ServerConnection {
+        let (chain_pem, key_pem) = node_identity(pki, fqdn);
+        let config =
+            as_server_config(&chain_pem, &key_pem, pki.verifier.root_der()).expect("server config");
+        ServerConnection::new(config).expect("server connection")
+    }
+
+    fn dial(pki: &Pki, name: &str) -> ClientConnection {
+        let config = node_client_config(pki.verifier.root_der(), None).expect("client config");
+        let name = ServerName::try_from(name.to_string()).expect("name");
+        ClientConnection::new(config, name).expect("client connection")
+    }
+
+    #[test]
+    fn a_peer_node_is_a_server_for_its_own_name_only() {
+        let pki = live_pki();
+        let out = pump(
+            &mut dial(&pki, "n5.cyphonic.internal"),
+            &mut node_server(&pki, "n5.cyphonic.internal"),
+        );
+        assert!(out.client.is_ok(), "client: {:?}", out.client);
+        for other in ["n6.cyphonic.internal", AS_NAME, "192.0.2.1"] {
+            let out = pump(
+                &mut dial(&pki, other),
+                &mut node_server(&pki, "n5.cyphonic.internal"),
+            );
+            assert!(
+                matches!(
+                    out.client,
+                    Err(cyphonic_pki::rustls::Error::InvalidCertificate(_))
+                ),
+                "dialing {other}: {:?}",
+                out.client
+            );
+        }
+    }
+
+    #[test]
+    fn node_certificates_are_no_tls_servers_to_others_trusting_our_root() {
+        // A stock rustls client trusting our root (a browser or tool an
+        // operator pointed at it) must not take a node for a server.
+        let pki = live_pki();
+        let mut roots = cyphonic_pki::rustls::RootCertStore::empty();
+        roots
+            .add(pki.verifier.root_der().to_vec().into())
+            .expect("root");
+        let provider = std::sync::Arc::new(cyphonic_pki::rustls::crypto::ring::default_provider());
+        let config = cyphonic_pki::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("n5.cyphonic.internal").expect("name");
+        let mut c = ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+        let out = pump(&mut c, &mut node_server(&pki, "n5.cyphonic.internal"));
+        assert!(
+            matches!(
+                out.client,
+                Err(cyphonic_pki::rustls::Error::InvalidCertificate(
+                    cyphonic_pki::rustls::CertificateError::InvalidPurpose
+                        | cyphonic_pki::rustls::CertificateError::InvalidPurposeContext { .. }
+                ))
+            ),
+            "client: {:?}",
+            out.client
+        );
+        // The cloud's own server certificate still passes that client.
+        let mut c = ClientConnection::new(
+            std::sync::Arc::new({
+                let mut roots = cyphonic_pki::rustls::RootCertStore::empty();
+                roots
+                    .add(pki.verifier.root_der().to_vec().into())
+                    .expect("root");
+                cyphonic_pki::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    cyphonic_pki::rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+            }),
+            ServerName::try_from(AS_NAME).expect("name"),
+        )
+        .expect("client");
+        let out = pump(&mut c, &mut server(&pki));
+        assert!(out.client.is_ok(), "client: {:?}", out.client);
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub struct Hub {
     quic_listen_addrs: Vec<SocketAddr>,
     tcp_listen_addrs: Vec<SocketAddr>,
     listener_tasks: Vec<AbortHandle>,
+    own_cert: Arc<crate::tls::OwnCert>,
 }
 
 impl Hub {
@@ -262,6 +263,7 @@ impl Hub {
             quic_listen_addrs,
             tcp_listen_addrs,
             listener_tasks,
+            own_cert: tls.own.clone(),
         })
     }
 
@@ -279,6 +281,16 @@ impl Hub {
         datagram: Vec<u8>,
     ) -> Result<(), SendError> {
         self.shared.send(transport, canonical(to), datagram)
+    }
+
+    /// Presents `identity`'s certificate chain and key from the next TLS
+    /// handshake on, as client and as server (a node renewed its
+    /// certificate). Legs already up keep the certificate they were set up
+    /// with. The trust anchor stays the one the hub was made with; an
+    /// `Err` (a key that is not the certificate's, bad PEM) changes
+    /// nothing.
+    pub fn set_identity(&self, identity: &TlsIdentity) -> anyhow::Result<()> {
+        self.own_cert.replace(identity)
     }
 
     /// The name a dialed leg to `to` checks the server's certificate

@@ -4,14 +4,18 @@
 //! (`cyphonic_pki`'s configurations, never the platform's roots).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use anyhow::Context;
-use cyphonic_pki::rustls::server::WebPkiClientVerifier;
-use cyphonic_pki::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use cyphonic_pki::rustls::client::ResolvesClientCert;
+use cyphonic_pki::rustls::crypto::CryptoProvider;
+use cyphonic_pki::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use cyphonic_pki::rustls::sign::CertifiedKey;
+use cyphonic_pki::rustls::{self, ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 use cyphonic_pki::Verifier;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// ALPN of a QUIC leg.
 pub const QUIC_ALPN: &[u8] = b"cyphonic/1";
@@ -50,6 +54,84 @@ pub(crate) struct TlsConfigs {
     pub tcp_server: Arc<ServerConfig>,
     /// Names the peer of a leg from its certificate chain.
     pub verifier: Verifier,
+    /// The certificate every configuration above presents.
+    pub own: Arc<OwnCert>,
+}
+
+/// The hub's own certificate chain and key, as every TLS configuration of
+/// the hub presents it (listeners and dials). A node renews its
+/// certificate while it runs: [`OwnCert::replace`] makes every later
+/// handshake present the new one; legs already up keep theirs.
+pub(crate) struct OwnCert {
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl OwnCert {
+    fn new(identity: &TlsIdentity, provider: Arc<CryptoProvider>) -> anyhow::Result<Self> {
+        let current = RwLock::new(certified_key(identity, &provider)?);
+        Ok(OwnCert { provider, current })
+    }
+
+    /// Presents `identity`'s chain and key from the next handshake on.
+    pub fn replace(&self, identity: &TlsIdentity) -> anyhow::Result<()> {
+        let key = certified_key(identity, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl fmt::Debug for OwnCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnCert").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for OwnCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl ResolvesClientCert for OwnCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// `identity`'s chain and key as rustls presents them; the key must be the
+/// certificate's.
+fn certified_key(
+    identity: &TlsIdentity,
+    provider: &CryptoProvider,
+) -> anyhow::Result<Arc<CertifiedKey>> {
+    let chain = cyphonic_pki::pem_to_der_chain(&identity.chain_pem)
+        .context("certificate chain PEM")?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("no private key in the key PEM: {e}"))?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .context("the certificate's private key")?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified
+        .keys_match()
+        .context("the key is not the certificate's")?;
+    Ok(Arc::new(certified))
 }
 
 impl TlsConfigs {
@@ -66,6 +148,9 @@ impl TlsConfigs {
     ) -> anyhow::Result<Self> {
         let verifier = Verifier::new(identity.root_der.clone())
             .context("root certificate of the TLS identity")?;
+        let mut server = server_config(identity, require_client_cert)?;
+        let own = Arc::new(OwnCert::new(identity, server.crypto_provider().clone())?);
+        server.cert_resolver = own.clone();
         let client = |alpn: &[u8]| -> anyhow::Result<Arc<ClientConfig>> {
             let base = cyphonic_pki::node_client_config(
                 &identity.root_der,
@@ -74,6 +159,7 @@ impl TlsConfigs {
             .context("TLS client configuration from the node certificate")?;
             let mut config = (*base).clone();
             config.alpn_protocols = vec![alpn.to_vec()];
+            config.client_auth_cert_resolver = own.clone();
             Ok(Arc::new(config))
         };
         let (quic_client, tcp_client) = if dial {
@@ -81,7 +167,6 @@ impl TlsConfigs {
         } else {
             (None, None)
         };
-        let server = server_config(identity, require_client_cert)?;
         let with_alpn = |alpn: &[u8], extra: Option<&[u8]>| {
             let mut config = server.clone();
             config.alpn_protocols = std::iter::once(alpn)
@@ -96,6 +181,7 @@ impl TlsConfigs {
             quic_server: with_alpn(QUIC_ALPN, None),
             tcp_server: with_alpn(TCP_ALPN, handoff_alpn),
             verifier,
+            own,
         })
     }
 }

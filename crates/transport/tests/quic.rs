@@ -3,11 +3,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use cyphonic_transport::{
-    Direction, Hub, HubConfig, LegEvent, SendError, Transport, QUIC_UDP_PAYLOAD_V4,
+    Direction, Hub, HubConfig, LegEvent, SendError, TlsIdentity, Transport, QUIC_UDP_PAYLOAD_V4,
     QUIC_UDP_PAYLOAD_V6,
 };
 
@@ -432,4 +432,73 @@ async fn node_to_node_with_fqdn() {
         check_numbered(&recv_n(&b, 1, Duration::from_secs(5)).await[0].datagram, 50),
         3
     );
+}
+
+/// A node renews its certificate while its hub runs: from the next
+/// handshake on, as client and as server, the hub presents the new one.
+/// (An expired certificate stands for the one renewed too late.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_presented_from_the_next_handshake_on() {
+    let pki = TestPki::new("cyphonic.test");
+    let now = SystemTime::now();
+    let expired = |fqdn: &str| {
+        pki.node_valid(
+            fqdn,
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        )
+    };
+    let fresh_a = pki.node("a.cyphonic.test");
+    let a = Hub::new(
+        expired("a.cyphonic.test"),
+        Some(any_port("127.0.0.1")),
+        None,
+    )
+    .await
+    .unwrap();
+    let b = Hub::new(expired("b.cyphonic.test"), None, None)
+        .await
+        .unwrap();
+    let a_addr = a.quic_listen_addrs()[0];
+    b.set_server_name(a_addr, "a.cyphonic.test".into());
+
+    let refused = |hub: &'static str| {
+        move |e: &LegEvent| match e {
+            LegEvent::Closed { reason, .. } => {
+                assert!(
+                    reason.contains("certificate") || reason.contains("expired"),
+                    "{hub}: {reason}"
+                );
+                true
+            }
+            _ => false,
+        }
+    };
+    // Both certificates expired: refused.
+    b.send(Transport::Quic, a_addr, numbered(1, 50)).unwrap();
+    assert!(wait_event(&b, Duration::from_secs(5), refused("b"))
+        .await
+        .is_some());
+    // A key that is not the certificate's changes nothing.
+    let mismatched = TlsIdentity {
+        key_pem: pki.node("a.cyphonic.test").key_pem,
+        ..fresh_a.clone()
+    };
+    assert!(a.set_identity(&mismatched).is_err());
+    // The listener renewed, the dialer not yet: still refused.
+    a.set_identity(&fresh_a).unwrap();
+    tokio::time::sleep(HubConfig::default().redial_backoff).await;
+    b.send(Transport::Quic, a_addr, numbered(2, 50)).unwrap();
+    assert!(wait_event(&b, Duration::from_secs(5), refused("b"))
+        .await
+        .is_some());
+    assert!(recv_n(&a, 1, Duration::from_millis(300)).await.is_empty());
+    // Both renewed: the leg comes up.
+    b.set_identity(&pki.node("b.cyphonic.test")).unwrap();
+    tokio::time::sleep(HubConfig::default().redial_backoff).await;
+    b.send(Transport::Quic, a_addr, numbered(3, 50)).unwrap();
+    let got = recv_n(&a, 1, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "a leg with the renewed certificates");
+    assert_eq!(check_numbered(&got[0].datagram, 50), 3);
+    assert_eq!(a.legs()[0].peer.as_deref(), Some("b.cyphonic.test"));
 }

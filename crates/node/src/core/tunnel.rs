@@ -5,6 +5,7 @@
 //! data plane ([`NodeEvent::TunnelUp`]).
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -175,6 +176,10 @@ impl Node {
             verifier: self.verifier.clone(),
             fqdn: peer.fqdn.to_string(),
             serial: peer.direction.peer.cert_serial,
+            vips: [
+                peer.direction.peer.vip4.into(),
+                peer.direction.peer.vip6.into(),
+            ],
             now: self.wall(now),
         }
     }
@@ -742,12 +747,14 @@ impl EarlyRequests {
 }
 
 /// Checks a peer's handshake identity: its certificate chains to our root,
-/// names the expected FQDN, is valid now, carries the serial the NMS vouched
-/// for, and its key signed the peer's static key.
+/// names the expected FQDN and the virtual IPs the route direction gives
+/// the peer, is valid now, carries the serial the NMS vouched for, and its
+/// key signed the peer's static key.
 struct CertCheck {
     verifier: Verifier,
     fqdn: String,
     serial: u64,
+    vips: [IpAddr; 2],
     now: SystemTime,
 }
 
@@ -766,6 +773,13 @@ impl PeerVerifier for CertCheck {
             return Err(format!(
                 "certificate serial {:x} is not the one the NMS vouched for ({:x})",
                 node.serial, self.serial
+            ));
+        }
+        if let Some(missing) = self.vips.iter().find(|v| !node.vips.contains(v)) {
+            return Err(format!(
+                "the route gives the peer virtual IP {missing}, which its certificate does not \
+                 carry (it carries {:?})",
+                node.vips
             ));
         }
         cyphonic_pki::verify_ed25519(

@@ -799,6 +799,19 @@ impl Daemon {
     fn on_renewed(&mut self, result: anyhow::Result<String>) {
         let root_pem = &self.credentials.root_pem;
         if let Some(credentials) = self.certificate.finish(result, &self.file.fqdn, root_pem) {
+            // Legs set up from now on (to the cloud and to peers) present
+            // the renewed certificate; the hub's trust stays the root.
+            let identity = Verifier::from_pem(&credentials.root_pem).map(|root| TlsIdentity {
+                chain_pem: credentials.chain_pem.clone(),
+                key_pem: credentials.key_pem.clone(),
+                root_der: root.root_der().to_vec(),
+            });
+            if let Err(e) = identity
+                .map_err(anyhow::Error::from)
+                .and_then(|identity| self.hub.set_identity(&identity))
+            {
+                tracing::warn!(error = %format!("{e:#}"), "legs keep the certificate before the renewal");
+            }
             self.credentials = Arc::new(credentials);
             self.login_later(true);
         }

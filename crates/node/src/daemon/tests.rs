@@ -30,6 +30,7 @@ fn chain(
         .issue_node(
             &key.csr_pem(fqdn).unwrap(),
             fqdn,
+            &[],
             serial,
             now - CERT_BACKDATE,
             now + Duration::from_secs(secs),

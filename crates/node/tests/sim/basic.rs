@@ -625,6 +625,20 @@ fn an_initiator_with_another_nodes_certificate_is_refused() {
 }
 
 #[test]
+fn a_responder_whose_certificate_lacks_its_vips_is_refused() {
+    // n2's own certificate but with n4's virtual IPs: the route gives n2
+    // its own VIPs, which the certificate does not carry.
+    refused(NodeSpec::new(2).cert(Cert::VipsOf(4)), 1, 2);
+}
+
+#[test]
+fn an_initiator_whose_certificate_lacks_its_vips_is_refused() {
+    let sim = refused(NodeSpec::new(2).cert(Cert::VipsOf(4)), 2, 1);
+    assert!(sim.node(2).tunnel_ups.is_empty());
+    assert_eq!(sim.count("TunnelResponse").0, 0);
+}
+
+#[test]
 fn a_responder_with_an_expired_certificate_is_refused() {
     refused(NodeSpec::new(2).cert(Cert::Expired), 1, 2);
 }

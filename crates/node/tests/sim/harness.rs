@@ -186,6 +186,8 @@ pub enum Cert {
     Expired,
     /// Another node's (`n<i>`), so the name is not the one the NMS vouches for.
     Of(usize),
+    /// Its own name, serial and key, but another node's (`n<i>`) virtual IPs.
+    VipsOf(usize),
 }
 
 /// The underlay a node sits on.
@@ -894,6 +896,14 @@ impl Sim {
                     (&pki.expired_n2, pki.verifier.clone())
                 }
                 Cert::Of(other) => (&pki.certs[&format!("n{other}")], pki.verifier.clone()),
+                Cert::VipsOf(other) => {
+                    assert_eq!(
+                        (name.as_str(), other),
+                        ("n2", 4),
+                        "the fixture has n2 with n4's VIPs"
+                    );
+                    (&pki.n2_with_vips_of_n4, pki.verifier.clone())
+                }
             };
             let static_keys = StaticKeypair::generate(&mut rng);
             let binding_sig = cert.key.sign(&binding_message(&static_keys.public));

@@ -32,6 +32,8 @@ pub struct Pki {
     pub foreign_n3: NodeCert,
     /// `n2`, serial 102, under the overlay's CA, expired a day before `wall`.
     pub expired_n2: NodeCert,
+    /// `n2`, serial 102, its own key, but carrying n4's virtual IPs.
+    pub n2_with_vips_of_n4: NodeCert,
 }
 
 pub fn fqdn(name: &str) -> String {
@@ -51,7 +53,7 @@ pub fn pki() -> &'static Pki {
         let certs = (1..=6)
             .map(|i| {
                 let name = format!("n{i}");
-                let cert = issue(&issuer, &name, &name, wall - DAY, wall + 30 * DAY);
+                let cert = issue(&issuer, &name, &name, i, wall - DAY, wall + 30 * DAY);
                 (name, cert)
             })
             .collect();
@@ -64,10 +66,12 @@ pub fn pki() -> &'static Pki {
                 &foreign_issuer,
                 "foreign-n3",
                 "n3",
+                3,
                 wall - DAY,
                 wall + 30 * DAY,
             ),
-            expired_n2: issue(&issuer, "expired-n2", "n2", wall - 30 * DAY, wall - DAY),
+            expired_n2: issue(&issuer, "expired-n2", "n2", 2, wall - 30 * DAY, wall - DAY),
+            n2_with_vips_of_n4: issue(&issuer, "n2", "n2", 4, wall - DAY, wall + 30 * DAY),
         }
     })
 }
@@ -92,18 +96,24 @@ fn ca(name: &str) -> (Verifier, Issuer) {
     (verifier, issuer)
 }
 
+/// A certificate for `name` with node `vips_of`'s virtual IPs.
 fn issue(
     issuer: &Issuer,
     key_name: &str,
     name: &str,
+    vips_of: usize,
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> NodeCert {
     let key = NodeKey::from_pem(&fixture(&format!("{key_name}.key"))).expect("node key");
     let fqdn = fqdn(name);
     let csr = key.csr_pem(&fqdn).expect("csr");
+    let vips = [
+        crate::harness::vip4(vips_of).into(),
+        crate::harness::vip6(vips_of).into(),
+    ];
     let issued = issuer
-        .issue_node(&csr, &fqdn, serial(name), not_before, not_after)
+        .issue_node(&csr, &fqdn, &vips, serial(name), not_before, not_after)
         .expect("issue node certificate");
     NodeCert {
         key,

@@ -45,18 +45,26 @@ impl TestPki {
 
     /// A node certificate for `fqdn`, trusting this installation's root.
     pub fn node(&self, fqdn: &str) -> TlsIdentity {
+        let now = SystemTime::now();
+        self.node_valid(
+            fqdn,
+            now - Duration::from_secs(300),
+            now + Duration::from_secs(86_400),
+        )
+    }
+
+    /// [`TestPki::node`] valid from `not_before` to `not_after`.
+    pub fn node_valid(
+        &self,
+        fqdn: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> TlsIdentity {
         let key = NodeKey::generate().expect("key");
         let csr = key.csr_pem(fqdn).expect("CSR");
-        let now = SystemTime::now();
         let cert = self
             .issuer
-            .issue_node(
-                &csr,
-                fqdn,
-                serial(),
-                now - Duration::from_secs(300),
-                now + Duration::from_secs(86_400),
-            )
+            .issue_node(&csr, fqdn, &[], serial(), not_before, not_after)
             .expect("node certificate");
         TlsIdentity {
             chain_pem: format!("{}{}", cert.cert_pem, self.issuer.cert_pem()),
