@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 
 use super::overlay::{
-    iperf, parse_ping, send_marker, Overlay, Report, Underlay, GENERAL_ADDR, GENERAL_NAME,
+    iperf, longest_gap, parse_ping, reply_times, send_marker, Overlay, Report, Underlay,
+    GENERAL_ADDR, GENERAL_NAME,
 };
 use super::pcap;
 use crate::wait_until;
@@ -156,6 +157,10 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
         spoof_check(&mut o, &vip4),
     );
     report.check(
+        "a running direct tunnel does not notice the cloud's death",
+        cloud_death_check(&mut o, &vip4),
+    );
+    report.check(
         "cloud restart: nodes re-register, VIPs unchanged, new lookups work",
         restart_check(&mut o),
     );
@@ -253,6 +258,65 @@ fn spoof_check(o: &mut Overlay, vip4: &str) -> anyhow::Result<String> {
         },
     )?;
     Ok(format!("{count} packets claiming {n3_vip} dropped by n2"))
+}
+
+/// The longest a running direct tunnel may go without a reply while the
+/// cloud dies (pings every 10 ms; the gap was about 200 ms once).
+const CLOUD_DEATH_GAP: f64 = 0.1;
+
+/// Pings n2 from n1 every 10 ms over their direct tunnel, stops the cloud
+/// a second in, and keeps pinging for 8 s more (the nodes notice the
+/// cloud's absence in that time: keepalives every 2 s in the lab): the
+/// longest gap between replies after the stop and the replies lost (the
+/// last ping may go unanswered at the deadline). The cloud is started
+/// again and the nodes registered before it returns.
+fn cloud_death_check(o: &mut Overlay, vip4: &str) -> anyhow::Result<String> {
+    let log = o.lab.dir().join("cloud-death-ping.log");
+    let ns = o.nodes[0].ns.clone();
+    o.lab.spawn(
+        &ns,
+        &[
+            "sh",
+            "-c",
+            &format!("ping -D -n -i 0.01 -W 1 -w 9 {vip4} > {}", log.display()),
+        ],
+        "cloud-death-ping",
+        &[],
+    )?;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(
+        "100 replies before the cloud stops",
+        Duration::from_secs(10),
+        || Ok((reply_times(&read()).len() >= 100).then_some(())),
+    )?;
+    let stopped = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    o.stop_cloud()?;
+    let out = wait_until("the ping to end", Duration::from_secs(20), || {
+        let out = read();
+        Ok(out.contains("packets transmitted").then_some(out))
+    })?;
+    let times = reply_times(&out);
+    let after = times.iter().filter(|t| **t > stopped).count();
+    let gap = longest_gap(&times, stopped).context("no reply after the cloud stopped")?;
+    let sent = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+        .context("no ping summary")?;
+    let lost = sent.saturating_sub(times.len());
+    let figures = format!(
+        "{after} replies after the cloud stopped, longest gap {:.0} ms, {lost} of {sent} lost",
+        gap * 1000.0
+    );
+    ensure!(after >= 300, "too few replies: {figures}");
+    ensure!(gap <= CLOUD_DEATH_GAP && lost <= 1, "{figures}");
+    o.start_cloud()?;
+    for i in 0..o.nodes.len() {
+        o.wait_registered(i, Duration::from_secs(30))?;
+    }
+    Ok(figures)
 }
 
 fn restart_check(o: &mut Overlay) -> anyhow::Result<String> {

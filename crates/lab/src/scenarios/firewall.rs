@@ -48,7 +48,7 @@ use serde_json::Value;
 
 use super::nat::{NatKind, NatLab, Placement, Topology, CLOUD_V4};
 use super::nat_matrix::{establish, expected_path};
-use super::overlay::{iperf, parse_ping, send_marker, Overlay, Report};
+use super::overlay::{iperf, longest_gap, parse_ping, reply_times, send_marker, Overlay, Report};
 use crate::scenarios::overlay::{iperf_finish, iperf_start, LongIperf};
 use crate::wait_until;
 
@@ -1062,27 +1062,6 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// Unix times of ping replies (`ping -D` prefixes `[seconds.micros]`).
-fn reply_times(log: &str) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect()
-}
-
-/// The longest interval between replies that spans or follows `from`
-/// (None without replies on both sides of it).
-fn longest_gap(replies: &[f64], from: f64) -> Option<f64> {
-    let before = replies.iter().rev().find(|t| **t <= from).copied()?;
-    let mut last = before;
-    let mut gap: Option<f64> = None;
-    for &t in replies.iter().filter(|t| **t > from) {
-        gap = Some(gap.unwrap_or(0.0).max(t - last));
-        last = t;
-    }
-    gap
 }
 
 pub(crate) const UDP: u8 = 17;

@@ -29,7 +29,7 @@ use anyhow::{bail, ensure, Context};
 
 use super::nat::{NatKind, NatLab, Placement, Topology};
 use super::nat_matrix::establish;
-use super::overlay::Report;
+use super::overlay::{reply_times, Report};
 use crate::wait_until;
 
 /// Seconds between moves: room for the outage and for the tunnel to settle.
@@ -364,14 +364,6 @@ fn add_lan_leg(nl: &mut NatLab, name: &str, router: &str, host: u8) -> anyhow::R
         lan_v4: format!("{lan_ip}/26"),
         lan_gw: gw.to_string(),
     })
-}
-
-/// Unix times of ping replies (`ping -D` prefixes `[seconds.micros]`).
-fn reply_times(log: &str) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
-        .collect()
 }
 
 /// The longest interval without a reply inside `[from, to]`, counting the

@@ -722,6 +722,27 @@ pub fn elapsed_ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
+/// Unix times of ping replies (`ping -D` prefixes `[seconds.micros]`).
+pub fn reply_times(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect()
+}
+
+/// The longest interval between replies that spans or follows `from`
+/// (None without replies on both sides of it).
+pub fn longest_gap(replies: &[f64], from: f64) -> Option<f64> {
+    let before = replies.iter().rev().find(|t| **t <= from).copied()?;
+    let mut last = before;
+    let mut gap: Option<f64> = None;
+    for &t in replies.iter().filter(|t| **t > from) {
+        gap = Some(gap.unwrap_or(0.0).max(t - last));
+        last = t;
+    }
+    gap
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

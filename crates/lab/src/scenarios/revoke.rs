@@ -20,7 +20,9 @@ use anyhow::{ensure, Context};
 
 use super::direct::bring_up;
 use super::nat_matrix::establish;
-use super::overlay::{cloud_cli, iperf_finish, iperf_start, Overlay, Report, Underlay};
+use super::overlay::{
+    cloud_cli, iperf_finish, iperf_start, reply_times, Overlay, Report, Underlay,
+};
 use crate::wait_until;
 
 /// The longest a revoked node's tunnels may outlive the revocation.
@@ -49,14 +51,6 @@ fn has_peer(o: &Overlay, i: usize, fqdn: &str) -> anyhow::Result<bool> {
     Ok(s["peers"]
         .as_array()
         .is_some_and(|ps| ps.iter().any(|p| p["fqdn"] == fqdn)))
-}
-
-/// The unix times of the replies in a `ping -D` log.
-fn reply_times(log: &str) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse::<f64>().ok())
-        .collect()
 }
 
 fn scenario(bin: &Path, report: &mut Report) -> anyhow::Result<()> {

@@ -100,6 +100,11 @@ impl DnsWaiters {
             .collect()
     }
 
+    /// The names with queries waiting.
+    pub fn names(&self) -> impl Iterator<Item = &Fqdn> {
+        self.waiting.keys()
+    }
+
     /// The NMS said `name` does not exist (`true`) or routed it.
     pub fn set_negative(&mut self, now: Instant, name: &Fqdn, missing: bool) {
         self.negative.retain(|(n, _)| n != name);

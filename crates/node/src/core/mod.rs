@@ -312,6 +312,19 @@ impl Node {
     /// After a move, once the NMS has our new registration (and NAT
     /// probe), asks for every peer's route again.
     fn reroute_peers(&mut self, now: Instant) {
+        // Queries still waiting whose Direction Request went with an
+        // earlier session (dropped when the NMS stopped answering).
+        let orphans: Vec<Fqdn> = self
+            .dns
+            .names()
+            .filter(|n| !self.signaling.direction_pending(n))
+            .cloned()
+            .collect();
+        for name in orphans {
+            tracing::info!(target = %name, "Direction Request again, with the new session");
+            self.signaling
+                .send_direction(now, name, &mut self.rng, &mut self.out);
+        }
         let own = self.signaling.login().map(|l| resolver::normalize(&l.fqdn));
         for fqdn in std::mem::take(&mut self.resume) {
             let fresh = !self.peers.contains(&fqdn) && !self.signaling.direction_pending(&fqdn);

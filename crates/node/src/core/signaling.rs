@@ -77,6 +77,9 @@ pub(crate) struct Signaling {
     /// The transport of the last registration the NMS answered, kept
     /// across logins.
     last_registered_over: Option<Transport>,
+    /// The NMS stopped answering, the session was dropped, and the NMS has
+    /// said nothing since: the cloud is away while the node logs in again.
+    lost: bool,
 }
 
 impl Signaling {
@@ -91,6 +94,7 @@ impl Signaling {
             requests: Requests::default(),
             transport,
             last_registered_over: None,
+            lost: false,
         }
     }
 
@@ -113,7 +117,7 @@ impl Signaling {
 
     /// The NMS left a request unanswered and has said nothing since.
     pub fn cloud_away(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| s.away)
+        self.lost || self.session.as_ref().is_some_and(|s| s.away)
     }
 
     /// A KeepAlive that must be answered within `timeout`.
@@ -568,7 +572,7 @@ impl Signaling {
             }
         };
         tracing::trace!(msg = env.message.name(), txid = env.txid, "signaling in");
-        if std::mem::take(&mut sig.away) {
+        if std::mem::take(&mut sig.away) | std::mem::take(&mut self.lost) {
             tracing::info!("the NMS answers again");
         }
         match env.message {
@@ -777,6 +781,7 @@ impl Signaling {
             RequestKind::Registration => {
                 tracing::warn!("NMS did not answer the Registration");
                 self.session = None;
+                self.lost = true;
                 self.request_login(LoginReason::RegistrationTimedOut, out);
             }
             RequestKind::KeepAlive => {
@@ -793,6 +798,7 @@ impl Signaling {
                 if missed.unwrap_or(0) >= self.config.max_missed_keepalives {
                     tracing::warn!("NMS stopped answering keepalives; logging in again");
                     self.session = None;
+                    self.lost = true;
                     self.requests.clear();
                     self.request_login(LoginReason::NmsUnreachable, out);
                     return Err(());

@@ -263,6 +263,41 @@ fn while_the_cloud_is_away_names_fail_fast_and_tunnels_go_on() {
     assert_eq!(lookup(&mut sim, 1, 3, RecordType::A), ResponseCode::NoError);
 }
 
+/// A name asked while the node gives up on the NMS (its requests are
+/// dropped with the session) is asked for again once the node is
+/// registered anew: a later query for it is answered, not joined to a
+/// wait nobody ends.
+#[test]
+fn a_name_asked_as_the_session_ends_resolves_when_the_cloud_is_back() {
+    let mut sim = registered(SimConfig::new(one_seed(39), 3));
+    let nms = [NMS_V4.ip(), NMS_V6.ip()];
+    let dead = sim.add_rule(move |w| nms.contains(&w.src.ip()) || nms.contains(&w.dst.ip()));
+    let logins = sim.node(1).need_logins.len();
+    // Ask every 50 ms until the node drops its session, and a little after.
+    let mut dropped_for = 0;
+    for _ in 0..2400 {
+        sim.dns_query(1, "n3.cyphonic.internal.", RecordType::A);
+        sim.run_for(Duration::from_millis(50));
+        if sim.node(1).need_logins.len() > logins {
+            dropped_for += 1;
+            if dropped_for > 6 {
+                break;
+            }
+        }
+    }
+    assert!(dropped_for > 6, "the node never gave up on the NMS");
+    sim.remove_rule(dead);
+    assert!(
+        sim.run_until(Duration::from_secs(60), |s| {
+            let st = s.node(1).node.status(s.now);
+            !st.cloud.away && st.cloud.registered
+        }),
+        "the node did not find the cloud again"
+    );
+    let (rcode, took) = ask(&mut sim, 1, "n3.cyphonic.internal.");
+    assert_eq!(rcode, ResponseCode::NoError, "after {took:?}");
+}
+
 /// The time from `n<b>`'s restart until a packet `n<a>` sends every
 /// 100 ms arrives at it again.
 fn reached_after_restart(seed: u64, resume: bool) -> Duration {
