@@ -79,6 +79,9 @@ pub const FREE_FAILURES: u32 = 5;
 pub const FIRST_LOCKOUT: Duration = Duration::from_secs(60);
 /// The longest lockout.
 pub const MAX_LOCKOUT: Duration = Duration::from_secs(3600);
+/// The wait asked of an attempt while as many are being checked as a key
+/// has failures left (not a lockout: nothing failed yet).
+pub const BUSY_WAIT: Duration = Duration::from_secs(1);
 /// A device ID or source without a wrong password for this long starts
 /// afresh.
 pub const FORGET_FAILURES_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -442,16 +445,29 @@ impl State {
         let attempt = self
             .attempts()
             .begin(device_id, peer.ip(), Instant::now())
-            .map_err(|retry_after| {
-                warn!(%peer, device_id, retry_after = retry_after.as_secs(), "enroll refused: too many failed attempts");
-                Refusal::new(
-                    code::TOO_MANY_ATTEMPTS,
-                    format!(
-                        "too many wrong passwords for this device or from this address; \
-                         try again in {} s",
-                        retry_after.as_secs().max(1)
-                    ),
-                )
+            .map_err(|wait| match wait {
+                Wait::Locked(retry_after) => {
+                    warn!(%peer, device_id, retry_after = retry_after.as_secs(), "enroll refused: too many failed attempts");
+                    Refusal::new(
+                        code::TOO_MANY_ATTEMPTS,
+                        format!(
+                            "too many wrong passwords for this device or from this address; \
+                             try again in {} s",
+                            retry_after.as_secs().max(1)
+                        ),
+                    )
+                }
+                Wait::Busy => {
+                    info!(%peer, device_id, "enroll deferred: attempts being checked");
+                    Refusal::new(
+                        code::TOO_MANY_ATTEMPTS,
+                        format!(
+                            "other enrollments for this device or from this address are being \
+                             checked; try again in {} s",
+                            BUSY_WAIT.as_secs()
+                        ),
+                    )
+                }
             })?;
         let checked = {
             // Invariant: the semaphore is never closed.
@@ -464,9 +480,44 @@ impl State {
         };
         let failed = matches!(checked, Err(StoreError::BadCredentials));
         self.attempts().settle(attempt, failed);
+        if matches!(checked, Err(StoreError::CredentialUsed(_))) {
+            if let Some(again) = self.enrolled_again(device_id, csr_pem, peer).await {
+                return Ok(again);
+            }
+        }
         let grant = checked.map_err(|e| enroll_refusal(e, device_id, peer))?;
         self.issue_for(&grant.device, Some(&grant), csr_pem, peer)
             .await
+    }
+
+    /// The answer to an enrollment retried with the right, spent password
+    /// and the same key: the certificate the first attempt was issued
+    /// (its answer was lost, or came after the client gave up), if it is
+    /// still good. Anyone else holding the password gets nothing from it:
+    /// the certificate is for a key only the enrolling node has.
+    async fn enrolled_again(
+        &self,
+        device_id: &str,
+        csr_pem: &str,
+        peer: SocketAddr,
+    ) -> Option<Response> {
+        let key = cyphonic_pki::csr_key(csr_pem).ok()?;
+        let now = SystemTime::now();
+        let certs = self.store.certificates_of(device_id).await.ok()?;
+        let cert = certs.into_iter().rev().find(|c| {
+            c.status == CertStatus::Good
+                && cyphonic_pki::pem_to_der_chain(&c.cert_pem)
+                    .ok()
+                    .and_then(|chain| chain.into_iter().next())
+                    .and_then(|der| self.leaf_key(&der, &c.fqdn, now))
+                    == Some(key)
+        })?;
+        info!(%peer, device_id, serial = format_args!("{:#x}", cert.serial), "enrollment asked again with the same key: the same certificate");
+        Some(Response::Enrolled {
+            fqdn: cert.fqdn,
+            cert_chain_pem: join_pem(&cert.cert_pem, self.issuer.cert_pem()),
+            root_pem: self.root_pem.clone(),
+        })
     }
 
     /// A certificate for `device` from the CSR, recorded, with its chain.
@@ -1116,13 +1167,26 @@ impl Drop for SourceSlot {
 /// caller passes `now`).
 ///
 /// Use: [`Attempts::begin`] before checking a password (it refuses while
-/// either key is locked out, and counts the attempt as a failure at once,
-/// so concurrent attempts cannot exceed the limit), then
-/// [`Attempts::settle`] with whether the password was wrong.
+/// either key is locked out, and while as many attempts are being checked
+/// as the key has failures left, so concurrent guesses cannot exceed the
+/// limit; those wait [`BUSY_WAIT`]), then [`Attempts::settle`] with
+/// whether the password was wrong. Only wrong passwords lock a key out:
+/// devices behind one NAT enrolling at once, or a client retrying while
+/// the AS is slow, are made to wait a second, not locked out.
 /// [`Attempts::prune`] now and then drops forgotten entries.
 pub struct Attempts {
     devices: FailureTable<String>,
     sources: FailureTable<SourceKey>,
+}
+
+/// Why [`Attempts::begin`] refused an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Wrong passwords locked the device ID or the source out for this long.
+    Locked(Duration),
+    /// As many attempts are being checked as failures are left: try again
+    /// after [`BUSY_WAIT`].
+    Busy,
 }
 
 /// An attempt [`Attempts::begin`] counted, to [`Attempts::settle`].
@@ -1131,6 +1195,7 @@ pub struct Attempts {
 pub struct Attempt {
     device: String,
     source: SourceKey,
+    at: Instant,
 }
 
 /// Device IDs longer than this are counted by their first this many bytes
@@ -1148,12 +1213,7 @@ impl Attempts {
 
     /// Counts an attempt on `device_id` from `ip`, or refuses it with how
     /// long the lockout still lasts.
-    pub fn begin(
-        &mut self,
-        device_id: &str,
-        ip: IpAddr,
-        now: Instant,
-    ) -> Result<Attempt, Duration> {
+    pub fn begin(&mut self, device_id: &str, ip: IpAddr, now: Instant) -> Result<Attempt, Wait> {
         let mut end = device_id.len().min(MAX_DEVICE_KEY);
         while !device_id.is_char_boundary(end) {
             end -= 1;
@@ -1165,20 +1225,25 @@ impl Attempts {
             .locked(&device, now)
             .max(self.sources.locked(&source, now));
         if !wait.is_zero() {
-            return Err(wait);
+            return Err(Wait::Locked(wait));
         }
-        self.devices.count(device.clone(), now);
-        self.sources.count(source, now);
-        Ok(Attempt { device, source })
+        if self.devices.busy(&device) || self.sources.busy(&source) {
+            return Err(Wait::Busy);
+        }
+        self.devices.begin(device.clone(), now);
+        self.sources.begin(source, now);
+        Ok(Attempt {
+            device,
+            source,
+            at: now,
+        })
     }
 
     /// The attempt's outcome: `failed` when the password was wrong (or the
-    /// device unknown); otherwise it is not counted after all.
+    /// device unknown), which counts; otherwise nothing is remembered.
     pub fn settle(&mut self, attempt: Attempt, failed: bool) {
-        if !failed {
-            self.devices.uncount(&attempt.device);
-            self.sources.uncount(&attempt.source);
-        }
+        self.devices.settle(&attempt.device, failed, attempt.at);
+        self.sources.settle(&attempt.source, failed, attempt.at);
     }
 
     /// Forgets device IDs and sources without a failure for
@@ -1195,7 +1260,10 @@ impl Attempts {
 }
 
 struct Failures {
+    /// Wrong passwords.
     count: u32,
+    /// Attempts being checked.
+    pending: u32,
     last: Instant,
     locked_until: Option<Instant>,
 }
@@ -1222,9 +1290,18 @@ impl<K: Hash + Eq + Clone> FailureTable<K> {
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
     }
 
-    fn count(&mut self, key: K, now: Instant) {
+    /// As many attempts are being checked as `key` has failures left
+    /// before a lockout (one at a time once it has been locked out).
+    fn busy(&self, key: &K) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|f| f.pending >= FREE_FAILURES.saturating_sub(f.count).max(1))
+    }
+
+    /// An attempt on `key` is being checked.
+    fn begin(&mut self, key: K, now: Instant) {
         if let Some(f) = self.entries.get(&key) {
-            if now.saturating_duration_since(f.last) >= FORGET_FAILURES_AFTER {
+            if f.pending == 0 && now.saturating_duration_since(f.last) >= FORGET_FAILURES_AFTER {
                 self.entries.remove(&key);
             }
         }
@@ -1245,32 +1322,36 @@ impl<K: Hash + Eq + Clone> FailureTable<K> {
         }
         let f = self.entries.entry(key).or_insert(Failures {
             count: 0,
+            pending: 0,
             last: now,
             locked_until: None,
         });
-        f.count = f.count.saturating_add(1);
+        f.pending = f.pending.saturating_add(1);
         f.last = now;
-        if f.count >= FREE_FAILURES {
-            f.locked_until = Some(now + lockout(f.count));
-        }
     }
 
-    fn uncount(&mut self, key: &K) {
+    /// An attempt on `key` begun at `at` was checked: `failed` counts.
+    fn settle(&mut self, key: &K, failed: bool, at: Instant) {
         let Some(f) = self.entries.get_mut(key) else {
             return;
         };
-        f.count = f.count.saturating_sub(1);
-        if f.count < FREE_FAILURES {
-            f.locked_until = None;
+        f.pending = f.pending.saturating_sub(1);
+        if failed {
+            f.count = f.count.saturating_add(1);
+            f.last = at;
+            if f.count >= FREE_FAILURES {
+                f.locked_until = Some(at + lockout(f.count));
+            }
         }
-        if f.count == 0 {
+        if f.count == 0 && f.pending == 0 {
             self.entries.remove(key);
         }
     }
 
     fn prune(&mut self, now: Instant) {
-        self.entries
-            .retain(|_, f| now.saturating_duration_since(f.last) < FORGET_FAILURES_AFTER);
+        self.entries.retain(|_, f| {
+            f.pending > 0 || now.saturating_duration_since(f.last) < FORGET_FAILURES_AFTER
+        });
     }
 }
 
@@ -1316,14 +1397,20 @@ mod tests {
             let a = attempts.begin("n1", V4, now).expect("free attempts");
             attempts.settle(a, true);
         }
-        assert_eq!(attempts.begin("n1", V4, now).unwrap_err(), FIRST_LOCKOUT);
+        assert_eq!(
+            attempts.begin("n1", V4, now).unwrap_err(),
+            Wait::Locked(FIRST_LOCKOUT)
+        );
         let mut expected = FIRST_LOCKOUT;
         for _ in 0..8 {
             now += expected;
             let a = attempts.begin("n1", V4, now).expect("after the lockout");
             attempts.settle(a, true);
             expected = (expected * 2).min(MAX_LOCKOUT);
-            assert_eq!(attempts.begin("n1", V4, now).unwrap_err(), expected);
+            assert_eq!(
+                attempts.begin("n1", V4, now).unwrap_err(),
+                Wait::Locked(expected)
+            );
         }
         assert_eq!(expected, MAX_LOCKOUT);
         // A day without failures and it starts afresh.
@@ -1368,11 +1455,43 @@ mod tests {
         let in_flight: Vec<_> = (0..FREE_FAILURES)
             .map(|_| attempts.begin("n1", V4, now).unwrap())
             .collect();
-        assert!(attempts.begin("n1", V4, now).is_err(), "the sixth waits");
+        assert_eq!(
+            attempts.begin("n1", V4, now).unwrap_err(),
+            Wait::Busy,
+            "the sixth waits, locked out by nothing"
+        );
         for a in in_flight {
             attempts.settle(a, false);
         }
         assert!(attempts.begin("n1", V4, now).is_ok());
+    }
+
+    #[test]
+    fn attempts_being_checked_never_lock_a_source_out() {
+        // Devices behind one NAT enroll at once: those beyond the failures
+        // left wait a second; none is locked out, and one wrong password
+        // among them counts once.
+        let mut attempts = Attempts::new(16);
+        let now = Instant::now();
+        let in_flight: Vec<_> = (0..FREE_FAILURES)
+            .map(|i| attempts.begin(&format!("n{i}"), V4, now).unwrap())
+            .collect();
+        assert_eq!(attempts.begin("n9", V4, now).unwrap_err(), Wait::Busy);
+        for (i, a) in in_flight.into_iter().enumerate() {
+            attempts.settle(a, i == 0);
+        }
+        for i in 0..FREE_FAILURES - 1 {
+            let a = attempts.begin(&format!("m{i}"), V4, now).unwrap();
+            attempts.settle(a, false);
+        }
+        // One failure so far: four more attempts may be checked at once.
+        let in_flight: Vec<_> = (0..FREE_FAILURES - 1)
+            .map(|i| attempts.begin(&format!("k{i}"), V4, now).unwrap())
+            .collect();
+        assert_eq!(attempts.begin("k9", V4, now).unwrap_err(), Wait::Busy);
+        for a in in_flight {
+            attempts.settle(a, false);
+        }
     }
 
     #[test]

@@ -53,6 +53,37 @@ async fn an_enrollment_password_works_once() {
     cloud.stop().await;
 }
 
+/// An enrollment asked again with the spent password and the same key (its
+/// first answer lost, or late) gets the certificate issued the first time;
+/// with another key it is refused.
+#[tokio::test]
+async fn an_enrollment_asked_again_with_the_same_key_gets_the_same_certificate() {
+    let dir = CloudDir::new().await;
+    dir.add("n1", Some(PASSWORD)).await;
+    let cloud = Running::start(&dir, Roles::As).await;
+    let key = cyphonic_pki::NodeKey::generate().unwrap();
+    let csr = key.csr_pem("n1.cyphonic.internal").unwrap();
+    let ask = |at: std::net::SocketAddr, csr: String| {
+        let root = dir.root_der.clone();
+        async move { as_client::enroll(at, "127.0.0.1", &root, "n1", PASSWORD, &csr).await }
+    };
+    let first = ask(dir.as_v4(), csr.clone()).await.unwrap();
+    let again = ask(dir.as_v4(), csr.clone()).await.unwrap();
+    assert_eq!(again.cert_chain_pem, first.cert_chain_pem);
+    assert_eq!(again.fqdn, first.fqdn);
+    let other = cyphonic_pki::NodeKey::generate().unwrap();
+    let (code, _) = refusal(ask(dir.as_v4(), other.csr_pem("n1.cyphonic.internal").unwrap()).await);
+    assert_eq!(code, code::CREDENTIAL_USED);
+    // A wrong password with the same key gets nothing.
+    let root = dir.root_der.clone();
+    let wrong = as_client::enroll(dir.as_v4(), "127.0.0.1", &root, "n1", "guess", &csr).await;
+    assert_eq!(refusal(wrong).0, code::BAD_CREDENTIALS);
+    let store = dir.other_store().await;
+    assert_eq!(store.certificates_of("n1").await.unwrap().len(), 1);
+    store.close().await;
+    cloud.stop().await;
+}
+
 /// Four enrollments at once with one password (the AS checks four
 /// passwords at once): one certificate, three refusals.
 #[tokio::test]

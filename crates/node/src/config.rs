@@ -48,6 +48,13 @@ impl StatePaths {
     pub fn next_key(&self) -> PathBuf {
         self.dir.join("node.key.next")
     }
+    /// The key an enrollment is for, from before it is asked for until it
+    /// succeeds: an enrollment asked again (its answer lost, or late) is
+    /// for the same key, and the AS answers it with the certificate it
+    /// issued instead of refusing the spent password.
+    pub fn enroll_key(&self) -> PathBuf {
+        self.dir.join("node.key.enrolling")
+    }
     pub fn root(&self) -> PathBuf {
         self.dir.join("root.pem")
     }

@@ -368,6 +368,12 @@ fn check_serial(serial: u64) -> Result<(), PkiError> {
     Ok(())
 }
 
+/// The Ed25519 public key a CSR asks a certificate for, once the CSR's
+/// self-signature verifies (what [`Issuer::issue_node`] would certify).
+pub fn csr_key(csr_pem: &str) -> Result<[u8; 32], PkiError> {
+    csr_public_key(csr_pem).map(|k| k.0)
+}
+
 /// Parses a PKCS#10 CSR (RFC 2986), checks it is Ed25519 and self-signed,
 /// and returns only its public key: names, attributes and extensions in it
 /// are the requester's wishes and are not used.

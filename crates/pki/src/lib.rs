@@ -30,7 +30,7 @@ mod tls;
 mod validity;
 mod verify;
 
-pub use ca::{create_ca, CaMaterial, IssuedCert, Issuer};
+pub use ca::{create_ca, csr_key, CaMaterial, IssuedCert, Issuer};
 pub use error::PkiError;
 pub use key::{verify_ed25519, NodeKey};
 pub use password::{hash_password, verify_password};

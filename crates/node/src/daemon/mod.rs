@@ -82,7 +82,14 @@ pub async fn enroll(
 ) -> anyhow::Result<NodeFile> {
     crate::config::private_dir(&state.dir)?;
     let verifier = Verifier::from_pem(root_pem).context("the --ca file is not a certificate")?;
-    let key = NodeKey::generate()?;
+    let key = match std::fs::read_to_string(state.enroll_key()) {
+        Ok(pem) => NodeKey::from_pem(&pem)?,
+        Err(_) => {
+            let key = NodeKey::generate()?;
+            write_private(&state.enroll_key(), &key.to_pem())?;
+            key
+        }
+    };
     let csr = key.csr_pem(device_id)?;
     let enrolled = crate::as_client::enroll(
         cloud,
@@ -99,6 +106,7 @@ pub async fn enroll(
     write_private(&state.root(), root_pem)?;
     // A renewal of an earlier enrollment's certificate left its key.
     let _ = std::fs::remove_file(state.next_key());
+    let _ = std::fs::remove_file(state.enroll_key());
     let domain = enrolled
         .fqdn
         .split_once('.')
