@@ -264,6 +264,21 @@ impl Lan {
             let kept4 = self.dhcp4.restore(leases.dhcp4);
             let kept6 = self.dhcp6.restore(unix_now(), leases.dhcp6);
             tracing::info!(kept4, kept6, "leases restored");
+            // A node holding a lease from before the restart is on the
+            // LAN even if it stays quiet (a camera waiting for
+            // connections): it comes back into the overlay now, not when
+            // it next speaks.
+            let holders: Vec<MacAddr> = self
+                .known
+                .iter()
+                .copied()
+                .filter(|m| self.dhcp4.lease(*m).is_some() || self.dhcp6.lease(*m).is_some())
+                .collect();
+            for mac in holders {
+                if self.seen.insert(mac) {
+                    self.arrivals.push_back(mac);
+                }
+            }
         }
     }
 

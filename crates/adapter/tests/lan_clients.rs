@@ -140,10 +140,12 @@ fn general_nodes_get_their_vips_from_real_clients_and_strangers_nothing() {
             let leases = lan.leases();
             drop(lan);
             // A restarted LAN side holds the same leases.
-            let again = Lan::open(&config, &[gn(1), gn(2)]).expect("reopen the LAN");
+            let mut again = Lan::open(&config, &[gn(1), gn(2)]).expect("reopen the LAN");
             let restored = again.leases();
+            // Its lease holders count as on the LAN at once, quiet or not.
+            let arrived: Vec<_> = std::iter::from_fn(|| again.poll_arrival()).collect();
             config.lease_file = None;
-            (lan_counters, mac, overlay, leases, restored)
+            (lan_counters, mac, overlay, leases, (restored, arrived))
         })
     };
     let dir = lab.dir().to_path_buf();
@@ -244,7 +246,7 @@ fn general_nodes_get_their_vips_from_real_clients_and_strangers_nothing() {
         ),
     );
     stop.store(true, Ordering::SeqCst);
-    let (counters, mac, overlay, leases, restored) = service.join().expect("service");
+    let (counters, mac, overlay, leases, (restored, arrived)) = service.join().expect("service");
     let macs4: Vec<MacAddr> = leases.dhcp4.iter().map(|l| l.mac).collect();
     assert_eq!(
         macs4,
@@ -257,6 +259,13 @@ fn general_nodes_get_their_vips_from_real_clients_and_strangers_nothing() {
         .any(|l| l.mac == gn(1).mac && l.address == gn(1).vip6));
     assert_eq!(restored.dhcp4, leases.dhcp4, "the leases outlive a restart");
     assert_eq!(restored.dhcp6.len(), leases.dhcp6.len());
+    for lease in &restored.dhcp4 {
+        assert!(
+            arrived.contains(&lease.mac),
+            "{} holds a lease but did not arrive after the restart: {arrived:?}",
+            lease.mac
+        );
+    }
     let file: cyphonic_adapter::lan::Leases =
         serde_json::from_slice(&std::fs::read(&lease_file).expect("lease file")).expect("leases");
     assert_eq!(

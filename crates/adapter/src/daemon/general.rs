@@ -51,3 +51,39 @@ pub async fn credentials(
     write_private(&paths.root(), &adapter.root_pem)?;
     Credentials::load(&paths, fqdn)
 }
+
+/// A renewal of the general node's certificate in `dir`: a new key (kept
+/// as `node.key.next` until the certificate is installed, as the node
+/// daemon's renewal does), a certificate the AS issues for it to this
+/// adapter, then both installed.
+pub async fn reissue(
+    dir: &Path,
+    cloud: &NodeFile,
+    adapter: &Credentials,
+    device_id: &str,
+    fqdn: &str,
+) -> anyhow::Result<Credentials> {
+    let paths = StatePaths::new(dir);
+    let key = NodeKey::generate()?;
+    let key_pem = key.to_pem();
+    write_private(&paths.next_key(), &key_pem)?;
+    let root = Verifier::from_pem(&adapter.root_pem)?;
+    let enrolled = cyphonic_node::as_client::enroll_general(
+        cloud.cloud,
+        &cloud.server_name,
+        root.root_der(),
+        &adapter.chain_pem,
+        &adapter.key_pem,
+        device_id,
+        &key.csr_pem(device_id)?,
+    )
+    .await
+    .with_context(|| format!("the AS refused a renewed certificate for {device_id}"))?;
+    Credentials::install_renewal(
+        &paths,
+        fqdn,
+        &adapter.root_pem,
+        &key_pem,
+        &enrolled.cert_chain_pem,
+    )
+}

@@ -11,10 +11,11 @@
 //! the event to the core it concerns, carry out what the cores asked for.
 //!
 //! The adapter renews its own certificate as the node daemon does
-//! ([`Renewer`]); the general nodes' certificates (issued to the adapter
-//! with `enroll_general`) are not renewed yet: a general node whose
-//! certificate expired cannot log in until the adapter starts again, which
-//! then enrolls it anew.
+//! ([`Renewer`]), and the general nodes' certificates on the same schedule
+//! ([`Renewal`]: two thirds into their life): a new key, `enroll_general`
+//! again, the new certificate installed in `general/<name>/`, a Login with
+//! it, and the core presents it from that session on (its static key
+//! stays, as the NMS announced it).
 
 mod general;
 mod lan_thread;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cyphonic_node::as_client::LoginInfo;
 use cyphonic_node::config::{NodeFile, StatePaths};
 use cyphonic_node::core::{LoginReason, Node, NodeConfig, NodeEvent, Transport};
+use cyphonic_node::daemon::renewal::{Failure, Renewal};
 use cyphonic_node::daemon::{
     bind_ports, control_listener, forward_dns, login, login_of, ping_answer, read_control,
     receive_legs, sleep_until_some, transmit, unix_micros, CertificateStatus, ControlMessage,
@@ -43,7 +45,7 @@ use cyphonic_node::host::{identity_of_index, Host, IdentityId};
 use cyphonic_node::resolver::{self, Classified};
 use cyphonic_pki::Verifier;
 use cyphonic_platform::netwatch::NetWatch;
-use cyphonic_proto::handshake::LocalIdentity;
+use cyphonic_proto::handshake::{LocalIdentity, StaticKeypair};
 use cyphonic_proto::prefix::{Ipv4Prefix, Ipv6Prefix};
 use cyphonic_proto::signal::GeneralNodeInfo;
 use cyphonic_transport::Hub;
@@ -109,6 +111,18 @@ struct GeneralNode {
     phase: Phase,
     registered: bool,
     backoff: Duration,
+    /// Its core's static key (kept across certificate renewals).
+    static_keys: Option<StaticKeypair>,
+    /// Its certificate's renewal schedule, once running.
+    renewal: Option<Renewal>,
+    /// A renewal is under way.
+    renewing: bool,
+    /// Counts its certificates: a Login result carries the one it
+    /// presented, and older ones are dropped.
+    generation: u64,
+    /// The renewed certificate's identity, presented from the session its
+    /// Login opens.
+    renewed: Option<LocalIdentity>,
 }
 
 /// One identity's Login result, with the generation of the credentials it
@@ -116,6 +130,8 @@ struct GeneralNode {
 type LoginDone = (IdentityId, u64, String, LoginResult);
 /// A general node's credentials, loaded or issued.
 type Prepared = (MacAddr, anyhow::Result<Credentials>);
+/// A general node's renewed credentials.
+type Reissued = (MacAddr, anyhow::Result<Credentials>);
 
 /// A DNS query from the LAN the adapter is answering.
 #[derive(Debug, Clone, Copy)]
@@ -158,6 +174,8 @@ struct Adapter {
     list_version: Option<u64>,
     prepared_tx: mpsc::Sender<Prepared>,
     prepared: mpsc::Receiver<Prepared>,
+    reissued_tx: mpsc::Sender<Reissued>,
+    reissued: mpsc::Receiver<Reissued>,
     logins_tx: mpsc::Sender<LoginDone>,
     logins: mpsc::Receiver<LoginDone>,
     backoff: Duration,
@@ -193,6 +211,7 @@ impl Adapter {
         let (requests_tx, requests) = mpsc::channel(64);
         let (logins_tx, logins) = mpsc::channel(64);
         let (prepared_tx, prepared) = mpsc::channel(64);
+        let (reissued_tx, reissued) = mpsc::channel(64);
         let (lan_events_tx, lan_events) = mpsc::channel(1024);
         let (dns_answers_tx, dns_answers) = mpsc::channel(256);
         let (moved_tx, moved) = mpsc::channel(1);
@@ -231,6 +250,8 @@ impl Adapter {
             list_version: None,
             prepared_tx,
             prepared,
+            reissued_tx,
+            reissued,
             logins_tx,
             logins,
             backoff: FIRST_LOGIN_BACKOFF,
@@ -314,12 +335,16 @@ impl Adapter {
                 Some(msg) = self.from_data.recv() => self.on_data_plane(msg),
                 Some(done) = self.logins.recv() => self.on_login(done)?,
                 Some(p) = self.prepared.recv() => self.on_prepared(p),
+                Some(r) = self.reissued.recv() => self.on_reissued(r),
                 Some(e) = self.lan_events.recv() => self.on_lan_event(e),
                 Some((q, answer)) = self.dns_answers.recv() => self.answer_dns(q, &answer),
                 Ok((stream, _)) = self.listener.accept() => self.on_control_connection(stream),
                 Some((request, reply)) = self.requests.recv() => self.on_control_request(request, reply),
                 Some(()) = self.moved.recv() => self.on_addrs(true),
-                _ = self.check.tick() => self.on_addrs(false),
+                _ = self.check.tick() => {
+                    self.on_addrs(false);
+                    self.renew_general();
+                }
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = self.sigterm.recv() => return Ok(()),
             }
@@ -452,7 +477,7 @@ impl Adapter {
             file.device_id = g.name.clone();
             file.fqdn = g.info.fqdn.clone();
             file.domain = domain;
-            (file, c.clone(), delay, 0)
+            (file, c.clone(), delay, g.generation)
         };
         let delay = if at_once { Duration::ZERO } else { backoff };
         let (tx, clouds) = (self.logins_tx.clone(), self.clouds.clone());
@@ -472,6 +497,12 @@ impl Adapter {
         if id == ADAPTER && generation != self.certificate.generation() {
             return Ok(());
         }
+        let general = self.general.values_mut().find(|g| g.id == id);
+        if general.as_ref().is_some_and(|g| g.generation != generation) {
+            // A Login with a certificate before its renewal.
+            return Ok(());
+        }
+        let renewed_general = general.and_then(|g| g.renewed.take());
         let Some(node) = self.host.node_mut(id) else {
             return Ok(());
         };
@@ -502,17 +533,14 @@ impl Adapter {
                 LoginUse::Stale => return Ok(()),
                 LoginUse::RenewedSession(identity) => Some(identity),
             },
-            _ => None,
+            _ => renewed_general,
         };
         if let Some(node) = self.host.node_mut(id) {
             if let Some(identity) = renewed {
                 // The NMS vouches for the renewed certificate's serial
                 // from this session on (see the node daemon).
                 node.set_identity(identity);
-                tracing::info!(
-                    identity = id,
-                    "the adapter presents its renewed certificate"
-                );
+                tracing::info!(identity = id, "the core presents its renewed certificate");
             }
             node.handle_login(Instant::now(), login);
         }
@@ -652,6 +680,11 @@ impl Adapter {
                     phase: Phase::Listed,
                     registered: false,
                     backoff: FIRST_LOGIN_BACKOFF,
+                    static_keys: None,
+                    renewal: None,
+                    renewing: false,
+                    generation: 0,
+                    renewed: None,
                 },
             );
         }
@@ -722,10 +755,15 @@ impl Adapter {
                 return;
             }
         };
-        let node = match credentials
-            .tunnel_identity()
-            .and_then(|identity| self.new_core(id, &credentials, identity, false))
-        {
+        let schedule = credentials
+            .certificate()
+            .map(|c| Renewal::new(c.not_before, c.not_after));
+        let node = match schedule.and_then(|schedule| {
+            let identity = credentials.tunnel_identity()?;
+            let static_keys = identity.static_keys.clone();
+            let node = self.new_core(id, &credentials, identity, false)?;
+            Ok((node, static_keys, schedule))
+        }) {
             Ok(n) => n,
             Err(e) => {
                 if let Some(g) = self.general.get_mut(&mac) {
@@ -734,6 +772,7 @@ impl Adapter {
                 return;
             }
         };
+        let (node, static_keys, schedule) = node;
         self.host.remove(id);
         if let Err(e) = self.host.add(node) {
             tracing::warn!(%fqdn, error = %e, "cannot add the general node");
@@ -742,9 +781,82 @@ impl Adapter {
         let addrs = addrs_of(g);
         if let Some(g) = self.general.get_mut(&mac) {
             g.phase = Phase::Running(credentials);
+            g.static_keys = Some(static_keys);
+            g.renewal = Some(schedule);
+            g.renewing = false;
+            g.renewed = None;
+            g.generation += 1;
         }
         if let Some(lan) = &self.lan {
             lan.device.join(id, addrs);
+        }
+    }
+
+    /// Starts the renewal of every running general node's certificate
+    /// that is due (a task each).
+    fn renew_general(&mut self) {
+        let now = SystemTime::now();
+        for (mac, g) in &mut self.general {
+            let due = g.renewal.as_ref().is_some_and(|r| r.is_due(now));
+            let Phase::Running(_) = &g.phase else {
+                continue;
+            };
+            if !due || g.renewing {
+                continue;
+            }
+            g.renewing = true;
+            tracing::info!(fqdn = %g.info.fqdn, "renewing the general node's certificate");
+            let dir = self.opts.state_dir.join("general").join(&g.name);
+            let (file, adapter, name, fqdn, tx, mac) = (
+                self.file.clone(),
+                self.credentials.clone(),
+                g.name.clone(),
+                g.info.fqdn.clone(),
+                self.reissued_tx.clone(),
+                *mac,
+            );
+            tokio::spawn(async move {
+                let r = general::reissue(&dir, &file, &adapter, &name, &fqdn).await;
+                let _ = tx.send((mac, r)).await;
+            });
+        }
+    }
+
+    /// A general node's renewal: the new certificate logs in at once and
+    /// its core presents it from that session on; a failure is tried again
+    /// on the renewal schedule.
+    fn on_reissued(&mut self, (mac, result): Reissued) {
+        let Some(g) = self.general.get_mut(&mac) else {
+            return;
+        };
+        g.renewing = false;
+        let (Phase::Running(_), Some(static_keys), Some(schedule)) =
+            (&g.phase, g.static_keys.clone(), g.renewal.as_mut())
+        else {
+            return;
+        };
+        let renewed = result.and_then(|c| {
+            let info = c.certificate()?;
+            let identity = c.identity_with(static_keys)?;
+            Ok((c, info, identity))
+        });
+        match renewed {
+            Ok((credentials, info, identity)) => {
+                schedule.handle_renewed(info.not_before, info.not_after);
+                tracing::info!(fqdn = %g.info.fqdn, serial = format_args!("{:#x}", info.serial), "general node's certificate renewed");
+                g.phase = Phase::Running(Arc::new(credentials));
+                g.renewed = Some(identity);
+                g.generation += 1;
+                g.backoff = FIRST_LOGIN_BACKOFF;
+                let id = g.id;
+                self.login_later(id, true);
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                let wait =
+                    schedule.handle_failure(SystemTime::now(), Failure::Unreachable, why.clone());
+                tracing::warn!(fqdn = %g.info.fqdn, error = %why, retry_in = ?wait, "general node's certificate not renewed");
+            }
         }
     }
 

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cyphonic_node::core::{NodeStatus, PeerStatus};
+use cyphonic_node::daemon::CertificateStatus;
 use cyphonic_node::dataplane::DataCountersSnapshot;
 use cyphonic_transport::LegInfo;
 use serde::Serialize;
@@ -16,6 +17,9 @@ use crate::lan::LanCounters;
 pub struct AdapterStatus {
     #[serde(flatten)]
     pub node: Option<NodeStatus>,
+    /// The adapter's own certificate and its renewal.
+    #[serde(flatten)]
+    pub certificate: CertificateStatus,
     /// The LAN interface, once the LAN side is up.
     pub lan: Option<String>,
     /// The version of the general-node list in use.
@@ -41,6 +45,13 @@ pub struct GeneralNodeStatus {
     /// Seconds left of its DHCPv4 and DHCPv6 leases, if it holds them.
     pub lease4_secs: Option<u64>,
     pub lease6_secs: Option<u64>,
+    /// Its certificate's notAfter (Unix seconds), once running.
+    pub cert_not_after: Option<u64>,
+    /// Its certificates the adapter renewed in this run.
+    pub cert_renewals: u64,
+    /// Why the last renewal attempt failed, if it did and none succeeded
+    /// since.
+    pub cert_renewal_error: Option<String>,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -85,12 +96,16 @@ impl Adapter {
                         .iter()
                         .find(|l| l.mac == *mac)
                         .map(|l| l.expires.saturating_sub(unix)),
+                    cert_not_after: g.renewal.as_ref().map(|r| r.status().not_after),
+                    cert_renewals: g.renewal.as_ref().map_or(0, |r| r.renewals()),
+                    cert_renewal_error: g.renewal.as_ref().and_then(|r| r.status().last_error),
                     peers: node.map(|n| n.peers).unwrap_or_default(),
                 }
             })
             .collect();
         AdapterStatus {
             node: self.host.node(ADAPTER).map(|n| n.status(now)),
+            certificate: self.certificate.status(),
             lan: self.lan.as_ref().map(|_| self.opts.lan.clone()),
             list_version: self.list_version,
             general_nodes,

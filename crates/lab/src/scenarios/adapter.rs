@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 
 use super::overlay::{
-    cloud_cli, cloud_config, iperf_ns, parse_ping, Overlay, Report, Underlay, DOMAIN,
+    cloud_cli, cloud_config, iperf_ns, parse_ping, set_config_keys, Overlay, Report, Underlay,
+    DOMAIN,
 };
 use crate::wait_until;
 
@@ -66,12 +67,13 @@ impl AdapterLab {
 }
 
 /// Builds and starts everything, up to general nodes with addresses and
-/// registered identities, plus `extra` nodes (indexes 3..) beside n1.
-/// Checks along the way go into `report`.
+/// registered identities, plus `extra` nodes (indexes 3..) beside n1, with
+/// `cloud_keys` set in cloud.toml. Checks along the way go into `report`.
 pub fn bring_up(
     bin: &Path,
     scenario: &str,
     extra: &[&str],
+    cloud_keys: &[(&str, String)],
     report: &mut Report,
 ) -> anyhow::Result<AdapterLab> {
     let mut names = vec!["n1", "a1", "a2"];
@@ -102,6 +104,7 @@ pub fn bring_up(
     // gn3 is IPv6-only: no IPv4 client runs there, and nothing else gives
     // it an IPv4 address.
 
+    set_config_keys(&o.cloud_dir.join("cloud.toml"), cloud_keys)?;
     o.start_cloud()?;
     let cfg = cloud_config(&o);
     // gn1 and gn3 are known before the adapters start; gn2 is added to a
@@ -823,11 +826,57 @@ pub fn mbits(m: f64) -> anyhow::Result<String> {
     Ok(format!("{m:.0} Mbit/s"))
 }
 
+/// The adapter lab's certificate lifetime: renewed at two thirds, 80 s.
+const CERT_SECS: u64 = 120;
+
+/// Each adapter renewed its general nodes' certificates (and they still
+/// reach n1), as it renews its own.
+fn renewals(al: &AdapterLab, report: &mut Report, n1: &str) {
+    for (name, _, _) in GENERAL {
+        let r = wait_until(
+            &format!("{name}'s certificate to be renewed"),
+            Duration::from_secs(CERT_SECS),
+            || {
+                let g = al.general_status(name)?;
+                let renewed = g["cert_renewals"].as_u64().unwrap_or(0) >= 1;
+                Ok((renewed && g["state"] == "registered").then_some(g))
+            },
+        )
+        .and_then(|g| {
+            let family = if *name == "gn2" { "-4" } else { "-6" };
+            let out = ping(al, name, &format!("{family} {n1}"))?;
+            Ok(format!(
+                "{} renewal(s), valid until {}; {out}",
+                g["cert_renewals"], g["cert_not_after"]
+            ))
+        });
+        report.check(
+            &format!("{name}'s certificate renewed by its adapter, and {name} still reaches n1"),
+            r,
+        );
+    }
+    for i in [1, 2] {
+        let r = al.o.status(i).and_then(|s| {
+            let n = s["cert_renewals"].as_u64().unwrap_or(0);
+            ensure!(n >= 1, "no renewal of its own certificate: {s}");
+            Ok(format!("{n} renewal(s)"))
+        });
+        report.check(
+            &format!("{} renewed its own certificate", al.o.nodes[i].name),
+            r,
+        );
+    }
+}
+
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let mut report = Report::default();
     println!("adapter: a cloud, a node (n1) and two adapters; behind them general nodes");
     println!("configured by dhclient, dhcpcd and rdisc6, reaching the overlay by name\n");
-    let mut al = bring_up(bin, "adapter", &[], &mut report)?;
+    // Certificates of two minutes: every node, adapter and general node
+    // renews its own (the adapters their general nodes') while the
+    // checks run.
+    let keys = [("cert_validity_secs", CERT_SECS.to_string())];
+    let mut al = bring_up(bin, "adapter", &[], &keys, &mut report)?;
     let n1 = al.o.fqdn(0);
     let s = al.o.status(0)?;
     let (n1_v4, n1_v6) = (
@@ -954,6 +1003,7 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     );
     resilience(&mut al, &mut report, &n1);
     web_only(&al, &mut report, &n1);
+    renewals(&al, &mut report, &n1);
     println!("\n`cyphonic status` on a1:");
     let state = al.o.nodes[1].state_dir.display().to_string();
     let a1_ns = al.o.nodes[1].ns.clone();

@@ -69,7 +69,7 @@ print(json.dumps(out))
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let mut report = Report::default();
     println!("bench-adapter: general nodes behind adapters, measured from the general node's side");
-    let mut al = bring_up(bin, "bench-adapter", &["n2"], &mut report)?;
+    let mut al = bring_up(bin, "bench-adapter", &["n2"], &[], &mut report)?;
     let dir = al.o.lab.dir().to_path_buf();
     let probe = dir.join("probe.py");
     let lan_probe = dir.join("lan-probe.py");
