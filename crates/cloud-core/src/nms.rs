@@ -870,7 +870,13 @@ impl Nms {
 
     /// A Path Response: if it echoes the challenge and comes from the
     /// address on trial, that address becomes the session's observed one.
-    fn on_path_response(&mut self, now: Instant, session_id: SessionId, from: SocketAddr, txid: u64) {
+    fn on_path_response(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        from: SocketAddr,
+        txid: u64,
+    ) {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -1562,7 +1568,12 @@ impl Nms {
         {
             return; // already directing the responder; it answers in time
         }
-        if self.sessions.get(&mn).and_then(|s| s.registration.as_ref()).is_none() {
+        if self
+            .sessions
+            .get(&mn)
+            .and_then(|s| s.registration.as_ref())
+            .is_none()
+        {
             self.fail_direction(
                 mn,
                 txid,
@@ -1596,7 +1607,11 @@ impl Nms {
         if !settled {
             // A party's address is on trial: its endpoints are not handed
             // out until it answers (or the trial times out).
-            if self.held_directions.iter().any(|h| h.mn == mn && h.txid == txid) {
+            if self
+                .held_directions
+                .iter()
+                .any(|h| h.mn == mn && h.txid == txid)
+            {
                 return;
             }
             if self.held_directions.len() >= MAX_HELD_DIRECTIONS {
@@ -1882,7 +1897,13 @@ impl Nms {
     /// Sends a sealed packet of this session to `to`: freely to its
     /// validated address, within three times the bytes received to its
     /// address on trial, and not at all elsewhere (§4.7).
-    fn send_sealed(&mut self, session_id: SessionId, local: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
+    fn send_sealed(
+        &mut self,
+        session_id: SessionId,
+        local: SocketAddr,
+        to: SocketAddr,
+        payload: Vec<u8>,
+    ) {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
@@ -1902,31 +1923,31 @@ impl Nms {
                 return;
             }
             path.sent += payload.len();
+            // The challenge goes just before the answer (it arrives as
+            // fast, and a node that has the answer has the challenge),
+            // once per packet received, within the same budget.
+            if path.challenged_at != path.received {
+                path.challenged_at = path.received;
+                let challenge = session.cipher.seal(&Envelope {
+                    txid: path.challenge,
+                    message: Message::PathChallenge,
+                });
+                if path.sent + challenge.len() <= UNVALIDATED_AMPLIFICATION * path.received {
+                    path.sent += challenge.len();
+                    self.counters.path_challenges += 1;
+                    self.transmits.push_back(Transmit {
+                        local: path.local,
+                        destination: to,
+                        payload: challenge,
+                    });
+                } else {
+                    self.counters.tx_unvalidated_limited += 1;
+                }
+            }
             self.transmits.push_back(Transmit {
                 local,
                 destination: to,
                 payload,
-            });
-            // The challenge goes with the answer (it arrives as fast), once
-            // per packet received, within the same budget.
-            if path.challenged_at == path.received {
-                return;
-            }
-            path.challenged_at = path.received;
-            let challenge = session.cipher.seal(&Envelope {
-                txid: path.challenge,
-                message: Message::PathChallenge,
-            });
-            if path.sent + challenge.len() > UNVALIDATED_AMPLIFICATION * path.received {
-                self.counters.tx_unvalidated_limited += 1;
-                return;
-            }
-            path.sent += challenge.len();
-            self.counters.path_challenges += 1;
-            self.transmits.push_back(Transmit {
-                local: path.local,
-                destination: to,
-                payload: challenge,
             });
             return;
         }
@@ -2297,7 +2318,9 @@ mod tests {
         let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
         let ask = direction_request(mn, 300, target);
         nms.handle_datagram(now, local, mn_at, &ask);
-        let t = nms.poll_transmit().expect("a Route Direction to the responder");
+        let t = nms
+            .poll_transmit()
+            .expect("a Route Direction to the responder");
         let env = cn.open(&t.payload).unwrap();
         let Message::RouteDirectionToResponder(d) = env.message else {
             panic!("{env:?}");
@@ -2345,7 +2368,10 @@ mod tests {
                 received += copy.len();
                 nms.handle_datagram(now, local, victim, &copy);
                 while let Some(e) = nms.poll_event() {
-                    if let NmsEvent::NeedGeneralNodes { session_id, txid, .. } = e {
+                    if let NmsEvent::NeedGeneralNodes {
+                        session_id, txid, ..
+                    } = e
+                    {
                         let page = GeneralNodes {
                             version: 1,
                             total: 4,
@@ -2414,7 +2440,11 @@ mod tests {
         nms.handle_datagram(now, local, moved, &reg);
         let out: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
         assert!(out.iter().all(|t| t.destination == moved));
-        assert_eq!(observed(&nms, "a1.cyphonic.internal"), Some(at1), "on trial");
+        assert_eq!(
+            observed(&nms, "a1.cyphonic.internal"),
+            Some(at1),
+            "on trial"
+        );
         // n2 asks for n1 before the echo: held, not directed to the old
         // address.
         let ask = direction_request(&mut n2, 60, "a1.cyphonic.internal");
@@ -2469,7 +2499,10 @@ mod tests {
             }
         };
         assert_eq!(directed, (now + PATH_VALIDATION_TIMEOUT, at1));
-        assert!(nms.counters().path_challenges >= 2, "challenges are sent again");
+        assert!(
+            nms.counters().path_challenges >= 2,
+            "challenges are sent again"
+        );
         assert!(to_victim <= 3 * k, "{to_victim} bytes for {k}");
     }
 
@@ -2760,7 +2793,11 @@ mod tests {
         nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 1));
         assert_eq!(store_floors(&mut nms, now), vec![(SessionId(5), 1001)]);
         assert_eq!(observed(&nms, "n1.cyphonic.internal"), Some(from));
-        assert_eq!(transmits(&mut nms).len(), 2, "the answer and a Path Challenge");
+        assert_eq!(
+            transmits(&mut nms).len(),
+            2,
+            "the answer and a Path Challenge"
+        );
         // Its session ended meanwhile: it goes, without an answer.
         nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 2));
         let [NmsEvent::StoreReplayFloor { floor, .. }] = events(&mut nms)[..] else {
@@ -2900,12 +2937,12 @@ mod tests {
         // one, and changes nothing.
         after.handle_datagram(now, at(NMS_LOCAL), attacker, &first);
         let answers = transmits(&mut after);
-        assert_eq!(answers.len(), 2, "ReRegister and a Path Challenge");
+        assert_eq!(answers.len(), 2, "a Path Challenge and ReRegister");
         let mut reader = node_cipher(1, 0);
         let env = reader.open(&answers[0].payload).unwrap();
-        assert_eq!(env.message, Message::ReRegister);
-        let env = reader.open(&answers[1].payload).unwrap();
         assert_eq!(env.message, Message::PathChallenge);
+        let env = reader.open(&answers[1].payload).unwrap();
+        assert_eq!(env.message, Message::ReRegister);
         assert!(after.registrations().is_empty());
         // The node registers anew; the other KeepAlive, never seen by this
         // NMS's window, is refused: it is older than that Registration.
