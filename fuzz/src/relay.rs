@@ -10,8 +10,8 @@
 //! [`write_data_header`].
 
 use cyphonic_proto::relay::{
-    cookie_key, cookie_valid, parse_data, side_key, write_data_header, Bind, Challenge,
-    RelayError, BIND_LEN, CHALLENGE_LEN, RELAY_HEADER_LEN, TYPE_RELAY_DATA,
+    cookie_key, cookie_valid, parse_data, side_key, write_data_header, Bind, Challenge, RelayError,
+    BIND_LEN, CHALLENGE_LEN, RELAY_HEADER_LEN, TYPE_RELAY_DATA,
 };
 
 use crate::fixed;
@@ -31,7 +31,14 @@ fn check_challenge(data: &[u8]) {
     }
     let key = cookie_key(fixed::RELAY_SECRET);
     let addr = "198.51.100.7:4501".parse().expect("address");
-    let valid = cookie_valid(&key, addr, cyphonic_proto::RelayId(7), 0, data, 1_900_000_000);
+    let valid = cookie_valid(
+        &key,
+        addr,
+        cyphonic_proto::RelayId(7),
+        0,
+        data,
+        1_900_000_000,
+    );
     assert!(!valid || data.len() == 24);
 }
 
