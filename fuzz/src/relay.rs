@@ -1,5 +1,7 @@
 //! Relay framing (`cyphonic_proto::relay`): Relay Bind / Bind Ack
-//! ([`Bind::parse`], [`Bind::verify`]) and Relay Data ([`parse_data`]).
+//! ([`Bind::parse`], [`Bind::verify`]), Relay Challenge
+//! ([`Challenge::parse`]), a Bind's cookie ([`cookie_valid`]) and Relay
+//! Data ([`parse_data`]).
 //!
 //! Checks: a Bind that parses re-encodes (with the key the TRS derives from
 //! its fields) to the same 32 bytes before the mac, parses back to the same
@@ -8,15 +10,36 @@
 //! [`write_data_header`].
 
 use cyphonic_proto::relay::{
-    parse_data, side_key, write_data_header, Bind, RelayError, BIND_LEN, RELAY_HEADER_LEN,
-    TYPE_RELAY_DATA,
+    cookie_key, cookie_valid, parse_data, side_key, write_data_header, Bind, Challenge, RelayError,
+    BIND_LEN, CHALLENGE_LEN, RELAY_HEADER_LEN, TYPE_RELAY_DATA,
 };
 
 use crate::fixed;
 
 pub fn check(data: &[u8]) {
     check_bind(data);
+    check_challenge(data);
     check_relay_data(data);
+}
+
+/// A Challenge that parses re-encodes byte for byte; a cookie tail of any
+/// bytes is checked without panicking, and only a 24-byte one can pass.
+fn check_challenge(data: &[u8]) {
+    if let Ok(c) = Challenge::parse(data) {
+        assert_eq!(data.len(), CHALLENGE_LEN);
+        assert_eq!(c.encode()[..], data[..]);
+    }
+    let key = cookie_key(fixed::RELAY_SECRET);
+    let addr = "198.51.100.7:4501".parse().expect("address");
+    let valid = cookie_valid(
+        &key,
+        addr,
+        cyphonic_proto::RelayId(7),
+        0,
+        data,
+        1_900_000_000,
+    );
+    assert!(!valid || data.len() == 24);
 }
 
 fn check_bind(data: &[u8]) {

@@ -270,6 +270,15 @@ pub struct NmsCounters {
     pub notices_unacked: u64,
     /// Direction Requests refused for their rate (per session or target).
     pub directions_limited: u64,
+    /// Path Challenges sent to new source addresses of sessions, and the
+    /// addresses that answered them (§4.7).
+    pub path_challenges: u64,
+    pub paths_validated: u64,
+    /// Datagrams not sent to an unvalidated address because they would
+    /// have taken it past three times the bytes received from it.
+    pub tx_unvalidated_limited: u64,
+    /// Direction Requests held until a party's new address answered.
+    pub directions_held: u64,
 }
 
 /// Registration state of one node.
@@ -278,7 +287,11 @@ pub struct Registration {
     pub static_public: [u8; 32],
     pub tunnel_port: u16,
     pub local_addrs: Vec<SocketAddr>,
+    /// The address the NMS sends to and hands to peers. Once `validated`,
+    /// only a Path Response from a new address replaces it (§4.7).
     pub observed: SocketAddr,
+    /// `observed` answered a Path Challenge.
+    pub validated: bool,
     /// Where its NAT Probe to the second port came from.
     pub observed_probe: Option<SocketAddr>,
     /// The NMS socket the node talks to (replies leave from it).
@@ -310,6 +323,9 @@ struct Session {
     info: SessionInfo,
     cipher: SignalCipher,
     registration: Option<Registration>,
+    /// A source address of authentic packets that has not answered a Path
+    /// Challenge yet (§4.7).
+    path: Option<PathCandidate>,
     /// For a session from the store: its order and replay floor.
     stored: Option<Stored>,
 }
@@ -334,6 +350,50 @@ struct WaitingRegistration {
     txid: u64,
     request: RegistrationRequest,
 }
+
+/// A new source address of a session, on trial (RFC 9000 §8.2 path
+/// validation; §9.3's three-times limit on what it is sent meanwhile).
+struct PathCandidate {
+    addr: SocketAddr,
+    /// The NMS socket its packets reached.
+    local: SocketAddr,
+    /// The challenge (a Path Challenge's txid).
+    challenge: u64,
+    /// Bytes received from it and sent to it while on trial.
+    received: usize,
+    sent: usize,
+    /// `received` when the challenge was last sent: it goes with an answer
+    /// to a new packet, never twice for one.
+    challenged_at: usize,
+    /// When the challenge is sent again (a lost challenge or echo), within
+    /// the budget, while the trial lasts.
+    next_challenge: Instant,
+    /// When it was first seen: it holds route selection for at most
+    /// [`PATH_VALIDATION_TIMEOUT`].
+    since: Instant,
+}
+
+/// A Direction Request waiting for a party's new address to answer its
+/// Path Challenge.
+struct HeldDirection {
+    mn: SessionId,
+    txid: u64,
+    target: String,
+    since: Instant,
+}
+
+/// How long a new address may take to answer its Path Challenge before
+/// route selection goes on without it (with the validated address, or
+/// failing when there is none).
+pub const PATH_VALIDATION_TIMEOUT: Duration = Duration::from_secs(1);
+/// A Path Challenge unanswered this long is sent again (the budget
+/// allows three or four).
+pub const PATH_CHALLENGE_RETRANSMIT: Duration = Duration::from_millis(150);
+/// An unvalidated address is sent at most this many times the bytes
+/// received from it (RFC 9000 §8.1).
+pub const UNVALIDATED_AMPLIFICATION: usize = 3;
+/// Direction Requests held at once.
+const MAX_HELD_DIRECTIONS: usize = 4096;
 
 /// Packets waiting for a session lookup, since when.
 struct Awaiting {
@@ -462,6 +522,11 @@ pub struct Nms {
     /// Sessions that ended lately, kept a short while so a node whose
     /// certificate turns out withdrawn can be told (newest last).
     ended_lately: VecDeque<(Instant, Session)>,
+    /// Direction Requests waiting for a path validation, oldest first.
+    held_directions: VecDeque<HeldDirection>,
+    /// Sessions with an address on trial, whose challenge may be sent
+    /// again.
+    challenging: std::collections::BTreeSet<SessionId>,
 }
 
 /// How long, and how many, ended sessions are kept for telling their node
@@ -496,6 +561,8 @@ impl Nms {
             notices: BTreeMap::new(),
             withdrawn: VecDeque::new(),
             ended_lately: VecDeque::new(),
+            held_directions: VecDeque::new(),
+            challenging: std::collections::BTreeSet::new(),
         }
     }
 
@@ -655,7 +722,19 @@ impl Nms {
         let notices = self
             .notices
             .values()
-            .map(|n| (n.next_retransmit, TimerReason::RetransmitDirection));
+            .map(|n| (n.next_retransmit, TimerReason::RetransmitDirection))
+            .chain(self.held_directions.front().map(|h| {
+                (
+                    h.since + PATH_VALIDATION_TIMEOUT,
+                    TimerReason::DirectionTimeout,
+                )
+            }))
+            .chain(
+                self.challenging
+                    .iter()
+                    .filter_map(|id| self.sessions.get(id)?.path.as_ref())
+                    .map(|p| (p.next_challenge, TimerReason::RetransmitDirection)),
+            );
         self.routes
             .values()
             .flat_map(|r| {
@@ -711,7 +790,156 @@ impl Nms {
         if let Some(reg) = session.registration.as_mut() {
             reg.last_seen = now;
         }
+        // A NAT Probe comes from the node's mapping towards the probe port,
+        // another address behind a symmetric NAT: it is no candidate, and
+        // its one answer is smaller than three times the probe (§4.7).
+        let probe = matches!(envelope.message, Message::NatProbe);
+        let validated = session
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.validated && r.observed == from);
+        if probe {
+            // Neither a candidate nor a sign of the validated path.
+        } else if validated {
+            // The node speaks from its validated address: an address on
+            // trial was a raced copy's, or a path it left.
+            session.path = None;
+        } else {
+            // Authentic, but maybe a copy an attacker raced from a spoofed
+            // source: the address is on trial until it echoes a challenge.
+            let fresh = session.path.as_ref().is_none_or(|p| p.addr != from);
+            if fresh {
+                let challenge = self.rng.gen_range(1..u64::MAX);
+                session.path = Some(PathCandidate {
+                    addr: from,
+                    local,
+                    challenge,
+                    received: 0,
+                    sent: 0,
+                    challenged_at: 0,
+                    next_challenge: now + PATH_CHALLENGE_RETRANSMIT,
+                    since: now,
+                });
+            }
+            if let Some(path) = session.path.as_mut() {
+                path.received += packet.len();
+            }
+            self.challenging.insert(session_id);
+        }
         self.dispatch(now, session_id, local, from, counter, envelope);
+    }
+
+    /// Sends the challenges whose time came again, within each address's
+    /// budget; a trial over (validated, timed out, budget spent) ends here.
+    fn resend_challenges(&mut self, now: Instant) {
+        let ids: Vec<SessionId> = self.challenging.iter().copied().collect();
+        for id in ids {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                self.challenging.remove(&id);
+                continue;
+            };
+            let Some(path) = session.path.as_mut() else {
+                self.challenging.remove(&id);
+                continue;
+            };
+            if now >= path.since + PATH_VALIDATION_TIMEOUT {
+                self.challenging.remove(&id);
+                continue;
+            }
+            if now < path.next_challenge {
+                continue;
+            }
+            path.next_challenge = now + PATH_CHALLENGE_RETRANSMIT;
+            let challenge = session.cipher.seal(&Envelope {
+                txid: path.challenge,
+                message: Message::PathChallenge,
+            });
+            if path.sent + challenge.len() > UNVALIDATED_AMPLIFICATION * path.received {
+                self.challenging.remove(&id);
+                continue;
+            }
+            path.sent += challenge.len();
+            self.counters.path_challenges += 1;
+            self.transmits.push_back(Transmit {
+                local: path.local,
+                destination: path.addr,
+                payload: challenge,
+            });
+        }
+    }
+
+    /// A Path Response: if it echoes the challenge and comes from the
+    /// address on trial, that address becomes the session's observed one.
+    fn on_path_response(
+        &mut self,
+        now: Instant,
+        session_id: SessionId,
+        from: SocketAddr,
+        txid: u64,
+    ) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let matches = session
+            .path
+            .as_ref()
+            .is_some_and(|p| p.addr == from && p.challenge == txid);
+        if !matches {
+            // The second echo of a validated path changes nothing.
+            let echo = session
+                .registration
+                .as_ref()
+                .is_some_and(|r| r.validated && r.observed == from);
+            if !echo {
+                self.counters.rx_bad += 1;
+            }
+            return;
+        }
+        let Some(path) = session.path.take() else {
+            return;
+        };
+        self.counters.paths_validated += 1;
+        if let Some(reg) = session.registration.as_mut() {
+            if reg.observed != path.addr {
+                // The probe result belongs to the new network only if it
+                // came from the same public address.
+                if reg.observed_probe.is_some_and(|p| p.ip() != path.addr.ip()) {
+                    reg.observed_probe = None;
+                }
+                tracing::debug!(%session_id, old = %reg.observed, new = %path.addr, "new address validated");
+            }
+            reg.observed = path.addr;
+            reg.nms_local = path.local;
+            reg.validated = true;
+        }
+        self.run_held_directions(now);
+    }
+
+    /// Whether route selection may use this session's registration as it
+    /// stands: validated, and no newer address on trial (for at most
+    /// [`PATH_VALIDATION_TIMEOUT`]).
+    fn settled(&self, session_id: SessionId, now: Instant) -> bool {
+        self.sessions.get(&session_id).is_some_and(|s| {
+            s.registration.as_ref().is_some_and(|r| r.validated)
+                && s.path
+                    .as_ref()
+                    .is_none_or(|p| now >= p.since + PATH_VALIDATION_TIMEOUT)
+        })
+    }
+
+    /// Runs the held Direction Requests whose parties are settled, and
+    /// the ones that waited [`PATH_VALIDATION_TIMEOUT`].
+    fn run_held_directions(&mut self, now: Instant) {
+        let held = std::mem::take(&mut self.held_directions);
+        for h in held {
+            let cn = self.by_fqdn.get(&h.target).copied();
+            let ready = self.settled(h.mn, now) && cn.is_none_or(|cn| self.settled(cn, now));
+            if ready || now >= h.since + PATH_VALIDATION_TIMEOUT {
+                self.direct(now, h.mn, h.txid, &h.target);
+            } else {
+                self.held_directions.push_back(h);
+            }
+        }
     }
 
     /// A packet for a session the NMS does not hold: queue it and ask for
@@ -903,6 +1131,7 @@ impl Nms {
     /// Drops a session that ended; its next packets need no lookup.
     fn end_session(&mut self, now: Instant, id: SessionId) {
         self.awaiting_session.remove(&id);
+        self.challenging.remove(&id);
         self.missing.insert(id, now);
         let Some(session) = self.sessions.remove(&id) else {
             return;
@@ -948,6 +1177,14 @@ impl Nms {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.send_notices(now);
+        self.resend_challenges(now);
+        if self
+            .held_directions
+            .front()
+            .is_some_and(|h| now >= h.since + PATH_VALIDATION_TIMEOUT)
+        {
+            self.run_held_directions(now);
+        }
         let mut failed = Vec::new();
         for (route_id, r) in self.routes.iter_mut() {
             if now >= r.deadline {
@@ -1003,6 +1240,7 @@ impl Nms {
                 info,
                 cipher,
                 registration: None,
+                path: None,
                 stored: standing.map(|s| Stored {
                     login_seq: s.login_seq,
                     floor: s.replay_floor,
@@ -1029,11 +1267,7 @@ impl Nms {
             // receiver's window only if the first copy arrived, in which case
             // the duplicate is harmlessly dropped there.
             let payload = cached.clone();
-            self.transmits.push_back(Transmit {
-                local,
-                destination: from,
-                payload,
-            });
+            self.send_sealed(session_id, local, from, payload);
             return;
         }
         match env.message {
@@ -1056,6 +1290,7 @@ impl Nms {
                     self.counters.rx_bad += 1;
                 }
             }
+            Message::PathResponse => self.on_path_response(now, session_id, from, env.txid),
             other => {
                 self.counters.rx_bad += 1;
                 tracing::debug!(
@@ -1139,13 +1374,25 @@ impl Nms {
             .into_iter()
             .filter(|a| usable_endpoint(a.ip()))
             .collect();
+        // A validated address stays until a new one answers its challenge
+        // (§4.7); a first Registration's address is on trial.
+        let kept = session
+            .registration
+            .as_ref()
+            .filter(|r| r.validated)
+            .map(|r| (r.observed, (), r.nms_local));
+        let (observed, nms_local, validated) = match kept {
+            Some((o, _, l)) => (o, l, true),
+            None => (from, local, false),
+        };
         session.registration = Some(Registration {
             static_public: req.static_public,
             tunnel_port: req.tunnel_port,
             local_addrs,
-            observed: from,
+            observed,
+            validated,
             observed_probe: None,
-            nms_local: local,
+            nms_local,
             last_seen: now,
             transport: req.transport,
             quic_port: req.quic_port,
@@ -1223,16 +1470,10 @@ impl Nms {
             return;
         };
         let message = match session.registration.as_mut() {
-            Some(reg) => {
-                if reg.observed != from {
-                    // The NAT mapped the node anew: its probe result is
-                    // stale until it probes again.
-                    reg.observed = from;
-                    reg.observed_probe = None;
-                }
-                reg.nms_local = local;
-                Message::KeepAliveAck { observed: from }
-            }
+            // A new address (the NAT mapped the node anew) replaces the
+            // observed one once it answers its Path Challenge (§4.7); the
+            // node, told where it is seen, registers again.
+            Some(_) => Message::KeepAliveAck { observed: from },
             // After a cloud restart the NMS has the session (from the
             // database) but not the registration: ask for it again.
             None => Message::ReRegister,
@@ -1262,14 +1503,17 @@ impl Nms {
         reg.observed_probe = Some(from);
         let (fqdn, nat) = (session.info.fqdn.clone(), reg.nat());
         self.events.push_back(NmsEvent::NatDetected { fqdn, nat });
-        self.answer(
-            session_id,
-            local,
-            from,
+        // One answer per probe, at most 68 bytes for a 49-byte probe: under
+        // three times what the address sent, validated or not (§4.7).
+        let payload = session.cipher.seal(&Envelope {
             txid,
-            Message::NatProbeAck { observed: from },
-            false,
-        );
+            message: Message::NatProbeAck { observed: from },
+        });
+        self.transmits.push_back(Transmit {
+            local,
+            destination: from,
+            payload,
+        });
     }
 
     fn relay_offer(
@@ -1324,7 +1568,12 @@ impl Nms {
         {
             return; // already directing the responder; it answers in time
         }
-        let Some(mn_reg) = self.sessions.get(&mn).and_then(|s| s.registration.clone()) else {
+        if self
+            .sessions
+            .get(&mn)
+            .and_then(|s| s.registration.as_ref())
+            .is_none()
+        {
             self.fail_direction(
                 mn,
                 txid,
@@ -1350,6 +1599,52 @@ impl Nms {
                 &target,
                 DirectionErrorCode::RateLimited,
                 "too many route requests: try again shortly".into(),
+            );
+            return;
+        }
+        let cn = self.by_fqdn.get(&target).copied();
+        let settled = self.settled(mn, now) && cn.is_none_or(|cn| self.settled(cn, now));
+        if !settled {
+            // A party's address is on trial: its endpoints are not handed
+            // out until it answers (or the trial times out).
+            if self
+                .held_directions
+                .iter()
+                .any(|h| h.mn == mn && h.txid == txid)
+            {
+                return;
+            }
+            if self.held_directions.len() >= MAX_HELD_DIRECTIONS {
+                if let Some(old) = self.held_directions.pop_front() {
+                    self.direct(now, old.mn, old.txid, &old.target);
+                }
+            }
+            self.counters.directions_held += 1;
+            self.held_directions.push_back(HeldDirection {
+                mn,
+                txid,
+                target,
+                since: now,
+            });
+            return;
+        }
+        self.direct(now, mn, txid, &target);
+    }
+
+    /// Selects the route for a Direction Request that passed the limits,
+    /// and directs the responder.
+    fn direct(&mut self, now: Instant, mn: SessionId, txid: u64, target: &str) {
+        let target = target.to_owned();
+        let Some(mn_reg) = self.sessions.get(&mn).and_then(|s| s.registration.clone()) else {
+            return;
+        };
+        if !mn_reg.validated {
+            self.fail_direction(
+                mn,
+                txid,
+                &target,
+                DirectionErrorCode::NotRegistered,
+                "the registered address did not answer its challenge".into(),
             );
             return;
         }
@@ -1379,6 +1674,11 @@ impl Nms {
             self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
             return;
         };
+        if !cn_reg.validated {
+            let msg = format!("{target}'s address did not answer its challenge");
+            self.fail_direction(mn, txid, &target, DirectionErrorCode::Timeout, msg);
+            return;
+        }
         if now.saturating_duration_since(cn_reg.last_seen) > self.config.offline_after {
             let msg = format!("{target} is offline");
             self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
@@ -1434,11 +1734,7 @@ impl Nms {
             txid: cn_txid,
             message: Message::RouteDirectionToResponder(to_responder.clone()),
         });
-        self.transmits.push_back(Transmit {
-            local: cn_reg.nms_local,
-            destination: cn_reg.observed,
-            payload: packet,
-        });
+        self.send_sealed(cn, cn_reg.nms_local, cn_reg.observed, packet);
         self.routes.insert(
             route_id,
             PendingRoute {
@@ -1594,6 +1890,66 @@ impl Nms {
             }
             self.answered.insert((session_id, txid), payload.clone());
             self.answered_order.push_back((session_id, txid));
+        }
+        self.send_sealed(session_id, local, to, payload);
+    }
+
+    /// Sends a sealed packet of this session to `to`: freely to its
+    /// validated address, within three times the bytes received to its
+    /// address on trial, and not at all elsewhere (§4.7).
+    fn send_sealed(
+        &mut self,
+        session_id: SessionId,
+        local: SocketAddr,
+        to: SocketAddr,
+        payload: Vec<u8>,
+    ) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        let validated = session
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.validated && r.observed == to);
+        if !validated {
+            let Some(path) = session.path.as_mut().filter(|p| p.addr == to) else {
+                self.counters.tx_unvalidated_limited += 1;
+                tracing::debug!(%session_id, %to, "not sending to an address that has not answered a challenge");
+                return;
+            };
+            if path.sent + payload.len() > UNVALIDATED_AMPLIFICATION * path.received {
+                self.counters.tx_unvalidated_limited += 1;
+                tracing::debug!(%session_id, %to, "unvalidated address: three-times budget spent");
+                return;
+            }
+            path.sent += payload.len();
+            // The challenge goes just before the answer (it arrives as
+            // fast, and a node that has the answer has the challenge),
+            // once per packet received, within the same budget.
+            if path.challenged_at != path.received {
+                path.challenged_at = path.received;
+                let challenge = session.cipher.seal(&Envelope {
+                    txid: path.challenge,
+                    message: Message::PathChallenge,
+                });
+                if path.sent + challenge.len() <= UNVALIDATED_AMPLIFICATION * path.received {
+                    path.sent += challenge.len();
+                    self.counters.path_challenges += 1;
+                    self.transmits.push_back(Transmit {
+                        local: path.local,
+                        destination: to,
+                        payload: challenge,
+                    });
+                } else {
+                    self.counters.tx_unvalidated_limited += 1;
+                }
+            }
+            self.transmits.push_back(Transmit {
+                local,
+                destination: to,
+                payload,
+            });
+            return;
         }
         self.transmits.push_back(Transmit {
             local,
@@ -1844,9 +2200,35 @@ mod tests {
             }),
         });
         nms.handle_datagram(now, local, from, &reg);
+        let out: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
+        echo_challenges(nms, now, &mut node, out);
         while nms.poll_transmit().is_some() {}
         while nms.poll_event().is_some() {}
         (node, from)
+    }
+
+    /// Opens the NMS's packets as the node at their destination does:
+    /// echoes every Path Challenge from there, returns the other messages.
+    fn echo_challenges(
+        nms: &mut Nms,
+        now: Instant,
+        node: &mut SignalCipher,
+        out: Vec<Transmit>,
+    ) -> Vec<Message> {
+        let mut messages = Vec::new();
+        for t in out {
+            let env = node.open(&t.payload).expect("sealed for the node");
+            if env.message == Message::PathChallenge {
+                let echo = node.seal(&Envelope {
+                    txid: env.txid,
+                    message: Message::PathResponse,
+                });
+                nms.handle_datagram(now, t.local, t.destination, &echo);
+            } else {
+                messages.push(env.message);
+            }
+        }
+        messages
     }
 
     #[test]
@@ -1912,6 +2294,216 @@ mod tests {
             vec![false, false, false, false, false, false, true]
         );
         assert_eq!(nms.counters().directions_limited, 2);
+    }
+
+    fn direction_request(node: &mut SignalCipher, txid: u64, target: &str) -> Vec<u8> {
+        node.seal(&Envelope {
+            txid,
+            message: Message::DirectionRequest {
+                target: target.into(),
+            },
+        })
+    }
+
+    /// Directs a route from `mn` to `cn` through to the initiator's Route
+    /// Direction; returns where the responder was directed and the
+    /// endpoints of `cn` handed to `mn`.
+    fn route(
+        nms: &mut Nms,
+        now: Instant,
+        (mn, mn_at): (&mut SignalCipher, SocketAddr),
+        (cn, cn_at): (&mut SignalCipher, SocketAddr),
+        target: &str,
+    ) -> (SocketAddr, Vec<SocketAddr>) {
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let ask = direction_request(mn, 300, target);
+        nms.handle_datagram(now, local, mn_at, &ask);
+        let t = nms
+            .poll_transmit()
+            .expect("a Route Direction to the responder");
+        let env = cn.open(&t.payload).unwrap();
+        let Message::RouteDirectionToResponder(d) = env.message else {
+            panic!("{env:?}");
+        };
+        let confirm = cn.seal(&Envelope {
+            txid: env.txid,
+            message: Message::RouteDirectionConfirmation {
+                route_id: d.route_id,
+            },
+        });
+        nms.handle_datagram(now, local, cn_at, &confirm);
+        let endpoints = std::iter::from_fn(|| nms.poll_transmit())
+            .filter_map(|t| mn.open(&t.payload).ok())
+            .find_map(|e| match e.message {
+                Message::RouteDirectionToInitiator(d) => Some(d.peer.endpoints),
+                _ => None,
+            })
+            .expect("a Route Direction to the initiator");
+        (t.destination, endpoints)
+    }
+
+    /// An authentic packet raced from a spoofed source (an on-path
+    /// attacker copies a node's KeepAlive and sends it first from the
+    /// victim's address): the victim is sent at most three times what it
+    /// "sent", the node's observed address does not move, and peers are
+    /// never handed the victim.
+    #[test]
+    fn a_raced_copy_from_a_spoofed_address_is_not_handed_out_nor_amplified() {
+        let now = Instant::now();
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let victim: SocketAddr = "203.0.113.99:80".parse().unwrap();
+        let mut nms = Nms::new(NmsConfig::default(), [5; 32], 1);
+        let (mut n1, at1) = registered_node(&mut nms, now, 1);
+        let (mut n2, at2) = registered_node(&mut nms, now, 2);
+        let (mut received, mut sent) = (0, 0);
+        for txid in 100..120 {
+            for message in [
+                Message::KeepAlive,
+                Message::InformationRequest { offset: 0 },
+                Message::DirectionRequest {
+                    target: "a2.cyphonic.internal".into(),
+                },
+            ] {
+                let copy = n1.seal(&Envelope { txid, message });
+                received += copy.len();
+                nms.handle_datagram(now, local, victim, &copy);
+                while let Some(e) = nms.poll_event() {
+                    if let NmsEvent::NeedGeneralNodes {
+                        session_id, txid, ..
+                    } = e
+                    {
+                        let page = GeneralNodes {
+                            version: 1,
+                            total: 4,
+                            offset: 0,
+                            nodes: (0..4)
+                                .map(|i| cyphonic_proto::signal::GeneralNodeInfo {
+                                    mac: [2, 0, 0, 0, 0, i],
+                                    fqdn: format!("{}.cyphonic.internal", "g".repeat(200)),
+                                    vip4: std::net::Ipv4Addr::new(100, 64, 1, i),
+                                    vip6: "fd7a:6379:7068::1:5".parse().unwrap(),
+                                })
+                                .collect(),
+                        };
+                        nms.handle_general_nodes(session_id, txid, page);
+                    }
+                }
+                sent += std::iter::from_fn(|| nms.poll_transmit())
+                    .filter(|t| t.destination == victim)
+                    .map(|t| t.payload.len())
+                    .sum::<usize>();
+            }
+        }
+        assert!(
+            sent <= 3 * received,
+            "the victim got {sent} bytes for {received}"
+        );
+        assert!(nms.counters().tx_unvalidated_limited > 0);
+        assert_eq!(observed(&nms, "a1.cyphonic.internal"), Some(at1));
+        // Once n1 speaks from its own address again, a route to it names
+        // that address, at once.
+        let k = keepalive(&mut n1, 200);
+        nms.handle_datagram(now, local, at1, &k);
+        while nms.poll_transmit().is_some() {}
+        let (directed, endpoints) = route(
+            &mut nms,
+            now,
+            (&mut n2, at2),
+            (&mut n1, at1),
+            "a1.cyphonic.internal",
+        );
+        assert_eq!(directed, at1);
+        assert!(!endpoints.contains(&victim), "{endpoints:?}");
+    }
+
+    /// A move (or NAT rebinding): the new address is used once it echoes
+    /// its challenge, one round trip after the Registration; a route asked
+    /// for meanwhile waits for it rather than naming the old address.
+    #[test]
+    fn a_new_address_is_followed_after_its_challenge_round_trip() {
+        let now = Instant::now();
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let moved: SocketAddr = "198.51.100.77:4501".parse().unwrap();
+        let mut nms = Nms::new(NmsConfig::default(), [6; 32], 1);
+        let (mut n1, at1) = registered_node(&mut nms, now, 1);
+        let (mut n2, at2) = registered_node(&mut nms, now, 2);
+        let reg = n1.seal(&Envelope {
+            txid: 50,
+            message: Message::RegistrationRequest(RegistrationRequest {
+                static_public: [1; 32],
+                tunnel_port: 4501,
+                local_addrs: vec![moved],
+                transport: cyphonic_proto::Transport::Udp,
+                quic_port: 0,
+            }),
+        });
+        nms.handle_datagram(now, local, moved, &reg);
+        let out: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
+        assert!(out.iter().all(|t| t.destination == moved));
+        assert_eq!(
+            observed(&nms, "a1.cyphonic.internal"),
+            Some(at1),
+            "on trial"
+        );
+        // n2 asks for n1 before the echo: held, not directed to the old
+        // address.
+        let ask = direction_request(&mut n2, 60, "a1.cyphonic.internal");
+        nms.handle_datagram(now, local, at2, &ask);
+        assert!(nms.poll_transmit().is_none());
+        assert_eq!(nms.counters().directions_held, 1);
+        let rtt = Duration::from_millis(30);
+        let messages = echo_challenges(&mut nms, now + rtt, &mut n1, out);
+        assert!(matches!(messages[..], [Message::RegistrationResponse(_)]));
+        assert_eq!(observed(&nms, "a1.cyphonic.internal"), Some(moved));
+        assert_eq!(nms.counters().paths_validated, 3);
+        // The held request goes on at the echo: the responder (n1) is
+        // directed at its new address.
+        let t = nms.poll_transmit().expect("the Route Direction");
+        assert_eq!(t.destination, moved);
+        let env = n1.open(&t.payload).unwrap();
+        let Message::RouteDirectionToResponder(d) = env.message else {
+            panic!("{env:?}");
+        };
+        assert_eq!(d.peer.fqdn, "a2.cyphonic.internal");
+    }
+
+    /// A spoofed candidate holds route selection at most
+    /// [`PATH_VALIDATION_TIMEOUT`]; then the validated address serves.
+    #[test]
+    fn an_address_that_never_answers_holds_routes_at_most_the_validation_timeout() {
+        let now = Instant::now();
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let victim: SocketAddr = "203.0.113.99:80".parse().unwrap();
+        let mut nms = Nms::new(NmsConfig::default(), [7; 32], 1);
+        let (mut n1, at1) = registered_node(&mut nms, now, 1);
+        let (mut n2, at2) = registered_node(&mut nms, now, 2);
+        nms.handle_datagram(now, local, victim, &keepalive(&mut n1, 70));
+        while nms.poll_transmit().is_some() {}
+        let ask = direction_request(&mut n2, 71, "a1.cyphonic.internal");
+        nms.handle_datagram(now, local, at2, &ask);
+        assert!(nms.poll_transmit().is_none());
+        let k = keepalive(&mut n1, 70).len();
+        let mut to_victim = 0;
+        let directed = loop {
+            let (when, _) = nms.poll_timeout().expect("a timer for the held request");
+            assert!(when <= now + PATH_VALIDATION_TIMEOUT);
+            nms.handle_timeout(when);
+            let out: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
+            to_victim += out
+                .iter()
+                .filter(|t| t.destination == victim)
+                .map(|t| t.payload.len())
+                .sum::<usize>();
+            if let Some(t) = out.iter().find(|t| t.destination != victim) {
+                break (when, t.destination);
+            }
+        };
+        assert_eq!(directed, (now + PATH_VALIDATION_TIMEOUT, at1));
+        assert!(
+            nms.counters().path_challenges >= 2,
+            "challenges are sent again"
+        );
+        assert!(to_victim <= 3 * k, "{to_victim} bytes for {k}");
     }
 
     #[test]
@@ -2161,9 +2753,9 @@ mod tests {
         );
         assert_eq!(store_floors(nms, now), vec![(SessionId(id), base)]);
         let answers = transmits(nms);
+        let answers = echo_challenges(nms, now, &mut node, answers);
         assert_eq!(answers.len(), 1, "the RegistrationResponse");
-        let env = node.open(&answers[0].payload).unwrap();
-        assert!(matches!(env.message, Message::RegistrationResponse(_)));
+        assert!(matches!(answers[0], Message::RegistrationResponse(_)));
         (node, reg)
     }
 
@@ -2201,7 +2793,11 @@ mod tests {
         nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 1));
         assert_eq!(store_floors(&mut nms, now), vec![(SessionId(5), 1001)]);
         assert_eq!(observed(&nms, "n1.cyphonic.internal"), Some(from));
-        assert_eq!(transmits(&mut nms).len(), 1);
+        assert_eq!(
+            transmits(&mut nms).len(),
+            2,
+            "the answer and a Path Challenge"
+        );
         // Its session ended meanwhile: it goes, without an answer.
         nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 2));
         let [NmsEvent::StoreReplayFloor { floor, .. }] = events(&mut nms)[..] else {
@@ -2299,7 +2895,9 @@ mod tests {
         nms.handle_replay_floor_stored(now, SessionId(1), 1000, FloorStored::Stored);
         assert_eq!(observed(&nms, "n1.cyphonic.internal"), Some(home));
         assert_eq!(nms.held_sessions(), vec![SessionId(2)]);
-        assert_eq!(transmits(&mut nms).len(), 1, "S2's answer only");
+        let out = transmits(&mut nms);
+        let messages = echo_challenges(&mut nms, now, &mut new, out);
+        assert_eq!(messages.len(), 1, "S2's answer only");
     }
 
     /// What a restarted NMS must refuse: every counter at or below the
@@ -2339,8 +2937,11 @@ mod tests {
         // one, and changes nothing.
         after.handle_datagram(now, at(NMS_LOCAL), attacker, &first);
         let answers = transmits(&mut after);
-        assert_eq!(answers.len(), 1);
-        let env = node_cipher(1, 0).open(&answers[0].payload).unwrap();
+        assert_eq!(answers.len(), 2, "a Path Challenge and ReRegister");
+        let mut reader = node_cipher(1, 0);
+        let env = reader.open(&answers[0].payload).unwrap();
+        assert_eq!(env.message, Message::PathChallenge);
+        let env = reader.open(&answers[1].payload).unwrap();
         assert_eq!(env.message, Message::ReRegister);
         assert!(after.registrations().is_empty());
         // The node registers anew; the other KeepAlive, never seen by this

@@ -19,7 +19,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use cyphonic_proto::relay::{self, Bind, BIND_LEN, TYPE_RELAY_BIND, TYPE_RELAY_DATA};
+use cyphonic_proto::relay::{
+    self, Bind, Challenge, BIND_LEN, BIND_WITH_COOKIE_LEN, CHALLENGE_LEN, TYPE_RELAY_BIND,
+    TYPE_RELAY_DATA,
+};
 use cyphonic_proto::RelayId;
 use serde::Serialize;
 
@@ -83,6 +86,9 @@ pub struct TrsCounters {
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
     pub binds: u64,
+    /// Relay Challenges sent: Binds from an address their side is not
+    /// bound to, without a valid cookie for it.
+    pub challenges: u64,
     pub sessions: u64,
     pub dropped_malformed: u64,
     pub dropped_auth: u64,
@@ -130,6 +136,8 @@ struct Session {
 
 pub struct Trs {
     config: TrsConfig,
+    /// Makes and checks cookies (from the relay secret).
+    cookie_key: [u8; 32],
     sessions: HashMap<RelayId, Session>,
     /// Bind budgets by source prefix ([`bind_source`]).
     bind_limits: HashMap<IpAddr, TokenBucket>,
@@ -155,6 +163,7 @@ impl Trs {
     pub fn new(config: TrsConfig) -> Self {
         let shared = f64::from(config.binds_per_source) * 8.0;
         Self {
+            cookie_key: relay::cookie_key(&config.secret),
             config,
             sessions: HashMap::new(),
             bind_limits: HashMap::new(),
@@ -201,6 +210,9 @@ impl Trs {
                 self.counters.forwarded_packets += 1;
                 self.counters.forwarded_bytes += buf.len() as u64;
             }
+            Action::Reply(CHALLENGE_LEN) if buf[0] == relay::TYPE_RELAY_CHALLENGE => {
+                self.counters.challenges += 1
+            }
             Action::Reply(_) => self.counters.binds += 1,
         }
         action
@@ -231,7 +243,13 @@ impl Trs {
     }
 
     fn on_bind(&mut self, now: Instant, unix_now: u64, from: SocketAddr, buf: &mut [u8]) -> Action {
-        let Ok(bind) = Bind::parse(buf) else {
+        // A Bind, or a Bind with the cookie of a Challenge.
+        let tail = match buf.len() {
+            BIND_LEN => None,
+            BIND_WITH_COOKIE_LEN => Some(BIND_LEN..BIND_WITH_COOKIE_LEN),
+            _ => return Action::Drop(DropReason::Malformed),
+        };
+        let Ok(bind) = Bind::parse(&buf[..BIND_LEN]) else {
             return Action::Drop(DropReason::Malformed);
         };
         // Cheap checks and the per-source limit before the HMAC.
@@ -256,8 +274,45 @@ impl Trs {
             return Action::Drop(DropReason::RateLimited);
         }
         let key = relay::side_key(&self.config.secret, bind.relay_id, bind.side, bind.expires);
-        if Bind::verify(buf, &key).is_err() {
+        if Bind::verify(&buf[..BIND_LEN], &key).is_err() {
             return Action::Drop(DropReason::BadMac);
+        }
+        let side = bind.side as usize;
+        if let Some(s) = self.sessions.get(&bind.relay_id) {
+            // A replayed Bind is dropped before it earns a Challenge.
+            let stale = s.sides[side].is_some() && bind.counter <= s.counters[side];
+            if stale && (s.sides[side] != Some(from) || bind.counter != s.counters[side]) {
+                return Action::Drop(DropReason::StaleCounter);
+            }
+        }
+        // Return routability: only the bound address, or one that shows a
+        // cookie sent to it, binds; anything else gets a Challenge of the
+        // Bind's own size, and the TRS keeps nothing.
+        let bound_here = self
+            .sessions
+            .get(&bind.relay_id)
+            .is_some_and(|s| s.sides[side] == Some(from));
+        let routable = bound_here
+            || tail.is_some_and(|t| {
+                relay::cookie_valid(
+                    &self.cookie_key,
+                    from,
+                    bind.relay_id,
+                    bind.side,
+                    &buf[t],
+                    unix_now,
+                )
+            });
+        if !routable {
+            let challenge = Challenge {
+                relay_id: bind.relay_id,
+                side: bind.side,
+                counter: bind.counter,
+                issued: unix_now,
+                cookie: relay::cookie(&self.cookie_key, from, bind.relay_id, bind.side, unix_now),
+            };
+            buf[..CHALLENGE_LEN].copy_from_slice(&challenge.encode());
+            return Action::Reply(CHALLENGE_LEN);
         }
         if !self.sessions.contains_key(&bind.relay_id)
             && self.sessions.len() >= self.config.max_sessions
@@ -275,7 +330,6 @@ impl Trs {
                 last_used: now,
                 bucket: TokenBucket::new(rate, (rate / 10.0).max(65_536.0), now),
             });
-        let side = bind.side as usize;
         if bind.counter <= s.counters[side] && s.sides[side].is_some() {
             // A replayed Bind: answer only if it names the address already
             // bound (a lost Ack), never move the side.
@@ -330,6 +384,27 @@ mod tests {
         p
     }
 
+    /// Binds as a node does: the Bind, and on a Challenge the Bind again
+    /// with its cookie, from the same address.
+    fn bind_routable(
+        t: &mut Trs,
+        now: Instant,
+        unix_now: u64,
+        from: SocketAddr,
+        b: Vec<u8>,
+    ) -> Action {
+        let mut first = b.clone();
+        match t.handle_datagram(now, unix_now, from, &mut first) {
+            Action::Reply(CHALLENGE_LEN) if first[0] == relay::TYPE_RELAY_CHALLENGE => {
+                let c = Challenge::parse(&first[..CHALLENGE_LEN]).expect("a challenge");
+                let mut again = b;
+                again.extend_from_slice(&c.tail());
+                t.handle_datagram(now, unix_now, from, &mut again)
+            }
+            other => other,
+        }
+    }
+
     fn trs() -> Trs {
         Trs::new(TrsConfig {
             secret: SECRET.to_vec(),
@@ -348,18 +423,33 @@ mod tests {
             t.handle_datagram(now, 1000, a, &mut data(5, b"x")),
             Action::Drop(DropReason::UnknownSession)
         );
+        // A first Bind is challenged, and binds nothing.
         let mut ba = bind(5, 0, 2000, 1);
+        assert_eq!(
+            t.handle_datagram(now, 1000, a, &mut ba),
+            Action::Reply(CHALLENGE_LEN)
+        );
+        let c = Challenge::parse(&ba).expect("a challenge");
+        assert_eq!((c.relay_id, c.side, c.counter), (RelayId(5), 0, 1));
+        assert_eq!(t.counters().sessions, 0);
+        let mut ba = bind(5, 0, 2000, 1);
+        ba.extend_from_slice(&c.tail());
         assert_eq!(
             t.handle_datagram(now, 1000, a, &mut ba),
             Action::Reply(BIND_LEN)
         );
-        assert!(Bind::parse(&ba).unwrap().ack);
+        assert!(Bind::parse(&ba[..BIND_LEN]).unwrap().ack);
         assert_eq!(
             t.handle_datagram(now, 1000, a, &mut data(5, b"x")),
             Action::Drop(DropReason::PeerNotBound)
         );
         assert_eq!(
-            t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 1)),
+            bind_routable(&mut t, now, 1000, b, bind(5, 1, 2000, 1)),
+            Action::Reply(BIND_LEN)
+        );
+        // Bound: the next Bind from there needs no cookie.
+        assert_eq!(
+            t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 2)),
             Action::Reply(BIND_LEN)
         );
         assert_eq!(
@@ -396,16 +486,17 @@ mod tests {
         );
         let captured = bind(5, 0, 2000, 1);
         assert_eq!(
-            t.handle_datagram(now, 1000, a, &mut captured.clone()),
+            bind_routable(&mut t, now, 1000, a, captured.clone()),
             Action::Reply(BIND_LEN)
         );
         assert_eq!(
-            t.handle_datagram(now, 1000, b, &mut bind(5, 1, 2000, 1)),
+            bind_routable(&mut t, now, 1000, b, bind(5, 1, 2000, 1)),
             Action::Reply(BIND_LEN)
         );
-        // The attacker replays side 0's Bind from its own address.
+        // The attacker replays side 0's Bind from its own address, cookie
+        // and all.
         assert_eq!(
-            t.handle_datagram(now, 1000, evil, &mut captured.clone()),
+            bind_routable(&mut t, now, 1000, evil, captured.clone()),
             Action::Drop(DropReason::StaleCounter)
         );
         assert_eq!(
@@ -420,7 +511,7 @@ mod tests {
         // A moved node binds with a higher counter.
         let moved: SocketAddr = "198.51.100.99:50000".parse().unwrap();
         assert_eq!(
-            t.handle_datagram(now, 1000, moved, &mut bind(5, 0, 2000, 2)),
+            bind_routable(&mut t, now, 1000, moved, bind(5, 0, 2000, 2)),
             Action::Reply(BIND_LEN)
         );
         assert_eq!(
@@ -434,6 +525,73 @@ mod tests {
                 Action::Drop(_)
             ));
         }
+    }
+
+    /// A captured Bind sent from a victim's address (many copies, from a
+    /// whole prefix) binds nothing, creates no session, and gets the
+    /// victim one packet of the Bind's own size each: the peer's traffic is
+    /// never forwarded there. A cookie sent to one address is worth
+    /// nothing from another.
+    #[test]
+    fn spoofed_binds_bind_nothing_and_are_answered_at_most_their_size() {
+        let mut t = trs();
+        let now = Instant::now();
+        let a: SocketAddr = "198.51.100.10:40000".parse().unwrap();
+        let b: SocketAddr = "198.51.100.11:40000".parse().unwrap();
+        assert_eq!(
+            bind_routable(&mut t, now, 1000, b, bind(5, 1, 2000, 1)),
+            Action::Reply(BIND_LEN)
+        );
+        let (mut received, mut sent) = (0, 0);
+        for i in 0..40u64 {
+            let victim: SocketAddr = format!("[2001:db8:6:{i:x}::1]:4501").parse().unwrap();
+            let mut spoofed = bind(5, 0, 2000, 10 + i);
+            received += spoofed.len();
+            match t.handle_datagram(now, 1000, victim, &mut spoofed) {
+                Action::Reply(n) => {
+                    assert_eq!(spoofed[0], relay::TYPE_RELAY_CHALLENGE);
+                    sent += n;
+                }
+                Action::Drop(_) => {}
+                Action::Forward(to) => panic!("forwarded to {to}"),
+            }
+            assert!(!matches!(
+                t.handle_datagram(now, 1000, b, &mut data(5, b"to the victim?")),
+                Action::Forward(_)
+            ));
+        }
+        assert!(sent <= received, "{sent} bytes for {received}");
+        assert_eq!(
+            t.counters().challenges,
+            1 + 40,
+            "b's own, and one per spoofed Bind"
+        );
+        // A's cookie, shown by someone else, binds nothing either.
+        let mut first = bind(5, 0, 2000, 100);
+        t.handle_datagram(now, 1000, a, &mut first);
+        let c = Challenge::parse(&first).unwrap();
+        let evil: SocketAddr = "203.0.113.66:40000".parse().unwrap();
+        let mut stolen = bind(5, 0, 2000, 101);
+        stolen.extend_from_slice(&c.tail());
+        assert_eq!(
+            t.handle_datagram(now, 1000, evil, &mut stolen),
+            Action::Reply(CHALLENGE_LEN)
+        );
+        // An old cookie is refused too.
+        let mut late = bind(5, 0, 2000, 102);
+        late.extend_from_slice(&c.tail());
+        assert_eq!(
+            t.handle_datagram(now, 1000 + relay::COOKIE_LIFETIME_SECS + 1, a, &mut late),
+            Action::Reply(CHALLENGE_LEN)
+        );
+        assert_eq!(
+            bind_routable(&mut t, now, 1000, a, bind(5, 0, 2000, 103)),
+            Action::Reply(BIND_LEN)
+        );
+        assert_eq!(
+            t.handle_datagram(now, 1000, b, &mut data(5, b"x")),
+            Action::Forward(a)
+        );
     }
 
     #[test]
@@ -455,7 +613,10 @@ mod tests {
             }
         }
         assert_eq!(replies, 3, "binds per source are limited");
-        t.handle_datagram(now, 1000, b, &mut bind(9, 1, 2000, 1));
+        let later = now + Duration::from_secs(1);
+        bind_routable(&mut t, later, 1000, a, bind(9, 0, 2000, 20));
+        bind_routable(&mut t, later, 1000, b, bind(9, 1, 2000, 1));
+        let now = later;
         // The bucket's burst is at least 64 KiB; a session rate of 10 kB/s
         // then lets through about 64 KiB at once and no more.
         let mut forwarded = 0usize;

@@ -178,6 +178,12 @@ async fn registration_over(transport: Transport) {
     };
     let to = cloud.addr(transport);
     hub.send(transport, to, cipher.seal(&request)).unwrap();
+    // The leg's address is new to the NMS: its Path Challenge comes first.
+    let got = recv(&hub).await;
+    assert_eq!(
+        cipher.open(&got.datagram).unwrap().message,
+        Message::PathChallenge
+    );
     let got = recv(&hub).await;
     assert_eq!(got.transport, transport);
     assert_eq!(got.from, to);
@@ -249,6 +255,13 @@ async fn relay_between_a_quic_side_and_a_tcp_side() {
             bind.encode(&key).to_vec(),
         )
         .unwrap();
+        // A first Bind is answered with the TRS's cookie; the Bind again
+        // with it binds (return routability, protocol §6.8).
+        let challenge = recv(hub).await;
+        let challenge = relay::Challenge::parse(&challenge.datagram).expect("a Relay Challenge");
+        let mut again = bind.encode(&key).to_vec();
+        again.extend_from_slice(&challenge.tail());
+        hub.send(*transport, cloud.addr(*transport), again).unwrap();
         let ack = recv(hub).await;
         assert_eq!(ack.transport, *transport);
         assert_eq!(ack.datagram[0], TYPE_RELAY_BIND_ACK);

@@ -163,6 +163,9 @@ impl Host {
             Some(&relay::TYPE_RELAY_BIND_ACK) => Bind::parse(inner)
                 .ok()
                 .map(|b| (b.relay_id.route_id(), Some(b.side))),
+            Some(&relay::TYPE_RELAY_CHALLENGE) => relay::Challenge::parse(inner)
+                .ok()
+                .map(|c| (c.relay_id.route_id(), Some(c.side))),
             Some(&cyphonic_proto::TYPE_PUNCH) => {
                 cyphonic_proto::punch::parse(inner).map(|r| (r, None))
             }

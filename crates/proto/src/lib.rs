@@ -3,7 +3,8 @@
 //! Every datagram on a node's UDP port starts with a type byte:
 //! 1 signaling (node <-> NMS, [`signal`]), 2 Tunnel Request and 3 Tunnel
 //! Response ([`handshake`]), 4 data ([`data`]), 6 Relay Bind, 7 Relay Bind
-//! Ack and 8 Relay Data ([`relay`]), 9 punch ([`TYPE_PUNCH`]). `docs/protocol.md` is the
+//! Ack, 8 Relay Data and 10 Relay Challenge ([`relay`]), 9 punch
+//! ([`TYPE_PUNCH`]). `docs/protocol.md` is the
 //! specification; this crate is its implementation.
 //!
 //! Besides the datagrams: the Login flow's messages between a node and the

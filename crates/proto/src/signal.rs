@@ -250,6 +250,12 @@ pub enum Message {
     },
     /// A node acknowledges a notice of the NMS (`PeerRevoked`), same txid.
     NoticeAck,
+    /// The NMS checks that a new source address of the session is the
+    /// node's (RFC 9000 §8.2 path validation): sent to that address only;
+    /// the txid is the challenge (random, 64 bits, sealed).
+    PathChallenge,
+    /// The node's echo of a `PathChallenge`, same txid, sent at once.
+    PathResponse,
 }
 
 /// A page of the general nodes an adapter serves.
@@ -294,6 +300,8 @@ impl Message {
             Message::InformationResponse(_) => "InformationResponse",
             Message::PeerRevoked { .. } => "PeerRevoked",
             Message::NoticeAck => "NoticeAck",
+            Message::PathChallenge => "PathChallenge",
+            Message::PathResponse => "PathResponse",
         }
     }
 }
@@ -527,6 +535,8 @@ const MSG_INFORMATION_REQUEST: u8 = 0x0d;
 const MSG_INFORMATION_RESPONSE: u8 = 0x0e;
 const MSG_PEER_REVOKED: u8 = 0x0f;
 const MSG_NOTICE_ACK: u8 = 0x10;
+const MSG_PATH_CHALLENGE: u8 = 0x11;
+const MSG_PATH_RESPONSE: u8 = 0x12;
 
 impl Envelope {
     /// Body layout: `u8 message type || u64 txid || fields`.
@@ -608,6 +618,12 @@ impl Envelope {
             }
             Message::NoticeAck => {
                 w.u8(MSG_NOTICE_ACK).u64(self.txid);
+            }
+            Message::PathChallenge => {
+                w.u8(MSG_PATH_CHALLENGE).u64(self.txid);
+            }
+            Message::PathResponse => {
+                w.u8(MSG_PATH_RESPONSE).u64(self.txid);
             }
         }
         w.into_inner()
@@ -702,6 +718,8 @@ impl Envelope {
                 cert_serial: r.u64()?,
             },
             MSG_NOTICE_ACK => Message::NoticeAck,
+            MSG_PATH_CHALLENGE => Message::PathChallenge,
+            MSG_PATH_RESPONSE => Message::PathResponse,
             other => return Err(SignalError::UnknownMessage(other)),
         };
         r.finish()?;
@@ -917,6 +935,8 @@ mod tests {
                 cert_serial: 0x1234_5678_9abc_def0,
             },
             Message::NoticeAck,
+            Message::PathChallenge,
+            Message::PathResponse,
         ]
     }
 

@@ -263,9 +263,22 @@ impl SignalingNode {
                 .expect("an answer from the NMS in time")
                 .unwrap();
             if let Ok(env) = self.cipher.open(&buf[..n]) {
+                if env.message == Message::PathChallenge {
+                    self.echo(env.txid).await;
+                    continue;
+                }
                 return env.message;
             }
         }
+    }
+
+    /// Answers a Path Challenge, as the daemon does.
+    async fn echo(&mut self, txid: u64) {
+        let packet = self.cipher.seal(&Envelope {
+            txid,
+            message: Message::PathResponse,
+        });
+        self.sock.send_to(&packet, self.nms).await.unwrap();
     }
 
     /// Registers (from this socket) and waits for the answer; returns the
@@ -276,6 +289,8 @@ impl SignalingNode {
             Message::RegistrationResponse(r) => assert_eq!(r.observed, self.addr()),
             other => panic!("expected a RegistrationResponse, got {}", other.name()),
         }
+        // A new address's Path Challenge came just before the answer
+        // (`recv` echoed it).
         packet
     }
 }

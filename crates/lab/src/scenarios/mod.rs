@@ -2,6 +2,7 @@
 //! namespaces with [`crate::Lab`], runs the real binary in them, checks what
 //! real tools see, prints every check and a summary line, and cleans up.
 
+pub mod abuse;
 pub mod adapter;
 pub mod bench;
 pub mod bench_adapter;
@@ -64,6 +65,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "one of three nodes revoked during ping and iperf3: its tunnels close within 5 s, no new route, the others keep talking",
     ),
     (
+        "abuse",
+        "an attacker replays a Registration, floods Tunnel Requests, Relay Binds from a /48, random sessions, password guesses: a fresh node connects in under a second, nothing amplifies over 3x, memory bounded",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -84,6 +89,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "bench-transports" => bench_transports::run(bin),
         "lifetime" => lifetime::run(bin),
         "revoke" => revoke::run(bin),
+        "abuse" => abuse::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()

@@ -534,6 +534,9 @@ impl Node {
             (Some(&relay_wire::TYPE_RELAY_BIND_ACK), Path::Direct(_)) => {
                 self.on_relay_bind_ack(from, packet)
             }
+            (Some(&relay_wire::TYPE_RELAY_CHALLENGE), Path::Direct(_)) => {
+                self.on_relay_challenge(now, from, packet)
+            }
             (Some(&cyphonic_proto::TYPE_PUNCH), _) => self.counters.punches_received += 1,
             _ => self.counters.handshake_rx_bad += 1,
         }

@@ -321,13 +321,70 @@ impl Node {
             return;
         };
         match relay.on_ack(from, &ack, packet) {
-            Ok(true) => tracing::debug!(peer = %fqdn, server = %from, "relay bound"),
+            Ok(true) => {
+                tracing::debug!(peer = %fqdn, server = %from, "relay bound");
+                // A Tunnel Request sent on the relay before the TRS took
+                // our address (its cookie round trip) was dropped there:
+                // send it again now rather than a retransmission later.
+                let relay_path = relay.path();
+                if let PeerState::Handshaking {
+                    request,
+                    attempts,
+                    attempt,
+                    ..
+                } = &peer.state
+                {
+                    if let (Some(Path::Relay { .. }), Some(path)) =
+                        (attempts.get(*attempt), relay_path)
+                    {
+                        let t = path.transmit(request);
+                        drop(peer);
+                        self.out.transmits.push_back(t);
+                    }
+                }
+            }
             Ok(false) => {}
             Err(_) => {
                 drop(peer);
                 self.counters.relay_rx_bad += 1;
             }
         }
+    }
+
+    /// A Relay Challenge: the TRS wants our Bind again with its cookie,
+    /// which shows the TRS we receive at the address we bind. Sent at once,
+    /// once per Bind of ours (§6.8).
+    pub(super) fn on_relay_challenge(&mut self, now: Instant, from: Leg, packet: &[u8]) {
+        let Ok(challenge) = cyphonic_proto::relay::Challenge::parse(packet) else {
+            self.counters.relay_rx_bad += 1;
+            return;
+        };
+        let Some(fqdn) = self
+            .peers
+            .name_by_route(challenge.relay_id.route_id())
+            .cloned()
+        else {
+            self.counters.relay_rx_bad += 1;
+            return;
+        };
+        let (keepalive, retransmit) = (self.config.keepalive, self.config.handshake_retransmit);
+        let Some(mut peer) = self.peers.get_mut(&fqdn) else {
+            return;
+        };
+        let Some(relay) = peer.relay.as_mut() else {
+            return;
+        };
+        if !relay.on_challenge(from, &challenge) {
+            drop(peer);
+            self.counters.relay_rx_bad += 1;
+            return;
+        }
+        let Some(bind) = relay.bind(now, keepalive, retransmit) else {
+            return;
+        };
+        drop(peer);
+        tracing::debug!(peer = %fqdn, server = %from, "relay challenge answered");
+        self.out.transmits.push_back(bind);
     }
 
     /// Everything due for one peer: handshake retransmission over the

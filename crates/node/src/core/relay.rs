@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cyphonic_proto::relay::Bind;
+use cyphonic_proto::relay::{Bind, Challenge, COOKIE_TAIL_LEN};
 use cyphonic_proto::signal::RelayOffer;
 
 use super::types::{Leg, Path, Transmit, Transport};
@@ -26,6 +26,9 @@ pub(crate) struct RelayState {
     pub bound: bool,
     pub unacked: u32,
     pub next_bind: Instant,
+    /// The cookie of the current TRS's last Challenge: our Binds carry it
+    /// until one is acknowledged (§6.8).
+    pub cookie: Option<(Leg, [u8; COOKIE_TAIL_LEN])>,
 }
 
 /// A Bind Ack that does not belong to this session's current TRS or key.
@@ -65,6 +68,7 @@ impl RelayState {
             bound: false,
             unacked: 0,
             next_bind: now,
+            cookie: None,
         })
     }
 
@@ -144,15 +148,37 @@ impl RelayState {
         self.counter += 1;
         self.unacked += 1;
         self.next_bind = now + if self.bound { keepalive } else { retransmit };
-        let bind = Bind {
+        let mut bind = Bind {
             ack: false,
             relay_id: self.offer.relay_id,
             side: self.offer.side,
             expires: self.offer.expires,
             counter: self.counter,
         }
-        .encode(&self.offer.key);
-        Some(server.transmit(bind.to_vec()))
+        .encode(&self.offer.key)
+        .to_vec();
+        if let Some((_, tail)) = self.cookie.filter(|(leg, _)| *leg == server) {
+            bind.extend_from_slice(&tail);
+        }
+        Some(server.transmit(bind))
+    }
+
+    /// A Relay Challenge from `from`: when it is the current TRS's answer
+    /// to our latest Bind, keep its cookie and return true (bind again at
+    /// once). Anything else changes nothing: one answer per Bind, so a
+    /// forged Challenge costs at most one Bind.
+    pub fn on_challenge(&mut self, from: Leg, challenge: &Challenge) -> bool {
+        if self.server() != Some(from)
+            || challenge.relay_id != self.offer.relay_id
+            || challenge.side != self.offer.side
+            || challenge.counter != self.counter
+        {
+            return false;
+        }
+        self.cookie = Some((from, challenge.tail()));
+        // The TRS answered: it is alive.
+        self.unacked = 0;
+        true
     }
 
     /// A Bind Ack from `from`: `Ok(true)` when it bound us now.
@@ -164,6 +190,7 @@ impl RelayState {
         let newly = !self.bound;
         self.bound = true;
         self.unacked = 0;
+        self.cookie = None;
         Ok(newly)
     }
 }
@@ -224,6 +251,67 @@ mod tests {
             .is_none());
         r.set_transport(Transport::Udp, now);
         assert_eq!(r.path().map(|p| p.address()), Some(v4(1, 4503)));
+    }
+
+    /// A Challenge for our latest Bind from our TRS: the next Bind carries
+    /// its cookie, until an Ack. Any other Challenge changes nothing.
+    #[test]
+    fn a_challenge_puts_its_cookie_on_the_next_bind_only() {
+        let now = Instant::now();
+        let (keepalive, retransmit) = (Duration::from_secs(5), Duration::from_millis(300));
+        let mut r =
+            RelayState::new(offer(), &[v4(50, 4501)], None, Transport::Udp, now).expect("relay");
+        let first = r.bind(now, keepalive, retransmit).expect("bind");
+        assert_eq!(first.payload.len(), cyphonic_proto::relay::BIND_LEN);
+        let challenge = Challenge {
+            relay_id: r.offer.relay_id,
+            side: 1,
+            counter: 1,
+            issued: 1_900_000_000,
+            cookie: [9; 16],
+        };
+        let trs = Leg::udp(v4(1, 4503));
+        assert!(
+            !r.on_challenge(Leg::udp(v4(2, 4503)), &challenge),
+            "another TRS"
+        );
+        assert!(
+            !r.on_challenge(
+                trs,
+                &Challenge {
+                    counter: 7,
+                    ..challenge
+                }
+            ),
+            "not our Bind"
+        );
+        assert!(
+            !r.on_challenge(
+                trs,
+                &Challenge {
+                    side: 0,
+                    ..challenge
+                }
+            ),
+            "the other side"
+        );
+        assert!(r.on_challenge(trs, &challenge));
+        let again = r.bind(now, keepalive, retransmit).expect("bind");
+        assert_eq!(
+            again.payload.len(),
+            cyphonic_proto::relay::BIND_WITH_COOKIE_LEN
+        );
+        assert_eq!(
+            &again.payload[cyphonic_proto::relay::BIND_LEN..],
+            &challenge.tail()
+        );
+        assert!(!r.on_challenge(trs, &challenge), "one answer per Bind");
+        let bind = Bind::parse(&again.payload[..cyphonic_proto::relay::BIND_LEN]).unwrap();
+        let ack_bytes = Bind { ack: true, ..bind }.encode(&[7; 32]);
+        let ack = Bind::parse(&ack_bytes).unwrap();
+        assert_eq!(r.on_ack(trs, &ack, &ack_bytes), Ok(true));
+        let later = r.bind(now, keepalive, retransmit).expect("bind");
+        assert_eq!(later.payload.len(), cyphonic_proto::relay::BIND_LEN);
     }
 
     #[test]

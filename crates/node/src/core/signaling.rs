@@ -707,6 +707,15 @@ impl Signaling {
                     cert_serial,
                 })
             }
+            Message::PathChallenge => {
+                // Echoed at once, whatever our idea of our address: the NMS
+                // checks where the echo comes from (§4.7). Twice: a lost echo
+                // would cost the NMS a challenge of its small budget.
+                for _ in 0..2 {
+                    self.seal_to_nms_over(env.txid, Message::PathResponse, from.transport, out);
+                }
+                None
+            }
             Message::DirectionError { code, message } => {
                 let req = self.take_request(env.txid, RequestKind::Direction)?;
                 let target = req.target.unwrap_or_default();

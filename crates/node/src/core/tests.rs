@@ -33,6 +33,8 @@ struct Bench {
     rng: StdRng,
     t0: Instant,
     now: Instant,
+    /// Bytes sent to each address other than the NMS, by `pump`.
+    elsewhere: std::collections::BTreeMap<SocketAddr, (usize, usize)>,
 }
 
 impl Bench {
@@ -40,7 +42,9 @@ impl Bench {
         let mut rng = StdRng::seed_from_u64(11);
         let identity = LocalIdentity {
             static_keys: StaticKeypair::generate(&mut rng),
-            cert_chain_der: Vec::new(),
+            // The size of a real chain (leaf and intermediate): Tunnel
+            // Requests weigh what they weigh on the wire.
+            cert_chain_der: vec![vec![0x30; 380], vec![0x30; 420]],
             binding_sig: [0; 64],
         };
         let t0 = Instant::now();
@@ -80,6 +84,7 @@ impl Bench {
             rng,
             t0,
             now: t0,
+            elsewhere: std::collections::BTreeMap::new(),
         };
         b.pump();
         assert!(b.node.status(b.now).cloud.registered);
@@ -98,6 +103,9 @@ impl Bench {
         let mut directions = Vec::new();
         while let Some(t) = self.node.poll_transmit() {
             if t.destination != NMS {
+                let e = self.elsewhere.entry(t.destination).or_default();
+                e.0 += 1;
+                e.1 += t.payload.len();
                 continue;
             }
             let env = self.nms.open(&t.payload).expect("the NMS opens it");
@@ -273,4 +281,45 @@ fn a_route_never_takes_over_a_live_peers_vip() {
         .peers
         .iter()
         .any(|p| p.fqdn == "p2.cyphonic.internal"));
+}
+
+/// A route direction naming addresses that never answer (a hostile peer's
+/// registered addresses, or a victim's): the Tunnel Requests they get from
+/// one route are bounded in number and bytes, however long the handshake
+/// is retried.
+#[test]
+fn addresses_that_never_answer_get_a_few_tunnel_requests_per_route() {
+    for endpoints in [1usize, 16] {
+        let mut b = Bench::registered();
+        let mut d = direction(1, true);
+        d.peer.endpoints = (0..endpoints)
+            .map(|i| {
+                SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x66, 0, 0, 0, 0, i as u16 + 1)),
+                    4501,
+                )
+            })
+            .collect();
+        let txid = b.rng.gen();
+        b.send(txid, Message::RouteDirectionToResponder(d));
+        b.pump();
+        let until = b.now + Duration::from_secs(30);
+        b.run_until(until);
+        let (packets, bytes): (usize, usize) = b
+            .elsewhere
+            .values()
+            .fold((0, 0), |(p, n), (pp, nn)| (p + pp, n + nn));
+        let most = b.elsewhere.values().map(|(p, _)| *p).max().unwrap_or(0);
+        eprintln!(
+            "{endpoints} silent endpoint(s): {packets} packets, {bytes} bytes in all; at most {most} to one address"
+        );
+        assert!(
+            most <= super::tunnel::MAX_SILENT_SENDS as usize,
+            "{most} to one address"
+        );
+        assert!(
+            packets <= super::tunnel::MAX_SILENT_SENDS_PER_ROUTE as usize,
+            "{packets} packets per route"
+        );
+    }
 }

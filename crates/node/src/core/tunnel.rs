@@ -25,6 +25,14 @@ use super::Node;
 
 /// Tries of a handshake on one path before the next.
 pub const SENDS_PER_ATTEMPT: u32 = 2;
+/// Tunnel Requests one route sends to a direct address that has not
+/// answered (the last one tried: at 0, 0.3, 0.9, 2.1, 3.3 and 4.5 s, so a
+/// handshake still gets through 30 % loss), and to all of them together.
+/// The endpoints
+/// come from the other side's registration: a direction naming a victim
+/// costs it at most this much per route (protocol §5.4).
+pub const MAX_SILENT_SENDS: u32 = 6;
+pub const MAX_SILENT_SENDS_PER_ROUTE: u32 = 8;
 
 /// Where a peer's tunnel establishment stands.
 pub(crate) enum PeerState {
@@ -39,6 +47,8 @@ pub(crate) enum PeerState {
         attempts: Vec<Path>,
         attempt: usize,
         sent_on_attempt: u32,
+        /// Requests sent on direct paths so far (none of them answered).
+        silent_sends: u32,
         next_retransmit: Instant,
         deadline: Instant,
     },
@@ -155,6 +165,7 @@ impl Node {
                 peer.state = PeerState::Handshaking {
                     initiator: Some(Box::new(initiator)),
                     request,
+                    silent_sends: u32::from(matches!(first, Path::Direct(_))),
                     attempts,
                     attempt: 0,
                     sent_on_attempt: 1,
@@ -642,6 +653,7 @@ impl Node {
                 attempts,
                 attempt,
                 sent_on_attempt,
+                silent_sends,
                 next_retransmit,
                 deadline,
                 ..
@@ -649,8 +661,17 @@ impl Node {
                 if now >= *deadline {
                     failed = Some(EstablishmentFailed::NoResponse);
                 } else if now >= *next_retransmit {
-                    if *sent_on_attempt >= SENDS_PER_ATTEMPT && *attempt + 1 < attempts.len() {
+                    let last = attempts.len() - 1;
+                    if *sent_on_attempt >= SENDS_PER_ATTEMPT && *attempt < last {
                         *attempt += 1;
+                        *sent_on_attempt = 0;
+                    }
+                    if *silent_sends >= MAX_SILENT_SENDS_PER_ROUTE
+                        && matches!(attempts[*attempt], Path::Direct(_))
+                        && matches!(attempts[last], Path::Relay { .. })
+                    {
+                        // The direct budget is spent: the relay is left.
+                        *attempt = last;
                         *sent_on_attempt = 0;
                     }
                     // The relay path follows the current TRS (failover).
@@ -659,9 +680,27 @@ impl Node {
                         path = r;
                         attempts[*attempt] = r;
                     }
-                    *sent_on_attempt += 1;
-                    *next_retransmit = now + retransmit;
-                    self.out.transmits.push_back(path.transmit(request));
+                    let direct = matches!(path, Path::Direct(_));
+                    if direct
+                        && (*sent_on_attempt >= MAX_SILENT_SENDS
+                            || *silent_sends >= MAX_SILENT_SENDS_PER_ROUTE)
+                    {
+                        // Nothing more to a silent address: wait for the
+                        // deadline (a Response may still come).
+                        *next_retransmit = *deadline;
+                    } else {
+                        // The last direct address backs off, to 1.2 s
+                        // between tries; the relay keeps the pace.
+                        let backoff = if direct && *attempt == last {
+                            1u32 << (*sent_on_attempt).min(2)
+                        } else {
+                            1
+                        };
+                        *sent_on_attempt += 1;
+                        *silent_sends += u32::from(direct);
+                        *next_retransmit = now + retransmit * backoff;
+                        self.out.transmits.push_back(path.transmit(request));
+                    }
                 }
             }
             PeerState::AwaitingRequest { deadline } if now >= *deadline => {

@@ -1523,6 +1523,7 @@ impl Sim {
             Some(4) => ("Data", None, None),
             Some(&relay::TYPE_RELAY_BIND) => ("RelayBind", None, None),
             Some(&relay::TYPE_RELAY_BIND_ACK) => ("RelayBindAck", None, None),
+            Some(&relay::TYPE_RELAY_CHALLENGE) => ("RelayChallenge", None, None),
             Some(&relay::TYPE_RELAY_DATA) => match payload.get(RELAY_HEADER_LEN) {
                 Some(2) => ("RelayedTunnelRequest", None, None),
                 Some(3) => ("RelayedTunnelResponse", None, None),

@@ -266,14 +266,15 @@ fn rtt(sim: &Sim) -> Duration {
 /// route (Direction Request, Route Direction to the responder and its
 /// confirmation, Route Direction to the initiator: 2), then shakes hands
 /// (1) and data follows (½): 5½ round trips; through a relay, whose two
-/// legs double the handshake's and the data's: 7. One more round trip of
-/// slack each.
+/// legs double the handshake's and the data's, and whose Bind from a new
+/// address takes the TRS's cookie round trip first (return routability,
+/// protocol §6.8): 8. One more round trip of slack each.
 fn outage_bound(sim: &Sim, path_kept: bool, relayed: bool) -> Duration {
     let rtt = rtt(sim);
     match (path_kept, relayed) {
         (true, _) => rtt * 3,
         (false, false) => rtt * 13 / 2,
-        (false, true) => rtt * 8,
+        (false, true) => rtt * 9,
     }
 }
 
