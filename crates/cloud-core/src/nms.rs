@@ -270,6 +270,9 @@ pub struct NmsCounters {
     pub notices_unacked: u64,
     /// Direction Requests refused for their rate (per session or target).
     pub directions_limited: u64,
+    /// Messages not sent because the session's counters reached the limit
+    /// of the range this NMS reserved ([`Nms::with_counter_limit`]).
+    pub tx_counter_exhausted: u64,
 }
 
 /// Registration state of one node.
@@ -431,6 +434,9 @@ pub struct Nms {
     config: NmsConfig,
     rng: StdRng,
     counter_base: u64,
+    /// No session seals a counter at or above this (`docs/protocol.md`
+    /// §4.2): the end of the range the shell reserved for this run.
+    counter_limit: u64,
     sessions: HashMap<SessionId, Session>,
     /// fqdn -> session of its latest registration.
     by_fqdn: HashMap<String, SessionId>,
@@ -478,6 +484,7 @@ impl Nms {
             config,
             rng: StdRng::from_seed(seed),
             counter_base,
+            counter_limit: u64::MAX,
             sessions: HashMap::new(),
             by_fqdn: HashMap::new(),
             awaiting_session: BTreeMap::new(),
@@ -497,6 +504,16 @@ impl Nms {
             withdrawn: VecDeque::new(),
             ended_lately: VecDeque::new(),
         }
+    }
+
+    /// Seals no counter at or above `limit`, under any session: the shell
+    /// reserved `counter_base .. limit` in the database before this run
+    /// (`Store::reserve_signal_counters`), so no other run of any NMS uses
+    /// them, whatever the clock did. A message past it is not sent
+    /// (counted `tx_counter_exhausted`).
+    pub fn with_counter_limit(mut self, limit: u64) -> Self {
+        self.counter_limit = limit;
+        self
     }
 
     /// The node `fqdn` with certificate `cert_serial` left the overlay (the
@@ -538,13 +555,16 @@ impl Nms {
                 continue;
             };
             let txid: u64 = self.rng.gen();
-            let payload = s.cipher.seal(&Envelope {
+            let Ok(payload) = s.cipher.try_seal(&Envelope {
                 txid,
                 message: Message::PeerRevoked {
                     fqdn: fqdn.clone(),
                     cert_serial,
                 },
-            });
+            }) else {
+                self.counters.tx_counter_exhausted += 1;
+                continue;
+            };
             self.transmits.push_back(Transmit {
                 local: reg.nms_local,
                 destination: reg.observed,
@@ -606,10 +626,14 @@ impl Nms {
                 done.push((id, txid));
                 continue;
             }
-            let payload = session.cipher.seal(&Envelope {
+            let Ok(payload) = session.cipher.try_seal(&Envelope {
                 txid,
                 message: n.message.clone(),
-            });
+            }) else {
+                self.counters.tx_counter_exhausted += 1;
+                done.push((id, txid));
+                continue;
+            };
             self.transmits.push_back(Transmit {
                 local: reg.nms_local,
                 destination: reg.observed,
@@ -961,15 +985,17 @@ impl Nms {
                         // one arrived and only the confirmation was lost, the
                         // responder's replay window drops a copy, and it
                         // would never confirm again.
-                        let payload = session.cipher.seal(&Envelope {
+                        match session.cipher.try_seal(&Envelope {
                             txid: r.cn_txid,
                             message: Message::RouteDirectionToResponder(r.to_responder.clone()),
-                        });
-                        self.transmits.push_back(Transmit {
-                            local: reg.nms_local,
-                            destination: reg.observed,
-                            payload,
-                        });
+                        }) {
+                            Ok(payload) => self.transmits.push_back(Transmit {
+                                local: reg.nms_local,
+                                destination: reg.observed,
+                                payload,
+                            }),
+                            Err(_) => self.counters.tx_counter_exhausted += 1,
+                        }
                     }
                 }
                 r.interval *= 2;
@@ -996,7 +1022,8 @@ impl Nms {
             &info.common_key,
             Role::Nms,
             self.counter_base,
-        );
+        )
+        .with_tx_limit(self.counter_limit);
         self.sessions.insert(
             info.session_id,
             Session {
@@ -1430,10 +1457,14 @@ impl Nms {
         let Some(cn_session) = self.sessions.get_mut(&cn) else {
             return;
         };
-        let packet = cn_session.cipher.seal(&Envelope {
+        let Ok(packet) = cn_session.cipher.try_seal(&Envelope {
             txid: cn_txid,
             message: Message::RouteDirectionToResponder(to_responder.clone()),
-        });
+        }) else {
+            // No route: the initiator's request goes unanswered.
+            self.counters.tx_counter_exhausted += 1;
+            return;
+        };
         self.transmits.push_back(Transmit {
             local: cn_reg.nms_local,
             destination: cn_reg.observed,
@@ -1585,7 +1616,10 @@ impl Nms {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let payload = session.cipher.seal(&Envelope { txid, message });
+        let Ok(payload) = session.cipher.try_seal(&Envelope { txid, message }) else {
+            self.counters.tx_counter_exhausted += 1;
+            return;
+        };
         if cache {
             if self.answered_order.len() >= RESPONSE_CACHE {
                 if let Some(old) = self.answered_order.pop_front() {

@@ -25,6 +25,13 @@ use cyphonic_proto::SessionId;
 /// a revoked or disabled node's peers are told at once after.
 pub const SESSION_RECHECK: Duration = Duration::from_secs(2);
 
+/// Signaling counters each NMS run reserves (`docs/protocol.md` §4.2):
+/// 10^12, more than a run can seal (a million messages a second for
+/// eleven days), and little against 2^64 (each run moves the floor by
+/// about 11.6 days of microseconds; a million restarts stay far below the
+/// counter limit).
+pub const SIGNAL_COUNTER_RANGE: u64 = 1_000_000_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roles {
     All,
@@ -320,7 +327,11 @@ pub async fn run_nms_observed(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let mut nms = Nms::new(config, seed, micros);
+    let base = store
+        .reserve_signal_counters(micros, SIGNAL_COUNTER_RANGE)
+        .await
+        .context("cannot reserve the NMS's signaling counters in the database")?;
+    let mut nms = Nms::new(config, seed, base).with_counter_limit(base + SIGNAL_COUNTER_RANGE);
     let (tx, mut rx) = input;
     let mut by_local = std::collections::HashMap::new();
     // Dropped on return, which stops the readers and so frees the ports

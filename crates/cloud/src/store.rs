@@ -86,6 +86,8 @@ pub enum StoreError {
     },
     #[error("session {0:#x} does not exist (ended or expired)")]
     NoSuchSession(u64),
+    #[error("the NMS's signaling counters are used up (the stored floor is near 2^64)")]
+    CountersExhausted,
     #[error("no free virtual IP is left in {vip4_prefix} / {vip6_prefix}")]
     VipsExhausted {
         vip4_prefix: Ipv4Prefix,
@@ -1139,6 +1141,33 @@ impl Store {
             .collect();
         self.announce_ended(ended.clone());
         Ok(ended)
+    }
+
+    /// Reserves the NMS's signaling counters for one run: returns `base`
+    /// = max(`wall_micros`, the stored floor) and, in the same transaction
+    /// and before returning, raises the floor to `base + range`. Every
+    /// counter in `base .. base + range` is this caller's alone: no other
+    /// run, earlier or concurrent, got any of them, whatever the wall clock
+    /// did in between (`docs/protocol.md` §4.2).
+    pub async fn reserve_signal_counters(
+        &self,
+        wall_micros: u64,
+        range: u64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (floor,): (i64,) = sqlx::query_as("SELECT floor FROM nms_counter_floor WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let base = wall_micros.max(counter_from_sql(floor));
+        let Some(end) = base.checked_add(range) else {
+            return Err(StoreError::CountersExhausted);
+        };
+        sqlx::query("UPDATE nms_counter_floor SET floor = ? WHERE id = 1")
+            .bind(counter_to_sql(end))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(base)
     }
 
     /// Which of `ids` are still live sessions at `now`: not ended, not
