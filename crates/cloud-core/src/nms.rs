@@ -55,6 +55,15 @@ use cyphonic_proto::signal::{
 use cyphonic_proto::{RelayId, RouteId, SessionId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+/// The common key is wiped on drop.
+impl Drop for SessionInfo {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.common_key);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for SessionInfo {}
+
 /// What the AS recorded at Login, as the NMS needs it.
 #[derive(Clone)]
 pub struct SessionInfo {
@@ -125,6 +134,15 @@ pub struct NmsConfig {
     /// Lookups of unknown session IDs per second in all (bursts as many).
     pub lookups_total: u32,
 }
+
+/// The relay secret is wiped on drop.
+impl Drop for RelayConfig {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for RelayConfig {}
 
 /// How the NMS hands out relay grants (see [`cyphonic_proto::relay`]).
 #[derive(Clone)]
@@ -1803,6 +1821,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sessions_common_key_is_wiped_when_the_session_goes() {
+        let session = info(7, "a7");
+        assert_ne!(session.common_key, [0; 32]);
+        assert_eq!(
+            cyphonic_proto::key_bytes_after_drop!(session, common_key),
+            [0; 32]
+        );
+    }
+
+    #[test]
     fn relay_instances_group_one_address_per_family() {
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
         let list = [
@@ -2015,10 +2043,8 @@ mod tests {
         );
         // A session of the withdrawn certificate is not loaded again.
         nms.handle_session(t, info(9, "a1"));
-        let mut late = SessionInfo {
-            cert_serial: 1,
-            ..info(10, "a1")
-        };
+        let mut late = info(10, "a1");
+        late.cert_serial = 1;
         late.session_id = SessionId(10);
         nms.handle_session(t, late);
         assert!(!nms.held_sessions().contains(&SessionId(10)));

@@ -23,6 +23,15 @@ use cyphonic_proto::relay::{self, Bind, BIND_LEN, TYPE_RELAY_BIND, TYPE_RELAY_DA
 use cyphonic_proto::RelayId;
 use serde::Serialize;
 
+/// The relay secret is wiped on drop.
+impl Drop for TrsConfig {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for TrsConfig {}
+
 #[derive(Debug, Clone)]
 pub struct TrsConfig {
     /// Shared with the NMS: grants are derived from it.

@@ -273,9 +273,8 @@ pub fn renew_intermediate(
                 },
                 e => AdminError::Intermediate(e.to_string()),
             })?;
-    let key_pem = zeroize::Zeroizing::new(made.key_pem);
     // Checked as the AS will load it.
-    cyphonic_pki::Issuer::from_pem(&made.cert_pem, &key_pem)
+    cyphonic_pki::Issuer::from_pem(&made.cert_pem, &made.key_pem)
         .map_err(|e| AdminError::Intermediate(e.to_string()))?;
     let previous_not_after = fs::read_to_string(cfg.as_cert_path())
         .ok()
@@ -290,7 +289,7 @@ pub fn renew_intermediate(
     // key goes first. A crash between the two leaves a pair the AS refuses
     // to load with a clear error, and running this again mends it.
     let (cert_path, key_path) = (cfg.as_cert_path(), cfg.as_key_path());
-    replace_file(&key_path, &key_pem, 0o600)?;
+    replace_file(&key_path, &made.key_pem, 0o600)?;
     replace_file(&cert_path, &made.cert_pem, 0o644)?;
     Ok(IntermediateRenewal {
         cert_path,
@@ -319,6 +318,15 @@ fn replace_file(path: &Path, contents: &str, mode: u32) -> Result<(), AdminError
         }
     })
 }
+
+/// The password is wiped on drop.
+impl Drop for EnrollmentPassword {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for EnrollmentPassword {}
 
 /// A device's one-time enrollment password, as the operator hands it to
 /// the device's owner.

@@ -133,7 +133,7 @@ pub struct AsServer {
 pub struct ServerIdentity {
     /// The server certificate, then the intermediate (PEM).
     pub chain_pem: String,
-    pub key_pem: String,
+    pub key_pem: zeroize::Zeroizing<String>,
     /// Our root (DER), the only trust anchor.
     pub root_der: Vec<u8>,
 }

@@ -524,7 +524,7 @@ async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
         tracing::warn!(error = %e, "session lookup failed");
         Lookup::Failed
     };
-    let session = match store.session(session_id.0).await {
+    let mut session = match store.session(session_id.0).await {
         Ok(Some(s)) => s,
         Ok(None) => return Lookup::Missing,
         Err(e) => return failed(e),
@@ -538,8 +538,8 @@ async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
         SessionInfo {
             session_id,
             common_key: session.common_key,
-            device_id: session.device_id,
-            fqdn: session.fqdn,
+            device_id: std::mem::take(&mut session.device_id),
+            fqdn: std::mem::take(&mut session.fqdn),
             vip4: device.vip4,
             vip6: device.vip6,
             cert_serial: session.cert_serial,
@@ -587,19 +587,18 @@ async fn ended_among(store: &Store, held: &[SessionId]) -> Vec<SessionId> {
 /// The relay secret shared by NMS and TRS, from `relay.secret`.
 pub fn load_relay_secret(cfg: &CloudConfig) -> anyhow::Result<Vec<u8>> {
     let path = cfg.relay_secret_path();
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
         format!(
             "cannot read the relay secret {}: copy it from the host where `cyphonic cloud init` ran",
             path.display()
         )
-    })?;
-    let secret =
+    })?);
+    let mut secret =
         hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
-    anyhow::ensure!(
-        secret.len() >= 16,
-        "{} is too short (at least 16 bytes)",
-        path.display()
-    );
+    if secret.len() < 16 {
+        zeroize::Zeroize::zeroize(&mut secret);
+        anyhow::bail!("{} is too short (at least 16 bytes)", path.display());
+    }
     Ok(secret)
 }
 

@@ -220,6 +220,15 @@ pub struct CertificateRecord {
     pub cert_pem: String,
 }
 
+/// The common key is wiped on drop.
+impl Drop for SessionRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.common_key);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for SessionRecord {}
+
 /// A Login session: the common key a node and the NMS share for signaling.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -1492,6 +1501,24 @@ async fn insert_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_records_common_key_is_wiped_on_drop() {
+        let record = SessionRecord {
+            session_id: 1,
+            device_id: "n1".into(),
+            fqdn: "n1.cyphonic.internal".into(),
+            common_key: [0xa5; 32],
+            cert_serial: 1,
+            expires_at: SystemTime::UNIX_EPOCH,
+            login_seq: 1,
+            replay_floor: 0,
+        };
+        assert_eq!(
+            cyphonic_proto::key_bytes_after_drop!(record, common_key),
+            [0; 32]
+        );
+    }
 
     fn prefixes(v4: &str, v6: &str) -> (Ipv4Prefix, Ipv6Prefix) {
         (v4.parse().unwrap(), v6.parse().unwrap())

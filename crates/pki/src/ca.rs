@@ -30,6 +30,7 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::oid_registry::OID_SIG_ED25519;
 use x509_parser::prelude::{FromDer, X509Certificate, X509CertificationRequest};
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::key::{Ed25519PublicKey, NodeKey};
 use crate::names::{dns_san, normalize_dns_name};
@@ -67,6 +68,16 @@ pub struct CaMaterial {
     /// The AS intermediate private key (PKCS#8).
     pub intermediate_key_pem: String,
 }
+
+/// The keys are wiped on drop.
+impl Drop for CaMaterial {
+    fn drop(&mut self) {
+        self.root_key_pem.zeroize();
+        self.intermediate_key_pem.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for CaMaterial {}
 
 impl fmt::Debug for CaMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -110,7 +121,7 @@ pub fn create_ca(domain: &str, now: SystemTime) -> Result<CaMaterial, PkiError> 
 
     Ok(CaMaterial {
         root_cert_pem: der_to_pem(root_cert.der()),
-        root_key_pem: root_key.to_pem(),
+        root_key_pem: root_key.to_pem().to_string(),
         intermediate_cert_pem,
         intermediate_key_pem,
     })
@@ -179,6 +190,15 @@ pub struct NewIntermediate {
     pub not_after: SystemTime,
 }
 
+/// The key is wiped on drop.
+impl Drop for NewIntermediate {
+    fn drop(&mut self) {
+        self.key_pem.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for NewIntermediate {}
+
 impl fmt::Debug for NewIntermediate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NewIntermediate")
@@ -209,7 +229,7 @@ fn sign_intermediate(
         .map_err(|e| PkiError::Key(format!("cannot sign intermediate CA: {e}")))?;
     Ok((
         der_to_pem(intermediate_cert.der()),
-        intermediate_key.to_pem(),
+        intermediate_key.to_pem().to_string(),
     ))
 }
 
@@ -395,7 +415,7 @@ impl Issuer {
         ips: &[IpAddr],
         serial: u64,
         now: SystemTime,
-    ) -> Result<(IssuedCert, String), PkiError> {
+    ) -> Result<(IssuedCert, zeroize::Zeroizing<String>), PkiError> {
         if dns_names.is_empty() && ips.is_empty() {
             return Err(PkiError::InvalidRequest(
                 "a server certificate needs at least one DNS name or IP address".into(),

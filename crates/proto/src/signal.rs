@@ -20,6 +20,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::wire::{Reader, WireError, Writer};
@@ -473,6 +474,16 @@ pub struct RouteDirection {
     pub via: Transport,
 }
 
+/// The tunnel key is wiped when the direction goes (the NMS's pending
+/// route, the node's route, the decoded message).
+impl Drop for RouteDirection {
+    fn drop(&mut self) {
+        self.tunnel_key.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for RouteDirection {}
+
 /// One side's grant for a relay session (see [`crate::relay`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RelayOffer {
@@ -488,6 +499,15 @@ pub struct RelayOffer {
     pub quic_port: u16,
     pub tcp_port: u16,
 }
+
+/// The side key is wiped on drop.
+impl Drop for RelayOffer {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for RelayOffer {}
 
 impl std::fmt::Debug for RelayOffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -877,25 +897,23 @@ mod tests {
             relay: None,
             via: Transport::Udp,
         };
-        let relayed = RouteDirection {
-            pattern: RoutePattern::Relayed,
-            initiate: false,
-            punch: true,
-            relay: Some(RelayOffer {
-                relay_id: RelayId(77),
-                side: 1,
-                expires: 1_900_000_000,
-                key: [5; 32],
-                servers: vec![
-                    "192.0.2.1:4503".parse().unwrap(),
-                    "[2001:db8::1]:4503".parse().unwrap(),
-                ],
-                quic_port: 443,
-                tcp_port: 443,
-            }),
-            via: Transport::Quic,
-            ..dir.clone()
-        };
+        let mut relayed = dir.clone();
+        relayed.pattern = RoutePattern::Relayed;
+        relayed.initiate = false;
+        relayed.punch = true;
+        relayed.relay = Some(RelayOffer {
+            relay_id: RelayId(77),
+            side: 1,
+            expires: 1_900_000_000,
+            key: [5; 32],
+            servers: vec![
+                "192.0.2.1:4503".parse().unwrap(),
+                "[2001:db8::1]:4503".parse().unwrap(),
+            ],
+            quic_port: 443,
+            tcp_port: 443,
+        });
+        relayed.via = Transport::Quic;
         vec![
             Message::RegistrationRequest(RegistrationRequest {
                 static_public: [1; 32],
@@ -1034,6 +1052,21 @@ mod tests {
         // A node's own packet sent back to it is not accepted as the NMS's.
         let mut node2 = SignalCipher::new(SessionId(42), &[7u8; 32], Role::Node, 0);
         assert_eq!(node2.open(&packet), Err(SignalError::WrongDirection));
+    }
+
+    #[test]
+    fn tunnel_keys_and_relay_side_keys_are_wiped_on_drop() {
+        let Message::RouteDirectionToResponder(direction) = sample_messages().remove(10) else {
+            panic!("sample 10 is a relayed route direction");
+        };
+        assert_eq!(direction.tunnel_key, [3; 32]);
+        assert_eq!(
+            crate::key_bytes_after_drop!(direction.clone(), tunnel_key),
+            [0; 32]
+        );
+        let offer = direction.relay.clone().expect("relayed");
+        assert_eq!(offer.key, [5; 32]);
+        assert_eq!(crate::key_bytes_after_drop!(offer, key), [0; 32]);
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl CloudDir {
             .unwrap()
             .password
             .password
+            .clone()
     }
 
     /// The test's temporary folder (the cloud is in `cloud/` inside it).

@@ -200,7 +200,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// installed by a renewal): every Login presents them again.
 pub struct Credentials {
     pub chain_pem: String,
-    pub key_pem: String,
+    /// Wiped on drop.
+    pub key_pem: zeroize::Zeroizing<String>,
     pub root_pem: String,
 }
 
@@ -221,7 +222,9 @@ impl Credentials {
     /// between the two, `node.key.next` holds the key that goes with
     /// `node.pem`, and it becomes `node.key` here.
     pub fn load(state: &StatePaths, fqdn: &str) -> anyhow::Result<Credentials> {
-        let mut key_pem = std::fs::read_to_string(state.key()).context("cannot read node.key")?;
+        let mut key_pem = zeroize::Zeroizing::new(
+            std::fs::read_to_string(state.key()).context("cannot read node.key")?,
+        );
         let chain_pem = std::fs::read_to_string(state.chain()).context("cannot read node.pem")?;
         let root_pem = std::fs::read_to_string(state.root()).context("cannot read root.pem")?;
         let verifier = Verifier::from_pem(&root_pem)?;
@@ -241,7 +244,7 @@ impl Credentials {
             tracing::warn!(
                 "node.key was the key before the certificate's renewal; now the renewed one"
             );
-            key_pem = next;
+            key_pem = zeroize::Zeroizing::new(next);
         }
         Ok(Credentials {
             chain_pem,
@@ -279,7 +282,7 @@ impl Credentials {
         }
         Ok(Credentials {
             chain_pem: chain_pem.to_owned(),
-            key_pem: key_pem.to_owned(),
+            key_pem: key_pem.to_owned().into(),
             root_pem: root_pem.to_owned(),
         })
     }
