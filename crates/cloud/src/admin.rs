@@ -264,6 +264,12 @@ pub fn renew_intermediate(
             Err(e) => return Err(io_err(&given)(e)),
         }
     }
+    if let Err(e) = cyphonic_pki::NodeKey::from_pem(&root_key_pem) {
+        return Err(AdminError::Intermediate(format!(
+            "{} is not a root key: {e}",
+            key_path.display()
+        )));
+    }
     let made =
         cyphonic_pki::create_intermediate(&root_pem, &root_key_pem, &cfg.domain, SystemTime::now())
             .map_err(|e| match e {
