@@ -72,7 +72,16 @@ enum CloudCmd {
         /// Addresses nodes use to reach the cloud (go into the AS certificate).
         #[arg(long = "public")]
         public: Vec<IpAddr>,
+        /// Write the root CA key (and a copy of the root certificate) to this
+        /// folder instead of --dir: keep it offline; the cloud runs with its
+        /// intermediate alone, and the root is needed only to make a new
+        /// intermediate (`cloud intermediate renew --root`).
+        #[arg(long, value_name = "DIR")]
+        offline_root: Option<PathBuf>,
     },
+    /// The AS intermediate CA.
+    #[command(subcommand)]
+    Intermediate(IntermediateCmd),
     /// Run the cloud services.
     Run {
         #[arg(long)]
@@ -100,6 +109,21 @@ enum CloudCmd {
         /// Revoke every certificate of this device instead.
         #[arg(long)]
         device: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IntermediateCmd {
+    /// Make a new intermediate CA (fresh key, 5 years) from the root, in
+    /// place of as.pem / as.key; restart the AS to use it. Nodes keep
+    /// verifying: the root stays the same.
+    Renew {
+        #[arg(long)]
+        config: PathBuf,
+        /// The folder with the root key (root.key, and root.pem to check
+        /// it against this cloud's); default: the cloud's data folder.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
     },
 }
 
@@ -314,8 +338,15 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             dir,
             domain,
             public,
+            offline_root,
         }) => {
-            let report = cyphonic_cloud::admin::init(&dir, &domain, &public).await?;
+            let report = cyphonic_cloud::admin::init_with_root(
+                &dir,
+                &domain,
+                &public,
+                offline_root.as_deref(),
+            )
+            .await?;
             println!(
                 "created cloud for domain {} in {}",
                 report.domain,
@@ -323,16 +354,44 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             );
             println!("  configuration  {}", report.config_path.display());
             println!("  database       {}", report.database_path.display());
-            println!(
-                "  root CA        {} (key {}: keep it offline)",
-                report.root_cert_path.display(),
-                report.root_key_path.display()
-            );
+            match &report.offline_root {
+                Some(root_dir) => println!(
+                    "  root CA        {} (key {} only, not in the cloud's folder: \
+                     keep that folder offline; it is needed to renew the intermediate)",
+                    report.root_cert_path.display(),
+                    root_dir.join("root.key").display()
+                ),
+                None => println!(
+                    "  root CA        {} (key {}: keep it offline)",
+                    report.root_cert_path.display(),
+                    report.root_key_path.display()
+                ),
+            }
             println!("  AS (intermediate CA) {}", report.as_cert_path.display());
             println!(
                 "next: cyphonic cloud device add --config {} <device-id> --password <password>",
                 report.config_path.display()
             );
+        }
+        Command::Cloud(CloudCmd::Intermediate(IntermediateCmd::Renew { config, root })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            let done = cyphonic_cloud::admin::renew_intermediate(&cfg, root.as_deref())?;
+            // Days from now (negative: past).
+            let days =
+                |t: std::time::SystemTime| match t.duration_since(std::time::SystemTime::now()) {
+                    Ok(d) => (d.as_secs() / 86_400) as i64,
+                    Err(e) => -((e.duration().as_secs() / 86_400) as i64),
+                };
+            println!(
+                "new intermediate CA {} (key {}), valid for {} days{}",
+                done.cert_path.display(),
+                done.key_path.display(),
+                days(done.not_after),
+                done.previous_not_after
+                    .map(|t| format!(" (the old one: {} days left)", days(t)))
+                    .unwrap_or_default()
+            );
+            println!("restart the AS (`cyphonic cloud run`) to issue with it");
         }
         Command::Cloud(CloudCmd::Run { config, role }) => {
             let roles = match role.as_str() {

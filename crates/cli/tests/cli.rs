@@ -267,3 +267,55 @@ fn general_nodes_are_managed_from_the_cli() {
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+/// `cloud init --offline-root` keeps the root key out of the cloud's
+/// folder; `cloud intermediate renew` says where the root is needed and
+/// makes a new intermediate with `--root`.
+#[test]
+fn the_root_stays_offline_and_renews_the_intermediate_from_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud = dir.path().join("cloud");
+    let root = dir.path().join("usb-root");
+    let out = cyphonic(&[
+        "cloud",
+        "init",
+        "--dir",
+        cloud.to_str().unwrap(),
+        "--offline-root",
+        root.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("usb-root/root.key"), "{stdout}");
+    assert!(root.join("root.key").is_file() && root.join("root.pem").is_file());
+    assert!(!cloud.join("root.key").exists());
+    let cfg = cloud.join("cloud.toml");
+    let renew = |extra: &[&str]| {
+        let mut args = vec![
+            "cloud",
+            "intermediate",
+            "renew",
+            "--config",
+            cfg.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        cyphonic(&args)
+    };
+    let out = renew(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("root.key") && err.contains("--root"), "{err}");
+    let before = std::fs::read(cloud.join("as.pem")).unwrap();
+    let out = renew(&["--root", root.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("new intermediate CA"));
+    assert_ne!(std::fs::read(cloud.join("as.pem")).unwrap(), before);
+}

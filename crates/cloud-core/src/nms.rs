@@ -55,6 +55,15 @@ use cyphonic_proto::signal::{
 use cyphonic_proto::{RelayId, RouteId, SessionId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+/// The common key is wiped on drop.
+impl Drop for SessionInfo {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.common_key);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for SessionInfo {}
+
 /// What the AS recorded at Login, as the NMS needs it.
 #[derive(Clone)]
 pub struct SessionInfo {
@@ -125,6 +134,15 @@ pub struct NmsConfig {
     /// Lookups of unknown session IDs per second in all (bursts as many).
     pub lookups_total: u32,
 }
+
+/// The relay secret is wiped on drop.
+impl Drop for RelayConfig {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for RelayConfig {}
 
 /// How the NMS hands out relay grants (see [`cyphonic_proto::relay`]).
 #[derive(Clone)]
@@ -279,6 +297,9 @@ pub struct NmsCounters {
     pub tx_unvalidated_limited: u64,
     /// Direction Requests held until a party's new address answered.
     pub directions_held: u64,
+    /// Messages not sent because the session's counters reached the limit
+    /// of the range this NMS reserved ([`Nms::with_counter_limit`]).
+    pub tx_counter_exhausted: u64,
 }
 
 /// Registration state of one node.
@@ -491,6 +512,9 @@ pub struct Nms {
     config: NmsConfig,
     rng: StdRng,
     counter_base: u64,
+    /// No session seals a counter at or above this (`docs/protocol.md`
+    /// §4.2): the end of the range the shell reserved for this run.
+    counter_limit: u64,
     sessions: HashMap<SessionId, Session>,
     /// fqdn -> session of its latest registration.
     by_fqdn: HashMap<String, SessionId>,
@@ -543,6 +567,7 @@ impl Nms {
             config,
             rng: StdRng::from_seed(seed),
             counter_base,
+            counter_limit: u64::MAX,
             sessions: HashMap::new(),
             by_fqdn: HashMap::new(),
             awaiting_session: BTreeMap::new(),
@@ -564,6 +589,16 @@ impl Nms {
             held_directions: VecDeque::new(),
             challenging: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Seals no counter at or above `limit`, under any session: the shell
+    /// reserved `counter_base .. limit` in the database before this run
+    /// (`Store::reserve_signal_counters`), so no other run of any NMS uses
+    /// them, whatever the clock did. A message past it is not sent
+    /// (counted `tx_counter_exhausted`).
+    pub fn with_counter_limit(mut self, limit: u64) -> Self {
+        self.counter_limit = limit;
+        self
     }
 
     /// The node `fqdn` with certificate `cert_serial` left the overlay (the
@@ -605,13 +640,16 @@ impl Nms {
                 continue;
             };
             let txid: u64 = self.rng.gen();
-            let payload = s.cipher.seal(&Envelope {
+            let Ok(payload) = s.cipher.try_seal(&Envelope {
                 txid,
                 message: Message::PeerRevoked {
                     fqdn: fqdn.clone(),
                     cert_serial,
                 },
-            });
+            }) else {
+                self.counters.tx_counter_exhausted += 1;
+                continue;
+            };
             self.transmits.push_back(Transmit {
                 local: reg.nms_local,
                 destination: reg.observed,
@@ -673,10 +711,14 @@ impl Nms {
                 done.push((id, txid));
                 continue;
             }
-            let payload = session.cipher.seal(&Envelope {
+            let Ok(payload) = session.cipher.try_seal(&Envelope {
                 txid,
                 message: n.message.clone(),
-            });
+            }) else {
+                self.counters.tx_counter_exhausted += 1;
+                done.push((id, txid));
+                continue;
+            };
             self.transmits.push_back(Transmit {
                 local: reg.nms_local,
                 destination: reg.observed,
@@ -850,10 +892,13 @@ impl Nms {
                 continue;
             }
             path.next_challenge = now + PATH_CHALLENGE_RETRANSMIT;
-            let challenge = session.cipher.seal(&Envelope {
+            let Ok(challenge) = session.cipher.try_seal(&Envelope {
                 txid: path.challenge,
                 message: Message::PathChallenge,
-            });
+            }) else {
+                self.counters.tx_counter_exhausted += 1;
+                continue;
+            };
             if path.sent + challenge.len() > UNVALIDATED_AMPLIFICATION * path.received {
                 self.challenging.remove(&id);
                 continue;
@@ -1198,15 +1243,17 @@ impl Nms {
                         // one arrived and only the confirmation was lost, the
                         // responder's replay window drops a copy, and it
                         // would never confirm again.
-                        let payload = session.cipher.seal(&Envelope {
+                        match session.cipher.try_seal(&Envelope {
                             txid: r.cn_txid,
                             message: Message::RouteDirectionToResponder(r.to_responder.clone()),
-                        });
-                        self.transmits.push_back(Transmit {
-                            local: reg.nms_local,
-                            destination: reg.observed,
-                            payload,
-                        });
+                        }) {
+                            Ok(payload) => self.transmits.push_back(Transmit {
+                                local: reg.nms_local,
+                                destination: reg.observed,
+                                payload,
+                            }),
+                            Err(_) => self.counters.tx_counter_exhausted += 1,
+                        }
                     }
                 }
                 r.interval *= 2;
@@ -1233,7 +1280,8 @@ impl Nms {
             &info.common_key,
             Role::Nms,
             self.counter_base,
-        );
+        )
+        .with_tx_limit(self.counter_limit);
         self.sessions.insert(
             info.session_id,
             Session {
@@ -1505,10 +1553,13 @@ impl Nms {
         self.events.push_back(NmsEvent::NatDetected { fqdn, nat });
         // One answer per probe, at most 68 bytes for a 49-byte probe: under
         // three times what the address sent, validated or not (§4.7).
-        let payload = session.cipher.seal(&Envelope {
+        let Ok(payload) = session.cipher.try_seal(&Envelope {
             txid,
             message: Message::NatProbeAck { observed: from },
-        });
+        }) else {
+            self.counters.tx_counter_exhausted += 1;
+            return;
+        };
         self.transmits.push_back(Transmit {
             local,
             destination: from,
@@ -1730,10 +1781,14 @@ impl Nms {
         let Some(cn_session) = self.sessions.get_mut(&cn) else {
             return;
         };
-        let packet = cn_session.cipher.seal(&Envelope {
+        let Ok(packet) = cn_session.cipher.try_seal(&Envelope {
             txid: cn_txid,
             message: Message::RouteDirectionToResponder(to_responder.clone()),
-        });
+        }) else {
+            // No route: the initiator's request goes unanswered.
+            self.counters.tx_counter_exhausted += 1;
+            return;
+        };
         self.send_sealed(cn, cn_reg.nms_local, cn_reg.observed, packet);
         self.routes.insert(
             route_id,
@@ -1881,7 +1936,10 @@ impl Nms {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
-        let payload = session.cipher.seal(&Envelope { txid, message });
+        let Ok(payload) = session.cipher.try_seal(&Envelope { txid, message }) else {
+            self.counters.tx_counter_exhausted += 1;
+            return;
+        };
         if cache {
             if self.answered_order.len() >= RESPONSE_CACHE {
                 if let Some(old) = self.answered_order.pop_front() {
@@ -1928,11 +1986,17 @@ impl Nms {
             // once per packet received, within the same budget.
             if path.challenged_at != path.received {
                 path.challenged_at = path.received;
-                let challenge = session.cipher.seal(&Envelope {
+                let challenge = session.cipher.try_seal(&Envelope {
                     txid: path.challenge,
                     message: Message::PathChallenge,
                 });
-                if path.sent + challenge.len() <= UNVALIDATED_AMPLIFICATION * path.received {
+                if let Err(e) = &challenge {
+                    tracing::debug!(error = %e, "no Path Challenge: counters exhausted");
+                }
+                let challenge = challenge.unwrap_or_default();
+                if !challenge.is_empty()
+                    && path.sent + challenge.len() <= UNVALIDATED_AMPLIFICATION * path.received
+                {
                     path.sent += challenge.len();
                     self.counters.path_challenges += 1;
                     self.transmits.push_back(Transmit {
@@ -2123,6 +2187,16 @@ fn source_key(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sessions_common_key_is_wiped_when_the_session_goes() {
+        let session = info(7, "a7");
+        assert_ne!(session.common_key, [0; 32]);
+        assert_eq!(
+            cyphonic_proto::key_bytes_after_drop!(session, common_key),
+            [0; 32]
+        );
+    }
 
     #[test]
     fn relay_instances_group_one_address_per_family() {
@@ -2335,7 +2409,7 @@ mod tests {
         let endpoints = std::iter::from_fn(|| nms.poll_transmit())
             .filter_map(|t| mn.open(&t.payload).ok())
             .find_map(|e| match e.message {
-                Message::RouteDirectionToInitiator(d) => Some(d.peer.endpoints),
+                Message::RouteDirectionToInitiator(d) => Some(d.peer.endpoints.clone()),
                 _ => None,
             })
             .expect("a Route Direction to the initiator");
@@ -2573,10 +2647,8 @@ mod tests {
         );
         // A session of the withdrawn certificate is not loaded again.
         nms.handle_session(t, info(9, "a1"));
-        let mut late = SessionInfo {
-            cert_serial: 1,
-            ..info(10, "a1")
-        };
+        let mut late = info(10, "a1");
+        late.cert_serial = 1;
         late.session_id = SessionId(10);
         nms.handle_session(t, late);
         assert!(!nms.held_sessions().contains(&SessionId(10)));

@@ -26,6 +26,15 @@ use cyphonic_proto::relay::{
 use cyphonic_proto::RelayId;
 use serde::Serialize;
 
+/// The relay secret is wiped on drop.
+impl Drop for TrsConfig {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for TrsConfig {}
+
 #[derive(Debug, Clone)]
 pub struct TrsConfig {
     /// Shared with the NMS: grants are derived from it.

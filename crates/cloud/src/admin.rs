@@ -5,7 +5,10 @@
 //! ```text
 //! <dir>/            0700
 //!   root.pem        root CA certificate (nodes trust it)
-//!   root.key        root CA key, 0600 (may be moved offline: the AS does not use it)
+//!   root.key        root CA key, 0600 (the AS does not use it); absent with
+//!                   `--offline-root <root-dir>`, which gets it instead:
+//!                     <root-dir>/root.key  root CA key, 0600
+//!                     <root-dir>/root.pem  a copy of the root certificate
 //!   as.pem          intermediate CA certificate, which the AS issues with
 //!   as.key          intermediate CA key, 0600
 //!   cloud.toml      the configuration, every key with its default
@@ -55,6 +58,27 @@ pub enum AdminError {
     },
     #[error("cannot create the CA: {0}")]
     Pki(String),
+    #[error(
+        "the offline root must be kept apart from the cloud's data folder {}: \
+         choose another folder (removable media, an offline machine)",
+        path.display()
+    )]
+    OfflineRootInDataDir { path: PathBuf },
+    #[error(
+        "the root CA key {} is not there{}: pass --root <folder> with the root's \
+         folder (root.key and root.pem, as `cyphonic cloud init --offline-root` wrote them)",
+        path.display(),
+        if *in_data_dir { " (this cloud keeps its root offline)" } else { "" }
+    )]
+    RootKeyMissing { path: PathBuf, in_data_dir: bool },
+    #[error(
+        "the root in {} is not this cloud's root {}: nodes trust only the latter",
+        given.display(),
+        ours.display()
+    )]
+    NotOurRoot { given: PathBuf, ours: PathBuf },
+    #[error("cannot make the intermediate CA: {0}")]
+    Intermediate(String),
     #[error(transparent)]
     Mac(BadMac),
     #[error(transparent)]
@@ -70,7 +94,11 @@ pub struct InitReport {
     pub config_path: PathBuf,
     pub database_path: PathBuf,
     pub root_cert_path: PathBuf,
+    /// In the cloud's folder, or in the offline root's.
     pub root_key_path: PathBuf,
+    /// The offline root's folder (root.key and a copy of root.pem), when
+    /// `init` put the root key there instead of the cloud's folder.
+    pub offline_root: Option<PathBuf>,
     pub as_cert_path: PathBuf,
     pub as_key_path: PathBuf,
     pub domain: String,
@@ -83,6 +111,28 @@ pub async fn init(
     domain: &str,
     public_addrs: &[IpAddr],
 ) -> Result<InitReport, AdminError> {
+    init_with_root(dir, domain, public_addrs, None).await
+}
+
+/// [`init`], with the root CA key written to `offline_root` (with a copy
+/// of the root certificate) instead of `dir`: the cloud runs with its
+/// intermediate alone, and the root comes back only to make a new
+/// intermediate ([`renew_intermediate`]). Refuses a folder that already
+/// holds a root, and the cloud's own folder.
+pub async fn init_with_root(
+    dir: &Path,
+    domain: &str,
+    public_addrs: &[IpAddr],
+    offline_root: Option<&Path>,
+) -> Result<InitReport, AdminError> {
+    if let Some(root_dir) = offline_root {
+        for name in [ROOT_KEY_FILE, ROOT_CERT_FILE] {
+            let path = root_dir.join(name);
+            if path.exists() {
+                return Err(AdminError::AlreadyInitialized { path });
+            }
+        }
+    }
     for name in [
         CONFIG_FILE,
         ROOT_CERT_FILE,
@@ -103,6 +153,18 @@ pub async fn init(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     set_mode(dir, 0o700).map_err(io_err(dir))?;
     let dir = dir.canonicalize().map_err(io_err(dir))?;
+    let offline_root = match offline_root {
+        Some(root_dir) => {
+            fs::create_dir_all(root_dir).map_err(io_err(root_dir))?;
+            let root_dir = root_dir.canonicalize().map_err(io_err(root_dir))?;
+            if root_dir.starts_with(&dir) {
+                return Err(AdminError::OfflineRootInDataDir { path: dir });
+            }
+            set_mode(&root_dir, 0o700).map_err(io_err(&root_dir))?;
+            Some(root_dir)
+        }
+        None => None,
+    };
 
     let mut cfg = CloudConfig::new(&dir);
     cfg.domain = domain.to_owned();
@@ -116,13 +178,19 @@ pub async fn init(
         config_path: dir.join(CONFIG_FILE),
         database_path: cfg.database_path(),
         root_cert_path: cfg.root_cert_path(),
-        root_key_path: dir.join(ROOT_KEY_FILE),
+        root_key_path: offline_root.as_deref().unwrap_or(&dir).join(ROOT_KEY_FILE),
+        offline_root: offline_root.clone(),
         as_cert_path: cfg.as_cert_path(),
         as_key_path: cfg.as_key_path(),
         domain: domain.to_owned(),
         dir: dir.clone(),
     };
+    // The offline root first: if it cannot be written, the cloud's folder
+    // holds nothing yet.
     write_new(&report.root_key_path, &ca.root_key_pem, 0o600)?;
+    if let Some(root_dir) = &offline_root {
+        write_new(&root_dir.join(ROOT_CERT_FILE), &ca.root_cert_pem, 0o644)?;
+    }
     write_new(&report.as_key_path, &ca.intermediate_key_pem, 0o600)?;
     write_new(&report.root_cert_path, &ca.root_cert_pem, 0o644)?;
     write_new(&report.as_cert_path, &ca.intermediate_cert_pem, 0o644)?;
@@ -146,6 +214,125 @@ pub async fn init(
     store.close().await;
     Ok(report)
 }
+
+/// What [`renew_intermediate`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntermediateRenewal {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// The end of the old intermediate (None: it was unreadable).
+    pub previous_not_after: Option<SystemTime>,
+    pub not_after: SystemTime,
+}
+
+/// Makes a new AS intermediate CA (fresh key, 5 years, not past the root)
+/// from the root key in `root_dir` (the cloud's folder when `None`) and
+/// puts it in place of `as.pem` / `as.key`. The root certificate must be
+/// the one this cloud's nodes trust (`root.pem` in the cloud's folder);
+/// certificates the old intermediate issued keep verifying under it. The
+/// AS uses the new one from its next start.
+pub fn renew_intermediate(
+    cfg: &CloudConfig,
+    root_dir: Option<&Path>,
+) -> Result<IntermediateRenewal, AdminError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AdminError::Io { path, source }
+    };
+    let key_path = root_dir.unwrap_or(&cfg.data_dir).join(ROOT_KEY_FILE);
+    let root_key_pem = match fs::read_to_string(&key_path) {
+        Ok(pem) => zeroize::Zeroizing::new(pem),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(AdminError::RootKeyMissing {
+                path: key_path,
+                in_data_dir: root_dir.is_none(),
+            })
+        }
+        Err(e) => return Err(io_err(&key_path)(e)),
+    };
+    let ours = cfg.root_cert_path();
+    let root_pem = fs::read_to_string(&ours).map_err(io_err(&ours))?;
+    if let Some(root_dir) = root_dir {
+        let given = root_dir.join(ROOT_CERT_FILE);
+        match fs::read_to_string(&given) {
+            Ok(copy) if copy.trim() != root_pem.trim() => {
+                return Err(AdminError::NotOurRoot { given, ours })
+            }
+            Ok(_) => {}
+            // The key alone is enough: it is checked against our root.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&given)(e)),
+        }
+    }
+    if let Err(e) = cyphonic_pki::NodeKey::from_pem(&root_key_pem) {
+        return Err(AdminError::Intermediate(format!(
+            "{} is not a root key: {e}",
+            key_path.display()
+        )));
+    }
+    let made =
+        cyphonic_pki::create_intermediate(&root_pem, &root_key_pem, &cfg.domain, SystemTime::now())
+            .map_err(|e| match e {
+                cyphonic_pki::PkiError::Key(_) => AdminError::NotOurRoot {
+                    given: key_path.clone(),
+                    ours: ours.clone(),
+                },
+                e => AdminError::Intermediate(e.to_string()),
+            })?;
+    // Checked as the AS will load it.
+    cyphonic_pki::Issuer::from_pem(&made.cert_pem, &made.key_pem)
+        .map_err(|e| AdminError::Intermediate(e.to_string()))?;
+    let previous_not_after = fs::read_to_string(cfg.as_cert_path())
+        .ok()
+        .zip(
+            fs::read_to_string(cfg.as_key_path())
+                .ok()
+                .map(zeroize::Zeroizing::new),
+        )
+        .and_then(|(c, k)| cyphonic_pki::Issuer::from_pem(&c, &k).ok())
+        .map(|i| i.not_after());
+    // Each file is replaced whole (a new file renamed over the old); the
+    // key goes first. A crash between the two leaves a pair the AS refuses
+    // to load with a clear error, and running this again mends it.
+    let (cert_path, key_path) = (cfg.as_cert_path(), cfg.as_key_path());
+    replace_file(&key_path, &made.key_pem, 0o600)?;
+    replace_file(&cert_path, &made.cert_pem, 0o644)?;
+    Ok(IntermediateRenewal {
+        cert_path,
+        key_path,
+        previous_not_after,
+        not_after: made.not_after,
+    })
+}
+
+/// Writes `contents` to a new file beside `path` and renames it over
+/// `path`.
+fn replace_file(path: &Path, contents: &str, mode: u32) -> Result<(), AdminError> {
+    let mut suffix = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}", hex::encode(suffix)));
+    write_new(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        AdminError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// The password is wiped on drop.
+impl Drop for EnrollmentPassword {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for EnrollmentPassword {}
 
 /// A device's one-time enrollment password, as the operator hands it to
 /// the device's owner.

@@ -136,7 +136,7 @@ pub struct AsServer {
 pub struct ServerIdentity {
     /// The server certificate, then the intermediate (PEM).
     pub chain_pem: String,
-    pub key_pem: String,
+    pub key_pem: zeroize::Zeroizing<String>,
     /// Our root (DER), the only trust anchor.
     pub root_der: Vec<u8>,
 }
@@ -156,6 +156,9 @@ pub async fn server_identity(cfg: &CloudConfig, store: &Store) -> anyhow::Result
     let (_, issuer, verifier) = load_ca(cfg)?;
     issue_identity(cfg, store, &issuer, verifier.root_der()).await
 }
+
+/// An intermediate CA closer to its end than this is warned about at start.
+pub const INTERMEDIATE_WARNING: Duration = Duration::from_secs(180 * 86_400);
 
 /// The root (PEM), the intermediate CA and a verifier on the root.
 fn load_ca(cfg: &CloudConfig) -> anyhow::Result<(String, Issuer, Verifier)> {
@@ -179,6 +182,22 @@ fn load_ca(cfg: &CloudConfig) -> anyhow::Result<(String, Issuer, Verifier)> {
     })?;
     let verifier = Verifier::from_pem(&root_pem)
         .with_context(|| format!("cannot load the root CA {}", cfg.root_cert_path().display()))?;
+    // The root key is never needed here, only to make a new intermediate
+    // before this one ends.
+    let renew = "make a new one from the root: `cyphonic cloud intermediate renew --config \
+                 <cloud.toml> --root <folder of root.key>`";
+    match issuer.not_after().duration_since(SystemTime::now()) {
+        Err(_) => anyhow::bail!(
+            "the intermediate CA {} has expired: node certificates it issues would not verify; {renew}",
+            cfg.as_cert_path().display()
+        ),
+        Ok(left) if left < INTERMEDIATE_WARNING => tracing::warn!(
+            days_left = left.as_secs() / 86_400,
+            "the intermediate CA {} ends soon; {renew}",
+            cfg.as_cert_path().display()
+        ),
+        Ok(_) => {}
+    }
     Ok((root_pem, issuer, verifier))
 }
 

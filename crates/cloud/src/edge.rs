@@ -89,7 +89,7 @@ impl CloudHub {
         }
         let tls = TlsIdentity {
             chain_pem: identity.chain_pem.clone(),
-            key_pem: identity.key_pem.clone(),
+            key_pem: identity.key_pem.to_string(),
             root_der: identity.root_der.clone(),
         };
         let hub = match as_streams {

@@ -25,6 +25,13 @@ use cyphonic_proto::SessionId;
 /// a revoked or disabled node's peers are told at once after.
 pub const SESSION_RECHECK: Duration = Duration::from_secs(2);
 
+/// Signaling counters each NMS run reserves (`docs/protocol.md` §4.2):
+/// 10^12, more than a run can seal (a million messages a second for
+/// eleven days), and little against 2^64 (each run moves the floor by
+/// about 11.6 days of microseconds; a million restarts stay far below the
+/// counter limit).
+pub const SIGNAL_COUNTER_RANGE: u64 = 1_000_000_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roles {
     All,
@@ -320,7 +327,11 @@ pub async fn run_nms_observed(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let mut nms = Nms::new(config, seed, micros);
+    let base = store
+        .reserve_signal_counters(micros, SIGNAL_COUNTER_RANGE)
+        .await
+        .context("cannot reserve the NMS's signaling counters in the database")?;
+    let mut nms = Nms::new(config, seed, base).with_counter_limit(base + SIGNAL_COUNTER_RANGE);
     let (tx, mut rx) = input;
     let mut by_local = std::collections::HashMap::new();
     // Dropped on return, which stops the readers and so frees the ports
@@ -513,7 +524,7 @@ async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
         tracing::warn!(error = %e, "session lookup failed");
         Lookup::Failed
     };
-    let session = match store.session(session_id.0).await {
+    let mut session = match store.session(session_id.0).await {
         Ok(Some(s)) => s,
         Ok(None) => return Lookup::Missing,
         Err(e) => return failed(e),
@@ -527,8 +538,8 @@ async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
         SessionInfo {
             session_id,
             common_key: session.common_key,
-            device_id: session.device_id,
-            fqdn: session.fqdn,
+            device_id: std::mem::take(&mut session.device_id),
+            fqdn: std::mem::take(&mut session.fqdn),
             vip4: device.vip4,
             vip6: device.vip6,
             cert_serial: session.cert_serial,
@@ -576,19 +587,18 @@ async fn ended_among(store: &Store, held: &[SessionId]) -> Vec<SessionId> {
 /// The relay secret shared by NMS and TRS, from `relay.secret`.
 pub fn load_relay_secret(cfg: &CloudConfig) -> anyhow::Result<Vec<u8>> {
     let path = cfg.relay_secret_path();
-    let text = std::fs::read_to_string(&path).with_context(|| {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
         format!(
             "cannot read the relay secret {}: copy it from the host where `cyphonic cloud init` ran",
             path.display()
         )
-    })?;
-    let secret =
+    })?);
+    let mut secret =
         hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
-    anyhow::ensure!(
-        secret.len() >= 16,
-        "{} is too short (at least 16 bytes)",
-        path.display()
-    );
+    if secret.len() < 16 {
+        zeroize::Zeroize::zeroize(&mut secret);
+        anyhow::bail!("{} is too short (at least 16 bytes)", path.display());
+    }
     Ok(secret)
 }
 

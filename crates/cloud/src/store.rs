@@ -86,6 +86,8 @@ pub enum StoreError {
     },
     #[error("session {0:#x} does not exist (ended or expired)")]
     NoSuchSession(u64),
+    #[error("the NMS's signaling counters are used up (the stored floor is near 2^64)")]
+    CountersExhausted,
     #[error("no free virtual IP is left in {vip4_prefix} / {vip6_prefix}")]
     VipsExhausted {
         vip4_prefix: Ipv4Prefix,
@@ -217,6 +219,15 @@ pub struct CertificateRecord {
     pub status: CertStatus,
     pub cert_pem: String,
 }
+
+/// The common key is wiped on drop.
+impl Drop for SessionRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.common_key);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for SessionRecord {}
 
 /// A Login session: the common key a node and the NMS share for signaling.
 #[derive(Clone, PartialEq, Eq)]
@@ -1141,6 +1152,33 @@ impl Store {
         Ok(ended)
     }
 
+    /// Reserves the NMS's signaling counters for one run: returns `base`
+    /// = max(`wall_micros`, the stored floor) and, in the same transaction
+    /// and before returning, raises the floor to `base + range`. Every
+    /// counter in `base .. base + range` is this caller's alone: no other
+    /// run, earlier or concurrent, got any of them, whatever the wall clock
+    /// did in between (`docs/protocol.md` §4.2).
+    pub async fn reserve_signal_counters(
+        &self,
+        wall_micros: u64,
+        range: u64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (floor,): (i64,) = sqlx::query_as("SELECT floor FROM nms_counter_floor WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let base = wall_micros.max(counter_from_sql(floor));
+        let Some(end) = base.checked_add(range) else {
+            return Err(StoreError::CountersExhausted);
+        };
+        sqlx::query("UPDATE nms_counter_floor SET floor = ? WHERE id = 1")
+            .bind(counter_to_sql(end))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(base)
+    }
+
     /// Which of `ids` are still live sessions at `now`: not ended, not
     /// expired, their device not disabled.
     pub async fn live_sessions(
@@ -1463,6 +1501,24 @@ async fn insert_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_records_common_key_is_wiped_on_drop() {
+        let record = SessionRecord {
+            session_id: 1,
+            device_id: "n1".into(),
+            fqdn: "n1.cyphonic.internal".into(),
+            common_key: [0xa5; 32],
+            cert_serial: 1,
+            expires_at: SystemTime::UNIX_EPOCH,
+            login_seq: 1,
+            replay_floor: 0,
+        };
+        assert_eq!(
+            cyphonic_proto::key_bytes_after_drop!(record, common_key),
+            [0; 32]
+        );
+    }
 
     fn prefixes(v4: &str, v6: &str) -> (Ipv4Prefix, Ipv6Prefix) {
         (v4.parse().unwrap(), v6.parse().unwrap())

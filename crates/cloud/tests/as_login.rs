@@ -76,7 +76,7 @@ impl Cloud {
             as_client::enroll(self.v4, "127.0.0.1", &self.root_der, "n1", PASSWORD, &csr)
                 .await
                 .unwrap();
-        (enrolled.cert_chain_pem, key.to_pem())
+        (enrolled.cert_chain_pem, key.to_pem().to_string())
     }
 
     async fn stop(mut self) {

@@ -309,7 +309,7 @@ async fn the_daemon_renews_into_its_state_directory_and_after_a_lost_answer() {
     assert_eq!(std::fs::read_to_string(state.chain()).unwrap(), lost);
     assert_eq!(
         std::fs::read_to_string(state.key()).unwrap(),
-        lost_key.to_pem()
+        *lost_key.to_pem()
     );
     assert!(!state.next_key().exists());
     let loaded = Credentials::load(&state, &file.fqdn).unwrap();

@@ -112,7 +112,7 @@ impl Cloud {
         .unwrap();
         TlsIdentity {
             chain_pem: enrolled.cert_chain_pem,
-            key_pem: key.to_pem(),
+            key_pem: key.to_pem().to_string(),
             root_der: self.root_der.clone(),
         }
     }

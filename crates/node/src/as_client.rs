@@ -53,6 +53,15 @@ pub struct Enrolled {
     pub root_pem: String,
 }
 
+/// The common key is wiped on drop.
+impl Drop for LoginInfo {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.common_key);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for LoginInfo {}
+
 /// What logging in gives the node: its session with the NMS and its
 /// addresses.
 #[derive(Clone, PartialEq, Eq)]
@@ -188,24 +197,25 @@ fn enrolled(response: Response) -> Result<Enrolled, AsClientError> {
     }
 }
 
-fn login_info(ok: LoginOk) -> Result<LoginInfo, AsClientError> {
-    let mut common_key = [0u8; 32];
-    hex::decode_to_slice(&ok.common_key, &mut common_key)
-        .map_err(|_| AsClientError::Protocol("common_key is not 32 bytes of hex".into()))?;
-    Ok(LoginInfo {
+fn login_info(mut ok: LoginOk) -> Result<LoginInfo, AsClientError> {
+    let mut info = LoginInfo {
         session_id: ok.session_id,
-        common_key,
-        fqdn: ok.fqdn,
+        // Decoded in place below: no copy of the key is left behind.
+        common_key: [0u8; 32],
+        fqdn: std::mem::take(&mut ok.fqdn),
         vip4: ok.vip4,
         vip6: ok.vip6,
-        domain: ok.domain,
+        domain: std::mem::take(&mut ok.domain),
         keepalive_secs: ok.keepalive_secs,
         nms_port: ok.nms_port,
         session_expires_in: ok.session_expires_in,
-        cloud_addrs: ok.cloud_addrs,
+        cloud_addrs: std::mem::take(&mut ok.cloud_addrs),
         quic_port: ok.quic_port,
         tcp_port: ok.tcp_port,
-    })
+    };
+    hex::decode_to_slice(&ok.common_key, &mut info.common_key)
+        .map_err(|_| AsClientError::Protocol("common_key is not 32 bytes of hex".into()))?;
+    Ok(info)
 }
 
 fn unexpected(response: Response) -> AsClientError {
@@ -285,5 +295,35 @@ fn classify(e: io::Error) -> AsClientError {
     {
         Some(tls) => AsClientError::Tls(tls.clone()),
         None => AsClientError::Io(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_common_key_is_decoded_in_place_and_wiped_with_the_login() {
+        let ok = LoginOk {
+            session_id: 1,
+            common_key: "a5".repeat(32),
+            fqdn: "n1.cyphonic.internal".into(),
+            vip4: Ipv4Addr::new(100, 64, 0, 2),
+            vip6: "fd7a:6379:7068::2".parse().unwrap(),
+            domain: "cyphonic.internal".into(),
+            keepalive_secs: 15,
+            nms_port: 4502,
+            session_expires_in: 86_400,
+            cloud_addrs: Vec::new(),
+            quic_port: 0,
+            tcp_port: 0,
+        };
+        let info = login_info(ok).unwrap();
+        assert_eq!(info.common_key, [0xa5; 32]);
+        assert_eq!(info.fqdn, "n1.cyphonic.internal");
+        assert_eq!(
+            cyphonic_proto::key_bytes_after_drop!(info, common_key),
+            [0; 32]
+        );
     }
 }

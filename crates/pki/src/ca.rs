@@ -30,6 +30,7 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::oid_registry::OID_SIG_ED25519;
 use x509_parser::prelude::{FromDer, X509Certificate, X509CertificationRequest};
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::key::{Ed25519PublicKey, NodeKey};
 use crate::names::{dns_san, normalize_dns_name};
@@ -68,6 +69,16 @@ pub struct CaMaterial {
     pub intermediate_key_pem: String,
 }
 
+/// The keys are wiped on drop.
+impl Drop for CaMaterial {
+    fn drop(&mut self) {
+        self.root_key_pem.zeroize();
+        self.intermediate_key_pem.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for CaMaterial {}
+
 impl fmt::Debug for CaMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CaMaterial")
@@ -100,25 +111,126 @@ pub fn create_ca(domain: &str, now: SystemTime) -> Result<CaMaterial, PkiError> 
         .self_signed(&root_key)
         .map_err(|e| PkiError::Key(format!("cannot sign root CA: {e}")))?;
 
+    let root_issuer = rcgen::Issuer::new(root, &root_key);
+    let (intermediate_cert_pem, intermediate_key_pem) = sign_intermediate(
+        &domain,
+        &root_issuer,
+        not_before,
+        later(now, DAY * INTERMEDIATE_LIFETIME_DAYS)?,
+    )?;
+
+    Ok(CaMaterial {
+        root_cert_pem: der_to_pem(root_cert.der()),
+        root_key_pem: root_key.to_pem().to_string(),
+        intermediate_cert_pem,
+        intermediate_key_pem,
+    })
+}
+
+/// A new AS intermediate CA for `domain` under an existing root, with a
+/// fresh key: for an intermediate that nears its end, from a root kept
+/// offline (`cyphonic cloud intermediate renew`). The first `CERTIFICATE`
+/// block of `root_cert_pem` must be a CA certificate whose key is
+/// `root_key_pem`. Valid from an hour before `now` for 5 years, but not
+/// past the root.
+///
+/// Certificates the previous intermediate issued stay valid: they chain to
+/// the same root, and nodes send their intermediate with their leaf.
+pub fn create_intermediate(
+    root_cert_pem: &str,
+    root_key_pem: &str,
+    domain: &str,
+    now: SystemTime,
+) -> Result<NewIntermediate, PkiError> {
+    let domain = normalize_dns_name(domain)?;
+    let root_der = crate::pem::pem_to_der_chain(root_cert_pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| PkiError::Malformed("no root certificate".into()))?;
+    let root_key = NodeKey::from_pem(root_key_pem)?;
+    let (_, root) = X509Certificate::from_der(&root_der)
+        .map_err(|e| PkiError::Malformed(format!("root certificate: {e}")))?;
+    if !root.is_ca() {
+        return Err(PkiError::Malformed(
+            "root certificate is not a CA certificate".into(),
+        ));
+    }
+    let root_public = ed25519_spki(root.public_key())
+        .map_err(|why| PkiError::Malformed(format!("root certificate: {why}")))?;
+    if root_public != root_key.public_key() {
+        return Err(PkiError::Key(
+            "the root key does not belong to the root certificate".into(),
+        ));
+    }
+    let root_end = crate::validity::from_unix_secs(root.validity().not_after.timestamp());
+    if root_end <= now {
+        return Err(PkiError::InvalidRequest(
+            "the root certificate has expired: make a new cloud (`cyphonic cloud init`)".into(),
+        ));
+    }
+    let not_after = later(now, DAY * INTERMEDIATE_LIFETIME_DAYS)?.min(root_end);
+    let root_issuer =
+        rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(root_der.as_slice()), &root_key)
+            .map_err(|e| PkiError::Malformed(format!("root certificate: {e}")))?;
+    let (cert_pem, key_pem) = sign_intermediate(&domain, &root_issuer, backdated(now), not_after)?;
+    Ok(NewIntermediate {
+        cert_pem,
+        key_pem,
+        // As encoded: whole seconds.
+        not_after: cert_period(backdated(now), not_after)?.1.system,
+    })
+}
+
+/// What [`create_intermediate`] made. `Debug` omits the key.
+#[derive(Clone)]
+pub struct NewIntermediate {
+    pub cert_pem: String,
+    /// PKCS#8, PEM.
+    pub key_pem: String,
+    pub not_after: SystemTime,
+}
+
+/// The key is wiped on drop.
+impl Drop for NewIntermediate {
+    fn drop(&mut self) {
+        self.key_pem.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for NewIntermediate {}
+
+impl fmt::Debug for NewIntermediate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewIntermediate")
+            .field("cert_pem", &self.cert_pem)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The AS intermediate CA ("cyphonic AS intermediate CA <domain>", pathlen
+/// 0) with a fresh key, signed by `root`.
+fn sign_intermediate(
+    domain: &str,
+    root: &rcgen::Issuer<'_, &NodeKey>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<(String, String), PkiError> {
     let intermediate_key = NodeKey::generate()?;
     let intermediate = ca_params(
         &format!("cyphonic AS intermediate CA {domain}"),
         &intermediate_key,
         0,
         not_before,
-        later(now, DAY * INTERMEDIATE_LIFETIME_DAYS)?,
+        not_after,
     )?;
-    let root_issuer = rcgen::Issuer::new(root, &root_key);
     let intermediate_cert = intermediate
-        .signed_by(&intermediate_key, &root_issuer)
+        .signed_by(&intermediate_key, root)
         .map_err(|e| PkiError::Key(format!("cannot sign intermediate CA: {e}")))?;
-
-    Ok(CaMaterial {
-        root_cert_pem: der_to_pem(root_cert.der()),
-        root_key_pem: root_key.to_pem(),
-        intermediate_cert_pem: der_to_pem(intermediate_cert.der()),
-        intermediate_key_pem: intermediate_key.to_pem(),
-    })
+    Ok((
+        der_to_pem(intermediate_cert.der()),
+        intermediate_key.to_pem().to_string(),
+    ))
 }
 
 /// Parameters shared by both CA certificates.
@@ -178,6 +290,7 @@ pub struct IssuedCert {
 pub struct Issuer {
     cert_der: Vec<u8>,
     cert_pem: String,
+    not_after: SystemTime,
     inner: rcgen::Issuer<'static, NodeKey>,
 }
 
@@ -226,11 +339,13 @@ impl Issuer {
             ));
         }
 
+        let not_after = crate::validity::from_unix_secs(cert.validity().not_after.timestamp());
         let inner =
             rcgen::Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), key)
                 .map_err(|e| PkiError::Malformed(format!("intermediate certificate: {e}")))?;
         Ok(Self {
             cert_pem: der_to_pem(&cert_der),
+            not_after,
             cert_der,
             inner,
         })
@@ -244,6 +359,12 @@ impl Issuer {
     /// The intermediate certificate, DER.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// The end of the intermediate's validity: make a new one from the
+    /// root before it (`create_intermediate`).
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
     }
 
     /// Verifies the CSR's self-signature, ignores any names and extensions
@@ -298,7 +419,7 @@ impl Issuer {
         ips: &[IpAddr],
         serial: u64,
         now: SystemTime,
-    ) -> Result<(IssuedCert, String), PkiError> {
+    ) -> Result<(IssuedCert, zeroize::Zeroizing<String>), PkiError> {
         if dns_names.is_empty() && ips.is_empty() {
             return Err(PkiError::InvalidRequest(
                 "a server certificate needs at least one DNS name or IP address".into(),
@@ -440,6 +561,80 @@ mod tests {
         let issuer =
             Issuer::from_pem(&ca.intermediate_cert_pem, &ca.intermediate_key_pem).expect("issuer");
         (ca, issuer)
+    }
+
+    #[test]
+    fn a_new_intermediate_from_the_root_issues_certificates_that_verify_beside_the_old_ones() {
+        let (ca, old) = issuer();
+        let made = create_intermediate(
+            &ca.root_cert_pem,
+            &ca.root_key_pem,
+            "cyphonic.internal",
+            now() + DAY * 1700,
+        )
+        .expect("new intermediate");
+        let new = Issuer::from_pem(&made.cert_pem, &made.key_pem).expect("issuer");
+        assert_eq!(new.not_after(), made.not_after);
+        assert_ne!(new.cert_der(), old.cert_der());
+        let verifier = crate::Verifier::from_pem(&ca.root_cert_pem).expect("verifier");
+        let at = now() + DAY * 1701;
+        for (issuer, serial) in [(&old, 1), (&new, 2)] {
+            let leaf = NodeKey::generate().expect("key");
+            let csr = leaf.csr_pem("n1.cyphonic.internal").expect("csr");
+            let cert = issuer
+                .issue_node(
+                    &csr,
+                    "n1.cyphonic.internal",
+                    &[],
+                    serial,
+                    at - DAY,
+                    at + DAY,
+                )
+                .expect("issued");
+            verifier
+                .verify_node(
+                    &[cert.cert_der, issuer.cert_der().to_vec()],
+                    Some("n1.cyphonic.internal"),
+                    at,
+                )
+                .expect("chain verifies");
+        }
+        // Late in the root's life: not past the root's own end.
+        let late = create_intermediate(
+            &ca.root_cert_pem,
+            &ca.root_key_pem,
+            "cyphonic.internal",
+            now() + DAY * 3000,
+        )
+        .expect("late intermediate");
+        let late = &crate::pem_to_der_chain(&late.cert_pem).expect("pem")[0];
+        let (_, inter) = X509Certificate::from_der(late).expect("parses");
+        let root_der = &crate::pem_to_der_chain(&ca.root_cert_pem).expect("pem")[0];
+        let (_, root) = X509Certificate::from_der(root_der).expect("root parses");
+        assert_eq!(inter.validity().not_after, root.validity().not_after);
+        assert_eq!(inter.issuer(), root.subject());
+    }
+
+    #[test]
+    fn a_new_intermediate_needs_the_roots_own_key() {
+        let (ca, _) = issuer();
+        let other = create_ca("cyphonic.internal", now()).expect("create_ca");
+        let err = create_intermediate(
+            &ca.root_cert_pem,
+            &other.root_key_pem,
+            "cyphonic.internal",
+            now(),
+        )
+        .expect_err("a foreign key");
+        assert!(err.to_string().contains("does not belong"), "{err}");
+        // The intermediate's certificate is no root to sign with.
+        assert!(create_intermediate(
+            &ca.intermediate_cert_pem,
+            &ca.root_key_pem,
+            "cyphonic.internal",
+            now()
+        )
+        .is_err());
     }
 
     #[test]

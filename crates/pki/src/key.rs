@@ -10,6 +10,8 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivatePkcs8KeyDer;
 
+use zeroize::Zeroizing;
+
 use crate::names::normalize_dns_name;
 use crate::PkiError;
 
@@ -22,10 +24,11 @@ const SIGNATURE_LEN: usize = 64;
 /// machine that made it: only [`NodeKey::csr_pem`] and
 /// [`NodeKey::public_key`] are meant to be sent anywhere.
 ///
-/// Holds the PKCS#8 document (to write it back out unchanged) and ring's
-/// parsed key (to sign). `Debug` prints only the public key.
+/// Holds the PKCS#8 document (to write it back out unchanged; wiped on
+/// drop) and ring's parsed key (to sign; ring does not wipe it, see
+/// `docs/security.md` §3). `Debug` prints only the public key.
 pub struct NodeKey {
-    pkcs8: Vec<u8>,
+    pkcs8: Zeroizing<Vec<u8>>,
     key: Ed25519KeyPair,
 }
 
@@ -52,14 +55,14 @@ impl NodeKey {
         let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
             .map_err(|e| PkiError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))?;
         Ok(Self {
-            pkcs8: der.to_vec(),
+            pkcs8: Zeroizing::new(der.to_vec()),
             key,
         })
     }
 
-    /// The key as a PKCS#8 `PRIVATE KEY` PEM block.
-    pub fn to_pem(&self) -> String {
-        crate::pem::encode("PRIVATE KEY", &self.pkcs8)
+    /// The key as a PKCS#8 `PRIVATE KEY` PEM block, wiped when dropped.
+    pub fn to_pem(&self) -> Zeroizing<String> {
+        crate::pem::encode_secret("PRIVATE KEY", &self.pkcs8)
     }
 
     /// The raw 32-byte Ed25519 public key.

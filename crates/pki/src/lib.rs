@@ -10,6 +10,7 @@
 //! | Role | Items |
 //! | --- | --- |
 //! | operator, once | [`create_ca`] → [`CaMaterial`] |
+//! | operator, with the (offline) root | [`create_intermediate`] |
 //! | AS, issuing | [`Issuer`] ([`Issuer::issue_node`], [`Issuer::issue_server`]) → [`IssuedCert`] |
 //! | node, keys | [`NodeKey`] (generate, PEM, CSR, sign), [`verify_ed25519`] |
 //! | everyone, checking | [`Verifier::verify_node`] → [`VerifiedNode`] |
@@ -30,7 +31,9 @@ mod tls;
 mod validity;
 mod verify;
 
-pub use ca::{create_ca, csr_key, CaMaterial, IssuedCert, Issuer};
+pub use ca::{
+    create_ca, create_intermediate, csr_key, CaMaterial, IssuedCert, Issuer, NewIntermediate,
+};
 pub use error::PkiError;
 pub use key::{verify_ed25519, NodeKey};
 pub use password::{hash_password, verify_password};

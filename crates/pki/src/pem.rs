@@ -44,16 +44,35 @@ pub fn der_to_pem(der: &[u8]) -> String {
     encode("CERTIFICATE", der)
 }
 
+/// [`encode`] for a private key: the result and the base64 on the way
+/// are wiped when dropped.
+pub(crate) fn encode_secret(label: &str, der: &[u8]) -> zeroize::Zeroizing<String> {
+    let mut b64 = zeroize::Zeroizing::new(vec![0u8; der.len().div_ceil(3) * 4]);
+    // Invariant: the buffer has exactly the padded base64 length.
+    let n = STANDARD
+        .encode_slice(der, &mut b64[..])
+        .expect("base64 buffer of the padded length");
+    wrap(label, &b64[..n])
+}
+
 /// RFC 7468 strict encoding: 64-column base64 lines, LF line ends.
 pub(crate) fn encode(label: &str, der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
-    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
+    let mut out = wrap(label, b64.as_bytes());
+    std::mem::take(&mut *out)
+}
+
+/// PEM armor around base64 `b64`, 64 characters a line.
+fn wrap(label: &str, b64: &[u8]) -> zeroize::Zeroizing<String> {
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(
+        b64.len() + b64.len() / 64 + 2 * label.len() + 40,
+    ));
     out.push_str("-----BEGIN ");
     out.push_str(label);
     out.push_str("-----\n");
     // base64 output is ASCII, so 64-byte chunks are whole characters.
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
+    for line in b64.chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
         out.push('\n');
     }
     out.push_str("-----END ");

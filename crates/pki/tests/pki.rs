@@ -387,7 +387,7 @@ mod tls {
             .expect("issue");
         (
             format!("{}{}", cert.cert_pem, pki.issuer.cert_pem()),
-            key.to_pem(),
+            key.to_pem().to_string(),
         )
     }
 

@@ -84,6 +84,7 @@ use ring::hmac;
 use snow::params::{CipherChoice, DHChoice, HashChoice, NoiseParams};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash, Random};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::data::{RecvKey, SendKey};
 use crate::{LocalIndex, RouteId};
@@ -176,8 +177,8 @@ pub fn binding_message(static_public: &[u8; 32]) -> Vec<u8> {
     message
 }
 
-/// A node's X25519 static keypair.
-#[derive(Clone)]
+/// A node's X25519 static keypair; the private key is wiped on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct StaticKeypair {
     /// Clamped X25519 private key (RFC 7748 §5).
     pub private: [u8; 32],
@@ -189,7 +190,9 @@ impl StaticKeypair {
     pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Self {
         let mut private = [0u8; 32];
         rng.fill_bytes(&mut private);
-        Self::from_private(private)
+        let keys = Self::from_private(private);
+        private.zeroize();
+        keys
     }
 
     /// The keypair of a stored private key. The key is clamped (RFC 7748
@@ -238,16 +241,20 @@ impl std::fmt::Debug for LocalIdentity {
 }
 
 /// The outcome of a handshake: keys for [`SendKey`] / [`RecvKey`] and the
-/// indexes each side put in data packets.
-#[derive(Clone, PartialEq, Eq)]
+/// indexes each side put in data packets. The keys are wiped on drop (the
+/// data plane's copies live in ring's AES-GCM keys, which ring does not
+/// wipe: `docs/security.md` §3).
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct SessionKeys {
     /// Key to seal our data packets with.
     pub send: [u8; 32],
     /// Key to open the peer's data packets with.
     pub recv: [u8; 32],
     /// Index we chose; the peer writes it into its data packets to us.
+    #[zeroize(skip)]
     pub local_index: LocalIndex,
     /// Index the peer chose; we write it into our data packets to it.
+    #[zeroize(skip)]
     pub remote_index: LocalIndex,
 }
 
@@ -337,8 +344,10 @@ pub fn request_ephemeral(packet: &[u8]) -> Result<[u8; 32], HandshakeError> {
 /// [`check_response`](Self::check_response) and, if it passes,
 /// [`finish`](Self::finish).
 pub struct Initiator {
+    /// snow keeps the ephemeral and static private keys, the psk and the
+    /// chaining key inside and does not wipe them (`docs/security.md` §3).
     noise: snow::HandshakeState,
-    tunnel_key: [u8; 32],
+    tunnel_key: Zeroizing<[u8; 32]>,
     remote_static: [u8; 32],
     route_id: RouteId,
     local_index: LocalIndex,
@@ -402,7 +411,7 @@ impl Initiator {
 
         let initiator = Initiator {
             noise,
-            tunnel_key: *tunnel_key,
+            tunnel_key: Zeroizing::new(*tunnel_key),
             remote_static: *remote_static,
             route_id,
             local_index,
@@ -609,15 +618,15 @@ fn noise_error(e: snow::Error) -> HandshakeError {
 /// A key of its own for each use of the tunnel key:
 /// `HMAC-SHA256(tunnel_key, label)`, so the mac key and the Noise psk are
 /// never the same bytes.
-fn subkey(tunnel_key: &[u8; 32], label: &[u8]) -> [u8; 32] {
+fn subkey(tunnel_key: &[u8; 32], label: &[u8]) -> Zeroizing<[u8; 32]> {
     let key = hmac::Key::new(hmac::HMAC_SHA256, tunnel_key);
-    let mut out = [0u8; 32];
+    let mut out = Zeroizing::new([0u8; 32]);
     out.copy_from_slice(hmac::sign(&key, label).as_ref());
     out
 }
 
 /// The Noise psk of a route: [`subkey`] "cyphonic tunnel psk v1".
-fn psk(tunnel_key: &[u8; 32]) -> [u8; 32] {
+fn psk(tunnel_key: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     subkey(tunnel_key, b"cyphonic tunnel psk v1")
 }
 
@@ -626,7 +635,7 @@ fn psk(tunnel_key: &[u8; 32]) -> [u8; 32] {
 fn mac(tunnel_key: &[u8; 32], data: &[u8]) -> [u8; MAC_LEN] {
     let key = hmac::Key::new(
         hmac::HMAC_SHA256,
-        &subkey(tunnel_key, b"cyphonic tunnel mac v1"),
+        subkey(tunnel_key, b"cyphonic tunnel mac v1").as_slice(),
     );
     let tag = hmac::sign(&key, data);
     let mut mac = [0u8; MAC_LEN];
@@ -803,6 +812,46 @@ mod tests {
             encode_identity(&local, MAX_REQUEST_IDENTITY_LEN),
             Err(HandshakeError::TooLarge)
         );
+    }
+
+    #[test]
+    fn static_keys_session_keys_and_the_initiators_tunnel_key_are_wiped_on_drop() {
+        let keys = StaticKeypair::from_private([0xa5; 32]);
+        assert_ne!(keys.private, [0; 32]);
+        assert_eq!(crate::key_bytes_after_drop!(keys, private), [0; 32]);
+
+        let session = || SessionKeys {
+            send: [0xa5; 32],
+            recv: [0x5a; 32],
+            local_index: LocalIndex(1),
+            remote_index: LocalIndex(2),
+        };
+        assert_eq!(crate::key_bytes_after_drop!(session(), send), [0; 32]);
+        assert_eq!(crate::key_bytes_after_drop!(session(), recv), [0; 32]);
+
+        let local = LocalIdentity {
+            static_keys: StaticKeypair::from_private([7; 32]),
+            cert_chain_der: vec![vec![1; 100]],
+            binding_sig: [5; 64],
+        };
+        let remote = StaticKeypair::from_private([8; 32]);
+        let mut rng = StdRng::from_seed([3; 32]);
+        let (initiator, _) = Initiator::start_with_rng(
+            &local,
+            &remote.public,
+            &[0xa5; 32],
+            RouteId(9),
+            LocalIndex(4),
+            &mut rng,
+        )
+        .unwrap();
+        assert_eq!(*initiator.tunnel_key, [0xa5; 32]);
+        assert_eq!(crate::key_bytes_after_drop!(initiator, tunnel_key), [0; 32]);
+        // The subkeys made from it come in a wiping wrapper too.
+        let mut psk = psk(&[0xa5; 32]);
+        assert_ne!(*psk, [0; 32]);
+        psk.zeroize();
+        assert_eq!(*psk, [0; 32]);
     }
 
     #[test]

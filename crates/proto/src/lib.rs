@@ -27,6 +27,7 @@ pub mod prefix;
 pub mod punch;
 pub mod relay;
 pub mod replay;
+pub mod secret;
 pub mod signal;
 pub mod transport;
 pub mod wire;

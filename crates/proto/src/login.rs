@@ -106,6 +106,15 @@ pub mod code {
     pub const INTERNAL: &str = "internal";
 }
 
+/// The password is wiped on drop.
+impl Drop for Password {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Password {}
+
 /// A password on the wire; its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -162,6 +171,15 @@ pub enum Response {
         message: String,
     },
 }
+
+/// The common key (hex) is wiped on drop.
+impl Drop for LoginOk {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.common_key);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for LoginOk {}
 
 /// The body of a `login_ok` answer.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::wire::{Reader, WireError, Writer};
@@ -71,6 +72,10 @@ pub enum SignalError {
     Body(#[from] WireError),
     #[error("unknown signaling message type {0}")]
     UnknownMessage(u8),
+    /// The sender's counters reached the end of the range it reserved
+    /// (`SignalCipher::with_tx_limit`): sealing more could reuse a nonce.
+    #[error("signaling counters used up for this session")]
+    CounterExhausted,
 }
 
 /// The session ID of a signaling packet, read before any crypto so the NMS
@@ -97,6 +102,8 @@ pub struct SignalCipher {
     session_id: SessionId,
     role: Role,
     tx_counter: u64,
+    /// Counters from here on are not ours to use (see `with_tx_limit`).
+    tx_limit: u64,
     rx_window: ReplayWindow,
 }
 
@@ -120,18 +127,49 @@ impl SignalCipher {
             session_id,
             role,
             tx_counter: counter_base,
+            tx_limit: u64::MAX,
             rx_window: ReplayWindow::new(),
         }
+    }
+
+    /// Seals no counter at or above `limit`: [`SignalCipher::try_seal`]
+    /// refuses instead. The NMS reserves `counter_base .. limit` in its
+    /// database before it seals anything, so that range is its own even
+    /// across restarts and clock steps (`docs/protocol.md` §4.2).
+    pub fn with_tx_limit(mut self, limit: u64) -> Self {
+        self.tx_limit = limit;
+        self
+    }
+
+    /// The counter the next sealed packet takes.
+    pub fn next_tx_counter(&self) -> u64 {
+        self.tx_counter
     }
 
     pub fn session_id(&self) -> SessionId {
         self.session_id
     }
 
-    /// Seals `envelope` into a complete signaling packet.
+    /// Seals `envelope` into a complete signaling packet. For a cipher
+    /// without a limit (a node's: its counters come from its clock and its
+    /// key from one Login, `docs/protocol.md` §4.2).
     pub fn seal(&mut self, envelope: &Envelope) -> Vec<u8> {
         let counter = self.tx_counter;
         self.tx_counter += 1;
+        self.seal_with(counter, envelope)
+    }
+
+    /// [`SignalCipher::seal`], refusing once the counter reaches the limit
+    /// set by [`SignalCipher::with_tx_limit`] (nothing is sealed then, and
+    /// the counter stays).
+    pub fn try_seal(&mut self, envelope: &Envelope) -> Result<Vec<u8>, SignalError> {
+        if self.tx_counter >= self.tx_limit {
+            return Err(SignalError::CounterExhausted);
+        }
+        Ok(self.seal(envelope))
+    }
+
+    fn seal_with(&self, counter: u64, envelope: &Envelope) -> Vec<u8> {
         let mut nonce = [0u8; 12];
         nonce[0] = self.role.tx_direction();
         nonce[4..].copy_from_slice(&counter.to_be_bytes());
@@ -444,6 +482,16 @@ pub struct RouteDirection {
     pub via: Transport,
 }
 
+/// The tunnel key is wiped when the direction goes (the NMS's pending
+/// route, the node's route, the decoded message).
+impl Drop for RouteDirection {
+    fn drop(&mut self) {
+        self.tunnel_key.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for RouteDirection {}
+
 /// One side's grant for a relay session (see [`crate::relay`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RelayOffer {
@@ -459,6 +507,15 @@ pub struct RelayOffer {
     pub quic_port: u16,
     pub tcp_port: u16,
 }
+
+/// The side key is wiped on drop.
+impl Drop for RelayOffer {
+    fn drop(&mut self) {
+        self.key.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for RelayOffer {}
 
 impl std::fmt::Debug for RelayOffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -858,25 +915,23 @@ mod tests {
             relay: None,
             via: Transport::Udp,
         };
-        let relayed = RouteDirection {
-            pattern: RoutePattern::Relayed,
-            initiate: false,
-            punch: true,
-            relay: Some(RelayOffer {
-                relay_id: RelayId(77),
-                side: 1,
-                expires: 1_900_000_000,
-                key: [5; 32],
-                servers: vec![
-                    "192.0.2.1:4503".parse().unwrap(),
-                    "[2001:db8::1]:4503".parse().unwrap(),
-                ],
-                quic_port: 443,
-                tcp_port: 443,
-            }),
-            via: Transport::Quic,
-            ..dir.clone()
-        };
+        let mut relayed = dir.clone();
+        relayed.pattern = RoutePattern::Relayed;
+        relayed.initiate = false;
+        relayed.punch = true;
+        relayed.relay = Some(RelayOffer {
+            relay_id: RelayId(77),
+            side: 1,
+            expires: 1_900_000_000,
+            key: [5; 32],
+            servers: vec![
+                "192.0.2.1:4503".parse().unwrap(),
+                "[2001:db8::1]:4503".parse().unwrap(),
+            ],
+            quic_port: 443,
+            tcp_port: 443,
+        });
+        relayed.via = Transport::Quic;
         vec![
             Message::RegistrationRequest(RegistrationRequest {
                 static_public: [1; 32],
@@ -1017,6 +1072,40 @@ mod tests {
         // A node's own packet sent back to it is not accepted as the NMS's.
         let mut node2 = SignalCipher::new(SessionId(42), &[7u8; 32], Role::Node, 0);
         assert_eq!(node2.open(&packet), Err(SignalError::WrongDirection));
+    }
+
+    #[test]
+    fn tunnel_keys_and_relay_side_keys_are_wiped_on_drop() {
+        let Message::RouteDirectionToResponder(direction) = sample_messages().remove(10) else {
+            panic!("sample 10 is a relayed route direction");
+        };
+        assert_eq!(direction.tunnel_key, [3; 32]);
+        assert_eq!(
+            crate::key_bytes_after_drop!(direction.clone(), tunnel_key),
+            [0; 32]
+        );
+        let offer = direction.relay.clone().expect("relayed");
+        assert_eq!(offer.key, [5; 32]);
+        assert_eq!(crate::key_bytes_after_drop!(offer, key), [0; 32]);
+    }
+
+    #[test]
+    fn no_counter_at_or_above_the_limit_is_sealed() {
+        let mut nms =
+            SignalCipher::new(SessionId(42), &[7u8; 32], Role::Nms, 5_000).with_tx_limit(5_002);
+        let env = Envelope {
+            txid: 1,
+            message: Message::ReRegister,
+        };
+        let counters: Vec<u64> = (0..2)
+            .map(|_| {
+                let p = nms.try_seal(&env).unwrap();
+                u64::from_be_bytes(p[16..24].try_into().unwrap())
+            })
+            .collect();
+        assert_eq!(counters, [5_000, 5_001]);
+        assert_eq!(nms.try_seal(&env), Err(SignalError::CounterExhausted));
+        assert_eq!(nms.next_tx_counter(), 5_002);
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub struct TlsIdentity {
     pub root_der: Vec<u8>,
 }
 
+/// The key is wiped on drop (rustls keeps its own parsed copy, which it
+/// does not wipe: `docs/security.md` §3).
+impl Drop for TlsIdentity {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key_pem);
+    }
+}
+
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsIdentity")

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use cyphonic_transport::{
-    Direction, Hub, HubConfig, LegEvent, SendError, TlsIdentity, Transport, QUIC_UDP_PAYLOAD_V4,
+    Direction, Hub, HubConfig, LegEvent, SendError, Transport, QUIC_UDP_PAYLOAD_V4,
     QUIC_UDP_PAYLOAD_V6,
 };
 
@@ -480,10 +480,8 @@ async fn a_renewed_certificate_is_presented_from_the_next_handshake_on() {
         .await
         .is_some());
     // A key that is not the certificate's changes nothing.
-    let mismatched = TlsIdentity {
-        key_pem: pki.node("a.cyphonic.test").key_pem,
-        ..fresh_a.clone()
-    };
+    let mut mismatched = fresh_a.clone();
+    mismatched.key_pem = pki.node("a.cyphonic.test").key_pem.clone();
     assert!(a.set_identity(&mismatched).is_err());
     // The listener renewed, the dialer not yet: still refused.
     a.set_identity(&fresh_a).unwrap();

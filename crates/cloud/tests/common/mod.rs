@@ -46,10 +46,22 @@ pub struct CloudDir {
 
 impl CloudDir {
     pub async fn new() -> CloudDir {
+        CloudDir::with_offline_root(None).await
+    }
+
+    /// A cloud whose `init` wrote the root key to `offline_root` (a folder
+    /// inside the test's temporary one, by name) instead of its own folder.
+    pub async fn with_offline_root(offline_root: Option<&str>) -> CloudDir {
         let tmp = tempfile::tempdir().unwrap();
-        let report = admin::init(&tmp.path().join("cloud"), "cyphonic.internal", &[])
-            .await
-            .unwrap();
+        let offline_root = offline_root.map(|name| tmp.path().join(name));
+        let report = admin::init_with_root(
+            &tmp.path().join("cloud"),
+            "cyphonic.internal",
+            &[],
+            offline_root.as_deref(),
+        )
+        .await
+        .unwrap();
         let mut cfg = CloudConfig::load(&report.config_path).unwrap();
         cfg.as_listen = vec![free_tcp("127.0.0.1"), free_tcp("::1")];
         cfg.nms_listen = vec![free_udp()];
@@ -78,6 +90,12 @@ impl CloudDir {
             .unwrap()
             .password
             .password
+            .clone()
+    }
+
+    /// The test's temporary folder (the cloud is in `cloud/` inside it).
+    pub fn tmp(&self) -> &std::path::Path {
+        self._tmp.path()
     }
 
     pub fn as_v4(&self) -> SocketAddr {

@@ -31,6 +31,16 @@ fn login(keepalive: Duration) -> Login {
     }
 }
 
+#[test]
+fn the_common_key_of_a_login_is_wiped_when_it_goes() {
+    let login = login(Duration::from_secs(15));
+    assert_eq!(login.common_key, KEY);
+    assert_eq!(
+        cyphonic_proto::key_bytes_after_drop!(login, common_key),
+        [0; 32]
+    );
+}
+
 /// The part, its outbox and randomness, a test NMS, and a hand clock.
 struct Bench {
     sig: Signaling,

@@ -12,6 +12,15 @@ use cyphonic_proto::relay;
 use cyphonic_proto::{LocalIndex, RelayId, SessionId};
 use serde::Serialize;
 
+/// The common key is wiped on drop.
+impl Drop for Login {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.common_key);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Login {}
+
 /// What Login (at the AS) gave the node.
 #[derive(Clone)]
 pub struct Login {

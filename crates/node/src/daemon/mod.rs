@@ -208,7 +208,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// installed by a renewal): every Login presents them again.
 pub struct Credentials {
     pub chain_pem: String,
-    pub key_pem: String,
+    /// Wiped on drop.
+    pub key_pem: zeroize::Zeroizing<String>,
     pub root_pem: String,
 }
 
@@ -229,7 +230,9 @@ impl Credentials {
     /// between the two, `node.key.next` holds the key that goes with
     /// `node.pem`, and it becomes `node.key` here.
     pub fn load(state: &StatePaths, fqdn: &str) -> anyhow::Result<Credentials> {
-        let mut key_pem = std::fs::read_to_string(state.key()).context("cannot read node.key")?;
+        let mut key_pem = zeroize::Zeroizing::new(
+            std::fs::read_to_string(state.key()).context("cannot read node.key")?,
+        );
         let chain_pem = std::fs::read_to_string(state.chain()).context("cannot read node.pem")?;
         let root_pem = std::fs::read_to_string(state.root()).context("cannot read root.pem")?;
         let verifier = Verifier::from_pem(&root_pem)?;
@@ -249,7 +252,7 @@ impl Credentials {
             tracing::warn!(
                 "node.key was the key before the certificate's renewal; now the renewed one"
             );
-            key_pem = next;
+            key_pem = zeroize::Zeroizing::new(next);
         }
         Ok(Credentials {
             chain_pem,
@@ -287,7 +290,7 @@ impl Credentials {
         }
         Ok(Credentials {
             chain_pem: chain_pem.to_owned(),
-            key_pem: key_pem.to_owned(),
+            key_pem: key_pem.to_owned().into(),
             root_pem: root_pem.to_owned(),
         })
     }
@@ -811,7 +814,7 @@ impl Daemon {
             // the renewed certificate; the hub's trust stays the root.
             let identity = Verifier::from_pem(&credentials.root_pem).map(|root| TlsIdentity {
                 chain_pem: credentials.chain_pem.clone(),
-                key_pem: credentials.key_pem.clone(),
+                key_pem: credentials.key_pem.to_string(),
                 root_der: root.root_der().to_vec(),
             });
             if let Err(e) = identity

@@ -74,7 +74,10 @@ async fn at_cloud<T, F, Fut>(
 ) -> anyhow::Result<(T, IpAddr)>
 where
     T: Send + 'static,
-    F: Fn(SocketAddr, String, Vec<u8>, String, String) -> Fut + Clone + Send + 'static,
+    F: Fn(SocketAddr, String, Vec<u8>, String, zeroize::Zeroizing<String>) -> Fut
+        + Clone
+        + Send
+        + 'static,
     Fut: std::future::Future<Output = Result<T, crate::as_client::AsClientError>> + Send,
 {
     let verifier = Verifier::from_pem(&credentials.root_pem)?;
@@ -145,7 +148,7 @@ pub struct Renewer {
     /// The key (PEM) the renewal under way is for, also in
     /// `node.key.next`: kept across attempts, so a renewal asked again
     /// (its answer lost) is for the same key and gets the same certificate.
-    next_key: Option<String>,
+    next_key: Option<zeroize::Zeroizing<String>>,
     /// The run's static key, which the NMS has: a renewed certificate is
     /// bound to it again.
     static_keys: StaticKeypair,
@@ -344,7 +347,10 @@ impl Renewer {
     /// (an attempt before this run's, whose answer may have been lost) and
     /// it is not already the certificate's, else a new one, written there
     /// first.
-    pub(super) fn prepare_key(&mut self, credentials: &Credentials) -> anyhow::Result<String> {
+    pub(super) fn prepare_key(
+        &mut self,
+        credentials: &Credentials,
+    ) -> anyhow::Result<zeroize::Zeroizing<String>> {
         if let Some(key) = &self.next_key {
             return Ok(key.clone());
         }
@@ -352,6 +358,7 @@ impl Renewer {
         let path = self.state.next_key();
         let kept = std::fs::read_to_string(&path)
             .ok()
+            .map(zeroize::Zeroizing::new)
             .filter(|pem| NodeKey::from_pem(pem).is_ok_and(|k| k.public_key() != current));
         let key = match kept {
             Some(pem) => pem,

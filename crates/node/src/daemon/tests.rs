@@ -13,7 +13,7 @@ fn ca() -> (Issuer, String) {
     let now = SystemTime::now();
     let ca = create_ca("cyphonic.internal", now).unwrap();
     let issuer = Issuer::from_pem(&ca.intermediate_cert_pem, &ca.intermediate_key_pem).unwrap();
-    (issuer, ca.root_cert_pem)
+    (issuer, ca.root_cert_pem.clone())
 }
 
 /// A chain (certificate, then intermediate) for `key` and `fqdn`, issued
@@ -117,7 +117,7 @@ fn a_renewal_is_installed_only_for_our_key_and_name() {
         assert_eq!(std::fs::read_to_string(state.chain()).unwrap(), old_chain);
         assert_eq!(
             std::fs::read_to_string(state.key()).unwrap(),
-            old_key.to_pem()
+            *old_key.to_pem()
         );
         assert!(state.next_key().exists());
     }
@@ -129,7 +129,7 @@ fn a_renewal_is_installed_only_for_our_key_and_name() {
     assert_eq!(std::fs::read_to_string(state.chain()).unwrap(), new_chain);
     assert_eq!(
         std::fs::read_to_string(state.key()).unwrap(),
-        new_key.to_pem()
+        *new_key.to_pem()
     );
     assert!(!state.next_key().exists());
     let loaded = Credentials::load(&state, FQDN).unwrap();
@@ -154,7 +154,7 @@ fn a_crash_between_the_certificate_and_its_key_is_repaired_at_start() {
     assert_eq!(loaded.key_pem, new_key.to_pem());
     assert_eq!(
         std::fs::read_to_string(state.key()).unwrap(),
-        new_key.to_pem()
+        *new_key.to_pem()
     );
     assert!(!state.next_key().exists());
 }
@@ -171,7 +171,7 @@ fn a_renewer_keeps_its_key_across_attempts_and_reuses_one_left_behind() {
 
     // The first attempt makes a key and writes it before anything is sent.
     let made = renewer.prepare_key(&credentials).unwrap();
-    assert_eq!(std::fs::read_to_string(state.next_key()).unwrap(), made);
+    assert_eq!(std::fs::read_to_string(state.next_key()).unwrap(), *made);
     assert_ne!(made, key.to_pem());
     assert_eq!(renewer.prepare_key(&credentials).unwrap(), made, "kept");
 
@@ -185,7 +185,7 @@ fn a_renewer_keeps_its_key_across_attempts_and_reuses_one_left_behind() {
     let mut again = Renewer::new(&state.dir, &credentials, statics).unwrap();
     let fresh = again.prepare_key(&credentials).unwrap();
     assert_ne!(fresh, key.to_pem());
-    assert_eq!(std::fs::read_to_string(state.next_key()).unwrap(), fresh);
+    assert_eq!(std::fs::read_to_string(state.next_key()).unwrap(), *fresh);
     assert!(matches!(again.on_login(0), LoginUse::Session));
 }
 

@@ -127,7 +127,7 @@ impl World {
         let login = Login {
             session_id: info.session_id,
             common_key: info.common_key,
-            fqdn: info.fqdn,
+            fqdn: info.fqdn.clone(),
             vip4: info.vip4,
             vip6: info.vip6,
             nms: NMS_V4,

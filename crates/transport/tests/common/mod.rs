@@ -68,7 +68,7 @@ impl TestPki {
             .expect("node certificate");
         TlsIdentity {
             chain_pem: format!("{}{}", cert.cert_pem, self.issuer.cert_pem()),
-            key_pem: key.to_pem(),
+            key_pem: key.to_pem().to_string(),
             root_der: self.root_der.clone(),
         }
     }
@@ -85,18 +85,16 @@ impl TestPki {
             .expect("server certificate");
         TlsIdentity {
             chain_pem: format!("{}{}", cert.cert_pem, self.issuer.cert_pem()),
-            key_pem,
+            key_pem: key_pem.to_string(),
             root_der: self.root_der.clone(),
         }
     }
 }
 
 /// `identity` trusting another root.
-pub fn trusting(identity: TlsIdentity, root_der: &[u8]) -> TlsIdentity {
-    TlsIdentity {
-        root_der: root_der.to_vec(),
-        ..identity
-    }
+pub fn trusting(mut identity: TlsIdentity, root_der: &[u8]) -> TlsIdentity {
+    identity.root_der = root_der.to_vec();
+    identity
 }
 
 pub fn any_port(ip: &str) -> SocketAddr {
