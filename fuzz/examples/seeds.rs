@@ -109,6 +109,10 @@ fn sample_direction(relayed: bool) -> RouteDirection {
         } else {
             Transport::Udp
         },
+        filter: relayed.then(|| cyphonic_proto::policy::RouteFilter {
+            inbound: vec!["icmp".parse().unwrap(), "tcp/5201".parse().unwrap()],
+            outbound: Vec::new(),
+        }),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod login;
 pub mod mac;
 pub mod nat;
 pub mod prefix;
+pub mod policy;
 pub mod punch;
 pub mod relay;
 pub mod replay;

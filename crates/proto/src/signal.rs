@@ -22,6 +22,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 use crate::replay::{ReplayError, ReplayWindow};
+use crate::policy::RouteFilter;
 use crate::wire::{Reader, WireError, Writer};
 use crate::{RelayId, RouteId, SessionId, Transport};
 
@@ -248,8 +249,14 @@ pub enum Message {
         fqdn: String,
         cert_serial: u64,
     },
-    /// A node acknowledges a notice of the NMS (`PeerRevoked`), same txid.
+    /// A node acknowledges a notice of the NMS (`PeerRevoked`,
+    /// `RouteUpdate`), same txid.
     NoticeAck,
+    /// The access policy changed for the route with the node `fqdn`: apply
+    /// `filter` to it from now on; a closed filter (nothing either way)
+    /// withdraws the route: close the tunnel. Sent by the NMS until
+    /// acknowledged.
+    RouteUpdate { fqdn: String, filter: RouteFilter },
 }
 
 /// A page of the general nodes an adapter serves.
@@ -294,6 +301,7 @@ impl Message {
             Message::InformationResponse(_) => "InformationResponse",
             Message::PeerRevoked { .. } => "PeerRevoked",
             Message::NoticeAck => "NoticeAck",
+            Message::RouteUpdate { .. } => "RouteUpdate",
         }
     }
 }
@@ -434,6 +442,9 @@ pub struct RouteDirection {
     /// the peer's QUIC listener (a direct path for a node that only has
     /// UDP 443 out).
     pub via: Transport,
+    /// What the access policy lets through this route, from this node's
+    /// side; `None`: everything both ways (no filter block on the wire).
+    pub filter: Option<RouteFilter>,
 }
 
 /// One side's grant for a relay session (see [`crate::relay`]).
@@ -486,6 +497,8 @@ pub enum DirectionErrorCode {
     NotRegistered,
     /// The requester (or everybody, for this target) asked too often.
     RateLimited,
+    /// The access policy lets neither node reach the other.
+    Denied,
     Unknown(u8),
 }
 
@@ -496,6 +509,7 @@ impl DirectionErrorCode {
             DirectionErrorCode::Timeout => 2,
             DirectionErrorCode::NotRegistered => 3,
             DirectionErrorCode::RateLimited => 4,
+            DirectionErrorCode::Denied => 5,
             DirectionErrorCode::Unknown(v) => v,
         }
     }
@@ -506,6 +520,7 @@ impl DirectionErrorCode {
             2 => DirectionErrorCode::Timeout,
             3 => DirectionErrorCode::NotRegistered,
             4 => DirectionErrorCode::RateLimited,
+            5 => DirectionErrorCode::Denied,
             v => DirectionErrorCode::Unknown(v),
         }
     }
@@ -527,6 +542,7 @@ const MSG_INFORMATION_REQUEST: u8 = 0x0d;
 const MSG_INFORMATION_RESPONSE: u8 = 0x0e;
 const MSG_PEER_REVOKED: u8 = 0x0f;
 const MSG_NOTICE_ACK: u8 = 0x10;
+const MSG_ROUTE_UPDATE: u8 = 0x11;
 
 impl Envelope {
     /// Body layout: `u8 message type || u64 txid || fields`.
@@ -608,6 +624,10 @@ impl Envelope {
             }
             Message::NoticeAck => {
                 w.u8(MSG_NOTICE_ACK).u64(self.txid);
+            }
+            Message::RouteUpdate { fqdn, filter } => {
+                w.u8(MSG_ROUTE_UPDATE).u64(self.txid).str(fqdn);
+                filter.encode(&mut w);
             }
         }
         w.into_inner()
@@ -702,6 +722,10 @@ impl Envelope {
                 cert_serial: r.u64()?,
             },
             MSG_NOTICE_ACK => Message::NoticeAck,
+            MSG_ROUTE_UPDATE => Message::RouteUpdate {
+                fqdn: r.str("fqdn")?.to_owned(),
+                filter: RouteFilter::decode(&mut r)?,
+            },
             other => return Err(SignalError::UnknownMessage(other)),
         };
         r.finish()?;
@@ -721,7 +745,7 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
         .u64(p.cert_serial)
         .u8(p.cert_status.to_u8())
         .socket_addrs(&p.endpoints[..p.endpoints.len().min(MAX_ENDPOINTS)]);
-    w.u8(d.initiate as u8 | (d.punch as u8) << 1);
+    w.u8(d.initiate as u8 | (d.punch as u8) << 1 | (d.filter.is_some() as u8) << 2);
     match &d.relay {
         None => {
             w.u8(0);
@@ -737,6 +761,9 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
         }
     }
     w.u8(d.via.to_u8());
+    if let Some(f) = &d.filter {
+        f.encode(w);
+    }
 }
 
 fn transport(code: u8) -> Result<Transport, SignalError> {
@@ -763,7 +790,7 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         .into());
     }
     let flags = r.u8()?;
-    if flags & !0b11 != 0 {
+    if flags & !0b111 != 0 {
         return Err(WireError::Invalid {
             field: "direction flags",
         }
@@ -805,6 +832,11 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         punch: flags & 2 != 0,
         relay,
         via: transport(r.u8()?)?,
+        filter: if flags & 4 != 0 {
+            Some(RouteFilter::decode(r)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -839,6 +871,7 @@ mod tests {
             punch: false,
             relay: None,
             via: Transport::Udp,
+            filter: None,
         };
         let relayed = RouteDirection {
             pattern: RoutePattern::Relayed,
@@ -857,6 +890,10 @@ mod tests {
                 tcp_port: 443,
             }),
             via: Transport::Quic,
+            filter: Some(RouteFilter {
+                inbound: vec!["icmp".parse().unwrap(), "tcp/5201".parse().unwrap()],
+                outbound: Vec::new(),
+            }),
             ..dir.clone()
         };
         vec![
@@ -917,6 +954,14 @@ mod tests {
                 cert_serial: 0x1234_5678_9abc_def0,
             },
             Message::NoticeAck,
+            Message::RouteUpdate {
+                fqdn: "n2.cyphonic.internal".into(),
+                filter: RouteFilter::default(),
+            },
+            Message::DirectionError {
+                code: DirectionErrorCode::Denied,
+                message: "the access policy does not allow it".into(),
+            },
         ]
     }
 
@@ -943,6 +988,65 @@ mod tests {
             message: Message::InformationResponse(page),
         });
         assert!(packet.len() <= MAX_SIGNAL_PACKET, "{} bytes", packet.len());
+    }
+
+    #[test]
+    fn the_largest_route_direction_with_a_full_filter_fits_one_datagram() {
+        let v6 = |i: u16| SocketAddr::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i).into(), i);
+        let full: Vec<crate::policy::PortRule> = (1..=crate::policy::MAX_FILTER_RULES as u16)
+            .map(|p| crate::policy::PortRule {
+                proto: crate::policy::RuleProto::Udp,
+                first: p,
+                last: p,
+            })
+            .collect();
+        let dir = RouteDirection {
+            route_id: RouteId(u64::MAX - 1),
+            pattern: RoutePattern::Relayed,
+            peer: PeerInfo {
+                fqdn: "a".repeat(255),
+                vip4: Ipv4Addr::BROADCAST,
+                vip6: Ipv6Addr::UNSPECIFIED,
+                static_public: [0xff; 32],
+                cert_serial: u64::MAX,
+                cert_status: CertStatus::Good,
+                endpoints: (1..=MAX_ENDPOINTS as u16).map(v6).collect(),
+            },
+            tunnel_key: [0xff; 32],
+            initiate: true,
+            punch: false,
+            relay: Some(RelayOffer {
+                relay_id: RelayId(u64::MAX),
+                side: 1,
+                expires: u64::MAX,
+                key: [0xff; 32],
+                servers: (1..=MAX_ENDPOINTS as u16).map(v6).collect(),
+                quic_port: 443,
+                tcp_port: 443,
+            }),
+            via: Transport::Quic,
+            filter: None,
+        };
+        let (_, mut nms) = pair();
+        let bare = nms.seal(&Envelope {
+            txid: 1,
+            message: Message::RouteDirectionToResponder(dir.clone()),
+        });
+        // §4.1: the largest Route Direction without a filter.
+        assert_eq!(bare.len(), 1073);
+        let filtered = RouteDirection {
+            filter: Some(RouteFilter {
+                inbound: full.clone(),
+                outbound: full,
+            }),
+            ..dir
+        };
+        let packet = nms.seal(&Envelope {
+            txid: 1,
+            message: Message::RouteDirectionToResponder(filtered),
+        });
+        assert_eq!(packet.len(), 1073 + 3 + 2 * 5 * crate::policy::MAX_FILTER_RULES);
+        assert!(packet.len() <= MAX_SIGNAL_PACKET);
     }
 
     #[test]

@@ -396,6 +396,7 @@ pub(crate) mod tests {
             tunnel_key: [0; 32],
             relay: None,
             via: Transport::Udp,
+            filter: None,
             peer: PeerInfo {
                 fqdn: format!("p{i}.cyphonic.internal"),
                 vip4: Ipv4Addr::new(100, 64 + (v >> 16) as u8, (v >> 8) as u8, v as u8),
