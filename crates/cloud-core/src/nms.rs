@@ -1548,7 +1548,8 @@ impl Nms {
         let filter = self.route_filter(mn, cn).unwrap_or_default();
         if filter.is_closed() {
             self.counters.directions_denied += 1;
-            let msg = format!("the access policy lets neither this node nor {target} reach the other");
+            let msg =
+                format!("the access policy lets neither this node nor {target} reach the other");
             self.fail_direction(mn, txid, &target, DirectionErrorCode::Denied, msg);
             return;
         }

@@ -95,7 +95,8 @@ impl Policy {
                 DefaultAction::Deny => Access::Only(BTreeSet::new()),
             };
         }
-        let items: BTreeSet<PortRule> = named.iter().flat_map(|r| r.ports.iter().copied()).collect();
+        let items: BTreeSet<PortRule> =
+            named.iter().flat_map(|r| r.ports.iter().copied()).collect();
         if items.contains(&PortRule::ANY) {
             Access::All
         } else {

@@ -233,7 +233,10 @@ impl fmt::Display for RouteFilter {
             if l.is_empty() {
                 "nothing".to_owned()
             } else {
-                l.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
+                l.iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             }
         };
         write!(
@@ -264,7 +267,14 @@ mod tests {
             assert_eq!(shown.parse::<PortRule>().unwrap(), r);
         }
         for bad in [
-            "", "sctp/1", "tcp/0", "tcp/22-21", "tcp/70000", "icmp/8", "*/22", "tcp/a",
+            "",
+            "sctp/1",
+            "tcp/0",
+            "tcp/22-21",
+            "tcp/70000",
+            "icmp/8",
+            "*/22",
+            "tcp/a",
         ] {
             let e = bad.parse::<PortRule>().unwrap_err();
             assert!(e.to_string().contains("tcp/22"), "{e}");

@@ -21,8 +21,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
-use crate::replay::{ReplayError, ReplayWindow};
 use crate::policy::RouteFilter;
+use crate::replay::{ReplayError, ReplayWindow};
 use crate::wire::{Reader, WireError, Writer};
 use crate::{RelayId, RouteId, SessionId, Transport};
 
@@ -256,7 +256,10 @@ pub enum Message {
     /// `filter` to it from now on; a closed filter (nothing either way)
     /// withdraws the route: close the tunnel. Sent by the NMS until
     /// acknowledged.
-    RouteUpdate { fqdn: String, filter: RouteFilter },
+    RouteUpdate {
+        fqdn: String,
+        filter: RouteFilter,
+    },
 }
 
 /// A page of the general nodes an adapter serves.
@@ -1045,7 +1048,10 @@ mod tests {
             txid: 1,
             message: Message::RouteDirectionToResponder(filtered),
         });
-        assert_eq!(packet.len(), 1073 + 3 + 2 * 5 * crate::policy::MAX_FILTER_RULES);
+        assert_eq!(
+            packet.len(),
+            1073 + 3 + 2 * 5 * crate::policy::MAX_FILTER_RULES
+        );
         assert!(packet.len() <= MAX_SIGNAL_PACKET);
     }
 

@@ -79,6 +79,8 @@ pub(crate) struct Peer {
     /// The local indexes the peer table maps to this peer (the table's
     /// own; empty in a new peer).
     pub mapped: Vec<LocalIndex>,
+    /// The route's access policy and flow table, shared with its tunnels.
+    pub filter: std::sync::Arc<crate::filter::FlowFilter>,
 }
 
 impl Peer {
@@ -442,6 +444,7 @@ pub(crate) mod tests {
             answered: VecDeque::new(),
             grant_renew_at: None,
             mapped: Vec::new(),
+            filter: Default::default(),
         }
     }
 
