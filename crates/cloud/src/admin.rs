@@ -61,7 +61,7 @@ pub enum AdminError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Policy {
         path: PathBuf,
         #[source]

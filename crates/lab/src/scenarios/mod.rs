@@ -14,6 +14,7 @@ pub mod nat;
 pub mod nat_matrix;
 pub mod overlay;
 pub mod pcap;
+pub mod policy;
 pub mod revoke;
 
 use std::path::Path;
@@ -64,6 +65,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "one of three nodes revoked during ping and iperf3: its tunnels close within 5 s, no new route, the others keep talking",
     ),
     (
+        "policy",
+        "access policy: default deny, n1 -> n2 on ICMP and tcp/5201 only; n2 -> n1 dropped, n1 -> n3 no route; withdrawn during a ping",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -84,6 +89,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "bench-transports" => bench_transports::run(bin),
         "lifetime" => lifetime::run(bin),
         "revoke" => revoke::run(bin),
+        "policy" => policy::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()
