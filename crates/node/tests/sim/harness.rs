@@ -2248,6 +2248,14 @@ impl Sim {
         self.drain_node(slot);
     }
 
+    /// The operator sets an access policy: the NMS applies it at once (as
+    /// the cloud's shell does when it reads a new version from the store)
+    /// and its notices go out.
+    pub fn set_policy(&mut self, policy: cyphonic_cloud_core::policy::Policy) {
+        self.nms.handle_policy(self.now, policy);
+        self.drain_nms();
+    }
+
     /// Replaces the NMS with a fresh process over the same database. Its
     /// counter base is the wall clock now, as a restarted NMS's would be.
     pub fn restart_nms(&mut self) {
