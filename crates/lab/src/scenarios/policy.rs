@@ -88,7 +88,7 @@ fn counter(o: &Overlay, i: usize, section: &str, name: &str) -> anyhow::Result<u
 /// Writes `doc` to a file and sets it with `cyphonic cloud policy set`
 /// (another process than the cloud's, as an operator would); waits until
 /// the running NMS applied that version.
-fn set_policy(o: &Overlay, name: &str, doc: &str) -> anyhow::Result<String> {
+pub(crate) fn set_policy(o: &Overlay, name: &str, doc: &str) -> anyhow::Result<String> {
     let path = o.lab.dir().join(name);
     std::fs::write(&path, doc)?;
     let cfg = o.cloud_dir.join("cloud.toml");
@@ -115,7 +115,7 @@ fn set_policy(o: &Overlay, name: &str, doc: &str) -> anyhow::Result<String> {
     Ok(version)
 }
 
-fn applied(o: &Overlay, version: &str) -> anyhow::Result<Duration> {
+pub(crate) fn applied(o: &Overlay, version: &str) -> anyhow::Result<Duration> {
     let since = Instant::now();
     let needle = format!("version={version}");
     wait_until(
