@@ -109,9 +109,11 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let filtered = (|| {
         let v = super::policy::set_policy(&o, "bench-policy.toml", BENCH_POLICY)?;
         super::policy::applied(&o, &v)?;
-        crate::wait_until("the route's new filter", std::time::Duration::from_secs(5), || {
-            Ok((o.status(0)?["counters"]["route_updates"].as_u64() >= Some(1)).then_some(()))
-        })
+        crate::wait_until(
+            "the route's new filter",
+            std::time::Duration::from_secs(5),
+            || Ok((o.status(0)?["counters"]["route_updates"].as_u64() >= Some(1)).then_some(())),
+        )
     })();
     report.check(
         "access policy on (default deny, n1 -> n2 on icmp and tcp/5201)",
