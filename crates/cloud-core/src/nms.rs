@@ -493,6 +493,9 @@ pub struct Nms {
     links: BTreeMap<(SessionId, SessionId), (u64, RouteFilter)>,
     /// Orders `links` by age, for the bound.
     link_seq: u64,
+    /// The RouteUpdate notice in flight per (session, peer FQDN): a newer
+    /// one replaces it.
+    route_notices: HashMap<(SessionId, String), u64>,
 }
 
 /// How long, and how many, ended sessions are kept for telling their node
@@ -530,6 +533,7 @@ impl Nms {
             policy: Policy::default(),
             links: BTreeMap::new(),
             link_seq: 0,
+            route_notices: HashMap::new(),
         }
     }
 
@@ -610,16 +614,22 @@ impl Nms {
     /// Queues a notice to one session, sent until acknowledged; an older
     /// notice about the same peer route gives way.
     fn notify(&mut self, now: Instant, id: SessionId, message: Message) {
+        let txid: u64 = self.rng.gen();
         if let Message::RouteUpdate { fqdn, .. } = &message {
-            self.notices.retain(|(s, _), n| {
-                *s != id || !matches!(&n.message, Message::RouteUpdate { fqdn: f, .. } if f == fqdn)
-            });
+            if let Some(old) = self.route_notices.insert((id, fqdn.clone()), txid) {
+                self.notices.remove(&(id, old));
+            }
+            if self.route_notices.len() > 2 * MAX_LINKS {
+                // Forget those whose notice is done (acknowledged or given up).
+                let notices = &self.notices;
+                self.route_notices
+                    .retain(|(s, _), t| notices.contains_key(&(*s, *t)));
+            }
         }
         while self.notices.len() >= MAX_NOTICES {
             self.notices.pop_first();
             self.counters.notices_unacked += 1;
         }
-        let txid: u64 = self.rng.gen();
         self.notices.insert(
             (id, txid),
             Notice {
@@ -1062,6 +1072,7 @@ impl Nms {
         }
         self.notices.retain(|(s, _), _| *s != id);
         self.links.retain(|(a, b), _| *a != id && *b != id);
+        self.route_notices.retain(|(s, _), _| *s != id);
         self.counters.sessions_ended += 1;
         self.events.push_back(NmsEvent::SessionEnded {
             fqdn: session.info.fqdn.clone(),
