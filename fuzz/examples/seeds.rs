@@ -109,6 +109,7 @@ fn sample_direction(relayed: bool) -> RouteDirection {
         } else {
             Transport::Udp
         },
+        filter: None,
     }
 }
 
@@ -217,6 +218,28 @@ fn signal() -> Seeds {
             .encode(),
         ),
         (
+            "body-route-direction-filtered",
+            envelope(
+                10,
+                Message::RouteDirectionToResponder(RouteDirection {
+                    filter: Some(sample_filter()),
+                    ..sample_direction(false)
+                }),
+            )
+            .encode(),
+        ),
+        (
+            "body-route-update",
+            envelope(
+                11,
+                Message::RouteUpdate {
+                    fqdn: "n1.cyphonic.internal".into(),
+                    filter: sample_filter(),
+                },
+            )
+            .encode(),
+        ),
+        (
             "body-keepalive-ack",
             envelope(
                 9,
@@ -227,6 +250,14 @@ fn signal() -> Seeds {
             .encode(),
         ),
     ]
+}
+
+/// What a responder gets when the peer may open ICMP and tcp/5201 to it.
+fn sample_filter() -> cyphonic_proto::policy::RouteFilter {
+    cyphonic_proto::policy::RouteFilter {
+        inbound: vec!["icmp".parse().unwrap(), "tcp/5201".parse().unwrap()],
+        outbound: Vec::new(),
+    }
 }
 
 fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {

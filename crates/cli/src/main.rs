@@ -97,6 +97,10 @@ enum CloudCmd {
     /// serves on its LAN.
     #[command(subcommand, name = "general-node")]
     GeneralNode(GeneralNodeCmd),
+    /// The access policy: which devices (and groups) may reach which, on
+    /// which ports (README, "Access policy").
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Revoke a node certificate by serial (hex or decimal), or every
     /// certificate of a device (--device): its tunnels close within
     /// seconds.
@@ -124,6 +128,23 @@ enum IntermediateCmd {
         /// it against this cloud's); default: the cloud's data folder.
         #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Check a policy document (TOML) and make it the policy: a running
+    /// cloud applies it within seconds, withdrawing the routes it no
+    /// longer allows.
+    Set {
+        #[arg(long)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// Print the policy document in force.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -482,6 +503,21 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                     "{:<20} {:<32} {:<15} {}",
                     d.device_id, d.fqdn, d.vip4, d.vip6
                 );
+            }
+        }
+        Command::Cloud(CloudCmd::Policy(PolicyCmd::Set { config, file })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            let set = cyphonic_cloud::admin::set_policy(&cfg, &file).await?;
+            print!("policy version {} set:\n{}", set.version, set.summary);
+        }
+        Command::Cloud(CloudCmd::Policy(PolicyCmd::Show { config })) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            match cyphonic_cloud::admin::show_policy(&cfg).await? {
+                Some((version, document)) => {
+                    println!("# policy version {version}");
+                    print!("{document}");
+                }
+                None => println!("# no policy set: every device may reach every other"),
             }
         }
         Command::Cloud(CloudCmd::Revoke {

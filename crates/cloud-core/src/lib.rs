@@ -3,9 +3,11 @@
 //! simulations drive them on a virtual clock.
 //!
 //! - [`nms`] — registration, virtual IPs and route selection.
+//! - [`policy`] — the access policy: which devices may reach which.
 //! - [`route`] — the route table of `docs/routing.md`.
 //! - [`trs`] — the relay.
 
 pub mod nms;
+pub mod policy;
 pub mod route;
 pub mod trs;

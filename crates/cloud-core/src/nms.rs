@@ -41,12 +41,24 @@
 //!
 //! [`Nms::handle_session`] loads a session without a standing (no order,
 //! no floor to store): for harnesses without a store.
+//!
+//! # Access policy (`docs/protocol.md` §5.15)
+//!
+//! [`Nms::handle_policy`] sets the operator's [`Policy`]. A Direction
+//! Request between two devices neither of which may reach the other is
+//! refused (`DirectionError` Denied); every other route carries each end's
+//! [`RouteFilter`] (none when the policy allows everything). The NMS keeps
+//! the routes it directed ([`MAX_LINKS`]), so when the policy changes it
+//! tells both ends of each route whose filter changed (`RouteUpdate`, sent
+//! until acknowledged), and a closed filter withdraws the route.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::policy::Policy;
 use crate::route::{decide_route, Initiator, NatKind, NetInfo};
+use cyphonic_proto::policy::RouteFilter;
 use cyphonic_proto::signal::{
     self, CertStatus, DirectionErrorCode, Envelope, GeneralNodes, Message, PeerInfo,
     RegistrationRequest, RegistrationResponse, RelayOffer, Role, RouteDirection, RoutePattern,
@@ -300,6 +312,14 @@ pub struct NmsCounters {
     /// Messages not sent because the session's counters reached the limit
     /// of the range this NMS reserved ([`Nms::with_counter_limit`]).
     pub tx_counter_exhausted: u64,
+    /// Direction Requests refused by the access policy.
+    pub directions_denied: u64,
+    /// Routes withdrawn because the policy no longer allows them, and
+    /// routes whose filters changed (each told to both ends).
+    pub routes_withdrawn: u64,
+    pub routes_refiltered: u64,
+    /// Policies applied.
+    pub policies: u64,
 }
 
 /// Registration state of one node.
@@ -451,6 +471,10 @@ const MAX_NOTICES: usize = 65_536;
 /// registers or is routed to again while the store catches up.
 const MAX_WITHDRAWN: usize = 4096;
 
+/// Routes remembered for policy changes; beyond, the oldest is forgotten
+/// (its tunnel keeps the filter it had until it is routed again).
+pub const MAX_LINKS: usize = 65_536;
+
 /// Direction budgets tracked at once, per kind (sessions, targets).
 const MAX_DIRECTION_BUCKETS: usize = 16_384;
 
@@ -551,6 +575,16 @@ pub struct Nms {
     /// Sessions with an address on trial, whose challenge may be sent
     /// again.
     challenging: std::collections::BTreeSet<SessionId>,
+    /// The access policy.
+    policy: Policy,
+    /// Routes directed, by (initiator, responder) session: the filter the
+    /// initiator was given (the responder has its reverse), and when.
+    links: BTreeMap<(SessionId, SessionId), (u64, RouteFilter)>,
+    /// Orders `links` by age, for the bound.
+    link_seq: u64,
+    /// The RouteUpdate notice in flight per (session, peer FQDN): a newer
+    /// one replaces it.
+    route_notices: HashMap<(SessionId, String), u64>,
 }
 
 /// How long, and how many, ended sessions are kept for telling their node
@@ -588,6 +622,10 @@ impl Nms {
             ended_lately: VecDeque::new(),
             held_directions: VecDeque::new(),
             challenging: std::collections::BTreeSet::new(),
+            policy: Policy::default(),
+            links: BTreeMap::new(),
+            link_seq: 0,
+            route_notices: HashMap::new(),
         }
     }
 
@@ -599,6 +637,128 @@ impl Nms {
     pub fn with_counter_limit(mut self, limit: u64) -> Self {
         self.counter_limit = limit;
         self
+    }
+
+    /// The operator's access policy, new or changed: from now on routes
+    /// follow it, and every route already directed whose filter changes is
+    /// told to both ends (a route it no longer allows is withdrawn).
+    pub fn handle_policy(&mut self, now: Instant, policy: Policy) {
+        self.counters.policies += 1;
+        self.policy = policy;
+        let keys: Vec<(SessionId, SessionId)> = self.links.keys().copied().collect();
+        for key in keys {
+            self.reconcile_link(now, key);
+        }
+        self.send_notices(now);
+    }
+
+    /// The filter of the route between two sessions, from `me`'s side.
+    fn route_filter(&self, me: SessionId, peer: SessionId) -> Option<RouteFilter> {
+        if self.policy.allows_everything() {
+            return Some(RouteFilter::open());
+        }
+        let me = &self.sessions.get(&me)?.info.device_id;
+        let peer = &self.sessions.get(&peer)?.info.device_id;
+        Some(self.policy.filter(me, peer))
+    }
+
+    /// Tells both ends of a directed route its filter when the policy's
+    /// differs from the one they have; a closed one withdraws the route.
+    fn reconcile_link(&mut self, now: Instant, key: (SessionId, SessionId)) {
+        let Some((_, current)) = self.links.get(&key) else {
+            return;
+        };
+        let Some(wanted) = self.route_filter(key.0, key.1) else {
+            self.links.remove(&key);
+            return;
+        };
+        if *current == wanted {
+            return;
+        }
+        let names = (
+            self.sessions.get(&key.0).map(|s| s.info.fqdn.clone()),
+            self.sessions.get(&key.1).map(|s| s.info.fqdn.clone()),
+        );
+        let (Some(mn_fqdn), Some(cn_fqdn)) = names else {
+            self.links.remove(&key);
+            return;
+        };
+        if wanted.is_closed() {
+            tracing::info!(initiator = %mn_fqdn, responder = %cn_fqdn, "route withdrawn: the policy no longer allows it");
+            self.counters.routes_withdrawn += 1;
+            self.links.remove(&key);
+        } else {
+            tracing::info!(initiator = %mn_fqdn, responder = %cn_fqdn, filter = %wanted, "route filter changed");
+            self.counters.routes_refiltered += 1;
+            if let Some(link) = self.links.get_mut(&key) {
+                link.1 = wanted.clone();
+            }
+        }
+        let reversed = wanted.reversed();
+        self.notify(
+            now,
+            key.0,
+            Message::RouteUpdate {
+                fqdn: cn_fqdn,
+                filter: wanted,
+            },
+        );
+        self.notify(
+            now,
+            key.1,
+            Message::RouteUpdate {
+                fqdn: mn_fqdn,
+                filter: reversed,
+            },
+        );
+    }
+
+    /// Queues a notice to one session, sent until acknowledged; an older
+    /// notice about the same peer route gives way.
+    fn notify(&mut self, now: Instant, id: SessionId, message: Message) {
+        let txid: u64 = self.rng.gen();
+        if let Message::RouteUpdate { fqdn, .. } = &message {
+            if let Some(old) = self.route_notices.insert((id, fqdn.clone()), txid) {
+                self.notices.remove(&(id, old));
+            }
+            if self.route_notices.len() > 2 * MAX_LINKS {
+                // Forget those whose notice is done (acknowledged or given up).
+                let notices = &self.notices;
+                self.route_notices
+                    .retain(|(s, _), t| notices.contains_key(&(*s, *t)));
+            }
+        }
+        while self.notices.len() >= MAX_NOTICES {
+            self.notices.pop_first();
+            self.counters.notices_unacked += 1;
+        }
+        self.notices.insert(
+            (id, txid),
+            Notice {
+                message,
+                next_retransmit: now,
+                interval: self.config.retransmit,
+                tries: 0,
+            },
+        );
+    }
+
+    /// Remembers a route the NMS directed, replacing any earlier one of
+    /// the pair (in either direction).
+    fn remember_link(&mut self, mn: SessionId, cn: SessionId, filter: RouteFilter) {
+        self.links.remove(&(cn, mn));
+        if !self.links.contains_key(&(mn, cn)) && self.links.len() >= MAX_LINKS {
+            if let Some(oldest) = self
+                .links
+                .iter()
+                .min_by_key(|(_, (seq, _))| *seq)
+                .map(|(k, _)| *k)
+            {
+                self.links.remove(&oldest);
+            }
+        }
+        self.link_seq += 1;
+        self.links.insert((mn, cn), (self.link_seq, filter));
     }
 
     /// The node `fqdn` with certificate `cert_serial` left the overlay (the
@@ -1185,6 +1345,8 @@ impl Nms {
             self.by_fqdn.remove(&session.info.fqdn);
         }
         self.notices.retain(|(s, _), _| *s != id);
+        self.links.retain(|(a, b), _| *a != id && *b != id);
+        self.route_notices.retain(|(s, _), _| *s != id);
         self.counters.sessions_ended += 1;
         self.events.push_back(NmsEvent::SessionEnded {
             fqdn: session.info.fqdn.clone(),
@@ -1328,7 +1490,7 @@ impl Nms {
                 self.on_direction_request(now, session_id, env.txid, &target)
             }
             Message::RouteDirectionConfirmation { route_id } => {
-                self.on_confirmation(session_id, env.txid, route_id)
+                self.on_confirmation(now, session_id, env.txid, route_id)
             }
             Message::InformationRequest { offset } => {
                 self.on_information_request(session_id, local, from, env.txid, offset)
@@ -1745,6 +1907,17 @@ impl Nms {
             );
             return;
         }
+        let filter = self.route_filter(mn, cn).unwrap_or_default();
+        if filter.is_closed() {
+            self.counters.directions_denied += 1;
+            let msg =
+                format!("the access policy lets neither this node nor {target} reach the other");
+            self.fail_direction(mn, txid, &target, DirectionErrorCode::Denied, msg);
+            return;
+        }
+        let Some(cn_session) = self.sessions.get(&cn) else {
+            return;
+        };
         let mn_info = &self.sessions[&mn].info;
         let cn_info = &cn_session.info;
         let decision = decide_route(&mn_reg.net(), &cn_reg.net());
@@ -1766,6 +1939,7 @@ impl Nms {
             punch: decision.punch && mn_initiates,
             relay: self.relay_offer(now, route_id.relay_id(), 1, &servers),
             via: decision.via,
+            filter: (!filter.is_open()).then(|| filter.reversed()),
         };
         let to_initiator = RouteDirection {
             route_id,
@@ -1776,6 +1950,7 @@ impl Nms {
             punch: decision.punch && !mn_initiates,
             relay: self.relay_offer(now, route_id.relay_id(), 0, &servers),
             via: decision.via,
+            filter: (!filter.is_open()).then(|| filter.clone()),
         };
         let cn_txid: u64 = self.rng.gen();
         let Some(cn_session) = self.sessions.get_mut(&cn) else {
@@ -1806,7 +1981,7 @@ impl Nms {
         );
     }
 
-    fn on_confirmation(&mut self, cn: SessionId, txid: u64, route_id: RouteId) {
+    fn on_confirmation(&mut self, now: Instant, cn: SessionId, txid: u64, route_id: RouteId) {
         let matches = self
             .routes
             .get(&route_id)
@@ -1828,6 +2003,12 @@ impl Nms {
         let initiator = self.sessions[&route.mn_session].info.fqdn.clone();
         let responder = route.to_initiator.peer.fqdn.clone();
         let pattern = route.to_initiator.pattern;
+        let sent = route
+            .to_initiator
+            .filter
+            .clone()
+            .unwrap_or_else(RouteFilter::open);
+        self.remember_link(route.mn_session, route.cn_session, sent);
         self.counters.directions += 1;
         self.events.push_back(NmsEvent::RouteDirected {
             route_id,
@@ -1843,6 +2024,9 @@ impl Nms {
             Message::RouteDirectionToInitiator(route.to_initiator),
             true,
         );
+        // The policy may have changed while the responder confirmed.
+        self.reconcile_link(now, (route.mn_session, route.cn_session));
+        self.send_notices(now);
     }
 
     fn fail_direction(
@@ -2578,6 +2762,187 @@ mod tests {
             "challenges are sent again"
         );
         assert!(to_victim <= 3 * k, "{to_victim} bytes for {k}");
+    }
+
+    /// Opens every transmit addressed to `at` with `node`.
+    fn received(nms: &mut Nms, node: &mut SignalCipher, at: SocketAddr) -> Vec<Envelope> {
+        std::iter::from_fn(|| nms.poll_transmit())
+            .filter(|t| t.destination == at)
+            .filter_map(|t| node.open(&t.payload).ok())
+            .collect()
+    }
+
+    /// n1 asks for a2: the responder's direction, its confirmation, and
+    /// what n1 got back.
+    fn direct(
+        nms: &mut Nms,
+        now: Instant,
+        (n1, at1): (&mut SignalCipher, SocketAddr),
+        (n2, at2): (&mut SignalCipher, SocketAddr),
+        txid: u64,
+    ) -> (Option<RouteDirection>, Message) {
+        let local: SocketAddr = "192.0.2.1:4502".parse().unwrap();
+        let ask = n1.seal(&Envelope {
+            txid,
+            message: Message::DirectionRequest {
+                target: "a2.cyphonic.internal".into(),
+            },
+        });
+        nms.handle_datagram(now, local, at1, &ask);
+        let sent: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
+        for t in &sent {
+            if t.destination == at1 {
+                return (None, n1.open(&t.payload).unwrap().message);
+            }
+        }
+        let to_cn = sent
+            .iter()
+            .find(|t| t.destination == at2)
+            .map(|t| n2.open(&t.payload).unwrap())
+            .expect("a direction to the responder");
+        let Message::RouteDirectionToResponder(dir) = to_cn.message else {
+            panic!("{to_cn:?}");
+        };
+        let confirm = n2.seal(&Envelope {
+            txid: to_cn.txid,
+            message: Message::RouteDirectionConfirmation {
+                route_id: dir.route_id,
+            },
+        });
+        nms.handle_datagram(now, local, at2, &confirm);
+        let back = received(nms, n1, at1);
+        (Some(dir), back[0].message.clone())
+    }
+
+    fn deny_but(rules: &[(&str, &str, &str)]) -> Policy {
+        use crate::policy::{DefaultAction, Rule, Selector};
+        Policy {
+            default: DefaultAction::Deny,
+            rules: rules
+                .iter()
+                .map(|(from, to, ports)| Rule {
+                    deny: false,
+                    from: vec![Selector::Device((*from).into())],
+                    to: vec![Selector::Device((*to).into())],
+                    ports: ports.split(',').map(|p| p.parse().unwrap()).collect(),
+                })
+                .collect(),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_pair_the_policy_denies_gets_no_route_and_an_allowed_one_its_filters() {
+        let now = Instant::now();
+        let mut nms = Nms::new(NmsConfig::default(), [5; 32], 1);
+        let (mut n1, at1) = registered_node(&mut nms, now, 1);
+        let (mut n2, at2) = registered_node(&mut nms, now, 2);
+        // Without a policy: no filter at all, the wire as before.
+        let (dir, back) = direct(&mut nms, now, (&mut n1, at1), (&mut n2, at2), 10);
+        assert_eq!(dir.expect("routed").filter, None);
+        assert!(matches!(back, Message::RouteDirectionToInitiator(d) if d.filter.is_none()));
+        // a2 may reach a1 on tcp/22 only; nothing the other way.
+        nms.handle_policy(now, deny_but(&[("a2", "a1", "tcp/22")]));
+        let _ = received(&mut nms, &mut n1, at1);
+        let (dir, back) = direct(&mut nms, now, (&mut n1, at1), (&mut n2, at2), 11);
+        let to_cn = dir.expect("routed").filter.clone().expect("a filter");
+        assert_eq!(to_cn.outbound, vec!["tcp/22".parse().unwrap()]);
+        assert!(to_cn.inbound.is_empty());
+        let Message::RouteDirectionToInitiator(d) = back else {
+            panic!("{back:?}");
+        };
+        assert_eq!(d.filter, Some(to_cn.reversed()));
+        // Neither way: refused, with its own code, and the responder is
+        // never disturbed.
+        nms.handle_policy(now, deny_but(&[("a1", "a3", "*")]));
+        let _ = std::iter::from_fn(|| nms.poll_transmit()).count();
+        let (dir, back) = direct(&mut nms, now, (&mut n1, at1), (&mut n2, at2), 12);
+        assert!(dir.is_none());
+        assert!(matches!(
+            back,
+            Message::DirectionError {
+                code: DirectionErrorCode::Denied,
+                ..
+            }
+        ));
+        assert_eq!(nms.counters().directions_denied, 1);
+    }
+
+    #[test]
+    fn a_policy_change_withdraws_routes_it_no_longer_allows_and_refilters_the_rest() {
+        let now = Instant::now();
+        let mut nms = Nms::new(NmsConfig::default(), [6; 32], 1);
+        let (mut n1, at1) = registered_node(&mut nms, now, 1);
+        let (mut n2, at2) = registered_node(&mut nms, now, 2);
+        nms.handle_policy(now, deny_but(&[("a1", "a2", "icmp,tcp/5201")]));
+        let (dir, _) = direct(&mut nms, now, (&mut n1, at1), (&mut n2, at2), 10);
+        assert!(dir.is_some());
+        // Narrowed: both ends hear the new filter, each from its side.
+        nms.handle_policy(now, deny_but(&[("a1", "a2", "icmp")]));
+        let sent: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
+        let open = |node: &mut SignalCipher, at| {
+            sent.iter()
+                .filter(|t| t.destination == at)
+                .map(|t| node.open(&t.payload).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (to1, to2) = (open(&mut n1, at1), open(&mut n2, at2));
+        let icmp = vec!["icmp".parse().unwrap()];
+        assert_eq!(
+            to1[0].message,
+            Message::RouteUpdate {
+                fqdn: "a2.cyphonic.internal".into(),
+                filter: RouteFilter {
+                    inbound: vec![],
+                    outbound: icmp.clone()
+                }
+            }
+        );
+        assert_eq!(
+            to2[0].message,
+            Message::RouteUpdate {
+                fqdn: "a1.cyphonic.internal".into(),
+                filter: RouteFilter {
+                    inbound: icmp,
+                    outbound: vec![]
+                }
+            }
+        );
+        // n1 acknowledges; the same policy again changes nothing.
+        let ack = n1.seal(&Envelope {
+            txid: to1[0].txid,
+            message: Message::NoticeAck,
+        });
+        nms.handle_datagram(now, "192.0.2.1:4502".parse().unwrap(), at1, &ack);
+        nms.handle_policy(now, deny_but(&[("a1", "a2", "icmp")]));
+        assert!(received(&mut nms, &mut n1, at1).is_empty());
+        // Removed: a closed filter to both, retransmitted to the one that
+        // does not acknowledge, and the route is forgotten.
+        nms.handle_policy(now, deny_but(&[]));
+        let sent: Vec<Transmit> = std::iter::from_fn(|| nms.poll_transmit()).collect();
+        assert_eq!(sent.len(), 2);
+        for (node, at) in [(&mut n1, at1), (&mut n2, at2)] {
+            let t = sent.iter().find(|t| t.destination == at).unwrap();
+            assert!(matches!(
+                node.open(&t.payload).unwrap().message,
+                Message::RouteUpdate { filter, .. } if filter.is_closed()
+            ));
+        }
+        nms.handle_timeout(now + Duration::from_millis(300));
+        assert_eq!(std::iter::from_fn(|| nms.poll_transmit()).count(), 2);
+        let c = nms.counters();
+        assert_eq!((c.routes_withdrawn, c.routes_refiltered), (1, 1));
+        assert!(nms.links.is_empty());
+        // And it is not routed again.
+        let (dir, back) = direct(&mut nms, now, (&mut n1, at1), (&mut n2, at2), 11);
+        assert!(dir.is_none());
+        assert!(matches!(
+            back,
+            Message::DirectionError {
+                code: DirectionErrorCode::Denied,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -85,6 +85,12 @@ pub enum AdminError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{}", path.display())]
+    Policy {
+        path: PathBuf,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
 }
 
 /// What `init` made.
@@ -558,6 +564,54 @@ pub async fn revoke_certificate(cfg: &CloudConfig, serial: u64) -> Result<(), Ad
     let result = store
         .set_certificate_status(serial, CertStatus::Revoked)
         .await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// What `policy set` stored.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    pub version: u64,
+    pub summary: String,
+}
+
+/// Checks the policy document at `path` (its TOML, rules and the devices
+/// it names, which must exist) and stores it. A running NMS applies it
+/// within [`crate::run::SESSION_RECHECK`].
+pub async fn set_policy(cfg: &CloudConfig, path: &Path) -> Result<PolicySet, AdminError> {
+    let document = fs::read_to_string(path).map_err(|source| AdminError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let bad = |source| AdminError::Policy {
+        path: path.to_owned(),
+        source,
+    };
+    let parsed = crate::policy::parse(&document).map_err(bad)?;
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = async {
+        let known = store
+            .devices()
+            .await?
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect();
+        crate::policy::check_devices(&parsed, &known).map_err(bad)?;
+        Ok::<u64, AdminError>(store.set_policy(&document, SystemTime::now()).await?)
+    }
+    .await;
+    store.close().await;
+    Ok(PolicySet {
+        version: result?,
+        summary: crate::policy::describe(&parsed.policy),
+    })
+}
+
+/// The stored policy document and its version (`None`: none was set,
+/// everything is allowed).
+pub async fn show_policy(cfg: &CloudConfig) -> Result<Option<(u64, String)>, AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store.policy().await;
     store.close().await;
     Ok(result?)
 }

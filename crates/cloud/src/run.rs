@@ -16,6 +16,7 @@ use crate::nms::{
     FloorStored, Nms, NmsConfig, NmsCounters, NmsEvent, SessionInfo, SessionStanding,
 };
 use crate::store::{Store, StoreError};
+use cyphonic_cloud_core::policy::Policy;
 use cyphonic_proto::signal::GeneralNodes;
 use cyphonic_proto::SessionId;
 
@@ -31,6 +32,10 @@ pub const SESSION_RECHECK: Duration = Duration::from_secs(2);
 /// about 11.6 days of microseconds; a million restarts stay far below the
 /// counter limit).
 pub const SIGNAL_COUNTER_RANGE: u64 = 1_000_000_000_000;
+
+/// How often a running NMS looks for a new policy version in the store
+/// (`cyphonic cloud policy set` from another process): one cheap query.
+pub const POLICY_RECHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roles {
@@ -332,6 +337,13 @@ pub async fn run_nms_observed(
         .await
         .context("cannot reserve the NMS's signaling counters in the database")?;
     let mut nms = Nms::new(config, seed, base).with_counter_limit(base + SIGNAL_COUNTER_RANGE);
+    // The policy in force before the first route: never a moment of
+    // allowing everything at start.
+    let mut policy_version = 0;
+    if let Some((version, policy)) = load_policy(&store, 0).await {
+        policy_version = version;
+        nms.handle_policy(Instant::now(), policy);
+    }
     let (tx, mut rx) = input;
     let mut by_local = std::collections::HashMap::new();
     // Dropped on return, which stops the readers and so frees the ports
@@ -364,6 +376,10 @@ pub async fn run_nms_observed(
     let mut recheck = tokio::time::interval(SESSION_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rechecking = false;
+    let (policy_tx, mut policy_rx) = mpsc::channel::<Option<(u64, Policy)>>(1);
+    let mut policy_check = tokio::time::interval(POLICY_RECHECK);
+    policy_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checking_policy = false;
     loop {
         while let Some(t) = nms.poll_transmit() {
             if let Some(edge) = edge.as_ref().filter(|e| e.nms_local() == t.local) {
@@ -504,6 +520,21 @@ pub async fn run_nms_observed(
                     });
                 }
             }
+            _ = policy_check.tick(), if !checking_policy => {
+                checking_policy = true;
+                let (store, tx) = (store.clone(), policy_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(load_policy(&store, policy_version).await).await;
+                });
+            }
+            Some(found) = policy_rx.recv() => {
+                checking_policy = false;
+                if let Some((version, policy)) = found {
+                    tracing::info!(version, "applying the access policy");
+                    policy_version = version;
+                    nms.handle_policy(Instant::now(), policy);
+                }
+            }
             Some((fqdn, serial)) = withdrawn_rx.recv() => {
                 nms.handle_withdrawn(Instant::now(), &fqdn, serial);
             }
@@ -515,6 +546,34 @@ pub async fn run_nms_observed(
                 }
             }
             _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+/// The stored policy when its version differs from `known` (`None`: the
+/// same, none, or unreadable, which is logged and keeps the one in force).
+async fn load_policy(store: &Store, known: u64) -> Option<(u64, Policy)> {
+    match store.policy_version().await {
+        Ok(v) if v == known => return None,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the policy version");
+            return None;
+        }
+    }
+    let (version, document) = match store.policy().await {
+        Ok(Some(found)) => found,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the policy");
+            return None;
+        }
+    };
+    match crate::policy::parse(&document) {
+        Ok(parsed) => Some((version, parsed.policy)),
+        Err(e) => {
+            tracing::error!(version, error = %e, "the stored policy does not parse: keeping the one in force");
+            None
         }
     }
 }

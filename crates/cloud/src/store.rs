@@ -1179,6 +1179,38 @@ impl Store {
         Ok(base)
     }
 
+    /// Stores a new policy document (already checked); returns its
+    /// version, one above the previous.
+    pub async fn set_policy(&self, document: &str, now: SystemTime) -> Result<u64, StoreError> {
+        let (version,): (i64,) = sqlx::query_as(
+            "INSERT INTO policy (id, version, document, updated_at) VALUES (1, 1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET version = version + 1, document = ?1, updated_at = ?2 \
+             RETURNING version",
+        )
+        .bind(document)
+        .bind(unix_secs(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(version as u64)
+    }
+
+    /// The policy's version (0: none was ever set): cheap, for polling.
+    pub async fn policy_version(&self) -> Result<u64, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM policy WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map_or(0, |(v,)| v as u64))
+    }
+
+    /// The policy document and its version, if one was set.
+    pub async fn policy(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT version, document FROM policy WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(v, d)| (v as u64, d)))
+    }
+
     /// Which of `ids` are still live sessions at `now`: not ended, not
     /// expired, their device not disabled.
     pub async fn live_sessions(

@@ -318,3 +318,31 @@ async fn general_nodes_belong_to_an_adapter_and_survive_a_reopen() {
     store.remove_device("a1").await.unwrap();
     store.close().await;
 }
+
+#[tokio::test]
+async fn the_policy_document_is_versioned_and_survives_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("cloud.db");
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(store.policy_version().await.unwrap(), 0);
+    assert_eq!(store.policy().await.unwrap(), None);
+    let now = SystemTime::now();
+    assert_eq!(
+        store.set_policy("default = \"deny\"\n", now).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .set_policy("default = \"allow\"\n", now)
+            .await
+            .unwrap(),
+        2
+    );
+    store.close().await;
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(store.policy_version().await.unwrap(), 2);
+    assert_eq!(
+        store.policy().await.unwrap(),
+        Some((2, "default = \"allow\"\n".to_owned()))
+    );
+}

@@ -23,6 +23,7 @@ use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
 use cyphonic_proto::LocalIndex;
 
 use crate::core::{Leg, Path, TunnelHandle};
+use crate::filter::{Direction, Verdict};
 use crate::host::IdentityId;
 
 /// Room in front of a plaintext for the relay header, then our data
@@ -101,6 +102,8 @@ pub enum DropReason {
     BadInnerSource,
     /// A tunnel message longer than any we send.
     MessageTooLong,
+    /// The route's access policy does not let it in ([`crate::filter`]).
+    PolicyDenied,
     /// Under keys retired for their age.
     Retired,
 }
@@ -235,10 +238,13 @@ pub enum Decapsulated {
 
 /// Opens `datagram` (as it came from `from`) in place if it is a data
 /// packet, bare or inside Relay Data, of a tunnel `lookup` finds by our
-/// receiver index. Counts what it opens in the tunnel's stats.
+/// receiver index, and checks its inner packet against the route's
+/// policy (`now` is read only for a route with a filter). Counts what it
+/// opens in the tunnel's stats.
 pub fn decapsulate(
     datagram: &mut [u8],
     from: Leg,
+    now: impl FnOnce() -> Instant,
     lookup: impl FnOnce(LocalIndex) -> Option<Arc<TunnelHandle>>,
 ) -> Decapsulated {
     // Relay Data carrying a data packet is ours to open; the relay session
@@ -288,6 +294,11 @@ pub fn decapsulate(
             };
             if !src_ok {
                 return Decapsulated::Dropped(DropReason::BadInnerSource);
+            }
+            if !tunnel.filter.is_open()
+                && tunnel.filter.check(Direction::In, plain, now()) == Verdict::Deny
+            {
+                return Decapsulated::Dropped(DropReason::PolicyDenied);
             }
             tunnel
                 .stats
@@ -351,6 +362,7 @@ mod tests {
             recv: Arc::new(RecvKey::new(&k2, LocalIndex(11))),
             stats: Arc::new(TunnelStats::default()),
             confirmed: Arc::new(true.into()),
+            filter: Default::default(),
         };
         let b = TunnelHandle {
             fqdn: "a.cyphonic.internal".into(),
@@ -361,6 +373,7 @@ mod tests {
             recv: Arc::new(RecvKey::new(&k1, LocalIndex(22))),
             stats: Arc::new(TunnelStats::default()),
             confirmed: Arc::new(true.into()),
+            filter: Default::default(),
         };
         (a, Arc::new(b))
     }
@@ -407,7 +420,9 @@ mod tests {
             .expect("seal");
         let mut datagram = buf[RELAY_HEADER_LEN..RELAY_HEADER_LEN + n].to_vec();
         let from = Leg::udp("192.0.2.2:4501".parse().expect("addr"));
-        let Decapsulated::Opened(o) = decapsulate(&mut datagram, from, |i| t.by_index(i)) else {
+        let Decapsulated::Opened(o) =
+            decapsulate(&mut datagram, from, Instant::now, |i| t.by_index(i))
+        else {
             panic!("the peer's packet opens under the new key");
         };
         assert!(o.confirms_keys());
@@ -438,7 +453,9 @@ mod tests {
     }
 
     fn open(b: &Arc<TunnelHandle>, wire: &mut [u8], from: Leg) -> Decapsulated {
-        decapsulate(wire, from, |i| (i == LocalIndex(22)).then(|| b.clone()))
+        decapsulate(wire, from, Instant::now, |i| {
+            (i == LocalIndex(22)).then(|| b.clone())
+        })
     }
 
     #[test]
@@ -499,7 +516,7 @@ mod tests {
         // Another tunnel's index.
         let mut other = encapsulate_vec(&a, a.path, &good).expect("seal");
         assert!(matches!(
-            decapsulate(&mut other, leg(), |_| None),
+            decapsulate(&mut other, leg(), Instant::now, |_| None),
             Decapsulated::Dropped(DropReason::UnknownIndex)
         ));
         // Truncated.

@@ -30,6 +30,7 @@ use crate::core::{Leg, Path, Transport, TunnelHandle};
 use crate::datapath::{
     self, Decapsulated, DropReason, Opened, PathReports, Payload, TunnelTable, HEADROOM,
 };
+use crate::filter::{Direction, Verdict};
 use crate::host::{identity_of_index, IdentityId};
 
 /// Packets per batch: the TUN and socket loops never do more work than this
@@ -82,6 +83,15 @@ pub struct DataCounters {
     pub rx_bad_inner_destination: AtomicU64,
     /// Tunnel messages longer than any a node sends.
     pub rx_message_too_long: AtomicU64,
+    /// Opened packets the route's access policy does not let in (neither
+    /// a rule nor an open flow allows them).
+    pub rx_policy_denied: AtomicU64,
+    /// Application packets the route's access policy does not let out,
+    /// dropped before they are sealed.
+    pub tx_policy_denied: AtomicU64,
+    /// Packets a rule allowed out whose flow the full flow table could not
+    /// remember (their replies will be refused).
+    pub policy_flows_full: AtomicU64,
     /// Packets under keys that were retired (older than the session limit).
     pub rx_retired: AtomicU64,
     /// Datagrams that are not data packets and longer than any control
@@ -110,6 +120,9 @@ pub struct DataCountersSnapshot {
     pub rx_bad_inner_source: u64,
     pub rx_bad_inner_destination: u64,
     pub rx_message_too_long: u64,
+    pub rx_policy_denied: u64,
+    pub tx_policy_denied: u64,
+    pub policy_flows_full: u64,
     pub rx_retired: u64,
     pub rx_control_too_long: u64,
     pub tx_errors: u64,
@@ -131,6 +144,9 @@ impl DataCounters {
             rx_bad_inner_source: l(&self.rx_bad_inner_source),
             rx_bad_inner_destination: l(&self.rx_bad_inner_destination),
             rx_message_too_long: l(&self.rx_message_too_long),
+            rx_policy_denied: l(&self.rx_policy_denied),
+            tx_policy_denied: l(&self.tx_policy_denied),
+            policy_flows_full: l(&self.policy_flows_full),
             rx_retired: l(&self.rx_retired),
             rx_control_too_long: l(&self.rx_control_too_long),
             tx_errors: l(&self.tx_errors),
@@ -149,6 +165,7 @@ impl DataCounters {
             DropReason::Replayed => &self.rx_replayed,
             DropReason::BadInnerSource => &self.rx_bad_inner_source,
             DropReason::MessageTooLong => &self.rx_message_too_long,
+            DropReason::PolicyDenied => &self.rx_policy_denied,
             DropReason::Retired => &self.rx_retired,
         }
     }
@@ -435,6 +452,18 @@ impl Sender {
             }
             return;
         };
+        if !tunnel.filter.is_open() {
+            match tunnel.filter.check(Direction::Out, packet, Instant::now()) {
+                Verdict::Pass => {}
+                Verdict::PassUntracked => {
+                    counters.policy_flows_full.fetch_add(1, Ordering::Relaxed);
+                }
+                Verdict::Deny => {
+                    counters.tx_policy_denied.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
         let leg = tunnel.path.leg();
         let limit = if leg.transport == Transport::Quic {
             // A QUIC DATAGRAM frame must fit one packet.
@@ -605,7 +634,7 @@ impl Inbound {
     /// [`Inbound::flush`] (or sooner, when a batch is full).
     pub fn datagram(&mut self, from: Leg, datagram: &mut [u8]) {
         let tables = &*self.tables;
-        match datapath::decapsulate(datagram, from, |index| tables.by_index(index)) {
+        match datapath::decapsulate(datagram, from, Instant::now, |index| tables.by_index(index)) {
             Decapsulated::Control if datagram.len() > datapath::MAX_CONTROL_DATAGRAM => {
                 self.counters
                     .rx_control_too_long
@@ -622,7 +651,9 @@ impl Inbound {
             Decapsulated::Dropped(reason) => {
                 if matches!(
                     reason,
-                    DropReason::BadInnerSource | DropReason::MessageTooLong
+                    DropReason::BadInnerSource
+                        | DropReason::MessageTooLong
+                        | DropReason::PolicyDenied
                 ) {
                     // Opened (authenticated) before what it carries was
                     // refused: received, as the tunnel's stats count it.

@@ -9,5 +9,6 @@ pub mod core;
 pub mod daemon;
 pub mod datapath;
 pub mod dataplane;
+pub mod filter;
 pub mod host;
 pub mod resolver;

@@ -23,6 +23,7 @@ pub mod ip;
 pub mod login;
 pub mod mac;
 pub mod nat;
+pub mod policy;
 pub mod prefix;
 pub mod punch;
 pub mod relay;

@@ -22,6 +22,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::policy::RouteFilter;
 use crate::replay::{ReplayError, ReplayWindow};
 use crate::wire::{Reader, WireError, Writer};
 use crate::{RelayId, RouteId, SessionId, Transport};
@@ -286,7 +287,8 @@ pub enum Message {
         fqdn: String,
         cert_serial: u64,
     },
-    /// A node acknowledges a notice of the NMS (`PeerRevoked`), same txid.
+    /// A node acknowledges a notice of the NMS (`PeerRevoked`,
+    /// `RouteUpdate`), same txid.
     NoticeAck,
     /// The NMS checks that a new source address of the session is the
     /// node's (RFC 9000 §8.2 path validation): sent to that address only;
@@ -294,6 +296,14 @@ pub enum Message {
     PathChallenge,
     /// The node's echo of a `PathChallenge`, same txid, sent at once.
     PathResponse,
+    /// The access policy changed for the route with the node `fqdn`: apply
+    /// `filter` to it from now on; a closed filter (nothing either way)
+    /// withdraws the route: close the tunnel. Sent by the NMS until
+    /// acknowledged.
+    RouteUpdate {
+        fqdn: String,
+        filter: RouteFilter,
+    },
 }
 
 /// A page of the general nodes an adapter serves.
@@ -340,6 +350,7 @@ impl Message {
             Message::NoticeAck => "NoticeAck",
             Message::PathChallenge => "PathChallenge",
             Message::PathResponse => "PathResponse",
+            Message::RouteUpdate { .. } => "RouteUpdate",
         }
     }
 }
@@ -480,6 +491,9 @@ pub struct RouteDirection {
     /// the peer's QUIC listener (a direct path for a node that only has
     /// UDP 443 out).
     pub via: Transport,
+    /// What the access policy lets through this route, from this node's
+    /// side; `None`: everything both ways (no filter block on the wire).
+    pub filter: Option<RouteFilter>,
 }
 
 /// The tunnel key is wiped when the direction goes (the NMS's pending
@@ -551,6 +565,8 @@ pub enum DirectionErrorCode {
     NotRegistered,
     /// The requester (or everybody, for this target) asked too often.
     RateLimited,
+    /// The access policy lets neither node reach the other.
+    Denied,
     Unknown(u8),
 }
 
@@ -561,6 +577,7 @@ impl DirectionErrorCode {
             DirectionErrorCode::Timeout => 2,
             DirectionErrorCode::NotRegistered => 3,
             DirectionErrorCode::RateLimited => 4,
+            DirectionErrorCode::Denied => 5,
             DirectionErrorCode::Unknown(v) => v,
         }
     }
@@ -571,6 +588,7 @@ impl DirectionErrorCode {
             2 => DirectionErrorCode::Timeout,
             3 => DirectionErrorCode::NotRegistered,
             4 => DirectionErrorCode::RateLimited,
+            5 => DirectionErrorCode::Denied,
             v => DirectionErrorCode::Unknown(v),
         }
     }
@@ -594,6 +612,7 @@ const MSG_PEER_REVOKED: u8 = 0x0f;
 const MSG_NOTICE_ACK: u8 = 0x10;
 const MSG_PATH_CHALLENGE: u8 = 0x11;
 const MSG_PATH_RESPONSE: u8 = 0x12;
+const MSG_ROUTE_UPDATE: u8 = 0x13;
 
 impl Envelope {
     /// Body layout: `u8 message type || u64 txid || fields`.
@@ -681,6 +700,10 @@ impl Envelope {
             }
             Message::PathResponse => {
                 w.u8(MSG_PATH_RESPONSE).u64(self.txid);
+            }
+            Message::RouteUpdate { fqdn, filter } => {
+                w.u8(MSG_ROUTE_UPDATE).u64(self.txid).str(fqdn);
+                filter.encode(&mut w);
             }
         }
         w.into_inner()
@@ -777,6 +800,10 @@ impl Envelope {
             MSG_NOTICE_ACK => Message::NoticeAck,
             MSG_PATH_CHALLENGE => Message::PathChallenge,
             MSG_PATH_RESPONSE => Message::PathResponse,
+            MSG_ROUTE_UPDATE => Message::RouteUpdate {
+                fqdn: r.str("fqdn")?.to_owned(),
+                filter: RouteFilter::decode(&mut r)?,
+            },
             other => return Err(SignalError::UnknownMessage(other)),
         };
         r.finish()?;
@@ -796,7 +823,7 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
         .u64(p.cert_serial)
         .u8(p.cert_status.to_u8())
         .socket_addrs(&p.endpoints[..p.endpoints.len().min(MAX_ENDPOINTS)]);
-    w.u8(d.initiate as u8 | (d.punch as u8) << 1);
+    w.u8(d.initiate as u8 | (d.punch as u8) << 1 | (d.filter.is_some() as u8) << 2);
     match &d.relay {
         None => {
             w.u8(0);
@@ -812,6 +839,9 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
         }
     }
     w.u8(d.via.to_u8());
+    if let Some(f) = &d.filter {
+        f.encode(w);
+    }
 }
 
 fn transport(code: u8) -> Result<Transport, SignalError> {
@@ -838,7 +868,7 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         .into());
     }
     let flags = r.u8()?;
-    if flags & !0b11 != 0 {
+    if flags & !0b111 != 0 {
         return Err(WireError::Invalid {
             field: "direction flags",
         }
@@ -880,6 +910,11 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         punch: flags & 2 != 0,
         relay,
         via: transport(r.u8()?)?,
+        filter: if flags & 4 != 0 {
+            Some(RouteFilter::decode(r)?)
+        } else {
+            None
+        },
     })
 }
 
@@ -914,6 +949,7 @@ mod tests {
             punch: false,
             relay: None,
             via: Transport::Udp,
+            filter: None,
         };
         let mut relayed = dir.clone();
         relayed.pattern = RoutePattern::Relayed;
@@ -932,6 +968,10 @@ mod tests {
             tcp_port: 443,
         });
         relayed.via = Transport::Quic;
+        relayed.filter = Some(RouteFilter {
+            inbound: vec!["icmp".parse().unwrap(), "tcp/5201".parse().unwrap()],
+            outbound: Vec::new(),
+        });
         vec![
             Message::RegistrationRequest(RegistrationRequest {
                 static_public: [1; 32],
@@ -992,6 +1032,14 @@ mod tests {
             Message::NoticeAck,
             Message::PathChallenge,
             Message::PathResponse,
+            Message::RouteUpdate {
+                fqdn: "n2.cyphonic.internal".into(),
+                filter: RouteFilter::default(),
+            },
+            Message::DirectionError {
+                code: DirectionErrorCode::Denied,
+                message: "the access policy does not allow it".into(),
+            },
         ]
     }
 
@@ -1018,6 +1066,66 @@ mod tests {
             message: Message::InformationResponse(page),
         });
         assert!(packet.len() <= MAX_SIGNAL_PACKET, "{} bytes", packet.len());
+    }
+
+    #[test]
+    fn the_largest_route_direction_with_a_full_filter_fits_one_datagram() {
+        let v6 = |i: u16| SocketAddr::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i).into(), i);
+        let full: Vec<crate::policy::PortRule> = (1..=crate::policy::MAX_FILTER_RULES as u16)
+            .map(|p| crate::policy::PortRule {
+                proto: crate::policy::RuleProto::Udp,
+                first: p,
+                last: p,
+            })
+            .collect();
+        let dir = RouteDirection {
+            route_id: RouteId(u64::MAX - 1),
+            pattern: RoutePattern::Relayed,
+            peer: PeerInfo {
+                fqdn: "a".repeat(255),
+                vip4: Ipv4Addr::BROADCAST,
+                vip6: Ipv6Addr::UNSPECIFIED,
+                static_public: [0xff; 32],
+                cert_serial: u64::MAX,
+                cert_status: CertStatus::Good,
+                endpoints: (1..=MAX_ENDPOINTS as u16).map(v6).collect(),
+            },
+            tunnel_key: [0xff; 32],
+            initiate: true,
+            punch: false,
+            relay: Some(RelayOffer {
+                relay_id: RelayId(u64::MAX),
+                side: 1,
+                expires: u64::MAX,
+                key: [0xff; 32],
+                servers: (1..=MAX_ENDPOINTS as u16).map(v6).collect(),
+                quic_port: 443,
+                tcp_port: 443,
+            }),
+            via: Transport::Quic,
+            filter: None,
+        };
+        let (_, mut nms) = pair();
+        let bare = nms.seal(&Envelope {
+            txid: 1,
+            message: Message::RouteDirectionToResponder(dir.clone()),
+        });
+        // §4.1: the largest Route Direction without a filter.
+        assert_eq!(bare.len(), 1073);
+        let mut filtered = dir.clone();
+        filtered.filter = Some(RouteFilter {
+            inbound: full.clone(),
+            outbound: full,
+        });
+        let packet = nms.seal(&Envelope {
+            txid: 1,
+            message: Message::RouteDirectionToResponder(filtered),
+        });
+        assert_eq!(
+            packet.len(),
+            1073 + 3 + 2 * 5 * crate::policy::MAX_FILTER_RULES
+        );
+        assert!(packet.len() <= MAX_SIGNAL_PACKET);
     }
 
     #[test]

@@ -52,6 +52,15 @@ t3 = time.perf_counter()
 print(json.dumps({"dns_ms": (t1 - t0) * 1000, "first_reply_ms": (t3 - t2) * 1000, "vip": vip}))
 "#;
 
+/// What the filtered measurement runs under.
+const BENCH_POLICY: &str = r#"default = "deny"
+
+[[rule]]
+from = ["n1"]
+to = ["n2"]
+ports = ["icmp", "tcp/5201"]
+"#;
+
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let mut report = Report::default();
     println!("bench on the direct topology (IPv4 underlay, two namespaces on one bridge):");
@@ -93,6 +102,29 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
             let r = iperf(&mut o, 0, 1, &dst, streams, 5).map(|m| format!("{m:.0} Mbit/s"));
             report.check(&format!("TCP throughput, {label}, {streams} stream(s)"), r);
         }
+    }
+    // The same tunnel under a default-deny policy that allows n1 -> n2 on
+    // ICMP and tcp/5201: every packet through the filter and the flow
+    // table on both ends.
+    let filtered = (|| {
+        let v = super::policy::set_policy(&o, "bench-policy.toml", BENCH_POLICY)?;
+        super::policy::applied(&o, &v)?;
+        crate::wait_until(
+            "the route's new filter",
+            std::time::Duration::from_secs(5),
+            || Ok((o.status(0)?["counters"]["route_updates"].as_u64() >= Some(1)).then_some(())),
+        )
+    })();
+    report.check(
+        "access policy on (default deny, n1 -> n2 on icmp and tcp/5201)",
+        filtered.map(|()| String::new()),
+    );
+    for streams in [1, 4] {
+        let r = iperf(&mut o, 0, 1, &vip, streams, 5).map(|m| format!("{m:.0} Mbit/s"));
+        report.check(
+            &format!("TCP throughput, overlay with the policy filter, {streams} stream(s)"),
+            r,
+        );
     }
     for i in 0..2 {
         let r = o

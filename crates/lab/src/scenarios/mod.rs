@@ -15,6 +15,7 @@ pub mod nat;
 pub mod nat_matrix;
 pub mod overlay;
 pub mod pcap;
+pub mod policy;
 pub mod revoke;
 
 use std::path::Path;
@@ -69,6 +70,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "an attacker replays a Registration, floods Tunnel Requests, Relay Binds from a /48, random sessions, password guesses: a fresh node connects in under a second, nothing amplifies over 3x, memory bounded",
     ),
     (
+        "policy",
+        "access policy: default deny, n1 -> n2 on ICMP and tcp/5201 only; n2 -> n1 dropped, n1 -> n3 no route; withdrawn during a ping",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -90,6 +95,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "lifetime" => lifetime::run(bin),
         "revoke" => revoke::run(bin),
         "abuse" => abuse::run(bin),
+        "policy" => policy::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()

@@ -381,6 +381,24 @@ impl Node {
         self.drop_peer(fqdn);
     }
 
+    /// The NMS applied a new access policy to the route with `fqdn`: its
+    /// filter changes at once in the data plane (the tunnels share it), or
+    /// the route is withdrawn and its tunnel closes.
+    fn on_route_update(&mut self, fqdn: &str, filter: cyphonic_proto::policy::RouteFilter) {
+        let Some(peer) = self.peers.get(fqdn) else {
+            return;
+        };
+        if filter.is_closed() {
+            tracing::warn!(peer = %fqdn, "the access policy withdrew the route: closing its tunnel");
+            self.counters.routes_withdrawn += 1;
+            self.drop_peer(fqdn);
+            return;
+        }
+        tracing::info!(peer = %fqdn, %filter, "the access policy changed the route's filter");
+        peer.filter.set(Some(&filter));
+        self.counters.route_updates += 1;
+    }
+
     /// Removes a peer and its tunnel from the data plane.
     fn drop_peer(&mut self, fqdn: &str) {
         if let Some(gone) = self.peers.remove(fqdn) {
@@ -588,6 +606,7 @@ impl Node {
             SignalingEvent::PeerRevoked { fqdn, cert_serial } => {
                 self.on_peer_revoked(&fqdn, cert_serial)
             }
+            SignalingEvent::RouteUpdate { fqdn, filter } => self.on_route_update(&fqdn, filter),
             SignalingEvent::GeneralNodes(page) => {
                 if let Some(step) = self.general.as_mut().map(|g| g.on_page(page)) {
                     self.general_step(now, step);
@@ -633,7 +652,7 @@ impl Node {
     /// An application packet for which the data plane has no tunnel: hold it
     /// while the peer's tunnel is being set up, send it if the tunnel came up
     /// meanwhile, drop it otherwise.
-    pub fn handle_outbound(&mut self, _now: Instant, packet: &[u8]) {
+    pub fn handle_outbound(&mut self, now: Instant, packet: &[u8]) {
         let Some(dst) = cyphonic_proto::ip::inner_destination(packet) else {
             self.counters.outbound_no_route += 1;
             return;
@@ -645,6 +664,15 @@ impl Node {
         let Some(mut peer) = self.peers.get_mut(&fqdn) else {
             return;
         };
+        if peer
+            .filter
+            .check(crate::filter::Direction::Out, packet, now)
+            == crate::filter::Verdict::Deny
+        {
+            drop(peer);
+            self.counters.tx_policy_denied += 1;
+            return;
+        }
         let max_queued = self.config.max_queued;
         let established = matches!(peer.state, PeerState::Established);
         let establishing = matches!(

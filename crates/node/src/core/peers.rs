@@ -79,6 +79,8 @@ pub(crate) struct Peer {
     /// The local indexes the peer table maps to this peer (the table's
     /// own; empty in a new peer).
     pub mapped: Vec<LocalIndex>,
+    /// The route's access policy and flow table, shared with its tunnels.
+    pub filter: std::sync::Arc<crate::filter::FlowFilter>,
 }
 
 impl Peer {
@@ -396,6 +398,7 @@ pub(crate) mod tests {
             tunnel_key: [0; 32],
             relay: None,
             via: Transport::Udp,
+            filter: None,
             peer: PeerInfo {
                 fqdn: format!("p{i}.cyphonic.internal"),
                 vip4: Ipv4Addr::new(100, 64 + (v >> 16) as u8, (v >> 8) as u8, v as u8),
@@ -441,6 +444,7 @@ pub(crate) mod tests {
             answered: VecDeque::new(),
             grant_renew_at: None,
             mapped: Vec::new(),
+            filter: Default::default(),
         }
     }
 

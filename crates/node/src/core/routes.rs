@@ -235,10 +235,13 @@ impl Node {
         // traffic flows during re-establishment.
         // The kept tunnel keeps its keys' age: it is refused as it would
         // have been.
-        let (queue, tunnel, keys_at, prev) = match self.peers.remove(&fqdn) {
-            Some(old) => (old.queue, old.tunnel, old.keys_at, old.prev),
-            None => (VecDeque::new(), None, now, None),
+        let (queue, tunnel, keys_at, prev, filter) = match self.peers.remove(&fqdn) {
+            Some(old) => (old.queue, old.tunnel, old.keys_at, old.prev, old.filter),
+            None => (VecDeque::new(), None, now, None, Default::default()),
         };
+        // One filter per route, shared with the tunnel kept meanwhile: the
+        // new direction's rules apply to it at once.
+        filter.set(direction.filter.as_ref());
         let observed_v6 = self.signaling.observed().map(|o| o.is_ipv6());
         let relay = direction.relay.clone().and_then(|offer| {
             RelayState::new(
@@ -291,6 +294,7 @@ impl Node {
             answered: VecDeque::new(),
             grant_renew_at,
             mapped: Vec::new(),
+            filter,
         });
     }
 }

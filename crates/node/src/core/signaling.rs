@@ -63,6 +63,12 @@ pub(crate) enum SignalingEvent {
     GeneralNodes(GeneralNodes),
     /// The node `fqdn` with certificate `cert_serial` left the overlay.
     PeerRevoked { fqdn: Fqdn, cert_serial: u64 },
+    /// The access policy changed for the route with `fqdn`: its new
+    /// filter, or a closed one (the route is withdrawn).
+    RouteUpdate {
+        fqdn: Fqdn,
+        filter: cyphonic_proto::policy::RouteFilter,
+    },
 }
 
 pub(crate) struct Signaling {
@@ -716,12 +722,26 @@ impl Signaling {
                 }
                 None
             }
+            Message::RouteUpdate { fqdn, filter } => {
+                // Acknowledged every time, applied every time (the same
+                // filter twice changes nothing).
+                self.seal_to_nms_over(env.txid, Message::NoticeAck, from.transport, out);
+                Some(SignalingEvent::RouteUpdate {
+                    fqdn: Fqdn::new(&fqdn),
+                    filter,
+                })
+            }
             Message::DirectionError { code, message } => {
                 let req = self.take_request(env.txid, RequestKind::Direction)?;
                 let target = req.target.unwrap_or_default();
                 tracing::info!(%target, ?code, %message, "route selection failed");
                 let rcode = match code {
                     DirectionErrorCode::NotFound => ResponseCode::NXDomain,
+                    DirectionErrorCode::Denied => {
+                        counters.directions_denied += 1;
+                        tracing::warn!(%target, "the access policy refuses a route to {target}");
+                        ResponseCode::Refused
+                    }
                     _ => ResponseCode::ServFail,
                 };
                 Some(SignalingEvent::DirectionFailed { target, rcode })

@@ -746,6 +746,7 @@ fn new_handle(
             .map(|t| t.stats.clone())
             .unwrap_or_default(),
         confirmed: Arc::new(AtomicBool::new(confirmed)),
+        filter: peer.filter.clone(),
     }
 }
 

@@ -276,6 +276,9 @@ pub struct TunnelHandle {
     /// plane receives with them but keeps sending with the older ones, so
     /// a lost Tunnel Response (or a replayed Tunnel Request) costs nothing.
     pub confirmed: Arc<AtomicBool>,
+    /// The route's access policy and flow table, shared by every set of
+    /// keys of the route ([`crate::filter`]).
+    pub filter: Arc<crate::filter::FlowFilter>,
 }
 
 pub enum NodeEvent {
@@ -422,6 +425,16 @@ pub struct NodeCounters {
     pub handshake_replays: u64,
     /// Peers whose tunnels closed because they left the overlay.
     pub peers_revoked: u64,
+    /// Application packets the core held or sent itself (while a tunnel
+    /// came up) that the route's policy did not allow out.
+    pub tx_policy_denied: u64,
+    /// Routes the NMS refused because the access policy lets neither end
+    /// reach the other (DirectionError Denied).
+    pub directions_denied: u64,
+    /// Route filters the NMS changed, and routes it withdrew, for a new
+    /// policy (RouteUpdate).
+    pub route_updates: u64,
+    pub routes_withdrawn: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

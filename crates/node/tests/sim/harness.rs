@@ -547,6 +547,10 @@ pub struct SimNode {
     pub data_rx_bad: u64,
     /// Of those, the ones the replay window refused.
     pub data_rx_replayed: u64,
+    /// Packets the route's policy refused: opened but not let in, and not
+    /// let out before sealing.
+    pub data_rx_policy_denied: u64,
+    pub data_tx_policy_denied: u64,
     /// Tunnel keepalives (empty data packets) opened.
     pub keepalives: u64,
     /// Paths reported to `handle_path_seen`: (time, peer, path).
@@ -973,6 +977,8 @@ impl Sim {
                 received: Vec::new(),
                 data_rx_bad: 0,
                 data_rx_replayed: 0,
+                data_rx_policy_denied: 0,
+                data_tx_policy_denied: 0,
                 keepalives: 0,
                 path_reports: Vec::new(),
                 tunnel_messages: 0,
@@ -1680,8 +1686,8 @@ impl Sim {
     /// in Relay Data, and counts them; everything else goes to the core as
     /// it came.
     fn node_in(&mut self, slot: usize, from: Leg, mut payload: Vec<u8>) {
-        let table = &self.nodes[slot].table;
-        match datapath::decapsulate(&mut payload, from, |i| table.by_index(i)) {
+        let (table, now) = (&self.nodes[slot].table, self.now);
+        match datapath::decapsulate(&mut payload, from, || now, |i| table.by_index(i)) {
             Decapsulated::Control => {
                 self.nodes[slot]
                     .node
@@ -1694,6 +1700,9 @@ impl Sim {
                 n.data_rx_bad += 1;
                 if reason == datapath::DropReason::Replayed {
                     n.data_rx_replayed += 1;
+                }
+                if reason == datapath::DropReason::PolicyDenied {
+                    n.data_rx_policy_denied += 1;
                 }
             }
         }
@@ -2250,6 +2259,14 @@ impl Sim {
         self.drain_node(slot);
     }
 
+    /// The operator sets an access policy: the NMS applies it at once (as
+    /// the cloud's shell does when it reads a new version from the store)
+    /// and its notices go out.
+    pub fn set_policy(&mut self, policy: cyphonic_cloud_core::policy::Policy) {
+        self.nms.handle_policy(self.now, policy);
+        self.drain_nms();
+    }
+
     /// Replaces the NMS with a fresh process over the same database. Its
     /// counter base is the wall clock now, as a restarted NMS's would be.
     pub fn restart_nms(&mut self) {
@@ -2303,10 +2320,17 @@ impl Sim {
     pub fn send_app(&mut self, index: usize, packet: &[u8]) {
         let slot = self.slot(index);
         let dst = cyphonic_proto::ip::inner_destination(packet).expect("an IP packet");
-        let sealed = self.nodes[slot]
-            .table
-            .by_destination(0, dst)
-            .and_then(|t| Some((datapath::encapsulate_vec(&t, t.path, packet).ok()?, t)));
+        let tunnel = self.nodes[slot].table.by_destination(0, dst);
+        if tunnel.as_ref().is_some_and(|t| {
+            t.filter
+                .check(cyphonic_node::filter::Direction::Out, packet, self.now)
+                == cyphonic_node::filter::Verdict::Deny
+        }) {
+            self.nodes[slot].data_tx_policy_denied += 1;
+            return;
+        }
+        let sealed =
+            tunnel.and_then(|t| Some((datapath::encapsulate_vec(&t, t.path, packet).ok()?, t)));
         match sealed {
             Some((payload, tunnel)) => {
                 // As the data plane's outbound loop: sealed, counted and

@@ -200,7 +200,7 @@ impl World {
         let proc = &mut self.procs[p];
         let from = Leg::udp(from);
         let table = &proc.table;
-        match datapath::decapsulate(&mut payload, from, |i| table.by_index(i)) {
+        match datapath::decapsulate(&mut payload, from, || now, |i| table.by_index(i)) {
             Decapsulated::Control => proc.host.handle_datagram(now, from, &payload),
             Decapsulated::Dropped(reason) => panic!("process {p} dropped a packet: {reason:?}"),
             Decapsulated::Opened(o) => {

@@ -9,6 +9,8 @@
 //! - [`mobility`]: a node with a tunnel moves to another attachment.
 //! - [`transport`]: firewalls, QUIC and TLS-over-TCP legs.
 //! - [`lifetime`]: rekeying, key limits, replayed handshakes.
+//! - [`policy`]: the access policy: refused routes, filtered packets,
+//!   a policy change that withdraws a route.
 //!
 //! Every simulation's packets are pinned in `goldens.txt` (see the
 //! `goldens` module of the harness).
@@ -22,4 +24,5 @@ mod basic;
 mod lifetime;
 mod mobility;
 mod nat;
+mod policy;
 mod transport;
