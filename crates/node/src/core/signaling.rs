@@ -86,6 +86,9 @@ pub(crate) struct Signaling {
     /// The NMS stopped answering, the session was dropped, and the NMS has
     /// said nothing since: the cloud is away while the node logs in again.
     lost: bool,
+    /// The FQDN and VIPs of the last Login: the device's for good (they
+    /// stay on the TUN device while the node is logged out).
+    identity: Option<(String, Ipv4Addr, Ipv6Addr)>,
 }
 
 impl Signaling {
@@ -101,6 +104,7 @@ impl Signaling {
             transport,
             last_registered_over: None,
             lost: false,
+            identity: None,
         }
     }
 
@@ -167,6 +171,11 @@ impl Signaling {
 
     pub fn login(&self) -> Option<&Login> {
         self.session.as_ref().map(|s| &s.login)
+    }
+
+    /// The FQDN and VIPs of the last Login, logged in now or not.
+    pub fn identity(&self) -> Option<&(String, Ipv4Addr, Ipv6Addr)> {
+        self.identity.as_ref()
     }
 
     pub fn observed(&self) -> Option<SocketAddr> {
@@ -242,6 +251,7 @@ impl Signaling {
         out: &mut Outbox,
     ) {
         self.login_requested = false;
+        self.identity = Some((login.fqdn.clone(), login.vip4, login.vip6));
         let cipher = SignalCipher::new(
             login.session_id,
             &login.common_key,

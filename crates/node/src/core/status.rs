@@ -18,10 +18,13 @@ impl Node {
     pub fn status(&self, now: Instant) -> NodeStatus {
         let sig = &self.signaling;
         let login = sig.login();
+        // The device's name and VIPs stay its own (and on the TUN device)
+        // while it is logged out.
+        let identity = sig.identity();
         NodeStatus {
-            fqdn: login.map(|l| l.fqdn.clone()),
-            vip4: login.map(|l| l.vip4),
-            vip6: login.map(|l| l.vip6),
+            fqdn: identity.map(|i| i.0.clone()),
+            vip4: identity.map(|i| i.1),
+            vip6: identity.map(|i| i.2),
             cloud: CloudStatus {
                 nms: login.map(|l| l.nms),
                 logged_in: sig.logged_in(),

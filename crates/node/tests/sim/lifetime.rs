@@ -298,6 +298,30 @@ fn a_name_asked_as_the_session_ends_resolves_when_the_cloud_is_back() {
     assert_eq!(rcode, ResponseCode::NoError, "after {took:?}");
 }
 
+/// A node that lost its session and is not logged in again still shows
+/// its FQDN and VIPs: they are the device's, and stay on its TUN device.
+#[test]
+fn a_logged_out_node_still_shows_its_vips() {
+    let mut sim = registered(SimConfig::new(one_seed(40), 2));
+    let slot = sim.slot(1);
+    sim.nodes[slot].auto_login = false;
+    let nms = [NMS_V4.ip(), NMS_V6.ip()];
+    sim.add_rule(move |w| nms.contains(&w.src.ip()) || nms.contains(&w.dst.ip()));
+    assert!(
+        sim.run_until(Duration::from_secs(120), |s| !s
+            .node(1)
+            .node
+            .status(s.now)
+            .cloud
+            .logged_in),
+        "the node never gave up on the NMS"
+    );
+    let st = sim.node(1).node.status(sim.now);
+    assert_eq!(st.vip4, Some(vip4(1)));
+    assert_eq!(st.vip6, Some(vip6(1)));
+    assert_eq!(st.fqdn.as_deref(), Some(sim.node(1).fqdn.as_str()));
+}
+
 /// The time from `n<b>`'s restart until a packet `n<a>` sends every
 /// 100 ms arrives at it again.
 fn reached_after_restart(seed: u64, resume: bool) -> Duration {
