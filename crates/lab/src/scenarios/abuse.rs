@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context};
 use rand::Rng;
 
-use super::overlay::{password, Overlay, Report, Underlay};
+use super::overlay::{password, rss_kib, Overlay, Report, Underlay};
 use crate::wait_until;
 
 /// Password guesses the attacker makes at most.
@@ -571,15 +571,6 @@ fn rss_all(o: &Overlay) -> Vec<(String, u64)> {
         }
     }
     out
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 /// Node `from` pings node `to` by name until a reply (a route is made on

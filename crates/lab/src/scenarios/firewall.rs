@@ -41,14 +41,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use serde_json::Value;
 
 use super::nat::{NatKind, NatLab, Placement, Topology, CLOUD_V4};
 use super::nat_matrix::{establish, expected_path};
-use super::overlay::{iperf, longest_gap, parse_ping, reply_times, send_marker, Overlay, Report};
+use super::overlay::{
+    iperf, longest_gap, parse_ping, reply_times, send_marker, strip_ansi, unix_now, Overlay, Report,
+};
 use crate::scenarios::overlay::{iperf_finish, iperf_start, LongIperf};
 use crate::wait_until;
 
@@ -1037,31 +1039,6 @@ fn log_tail(o: &Overlay, i: usize, lines: usize) -> String {
         .map(|l| format!("          {l}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Removes ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 pub(crate) const UDP: u8 = 17;

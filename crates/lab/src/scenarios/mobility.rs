@@ -23,13 +23,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 
 use super::nat::{NatKind, NatLab, Placement, Topology};
 use super::nat_matrix::establish;
-use super::overlay::{reply_times, Report};
+use super::overlay::{reply_times, unix_now, Report};
 use crate::wait_until;
 
 /// Seconds between moves: room for the outage and for the tunnel to settle.
@@ -98,13 +98,6 @@ fn move_cmd(m: &Mover, to: Net) -> String {
         ),
     };
     format!("{leave}; {enter}")
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 fn scenario(bin: &Path, rounds: usize, report: &mut Report) -> anyhow::Result<()> {

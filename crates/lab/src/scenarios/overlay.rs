@@ -341,14 +341,8 @@ impl Overlay {
 
     /// Resident memory of node `i`'s daemon, in KiB.
     pub fn node_rss_kib(&self, i: usize) -> Option<u64> {
-        let pid = self.nodes[i].pid?;
         // `ip netns exec` execs the program, so the pid is the daemon's.
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
+        rss_kib(self.nodes[i].pid?)
     }
 }
 
@@ -720,6 +714,50 @@ pub fn iperf_ns(
 
 pub fn elapsed_ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The wall clock in Unix seconds (to compare with `ping -D` times).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Whether node `i` has a peer entry for `fqdn`.
+pub fn has_peer(o: &Overlay, i: usize, fqdn: &str) -> anyhow::Result<bool> {
+    let s = o.status(i)?;
+    Ok(s["peers"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["fqdn"] == fqdn)))
+}
+
+/// `text` without terminal escape sequences (colours in logs).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Unix times of ping replies (`ping -D` prefixes `[seconds.micros]`).

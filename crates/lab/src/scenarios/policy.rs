@@ -14,13 +14,15 @@
 //! tunnel with n2 is closed and when the last reply came (at most 5 s).
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 
 use super::direct::bring_up;
 use super::nat_matrix::establish;
-use super::overlay::{cloud_cli, iperf_finish, iperf_start, Overlay, Report, Underlay};
+use super::overlay::{
+    cloud_cli, has_peer, iperf_finish, iperf_start, strip_ansi, unix_now, Overlay, Report, Underlay,
+};
 use crate::wait_until;
 
 /// The longest a withdrawn route's tunnel (and its ping) may last.
@@ -55,20 +57,6 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     }
     println!("policy: {} passed, {} failed", report.passed, report.failed);
     Ok(report.ok())
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-fn has_peer(o: &Overlay, i: usize, fqdn: &str) -> anyhow::Result<bool> {
-    let s = o.status(i)?;
-    Ok(s["peers"]
-        .as_array()
-        .is_some_and(|ps| ps.iter().any(|p| p["fqdn"] == fqdn)))
 }
 
 /// The unix times of the replies in a `ping -D` log.
@@ -129,24 +117,6 @@ pub(crate) fn applied(o: &Overlay, version: &str) -> anyhow::Result<Duration> {
                 .then(|| since.elapsed()))
         },
     )
-}
-
-/// The log without its terminal colours.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn scenario(bin: &Path, report: &mut Report) -> anyhow::Result<()> {

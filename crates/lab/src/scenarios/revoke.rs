@@ -14,14 +14,14 @@
 //! that n3 knows it was withdrawn, and that n1 and n2 keep talking.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 
 use super::direct::bring_up;
 use super::nat_matrix::establish;
 use super::overlay::{
-    cloud_cli, iperf_finish, iperf_start, reply_times, Overlay, Report, Underlay,
+    cloud_cli, has_peer, iperf_finish, iperf_start, reply_times, unix_now, Report, Underlay,
 };
 use crate::wait_until;
 
@@ -36,21 +36,6 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     }
     println!("revoke: {} passed, {} failed", report.passed, report.failed);
     Ok(report.ok())
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// Whether node `i` has a peer entry for `fqdn`.
-fn has_peer(o: &Overlay, i: usize, fqdn: &str) -> anyhow::Result<bool> {
-    let s = o.status(i)?;
-    Ok(s["peers"]
-        .as_array()
-        .is_some_and(|ps| ps.iter().any(|p| p["fqdn"] == fqdn)))
 }
 
 fn scenario(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
