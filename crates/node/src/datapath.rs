@@ -164,10 +164,11 @@ pub struct TunnelTable {
 impl TunnelTable {
     /// Installs a tunnel of identity `id`. The peer's current receive key
     /// stays valid (for packets already in flight under it); older ones
-    /// are removed. Keys not confirmed yet (a rekey we answered) only
-    /// receive while the peer has a tunnel to send on: sending moves to
-    /// them once the peer has used them ([`Opened::confirms_keys`], then
-    /// the core installs them again).
+    /// are removed. Keys not confirmed yet (a responder's, of a rekey or
+    /// a first handshake) only receive: sending moves to them once the
+    /// peer has used them ([`Opened::confirms_keys`], then the core
+    /// installs them again); until then the peer's older tunnel, if any,
+    /// sends.
     pub fn install(&mut self, id: IdentityId, handle: TunnelHandle) {
         let handle = Arc::new(handle);
         let index = handle.recv.local_index();
@@ -176,8 +177,7 @@ impl TunnelTable {
         self.rx
             .retain(|i, (owner, h)| *owner != id || h.fqdn != handle.fqdn || Some(*i) == keep);
         self.rx.insert(index, (id, handle.clone()));
-        let confirmed = handle.confirmed.load(Ordering::Relaxed);
-        if !confirmed && current.is_some_and(|c| c.fqdn == handle.fqdn) {
+        if !handle.confirmed.load(Ordering::Relaxed) {
             return;
         }
         self.tx
@@ -431,9 +431,15 @@ mod tests {
         assert_eq!(sends(&t), Some(LocalIndex(32)));
         assert_eq!(t.receiving(0), vec![LocalIndex(11), LocalIndex(32)]);
 
-        // Unconfirmed keys of a peer with no tunnel send at once.
+        // A responder's first keys receive at once and send only once
+        // confirmed: the initiator may not have them yet.
         let mut fresh = TunnelTable::default();
-        fresh.install(0, rekeyed(&a, 40, false));
+        let first = rekeyed(&a, 40, false);
+        fresh.install(0, first.clone());
+        assert_eq!(fresh.receiving(0), vec![LocalIndex(40)]);
+        assert_eq!(sends(&fresh), None);
+        first.confirmed.store(true, Ordering::Relaxed);
+        fresh.install(0, first);
         assert_eq!(sends(&fresh), Some(LocalIndex(40)));
     }
 

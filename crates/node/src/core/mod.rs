@@ -679,7 +679,8 @@ impl Node {
             peer.state,
             PeerState::Handshaking { .. } | PeerState::AwaitingRequest { .. }
         );
-        if peer.held || (establishing && !(established && peer.tunnel.is_some())) {
+        let unconfirmed = peer.confirm_by.is_some();
+        if peer.held || unconfirmed || (establishing && !(established && peer.tunnel.is_some())) {
             if peer.queue.len() < max_queued {
                 peer.queue.push_back(packet.to_vec());
             } else {

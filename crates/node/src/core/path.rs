@@ -211,7 +211,8 @@ impl Node {
         peer.stale_ticks = 0;
         peer.path_since = now;
         peer.next_keepalive = now + keepalive;
-        let queued: Vec<Vec<u8>> = if std::mem::take(&mut peer.held) {
+        let confirmed = peer.confirm_by.is_none();
+        let queued: Vec<Vec<u8>> = if std::mem::take(&mut peer.held) && confirmed {
             peer.queue.drain(..).collect()
         } else {
             Vec::new()

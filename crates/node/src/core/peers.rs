@@ -67,6 +67,11 @@ pub(crate) struct Peer {
     pub rekey: Option<Rekey>,
     /// Keys we answered a rekey with, not yet used by the peer, and when.
     pub pending: Option<(TunnelHandle, Instant)>,
+    /// The responder's keys of a first handshake wait for the initiator's
+    /// first packet under them before they send (key confirmation), at
+    /// most until then: the initiator may not have them yet, and what we
+    /// sent would be dropped as of an unknown index.
+    pub confirm_by: Option<Instant>,
     /// The receive key the current keys replaced, and when it was made:
     /// packets in flight under it still arrive until it is too old.
     pub prev: Option<(std::sync::Arc<cyphonic_proto::data::RecvKey>, Instant)>,
@@ -122,7 +127,12 @@ impl Peer {
         let renew = self
             .grant_renew_at
             .filter(|_| self.role == TunnelRole::Initiator);
-        let rekey = rekey.into_iter().chain(keys).chain(renew).min();
+        let rekey = rekey
+            .into_iter()
+            .chain(keys)
+            .chain(renew)
+            .chain(self.confirm_by)
+            .min();
         handshake
             .into_iter()
             .chain(
@@ -440,6 +450,7 @@ pub(crate) mod tests {
             next_rekey: now,
             rekey: None,
             pending: None,
+            confirm_by: None,
             prev: None,
             answered: VecDeque::new(),
             grant_renew_at: None,

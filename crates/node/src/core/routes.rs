@@ -290,6 +290,7 @@ impl Node {
             next_rekey: keys_at + self.config.rekey_after,
             rekey: None,
             pending: None,
+            confirm_by: None,
             prev,
             answered: VecDeque::new(),
             grant_renew_at,

@@ -218,7 +218,16 @@ impl Node {
         }
         if let Some((req, resp)) = &peer.last_request {
             if req == packet {
-                self.out.transmits.push_back(path.transmit(resp));
+                // Our response was lost: the initiator has no keys yet, so
+                // ours wait for its first packet a while longer.
+                let resend = path.transmit(resp);
+                let wait = self.config.handshake_retransmit;
+                if let Some(mut peer) = self.peers.get_mut(&fqdn) {
+                    if peer.confirm_by.is_some() {
+                        peer.confirm_by = Some(now + wait);
+                    }
+                }
+                self.out.transmits.push_back(resend);
                 return;
             }
         }
@@ -264,7 +273,7 @@ impl Node {
                     self.rekey_answered(now, &fqdn, path, keys);
                 } else {
                     tracing::info!(peer = %fqdn, %path, "Tunnel Response sent; tunnel up");
-                    self.tunnel_up(now, &fqdn, path, keys);
+                    self.tunnel_up(now, &fqdn, path, keys, false);
                 }
             }
             Err(e) => {
@@ -316,7 +325,7 @@ impl Node {
         match init.finish(packet, &check) {
             Ok(keys) => {
                 tracing::info!(peer = %fqdn, %path, "Tunnel Response received; tunnel up");
-                self.tunnel_up(now, &fqdn, path, keys);
+                self.tunnel_up(now, &fqdn, path, keys, true);
             }
             Err(e) => {
                 // A forged or stale response must not end a handshake that a
@@ -359,14 +368,28 @@ impl Node {
         }
     }
 
-    fn tunnel_up(&mut self, now: Instant, fqdn: &str, path: Path, keys: handshake::SessionKeys) {
+    /// The tunnel is up with the keys of a first handshake. The initiator
+    /// (`confirmed`) sends at once, a keepalive when nothing waits: its
+    /// first packet confirms the keys to the responder, whose keys send
+    /// only after that (§7.6), so none of its packets can reach the
+    /// initiator before the Tunnel Response has.
+    fn tunnel_up(
+        &mut self,
+        now: Instant,
+        fqdn: &str,
+        path: Path,
+        keys: handshake::SessionKeys,
+        confirmed: bool,
+    ) {
         let wall = self.wall(now);
         let (keepalive, rekey_after) = (self.config.keepalive, self.config.rekey_after);
+        let confirm_wait = self.config.handshake_retransmit;
         self.mobility.tunnel_back(fqdn, now);
         let Some(mut peer) = self.peers.get_mut(fqdn) else {
             return;
         };
-        let handle = new_handle(&peer, path, &keys, true);
+        let handle = new_handle(&peer, path, &keys, confirmed);
+        peer.confirm_by = (!confirmed).then_some(now + confirm_wait);
         peer.prev = peer.tunnel.as_ref().map(|t| (t.recv.clone(), peer.keys_at));
         peer.keys_made(now, rekey_after);
         peer.rekey = None;
@@ -383,8 +406,44 @@ impl Node {
         if path.is_relay() && peer.direction.pattern != RoutePattern::Relayed {
             peer.path_note = "direct attempts failed: relay until a direct path answers".into();
         }
-        let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
+        let queued: Vec<Vec<u8>> = if confirmed {
+            peer.queue.drain(..).collect()
+        } else {
+            Vec::new()
+        };
         drop(peer);
+        self.out
+            .events
+            .push_back(NodeEvent::TunnelUp(handle.clone()));
+        if confirmed && queued.is_empty() {
+            self.seal_to(&handle, handle.path, &[]);
+        }
+        for packet in queued {
+            self.seal_to(&handle, handle.path, &packet);
+        }
+    }
+
+    /// The responder's first keys are confirmed (the initiator's first
+    /// packet under them, or `confirm_by` passed): they send from now on,
+    /// the packets held meanwhile first.
+    fn first_keys_confirmed(&mut self, fqdn: &str) {
+        let Some(mut peer) = self.peers.get_mut(fqdn) else {
+            return;
+        };
+        if peer.confirm_by.take().is_none() {
+            return;
+        }
+        let Some(handle) = peer.tunnel.clone() else {
+            return;
+        };
+        handle.confirmed.store(true, Ordering::Relaxed);
+        let queued: Vec<Vec<u8>> = if peer.held {
+            Vec::new()
+        } else {
+            peer.queue.drain(..).collect()
+        };
+        drop(peer);
+        tracing::debug!(peer = %fqdn, "first keys confirmed");
         self.out
             .events
             .push_back(NodeEvent::TunnelUp(handle.clone()));
@@ -418,7 +477,17 @@ impl Node {
         let Some(fqdn) = self.peers.name_by_index(local_index).cloned() else {
             return;
         };
-        self.promote_pending(&fqdn);
+        let first = self.peers.get(&fqdn).is_some_and(|p| {
+            p.confirm_by.is_some()
+                && p.tunnel
+                    .as_ref()
+                    .is_some_and(|t| t.recv.local_index() == local_index)
+        });
+        if first {
+            self.first_keys_confirmed(&fqdn);
+        } else {
+            self.promote_pending(&fqdn);
+        }
     }
 
     fn promote_pending(&mut self, fqdn: &str) {
@@ -548,6 +617,16 @@ impl Node {
             self.config.reject_after,
         );
         self.promote_pending(fqdn);
+        if self
+            .peers
+            .get(fqdn)
+            .and_then(|p| p.confirm_by)
+            .is_some_and(|t| now >= t)
+        {
+            // No packet of the initiator's came (its keepalive was lost):
+            // it has had time to install the keys.
+            self.first_keys_confirmed(fqdn);
+        }
         let Some(mut peer) = self.peers.get_mut(fqdn) else {
             return;
         };

@@ -242,7 +242,7 @@ fn route_and_tunnel(stack: Stack, want_endpoint: fn(usize) -> SocketAddr) {
     assert!(sim
         .nodes
         .iter()
-        .all(|n| n.data_rx_bad == 0 && n.tunnel_ups.len() == 1));
+        .all(|n| n.data_rx_bad == 0 && n.handshakes() == 1));
 }
 
 #[test]
@@ -270,6 +270,9 @@ fn the_flow_takes_exactly_the_link_latencies() {
     assert_eq!(sim.dns_answer(1, client).unwrap().at - asked, ms(40));
     assert_eq!(sim.node(2).tunnel_ups[0].0 - asked, ms(80));
     assert_eq!(sim.node(1).tunnel_ups[0].0 - asked, ms(120));
+    // The initiator's first packet (a keepalive) confirms the responder's
+    // keys, which send from then on.
+    assert_eq!(sim.node(2).tunnel_ups[1].0 - asked, ms(160));
 }
 
 #[test]
@@ -375,7 +378,7 @@ fn tunnel_survives_a_lost_tunnel_response() {
     let sim = flow_survives_dropping("TunnelResponse", 1);
     // The responder answered the retransmitted request with the same keys:
     // one TunnelUp each side, and the data above opened.
-    assert!(sim.nodes.iter().all(|n| n.tunnel_ups.len() == 1));
+    assert!(sim.nodes.iter().all(|n| n.handshakes() == 1));
     assert_eq!(sim.count("TunnelRequest").0, 2);
 }
 
@@ -524,6 +527,54 @@ fn packets_sent_before_the_tunnel_arrive_after_it_in_order() {
         early.iter().map(Vec::as_slice).collect::<Vec<_>>()
     );
     assert_eq!(sim.node(1).data_rx_bad, 0);
+    exchange(&mut sim, 1, 2, "after");
+}
+
+/// Both ends look each other up and send at the same instant, and each
+/// daemon's control task sees handshake packets a little after its data
+/// plane (`control_lag`), as in the real daemon. The responder's packets
+/// must not overtake its Tunnel Response into the initiator's control
+/// task: its keys send only once the initiator's first packet confirms
+/// them (§7.6), and every packet of both ends arrives.
+#[test]
+fn both_ends_sending_at_once_lose_nothing() {
+    let mut config = SimConfig::new(one_seed(8), 2);
+    config.control_lag = Duration::from_millis(5);
+    let handshake = config.node.handshake_timeout;
+    let mut sim = registered(config);
+    let q1 = sim.dns_query(1, "n2.cyphonic.internal.", RecordType::A);
+    let q2 = sim.dns_query(2, "n1.cyphonic.internal.", RecordType::A);
+    assert!(
+        sim.run_until(Duration::from_secs(2), |s| s.dns_answer(1, q1).is_some()
+            && s.dns_answer(2, q2).is_some())
+    );
+    let from1: Vec<Vec<u8>> = (0..3)
+        .map(|i| ipv4_packet(vip4(1), vip4(2), format!("one {i}").as_bytes()))
+        .collect();
+    let from2: Vec<Vec<u8>> = (0..3)
+        .map(|i| ipv4_packet(vip4(2), vip4(1), format!("two {i}").as_bytes()))
+        .collect();
+    for (a, b) in from1.iter().zip(&from2) {
+        sim.send_app(1, a);
+        sim.send_app(2, b);
+    }
+    assert!(tunnel_between(&mut sim, 1, 2, handshake));
+    assert!(
+        sim.run_until(Duration::from_secs(2), |s| s.node(1).received.len()
+            >= from2.len()
+            && s.node(2).received.len() >= from1.len())
+    );
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(
+        sim.node(2).received_from("n1.cyphonic.internal"),
+        from1.iter().map(Vec::as_slice).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sim.node(1).received_from("n2.cyphonic.internal"),
+        from2.iter().map(Vec::as_slice).collect::<Vec<_>>()
+    );
+    assert_eq!(sim.node(1).data_rx_bad, 0, "nothing dropped at n1");
+    assert_eq!(sim.node(2).data_rx_bad, 0, "nothing dropped at n2");
     exchange(&mut sim, 1, 2, "after");
 }
 

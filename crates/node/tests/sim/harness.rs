@@ -40,9 +40,10 @@
 //! this module in one test binary.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -388,6 +389,11 @@ pub struct SimConfig {
     /// The cloud listens for QUIC and TCP on [`CLOUD_LEG_PORT`] and says so
     /// in Login and relay offers (on by default).
     pub cloud_legs: bool,
+    /// How long a node's control task takes to see a non-data datagram
+    /// (signaling, handshake) after the data plane read it; data packets
+    /// are opened at once, as by the daemon's receive loop. Zero by
+    /// default.
+    pub control_lag: Duration,
 }
 
 impl SimConfig {
@@ -404,6 +410,7 @@ impl SimConfig {
             trs: 0,
             relay_lifetime: Duration::from_secs(3600),
             cloud_legs: true,
+            control_lag: Duration::ZERO,
         }
     }
 }
@@ -593,8 +600,24 @@ impl SimNode {
             .next()
     }
 
+    /// A tunnel with `fqdn` was installed and sends: a responder's keys
+    /// count once the initiator's first packet confirmed them.
     pub fn tunnel_up_with(&self, fqdn: &str) -> bool {
-        self.tunnel_ups.iter().any(|(_, t)| t.fqdn == fqdn)
+        self.tunnel_ups
+            .iter()
+            .any(|(_, t)| t.fqdn == fqdn && t.confirmed.load(Ordering::Relaxed))
+    }
+
+    /// Handshakes that installed keys (distinct receive indexes among the
+    /// tunnels installed; a confirmation or path change installs the same
+    /// keys again).
+    pub fn handshakes(&self) -> usize {
+        let indexes: std::collections::BTreeSet<_> = self
+            .tunnel_ups
+            .iter()
+            .map(|(_, t)| t.recv.local_index())
+            .collect();
+        indexes.len()
     }
 
     pub fn received_from(&self, fqdn: &str) -> Vec<&[u8]> {
@@ -832,6 +855,10 @@ pub struct Sim {
     pub wire: Vec<WireRecord>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     in_flight: HashMap<u64, InFlight>,
+    /// Datagrams on their way from a node's data plane to its control task
+    /// ([`SimConfig::control_lag`]): when, the node's slot, whence, bytes.
+    lagged: VecDeque<(Instant, usize, Leg, Vec<u8>)>,
+    control_lag: Duration,
     next_packet: u64,
     /// Hash of every transmit (time, source, destination, bytes) in order.
     transmit_hash: std::collections::hash_map::DefaultHasher,
@@ -1055,6 +1082,8 @@ impl Sim {
             wire: Vec::new(),
             queue: BinaryHeap::new(),
             in_flight: HashMap::new(),
+            lagged: VecDeque::new(),
+            control_lag: config.control_lag,
             next_packet: 0,
             transmit_hash: Default::default(),
             steps: 0,
@@ -1570,8 +1599,10 @@ impl Sim {
             .iter()
             .filter_map(|n| n.node.poll_timeout().map(|(t, _)| t));
         let legs = self.nodes.iter().filter_map(leg_wake);
+        let lagged = self.lagged.front().map(|l| l.0);
         packets
             .into_iter()
+            .chain(lagged)
             .chain(nms)
             .chain(nodes)
             .chain(legs)
@@ -1598,6 +1629,14 @@ impl Sim {
             self.queue.pop();
             if let Some(p) = self.in_flight.remove(&id) {
                 self.deliver(p);
+            }
+        }
+        while self.lagged.front().is_some_and(|l| l.0 <= self.now) {
+            if let Some((_, slot, from, payload)) = self.lagged.pop_front() {
+                self.nodes[slot]
+                    .node
+                    .handle_datagram(self.now, from, &payload);
+                self.drain_node(slot);
             }
         }
         if self.nms.poll_timeout().is_some_and(|(t, _)| t <= self.now) {
@@ -1688,6 +1727,10 @@ impl Sim {
     fn node_in(&mut self, slot: usize, from: Leg, mut payload: Vec<u8>) {
         let (table, now) = (&self.nodes[slot].table, self.now);
         match datapath::decapsulate(&mut payload, from, || now, |i| table.by_index(i)) {
+            Decapsulated::Control if !self.control_lag.is_zero() => {
+                let at = self.now + self.control_lag;
+                self.lagged.push_back((at, slot, from, payload));
+            }
             Decapsulated::Control => {
                 self.nodes[slot]
                     .node

@@ -265,16 +265,18 @@ fn rtt(sim: &Sim) -> Duration {
 /// its packets while it registers (1), probes its NAT (1) and selects the
 /// route (Direction Request, Route Direction to the responder and its
 /// confirmation, Route Direction to the initiator: 2), then shakes hands
-/// (1) and data follows (½): 5½ round trips; through a relay, whose two
-/// legs double the handshake's and the data's, and whose Bind from a new
-/// address takes the TRS's cookie round trip first (return routability,
-/// protocol §6.8): 8. One more round trip of slack each.
+/// (1) and data follows (½), the responder's after the initiator's first
+/// packet confirmed its keys (½, protocol §7.6): 6 round trips; through a
+/// relay, whose two legs double the handshake's, the confirmation's and
+/// the data's, and whose Bind from a new address takes the TRS's cookie
+/// round trip first (return routability, protocol §6.8): 9. One more
+/// round trip of slack each.
 fn outage_bound(sim: &Sim, path_kept: bool, relayed: bool) -> Duration {
     let rtt = rtt(sim);
     match (path_kept, relayed) {
         (true, _) => rtt * 3,
-        (false, false) => rtt * 13 / 2,
-        (false, true) => rtt * 9,
+        (false, false) => rtt * 7,
+        (false, true) => rtt * 10,
     }
 }
 
