@@ -300,6 +300,9 @@ pub struct NmsCounters {
     pub notices_unacked: u64,
     /// Direction Requests refused for their rate (per session or target).
     pub directions_limited: u64,
+    /// Direction Requests for a route already being set up between the
+    /// same two nodes, left to that route.
+    pub directions_coalesced: u64,
     /// Path Challenges sent to new source addresses of sessions, and the
     /// addresses that answered them (§4.7).
     pub path_challenges: u64,
@@ -542,6 +545,8 @@ pub struct Nms {
     sessions: HashMap<SessionId, Session>,
     /// fqdn -> session of its latest registration.
     by_fqdn: HashMap<String, SessionId>,
+    /// The VIPs of the registered nodes in `by_fqdn`: whose each is.
+    by_vip: HashMap<IpAddr, String>,
     /// Packets waiting for a session lookup, by session ID.
     awaiting_session: BTreeMap<SessionId, Awaiting>,
     /// Session IDs the store did not know, or that ended.
@@ -604,6 +609,7 @@ impl Nms {
             counter_limit: u64::MAX,
             sessions: HashMap::new(),
             by_fqdn: HashMap::new(),
+            by_vip: HashMap::new(),
             awaiting_session: BTreeMap::new(),
             missing: MissingSessions::default(),
             lookup_limits: LookupLimits::default(),
@@ -1343,6 +1349,11 @@ impl Nms {
         };
         if self.by_fqdn.get(&session.info.fqdn) == Some(&id) {
             self.by_fqdn.remove(&session.info.fqdn);
+            for vip in [IpAddr::V4(session.info.vip4), IpAddr::V6(session.info.vip6)] {
+                if self.by_vip.get(&vip) == Some(&session.info.fqdn) {
+                    self.by_vip.remove(&vip);
+                }
+            }
         }
         self.notices.retain(|(s, _), _| *s != id);
         self.links.retain(|(a, b), _| *a != id && *b != id);
@@ -1489,6 +1500,9 @@ impl Nms {
             Message::DirectionRequest { target } => {
                 self.on_direction_request(now, session_id, env.txid, &target)
             }
+            Message::DirectionRequestByVip { vip } => {
+                self.on_direction_by_vip(now, session_id, env.txid, vip)
+            }
             Message::RouteDirectionConfirmation { route_id } => {
                 self.on_confirmation(now, session_id, env.txid, route_id)
             }
@@ -1616,6 +1630,9 @@ impl Nms {
             keepalive_secs,
             probe_port: self.config.probe_port,
         });
+        for vip in [IpAddr::V4(session.info.vip4), IpAddr::V6(session.info.vip6)] {
+            self.by_vip.insert(vip, fqdn.clone());
+        }
         // A node that logged in again replaces its older session.
         if let Some(old) = self.by_fqdn.insert(fqdn.clone(), session_id) {
             if old != session_id && login_seq.is_none() {
@@ -1844,6 +1861,44 @@ impl Nms {
         self.direct(now, mn, txid, &target);
     }
 
+    /// A Direction Request for whoever holds `vip`: the same as one for
+    /// that node's name; a VIP no registered node holds is `NotFound`, and
+    /// costs the asker's limit like any request (a node scanning the VIP
+    /// range gets no faster answers than one asking names).
+    fn on_direction_by_vip(&mut self, now: Instant, mn: SessionId, txid: u64, vip: IpAddr) {
+        if let Some(fqdn) = self.by_vip.get(&vip).cloned() {
+            self.on_direction_request(now, mn, txid, &fqdn);
+            return;
+        }
+        let target = vip.to_string();
+        let registered = self
+            .sessions
+            .get(&mn)
+            .is_some_and(|s| s.registration.is_some());
+        if !registered {
+            let code = DirectionErrorCode::NotRegistered;
+            self.fail_direction(mn, txid, &target, code, "register first".into());
+            return;
+        }
+        let per_session = f64::from(self.config.directions_per_session);
+        if !self
+            .session_directions
+            .allow(now, &mn, per_session, 2.0 * per_session)
+        {
+            self.counters.directions_limited += 1;
+            self.fail_direction(
+                mn,
+                txid,
+                &target,
+                DirectionErrorCode::RateLimited,
+                "too many route requests: try again shortly".into(),
+            );
+            return;
+        }
+        let msg = format!("no online node holds {vip}");
+        self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
+    }
+
     /// Selects the route for a Direction Request that passed the limits,
     /// and directs the responder.
     fn direct(&mut self, now: Instant, mn: SessionId, txid: u64, target: &str) {
@@ -1877,6 +1932,18 @@ impl Nms {
             // The peer asked for this pair first (both moved at once): the
             // route being set up serves both; the requester learns it as
             // responder and drops its own request.
+            return;
+        }
+        if self
+            .routes
+            .values()
+            .any(|r| r.mn_session == mn && r.cn_session == cn)
+        {
+            // A second question for a route being set up (packets to both
+            // VIPs of one peer, asked by VIP before either was known): the
+            // route answers the first, and the node drops the other
+            // question once it has the route.
+            self.counters.directions_coalesced += 1;
             return;
         }
         let Some(cn_session) = self.sessions.get(&cn) else {

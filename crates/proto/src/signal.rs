@@ -17,7 +17,7 @@
 //! cloud keeps sessions across restarts), and the receiver's replay window
 //! ([`ReplayWindow`]) rejects duplicates.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -304,6 +304,13 @@ pub enum Message {
         fqdn: String,
         filter: RouteFilter,
     },
+    /// A Direction Request for the node that holds the VIP `vip`: an
+    /// application sent a packet to an address of the overlay nobody
+    /// looked up by name. Answered as a Direction Request for that node's
+    /// name (the Route Direction names it), or with `NotFound`.
+    DirectionRequestByVip {
+        vip: IpAddr,
+    },
 }
 
 /// A page of the general nodes an adapter serves.
@@ -351,6 +358,7 @@ impl Message {
             Message::PathChallenge => "PathChallenge",
             Message::PathResponse => "PathResponse",
             Message::RouteUpdate { .. } => "RouteUpdate",
+            Message::DirectionRequestByVip { .. } => "DirectionRequestByVip",
         }
     }
 }
@@ -613,6 +621,7 @@ const MSG_NOTICE_ACK: u8 = 0x10;
 const MSG_PATH_CHALLENGE: u8 = 0x11;
 const MSG_PATH_RESPONSE: u8 = 0x12;
 const MSG_ROUTE_UPDATE: u8 = 0x13;
+const MSG_DIRECTION_REQUEST_BY_VIP: u8 = 0x14;
 
 impl Envelope {
     /// Body layout: `u8 message type || u64 txid || fields`.
@@ -704,6 +713,11 @@ impl Envelope {
             Message::RouteUpdate { fqdn, filter } => {
                 w.u8(MSG_ROUTE_UPDATE).u64(self.txid).str(fqdn);
                 filter.encode(&mut w);
+            }
+            Message::DirectionRequestByVip { vip } => {
+                w.u8(MSG_DIRECTION_REQUEST_BY_VIP)
+                    .u64(self.txid)
+                    .ip_addr(vip);
             }
         }
         w.into_inner()
@@ -804,6 +818,7 @@ impl Envelope {
                 fqdn: r.str("fqdn")?.to_owned(),
                 filter: RouteFilter::decode(&mut r)?,
             },
+            MSG_DIRECTION_REQUEST_BY_VIP => Message::DirectionRequestByVip { vip: r.ip_addr()? },
             other => return Err(SignalError::UnknownMessage(other)),
         };
         r.finish()?;
@@ -1035,6 +1050,12 @@ mod tests {
             Message::RouteUpdate {
                 fqdn: "n2.cyphonic.internal".into(),
                 filter: RouteFilter::default(),
+            },
+            Message::DirectionRequestByVip {
+                vip: IpAddr::V4(Ipv4Addr::new(100, 64, 0, 3)),
+            },
+            Message::DirectionRequestByVip {
+                vip: "fd7a:6379:7068::3".parse().unwrap(),
             },
             Message::DirectionError {
                 code: DirectionErrorCode::Denied,

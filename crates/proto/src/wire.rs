@@ -104,17 +104,20 @@ impl<'a> Reader<'a> {
         Ok(Ipv6Addr::from(self.array::<16>()?))
     }
 
+    /// `u8 family (4 or 6) || address`.
+    pub fn ip_addr(&mut self) -> Result<IpAddr, WireError> {
+        match self.u8()? {
+            4 => Ok(IpAddr::V4(self.ipv4()?)),
+            6 => Ok(IpAddr::V6(self.ipv6()?)),
+            _ => Err(WireError::Invalid {
+                field: "address family",
+            }),
+        }
+    }
+
     /// `u8 family (4 or 6) || address || u16 port`.
     pub fn socket_addr(&mut self) -> Result<SocketAddr, WireError> {
-        let ip = match self.u8()? {
-            4 => IpAddr::V4(self.ipv4()?),
-            6 => IpAddr::V6(self.ipv6()?),
-            _ => {
-                return Err(WireError::Invalid {
-                    field: "address family",
-                })
-            }
-        };
+        let ip = self.ip_addr()?;
         Ok(SocketAddr::new(ip, self.u16()?))
     }
 
@@ -183,12 +186,15 @@ impl Writer {
         self.u16(len as u16).bytes(&b[..len])
     }
 
-    pub fn socket_addr(&mut self, a: &SocketAddr) -> &mut Self {
-        match a.ip() {
+    pub fn ip_addr(&mut self, ip: &IpAddr) -> &mut Self {
+        match ip {
             IpAddr::V4(ip) => self.u8(4).bytes(&ip.octets()),
             IpAddr::V6(ip) => self.u8(6).bytes(&ip.octets()),
-        };
-        self.u16(a.port())
+        }
+    }
+
+    pub fn socket_addr(&mut self, a: &SocketAddr) -> &mut Self {
+        self.ip_addr(&a.ip()).u16(a.port())
     }
 
     /// At most 255 addresses are written; callers bound their lists lower.

@@ -334,19 +334,28 @@ fn configure(al: &mut AdapterLab, report: &mut Report) -> anyhow::Result<()> {
         }),
     );
 
-    // Each general node's resolver: what its lease says.
-    let lease4 = std::fs::read_to_string(dir.join("gn1-4.leases")).unwrap_or_default();
-    let dns4 = lease_value(&lease4, "option domain-name-servers");
-    let dns6 = lease_value(
-        &std::fs::read_to_string(dir.join("gn3-6.leases")).unwrap_or_default(),
-        "option dhcp6.name-servers",
-    );
-    let dns_gn2 = std::fs::read_to_string(dir.join("gn2-dhcpcd.env"))
-        .unwrap_or_default()
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("new_domain_name_servers="))
-        .map(|v| v.split_whitespace().next().unwrap_or_default().to_owned());
+    // Each general node's resolver: what its lease says (the clients
+    // write their lease files after configuring the address: waited for).
+    let read_dns = || {
+        let lease4 = std::fs::read_to_string(dir.join("gn1-4.leases")).unwrap_or_default();
+        let dns4 = lease_value(&lease4, "option domain-name-servers");
+        let dns6 = lease_value(
+            &std::fs::read_to_string(dir.join("gn3-6.leases")).unwrap_or_default(),
+            "option dhcp6.name-servers",
+        );
+        let dns_gn2 = std::fs::read_to_string(dir.join("gn2-dhcpcd.env"))
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("new_domain_name_servers="))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_owned());
+        (dns4, dns6, dns_gn2)
+    };
+    let _ = wait_until("the lease files", Duration::from_secs(10), || {
+        let (a, b, c) = read_dns();
+        Ok((a.is_some() && b.is_some() && c.is_some()).then_some(()))
+    });
+    let (dns4, dns6, dns_gn2) = read_dns();
     report.check(
         "the leases name the adapter as DNS server (dhclient -4, dhcpcd, dhclient -6)",
         (|| {
@@ -423,11 +432,18 @@ pub fn join_with_dhclient4(lab: &mut crate::Lab, ns: &str) -> anyhow::Result<Str
         Duration::from_secs(30),
         || addr_of(lab, ns, "-4", "100."),
     )?;
-    let dns = lease_value(
-        &std::fs::read_to_string(&leases).unwrap_or_default(),
-        "option domain-name-servers",
-    )
-    .with_context(|| format!("{ns}'s lease names no DNS server"))?;
+    // dhclient configures the address (dhclient-script) before it writes
+    // the lease file.
+    let dns = wait_until(
+        &format!("{ns}'s lease file to name a DNS server"),
+        Duration::from_secs(10),
+        || {
+            Ok(lease_value(
+                &std::fs::read_to_string(&leases).unwrap_or_default(),
+                "option domain-name-servers",
+            ))
+        },
+    )?;
     lab.set_resolv_conf(ns, &format!("nameserver {dns}\n"))?;
     Ok(addr)
 }

@@ -87,6 +87,21 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
             Ok(hosts.trim().to_owned())
         })(),
     );
+    let s3 = o.status(2)?;
+    let n3_vip6 = s3["vip6"].as_str().context("n3 has no VIPv6")?.to_owned();
+    report.check(
+        "n2 and n3 ping each other's VIPv4 at the same instant, never looked up: every reply arrives",
+        simultaneous_vip_pings(&mut o),
+    );
+    report.check(
+        &format!("n1 pings n3's VIPv6 {n3_vip6}, never looked up: every reply arrives"),
+        (|| {
+            let out = o.sh(0, &format!("ping -6 -c3 -W3 {n3_vip6}"))?;
+            let (rx, avg) = parse_ping(&out).context("no ping summary")?;
+            ensure!(rx == 3, "{rx}/3 replies:\n{out}");
+            Ok(format!("3/3 replies, avg {avg:.2} ms"))
+        })(),
+    );
     report.check(
         &format!("ping -c3 {n2}"),
         (|| {
@@ -165,6 +180,55 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
         restart_check(&mut o),
     );
     Ok(())
+}
+
+/// n2 and n3, which never looked each other up, start pinging each
+/// other's VIPv4 at the same instant: the first packets start route
+/// selection by VIP on both sides, one route serves both, and no reply is
+/// lost (the first included: the responder's packets must not overtake
+/// its Tunnel Response, protocol §5.4).
+fn simultaneous_vip_pings(o: &mut Overlay) -> anyhow::Result<String> {
+    let vip = |o: &Overlay, i: usize| -> anyhow::Result<String> {
+        Ok(o.status(i)?["vip4"]
+            .as_str()
+            .context("no VIPv4")?
+            .to_owned())
+    };
+    let (v2, v3) = (vip(o, 1)?, vip(o, 2)?);
+    let mut logs = Vec::new();
+    for (i, to) in [(1, &v3), (2, &v2)] {
+        let log = o.lab.dir().join(format!("vip-ping-{i}.log"));
+        let ns = o.nodes[i].ns.clone();
+        let cmd = format!("ping -n -c 5 -i 0.2 -W 3 {to} > {}", log.display());
+        o.lab
+            .spawn(&ns, &["sh", "-c", &cmd], &format!("vip-ping-{i}"), &[])?;
+        logs.push(log);
+    }
+    let outs = wait_until("both pings to end", Duration::from_secs(20), || {
+        let outs: Vec<String> = logs
+            .iter()
+            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            .collect();
+        Ok(outs
+            .iter()
+            .all(|o| o.contains("packets transmitted"))
+            .then_some(outs))
+    })?;
+    let mut figures = Vec::new();
+    for (name, out) in ["n2 -> n3", "n3 -> n2"].iter().zip(&outs) {
+        let (rx, avg) = parse_ping(out).context("no ping summary")?;
+        ensure!(rx == 5, "{name}: {rx}/5 replies:\n{out}");
+        let first = out
+            .lines()
+            .find(|l| l.contains("icmp_seq=1 "))
+            .and_then(|l| l.split("time=").nth(1))
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or("?");
+        figures.push(format!(
+            "{name} 5/5 (first reply {first} ms, avg {avg:.2} ms)"
+        ));
+    }
+    Ok(figures.join("; "))
 }
 
 /// Sends a marker through the tunnel: it must reach n2's TUN device (so it

@@ -68,6 +68,7 @@ mod status;
 mod timers;
 mod tunnel;
 mod types;
+mod vips;
 
 pub use routes::DirectionRefused;
 pub use signaling::RACE_STAGGER;
@@ -80,6 +81,7 @@ use peers::Peers;
 use ping::Pings;
 use signaling::{Signaling, SignalingEvent};
 use tunnel::{EarlyRequests, PeerState};
+use vips::VipWaits;
 
 /// What the parts produce, in order: packets to send and events for the
 /// shell.
@@ -105,6 +107,8 @@ pub struct Node {
     signaling: Signaling,
     peers: Peers,
     dns: DnsWaiters,
+    /// Packets to VIPs no peer holds, waiting for their route.
+    vips: VipWaits,
     pings: Pings,
     early: EarlyRequests,
     mobility: Mobility,
@@ -158,6 +162,7 @@ impl Node {
             signaling,
             peers: Peers::default(),
             dns: DnsWaiters::default(),
+            vips: VipWaits::default(),
             pings: Pings::default(),
             early: EarlyRequests::default(),
             mobility: Mobility::default(),
@@ -216,11 +221,16 @@ impl Node {
             self.dns.next_check(self.config.retransmit)
         }
         .map(|t| (t, TimerReason::SignalRetransmit));
+        let vips = self
+            .vips
+            .next_expiry(self.vip_wait())
+            .map(|t| (t, TimerReason::SignalRetransmit));
         [
             self.signaling.poll_timeout(),
             self.peers.poll_timeout(),
             general,
             dns,
+            vips,
         ]
         .into_iter()
         .flatten()
@@ -324,6 +334,16 @@ impl Node {
             tracing::info!(target = %name, "Direction Request again, with the new session");
             self.signaling
                 .send_direction(now, name, &mut self.rng, &mut self.out);
+        }
+        let orphans: Vec<std::net::IpAddr> = self
+            .vips
+            .vips()
+            .filter(|v| !self.signaling.vip_pending(*v))
+            .collect();
+        for vip in orphans {
+            tracing::info!(%vip, "Direction Request by VIP again, with the new session");
+            self.signaling
+                .send_direction_by_vip(now, vip, &mut self.rng, &mut self.out);
         }
         let own = self.signaling.login().map(|l| resolver::normalize(&l.fqdn));
         for fqdn in std::mem::take(&mut self.resume) {
@@ -593,9 +613,22 @@ impl Node {
             }
             SignalingEvent::DirectionToInitiator {
                 target,
+                vip,
                 before_move,
                 direction,
-            } => self.on_direction_to_initiator(now, target, before_move, direction),
+            } => {
+                let (vip4, vip6) = (direction.peer.vip4, direction.peer.vip6);
+                if let Some(vip) = vip.filter(|v| *v != vip4 && *v != vip6) {
+                    tracing::warn!(%vip, peer = %direction.peer.fqdn, "route direction for another VIP");
+                    self.counters.outbound_no_route += self.vips.fail(now, vip, false) as u64;
+                    return;
+                }
+                self.on_direction_to_initiator(now, target, before_move, direction)
+            }
+            SignalingEvent::VipFailed { vip, rcode } => {
+                let unknown = rcode != ResponseCode::ServFail;
+                self.counters.outbound_no_route += self.vips.fail(now, vip, unknown) as u64;
+            }
             SignalingEvent::DirectionFailed { target, rcode } => {
                 if rcode != ResponseCode::ServFail {
                     self.dns
@@ -658,7 +691,7 @@ impl Node {
             return;
         };
         let Some(fqdn) = self.peers.name_by_vip(dst).cloned() else {
-            self.counters.outbound_no_route += 1;
+            self.outbound_to_vip(now, dst, packet);
             return;
         };
         let Some(mut peer) = self.peers.get_mut(&fqdn) else {
@@ -693,7 +726,69 @@ impl Node {
                 drop(peer);
                 self.seal_to(&tunnel, tunnel.path, packet);
             }
-            None => self.counters.outbound_no_route += 1,
+            None => {
+                // Its route failed: the application still wants the peer,
+                // so the route is selected anew (as a DNS query would);
+                // this packet is lost, a later one finds the tunnel.
+                let failed = peer.failed();
+                drop(peer);
+                self.counters.outbound_no_route += 1;
+                if failed && self.signaling.registered() && !self.signaling.direction_pending(&fqdn)
+                {
+                    tracing::info!(peer = %fqdn, "Direction Request for a failed peer's packet");
+                    self.signaling
+                        .send_direction(now, fqdn, &mut self.rng, &mut self.out);
+                }
+            }
+        }
+    }
+
+    /// How long packets to a VIP wait for its route: the Direction
+    /// Request's own deadline, and a retransmission's worth more.
+    fn vip_wait(&self) -> std::time::Duration {
+        self.config.direction_timeout + self.config.retransmit
+    }
+
+    /// A packet to `dst`, which no peer holds: when it is a VIP of the
+    /// overlay, it waits while the NMS is asked who holds it (the first
+    /// such packet asks).
+    fn outbound_to_vip(&mut self, now: Instant, dst: std::net::IpAddr, packet: &[u8]) {
+        let own = self
+            .signaling
+            .login()
+            .is_some_and(|l| dst == l.vip4 || dst == l.vip6);
+        if !routes::overlay_vip(dst) || own || !self.signaling.registered() {
+            self.counters.outbound_no_route += 1;
+            return;
+        }
+        match self.vips.hold(now, dst, packet, self.config.max_queued) {
+            vips::Hold::Ask => {
+                tracing::info!(vip = %dst, "Direction Request by VIP");
+                self.counters.directions_by_vip += 1;
+                self.signaling
+                    .send_direction_by_vip(now, dst, &mut self.rng, &mut self.out);
+            }
+            vips::Hold::Held => {}
+            vips::Hold::Full => self.counters.outbound_queue_full += 1,
+            vips::Hold::Unknown => self.counters.outbound_no_route += 1,
+        }
+    }
+
+    /// A route to the peer with these VIPs is set up: packets that waited
+    /// for one of them go the way of any packet to the peer (its filter,
+    /// then its queue), and a question by VIP still open is moot.
+    fn vips_routed(&mut self, now: Instant, vips: [std::net::IpAddr; 2]) {
+        for vip in vips {
+            self.signaling.cancel_vip_directions(vip);
+        }
+        let held = self.vips.take(&vips);
+        if self.peers.name_by_vip(vips[0]).is_none() {
+            // The route was not installed (the peer table is full).
+            self.counters.outbound_no_route += held.len() as u64;
+            return;
+        }
+        for packet in held {
+            self.handle_outbound(now, &packet);
         }
     }
 
@@ -781,6 +876,12 @@ impl Node {
         }
         for fqdn in self.peers.due(now) {
             self.peer_timers(now, &fqdn);
+        }
+        for vip in self.vips.expired(now, self.vip_wait()) {
+            // Its question went with a session that ended, and no new one
+            // came in time.
+            tracing::info!(%vip, "no route for the VIP in time: its packets are dropped");
+            self.counters.outbound_no_route += self.vips.fail(now, vip, false) as u64;
         }
         let (check_after, wait) = (self.config.retransmit, self.config.dns_cloud_wait);
         if self.dns.check_due(now, check_after) {

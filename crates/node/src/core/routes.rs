@@ -33,6 +33,18 @@ pub enum DirectionRefused {
     },
 }
 
+/// Whether `ip` lies in the overlay's VIP ranges: the shared address
+/// space 100.64.0.0/10 (RFC 6598) or the unique local fc00::/7 (RFC 4193).
+pub(crate) fn overlay_vip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            o[0] == 100 && (o[1] & 0xc0) == 64
+        }
+        std::net::IpAddr::V6(v6) => v6.segments()[0] & 0xfe00 == 0xfc00,
+    }
+}
+
 /// Why the tunnel takes the path its route's pattern gives, for status.
 fn path_reason(d: &RouteDirection) -> String {
     match d.pattern {
@@ -134,6 +146,7 @@ impl Node {
         };
         let deadline = now + self.config.handshake_timeout * 2;
         let punch = direction.punch;
+        let vips = [direction.peer.vip4.into(), direction.peer.vip6.into()];
         if direction.via == Transport::Quic {
             for addr in &direction.peer.endpoints {
                 self.out.events.push_back(NodeEvent::LegName {
@@ -167,6 +180,7 @@ impl Node {
                 self.on_tunnel_request(now, path, &packet);
             }
         }
+        self.vips_routed(now, vips);
     }
 
     fn check_direction(&self, d: &RouteDirection) -> Result<(), DirectionRefused> {
@@ -196,9 +210,7 @@ impl Node {
                 }
             }
         }
-        let o = d.peer.vip4.octets();
-        let v4_shared = o[0] == 100 && (o[1] & 0xc0) == 64;
-        if !v4_shared || d.peer.vip6.segments()[0] & 0xfe00 != 0xfc00 {
+        if !overlay_vip(d.peer.vip4.into()) || !overlay_vip(d.peer.vip6.into()) {
             return Err(DirectionRefused::OutsideOverlay);
         }
         Ok(())

@@ -8,7 +8,7 @@
 //! Direction Requests to send. Packets and [`NodeEvent::NeedLogin`] go
 //! straight to the shared [`Outbox`].
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cyphonic_proto::signal::{
@@ -26,6 +26,7 @@ use super::types::{
     Leg, Login, LoginReason, NodeConfig, NodeCounters, NodeEvent, TimerReason, Transport,
 };
 use super::Outbox;
+use crate::resolver;
 use cyphonic_proto::nat::{NatKind, NetInfo};
 
 /// Between adding one transport to a Registration race and the next.
@@ -52,13 +53,18 @@ pub(crate) enum SignalingEvent {
         direction: RouteDirection,
     },
     DirectionToInitiator {
-        /// The name the Direction Request asked for.
+        /// The name the Direction Request asked for (for one by VIP, the
+        /// name the direction gives).
         target: Fqdn,
+        /// The VIP a Direction Request by VIP asked for.
+        vip: Option<IpAddr>,
         before_move: bool,
         direction: RouteDirection,
     },
     /// Route selection for `target` failed or timed out.
     DirectionFailed { target: Fqdn, rcode: ResponseCode },
+    /// Route selection for the holder of `vip` failed or timed out.
+    VipFailed { vip: IpAddr, rcode: ResponseCode },
     /// A page of the general nodes this adapter serves.
     GeneralNodes(GeneralNodes),
     /// The node `fqdn` with certificate `cert_serial` left the overlay.
@@ -418,6 +424,33 @@ impl Signaling {
         );
     }
 
+    /// A Direction Request for the node holding `vip`.
+    pub fn send_direction_by_vip(
+        &mut self,
+        now: Instant,
+        vip: IpAddr,
+        rng: &mut StdRng,
+        out: &mut Outbox,
+    ) {
+        let timeout = self.config.direction_timeout;
+        self.send_request(
+            now,
+            RequestKind::Direction,
+            Message::DirectionRequestByVip { vip },
+            None,
+            timeout,
+            rng,
+            out,
+        );
+    }
+
+    /// Whether a Direction Request for the holder of `vip` is in flight.
+    pub fn vip_pending(&self, vip: IpAddr) -> bool {
+        self.requests
+            .find(|r| by_vip(&r.message) == Some(vip))
+            .is_some()
+    }
+
     /// An Information Request for the general nodes from `offset` on.
     pub fn send_information(
         &mut self,
@@ -519,6 +552,13 @@ impl Signaling {
     pub fn cancel_directions(&mut self, target: &str) {
         self.requests
             .retain(|r| !(r.kind == RequestKind::Direction && r.target.as_deref() == Some(target)));
+    }
+
+    /// Forgets our own Direction Requests by VIP for `vip`: a route to its
+    /// holder is set up.
+    pub fn cancel_vip_directions(&mut self, vip: IpAddr) {
+        self.requests
+            .retain(|r| !(r.kind == RequestKind::Direction && by_vip(&r.message) == Some(vip)));
     }
 
     /// A move: routes being selected now are chosen from our old
@@ -704,8 +744,15 @@ impl Signaling {
             }
             Message::RouteDirectionToInitiator(direction) => {
                 let req = self.take_request(env.txid, RequestKind::Direction)?;
+                let vip = by_vip(&req.message);
+                let target = match (req.target, vip) {
+                    (Some(t), _) => t,
+                    (None, Some(_)) => resolver::normalize(&direction.peer.fqdn),
+                    (None, None) => Fqdn::default(),
+                };
                 Some(SignalingEvent::DirectionToInitiator {
-                    target: req.target.unwrap_or_default(),
+                    target,
+                    vip,
                     before_move: req.before_move,
                     direction,
                 })
@@ -743,7 +790,11 @@ impl Signaling {
             }
             Message::DirectionError { code, message } => {
                 let req = self.take_request(env.txid, RequestKind::Direction)?;
-                let target = req.target.unwrap_or_default();
+                let vip = by_vip(&req.message);
+                let target = match vip {
+                    Some(vip) => vip.to_string(),
+                    None => req.target.clone().unwrap_or_default().to_string(),
+                };
                 tracing::info!(%target, ?code, %message, "route selection failed");
                 let rcode = match code {
                     DirectionErrorCode::NotFound => ResponseCode::NXDomain,
@@ -754,7 +805,13 @@ impl Signaling {
                     }
                     _ => ResponseCode::ServFail,
                 };
-                Some(SignalingEvent::DirectionFailed { target, rcode })
+                Some(match vip {
+                    Some(vip) => SignalingEvent::VipFailed { vip, rcode },
+                    None => SignalingEvent::DirectionFailed {
+                        target: req.target.unwrap_or_default(),
+                        rcode,
+                    },
+                })
             }
             other => {
                 counters.signal_rx_bad += 1;
@@ -854,12 +911,14 @@ impl Signaling {
                 return Ok(Some(SignalingEvent::NatKnown));
             }
             RequestKind::Direction => {
+                let rcode = ResponseCode::ServFail;
+                if let Some(vip) = by_vip(&r.message) {
+                    tracing::warn!(%vip, "Direction Request by VIP timed out");
+                    return Ok(Some(SignalingEvent::VipFailed { vip, rcode }));
+                }
                 let target = r.target.unwrap_or_default();
                 tracing::warn!(%target, "Direction Request timed out");
-                return Ok(Some(SignalingEvent::DirectionFailed {
-                    target,
-                    rcode: ResponseCode::ServFail,
-                }));
+                return Ok(Some(SignalingEvent::DirectionFailed { target, rcode }));
             }
         }
         Ok(None)
@@ -886,6 +945,14 @@ impl Signaling {
         // A keepalive may wait for its answer at most until the next one.
         let timeout = sig.login.keepalive.min(Duration::from_secs(5));
         self.send_keepalive(now, timeout, rng, out);
+    }
+}
+
+/// The VIP a Direction Request by VIP asks for.
+fn by_vip(message: &Message) -> Option<IpAddr> {
+    match message {
+        Message::DirectionRequestByVip { vip } => Some(*vip),
+        _ => None,
     }
 }
 

@@ -404,6 +404,9 @@ pub struct NodeCounters {
     pub handshake_failures: u64,
     pub outbound_no_route: u64,
     pub outbound_queue_full: u64,
+    /// Route selections started by a packet to a VIP no peer held (a
+    /// Direction Request by VIP).
+    pub directions_by_vip: u64,
     pub dns_overlay_queries: u64,
     pub punches_sent: u64,
     pub punches_received: u64,

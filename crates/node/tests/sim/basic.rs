@@ -578,6 +578,112 @@ fn both_ends_sending_at_once_lose_nothing() {
     exchange(&mut sim, 1, 2, "after");
 }
 
+/// A packet to a peer's VIP that nobody looked up by name (an address
+/// typed by hand, or cached across a restart) starts route selection by
+/// VIP, waits for the tunnel, and arrives; so does everything sent
+/// meanwhile, over IPv4 and IPv6.
+#[test]
+fn a_packet_to_a_vip_nobody_looked_up_arrives() {
+    let mut sim = registered(SimConfig::new(one_seed(9), 3));
+    let sent: Vec<Vec<u8>> = vec![
+        ipv4_packet(vip4(1), vip4(2), b"first by v4"),
+        ipv6_packet(vip6(1), vip6(2), b"then by v6"),
+        ipv4_packet(vip4(1), vip4(2), b"and v4 again"),
+    ];
+    for p in &sent {
+        sim.send_app(1, p);
+    }
+    // One question per VIP: nothing tells the two apart before the answer.
+    assert_eq!(sim.count("DirectionRequestByVip").0, 2);
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.node(2).received.len() >= 3));
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        sim.node(2).received_from("n1.cyphonic.internal"),
+        sent.iter().map(Vec::as_slice).collect::<Vec<_>>()
+    );
+    let c = sim.node(1).node.counters();
+    assert_eq!((c.directions_by_vip, c.outbound_no_route), (2, 0));
+    assert_eq!(sim.node(1).handshakes(), 1, "one route, one handshake");
+    // n3's IPv6 VIP first: the same, by the other family.
+    let to3 = ipv6_packet(vip6(1), vip6(3), b"to n3 by v6");
+    sim.send_app(1, &to3);
+    assert!(sim.run_until(Duration::from_secs(2), |s| !s.node(3).received.is_empty()));
+    assert_eq!(
+        sim.node(3).received_from("n1.cyphonic.internal"),
+        vec![&to3[..]]
+    );
+    exchange(&mut sim, 1, 2, "after");
+    exchange(&mut sim, 1, 3, "after");
+}
+
+/// Both ends send to each other's VIP at the same instant, nothing looked
+/// up, with the daemon's lag between data plane and control task: one
+/// route serves both questions, and every packet arrives.
+#[test]
+fn both_ends_sending_to_each_others_vip_at_once_lose_nothing() {
+    let mut config = SimConfig::new(one_seed(10), 2);
+    config.control_lag = Duration::from_millis(5);
+    let mut sim = registered(config);
+    let from1: Vec<Vec<u8>> = (0..3)
+        .map(|i| ipv4_packet(vip4(1), vip4(2), format!("one {i}").as_bytes()))
+        .collect();
+    let from2: Vec<Vec<u8>> = (0..3)
+        .map(|i| ipv6_packet(vip6(2), vip6(1), format!("two {i}").as_bytes()))
+        .collect();
+    for (a, b) in from1.iter().zip(&from2) {
+        sim.send_app(1, a);
+        sim.send_app(2, b);
+    }
+    assert!(
+        sim.run_until(Duration::from_secs(3), |s| s.node(1).received.len()
+            >= from2.len()
+            && s.node(2).received.len() >= from1.len())
+    );
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(
+        sim.node(2).received_from("n1.cyphonic.internal"),
+        from1.iter().map(Vec::as_slice).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sim.node(1).received_from("n2.cyphonic.internal"),
+        from2.iter().map(Vec::as_slice).collect::<Vec<_>>()
+    );
+    for n in [1, 2] {
+        assert_eq!(sim.node(n).data_rx_bad, 0);
+        assert_eq!(sim.node(n).handshakes(), 1, "one route, one handshake");
+        assert_eq!(sim.node(n).node.counters().outbound_no_route, 0);
+    }
+}
+
+/// A VIP no node holds: the packets are dropped and counted once the NMS
+/// says so, and for a few seconds later packets to it ask nothing.
+#[test]
+fn a_vip_nobody_holds_is_dropped_without_asking_again_at_once() {
+    let mut sim = registered(SimConfig::new(one_seed(11), 1));
+    let nobody = std::net::Ipv4Addr::new(100, 64, 0, 250);
+    sim.send_app(1, &ipv4_packet(vip4(1), nobody, b"a"));
+    sim.send_app(1, &ipv4_packet(vip4(1), nobody, b"b"));
+    assert!(sim.run_until(Duration::from_secs(1), |s| s
+        .node(1)
+        .node
+        .counters()
+        .outbound_no_route
+        == 2));
+    sim.send_app(1, &ipv4_packet(vip4(1), nobody, b"c"));
+    assert_eq!(sim.node(1).node.counters().outbound_no_route, 3);
+    assert_eq!(sim.count("DirectionRequestByVip").0, 1);
+    // An address outside the overlay's ranges asks nothing at all.
+    sim.send_app(
+        1,
+        &ipv4_packet(vip4(1), std::net::Ipv4Addr::new(192, 0, 2, 1), b"d"),
+    );
+    sim.run_for(Duration::from_secs(4));
+    assert_eq!(sim.count("DirectionRequestByVip").0, 1);
+    assert_eq!(sim.node(1).node.counters().outbound_no_route, 4);
+    sim.send_app(1, &ipv4_packet(vip4(1), nobody, b"e"));
+    assert_eq!(sim.count("DirectionRequestByVip").0, 2, "asked again later");
+}
+
 // ---- 6. Refusals -------------------------------------------------------
 
 /// `n1` (honest) and a node with a bad certificate: after the lookup from
