@@ -257,6 +257,10 @@ enum NodeCmd {
         /// Use TUN segmentation offloads.
         #[arg(long)]
         offload: bool,
+        /// Do not ask the router for a port mapping (PCP or NAT-PMP) for
+        /// the tunnel port.
+        #[arg(long)]
+        no_port_mapping: bool,
         /// Tunnel keepalive interval in seconds: holds NAT bindings and
         /// detects dead paths (after three silent intervals).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -585,6 +589,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             dns_listen,
             no_dns,
             offload,
+            no_port_mapping,
             keepalive,
             rekey_after,
             transport,
@@ -599,6 +604,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 tun_name: tun,
                 dns_listen: (!no_dns).then_some(dns_listen),
                 offload,
+                port_mapping: !no_port_mapping,
                 keepalive: std::time::Duration::from_secs(keepalive),
                 rekey_after: std::time::Duration::from_secs(rekey_after),
                 transport: transport.0,

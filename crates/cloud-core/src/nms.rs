@@ -345,6 +345,8 @@ pub struct Registration {
     pub transport: cyphonic_proto::Transport,
     /// Its QUIC listener port (0: none).
     pub quic_port: u16,
+    /// The public IPv4 address its router's port mapping gives it.
+    pub mapped: Option<SocketAddr>,
 }
 
 impl Registration {
@@ -355,6 +357,7 @@ impl Registration {
             observed_probe: self.observed_probe,
             transport: self.transport,
             quic_port: self.quic_port,
+            mapped: self.mapped,
         }
     }
 
@@ -1620,6 +1623,9 @@ impl Nms {
             last_seen: now,
             transport: req.transport,
             quic_port: req.quic_port,
+            mapped: req
+                .mapped
+                .filter(|m| m.is_ipv4() && usable_endpoint(m.ip()) && m.port() != 0),
         });
         let fqdn = session.info.fqdn.clone();
         let response = Message::RegistrationResponse(RegistrationResponse {
@@ -2522,6 +2528,7 @@ mod tests {
                 local_addrs: vec![from],
                 transport: cyphonic_proto::Transport::Udp,
                 quic_port: 0,
+                mapped: None,
             }),
         });
         nms.handle_datagram(now, local, from, &reg);
@@ -2760,6 +2767,7 @@ mod tests {
                 local_addrs: vec![moved],
                 transport: cyphonic_proto::Transport::Udp,
                 quic_port: 0,
+                mapped: None,
             }),
         });
         nms.handle_datagram(now, local, moved, &reg);
@@ -3196,6 +3204,7 @@ mod tests {
                 local_addrs: vec![at("198.51.100.20:4501")],
                 transport: cyphonic_proto::Transport::Udp,
                 quic_port: 0,
+                mapped: None,
             }),
         })
     }

@@ -34,13 +34,17 @@ impl Endpoints for NetInfo {
     }
 
     fn has_v4(&self) -> bool {
-        self.observed.is_ipv4() || self.local_addrs.iter().any(|a| a.is_ipv4())
+        self.observed.is_ipv4()
+            || self.local_addrs.iter().any(|a| a.is_ipv4())
+            || self.mapped.is_some_and(|m| m.is_ipv4())
     }
 
-    /// The IPv4 address other nodes reach this one at (its NAT's mapping,
-    /// or its own address), if known.
+    /// The IPv4 address other nodes reach this one at (a port mapping its
+    /// router granted, its NAT's mapping, or its own address), if known.
     fn v4_public(&self) -> Option<SocketAddr> {
-        self.observed.is_ipv4().then_some(self.observed)
+        self.mapped
+            .filter(SocketAddr::is_ipv4)
+            .or(self.observed.is_ipv4().then_some(self.observed))
     }
 
     /// Where peers dial this node's QUIC listener: its global IPv6
@@ -211,11 +215,10 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
     }
     let (mn_nat, cn_nat) = (mn.nat(), cn.nat());
     let natted = |k: NatKind| k != NatKind::None;
-    if natted(mn_nat)
-        && natted(cn_nat)
-        && mn.v4_public().is_some()
-        && mn.v4_public().map(|a| a.ip()) == cn.v4_public().map(|a| a.ip())
-    {
+    // Behind a NAT, a port mapping on it or not: two such nodes seen from
+    // one address share it, and reach each other on their LAN.
+    let behind = |n: &NetInfo| natted(n.nat()) || n.mapped.is_some();
+    if behind(mn) && behind(cn) && mn.observed.is_ipv4() && mn.observed.ip() == cn.observed.ip() {
         return RouteDecision {
             pattern: RoutePattern::Direct,
             initiator: Initiator::Mn,
@@ -413,6 +416,7 @@ mod tests {
                 observed_probe: Some(a(&format!("[2001:db8::1{n}]:4501"))),
                 transport: Transport::Udp,
                 quic_port: 0,
+                mapped: None,
             },
             P::V4 => NetInfo {
                 local_addrs: vec![a(&format!("192.0.2.1{n}:4501"))],
@@ -420,6 +424,7 @@ mod tests {
                 observed_probe: Some(a(&format!("192.0.2.1{n}:4501"))),
                 transport: Transport::Udp,
                 quic_port: 0,
+                mapped: None,
             },
             P::Ds => NetInfo {
                 local_addrs: vec![
@@ -430,6 +435,7 @@ mod tests {
                 observed_probe: Some(a(&format!("192.0.2.2{n}:4501"))),
                 transport: Transport::Udp,
                 quic_port: 0,
+                mapped: None,
             },
             P::Eim => NetInfo {
                 local_addrs: vec![a(&format!("198.51.100.1{n}:4501"))],
@@ -437,6 +443,7 @@ mod tests {
                 observed_probe: Some(a(&format!("192.0.2.10{n}:4501"))),
                 transport: Transport::Udp,
                 quic_port: 0,
+                mapped: None,
             },
             P::Sym => NetInfo {
                 local_addrs: vec![a(&format!("203.0.113.1{n}:4501"))],
@@ -444,6 +451,7 @@ mod tests {
                 observed_probe: Some(a(&format!("192.0.2.11{n}:40002"))),
                 transport: Transport::Udp,
                 quic_port: 0,
+                mapped: None,
             },
         }
     }
@@ -539,6 +547,51 @@ mod tests {
         b.observed = a("192.0.2.101:5000");
         b.observed_probe = Some(b.observed);
         let d = decide_route(&node(P::Eim, 1), &b);
+        assert_eq!(d.pattern, RoutePattern::Direct);
+        assert_eq!(d.cn_endpoints, vec![a("198.51.100.99:4501")]);
+    }
+
+    /// A node whose router mapped its tunnel port counts as reachable at
+    /// the mapping, against every placement: its peers send to the mapped
+    /// address, and a NATed peer initiates (nothing has to cross from the
+    /// mapped side first). Two mapped nodes behind one router stay on
+    /// their LAN.
+    #[test]
+    fn a_port_mapping_makes_a_node_reachable() {
+        let mut mapped = node(P::Eim, 1);
+        mapped.mapped = Some(a("192.0.2.101:30001"));
+        assert_eq!(mapped.nat(), NatKind::None);
+        for other in [P::V4, P::Ds, P::Eim, P::Sym] {
+            for (mn, cn, mapped_is_cn) in [
+                (&mapped, &node(other, 2), false),
+                (&node(other, 2), &mapped, true),
+            ] {
+                let d = decide_route(mn, cn);
+                assert_ne!(d.pattern, RoutePattern::Relayed, "{other:?}");
+                let to_mapped = if mapped_is_cn {
+                    &d.cn_endpoints
+                } else {
+                    &d.mn_endpoints
+                };
+                assert_eq!(to_mapped[0], a("192.0.2.101:30001"), "{other:?}");
+                assert!(!d.punch, "{other:?}: nothing punches");
+                if matches!(other, P::Eim | P::Sym) {
+                    // The NATed side sends first.
+                    let natted_initiates = if mapped_is_cn {
+                        d.initiator == Initiator::Mn
+                    } else {
+                        d.initiator == Initiator::Cn
+                    };
+                    assert!(natted_initiates, "{other:?}");
+                }
+            }
+        }
+        let mut twin = node(P::Eim, 1);
+        twin.local_addrs = vec![a("198.51.100.99:4501")];
+        twin.observed = a("192.0.2.101:5000");
+        twin.observed_probe = Some(twin.observed);
+        twin.mapped = Some(a("192.0.2.101:30002"));
+        let d = decide_route(&mapped, &twin);
         assert_eq!(d.pattern, RoutePattern::Direct);
         assert_eq!(d.cn_endpoints, vec![a("198.51.100.99:4501")]);
     }

@@ -174,6 +174,7 @@ async fn registration_over(transport: Transport) {
             local_addrs: vec!["192.0.2.10:4600".parse().unwrap()],
             transport,
             quic_port: 0,
+            mapped: None,
         }),
     };
     let to = cloud.addr(transport);

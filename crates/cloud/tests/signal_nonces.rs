@@ -44,6 +44,7 @@ fn one_run(nms: &mut Nms, node: &mut SignalCipher, txid: &mut u64) -> Vec<[u8; 1
         local_addrs: vec![from],
         transport: Transport::Udp,
         quic_port: 0,
+        mapped: None,
     })];
     messages.extend(std::iter::repeat_n(Message::KeepAlive, 3));
     let mut nonces = Vec::new();
@@ -136,6 +137,7 @@ fn a_run_seals_nothing_past_its_reserved_range() {
             local_addrs: vec![from],
             transport: Transport::Udp,
             quic_port: 0,
+            mapped: None,
         }),
         Message::KeepAlive,
         Message::KeepAlive,

@@ -103,6 +103,27 @@ pub fn default_routes() -> Vec<String> {
     Vec::new()
 }
 
+/// The gateway of the IPv4 default route, if there is one.
+#[cfg(target_os = "linux")]
+pub fn default_gateway_v4() -> Option<std::net::Ipv4Addr> {
+    let text = std::fs::read_to_string("/proc/net/route").ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Iface Destination Gateway Flags ... Mask: the gateway is the
+        // address's bytes read as a native-endian word, in hex.
+        (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000")
+            .then(|| u32::from_str_radix(f[2], 16).ok())
+            .flatten()
+            .filter(|g| *g != 0)
+            .map(|g| std::net::Ipv4Addr::from(g.to_ne_bytes()))
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn default_gateway_v4() -> Option<std::net::Ipv4Addr> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

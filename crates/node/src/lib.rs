@@ -11,4 +11,5 @@ pub mod datapath;
 pub mod dataplane;
 pub mod filter;
 pub mod host;
+pub mod portmap;
 pub mod resolver;

@@ -22,6 +22,9 @@ pub struct NetInfo {
     pub transport: Transport,
     /// Its QUIC listener port (0: none).
     pub quic_port: u16,
+    /// The public address a port mapping (PCP, NAT-PMP) on its router
+    /// gives its tunnel port: peers reach it there, as a node without NAT.
+    pub mapped: Option<SocketAddr>,
 }
 
 impl NetInfo {
@@ -37,6 +40,7 @@ impl NetInfo {
             observed_probe,
             transport: Transport::Udp,
             quic_port: 0,
+            mapped: None,
         }
     }
 }
@@ -84,6 +88,11 @@ impl NetInfo {
             // mapping is unknown (and native UDP does not get out anyway).
             return NatKind::Unknown;
         }
+        if self.mapped.is_some_and(|m| m.is_ipv4()) {
+            // Its router forwards the mapped port to it: reachable like a
+            // node with its own address, whatever its NAT does outbound.
+            return NatKind::None;
+        }
         if !self.observed.is_ipv4() {
             // Registered over IPv6: global IPv6 needs no NAT; its IPv4, if
             // any, was never observed.
@@ -117,6 +126,7 @@ mod tests {
             observed_probe: probe.map(|p| p.parse().expect("addr")),
             transport: Transport::Udp,
             quic_port: 0,
+            mapped: None,
         }
     }
 

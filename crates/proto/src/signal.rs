@@ -379,6 +379,10 @@ pub struct RegistrationRequest {
     /// The node's QUIC listener port on its addresses (0: none): peers may
     /// dial it for a direct QUIC path.
     pub quic_port: u16,
+    /// A port mapping its router granted for the tunnel port (PCP or
+    /// NAT-PMP): the public address peers reach it at, whatever its NAT
+    /// does to packets it sends.
+    pub mapped: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -633,6 +637,10 @@ impl Envelope {
                 w.bytes(&r.static_public).u16(r.tunnel_port);
                 w.socket_addrs(&r.local_addrs[..r.local_addrs.len().min(MAX_ENDPOINTS)]);
                 w.u8(r.transport.to_u8()).u16(r.quic_port);
+                match &r.mapped {
+                    Some(m) => w.u8(1).socket_addr(m),
+                    None => w.u8(0),
+                };
             }
             Message::RegistrationResponse(r) => {
                 w.u8(MSG_REGISTRATION_RESPONSE).u64(self.txid);
@@ -740,12 +748,23 @@ impl Envelope {
                 }
                 let transport = transport(r.u8()?)?;
                 let quic_port = r.u16()?;
+                let mapped = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.socket_addr()?),
+                    _ => {
+                        return Err(WireError::Invalid {
+                            field: "mapped flag",
+                        }
+                        .into())
+                    }
+                };
                 Message::RegistrationRequest(RegistrationRequest {
                     static_public,
                     tunnel_port,
                     local_addrs,
                     transport,
                     quic_port,
+                    mapped,
                 })
             }
             MSG_REGISTRATION_RESPONSE => Message::RegistrationResponse(RegistrationResponse {
@@ -997,6 +1016,7 @@ mod tests {
                 ],
                 transport: Transport::Tcp,
                 quic_port: 443,
+                mapped: Some("192.0.2.101:4501".parse().unwrap()),
             }),
             Message::RegistrationResponse(RegistrationResponse {
                 fqdn: "n1.cyphonic.internal".into(),

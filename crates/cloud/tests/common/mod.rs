@@ -320,6 +320,7 @@ pub fn registration(local: SocketAddr) -> Message {
         local_addrs: vec![local],
         transport: cyphonic_proto::Transport::Udp,
         quic_port: 0,
+        mapped: None,
     })
 }
 

@@ -109,6 +109,8 @@ pub struct Node {
     dns: DnsWaiters,
     /// Packets to VIPs no peer holds, waiting for their route.
     vips: VipWaits,
+    /// The port mapping the daemon keeps on the router, if granted.
+    port_mapping: Option<PortMapping>,
     pings: Pings,
     early: EarlyRequests,
     mobility: Mobility,
@@ -163,6 +165,7 @@ impl Node {
             peers: Peers::default(),
             dns: DnsWaiters::default(),
             vips: VipWaits::default(),
+            port_mapping: None,
             pings: Pings::default(),
             early: EarlyRequests::default(),
             mobility: Mobility::default(),
@@ -740,6 +743,20 @@ impl Node {
                         .send_direction(now, fqdn, &mut self.rng, &mut self.out);
                 }
             }
+        }
+    }
+
+    /// The router granted a port mapping for the tunnel port, moved it, or
+    /// it is gone (`None`): the NMS hands it to peers as this node's
+    /// address (a node reachable there is treated as one without NAT), so
+    /// it hears of a change at once.
+    pub fn handle_port_mapping(&mut self, now: Instant, mapping: Option<PortMapping>) {
+        let addr = mapping.as_ref().map(|m| m.external);
+        self.port_mapping = mapping;
+        if self.signaling.set_mapped(addr) && self.signaling.registered() {
+            tracing::info!(mapped = ?addr, "port mapping changed: registering again");
+            self.signaling
+                .send_registration(now, &mut self.rng, &mut self.out);
         }
     }
 

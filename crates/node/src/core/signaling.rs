@@ -81,6 +81,9 @@ pub(crate) struct Signaling {
     config: NodeConfig,
     static_public: [u8; 32],
     local_addrs: Vec<SocketAddr>,
+    /// The public address the router's port mapping gives the tunnel
+    /// port, if any: registrations carry it.
+    mapped: Option<SocketAddr>,
     session: Option<Session>,
     login_requested: bool,
     requests: Requests,
@@ -104,6 +107,7 @@ impl Signaling {
             config,
             static_public,
             local_addrs: Vec::new(),
+            mapped: None,
             session: None,
             login_requested: false,
             requests: Requests::default(),
@@ -215,6 +219,7 @@ impl Signaling {
                 observed_probe: self.observed_probe(),
                 transport: self.signaling_transport(),
                 quic_port: self.config.quic_port,
+                mapped: self.mapped,
             }
             .nat(),
             None => NatKind::Unknown,
@@ -291,7 +296,13 @@ impl Signaling {
             local_addrs: self.local_addrs.clone(),
             transport,
             quic_port: self.config.quic_port,
+            mapped: self.mapped,
         })
+    }
+
+    /// Sets the port mapping registrations carry; whether it changed.
+    pub fn set_mapped(&mut self, mapped: Option<SocketAddr>) -> bool {
+        std::mem::replace(&mut self.mapped, mapped) != mapped
     }
 
     /// Whether the transport is ours to choose (not forced) and a cheaper

@@ -10,7 +10,7 @@ use cyphonic_proto::signal::RoutePattern;
 use serde::Serialize;
 
 use super::path::path_kind;
-use super::types::{NodeCounters, TunnelRole, TunnelStats};
+use super::types::{NodeCounters, PortMapping, TunnelRole, TunnelStats};
 use super::Node;
 
 impl Node {
@@ -37,6 +37,7 @@ impl Node {
                 transport_forced: self.config.transport.is_some(),
                 away: self.signaling.cloud_away(),
                 refused: self.refused.clone(),
+                port_mapping: self.port_mapping.clone(),
             },
             peers: self
                 .peers
@@ -148,6 +149,9 @@ pub struct CloudStatus {
     pub transport: String,
     /// The transport was forced by configuration, not chosen.
     pub transport_forced: bool,
+    /// The port mapping the router granted for the tunnel port, which the
+    /// NMS hands to peers as this node's address.
+    pub port_mapping: Option<PortMapping>,
     /// The NMS left a request unanswered and said nothing since: overlay
     /// names it would have to resolve fail at once.
     pub away: bool,

@@ -397,6 +397,17 @@ pub enum TimerReason {
     Path,
 }
 
+/// A port mapping the node's router granted (PCP or NAT-PMP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortMapping {
+    /// "pcp" or "nat-pmp".
+    pub protocol: String,
+    /// The public address the router forwards to the tunnel port.
+    pub external: SocketAddr,
+    /// The lifetime the router granted (renewed at half of it).
+    pub lifetime_secs: u64,
+}
+
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct NodeCounters {
     pub signal_rx_bad: u64,

@@ -136,6 +136,15 @@ pub fn render_status(v: &serde_json::Value) -> String {
         cloud["registered"],
         s(&cloud["observed"])
     ));
+    let mapping = &cloud["port_mapping"];
+    if mapping.is_object() {
+        out.push_str(&format!(
+            "port mapping: {} ({}, {} s)\n",
+            s(&mapping["external"]),
+            s(&mapping["protocol"]),
+            mapping["lifetime_secs"]
+        ));
+    }
     let peers = v["peers"].as_array().cloned().unwrap_or_default();
     if peers.is_empty() {
         out.push_str("no peers yet\n");

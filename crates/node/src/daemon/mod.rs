@@ -131,6 +131,8 @@ pub struct RunOptions {
     /// Where the resolver listens (port 53); None leaves the host's DNS alone.
     pub dns_listen: Option<IpAddr>,
     pub offload: bool,
+    /// Ask the router for a port mapping (PCP, NAT-PMP).
+    pub port_mapping: bool,
     /// Tunnel keepalive interval.
     pub keepalive: Duration,
     /// Tunnel keys' rekey age; keys are refused at one and a half times it.
@@ -200,6 +202,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let mut daemon = Daemon::start(opts).await?;
     let result = daemon.run().await;
+    daemon.portmap.release(Duration::from_secs(2)).await;
     daemon.stop();
     result
 }
@@ -387,9 +390,45 @@ struct Daemon {
     dns: Dns,
     control: Control,
     moves: Moves,
+    portmap: PortMap,
     /// Numbers DNS clients and pings for the core.
     next_client: u64,
     sigterm: Signal,
+}
+
+/// The port mapping task ([`crate::portmap::run`]) and its channels.
+struct PortMap {
+    /// The IPv4 default gateway it asks (changes make it ask again).
+    gateway: tokio::sync::watch::Sender<Option<std::net::Ipv4Addr>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    changes: mpsc::Receiver<Option<crate::portmap::Mapping>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PortMap {
+    /// Starts the task unless `enabled` is false (then nothing is ever
+    /// asked).
+    fn start(enabled: bool, tunnel_port: u16) -> PortMap {
+        let (gateway, gateway_rx) = tokio::sync::watch::channel(crate::addrs::default_gateway_v4());
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (tx, changes) = mpsc::channel(4);
+        let task = enabled
+            .then(|| tokio::spawn(crate::portmap::run(tunnel_port, gateway_rx, stop_rx, tx)));
+        PortMap {
+            gateway,
+            stop,
+            changes,
+            task,
+        }
+    }
+
+    /// Deletes the mapping (waits at most `wait` for the gateway).
+    async fn release(&mut self, wait: Duration) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(wait, task).await;
+        }
+    }
 }
 
 /// Logging in at the AS, each attempt on a task of its own.
@@ -537,6 +576,7 @@ impl Daemon {
                 check: tokio::time::interval(ADDR_CHECK_INTERVAL),
                 default_routes: crate::addrs::default_routes(),
             },
+            portmap: PortMap::start(opts.port_mapping, opts.tunnel_port),
             opts,
             file,
             credentials: Arc::new(credentials),
@@ -586,6 +626,7 @@ impl Daemon {
                     self.on_control_request(request, reply)
                 }
                 Some(()) = self.moves.changed.recv() => self.on_netlink(),
+                Some(m) = self.portmap.changes.recv() => self.on_port_mapping(m),
                 _ = self.moves.check.tick() => self.on_addr_check(),
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = self.sigterm.recv() => return Ok(()),
@@ -973,6 +1014,10 @@ impl Daemon {
             );
         }
         self.moves.default_routes = routes;
+        self.portmap.gateway.send_if_modified(|g| {
+            let now = crate::addrs::default_gateway_v4();
+            std::mem::replace(g, now) != now
+        });
         if !same_addrs {
             // QUIC legs migrate to the new address (RFC 9000 §9); TCP legs
             // are dialed again.
@@ -981,6 +1026,16 @@ impl Daemon {
             }
         }
         self.node.handle_local_addrs(Instant::now(), addrs);
+    }
+
+    /// The router granted a port mapping, moved it, or it is gone.
+    fn on_port_mapping(&mut self, mapping: Option<crate::portmap::Mapping>) {
+        let mapping = mapping.map(|m| crate::core::PortMapping {
+            protocol: m.protocol.as_str().to_owned(),
+            external: crate::portmap::registered(&m),
+            lifetime_secs: m.lifetime.as_secs(),
+        });
+        self.node.handle_port_mapping(Instant::now(), mapping);
     }
 
     /// The backstop for a missed netlink event.

@@ -701,6 +701,9 @@ pub struct SimNat {
     /// Without an input firewall: unsolicited packets conntrack recorded
     /// for the router itself, (protocol, remote, public port) -> last seen.
     own: BTreeMap<(Proto, SocketAddr, u16), Instant>,
+    /// Port forwards (what a PCP / NAT-PMP mapping installs, as
+    /// miniupnpd's DNAT rules do): (protocol, public port) -> inside.
+    pub forwards: BTreeMap<(Proto, u16), SocketAddr>,
     rng: StdRng,
     /// Mappings made, inbound packets filtered, entries expired.
     pub mappings: u64,
@@ -792,6 +795,19 @@ impl SimNat {
             Some(((_, inside, _), e)) => {
                 e.last_used = now;
                 Some(*inside)
+            }
+            None if self.forwards.contains_key(&(proto, port)) => {
+                // DNAT: the flow's entry, whose replies leave from the
+                // forwarded port.
+                let inside = self.forwards[&(proto, port)];
+                self.entries.insert(
+                    (proto, inside, remote),
+                    Conntrack {
+                        port,
+                        last_used: now,
+                    },
+                );
+                Some(inside)
             }
             None => {
                 self.filtered += 1;
@@ -1036,6 +1052,7 @@ impl Sim {
                     public: nat_public(k),
                     entries: BTreeMap::new(),
                     own: BTreeMap::new(),
+                    forwards: BTreeMap::new(),
                     rng: StdRng::seed_from_u64(rng.gen()),
                     mappings: 0,
                     filtered: 0,
@@ -1234,6 +1251,7 @@ impl Sim {
             public: nat_public(k),
             entries: BTreeMap::new(),
             own: BTreeMap::new(),
+            forwards: BTreeMap::new(),
             rng: StdRng::seed_from_u64(self.rng.gen()),
             mappings: 0,
             filtered: 0,
@@ -2315,6 +2333,33 @@ impl Sim {
     pub fn restart_nms(&mut self) {
         let wall_now = self.wall + self.elapsed();
         self.nms = Nms::new(self.nms_config.clone(), self.rng.gen(), micros(wall_now));
+    }
+
+    /// Node `n<index>`'s router forwards UDP `public_port` to the node's
+    /// tunnel port (what a PCP or NAT-PMP request makes miniupnpd
+    /// install), and the node hears of its mapping, as the daemon's port
+    /// mapping task tells it.
+    pub fn map_port(&mut self, index: usize, public_port: u16) {
+        let slot = self.slot(index);
+        let inside = self.nodes[slot]
+            .addrs
+            .iter()
+            .copied()
+            .find(|a| self.lan.contains_key(&a.ip()))
+            .expect("the node is behind a NAT");
+        let k = self.lan[&inside.ip()];
+        self.nats[k]
+            .forwards
+            .insert((Proto::Udp, public_port), inside);
+        let mapping = cyphonic_node::core::PortMapping {
+            protocol: "pcp".into(),
+            external: SocketAddr::new(nat_public(k), public_port),
+            lifetime_secs: 7200,
+        };
+        self.nodes[slot]
+            .node
+            .handle_port_mapping(self.now, Some(mapping));
+        self.drain_node(slot);
     }
 
     // ---- applications --------------------------------------------------

@@ -605,6 +605,49 @@ fn coordinated_punching_behind_routers_without_input_firewall_falls_back_to_the_
     assert!(probes >= 9, "{probes} probes from n1");
 }
 
+/// The same routers, with a port mapping on n2's (as miniupnpd installs
+/// for a PCP or NAT-PMP request): n2 registers the mapped address and
+/// counts as reachable, n1 sends first, and the tunnel is direct from the
+/// first handshake, both ways, whichever side looks the other up.
+#[test]
+fn a_port_mapping_makes_routers_without_input_firewall_direct() {
+    for (from, to) in [(1, 2), (2, 1)] {
+        let mut config = nat_config(one_seed(4), &[Placement::Eim, Placement::Eim]);
+        for nat in &mut config.nats {
+            *nat = nat.without_input_firewall();
+        }
+        let node = fast_paths(&mut config);
+        let mut sim = started(config);
+        sim.map_port(2, 30001);
+        // Registered again with the mapping: the NMS sees no NAT in front.
+        assert!(sim.run_until(secs(2), |s| s.node(2).registered.len() >= 2));
+        lookup(&mut sim, from, to).unwrap();
+        assert!(tunnel_between(&mut sim, 1, 2, node.handshake_timeout));
+        let sent = stream(&mut sim, node.keepalive * 2, ms(200), "mapped");
+        sim.run_for(ms(200));
+        assert!(sent
+            .iter()
+            .all(|(_, from, p)| arrived(&sim, *from, 3 - from, p)));
+        for (me, peer) in [(1, 2), (2, 1)] {
+            // Pattern 2 (a NAT on the path, opened from inside): direct.
+            assert_eq!(path_of(&sim, me, peer), "punched", "n{me}, {from} -> {to}");
+            assert!(
+                sim.node(me)
+                    .tunnel_ups
+                    .iter()
+                    .all(|(_, t)| !t.path.is_relay()),
+                "n{me} never used the relay"
+            );
+        }
+        let to_n2 = sim
+            .node(1)
+            .tunnel_to(&sim.node(2).fqdn)
+            .expect("n1's tunnel");
+        assert_eq!(to_n2.path.address(), SocketAddr::new(nat_public(1), 30001));
+        assert_eq!(sim.node(2).node.nat(), NatKind::None);
+    }
+}
+
 /// Two nodes behind one NAT talk over their private addresses: no packet
 /// between them crosses the NAT (which would not hairpin it anyway).
 #[test]
