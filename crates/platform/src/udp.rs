@@ -65,6 +65,28 @@ impl Sockets {
         self.send_blocking(sock, &transmit)
     }
 
+    /// Sends one datagram that goes no further than `ttl` routers (its IP
+    /// TTL, or IPv6 hop limit, set for this datagram alone by a control
+    /// message: other sends keep the socket's default). Where the platform
+    /// cannot, it is sent as any other.
+    pub fn send_to_with_ttl(&self, payload: &[u8], dst: SocketAddr, ttl: u8) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let sock = self.socket_for(&dst).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "no socket for this address family",
+                )
+            })?;
+            send_with_ttl(sock, payload, dst, ttl)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = ttl;
+            self.send_to(payload, dst)
+        }
+    }
+
     /// A full send buffer is back-pressure, not loss: wait for room (a
     /// bounded while) and try again.
     fn send_blocking(
@@ -170,6 +192,51 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// `sendmsg` with an `IP_TTL` (IPv4) or `IPV6_HOPLIMIT` (IPv6) control
+/// message.
+#[cfg(target_os = "linux")]
+fn send_with_ttl(sock: &UdpSocket, payload: &[u8], dst: SocketAddr, ttl: u8) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let addr = socket2::SockAddr::from(dst);
+    let (level, kind) = if dst.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_TTL)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)
+    };
+    let value = libc::c_int::from(ttl.max(1));
+    let int_len = std::mem::size_of::<libc::c_int>() as u32;
+    // Aligned for a cmsghdr; room for one int-sized control message.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: msghdr is plain data (zero is a valid empty value); every
+    // pointer in it (address, iovec, control buffer) outlives the
+    // sendmsg call, the control buffer is aligned and larger than
+    // CMSG_SPACE(int), and CMSG_FIRSTHDR of a buffer that large is
+    // non-null.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = addr.len();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(int_len) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(int_len) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), value);
+        libc::sendmsg(sock.as_raw_fd(), &msg, 0)
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +265,61 @@ mod tests {
             seen[usize::from(buf[0])] = true;
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    /// The TTL of the datagram as it arrives on `receiver` (IP_RECVTTL).
+    #[cfg(target_os = "linux")]
+    fn arriving_ttl(receiver: &std::net::UdpSocket) -> i32 {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        let mut buf = [0u8; 64];
+        let mut control = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: as in send_with_ttl: plain data, pointers that outlive
+        // the calls, an aligned control buffer; the received control
+        // message is checked for level and type before its int is read.
+        unsafe {
+            let fd = receiver.as_raw_fd();
+            assert_eq!(
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_RECVTTL,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                ),
+                0
+            );
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control);
+            assert!(libc::recvmsg(fd, &mut msg, 0) > 0);
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            assert!(!cmsg.is_null());
+            assert_eq!(
+                ((*cmsg).cmsg_level, (*cmsg).cmsg_type),
+                (libc::IPPROTO_IP, libc::IP_TTL)
+            );
+            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>())
+        }
+    }
+
+    /// A datagram sent with a TTL carries it; the next one, sent plainly,
+    /// the socket's default again.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_ttl_applies_to_one_datagram() {
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sockets = Sockets::bind_addrs(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let to = receiver.local_addr().unwrap();
+        sockets.send_to_with_ttl(b"low", to, 3).expect("sent");
+        assert_eq!(arriving_ttl(&receiver), 3);
+        sockets.send_to(b"plain", to).expect("sent");
+        assert!(arriving_ttl(&receiver) > 3);
     }
 }

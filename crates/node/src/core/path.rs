@@ -15,6 +15,14 @@ use super::peers::PeerMut;
 use super::ping::PROBE_LIFETIME;
 use super::relay::RelayState;
 use super::tunnel::{direct_paths, PeerState};
+
+/// The TTL of a punching side's first punches (over IPv4): through the
+/// NAT in front of the node, and no further.
+pub(crate) const PUNCH_TTL: u8 = 2;
+/// How long the first punches keep that TTL: by then the initiator has
+/// sent its Tunnel Request (it learns the route one NMS round trip after
+/// the punching side), and punches at full TTL can open a NAT further out.
+pub(crate) const LOW_TTL_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 use super::types::{Leg, NodeEvent, Path, PingError, Pong, TunnelHandle};
 use super::Node;
 use crate::resolver;
@@ -243,12 +251,21 @@ impl Node {
         if peer.direction.via != Transport::Udp {
             return; // QUIC legs need no holes punched
         }
+        // The first punches open our NAT without reaching the peer's: one
+        // reaching a router that has not yet seen the initiator's packet
+        // would be recorded there and make it take another port (Linux
+        // routers without an input firewall). Two hops leave a NAT in
+        // front of us; later punches go all the way, for a second NAT
+        // further out (a carrier's), once the initiator has sent.
+        let low = peer.low_ttl_until.is_some_and(|t| now < t);
         let packet = cyphonic_proto::punch::encode(peer.direction.route_id);
         for e in peer.direction.peer.endpoints.clone() {
             self.counters.punches_sent += 1;
-            self.out
-                .transmits
-                .push_back(Leg::udp(e).transmit(packet.to_vec()));
+            let mut t = Leg::udp(e).transmit(packet.to_vec());
+            if low && e.is_ipv4() {
+                t.ttl = Some(PUNCH_TTL);
+            }
+            self.out.transmits.push_back(t);
         }
     }
 

@@ -36,6 +36,8 @@ pub(crate) struct Peer {
     pub relay: Option<RelayState>,
     /// Punch packets go to the peer's endpoints until then.
     pub punch_until: Option<Instant>,
+    /// Punches before then go with a TTL that dies past our own NAT.
+    pub low_ttl_until: Option<Instant>,
     pub next_punch: Instant,
     /// Keepalives, probes and the liveness check of an established tunnel.
     pub next_keepalive: Instant,
@@ -435,6 +437,7 @@ pub(crate) mod tests {
             queue: VecDeque::new(),
             relay: None,
             punch_until: None,
+            low_ttl_until: None,
             next_punch: now,
             next_keepalive: now + Duration::from_secs(5),
             rx_seen: 0,

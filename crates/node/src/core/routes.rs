@@ -161,9 +161,11 @@ impl Node {
             role,
             PeerState::AwaitingRequest { deadline },
         );
+        let natted = self.signaling.nat() != cyphonic_proto::nat::NatKind::None;
         if let Some(mut peer) = self.peers.get_mut(&fqdn) {
             if punch {
                 peer.punch_until = Some(now + self.config.handshake_timeout);
+                peer.low_ttl_until = natted.then_some(now + super::path::LOW_TTL_WINDOW);
                 peer.next_punch = now;
             }
         }
@@ -287,6 +289,7 @@ impl Node {
             queue,
             relay,
             punch_until: None,
+            low_ttl_until: None,
             next_punch: now,
             next_keepalive: now + self.config.keepalive,
             rx_seen: 0,

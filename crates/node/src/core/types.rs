@@ -138,6 +138,10 @@ pub struct Transmit {
     /// `destination`.
     pub transport: Transport,
     pub payload: Vec<u8>,
+    /// Sent with this IP TTL (IPv6 hop limit) instead of the default: a
+    /// punch that must open the node's own NAT and die before the peer's
+    /// (docs/routing.md, "A note on Linux NAT routers").
+    pub ttl: Option<u8>,
 }
 
 pub use cyphonic_proto::Transport;
@@ -166,6 +170,7 @@ impl Leg {
             destination: self.addr,
             transport: self.transport,
             payload,
+            ttl: None,
         }
     }
 }

@@ -468,7 +468,11 @@ pub async fn bind_ports(
 /// TCP on the hub's legs.
 pub fn transmit(sockets: &Sockets, hub: &Hub, t: Transmit) {
     if t.transport == Transport::Udp {
-        if let Err(e) = sockets.send_to(&t.payload, t.destination) {
+        let sent = match t.ttl {
+            Some(ttl) => sockets.send_to_with_ttl(&t.payload, t.destination, ttl),
+            None => sockets.send_to(&t.payload, t.destination),
+        };
+        if let Err(e) = sent {
             tracing::debug!(dst = %t.destination, error = %e, "send failed");
         }
     } else if let Err(e) = hub.send(t.transport, t.destination, t.payload) {

@@ -394,6 +394,12 @@ pub struct SimConfig {
     /// are opened at once, as by the daemon's receive loop. Zero by
     /// default.
     pub control_lag: Duration,
+    /// Routers on the internet between any two of its hosts (NAT routers'
+    /// WANs, global nodes, the cloud): only a packet sent with a TTL
+    /// notices them (it dies past its own NAT when its TTL is that NAT's
+    /// hop plus no more than these). One by default, as between any two
+    /// homes; zero puts every NAT on one link.
+    pub internet_hops: u8,
 }
 
 impl SimConfig {
@@ -411,6 +417,7 @@ impl SimConfig {
             relay_lifetime: Duration::from_secs(3600),
             cloud_legs: true,
             control_lag: Duration::ZERO,
+            internet_hops: 1,
         }
     }
 }
@@ -437,6 +444,9 @@ pub enum Fate {
     /// Arrived where nothing listens for it (a closed port, no leg for it,
     /// a leg the cloud does not know), set on arrival.
     Refused,
+    /// Its TTL ran out on the way (after the sender's NAT, if it passed
+    /// that: the NAT's mapping was made).
+    Expired,
 }
 
 /// One packet on the wire, decoded as far as an observer holding the
@@ -875,6 +885,9 @@ pub struct Sim {
     /// ([`SimConfig::control_lag`]): when, the node's slot, whence, bytes.
     lagged: VecDeque<(Instant, usize, Leg, Vec<u8>)>,
     control_lag: Duration,
+    internet_hops: u8,
+    /// The TTL of the transmit `send_on` puts on the wire next.
+    ttl_next: Option<u8>,
     next_packet: u64,
     /// Hash of every transmit (time, source, destination, bytes) in order.
     transmit_hash: std::collections::hash_map::DefaultHasher,
@@ -1101,6 +1114,8 @@ impl Sim {
             in_flight: HashMap::new(),
             lagged: VecDeque::new(),
             control_lag: config.control_lag,
+            internet_hops: config.internet_hops,
+            ttl_next: None,
             next_packet: 0,
             transmit_hash: Default::default(),
             steps: 0,
@@ -1421,6 +1436,7 @@ impl Sim {
 
         let (kind, message, txid) = self.decode(dst, &payload, ctl);
         let proto = Proto::from(transport);
+        let ttl = self.ttl_next.take();
         let firewalled = match from_node {
             Some(slot) => {
                 let n = &mut self.nodes[slot];
@@ -1442,13 +1458,21 @@ impl Sim {
             Some(k) => {
                 if self.lan.contains_key(&dst.ip()) || dst.ip() == self.nats[k].public {
                     unroutable = true;
-                } else if routable && !firewalled {
+                } else if routable && !firewalled && ttl != Some(1) {
+                    // (A TTL of 1 dies at the NAT, before it maps.)
                     wire_src = self.nats[k].outbound(self.now, proto, src, dst);
                     lan_src = Some(src);
                 }
             }
             None => unroutable |= self.lan.contains_key(&dst.ip()),
         }
+        // Routers a packet crosses before its destination host (a NAT
+        // router's public address counts as one): its own NAT and the
+        // internet's. It dies at the first it reaches with a TTL of 1.
+        let hops = u16::from(self.lan.contains_key(&src.ip()) && lan_src.is_some())
+            + u16::from(self.internet_hops);
+        let expired = ttl.is_some_and(|t| u16::from(t) <= hops)
+            || (ttl == Some(1) && self.lan.contains_key(&src.ip()));
         let info = WireInfo {
             transport,
             src: wire_src,
@@ -1466,6 +1490,8 @@ impl Sim {
             Fate::Firewalled
         } else if unroutable {
             Fate::Unroutable
+        } else if expired {
+            Fate::Expired
         } else if self.rules.iter_mut().any(|(_, r)| r(&info)) {
             Fate::Dropped
         } else if lossy && self.rng.gen_bool(link.loss) {
@@ -2040,7 +2066,9 @@ impl Sim {
         match t.transport {
             Transport::Udp => {
                 let port = self.nodes[slot].addrs[0].port();
+                self.ttl_next = t.ttl;
                 self.node_transmit(slot, Transport::Udp, port, t.destination, t.payload, None);
+                self.ttl_next = None;
             }
             leg => self.leg_send(slot, leg, t.destination, t.payload),
         }
@@ -2430,6 +2458,7 @@ impl Sim {
                     destination: leg.addr,
                     transport: leg.transport,
                     payload,
+                    ttl: None,
                 };
                 self.send_from_node(slot, t);
             }

@@ -553,15 +553,66 @@ fn coordinated_punching_between_two_eim_nats() {
     );
 }
 
-/// Behind routers without an input firewall, the CN's first punch reaches
-/// the MN's router before the MN sent anything, conntrack records it, and
-/// the MN's Tunnel Request then leaves from a fresh port the CN's NAT does
-/// not expect: the pair falls back to the relay and keeps probing, and the
-/// one-way holes never strand the tunnel (docs/routing.md, "A note on Linux
-/// NAT routers").
+/// Behind routers without an input firewall, a punch that reaches the
+/// MN's router before the MN sent anything is recorded there, and the MN's
+/// Tunnel Request would then leave from a fresh port the CN's NAT does not
+/// expect (docs/routing.md, "A note on Linux NAT routers"). The CN's first
+/// punches therefore die one router past its own NAT: they open it, the
+/// MN's request crosses first and finds the hole, and the tunnel is
+/// punched, direct from the first handshake.
 #[test]
-fn coordinated_punching_behind_routers_without_input_firewall_falls_back_to_the_relay() {
+fn coordinated_punching_behind_routers_without_input_firewall_goes_direct() {
     let mut config = nat_config(one_seed(4), &[Placement::Eim, Placement::Eim]);
+    for nat in &mut config.nats {
+        *nat = nat.without_input_firewall();
+    }
+    let node = fast_paths(&mut config);
+    let mut sim = started(config);
+    lookup(&mut sim, 1, 2).unwrap();
+    assert!(tunnel_between(&mut sim, 1, 2, node.handshake_timeout));
+    let punches: Vec<&WireRecord> = sim.wire.iter().filter(|w| w.kind == "Punch").collect();
+    assert!(!punches.is_empty());
+    assert!(
+        punches.iter().all(|w| w.fate == Fate::Expired),
+        "the CN's punches die past its NAT: {:?}",
+        punches.iter().map(|w| w.fate).collect::<Vec<_>>()
+    );
+    let first_request = sim
+        .wire
+        .iter()
+        .find(|w| w.kind == "TunnelRequest")
+        .expect("a Tunnel Request");
+    assert_eq!(
+        first_request.src.port(),
+        TUNNEL_PORT,
+        "no clash at the MN's router"
+    );
+    assert_eq!(first_request.fate, Fate::Delivered);
+    let sent = stream(&mut sim, node.keepalive * 2, ms(200), "punched");
+    sim.run_for(ms(200));
+    assert!(sent
+        .iter()
+        .all(|(_, from, p)| arrived(&sim, *from, 3 - from, p)));
+    for (me, peer) in [(1, 2), (2, 1)] {
+        assert_eq!(path_of(&sim, me, peer), "punched", "n{me}");
+        assert!(
+            sim.node(me)
+                .tunnel_ups
+                .iter()
+                .all(|(_, t)| !t.path.is_relay()),
+            "n{me} never used the relay"
+        );
+    }
+}
+
+/// With both NATs on one link (no router between), no TTL stops a punch
+/// short of the peer's router: the clash happens, the pair falls back to
+/// the relay and keeps probing, and the one-way holes never strand the
+/// tunnel.
+#[test]
+fn coordinated_punching_between_adjacent_routers_without_input_firewall_falls_back_to_the_relay() {
+    let mut config = nat_config(one_seed(4), &[Placement::Eim, Placement::Eim]);
+    config.internet_hops = 0;
     for nat in &mut config.nats {
         *nat = nat.without_input_firewall();
     }
