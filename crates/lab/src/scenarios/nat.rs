@@ -54,10 +54,11 @@ const INTERNET: &str = "sw";
 const FIRST_GLOBAL_HOST: u8 = 11;
 /// First host number of router WANs (192.0.2.101, ...).
 const FIRST_WAN_HOST: u8 = 101;
-/// Router LANs, in the order routers are declared. The general name's
-/// address (198.51.100.80) falls in the second-to-last block; scenarios
-/// here never contact it, and that block is only used by the 8th router.
-const LANS: [Ipv4Addr; 8] = [
+/// Router LANs, in the order routers are declared: the /27 blocks of
+/// 198.51.100.0/24 and 203.0.113.0/24. The general name's address
+/// (198.51.100.80) falls in 198.51.100.64/27, which comes last; scenarios
+/// here never contact it, and that block is only used by the 16th router.
+const LANS: [Ipv4Addr; 16] = [
     Ipv4Addr::new(198, 51, 100, 0),
     Ipv4Addr::new(198, 51, 100, 128),
     Ipv4Addr::new(198, 51, 100, 192),
@@ -65,9 +66,19 @@ const LANS: [Ipv4Addr; 8] = [
     Ipv4Addr::new(203, 0, 113, 64),
     Ipv4Addr::new(203, 0, 113, 128),
     Ipv4Addr::new(203, 0, 113, 192),
+    Ipv4Addr::new(198, 51, 100, 32),
+    Ipv4Addr::new(198, 51, 100, 160),
+    Ipv4Addr::new(198, 51, 100, 224),
+    Ipv4Addr::new(203, 0, 113, 32),
+    Ipv4Addr::new(203, 0, 113, 96),
+    Ipv4Addr::new(203, 0, 113, 160),
+    Ipv4Addr::new(203, 0, 113, 224),
+    Ipv4Addr::new(198, 51, 100, 96),
     Ipv4Addr::new(198, 51, 100, 64),
 ];
-const LAN_PREFIX: u8 = 26;
+const LAN_PREFIX: u8 = 27;
+/// A router's ISP hop (see [`Topology::plain_router`]): 192.0.2.201, ...
+const FIRST_ISP_HOST: u8 = 201;
 /// A LAN's nodes: .10, .11, ... of its block.
 const FIRST_LAN_HOST: u8 = 10;
 
@@ -110,6 +121,12 @@ struct RouterSpec {
     name: String,
     kind: NatKind,
     udp_timeout: Option<u32>,
+    /// Drops unsolicited WAN traffic to itself (`ct state new drop`), as
+    /// home routers do; without, it only masquerades.
+    input_firewall: bool,
+    /// Its WAN reaches the internet through a router of its own (an ISP
+    /// hop) instead of sitting on the internet's link.
+    isp_hop: bool,
 }
 
 struct NodeSpec {
@@ -131,12 +148,31 @@ impl Topology {
         Topology::default()
     }
 
-    /// A NAT router with its own WAN address and LAN.
+    /// A NAT router with its own WAN address and LAN, and an input
+    /// firewall.
     pub fn router(mut self, name: &str, kind: NatKind) -> Topology {
         self.routers.push(RouterSpec {
             name: name.to_owned(),
             kind,
             udp_timeout: None,
+            input_firewall: true,
+            isp_hop: false,
+        });
+        self
+    }
+
+    /// A router that only masquerades (no input firewall: what many Linux
+    /// routers are), behind an ISP router of its own, as homes are: its
+    /// WAN address stays on the internet's /24, which the ISP router
+    /// proxies (proxy ARP), and every packet between it and the internet
+    /// crosses one more router.
+    pub fn plain_router(mut self, name: &str, kind: NatKind) -> Topology {
+        self.routers.push(RouterSpec {
+            name: name.to_owned(),
+            kind,
+            udp_timeout: None,
+            input_firewall: false,
+            isp_hop: true,
         });
         self
     }
@@ -148,6 +184,8 @@ impl Topology {
             name: name.to_owned(),
             kind,
             udp_timeout: Some(secs),
+            input_firewall: true,
+            isp_hop: false,
         });
         self
     }
@@ -575,7 +613,37 @@ fn build_router(
     let lan_base = LANS[i];
     let [a, b, c, d] = lan_base.octets();
     let lan_gw = Ipv4Addr::new(a, b, c, d + 1);
-    attach(lab, ports, &r.name, "wan", &[&format!("{wan}/24")])?;
+    if r.isp_hop {
+        let isp = format!("isp-{}", r.name);
+        lab.add_ns(&isp)?;
+        let isp_addr = Ipv4Addr::new(192, 0, 2, FIRST_ISP_HOST + i as u8);
+        attach(lab, ports, &isp, "ext", &[&format!("{isp_addr}/24")])?;
+        lab.link(
+            &isp,
+            "cust",
+            &[&format!("{isp_addr}/32")],
+            &r.name,
+            "wan",
+            &[&format!("{wan}/24")],
+        )?;
+        lab.router(&isp)?;
+        lab.sysctl(
+            &isp,
+            &[
+                ("net.ipv4.conf.ext.proxy_arp", "1"),
+                ("net.ipv4.conf.cust.proxy_arp", "1"),
+                // Proxied ARP answers wait a random while by default (up
+                // to 0.8 s), which an ISP's routed link does not.
+                ("net.ipv4.neigh.ext.proxy_delay", "0"),
+                ("net.ipv4.neigh.cust.proxy_delay", "0"),
+                ("net.ipv6.conf.ext.disable_ipv6", "1"),
+                ("net.ipv6.conf.cust.disable_ipv6", "1"),
+            ],
+        )?;
+        lab.sh(&isp, &format!("ip route add {wan}/32 dev cust"))?;
+    } else {
+        attach(lab, ports, &r.name, "wan", &[&format!("{wan}/24")])?;
+    }
     lab.sh(
         &ns,
         &format!(
@@ -605,13 +673,18 @@ fn build_router(
         &format!(
             "nft add table ip nat && \
              nft add chain ip nat post '{{ type nat hook postrouting priority 100 ; }}' && \
-             nft add rule ip nat post oifname wan {} && \
-             nft add table inet fw && \
-             nft add chain inet fw input '{{ type filter hook input priority 0 ; }}' && \
-             nft add rule inet fw input iifname wan ct state new,invalid drop",
+             nft add rule ip nat post oifname wan {}",
             r.kind.masquerade()
         ),
     )?;
+    if r.input_firewall {
+        lab.sh(
+            &ns,
+            "nft add table inet fw && \
+             nft add chain inet fw input '{ type filter hook input priority 0 ; }' && \
+             nft add rule inet fw input iifname wan ct state new,invalid drop",
+        )?;
+    }
     if let Some(secs) = r.udp_timeout {
         let secs = secs.to_string();
         lab.sysctl(

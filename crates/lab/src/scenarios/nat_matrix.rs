@@ -3,8 +3,10 @@
 //! The topology ([`super::nat`]): global IPv6-only, IPv4-only and
 //! dual-stack nodes, and nodes behind endpoint-independent (`masquerade`)
 //! and symmetric (`masquerade fully-random`) NATs, each behind its own
-//! router; two nodes behind one NAT; a NAT that forgets idle UDP mappings
-//! after 2 s; a second TRS.
+//! router, once behind routers with an input firewall (home routers) and
+//! once behind routers that only masquerade, each of those behind an ISP
+//! router of its own; two nodes behind one NAT; a NAT that forgets idle
+//! UDP mappings after 2 s; a second TRS.
 //!
 //! Checks, in order:
 //! 1. the topology itself: every node reaches the cloud over its own
@@ -15,7 +17,8 @@
 //!    CN = `<y>-b`): the name resolves to the CN's VIPs, the tunnel is
 //!    established, `ping` 3/3, a 1 s iperf3 TCP transfer, and the path is
 //!    the one [`expected_path`] promises (docs/routing.md), over the
-//!    expected kind of endpoint;
+//!    expected kind of endpoint; then the same for the routers that only
+//!    masquerade, against every placement and the firewalled routers;
 //! 4. two nodes behind one NAT talk directly over the LAN;
 //! 5. NAT timeout: tunnel keepalives hold a 2 s mapping through 10 s of
 //!    silence;
@@ -108,7 +111,7 @@ const LATE_REPLY_SECS: u32 = 4;
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut report = Report::default();
-    println!("nat-matrix: cloud, TRS x2, 15 nodes in 5 placements, 8 NAT routers");
+    println!("nat-matrix: cloud, TRS x2, 19 nodes in 5 placements, 12 NAT routers (4 that only masquerade)");
     if let Err(e) = run_all(bin, &mut report) {
         report.check("scenario set-up", Err(e));
     }
@@ -132,6 +135,10 @@ fn topology() -> Topology {
         .router_with_udp_timeout("r-to", NatKind::Eim, 2)
         .router("r-up-a", NatKind::Eim)
         .router("r-up-b", NatKind::Eim)
+        .plain_router("r-eimp-a", NatKind::Eim)
+        .plain_router("r-eimp-b", NatKind::Eim)
+        .plain_router("r-symp-a", NatKind::Sym)
+        .plain_router("r-symp-b", NatKind::Sym)
         .second_trs();
     for p in Placement::ALL {
         for side in ["a", "b"] {
@@ -141,6 +148,9 @@ fn topology() -> Topology {
                 _ => t.node(&name, p),
             };
         }
+    }
+    for name in ["eimp-a", "eimp-b", "symp-a", "symp-b"] {
+        t = t.node_behind(name, &format!("r-{name}"));
     }
     t.node_behind("lan-a", "r-lan")
         .node_behind("lan-b", "r-lan")
@@ -199,9 +209,18 @@ fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
     println!("matrix (MN <x>-a -> CN <y>-b: path seen, expected, ping, iperf3):");
     for x in Placement::ALL {
         for y in Placement::ALL {
-            let r = matrix_pair(&mut nl, x, y);
+            let (mn, cn) = (format!("{}-a", x.name()), format!("{}-b", y.name()));
+            let r = matrix_pair(&mut nl, &mn, x, &cn, y);
             report.check(&format!("{:>3} -> {:<3}", x.name(), y.name()), r);
         }
+    }
+
+    println!(
+        "routers that only masquerade (no input firewall, an ISP router between each and the internet):"
+    );
+    for (mn, x, cn, y) in plain_pairs() {
+        let r = matrix_pair(&mut nl, &mn, x, &cn, y);
+        report.check(&format!("{mn:>6} -> {cn:<6}"), r);
     }
 
     println!("other paths:");
@@ -226,6 +245,33 @@ fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
         upgrade_check(&mut nl),
     );
     Ok(())
+}
+
+/// The pairs with a router that only masquerades on at least one side
+/// (`eimp-*`, `symp-*`): every NATed placement of the matrix behind such a
+/// router against every placement, both ways, and against the firewalled
+/// routers' nodes.
+fn plain_pairs() -> Vec<(String, Placement, String, Placement)> {
+    let plain = [("eimp", Placement::Eim), ("symp", Placement::Sym)];
+    let mut out = Vec::new();
+    for (p, x) in plain {
+        for y in Placement::ALL {
+            let cn = match y {
+                Placement::Eim => "eimp-b".to_owned(),
+                Placement::Sym => "symp-b".to_owned(),
+                _ => format!("{}-b", y.name()),
+            };
+            out.push((format!("{p}-a"), x, cn, y));
+        }
+        for y in [Placement::V6, Placement::V4, Placement::Ds] {
+            out.push((format!("{}-a", y.name()), y, format!("{p}-b"), x));
+        }
+        // Against a firewalled router's node, both ways.
+        let firewalled = format!("{}-b", x.name());
+        out.push((format!("{p}-a"), x, firewalled, x));
+        out.push((format!("{}-a", x.name()), x, format!("{p}-b"), x));
+    }
+    out
 }
 
 /// Every node pings the cloud over each family it has, and cannot over
@@ -418,9 +464,15 @@ fn nat_detection_check(nl: &NatLab) -> anyhow::Result<String> {
 }
 
 /// One matrix pair.
-fn matrix_pair(nl: &mut NatLab, x: Placement, y: Placement) -> anyhow::Result<String> {
-    let mn = nl.node(&format!("{}-a", x.name()))?;
-    let cn = nl.node(&format!("{}-b", y.name()))?;
+fn matrix_pair(
+    nl: &mut NatLab,
+    mn_name: &str,
+    x: Placement,
+    cn_name: &str,
+    y: Placement,
+) -> anyhow::Result<String> {
+    let mn = nl.node(mn_name)?;
+    let cn = nl.node(cn_name)?;
     let expected = expected_path(x, y);
     let fqdn = nl.o.fqdn(cn);
     let vip4 = match establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT) {
