@@ -30,14 +30,26 @@ pub fn parse(p: &[u8]) -> Option<RouteId> {
 /// IP version nibble (4 or 6).
 pub const MSG_PATH_PROBE: u8 = 0x01;
 pub const MSG_PATH_PROBE_ACK: u8 = 0x02;
+/// "Probe my direct endpoints now": sent over the relay by the side that
+/// has just opened its NAT toward the peer's endpoints.
+pub const MSG_PROBE_REQUEST: u8 = 0x03;
 /// `[type][nonce u64]`.
 pub const PROBE_LEN: usize = 9;
 
 /// A path probe or its ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
-    Probe { nonce: u64 },
-    Ack { nonce: u64 },
+    Probe {
+        nonce: u64,
+    },
+    Ack {
+        nonce: u64,
+    },
+    /// Asks the peer to probe our direct endpoints (the nonce is not
+    /// answered; it keeps the messages one size).
+    Request {
+        nonce: u64,
+    },
 }
 
 impl Probe {
@@ -45,6 +57,7 @@ impl Probe {
         let (t, nonce) = match self {
             Probe::Probe { nonce } => (MSG_PATH_PROBE, nonce),
             Probe::Ack { nonce } => (MSG_PATH_PROBE_ACK, nonce),
+            Probe::Request { nonce } => (MSG_PROBE_REQUEST, nonce),
         };
         let mut m = [0u8; PROBE_LEN];
         m[0] = t;
@@ -61,6 +74,7 @@ impl Probe {
         match m[0] {
             MSG_PATH_PROBE => Some(Probe::Probe { nonce }),
             MSG_PATH_PROBE_ACK => Some(Probe::Ack { nonce }),
+            MSG_PROBE_REQUEST => Some(Probe::Request { nonce }),
             _ => None,
         }
     }
@@ -69,7 +83,7 @@ impl Probe {
     pub fn ack(self) -> Option<Probe> {
         match self {
             Probe::Probe { nonce } => Some(Probe::Ack { nonce }),
-            Probe::Ack { .. } => None,
+            Probe::Ack { .. } | Probe::Request { .. } => None,
         }
     }
 }
@@ -103,7 +117,11 @@ mod tests {
 
     #[test]
     fn probes_round_trip_and_junk_is_refused() {
-        for m in [Probe::Probe { nonce: 7 }, Probe::Ack { nonce: u64::MAX }] {
+        for m in [
+            Probe::Probe { nonce: 7 },
+            Probe::Ack { nonce: u64::MAX },
+            Probe::Request { nonce: 3 },
+        ] {
             assert_eq!(Probe::parse(&m.encode()), Some(m));
         }
         assert_eq!(
@@ -116,7 +134,7 @@ mod tests {
         );
         assert_eq!(Probe::Ack { nonce: 5 }.ack(), None);
         assert_eq!(Probe::parse(&[1, 2, 3]), None);
-        assert_eq!(Probe::parse(&[3, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(Probe::parse(&[4, 0, 0, 0, 0, 0, 0, 0, 1]), None);
         assert_eq!(Probe::parse(&[]), None);
     }
 }

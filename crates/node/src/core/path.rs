@@ -15,10 +15,15 @@ use super::peers::PeerMut;
 use super::ping::PROBE_LIFETIME;
 use super::relay::RelayState;
 use super::tunnel::{direct_paths, PeerState};
+use super::types::TunnelRole;
 
 /// The TTL of a punching side's first punches (over IPv4): through the
 /// NAT in front of the node, and no further.
 pub(crate) const PUNCH_TTL: u8 = 2;
+/// Keepalive ticks of a relayed tunnel whose IPv4 probe rounds run every
+/// tick; later ones, every fourth (with the default 5 s keepalive: every
+/// 5 s for the first 30 s on the relay, then every 20 s).
+pub(crate) const RELAYED_V4_ROUNDS: u32 = 6;
 /// How long the first punches keep that TTL: by then the initiator has
 /// sent its Tunnel Request (it learns the route one NMS round trip after
 /// the punching side), and punches at full TTL can open a NAT further out.
@@ -44,8 +49,17 @@ pub(crate) fn path_kind(path: Path, pattern: RoutePattern) -> &'static str {
 impl Node {
     /// Seals `packet` (empty: a keepalive) for `tunnel` and sends it on `path`.
     pub(super) fn seal_to(&mut self, tunnel: &TunnelHandle, path: Path, packet: &[u8]) {
+        self.seal_to_ttl(tunnel, path, packet, None);
+    }
+
+    /// [`Node::seal_to`], the datagram sent with IP TTL `ttl`.
+    fn seal_to_ttl(&mut self, tunnel: &TunnelHandle, path: Path, packet: &[u8], ttl: Option<u8>) {
         match crate::datapath::encapsulate_vec(tunnel, path, packet) {
-            Ok(framed) => self.out.transmits.push_back(path.leg().transmit(framed)),
+            Ok(framed) => {
+                let mut t = path.leg().transmit(framed);
+                t.ttl = ttl;
+                self.out.transmits.push_back(t);
+            }
             Err(e) => tracing::warn!(peer = %tunnel.fqdn, error = ?e, "cannot seal"),
         }
     }
@@ -124,6 +138,17 @@ impl Node {
     }
 
     fn send_probe(&mut self, now: Instant, fqdn: &str, path: Path) -> Option<u64> {
+        self.send_probe_ttl(now, fqdn, path, None)
+    }
+
+    /// A path probe sent with IP TTL `ttl` (`None`: the default).
+    fn send_probe_ttl(
+        &mut self,
+        now: Instant,
+        fqdn: &str,
+        path: Path,
+        ttl: Option<u8>,
+    ) -> Option<u64> {
         let nonce: u64 = self.rng.gen();
         let mut peer = self.peers.get_mut(fqdn)?;
         let tunnel = peer.tunnel.clone()?;
@@ -132,8 +157,39 @@ impl Node {
         }
         peer.probes.push_back((nonce, path, now));
         drop(peer);
-        self.seal_to(&tunnel, path, &Probe::Probe { nonce }.encode());
+        self.seal_to_ttl(&tunnel, path, &Probe::Probe { nonce }.encode(), ttl);
         Some(nonce)
+    }
+
+    /// Probes of a relayed tunnel's direct paths, once per keepalive tick
+    /// (IPv4 ones in the first rounds, then every fourth: see
+    /// [`RELAYED_V4_ROUNDS`]). IPv6 paths are probed by both sides. An
+    /// IPv4 path crosses NATs that may record whichever packet reaches them
+    /// first (docs/routing.md), so only the initiator sends full probes
+    /// there, when the responder asks: the responder first opens its own
+    /// NAT with probes that die past it (when it is behind one), then asks
+    /// over the relay (a probe request), and the initiator's probes that
+    /// follow find the hole.
+    fn probe_relayed(&mut self, now: Instant, fqdn: &str, paths: Vec<Path>, v4_round: bool) {
+        let Some((role, tunnel)) = self.peers.get(fqdn).map(|p| (p.role, p.tunnel.clone())) else {
+            return;
+        };
+        let natted = self.signaling.nat() != cyphonic_proto::nat::NatKind::None;
+        let mut ask = false;
+        for p in paths {
+            if !p.address().is_ipv4() {
+                self.send_probe(now, fqdn, p);
+            } else if v4_round && role == TunnelRole::Responder {
+                if natted {
+                    self.send_probe_ttl(now, fqdn, p, Some(PUNCH_TTL));
+                }
+                ask = true;
+            }
+        }
+        if let (true, Some(t)) = (ask, tunnel) {
+            let nonce: u64 = self.rng.gen();
+            self.seal_to(&t, t.path, &Probe::Request { nonce }.encode());
+        }
     }
 
     /// A tunnel message (a path probe or ack, [`Probe`]) the data plane opened for
@@ -158,6 +214,23 @@ impl Node {
             Some(Probe::Probe { nonce }) => {
                 drop(peer);
                 self.seal_to(&tunnel, path, &Probe::Ack { nonce }.encode());
+            }
+            Some(Probe::Request { .. }) => {
+                // The peer opened its NAT toward our endpoints: probe its
+                // IPv4 direct paths now (only while relayed, and only the
+                // initiator is asked).
+                let paths: Vec<Path> =
+                    if tunnel.path.is_relay() && peer.role == TunnelRole::Initiator {
+                        direct_paths(&peer)
+                            .filter(|p| p.address().is_ipv4())
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                drop(peer);
+                for p in paths {
+                    self.send_probe(now, &fqdn, p);
+                }
             }
             Some(Probe::Ack { nonce }) => {
                 let found = peer.probes.iter().position(|(pn, pp, at)| {
@@ -215,6 +288,7 @@ impl Node {
         tracing::info!(peer = %fqdn, from = %tunnel.path, to = %path, why = note, "path change");
         tunnel.path = path;
         let handle = tunnel.clone();
+        peer.relayed_rounds = 0;
         peer.path_note = note.to_owned();
         peer.stale_ticks = 0;
         peer.path_since = now;
@@ -447,11 +521,15 @@ impl Node {
         } else {
             Vec::new()
         };
+        let v4_round = peer.relayed_rounds < RELAYED_V4_ROUNDS || peer.relayed_rounds % 4 == 0;
+        if tunnel.path.is_relay() {
+            peer.relayed_rounds = peer.relayed_rounds.saturating_add(1);
+        }
         let pattern = peer.direction.pattern;
         drop(peer);
         self.seal_to(&tunnel, tunnel.path, &[]);
-        for p in probes {
-            self.send_probe(now, fqdn, p);
+        if !probes.is_empty() {
+            self.probe_relayed(now, fqdn, probes, v4_round);
         }
         if !dead {
             return;

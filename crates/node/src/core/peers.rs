@@ -52,6 +52,9 @@ pub(crate) struct Peer {
     /// Select this peer's route again after the registration that follows
     /// a move.
     pub reroute: bool,
+    /// Keepalive ticks spent on the relay since the last path change
+    /// (paces the probes of direct paths).
+    pub relayed_rounds: u32,
     /// Path probes in flight: (nonce, path, sent at).
     pub probes: VecDeque<(u64, Path, Instant)>,
     /// The tunnel's path went with a move: application packets wait in
@@ -446,6 +449,7 @@ pub(crate) mod tests {
             path_since: now,
             path_note: String::new(),
             reroute: false,
+            relayed_rounds: 0,
             probes: VecDeque::new(),
             held: false,
             keys_at: now,

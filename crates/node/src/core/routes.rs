@@ -298,6 +298,7 @@ impl Node {
             path_since: now,
             path_note,
             reroute: false,
+            relayed_rounds: 0,
             probes: VecDeque::new(),
             held: false,
             keys_at,
