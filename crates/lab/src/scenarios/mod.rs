@@ -6,6 +6,7 @@ pub mod abuse;
 pub mod adapter;
 pub mod bench;
 pub mod bench_adapter;
+pub mod bench_punch;
 pub mod bench_transports;
 pub mod direct;
 pub mod firewall;
@@ -74,6 +75,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "access policy: default deny, n1 -> n2 on ICMP and tcp/5201 only; n2 -> n1 dropped, n1 -> n3 no route; withdrawn during a ping",
     ),
     (
+        "bench-punch",
+        "hole punching over many fresh trials per NAT pair (home routers, routers that only masquerade, hard <-> easy): success rate and times",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -92,6 +97,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "mobility" => mobility::run(bin),
         "firewall" => firewall::run(bin),
         "bench-transports" => bench_transports::run(bin),
+        "bench-punch" => bench_punch::run(bin),
         "lifetime" => lifetime::run(bin),
         "revoke" => revoke::run(bin),
         "abuse" => abuse::run(bin),
