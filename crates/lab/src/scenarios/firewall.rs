@@ -310,15 +310,14 @@ impl FirewallLab {
             // a's way onto fw3's LAN, down until the move (as in the
             // mobility scenario).
             let r = nl.router("fw3")?;
-            let (r_ns, gw, base) = (r.ns.clone(), r.lan_gw, r.lan_base);
-            let [o1, o2, o3, o4] = base.octets();
-            let lan_addr = Ipv4Addr::new(o1, o2, o3, o4 + 40);
+            let (r_ns, gw) = (r.ns.clone(), r.lan_gw);
+            let (lan_addr, lan_cidr) = r.roam_addr();
             let a_ns = nl.o.nodes[a].ns.clone();
             nl.o.lab.link(&a_ns, "lan0", &[], &r_ns, "m1", &[])?;
             nl.o.lab.sh(&r_ns, "ip link set m1 master lan")?;
             nl.o.lab.sh(&a_ns, "ip link set lan0 down")?;
             mover = Some(Mover {
-                lan_cidr: format!("{lan_addr}/26"),
+                lan_cidr,
                 lan_addr,
                 gw,
             });

@@ -331,9 +331,8 @@ fn add_lan_leg(nl: &mut NatLab, name: &str, router: &str, host: u8) -> anyhow::R
     let idx = nl.node(name)?;
     let ns = nl.o.nodes[idx].ns.clone();
     let r = nl.router(router)?;
-    let (r_ns, gw, base) = (r.ns.clone(), r.lan_gw, r.lan_base);
-    let [a, b, c, d] = base.octets();
-    let lan_ip = format!("{a}.{b}.{c}.{}", d + 40);
+    let (r_ns, gw) = (r.ns.clone(), r.lan_gw);
+    let (_, lan_cidr) = r.roam_addr();
     let port = format!("m{host}");
     nl.o.lab.link(&ns, "lan0", &[], &r_ns, &port, &[])?;
     nl.o.lab
@@ -354,7 +353,7 @@ fn add_lan_leg(nl: &mut NatLab, name: &str, router: &str, host: u8) -> anyhow::R
         ns,
         global_v4: format!("{v4}/24"),
         global_v6: format!("{v6}/64"),
-        lan_v4: format!("{lan_ip}/26"),
+        lan_v4: lan_cidr,
         lan_gw: gw.to_string(),
     })
 }

@@ -10,7 +10,7 @@
 //!   `-- NAT routers: WAN 192.0.2.10x, IPv4 only
 //!         nft masquerade (eim) or masquerade fully-random (sym), and an
 //!         input firewall (no unsolicited traffic to the router itself)
-//!         `-- bridge `lan` in the router's namespace, gateway .1 of a /26
+//!         `-- bridge `lan` in the router's namespace, gateway .1 of a /27
 //!               `-- NATed nodes .10, .11, ... (private IPv4 only,
 //!                   default route via the router)
 //! ```
@@ -79,6 +79,8 @@ const LANS: [Ipv4Addr; 16] = [
 const LAN_PREFIX: u8 = 27;
 /// A router's ISP hop (see [`Topology::plain_router`]): 192.0.2.201, ...
 const FIRST_ISP_HOST: u8 = 201;
+/// A LAN's host number for nodes that move onto it (after its own nodes).
+const ROAM_LAN_HOST: u8 = 25;
 /// A LAN's nodes: .10, .11, ... of its block.
 const FIRST_LAN_HOST: u8 = 10;
 
@@ -462,9 +464,17 @@ pub struct RouterHandle {
 impl RouterHandle {
     fn next_lan_addr(&self) -> anyhow::Result<Ipv4Addr> {
         let host = FIRST_LAN_HOST + self.lan_ports;
-        ensure!(host < 60, "LAN of {} is full", self.name);
+        ensure!(host < ROAM_LAN_HOST, "LAN of {} is full", self.name);
         let [a, b, c, d] = self.lan_base.octets();
         Ok(Ipv4Addr::new(a, b, c, d + host))
+    }
+
+    /// The address a node that moves onto this LAN takes (never one of
+    /// the LAN's own nodes'), and the same with the LAN's prefix length.
+    pub fn roam_addr(&self) -> (Ipv4Addr, String) {
+        let [a, b, c, d] = self.lan_base.octets();
+        let addr = Ipv4Addr::new(a, b, c, d + ROAM_LAN_HOST);
+        (addr, format!("{addr}/{LAN_PREFIX}"))
     }
 
     /// The LAN as a CIDR.
