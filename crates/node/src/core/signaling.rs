@@ -421,18 +421,10 @@ impl Signaling {
         rng: &mut StdRng,
         out: &mut Outbox,
     ) {
-        let timeout = self.config.direction_timeout;
-        self.send_request(
-            now,
-            RequestKind::Direction,
-            Message::DirectionRequest {
-                target: target.to_string(),
-            },
-            Some(target),
-            timeout,
-            rng,
-            out,
-        );
+        let message = Message::DirectionRequest {
+            target: target.to_string(),
+        };
+        self.send_direction_message(now, message, Some(target), rng, out);
     }
 
     /// A Direction Request for the node holding `vip`.
@@ -443,16 +435,21 @@ impl Signaling {
         rng: &mut StdRng,
         out: &mut Outbox,
     ) {
+        let message = Message::DirectionRequestByVip { vip };
+        self.send_direction_message(now, message, None, rng, out);
+    }
+
+    fn send_direction_message(
+        &mut self,
+        now: Instant,
+        message: Message,
+        target: Option<Fqdn>,
+        rng: &mut StdRng,
+        out: &mut Outbox,
+    ) {
         let timeout = self.config.direction_timeout;
-        self.send_request(
-            now,
-            RequestKind::Direction,
-            Message::DirectionRequestByVip { vip },
-            None,
-            timeout,
-            rng,
-            out,
-        );
+        let kind = RequestKind::Direction;
+        self.send_request(now, kind, message, target, timeout, rng, out);
     }
 
     /// Whether a Direction Request for the holder of `vip` is in flight.

@@ -530,6 +530,30 @@ fn packets_sent_before_the_tunnel_arrive_after_it_in_order() {
     exchange(&mut sim, 1, 2, "after");
 }
 
+/// `from1` (sent by n1) and `from2` (by n2) arrive at the other end
+/// within `within`, in order, and nothing more in the `settle` after.
+fn each_received(
+    sim: &mut Sim,
+    from1: &[Vec<u8>],
+    from2: &[Vec<u8>],
+    within: Duration,
+    settle: Duration,
+) {
+    assert!(
+        sim.run_until(within, |s| s.node(1).received.len() >= from2.len()
+            && s.node(2).received.len() >= from1.len())
+    );
+    sim.run_for(settle);
+    for (to, peer, sent) in [(2, "n1", from1), (1, "n2", from2)] {
+        assert_eq!(
+            sim.node(to)
+                .received_from(&format!("{peer}.cyphonic.internal")),
+            sent.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+            "at n{to}"
+        );
+    }
+}
+
 /// Both ends look each other up and send at the same instant, and each
 /// daemon's control task sees handshake packets a little after its data
 /// plane (`control_lag`), as in the real daemon. The responder's packets
@@ -559,20 +583,7 @@ fn both_ends_sending_at_once_lose_nothing() {
         sim.send_app(2, b);
     }
     assert!(tunnel_between(&mut sim, 1, 2, handshake));
-    assert!(
-        sim.run_until(Duration::from_secs(2), |s| s.node(1).received.len()
-            >= from2.len()
-            && s.node(2).received.len() >= from1.len())
-    );
-    sim.run_for(Duration::from_millis(500));
-    assert_eq!(
-        sim.node(2).received_from("n1.cyphonic.internal"),
-        from1.iter().map(Vec::as_slice).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        sim.node(1).received_from("n2.cyphonic.internal"),
-        from2.iter().map(Vec::as_slice).collect::<Vec<_>>()
-    );
+    each_received(&mut sim, &from1, &from2, secs(2), ms(500));
     assert_eq!(sim.node(1).data_rx_bad, 0, "nothing dropped at n1");
     assert_eq!(sim.node(2).data_rx_bad, 0, "nothing dropped at n2");
     exchange(&mut sim, 1, 2, "after");
@@ -634,20 +645,7 @@ fn both_ends_sending_to_each_others_vip_at_once_lose_nothing() {
         sim.send_app(1, a);
         sim.send_app(2, b);
     }
-    assert!(
-        sim.run_until(Duration::from_secs(3), |s| s.node(1).received.len()
-            >= from2.len()
-            && s.node(2).received.len() >= from1.len())
-    );
-    sim.run_for(Duration::from_secs(6));
-    assert_eq!(
-        sim.node(2).received_from("n1.cyphonic.internal"),
-        from1.iter().map(Vec::as_slice).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        sim.node(1).received_from("n2.cyphonic.internal"),
-        from2.iter().map(Vec::as_slice).collect::<Vec<_>>()
-    );
+    each_received(&mut sim, &from1, &from2, secs(3), secs(6));
     for n in [1, 2] {
         assert_eq!(sim.node(n).data_rx_bad, 0);
         assert_eq!(sim.node(n).handshakes(), 1, "one route, one handshake");

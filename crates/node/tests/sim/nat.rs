@@ -588,19 +588,27 @@ fn coordinated_punching_behind_routers_without_input_firewall_goes_direct() {
         "no clash at the MN's router"
     );
     assert_eq!(first_request.fate, Fate::Delivered);
-    let sent = stream(&mut sim, node.keepalive * 2, ms(200), "punched");
+    streams_on(&mut sim, node.keepalive * 2, "punched");
+}
+
+/// n1 and n2 stream to each other for `d`: every packet arrives, and both
+/// ends are on `want` ("punched" or "relayed") and were on nothing else
+/// (no one-way path taken, or no relay used).
+fn streams_on(sim: &mut Sim, d: Duration, want: &str) {
+    let sent = stream(sim, d, ms(200), want);
     sim.run_for(ms(200));
     assert!(sent
         .iter()
-        .all(|(_, from, p)| arrived(&sim, *from, 3 - from, p)));
+        .all(|(_, from, p)| arrived(sim, *from, 3 - from, p)));
     for (me, peer) in [(1, 2), (2, 1)] {
-        assert_eq!(path_of(&sim, me, peer), "punched", "n{me}");
+        assert_eq!(path_of(sim, me, peer), want, "n{me}");
+        let relayed = want == "relayed";
         assert!(
             sim.node(me)
                 .tunnel_ups
                 .iter()
-                .all(|(_, t)| !t.path.is_relay()),
-            "n{me} never used the relay"
+                .all(|(_, t)| t.path.is_relay() == relayed),
+            "n{me} was on another kind of path"
         );
     }
 }
@@ -631,21 +639,7 @@ fn coordinated_punching_between_adjacent_routers_without_input_firewall_falls_ba
         "the MN's router had recorded the CN's punch on that port"
     );
     assert_eq!(first_request.fate, Fate::Filtered);
-    let sent = stream(&mut sim, node.keepalive * 10, ms(200), "relayed");
-    sim.run_for(ms(200));
-    assert!(sent
-        .iter()
-        .all(|(_, from, p)| arrived(&sim, *from, 3 - from, p)));
-    for (me, peer) in [(1, 2), (2, 1)] {
-        assert_eq!(path_of(&sim, me, peer), "relayed", "n{me}");
-        assert!(
-            sim.node(me)
-                .tunnel_ups
-                .iter()
-                .all(|(_, t)| t.path.is_relay()),
-            "n{me} never took a one-way path"
-        );
-    }
+    streams_on(&mut sim, node.keepalive * 10, "relayed");
     // Both kept probing the direct endpoints, none answered: n2 (the
     // responder) opens its NAT and asks over the relay at each of the
     // first six keepalive ticks, then at every fourth; n1 probes on each
@@ -676,22 +670,8 @@ fn a_port_mapping_makes_routers_without_input_firewall_direct() {
         assert!(sim.run_until(secs(2), |s| s.node(2).registered.len() >= 2));
         lookup(&mut sim, from, to).unwrap();
         assert!(tunnel_between(&mut sim, 1, 2, node.handshake_timeout));
-        let sent = stream(&mut sim, node.keepalive * 2, ms(200), "mapped");
-        sim.run_for(ms(200));
-        assert!(sent
-            .iter()
-            .all(|(_, from, p)| arrived(&sim, *from, 3 - from, p)));
-        for (me, peer) in [(1, 2), (2, 1)] {
-            // Pattern 2 (a NAT on the path, opened from inside): direct.
-            assert_eq!(path_of(&sim, me, peer), "punched", "n{me}, {from} -> {to}");
-            assert!(
-                sim.node(me)
-                    .tunnel_ups
-                    .iter()
-                    .all(|(_, t)| !t.path.is_relay()),
-                "n{me} never used the relay"
-            );
-        }
+        // Pattern 2 (a NAT on the path, opened from inside): direct.
+        streams_on(&mut sim, node.keepalive * 2, "punched");
         let to_n2 = sim
             .node(1)
             .tunnel_to(&sim.node(2).fqdn)
