@@ -62,7 +62,7 @@ use cyphonic_proto::policy::RouteFilter;
 use cyphonic_proto::signal::{
     self, CertStatus, DirectionErrorCode, Envelope, GeneralNodes, Message, PeerInfo,
     RegistrationRequest, RegistrationResponse, RelayOffer, Role, RouteDirection, RoutePattern,
-    SignalCipher,
+    SignalCipher, Spray,
 };
 use cyphonic_proto::{RelayId, RouteId, SessionId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -2003,6 +2003,13 @@ impl Nms {
         let tunnel_key: [u8; 32] = self.rng.gen();
         let servers = self.relay_servers();
         let mn_initiates = decision.initiator == Initiator::Mn;
+        // The part of the end a direction goes to (the MN's side or the
+        // CN's) in birthday punching.
+        let spray = |side: Initiator| match decision.hard_side {
+            None => Spray::None,
+            Some(hard) if hard == side => Spray::OpenPorts,
+            Some(_) => Spray::Probe,
+        };
         let to_responder = RouteDirection {
             route_id,
             pattern: decision.pattern,
@@ -2010,6 +2017,7 @@ impl Nms {
             tunnel_key,
             initiate: !mn_initiates,
             punch: decision.punch && mn_initiates,
+            spray: spray(Initiator::Cn),
             relay: self.relay_offer(now, route_id.relay_id(), 1, &servers),
             via: decision.via,
             filter: (!filter.is_open()).then(|| filter.reversed()),
@@ -2021,6 +2029,7 @@ impl Nms {
             tunnel_key,
             initiate: mn_initiates,
             punch: decision.punch && !mn_initiates,
+            spray: spray(Initiator::Mn),
             relay: self.relay_offer(now, route_id.relay_id(), 0, &servers),
             via: decision.via,
             filter: (!filter.is_open()).then(|| filter.clone()),

@@ -138,6 +138,9 @@ pub fn documented_path(mn: Placement, cn: Placement) -> &'static str {
         (V4 | Ds, V4 | Ds) => "direct",
         (V6, _) | (_, V6) => "relayed",
         (Eim | Sym, V4 | Ds) | (V4 | Ds, Eim | Sym) | (Eim, Eim) => "punched",
+        // Over the relay first, then birthday punching finds a mapping of
+        // the hard NAT (`decide_route`, rule 7).
+        (Eim, Sym) | (Sym, Eim) => "punched",
         _ => "relayed",
     }
 }
@@ -162,6 +165,10 @@ pub struct RouteDecision {
     pub mn_endpoints: Vec<SocketAddr>,
     /// The non-initiating side punches its NAT towards the initiator.
     pub punch: bool,
+    /// Birthday punching over the relay: the side behind the hard
+    /// (endpoint-dependent) NAT, which opens spare ports; the other side,
+    /// behind an easy one, probes random ports at its public address.
+    pub hard_side: Option<Initiator>,
     /// How the initiator reaches the other side's endpoints: native UDP, or
     /// QUIC to its listener.
     pub via: Transport,
@@ -180,7 +187,11 @@ pub struct RouteDecision {
 /// 5. Both behind endpoint-independent NATs: coordinated punching — the MN
 ///    initiates towards the CN's mapping while the CN punches towards the
 ///    MN's.
-/// 6. Otherwise (a symmetric or unknown NAT on both sides, or no common
+/// 6. One behind a symmetric (hard) NAT, the other behind an
+///    endpoint-independent (easy) one: pattern 3 through a TRS, and
+///    birthday punching over it (`hard_side`): the hard side opens many
+///    ports, the easy side probes many.
+/// 7. Otherwise (a symmetric or unknown NAT on both sides, or no common
 ///    address family): pattern 3 through a TRS.
 ///
 /// A node that registered over a QUIC or TCP leg (its network lets no
@@ -197,6 +208,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: with_fallbacks(cn6, cn, mn),
             mn_endpoints: with_fallbacks(mn6, mn, cn),
             punch: false,
+            hard_side: None,
             via: Transport::Udp,
             reason: "both have global IPv6: direct",
         };
@@ -207,6 +219,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
         cn_endpoints: probe_candidates(cn, mn),
         mn_endpoints: probe_candidates(mn, cn),
         punch: false,
+        hard_side: None,
         via: Transport::Udp,
         reason,
     };
@@ -225,6 +238,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: cap(cn.v4_locals()),
             mn_endpoints: cap(mn.v4_locals()),
             punch: false,
+            hard_side: None,
             via: Transport::Udp,
             reason: "behind the same NAT: direct over local addresses",
         };
@@ -246,6 +260,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: at(cn, mn),
             mn_endpoints: at(mn, cn),
             punch: false,
+            hard_side: None,
             via: Transport::Udp,
             reason: "no NAT between the nodes: direct",
         },
@@ -255,6 +270,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: at(cn, mn),
             mn_endpoints: at(mn, cn),
             punch: false,
+            hard_side: None,
             via: Transport::Udp,
             reason: "this side behind a NAT, the peer public: the NATed side initiates (pattern 2)",
         },
@@ -264,6 +280,7 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: at(cn, mn),
             mn_endpoints: at(mn, cn),
             punch: false,
+            hard_side: None,
             via: Transport::Udp,
             reason: "the peer behind a NAT, this side public: the NATed side initiates (pattern 2)",
         },
@@ -273,8 +290,17 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: at(cn, mn),
             mn_endpoints: at(mn, cn),
             punch: true,
+            hard_side: None,
             via: Transport::Udp,
             reason: "both behind endpoint-independent NATs: coordinated punching",
+        },
+        (NatKind::Symmetric, NatKind::EndpointIndependent) => RouteDecision {
+            hard_side: Some(Initiator::Mn),
+            ..relayed("a hard NAT against an easy one: relay, then birthday punching")
+        },
+        (NatKind::EndpointIndependent, NatKind::Symmetric) => RouteDecision {
+            hard_side: Some(Initiator::Cn),
+            ..relayed("a hard NAT against an easy one: relay, then birthday punching")
         },
         _ => relayed("NATs on both sides that cannot be punched: relay (pattern 3)"),
     }
@@ -305,6 +331,7 @@ pub fn decide_leg_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: to_cn,
             mn_endpoints: Vec::new(),
             punch: false,
+            hard_side: None,
             via: Transport::Quic,
             reason: "UDP blocked at one end; the peer listens for QUIC: direct over QUIC",
         };
@@ -316,6 +343,7 @@ pub fn decide_leg_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             cn_endpoints: Vec::new(),
             mn_endpoints: to_mn,
             punch: false,
+            hard_side: None,
             via: Transport::Quic,
             reason: "UDP blocked at one end; this side listens for QUIC: the peer dials it",
         };
@@ -326,6 +354,7 @@ pub fn decide_leg_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
         cn_endpoints: Vec::new(),
         mn_endpoints: Vec::new(),
         punch: false,
+        hard_side: None,
         via: Transport::Udp,
         reason: "native UDP blocked at one end: relay, each side over its own transport",
     }
@@ -488,11 +517,20 @@ mod tests {
             for cn in all {
                 let d = decide_route(&node(mn, 1), &node(cn, 2));
                 let (pattern, initiator) = expected(mn, cn);
+                let birthday = matches!((mn, cn), (P::Eim, P::Sym) | (P::Sym, P::Eim));
                 let documented = match pattern {
                     RoutePattern::Direct => "direct",
                     RoutePattern::Punched => "punched",
+                    // Relayed, then birthday punching moves it.
+                    _ if birthday => "punched",
                     _ => "relayed",
                 };
+                let hard = match (mn, cn) {
+                    (P::Sym, P::Eim) => Some(Initiator::Mn),
+                    (P::Eim, P::Sym) => Some(Initiator::Cn),
+                    _ => None,
+                };
+                assert_eq!(d.hard_side, hard, "{mn:?} -> {cn:?} hard side");
                 assert_eq!(
                     documented,
                     documented_path(placement(mn), placement(cn)),

@@ -336,6 +336,15 @@ pub fn spawn_receivers(
     stop: &Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
+    {
+        let inbound = Inbound::new(device.clone(), tables, counters, control);
+        let (sockets, stop) = (sockets.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("cy-spare-rx".into())
+                .spawn(move || spare_loop(&sockets, inbound, &stop))?,
+        );
+    }
     for v6 in [false, true] {
         let has = if v6 {
             sockets.v6.is_some()
@@ -504,6 +513,19 @@ impl Sender {
         };
         counters.tx_packets.fetch_add(1, Ordering::Relaxed);
         let sealed = wire.len();
+        if leg.local != 0 {
+            // From a spare port (birthday punching): one datagram at a time.
+            self.flush();
+            let sent =
+                self.sockets.spares.get_or_bind(leg.local).and_then(|s| {
+                    cyphonic_platform::udp::send_from(&s, &buf[wire], leg.addr, None)
+                });
+            if let Err(e) = sent {
+                self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, dst = %leg.addr, "send from a spare port failed");
+            }
+            return;
+        }
         if leg.transport != Transport::Udp {
             let datagram = buf[wire].to_vec();
             let sent = match &self.hub {
@@ -596,6 +618,31 @@ fn inbound_loop(v6: bool, sockets: &Sockets, mut inbound: Inbound, stop: &Atomic
             }
         }
         inbound.flush();
+    }
+}
+
+/// Spare ports (birthday punching) -> open -> checks -> TUN: waits on
+/// every open spare port at once, and for the set to change.
+fn spare_loop(sockets: &Sockets, mut inbound: Inbound, stop: &AtomicBool) {
+    let mut buf = vec![0u8; RX_BUF];
+    let (mut generation, mut open) = sockets.spares.snapshot();
+    while !stop.load(Ordering::Relaxed) {
+        let ready = sockets.spares.wait(&open, Duration::from_millis(250));
+        for i in ready {
+            let (k, sock) = &open[i];
+            for _ in 0..BATCH {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        inbound.datagram(Leg::spare(*k, canonical(from)), &mut buf[..n]);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        inbound.flush();
+        if sockets.spares.generation() != generation {
+            (generation, open) = sockets.spares.snapshot();
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! UDP sockets for the fast paths (node data plane, relay): one socket per
 //! address family, non-blocking, batched through quinn-udp.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// A pair of UDP sockets, one per address family, on the same port, with
@@ -11,6 +13,9 @@ pub struct Sockets {
     pub v4: Option<UdpSocket>,
     pub v6: Option<UdpSocket>,
     pub state: quinn_udp::UdpSocketState,
+    /// Ports besides the tunnel port, for birthday punching behind a hard
+    /// NAT.
+    pub spares: SparePorts,
 }
 
 impl Sockets {
@@ -36,7 +41,12 @@ impl Sockets {
         // Invariant: at least one socket exists (checked above).
         let any = v4.as_ref().or(v6.as_ref()).expect("one socket");
         let state = quinn_udp::UdpSocketState::new(any.into())?;
-        Ok(Sockets { v4, v6, state })
+        Ok(Sockets {
+            v4,
+            v6,
+            state,
+            spares: SparePorts::default(),
+        })
     }
 
     pub fn socket_for(&self, dst: &SocketAddr) -> Option<&UdpSocket> {
@@ -139,6 +149,189 @@ impl Sockets {
         }
         Ok(())
     }
+}
+
+/// Spare IPv4 UDP sockets on ephemeral ports, numbered `1..=MAX_SPARE`:
+/// birthday punching opens many behind a hard NAT (each gets a mapping of
+/// its own there) and keeps those that carry tunnels. A spare is bound by
+/// the first send from it.
+#[derive(Default)]
+pub struct SparePorts {
+    inner: RwLock<SpareInner>,
+    /// Wakes [`SparePorts::wait`] when the set changes.
+    #[cfg(unix)]
+    bell: std::sync::OnceLock<(
+        std::os::unix::net::UnixDatagram,
+        std::os::unix::net::UnixDatagram,
+    )>,
+}
+
+#[derive(Default)]
+struct SpareInner {
+    by_number: BTreeMap<u16, Arc<UdpSocket>>,
+    generation: u64,
+}
+
+/// The highest spare number.
+pub const MAX_SPARE: u16 = 1024;
+
+impl SparePorts {
+    /// Spare `k`'s socket, bound now if it is not yet.
+    pub fn get_or_bind(&self, k: u16) -> io::Result<Arc<UdpSocket>> {
+        if k == 0 || k > MAX_SPARE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no such spare port",
+            ));
+        }
+        if let Some(s) = self.get(k) {
+            return Ok(s);
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = inner.by_number.get(&k) {
+            return Ok(s.clone());
+        }
+        let sock = Arc::new(bind_one(SocketAddr::from(([0, 0, 0, 0], 0)))?);
+        inner.by_number.insert(k, sock.clone());
+        inner.generation += 1;
+        drop(inner);
+        self.ring();
+        Ok(sock)
+    }
+
+    pub fn get(&self, k: u16) -> Option<Arc<UdpSocket>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.by_number.get(&k).cloned()
+    }
+
+    /// Closes every spare but those numbered in `keep`.
+    pub fn keep(&self, keep: &[u16]) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let before = inner.by_number.len();
+        inner.by_number.retain(|k, _| keep.contains(k));
+        if inner.by_number.len() != before {
+            inner.generation += 1;
+            drop(inner);
+            self.ring();
+        }
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.by_number.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The open spares and the set's generation (it changes with the set).
+    pub fn snapshot(&self) -> (u64, Vec<(u16, Arc<UdpSocket>)>) {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let v = inner
+            .by_number
+            .iter()
+            .map(|(k, s)| (*k, s.clone()))
+            .collect();
+        (inner.generation, v)
+    }
+
+    pub fn generation(&self) -> u64 {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.generation
+    }
+
+    #[cfg(unix)]
+    fn bell(
+        &self,
+    ) -> Option<&(
+        std::os::unix::net::UnixDatagram,
+        std::os::unix::net::UnixDatagram,
+    )> {
+        if self.bell.get().is_none() {
+            let pair = std::os::unix::net::UnixDatagram::pair().ok()?;
+            pair.0.set_nonblocking(true).ok()?;
+            pair.1.set_nonblocking(true).ok()?;
+            let _ = self.bell.set(pair);
+        }
+        self.bell.get()
+    }
+
+    fn ring(&self) {
+        #[cfg(unix)]
+        if let Some((tx, _)) = self.bell() {
+            let _ = tx.send(&[1]);
+        }
+    }
+
+    /// Waits until one of `socks` is readable, the set changes, or
+    /// `timeout` passes; returns the indexes (into `socks`) of the readable
+    /// ones.
+    pub fn wait(&self, socks: &[(u16, Arc<UdpSocket>)], timeout: Duration) -> Vec<usize> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let bell = self.bell().map(|(_, rx)| rx.as_raw_fd());
+            let mut fds: Vec<libc::pollfd> = socks
+                .iter()
+                .map(|(_, s)| s.as_raw_fd())
+                .chain(bell)
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: `fds` is a valid array of pollfds for the call.
+            unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    timeout.as_millis() as libc::c_int,
+                );
+            }
+            if let (Some(_), Some((_, rx))) = (bell, self.bell.get()) {
+                let mut b = [0u8; 64];
+                while rx.recv(&mut b).is_ok() {}
+            }
+            fds.iter()
+                .take(socks.len())
+                .enumerate()
+                .filter(|(_, p)| p.revents != 0)
+                .map(|(i, _)| i)
+                .collect()
+        }
+        #[cfg(not(unix))]
+        {
+            std::thread::sleep(timeout.min(Duration::from_millis(20)));
+            (0..socks.len()).collect()
+        }
+    }
+}
+
+/// Sends one datagram from `sock` (with IP TTL `ttl` when given), waiting
+/// a bounded while when its send buffer is full.
+pub fn send_from(
+    sock: &UdpSocket,
+    payload: &[u8],
+    dst: SocketAddr,
+    ttl: Option<u8>,
+) -> io::Result<()> {
+    for _ in 0..50 {
+        let sent = match ttl {
+            #[cfg(target_os = "linux")]
+            Some(ttl) => send_with_ttl(sock, payload, dst, ttl),
+            _ => sock.send_to(payload, dst).map(|_| ()),
+        };
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_ready(sock, true, Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+    Err(io::ErrorKind::WouldBlock.into())
 }
 
 /// The most payload one GSO send carries: 65535 less the UDP (8) and IPv6

@@ -496,6 +496,10 @@ pub struct RouteDirection {
     /// This node sends punch packets to the peer's endpoints, opening its
     /// own NAT for the peer's Tunnel Request (coordinated punching).
     pub punch: bool,
+    /// This node's part in birthday punching, for a route relayed because
+    /// one end is behind a hard (endpoint-dependent) NAT and the other
+    /// behind an easy one (`docs/routing.md`, protocol §5.17).
+    pub spray: Spray,
     /// Relay credentials for this node's side, when the cloud runs a TRS:
     /// the path for pattern 3, and the fallback for the others.
     pub relay: Option<RelayOffer>,
@@ -506,6 +510,22 @@ pub struct RouteDirection {
     /// What the access policy lets through this route, from this node's
     /// side; `None`: everything both ways (no filter block on the wire).
     pub filter: Option<RouteFilter>,
+}
+
+/// A node's part in birthday punching between a hard NAT (a new random
+/// port per destination) and an easy one (one port for every
+/// destination).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Spray {
+    /// No part: the route's pattern says everything.
+    #[default]
+    None,
+    /// Behind the hard NAT: open many spare ports towards the peer's
+    /// mapping, each getting a port of its own on the NAT.
+    OpenPorts,
+    /// Behind the easy NAT: probe random ports of the peer's public IPv4
+    /// address, hoping to hit one of those.
+    Probe,
 }
 
 /// The tunnel key is wiped when the direction goes (the NMS's pending
@@ -562,6 +582,7 @@ impl std::fmt::Debug for RouteDirection {
             .field("peer", &self.peer)
             .field("initiate", &self.initiate)
             .field("punch", &self.punch)
+            .field("spray", &self.spray)
             .field("relay", &self.relay)
             .finish_non_exhaustive()
     }
@@ -857,7 +878,11 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
         .u64(p.cert_serial)
         .u8(p.cert_status.to_u8())
         .socket_addrs(&p.endpoints[..p.endpoints.len().min(MAX_ENDPOINTS)]);
-    w.u8(d.initiate as u8 | (d.punch as u8) << 1 | (d.filter.is_some() as u8) << 2);
+    w.u8(d.initiate as u8
+        | (d.punch as u8) << 1
+        | (d.filter.is_some() as u8) << 2
+        | ((d.spray == Spray::OpenPorts) as u8) << 3
+        | ((d.spray == Spray::Probe) as u8) << 4);
     match &d.relay {
         None => {
             w.u8(0);
@@ -902,7 +927,7 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         .into());
     }
     let flags = r.u8()?;
-    if flags & !0b111 != 0 {
+    if flags & !0b1_1111 != 0 || flags & 0b1_1000 == 0b1_1000 {
         return Err(WireError::Invalid {
             field: "direction flags",
         }
@@ -942,6 +967,11 @@ fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
         tunnel_key,
         initiate: flags & 1 != 0,
         punch: flags & 2 != 0,
+        spray: match flags & 0b1_1000 {
+            0b0_1000 => Spray::OpenPorts,
+            0b1_0000 => Spray::Probe,
+            _ => Spray::None,
+        },
         relay,
         via: transport(r.u8()?)?,
         filter: if flags & 4 != 0 {
@@ -981,6 +1011,7 @@ mod tests {
             tunnel_key: [3; 32],
             initiate: true,
             punch: false,
+            spray: Spray::None,
             relay: None,
             via: Transport::Udp,
             filter: None,
@@ -989,6 +1020,7 @@ mod tests {
         relayed.pattern = RoutePattern::Relayed;
         relayed.initiate = false;
         relayed.punch = true;
+        relayed.spray = Spray::Probe;
         relayed.relay = Some(RelayOffer {
             relay_id: RelayId(77),
             side: 1,
@@ -1134,6 +1166,7 @@ mod tests {
             tunnel_key: [0xff; 32],
             initiate: true,
             punch: false,
+            spray: Spray::None,
             relay: Some(RelayOffer {
                 relay_id: RelayId(u64::MAX),
                 side: 1,
@@ -1184,6 +1217,43 @@ mod tests {
         let count_at = body.len() - 1;
         body[count_at] = GENERAL_NODES_PER_PAGE as u8 + 1;
         assert!(Envelope::decode(&body).is_err());
+    }
+
+    /// A direction cannot give both parts of birthday punching.
+    #[test]
+    fn a_direction_both_opening_and_probing_is_refused() {
+        let dir = sample_messages()
+            .into_iter()
+            .find_map(|m| match m {
+                Message::RouteDirectionToResponder(d) => Some(d),
+                _ => None,
+            })
+            .expect("a sample direction");
+        let body = |spray| {
+            let mut d = dir.clone();
+            d.spray = spray;
+            Envelope {
+                txid: 1,
+                message: Message::RouteDirectionToResponder(d),
+            }
+            .encode()
+        };
+        let (none, open) = (body(Spray::None), body(Spray::OpenPorts));
+        // The one byte that differs is the flags byte.
+        let at = (0..none.len())
+            .find(|&i| none[i] != open[i])
+            .expect("the flags differ");
+        let decoded = |b: &[u8]| match Envelope::decode(b).map(|e| e.message) {
+            Ok(Message::RouteDirectionToResponder(d)) => Some(d.spray),
+            _ => None,
+        };
+        assert_eq!(decoded(&open), Some(Spray::OpenPorts));
+        let mut probe = open.clone();
+        probe[at] ^= 0b1_1000;
+        assert_eq!(decoded(&probe), Some(Spray::Probe));
+        let mut both = open.clone();
+        both[at] |= 0b1_0000;
+        assert!(Envelope::decode(&both).is_err());
     }
 
     #[test]

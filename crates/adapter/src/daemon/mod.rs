@@ -36,7 +36,7 @@ use cyphonic_node::daemon::renewal::{Failure, Renewal};
 use cyphonic_node::daemon::{
     bind_ports, control_listener, forward_dns, login, login_of, ping_answer, read_control,
     receive_legs, sleep_until_some, transmit, unix_micros, CertificateStatus, ControlMessage,
-    ControlRequest, Credentials, LoginResult, LoginUse, Renewer, DEFAULT_MTU,
+    ControlRequest, Credentials, LoginResult, LoginUse, Renewer, SpareUse, DEFAULT_MTU,
 };
 use cyphonic_node::dataplane::{
     spawn_receivers, DataCounters, Device, Inbound, Sender, Sockets, Tables, ToControl,
@@ -158,6 +158,8 @@ struct Adapter {
     certificate: Renewer,
     host: Host,
     sockets: Arc<Sockets>,
+    /// Which identity uses which spare port.
+    spare_use: SpareUse,
     hub: Arc<Hub>,
     tables: Arc<Tables>,
     counters: Arc<DataCounters>,
@@ -235,6 +237,7 @@ impl Adapter {
             certificate,
             host: Host::default(),
             sockets,
+            spare_use: SpareUse::default(),
             hub,
             tables: Arc::new(Tables::default()),
             counters: Arc::new(DataCounters::default()),
@@ -369,7 +372,8 @@ impl Adapter {
         while let Some((id, event)) = self.host.poll_event() {
             self.on_node_event(id, event);
         }
-        while let Some((_, t)) = self.host.poll_transmit() {
+        while let Some((id, t)) = self.host.poll_transmit() {
+            self.spare_use.sent(id, t.local);
             transmit(&self.sockets, &self.hub, t);
         }
     }
@@ -410,6 +414,7 @@ impl Adapter {
                 self.on_general_nodes(version, nodes)
             }
             NodeEvent::GeneralNodes { .. } => {}
+            NodeEvent::SparePorts { keep } => self.spare_use.release(id, &keep, &self.sockets),
             NodeEvent::PingResult { client, result } => {
                 if let Some(w) = self.ping_waiters.remove(&client) {
                     let _ = w.send(ping_answer(&result));

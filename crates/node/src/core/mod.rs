@@ -64,6 +64,7 @@ mod requests;
 mod routes;
 mod session;
 mod signaling;
+mod spray;
 mod status;
 mod timers;
 mod tunnel;
@@ -112,6 +113,8 @@ pub struct Node {
     /// The port mapping the daemon keeps on the router, if granted.
     port_mapping: Option<PortMapping>,
     pings: Pings,
+    /// Spare ports for birthday punching.
+    spares: spray::Spares,
     early: EarlyRequests,
     mobility: Mobility,
     /// Set by a move: select every peer's route again once registered.
@@ -167,6 +170,7 @@ impl Node {
             vips: VipWaits::default(),
             port_mapping: None,
             pings: Pings::default(),
+            spares: Default::default(),
             early: EarlyRequests::default(),
             mobility: Mobility::default(),
             reroute_when_registered: false,
@@ -228,12 +232,14 @@ impl Node {
             .vips
             .next_expiry(self.vip_wait())
             .map(|t| (t, TimerReason::SignalRetransmit));
+        let spares = self.spares_deadline().map(|t| (t, TimerReason::Path));
         [
             self.signaling.poll_timeout(),
             self.peers.poll_timeout(),
             general,
             dns,
             vips,
+            spares,
         ]
         .into_iter()
         .flatten()
@@ -894,6 +900,7 @@ impl Node {
         for fqdn in self.peers.due(now) {
             self.peer_timers(now, &fqdn);
         }
+        self.spares_timer(now);
         for vip in self.vips.expired(now, self.vip_wait()) {
             // Its question went with a session that ended, and no new one
             // came in time.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use cyphonic_proto::relay::Bind;
-use cyphonic_proto::signal::RoutePattern;
+use cyphonic_proto::signal::{RoutePattern, Spray};
 use cyphonic_proto::{Fqdn, LocalIndex, Transport};
 use rand::Rng;
 
@@ -53,7 +53,13 @@ impl Node {
     }
 
     /// [`Node::seal_to`], the datagram sent with IP TTL `ttl`.
-    fn seal_to_ttl(&mut self, tunnel: &TunnelHandle, path: Path, packet: &[u8], ttl: Option<u8>) {
+    pub(super) fn seal_to_ttl(
+        &mut self,
+        tunnel: &TunnelHandle,
+        path: Path,
+        packet: &[u8],
+        ttl: Option<u8>,
+    ) {
         match crate::datapath::encapsulate_vec(tunnel, path, packet) {
             Ok(framed) => {
                 let mut t = path.leg().transmit(framed);
@@ -175,10 +181,17 @@ impl Node {
             return;
         };
         let natted = self.signaling.nat() != cyphonic_proto::nat::NatKind::None;
+        let spray = self
+            .peers
+            .get(fqdn)
+            .map_or(Spray::None, |p| p.direction.spray);
         let mut ask = false;
         for p in paths {
             if !p.address().is_ipv4() {
                 self.send_probe(now, fqdn, p);
+            } else if spray != Spray::None {
+                // A hard NAT against an easy one: IPv4 is birthday
+                // punching's (`core::spray`), on its own schedule.
             } else if v4_round && role == TunnelRole::Responder {
                 if natted {
                     self.send_probe_ttl(now, fqdn, p, Some(PUNCH_TTL));
@@ -215,6 +228,12 @@ impl Node {
                 drop(peer);
                 self.seal_to(&tunnel, path, &Probe::Ack { nonce }.encode());
             }
+            Some(Probe::Request { .. }) if peer.direction.spray == Spray::Probe => {
+                // The peer, behind a hard NAT, opened its spare ports
+                // toward us: probe random ports of its address.
+                drop(peer);
+                self.start_spray(now, &fqdn);
+            }
             Some(Probe::Request { .. }) => {
                 // The peer opened its NAT toward our endpoints: probe its
                 // IPv4 direct paths now (only while relayed, and only the
@@ -238,12 +257,27 @@ impl Node {
                         && *pp == path
                         && now.saturating_duration_since(*at) < PROBE_LIFETIME
                 });
-                let Some(i) = found else {
-                    drop(peer);
-                    self.counters.handshake_rx_bad += 1;
-                    return;
-                };
-                peer.probes.remove(i);
+                let sprayed = found.is_none()
+                    && peer
+                        .spray
+                        .as_ref()
+                        .is_some_and(|r| r.answers(nonce, path, now));
+                match found {
+                    Some(i) => {
+                        peer.probes.remove(i);
+                    }
+                    None if sprayed => {
+                        tracing::info!(peer = %fqdn, %path, "birthday punching hit a mapping");
+                        if let Some(run) = peer.spray.as_mut() {
+                            run.sent = super::spray::SPRAY_PROBES;
+                        }
+                    }
+                    None => {
+                        drop(peer);
+                        self.counters.handshake_rx_bad += 1;
+                        return;
+                    }
+                }
                 let pattern = peer.direction.pattern;
                 drop(peer);
                 if let Some(ping) = self.pings.take(nonce) {
@@ -286,6 +320,7 @@ impl Node {
             return;
         };
         tracing::info!(peer = %fqdn, from = %tunnel.path, to = %path, why = note, "path change");
+        let left_spare = tunnel.path.leg().local != 0;
         tunnel.path = path;
         let handle = tunnel.clone();
         peer.relayed_rounds = 0;
@@ -309,6 +344,9 @@ impl Node {
         self.seal_to(&handle, path, &[]);
         for packet in queued {
             self.seal_to(&handle, path, &packet);
+        }
+        if left_spare {
+            self.spares_timer(now);
         }
     }
 
@@ -486,6 +524,8 @@ impl Node {
         self.handshake_timer(now, fqdn);
         self.key_timer(now, fqdn);
         self.send_punches(now, fqdn);
+        self.spray_tick(now, fqdn);
+        self.open_spares(now, fqdn);
         let bind_due = self
             .peers
             .get(fqdn)

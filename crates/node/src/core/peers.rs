@@ -57,6 +57,13 @@ pub(crate) struct Peer {
     pub relayed_rounds: u32,
     /// Path probes in flight: (nonce, path, sent at).
     pub probes: VecDeque<(u64, Path, Instant)>,
+    /// Birthday punching, behind the easy NAT: the probes of the attempt
+    /// under way (or the last one).
+    pub spray: Option<super::spray::SprayRun>,
+    /// Behind the hard NAT: when the next attempt may open spare ports, and
+    /// the wait after it.
+    pub spray_next: Instant,
+    pub spray_backoff: std::time::Duration,
     /// The tunnel's path went with a move: application packets wait in
     /// `queue` until it is back.
     pub held: bool,
@@ -102,6 +109,12 @@ impl Peer {
             .filter(|u| self.next_punch < *u)
             .map(|_| self.next_punch);
         let bind = self.relay.as_ref().map(|r| r.next_bind);
+        let spray = self
+            .spray
+            .as_ref()
+            .filter(|r| !r.done())
+            .map(|r| r.next_at)
+            .or_else(|| self.spray_due());
         let keepalive = matches!(self.state, PeerState::Established).then_some(self.next_keepalive);
         let rekey = self
             .rekey
@@ -141,13 +154,25 @@ impl Peer {
         handshake
             .into_iter()
             .chain(
-                [punch, bind, keepalive]
+                [punch, bind, keepalive, spray]
                     .into_iter()
                     .flatten()
                     .map(|t| (t, TimerReason::Path))
                     .chain(rekey.map(|t| (t, TimerReason::Handshake))),
             )
             .min_by_key(|(t, _)| *t)
+    }
+
+    /// Behind the hard NAT of a birthday-punching route: when the next
+    /// attempt opens spare ports (its tunnel up and confirmed, on the
+    /// relay).
+    pub fn spray_due(&self) -> Option<Instant> {
+        let relayed = self.tunnel.as_ref().is_some_and(|t| t.path.is_relay());
+        (self.direction.spray == cyphonic_proto::signal::Spray::OpenPorts
+            && matches!(self.state, PeerState::Established)
+            && self.confirm_by.is_none()
+            && relayed)
+            .then_some(self.spray_next)
     }
 
     pub fn failed(&self) -> bool {
@@ -261,6 +286,20 @@ impl Peers {
 
     pub fn values(&self) -> impl Iterator<Item = &Peer> {
         self.by_name.values()
+    }
+
+    /// The spare ports (birthday punching) tunnels' paths go from, sorted.
+    pub fn spare_ports_in_use(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .by_name
+            .values()
+            .filter_map(|p| p.tunnel.as_ref())
+            .map(|t| t.path.leg().local)
+            .filter(|k| *k != 0)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Changes every peer, in name order.
@@ -410,6 +449,7 @@ pub(crate) mod tests {
             pattern: RoutePattern::Direct,
             initiate: true,
             punch: false,
+            spray: Default::default(),
             tunnel_key: [0; 32],
             relay: None,
             via: Transport::Udp,
@@ -451,6 +491,9 @@ pub(crate) mod tests {
             reroute: false,
             relayed_rounds: 0,
             probes: VecDeque::new(),
+            spray: None,
+            spray_next: now,
+            spray_backoff: crate::core::spray::SPRAY_RETRY,
             held: false,
             keys_at: now,
             reject_after: Duration::from_secs(180),

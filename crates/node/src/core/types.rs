@@ -137,6 +137,8 @@ pub struct Transmit {
     /// Native UDP from the tunnel port, or the QUIC / TCP leg to
     /// `destination`.
     pub transport: Transport,
+    /// Native UDP: the node's socket it goes from (see [`Leg::local`]).
+    pub local: u16,
     pub payload: Vec<u8>,
     /// Sent with this IP TTL (IPv6 hop limit) instead of the default: a
     /// punch that must open the node's own NAT and die before the peer's
@@ -154,21 +156,39 @@ pub use cyphonic_proto::Transport;
 pub struct Leg {
     pub transport: Transport,
     pub addr: SocketAddr,
+    /// Native UDP: which of the node's sockets: 0 the tunnel port, `k` in
+    /// `1..=SPARE_PORTS` spare port `k`, which birthday punching opens
+    /// behind a hard NAT (`core::spray`). 0 on QUIC and TCP.
+    pub local: u16,
 }
 
 impl Leg {
     pub fn new(transport: Transport, addr: SocketAddr) -> Self {
-        Leg { transport, addr }
+        Leg {
+            transport,
+            addr,
+            local: 0,
+        }
     }
 
     pub fn udp(addr: SocketAddr) -> Self {
         Leg::new(Transport::Udp, addr)
     }
 
+    /// Native UDP to `addr` from spare port `k` (0: the tunnel port).
+    pub fn spare(k: u16, addr: SocketAddr) -> Self {
+        Leg {
+            transport: Transport::Udp,
+            addr,
+            local: k,
+        }
+    }
+
     pub(crate) fn transmit(self, payload: Vec<u8>) -> Transmit {
         Transmit {
             destination: self.addr,
             transport: self.transport,
+            local: self.local,
             payload,
             ttl: None,
         }
@@ -184,6 +204,9 @@ impl From<SocketAddr> for Leg {
 impl std::fmt::Display for Leg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.transport {
+            Transport::Udp if self.local != 0 => {
+                write!(f, "{} (spare port {})", self.addr, self.local)
+            }
             Transport::Udp => write!(f, "{}", self.addr),
             t => write!(f, "{t}:{}", self.addr),
         }
@@ -324,6 +347,11 @@ pub enum NodeEvent {
         version: u64,
         nodes: Vec<cyphonic_proto::signal::GeneralNodeInfo>,
     },
+    /// Close every spare port (a [`Leg::local`] other than 0) but those in
+    /// `keep`, which carry tunnels: birthday punching is over. A spare
+    /// port is opened (an ephemeral UDP port) by the first transmit from
+    /// it.
+    SparePorts { keep: Vec<u16> },
 }
 
 /// Why the node asks to log in.
@@ -388,6 +416,7 @@ impl std::fmt::Debug for NodeEvent {
             NodeEvent::GeneralNodes { version, nodes } => {
                 write!(f, "GeneralNodes({} v{version:x})", nodes.len())
             }
+            NodeEvent::SparePorts { keep } => write!(f, "SparePorts(keep {keep:?})"),
         }
     }
 }
@@ -426,6 +455,11 @@ pub struct NodeCounters {
     pub dns_overlay_queries: u64,
     pub punches_sent: u64,
     pub punches_received: u64,
+    /// Birthday punching attempts (opening spare ports behind a hard NAT,
+    /// or probing random ports behind an easy one) and the random-port
+    /// probes sent.
+    pub spray_attempts: u64,
+    pub spray_probes: u64,
     pub path_changes: u64,
     pub relay_failovers: u64,
     /// Routes selected again because their relay grant neared its end.

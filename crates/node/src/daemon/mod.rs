@@ -706,6 +706,7 @@ impl Daemon {
             // Only an adapter asks for general nodes; the node daemon
             // never does (`general_nodes_poll` is off).
             NodeEvent::GeneralNodes { .. } => {}
+            NodeEvent::SparePorts { keep } => self.sockets.spares.keep(&keep),
             NodeEvent::PingResult { client, result } => {
                 if let Some(w) = self.control.ping_waiters.remove(&client) {
                     let _ = w.send(ping_answer(&result));
@@ -1057,5 +1058,5 @@ pub use control::{
 };
 pub use shell::{
     bind_ports, failure_of, forward_dns, login, login_of, node_hub, receive_legs, recv_dns, renew,
-    sleep_until_some, transmit, unix_secs, LoginUse, Renewer,
+    sleep_until_some, transmit, unix_secs, LoginUse, Renewer, SpareUse,
 };

@@ -467,7 +467,14 @@ pub async fn bind_ports(
 /// Sends what a core asked for: native UDP on the tunnel port, QUIC and
 /// TCP on the hub's legs.
 pub fn transmit(sockets: &Sockets, hub: &Hub, t: Transmit) {
-    if t.transport == Transport::Udp {
+    if t.transport == Transport::Udp && t.local != 0 {
+        let sent = sockets.spares.get_or_bind(t.local).and_then(|sock| {
+            cyphonic_platform::udp::send_from(&sock, &t.payload, t.destination, t.ttl)
+        });
+        if let Err(e) = sent {
+            tracing::debug!(dst = %t.destination, spare = t.local, error = %e, "send failed");
+        }
+    } else if t.transport == Transport::Udp {
         let sent = match t.ttl {
             Some(ttl) => sockets.send_to_with_ttl(&t.payload, t.destination, ttl),
             None => sockets.send_to(&t.payload, t.destination),
@@ -478,6 +485,31 @@ pub fn transmit(sockets: &Sockets, hub: &Hub, t: Transmit) {
     } else if let Err(e) = hub.send(t.transport, t.destination, t.payload) {
         let (dst, transport) = (t.destination, t.transport);
         tracing::debug!(%dst, %transport, error = %e, "send failed");
+    }
+}
+
+/// Which identity of a host sends from which spare port (birthday
+/// punching), so that one identity closing its spare ports never closes
+/// those another one uses.
+#[derive(Default)]
+pub struct SpareUse(
+    std::collections::HashMap<crate::host::IdentityId, std::collections::BTreeSet<u16>>,
+);
+
+impl SpareUse {
+    /// Identity `id` sent from spare port `k`.
+    pub fn sent(&mut self, id: crate::host::IdentityId, k: u16) {
+        if k != 0 {
+            self.0.entry(id).or_default().insert(k);
+        }
+    }
+
+    /// Identity `id` needs only the spare ports in `keep` now: closes every
+    /// spare port no identity needs.
+    pub fn release(&mut self, id: crate::host::IdentityId, keep: &[u16], sockets: &Sockets) {
+        self.0.insert(id, keep.iter().copied().collect());
+        let all: Vec<u16> = self.0.values().flatten().copied().collect();
+        sockets.spares.keep(&all);
     }
 }
 

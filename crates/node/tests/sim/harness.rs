@@ -40,7 +40,7 @@
 //! this module in one test binary.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -85,6 +85,8 @@ pub const CLOUD_LEG_PORT: u16 = 443;
 /// `TCP_DIAL_PORT + 100 i`.
 pub const QUIC_DIAL_PORT: u16 = 40_000;
 pub const TCP_DIAL_PORT: u16 = 50_000;
+/// A node's spare port `k` is this plus `k`.
+pub const SPARE_BASE: u16 = 30_000;
 /// As `cyphonic_transport::HubConfig::default()`: a dial (TCP connect and
 /// TLS, or the QUIC handshake) gives up after this long; the address is
 /// then refused for [`LEG_REDIAL_BACKOFF`]; a leg that received nothing for
@@ -553,6 +555,11 @@ pub struct SimNode {
     /// Every general-node list this node (an adapter) reported: (time,
     /// version, list).
     pub general_nodes: Vec<(Duration, u64, Vec<GeneralNodeInfo>)>,
+    /// Spare ports (birthday punching) open now: spare `k` is port
+    /// `SPARE_BASE + k` of the node's address.
+    pub spares: BTreeSet<u16>,
+    /// Every `SparePorts` release: (time, the ports kept).
+    pub spare_releases: Vec<(Duration, Vec<u16>)>,
     pub pongs: Vec<(
         Duration,
         u64,
@@ -1029,6 +1036,8 @@ impl Sim {
                 tunnel_ups: Vec::new(),
                 tunnel_downs: Vec::new(),
                 general_nodes: Vec::new(),
+                spares: BTreeSet::new(),
+                spare_releases: Vec::new(),
                 pongs: Vec::new(),
                 received: Vec::new(),
                 data_rx_bad: 0,
@@ -1399,7 +1408,20 @@ impl Sim {
     /// no socket on that port: the packet is refused there).
     fn listener(&self, dst: SocketAddr, transport: Transport) -> Option<Endpoint> {
         if transport == Transport::Udp {
-            return self.addr_book.get(&dst).copied();
+            if let Some(e) = self.addr_book.get(&dst) {
+                return Some(*e);
+            }
+            // A node's spare port (birthday punching) opened by a send.
+            return match self.addr_book.get(&SocketAddr::new(dst.ip(), TUNNEL_PORT)) {
+                Some(Endpoint::Node(slot))
+                    if self.nodes[*slot]
+                        .spares
+                        .contains(&dst.port().wrapping_sub(SPARE_BASE)) =>
+                {
+                    Some(Endpoint::Node(*slot))
+                }
+                _ => None,
+            };
         }
         if let Some(k) = self.cloud_host(dst.ip()) {
             return (self.cloud_legs && dst.port() == CLOUD_LEG_PORT).then_some(Endpoint::Edge(k));
@@ -1752,7 +1774,12 @@ impl Sim {
                     return;
                 }
                 if p.transport == Transport::Udp {
-                    self.node_in(slot, Leg::udp(p.src), p.payload);
+                    let local = if self.nodes[slot].addrs.contains(&dst) {
+                        0
+                    } else {
+                        dst.port() - SPARE_BASE
+                    };
+                    self.node_in(slot, Leg::spare(local, p.src), p.payload);
                 } else {
                     self.leg_in(slot, dst, p);
                 }
@@ -2065,7 +2092,13 @@ impl Sim {
     fn send_from_node(&mut self, slot: usize, t: Transmit) {
         match t.transport {
             Transport::Udp => {
-                let port = self.nodes[slot].addrs[0].port();
+                let port = match t.local {
+                    0 => self.nodes[slot].addrs[0].port(),
+                    k => {
+                        self.nodes[slot].spares.insert(k);
+                        SPARE_BASE + k
+                    }
+                };
                 self.ttl_next = t.ttl;
                 self.node_transmit(slot, Transport::Udp, port, t.destination, t.payload, None);
                 self.ttl_next = None;
@@ -2257,6 +2290,11 @@ impl Sim {
             NodeEvent::LegName { .. } => {}
             NodeEvent::GeneralNodes { version, nodes } => {
                 self.nodes[slot].general_nodes.push((at, version, nodes));
+            }
+            NodeEvent::SparePorts { keep } => {
+                let n = &mut self.nodes[slot];
+                n.spares.retain(|k| keep.contains(k));
+                n.spare_releases.push((at, keep));
             }
         }
     }
@@ -2457,6 +2495,7 @@ impl Sim {
                 let t = Transmit {
                     destination: leg.addr,
                     transport: leg.transport,
+                    local: leg.local,
                     payload,
                     ttl: None,
                 };

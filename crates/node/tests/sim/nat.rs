@@ -277,6 +277,11 @@ fn matrix_cell(seed: u64, x: Placement, y: Placement, loss: f64) -> Result<(), S
         ));
     }
     if loss == 0.0 {
+        // A hard NAT against an easy one starts on the relay; birthday
+        // punching moves both ends within seconds.
+        sim.run_until(secs(10), |s| {
+            path_of(s, 1, 2) == want && path_of(s, 2, 1) == want
+        });
         let got = path_of(&sim, 1, 2);
         if got != want {
             return Err(format!("n1's path is {got}, docs/routing.md says {want}"));
@@ -589,6 +594,120 @@ fn coordinated_punching_behind_routers_without_input_firewall_goes_direct() {
     );
     assert_eq!(first_request.fate, Fate::Delivered);
     streams_on(&mut sim, node.keepalive * 2, "punched");
+}
+
+/// A hard NAT (a random port per destination) against an easy one, both
+/// routers without an input firewall and a router between them: the
+/// tunnel comes up on the relay; the hard side opens its spare ports with
+/// probes that die past its NAT (none reaches the easy side's router,
+/// which would record it), the easy side probes random ports of the hard
+/// side's address, one hits an open mapping, and both ends move onto that
+/// path; the other spare ports close, the one in use stays. Over several
+/// seeds, both ways round (the hard side asking, and asked).
+#[test]
+fn birthday_punching_takes_a_hard_and_an_easy_nat_direct() {
+    let mut failures = Vec::new();
+    let seeds = 8u64;
+    for seed in 0..seeds {
+        let order = if seed % 2 == 0 {
+            [Placement::Sym, Placement::Eim]
+        } else {
+            [Placement::Eim, Placement::Sym]
+        };
+        if let Err(e) = birthday(one_seed(300 + seed), order) {
+            failures.push(format!("seed {}: {order:?}: {e}", 300 + seed));
+        }
+    }
+    // Each attempt finds a mapping with probability 98 %.
+    assert!(
+        failures.len() <= 1,
+        "{} of {seeds} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn birthday(seed: u64, order: [Placement; 2]) -> Result<(), String> {
+    let mut config = nat_config(seed, &order);
+    for nat in &mut config.nats {
+        *nat = nat.without_input_firewall();
+    }
+    let handshake = config.node.handshake_timeout;
+    let mut sim = started(config);
+    lookup(&mut sim, 1, 2)?;
+    if !tunnel_between(&mut sim, 1, 2, handshake) {
+        return Err("no tunnel".into());
+    }
+    if path_of(&sim, 1, 2) != "relayed" {
+        return Err(format!("first path {}", path_of(&sim, 1, 2)));
+    }
+    let up = sim.elapsed();
+    let direct = |s: &Sim| path_of(s, 1, 2) == "punched" && path_of(s, 2, 1) == "punched";
+    if !sim.run_until(secs(5), direct) {
+        return Err(format!(
+            "still {} / {} 5 s after the tunnel came up",
+            path_of(&sim, 1, 2),
+            path_of(&sim, 2, 1)
+        ));
+    }
+    let took = sim.elapsed() - up;
+    let hard = if order[0] == Placement::Sym { 1 } else { 2 };
+    let easy = 3 - hard;
+    let hard_path = tunnel_path(&sim, hard, easy).ok_or("no path")?;
+    let Path::Direct(leg) = hard_path else {
+        return Err(format!("hard side on {hard_path:?}"));
+    };
+    if leg.local == 0 || leg.addr.ip() != nat_public(easy - 1) {
+        return Err(format!(
+            "hard side's path {leg}: want a spare port to the easy NAT"
+        ));
+    }
+    // No probe of the hard side reached the easy side's router first.
+    let opened: Vec<Fate> = sim
+        .wire
+        .iter()
+        .filter(|w| w.kind == "Data" && w.lan_src.is_some_and(|a| a.port() > SPARE_BASE))
+        .map(|w| w.fate)
+        .take(256)
+        .collect();
+    if opened.len() < 256 || opened.iter().any(|f| *f != Fate::Expired) {
+        return Err(format!("spare ports' first probes: {opened:?}"));
+    }
+    // The window closes; only the port in use stays open.
+    sim.run_for(secs(10));
+    let n = sim.node(hard);
+    if n.spares.iter().copied().collect::<Vec<_>>() != vec![leg.local] {
+        return Err(format!("spare ports open after the window: {:?}", n.spares));
+    }
+    if !sim.node(easy).spares.is_empty() {
+        return Err("the easy side opened spare ports".into());
+    }
+    exchange(&mut sim, 1, 2, "birthday")?;
+    if path_of(&sim, 1, 2) != "punched" {
+        return Err(format!("after traffic: {}", path_of(&sim, 1, 2)));
+    }
+    eprintln!("seed {seed}: direct {took:?} after the tunnel came up");
+    Ok(())
+}
+
+/// Two hard NATs: nothing to hit (each side's mappings are unknown to the
+/// other); the tunnel stays on the relay and no spare port is opened.
+#[test]
+fn two_hard_nats_stay_relayed() {
+    let mut config = nat_config(one_seed(11), &[Placement::Sym, Placement::Sym]);
+    for nat in &mut config.nats {
+        *nat = nat.without_input_firewall();
+    }
+    let handshake = config.node.handshake_timeout;
+    let mut sim = started(config);
+    lookup(&mut sim, 1, 2).unwrap();
+    assert!(tunnel_between(&mut sim, 1, 2, handshake));
+    sim.run_for(secs(20));
+    assert_eq!(path_of(&sim, 1, 2), "relayed");
+    for i in [1, 2] {
+        assert_eq!(sim.node(i).node.status(sim.now).counters.spray_attempts, 0);
+        assert!(sim.node(i).spare_releases.is_empty());
+    }
 }
 
 /// n1 and n2 stream to each other for `d`: every packet arrives, and both
