@@ -4,7 +4,8 @@
 //! Pairs (MN -> CN, each node behind its own router, [`super::nat`]):
 //! endpoint-independent NATs behind home routers (input firewall) and
 //! behind routers that only masquerade (each behind an ISP router), and a
-//! symmetric ("hard") NAT against an endpoint-independent ("easy") one.
+//! symmetric ("hard") NAT against an endpoint-independent ("easy") one
+//! (birthday punching), behind both kinds of router.
 //! Each trial restarts both daemons on a tunnel port never used before, so
 //! no router holds anything from an earlier trial, resolves the CN's name
 //! on the MN and pings the VIP it got; it succeeds when the tunnel is
@@ -45,12 +46,16 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
         .plain_router("r-plain-b", NatKind::Eim)
         .router("r-hard", NatKind::Sym)
         .router("r-easy", NatKind::Eim)
+        .plain_router("r-hardp", NatKind::Sym)
+        .plain_router("r-easyp", NatKind::Eim)
         .node_behind("home-a", "r-home-a")
         .node_behind("home-b", "r-home-b")
         .node_behind("plain-a", "r-plain-a")
         .node_behind("plain-b", "r-plain-b")
         .node_behind("hard", "r-hard")
         .node_behind("easy", "r-easy")
+        .node_behind("hardp", "r-hardp")
+        .node_behind("easyp", "r-easyp")
         .build("bench-punch", bin)?;
     let started = nl.start()?;
     for (i, r) in started.iter().enumerate() {
@@ -71,7 +76,16 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
             "plain-a",
             "plain-b",
         ),
-        ("hard (symmetric) <-> easy (eim)", "hard", "easy"),
+        (
+            "hard (symmetric) <-> easy (eim), home routers",
+            "hard",
+            "easy",
+        ),
+        (
+            "easy (eim) <-> hard (symmetric), routers that only masquerade",
+            "easyp",
+            "hardp",
+        ),
     ] {
         let (mn, cn) = (nl.node(mn)?, nl.node(cn)?);
         let mut ok = 0usize;

@@ -55,6 +55,9 @@ pub fn expected_path(mn: Placement, cn: Placement) -> &'static str {
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A peer in state "failed" this long is taken as given up.
 const FAILED_GRACE: Duration = Duration::from_secs(2);
+/// How long a tunnel that came up on another path may take to reach the
+/// expected one (birthday punching: the relay first, then seconds).
+const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The cloud-side UDP listener of the topology checks: prints
 /// `<payload> <local port> <source ip> <source port>` for every datagram
@@ -475,6 +478,7 @@ fn matrix_pair(
     let cn = nl.node(cn_name)?;
     let expected = expected_path(x, y);
     let fqdn = nl.o.fqdn(cn);
+    let asked = Instant::now();
     let vip4 = match establish(&nl.o, mn, cn, ESTABLISH_TIMEOUT) {
         Ok((vip4, _)) => vip4,
         Err(e) => {
@@ -485,6 +489,13 @@ fn matrix_pair(
             bail!("path {seen}, expected {expected}: {e:#}");
         }
     };
+    // A path that needs more than the handshake (birthday punching after
+    // the relay) gets there within seconds.
+    let _ = wait_until("the expected path", MOVE_TIMEOUT, || {
+        let p = nl.o.peer(mn, &fqdn)?;
+        Ok((p["path"] == expected).then_some(()))
+    });
+    let took = asked.elapsed();
     let peer = nl.o.peer(mn, &fqdn)?;
     let path = peer["path"].as_str().unwrap_or("?").to_owned();
     let endpoint = peer["endpoint"].as_str().unwrap_or("?").to_owned();
@@ -524,8 +535,10 @@ fn matrix_pair(
         }
     };
     let line = format!(
-        "{} -> {}: path {path} (expected {expected}) via {endpoint}, ping avg {ping_text}, iperf3 {iperf_text}",
-        nl.o.nodes[mn].name, nl.o.nodes[cn].name
+        "{} -> {}: path {path} (expected {expected}) {:.0} ms after the query, via {endpoint}, ping avg {ping_text}, iperf3 {iperf_text}",
+        nl.o.nodes[mn].name,
+        nl.o.nodes[cn].name,
+        took.as_secs_f64() * 1000.0
     );
     ensure!(problems.is_empty(), "{line}: {}", problems.join("; "));
     Ok(line)
