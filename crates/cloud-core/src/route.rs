@@ -42,8 +42,7 @@ impl Endpoints for NetInfo {
     /// The IPv4 address other nodes reach this one at (a port mapping its
     /// router granted, its NAT's mapping, or its own address), if known.
     fn v4_public(&self) -> Option<SocketAddr> {
-        self.mapped
-            .filter(SocketAddr::is_ipv4)
+        self.public_mapping()
             .or(self.observed.is_ipv4().then_some(self.observed))
     }
 
@@ -229,18 +228,23 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
     let (mn_nat, cn_nat) = (mn.nat(), cn.nat());
     let natted = |k: NatKind| k != NatKind::None;
     // Behind a NAT, a port mapping on it or not: two such nodes seen from
-    // one address share it, and reach each other on their LAN.
+    // one address share it: one router (they reach each other on their
+    // LAN), or a carrier NAT in front of two homes (they reach each other
+    // through a mapping of their home routers, on the carrier's network,
+    // or through the carrier's own mappings when it hairpins).
     let behind = |n: &NetInfo| natted(n.nat()) || n.mapped.is_some();
     if behind(mn) && behind(cn) && mn.observed.is_ipv4() && mn.observed.ip() == cn.observed.ip() {
         return RouteDecision {
             pattern: RoutePattern::Direct,
             initiator: Initiator::Mn,
-            cn_endpoints: cap(cn.v4_locals()),
-            mn_endpoints: cap(mn.v4_locals()),
-            punch: false,
+            cn_endpoints: behind_one_nat(cn),
+            mn_endpoints: behind_one_nat(mn),
+            // Through a carrier NAT that hairpins, the CN's NATs must be
+            // open toward the MN's mapping, as in coordinated punching.
+            punch: natted(cn.nat()),
             hard_side: None,
             via: Transport::Udp,
-            reason: "behind the same NAT: direct over local addresses",
+            reason: "behind the same NAT: direct over local addresses, else through the NAT's mappings",
         };
     }
     let at = |n: &NetInfo, other: &NetInfo| -> Vec<SocketAddr> {
@@ -358,6 +362,23 @@ pub fn decide_leg_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
         via: Transport::Udp,
         reason: "native UDP blocked at one end: relay, each side over its own transport",
     }
+}
+
+/// Where a node behind the same public address as its peer is reached, in
+/// the order to try: its own IPv4 addresses (one LAN), a port mapping its
+/// router granted on the network between it and that address (a home
+/// router behind a carrier NAT), a mapping of that address itself (the
+/// NAT's own, when it keeps one port per destination; reached when the NAT
+/// hairpins), and a port mapping there.
+fn behind_one_nat(n: &NetInfo) -> Vec<SocketAddr> {
+    let mut v = n.v4_locals();
+    v.extend(n.inner_mapping());
+    if n.nat() == NatKind::EndpointIndependent {
+        v.push(n.observed);
+    }
+    v.extend(n.public_mapping());
+    dedup(&mut v);
+    cap(v)
 }
 
 /// `of`'s endpoints for `from`: the given ones first, then every other
@@ -586,7 +607,57 @@ mod tests {
         b.observed_probe = Some(b.observed);
         let d = decide_route(&node(P::Eim, 1), &b);
         assert_eq!(d.pattern, RoutePattern::Direct);
-        assert_eq!(d.cn_endpoints, vec![a("198.51.100.99:4501")]);
+        // The LAN address first; the NAT's mapping (reached if it
+        // hairpins) after it, opened by the CN's punches.
+        assert_eq!(
+            d.cn_endpoints,
+            vec![a("198.51.100.99:4501"), a("192.0.2.101:5000")]
+        );
+        assert!(d.punch);
+    }
+
+    /// Two homes behind one carrier NAT: seen at one address, but on
+    /// different LANs. Their LAN addresses are tried first (they may share
+    /// one), then a mapping a home router granted on the carrier's
+    /// network, then the carrier's own mapping (if it hairpins). A mapping
+    /// on the carrier's network is for those behind the carrier only:
+    /// peers elsewhere get the carrier's mapping.
+    #[test]
+    fn two_homes_behind_one_carrier_nat() {
+        let home = |lan: &str, port: u16| NetInfo {
+            local_addrs: vec![a(lan)],
+            observed: SocketAddr::new("192.0.2.120".parse().unwrap(), port),
+            observed_probe: Some(SocketAddr::new("192.0.2.120".parse().unwrap(), port)),
+            transport: Transport::Udp,
+            quic_port: 0,
+            mapped: None,
+        };
+        let x = home("198.51.100.10:4501", 14501);
+        let mut y = home("203.0.113.10:4501", 24501);
+        let d = decide_route(&x, &y);
+        assert_eq!(d.pattern, RoutePattern::Direct);
+        assert_eq!(
+            d.cn_endpoints,
+            vec![a("203.0.113.10:4501"), a("192.0.2.120:24501")]
+        );
+        assert!(d.punch);
+        y.mapped = Some(a("198.51.100.200:30000"));
+        assert_eq!(y.nat(), NatKind::EndpointIndependent, "still behind the carrier");
+        assert_eq!(y.public_mapping(), None);
+        let d = decide_route(&x, &y);
+        assert_eq!(
+            d.cn_endpoints,
+            vec![
+                a("203.0.113.10:4501"),
+                a("198.51.100.200:30000"),
+                a("192.0.2.120:24501")
+            ]
+        );
+        // From elsewhere: the carrier's mapping, never the inner one.
+        for other in [P::V4, P::Eim] {
+            let d = decide_route(&node(other, 2), &y);
+            assert_eq!(d.cn_endpoints, vec![a("192.0.2.120:24501")], "{other:?}");
+        }
     }
 
     /// A node whose router mapped its tunnel port counts as reachable at
@@ -631,7 +702,10 @@ mod tests {
         twin.mapped = Some(a("192.0.2.101:30002"));
         let d = decide_route(&mapped, &twin);
         assert_eq!(d.pattern, RoutePattern::Direct);
-        assert_eq!(d.cn_endpoints, vec![a("198.51.100.99:4501")]);
+        assert_eq!(
+            d.cn_endpoints,
+            vec![a("198.51.100.99:4501"), a("192.0.2.101:30002")]
+        );
     }
 
     #[test]

@@ -81,6 +81,25 @@ impl NetInfo {
             .collect()
     }
 
+    /// The port mapping's address when the internet reaches the node there:
+    /// granted by the outermost NAT (its address is the one the NMS sees
+    /// the node at), or by a router the NMS cannot compare it with (the
+    /// node registered over IPv6).
+    pub fn public_mapping(&self) -> Option<SocketAddr> {
+        self.mapped
+            .filter(|m| m.is_ipv4())
+            .filter(|m| !self.observed.is_ipv4() || m.ip() == self.observed.ip())
+    }
+
+    /// The port mapping's address when a further NAT lies beyond the
+    /// router that granted it (a home router behind a carrier NAT): only
+    /// nodes behind that same further NAT (seen at the same address) can
+    /// reach it.
+    pub fn inner_mapping(&self) -> Option<SocketAddr> {
+        self.mapped
+            .filter(|m| m.is_ipv4() && self.observed.is_ipv4() && m.ip() != self.observed.ip())
+    }
+
     /// The NAT in front of the node's IPv4, as far as the NMS can tell.
     pub fn nat(&self) -> NatKind {
         if self.transport != Transport::Udp {
@@ -88,7 +107,7 @@ impl NetInfo {
             // mapping is unknown (and native UDP does not get out anyway).
             return NatKind::Unknown;
         }
-        if self.mapped.is_some_and(|m| m.is_ipv4()) {
+        if self.public_mapping().is_some() {
             // Its router forwards the mapped port to it: reachable like a
             // node with its own address, whatever its NAT does outbound.
             return NatKind::None;
