@@ -244,7 +244,8 @@ pub fn decide_route(mn: &NetInfo, cn: &NetInfo) -> RouteDecision {
             punch: natted(cn.nat()),
             hard_side: None,
             via: Transport::Udp,
-            reason: "behind the same NAT: direct over local addresses, else through the NAT's mappings",
+            reason:
+                "behind the same NAT: direct over local addresses, else through the NAT's mappings",
         };
     }
     let at = |n: &NetInfo, other: &NetInfo| -> Vec<SocketAddr> {
@@ -642,7 +643,11 @@ mod tests {
         );
         assert!(d.punch);
         y.mapped = Some(a("198.51.100.200:30000"));
-        assert_eq!(y.nat(), NatKind::EndpointIndependent, "still behind the carrier");
+        assert_eq!(
+            y.nat(),
+            NatKind::EndpointIndependent,
+            "still behind the carrier"
+        );
         assert_eq!(y.public_mapping(), None);
         let d = decide_route(&x, &y);
         assert_eq!(

@@ -54,33 +54,66 @@ const INTERNET: &str = "sw";
 const FIRST_GLOBAL_HOST: u8 = 11;
 /// First host number of router WANs (192.0.2.101, ...).
 const FIRST_WAN_HOST: u8 = 101;
-/// Router LANs, in the order routers are declared: the /27 blocks of
-/// 198.51.100.0/24 and 203.0.113.0/24. The general name's address
-/// (198.51.100.80) falls in 198.51.100.64/27, which comes last; scenarios
-/// here never contact it, and that block is only used by the 16th router.
-const LANS: [Ipv4Addr; 16] = [
-    Ipv4Addr::new(198, 51, 100, 0),
-    Ipv4Addr::new(198, 51, 100, 128),
-    Ipv4Addr::new(198, 51, 100, 192),
-    Ipv4Addr::new(203, 0, 113, 0),
-    Ipv4Addr::new(203, 0, 113, 64),
-    Ipv4Addr::new(203, 0, 113, 128),
-    Ipv4Addr::new(203, 0, 113, 192),
-    Ipv4Addr::new(198, 51, 100, 32),
-    Ipv4Addr::new(198, 51, 100, 160),
-    Ipv4Addr::new(198, 51, 100, 224),
-    Ipv4Addr::new(203, 0, 113, 32),
-    Ipv4Addr::new(203, 0, 113, 96),
-    Ipv4Addr::new(203, 0, 113, 160),
-    Ipv4Addr::new(203, 0, 113, 224),
-    Ipv4Addr::new(198, 51, 100, 96),
-    Ipv4Addr::new(198, 51, 100, 64),
-];
-const LAN_PREFIX: u8 = 27;
+/// Router LANs, in the order routers are declared: the /28 blocks of
+/// 198.51.100.0/24 and 203.0.113.0/24, the first sixteen at the starts of
+/// the /27 blocks earlier versions of the lab used. The general name's
+/// address (198.51.100.80) falls in the last block; scenarios here never
+/// contact it, and that block is only used by a 32nd router.
+const LANS: [Ipv4Addr; 32] = {
+    let first = [
+        (198, 51, 100, 0),
+        (198, 51, 100, 128),
+        (198, 51, 100, 192),
+        (203, 0, 113, 0),
+        (203, 0, 113, 64),
+        (203, 0, 113, 128),
+        (203, 0, 113, 192),
+        (198, 51, 100, 32),
+        (198, 51, 100, 160),
+        (198, 51, 100, 224),
+        (203, 0, 113, 32),
+        (203, 0, 113, 96),
+        (203, 0, 113, 160),
+        (203, 0, 113, 224),
+        (198, 51, 100, 96),
+        (198, 51, 100, 64),
+        // The second halves of those /27 blocks.
+        (198, 51, 100, 16),
+        (198, 51, 100, 144),
+        (198, 51, 100, 208),
+        (203, 0, 113, 16),
+        (203, 0, 113, 80),
+        (203, 0, 113, 144),
+        (203, 0, 113, 208),
+        (198, 51, 100, 48),
+        (198, 51, 100, 176),
+        (198, 51, 100, 240),
+        (203, 0, 113, 48),
+        (203, 0, 113, 112),
+        (203, 0, 113, 176),
+        (203, 0, 113, 240),
+        (198, 51, 100, 112),
+        (198, 51, 100, 80),
+    ];
+    let mut out = [Ipv4Addr::UNSPECIFIED; 32];
+    let mut i = 0;
+    while i < 32 {
+        let (a, b, c, d) = first[i];
+        out[i] = Ipv4Addr::new(a, b, c, d);
+        i += 1;
+    }
+    out
+};
+const LAN_PREFIX: u8 = 28;
+/// Ports a carrier NAT maps deterministically, one public port per
+/// subscriber and port (`10000 * (subscriber + 1) + port % 10000`): the
+/// tunnel port and the lab's mapping probes'. Every other port it
+/// masquerades.
+const CARRIER_PORTS: [u16; 2] = [4501, 40123];
 /// A router's ISP hop (see [`Topology::plain_router`]): 192.0.2.201, ...
 const FIRST_ISP_HOST: u8 = 201;
 /// A LAN's host number for nodes that move onto it (after its own nodes).
-const ROAM_LAN_HOST: u8 = 25;
+const ROAM_LAN_HOST: u8 = 14;
 /// A LAN's nodes: .10, .11, ... of its block.
 const FIRST_LAN_HOST: u8 = 10;
 
@@ -129,6 +162,11 @@ struct RouterSpec {
     /// Its WAN reaches the internet through a router of its own (an ISP
     /// hop) instead of sitting on the internet's link.
     isp_hop: bool,
+    /// `Some(hairpin)`: a carrier NAT, whose LAN is the carrier's network
+    /// of home routers ([`Topology::carrier`]).
+    carrier: Option<bool>,
+    /// The carrier NAT its WAN sits behind, if any.
+    behind: Option<String>,
 }
 
 struct NodeSpec {
@@ -159,6 +197,46 @@ impl Topology {
             udp_timeout: None,
             input_firewall: true,
             isp_hop: false,
+            carrier: None,
+            behind: None,
+        });
+        self
+    }
+
+    /// A carrier-grade NAT on the internet's link, whose LAN is the
+    /// carrier's network: home routers sit there
+    /// ([`Topology::router_behind`]). It maps endpoint-independently as
+    /// carrier NATs must (RFC 6888): the ports of [`CARRIER_PORTS`]
+    /// deterministically, one public port per subscriber and port (RFC
+    /// 7422), the others by masquerade; it drops unsolicited traffic to
+    /// itself. With `hairpin`, a packet from one subscriber to another's
+    /// public mapping of those ports comes back into the carrier's network
+    /// from the sender's public mapping (RFC 4787 REQ-9); without, it goes
+    /// to the carrier NAT itself, as Linux's NAT does unless told.
+    pub fn carrier(mut self, name: &str, hairpin: bool) -> Topology {
+        self.routers.push(RouterSpec {
+            name: name.to_owned(),
+            kind: NatKind::Eim,
+            udp_timeout: None,
+            input_firewall: true,
+            isp_hop: false,
+            carrier: Some(hairpin),
+            behind: None,
+        });
+        self
+    }
+
+    /// A home router (input firewall) whose WAN is on `carrier`'s network
+    /// (declared before it) instead of the internet's link.
+    pub fn router_behind(mut self, name: &str, kind: NatKind, carrier: &str) -> Topology {
+        self.routers.push(RouterSpec {
+            name: name.to_owned(),
+            kind,
+            udp_timeout: None,
+            input_firewall: true,
+            isp_hop: false,
+            carrier: None,
+            behind: Some(carrier.to_owned()),
         });
         self
     }
@@ -175,6 +253,8 @@ impl Topology {
             udp_timeout: None,
             input_firewall: false,
             isp_hop: true,
+            carrier: None,
+            behind: None,
         });
         self
     }
@@ -188,6 +268,8 @@ impl Topology {
             udp_timeout: Some(secs),
             input_firewall: true,
             isp_hop: false,
+            carrier: None,
+            behind: None,
         });
         self
     }
@@ -271,7 +353,8 @@ impl Topology {
 
         let mut routers = Vec::new();
         for (i, r) in self.routers.iter().enumerate() {
-            routers.push(build_router(&mut lab, &mut ports, i, r)?);
+            let handle = build_router(&mut lab, &mut ports, i, r, &mut routers)?;
+            routers.push(handle);
         }
 
         let mut handles = Vec::new();
@@ -319,7 +402,7 @@ impl Topology {
                     r.lan_ports += 1;
                     let port = format!("l{}", r.lan_ports);
                     let r_ns = r.ns.clone();
-                    let (gw, wan) = (r.lan_gw, r.wan);
+                    let (gw, wan) = (r.lan_gw, r.public);
                     lab.link(
                         &spec.name,
                         "eth0",
@@ -446,7 +529,7 @@ pub struct NatNode {
     /// The addresses on the node's own interface.
     pub addrs: Vec<IpAddr>,
     /// The addresses the internet sees it from: its own (global nodes) or
-    /// its router's WAN.
+    /// its router's WAN (its carrier NAT's, behind one).
     pub public: Vec<IpAddr>,
 }
 
@@ -454,11 +537,18 @@ pub struct RouterHandle {
     pub name: String,
     pub ns: String,
     pub kind: NatKind,
+    /// Its WAN address: on the internet, or on its carrier's network.
     pub wan: Ipv4Addr,
+    /// The address the internet sees its LAN from: its WAN, or its
+    /// carrier NAT's.
+    pub public: Ipv4Addr,
     pub lan_gw: Ipv4Addr,
     pub lan_base: Ipv4Addr,
     pub udp_timeout: Option<u32>,
     lan_ports: u8,
+    /// A carrier NAT: whether it hairpins, and the home routers attached.
+    carrier: Option<bool>,
+    subscribers: u8,
 }
 
 impl RouterHandle {
@@ -617,13 +707,37 @@ fn build_router(
     ports: &mut u32,
     i: usize,
     r: &RouterSpec,
+    built: &mut [RouterHandle],
 ) -> anyhow::Result<RouterHandle> {
     let ns = lab.add_ns(&r.name)?;
-    let wan = Ipv4Addr::new(192, 0, 2, FIRST_WAN_HOST + i as u8);
+    let mut wan = Ipv4Addr::new(192, 0, 2, FIRST_WAN_HOST + i as u8);
+    let mut public = wan;
     let lan_base = LANS[i];
     let [a, b, c, d] = lan_base.octets();
     let lan_gw = Ipv4Addr::new(a, b, c, d + 1);
-    if r.isp_hop {
+    if let Some(cname) = &r.behind {
+        let carrier = built
+            .iter_mut()
+            .find(|h| &h.name == cname)
+            .with_context(|| format!("router {}: no carrier {cname} declared before it", r.name))?;
+        ensure!(carrier.carrier.is_some(), "{cname} is not a carrier NAT");
+        wan = carrier.next_lan_addr()?;
+        public = carrier.public;
+        carrier.lan_ports += 1;
+        let port = format!("l{}", carrier.lan_ports);
+        let (c_ns, c_gw) = (carrier.ns.clone(), carrier.lan_gw);
+        lab.link(
+            &c_ns,
+            &port,
+            &[],
+            &r.name,
+            "wan",
+            &[&format!("{wan}/{LAN_PREFIX}")],
+        )?;
+        lab.sh(&c_ns, &format!("ip link set {port} master lan"))?;
+        lab.route(&r.name, "default", &c_gw.to_string())?;
+        carrier_subscriber(lab, carrier, wan)?;
+    } else if r.isp_hop {
         let isp = format!("isp-{}", r.name);
         lab.add_ns(&isp)?;
         let isp_addr = Ipv4Addr::new(192, 0, 2, FIRST_ISP_HOST + i as u8);
@@ -683,6 +797,7 @@ fn build_router(
         &format!(
             "nft add table ip nat && \
              nft add chain ip nat post '{{ type nat hook postrouting priority 100 ; }}' && \
+             nft add chain ip nat pre '{{ type nat hook prerouting priority -100 ; }}' && \
              nft add rule ip nat post oifname wan {}",
             r.kind.masquerade()
         ),
@@ -710,11 +825,40 @@ fn build_router(
         ns,
         kind: r.kind,
         wan,
+        public,
         lan_gw,
         lan_base,
         udp_timeout: r.udp_timeout,
         lan_ports: 0,
+        carrier: r.carrier,
+        subscribers: 0,
     })
+}
+
+/// A home router at `wan` joined `carrier`'s network: its deterministic
+/// mappings of [`CARRIER_PORTS`] and, on a hairpinning carrier, the way
+/// back in for the other subscribers.
+fn carrier_subscriber(lab: &Lab, carrier: &mut RouterHandle, wan: Ipv4Addr) -> anyhow::Result<()> {
+    let j = u16::from(carrier.subscribers);
+    carrier.subscribers += 1;
+    let public = carrier.public;
+    let mut rules = Vec::new();
+    for port in CARRIER_PORTS {
+        let mapped = 10_000 * (j + 1) + port % 10_000;
+        rules.push(format!(
+            "nft insert rule ip nat post oifname wan ip saddr {wan} udp sport {port} snat to {public}:{mapped}"
+        ));
+        if carrier.carrier == Some(true) {
+            rules.push(format!(
+                "nft add rule ip nat pre iifname lan ip daddr {public} udp dport {mapped} dnat to {wan}:{port}"
+            ));
+            rules.push(format!(
+                "nft insert rule ip nat post oifname lan ct status dnat ip saddr {wan} udp sport {port} snat to {public}:{mapped}"
+            ));
+        }
+    }
+    lab.sh(&carrier.ns, &rules.join(" && "))?;
+    Ok(())
 }
 
 /// 2001:db8::11 for host 11: the IPv6 address reads like the IPv4 one.

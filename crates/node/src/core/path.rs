@@ -28,6 +28,11 @@ pub(crate) const RELAYED_V4_ROUNDS: u32 = 6;
 /// sent its Tunnel Request (it learns the route one NMS round trip after
 /// the punching side), and punches at full TTL can open a NAT further out.
 pub(crate) const LOW_TTL_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+/// A tunnel that comes up on the relay has its first keepalive tick (and
+/// probe round) this soon, not a whole keepalive interval later: past the
+/// low-TTL window, when full-TTL punches have opened every NAT of the
+/// punching side.
+pub(crate) const FIRST_RELAYED_ROUND: std::time::Duration = std::time::Duration::from_millis(1500);
 use super::types::{Leg, NodeEvent, Path, PingError, Pong, TunnelHandle};
 use super::Node;
 use crate::resolver;

@@ -398,8 +398,16 @@ impl Node {
         peer.held = false;
         peer.last_handshake = Some(wall);
         peer.tunnel = Some(handle.clone());
-        peer.punch_until = None;
-        peer.next_keepalive = now + keepalive;
+        if path.is_relay() {
+            // Punching goes on (at full TTL past its first second) until
+            // its deadline: a NAT beyond the first (a carrier's) is opened
+            // toward the peer only by those punches, and the relayed
+            // tunnel's first probe round, soon, finds it open.
+            peer.next_keepalive = now + keepalive.min(super::path::FIRST_RELAYED_ROUND);
+        } else {
+            peer.punch_until = None;
+            peer.next_keepalive = now + keepalive;
+        }
         peer.rx_seen = handle.stats.rx_packets.load(Ordering::Relaxed);
         peer.stale_ticks = 0;
         peer.path_since = now;
