@@ -101,8 +101,11 @@ impl fmt::Debug for LoginInfo {
 /// Enrolls a device: proves it with its password and gets a certificate
 /// for the key in `csr_pem`. `server_name` is a DNS name or an IP address
 /// that the AS certificate names; `root_der` is the root the node trusts.
+/// `addrs` are the AS's ports at one address, the first preferred
+/// ([`connect_first`]): the request goes on the first connection made,
+/// once (a one-time password is spent by the first request the AS reads).
 pub async fn enroll(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     server_name: &str,
     root_der: &[u8],
     device_id: &str,
@@ -116,7 +119,7 @@ pub async fn enroll(
         password: Password(password.to_owned()),
         csr_pem: csr_pem.to_owned(),
     };
-    enrolled(exchange(addr, server_name, config, &request).await?)
+    enrolled(exchange(addrs, server_name, config, &request).await?)
 }
 
 /// An adapter gets a certificate for general node `device_id` (which it
@@ -138,7 +141,7 @@ pub async fn enroll_general(
         device_id: device_id.to_owned(),
         csr_pem: csr_pem.to_owned(),
     };
-    enrolled(exchange(addr, server_name, config, &request).await?)
+    enrolled(exchange(&[addr], server_name, config, &request).await?)
 }
 
 /// Logs in with the node certificate (`chain_pem`: node certificate then
@@ -152,7 +155,7 @@ pub async fn login(
 ) -> Result<LoginInfo, AsClientError> {
     let config = cyphonic_pki::node_client_config(root_der, Some((chain_pem, key_pem)))
         .map_err(|e| AsClientError::Setup(e.to_string()))?;
-    match exchange(addr, server_name, config, &Request::Login {}).await? {
+    match exchange(&[addr], server_name, config, &Request::Login {}).await? {
         Response::LoginOk(ok) => login_info(ok),
         other => Err(unexpected(other)),
     }
@@ -175,7 +178,7 @@ pub async fn renew(
     let request = Request::Renew {
         csr_pem: csr_pem.to_owned(),
     };
-    match exchange(addr, server_name, config, &request).await? {
+    match exchange(&[addr], server_name, config, &request).await? {
         Response::Renewed { cert_chain_pem, .. } => Ok(cert_chain_pem),
         other => Err(unexpected(other)),
     }
@@ -227,9 +230,50 @@ fn unexpected(response: Response) -> AsClientError {
     }
 }
 
-/// Sends one request on a fresh TLS connection and reads its answer.
+/// How long the preferred address has before the next is tried as well
+/// (RFC 8305's connection attempt delay).
+pub const CONNECT_STAGGER: Duration = Duration::from_millis(250);
+
+/// A TCP connection to the first of `addrs` that accepts: the first is
+/// tried at once, each next one [`CONNECT_STAGGER`] later or as soon as
+/// every earlier one failed, all racing from then on (a firewall that
+/// lets only the web out drops the others silently). Errs with the last
+/// failure when none connects.
+pub async fn connect_first(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut next = 0usize;
+    let mut last_err = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+    loop {
+        if next < addrs.len() && (attempts.is_empty() || next == 0) {
+            let addr = addrs[next];
+            attempts.spawn(async move { TcpStream::connect(addr).await });
+            next += 1;
+            continue;
+        }
+        if attempts.is_empty() {
+            return Err(last_err);
+        }
+        let stagger = tokio::time::sleep(CONNECT_STAGGER);
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok(Ok(stream))) => return Ok(stream),
+                Some(Ok(Err(e))) => last_err = e,
+                Some(Err(e)) => last_err = io::Error::other(e),
+                None => {}
+            },
+            () = stagger, if next < addrs.len() => {
+                let addr = addrs[next];
+                attempts.spawn(async move { TcpStream::connect(addr).await });
+                next += 1;
+            }
+        }
+    }
+}
+
+/// Sends one request on a fresh TLS connection (to the first of `addrs`
+/// that accepts, [`connect_first`]) and reads its answer.
 async fn exchange(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     server_name: &str,
     config: Arc<rustls::ClientConfig>,
     request: &Request,
@@ -245,7 +289,7 @@ async fn exchange(
     config.alpn_protocols = vec![cyphonic_proto::login::AS_ALPN.to_vec()];
     let config = Arc::new(config);
     let exchange = async {
-        let tcp = TcpStream::connect(addr).await.map_err(AsClientError::Io)?;
+        let tcp = connect_first(addrs).await.map_err(AsClientError::Io)?;
         let _ = tcp.set_nodelay(true);
         let tls = TlsConnector::from(config)
             .connect(name, tcp)
@@ -301,6 +345,23 @@ fn classify(e: io::Error) -> AsClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The preferred port refuses (or is dropped): the next one is used;
+    /// with none that accepts, the error says why.
+    #[tokio::test]
+    async fn the_first_port_that_accepts_is_used() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let stream = connect_first(&[closed, open]).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), open);
+        let err = connect_first(&[closed]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(connect_first(&[]).await.is_err());
+    }
 
     #[test]
     fn the_common_key_is_decoded_in_place_and_wiped_with_the_login() {

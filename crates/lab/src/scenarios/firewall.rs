@@ -569,7 +569,152 @@ fn mode_checks(fl: &mut FirewallLab, mode: Mode, report: &mut Report) -> anyhow:
         "marker a -> b: on b's TUN, never on the TRS's link or fw1's WAN",
         marker_check(fl, mode),
     );
+    if mode == Mode::Open {
+        report.check(
+            "fw1 starts letting only 443 out while a runs: a's lookups and routes move to QUIC within seconds",
+            blocked_midrun_check(fl),
+        );
+    }
+    if mode == Mode::TcpOnly {
+        report.check(
+            "a new device enrolls behind fw1 (TCP 443 out only): `node enroll` reaches the AS on 443",
+            enroll_behind_check(fl),
+        );
+    }
     Ok(())
+}
+
+/// fw1 switches to mode (a), UDP and TCP 443 out only, while a signals
+/// over native UDP, without a restart. At once an application on a asks
+/// the overlay resolver for a name only the NMS can answer (one that does
+/// not exist: NXDOMAIN is the NMS's answer, SERVFAIL the resolver's while
+/// the cloud is silent), every second with a fresh name, as stub
+/// resolvers retry; then pings b's VIP until it answers (the direct
+/// tunnel died with UDP: a new route, relayed over QUIC).
+fn blocked_midrun_check(fl: &mut FirewallLab) -> anyhow::Result<String> {
+    let (a, b) = (fl.a, fl.b);
+    ensure!(
+        fl.o().status(a)?["cloud"]["transport"] == "udp",
+        "a does not signal over udp before the change"
+    );
+    let vip_b = fl.o().status(b)?["vip4"]
+        .as_str()
+        .context("b has no VIPv4")?
+        .to_owned();
+    fl.set_mode("fw1", Mode::Web)?;
+    let started = std::time::Instant::now();
+    let o = fl.o();
+    let ns = o.nodes[a].ns.clone();
+    let domain = o
+        .fqdn(b)
+        .split_once('.')
+        .map(|(_, d)| d.to_owned())
+        .unwrap_or_default();
+    let mut n = 0u32;
+    let mut last = String::new();
+    wait_until(
+        "a name answered by the NMS",
+        Duration::from_secs(20),
+        || {
+            n += 1;
+            let name = format!("nobody-{n}.{domain}");
+            let out = o.lab.exec(
+                &ns,
+                &["dig", "@127.0.0.153", "+tries=1", "+time=1", &name, "A"],
+            )?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            last = text
+                .lines()
+                .find(|l| l.contains("status:"))
+                .unwrap_or("no answer")
+                .trim()
+                .to_owned();
+            Ok(text.contains("status: NXDOMAIN").then_some(()))
+        },
+    )
+    .with_context(|| format!("last: {last}"))?;
+    let named = started.elapsed();
+    let transport = o.status(a)?["cloud"]["transport"]
+        .as_str()
+        .unwrap_or("?")
+        .to_owned();
+    ensure!(transport == "quic", "a signals over {transport}, not quic");
+    wait_until("a ping of b's VIP", Duration::from_secs(30), || {
+        let out = o.lab.exec(&ns, &["ping", "-c", "1", "-W", "1", &vip_b])?;
+        Ok(out.status.success().then_some(()))
+    })?;
+    let routed = started.elapsed();
+    Ok(format!(
+        "a signals over quic; the NMS answers a lookup {:.1} s after the change ({n} tries), b's VIP answers a ping after {:.1} s",
+        named.as_secs_f64(),
+        routed.as_secs_f64()
+    ))
+}
+
+/// A device added now enrolls from a's namespace, behind fw1 in its
+/// current mode: `cyphonic node enroll --cloud <address>` tries the AS's
+/// port and TCP 443.
+fn enroll_behind_check(fl: &FirewallLab) -> anyhow::Result<String> {
+    let o = fl.o();
+    let device = "fw-late";
+    let bin = o.bin();
+    let cfg = o.cloud_dir.join("cloud.toml").to_string_lossy().to_string();
+    let password = super::overlay::password(device);
+    let out = o.lab.exec(
+        &o.cloud_ns,
+        &[
+            &bin,
+            "cloud",
+            "device",
+            "add",
+            "--config",
+            &cfg,
+            device,
+            "--password",
+            &password,
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "cloud device add: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let state = o.lab.dir().join("fw-late-state");
+    let state_s = state.to_string_lossy().to_string();
+    let root = o.cloud_dir.join("root.pem").to_string_lossy().to_string();
+    let cloud = o.cloud_addr.to_string();
+    let started = std::time::Instant::now();
+    let out = o.lab.exec(
+        &o.nodes[fl.a].ns,
+        &[
+            &bin,
+            "node",
+            "enroll",
+            "--cloud",
+            &cloud,
+            "--device",
+            device,
+            "--password",
+            &password,
+            "--ca",
+            &root,
+            "--state-dir",
+            &state_s,
+        ],
+    )?;
+    let took = started.elapsed();
+    ensure!(
+        out.status.success(),
+        "node enroll failed after {took:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let chain = std::fs::read_to_string(state.join("node.pem")).unwrap_or_default();
+    ensure!(
+        chain.contains("BEGIN CERTIFICATE"),
+        "no certificate in {}",
+        state.display()
+    );
+    Ok(format!("enrolled in {:.0} ms", took.as_secs_f64() * 1000.0))
 }
 
 /// Every node's `.cloud.transport` is the mode's (udp for s), at once or

@@ -95,6 +95,9 @@ pub(crate) struct Signaling {
     /// The NMS stopped answering, the session was dropped, and the NMS has
     /// said nothing since: the cloud is away while the node logs in again.
     lost: bool,
+    /// A KeepAlive went unanswered over the transport signaling uses: try
+    /// the others at the next timer ([`Signaling::probe_other_transports`]).
+    try_others: bool,
     /// The FQDN and VIPs of the last Login: the device's for good (they
     /// stay on the TUN device while the node is logged out).
     identity: Option<(String, Ipv4Addr, Ipv6Addr)>,
@@ -114,6 +117,7 @@ impl Signaling {
             transport,
             last_registered_over: None,
             lost: false,
+            try_others: false,
             identity: None,
         }
     }
@@ -889,16 +893,19 @@ impl Signaling {
                 self.request_login(LoginReason::RegistrationTimedOut, out);
             }
             RequestKind::KeepAlive => {
+                let mut first = false;
                 let missed = self.session.as_mut().map(|s| {
                     s.missed_keepalives += 1;
                     if !s.away {
                         tracing::warn!(
                             "the NMS does not answer: overlay names it must resolve fail at once"
                         );
+                        first = true;
                     }
                     s.away = true;
                     s.missed_keepalives
                 });
+                self.try_others |= first;
                 if missed.unwrap_or(0) >= self.config.max_missed_keepalives {
                     tracing::warn!("NMS stopped answering keepalives; logging in again");
                     self.session = None;
@@ -932,8 +939,59 @@ impl Signaling {
         Ok(None)
     }
 
+    /// The NMS stopped answering over the transport signaling uses: the
+    /// network may have just begun to block it (a firewall's new policy, a
+    /// captive network). A Registration over every other transport the
+    /// cloud offers finds out within a round trip; the first answer moves
+    /// signaling there (as a re-probe does), and the cheaper one is tried
+    /// again later. If the NMS itself is away, nothing answers and the
+    /// missed KeepAlives lead to a new Login as before.
+    fn probe_other_transports(&mut self, now: Instant, rng: &mut StdRng, out: &mut Outbox) {
+        let current = self.transport;
+        let Some(sig) = self.session.as_ref().filter(|s| s.registered) else {
+            return;
+        };
+        let others: Vec<Transport> = Transport::ALL
+            .into_iter()
+            .filter(|t| *t != current && sig.nms_leg(*t).is_some())
+            .collect();
+        let probing = self
+            .requests
+            .find(|r| r.kind == RequestKind::TransportProbe)
+            .is_some();
+        if others.is_empty() || probing || self.config.transport.is_some() {
+            return;
+        }
+        tracing::info!(
+            ?others,
+            "NMS silent over {current}; trying the other transports"
+        );
+        let txid: u64 = rng.gen();
+        let interval = self.config.retransmit;
+        self.requests.insert(
+            txid,
+            OutRequest {
+                kind: RequestKind::TransportProbe,
+                message: self.registration(others[0]),
+                target: None,
+                next_retransmit: now + interval,
+                interval,
+                deadline: now + self.config.registration_timeout,
+                before_move: false,
+                transports: others.clone(),
+                race_at: None,
+            },
+        );
+        for t in others {
+            self.seal_to_nms_over(txid, self.registration(t), t, out);
+        }
+    }
+
     /// The re-probe of cheaper transports and the KeepAlive, when due.
     pub fn keepalive_timer(&mut self, now: Instant, rng: &mut StdRng, out: &mut Outbox) {
+        if std::mem::take(&mut self.try_others) {
+            self.probe_other_transports(now, rng, out);
+        }
         if self.reprobes()
             && self
                 .session

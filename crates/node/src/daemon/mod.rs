@@ -91,8 +91,14 @@ pub async fn enroll(
         }
     };
     let csr = key.csr_pem(device_id)?;
+    // The AS's own port, and TCP 443 beside it for networks that let only
+    // the web out.
+    let mut ports = vec![cloud];
+    if cloud.port() != DEFAULT_AS_FALLBACK_PORT {
+        ports.push(SocketAddr::new(cloud.ip(), DEFAULT_AS_FALLBACK_PORT));
+    }
     let enrolled = crate::as_client::enroll(
-        cloud,
+        &ports,
         server_name,
         verifier.root_der(),
         device_id,

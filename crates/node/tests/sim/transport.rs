@@ -15,6 +15,9 @@ use cyphonic_node::core::{
 };
 use cyphonic_proto::signal::Message;
 
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
 use crate::harness::*;
 
 // ---- helpers ---------------------------------------------------------------
@@ -344,13 +347,11 @@ fn a_transport_that_breaks_mid_session_is_left_and_taken_back() {
 
     sim.set_firewall(1, Firewall::Only443);
     let broke = sim.elapsed();
-    // Signaling: keepalives unanswered until the node logs in again
-    // (`max_missed_keepalives` of them, each waiting up to 5 s), then the
-    // fallback; the NMS's keepalive interval is 15 s.
+    // Signaling: the first unanswered KeepAlive (the NMS's keepalive
+    // interval is 15 s, each waits up to 5 s) sends Registrations over the
+    // other transports; QUIC answers.
     let keepalive = secs(15);
-    let signaling_bound = keepalive * (node.max_missed_keepalives + 1)
-        + secs(5)
-        + registration_bound(&node, Transport::Quic);
+    let signaling_bound = keepalive + secs(5) + registration_bound(&node, Transport::Quic);
     assert!(
         sim.run_until(signaling_bound, |s| cloud(s, 1).registered
             && cloud(s, 1).transport == "quic"),
@@ -397,6 +398,46 @@ fn a_transport_that_breaks_mid_session_is_left_and_taken_back() {
 
 /// `--transport tcp` on an open network: TCP for everything, not one
 /// signaling packet over native UDP (or QUIC), no re-probing.
+/// The firewall starts letting only 443 out while the node idles on
+/// native UDP, and an application looks a name up at once: the query's
+/// KeepAlive check finds the NMS silent within `dns_cloud_wait`, the other
+/// transports are tried then, and signaling is on QUIC a few seconds after
+/// the query (not after the missed keepalives that mean a dead cloud); a
+/// lookup then resolves.
+#[test]
+fn a_lookup_notices_within_seconds_that_udp_is_blocked() {
+    let config = config(one_seed(8), 2);
+    let node = config.node.clone();
+    let sim = &mut started(config, secs(2));
+    assert_eq!(cloud(sim, 1).transport, "udp");
+    sim.set_firewall(1, Firewall::Only443);
+    let asked = sim.elapsed();
+    let name = format!("{}.", fqdn(2));
+    let first = sim.dns_query(1, &name, RecordType::A);
+    let bound = node.dns_cloud_wait + registration_bound(&node, Transport::Quic);
+    assert!(
+        sim.run_until(bound, |s| cloud(s, 1).registered
+            && cloud(s, 1).transport == "quic"),
+        "n1 not on QUIC within {bound:?} of the query: {:?}",
+        cloud(sim, 1)
+    );
+    let noticed = sim.elapsed() - asked;
+    // The first query failed fast (the cloud was away) or was answered;
+    // the stub resolver's retry is answered over QUIC.
+    let answered = |s: &Sim, c| {
+        s.dns_answer(1, c)
+            .is_some_and(|a| a.rcode() == ResponseCode::NoError)
+    };
+    if !answered(sim, first) {
+        let retry = sim.dns_query(1, &name, RecordType::A);
+        assert!(
+            sim.run_until(node.direction_timeout, |s| answered(s, retry)),
+            "no answer over QUIC {noticed:?} after the query"
+        );
+    }
+    assert!(noticed <= secs(4), "noticed after {noticed:?}");
+}
+
 #[test]
 fn a_forced_transport_is_the_only_one_used() {
     let mut config = config(one_seed(6), 2);
