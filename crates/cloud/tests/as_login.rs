@@ -72,10 +72,16 @@ impl Cloud {
     async fn enroll_n1(&self) -> (String, String) {
         let key = NodeKey::generate().unwrap();
         let csr = key.csr_pem("n1.cyphonic.internal").unwrap();
-        let enrolled =
-            as_client::enroll(self.v4, "127.0.0.1", &self.root_der, "n1", PASSWORD, &csr)
-                .await
-                .unwrap();
+        let enrolled = as_client::enroll(
+            &[self.v4],
+            "127.0.0.1",
+            &self.root_der,
+            "n1",
+            PASSWORD,
+            &csr,
+        )
+        .await
+        .unwrap();
         (enrolled.cert_chain_pem, key.to_pem().to_string())
     }
 
@@ -120,9 +126,16 @@ async fn enroll_then_login_gives_the_devices_vips() {
 
     let key = NodeKey::generate().unwrap();
     let csr = key.csr_pem("n1.cyphonic.internal").unwrap();
-    let enrolled = as_client::enroll(cloud.v4, "127.0.0.1", &cloud.root_der, "n1", PASSWORD, &csr)
-        .await
-        .unwrap();
+    let enrolled = as_client::enroll(
+        &[cloud.v4],
+        "127.0.0.1",
+        &cloud.root_der,
+        "n1",
+        PASSWORD,
+        &csr,
+    )
+    .await
+    .unwrap();
     assert_eq!(enrolled.fqdn, "n1.cyphonic.internal");
     // The chain is leaf + intermediate, and it verifies to the root we trust.
     let chain = cyphonic_pki::pem_to_der_chain(&enrolled.cert_chain_pem).unwrap();
@@ -191,7 +204,7 @@ async fn wrong_password_or_unknown_device_is_bad_credentials() {
     let mut answers = Vec::new();
     for (device, password) in [("n1", "wrong password"), ("nobody", PASSWORD)] {
         let err = as_client::enroll(
-            cloud.v4,
+            &[cloud.v4],
             "127.0.0.1",
             &cloud.root_der,
             device,
@@ -375,7 +388,7 @@ async fn unreachable_as_is_an_io_error() {
         .root_der()
         .to_vec();
     let err = as_client::enroll(
-        SocketAddr::from(([127, 0, 0, 1], port)),
+        &[SocketAddr::from(([127, 0, 0, 1], port))],
         "127.0.0.1",
         &root_der,
         "n1",

@@ -101,7 +101,7 @@ impl Cloud {
         let key = NodeKey::generate().unwrap();
         let csr = key.csr_pem("n1.cyphonic.internal").unwrap();
         let enrolled = as_client::enroll(
-            self.cfg.as_listen[0],
+            &self.cfg.as_listen[..1],
             "127.0.0.1",
             &self.root_der,
             "n1",

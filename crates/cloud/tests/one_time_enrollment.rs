@@ -65,7 +65,7 @@ async fn an_enrollment_asked_again_with_the_same_key_gets_the_same_certificate()
     let csr = key.csr_pem("n1.cyphonic.internal").unwrap();
     let ask = |at: std::net::SocketAddr, csr: String| {
         let root = dir.root_der.clone();
-        async move { as_client::enroll(at, "127.0.0.1", &root, "n1", PASSWORD, &csr).await }
+        async move { as_client::enroll(&[at], "127.0.0.1", &root, "n1", PASSWORD, &csr).await }
     };
     let first = ask(dir.as_v4(), csr.clone()).await.unwrap();
     let again = ask(dir.as_v4(), csr.clone()).await.unwrap();
@@ -76,7 +76,7 @@ async fn an_enrollment_asked_again_with_the_same_key_gets_the_same_certificate()
     assert_eq!(code, code::CREDENTIAL_USED);
     // A wrong password with the same key gets nothing.
     let root = dir.root_der.clone();
-    let wrong = as_client::enroll(dir.as_v4(), "127.0.0.1", &root, "n1", "guess", &csr).await;
+    let wrong = as_client::enroll(&[dir.as_v4()], "127.0.0.1", &root, "n1", "guess", &csr).await;
     assert_eq!(refusal(wrong).0, code::BAD_CREDENTIALS);
     let store = dir.other_store().await;
     assert_eq!(store.certificates_of("n1").await.unwrap().len(), 1);
@@ -116,7 +116,7 @@ async fn a_refused_csr_does_not_spend_the_password() {
     dir.add("n1", Some(PASSWORD)).await;
     let cloud = Running::start(&dir, Roles::As).await;
     let err = as_client::enroll(
-        dir.as_v4(),
+        &[dir.as_v4()],
         "127.0.0.1",
         &dir.root_der,
         "n1",

@@ -128,7 +128,7 @@ impl CloudDir {
             .csr_pem(&format!("{device_id}.cyphonic.internal"))
             .unwrap();
         let name = if at.is_ipv4() { "127.0.0.1" } else { "::1" };
-        as_client::enroll(at, name, &self.root_der, device_id, password, &csr)
+        as_client::enroll(&[at], name, &self.root_der, device_id, password, &csr)
             .await
             .map(|e| (e, key))
     }
