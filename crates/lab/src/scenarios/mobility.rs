@@ -82,11 +82,22 @@ impl Net {
     }
 }
 
+/// Takes the node off every network (its links down, as a cable pulled or
+/// Wi-Fi lost).
+const LEAVE: &str = "ip -4 addr flush dev eth0; ip -6 addr flush dev eth0 scope global; \
+                     ip -4 addr flush dev lan0; ip link set lan0 down; ip -4 route flush default 2>/dev/null; true";
+
+/// How long a link-down move keeps the node off every network.
+const LINK_DOWN: f64 = 1.0;
+
 /// Commands that take the node from any network to `to`.
 fn move_cmd(m: &Mover, to: Net) -> String {
-    let leave = "ip -4 addr flush dev eth0; ip -6 addr flush dev eth0 scope global; \
-                 ip -4 addr flush dev lan0; ip link set lan0 down; ip -4 route flush default 2>/dev/null; true";
-    let enter = match to {
+    format!("{LEAVE}; {}", enter_cmd(m, to))
+}
+
+/// Commands that bring the node (off every network) onto `to`.
+fn enter_cmd(m: &Mover, to: Net) -> String {
+    match to {
         Net::GlobalV4 => format!("ip link set eth0 up && ip addr add {} dev eth0", m.global_v4),
         Net::Nat => format!(
             "ip link set lan0 up && ip addr add {} dev lan0 && ip route replace default via {}",
@@ -96,8 +107,7 @@ fn move_cmd(m: &Mover, to: Net) -> String {
             "ip link set eth0 up && sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0 && ip -6 addr add {} dev eth0 nodad",
             m.global_v6
         ),
-    };
-    format!("{leave}; {enter}")
+    }
 }
 
 fn scenario(bin: &Path, rounds: usize, report: &mut Report) -> anyhow::Result<()> {
@@ -131,7 +141,9 @@ fn scenario(bin: &Path, rounds: usize, report: &mut Report) -> anyhow::Result<()
     ensure!(mn_vip == mn_vip_b, "mn has two VIPv4s");
 
     // Background traffic for the whole run: a TCP transfer and fast pings.
-    let moves_per_round = 3 + 2; // mn: 3 (A->NAT->v6->A counted as 3 moves) + both-move there and back
+    // mn: 3 (A->NAT->v6->A counted as 3 moves) + both-move there and back
+    // + mn's link down into the NAT and out again.
+    let moves_per_round = 3 + 2 + 2;
     let total = (rounds * (moves_per_round + 1)) as f64 * SETTLE + 10.0;
     let dir = nl.o.lab.dir().to_path_buf();
     let cn_ns = nl.o.nodes[cn].ns.clone();
@@ -175,6 +187,8 @@ fn scenario(bin: &Path, rounds: usize, report: &mut Report) -> anyhow::Result<()
 
     // (kind, ping log, mover index, unix time of the move, peer fqdn) per move.
     let mut moves: Vec<(String, &'static str, usize, f64, String)> = Vec::new();
+    // (kind, ping log, unix time the link came up) per link-down move.
+    let mut up_moves: Vec<(String, &'static str, f64)> = Vec::new();
     let cn_fqdn = nl.o.fqdn(cn);
     let cn4_fqdn = nl.o.fqdn(cn4);
     let m1_fqdn = nl.o.fqdn(m1);
@@ -220,6 +234,18 @@ fn scenario(bin: &Path, rounds: usize, report: &mut Report) -> anyhow::Result<()
             moves.push((kind, "ping-m1-m2", m2, t, m1_fqdn.clone()));
             std::thread::sleep(Duration::from_secs_f64(SETTLE));
         }
+        // The link goes down for a second and comes up on another network
+        // (mn is on global IPv4 here): the outage counts from the link
+        // coming up.
+        for to in [Net::Nat, Net::GlobalV4] {
+            let kind = format!("link down {LINK_DOWN:.0} s, then {}", to.name());
+            nl.o.lab.sh(&movers[0].ns, LEAVE)?;
+            std::thread::sleep(Duration::from_secs_f64(LINK_DOWN));
+            let t = unix_now();
+            nl.o.lab.sh(&movers[0].ns, &enter_cmd(&movers[0], to))?;
+            up_moves.push((kind, "ping-cn-mn", t));
+            std::thread::sleep(Duration::from_secs_f64(SETTLE));
+        }
     }
 
     // The TCP transfer must end normally.
@@ -260,6 +286,24 @@ fn scenario(bin: &Path, rounds: usize, report: &mut Report) -> anyhow::Result<()
             None => {
                 report.check(
                     &format!("{kind}: ping replies around the move"),
+                    Err(anyhow::anyhow!("none seen in {log}")),
+                );
+            }
+        }
+    }
+    for (kind, log, up) in &up_moves {
+        // From the link coming up to the first reply after it.
+        let replies = reply_times(&nl.o.lab.log(log));
+        match replies.iter().find(|r| **r >= *up) {
+            Some(r) => {
+                by_kind
+                    .entry(format!("{kind} (from the link up)"))
+                    .or_default()
+                    .push((r - up) * 1000.0);
+            }
+            None => {
+                report.check(
+                    &format!("{kind}: ping replies after the link came up"),
                     Err(anyhow::anyhow!("none seen in {log}")),
                 );
             }

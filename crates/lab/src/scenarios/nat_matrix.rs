@@ -996,9 +996,7 @@ mod tests {
             (V6, Sym),
             (V4, V6),
             (Eim, V6),
-            (Eim, Sym),
             (Sym, V6),
-            (Sym, Eim),
             (Sym, Sym),
         ];
         for x in Placement::ALL {

@@ -310,6 +310,7 @@ impl Node {
                 .as_ref()
                 .is_some_and(|t| !has_family(t.path.address()));
             peer.reroute = true;
+            let mut resumed = Vec::new();
             if lost_path && !peer.held {
                 // Nothing can leave on this path now: hold the
                 // application's packets (bounded) rather than drop them.
@@ -317,10 +318,26 @@ impl Node {
                 self.out.events.push_back(NodeEvent::TunnelHold {
                     fqdn: fqdn.to_string(),
                 });
+            } else if !lost_path && peer.held && tunnel.as_ref().is_some_and(|t| !t.send.retired())
+            {
+                // The path's IP version is back (a link that went down came
+                // up on another network): send on it again at once, as
+                // after an instant move, while the route is selected anew.
+                peer.held = false;
+                if peer.confirm_by.is_none() {
+                    resumed = peer.queue.drain(..).collect();
+                }
+                if let Some(t) = tunnel.clone() {
+                    self.out.events.push_back(NodeEvent::TunnelUp(t));
+                }
+                self.mobility.tunnel_back(fqdn, now);
             }
             drop(peer);
             if let (Some(t), false) = (tunnel, lost_path) {
                 self.seal_to(&t, t.path, &[]);
+                for packet in resumed {
+                    self.seal_to(&t, t.path, &packet);
+                }
             }
         }
         self.reroute_when_registered = true;

@@ -1342,6 +1342,24 @@ impl Sim {
 
     /// As `move_node`, with the link down first: the core hears that the
     /// host has no usable address at all, then the new ones.
+    /// Node `n<index>`'s link goes down: it has no address (netlink
+    /// reports the flush) and nothing it sends leaves. A later
+    /// [`Sim::move_node`] brings it up on a network.
+    pub fn link_down(&mut self, index: usize) {
+        let slot = self.slot(index);
+        let old = std::mem::take(&mut self.nodes[slot].addrs);
+        for a in &old {
+            if matches!(self.addr_book.get(a), Some(Endpoint::Node(s)) if *s == slot) {
+                self.addr_book.remove(a);
+            }
+            self.lan.remove(&a.ip());
+        }
+        self.nodes[slot]
+            .node
+            .handle_local_addrs(self.now, Vec::new());
+        self.drain_node(slot);
+    }
+
     pub fn move_node_link_down(&mut self, index: usize, to: Attachment) -> Vec<SocketAddr> {
         let slot = self.slot(index);
         self.nodes[slot]
@@ -2093,7 +2111,7 @@ impl Sim {
         match t.transport {
             Transport::Udp => {
                 let port = match t.local {
-                    0 => self.nodes[slot].addrs[0].port(),
+                    0 => TUNNEL_PORT,
                     k => {
                         self.nodes[slot].spares.insert(k);
                         SPARE_BASE + k
@@ -2121,7 +2139,12 @@ impl Sim {
     ) {
         let addrs = &self.nodes[slot].addrs;
         let src = addrs.iter().find(|a| a.is_ipv4() == dst.is_ipv4()).copied();
-        let first = addrs[0];
+        // With no address at all (the link is down), as unroutable from
+        // the unspecified address.
+        let first = addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
         match src {
             Some(src) => {
                 let src = SocketAddr::new(src.ip(), port);

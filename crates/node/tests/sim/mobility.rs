@@ -501,6 +501,38 @@ fn a_move_through_no_address_at_all_is_a_move() {
     exchange(&mut sim, 1, 2, "after");
 }
 
+/// The link goes down for a second and comes up on another network of the
+/// same IP version (Wi-Fi roaming, a cable moved): the tunnel's packets
+/// were held while there was no address; once the new one is there they
+/// go out at once on the tunnel's path, as after an instant move, and the
+/// outage after the link came up is an instant move's.
+#[test]
+fn a_link_down_for_a_second_resumes_as_an_instant_move() {
+    let mut sim = started(config(one_seed(4), &[Stack::V4, Stack::V4]));
+    lookup(&mut sim, 1, 2);
+    assert!(tunnel_between(&mut sim, 1, 2, secs(6)));
+    exchange(&mut sim, 1, 2, "before");
+    sim.link_down(1);
+    // Packets sent while the link is down are held (bounded), not lost
+    // for good: they leave when it is up.
+    let held = app_packet(1, 2, false, "sent with the link down");
+    sim.send_app(1, &held);
+    sim.run_for(secs(1));
+    let m = move_under_traffic(&mut sim, 1, 2, Attachment::V4(roam_v4(1, 1)), secs(4));
+    let bound = outage_bound(&sim, true, false);
+    assert!(
+        m.outage() <= bound,
+        "outage after the link came up {:?} over an instant move's bound {bound:?}: {m:?}",
+        m.outage()
+    );
+    assert!(
+        sim.node(2).received.iter().any(|r| r.packet == held),
+        "the held packet never left"
+    );
+    sim.run_for(secs(6));
+    check_after_move(&sim, 1, 2, "direct", 2);
+}
+
 // ---- 3. Both ends move at once -------------------------------------------------
 
 /// Route selections the NMS completed for the pair `n<a>`, `n<b>` since
