@@ -41,6 +41,13 @@ impl Sockets {
         // Invariant: at least one socket exists (checked above).
         let any = v4.as_ref().or(v6.as_ref()).expect("one socket");
         let state = quinn_udp::UdpSocketState::new(any.into())?;
+        // quinn-udp sets IP_PMTUDISC_PROBE (always DF, path MTU ignored),
+        // which suits QUIC's own path MTU discovery but blackholes a
+        // tunnel on a path narrower than the interface. Let the kernel
+        // learn the path MTU from ICMP and fragment what does not fit.
+        for s in v4.iter().chain(v6.iter()) {
+            allow_fragments(s);
+        }
         Ok(Sockets {
             v4,
             v6,
@@ -145,7 +152,17 @@ impl Sockets {
                 segment_size: (chunk.len() > segment).then_some(segment),
                 src_ip: None,
             };
-            self.send_blocking(sock, &transmit)?;
+            match self.send_blocking(sock, &transmit) {
+                // A segment larger than the path MTU the kernel learned:
+                // GSO refuses the train (EINVAL); one by one, each is
+                // fragmented.
+                Err(e) if transmit.segment_size.is_some() && is_too_big_for_gso(&e) => {
+                    for datagram in chunk.chunks(segment) {
+                        self.send_to(datagram, dst)?;
+                    }
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -332,6 +349,62 @@ pub fn send_from(
         }
     }
     Err(io::ErrorKind::WouldBlock.into())
+}
+
+/// Whether a GSO send failed because a segment exceeds the path MTU.
+fn is_too_big_for_gso(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EMSGSIZE))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+/// IP_PMTUDISC_WANT (IPv4) and IPV6_PMTUDISC_WANT: datagrams go with DF
+/// while they fit the path MTU the kernel knows (learned from ICMP
+/// Fragmentation Needed / Packet Too Big, also through NATs, which
+/// translate those back), and are fragmented when they do not.
+fn allow_fragments(sock: &UdpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let set = |level, name, value: libc::c_int| {
+            // SAFETY: a valid socket and a pointer to an int of the size
+            // given, for the duration of the call.
+            unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    level,
+                    name,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        };
+        let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
+        let r = if v6 {
+            set(
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_WANT,
+            )
+        } else {
+            set(
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_WANT,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "cannot let the kernel fragment");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = sock;
 }
 
 /// The most payload one GSO send carries: 65535 less the UDP (8) and IPv6

@@ -167,6 +167,9 @@ struct RouterSpec {
     carrier: Option<bool>,
     /// The carrier NAT its WAN sits behind, if any.
     behind: Option<String>,
+    /// The MTU of the link between it and its ISP router (both ends):
+    /// every path through it carries at most this.
+    uplink_mtu: Option<u16>,
 }
 
 struct NodeSpec {
@@ -199,6 +202,7 @@ impl Topology {
             isp_hop: false,
             carrier: None,
             behind: None,
+            uplink_mtu: None,
         });
         self
     }
@@ -222,6 +226,7 @@ impl Topology {
             isp_hop: false,
             carrier: Some(hairpin),
             behind: None,
+            uplink_mtu: None,
         });
         self
     }
@@ -237,6 +242,7 @@ impl Topology {
             isp_hop: false,
             carrier: None,
             behind: Some(carrier.to_owned()),
+            uplink_mtu: None,
         });
         self
     }
@@ -255,7 +261,21 @@ impl Topology {
             isp_hop: true,
             carrier: None,
             behind: None,
+            uplink_mtu: None,
         });
+        self
+    }
+
+    /// A router that only masquerades, behind an ISP router
+    /// ([`Topology::plain_router`]), whose link to the ISP carries at most
+    /// `mtu` bytes (PPPoE, mobile, tunnelled uplinks): both routers on it
+    /// answer a larger packet that may not be fragmented with ICMP
+    /// Fragmentation Needed, the ISP's toward the internet.
+    pub fn narrow_router(mut self, name: &str, kind: NatKind, mtu: u16) -> Topology {
+        self = self.plain_router(name, kind);
+        if let Some(r) = self.routers.last_mut() {
+            r.uplink_mtu = Some(mtu);
+        }
         self
     }
 
@@ -270,6 +290,7 @@ impl Topology {
             isp_hop: false,
             carrier: None,
             behind: None,
+            uplink_mtu: None,
         });
         self
     }
@@ -765,6 +786,10 @@ fn build_router(
             ],
         )?;
         lab.sh(&isp, &format!("ip route add {wan}/32 dev cust"))?;
+        if let Some(mtu) = r.uplink_mtu {
+            lab.sh(&isp, &format!("ip link set cust mtu {mtu}"))?;
+            lab.sh(&r.name, &format!("ip link set wan mtu {mtu}"))?;
+        }
     } else {
         attach(lab, ports, &r.name, "wan", &[&format!("{wan}/24")])?;
     }

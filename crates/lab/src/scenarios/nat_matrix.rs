@@ -148,6 +148,7 @@ fn topology() -> Topology {
         .carrier("r-cgn", false)
         .router_behind("r-cgn-a", NatKind::Eim, "r-cgn")
         .router_behind("r-cgn-b", NatKind::Eim, "r-cgn")
+        .narrow_router("r-mtu", NatKind::Eim, NARROW_MTU)
         .second_trs();
     for p in Placement::ALL {
         for side in ["a", "b"] {
@@ -168,6 +169,7 @@ fn topology() -> Topology {
         .node_behind("to-a", "r-to")
         .node_behind("up-a", "r-up-a")
         .node_behind("up-b", "r-up-b")
+        .node_behind("mtu-a", "r-mtu")
 }
 
 fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
@@ -265,6 +267,10 @@ fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
     report.check(
         "same NAT: lan-a -> lan-b goes direct to lan-b's LAN address",
         same_nat_check(&nl),
+    );
+    report.check(
+        &format!("path MTU {NARROW_MTU} on mtu-a's uplink: full-size DF pings and TCP both ways to eim-b"),
+        narrow_path_check(&mut nl),
     );
     report.check(
         "NAT timeout: keepalives hold a 2 s UDP mapping through 10 s of silence",
@@ -748,6 +754,67 @@ fn same_nat_check(nl: &NatLab) -> anyhow::Result<String> {
         "endpoint {ep} is not lan-b's LAN address {lan_addr}"
     );
     Ok(format!("path direct via {ep}, ping avg {avg:.2} ms"))
+}
+
+/// The MTU of r-mtu's uplink: IPv6's minimum.
+const NARROW_MTU: u16 = 1280;
+
+/// mtu-a sits behind r-mtu, whose uplink carries at most [`NARROW_MTU`]
+/// bytes; eim-b behind an ordinary router. Pings that fill the tunnel
+/// (1400-byte packets, don't fragment) and a TCP transfer each way: the
+/// tunnel's datagrams do not fit the uplink, the routers on it say so
+/// (ICMP, translated back through both NATs) and the tunnel's sockets
+/// fragment them from then on. The first packets may be lost while that
+/// is learned; nothing after.
+fn narrow_path_check(nl: &mut NatLab) -> anyhow::Result<String> {
+    let (a, b) = (nl.node("mtu-a")?, nl.node("eim-b")?);
+    let (vip_b, _) = establish(&nl.o, a, b, ESTABLISH_TIMEOUT)?;
+    let vip_a = nl.o.status(a)?["vip4"]
+        .as_str()
+        .context("mtu-a has no VIPv4")?
+        .to_owned();
+    let mut figures = Vec::new();
+    for (from, to, vip) in [(a, b, &vip_b), (b, a, &vip_a)] {
+        let out = nl.o.lab.exec(
+            &nl.o.nodes[from].ns.clone(),
+            &[
+                "ping", "-M", "do", "-s", "1372", "-c", "6", "-i", "0.3", "-W", "2", vip,
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (rx, _) = parse_ping(&text).with_context(|| format!("no ping summary: {text}"))?;
+        let last3 = text
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| {
+                l.split("icmp_seq=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .filter(|seq| *seq >= 4)
+            .count();
+        ensure!(
+            last3 == 3,
+            "{} -> {}: 1400-byte DF pings {rx}/6 answered, {last3}/3 of the last",
+            nl.o.nodes[from].name,
+            nl.o.nodes[to].name
+        );
+        let mbps = iperf(&mut nl.o, from, to, vip, 1, 2)?;
+        ensure!(
+            mbps > 1.0,
+            "{} -> {}: TCP {mbps:.1} Mbit/s through the tunnel",
+            nl.o.nodes[from].name,
+            nl.o.nodes[to].name
+        );
+        figures.push(format!(
+            "{} -> {}: pings {rx}/6, TCP {mbps:.0} Mbit/s",
+            nl.o.nodes[from].name, nl.o.nodes[to].name
+        ));
+    }
+    Ok(figures.join("; "))
 }
 
 /// to-a sits behind r-to, whose UDP mappings expire after 2 s idle. After
