@@ -316,6 +316,32 @@ async fn a_client_without_a_certificate_is_refused() {
     cloud.stop().await;
 }
 
+/// Enrollment on the TLS-over-TCP listener (ALPN `cyphonic-as/1`): the
+/// device has no certificate yet, and gets one; the AS's own port may be
+/// blocked (it is first in the list and refuses here).
+#[tokio::test]
+async fn enrollment_over_tcp_443_by_alpn() {
+    let cloud = Cloud::start().await;
+    let key = NodeKey::generate().unwrap();
+    let csr = key.csr_pem("n1.cyphonic.internal").unwrap();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let enrolled = as_client::enroll(
+        &[closed, cloud.tcp],
+        "127.0.0.1",
+        &cloud.root_der,
+        "n1",
+        PASSWORD,
+        &csr,
+    )
+    .await
+    .unwrap();
+    assert_eq!(enrolled.fqdn, "n1.cyphonic.internal");
+    cloud.stop().await;
+}
+
 /// The Login flow on the TLS-over-TCP listener, told apart from legs by
 /// ALPN `cyphonic-as/1`.
 #[tokio::test]

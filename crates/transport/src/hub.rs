@@ -250,6 +250,7 @@ impl Hub {
                 listener,
                 acceptor.clone(),
                 handoff.clone(),
+                tls.tcp_leg_needs_cert,
                 Shared::accepted,
             ));
             listener_tasks.push(task.abort_handle());

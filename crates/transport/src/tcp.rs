@@ -72,6 +72,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handoff: Option<TcpHandoff>,
+    leg_needs_cert: bool,
     make_leg: MakeLeg,
 ) {
     loop {
@@ -123,8 +124,17 @@ pub(crate) async fn accept_loop(
                         }
                         return;
                     }
+                    let anonymous = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_none_or(|c| c.is_empty());
                     let stream = TlsStream::Server(stream);
-                    check_alpn(&stream).map(|()| stream)
+                    if leg_needs_cert && anonymous {
+                        Err("a leg needs a node certificate".to_owned())
+                    } else {
+                        check_alpn(&stream).map(|()| stream)
+                    }
                 }
             };
             match accepted {

@@ -60,6 +60,10 @@ pub(crate) struct TlsConfigs {
     pub tcp_client: Option<Arc<ClientConfig>>,
     pub quic_server: Arc<ServerConfig>,
     pub tcp_server: Arc<ServerConfig>,
+    /// TCP listeners take a peer without a certificate in the handshake
+    /// (the hand-off's, enrollment at the AS), and a leg must then refuse
+    /// one that has none.
+    pub tcp_leg_needs_cert: bool,
     /// Names the peer of a leg from its certificate chain.
     pub verifier: Verifier,
     /// The certificate every configuration above presents.
@@ -159,6 +163,16 @@ impl TlsConfigs {
         let mut server = server_config(identity, require_client_cert)?;
         let own = Arc::new(OwnCert::new(identity, server.crypto_provider().clone())?);
         server.cert_resolver = own.clone();
+        // A device enrolling at the AS through the hand-off has no
+        // certificate yet: the TCP listeners let it through the handshake,
+        // and legs check for a certificate after it.
+        let tcp_leg_needs_cert = require_client_cert && handoff_alpn.is_some();
+        let mut tcp_base = if tcp_leg_needs_cert {
+            server_config(identity, false)?
+        } else {
+            server.clone()
+        };
+        tcp_base.cert_resolver = own.clone();
         let client = |alpn: &[u8]| -> anyhow::Result<Arc<ClientConfig>> {
             let base = cyphonic_pki::node_client_config(
                 &identity.root_der,
@@ -175,8 +189,8 @@ impl TlsConfigs {
         } else {
             (None, None)
         };
-        let with_alpn = |alpn: &[u8], extra: Option<&[u8]>| {
-            let mut config = server.clone();
+        let with_alpn = |base: &ServerConfig, alpn: &[u8], extra: Option<&[u8]>| {
+            let mut config = base.clone();
             config.alpn_protocols = std::iter::once(alpn)
                 .chain(extra)
                 .map(<[u8]>::to_vec)
@@ -186,8 +200,9 @@ impl TlsConfigs {
         Ok(TlsConfigs {
             quic_client,
             tcp_client,
-            quic_server: with_alpn(QUIC_ALPN, None),
-            tcp_server: with_alpn(TCP_ALPN, handoff_alpn),
+            quic_server: with_alpn(&server, QUIC_ALPN, None),
+            tcp_server: with_alpn(&tcp_base, TCP_ALPN, handoff_alpn),
+            tcp_leg_needs_cert,
             verifier,
             own,
         })

@@ -968,23 +968,24 @@ impl Signaling {
         );
         let txid: u64 = rng.gen();
         let interval = self.config.retransmit;
+        // Cheapest first, the next `RACE_STAGGER` later (as a
+        // Registration's race): QUIC wins wherever both get out.
+        let first = others[0];
         self.requests.insert(
             txid,
             OutRequest {
                 kind: RequestKind::TransportProbe,
-                message: self.registration(others[0]),
+                message: self.registration(first),
                 target: None,
                 next_retransmit: now + interval,
                 interval,
                 deadline: now + self.config.registration_timeout,
                 before_move: false,
-                transports: others.clone(),
-                race_at: None,
+                transports: vec![current, first],
+                race_at: (others.len() > 1).then_some(now + RACE_STAGGER),
             },
         );
-        for t in others {
-            self.seal_to_nms_over(txid, self.registration(t), t, out);
-        }
+        self.seal_to_nms_over(txid, self.registration(first), first, out);
     }
 
     /// The re-probe of cheaper transports and the KeepAlive, when due.
