@@ -81,6 +81,9 @@ pub(crate) struct Signaling {
     config: NodeConfig,
     static_public: [u8; 32],
     local_addrs: Vec<SocketAddr>,
+    /// The host reported its addresses at least once (until then an empty
+    /// list says nothing).
+    addrs_known: bool,
     /// The public address the router's port mapping gives the tunnel
     /// port, if any: registrations carry it.
     mapped: Option<SocketAddr>,
@@ -110,6 +113,7 @@ impl Signaling {
             config,
             static_public,
             local_addrs: Vec::new(),
+            addrs_known: false,
             mapped: None,
             session: None,
             login_requested: false,
@@ -128,7 +132,15 @@ impl Signaling {
     }
 
     pub fn set_local_addrs(&mut self, addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        self.addrs_known = true;
         std::mem::replace(&mut self.local_addrs, addrs)
+    }
+
+    /// The host has no address at all (its links are down): nothing can
+    /// leave, so nothing is sent, raced or counted as unanswered until the
+    /// move that brings an address registers.
+    fn offline(&self) -> bool {
+        self.addrs_known && self.local_addrs.is_empty()
     }
 
     pub fn logged_in(&self) -> bool {
@@ -325,6 +337,12 @@ impl Signaling {
                 RequestKind::Registration | RequestKind::TransportProbe
             )
         });
+        if self.offline() {
+            // A transport raced now would be judged on a network that is
+            // not there, or dialed the instant it comes back, before the
+            // move that brings it is known.
+            return;
+        }
         let message = self.registration(self.transport);
         let timeout = self.config.registration_timeout;
         let txid = self.send_request(
@@ -348,6 +366,10 @@ impl Signaling {
     /// over TCP, whose handshake takes a round trip more, so it wins
     /// wherever both get out.
     fn race_transports(&mut self, now: Instant, txid: u64, out: &mut Outbox) {
+        if self.offline() {
+            self.requests.update(txid, |r| r.race_at = None);
+            return;
+        }
         let others: Vec<Transport> = Transport::ALL
             .into_iter()
             .filter(|t| {
@@ -990,6 +1012,10 @@ impl Signaling {
 
     /// The re-probe of cheaper transports and the KeepAlive, when due.
     pub fn keepalive_timer(&mut self, now: Instant, rng: &mut StdRng, out: &mut Outbox) {
+        if self.offline() {
+            self.try_others = false;
+            return;
+        }
         if std::mem::take(&mut self.try_others) {
             self.probe_other_transports(now, rng, out);
         }

@@ -512,12 +512,21 @@ fn a_link_down_for_a_second_resumes_as_an_instant_move() {
     lookup(&mut sim, 1, 2);
     assert!(tunnel_between(&mut sim, 1, 2, secs(6)));
     exchange(&mut sim, 1, 2, "before");
+    let down = sim.elapsed();
     sim.link_down(1);
     // Packets sent while the link is down are held (bounded), not lost
     // for good: they leave when it is up.
     let held = app_packet(1, 2, false, "sent with the link down");
     sim.send_app(1, &held);
     sim.run_for(secs(1));
+    // Nothing to the cloud while there is no address: no Registration
+    // raced over another transport on a network that is not there.
+    let n1_signaling = sim
+        .wire
+        .iter()
+        .filter(|w| w.at >= down && w.message.is_some() && w.src.ip().is_unspecified())
+        .count();
+    assert_eq!(n1_signaling, 0, "signaling sent with no address");
     let m = move_under_traffic(&mut sim, 1, 2, Attachment::V4(roam_v4(1, 1)), secs(4));
     let bound = outage_bound(&sim, true, false);
     assert!(
