@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cyphonic_proto::data::{data_receiver_index, DataError, DATA_HEADER_LEN, TAG_LEN, TYPE_DATA};
-use cyphonic_proto::ip;
 use cyphonic_proto::relay::{self, RELAY_HEADER_LEN};
 use cyphonic_proto::LocalIndex;
+use cyphonic_proto::{ip, punch};
 
 use crate::core::{Leg, Path, TunnelHandle};
 use crate::filter::{Direction, Verdict};
@@ -212,6 +212,14 @@ impl TunnelTable {
         self.rx.get(&index).map(|(_, h)| h.clone())
     }
 
+    /// The tunnels that send, once each.
+    pub fn sending(&self) -> Vec<Arc<TunnelHandle>> {
+        let mut v: Vec<Arc<TunnelHandle>> = self.tx.values().cloned().collect();
+        v.sort_by_key(|h| Arc::as_ptr(h) as usize);
+        v.dedup_by_key(|h| Arc::as_ptr(h) as usize);
+        v
+    }
+
     /// Our receiver indexes that open packets of identity `id`.
     pub fn receiving(&self, id: IdentityId) -> Vec<LocalIndex> {
         let mut v: Vec<LocalIndex> = self
@@ -277,9 +285,16 @@ pub fn decapsulate(
         Err(_) => return Decapsulated::Dropped(DropReason::Malformed),
     };
     tunnel.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+    let mut range = range;
     let plain = &data[range.clone()];
     let payload = match plain.first() {
         None => Payload::Keepalive,
+        Some(&punch::MSG_SIZE_PROBE) if plain.len() >= punch::PROBE_LEN => {
+            // Path MTU discovery: only the size matters, and it came. The
+            // core gets the type and nonce.
+            range.end = range.start + punch::PROBE_LEN;
+            Payload::Message
+        }
         Some(b) if !matches!(b >> 4, 4 | 6) => {
             if plain.len() > MAX_TUNNEL_MESSAGE {
                 return Decapsulated::Dropped(DropReason::MessageTooLong);
@@ -363,6 +378,7 @@ mod tests {
             stats: Arc::new(TunnelStats::default()),
             confirmed: Arc::new(true.into()),
             filter: Default::default(),
+            mtu: Default::default(),
         };
         let b = TunnelHandle {
             fqdn: "a.cyphonic.internal".into(),
@@ -374,6 +390,7 @@ mod tests {
             stats: Arc::new(TunnelStats::default()),
             confirmed: Arc::new(true.into()),
             filter: Default::default(),
+            mtu: Default::default(),
         };
         (a, Arc::new(b))
     }
@@ -561,6 +578,19 @@ mod tests {
                 ..
             })
         ));
+        // A size probe of any length: the core gets its type and nonce.
+        let probe = cyphonic_proto::punch::size_probe(77, 1300);
+        let mut sized = encapsulate_vec(&a, a.path, &probe).expect("seal");
+        match open(&b, &mut sized, leg()) {
+            Decapsulated::Opened(o) => {
+                assert_eq!(o.payload, Payload::Message);
+                assert_eq!(
+                    cyphonic_proto::punch::Probe::parse(&sized[o.plain]),
+                    Some(cyphonic_proto::punch::Probe::Size { nonce: 77 })
+                );
+            }
+            _ => panic!("a size probe is opened"),
+        }
         // Not data at all: the core's.
         let mut signal = vec![cyphonic_proto::signal::TYPE_SIGNALING, 1, 2, 3];
         assert!(matches!(

@@ -105,6 +105,12 @@ pub struct DataCounters {
     /// MTU when the device's is larger): answered with ICMP Fragmentation
     /// Needed / Packet Too Big on the device.
     pub tx_too_big: AtomicU64,
+    /// IPv4 packets without DF larger than their tunnel's MTU, sent in
+    /// fragments.
+    pub tx_fragmented: AtomicU64,
+    /// TCP SYNs whose MSS option was lowered to fit the tunnel's MTU (sent
+    /// or received).
+    pub tx_mss_clamped: AtomicU64,
     /// Packets a QUIC or TCP leg refused (queue full, no leg).
     pub tx_leg_dropped: AtomicU64,
 }
@@ -128,6 +134,8 @@ pub struct DataCountersSnapshot {
     pub tx_errors: u64,
     pub control_queue_full: u64,
     pub tx_too_big: u64,
+    pub tx_fragmented: u64,
+    pub tx_mss_clamped: u64,
     pub tx_leg_dropped: u64,
 }
 
@@ -152,6 +160,8 @@ impl DataCounters {
             tx_errors: l(&self.tx_errors),
             control_queue_full: l(&self.control_queue_full),
             tx_too_big: l(&self.tx_too_big),
+            tx_fragmented: l(&self.tx_fragmented),
+            tx_mss_clamped: l(&self.tx_mss_clamped),
             tx_leg_dropped: l(&self.tx_leg_dropped),
         }
     }
@@ -215,6 +225,38 @@ impl Tables {
     }
 }
 
+/// How often the shells read the kernel's path MTU of each tunnel's path
+/// ([`refresh_kernel_mtus`]).
+pub const KERNEL_MTU_CHECK: Duration = Duration::from_secs(2);
+
+/// Gives each sending tunnel the path MTU the kernel learned from ICMP for
+/// its path's address, less the tunnel's framing, so packets that would be
+/// fragmented get a too-big instead (`docs/protocol.md` §7.7). Native UDP
+/// legs only; each address is read once.
+pub fn refresh_kernel_mtus(tables: &Tables) {
+    let mut known: std::collections::HashMap<SocketAddr, u16> = Default::default();
+    for tunnel in tables.read().sending() {
+        let leg = tunnel.path.leg();
+        if leg.transport != Transport::Udp || leg.local != 0 {
+            continue;
+        }
+        let mtu = *known.entry(leg.addr).or_insert_with(|| {
+            let ip = if leg.addr.is_ipv6() { 40 } else { 20 };
+            let relay = if tunnel.path.is_relay() {
+                RELAY_HEADER_LEN
+            } else {
+                0
+            };
+            Sockets::path_mtu(leg.addr)
+                .and_then(|m| m.checked_sub(ip + 8 + DATA_HEADER_LEN + TAG_LEN + relay))
+                .map_or(0, |m| u16::try_from(m).unwrap_or(u16::MAX))
+        });
+        if tunnel.mtu.kernel() != mtu {
+            tunnel.mtu.set_kernel(mtu);
+        }
+    }
+}
+
 /// Where the data plane delivers opened packets: a node's TUN device, an
 /// adapter's LAN.
 pub trait Device: Send + Sync + 'static {
@@ -236,6 +278,32 @@ impl Device for Tun {
         true
     }
 }
+
+/// What becomes of a packet larger than its tunnel's MTU.
+#[derive(Debug, PartialEq, Eq)]
+enum Oversize {
+    /// Sealed and sent anyway, the outer datagram fragmented: an IPv6
+    /// packet of at most 1280 bytes (IPv6's minimum MTU, which no too-big
+    /// may go below) on a path that carries less.
+    Send,
+    /// IPv4 without DF: fragmented as a router would, each fragment sent.
+    Fragment,
+    /// Dropped, an ICMP too-big told to its sender.
+    TooBig,
+}
+
+/// `path_limited`: a path MTU (probed or from ICMP) lowered the tunnel's
+/// MTU, rather than a QUIC leg's datagram size, which cannot be fragmented.
+fn oversize(packet: &[u8], path_limited: bool) -> Oversize {
+    match packet.first().map(|b| b >> 4) {
+        Some(6) if path_limited && packet.len() <= IPV6_MIN_MTU => Oversize::Send,
+        Some(4) if packet.len() > 7 && packet[6] & 0x40 == 0 => Oversize::Fragment,
+        _ => Oversize::TooBig,
+    }
+}
+
+/// IPv6's minimum link MTU (RFC 8200 §5).
+const IPV6_MIN_MTU: usize = 1280;
 
 /// The largest inner packet a QUIC leg carries on a path of this family:
 /// the hub's DATAGRAM budget on a 1500-byte link, less our data header and
@@ -474,21 +542,51 @@ impl Sender {
             }
         }
         let leg = tunnel.path.leg();
-        let limit = if leg.transport == Transport::Quic {
+        let mut limit = self.mtu;
+        if leg.transport == Transport::Quic {
             // A QUIC DATAGRAM frame must fit one packet.
-            quic_inner_limit(leg.addr.is_ipv6(), tunnel.path.is_relay()).min(self.mtu)
-        } else {
-            self.mtu
-        };
+            limit = limit.min(quic_inner_limit(leg.addr.is_ipv6(), tunnel.path.is_relay()));
+        }
+        let path_limit = tunnel.mtu.limit();
+        if let Some(m) = path_limit {
+            limit = limit.min(m);
+        }
+        // TCP's handshake learns the tunnel's size (a backstop for senders
+        // that never see a too-big).
+        if ip::clamp_tcp_mss(&mut buf[HEADROOM..HEADROOM + len], limit) {
+            counters.tx_mss_clamped.fetch_add(1, Ordering::Relaxed);
+        }
+        let packet = &buf[HEADROOM..HEADROOM + len];
+        let mut fragmenting = false;
         if len > limit {
-            // Tell the sender the path's size (its TCP lowers its MSS).
-            counters.tx_too_big.fetch_add(1, Ordering::Relaxed);
-            if let Some(icmp) = ip::packet_too_big(packet, limit as u16) {
-                let mut b = vec![0u8; DATA_HEADER_LEN];
-                b.extend_from_slice(&icmp);
-                self.too_big.push(b);
+            let udp = leg.transport == Transport::Udp;
+            match oversize(packet, path_limit.is_some() && udp) {
+                Oversize::Send => fragmenting = true,
+                Oversize::Fragment => {
+                    if let Some(fragments) = ip::fragment_ipv4(packet, limit) {
+                        self.counters.tx_fragmented.fetch_add(1, Ordering::Relaxed);
+                        let mut scratch = vec![0u8; HEADROOM + limit + TAG_LEN];
+                        for f in fragments {
+                            scratch[HEADROOM..HEADROOM + f.len()].copy_from_slice(&f);
+                            self.packet(id, &mut scratch, f.len());
+                        }
+                    } else {
+                        self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                Oversize::TooBig => {
+                    // Tell the sender the path's size (its TCP lowers its
+                    // MSS).
+                    counters.tx_too_big.fetch_add(1, Ordering::Relaxed);
+                    if let Some(icmp) = ip::packet_too_big(packet, limit as u16) {
+                        let mut b = vec![0u8; DATA_HEADER_LEN];
+                        b.extend_from_slice(&icmp);
+                        self.too_big.push(b);
+                    }
+                    return;
+                }
             }
-            return;
         }
         let wire = match datapath::encapsulate(&tunnel, tunnel.path, buf, len) {
             Ok(range) => range,
@@ -538,6 +636,14 @@ impl Sender {
             return;
         }
         let endpoint = leg.addr;
+        if fragmenting {
+            self.flush();
+            if let Err(e) = self.sockets.send_fragmenting(&buf[wire], endpoint) {
+                self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, dst = %endpoint, "fragmenting send failed");
+            }
+            return;
+        }
         // A train continues while the endpoint is the same and every
         // segment but the last has the train's size.
         let joins = match self.current {
@@ -744,6 +850,13 @@ impl Inbound {
                 b.clear();
                 b.resize(DATA_HEADER_LEN, 0);
                 b.extend_from_slice(plain);
+                if let Some(limit) = opened.tunnel.mtu.limit() {
+                    // What the peer may send us is its business; what we
+                    // send is bounded by our path.
+                    if ip::clamp_tcp_mss(&mut b[DATA_HEADER_LEN..], limit) {
+                        self.counters.tx_mss_clamped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 self.out.push(b);
                 if self.out.len() == BATCH {
                     self.flush();
@@ -786,6 +899,26 @@ mod tests {
         fn delivers_to(&self, _id: IdentityId, _dst: IpAddr) -> bool {
             false
         }
+    }
+
+    #[test]
+    fn packets_over_the_tunnel_mtu_are_fragmented_sent_or_refused_by_kind() {
+        let mut v4 = vec![0u8; 1300];
+        v4[0] = 0x45;
+        v4[6] = 0x40; // DF
+        assert_eq!(oversize(&v4, true), Oversize::TooBig);
+        v4[6] = 0;
+        assert_eq!(oversize(&v4, true), Oversize::Fragment);
+        assert_eq!(oversize(&v4, false), Oversize::Fragment);
+        let mut v6 = vec![0u8; 1280];
+        v6[0] = 0x60;
+        // IPv6 at its minimum MTU goes whatever the path: fragmented
+        // outside. Not on a QUIC leg (not path-limited), and never larger.
+        assert_eq!(oversize(&v6, true), Oversize::Send);
+        assert_eq!(oversize(&v6, false), Oversize::TooBig);
+        v6.push(0);
+        assert_eq!(oversize(&v6, true), Oversize::TooBig);
+        assert_eq!(oversize(&[], true), Oversize::TooBig);
     }
 
     #[test]

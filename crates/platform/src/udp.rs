@@ -104,6 +104,83 @@ impl Sockets {
         }
     }
 
+    /// Sends one datagram that may be fragmented whatever the path MTU the
+    /// kernel knows: for a path that drops ICMP, which path MTU probing
+    /// found narrower than the datagram. IPv4 goes without DF (routers
+    /// fragment it); IPv6 is fragmented here to 1280 bytes, which every
+    /// IPv6 path carries. The socket's own setting is back after the send
+    /// (a datagram another thread sends meanwhile may go the same way).
+    pub fn send_fragmenting(&self, payload: &[u8], dst: SocketAddr) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let sock = self.socket_for(&dst).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "no socket for this address family",
+                )
+            })?;
+            let (level, name, on, off) = if dst.is_ipv6() {
+                (libc::IPPROTO_IPV6, libc::IPV6_MTU, 1280, 0)
+            } else {
+                (
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    libc::IP_PMTUDISC_DONT,
+                    libc::IP_PMTUDISC_WANT,
+                )
+            };
+            if set_int(sock, level, name, on) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let sent = self.send_to(payload, dst);
+            set_int(sock, level, name, off);
+            sent
+        }
+        #[cfg(not(target_os = "linux"))]
+        self.send_to(payload, dst)
+    }
+
+    /// The path MTU the kernel knows toward `dst` (the route's MTU, lowered
+    /// by ICMP Fragmentation Needed / Packet Too Big), read through a
+    /// socket connected to it. `None` where it cannot be read.
+    pub fn path_mtu(dst: SocketAddr) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let any: SocketAddr = if dst.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let sock = UdpSocket::bind(any).ok()?;
+            sock.connect(dst).ok()?;
+            let (level, name) = if dst.is_ipv6() {
+                (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+            } else {
+                (libc::IPPROTO_IP, libc::IP_MTU)
+            };
+            let mut mtu: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid socket, and an int with its size for the
+            // kernel to fill, for the duration of the call.
+            let r = unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    level,
+                    name,
+                    (&mut mtu as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            (r == 0 && mtu > 0).then_some(mtu as usize)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = dst;
+            None
+        }
+    }
+
     /// A full send buffer is back-pressure, not loss: wait for room (a
     /// bounded while) and try again.
     fn send_blocking(
@@ -364,34 +441,40 @@ fn is_too_big_for_gso(e: &io::Error) -> bool {
     }
 }
 
+/// `setsockopt` of an int option; 0 or -1 as the call returns.
+#[cfg(target_os = "linux")]
+fn set_int(sock: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> i32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and a pointer to an int of the size given,
+    // for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    }
+}
+
 /// IP_PMTUDISC_WANT (IPv4) and IPV6_PMTUDISC_WANT: datagrams go with DF
 /// while they fit the path MTU the kernel knows (learned from ICMP
 /// Fragmentation Needed / Packet Too Big, also through NATs, which
-/// translate those back), and are fragmented when they do not.
+/// translate those back), and are fragmented when they do not. (IPv6 also
+/// needs IPV6_DONTFRAG off, which quinn-udp turns on.)
 fn allow_fragments(sock: &UdpSocket) {
     #[cfg(target_os = "linux")]
     {
-        use std::os::fd::AsRawFd;
-        let set = |level, name, value: libc::c_int| {
-            // SAFETY: a valid socket and a pointer to an int of the size
-            // given, for the duration of the call.
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    level,
-                    name,
-                    (&value as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            }
-        };
+        let set = |level, name, value| set_int(sock, level, name, value);
         let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
         let r = if v6 {
-            set(
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MTU_DISCOVER,
-                libc::IPV6_PMTUDISC_WANT,
-            )
+            set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0)
+                | set(
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_PMTUDISC_WANT,
+                )
         } else {
             set(
                 libc::IPPROTO_IP,

@@ -33,6 +33,11 @@ pub const MSG_PATH_PROBE_ACK: u8 = 0x02;
 /// "Probe my direct endpoints now": sent over the relay by the side that
 /// has just opened its NAT toward the peer's endpoints.
 pub const MSG_PROBE_REQUEST: u8 = 0x03;
+/// A size probe (path MTU discovery, `docs/protocol.md` §7.7):
+/// `[0x04][nonce u64]` and zero padding up to the size probed. Answered
+/// by a size ack on the path it came by.
+pub const MSG_SIZE_PROBE: u8 = 0x04;
+pub const MSG_SIZE_ACK: u8 = 0x05;
 /// `[type][nonce u64]`.
 pub const PROBE_LEN: usize = 9;
 
@@ -50,6 +55,22 @@ pub enum Probe {
     Request {
         nonce: u64,
     },
+    /// A size probe, as the data plane hands it on: its first
+    /// [`PROBE_LEN`] bytes (the padding only gave it its size).
+    Size {
+        nonce: u64,
+    },
+    SizeAck {
+        nonce: u64,
+    },
+}
+
+/// A size probe `len` bytes long (at least [`PROBE_LEN`]).
+pub fn size_probe(nonce: u64, len: usize) -> Vec<u8> {
+    let mut m = vec![0u8; len.max(PROBE_LEN)];
+    m[0] = MSG_SIZE_PROBE;
+    m[1..PROBE_LEN].copy_from_slice(&nonce.to_be_bytes());
+    m
 }
 
 impl Probe {
@@ -58,6 +79,8 @@ impl Probe {
             Probe::Probe { nonce } => (MSG_PATH_PROBE, nonce),
             Probe::Ack { nonce } => (MSG_PATH_PROBE_ACK, nonce),
             Probe::Request { nonce } => (MSG_PROBE_REQUEST, nonce),
+            Probe::Size { nonce } => (MSG_SIZE_PROBE, nonce),
+            Probe::SizeAck { nonce } => (MSG_SIZE_ACK, nonce),
         };
         let mut m = [0u8; PROBE_LEN];
         m[0] = t;
@@ -75,6 +98,8 @@ impl Probe {
             MSG_PATH_PROBE => Some(Probe::Probe { nonce }),
             MSG_PATH_PROBE_ACK => Some(Probe::Ack { nonce }),
             MSG_PROBE_REQUEST => Some(Probe::Request { nonce }),
+            MSG_SIZE_PROBE => Some(Probe::Size { nonce }),
+            MSG_SIZE_ACK => Some(Probe::SizeAck { nonce }),
             _ => None,
         }
     }
@@ -83,7 +108,8 @@ impl Probe {
     pub fn ack(self) -> Option<Probe> {
         match self {
             Probe::Probe { nonce } => Some(Probe::Ack { nonce }),
-            Probe::Ack { .. } | Probe::Request { .. } => None,
+            Probe::Size { nonce } => Some(Probe::SizeAck { nonce }),
+            Probe::Ack { .. } | Probe::Request { .. } | Probe::SizeAck { .. } => None,
         }
     }
 }
@@ -121,6 +147,8 @@ mod tests {
             Probe::Probe { nonce: 7 },
             Probe::Ack { nonce: u64::MAX },
             Probe::Request { nonce: 3 },
+            Probe::Size { nonce: 4 },
+            Probe::SizeAck { nonce: 5 },
         ] {
             assert_eq!(Probe::parse(&m.encode()), Some(m));
         }
@@ -134,7 +162,22 @@ mod tests {
         );
         assert_eq!(Probe::Ack { nonce: 5 }.ack(), None);
         assert_eq!(Probe::parse(&[1, 2, 3]), None);
-        assert_eq!(Probe::parse(&[4, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(Probe::parse(&[6, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        let padded = size_probe(9, 1200);
+        assert_eq!(padded.len(), 1200);
+        assert_eq!(
+            Probe::parse(&padded[..PROBE_LEN]),
+            Some(Probe::Size { nonce: 9 })
+        );
+        assert_eq!(
+            Probe::parse(&padded),
+            None,
+            "the data plane cuts the padding"
+        );
+        assert_eq!(
+            Probe::Size { nonce: 5 }.ack(),
+            Some(Probe::SizeAck { nonce: 5 })
+        );
         assert_eq!(Probe::parse(&[]), None);
     }
 }

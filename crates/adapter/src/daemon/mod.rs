@@ -194,6 +194,8 @@ struct Adapter {
     _watch: Option<NetWatch>,
     moved: mpsc::Receiver<()>,
     check: tokio::time::Interval,
+    /// Reads the kernel's path MTU of every tunnel's path.
+    mtu_check: tokio::time::Interval,
     next_client: u64,
     sigterm: Signal,
 }
@@ -270,6 +272,7 @@ impl Adapter {
             _watch: watch,
             moved,
             check: tokio::time::interval(ADDR_CHECK_INTERVAL),
+            mtu_check: tokio::time::interval(cyphonic_node::dataplane::KERNEL_MTU_CHECK),
             next_client: 1,
             sigterm: signal(SignalKind::terminate())?,
         };
@@ -344,6 +347,9 @@ impl Adapter {
                 Ok((stream, _)) = self.listener.accept() => self.on_control_connection(stream),
                 Some((request, reply)) = self.requests.recv() => self.on_control_request(request, reply),
                 Some(()) = self.moved.recv() => self.on_addrs(true),
+                _ = self.mtu_check.tick() => {
+                    cyphonic_node::dataplane::refresh_kernel_mtus(&self.tables);
+                }
                 _ = self.check.tick() => {
                     self.on_addrs(false);
                     self.renew_general();

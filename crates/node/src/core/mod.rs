@@ -59,6 +59,7 @@ mod mobility;
 mod path;
 mod peers;
 mod ping;
+pub(crate) mod pmtu;
 mod relay;
 mod requests;
 mod routes;

@@ -256,6 +256,14 @@ impl Node {
                     self.send_probe(now, &fqdn, p);
                 }
             }
+            Some(Probe::Size { nonce }) => {
+                drop(peer);
+                self.seal_to(&tunnel, path, &Probe::SizeAck { nonce }.encode());
+            }
+            Some(Probe::SizeAck { nonce }) => {
+                drop(peer);
+                self.pmtu_ack(now, &fqdn, nonce);
+            }
             Some(Probe::Ack { nonce }) => {
                 let found = peer.probes.iter().position(|(pn, pp, at)| {
                     *pn == nonce
@@ -340,6 +348,7 @@ impl Node {
             Vec::new()
         };
         drop(peer);
+        self.start_pmtu(now, fqdn);
         self.mobility.tunnel_back(fqdn, now);
         self.counters.path_changes += 1;
         self.out
@@ -531,6 +540,7 @@ impl Node {
         self.send_punches(now, fqdn);
         self.spray_tick(now, fqdn);
         self.open_spares(now, fqdn);
+        self.pmtu_tick(now, fqdn);
         let bind_due = self
             .peers
             .get(fqdn)

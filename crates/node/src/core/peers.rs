@@ -98,6 +98,8 @@ pub(crate) struct Peer {
     pub mapped: Vec<LocalIndex>,
     /// The route's access policy and flow table, shared with its tunnels.
     pub filter: std::sync::Arc<crate::filter::FlowFilter>,
+    /// Path MTU discovery on the tunnel's current path.
+    pub pmtu: Option<super::pmtu::Search>,
 }
 
 impl Peer {
@@ -116,6 +118,11 @@ impl Peer {
             .map(|r| r.next_at)
             .or_else(|| self.spray_due());
         let keepalive = matches!(self.state, PeerState::Established).then_some(self.next_keepalive);
+        let pmtu = self
+            .pmtu
+            .as_ref()
+            .filter(|_| matches!(self.state, PeerState::Established) && self.confirm_by.is_none())
+            .map(super::pmtu::Search::deadline);
         let rekey = self
             .rekey
             .as_ref()
@@ -154,7 +161,7 @@ impl Peer {
         handshake
             .into_iter()
             .chain(
-                [punch, bind, keepalive, spray]
+                [punch, bind, keepalive, spray, pmtu]
                     .into_iter()
                     .flatten()
                     .map(|t| (t, TimerReason::Path))
@@ -506,6 +513,7 @@ pub(crate) mod tests {
             grant_renew_at: None,
             mapped: Vec::new(),
             filter: Default::default(),
+            pmtu: None,
         }
     }
 

@@ -315,6 +315,7 @@ impl Node {
             grant_renew_at,
             mapped: Vec::new(),
             filter,
+            pmtu: None,
         });
     }
 }

@@ -82,6 +82,12 @@ impl Node {
                         tx_bytes: load(|s| &s.tx_bytes),
                         rx_packets: load(|s| &s.rx_packets),
                         tx_packets: load(|s| &s.tx_packets),
+                        mtu: p.tunnel.as_ref().map(|t| {
+                            t.mtu.limit().map_or(self.config.mtu, |m| {
+                                m.min(usize::from(self.config.mtu)) as u16
+                            })
+                        }),
+                        mtu_searching: p.pmtu.as_ref().is_some_and(|s| !s.settled()),
                     }
                 })
                 .collect(),
@@ -183,4 +189,9 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// The largest inner packet the tunnel's path carries (path MTU
+    /// discovery and the kernel's ICMP-learned MTU, at most the device's).
+    pub mtu: Option<u16>,
+    /// Path MTU discovery of the current path is still under way.
+    pub mtu_searching: bool,
 }

@@ -389,6 +389,7 @@ impl Node {
             return;
         };
         let handle = new_handle(&peer, path, &keys, confirmed);
+        let new_path = peer.tunnel.as_ref().map(|t| t.path) != Some(path);
         peer.confirm_by = (!confirmed).then_some(now + confirm_wait);
         peer.prev = peer.tunnel.as_ref().map(|t| (t.recv.clone(), peer.keys_at));
         peer.keys_made(now, rekey_after);
@@ -420,6 +421,9 @@ impl Node {
             Vec::new()
         };
         drop(peer);
+        if new_path {
+            self.start_pmtu(now, fqdn);
+        }
         self.out
             .events
             .push_back(NodeEvent::TunnelUp(handle.clone()));
@@ -834,6 +838,11 @@ fn new_handle(
             .unwrap_or_default(),
         confirmed: Arc::new(AtomicBool::new(confirmed)),
         filter: peer.filter.clone(),
+        mtu: peer
+            .tunnel
+            .as_ref()
+            .map(|t| t.mtu.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! tunnels take.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,11 @@ pub struct Login {
     pub quic_port: u16,
     pub tcp_port: u16,
 }
+
+/// The TUN device's MTU: 1500 − 40 (outer IPv6) − 8 (UDP) − 12 (relay
+/// header) − 16 (data header) − 16 (tag), so the largest inner packet fits
+/// every path over a 1500-byte underlay (`docs/protocol.md` §7.7).
+pub const DEFAULT_MTU: u16 = 1408;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -97,6 +102,9 @@ pub struct NodeConfig {
     pub rekey_after: Duration,
     /// Keys this old are refused for sending and receiving.
     pub reject_after: Duration,
+    /// The device MTU: the largest inner packet, where path MTU probing
+    /// starts.
+    pub mtu: u16,
 }
 
 impl Default for NodeConfig {
@@ -124,6 +132,7 @@ impl Default for NodeConfig {
             general_nodes_poll: None,
             rekey_after: cyphonic_proto::data::REKEY_AFTER_TIME,
             reject_after: cyphonic_proto::data::REJECT_AFTER_TIME,
+            mtu: DEFAULT_MTU,
         }
     }
 }
@@ -222,6 +231,46 @@ pub struct TunnelStats {
     pub tx_packets: AtomicU64,
 }
 
+/// The largest inner packet a tunnel's current path carries, shared with
+/// the data plane: the least of what path MTU probing found (`core::pmtu`)
+/// and what the kernel learned from ICMP for the path's address (the
+/// shell's). Zero: not known (the device MTU). The data plane answers a
+/// larger packet with a too-big, or fragments it (`docs/protocol.md` §7.7).
+#[derive(Debug, Default)]
+pub struct PathMtu {
+    probed: AtomicU16,
+    kernel: AtomicU16,
+}
+
+impl PathMtu {
+    /// The tunnel's MTU, when something lowered it.
+    pub fn limit(&self) -> Option<usize> {
+        let probed = self.probed.load(Ordering::Relaxed);
+        let kernel = self.kernel.load(Ordering::Relaxed);
+        match (probed, kernel) {
+            (0, 0) => None,
+            (0, m) | (m, 0) => Some(usize::from(m)),
+            (a, b) => Some(usize::from(a.min(b))),
+        }
+    }
+
+    pub fn probed(&self) -> u16 {
+        self.probed.load(Ordering::Relaxed)
+    }
+
+    pub fn set_probed(&self, mtu: u16) {
+        self.probed.store(mtu, Ordering::Relaxed);
+    }
+
+    pub fn kernel(&self) -> u16 {
+        self.kernel.load(Ordering::Relaxed)
+    }
+
+    pub fn set_kernel(&self, mtu: u16) {
+        self.kernel.store(mtu, Ordering::Relaxed);
+    }
+}
+
 /// Where a tunnel's packets go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Path {
@@ -307,6 +356,8 @@ pub struct TunnelHandle {
     /// The route's access policy and flow table, shared by every set of
     /// keys of the route ([`crate::filter`]).
     pub filter: Arc<crate::filter::FlowFilter>,
+    /// The current path's MTU, shared by every set of keys of the route.
+    pub mtu: Arc<PathMtu>,
 }
 
 pub enum NodeEvent {
@@ -460,6 +511,10 @@ pub struct NodeCounters {
     /// probes sent.
     pub spray_attempts: u64,
     pub spray_probes: u64,
+    /// Path MTU discovery: size probes sent, and changes of a tunnel's
+    /// MTU it made.
+    pub pmtu_probes: u64,
+    pub pmtu_changes: u64,
     pub path_changes: u64,
     pub relay_failovers: u64,
     /// Routes selected again because their relay grant neared its end.

@@ -47,10 +47,7 @@ use cyphonic_transport::{Hub, HubConfig, LegInfo, TlsIdentity};
 pub const DEFAULT_TUNNEL_PORT: u16 = 4501;
 pub const DEFAULT_AS_PORT: u16 = 4501;
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.153";
-/// Underlay MTU 1500 minus IPv6 (40) + UDP (8) + CYPHONIC header (16) + tag
-/// (16) + the relay header (12): a full packet fits unfragmented on every
-/// path, relayed over IPv6 included.
-pub const DEFAULT_MTU: u16 = 1408;
+pub use crate::core::DEFAULT_MTU;
 /// Where the AS also answers Login (TLS on TCP, by ALPN) when its own port
 /// is blocked: the cloud's `tcp443_listen`.
 pub const DEFAULT_AS_FALLBACK_PORT: u16 = 443;
@@ -484,6 +481,8 @@ struct Moves {
     _watch: Option<NetWatch>,
     changed: mpsc::Receiver<()>,
     check: tokio::time::Interval,
+    /// Reads the kernel's path MTU of every tunnel's path.
+    mtu_check: tokio::time::Interval,
     default_routes: Vec<String>,
 }
 
@@ -580,6 +579,7 @@ impl Daemon {
                 _watch: watch,
                 changed,
                 check: tokio::time::interval(ADDR_CHECK_INTERVAL),
+                mtu_check: tokio::time::interval(crate::dataplane::KERNEL_MTU_CHECK),
                 default_routes: crate::addrs::default_routes(),
             },
             portmap: PortMap::start(opts.port_mapping, opts.tunnel_port),
@@ -634,6 +634,9 @@ impl Daemon {
                 Some(()) = self.moves.changed.recv() => self.on_netlink(),
                 Some(m) = self.portmap.changes.recv() => self.on_port_mapping(m),
                 _ = self.moves.check.tick() => self.on_addr_check(),
+                _ = self.moves.mtu_check.tick() => {
+                    crate::dataplane::refresh_kernel_mtus(&self.tables);
+                }
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = self.sigterm.recv() => return Ok(()),
             }

@@ -1200,3 +1200,73 @@ fn a_failed_peer_makes_room_and_its_tunnel_goes_down() {
     exchange(&mut sim, 1, 3, "after eviction");
     exchange(&mut sim, 1, 4, "after eviction");
 }
+
+// ---- 10. Path MTU --------------------------------------------------------
+
+/// Between two nodes on a path that drops every datagram over 1280 bytes
+/// and says nothing (a narrow link behind a firewall that filters ICMP),
+/// each end's size probes find the largest inner packet the path carries,
+/// within seconds of the tunnel coming up: packets of that size arrive,
+/// larger ones would not. On a path that carries everything, one probe
+/// settles it at the device MTU.
+#[test]
+fn path_mtu_probing_finds_a_narrow_path_that_drops_icmp() {
+    // IPv4 outside: 1280 - 20 (IP) - 8 (UDP) - 32 (our header and tag).
+    const CARRIES: usize = 1280 - 20 - 8 - 32;
+    for seed in seeds(4) {
+        let mut sim = registered(SimConfig::new(seed, 3));
+        let (a, b, c) = (node_v4(1).ip(), node_v4(2).ip(), node_v4(3).ip());
+        sim.add_rule(move |w| {
+            let narrow =
+                [w.src.ip(), w.dst.ip()].contains(&a) && [w.src.ip(), w.dst.ip()].contains(&b);
+            narrow && w.len > 1280 - 28
+        });
+        assert_eq!(lookup(&mut sim, 1, 2, RecordType::A), ResponseCode::NoError);
+        assert_eq!(lookup(&mut sim, 1, 3, RecordType::A), ResponseCode::NoError);
+        assert!(tunnel_between(&mut sim, 1, 2, secs(5)), "seed {seed}");
+        assert!(tunnel_between(&mut sim, 1, 3, secs(5)), "seed {seed}");
+        let up = sim.now;
+        let (f1, f2, f3) = (
+            sim.node(1).fqdn.clone(),
+            sim.node(2).fqdn.clone(),
+            sim.node(3).fqdn.clone(),
+        );
+        let mtu =
+            |s: &Sim, me: usize, peer: &str| s.node(me).tunnel_to(peer).and_then(|t| t.mtu.limit());
+        let settled = |m: Option<usize>| m.is_some_and(|m| m <= CARRIES && m + 16 > CARRIES);
+        assert!(
+            sim.run_until(secs(10), |s| settled(mtu(s, 1, &f2))
+                && settled(mtu(s, 2, &f1))),
+            "seed {seed}: both ends found the narrow path's size: {:?} {:?}",
+            mtu(&sim, 1, &f2),
+            mtu(&sim, 2, &f1)
+        );
+        let took = sim.now - up;
+        assert!(took <= secs(4), "seed {seed}: took {took:?}");
+        // The wide path kept the device MTU, settled by one probe each way.
+        assert_eq!(mtu(&sim, 1, &f3), Some(1408), "seed {seed}");
+        assert_eq!(mtu(&sim, 3, &f1), Some(1408), "seed {seed}");
+        let status = sim.node(3).node.status(sim.now);
+        assert_eq!(status.counters.pmtu_probes, 1, "seed {seed}");
+        let p = status.peers.iter().find(|p| p.fqdn == f1).expect("peer");
+        assert_eq!((p.mtu, p.mtu_searching), (Some(1408), false));
+        let status = sim.node(1).node.status(sim.now);
+        let p = status.peers.iter().find(|p| p.fqdn == f2).expect("peer");
+        assert_eq!(p.mtu, mtu(&sim, 1, &f2).map(|m| m as u16));
+        // A packet of the size found arrives; one a step larger is lost.
+        let m = mtu(&sim, 1, &f2).expect("mtu");
+        let fits = ipv4_packet(vip4(1), vip4(2), &vec![7u8; m - 20]);
+        let over = ipv4_packet(vip4(1), vip4(2), &vec![8u8; m + 16 - 20]);
+        let before = sim.node(2).received.len();
+        sim.send_app(1, &over);
+        sim.send_app(1, &fits);
+        assert!(sim.run_until(secs(1), |s| s.node(2).received.len() > before));
+        sim.run_for(secs(1));
+        let got: Vec<&[u8]> = sim.node(2).received[before..]
+            .iter()
+            .map(|r| r.packet.as_slice())
+            .collect();
+        assert_eq!(got, vec![fits.as_slice()], "seed {seed}");
+        let _ = c;
+    }
+}

@@ -485,6 +485,8 @@ pub struct WireInfo {
     pub dst: SocketAddr,
     pub lan_src: Option<SocketAddr>,
     pub kind: &'static str,
+    /// The datagram's payload length (a leg's framing not counted).
+    pub len: usize,
 }
 
 pub type DropRule = Box<dyn FnMut(&WireInfo) -> bool>;
@@ -1519,6 +1521,7 @@ impl Sim {
             dst,
             lan_src,
             kind,
+            len: payload.len(),
         };
         let link = self
             .links
