@@ -1045,20 +1045,10 @@ async fn serve_tls(state: Arc<State>, tls: HandedOff, peer: SocketAddr) {
 }
 
 /// Binds a listening TCP socket; IPv6 sockets are IPv6-only so the same
-/// port can also be bound on 0.0.0.0.
+/// port can also be bound on 0.0.0.0, and accepted connections have their
+/// MSS capped ([`cyphonic_transport::CONSERVATIVE_MSS`]).
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    // Lets a restarted AS bind while old connections linger in TIME_WAIT.
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    cyphonic_transport::bind_tcp_listener(addr)
 }
 
 /// Issues a fresh server certificate for the public addresses and

@@ -238,7 +238,9 @@ pub const CONNECT_STAGGER: Duration = Duration::from_millis(250);
 /// tried at once, each next one [`CONNECT_STAGGER`] later or as soon as
 /// every earlier one failed, all racing from then on (a firewall that
 /// lets only the web out drops the others silently). Errs with the last
-/// failure when none connects.
+/// failure when none connects. The MSS is capped
+/// ([`cyphonic_transport::CONSERVATIVE_MSS`]) so the exchange survives a
+/// small-MTU path that drops ICMP.
 pub async fn connect_first(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut attempts = tokio::task::JoinSet::new();
     let mut next = 0usize;
@@ -246,7 +248,7 @@ pub async fn connect_first(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     loop {
         if next < addrs.len() && (attempts.is_empty() || next == 0) {
             let addr = addrs[next];
-            attempts.spawn(async move { TcpStream::connect(addr).await });
+            attempts.spawn(cyphonic_transport::connect_tcp(addr));
             next += 1;
             continue;
         }
@@ -263,7 +265,7 @@ pub async fn connect_first(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
             },
             () = stagger, if next < addrs.len() => {
                 let addr = addrs[next];
-                attempts.spawn(async move { TcpStream::connect(addr).await });
+                attempts.spawn(cyphonic_transport::connect_tcp(addr));
                 next += 1;
             }
         }
@@ -358,6 +360,12 @@ mod tests {
         };
         let stream = connect_first(&[closed, open]).await.unwrap();
         assert_eq!(stream.peer_addr().unwrap(), open);
+        // Capped from the SYN on (the listener here does not cap).
+        #[cfg(unix)]
+        {
+            let mss = socket2::SockRef::from(&stream).mss().unwrap();
+            assert!(mss <= cyphonic_transport::CONSERVATIVE_MSS, "MSS {mss}");
+        }
         let err = connect_first(&[closed]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
         assert!(connect_first(&[]).await.is_err());

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::config::{HubConfig, MAX_DATAGRAM};
 use crate::error::SendError;
 use crate::leg::{lock, Counters, Dialer, Established, LegHandle, LegRun, LegStats, Link, Shared};
-use crate::socket::{bind_dial_udp, bind_tcp, bind_udp, canonical, Family, TcpProbe};
+use crate::socket::{bind_dial_udp, bind_tcp_listener, bind_udp, canonical, Family, TcpProbe};
 use crate::table::LegTable;
 use crate::tcp::TcpHandoff;
 use crate::tls::{TlsConfigs, TlsIdentity};
@@ -211,7 +211,7 @@ impl Hub {
         let mut tcp_listen_addrs = Vec::new();
         for addr in tcp_listen {
             let listener =
-                bind_tcp(*addr).with_context(|| format!("binding TCP listener {addr}"))?;
+                bind_tcp_listener(*addr).with_context(|| format!("binding TCP listener {addr}"))?;
             tcp_listen_addrs.push(listener.local_addr()?);
             tcp_listeners.push(listener);
         }

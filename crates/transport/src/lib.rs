@@ -96,6 +96,7 @@ pub use config::{HubConfig, MAX_DATAGRAM, QUIC_UDP_PAYLOAD_V4, QUIC_UDP_PAYLOAD_
 pub use cyphonic_proto::transport::UnknownTransport;
 pub use error::SendError;
 pub use hub::Hub;
+pub use socket::{bind_tcp_listener, connect_tcp, CONSERVATIVE_MSS};
 pub use tcp::TcpHandoff;
 pub use tls::{TlsIdentity, QUIC_ALPN, TCP_ALPN};
 pub use types::{Direction, HubStats, LegEvent, LegId, LegInfo, Received, Transport};

@@ -15,7 +15,7 @@ use tracing::{debug, trace, warn};
 
 use crate::framing::{self, Frame, FrameDecoder};
 use crate::leg::{AbortOnDrop, Established, LegRun, LegStats, MakeLeg, Shared};
-use crate::socket::canonical;
+use crate::socket::{canonical, connect_tcp};
 use crate::tls::{self, TCP_ALPN};
 use crate::types::{LegId, Received, Transport};
 
@@ -37,7 +37,8 @@ pub(crate) async fn dial(
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|e| format!("server name {server_name:?}: {e}"))?;
     let handshake = async {
-        let tcp = TcpStream::connect(to)
+        // MSS capped: the path may drop the ICMP that PMTU discovery needs.
+        let tcp = connect_tcp(to)
             .await
             .map_err(|e| format!("TCP connect: {e}"))?;
         // Each flush is a batch of whole datagrams; do not hold it back.
