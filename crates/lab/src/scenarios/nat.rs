@@ -170,6 +170,27 @@ struct RouterSpec {
     /// The MTU of the link between it and its ISP router (both ends):
     /// every path through it carries at most this.
     uplink_mtu: Option<u16>,
+    /// Both routers on the uplink drop the ICMP errors that would say so
+    /// (a firewall that filters ICMP): the path is silent about its size.
+    icmp_filtered: bool,
+}
+
+impl RouterSpec {
+    /// A NAT router of `kind` with an input firewall, on the internet's
+    /// link: what the constructors of [`Topology`] start from.
+    fn new(name: &str, kind: NatKind) -> RouterSpec {
+        RouterSpec {
+            name: name.to_owned(),
+            kind,
+            udp_timeout: None,
+            input_firewall: true,
+            isp_hop: false,
+            carrier: None,
+            behind: None,
+            uplink_mtu: None,
+            icmp_filtered: false,
+        }
+    }
 }
 
 struct NodeSpec {
@@ -194,16 +215,7 @@ impl Topology {
     /// A NAT router with its own WAN address and LAN, and an input
     /// firewall.
     pub fn router(mut self, name: &str, kind: NatKind) -> Topology {
-        self.routers.push(RouterSpec {
-            name: name.to_owned(),
-            kind,
-            udp_timeout: None,
-            input_firewall: true,
-            isp_hop: false,
-            carrier: None,
-            behind: None,
-            uplink_mtu: None,
-        });
+        self.routers.push(RouterSpec::new(name, kind));
         self
     }
 
@@ -219,14 +231,8 @@ impl Topology {
     /// to the carrier NAT itself, as Linux's NAT does unless told.
     pub fn carrier(mut self, name: &str, hairpin: bool) -> Topology {
         self.routers.push(RouterSpec {
-            name: name.to_owned(),
-            kind: NatKind::Eim,
-            udp_timeout: None,
-            input_firewall: true,
-            isp_hop: false,
             carrier: Some(hairpin),
-            behind: None,
-            uplink_mtu: None,
+            ..RouterSpec::new(name, NatKind::Eim)
         });
         self
     }
@@ -235,14 +241,8 @@ impl Topology {
     /// (declared before it) instead of the internet's link.
     pub fn router_behind(mut self, name: &str, kind: NatKind, carrier: &str) -> Topology {
         self.routers.push(RouterSpec {
-            name: name.to_owned(),
-            kind,
-            udp_timeout: None,
-            input_firewall: true,
-            isp_hop: false,
-            carrier: None,
             behind: Some(carrier.to_owned()),
-            uplink_mtu: None,
+            ..RouterSpec::new(name, kind)
         });
         self
     }
@@ -254,14 +254,9 @@ impl Topology {
     /// crosses one more router.
     pub fn plain_router(mut self, name: &str, kind: NatKind) -> Topology {
         self.routers.push(RouterSpec {
-            name: name.to_owned(),
-            kind,
-            udp_timeout: None,
             input_firewall: false,
             isp_hop: true,
-            carrier: None,
-            behind: None,
-            uplink_mtu: None,
+            ..RouterSpec::new(name, kind)
         });
         self
     }
@@ -279,18 +274,23 @@ impl Topology {
         self
     }
 
+    /// [`Topology::narrow_router`] whose uplink says nothing: both routers
+    /// on it drop ICMP Fragmentation Needed (and Packet Too Big), as
+    /// firewalls that filter ICMP do. Only path MTU probing finds the size.
+    pub fn silent_narrow_router(mut self, name: &str, kind: NatKind, mtu: u16) -> Topology {
+        self = self.narrow_router(name, kind, mtu);
+        if let Some(r) = self.routers.last_mut() {
+            r.icmp_filtered = true;
+        }
+        self
+    }
+
     /// A NAT router whose UDP mappings expire after `secs` of silence
     /// (`nf_conntrack_udp_timeout` and `_stream` in its namespace).
     pub fn router_with_udp_timeout(mut self, name: &str, kind: NatKind, secs: u32) -> Topology {
         self.routers.push(RouterSpec {
-            name: name.to_owned(),
-            kind,
             udp_timeout: Some(secs),
-            input_firewall: true,
-            isp_hop: false,
-            carrier: None,
-            behind: None,
-            uplink_mtu: None,
+            ..RouterSpec::new(name, kind)
         });
         self
     }
@@ -789,6 +789,20 @@ fn build_router(
         if let Some(mtu) = r.uplink_mtu {
             lab.sh(&isp, &format!("ip link set cust mtu {mtu}"))?;
             lab.sh(&r.name, &format!("ip link set wan mtu {mtu}"))?;
+        }
+        if r.icmp_filtered {
+            for router in [&isp, &r.name] {
+                lab.sh(
+                    router,
+                    "nft add table inet silent && \
+                     nft add chain inet silent leaving '{ type filter hook output priority 0 ; }' && \
+                     nft add chain inet silent passing '{ type filter hook forward priority 0 ; }' && \
+                     nft add rule inet silent leaving icmp type destination-unreachable icmp code 4 drop && \
+                     nft add rule inet silent passing icmp type destination-unreachable icmp code 4 drop && \
+                     nft add rule inet silent leaving icmpv6 type packet-too-big drop && \
+                     nft add rule inet silent passing icmpv6 type packet-too-big drop",
+                )?;
+            }
         }
     } else {
         attach(lab, ports, &r.name, "wan", &[&format!("{wan}/24")])?;

@@ -149,6 +149,7 @@ fn topology() -> Topology {
         .router_behind("r-cgn-a", NatKind::Eim, "r-cgn")
         .router_behind("r-cgn-b", NatKind::Eim, "r-cgn")
         .narrow_router("r-mtu", NatKind::Eim, NARROW_MTU)
+        .silent_narrow_router("r-smtu", NatKind::Eim, NARROW_MTU)
         .second_trs();
     for p in Placement::ALL {
         for side in ["a", "b"] {
@@ -170,6 +171,7 @@ fn topology() -> Topology {
         .node_behind("up-a", "r-up-a")
         .node_behind("up-b", "r-up-b")
         .node_behind("mtu-a", "r-mtu")
+        .node_behind("smtu-a", "r-smtu")
 }
 
 fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
@@ -269,8 +271,12 @@ fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
         same_nat_check(&nl),
     );
     report.check(
-        &format!("path MTU {NARROW_MTU} on mtu-a's uplink: full-size DF pings and TCP both ways to eim-b"),
-        narrow_path_check(&mut nl),
+        &format!("path MTU {NARROW_MTU} on mtu-a's uplink (ICMP says so): too-big, fragments, IPv6 1280 and TCP both ways to eim-b"),
+        narrow_path_check(&mut nl, "mtu-a"),
+    );
+    report.check(
+        &format!("path MTU {NARROW_MTU} on smtu-a's uplink (ICMP filtered): size probes find it; too-big, fragments, IPv6 1280 and TCP both ways"),
+        narrow_path_check(&mut nl, "smtu-a"),
     );
     report.check(
         "NAT timeout: keepalives hold a 2 s UDP mapping through 10 s of silence",
@@ -759,62 +765,98 @@ fn same_nat_check(nl: &NatLab) -> anyhow::Result<String> {
 /// The MTU of r-mtu's uplink: IPv6's minimum.
 const NARROW_MTU: u16 = 1280;
 
-/// mtu-a sits behind r-mtu, whose uplink carries at most [`NARROW_MTU`]
-/// bytes; eim-b behind an ordinary router. Pings that fill the tunnel
-/// (1400-byte packets, don't fragment) and a TCP transfer each way: the
-/// tunnel's datagrams do not fit the uplink, the routers on it say so
-/// (ICMP, translated back through both NATs) and the tunnel's sockets
-/// fragment them from then on. The first packets may be lost while that
-/// is learned; nothing after.
-fn narrow_path_check(nl: &mut NatLab) -> anyhow::Result<String> {
-    let (a, b) = (nl.node("mtu-a")?, nl.node("eim-b")?);
-    let (vip_b, _) = establish(&nl.o, a, b, ESTABLISH_TIMEOUT)?;
-    let vip_a = nl.o.status(a)?["vip4"]
-        .as_str()
-        .context("mtu-a has no VIPv4")?
-        .to_owned();
-    let mut figures = Vec::new();
-    for (from, to, vip) in [(a, b, &vip_b), (b, a, &vip_a)] {
-        let out = nl.o.lab.exec(
-            &nl.o.nodes[from].ns.clone(),
-            &[
-                "ping", "-M", "do", "-s", "1372", "-c", "6", "-i", "0.3", "-W", "2", vip,
-            ],
+/// The largest inner packet a [`NARROW_MTU`] path carries over IPv4:
+/// less 20 (IP), 8 (UDP) and 32 (our header and tag).
+const NARROW_INNER: u64 = NARROW_MTU as u64 - 60;
+
+/// `node` sits behind a router whose uplink carries at most
+/// [`NARROW_MTU`] bytes (mtu-a: the routers on it say so with ICMP;
+/// smtu-a: they filter it); eim-b behind an ordinary router. Each end's
+/// tunnel learns the path's size (ICMP, or its size probes) within
+/// seconds; then, each way: 1400-byte pings that may not be fragmented
+/// get the truth (a too-big naming the tunnel's MTU) instead of
+/// vanishing, 1400-byte pings that may be fragmented, IPv6 pings at
+/// IPv6's minimum MTU (1280 bytes, which no too-big may go below) and a
+/// TCP transfer all arrive.
+fn narrow_path_check(nl: &mut NatLab, node: &str) -> anyhow::Result<String> {
+    let (a, b) = (nl.node(node)?, nl.node("eim-b")?);
+    let (vip_b, vip6_b) = establish(&nl.o, a, b, ESTABLISH_TIMEOUT)?;
+    let up = Instant::now();
+    let status_a = nl.o.status(a)?;
+    let vip_a = status_a["vip4"].as_str().context("no VIPv4")?.to_owned();
+    let vip6_a = status_a["vip6"].as_str().context("no VIPv6")?.to_owned();
+    let (fqdn_a, fqdn_b) = (nl.o.fqdn(a), nl.o.fqdn(b));
+    for (me, peer) in [(a, &fqdn_b), (b, &fqdn_a)] {
+        wait_until(
+            &format!("{}'s tunnel to learn the path's size", nl.o.nodes[me].name),
+            Duration::from_secs(15),
+            || {
+                let p = nl.o.peer(me, peer)?;
+                let mtu = p["mtu"].as_u64().unwrap_or(0);
+                Ok((mtu > 0 && mtu <= NARROW_INNER).then_some(()))
+            },
         )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let (rx, _) = parse_ping(&text).with_context(|| format!("no ping summary: {text}"))?;
-        let last3 = text
-            .lines()
-            .filter(|l| l.contains("bytes from"))
-            .filter_map(|l| {
-                l.split("icmp_seq=")
-                    .nth(1)?
-                    .split(' ')
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .filter(|seq| *seq >= 4)
-            .count();
+    }
+    let mut figures = vec![format!(
+        "sizes learned {:.1} s after the tunnel came up",
+        up.elapsed().as_secs_f64()
+    )];
+    for (from, to, vip, vip6) in [(a, b, &vip_b, &vip6_b), (b, a, &vip_a, &vip6_a)] {
+        let (name_from, name_to) = (nl.o.nodes[from].name.clone(), nl.o.nodes[to].name.clone());
+        let ns = nl.o.nodes[from].ns.clone();
+        let run = |args: &[&str]| -> anyhow::Result<String> {
+            let out = nl.o.lab.exec(&ns, args)?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr))
+        };
+        let df = run(&[
+            "ping", "-M", "do", "-s", "1372", "-c", "3", "-i", "0.3", "-W", "1", vip,
+        ])?;
+        let told = told_mtu(&df);
         ensure!(
-            last3 == 3,
-            "{} -> {}: 1400-byte DF pings {rx}/6 answered, {last3}/3 of the last",
-            nl.o.nodes[from].name,
-            nl.o.nodes[to].name
+            told.is_some_and(|m| m <= NARROW_INNER && m + 16 > NARROW_INNER),
+            "{name_from} -> {name_to}: 1400-byte DF pings were not told the tunnel's MTU ({NARROW_INNER}): {df}"
+        );
+        let frag = run(&[
+            "ping", "-M", "dont", "-s", "1372", "-c", "3", "-i", "0.3", "-W", "2", vip,
+        ])?;
+        let (rx_frag, _) = parse_ping(&frag).with_context(|| format!("no ping summary: {frag}"))?;
+        ensure!(
+            rx_frag == 3,
+            "{name_from} -> {name_to}: 1400-byte pings that may be fragmented {rx_frag}/3 answered"
+        );
+        let v6 = run(&[
+            "ping", "-6", "-s", "1232", "-c", "3", "-i", "0.3", "-W", "2", vip6,
+        ])?;
+        let (rx_v6, _) = parse_ping(&v6).with_context(|| format!("no ping summary: {v6}"))?;
+        ensure!(
+            rx_v6 == 3,
+            "{name_from} -> {name_to}: 1280-byte IPv6 pings {rx_v6}/3 answered"
         );
         let mbps = iperf(&mut nl.o, from, to, vip, 1, 2)?;
         ensure!(
             mbps > 1.0,
-            "{} -> {}: TCP {mbps:.1} Mbit/s through the tunnel",
-            nl.o.nodes[from].name,
-            nl.o.nodes[to].name
+            "{name_from} -> {name_to}: TCP {mbps:.1} Mbit/s through the tunnel"
         );
         figures.push(format!(
-            "{} -> {}: pings {rx}/6, TCP {mbps:.0} Mbit/s",
-            nl.o.nodes[from].name, nl.o.nodes[to].name
+            "{name_from} -> {name_to}: DF pings told mtu {}, fragmentable 1400 {rx_frag}/3, IPv6 1280 {rx_v6}/3, TCP {mbps:.0} Mbit/s",
+            told.unwrap_or(0)
         ));
     }
     Ok(figures.join("; "))
+}
+
+/// The MTU ping reports from a too-big: "Frag needed and DF set (mtu =
+/// 1220)" or "local error: message too long, mtu=1220".
+fn told_mtu(ping: &str) -> Option<u64> {
+    ping.split("mtu").skip(1).find_map(|rest| {
+        let digits: String = rest
+            .trim_start_matches([' ', '='])
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    })
 }
 
 /// to-a sits behind r-to, whose UDP mappings expire after 2 s idle. After

@@ -580,3 +580,60 @@ fn transport_run(seed: u64) -> (u64, usize, usize) {
 fn the_same_seed_gives_the_same_packets_through_firewalls_and_legs() {
     assert_deterministic(one_seed(17), transport_run, 300, 40);
 }
+
+// ---- Path MTU across legs ------------------------------------------------------
+
+/// n1 reaches the relay over TLS on TCP (a stream: any size), n2 over QUIC
+/// (a DATAGRAM frame must fit one QUIC packet): the TRS cannot pass n1's
+/// full-size packets to n2. n1's size probes, end to end through the
+/// relay, find the smaller leg within seconds, so its too-bigs make inner
+/// senders fit; n2's tunnel starts at its own leg's size and keeps it.
+#[test]
+fn a_relayed_tunnel_learns_the_smaller_leg_of_the_peer() {
+    let limit = cyphonic_node::dataplane::quic_inner_limit(false, true);
+    for seed in [one_seed(11), 12, 13] {
+        let mut config = config(seed, 2);
+        config.nodes[0].firewall = Firewall::TcpOnly443;
+        config.nodes[1].firewall = Firewall::Only443;
+        let sim = &mut started(config, secs(5));
+        let n2 = node_v4(2).ip();
+        // The TRS's hub refuses a DATAGRAM larger than n2's QUIC leg takes.
+        sim.add_rule(move |w| {
+            w.transport == Transport::Quic
+                && w.dst.ip() == n2
+                && w.len > limit + cyphonic_proto::relay::RELAY_HEADER_LEN + 32
+        });
+        ping_until(sim, 1, 2, secs(10)).expect("n1 -> n2");
+        assert!(relayed_over(tunnel_path(sim, 1, 2), Transport::Tcp));
+        assert!(relayed_over(tunnel_path(sim, 2, 1), Transport::Quic));
+        let mtu = |s: &Sim, me: usize, peer: usize| {
+            s.node(me)
+                .tunnel_to(&fqdn(peer))
+                .and_then(|t| t.mtu.limit())
+        };
+        assert!(
+            sim.run_until(secs(5), |s| mtu(s, 1, 2).is_some_and(|m| m <= limit)),
+            "seed {seed}: n1 learned n2's leg: {:?}",
+            mtu(sim, 1, 2)
+        );
+        let m = mtu(sim, 1, 2).expect("mtu");
+        assert!(
+            m + 16 > limit,
+            "seed {seed}: {m} is the largest step under {limit}"
+        );
+        sim.run_for(secs(3));
+        assert_eq!(mtu(sim, 2, 1), Some(limit), "seed {seed}");
+        let status = peer_status(sim, 2, 1).expect("peer");
+        assert_eq!(
+            (status.mtu, status.mtu_searching),
+            (Some(limit as u16), false)
+        );
+        // A packet of the size found crosses both legs.
+        let p = ipv4_packet(vip4(1), vip4(2), &vec![5u8; m - 20]);
+        sim.send_app(1, &p);
+        assert!(sim.run_until(secs(1), |s| s
+            .node(2)
+            .received_from(&fqdn(1))
+            .contains(&p.as_slice())));
+    }
+}
