@@ -580,8 +580,75 @@ fn mode_checks(fl: &mut FirewallLab, mode: Mode, report: &mut Report) -> anyhow:
             "a new device enrolls behind fw1 (TCP 443 out only): `node enroll` reaches the AS on 443",
             enroll_behind_check(fl),
         );
+        report.check(
+            "a on a TLS-over-TCP leg, b on a QUIC leg (fw2 lets UDP 443 out): a's tunnel learns b's smaller leg, TCP both ways",
+            mixed_legs_check(fl),
+        );
     }
     Ok(())
+}
+
+/// The largest inner packet a relayed QUIC leg over IPv4 carries: a
+/// 1472-byte UDP payload less quinn's 38 bytes per DATAGRAM frame, our 32
+/// and the relay header's 12 (`dataplane::quic_inner_limit`).
+const QUIC_RELAYED_INNER: u64 = 1500 - 20 - 8 - 38 - 32 - 12;
+
+/// fw1 lets only TCP 443 out (a relays over TLS on TCP); b restarts behind
+/// fw2 letting UDP 443 out too, so it relays over QUIC. The TRS cannot
+/// pass a's full-size packets to b's leg (a QUIC DATAGRAM must fit one
+/// packet): a's size probes find that within seconds, its too-bigs make
+/// TCP fit, and transfers run both ways.
+fn mixed_legs_check(fl: &mut FirewallLab) -> anyhow::Result<String> {
+    let (a, b) = (fl.a, fl.b);
+    fl.nl.o.stop_node(b)?;
+    fl.set_mode("fw2", Mode::Web)?;
+    start_node_with(&mut fl.nl.o, b, &[])?;
+    fl.o().wait_registered(b, REGISTER_TIMEOUT)?;
+    wait_until("b to signal over quic", SETTLE_TIMEOUT, || {
+        Ok((fl.o().status(b)?["cloud"]["transport"] == "quic").then_some(()))
+    })?;
+    ensure!(
+        fl.o().status(a)?["cloud"]["transport"] == "tcp",
+        "a does not signal over tcp"
+    );
+    let (vip_b, p) = establish_checked(fl, a, b)?;
+    let (path, transport, _) = fields(&p);
+    ensure!(
+        path == "relayed" && transport == "tcp",
+        "a -> b {path} over {transport}, expected relayed over tcp"
+    );
+    let up = Instant::now();
+    let (fqdn_a, fqdn_b) = (fl.o().fqdn(a), fl.o().fqdn(b));
+    let mtu = wait_until(
+        "a's tunnel to learn b's leg",
+        Duration::from_secs(10),
+        || {
+            let m = fl.o().peer(a, &fqdn_b)?["mtu"].as_u64().unwrap_or(0);
+            Ok((m > 0 && m <= QUIC_RELAYED_INNER).then_some(m))
+        },
+    )?;
+    let learned = up.elapsed();
+    let pb = fl.o().peer(b, &fqdn_a)?;
+    let (path, transport, _) = fields(&pb);
+    ensure!(
+        path == "relayed" && transport == "quic",
+        "b -> a {path} over {transport}, expected relayed over quic"
+    );
+    let vip_a = fl.o().status(a)?["vip4"]
+        .as_str()
+        .context("a has no VIPv4")?
+        .to_owned();
+    let ab = iperf(&mut fl.nl.o, a, b, &vip_b, 1, 2)?;
+    let ba = iperf(&mut fl.nl.o, b, a, &vip_a, 1, 2)?;
+    ensure!(
+        ab > 1.0 && ba > 1.0,
+        "TCP a -> b {ab:.1} Mbit/s, b -> a {ba:.1} Mbit/s"
+    );
+    Ok(format!(
+        "a's tunnel MTU {mtu} ({:.1} s after it came up), b's {}; TCP a -> b {ab:.0} Mbit/s, b -> a {ba:.0} Mbit/s",
+        learned.as_secs_f64(),
+        pb["mtu"]
+    ))
 }
 
 /// fw1 switches to mode (a), UDP and TCP 443 out only, while a signals
