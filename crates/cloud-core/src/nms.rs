@@ -1612,13 +1612,22 @@ impl Nms {
             Some((o, _, l)) => (o, l, true),
             None => (from, local, false),
         };
+        // A Registration again from the same mapping (a retransmission
+        // that arrived after the NAT Probe, a raced copy) leaves the NAT's
+        // behaviour as probed: the node, which knows it, would not probe
+        // again, and routes would be decided as if the NAT were unknown.
+        let observed_probe = session
+            .registration
+            .as_ref()
+            .filter(|r| r.observed == from && r.transport == req.transport)
+            .and_then(|r| r.observed_probe);
         session.registration = Some(Registration {
             static_public: req.static_public,
             tunnel_port: req.tunnel_port,
             local_addrs,
             observed,
             validated,
-            observed_probe: None,
+            observed_probe,
             nms_local,
             last_seen: now,
             transport: req.transport,
@@ -2570,6 +2579,64 @@ mod tests {
             }
         }
         messages
+    }
+
+    /// A Registration that arrives again from the same mapping after the
+    /// NAT Probe (a retransmitted or raced copy) keeps the NAT kind the
+    /// probe showed: the node, told its NAT is known, does not probe again,
+    /// and a hard NAT would otherwise get a plain relayed route. From
+    /// another mapping, the NAT is unknown until probed anew.
+    #[test]
+    fn a_registration_again_from_the_same_mapping_keeps_the_probed_nat() {
+        let now = Instant::now();
+        let config = NmsConfig {
+            probe_port: 4504,
+            ..NmsConfig::default()
+        };
+        let mut nms = Nms::new(config, [8; 32], 1);
+        let (mut node, from) = registered_node(&mut nms, now, 1);
+        let nat = |nms: &Nms| {
+            nms.registrations()
+                .into_iter()
+                .find(|(f, _)| f == "a1.cyphonic.internal")
+                .map(|(_, r)| r.nat())
+        };
+        let again = |node: &mut SignalCipher, txid| {
+            node.seal(&Envelope {
+                txid,
+                message: Message::RegistrationRequest(RegistrationRequest {
+                    static_public: [1; 32],
+                    tunnel_port: 4501,
+                    // Behind a NAT: its own address is not the one seen.
+                    local_addrs: vec![at("198.51.100.20:4501")],
+                    transport: cyphonic_proto::Transport::Udp,
+                    quic_port: 0,
+                    mapped: None,
+                }),
+            })
+        };
+        let reg = again(&mut node, 2);
+        nms.handle_datagram(now, at("192.0.2.1:4502"), from, &reg);
+        assert_eq!(nat(&nms), Some(NatKind::Unknown));
+        // The probe port sees another mapping: a symmetric NAT.
+        let probe = node.seal(&Envelope {
+            txid: 3,
+            message: Message::NatProbe,
+        });
+        let mapped_anew = SocketAddr::new(from.ip(), 40999);
+        nms.handle_datagram(now, at("192.0.2.1:4504"), mapped_anew, &probe);
+        assert_eq!(nat(&nms), Some(NatKind::Symmetric));
+        let reg = again(&mut node, 4);
+        nms.handle_datagram(now, at("192.0.2.1:4502"), from, &reg);
+        assert_eq!(nat(&nms), Some(NatKind::Symmetric));
+        // The node moved: its NAT is probed again.
+        let reg = again(&mut node, 5);
+        nms.handle_datagram(now, at("192.0.2.1:4502"), at("203.0.113.9:4501"), &reg);
+        let out = transmits(&mut nms);
+        echo_challenges(&mut nms, now, &mut node, out);
+        let reg = again(&mut node, 6);
+        nms.handle_datagram(now, at("192.0.2.1:4502"), at("203.0.113.9:4501"), &reg);
+        assert_eq!(nat(&nms), Some(NatKind::Unknown));
     }
 
     #[test]
