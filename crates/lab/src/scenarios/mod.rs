@@ -6,6 +6,7 @@ pub mod abuse;
 pub mod adapter;
 pub mod bench;
 pub mod bench_adapter;
+pub mod bench_peers;
 pub mod bench_punch;
 pub mod bench_transports;
 pub mod direct;
@@ -55,6 +56,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "TCP throughput, RTT and per-packet overhead: native UDP, QUIC direct, QUIC relayed, TCP 443 relayed",
     ),
     (
+        "bench-peers",
+        "cyphonic next to nebula, wireguard-go and boringtun in the same namespaces: TCP, UDP, RTT, setup, CPU and memory (scripts/peers.sh installs them)",
+    ),
+    (
         "firewall",
         "nodes behind nftables firewalls (UDP+TCP 443 only, TCP 443 only, open): QUIC, TCP, UDP; a move behind the QUIC-only one",
     ),
@@ -97,6 +102,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "mobility" => mobility::run(bin),
         "firewall" => firewall::run(bin),
         "bench-transports" => bench_transports::run(bin),
+        "bench-peers" => bench_peers::run(bin),
         "bench-punch" => bench_punch::run(bin),
         "lifetime" => lifetime::run(bin),
         "revoke" => revoke::run(bin),
