@@ -14,7 +14,9 @@
 //! first ping reply and to the tunnel being on its direct path (the first
 //! reply's time when the tunnel came up direct; else when `cyphonic
 //! status`, polled every 20 ms, shows it moved there). The number of
-//! trials is `CYPHONIC_BENCH_TRIALS` (50 by default).
+//! trials is `CYPHONIC_BENCH_TRIALS` (50 by default); `CYPHONIC_BENCH_PAIRS`
+//! runs only the pairs whose label contains it (e.g. `hard`). A trial that
+//! missed prints what both ends showed (up to five per pair).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ const DIRECT_WITHIN: Duration = Duration::from_secs(5);
 const FIRST_PORT: u16 = 4601;
 
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
+    // Only the pairs whose label contains this, e.g. "hard".
+    let pairs = std::env::var("CYPHONIC_BENCH_PAIRS").ok();
     let trials: u16 = std::env::var("CYPHONIC_BENCH_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -87,8 +91,12 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
             "hardp",
         ),
     ] {
+        if pairs.as_deref().is_some_and(|p| !label.contains(p)) {
+            continue;
+        }
         let (mn, cn) = (nl.node(mn)?, nl.node(cn)?);
         let mut ok = 0usize;
+        let mut missed = Vec::new();
         let (mut first_reply, mut direct) = (Vec::new(), Vec::new());
         let mut failures = Vec::new();
         for _ in 0..trials {
@@ -98,6 +106,8 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
                     if let Some(d) = t.direct {
                         ok += 1;
                         direct.push(d);
+                    } else {
+                        missed.push(format!("port {port}: {}", t.seen));
                     }
                 }
                 Err(e) => failures.push(format!("{e:#}")),
@@ -117,6 +127,9 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
                 format!("; {} trials failed to run: {}", failures.len(), failures[0])
             }
         );
+        for m in missed.iter().take(5) {
+            println!("        missed, {m}");
+        }
         report.check(
             label,
             if failures.len() * 10 > usize::from(trials) {
@@ -139,6 +152,42 @@ struct Trial {
     /// From the DNS query to the tunnel on its direct path, if it got there
     /// within [`DIRECT_WITHIN`].
     direct: Option<Duration>,
+    /// What both ends showed at the end of a trial that missed: the path,
+    /// birthday punching's counters, the log lines about paths.
+    seen: String,
+}
+
+/// Node `i`'s view of its tunnel to `peer` and its punching counters, for
+/// a trial that stayed relayed.
+fn seen(nl: &NatLab, i: usize, peer: &str) -> String {
+    let s = match nl.o.status(i) {
+        Ok(s) => s,
+        Err(e) => return format!("no status: {e:#}"),
+    };
+    let p = s["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["fqdn"] == peer))
+        .cloned()
+        .unwrap_or_default();
+    let c = &s["counters"];
+    let log = nl.o.node_log(i);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("birthday") || l.contains("path change") || l.contains("Route Direction")
+        })
+        .collect();
+    format!(
+        "{} nat {} path {} ({}), spray_attempts {} spray_probes {} path_changes {}; log: {}",
+        nl.o.nodes[i].name,
+        s["cloud"]["nat"],
+        p["path"],
+        p["path_reason"],
+        c["spray_attempts"],
+        c["spray_probes"],
+        c["path_changes"],
+        lines[lines.len().saturating_sub(4)..].join(" | ")
+    )
 }
 
 /// Restarts both daemons on tunnel port `port`, then times the query and
@@ -189,9 +238,27 @@ fn trial(nl: &mut NatLab, mn: usize, cn: usize, port: u16, probe: &Path) -> anyh
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let seen = if direct.is_none() {
+        let mn_fqdn = nl.o.fqdn(mn);
+        let cloud = nl.o.lab.log("cloud");
+        let names = [nl.o.nodes[mn].name.clone(), nl.o.nodes[cn].name.clone()];
+        let lines: Vec<&str> = cloud
+            .lines()
+            .filter(|l| names.iter().any(|n| l.contains(&format!("{n}.cyphonic"))))
+            .collect();
+        format!(
+            "{}; {}; cloud: {}",
+            seen(nl, mn, &fqdn),
+            seen(nl, cn, &mn_fqdn),
+            lines[lines.len().saturating_sub(8)..].join(" | ")
+        )
+    } else {
+        String::new()
+    };
     Ok(Trial {
         first_reply,
         direct,
+        seen,
     })
 }
 

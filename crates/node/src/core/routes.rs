@@ -76,7 +76,7 @@ impl Node {
                 return;
             }
             let fqdn = resolver::normalize(&direction.peer.fqdn);
-            tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), initiate = direction.initiate, punch = direction.punch, relay = direction.relay.is_some(), "Route Direction to Responder");
+            tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), initiate = direction.initiate, punch = direction.punch, relay = direction.relay.is_some(), spray = ?direction.spray, "Route Direction to Responder");
             // Both ends asked for the same pair at once (both moved): the
             // NMS serves the first request and ignores the second, so the
             // route we were directed to supersedes our own request.
@@ -117,7 +117,7 @@ impl Node {
                 .answer(&fqdn, Err(ResponseCode::ServFail), &mut self.out);
         } else {
             let (vip4, vip6) = (direction.peer.vip4, direction.peer.vip6);
-            tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), initiate = direction.initiate, punch = direction.punch, relay = direction.relay.is_some(), endpoints = ?direction.peer.endpoints, "Route Direction to Initiator");
+            tracing::info!(peer = %fqdn, pattern = direction.pattern.as_str(), initiate = direction.initiate, punch = direction.punch, relay = direction.relay.is_some(), spray = ?direction.spray, endpoints = ?direction.peer.endpoints, "Route Direction to Initiator");
             self.setup_route(now, direction);
             self.dns.set_negative(now, &fqdn, false);
             self.dns.answer(&fqdn, Ok((vip4, vip6)), &mut self.out);
