@@ -5,19 +5,8 @@
 # from crates.io. Needs root for apt-get. Safe to run again: installs only
 # what is missing.
 set -euo pipefail
-pkgs=(nebula wireguard-go wireguard-tools)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "need root to install: ${missing[*]}" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+source "$(dirname "$0")/apt.sh"
+install_missing nebula wireguard-go wireguard-tools
 if ! command -v boringtun-cli >/dev/null; then
   if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust first (boringtun-cli comes from crates.io)" >&2

@@ -64,14 +64,19 @@ impl Sockets {
         }
     }
 
-    /// Sends one datagram.
-    pub fn send_to(&self, payload: &[u8], dst: SocketAddr) -> io::Result<()> {
-        let sock = self.socket_for(&dst).ok_or_else(|| {
+    /// [`Sockets::socket_for`], or an error naming what is missing.
+    fn socket_or_err(&self, dst: &SocketAddr) -> io::Result<&UdpSocket> {
+        self.socket_for(dst).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
                 "no socket for this address family",
             )
-        })?;
+        })
+    }
+
+    /// Sends one datagram.
+    pub fn send_to(&self, payload: &[u8], dst: SocketAddr) -> io::Result<()> {
+        let sock = self.socket_or_err(&dst)?;
         let transmit = quinn_udp::Transmit {
             destination: dst,
             ecn: None,
@@ -89,12 +94,7 @@ impl Sockets {
     pub fn send_to_with_ttl(&self, payload: &[u8], dst: SocketAddr, ttl: u8) -> io::Result<()> {
         #[cfg(target_os = "linux")]
         {
-            let sock = self.socket_for(&dst).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "no socket for this address family",
-                )
-            })?;
+            let sock = self.socket_or_err(&dst)?;
             send_with_ttl(sock, payload, dst, ttl)
         }
         #[cfg(not(target_os = "linux"))]
@@ -113,12 +113,7 @@ impl Sockets {
     pub fn send_fragmenting(&self, payload: &[u8], dst: SocketAddr) -> io::Result<()> {
         #[cfg(target_os = "linux")]
         {
-            let sock = self.socket_for(&dst).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "no socket for this address family",
-                )
-            })?;
+            let sock = self.socket_or_err(&dst)?;
             let (level, name, on, off) = if dst.is_ipv6() {
                 (libc::IPPROTO_IPV6, libc::IPV6_MTU, 1280, 0)
             } else {
@@ -207,12 +202,7 @@ impl Sockets {
         segment: usize,
         dst: SocketAddr,
     ) -> io::Result<()> {
-        let sock = self.socket_for(&dst).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "no socket for this address family",
-            )
-        })?;
+        let sock = self.socket_or_err(&dst)?;
         // One GSO send is one UDP datagram to the kernel: its payload must
         // fit a datagram's 16-bit length (less the UDP and IPv6 headers),
         // or the call fails (EMSGSIZE) and nothing of it is sent.
