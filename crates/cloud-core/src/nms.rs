@@ -341,6 +341,8 @@ pub struct Registration {
     /// The NMS socket the node talks to (replies leave from it).
     pub nms_local: SocketAddr,
     pub last_seen: Instant,
+    /// When this Registration arrived: a NAT Probe is due soon after.
+    pub registered_at: Instant,
     /// How its Registration came: native UDP or a QUIC / TCP leg.
     pub transport: cyphonic_proto::Transport,
     /// Its QUIC listener port (0: none).
@@ -1134,11 +1136,26 @@ impl Nms {
     /// [`PATH_VALIDATION_TIMEOUT`]).
     fn settled(&self, session_id: SessionId, now: Instant) -> bool {
         self.sessions.get(&session_id).is_some_and(|s| {
-            s.registration.as_ref().is_some_and(|r| r.validated)
+            s.registration
+                .as_ref()
+                .is_some_and(|r| r.validated && !self.nat_probe_due(r, now))
                 && s.path
                     .as_ref()
                     .is_none_or(|p| now >= p.since + PATH_VALIDATION_TIMEOUT)
         })
+    }
+
+    /// A node behind an IPv4 NAT whose NAT Probe has not arrived yet, within
+    /// [`PATH_VALIDATION_TIMEOUT`] of its Registration: a route decided now
+    /// would take its NAT for unknown (relayed, no punching), so route
+    /// selection waits for the probe as for a new address on trial.
+    fn nat_probe_due(&self, r: &Registration, now: Instant) -> bool {
+        self.config.probe_port != 0
+            && r.observed_probe.is_none()
+            && r.nat() == NatKind::Unknown
+            && r.transport == cyphonic_proto::Transport::Udp
+            && r.observed.is_ipv4()
+            && now < r.registered_at + PATH_VALIDATION_TIMEOUT
     }
 
     /// Runs the held Direction Requests whose parties are settled, and
@@ -1499,7 +1516,7 @@ impl Nms {
                 self.on_registration(now, session_id, local, from, env.txid, counter, req)
             }
             Message::KeepAlive => self.on_keepalive(session_id, local, from, env.txid),
-            Message::NatProbe => self.on_nat_probe(session_id, local, from, env.txid),
+            Message::NatProbe => self.on_nat_probe(now, session_id, local, from, env.txid),
             Message::DirectionRequest { target } => {
                 self.on_direction_request(now, session_id, env.txid, &target)
             }
@@ -1630,6 +1647,7 @@ impl Nms {
             observed_probe,
             nms_local,
             last_seen: now,
+            registered_at: now,
             transport: req.transport,
             quic_port: req.quic_port,
             mapped: req
@@ -1727,6 +1745,7 @@ impl Nms {
     /// node's mapping towards a second destination.
     fn on_nat_probe(
         &mut self,
+        now: Instant,
         session_id: SessionId,
         local: SocketAddr,
         from: SocketAddr,
@@ -1759,6 +1778,8 @@ impl Nms {
             destination: from,
             payload,
         });
+        // Routes held for this node's NAT kind can be decided now.
+        self.run_held_directions(now);
     }
 
     fn relay_offer(
@@ -2637,6 +2658,99 @@ mod tests {
         let reg = again(&mut node, 6);
         nms.handle_datagram(now, at("192.0.2.1:4502"), at("203.0.113.9:4501"), &reg);
         assert_eq!(nat(&nms), Some(NatKind::Unknown));
+    }
+
+    #[test]
+    fn a_route_waits_for_the_nat_probe_of_a_node_that_just_registered() {
+        let now = Instant::now();
+        let config = NmsConfig {
+            probe_port: 4504,
+            ..NmsConfig::default()
+        };
+        let mut nms = Nms::new(config, [8; 32], 1);
+        let (mut n1, at1) = registered_node(&mut nms, now, 1);
+        let (mut n2, at2) = registered_node(&mut nms, now, 2);
+        let nms_port = at("192.0.2.1:4502");
+        // Both behind NATs: their own addresses are not the ones seen.
+        let behind_nat = |node: &mut SignalCipher, txid, local: &str| {
+            node.seal(&Envelope {
+                txid,
+                message: Message::RegistrationRequest(RegistrationRequest {
+                    static_public: [1; 32],
+                    tunnel_port: 4501,
+                    local_addrs: vec![at(local)],
+                    transport: cyphonic_proto::Transport::Udp,
+                    quic_port: 0,
+                    mapped: None,
+                }),
+            })
+        };
+        let probe = |node: &mut SignalCipher, txid| {
+            node.seal(&Envelope {
+                txid,
+                message: Message::NatProbe,
+            })
+        };
+        let reg = behind_nat(&mut n1, 2, "198.51.100.21:4501");
+        nms.handle_datagram(now, nms_port, at1, &reg);
+        let p = probe(&mut n1, 3);
+        nms.handle_datagram(now, at("192.0.2.1:4504"), at1, &p);
+        let reg = behind_nat(&mut n2, 2, "198.51.100.22:4501");
+        nms.handle_datagram(now, nms_port, at2, &reg);
+        while nms.poll_transmit().is_some() {}
+        // a1 (endpoint-independent) asks for a2 before a2's probe is in.
+        let ask = n1.seal(&Envelope {
+            txid: 4,
+            message: Message::DirectionRequest {
+                target: "a2.cyphonic.internal".into(),
+            },
+        });
+        let soon = now + Duration::from_millis(5);
+        nms.handle_datagram(soon, nms_port, at1, &ask);
+        let directions = |nms: &mut Nms, node: &mut SignalCipher, to| -> Vec<RouteDirection> {
+            std::iter::from_fn(|| nms.poll_transmit())
+                .filter(|t| t.destination == to)
+                .filter_map(|t| node.open(&t.payload).ok())
+                .filter_map(|e| match e.message {
+                    Message::RouteDirectionToResponder(d) => Some(d),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(
+            directions(&mut nms, &mut n2, at2).is_empty(),
+            "decided before a2's NAT was known"
+        );
+        // a2's probe shows another mapping: a hard NAT against an easy
+        // one, so a2 opens spare ports.
+        let p = probe(&mut n2, 3);
+        let later = now + Duration::from_millis(20);
+        let mapped_anew = SocketAddr::new(at2.ip(), 40999);
+        nms.handle_datagram(later, at("192.0.2.1:4504"), mapped_anew, &p);
+        let d = directions(&mut nms, &mut n2, at2);
+        assert_eq!(d.len(), 1, "the held route is decided on the probe");
+        assert_eq!(d[0].spray, Spray::OpenPorts);
+
+        // A node that never probes holds a route for at most a second.
+        let (mut n3, at3) = registered_node(&mut nms, now, 3);
+        let reg = behind_nat(&mut n3, 2, "198.51.100.23:4501");
+        let t = now + Duration::from_secs(2);
+        nms.handle_datagram(t, nms_port, at3, &reg);
+        while nms.poll_transmit().is_some() {}
+        let ask = n1.seal(&Envelope {
+            txid: 5,
+            message: Message::DirectionRequest {
+                target: "a3.cyphonic.internal".into(),
+            },
+        });
+        nms.handle_datagram(t, nms_port, at1, &ask);
+        assert!(directions(&mut nms, &mut n3, at3).is_empty());
+        let (deadline, _) = nms.poll_timeout().expect("a held route has a timer");
+        assert!(deadline <= t + PATH_VALIDATION_TIMEOUT);
+        nms.handle_timeout(t + PATH_VALIDATION_TIMEOUT);
+        let d = directions(&mut nms, &mut n3, at3);
+        assert_eq!(d.len(), 1, "decided without the probe after the wait");
+        assert_eq!(d[0].spray, Spray::None);
     }
 
     #[test]
