@@ -257,7 +257,7 @@ enum NodeCmd {
         /// Use TUN segmentation offloads.
         #[arg(long)]
         offload: bool,
-        /// Do not ask the router for a port mapping (PCP or NAT-PMP) for
+        /// Do not ask the router for a port mapping (PCP, NAT-PMP or UPnP IGD) for
         /// the tunnel port.
         #[arg(long)]
         no_port_mapping: bool,

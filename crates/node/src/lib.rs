@@ -13,3 +13,4 @@ pub mod filter;
 pub mod host;
 pub mod portmap;
 pub mod resolver;
+pub mod upnp;

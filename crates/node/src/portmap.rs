@@ -1,6 +1,7 @@
 //! Port mapping: asks the IPv4 default gateway to forward a public port
 //! to the tunnel port, with PCP (RFC 6887, MAP) or, from a gateway that
-//! speaks only its predecessor, NAT-PMP (RFC 6886). A node with a mapping
+//! speaks only its predecessor, NAT-PMP (RFC 6886), or, from one that
+//! speaks neither, UPnP IGD ([`crate::upnp`]). A node with a mapping
 //! is reachable at it like a node without NAT, so no peer's packet has to
 //! cross a NAT that has not seen one of ours (`docs/routing.md`).
 //!
@@ -46,6 +47,7 @@ const NATPMP_OP_MAP_UDP: u8 = 1;
 pub enum Protocol {
     Pcp,
     NatPmp,
+    UpnpIgd,
 }
 
 impl Protocol {
@@ -53,6 +55,7 @@ impl Protocol {
         match self {
             Protocol::Pcp => "pcp",
             Protocol::NatPmp => "nat-pmp",
+            Protocol::UpnpIgd => "upnp-igd",
         }
     }
 }
@@ -74,6 +77,8 @@ pub enum AnswerError {
     UnsupportedVersion,
     #[error("the gateway refused: result code {0}")]
     Refused(u16),
+    #[error("UPnP: {0}")]
+    Upnp(String),
 }
 
 fn mapped_v6(ip: Ipv4Addr) -> [u8; 16] {
@@ -268,14 +273,29 @@ pub async fn run(
 ) {
     let nonce: [u8; 12] = rand::random();
     let mut current: Option<(Mapping, Ipv4Addr)> = None;
+    // The UPnP service of the gateway a UPnP mapping came from.
+    let mut igd: Option<crate::upnp::Gateway> = None;
     loop {
         let gw = *gateway.borrow_and_update();
         let mut next = RETRY;
         let mut granted = None;
         if let Some(gw) = gw {
             if let Some((socket, client)) = gateway_socket(gw).await {
-                let prefer = current.map(|(m, _)| m.protocol);
-                match request(&socket, client, tunnel_port, LIFETIME_SECS, nonce, prefer).await {
+                let kept = current.filter(|(_, at)| *at == gw).map(|(m, _)| m);
+                let prefer = kept.map(|m| m.protocol);
+                let answer = match prefer {
+                    // A gateway that answered UPnP has no PCP to wait for.
+                    Some(Protocol::UpnpIgd) => None,
+                    _ => request(&socket, client, tunnel_port, LIFETIME_SECS, nonce, prefer).await,
+                };
+                let answer = match answer {
+                    None => {
+                        let preferred = kept.map_or(tunnel_port, |m| m.external.port());
+                        upnp_request(gw, client, tunnel_port, preferred, &mut igd).await
+                    }
+                    other => other,
+                };
+                match answer {
                     Some(Ok(m)) if m.lifetime > Duration::ZERO => {
                         next = (m.lifetime / 2).max(Duration::from_secs(30));
                         granted = Some((m, gw));
@@ -309,9 +329,50 @@ pub async fn run(
     if let Some((m, gw)) = current {
         // Deleted on the way out, so the gateway forwards nothing to a
         // port nobody listens on.
-        if let Some((socket, client)) = gateway_socket(gw).await {
-            let deleted = request(&socket, client, tunnel_port, 0, nonce, Some(m.protocol)).await;
-            tracing::info!(external = %m.external, deleted = matches!(deleted, Some(Ok(_))), "port mapping released");
+        let deleted = match (m.protocol, &igd) {
+            (Protocol::UpnpIgd, Some(g)) => crate::upnp::unmap(g, m.external.port()).await.is_ok(),
+            (Protocol::UpnpIgd, None) => false,
+            _ => match gateway_socket(gw).await {
+                Some((socket, client)) => matches!(
+                    request(&socket, client, tunnel_port, 0, nonce, Some(m.protocol)).await,
+                    Some(Ok(_))
+                ),
+                None => false,
+            },
+        };
+        tracing::info!(external = %m.external, deleted, "port mapping released");
+    }
+}
+
+/// A UPnP IGD mapping from `gateway` (found again unless `igd` holds its
+/// service already): `None` when no UPnP gateway answers.
+async fn upnp_request(
+    gateway: Ipv4Addr,
+    client: Ipv4Addr,
+    internal_port: u16,
+    preferred: u16,
+    igd: &mut Option<crate::upnp::Gateway>,
+) -> Option<Result<Mapping, AnswerError>> {
+    use crate::upnp;
+    if igd.as_ref().is_none_or(|g| *g.control.addr.ip() != gateway) {
+        *igd = upnp::discover(gateway).await.ok();
+    }
+    let g = igd.as_ref()?;
+    match upnp::map(g, client, internal_port, preferred, LIFETIME_SECS).await {
+        Ok((external, lease)) => Some(Ok(Mapping {
+            protocol: Protocol::UpnpIgd,
+            external,
+            // A permanent mapping is renewed as one of the usual length.
+            lifetime: Duration::from_secs(u64::from(if lease == 0 {
+                LIFETIME_SECS
+            } else {
+                lease
+            })),
+        })),
+        Err(e) => {
+            // Found again next time: the gateway may have restarted.
+            *igd = None;
+            Some(Err(AnswerError::Upnp(e.to_string())))
         }
     }
 }
@@ -450,6 +511,139 @@ mod tests {
             assert_eq!(lifetime, &[0, 0, 0, 0], "{last:?}");
             server.abort();
         }
+    }
+
+    /// A UPnP IGD gateway at `ip` (no PCP, no NAT-PMP): answers searches
+    /// sent to it, serves its description and control URL, refuses the
+    /// internal port as taken, and reports each SOAP action with its body.
+    async fn upnp_gateway(ip: Ipv4Addr, actions: mpsc::Sender<(String, String)>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let http = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let port = http.local_addr().unwrap().port();
+        let ssdp = UdpSocket::bind((ip, 1900)).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let (n, from) = ssdp.recv_from(&mut buf).await.unwrap();
+                if buf[..n].starts_with(b"M-SEARCH") {
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nST: x\r\nLOCATION: http://{ip}:{port}/rootDesc.xml\r\n\r\n"
+                    );
+                    ssdp.send_to(answer.as_bytes(), from).await.unwrap();
+                }
+            }
+        });
+        loop {
+            let (mut stream, _) = http.accept().await.unwrap();
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the headers and, for a POST, the body.
+            let (head, body) = loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    if body.len() >= len {
+                        break (head.to_owned(), body.to_owned());
+                    }
+                }
+            };
+            let reply = if head.starts_with("GET /rootDesc.xml") {
+                "<root><device><serviceList><service><serviceType>\
+                     urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>\
+                     <controlURL>/ctl/IPConn</controlURL></service></serviceList></device></root>"
+                    .to_owned()
+            } else {
+                let action = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SOAPAction: "))
+                    .and_then(|a| a.trim_matches('"').split('#').nth(1))
+                    .unwrap()
+                    .to_owned();
+                let _ = actions.send((action.clone(), body.clone())).await;
+                match action.as_str() {
+                    "AddPortMapping" if body.contains("<NewExternalPort>4501<") => {
+                        let fault = "<s:Envelope><s:Body><s:Fault><detail><UPnPError>\
+                                     <errorCode>718</errorCode></UPnPError></detail>\
+                                     </s:Fault></s:Body></s:Envelope>";
+                        let r = format!(
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{fault}",
+                            fault.len()
+                        );
+                        stream.write_all(r.as_bytes()).await.unwrap();
+                        continue;
+                    }
+                    "GetExternalIPAddress" => "<u:GetExternalIPAddressResponse>\
+                        <NewExternalIPAddress>192.0.2.101</NewExternalIPAddress>\
+                        </u:GetExternalIPAddressResponse>"
+                        .to_owned(),
+                    _ => format!("<u:{action}Response></u:{action}Response>"),
+                }
+            };
+            let r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{reply}",
+                reply.len()
+            );
+            stream.write_all(r.as_bytes()).await.unwrap();
+        }
+    }
+
+    /// A gateway that speaks only UPnP IGD: the task finds it, maps at
+    /// another port when the tunnel port is taken, and deletes the mapping
+    /// when stopped.
+    #[tokio::test]
+    async fn the_task_maps_through_upnp_when_the_gateway_speaks_nothing_else() {
+        let ip = Ipv4Addr::new(127, 0, 0, 4);
+        let (tx, mut actions) = mpsc::channel(32);
+        let server = tokio::spawn(upnp_gateway(ip, tx));
+        let (_gw_tx, gw) = watch::channel(Some(ip));
+        let (stop_tx, stop) = watch::channel(false);
+        let (tx, mut changes) = mpsc::channel(4);
+        let task = tokio::spawn(run(4501, gw, stop, tx));
+        let m = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+            .await
+            .expect("a mapping in time")
+            .flatten()
+            .expect("granted");
+        assert_eq!(m.protocol, Protocol::UpnpIgd);
+        assert_eq!(*m.external.ip(), Ipv4Addr::new(192, 0, 2, 101));
+        assert_ne!(
+            m.external.port(),
+            4501,
+            "the taken port was not tried again"
+        );
+        assert_eq!(m.lifetime, Duration::from_secs(u64::from(LIFETIME_SECS)));
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops in time")
+            .unwrap();
+        let mut seen = Vec::new();
+        while let Ok(a) = actions.try_recv() {
+            seen.push(a);
+        }
+        let added: Vec<&String> = seen
+            .iter()
+            .filter(|(a, _)| a == "AddPortMapping")
+            .map(|(_, b)| b)
+            .collect();
+        assert!(added.len() >= 2, "{seen:?}");
+        assert!(
+            added[0].contains("<NewInternalClient>127.0.0.1<"),
+            "{}",
+            added[0]
+        );
+        let (last, body) = seen.last().unwrap();
+        assert_eq!(last, "DeletePortMapping");
+        assert!(
+            body.contains(&format!("<NewExternalPort>{}<", m.external.port())),
+            "{body}"
+        );
+        server.abort();
     }
 
     #[test]
