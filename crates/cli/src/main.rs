@@ -20,6 +20,34 @@ use cyphonic_node::daemon::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (coloured only on a terminal; NO_COLOR turns
+    /// colour off there too) or as one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CYPHONIC_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr, filtered by `CYPHONIC_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CYPHONIC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -38,7 +66,7 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
     /// Ping a peer through its tunnel: which path each reply took, and its
@@ -48,7 +76,7 @@ enum Command {
         fqdn: String,
         #[arg(short = 'c', long, default_value_t = 4)]
         count: u32,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
     /// Build a scenario in network namespaces, check it with real tools, clean up (root only).
@@ -237,12 +265,12 @@ enum NodeCmd {
         /// The cloud's root certificate (root.pem from `cyphonic cloud init`).
         #[arg(long)]
         ca: PathBuf,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
     /// Run the node daemon.
     Run {
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         #[arg(long, default_value_t = DEFAULT_TUNNEL_PORT)]
         port: u16,
@@ -292,7 +320,7 @@ enum AdapterCmd {
         /// IP stack off it).
         #[arg(long)]
         lan: String,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         #[arg(long, default_value_t = DEFAULT_TUNNEL_PORT)]
         port: u16,
@@ -329,13 +357,7 @@ fn parse_transport(s: &str) -> Result<TransportChoice, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CYPHONIC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

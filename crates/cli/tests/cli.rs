@@ -44,12 +44,21 @@ fn status_without_a_daemon_says_so() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is `cyphonic node run` running?"), "{err}");
+    // CYPHONIC_STATE_DIR stands for --state-dir.
+    let out = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
+        .arg("status")
+        .env("CYPHONIC_STATE_DIR", dir.path())
+        .output()
+        .expect("run cyphonic");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let sock = dir.path().join("node.sock");
+    assert!(err.contains(&*sock.to_string_lossy()), "{err}");
 }
 
-#[test]
-fn enrolling_with_a_wrong_password_is_refused_clearly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
+/// A cloud initialised in `d/cloud`, listening on loopback only, on ports
+/// no other test uses: its config file and its AS port.
+fn loopback_cloud(d: &std::path::Path) -> (std::path::PathBuf, u16) {
     let cloud = d.join("cloud");
     let out = cyphonic(&[
         "cloud",
@@ -67,7 +76,8 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
     let cfg = cloud.join("cloud.toml");
     // Listen on loopback only, on ports nobody else uses in this test.
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    // Four ports per process: tests run as processes side by side.
+    let port = 20000 + (std::process::id() % 10000) as u16 * 4;
     let text: String = text
         .lines()
         .map(|l| {
@@ -89,6 +99,72 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&cfg, text).unwrap();
+    (cfg, port)
+}
+
+/// Starts `cloud run` with stderr to `log`, waits (20 s at most) until
+/// the log holds `want`, stops it, and returns the log.
+fn cloud_log(cfg: &std::path::Path, log: &std::path::Path, extra: &[&str], want: &str) -> String {
+    let file = std::fs::File::create(log).expect("log file");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
+        .args(["cloud", "run", "--config", cfg.to_str().unwrap()])
+        .args(extra)
+        .stderr(file)
+        .spawn()
+        .expect("start cloud");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(want) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(text.contains(want), "no {want:?} in the log: {text}");
+    text
+}
+
+/// Logs written to a file (a journal, a redirect) carry no terminal
+/// colour codes; `--log-format json` writes one JSON object per line.
+#[test]
+fn logs_are_plain_text_or_json_lines_off_a_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, _) = loopback_cloud(dir.path());
+    let text = cloud_log(&cfg, &dir.path().join("text.log"), &[], "NMS listening");
+    assert!(!text.contains('\x1b'), "escape sequences in {text:?}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("NMS listening")),
+        "{text}"
+    );
+    let json = cloud_log(
+        &cfg,
+        &dir.path().join("json.log"),
+        &["--log-format", "json"],
+        "NMS listening",
+    );
+    assert!(!json.contains('\x1b'), "escape sequences in {json:?}");
+    let mut seen = false;
+    for line in json.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        seen |= v["fields"]["message"] == "NMS listening (UDP)" && v["level"] == "INFO";
+    }
+    assert!(seen, "{json}");
+}
+
+#[test]
+fn enrolling_with_a_wrong_password_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (cfg, port) = loopback_cloud(d);
+    let cloud = d.join("cloud");
     let out = cyphonic(&[
         "cloud",
         "device",
