@@ -6,10 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/apt.sh"
 install_missing iproute2 nftables dnsmasq-base tcpdump iperf3 iputils-ping dnsutils ethtool python3 procps isc-dhcp-client dhcpcd5 ndisc6 curl
-if ! command -v cargo >/dev/null; then
-  echo "cargo not found: install Rust from your distribution or rustup first" >&2
-  exit 1
-fi
+find_rust
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
