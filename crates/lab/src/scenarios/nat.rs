@@ -6,13 +6,33 @@
 //!   |-- cloud  192.0.2.1   2001:db8::1    AS + NMS + TRS (`cloud run`)
 //!   |-- trs2   192.0.2.2   2001:db8::2    a second TRS (`--role trs`), optional
 //!   |-- dns    192.0.2.53  2001:db8::53   dnsmasq, the nodes' upstream resolver
+//!   |-- stun   192.0.2.54 + 192.0.2.55    a classic STUN server (RFC 3489: two
+//!   |                                     addresses x ports 3478, 3479), only
+//!   |                                     with UPnP routers
 //!   |-- global nodes: 192.0.2.1x and/or 2001:db8::1x (placements v4, v6, ds)
-//!   `-- NAT routers: WAN 192.0.2.10x, IPv4 only
+//!   `-- NAT routers: WAN 192.0.2.1xx, IPv4 only
 //!         nft masquerade (eim) or masquerade fully-random (sym), and an
-//!         input firewall (no unsolicited traffic to the router itself)
-//!         `-- bridge `lan` in the router's namespace, gateway .1 of a /27
+//!         input firewall (no unsolicited traffic to the router itself);
+//!         or no input firewall, behind an ISP router of its own
+//!         (`isp-<router>`, 192.0.2.2xx, proxy ARP for the WAN address)
+//!         `-- bridge `lan` in the router's namespace, gateway .1 of a /28
 //!               `-- NATed nodes .10, .11, ... (private IPv4 only,
 //!                   default route via the router)
+//!
+//!   UPnP routers ([`Topology::upnp_router`]): a router without input
+//!   firewall behind an ISP router, running miniupnpd (nftables backend)
+//!         WAN `wan` -- STUN to 192.0.2.54:3478 at start: all four answers
+//!                      (no change, change port, change IP, both) arrive
+//!                      and name the WAN address, so miniupnpd counts the
+//!                      (documentation, "reserved") address as public and
+//!                      enables port forwarding, with it as the external
+//!                      address
+//!         LAN `lan` -- UPnP IGD (SSDP, HTTP port 5000), and PCP + NAT-PMP
+//!                      on port 5351 unless the router speaks IGD only;
+//!                      maps UDP/TCP 1024-65535 for the asking host only
+//!         nft: table inet filter, chains `miniupnpd` (from the forward
+//!              hook, policy accept), `prerouting_miniupnpd` (a granted
+//!              mapping's dnat) and `postrouting_miniupnpd`
 //! ```
 //!
 //! Placements (RFC 4787 terms for the NATs):
@@ -33,12 +53,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 
 use super::overlay::{
     init_cloud, set_config_keys, NodeHandle, Overlay, Underlay, GENERAL_ADDR, GENERAL_NAME,
 };
-use crate::Lab;
+use crate::{wait_until, Lab};
 
 pub const CLOUD_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const CLOUD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
@@ -116,6 +136,45 @@ const FIRST_ISP_HOST: u8 = 201;
 const ROAM_LAN_HOST: u8 = 14;
 /// A LAN's nodes: .10, .11, ... of its block.
 const FIRST_LAN_HOST: u8 = 10;
+/// The STUN server's two addresses (RFC 3489 wants two, for its
+/// change-IP answers); miniupnpd asks the first.
+pub const STUN_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 54), Ipv4Addr::new(192, 0, 2, 55)];
+/// The STUN server's two ports; miniupnpd asks the first.
+pub const STUN_PORTS: [u16; 2] = [3478, 3479];
+/// The classic STUN server the UPnP routers' miniupnpd asks.
+const STUN_SERVER: &str = include_str!("stun_server.py");
+/// miniupnpd's UPnP IGD HTTP port on its LAN (its description is at
+/// `http://<gateway>:5000/rootDesc.xml`).
+pub const UPNP_HTTP_PORT: u16 = 5000;
+/// What miniupnpd logs once STUN has shown nothing filters in front of it.
+const FORWARDING_ENABLED: &str = "Port forwarding is now enabled";
+/// How long the STUN server and miniupnpd may take to come up (miniupnpd
+/// sends its STUN requests up to three times, 3 s apart).
+const UPNP_READY_TIMEOUT: Duration = Duration::from_secs(12);
+/// miniupnpd's nftables: its chains (the names it uses by default), the
+/// forward chain with policy accept so the router still forwards its LAN,
+/// and the nat hooks that jump to the chains it fills.
+const MINIUPNPD_NFT: &str = "\
+table inet filter {
+  chain miniupnpd {
+  }
+  chain prerouting_miniupnpd {
+  }
+  chain postrouting_miniupnpd {
+  }
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    jump miniupnpd
+  }
+  chain prerouting {
+    type nat hook prerouting priority -100; policy accept;
+    jump prerouting_miniupnpd
+  }
+  chain postrouting {
+    type nat hook postrouting priority 100; policy accept;
+    jump postrouting_miniupnpd
+  }
+}";
 
 /// Where a node sits on the lab internet (the placements of
 /// docs/routing.md).
@@ -173,6 +232,9 @@ struct RouterSpec {
     /// Both routers on the uplink drop the ICMP errors that would say so
     /// (a firewall that filters ICMP): the path is silent about its size.
     icmp_filtered: bool,
+    /// `Some(natpmp)`: it runs miniupnpd, which grants port mappings over
+    /// UPnP IGD, and over PCP and NAT-PMP too when `natpmp`.
+    upnp: Option<bool>,
 }
 
 impl RouterSpec {
@@ -189,6 +251,7 @@ impl RouterSpec {
             behind: None,
             uplink_mtu: None,
             icmp_filtered: false,
+            upnp: None,
         }
     }
 }
@@ -285,6 +348,24 @@ impl Topology {
         self
     }
 
+    /// A home router that grants port mappings: miniupnpd, with UPnP IGD
+    /// and, when `natpmp`, PCP and NAT-PMP (without, it speaks IGD only).
+    /// Otherwise a [`Topology::plain_router`]: it only masquerades (no
+    /// input firewall, so the STUN answers from the STUN server's other
+    /// address and port reach miniupnpd) and sits behind an ISP router.
+    /// The lab gets the STUN server miniupnpd needs to enable forwarding
+    /// on a documentation address, and [`Topology::build`] fails with
+    /// miniupnpd's log when it does not.
+    pub fn upnp_router(mut self, name: &str, kind: NatKind, natpmp: bool) -> Topology {
+        self.routers.push(RouterSpec {
+            input_firewall: false,
+            isp_hop: true,
+            upnp: Some(natpmp),
+            ..RouterSpec::new(name, kind)
+        });
+        self
+    }
+
     /// A NAT router whose UDP mappings expire after `secs` of silence
     /// (`nf_conntrack_udp_timeout` and `_stream` in its namespace).
     pub fn router_with_udp_timeout(mut self, name: &str, kind: NatKind, secs: u32) -> Topology {
@@ -372,10 +453,22 @@ impl Topology {
             &[&format!("{DNS_V4}/24"), &format!("{DNS_V6}/64")],
         )?;
 
+        if self.routers.iter().any(|r| r.upnp.is_some()) {
+            start_stun(&mut lab, &mut ports)?;
+        }
+
         let mut routers = Vec::new();
         for (i, r) in self.routers.iter().enumerate() {
             let handle = build_router(&mut lab, &mut ports, i, r, &mut routers)?;
             routers.push(handle);
+        }
+        // Every miniupnpd at once, then the wait for each.
+        let mut daemons = Vec::new();
+        for h in routers.iter().filter(|h| h.upnp.is_some()) {
+            daemons.push((start_miniupnpd(&mut lab, h)?, h));
+        }
+        for (pid, h) in daemons {
+            wait_miniupnpd(&mut lab, h, pid)?;
         }
 
         let mut handles = Vec::new();
@@ -566,6 +659,8 @@ pub struct RouterHandle {
     pub lan_gw: Ipv4Addr,
     pub lan_base: Ipv4Addr,
     pub udp_timeout: Option<u32>,
+    /// `Some(natpmp)`: it runs miniupnpd ([`Topology::upnp_router`]).
+    pub upnp: Option<bool>,
     lan_ports: u8,
     /// A carrier NAT: whether it hairpins, and the home routers attached.
     carrier: Option<bool>,
@@ -849,6 +944,9 @@ fn build_router(
              nft add rule inet fw input iifname wan ct state new,invalid drop",
         )?;
     }
+    if r.upnp.is_some() {
+        lab.sh(&ns, &format!("nft -f - <<'EOF'\n{MINIUPNPD_NFT}\nEOF"))?;
+    }
     if let Some(secs) = r.udp_timeout {
         let secs = secs.to_string();
         lab.sysctl(
@@ -868,10 +966,151 @@ fn build_router(
         lan_gw,
         lan_base,
         udp_timeout: r.udp_timeout,
+        upnp: r.upnp,
         lan_ports: 0,
         carrier: r.carrier,
         subscribers: 0,
     })
+}
+
+/// Starts the STUN server in namespace `stun` on the internet's link,
+/// on [`STUN_V4`] x [`STUN_PORTS`], and waits until it listens.
+fn start_stun(lab: &mut Lab, ports: &mut u32) -> anyhow::Result<()> {
+    lab.add_ns("stun")?;
+    let cidrs: Vec<String> = STUN_V4.iter().map(|a| format!("{a}/24")).collect();
+    let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
+    attach(lab, ports, "stun", "eth0", &cidrs)?;
+    let script = lab.dir().join("stun_server.py");
+    std::fs::write(&script, STUN_SERVER)
+        .with_context(|| format!("writing {}", script.display()))?;
+    let script = script.to_string_lossy().to_string();
+    let (a, b) = (STUN_V4[0].to_string(), STUN_V4[1].to_string());
+    let (p, q) = (STUN_PORTS[0].to_string(), STUN_PORTS[1].to_string());
+    let pid = lab.spawn(
+        "stun",
+        &["python3", "-u", &script, &a, &b, &p, &q],
+        "stun",
+        &[],
+    )?;
+    wait_until("the STUN server", UPNP_READY_TIMEOUT, || {
+        if let Some(status) = lab.try_wait(pid)? {
+            return Ok(Some(Err(anyhow!(
+                "the STUN server exited ({status}): {}",
+                lab.log("stun")
+            ))));
+        }
+        Ok(lab
+            .log("stun")
+            .lines()
+            .any(|l| l == "ready")
+            .then_some(Ok(())))
+    })?
+}
+
+/// The name of router `router`'s miniupnpd log in the lab's directory.
+pub fn miniupnpd_log(router: &str) -> String {
+    format!("miniupnpd-{router}")
+}
+
+/// Writes miniupnpd's configuration for router `r` into the lab's
+/// directory and starts it in the router's namespace, in the foreground
+/// with debug logs (log [`miniupnpd_log`]). Returns its pid.
+fn start_miniupnpd(lab: &mut Lab, r: &RouterHandle) -> anyhow::Result<u32> {
+    let natpmp = r.upnp == Some(true);
+    let conf = lab.dir().join(format!("miniupnpd-{}.conf", r.name));
+    std::fs::write(
+        &conf,
+        format!(
+            "# miniupnpd of router {name}\n\
+             ext_ifname=wan\n\
+             listening_ip=lan\n\
+             http_port={UPNP_HTTP_PORT}\n\
+             enable_natpmp={natpmp}\n\
+             enable_upnp=yes\n\
+             secure_mode=yes\n\
+             uuid={uuid}\n\
+             ext_perform_stun=yes\n\
+             ext_stun_host={stun}\n\
+             ext_stun_port={stun_port}\n\
+             allow 1024-65535 {lan} 1024-65535\n\
+             deny 0-65535 0.0.0.0/0 0-65535\n",
+            name = r.name,
+            natpmp = if natpmp { "yes" } else { "no" },
+            uuid = upnp_uuid(r.wan),
+            stun = STUN_V4[0],
+            stun_port = STUN_PORTS[0],
+            lan = r.lan(),
+        ),
+    )
+    .with_context(|| format!("writing {}", conf.display()))?;
+    let conf = conf.to_string_lossy().to_string();
+    let pid_file = lab.dir().join(format!("miniupnpd-{}.pid", r.name));
+    let pid_file = pid_file.to_string_lossy().to_string();
+    let ns = r.ns.clone();
+    lab.spawn(
+        &ns,
+        &["miniupnpd", "-f", &conf, "-d", "-P", &pid_file],
+        &miniupnpd_log(&r.name),
+        &[],
+    )
+}
+
+/// Waits until router `r`'s miniupnpd (`pid`) has enabled port forwarding
+/// and listens: HTTP, SSDP, and PCP/NAT-PMP when it speaks them. Fails
+/// with its log when it exits, disables forwarding or takes too long.
+fn wait_miniupnpd(lab: &mut Lab, r: &RouterHandle, pid: u32) -> anyhow::Result<()> {
+    let log = miniupnpd_log(&r.name);
+    let mut wanted = vec![("tcp", UPNP_HTTP_PORT), ("udp", 1900)];
+    if r.upnp == Some(true) {
+        wanted.push(("udp", 5351));
+    }
+    let ready = wait_until(
+        &format!("miniupnpd on {} to enable port forwarding", r.name),
+        UPNP_READY_TIMEOUT,
+        || {
+            let text = lab.log(&log);
+            if let Some(status) = lab.try_wait(pid)? {
+                return Ok(Some(Err(anyhow!("miniupnpd exited ({status})"))));
+            }
+            if text.contains("Port forwarding is now disabled") {
+                return Ok(Some(Err(anyhow!("miniupnpd disabled port forwarding"))));
+            }
+            if !text.contains(FORWARDING_ENABLED) {
+                return Ok(None);
+            }
+            let out = lab.exec(&r.ns, &["ss", "-Hltun"])?;
+            let listening: Vec<(String, u16)> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let port = f.get(4)?.rsplit(':').next()?.parse().ok()?;
+                    Some((f[0].to_owned(), port))
+                })
+                .collect();
+            Ok(wanted
+                .iter()
+                .all(|&(proto, port)| listening.iter().any(|(p, n)| p == proto && *n == port))
+                .then_some(Ok(())))
+        },
+    );
+    ready.and_then(|done| done).with_context(|| {
+        let text = lab.log(&log);
+        let hint = if text.contains("exec of \"miniupnpd\" failed") {
+            " (miniupnpd comes with the Debian package miniupnpd-nftables: scripts/deps.sh)"
+        } else {
+            ""
+        };
+        format!(
+            "miniupnpd on router {}{hint}; its log:\n{}",
+            r.name,
+            text.trim_end()
+        )
+    })
+}
+
+/// A UUID for router `wan`'s UPnP device, the same in every run.
+fn upnp_uuid(wan: Ipv4Addr) -> String {
+    format!("5e1f0c3a-7d2b-4c8e-9a61-{:012x}", u32::from(wan))
 }
 
 /// A home router at `wan` joined `carrier`'s network: its deterministic

@@ -6,7 +6,10 @@
 //! router, once behind routers with an input firewall (home routers) and
 //! once behind routers that only masquerade, each of those behind an ISP
 //! router of its own; two nodes behind one NAT; a NAT that forgets idle
-//! UDP mappings after 2 s; a second TRS.
+//! UDP mappings after 2 s; two carrier NATs with home routers behind them;
+//! two uplinks narrower than the LANs; two routers running miniupnpd, one
+//! speaking PCP, NAT-PMP and UPnP IGD (`r-pcp`), one UPnP IGD only
+//! (`r-igd`), and the STUN server they need; a second TRS.
 //!
 //! Checks, in order:
 //! 1. the topology itself: every node reaches the cloud over its own
@@ -26,7 +29,11 @@
 //! 7. relay failover: a TCP transfer survives the loss of its TRS, and the
 //!    tunnel moves to the second TRS;
 //! 8. relay -> direct upgrade: a tunnel relayed while the direct path was
-//!    blocked moves to the punched path once it opens, under a TCP transfer.
+//!    blocked moves to the punched path once it opens, under a TCP transfer;
+//! 9. port mapping: the nodes behind miniupnpd show a mapping (PCP, UPnP
+//!    IGD) at their router's WAN address, and miniupnpd holds its dnat; a
+//!    node behind a symmetric NAT reaches each punched, at the mapped
+//!    address; a daemon that stops takes its mapping away.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -114,7 +121,10 @@ const LATE_REPLY_SECS: u32 = 4;
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut report = Report::default();
-    println!("nat-matrix: cloud, TRS x2, 19 nodes in 5 placements, 12 NAT routers (6 that only masquerade)");
+    println!(
+        "nat-matrix: cloud, TRS x2, STUN, 27 nodes in 5 placements, 22 NAT routers \
+         (2 carrier NATs, 10 without input firewall, 2 of those running miniupnpd)"
+    );
     if let Err(e) = run_all(bin, &mut report) {
         report.check("scenario set-up", Err(e));
     }
@@ -150,6 +160,8 @@ fn topology() -> Topology {
         .router_behind("r-cgn-b", NatKind::Eim, "r-cgn")
         .narrow_router("r-mtu", NatKind::Eim, NARROW_MTU)
         .silent_narrow_router("r-smtu", NatKind::Eim, NARROW_MTU)
+        .upnp_router("r-pcp", NatKind::Eim, true)
+        .upnp_router("r-igd", NatKind::Eim, false)
         .second_trs();
     for p in Placement::ALL {
         for side in ["a", "b"] {
@@ -172,6 +184,8 @@ fn topology() -> Topology {
         .node_behind("up-b", "r-up-b")
         .node_behind("mtu-a", "r-mtu")
         .node_behind("smtu-a", "r-smtu")
+        .node_behind("pcp-a", "r-pcp")
+        .node_behind("igd-a", "r-igd")
 }
 
 fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
@@ -294,6 +308,26 @@ fn run_all(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
         "relay -> direct: up-a -> up-b (routers that only masquerade) move from the relay to the punched path under TCP",
         upgrade_check(&mut nl),
     );
+    report.check(
+        "port mapping: pcp-a gets a mapping from miniupnpd (PCP)",
+        port_mapping_check(&nl, "pcp-a", "pcp"),
+    );
+    report.check(
+        "port mapping: igd-a gets a mapping from miniupnpd (UPnP IGD only)",
+        port_mapping_check(&nl, "igd-a", "upnp-igd"),
+    );
+    for cn in ["pcp-a", "igd-a"] {
+        report.check(
+            &format!("port mapping: sym-a -> {cn} (symmetric NAT -> mapped) punched to the mapped address"),
+            mapped_pair_check(&mut nl, "sym-a", cn),
+        );
+    }
+    for node in ["pcp-a", "igd-a"] {
+        report.check(
+            &format!("port mapping: {node}'s daemon stops, miniupnpd's mapping goes"),
+            mapping_removed_check(&mut nl, node),
+        );
+    }
     Ok(())
 }
 
@@ -516,14 +550,18 @@ fn mapping_checks(nl: &mut NatLab, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each node's `cloud.nat` is its placement's NAT kind; a node behind a
+/// router that grants port mappings may show "none" instead (a mapped
+/// node counts as one without NAT, docs/routing.md).
 fn nat_detection_check(nl: &NatLab) -> anyhow::Result<String> {
     let mut wrong = Vec::new();
     for (i, n) in nl.nodes.iter().enumerate() {
         let want = super::nat::expected_nat(n.placement);
+        let may_map = nl.router_of(i).is_some_and(|r| r.upnp.is_some());
         match nl.o.status(i) {
             Ok(s) => {
                 let got = s["cloud"]["nat"].as_str().unwrap_or("absent").to_owned();
-                if got != want {
+                if got != want && !(may_map && got == "none") {
                     wrong.push(format!("{}: {got}, not {want}", nl.o.nodes[i].name));
                 }
             }
@@ -531,7 +569,7 @@ fn nat_detection_check(nl: &NatLab) -> anyhow::Result<String> {
         }
     }
     ensure!(wrong.is_empty(), "{}", wrong.join("; "));
-    Ok("none / endpoint-independent / symmetric as placed".into())
+    Ok("none / endpoint-independent / symmetric as placed (none once mapped)".into())
 }
 
 /// One matrix pair: the path docs/routing.md promises, at the address it
@@ -1091,6 +1129,230 @@ fn upgrade_check(nl: &mut NatLab) -> anyhow::Result<String> {
     result
 }
 
+/// How long a node behind a UPnP router may take to show its mapping
+/// (the daemon asks at start; nodes started minutes before).
+const MAPPING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long miniupnpd may take to drop a mapping after the node's daemon
+/// stopped (it deletes the mapping on its way out).
+const UNMAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node's port mapping as `cyphonic status --json` shows it
+/// (`cloud.port_mapping`: `protocol`, `external`, `lifetime_secs`).
+struct ShownMapping {
+    protocol: String,
+    external: SocketAddr,
+    lifetime_secs: u64,
+}
+
+fn shown_mapping(status: &Value) -> anyhow::Result<Option<ShownMapping>> {
+    let m = &status["cloud"]["port_mapping"];
+    if m.is_null() {
+        return Ok(None);
+    }
+    let external = m["external"]
+        .as_str()
+        .with_context(|| format!("port_mapping without an external address: {m}"))?;
+    Ok(Some(ShownMapping {
+        protocol: m["protocol"].as_str().unwrap_or("?").to_owned(),
+        external: external
+            .parse()
+            .with_context(|| format!("port_mapping.external {external:?}"))?,
+        lifetime_secs: m["lifetime_secs"].as_u64().unwrap_or(0),
+    }))
+}
+
+/// The node's tunnel socket on its LAN address, from `cloud.local_addrs`.
+fn tunnel_socket(nl: &NatLab, i: usize, status: &Value) -> anyhow::Result<SocketAddr> {
+    let addr = nl.nodes[i]
+        .addrs
+        .first()
+        .copied()
+        .context("node without an address")?;
+    status["cloud"]["local_addrs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.parse::<SocketAddr>().ok())
+        .find(|a| a.ip() == addr)
+        .with_context(|| {
+            format!(
+                "no local address {addr} in cloud.local_addrs {}",
+                status["cloud"]["local_addrs"]
+            )
+        })
+}
+
+/// miniupnpd's dnat rule for external UDP port `external` to `to`, if
+/// the router's `prerouting_miniupnpd` chain holds one.
+fn miniupnpd_rule(
+    nl: &NatLab,
+    router_ns: &str,
+    external: u16,
+    to: SocketAddr,
+) -> anyhow::Result<Option<String>> {
+    let out =
+        nl.o.lab
+            .sh(router_ns, "nft list chain inet filter prerouting_miniupnpd")?;
+    Ok(udp_dnat_rule(
+        &String::from_utf8_lossy(&out.stdout),
+        external,
+        to,
+    ))
+}
+
+/// The line of an nft chain listing that forwards UDP port `external` to
+/// `to`, as miniupnpd writes it and nft lists it: `iif "wan" @nh,72,8
+/// 0x11 th dport 4501 dnat ip to 203.0.113.90:4501` (0x11: the IP
+/// protocol byte, UDP).
+fn udp_dnat_rule(chain: &str, external: u16, to: SocketAddr) -> Option<String> {
+    let (dport, target) = (external.to_string(), to.to_string());
+    chain
+        .lines()
+        .map(str::trim)
+        .find(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let has = |a: &str, b: &str| words.windows(2).any(|w| w[0] == a && w[1] == b);
+            let udp = has("@nh,72,8", "0x11") || words.contains(&"udp");
+            udp && words.contains(&"dnat") && has("dport", &dport) && has("to", &target)
+        })
+        .map(str::to_owned)
+}
+
+/// `node` sits behind a router running miniupnpd: within
+/// [`MAPPING_TIMEOUT`] its status shows a mapping granted over `protocol`
+/// ("pcp", "nat-pmp", "upnp-igd") at the router's WAN address, and the
+/// router's nftables hold miniupnpd's dnat from that port to the node's
+/// tunnel port.
+fn port_mapping_check(nl: &NatLab, node: &str, protocol: &str) -> anyhow::Result<String> {
+    let i = nl.node(node)?;
+    let router = nl.router_of(i).context("not behind a router")?;
+    let (wan, router_ns, router_name) = (router.wan, router.ns.clone(), router.name.clone());
+    let mut last = String::from("no status");
+    let found = wait_until(&format!("{node}'s port mapping"), MAPPING_TIMEOUT, || {
+        let status = nl.o.status(i)?;
+        last = status["cloud"]["port_mapping"].to_string();
+        Ok(shown_mapping(&status)?
+            .filter(|m| m.protocol == protocol)
+            .map(|m| (m, status)))
+    });
+    let (m, status) = found.with_context(|| {
+        let log = nl.o.node_log(i);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("portmap") || l.contains("port mapping"))
+            .collect();
+        let logged = if lines.is_empty() {
+            "nothing".to_owned()
+        } else {
+            lines.join(" | ")
+        };
+        format!(
+            "cloud.port_mapping is {last}; the node logged about port mapping: {logged}; {}",
+            miniupnpd_tail(nl, &router_name)
+        )
+    })?;
+    ensure!(
+        m.external.ip() == IpAddr::V4(wan),
+        "{protocol} mapping at {}, not on {router_name}'s WAN address {wan}",
+        m.external
+    );
+    let tunnel = tunnel_socket(nl, i, &status)?;
+    let rule = wait_until(
+        &format!("miniupnpd's dnat to {tunnel} on {router_name}"),
+        Duration::from_secs(2),
+        || miniupnpd_rule(nl, &router_ns, m.external.port(), tunnel),
+    )
+    .with_context(|| {
+        let chain =
+            nl.o.lab
+                .sh(
+                    &router_ns,
+                    "nft list chain inet filter prerouting_miniupnpd",
+                )
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+        format!(
+            "the chain holds: {}; {}",
+            chain.trim(),
+            miniupnpd_tail(nl, &router_name)
+        )
+    })?;
+    Ok(format!(
+        "{protocol} {} -> {tunnel} for {} s; {router_name}: {rule}",
+        m.external, m.lifetime_secs
+    ))
+}
+
+/// The last lines router `router`'s miniupnpd logged, without its
+/// routine chatter (nft table callbacks, pinhole scans, STUN answers),
+/// for a failure's message.
+fn miniupnpd_tail(nl: &NatLab, router: &str) -> String {
+    let log = nl.o.lab.log(&super::nat::miniupnpd_log(router));
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("miniupnpd["))
+        .filter(|l| {
+            !["table_cb(", "is not a IGD pinhole", "parse_stun_response"]
+                .iter()
+                .any(|chatter| l.contains(chatter))
+        })
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(8)..];
+    format!("{router}'s miniupnpd last logged: {}", tail.join(" | "))
+}
+
+/// A NATed MN looks up a node with a port mapping: the mapped node counts
+/// as one without NAT, so the tunnel is punched (pattern 2, the MN's NAT
+/// opened from inside) straight to the mapped address.
+fn mapped_pair_check(nl: &mut NatLab, mn: &str, cn: &str) -> anyhow::Result<String> {
+    let i = nl.node(cn)?;
+    let mapped = shown_mapping(&nl.o.status(i)?)?
+        .with_context(|| format!("{cn} shows no port mapping"))?
+        .external;
+    pair_check(nl, mn, cn, "punched", |_, _, ep| {
+        ensure!(
+            ep == mapped,
+            "endpoint {ep}, not {cn}'s mapped address {mapped}"
+        );
+        Ok(())
+    })
+}
+
+/// `node`'s daemon stops (SIGTERM): within [`UNMAP_TIMEOUT`] miniupnpd's
+/// dnat for its mapping is gone from the router. The node stays stopped.
+fn mapping_removed_check(nl: &mut NatLab, node: &str) -> anyhow::Result<String> {
+    let i = nl.node(node)?;
+    let router = nl.router_of(i).context("not behind a router")?;
+    let (router_ns, router_name) = (router.ns.clone(), router.name.clone());
+    let status = nl.o.status(i)?;
+    let m = shown_mapping(&status)?.with_context(|| format!("{node} shows no port mapping"))?;
+    let tunnel = tunnel_socket(nl, i, &status)?;
+    let port = m.external.port();
+    ensure!(
+        miniupnpd_rule(nl, &router_ns, port, tunnel)?.is_some(),
+        "miniupnpd holds no dnat from port {port} to {tunnel} before the daemon stops"
+    );
+    let stopping = Instant::now();
+    nl.o.stop_node(i)?;
+    let stopped = stopping.elapsed();
+    wait_until(
+        &format!("miniupnpd to drop the dnat from port {port} to {tunnel}"),
+        UNMAP_TIMEOUT,
+        || {
+            Ok(miniupnpd_rule(nl, &router_ns, port, tunnel)?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .with_context(|| miniupnpd_tail(nl, &router_name))?;
+    Ok(format!(
+        "dnat {} -> {tunnel} gone {:.0} ms after SIGTERM (the daemon took {:.0} ms to exit)",
+        m.external,
+        stopping.elapsed().as_secs_f64() * 1000.0,
+        stopped.as_secs_f64() * 1000.0
+    ))
+}
+
 fn nft(o: &Overlay, ns: &str, script: &str) -> anyhow::Result<()> {
     o.lab
         .sh(ns, &format!("nft -f - <<'EOF'\n{script}\nEOF"))
@@ -1100,6 +1362,28 @@ fn nft(o: &Overlay, ns: &str, script: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn miniupnpd_rules_are_found_in_the_chain_listing() {
+        let chain = r#"table inet filter {
+	chain prerouting_miniupnpd {
+		iif "wan" @nh,72,8 0x6 th dport 4501 dnat ip to 203.0.113.90:4501
+		iif "wan" @nh,72,8 0x11 th dport 4501 dnat ip to 203.0.113.90:4501
+		iif "wan" @nh,72,8 0x11 th dport 4601 dnat ip to 203.0.113.91:45011
+	}
+}"#;
+        let to: SocketAddr = "203.0.113.90:4501".parse().unwrap();
+        assert_eq!(
+            udp_dnat_rule(chain, 4501, to).as_deref(),
+            Some(r#"iif "wan" @nh,72,8 0x11 th dport 4501 dnat ip to 203.0.113.90:4501"#)
+        );
+        assert_eq!(udp_dnat_rule(chain, 4601, to), None);
+        assert_eq!(
+            udp_dnat_rule(chain, 4601, "203.0.113.91:4501".parse().unwrap()),
+            None
+        );
+        assert_eq!(udp_dnat_rule("", 4501, to), None);
+    }
 
     #[test]
     fn the_path_table_matches_routing_md() {
