@@ -869,12 +869,12 @@ impl Store {
         }
         let successor: Option<CertificateRow> = sqlx::query_as(&format!(
             "SELECT {CERTIFICATE_COLUMNS} FROM certificates \
-             WHERE device_id = ? AND serial != ? AND issued_at >= ? \
-             ORDER BY issued_at, serial LIMIT 1"
+             WHERE device_id = ? AND issue_order > \
+             (SELECT issue_order FROM certificates WHERE serial = ?) \
+             ORDER BY issue_order LIMIT 1"
         ))
         .bind(&old.device_id)
         .bind(sql_renewed)
-        .bind(unix_secs(old.issued_at))
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(successor) = successor {
@@ -909,7 +909,7 @@ impl Store {
     ) -> Result<Vec<CertificateRecord>, StoreError> {
         let rows: Vec<CertificateRow> = sqlx::query_as(&format!(
             "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE device_id = ? \
-             ORDER BY issued_at, serial"
+             ORDER BY issue_order"
         ))
         .bind(device_id)
         .fetch_all(&self.pool)
@@ -1325,8 +1325,10 @@ async fn insert_certificate(
 ) -> Result<(), StoreError> {
     let result = sqlx::query(
         "INSERT INTO certificates \
-         (serial, device_id, fqdn, not_before, not_after, issued_at, status, cert_pem) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         (serial, device_id, fqdn, not_before, not_after, issued_at, status, cert_pem, \
+          issue_order) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, \
+          (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
     )
     .bind(serial_to_sql(cert.serial)?)
     .bind(&cert.device_id)

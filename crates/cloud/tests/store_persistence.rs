@@ -346,3 +346,35 @@ async fn the_policy_document_is_versioned_and_survives_reopen() {
         Some((2, "default = \"allow\"\n".to_owned()))
     );
 }
+
+/// Certificates issued within one second (a reset and the enrollment after
+/// it, a renewal) are listed in the order they were issued, whatever their
+/// random serials, and keep it across a reopen.
+#[tokio::test]
+async fn certificates_issued_in_one_second_keep_their_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("cloud.db");
+    let (p4, p6) = prefixes();
+    let store = Store::open(&path).await.unwrap();
+    store
+        .add_device("n1", "pw", "n1.cyphonic.internal", p4, p6)
+        .await
+        .unwrap();
+    let issued_at = SystemTime::now();
+    let serials = [
+        0x7000_0000_0000_0003,
+        0x1000_0000_0000_0001,
+        0x4000_0000_0000_0002,
+    ];
+    for serial in serials {
+        let mut c = cert(serial, "n1");
+        c.issued_at = issued_at;
+        store.record_certificate(&c).await.unwrap();
+    }
+    let listed = |certs: Vec<CertificateRecord>| certs.iter().map(|c| c.serial).collect::<Vec<_>>();
+    assert_eq!(listed(store.certificates_of("n1").await.unwrap()), serials);
+    store.close().await;
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(listed(store.certificates_of("n1").await.unwrap()), serials);
+    store.close().await;
+}
