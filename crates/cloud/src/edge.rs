@@ -258,6 +258,12 @@ fn relay(
     }
 }
 
+/// Whether `dst` is the remote address of a leg (QUIC or TLS over TCP)
+/// rather than a UDP endpoint.
+pub(crate) fn is_leg(edge: Option<&CloudHub>, dst: SocketAddr) -> bool {
+    edge.is_some_and(|e| e.transport_of(dst).is_some())
+}
+
 /// Sends a relayed datagram to `dst`: through the hub when `dst` is a
 /// leg's remote address, else over the TRS's UDP sockets.
 pub(crate) fn forward(

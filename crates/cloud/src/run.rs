@@ -758,13 +758,30 @@ fn relay_loop(
         for (buf, m) in bufs.iter_mut().zip(meta.iter()).take(n) {
             let from = cyphonic_platform::udp::canonical(m.addr);
             let stride = m.stride.max(1);
+            // A GRO batch holds datagrams of one source, back to back;
+            // those forwarded over UDP to one destination leave as one GSO
+            // train (`start..end` of the buffer), the rest one by one.
+            let mut train: Option<(SocketAddr, usize, usize)> = None;
             let mut off = 0;
-            // A GRO batch holds datagrams of one source; forward each.
             while off < m.len {
+                let start = off;
                 let end = (off + stride).min(m.len);
-                let datagram = &mut buf[off..end];
                 off = end;
-                let action = trs.handle_datagram(now, unix, from, datagram);
+                let action = trs.handle_datagram(now, unix, from, &mut buf[start..end]);
+                if let Action::Forward(dst) = action {
+                    if !crate::edge::is_leg(edge, dst) {
+                        match train.as_mut() {
+                            Some((d, _, e)) if *d == dst && *e == start => *e = end,
+                            _ => {
+                                send_train(sockets, buf, train.take(), stride);
+                                train = Some((dst, start, end));
+                            }
+                        }
+                        continue;
+                    }
+                }
+                send_train(sockets, buf, train.take(), stride);
+                let datagram = &buf[start..end];
                 let result = match action {
                     Action::Forward(dst) => {
                         crate::edge::forward(edge, sockets, datagram, dst);
@@ -780,6 +797,23 @@ fn relay_loop(
                     tracing::debug!(error = %e, "relay send failed");
                 }
             }
+            send_train(sockets, buf, train.take(), stride);
         }
+    }
+}
+
+/// Sends the forwarded datagrams `start..end` of `buf` (`stride` apart) to
+/// their destination: one GSO call where the kernel allows.
+fn send_train(
+    sockets: &cyphonic_platform::udp::Sockets,
+    buf: &[u8],
+    train: Option<(SocketAddr, usize, usize)>,
+    stride: usize,
+) {
+    let Some((dst, start, end)) = train else {
+        return;
+    };
+    if let Err(e) = sockets.send_segments(&buf[start..end], stride, dst) {
+        tracing::debug!(%dst, error = %e, "relay send failed");
     }
 }
