@@ -8,10 +8,7 @@ set -euo pipefail
 source "$(dirname "$0")/apt.sh"
 install_missing nebula wireguard-go wireguard-tools
 if ! command -v boringtun-cli >/dev/null; then
-  if ! command -v cargo >/dev/null; then
-    echo "cargo not found: install Rust first (boringtun-cli comes from crates.io)" >&2
-    exit 1
-  fi
+  find_rust # boringtun-cli comes from crates.io
   # Into /usr/local so that `sudo cyphonic lab bench-peers` finds it on
   # root's PATH, whoever ran this script.
   cargo install --locked --root /usr/local boringtun-cli

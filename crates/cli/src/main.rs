@@ -282,8 +282,12 @@ enum NodeCmd {
         /// Leave the host's DNS configuration alone.
         #[arg(long)]
         no_dns: bool,
-        /// Use TUN segmentation offloads.
+        /// Turn off TUN segmentation offloads (virtio-net headers: TSO in,
+        /// GRO out), which are on wherever the kernel accepts them.
         #[arg(long)]
+        no_offload: bool,
+        /// Offloads are on by default; accepted for older scripts.
+        #[arg(long, hide = true, conflicts_with = "no_offload")]
         offload: bool,
         /// Do not ask the router for a port mapping (PCP, NAT-PMP or UPnP IGD) for
         /// the tunnel port.
@@ -610,7 +614,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             tun,
             dns_listen,
             no_dns,
-            offload,
+            no_offload,
+            offload: _,
             no_port_mapping,
             keepalive,
             rekey_after,
@@ -625,7 +630,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 tunnel_port: port,
                 tun_name: tun,
                 dns_listen: (!no_dns).then_some(dns_listen),
-                offload,
+                offload: !no_offload,
                 port_mapping: !no_port_mapping,
                 keepalive: std::time::Duration::from_secs(keepalive),
                 rekey_after: std::time::Duration::from_secs(rekey_after),

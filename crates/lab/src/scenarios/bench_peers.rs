@@ -694,7 +694,12 @@ fn measure(o: &mut Overlay, up: &Up, round: usize) -> (Figures, anyhow::Result<S
         Err(e) => errors.push(format!("ping: {e:#}")),
     }
 
-    // Single stream a -> b, with the daemons' CPU time and memory.
+    // Single stream a -> b, with the daemons' CPU time and memory (and,
+    // with CYPHONIC_BENCH_PERF, a profile of cyphonic's daemons).
+    let profile = (up.system == System::Cyphonic && round == 1)
+        .then(|| std::env::var_os("CYPHONIC_BENCH_PERF"))
+        .flatten()
+        .map(|dir| start_profile(Path::new(&dir), &up.pids));
     let cpu0 = cpu_ticks(&up.pids);
     let stop = AtomicBool::new(false);
     let (tcp, rss) = std::thread::scope(|s| {
@@ -715,6 +720,11 @@ fn measure(o: &mut Overlay, up: &Up, round: usize) -> (Figures, anyhow::Result<S
         (r, sampler.join().unwrap_or(None))
     });
     let cpu1 = cpu_ticks(&up.pids);
+    match profile.map(finish_profile) {
+        Some(Ok(file)) => println!("  profile of cyphonic's daemons (1 stream a->b): {file}"),
+        Some(Err(e)) => println!("  no profile: {e:#}"),
+        None => {}
+    }
     match tcp {
         Ok(mbps) => {
             f[TCP1_AB] = Some(mbps);
@@ -790,6 +800,38 @@ fn measure(o: &mut Overlay, up: &Up, round: usize) -> (Figures, anyhow::Result<S
         Err(anyhow!("{} ({detail})", errors.join("; ")))
     };
     (f, r)
+}
+
+/// Starts `perf record` (call graphs, 999 Hz) on `pids` for most of one
+/// iperf3 run, writing `cyphonic.perf.data` in `dir`.
+fn start_profile(dir: &Path, pids: &[u32]) -> anyhow::Result<(std::process::Child, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("cyphonic.perf.data");
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let child = std::process::Command::new("perf")
+        .args(["record", "-F", "999", "-g", "-o"])
+        .arg(&file)
+        .args(["-p", &pids.join(",")])
+        .args(["--", "sleep", &(SECS.saturating_sub(1)).max(1).to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting perf (Debian: linux-perf)")?;
+    Ok((child, file))
+}
+
+/// Waits for the profile of [`start_profile`]; the file it wrote.
+fn finish_profile(
+    started: anyhow::Result<(std::process::Child, PathBuf)>,
+) -> anyhow::Result<String> {
+    let (child, file) = started?;
+    let out = child.wait_with_output().context("waiting for perf")?;
+    ensure!(
+        out.status.success(),
+        "perf record failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(file.display().to_string())
 }
 
 /// The loss of iperf3's UDP receiver summary, "... 12/3456 (0.35%)

@@ -259,7 +259,7 @@ impl Overlay {
             Some(lan) => args.extend(["adapter", "run", "--state-dir", &state, "--lan", lan]),
             None => args.extend(["node", "run", "--state-dir", &state, "--tun", "cy0"]),
         }
-        // Extra daemon flags for experiments, e.g. CYPHONIC_LAB_NODE_ARGS=--offload.
+        // Extra daemon flags for experiments, e.g. CYPHONIC_LAB_NODE_ARGS=--no-offload.
         args.extend(self.node_args.iter().map(String::as_str));
         let extra = std::env::var("CYPHONIC_LAB_NODE_ARGS").unwrap_or_default();
         if lan.is_none() {
