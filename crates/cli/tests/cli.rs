@@ -1,10 +1,13 @@
 //! The `cyphonic` binary as users run it: clear errors for bad input, and
 //! the lab scenarios end to end (these need root, as CI has).
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 use std::process::Command;
 
 mod common;
-use common::is_root;
+use common::{is_root, loopback_cloud};
 
 fn cyphonic(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cyphonic"))
@@ -54,52 +57,6 @@ fn status_without_a_daemon_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     let sock = dir.path().join("node.sock");
     assert!(err.contains(&*sock.to_string_lossy()), "{err}");
-}
-
-/// A cloud initialised in `d/cloud`, listening on loopback only, on ports
-/// no other test uses: its config file and its AS port.
-fn loopback_cloud(d: &std::path::Path) -> (std::path::PathBuf, u16) {
-    let cloud = d.join("cloud");
-    let out = cyphonic(&[
-        "cloud",
-        "init",
-        "--dir",
-        cloud.to_str().unwrap(),
-        "--public",
-        "127.0.0.1",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cfg = cloud.join("cloud.toml");
-    // Listen on loopback only, on ports nobody else uses in this test.
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    // Four ports per process: tests run as processes side by side.
-    let port = 20000 + (std::process::id() % 10000) as u16 * 4;
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("as_listen") {
-                format!("as_listen = [\"127.0.0.1:{port}\"]")
-            } else if l.starts_with("nms_listen") {
-                format!("nms_listen = [\"127.0.0.1:{}\"]", port + 1)
-            } else if l.starts_with("nms_probe_port") {
-                format!("nms_probe_port = {}", port + 2)
-            } else if l.starts_with("trs_listen") {
-                format!("trs_listen = [\"127.0.0.1:{}\"]", port + 3)
-            } else if l.starts_with("quic_listen") || l.starts_with("tcp443_listen") {
-                // Nothing on the host's port 443.
-                format!("{} = []", l.split('=').next().unwrap_or_default().trim())
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&cfg, text).unwrap();
-    (cfg, port)
 }
 
 /// Starts `cloud run` with stderr to `log`, waits (20 s at most) until

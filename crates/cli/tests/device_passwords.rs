@@ -2,6 +2,9 @@
 //! them: a generated one-time password is printed once, a chosen one is
 //! checked, and a reset prints a new one.
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 use std::process::Command;
 
 fn cyphonic(args: &[&str]) -> std::process::Output {

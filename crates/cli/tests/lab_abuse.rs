@@ -3,6 +3,9 @@
 //! session IDs and password guesses, a fresh node connects in under a
 //! second, nothing comes back at more than 3x, memory stops growing.
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 mod common;
 
 #[test]

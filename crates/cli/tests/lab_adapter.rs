@@ -2,6 +2,9 @@
 //! dhclient, dhcpcd and rdisc6, reaching a node and each other by name
 //! (needs root and the clients `scripts/deps.sh` installs, as CI has).
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 mod common;
 
 #[test]

@@ -4,6 +4,9 @@
 //! in clear on the TRS's link, and a node moving behind the web-only
 //! firewall keeps its TCP transfers.
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 use std::process::Command;
 
 mod common;

@@ -2,6 +2,9 @@
 //! every few seconds and relay grants renew under TCP, without a second
 //! lost.
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 mod common;
 
 #[test]

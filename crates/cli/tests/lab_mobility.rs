@@ -1,6 +1,9 @@
 //! `cyphonic lab mobility` end to end (root, as CI has): nodes move under
 //! TCP and ping; the TCP connection survives and every tunnel comes back.
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 mod common;
 
 #[test]

@@ -1,6 +1,9 @@
 //! `cyphonic lab nat-matrix`: NAT traversal on real kernel NAT, end to end
 //! (needs root, as CI has).
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 mod common;
 
 #[test]

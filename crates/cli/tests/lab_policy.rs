@@ -3,6 +3,9 @@
 //! n1, refuses n1 a route to n3, and a new policy withdraws n1 -> n2
 //! during a ping within 5 s.
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 mod common;
 
 #[test]

@@ -2,6 +2,9 @@
 //! during ping and iperf3 loses every tunnel within 5 s; the others keep
 //! talking.
 
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
 mod common;
 
 #[test]

@@ -1,6 +1,6 @@
 //! The host's own addresses, as candidate endpoints for peers.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 /// Addresses another node could reach: not loopback, link-local,
 /// multicast, or inside the overlay's own ranges (100.64.0.0/10, fd00::/8
@@ -50,11 +50,11 @@ pub fn local_endpoints(port: u16) -> Vec<SocketAddr> {
             let ip = match (*ifa.ifa_addr).sa_family as i32 {
                 libc::AF_INET => {
                     let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                    IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
                 }
                 libc::AF_INET6 => {
                     let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                    IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr))
                 }
                 _ => continue,
             };
@@ -64,6 +64,19 @@ pub fn local_endpoints(port: u16) -> Vec<SocketAddr> {
         }
         libc::freeifaddrs(head);
     }
+    out.sort_by_key(|a| (a.is_ipv4(), *a));
+    out.dedup();
+    out
+}
+
+/// The host's usable interface addresses with `port`, IPv6 first, sorted.
+#[cfg(windows)]
+pub fn local_endpoints(port: u16) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = cyphonic_platform::ifaddrs::addresses()
+        .into_iter()
+        .filter(|ip| usable(*ip))
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
     out.sort_by_key(|a| (a.is_ipv4(), *a));
     out.dedup();
     out

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+#[cfg(not(windows))]
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cyphonic";
+#[cfg(windows)]
+pub const DEFAULT_STATE_DIR: &str = r"C:\ProgramData\cyphonic";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -86,15 +89,19 @@ impl StatePaths {
 /// opened), then renamed over `path`.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
     let written = (|| -> anyhow::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        // Windows: the file takes the state directory's ACL (under
+        // %ProgramData%\cyphonic: SYSTEM and Administrators write).
+        let mut f = options
             .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(contents.as_bytes())?;
@@ -110,10 +117,14 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 /// Creates the state directory (and its parents) and makes it private to
 /// its owner (0700), whatever the umask.
 pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot make {} private", dir.display()))
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Parses `host[:port]` for the cloud, defaulting the AS port.
@@ -142,6 +153,7 @@ pub fn parse_cloud(s: &str, default_port: u16) -> anyhow::Result<(SocketAddr, St
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
     fn private_files_are_0600_and_never_written_through_a_symlink() {
         use std::os::unix::fs::PermissionsExt;

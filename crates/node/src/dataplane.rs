@@ -325,7 +325,9 @@ const QUIC_BUDGET: usize = 38;
 /// The running fast path; dropping it stops the threads.
 pub struct DataPlane {
     stop: Arc<AtomicBool>,
-    tun: Arc<Tun>,
+    /// `None` when run without a TUN device ([`DataPlane::receive_only`]).
+    tun: Option<Arc<Tun>>,
+    device: Arc<dyn Device>,
     threads: Vec<JoinHandle<()>>,
     tables: Arc<Tables>,
     counters: Arc<DataCounters>,
@@ -367,7 +369,8 @@ impl DataPlane {
         )?);
         Ok(DataPlane {
             stop,
-            tun,
+            tun: Some(tun),
+            device,
             threads,
             tables,
             counters,
@@ -378,15 +381,60 @@ impl DataPlane {
     /// A receiver for datagrams that arrive on QUIC and TCP legs: the same
     /// checks and the same TUN writes as the UDP sockets' threads.
     pub fn inbound(&self) -> Inbound {
-        let device: Arc<dyn Device> = self.tun.clone();
-        Inbound::new(device, &self.tables, &self.counters, &self.control)
+        Inbound::new(
+            self.device.clone(),
+            &self.tables,
+            &self.counters,
+            &self.control,
+        )
+    }
+
+    /// The tunnel port's receivers alone, for a node without a TUN device
+    /// (`--no-tun`): signaling reaches the control task; packets that come
+    /// through tunnels have nowhere to go and are counted as dropped.
+    pub fn receive_only(
+        sockets: Arc<Sockets>,
+        tables: Arc<Tables>,
+        counters: Arc<DataCounters>,
+        control: mpsc::Sender<ToControl>,
+    ) -> io::Result<DataPlane> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let device: Arc<dyn Device> = Arc::new(NoDevice);
+        let threads = spawn_receivers(&sockets, &device, &tables, &counters, &control, &stop)?;
+        Ok(DataPlane {
+            stop,
+            tun: None,
+            device,
+            threads,
+            tables,
+            counters,
+            control,
+        })
+    }
+}
+
+/// The device of a node without a TUN: delivers nothing.
+struct NoDevice;
+
+impl Device for NoDevice {
+    fn send_batch(&self, _bufs: &mut [Vec<u8>], _offset: usize) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this node runs without a TUN device",
+        ))
+    }
+
+    fn delivers_to(&self, _id: IdentityId, _dst: IpAddr) -> bool {
+        false
     }
 }
 
 impl Drop for DataPlane {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.tun.shutdown();
+        if let Some(tun) = &self.tun {
+            tun.shutdown();
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -7,15 +7,24 @@
 //!   overlay domain only, and putting the host's configuration back.
 //!
 //! Each module is a facade: the types that describe what to do are
-//! OS-independent, the implementation is chosen per target (Linux now,
-//! Windows later).
+//! OS-independent, the implementation is chosen per target (Linux, Windows).
 
 pub mod dns;
+pub mod ifaddrs;
+pub mod ipconfig;
 pub mod netwatch;
 #[cfg(target_os = "linux")]
 pub mod packet;
 pub mod tun;
 pub mod udp;
+
+/// FNV-1a over `bytes`, 64 bits: a stable short name for a path (a pipe,
+/// a registry key); not a secret and not collision-proof against intent.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// Whether this process runs with an effective user id of 0.
 ///
@@ -25,4 +34,31 @@ pub mod udp;
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether this process runs elevated (as an administrator or SYSTEM).
+#[cfg(windows)]
+pub fn is_root() -> bool {
+    use windows_sys::Win32::Security::{
+        GetTokenInformation, TokenElevation, TOKEN_ELEVATION, TOKEN_QUERY,
+    };
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+    // SAFETY: out pointers valid for each call; the token handle is closed.
+    unsafe {
+        let mut token = std::ptr::null_mut();
+        if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
+            return false;
+        }
+        let mut elevation = TOKEN_ELEVATION { TokenIsElevated: 0 };
+        let mut len = 0u32;
+        let ok = GetTokenInformation(
+            token,
+            TokenElevation,
+            (&mut elevation as *mut TOKEN_ELEVATION).cast(),
+            std::mem::size_of::<TOKEN_ELEVATION>() as u32,
+            &mut len,
+        );
+        windows_sys::Win32::Foundation::CloseHandle(token);
+        ok != 0 && elevation.TokenIsElevated != 0
+    }
 }

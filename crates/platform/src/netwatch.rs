@@ -1,5 +1,6 @@
-//! Noticing network changes at once: a netlink socket subscribed to
-//! address, route and link events (rtnetlink(7)). Every event wakes the
+//! Noticing network changes at once: on Linux a netlink socket subscribed
+//! to address, route and link events (rtnetlink(7)); on Windows the IP
+//! Helper's address and route change notifications. Every event wakes the
 //! watcher; what changed is read afterwards from the interfaces themselves,
 //! so the messages need no parsing.
 
@@ -53,7 +54,38 @@ impl NetWatch {
         })
     }
 
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    pub fn start(settle: Duration, on_change: impl Fn() + Send + 'static) -> io::Result<NetWatch> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let registration = windows::Registration::new(tx)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cy-netwatch".into())
+            .spawn(move || {
+                // Dropped (the notifications cancelled) when the thread ends.
+                let _registration = registration;
+                while !halt.load(Ordering::Relaxed) {
+                    if rx.recv_timeout(Duration::from_millis(250)).is_err() {
+                        continue;
+                    }
+                    let deadline = std::time::Instant::now() + settle;
+                    loop {
+                        let left = deadline.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() || rx.recv_timeout(left).is_err() {
+                            break;
+                        }
+                    }
+                    on_change();
+                }
+            })?;
+        Ok(NetWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    #[cfg(not(any(target_os = "linux", windows)))]
     pub fn start(
         _settle: Duration,
         _on_change: impl Fn() + Send + 'static,
@@ -126,6 +158,102 @@ fn drain(fd: i32, buf: &mut [u8]) {
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n <= 0 {
             return;
+        }
+    }
+}
+
+#[cfg(windows)]
+mod windows {
+    use std::io;
+    use std::sync::mpsc::Sender;
+
+    use windows_sys::Win32::Foundation::{HANDLE, NO_ERROR};
+    use windows_sys::Win32::NetworkManagement::IpHelper::{
+        CancelMibChangeNotify2, NotifyRouteChange2, NotifyUnicastIpAddressChange,
+        MIB_IPFORWARD_ROW2, MIB_NOTIFICATION_TYPE, MIB_UNICASTIPADDRESS_ROW,
+    };
+    use windows_sys::Win32::Networking::WinSock::AF_UNSPEC;
+
+    /// The two notifications; cancelled on drop, before the sender they
+    /// point to is freed.
+    pub struct Registration {
+        handles: Vec<HANDLE>,
+        sender: *mut Sender<()>,
+    }
+
+    // SAFETY: the handles are only used to cancel, the sender is only
+    // touched by the callbacks (Sender is Send) and freed after them.
+    unsafe impl Send for Registration {}
+
+    unsafe extern "system" fn on_address(
+        context: *const core::ffi::c_void,
+        _row: *const MIB_UNICASTIPADDRESS_ROW,
+        _kind: MIB_NOTIFICATION_TYPE,
+    ) {
+        // SAFETY: context is the Sender boxed by Registration::new, alive
+        // until both notifications are cancelled.
+        let _ = unsafe { &*(context as *const Sender<()>) }.send(());
+    }
+
+    unsafe extern "system" fn on_route(
+        context: *const core::ffi::c_void,
+        _row: *const MIB_IPFORWARD_ROW2,
+        _kind: MIB_NOTIFICATION_TYPE,
+    ) {
+        // SAFETY: as in on_address.
+        let _ = unsafe { &*(context as *const Sender<()>) }.send(());
+    }
+
+    impl Registration {
+        pub fn new(tx: Sender<()>) -> io::Result<Registration> {
+            let mut reg = Registration {
+                handles: Vec::new(),
+                sender: Box::into_raw(Box::new(tx)),
+            };
+            let mut handle: HANDLE = std::ptr::null_mut();
+            // SAFETY: the callbacks match the documented signatures and
+            // the context outlives the registrations (see Drop).
+            let status = unsafe {
+                NotifyUnicastIpAddressChange(
+                    AF_UNSPEC,
+                    Some(on_address),
+                    reg.sender as *const _,
+                    false,
+                    &mut handle,
+                )
+            };
+            if status != NO_ERROR {
+                return Err(io::Error::from_raw_os_error(status as i32));
+            }
+            reg.handles.push(handle);
+            let mut handle: HANDLE = std::ptr::null_mut();
+            // SAFETY: as above.
+            let status = unsafe {
+                NotifyRouteChange2(
+                    AF_UNSPEC,
+                    Some(on_route),
+                    reg.sender as *const _,
+                    false,
+                    &mut handle,
+                )
+            };
+            if status != NO_ERROR {
+                return Err(io::Error::from_raw_os_error(status as i32));
+            }
+            reg.handles.push(handle);
+            Ok(reg)
+        }
+    }
+
+    impl Drop for Registration {
+        fn drop(&mut self) {
+            for h in self.handles.drain(..) {
+                // SAFETY: each handle came from a Notify* call; cancelling
+                // waits for callbacks in flight.
+                unsafe { CancelMibChangeNotify2(h) };
+            }
+            // SAFETY: no callback can run any more; the box is ours.
+            drop(unsafe { Box::from_raw(self.sender) });
         }
     }
 }

@@ -33,14 +33,36 @@ impl Sockets {
         let pick = |v6: bool| addrs.iter().find(|a| a.is_ipv6() == v6).copied();
         let none = || io::Error::new(io::ErrorKind::AddrNotAvailable, "no address of this family");
         let v4 = pick(false).ok_or_else(none).and_then(bind_one);
+        if let Err(e) = &v4 {
+            tracing::debug!(error = %e, "no IPv4 tunnel socket");
+        }
         let v6 = pick(true).ok_or_else(none).and_then(bind_one);
         let (v4, v6) = match (v4, v6) {
             (Err(e), Err(_)) => return Err(e),
             (a, b) => (a.ok(), b.ok()),
         };
-        // Invariant: at least one socket exists (checked above).
-        let any = v4.as_ref().or(v6.as_ref()).expect("one socket");
-        let state = quinn_udp::UdpSocketState::new(any.into())?;
+        // The state holds what the OS supports (GSO, ECN); it is taken
+        // from the first socket that gives it. (Wine's Winsock refuses an
+        // IPv6 option quinn-udp reads on IPv4 sockets; its IPv6 socket
+        // serves.)
+        let mut first_error = None;
+        let state = v4
+            .iter()
+            .chain(v6.iter())
+            .find_map(|s| match quinn_udp::UdpSocketState::new(s.into()) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    None
+                }
+            })
+            .ok_or_else(|| {
+                let e = first_error.unwrap_or_else(|| io::ErrorKind::Unsupported.into());
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot set up the socket's offloads: {e}"),
+                )
+            })?;
         // quinn-udp sets IP_PMTUDISC_PROBE (always DF, path MTU ignored),
         // which suits QUIC's own path MTU discovery but blackholes a
         // tunnel on a path narrower than the interface. Let the kernel
@@ -386,7 +408,19 @@ impl SparePorts {
                 .map(|(i, _)| i)
                 .collect()
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            // No bell: a change of the set is noticed within the cap.
+            let socks: Vec<&UdpSocket> = socks.iter().map(|(_, s)| &**s).collect();
+            let ready = wsa_poll(&socks, false, timeout.min(Duration::from_millis(50)));
+            ready
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r)
+                .map(|(i, _)| i)
+                .collect()
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             std::thread::sleep(timeout.min(Duration::from_millis(20)));
             (0..socks.len()).collect()
@@ -507,6 +541,37 @@ fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// Waits until `sock` is readable (or writable) or `timeout` passes.
+#[cfg(windows)]
+pub fn wait_ready(sock: &UdpSocket, write: bool, timeout: Duration) {
+    wsa_poll(&[sock], write, timeout);
+}
+
+/// `WSAPoll` on `socks` for reading (or writing); which are ready.
+#[cfg(windows)]
+fn wsa_poll(socks: &[&UdpSocket], write: bool, timeout: Duration) -> Vec<bool> {
+    use std::os::windows::io::AsRawSocket;
+    use windows_sys::Win32::Networking::WinSock::{WSAPoll, POLLRDNORM, POLLWRNORM, WSAPOLLFD};
+    let mut fds: Vec<WSAPOLLFD> = socks
+        .iter()
+        .map(|s| WSAPOLLFD {
+            fd: s.as_raw_socket() as usize,
+            events: if write { POLLWRNORM } else { POLLRDNORM },
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a valid array of WSAPOLLFDs for the call.
+    unsafe {
+        WSAPoll(
+            fds.as_mut_ptr(),
+            fds.len() as u32,
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        );
+    }
+    fds.iter().map(|f| f.revents != 0).collect()
+}
+
+/// Waits until `sock` is readable (or writable) or `timeout` passes.
+#[cfg(unix)]
 pub fn wait_ready(sock: &UdpSocket, write: bool, timeout: Duration) {
     use std::os::fd::AsRawFd;
     let mut pfd = libc::pollfd {

@@ -184,10 +184,22 @@ impl Hub {
 
         let dialer = match (&tls.quic_client, &tls.tcp_client) {
             (Some(quic_tls), Some(tcp_tls)) => {
-                let socket = bind_dial_udp(config.udp_socket_buffer)
-                    .context("UDP socket for dialing QUIC legs")?;
+                // QUIC is one transport of several: a host where no
+                // endpoint can be made dials TCP legs only.
+                let endpoint = bind_dial_udp(config.udp_socket_buffer)
+                    .context("UDP socket for dialing QUIC legs")
+                    .and_then(|socket| {
+                        quic::endpoint(socket, None).context("QUIC endpoint for dialing")
+                    });
+                let endpoint = match endpoint {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "no QUIC legs; TCP legs only");
+                        None
+                    }
+                };
                 Some(Dialer {
-                    endpoint: quic::endpoint(socket, None).context("QUIC endpoint for dialing")?,
+                    endpoint,
                     quic_v4: quic::client_config(quic_tls.clone(), &config, false)?,
                     quic_v6: quic::client_config(quic_tls.clone(), &config, true)?,
                     tcp: tokio_rustls::TlsConnector::from(tcp_tls.clone()),
@@ -392,27 +404,28 @@ impl Hub {
         let Some(dialer) = &shared.dialer else {
             return Ok(());
         };
-        // The new socket registers with the runtime's reactor, which the
-        // caller's thread may not be inside.
-        let _runtime = shared.runtime.enter();
-        let old = dialer.endpoint.local_addr()?;
-        let family = if old.is_ipv6() {
-            Family::DualStack
-        } else {
-            Family::Only
-        };
-        let socket = bind_udp(
-            SocketAddr::new(old.ip(), 0),
-            family,
-            shared.config.udp_socket_buffer,
-        )
-        .context("new UDP socket for QUIC legs")?;
-        dialer
-            .endpoint
-            .rebind(socket)
-            .context("moving QUIC legs to the new socket")?;
-        let new = dialer.endpoint.local_addr()?;
-        info!(%old, %new, "QUIC legs moved to a new socket");
+        if let Some(endpoint) = &dialer.endpoint {
+            // The new socket registers with the runtime's reactor, which the
+            // caller's thread may not be inside.
+            let _runtime = shared.runtime.enter();
+            let old = endpoint.local_addr()?;
+            let family = if old.is_ipv6() {
+                Family::DualStack
+            } else {
+                Family::Only
+            };
+            let socket = bind_udp(
+                SocketAddr::new(old.ip(), 0),
+                family,
+                shared.config.udp_socket_buffer,
+            )
+            .context("new UDP socket for QUIC legs")?;
+            endpoint
+                .rebind(socket)
+                .context("moving QUIC legs to the new socket")?;
+            let new = endpoint.local_addr()?;
+            info!(%old, %new, "QUIC legs moved to a new socket");
+        }
 
         let mut table = shared.table();
         let tcp_dialed: Vec<(LegId, SocketAddr)> = table
@@ -444,7 +457,13 @@ impl Hub {
     /// The local address QUIC legs are dialed from (changes on
     /// [`Hub::rebind`]); `None` on a server.
     pub fn dial_addr(&self) -> Option<SocketAddr> {
-        self.shared.dialer.as_ref()?.endpoint.local_addr().ok()
+        self.shared
+            .dialer
+            .as_ref()?
+            .endpoint
+            .as_ref()?
+            .local_addr()
+            .ok()
     }
 
     /// The QUIC listeners' bound addresses (ports resolved if 0 was given).
@@ -471,8 +490,8 @@ impl Hub {
         for endpoint in &self.quic_listeners {
             endpoint.close(quic::CLOSE_HUB, b"hub closed");
         }
-        if let Some(dialer) = &shared.dialer {
-            dialer.endpoint.close(quic::CLOSE_HUB, b"hub closed");
+        if let Some(endpoint) = shared.dialer.as_ref().and_then(|d| d.endpoint.as_ref()) {
+            endpoint.close(quic::CLOSE_HUB, b"hub closed");
         }
         for (_, entry) in shared.table().drain() {
             if let Some(task) = entry.handle.supervisor {
@@ -490,7 +509,7 @@ impl Hub {
     pub async fn shutdown(mut self) {
         self.close();
         let mut endpoints = std::mem::take(&mut self.quic_listeners);
-        endpoints.extend(self.shared.dialer.as_ref().map(|d| d.endpoint.clone()));
+        endpoints.extend(self.shared.dialer.as_ref().and_then(|d| d.endpoint.clone()));
         let idle = async {
             for endpoint in &endpoints {
                 endpoint.wait_idle().await;

@@ -40,7 +40,8 @@ pub(crate) struct Shared {
 }
 
 pub(crate) struct Dialer {
-    pub endpoint: quinn::Endpoint,
+    /// `None` where no QUIC endpoint could be made (legs go over TCP).
+    pub endpoint: Option<quinn::Endpoint>,
     /// Per address family, for the MTU (see `HubConfig::quic_transport`).
     pub quic_v4: quinn::ClientConfig,
     pub quic_v6: quinn::ClientConfig,

@@ -80,6 +80,8 @@ pub(crate) async fn dial(
     };
     let connecting = dialer
         .endpoint
+        .as_ref()
+        .ok_or("QUIC is not available on this host")?
         .connect_with(config, to, server_name)
         .map_err(|e| e.to_string())?;
     let conn = match tokio::time::timeout(shared.config.handshake_timeout, connecting).await {

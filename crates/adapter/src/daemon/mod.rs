@@ -35,8 +35,9 @@ use cyphonic_node::core::{LoginReason, Node, NodeConfig, NodeEvent, Transport};
 use cyphonic_node::daemon::renewal::{Failure, Renewal};
 use cyphonic_node::daemon::{
     bind_ports, control_listener, forward_dns, login, login_of, ping_answer, read_control,
-    receive_legs, sleep_until_some, transmit, unix_micros, CertificateStatus, ControlMessage,
-    ControlRequest, Credentials, LoginResult, LoginUse, Renewer, SpareUse, DEFAULT_MTU,
+    receive_legs, sleep_until_some, transmit, unix_micros, CertificateStatus, ControlListener,
+    ControlMessage, ControlRequest, ControlStream, Credentials, LoginResult, LoginUse, Renewer,
+    SpareUse, DEFAULT_MTU,
 };
 use cyphonic_node::dataplane::{
     spawn_receivers, DataCounters, Device, Inbound, Sender, Sockets, Tables, ToControl,
@@ -49,7 +50,6 @@ use cyphonic_proto::handshake::{LocalIdentity, StaticKeypair};
 use cyphonic_proto::prefix::{Ipv4Prefix, Ipv6Prefix};
 use cyphonic_proto::signal::GeneralNodeInfo;
 use cyphonic_transport::Hub;
-use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -186,7 +186,7 @@ struct Adapter {
     dns_clients: HashMap<u64, DnsQuery>,
     dns_answers_tx: mpsc::Sender<(DnsQuery, Vec<u8>)>,
     dns_answers: mpsc::Receiver<(DnsQuery, Vec<u8>)>,
-    listener: UnixListener,
+    listener: ControlListener,
     socket_path: PathBuf,
     requests_tx: mpsc::Sender<ControlMessage>,
     requests: mpsc::Receiver<ControlMessage>,
@@ -344,7 +344,7 @@ impl Adapter {
                 Some(r) = self.reissued.recv() => self.on_reissued(r),
                 Some(e) = self.lan_events.recv() => self.on_lan_event(e),
                 Some((q, answer)) = self.dns_answers.recv() => self.answer_dns(q, &answer),
-                Ok((stream, _)) = self.listener.accept() => self.on_control_connection(stream),
+                Ok(stream) = self.listener.accept() => self.on_control_connection(stream),
                 Some((request, reply)) = self.requests.recv() => self.on_control_request(request, reply),
                 Some(()) = self.moved.recv() => self.on_addrs(true),
                 _ = self.mtu_check.tick() => {
@@ -945,7 +945,7 @@ impl Adapter {
         self.lan.as_ref().map(|l| l.device.mac())
     }
 
-    fn on_control_connection(&mut self, stream: UnixStream) {
+    fn on_control_connection(&mut self, stream: ControlStream) {
         tokio::spawn(read_control(stream, self.requests_tx.clone()));
     }
 

@@ -4,11 +4,13 @@
 use std::process::Command;
 
 /// Whether the tests may build namespaces (root, as CI has).
+#[allow(dead_code)]
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
+#[allow(dead_code)]
 /// Runs `cyphonic lab <scenario>`; `None` when not root (skipped), else
 /// its stdout, after asserting it exited 0 and printed
 /// "<scenario>: N passed, 0 failed" and no FAIL line.
@@ -34,4 +36,60 @@ pub fn lab_passes(scenario: &str) -> Option<String> {
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");
     Some(stdout)
+}
+
+/// Runs the `cyphonic` binary under test.
+#[allow(dead_code)]
+pub fn cyphonic(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cyphonic"))
+        .args(args)
+        .output()
+        .expect("run cyphonic")
+}
+
+#[allow(dead_code)]
+/// A cloud initialised in `d/cloud`, listening on loopback only, on ports
+/// no other test uses: its config file and its AS port.
+pub fn loopback_cloud(d: &std::path::Path) -> (std::path::PathBuf, u16) {
+    let cloud = d.join("cloud");
+    let out = cyphonic(&[
+        "cloud",
+        "init",
+        "--dir",
+        cloud.to_str().unwrap(),
+        "--public",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = cloud.join("cloud.toml");
+    // Listen on loopback only, on ports nobody else uses in this test.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // Four ports per process: tests run as processes side by side.
+    let port = 20000 + (std::process::id() % 10000) as u16 * 4;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("as_listen") {
+                format!("as_listen = [\"127.0.0.1:{port}\"]")
+            } else if l.starts_with("nms_listen") {
+                format!("nms_listen = [\"127.0.0.1:{}\"]", port + 1)
+            } else if l.starts_with("nms_probe_port") {
+                format!("nms_probe_port = {}", port + 2)
+            } else if l.starts_with("trs_listen") {
+                format!("trs_listen = [\"127.0.0.1:{}\"]", port + 3)
+            } else if l.starts_with("quic_listen") || l.starts_with("tcp443_listen") {
+                // Nothing on the host's port 443.
+                format!("{} = []", l.split('=').next().unwrap_or_default().trim())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&cfg, text).unwrap();
+    (cfg, port)
 }

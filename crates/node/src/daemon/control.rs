@@ -2,6 +2,8 @@
 //! in, one JSON line out; and the CLI's side of it.
 
 use super::*;
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
 
 /// What the local control socket is asked: one line per request.
 pub enum ControlRequest {
@@ -9,18 +11,83 @@ pub enum ControlRequest {
     Ping(String),
 }
 
-/// The status socket in the state directory (a stale one from a crashed
-/// run is replaced), and its path.
-pub fn control_listener(state: &StatePaths) -> anyhow::Result<(UnixListener, PathBuf)> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = state.socket();
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
-    // Only the daemon's own user may ask (the umask does not decide).
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot make {} private", path.display()))?;
-    Ok((listener, path))
+/// Where `cyphonic status` and `cyphonic ping` reach the daemon: a Unix
+/// socket in the state directory (mode 0600, the peer's uid checked), or
+/// on Windows a named pipe named after the state directory (its default
+/// security lets only SYSTEM, Administrators and its creator write).
+pub struct ControlListener {
+    #[cfg(unix)]
+    listener: UnixListener,
+    #[cfg(windows)]
+    next: tokio::net::windows::named_pipe::NamedPipeServer,
+    #[cfg(windows)]
+    name: String,
+}
+
+#[cfg(unix)]
+pub type ControlStream = UnixStream;
+#[cfg(windows)]
+pub type ControlStream = tokio::net::windows::named_pipe::NamedPipeServer;
+
+/// The named pipe of the daemon whose state lives in `state_dir`.
+#[cfg(windows)]
+pub fn pipe_name(state_dir: &std::path::Path) -> String {
+    let dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+    format!(
+        r"\\.\pipe\cyphonic-{:016x}",
+        cyphonic_platform::stable_hash(dir.to_string_lossy().to_lowercase().as_bytes())
+    )
+}
+
+impl ControlListener {
+    /// The next client.
+    pub async fn accept(&mut self) -> io::Result<ControlStream> {
+        #[cfg(unix)]
+        {
+            self.listener.accept().await.map(|(s, _)| s)
+        }
+        #[cfg(windows)]
+        {
+            use tokio::net::windows::named_pipe::ServerOptions;
+            self.next.connect().await?;
+            let fresh = ServerOptions::new().create(&self.name)?;
+            Ok(std::mem::replace(&mut self.next, fresh))
+        }
+    }
+}
+
+/// The control channel (a stale socket from a crashed run is replaced),
+/// and the socket's path (the pipe's name on Windows).
+pub fn control_listener(state: &StatePaths) -> anyhow::Result<(ControlListener, PathBuf)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let path = state.socket();
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        // Only the daemon's own user may ask (the umask does not decide).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+        Ok((ControlListener { listener }, path))
+    }
+    #[cfg(windows)]
+    {
+        use tokio::net::windows::named_pipe::ServerOptions;
+        let name = pipe_name(&state.dir);
+        // The first instance: fails if another daemon has this state.
+        let next = ServerOptions::new()
+            .first_pipe_instance(true)
+            .create(&name)
+            .with_context(|| format!("cannot listen on {name}: is another daemon running?"))?;
+        Ok((
+            ControlListener {
+                next,
+                name: name.clone(),
+            },
+            PathBuf::from(name),
+        ))
+    }
 }
 
 /// The answer line for `cyphonic ping`.
@@ -34,16 +101,20 @@ pub fn ping_answer(result: &Result<crate::core::Pong, crate::core::PingError>) -
 
 /// Reads one request line, hands it to the daemon's loop and writes the
 /// answer (one JSON line). Bad requests get an error line.
-pub async fn read_control(mut stream: UnixStream, to_daemon: mpsc::Sender<ControlMessage>) {
+pub async fn read_control(stream: ControlStream, to_daemon: mpsc::Sender<ControlMessage>) {
     // The socket's mode admits the daemon's user only; the peer's
     // credentials say so again (a socket opened before a mode change, a
     // descriptor passed on).
-    let own = unsafe { libc::geteuid() };
-    match stream.peer_cred() {
-        Ok(c) if c.uid() == own || c.uid() == 0 => {}
-        _ => return,
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid has no preconditions.
+        let own = unsafe { libc::geteuid() };
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == own || c.uid() == 0 => {}
+            _ => return,
+        }
     }
-    let (r, mut w) = stream.split();
+    let (r, mut w) = tokio::io::split(stream);
     let mut line = String::new();
     let read = tokio::time::timeout(
         Duration::from_secs(2),
@@ -95,13 +166,21 @@ pub(super) async fn query(
     state_dir: &std::path::Path,
     request: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let path = StatePaths::new(state_dir).socket();
-    let mut stream = match tokio::net::UnixStream::connect(&path).await {
+    #[cfg(unix)]
+    let (path, connected) = {
+        let path = StatePaths::new(state_dir).socket();
+        let connected = tokio::net::UnixStream::connect(&path).await;
+        (path.display().to_string(), connected)
+    };
+    #[cfg(windows)]
+    let (path, connected) = {
+        let name = pipe_name(state_dir);
+        let connected = tokio::net::windows::named_pipe::ClientOptions::new().open(&name);
+        (name, connected)
+    };
+    let mut stream = match connected {
         Ok(s) => s,
-        Err(e) => bail!(
-            "no node daemon answers on {} ({e}): is `cyphonic node run` running?",
-            path.display()
-        ),
+        Err(e) => bail!("no node daemon answers on {path} ({e}): is `cyphonic node run` running?"),
     };
     stream.write_all(format!("{request}\n").as_bytes()).await?;
     let mut body = String::new();

@@ -30,8 +30,7 @@ use cyphonic_platform::tun::{Tun, TunConfig};
 use cyphonic_proto::handshake::{binding_message, LocalIdentity, StaticKeypair};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UdpSocket, UnixListener, UnixStream};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::as_client::LoginInfo;
@@ -131,6 +130,11 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     pub tunnel_port: u16,
     pub tun_name: String,
+    /// Bring up no TUN device (and so no data plane or resolver): the node
+    /// enrolls, logs in, registers and signals only. For hosts without a
+    /// TUN driver (a container without /dev/net/tun, wine), to check the
+    /// control plane.
+    pub no_tun: bool,
     /// Where the resolver listens (port 53); None leaves the host's DNS alone.
     pub dns_listen: Option<IpAddr>,
     pub offload: bool,
@@ -396,7 +400,7 @@ struct Daemon {
     portmap: PortMap,
     /// Numbers DNS clients and pings for the core.
     next_client: u64,
-    sigterm: Signal,
+    stop: StopSignal,
 }
 
 /// The port mapping task ([`crate::portmap::run`]) and its channels.
@@ -467,7 +471,7 @@ struct Dns {
 /// The status socket (`cyphonic status`, `cyphonic ping`): each connection
 /// is read on a task of its own, which hands its request to the loop.
 struct Control {
-    listener: UnixListener,
+    listener: control::ControlListener,
     path: PathBuf,
     requests_tx: mpsc::Sender<ControlMessage>,
     requests: mpsc::Receiver<ControlMessage>,
@@ -548,7 +552,7 @@ impl Daemon {
                 None
             }
         };
-        let sigterm = signal(SignalKind::terminate())?;
+        let stop = StopSignal::new()?;
 
         Ok(Daemon {
             logins: Logins {
@@ -598,7 +602,7 @@ impl Daemon {
             dataplane: None,
             tunnel_peers: BTreeSet::new(),
             next_client: 1,
-            sigterm,
+            stop,
         })
     }
 
@@ -625,7 +629,7 @@ impl Daemon {
                 Some((to, answer)) = self.dns.answers.recv() => {
                     self.on_dns_answer(to, answer).await
                 }
-                Ok((stream, _)) = self.control.listener.accept() => {
+                Ok(stream) = self.control.listener.accept() => {
                     self.on_control_connection(stream)
                 }
                 Some((request, reply)) = self.control.requests.recv() => {
@@ -637,8 +641,7 @@ impl Daemon {
                 _ = self.moves.mtu_check.tick() => {
                     crate::dataplane::refresh_kernel_mtus(&self.tables);
                 }
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-                _ = self.sigterm.recv() => return Ok(()),
+                _ = self.stop.recv() => return Ok(()),
             }
         }
     }
@@ -819,8 +822,20 @@ impl Daemon {
             }
         };
         tracing::info!(fqdn = %info.fqdn, session = info.session_id, %nms, "Login done");
-        if self.tun.is_none() {
-            self.bring_up(&info).await?;
+        if self.dataplane.is_none() {
+            if self.opts.no_tun {
+                let dataplane = DataPlane::receive_only(
+                    self.sockets.clone(),
+                    self.tables.clone(),
+                    self.counters.clone(),
+                    self.to_control.clone(),
+                )?;
+                tokio::spawn(receive_legs(self.hub.clone(), dataplane.inbound()));
+                self.dataplane = Some(dataplane);
+                tracing::info!("no TUN device (--no-tun): signaling only");
+            } else {
+                self.bring_up(&info).await?;
+            }
         }
         for ip in &info.cloud_addrs {
             if !self.logins.clouds.contains(ip) {
@@ -983,7 +998,7 @@ impl Daemon {
         }
     }
 
-    fn on_control_connection(&mut self, stream: UnixStream) {
+    fn on_control_connection(&mut self, stream: control::ControlStream) {
         tokio::spawn(read_control(stream, self.control.requests_tx.clone()));
     }
 
@@ -1055,6 +1070,62 @@ impl Daemon {
     }
 }
 
+/// What stops the daemon: Ctrl-C, SIGTERM (systemd), or on Windows the
+/// console closing and the service control manager's stop.
+pub struct StopSignal {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    close: tokio::signal::windows::CtrlClose,
+    #[cfg(windows)]
+    shutdown: tokio::signal::windows::CtrlShutdown,
+}
+
+impl StopSignal {
+    pub fn new() -> io::Result<StopSignal> {
+        Ok(StopSignal {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+            #[cfg(windows)]
+            close: tokio::signal::windows::ctrl_close()?,
+            #[cfg(windows)]
+            shutdown: tokio::signal::windows::ctrl_shutdown()?,
+        })
+    }
+
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(windows)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.close.recv() => {}
+            _ = self.shutdown.recv() => {}
+            _ = service_stop() => {}
+        }
+    }
+}
+
+/// Resolves when the service control manager asks the service to stop
+/// (see [`request_service_stop`]); never when not run as a service.
+#[cfg(windows)]
+async fn service_stop() {
+    SERVICE_STOP.notified().await
+}
+
+#[cfg(windows)]
+static SERVICE_STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Stops a daemon running as a Windows service (its control handler
+/// calls this).
+#[cfg(windows)]
+pub fn request_service_stop() {
+    SERVICE_STOP.notify_one();
+}
+
 mod control;
 pub mod renewal;
 mod shell;
@@ -1063,7 +1134,7 @@ mod tests;
 
 pub use control::{
     control_listener, ping_answer, query_ping, query_status, read_control, render_status,
-    ControlRequest,
+    ControlListener, ControlRequest, ControlStream,
 };
 pub use shell::{
     bind_ports, failure_of, forward_dns, login, login_of, node_hub, receive_legs, recv_dns, renew,

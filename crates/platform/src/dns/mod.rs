@@ -16,16 +16,24 @@
 //!    state directory.
 //!
 //! The text handling of mode 2 is pure and lives in [`resolv_conf`].
+//!
+//! On Windows one Name Resolution Policy Table rule sends the overlay
+//! domain to the resolver ([`nrpt`]).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+pub mod nrpt;
 pub mod resolv_conf;
 
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::{install, recover, DnsGuard};
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::{install, recover, DnsGuard, Registry};
 
 /// What [`install`] sets up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::Tun;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::Tun;
 
 /// What [`Tun::create`](crate::tun::Tun) sets up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,3 +55,12 @@ pub const RECV_SCRATCH_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN + 65535;
 /// should carry: a 64 KB segment split at a small MTU fits.
 #[cfg(target_os = "linux")]
 pub const IDEAL_BATCH_SIZE: usize = tun_rs::IDEAL_BATCH_SIZE;
+
+/// Windows: no virtio-net header, no GSO segments; a batch is what the
+/// wintun ring already holds.
+#[cfg(windows)]
+pub const MIN_SEND_OFFSET: usize = 0;
+#[cfg(windows)]
+pub const RECV_SCRATCH_LEN: usize = 0;
+#[cfg(windows)]
+pub const IDEAL_BATCH_SIZE: usize = 64;

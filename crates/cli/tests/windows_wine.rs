@@ -1,0 +1,229 @@
+//! The Windows `cyphonic.exe` under wine against a Linux cloud on loopback:
+//! it enrolls, logs in and registers, and answers `status --json` over its
+//! named pipe. Wine has no TUN driver, so the node runs with `--no-tun`
+//! (docs/windows.md says what needs a real Windows machine).
+//!
+//! Needs the Windows build and wine: `scripts/windows.sh test` sets
+//! CYPHONIC_WINDOWS_EXE and CYPHONIC_WINE and runs it.
+
+// The cloud, the adapter and the lab are built for Unix only.
+#![cfg(unix)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{cyphonic, loopback_cloud};
+
+/// Kills and reaps a process started by the test, also when it fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wine() -> (PathBuf, PathBuf) {
+    let exe = std::env::var_os("CYPHONIC_WINDOWS_EXE")
+        .map(PathBuf::from)
+        .expect("CYPHONIC_WINDOWS_EXE: the Windows cyphonic.exe (scripts/windows.sh sets it)");
+    let wine = std::env::var_os("CYPHONIC_WINE")
+        .map(PathBuf::from)
+        .expect("CYPHONIC_WINE: the wine loader (scripts/windows.sh sets it)");
+    (wine, exe)
+}
+
+/// A Unix path as the Windows program sees it (wine maps / to Z:).
+fn win_path(p: &Path) -> String {
+    format!("Z:{}", p.display()).replace('/', "\\")
+}
+
+/// Runs `cyphonic.exe args` under wine. Output goes through files, not
+/// pipes: wine's helper processes (winedevice.exe), started by the first
+/// call, inherit its output and would hold a pipe open for good.
+fn windows_cyphonic(args: &[&str]) -> std::process::Output {
+    let (wine, exe) = wine();
+    let out = tempfile::tempfile().expect("stdout file");
+    let err = tempfile::tempfile().expect("stderr file");
+    let status = Command::new(wine)
+        .arg(exe)
+        .args(args)
+        .env("WINEDEBUG", "-all")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .status()
+        .expect("run cyphonic.exe under wine");
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    std::process::Output {
+        status,
+        stdout: read(out),
+        stderr: read(err),
+    }
+}
+
+/// wineserver, started with no terminal or pipes of ours (a wineserver the
+/// first `wine` call started would hold that call's output pipes open for
+/// as long as any Windows process runs); stopped, with every process of
+/// the prefix, on drop.
+struct WineServer(PathBuf);
+
+impl WineServer {
+    fn start() -> WineServer {
+        let (wine, _) = wine();
+        let server = wine.with_file_name("wineserver");
+        let started = Command::new(&server)
+            .arg("-p")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start wineserver");
+        assert!(started.success(), "wineserver -p: {started}");
+        WineServer(server)
+    }
+}
+
+impl Drop for WineServer {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.0).arg("-k").status();
+    }
+}
+
+#[test]
+#[ignore = "needs the Windows build and wine: scripts/windows.sh test"]
+fn a_windows_node_under_wine_enrolls_logs_in_and_registers() {
+    let _wineserver = WineServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (cfg, port) = loopback_cloud(d);
+    let out = cyphonic(&[
+        "cloud",
+        "device",
+        "add",
+        "--config",
+        cfg.to_str().unwrap(),
+        "win1",
+        "--password",
+        "a-windows-password",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cloud_log = d.join("cloud.log");
+    let _cloud = Running(
+        Command::new(env!("CARGO_BIN_EXE_cyphonic"))
+            .args(["cloud", "run", "--config", cfg.to_str().unwrap()])
+            .env("CYPHONIC_LOG", "info")
+            .stderr(std::fs::File::create(&cloud_log).unwrap())
+            .spawn()
+            .expect("start cloud"),
+    );
+
+    // Enroll, retried until the cloud listens.
+    let state = d.join("win1");
+    let root = d.join("cloud").join("root.pem");
+    let cloud_addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let enrolled = loop {
+        let out = windows_cyphonic(&[
+            "node",
+            "enroll",
+            "--cloud",
+            &cloud_addr,
+            "--device",
+            "win1",
+            "--password",
+            "a-windows-password",
+            "--ca",
+            &win_path(&root),
+            "--state-dir",
+            &win_path(&state),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() || Instant::now() > deadline {
+            break (out, stdout);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        enrolled.0.status.success(),
+        "enroll under wine failed: {}\n{}",
+        enrolled.1,
+        String::from_utf8_lossy(&enrolled.0.stderr)
+    );
+    assert!(enrolled.1.contains("enrolled as win1."), "{}", enrolled.1);
+    assert!(state.join("node.pem").exists() && state.join("node.key").exists());
+
+    // Run without a TUN: Login, then Registration with the NMS.
+    let (wine_bin, exe) = wine();
+    let node_log = d.join("node.log");
+    // Below the loopback cloud's range (20000 and up).
+    let tunnel_port = (10_000 + std::process::id() % 10_000).to_string();
+    let _node = Running(
+        Command::new(wine_bin)
+            .arg(exe)
+            .args([
+                "node",
+                "run",
+                "--no-tun",
+                "--no-port-mapping",
+                "--port",
+                &tunnel_port,
+                "--state-dir",
+                &win_path(&state),
+            ])
+            .env("WINEDEBUG", "-all")
+            .env("CYPHONIC_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&node_log).unwrap())
+            .spawn()
+            .expect("start cyphonic.exe node run"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let out = windows_cyphonic(&["status", "--json", "--state-dir", &win_path(&state)]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+            if v["cloud"]["registered"] == true {
+                break v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not registered within 60 s; node log:\n{}\ncloud log:\n{}",
+            std::fs::read_to_string(&node_log).unwrap_or_default(),
+            std::fs::read_to_string(&cloud_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(status["cloud"]["logged_in"] == true, "{status}");
+    assert!(
+        status["fqdn"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("win1.")),
+        "{status}"
+    );
+    assert!(
+        status["vip4"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("100.")),
+        "{status}"
+    );
+    assert!(status["tun"].is_null(), "no TUN under wine: {status}");
+    let log = std::fs::read_to_string(&node_log).unwrap_or_default();
+    assert!(log.contains("Login done"), "{log}");
+    assert!(log.contains("Registration done"), "{log}");
+}
