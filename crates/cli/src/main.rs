@@ -2,6 +2,8 @@
 
 #[cfg(unix)]
 mod cloud_cmd;
+#[cfg(windows)]
+mod winservice;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -117,7 +119,7 @@ enum NodeCmd {
         state_dir: PathBuf,
         #[arg(long, default_value_t = DEFAULT_TUNNEL_PORT)]
         port: u16,
-        #[arg(long, default_value = "cyphonic0")]
+        #[arg(long, default_value = DEFAULT_TUN)]
         tun: String,
         /// Bring up no TUN device, data plane or resolver: enroll, log in,
         /// register and signal only (hosts without a TUN driver).
@@ -159,7 +161,67 @@ enum NodeCmd {
         #[arg(long, default_value_t = 0)]
         quic_port: u16,
     },
+    /// The node daemon as a Windows service (automatic start, as
+    /// LocalSystem, with the default options).
+    #[cfg(windows)]
+    #[command(subcommand)]
+    Service(ServiceCmd),
 }
+
+#[cfg(windows)]
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Register the service and start it (the node must be enrolled).
+    Install {
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Stop and delete the service; remove the overlay's NRPT rule.
+    Uninstall {
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// What the service control manager runs.
+    Run {
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+/// The command line the service control manager starts: the executable
+/// and the state directory, each quoted (both may hold spaces).
+#[cfg_attr(not(windows), allow(dead_code))]
+fn service_command_line(exe: &std::path::Path, state_dir: &std::path::Path) -> String {
+    format!(
+        "\"{}\" node service run --state-dir \"{}\"",
+        exe.display(),
+        state_dir.display()
+    )
+}
+
+/// The daemon's options when nothing on the command line changes them.
+#[cfg_attr(not(windows), allow(dead_code))]
+fn default_run_options(state_dir: PathBuf) -> RunOptions {
+    RunOptions {
+        state_dir,
+        tunnel_port: DEFAULT_TUNNEL_PORT,
+        tun_name: DEFAULT_TUN.into(),
+        no_tun: false,
+        dns_listen: DEFAULT_DNS_LISTEN.parse().ok(),
+        offload: true,
+        port_mapping: true,
+        keepalive: std::time::Duration::from_secs(5),
+        rekey_after: std::time::Duration::from_secs(120),
+        transport: None,
+        quic_port: 0,
+    }
+}
+
+/// The TUN device's (the wintun adapter's) name.
+#[cfg(unix)]
+const DEFAULT_TUN: &str = "cyphonic0";
+#[cfg(windows)]
+const DEFAULT_TUN: &str = "cyphonic";
 
 #[cfg(unix)]
 #[derive(Subcommand)]
@@ -292,6 +354,33 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             })
             .await?;
         }
+        #[cfg(windows)]
+        Command::Node(NodeCmd::Service(cmd)) => match cmd {
+            ServiceCmd::Install { state_dir } => {
+                let exe = std::env::current_exe().context("cannot find this binary")?;
+                let state_dir = std::path::absolute(&state_dir)?;
+                anyhow::ensure!(
+                    state_dir.join("node.toml").exists(),
+                    "{} holds no enrolled node: run `cyphonic node enroll` first",
+                    state_dir.display()
+                );
+                winservice::install(&exe, &state_dir)?;
+                println!("service {} installed and started", winservice::SERVICE_NAME);
+            }
+            ServiceCmd::Uninstall { state_dir } => {
+                if winservice::uninstall(&state_dir)? {
+                    println!("service {} stopped and removed", winservice::SERVICE_NAME);
+                } else {
+                    println!("no service {} was installed", winservice::SERVICE_NAME);
+                }
+            }
+            ServiceCmd::Run { state_dir } => {
+                tokio::task::spawn_blocking(move || {
+                    winservice::run(default_run_options(state_dir))
+                })
+                .await??;
+            }
+        },
         #[cfg(unix)]
         Command::Adapter(AdapterCmd::Run {
             lan,
@@ -383,4 +472,28 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_command_line_quotes_paths_with_spaces() {
+        let line = service_command_line(
+            std::path::Path::new(r"C:\Program Files\cyphonic\cyphonic.exe"),
+            std::path::Path::new(r"C:\ProgramData\cyphonic"),
+        );
+        assert_eq!(
+            line,
+            r#""C:\Program Files\cyphonic\cyphonic.exe" node service run --state-dir "C:\ProgramData\cyphonic""#
+        );
+        // What the service runs parses as the CLI it is.
+        let args = ["cyphonic", "node", "run", "--state-dir", "x"];
+        assert!(Cli::try_parse_from(args).is_ok());
+        let options = default_run_options(PathBuf::from("x"));
+        assert_eq!(options.tunnel_port, DEFAULT_TUNNEL_PORT);
+        assert!(options.dns_listen.is_some_and(|a| a.is_loopback()));
+        assert!(!options.no_tun);
+    }
 }

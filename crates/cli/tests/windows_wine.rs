@@ -9,95 +9,13 @@
 // The cloud, the adapter and the lab are built for Unix only.
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{cyphonic, loopback_cloud};
-
-/// Kills and reaps a process started by the test, also when it fails.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wine() -> (PathBuf, PathBuf) {
-    let exe = std::env::var_os("CYPHONIC_WINDOWS_EXE")
-        .map(PathBuf::from)
-        .expect("CYPHONIC_WINDOWS_EXE: the Windows cyphonic.exe (scripts/windows.sh sets it)");
-    let wine = std::env::var_os("CYPHONIC_WINE")
-        .map(PathBuf::from)
-        .expect("CYPHONIC_WINE: the wine loader (scripts/windows.sh sets it)");
-    (wine, exe)
-}
-
-/// A Unix path as the Windows program sees it (wine maps / to Z:).
-fn win_path(p: &Path) -> String {
-    format!("Z:{}", p.display()).replace('/', "\\")
-}
-
-/// Runs `cyphonic.exe args` under wine. Output goes through files, not
-/// pipes: wine's helper processes (winedevice.exe), started by the first
-/// call, inherit its output and would hold a pipe open for good.
-fn windows_cyphonic(args: &[&str]) -> std::process::Output {
-    let (wine, exe) = wine();
-    let out = tempfile::tempfile().expect("stdout file");
-    let err = tempfile::tempfile().expect("stderr file");
-    let status = Command::new(wine)
-        .arg(exe)
-        .args(args)
-        .env("WINEDEBUG", "-all")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(err.try_clone().unwrap())
-        .status()
-        .expect("run cyphonic.exe under wine");
-    let read = |mut f: std::fs::File| {
-        use std::io::{Read, Seek};
-        let mut v = Vec::new();
-        f.seek(std::io::SeekFrom::Start(0)).unwrap();
-        f.read_to_end(&mut v).unwrap();
-        v
-    };
-    std::process::Output {
-        status,
-        stdout: read(out),
-        stderr: read(err),
-    }
-}
-
-/// wineserver, started with no terminal or pipes of ours (a wineserver the
-/// first `wine` call started would hold that call's output pipes open for
-/// as long as any Windows process runs); stopped, with every process of
-/// the prefix, on drop.
-struct WineServer(PathBuf);
-
-impl WineServer {
-    fn start() -> WineServer {
-        let (wine, _) = wine();
-        let server = wine.with_file_name("wineserver");
-        let started = Command::new(&server)
-            .arg("-p")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("start wineserver");
-        assert!(started.success(), "wineserver -p: {started}");
-        WineServer(server)
-    }
-}
-
-impl Drop for WineServer {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.0).arg("-k").status();
-    }
-}
+mod wine;
+use wine::{win_path, windows_cyphonic, Running, WineServer};
 
 #[test]
 #[ignore = "needs the Windows build and wine: scripts/windows.sh test"]
@@ -167,7 +85,7 @@ fn a_windows_node_under_wine_enrolls_logs_in_and_registers() {
     assert!(state.join("node.pem").exists() && state.join("node.key").exists());
 
     // Run without a TUN: Login, then Registration with the NMS.
-    let (wine_bin, exe) = wine();
+    let (wine_bin, exe) = wine::wine();
     let node_log = d.join("node.log");
     // Below the loopback cloud's range (20000 and up).
     let tunnel_port = (10_000 + std::process::id() % 10_000).to_string();
