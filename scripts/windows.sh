@@ -43,6 +43,11 @@ run_test() {
     deps
     local crates=(-p cyphonic -p cyphonic-node -p cyphonic-platform -p cyphonic-proto
         -p cyphonic-pki -p cyphonic-transport)
+    echo "== the Windows node carries none of the cloud's dependencies"
+    if cargo tree --target "$TARGET" -p cyphonic -e normal | grep -E -q '^.*(sqlx|cyphonic-cloud |cyphonic-adapter|cyphonic-lab)'; then
+        echo "the Windows build pulls in the cloud, the adapter or the lab" >&2
+        exit 1
+    fi
     echo "== clippy for $TARGET"
     cargo clippy --target "$TARGET" "${crates[@]}" --all-targets -- -D warnings
 
