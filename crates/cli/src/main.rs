@@ -160,6 +160,10 @@ enum NodeCmd {
         /// (0: no listener).
         #[arg(long, default_value_t = 0)]
         quic_port: u16,
+        /// Serve Prometheus metrics (`/metrics`) on this loopback address,
+        /// e.g. 127.0.0.1:9101; off by default.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// The node daemon as a Windows service (automatic start, as
     /// LocalSystem, with the default options).
@@ -214,6 +218,7 @@ fn default_run_options(state_dir: PathBuf) -> RunOptions {
         rekey_after: std::time::Duration::from_secs(120),
         transport: None,
         quic_port: 0,
+        metrics_listen: None,
     }
 }
 
@@ -332,6 +337,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             rekey_after,
             transport,
             quic_port,
+            metrics_listen,
         }) => {
             if !no_tun && !cyphonic_platform::is_root() {
                 #[cfg(unix)]
@@ -351,6 +357,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 rekey_after: std::time::Duration::from_secs(rekey_after),
                 transport: transport.0,
                 quic_port,
+                metrics_listen,
             })
             .await?;
         }

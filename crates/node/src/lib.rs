@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod dataplane;
 pub mod filter;
 pub mod host;
+pub mod metrics;
 pub mod portmap;
 pub mod resolver;
 pub mod upnp;

@@ -17,6 +17,92 @@ use super::overlay::{
 use super::pcap;
 use crate::wait_until;
 
+/// Where each node serves /metrics (in its own namespace).
+const METRICS: &str = "127.0.0.1:9101";
+
+/// Node `i`'s /metrics, read between two `status --json`: every counter
+/// lies between the two reads, gauges equal them.
+fn metrics_agree(o: &Overlay, i: usize) -> anyhow::Result<String> {
+    let before = o.status(i)?;
+    let text = o.sh(i, &format!("curl -sSf http://{METRICS}/metrics"))?;
+    let after = o.status(i)?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .context("not Prometheus text")?;
+    let value = |name: &str, labels: &[(&str, &str)]| -> anyhow::Result<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .and_then(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+            .with_context(|| format!("no {name}{labels:?} in the scrape"))
+    };
+    let between = |what: &str, got: f64, lo: &serde_json::Value, hi: &serde_json::Value| {
+        let (lo, hi) = (lo.as_f64().unwrap_or(-1.0), hi.as_f64().unwrap_or(-1.0));
+        ensure!(
+            lo <= got && got <= hi,
+            "{what}: metrics {got}, status {lo}..{hi}"
+        );
+        Ok(())
+    };
+    for (dir, field) in [("rx", "rx_packets"), ("tx", "tx_packets")] {
+        let got = value("cyphonic_node_packets_total", &[("direction", dir)])?;
+        between(
+            field,
+            got,
+            &before["dataplane"][field],
+            &after["dataplane"][field],
+        )?;
+    }
+    let auth = value(
+        "cyphonic_node_dataplane_events_total",
+        &[("reason", "rx_auth_failed")],
+    )?;
+    between(
+        "rx_auth_failed",
+        auth,
+        &before["dataplane"]["rx_auth_failed"],
+        &after["dataplane"]["rx_auth_failed"],
+    )?;
+    let peers = after["peers"].as_array().cloned().unwrap_or_default();
+    ensure!(!peers.is_empty(), "n{} has no peers to compare", i + 1);
+    for p in &peers {
+        let fqdn = p["fqdn"].as_str().unwrap_or_default();
+        let got = value(
+            "cyphonic_node_peer_bytes_total",
+            &[("peer", fqdn), ("direction", "tx")],
+        )?;
+        let was = before["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|q| q["fqdn"] == fqdn))
+            .map(|q| q["tx_bytes"].clone())
+            .unwrap_or(serde_json::json!(0));
+        between(&format!("{fqdn} tx_bytes"), got, &was, &p["tx_bytes"])?;
+    }
+    let up = peers
+        .iter()
+        .filter(|p| p["state"] == "established" && p["path"] == "direct")
+        .count();
+    let direct = value(
+        "cyphonic_node_tunnels",
+        &[("path", "direct"), ("transport", "udp")],
+    )?;
+    ensure!(
+        direct as usize == up,
+        "direct tunnels: metrics {direct}, status {up}"
+    );
+    ensure!(value("cyphonic_node_cloud", &[("state", "registered")])? == 1.0);
+    Ok(format!(
+        "{} samples; {up} direct tunnels, {} peers' bytes",
+        scrape.samples.len(),
+        peers.len()
+    ))
+}
+
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
     let mut report = Report::default();
     for underlay in [Underlay::V4, Underlay::V6Only] {
@@ -36,7 +122,19 @@ pub fn bring_up(
     underlay: Underlay,
     names: &[&str],
 ) -> anyhow::Result<Overlay> {
+    bring_up_with(bin, scenario, underlay, names, &[])
+}
+
+/// [`bring_up`], each node run with `node_args` too.
+pub fn bring_up_with(
+    bin: &Path,
+    scenario: &str,
+    underlay: Underlay,
+    names: &[&str],
+    node_args: &[&str],
+) -> anyhow::Result<Overlay> {
     let mut o = Overlay::build(scenario, bin, underlay, names)?;
+    o.node_args = node_args.iter().map(|a| (*a).to_owned()).collect();
     o.start_cloud()?;
     for i in 0..names.len() {
         o.enroll(i)?;
@@ -59,7 +157,13 @@ pub fn bring_up(
 }
 
 fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Result<()> {
-    let mut o = bring_up(bin, "direct", underlay, &["n1", "n2", "n3"])?;
+    let mut o = bring_up_with(
+        bin,
+        "direct",
+        underlay,
+        &["n1", "n2", "n3"],
+        &["--metrics-listen", METRICS],
+    )?;
     let s2 = o.status(1)?;
     let (vip4, vip6) = (
         s2["vip4"].as_str().context("n2 has no VIPv4")?.to_owned(),
@@ -153,6 +257,10 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
     report.check(
         "iperf3 TCP through the overlay",
         iperf(&mut o, 0, 1, &vip4, 1, 2).map(|mbps| format!("{mbps:.0} Mbit/s")),
+    );
+    report.check(
+        "/metrics, scraped with curl and parsed as Prometheus text, agrees with status --json",
+        metrics_agree(&o, 0),
     );
     report.check(
         &format!("general name {GENERAL_NAME} still resolves through the host's resolver"),

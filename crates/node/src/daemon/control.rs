@@ -90,6 +90,48 @@ pub fn control_listener(state: &StatePaths) -> anyhow::Result<(ControlListener, 
     }
 }
 
+/// Serves `/metrics` (Prometheus text) on `listener`: each scrape asks the
+/// daemon's loop for its status, as `cyphonic status --json` does.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    to_daemon: mpsc::Sender<ControlMessage>,
+) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let to_daemon = to_daemon.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.split();
+            let mut line = String::new();
+            let read = tokio::time::timeout(
+                Duration::from_secs(2),
+                BufReader::new(r.take(2048)).read_line(&mut line),
+            )
+            .await;
+            if !matches!(read, Ok(Ok(_))) {
+                return;
+            }
+            let status = if line.starts_with("GET /metrics ") {
+                let (tx, rx) = oneshot::channel();
+                match to_daemon.send((ControlRequest::Status, tx)).await {
+                    Ok(()) => tokio::time::timeout(Duration::from_secs(5), rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .and_then(|body| serde_json::from_str(&body).ok()),
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            let answer = crate::metrics::respond(&line, || status);
+            let _ = w.write_all(answer.as_bytes()).await;
+            let _ = w.shutdown().await;
+        });
+    }
+}
+
 /// The answer line for `cyphonic ping`.
 pub fn ping_answer(result: &Result<crate::core::Pong, crate::core::PingError>) -> String {
     match result {

@@ -149,6 +149,8 @@ pub struct RunOptions {
     pub transport: Option<Transport>,
     /// Accept QUIC legs from peers on this UDP port (0: no listener).
     pub quic_port: u16,
+    /// Serve Prometheus metrics on this loopback address (`/metrics`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What `cyphonic status --json` prints.
@@ -205,6 +207,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         anyhow::bail!(
             "--dns-listen {listen} is not a loopback address: the resolver forwards any name \
              to the host's resolvers, so anyone who reaches it could use it (an open resolver)"
+        );
+    }
+    if let Some(listen) = opts.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "--metrics-listen {listen} is not a loopback address: metrics name the node's peers; \
+             put a reverse proxy with access control in front to export them"
         );
     }
     let mut daemon = Daemon::start(opts).await?;
@@ -540,6 +548,13 @@ impl Daemon {
 
         let (listener, socket_path) = control_listener(&state)?;
         let (requests_tx, requests) = mpsc::channel(64);
+        if let Some(listen) = opts.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot serve metrics on {listen}"))?;
+            tracing::info!(%listen, "metrics on /metrics");
+            tokio::spawn(control::serve_metrics(listener, requests_tx.clone()));
+        }
         let (results_tx, results) = mpsc::channel(4);
         let (answers_tx, answers) = mpsc::channel(256);
         let (moved, changed) = mpsc::channel(1);

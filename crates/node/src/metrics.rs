@@ -1,0 +1,255 @@
+//! `/metrics` for Prometheus: the node's status (what `cyphonic status
+//! --json` prints) as metrics in the text exposition format, so the two
+//! always agree. Served by the daemon when `--metrics-listen` is given
+//! (off by default, loopback only).
+
+use std::collections::BTreeMap;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+
+type Labels = Vec<(String, String)>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn u64_of(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// The data plane's packet counters; every other number in `dataplane`
+/// counts drops (or adjustments) by reason.
+const DATAPLANE_PACKETS: [(&str, &str); 2] = [("rx_packets", "rx"), ("tx_packets", "tx")];
+
+/// Renders a `status --json` report as Prometheus text.
+pub fn render(status: &Value) -> String {
+    let mut registry = Registry::with_prefix("cyphonic_node");
+
+    let up = gauge_family(
+        &mut registry,
+        "cloud",
+        "1 when the node is logged in / registered with the NMS",
+    );
+    for state in ["logged_in", "registered"] {
+        let on = status["cloud"][state].as_bool().unwrap_or(false);
+        up.get_or_create(&labels(&[("state", state)]))
+            .set(i64::from(on));
+    }
+
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    let tunnels = gauge_family(&mut registry, "tunnels", "Tunnels by path and transport");
+    let mut by_path: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for p in &peers {
+        if p["state"] == "established" {
+            let path = p["path"].as_str().unwrap_or("unknown").to_owned();
+            let transport = p["transport"].as_str().unwrap_or("unknown").to_owned();
+            *by_path.entry((path, transport)).or_default() += 1;
+        }
+    }
+    for ((path, transport), n) in by_path {
+        tunnels
+            .get_or_create(&labels(&[("path", &path), ("transport", &transport)]))
+            .set(n);
+    }
+    let peer_bytes = counter_family(
+        &mut registry,
+        "peer_bytes",
+        "Bytes through each peer's tunnel",
+    );
+    let peer_packets = counter_family(
+        &mut registry,
+        "peer_packets",
+        "Packets through each peer's tunnel",
+    );
+    for p in &peers {
+        let peer = p["fqdn"].as_str().unwrap_or("?");
+        for (dir, bytes, packets) in [
+            ("rx", "rx_bytes", "rx_packets"),
+            ("tx", "tx_bytes", "tx_packets"),
+        ] {
+            let l = labels(&[("peer", peer), ("direction", dir)]);
+            peer_bytes.get_or_create(&l).inc_by(u64_of(&p[bytes]));
+            peer_packets.get_or_create(&l).inc_by(u64_of(&p[packets]));
+        }
+    }
+
+    let packets = counter_family(&mut registry, "packets", "Packets through the data plane");
+    let drops = counter_family(
+        &mut registry,
+        "dataplane_events",
+        "Data-plane drops and adjustments, by reason",
+    );
+    if let Some(dataplane) = status["dataplane"].as_object() {
+        for (name, value) in dataplane {
+            match DATAPLANE_PACKETS.iter().find(|(n, _)| n == name) {
+                Some((_, dir)) => packets
+                    .get_or_create(&labels(&[("direction", dir)]))
+                    .inc_by(u64_of(value)),
+                None => drops
+                    .get_or_create(&labels(&[("reason", name)]))
+                    .inc_by(u64_of(value)),
+            };
+        }
+    }
+
+    let events = counter_family(
+        &mut registry,
+        "events",
+        "Node events (handshakes, punches, failovers, route selections), by kind",
+    );
+    if let Some(counters) = status["counters"].as_object() {
+        for (name, value) in counters {
+            if value.is_u64() {
+                events
+                    .get_or_create(&labels(&[("event", name)]))
+                    .inc_by(u64_of(value));
+            }
+        }
+    }
+    let moves = counter_family(&mut registry, "moves", "Network moves the node followed");
+    moves
+        .get_or_create(&Vec::new())
+        .inc_by(u64_of(&status["mobility"]["moves"]));
+    let renewals = counter_family(
+        &mut registry,
+        "certificate_renewals",
+        "Certificate renewals",
+    );
+    renewals
+        .get_or_create(&Vec::new())
+        .inc_by(u64_of(&status["cert_renewals"]));
+    let expiry = gauge_family(
+        &mut registry,
+        "certificate_not_after_seconds",
+        "When the node certificate expires (Unix time)",
+    );
+    expiry
+        .get_or_create(&Vec::new())
+        .set(i64::try_from(u64_of(&status["cert_not_after"])).unwrap_or(i64::MAX));
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+/// The HTTP answer to one request line: `/metrics` renders `status`
+/// (asked for only then); anything else is a 404 or 405.
+pub fn respond(request_line: &str, status: impl FnOnce() -> Option<Value>) -> String {
+    let mut words = request_line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (code, kind, body) = match (method, path) {
+        ("GET", "/metrics") => match status() {
+            Some(s) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                render(&s),
+            ),
+            None => (
+                "503 Service Unavailable",
+                "text/plain",
+                "the daemon did not answer\n".to_owned(),
+            ),
+        },
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "only /metrics is here\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_owned(),
+        ),
+    };
+    format!(
+        "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Value {
+        serde_json::json!({
+            "fqdn": "n1.cyphonic.internal",
+            "cloud": { "logged_in": true, "registered": true },
+            "peers": [
+                { "fqdn": "n2.cyphonic.internal", "state": "established", "path": "direct", "transport": "udp",
+                  "rx_bytes": 1000, "tx_bytes": 2000, "rx_packets": 10, "tx_packets": 20 },
+                { "fqdn": "n3.cyphonic.internal", "state": "established", "path": "relayed", "transport": "udp",
+                  "rx_bytes": 5, "tx_bytes": 6, "rx_packets": 1, "tx_packets": 1 },
+                { "fqdn": "n4.cyphonic.internal", "state": "selecting", "path": "none", "transport": "udp",
+                  "rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0 }
+            ],
+            "dataplane": { "rx_packets": 11, "tx_packets": 21, "rx_auth_failed": 3 },
+            "counters": { "handshake_failures": 2, "relay_failovers": 1 },
+            "mobility": { "moves": 4 },
+            "cert_renewals": 1,
+            "cert_not_after": 1_900_000_000u64
+        })
+    }
+
+    #[test]
+    fn the_status_becomes_metrics_with_the_same_numbers() {
+        let text = render(&sample());
+        for line in [
+            "cyphonic_node_cloud{state=\"registered\"} 1",
+            "cyphonic_node_tunnels{path=\"direct\",transport=\"udp\"} 1",
+            "cyphonic_node_tunnels{path=\"relayed\",transport=\"udp\"} 1",
+            "cyphonic_node_peer_bytes_total{peer=\"n2.cyphonic.internal\",direction=\"tx\"} 2000",
+            "cyphonic_node_packets_total{direction=\"rx\"} 11",
+            "cyphonic_node_dataplane_events_total{reason=\"rx_auth_failed\"} 3",
+            "cyphonic_node_events_total{event=\"handshake_failures\"} 2",
+            "cyphonic_node_moves_total 4",
+            "cyphonic_node_certificate_not_after_seconds 1900000000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("path=\"none\""),
+            "a tunnel not up is not counted"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn only_get_metrics_is_served() {
+        let ok = respond("GET /metrics HTTP/1.1", || Some(sample()));
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        let (head, body) = ok.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        let mut asked = false;
+        let nf = respond("GET / HTTP/1.1", || {
+            asked = true;
+            None
+        });
+        assert!(nf.starts_with("HTTP/1.1 404"));
+        assert!(!asked, "the daemon is asked only for /metrics");
+        assert!(respond("POST /metrics HTTP/1.1", || None).starts_with("HTTP/1.1 405"));
+        assert!(respond("", || None).starts_with("HTTP/1.1 405"));
+        assert!(respond("GET /metrics HTTP/1.1", || None).starts_with("HTTP/1.1 503"));
+    }
+}
