@@ -105,6 +105,11 @@ pub struct CloudConfig {
     /// framed TLS, for networks without UDP). An empty list disables it.
     #[serde(default = "default_443")]
     pub tcp443_listen: Vec<SocketAddr>,
+    /// Where `/metrics` (Prometheus text: the NMS's and TRS's counters) is
+    /// served over plain HTTP; not at all when absent. Keep it on an
+    /// address only the monitoring reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_domain() -> String {
@@ -227,6 +232,7 @@ impl CloudConfig {
             trs_public: Vec::new(),
             quic_listen: default_443(),
             tcp443_listen: default_443(),
+            metrics_listen: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod as_server;
 pub mod config;
 pub mod edge;
 pub mod general;
+pub mod metrics;
 pub mod policy;
 pub mod run;
 pub mod store;

@@ -72,6 +72,22 @@ pub async fn run_observed(
         let _ = stop_tx.send(true);
     });
     let mut tasks = tokio::task::JoinSet::new();
+    // The NMS's counters, also for /metrics.
+    let (nms_counters, nms_counters_rx) = match (nms_counters, cfg.metrics_listen) {
+        (Some(tx), _) => {
+            let rx = tx.subscribe();
+            (Some(tx), Some(rx))
+        }
+        (None, Some(_)) => {
+            let (tx, rx) = tokio::sync::watch::channel(NmsCounters::default());
+            (Some(tx), Some(rx))
+        }
+        (None, None) => (None, None),
+    };
+    let mut metrics = crate::metrics::Sources {
+        nms: None,
+        trs: None,
+    };
     let as_server = if matches!(roles, Roles::All | Roles::As) {
         Some(crate::as_server::AsServer::bind(cfg.clone(), store.clone()).await?)
     } else {
@@ -114,6 +130,7 @@ pub async fn run_observed(
         trs: None,
     };
     if matches!(roles, Roles::All | Roles::Nms) {
+        metrics.nms = nms_counters_rx;
         let mut listen = cfg.nms_listen.clone();
         if cfg.nms_probe_port != 0 {
             // The probe port on the same addresses: NAT detection needs the
@@ -195,6 +212,7 @@ pub async fn run_observed(
         if edge.is_some() {
             targets.trs = Some((trs.clone(), sockets.clone()));
         }
+        metrics.trs = Some(trs.clone());
         let rx = stop_rx.clone();
         let trs_edge = edge.clone();
         tasks.spawn(async move { run_trs(trs, sockets, rx, trs_edge).await });
@@ -202,6 +220,9 @@ pub async fn run_observed(
     if let Some(edge) = edge {
         let rx = stop_rx.clone();
         tasks.spawn(crate::edge::run_edge(edge, targets, rx));
+    }
+    if let Some(listen) = cfg.metrics_listen {
+        tasks.spawn(crate::metrics::serve(listen, metrics, stop_rx.clone()));
     }
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {

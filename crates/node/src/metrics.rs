@@ -153,41 +153,6 @@ pub fn render(status: &Value) -> String {
     out
 }
 
-/// The HTTP answer to one request line: `/metrics` renders `status`
-/// (asked for only then); anything else is a 404 or 405.
-pub fn respond(request_line: &str, status: impl FnOnce() -> Option<Value>) -> String {
-    let mut words = request_line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (code, kind, body) = match (method, path) {
-        ("GET", "/metrics") => match status() {
-            Some(s) => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                render(&s),
-            ),
-            None => (
-                "503 Service Unavailable",
-                "text/plain",
-                "the daemon did not answer\n".to_owned(),
-            ),
-        },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "only /metrics is here\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        ),
-    };
-    format!(
-        "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,23 +198,5 @@ mod tests {
             "a tunnel not up is not counted"
         );
         assert!(text.ends_with("# EOF\n"));
-    }
-
-    #[test]
-    fn only_get_metrics_is_served() {
-        let ok = respond("GET /metrics HTTP/1.1", || Some(sample()));
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        let (head, body) = ok.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("Content-Length: {}", body.len())));
-        let mut asked = false;
-        let nf = respond("GET / HTTP/1.1", || {
-            asked = true;
-            None
-        });
-        assert!(nf.starts_with("HTTP/1.1 404"));
-        assert!(!asked, "the daemon is asked only for /metrics");
-        assert!(respond("POST /metrics HTTP/1.1", || None).starts_with("HTTP/1.1 405"));
-        assert!(respond("", || None).starts_with("HTTP/1.1 405"));
-        assert!(respond("GET /metrics HTTP/1.1", || None).starts_with("HTTP/1.1 503"));
     }
 }

@@ -12,13 +12,32 @@ use anyhow::{ensure, Context};
 
 use super::overlay::{
     iperf, longest_gap, parse_ping, reply_times, send_marker, Overlay, Report, Underlay,
-    GENERAL_ADDR, GENERAL_NAME,
+    CLOUD_METRICS, GENERAL_ADDR, GENERAL_NAME,
 };
 use super::pcap;
 use crate::wait_until;
 
 /// Where each node serves /metrics (in its own namespace).
 const METRICS: &str = "127.0.0.1:9101";
+
+/// The value of the sample `name` with `labels` in a scrape.
+fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .with_context(|| format!("no {name}{labels:?} in the scrape"))
+}
 
 /// Node `i`'s /metrics, read between two `status --json`: every counter
 /// lies between the two reads, gauges equal them.
@@ -28,19 +47,7 @@ fn metrics_agree(o: &Overlay, i: usize) -> anyhow::Result<String> {
     let after = o.status(i)?;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .context("not Prometheus text")?;
-    let value = |name: &str, labels: &[(&str, &str)]| -> anyhow::Result<f64> {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .and_then(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => Some(v),
-                _ => None,
-            })
-            .with_context(|| format!("no {name}{labels:?} in the scrape"))
-    };
+    let value = |name: &str, labels: &[(&str, &str)]| sample(&scrape, name, labels);
     let between = |what: &str, got: f64, lo: &serde_json::Value, hi: &serde_json::Value| {
         let (lo, hi) = (lo.as_f64().unwrap_or(-1.0), hi.as_f64().unwrap_or(-1.0));
         ensure!(
@@ -100,6 +107,31 @@ fn metrics_agree(o: &Overlay, i: usize) -> anyhow::Result<String> {
         "{} samples; {up} direct tunnels, {} peers' bytes",
         scrape.samples.len(),
         peers.len()
+    ))
+}
+
+/// The cloud's /metrics: the NMS registered the three nodes (at least
+/// once each) and the TRS reports its live sessions.
+fn cloud_metrics(o: &Overlay) -> anyhow::Result<String> {
+    let out = o.lab.sh(
+        "cloud",
+        &format!("curl -sSf http://{CLOUD_METRICS}/metrics"),
+    )?;
+    ensure!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .context("not Prometheus text")?;
+    let value = |name: &str| sample(&scrape, name, &[]);
+    let registrations = value("cyphonic_cloud_nms_registrations_total")?;
+    ensure!(registrations >= 3.0, "{registrations} registrations");
+    let sessions = value("cyphonic_cloud_trs_sessions")?;
+    ensure!(sessions >= 0.0);
+    Ok(format!(
+        "{registrations} registrations, {sessions} relay sessions"
     ))
 }
 
@@ -261,6 +293,10 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
     report.check(
         "/metrics, scraped with curl and parsed as Prometheus text, agrees with status --json",
         metrics_agree(&o, 0),
+    );
+    report.check(
+        "the cloud's /metrics counts the registrations and relay sessions",
+        cloud_metrics(&o),
     );
     report.check(
         &format!("general name {GENERAL_NAME} still resolves through the host's resolver"),

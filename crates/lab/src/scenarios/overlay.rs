@@ -346,9 +346,12 @@ impl Overlay {
     }
 }
 
+/// Where the lab's cloud serves /metrics, in its namespace.
+pub const CLOUD_METRICS: &str = "127.0.0.1:9100";
+
 /// `cyphonic cloud init` in `cloud_ns` (public addresses 192.0.2.1 and
 /// 2001:db8::1, the lab's domain) into `<lab dir>/cloud`, keepalives
-/// shortened to 2 s, and `devices` added with [`password`]. Returns the
+/// shortened to 2 s, /metrics on [`CLOUD_METRICS`], and `devices` added with [`password`]. Returns the
 /// cloud directory (its `cloud.toml` is the configuration).
 pub fn init_cloud(
     lab: &Lab,
@@ -376,7 +379,13 @@ pub fn init_cloud(
     run_ok(lab, cloud_ns, &args)?;
     // Short keepalives so the lab sees a cloud restart within seconds.
     let cfg_path = cloud_dir.join("cloud.toml");
-    set_config_keys(&cfg_path, &[("keepalive_secs", "2".to_owned())])?;
+    set_config_keys(
+        &cfg_path,
+        &[
+            ("keepalive_secs", "2".to_owned()),
+            ("metrics_listen", format!("\"{CLOUD_METRICS}\"")),
+        ],
+    )?;
     let cfg_s = cfg_path.to_string_lossy().to_string();
     for name in devices {
         run_ok(

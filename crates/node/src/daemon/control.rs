@@ -112,7 +112,7 @@ pub async fn serve_metrics(
             if !matches!(read, Ok(Ok(_))) {
                 return;
             }
-            let status = if line.starts_with("GET /metrics ") {
+            let status = if cyphonic_platform::metrics_http::wants_metrics(&line) {
                 let (tx, rx) = oneshot::channel();
                 match to_daemon.send((ControlRequest::Status, tx)).await {
                     Ok(()) => tokio::time::timeout(Duration::from_secs(5), rx)
@@ -125,7 +125,9 @@ pub async fn serve_metrics(
             } else {
                 None
             };
-            let answer = crate::metrics::respond(&line, || status);
+            let answer = cyphonic_platform::metrics_http::respond(&line, || {
+                status.map(|s: serde_json::Value| crate::metrics::render(&s))
+            });
             let _ = w.write_all(answer.as_bytes()).await;
             let _ = w.shutdown().await;
         });
