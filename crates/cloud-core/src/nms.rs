@@ -269,6 +269,8 @@ pub enum TimerReason {
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct NmsCounters {
+    /// Sessions held now (a level, not a total).
+    pub sessions: u64,
     pub rx_packets: u64,
     pub rx_bad: u64,
     pub rx_unknown_session: u64,
@@ -906,7 +908,10 @@ impl Nms {
     }
 
     pub fn counters(&self) -> NmsCounters {
-        self.counters
+        NmsCounters {
+            sessions: self.sessions.len() as u64,
+            ..self.counters
+        }
     }
 
     /// Registered nodes, for status pages: (fqdn, registration).

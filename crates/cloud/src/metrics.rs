@@ -122,6 +122,7 @@ mod tests {
     #[test]
     fn counters_become_totals_and_live_sessions_a_gauge() {
         let nms = NmsCounters {
+            sessions: 2,
             registrations: 3,
             directions: 2,
             ..NmsCounters::default()
@@ -137,6 +138,7 @@ mod tests {
             "cyphonic_cloud_nms_directions_total 2",
             "cyphonic_cloud_trs_forwarded_bytes_total 1500",
             "cyphonic_cloud_trs_sessions 4",
+            "cyphonic_cloud_nms_sessions 2",
             "# TYPE cyphonic_cloud_trs_sessions gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
