@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use cyphonic_cloud_core::nms::NmsCounters;
 use cyphonic_cloud_core::trs::TrsCounters;
@@ -11,7 +10,6 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Counters that are levels, not totals: exported as gauges.
 const GAUGES: [&str; 1] = ["sessions"];
@@ -88,31 +86,15 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
     tracing::info!(%listen, "metrics on /metrics");
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.changed() => return Ok(()),
-        };
-        let Ok((mut stream, _)) = accepted else {
-            continue;
-        };
-        let sources = sources.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.split();
-            let mut line = String::new();
-            let read = tokio::time::timeout(
-                Duration::from_secs(2),
-                BufReader::new(r.take(2048)).read_line(&mut line),
-            )
-            .await;
-            if !matches!(read, Ok(Ok(_))) {
-                return;
-            }
-            let answer = cyphonic_platform::metrics_http::respond(&line, || Some(sources.render()));
-            let _ = w.write_all(answer.as_bytes()).await;
-            let _ = w.shutdown().await;
-        });
+    let render = move || {
+        let body = sources.render();
+        async move { Some(body) }
+    };
+    tokio::select! {
+        () = cyphonic_transport::metrics_http::serve(listener, render) => {}
+        _ = stop.changed() => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]

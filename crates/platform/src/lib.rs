@@ -12,7 +12,6 @@
 pub mod dns;
 pub mod ifaddrs;
 pub mod ipconfig;
-pub mod metrics_http;
 pub mod netwatch;
 #[cfg(target_os = "linux")]
 pub mod packet;

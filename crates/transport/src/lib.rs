@@ -80,6 +80,7 @@
 //! record carries up to 16 KiB of frames.
 
 pub mod framing;
+pub mod metrics_http;
 
 mod config;
 mod error;

@@ -96,42 +96,20 @@ pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     to_daemon: mpsc::Sender<ControlMessage>,
 ) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
+    cyphonic_transport::metrics_http::serve(listener, move || {
         let to_daemon = to_daemon.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.split();
-            let mut line = String::new();
-            let read = tokio::time::timeout(
-                Duration::from_secs(2),
-                BufReader::new(r.take(2048)).read_line(&mut line),
-            )
-            .await;
-            if !matches!(read, Ok(Ok(_))) {
-                return;
-            }
-            let status = if cyphonic_platform::metrics_http::wants_metrics(&line) {
-                let (tx, rx) = oneshot::channel();
-                match to_daemon.send((ControlRequest::Status, tx)).await {
-                    Ok(()) => tokio::time::timeout(Duration::from_secs(5), rx)
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .and_then(|body| serde_json::from_str(&body).ok()),
-                    Err(_) => None,
-                }
-            } else {
-                None
-            };
-            let answer = cyphonic_platform::metrics_http::respond(&line, || {
-                status.map(|s: serde_json::Value| crate::metrics::render(&s))
-            });
-            let _ = w.write_all(answer.as_bytes()).await;
-            let _ = w.shutdown().await;
-        });
-    }
+        async move {
+            let (tx, rx) = oneshot::channel();
+            to_daemon.send((ControlRequest::Status, tx)).await.ok()?;
+            let body = tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .ok()?
+                .ok()?;
+            let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+            Some(crate::metrics::render(&status))
+        }
+    })
+    .await;
 }
 
 /// The answer line for `cyphonic ping`.
