@@ -103,8 +103,82 @@ fn metrics_agree(o: &Overlay, i: usize) -> anyhow::Result<String> {
         "direct tunnels: metrics {direct}, status {up}"
     );
     ensure!(value("cyphonic_node_cloud", &[("state", "registered")])? == 1.0);
+
+    // Tunnels established, by role (rekeys apart): n1 has set some up.
+    let mut handshakes = 0.0;
+    for role in ["initiator", "responder"] {
+        let got = value("cyphonic_node_handshakes_total", &[("role", role)])?;
+        let field = format!("handshakes_{role}");
+        between(
+            &field,
+            got,
+            &before["counters"][&field],
+            &after["counters"][&field],
+        )?;
+        handshakes += got;
+    }
+    ensure!(handshakes >= 1.0, "{handshakes} handshakes completed");
+
+    // Route selection: one histogram entry per route selection n1 made,
+    // each answered; at least one per peer it set a tunnel up to.
+    let selections = &after["route_selection"];
+    let count = value("cyphonic_node_route_selection_seconds_count", &[])?;
+    between(
+        "route selections answered",
+        count,
+        &before["route_selection"]["count"],
+        &selections["count"],
+    )?;
+    let started = selections["started"].as_f64().unwrap_or(-1.0);
+    ensure!(
+        count == started,
+        "the histogram holds {count} route selections, the node made {started}"
+    );
+    let initiated = peers.iter().filter(|p| p["role"] == "initiator").count();
+    ensure!(
+        count >= initiated as f64,
+        "{count} route selections for {initiated} tunnels initiated"
+    );
+    let buckets = scrape
+        .samples
+        .iter()
+        .find_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(b)
+                if s.metric == "cyphonic_node_route_selection_seconds" =>
+            {
+                Some(b.clone())
+            }
+            _ => None,
+        })
+        .context("no route selection histogram in the scrape")?;
+    let status_buckets = selections["buckets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        buckets.len() == status_buckets.len() + 1,
+        "{} buckets in /metrics, {} (and +Inf) in the status",
+        buckets.len(),
+        status_buckets.len()
+    );
+    for (b, s) in buckets.iter().zip(&status_buckets) {
+        let le = s["le_ms"].as_f64().unwrap_or(-1.0) / 1e3;
+        ensure!(
+            (b.less_than - le).abs() < 1e-9 && b.count == s["count"].as_f64().unwrap_or(-1.0),
+            "bucket le {}: {} in /metrics, status {s}",
+            b.less_than,
+            b.count
+        );
+    }
+    let all = buckets.last().map_or(-1.0, |b| b.count);
+    ensure!(all == count, "+Inf bucket {all}, count {count}");
+    let fastest = status_buckets
+        .iter()
+        .find(|b| b["count"].as_f64() == Some(count))
+        .map_or_else(|| "+Inf".to_owned(), |b| format!("{} ms", b["le_ms"]));
     Ok(format!(
-        "{} samples; {up} direct tunnels, {} peers' bytes",
+        "{} samples; {up} direct tunnels, {} peers' bytes; {handshakes} handshakes; \
+         {count} route selections, all within {fastest}",
         scrape.samples.len(),
         peers.len()
     ))

@@ -55,6 +55,7 @@ use cyphonic_proto::nat::NatKind;
 
 mod dns;
 mod general;
+mod latency;
 mod mobility;
 mod path;
 mod peers;
@@ -74,7 +75,10 @@ mod vips;
 
 pub use routes::DirectionRefused;
 pub use signaling::RACE_STAGGER;
-pub use status::{CloudStatus, MobilityStatus, MoveStatus, NodeStatus, PeerStatus};
+pub use status::{
+    BucketStatus, CloudStatus, MobilityStatus, MoveStatus, NodeStatus, PeerStatus,
+    RouteSelectionStatus,
+};
 pub use types::*;
 
 use dns::DnsWaiters;

@@ -29,6 +29,9 @@ pub(crate) struct OutRequest {
     pub kind: RequestKind,
     pub message: Message,
     pub target: Option<Fqdn>,
+    /// When it was first sent (retransmissions keep it): a Direction
+    /// Request's answer is timed from here.
+    pub sent: Instant,
     pub next_retransmit: Instant,
     pub interval: Duration,
     pub deadline: Instant,
@@ -109,6 +112,7 @@ mod tests {
             kind,
             message: Message::KeepAlive,
             target: None,
+            sent: now,
             next_retransmit: now + Duration::from_millis(250),
             interval: Duration::from_millis(250),
             deadline: now + Duration::from_secs(5),

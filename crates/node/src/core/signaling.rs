@@ -20,6 +20,7 @@ use hickory_proto::op::ResponseCode;
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::latency::{LatencyHistogram, ROUTE_SELECTION_BOUNDS_MS};
 use super::requests::{OutRequest, RequestKind, Requests};
 use super::session::Session;
 use super::types::{
@@ -104,6 +105,22 @@ pub(crate) struct Signaling {
     /// The FQDN and VIPs of the last Login: the device's for good (they
     /// stay on the TUN device while the node is logged out).
     identity: Option<(String, Ipv4Addr, Ipv6Addr)>,
+    route_selections: RouteSelections,
+}
+
+/// The route selections this node made (Direction Requests, by name or
+/// by VIP), for `cyphonic status` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RouteSelections {
+    /// Requests sent, each once however often it was retransmitted.
+    pub started: u64,
+    /// Requests the NMS answered (a route or a DirectionError): the time
+    /// from the request's first sending to the answer.
+    pub answered: LatencyHistogram,
+    /// Requests whose deadline passed unanswered. The rest of `started`
+    /// are in flight, superseded (the NMS directed us as the responder),
+    /// or dropped with a session.
+    pub timed_out: u64,
 }
 
 impl Signaling {
@@ -123,7 +140,17 @@ impl Signaling {
             lost: false,
             try_others: false,
             identity: None,
+            route_selections: RouteSelections {
+                started: 0,
+                answered: LatencyHistogram::new(&ROUTE_SELECTION_BOUNDS_MS),
+                timed_out: 0,
+            },
         }
+    }
+
+    /// The route selections made so far.
+    pub fn route_selections(&self) -> &RouteSelections {
+        &self.route_selections
     }
 
     /// The host's addresses, as registered.
@@ -426,6 +453,7 @@ impl Signaling {
                 kind: RequestKind::TransportProbe,
                 message: self.registration(cheaper[0]),
                 target: None,
+                sent: now,
                 next_retransmit: now + interval,
                 interval,
                 deadline: now + self.config.transport_fallback * 2,
@@ -475,6 +503,7 @@ impl Signaling {
     ) {
         let timeout = self.config.direction_timeout;
         let kind = RequestKind::Direction;
+        self.route_selections.started += 1;
         self.send_request(now, kind, message, target, timeout, rng, out);
     }
 
@@ -528,6 +557,7 @@ impl Signaling {
                 kind,
                 message: message.clone(),
                 target,
+                sent: now,
                 next_retransmit: now + interval,
                 interval,
                 deadline: now + timeout,
@@ -778,6 +808,9 @@ impl Signaling {
             }
             Message::RouteDirectionToInitiator(direction) => {
                 let req = self.take_request(env.txid, RequestKind::Direction)?;
+                self.route_selections
+                    .answered
+                    .observe(now.saturating_duration_since(req.sent));
                 let vip = by_vip(&req.message);
                 let target = match (req.target, vip) {
                     (Some(t), _) => t,
@@ -824,6 +857,9 @@ impl Signaling {
             }
             Message::DirectionError { code, message } => {
                 let req = self.take_request(env.txid, RequestKind::Direction)?;
+                self.route_selections
+                    .answered
+                    .observe(now.saturating_duration_since(req.sent));
                 let vip = by_vip(&req.message);
                 let target = match vip {
                     Some(vip) => vip.to_string(),
@@ -948,6 +984,7 @@ impl Signaling {
                 return Ok(Some(SignalingEvent::NatKnown));
             }
             RequestKind::Direction => {
+                self.route_selections.timed_out += 1;
                 let rcode = ResponseCode::ServFail;
                 if let Some(vip) = by_vip(&r.message) {
                     tracing::warn!(%vip, "Direction Request by VIP timed out");
@@ -999,6 +1036,7 @@ impl Signaling {
                 kind: RequestKind::TransportProbe,
                 message: self.registration(first),
                 target: None,
+                sent: now,
                 next_retransmit: now + interval,
                 interval,
                 deadline: now + self.config.registration_timeout,

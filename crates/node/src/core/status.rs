@@ -10,6 +10,7 @@ use cyphonic_proto::signal::RoutePattern;
 use serde::Serialize;
 
 use super::path::path_kind;
+use super::signaling::RouteSelections;
 use super::types::{NodeCounters, PortMapping, TunnelRole, TunnelStats};
 use super::Node;
 
@@ -92,6 +93,7 @@ impl Node {
                 })
                 .collect(),
             counters: self.counters,
+            route_selection: RouteSelectionStatus::of(sig.route_selections()),
             mobility: MobilityStatus {
                 moves: self.mobility.moves,
                 last_move: self.mobility.last.as_ref().map(|m| MoveStatus {
@@ -121,7 +123,48 @@ pub struct NodeStatus {
     pub cloud: CloudStatus,
     pub peers: Vec<PeerStatus>,
     pub counters: NodeCounters,
+    pub route_selection: RouteSelectionStatus,
     pub mobility: MobilityStatus,
+}
+
+/// Route selection: how many Direction Requests the node sent, how long
+/// the answered ones took (a histogram: bucket upper bounds in ms with the
+/// cumulative count of each, as Prometheus's `le` buckets), how many
+/// timed out.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteSelectionStatus {
+    pub started: u64,
+    pub timed_out: u64,
+    /// Answered, each with the time from its request to its answer: at
+    /// most `le_ms` for `count` of them. Every answered one is at most
+    /// +Inf: that is [`Self::count`].
+    pub buckets: Vec<BucketStatus>,
+    /// Answered ones (a route or a DirectionError).
+    pub count: u64,
+    /// Their latencies' sum, in milliseconds.
+    pub sum_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BucketStatus {
+    pub le_ms: u64,
+    pub count: u64,
+}
+
+impl RouteSelectionStatus {
+    fn of(r: &RouteSelections) -> Self {
+        RouteSelectionStatus {
+            started: r.started,
+            timed_out: r.timed_out,
+            buckets: r
+                .answered
+                .cumulative()
+                .map(|(le_ms, count)| BucketStatus { le_ms, count })
+                .collect(),
+            count: r.answered.count(),
+            sum_ms: r.answered.sum().as_secs_f64() * 1e3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -323,3 +323,73 @@ fn addresses_that_never_answer_get_a_few_tunnel_requests_per_route() {
         );
     }
 }
+
+/// Route selection is timed from the Direction Request to the NMS's
+/// answer, a route or an error; one that times out is counted apart. The
+/// status and `/metrics` show the same histogram.
+#[test]
+fn route_selections_are_timed_from_request_to_answer() {
+    use cyphonic_proto::signal::DirectionErrorCode;
+
+    let mut b = Bench::registered();
+    let ask = |b: &mut Bench, i: u32| {
+        let name = format!("p{i}.cyphonic.internal");
+        b.node.handle_dns_query(
+            b.now,
+            u64::from(i),
+            dns_query(&format!("{name}.")),
+            Fqdn::new(&name),
+        );
+        let asked = b.pump();
+        assert_eq!(asked.len(), 1, "one Direction Request for {name}");
+        asked[0].0
+    };
+    // Answered with a route after 35 ms.
+    let txid = ask(&mut b, 1);
+    b.now += Duration::from_millis(35);
+    b.send(txid, Message::RouteDirectionToInitiator(direction(1, true)));
+    // A second copy of the answer (a retransmission's) is not timed again.
+    b.send(txid, Message::RouteDirectionToInitiator(direction(1, true)));
+    // Refused after 700 ms.
+    let txid = ask(&mut b, 2);
+    b.now += Duration::from_millis(700);
+    b.send(
+        txid,
+        Message::DirectionError {
+            code: DirectionErrorCode::NotFound,
+            message: "no such node".into(),
+        },
+    );
+    // Never answered.
+    ask(&mut b, 3);
+    b.run_until(b.now + b.node.config().direction_timeout + Duration::from_secs(1));
+
+    let status = b.node.status(b.now);
+    let r = &status.route_selection;
+    assert_eq!((r.started, r.count, r.timed_out), (3, 2, 1));
+    let at_most = |ms: u64| {
+        r.buckets
+            .iter()
+            .find(|b| b.le_ms == ms)
+            .map(|b| b.count)
+            .expect("a bound")
+    };
+    assert_eq!(
+        (at_most(20), at_most(50), at_most(500), at_most(1000)),
+        (0, 1, 1, 2)
+    );
+    assert!((r.sum_ms - 735.0).abs() < 1e-6, "{}", r.sum_ms);
+
+    let text = crate::metrics::render(&serde_json::to_value(&status).expect("JSON"));
+    for line in [
+        "cyphonic_node_route_selection_seconds_count 2",
+        "cyphonic_node_route_selection_seconds_bucket{le=\"0.02\"} 0",
+        "cyphonic_node_route_selection_seconds_bucket{le=\"0.05\"} 1",
+        "cyphonic_node_route_selection_seconds_bucket{le=\"1.0\"} 2",
+        "cyphonic_node_route_selection_seconds_bucket{le=\"+Inf\"} 2",
+        "cyphonic_node_events_total{event=\"route_selections\"} 3",
+        "cyphonic_node_events_total{event=\"route_selection_timeouts\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+}

@@ -388,6 +388,11 @@ impl Node {
         let Some(mut peer) = self.peers.get_mut(fqdn) else {
             return;
         };
+        if confirmed {
+            self.counters.handshakes_initiator += 1;
+        } else {
+            self.counters.handshakes_responder += 1;
+        }
         let handle = new_handle(&peer, path, &keys, confirmed);
         let new_path = peer.tunnel.as_ref().map(|t| t.path) != Some(path);
         peer.confirm_by = (!confirmed).then_some(now + confirm_wait);

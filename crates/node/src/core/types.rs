@@ -522,6 +522,10 @@ pub struct NodeCounters {
     /// Relayed tunnels that stayed silent on every TRS: route selected anew.
     pub relay_dead_reroutes: u64,
     pub relay_rx_bad: u64,
+    /// Tunnels established by a completed handshake, as initiator and as
+    /// responder (a rekey's handshake counts in `rekeys` instead).
+    pub handshakes_initiator: u64,
+    pub handshakes_responder: u64,
     /// Tunnels whose keys were replaced by a new handshake (both roles).
     pub rekeys: u64,
     /// Rekey handshakes that got no answer in time (retried).

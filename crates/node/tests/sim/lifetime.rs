@@ -66,6 +66,15 @@ fn a_tunnel_rekeys_every_two_minutes_and_loses_no_packet() {
     assert!(c2.rekeys >= want, "responder rekeyed {} times", c2.rekeys);
     assert_eq!((c1.keys_expired, c2.keys_expired), (0, 0));
     assert_eq!((c1.rekey_failures, c2.rekey_failures), (0, 0));
+    // One tunnel established in the hour, one handshake per role: rekeys
+    // are counted apart. It took one route selection, answered.
+    assert_eq!((c1.handshakes_initiator, c1.handshakes_responder), (1, 0));
+    assert_eq!((c2.handshakes_initiator, c2.handshakes_responder), (0, 1));
+    let selection = sim.node(1).node.status(sim.now).route_selection;
+    assert_eq!(
+        (selection.started, selection.count, selection.timed_out),
+        (1, 1, 0)
+    );
     // The keys in use now are younger than a rekey interval.
     let t = sim.node(1).tunnel_to(&sim.node(2).fqdn).expect("tunnel");
     assert!(
