@@ -41,6 +41,7 @@ fn main() {
         ("handshake", handshake()),
         ("data", data()),
         ("relay", relay()),
+        ("reflect", reflect()),
         ("transport", transport()),
         ("login", login()),
         ("dns", dns()),
@@ -92,6 +93,7 @@ fn sample_direction(relayed: bool) -> RouteDirection {
         tunnel_key: [3; 32],
         initiate: !relayed,
         punch: relayed,
+        spray: cyphonic_proto::signal::Spray::None,
         relay: relayed.then(|| RelayOffer {
             relay_id: RelayId(77),
             side: 1,
@@ -127,6 +129,7 @@ fn signal() -> Seeds {
         ],
         transport: Transport::Udp,
         quic_port: 443,
+        mapped: None,
     });
     let registered = Message::RegistrationResponse(RegistrationResponse {
         fqdn: "n1.cyphonic.internal".into(),
@@ -221,9 +224,10 @@ fn signal() -> Seeds {
             "body-route-direction-filtered",
             envelope(
                 10,
-                Message::RouteDirectionToResponder(RouteDirection {
-                    filter: Some(sample_filter()),
-                    ..sample_direction(false)
+                Message::RouteDirectionToResponder({
+                    let mut d = sample_direction(false);
+                    d.filter = Some(sample_filter());
+                    d
                 }),
             )
             .encode(),
@@ -365,6 +369,28 @@ fn relay() -> Seeds {
         ("bind-ack", bind(0, true, 1)),
         ("relay-data", relayed(&data_packets()[0])),
         ("relay-tunnel-request", relayed(&request)),
+    ]
+}
+
+fn reflect() -> Seeds {
+    use cyphonic_proto::reflect::{ReflectRequest, ReflectResponse};
+    let v4 = |s: &str| s.parse().expect("address");
+    let nms_answer = ReflectResponse {
+        txid: 77,
+        observed: v4("192.0.2.101:40001"),
+        nms: vec![v4("192.0.2.1:4502"), v4("[2001:db8::1]:4502")],
+        relays: vec![v4("192.0.2.1:4503"), v4("[2001:db8::1]:4503")],
+    };
+    let trs_answer = ReflectResponse {
+        txid: 78,
+        observed: v4("[2001:db8::11]:40002"),
+        nms: Vec::new(),
+        relays: Vec::new(),
+    };
+    vec![
+        ("request", ReflectRequest { txid: 77 }.encode().to_vec()),
+        ("response-nms", nms_answer.encode()),
+        ("response-trs", trs_answer.encode()),
     ]
 }
 

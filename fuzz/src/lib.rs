@@ -21,6 +21,7 @@ pub mod frame;
 pub mod handshake;
 pub mod login;
 pub mod ra;
+pub mod reflect;
 pub mod relay;
 pub mod signal;
 pub mod transport;
@@ -35,6 +36,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("handshake", handshake::check),
     ("data", data::check),
     ("relay", relay::check),
+    ("reflect", reflect::check),
     ("transport", transport::check),
     ("login", login::check),
     ("dns", dns::check),

@@ -75,6 +75,16 @@ enum Command {
         #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// What this network lets the node do: NAT kind, the cloud over UDP
+    /// 4502, UDP 443 (QUIC) and TCP 443 (TLS), IPv4 and IPv6, each relay's
+    /// round trip, a port-mapping router (like `tailscale netcheck`).
+    /// Runs beside the daemon: its own sockets, no Login.
+    Netcheck {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "CYPHONIC_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
     /// Ping a peer through its tunnel: which path each reply took, and its
     /// round trip (like `tailscale ping`).
     Ping {
@@ -420,6 +430,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", daemon::render_status(&v));
+            }
+        }
+        Command::Netcheck { json, state_dir } => {
+            let report = cyphonic_node::netcheck::run(&state_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", cyphonic_node::netcheck::render(&report));
             }
         }
         Command::Ping {

@@ -4,10 +4,13 @@
 //!
 //! - [`nms`] — registration, virtual IPs and route selection.
 //! - [`policy`] — the access policy: which devices may reach which.
+//! - [`reflect`] — answers to Reflect Requests (`cyphonic netcheck`), for
+//!   both NMS and TRS.
 //! - [`route`] — the route table of `docs/routing.md`.
 //! - [`trs`] — the relay.
 
 pub mod nms;
 pub mod policy;
+pub mod reflect;
 pub mod route;
 pub mod trs;

@@ -57,8 +57,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::policy::Policy;
+use crate::reflect::{ReflectConfig, Reflector};
 use crate::route::{decide_route, Initiator, NatKind, NetInfo};
 use cyphonic_proto::policy::RouteFilter;
+use cyphonic_proto::reflect::TYPE_REFLECT_REQUEST;
 use cyphonic_proto::signal::{
     self, CertStatus, DirectionErrorCode, Envelope, GeneralNodes, Message, PeerInfo,
     RegistrationRequest, RegistrationResponse, RelayOffer, Role, RouteDirection, RoutePattern,
@@ -137,6 +139,11 @@ pub struct NmsConfig {
     /// Lookups of unknown session IDs one source (an IPv4 address or an
     /// IPv6 /64) may cause per second; bursts of twice as many.
     pub lookups_per_source: u32,
+    /// The NMS's public addresses with its signaling port, named in
+    /// answers to Reflect Requests (`docs/protocol.md` §4.8).
+    pub public: Vec<SocketAddr>,
+    /// Reflect Requests each source may have answered.
+    pub reflect: ReflectConfig,
     /// Direction Requests one session may make per second (burst twice
     /// that): each makes the NMS and two nodes work, and sends handshakes.
     pub directions_per_session: u32,
@@ -192,6 +199,8 @@ impl Default for NmsConfig {
             probe_port: 0,
             relay: None,
             lookups_per_source: 50,
+            public: Vec::new(),
+            reflect: ReflectConfig::default(),
             directions_per_session: 10,
             directions_per_target: 50,
             lookups_total: 5000,
@@ -274,6 +283,11 @@ pub struct NmsCounters {
     pub rx_packets: u64,
     pub rx_bad: u64,
     pub rx_unknown_session: u64,
+    /// Reflect Requests answered, dropped as malformed (too short among
+    /// them), dropped for their source's rate (§4.8); not in `rx_packets`.
+    pub reflects: u64,
+    pub reflects_bad: u64,
+    pub reflects_limited: u64,
     pub registrations: u64,
     pub directions: u64,
     pub direction_failures: u64,
@@ -490,22 +504,28 @@ const MAX_DIRECTION_BUCKETS: usize = 16_384;
 
 /// Token buckets by key, at most `max`: when full, the ones that refilled
 /// (idle) go first, and all if that frees too little.
-struct KeyedBuckets<K> {
+pub(crate) struct KeyedBuckets<K> {
     buckets: HashMap<K, Bucket>,
     max: usize,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> KeyedBuckets<K> {
-    fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         KeyedBuckets {
             buckets: HashMap::new(),
             max,
         }
     }
 
+    /// Keys with a bucket now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
     /// Takes a token from `key`'s bucket (`rate` per second, `burst`) if it
     /// has one.
-    fn allow(&mut self, now: Instant, key: &K, rate: f64, burst: f64) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant, key: &K, rate: f64, burst: f64) -> bool {
         if !self.buckets.contains_key(key) && self.buckets.len() >= self.max {
             self.buckets.retain(|_, b| {
                 b.refill(now, rate, burst);
@@ -597,6 +617,8 @@ pub struct Nms {
     /// The RouteUpdate notice in flight per (session, peer FQDN): a newer
     /// one replaces it.
     route_notices: HashMap<(SessionId, String), u64>,
+    /// Answers Reflect Requests (§4.8).
+    reflector: Reflector,
 }
 
 /// How long, and how many, ended sessions are kept for telling their node
@@ -610,6 +632,7 @@ impl Nms {
     /// [`cyphonic_proto::signal`]).
     pub fn new(config: NmsConfig, seed: [u8; 32], counter_base: u64) -> Self {
         Self {
+            reflector: Reflector::new(config.reflect),
             config,
             rng: StdRng::from_seed(seed),
             counter_base,
@@ -908,8 +931,12 @@ impl Nms {
     }
 
     pub fn counters(&self) -> NmsCounters {
+        let reflect = self.reflector.counters();
         NmsCounters {
             sessions: self.sessions.len() as u64,
+            reflects: reflect.reflects,
+            reflects_bad: reflect.reflects_bad,
+            reflects_limited: reflect.reflects_limited,
             ..self.counters
         }
     }
@@ -973,6 +1000,10 @@ impl Nms {
         from: SocketAddr,
         packet: &[u8],
     ) {
+        if packet.first() == Some(&TYPE_REFLECT_REQUEST) {
+            self.on_reflect(now, local, from, packet);
+            return;
+        }
         self.counters.rx_packets += 1;
         let session_id = match signal::peek_session(packet) {
             Ok(id) => id,
@@ -1045,6 +1076,32 @@ impl Nms {
             self.challenging.insert(session_id);
         }
         self.dispatch(now, session_id, local, from, counter, envelope);
+    }
+
+    /// A Reflect Request (§4.8), on any NMS socket: answered from that
+    /// socket with the source address, the NMS's public addresses and the
+    /// relay list, or dropped (counted by the reflector).
+    fn on_reflect(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, packet: &[u8]) {
+        let mut buf = packet.to_vec();
+        let relays = self
+            .config
+            .relay
+            .as_ref()
+            .map_or(&[][..], |r| r.servers.as_slice());
+        match self
+            .reflector
+            .handle_request(now, from, &mut buf, &self.config.public, relays)
+        {
+            Ok(len) => {
+                buf.truncate(len);
+                self.transmits.push_back(Transmit {
+                    local,
+                    destination: from,
+                    payload: buf,
+                });
+            }
+            Err(reason) => tracing::trace!(%from, ?reason, "Reflect Request dropped"),
+        }
     }
 
     /// Sends the challenges whose time came again, within each address's
@@ -2475,7 +2532,7 @@ impl LookupLimits {
 
 /// An IPv4 address, or the /64 of an IPv6 address (IPv4-mapped ones count
 /// as IPv4).
-fn source_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

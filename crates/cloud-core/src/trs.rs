@@ -11,7 +11,8 @@
 //!
 //! [`Trs::handle_datagram`] for each datagram, in the caller's buffer; it
 //! answers with an [`Action`]: forward the buffer as it is, send the
-//! `len` bytes it wrote back to the source, or drop (counted). Call
+//! `len` bytes it wrote back to the source (a Bind Ack, a Challenge, the
+//! answer to a Reflect Request), or drop (counted). Call
 //! [`Trs::handle_timeout`] now and then to expire idle sessions. No clock,
 //! no sockets, no allocation per forwarded packet.
 
@@ -19,12 +20,15 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use cyphonic_proto::reflect::TYPE_REFLECT_REQUEST;
 use cyphonic_proto::relay::{
     self, Bind, Challenge, BIND_LEN, BIND_WITH_COOKIE_LEN, CHALLENGE_LEN, TYPE_RELAY_BIND,
     TYPE_RELAY_DATA,
 };
 use cyphonic_proto::RelayId;
 use serde::Serialize;
+
+use crate::reflect::{ReflectConfig, ReflectDrop, Reflector};
 
 /// The relay secret is wiped on drop.
 impl Drop for TrsConfig {
@@ -51,6 +55,8 @@ pub struct TrsConfig {
     /// Sources with a bind budget at once; new sources beyond it share one
     /// budget of `binds_per_source` x 8 until the table is pruned.
     pub max_bind_sources: usize,
+    /// Reflect Requests each source may have answered.
+    pub reflect: ReflectConfig,
 }
 
 impl Default for TrsConfig {
@@ -63,6 +69,7 @@ impl Default for TrsConfig {
             session_rate: 125_000_000,
             binds_per_source: 50,
             max_bind_sources: 16_384,
+            reflect: ReflectConfig::default(),
         }
     }
 }
@@ -103,6 +110,11 @@ pub struct TrsCounters {
     pub dropped_auth: u64,
     pub dropped_unbound: u64,
     pub dropped_rate: u64,
+    /// Reflect Requests answered, dropped as malformed (too short among
+    /// them), dropped for their source's rate (`docs/protocol.md` §4.8).
+    pub reflects: u64,
+    pub reflects_bad: u64,
+    pub reflects_limited: u64,
 }
 
 struct TokenBucket {
@@ -153,6 +165,8 @@ pub struct Trs {
     /// The budget new sources share while `bind_limits` is full.
     overflow: TokenBucket,
     counters: TrsCounters,
+    /// Answers Reflect Requests (with the observed address only).
+    reflector: Reflector,
 }
 
 /// The source a bind budget is kept for: an IPv4 address, or the /64 of
@@ -173,11 +187,12 @@ impl Trs {
         let shared = f64::from(config.binds_per_source) * 8.0;
         Self {
             cookie_key: relay::cookie_key(&config.secret),
-            config,
             sessions: HashMap::new(),
             bind_limits: HashMap::new(),
             overflow: TokenBucket::new(shared, shared, Instant::now()),
             counters: TrsCounters::default(),
+            reflector: Reflector::new(config.reflect),
+            config,
         }
     }
 
@@ -187,8 +202,12 @@ impl Trs {
     }
 
     pub fn counters(&self) -> TrsCounters {
+        let reflect = self.reflector.counters();
         TrsCounters {
             sessions: self.sessions.len() as u64,
+            reflects: reflect.reflects,
+            reflects_bad: reflect.reflects_bad,
+            reflects_limited: reflect.reflects_limited,
             ..self.counters
         }
     }
@@ -203,6 +222,14 @@ impl Trs {
     ) -> Action {
         let action = match buf.first() {
             Some(&TYPE_RELAY_DATA) => self.on_data(now, from, buf),
+            Some(&TYPE_REFLECT_REQUEST) => {
+                // Counted by the reflector, apart from relay traffic.
+                return match self.reflector.handle_request(now, from, buf, &[], &[]) {
+                    Ok(len) => Action::Reply(len),
+                    Err(ReflectDrop::Malformed) => Action::Drop(DropReason::Malformed),
+                    Err(ReflectDrop::RateLimited) => Action::Drop(DropReason::RateLimited),
+                };
+            }
             Some(&TYPE_RELAY_BIND) => self.on_bind(now, unix_now, from, buf),
             _ => Action::Drop(DropReason::Malformed),
         };

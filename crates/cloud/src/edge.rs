@@ -3,9 +3,10 @@
 //!
 //! One [`Hub`] carries datagrams from nodes' legs; [`run_edge`] hands each
 //! to the core its first byte names: signaling (type 1) to the NMS shell,
-//! relay (types 6, 7, 8) to the TRS core. Answers go back on the leg they
-//! came by: the cores key everything by `SocketAddr`, and a leg's remote
-//! address is that key, so the cores do not change.
+//! relay (types 6, 7, 8) to the TRS core, a Reflect Request (type 11) to
+//! the NMS, or to the TRS on a host without the NMS. Answers go back on
+//! the leg they came by: the cores key everything by `SocketAddr`, and a
+//! leg's remote address is that key, so the cores do not change.
 //!
 //! - NMS: hub datagrams enter the NMS shell's channel with
 //!   [`CloudHub::nms_local`] as their `local`; the shell sends whatever the
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cyphonic_proto::reflect::TYPE_REFLECT_REQUEST;
 use cyphonic_proto::relay::{TYPE_RELAY_BIND, TYPE_RELAY_BIND_ACK, TYPE_RELAY_DATA};
 use cyphonic_proto::signal::TYPE_SIGNALING;
 use cyphonic_transport::{Hub, HubConfig, Received, SendError, TcpHandoff, TlsIdentity, Transport};
@@ -199,7 +201,11 @@ pub async fn run_edge(
         for r in batch.drain(..) {
             edge.seen(r.transport, r.from);
             match r.datagram.first() {
-                Some(&TYPE_SIGNALING) => match &targets.nms {
+                Some(&TYPE_REFLECT_REQUEST) if targets.nms.is_none() => match &targets.trs {
+                    Some((trs, sockets)) => relay(&edge, trs, sockets, r),
+                    None => trace!(from = %r.from, "Reflect Request on a host without NMS or TRS"),
+                },
+                Some(&(TYPE_SIGNALING | TYPE_REFLECT_REQUEST)) => match &targets.nms {
                     Some(nms) => {
                         if nms
                             .send((edge.nms_local, r.from, r.datagram))

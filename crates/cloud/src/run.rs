@@ -174,6 +174,11 @@ pub async fn run_observed(
             offline_after: Duration::from_secs(cfg.keepalive_secs.max(1) * 3 + 5),
             probe_port: cfg.nms_probe_port,
             relay,
+            public: cfg
+                .public_addrs
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, cfg.nms_port()))
+                .collect(),
             ..NmsConfig::default()
         };
         let store = store.clone();

@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod filter;
 pub mod host;
 pub mod metrics;
+pub mod netcheck;
 pub mod portmap;
 pub mod resolver;
 pub mod upnp;

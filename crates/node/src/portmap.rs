@@ -33,6 +33,7 @@ const TRIES: [Duration; 3] = [
 const RETRY: Duration = Duration::from_secs(600);
 
 const PCP_VERSION: u8 = 2;
+const PCP_OPCODE_ANNOUNCE: u8 = 0;
 const PCP_OPCODE_MAP: u8 = 1;
 const PCP_RESPONSE: u8 = 0x80;
 const PCP_UNSUPP_VERSION: u8 = 1;
@@ -144,6 +145,83 @@ pub fn pcp_map_answer(
         external: SocketAddrV4::new(ip, be16(42)),
         lifetime: Duration::from_secs(u64::from(lifetime)),
     })
+}
+
+/// A PCP ANNOUNCE request (RFC 6887 §14.1): asks whether the gateway
+/// speaks PCP, and creates nothing.
+pub fn pcp_announce_request(client: Ipv4Addr) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24);
+    b.extend_from_slice(&[PCP_VERSION, PCP_OPCODE_ANNOUNCE, 0, 0]);
+    b.extend_from_slice(&0u32.to_be_bytes());
+    b.extend_from_slice(&mapped_v6(client));
+    b
+}
+
+/// Reads a PCP ANNOUNCE answer: `Ok` when the gateway speaks PCP.
+pub fn pcp_announce_answer(answer: &[u8]) -> Result<(), AnswerError> {
+    match answer {
+        [NATPMP_VERSION, ..] => Err(AnswerError::UnsupportedVersion),
+        [PCP_VERSION, op, _, result, ..]
+            if *op == PCP_RESPONSE | PCP_OPCODE_ANNOUNCE && answer.len() >= 24 =>
+        {
+            match *result {
+                0 => Ok(()),
+                PCP_UNSUPP_VERSION => Err(AnswerError::UnsupportedVersion),
+                code => Err(AnswerError::Refused(u16::from(code))),
+            }
+        }
+        _ => Err(AnswerError::Malformed),
+    }
+}
+
+/// What a gateway answered to queries that create no mapping (for
+/// `cyphonic netcheck`): PCP ANNOUNCE, the NAT-PMP external address, a
+/// UPnP IGD search and its external address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GatewayProbe {
+    /// The IPv4 default gateway asked (none: no default route).
+    pub gateway: Option<Ipv4Addr>,
+    pub pcp: bool,
+    pub nat_pmp: bool,
+    pub upnp: bool,
+    /// The public address NAT-PMP or UPnP named.
+    pub external: Option<Ipv4Addr>,
+}
+
+impl GatewayProbe {
+    /// `gateway`, with nothing answered (yet).
+    pub fn at(gateway: Ipv4Addr) -> GatewayProbe {
+        GatewayProbe {
+            gateway: Some(gateway),
+            ..GatewayProbe::default()
+        }
+    }
+}
+
+/// Asks `gateway` which port mapping protocols it speaks, all at once,
+/// without creating a mapping.
+pub async fn probe_gateway(gateway: Ipv4Addr) -> GatewayProbe {
+    let pcp = async {
+        let (socket, client) = gateway_socket(gateway).await?;
+        ask(&socket, &pcp_announce_request(client), pcp_announce_answer).await
+    };
+    let natpmp = async {
+        let (socket, _) = gateway_socket(gateway).await?;
+        ask(&socket, &natpmp_address_request(), natpmp_address_answer).await
+    };
+    let upnp = async {
+        let g = crate::upnp::discover(gateway).await.ok()?;
+        Some(crate::upnp::external_address(&g).await.ok())
+    };
+    let (pcp, natpmp, upnp) = tokio::join!(pcp, natpmp, upnp);
+    let natpmp = natpmp.and_then(Result::ok);
+    GatewayProbe {
+        gateway: Some(gateway),
+        pcp: matches!(pcp, Some(Ok(()))),
+        nat_pmp: natpmp.is_some(),
+        upnp: upnp.is_some(),
+        external: natpmp.or(upnp.flatten()),
+    }
 }
 
 /// A NAT-PMP external address request (RFC 6886 §3.2).
@@ -457,6 +535,11 @@ mod tests {
                     let lifetime = u32::from_be_bytes([req[4], req[5], req[6], req[7]]);
                     pcp_answer(&req, 0, ext, lifetime.min(60))
                 }
+                (2, 0) if pcp => {
+                    let mut a = vec![2, PCP_RESPONSE, 0, 0];
+                    a.extend_from_slice(&[0; 20]);
+                    a
+                }
                 (2, _) => vec![0, 0x81, 0, 1, 0, 0, 0, 0],
                 (0, 0) => vec![0, 128, 0, 0, 0, 0, 0, 1, 192, 0, 2, 101],
                 (0, 1) => {
@@ -470,6 +553,45 @@ mod tests {
                 _ => continue,
             };
             socket.send_to(&answer, from).await.unwrap();
+        }
+    }
+
+    #[test]
+    fn pcp_announce_request_and_answer() {
+        let req = pcp_announce_request(Ipv4Addr::new(198, 51, 100, 10));
+        assert_eq!(req.len(), 24);
+        assert_eq!(&req[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+        let mut ok = vec![2, 0x80, 0, 0];
+        ok.extend_from_slice(&[0; 20]);
+        assert_eq!(pcp_announce_answer(&ok), Ok(()));
+        let mut refused = ok.clone();
+        refused[3] = 3;
+        assert_eq!(pcp_announce_answer(&refused), Err(AnswerError::Refused(3)));
+        assert_eq!(
+            pcp_announce_answer(&[0, 0x80, 0, 1, 0, 0, 0, 0]),
+            Err(AnswerError::UnsupportedVersion)
+        );
+        for n in 0..ok.len() {
+            assert!(pcp_announce_answer(&ok[..n]).is_err());
+        }
+    }
+
+    /// Probing a gateway creates no mapping: it sends ANNOUNCE and the
+    /// external address request only, and reports what answered.
+    #[tokio::test]
+    async fn probing_a_gateway_maps_nothing() {
+        let ip = Ipv4Addr::new(127, 0, 0, 6);
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(gateway(ip, true, tx));
+        let probe = probe_gateway(ip).await;
+        assert_eq!(
+            (probe.gateway, probe.pcp, probe.nat_pmp, probe.upnp),
+            (Some(ip), true, true, false)
+        );
+        assert_eq!(probe.external, Some(Ipv4Addr::new(192, 0, 2, 101)));
+        while let Ok(req) = rx.try_recv() {
+            // PCP ANNOUNCE (2, 0) and NAT-PMP's address request (0, 0).
+            assert!(matches!((req[0], req[1]), (2, 0) | (0, 0)), "{req:?}");
         }
     }
 

@@ -4,7 +4,9 @@
 //! 1 signaling (node <-> NMS, [`signal`]), 2 Tunnel Request and 3 Tunnel
 //! Response ([`handshake`]), 4 data ([`data`]), 6 Relay Bind, 7 Relay Bind
 //! Ack, 8 Relay Data and 10 Relay Challenge ([`relay`]), 9 punch
-//! ([`TYPE_PUNCH`]). `docs/protocol.md` is the
+//! ([`TYPE_PUNCH`]); 11 Reflect Request and 12 Reflect Response
+//! ([`reflect`], for `cyphonic netcheck`, never on a node's tunnel port).
+//! `docs/protocol.md` is the
 //! specification; this crate is its implementation.
 //!
 //! Besides the datagrams: the Login flow's messages between a node and the
@@ -26,6 +28,7 @@ pub mod nat;
 pub mod policy;
 pub mod prefix;
 pub mod punch;
+pub mod reflect;
 pub mod relay;
 pub mod replay;
 pub mod secret;

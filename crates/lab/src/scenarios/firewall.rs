@@ -360,8 +360,7 @@ impl FirewallLab {
     /// Replaces `router`'s filter with `mode`'s.
     pub fn set_mode(&self, router: &str, mode: Mode) -> anyhow::Result<()> {
         let ns = self.nl.router(router)?.ns.clone();
-        nft(&self.nl.o, &ns, &mode.nft_script())
-            .with_context(|| format!("setting mode ({}) on {router}", mode.letter()))
+        set_firewall_mode(&self.nl.o, &ns, mode).with_context(|| format!("on {router}"))
     }
 
     /// Packets `router`'s filter dropped on the way out so far.
@@ -468,6 +467,12 @@ impl FirewallLab {
     pub fn wan(&self, router: &str) -> anyhow::Result<IpAddr> {
         Ok(self.nl.router(router)?.wan.into())
     }
+}
+
+/// Replaces the filter of the router in namespace `ns` (a NAT lab router,
+/// LAN `lan`, WAN `wan`) with `mode`'s.
+pub(crate) fn set_firewall_mode(o: &Overlay, ns: &str, mode: Mode) -> anyhow::Result<()> {
+    nft(o, ns, &mode.nft_script()).with_context(|| format!("setting mode ({})", mode.letter()))
 }
 
 /// `cyphonic node run` for node `i` with `extra` flags besides the lab's.

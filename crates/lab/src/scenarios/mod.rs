@@ -15,6 +15,7 @@ pub mod lifetime;
 pub mod mobility;
 pub mod nat;
 pub mod nat_matrix;
+pub mod netcheck;
 pub mod overlay;
 pub mod pcap;
 pub mod policy;
@@ -84,6 +85,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "hole punching over many fresh trials per NAT pair (home routers, routers that only masquerade, hard <-> easy): success rate and times",
     ),
     (
+        "netcheck",
+        "cyphonic netcheck behind no NAT, eim and symmetric NAT, IPv6 only, each firewall mode and a miniupnpd router, beside a running daemon",
+    ),
+    (
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
@@ -108,6 +113,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "revoke" => revoke::run(bin),
         "abuse" => abuse::run(bin),
         "policy" => policy::run(bin),
+        "netcheck" => netcheck::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()
