@@ -48,6 +48,9 @@ pub enum CloudCmd {
     /// which ports (README, "Access policy").
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Administrators of the web console (`console_listen` in cloud.toml).
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Revoke a node certificate by serial (hex or decimal), or every
     /// certificate of a device (--device): its tunnels close within
     /// seconds.
@@ -92,6 +95,32 @@ pub enum PolicyCmd {
     Show {
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AdminCmd {
+    /// Add a console administrator. The password comes from
+    /// CYPHONIC_ADMIN_PASSWORD or, with --password-stdin, the first line
+    /// of standard input; without either a random one is made and printed
+    /// once.
+    Add {
+        #[arg(long)]
+        config: PathBuf,
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the console administrators.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Remove a console administrator (its sessions end).
+    Remove {
+        #[arg(long)]
+        config: PathBuf,
+        name: String,
     },
 }
 
@@ -326,6 +355,45 @@ pub async fn dispatch(cmd: CloudCmd) -> anyhow::Result<()> {
             let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
             let set = cyphonic_cloud::admin::set_policy(&cfg, &file).await?;
             print!("policy version {} set:\n{}", set.version, set.summary);
+        }
+        CloudCmd::Admin(AdminCmd::Add {
+            config,
+            name,
+            password_stdin,
+        }) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("cannot read the password from standard input")?;
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                std::env::var("CYPHONIC_ADMIN_PASSWORD").ok()
+            };
+            let password =
+                cyphonic_cloud::admin::add_admin(&cfg, &name, password.as_deref()).await?;
+            if password.generated {
+                println!("administrator {name} added; its password (shown only now):");
+                println!("{}", password.password);
+            } else {
+                println!("administrator {name} added");
+            }
+        }
+        CloudCmd::Admin(AdminCmd::List { config }) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            for a in cyphonic_cloud::admin::list_admins(&cfg).await? {
+                let secs = a
+                    .created_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                println!("{:<32} added {secs} (Unix time)", a.name);
+            }
+        }
+        CloudCmd::Admin(AdminCmd::Remove { config, name }) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            cyphonic_cloud::admin::remove_admin(&cfg, &name).await?;
+            println!("administrator {name} removed");
         }
         CloudCmd::Policy(PolicyCmd::Show { config }) => {
             let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;

@@ -64,7 +64,7 @@ use cyphonic_proto::reflect::TYPE_REFLECT_REQUEST;
 use cyphonic_proto::signal::{
     self, CertStatus, DirectionErrorCode, Envelope, GeneralNodes, Message, PeerInfo,
     RegistrationRequest, RegistrationResponse, RelayOffer, Role, RouteDirection, RoutePattern,
-    SignalCipher, Spray,
+    SignalCipher, Spray, TunnelReport,
 };
 use cyphonic_proto::{RelayId, RouteId, SessionId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -339,6 +339,8 @@ pub struct NmsCounters {
     pub routes_refiltered: u64,
     /// Policies applied.
     pub policies: u64,
+    /// Tunnel Reports taken (the console shows them).
+    pub tunnel_reports: u64,
 }
 
 /// Registration state of one node.
@@ -365,6 +367,9 @@ pub struct Registration {
     pub quic_port: u16,
     /// The public IPv4 address its router's port mapping gives it.
     pub mapped: Option<SocketAddr>,
+    /// Its tunnels as its latest Tunnel Report gave them (kept across a
+    /// new Registration of the same session: the tunnels outlive it).
+    pub tunnels: Option<TunnelReport>,
 }
 
 impl Registration {
@@ -1597,6 +1602,19 @@ impl Nms {
                 }
             }
             Message::PathResponse => self.on_path_response(now, session_id, from, env.txid),
+            Message::TunnelReport(report) => {
+                match self
+                    .sessions
+                    .get_mut(&session_id)
+                    .and_then(|s| s.registration.as_mut())
+                {
+                    Some(reg) => {
+                        reg.tunnels = Some(report);
+                        self.counters.tunnel_reports += 1;
+                    }
+                    None => self.counters.rx_bad += 1,
+                }
+            }
             other => {
                 self.counters.rx_bad += 1;
                 tracing::debug!(
@@ -1700,6 +1718,7 @@ impl Nms {
             .as_ref()
             .filter(|r| r.observed == from && r.transport == req.transport)
             .and_then(|r| r.observed_probe);
+        let tunnels = session.registration.as_mut().and_then(|r| r.tunnels.take());
         session.registration = Some(Registration {
             static_public: req.static_public,
             tunnel_port: req.tunnel_port,
@@ -1715,6 +1734,7 @@ impl Nms {
             mapped: req
                 .mapped
                 .filter(|m| m.is_ipv4() && usable_endpoint(m.ip()) && m.port() != 0),
+            tunnels,
         });
         let fqdn = session.info.fqdn.clone();
         let response = Message::RegistrationResponse(RegistrationResponse {

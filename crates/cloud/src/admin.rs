@@ -50,6 +50,16 @@ pub enum AdminError {
     InvalidDeviceId(String),
     #[error("the password is too short: use at least {MIN_PASSWORD_LEN} characters")]
     WeakPassword,
+    #[error(
+        "{0:?} is not a valid administrator name: use 1 to 64 lowercase letters, digits, \
+         '.', '_', '-' and '@'"
+    )]
+    InvalidAdminName(String),
+    #[error(
+        "the administrator password is too short: use at least {MIN_ADMIN_PASSWORD_LEN} characters, \
+         or give none and one is made"
+    )]
+    WeakAdminPassword,
     #[error("{path}: {source}", path = path.display())]
     Io {
         path: PathBuf,
@@ -411,13 +421,25 @@ pub async fn add_device(
     device_id: &str,
     password: Option<&str>,
 ) -> Result<AddedDevice, AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = add_device_in(&store, cfg, device_id, password).await;
+    store.close().await;
+    result
+}
+
+/// [`add_device`] in an open store (the console's).
+pub async fn add_device_in(
+    store: &Store,
+    cfg: &CloudConfig,
+    device_id: &str,
+    password: Option<&str>,
+) -> Result<AddedDevice, AdminError> {
     if !is_dns_label(device_id) {
         return Err(AdminError::InvalidDeviceId(device_id.to_owned()));
     }
     let password = enrollment_password(password)?;
     let fqdn = format!("{device_id}.{}", cfg.domain);
-    let store = Store::open(&cfg.database_path()).await?;
-    let result = store
+    let device = store
         .add_device(
             device_id,
             &password.password,
@@ -425,12 +447,8 @@ pub async fn add_device(
             cfg.vip4_prefix,
             cfg.vip6_prefix,
         )
-        .await;
-    store.close().await;
-    Ok(AddedDevice {
-        device: result?,
-        password,
-    })
+        .await?;
+    Ok(AddedDevice { device, password })
 }
 
 /// Lets a node enroll again: a new one-time enrollment password (the
@@ -442,11 +460,22 @@ pub async fn reset_device(
     device_id: &str,
     password: Option<&str>,
 ) -> Result<DeviceReset, AdminError> {
-    let password = enrollment_password(password)?;
     let store = Store::open(&cfg.database_path()).await?;
-    let result = store.reset_credential(device_id, &password.password).await;
+    let result = reset_device_in(&store, device_id, password).await;
     store.close().await;
-    let reset = result?;
+    result
+}
+
+/// [`reset_device`] in an open store (the console's).
+pub async fn reset_device_in(
+    store: &Store,
+    device_id: &str,
+    password: Option<&str>,
+) -> Result<DeviceReset, AdminError> {
+    let password = enrollment_password(password)?;
+    let reset = store
+        .reset_credential(device_id, &password.password)
+        .await?;
     Ok(DeviceReset {
         device_id: device_id.to_owned(),
         password,
@@ -525,24 +554,26 @@ pub async fn list_devices(cfg: &CloudConfig) -> Result<Vec<DeviceRecord>, AdminE
 /// with it once the NMS notices (protocol §5.14).
 pub async fn revoke_device(cfg: &CloudConfig, device_id: &str) -> Result<Vec<u64>, AdminError> {
     let store = Store::open(&cfg.database_path()).await?;
-    let result = async {
-        if store.device(device_id).await?.is_none() {
-            return Err(crate::store::StoreError::NoSuchDevice(device_id.to_owned()));
-        }
-        let mut revoked = Vec::new();
-        for c in store.certificates_of(device_id).await? {
-            if c.status == CertStatus::Good {
-                store
-                    .set_certificate_status(c.serial, CertStatus::Revoked)
-                    .await?;
-                revoked.push(c.serial);
-            }
-        }
-        Ok(revoked)
-    }
-    .await;
+    let result = revoke_device_in(&store, device_id).await;
     store.close().await;
-    Ok(result?)
+    result
+}
+
+/// [`revoke_device`] in an open store (the console's).
+pub async fn revoke_device_in(store: &Store, device_id: &str) -> Result<Vec<u64>, AdminError> {
+    if store.device(device_id).await?.is_none() {
+        return Err(StoreError::NoSuchDevice(device_id.to_owned()).into());
+    }
+    let mut revoked = Vec::new();
+    for c in store.certificates_of(device_id).await? {
+        if c.status == CertStatus::Good {
+            store
+                .set_certificate_status(c.serial, CertStatus::Revoked)
+                .await?;
+            revoked.push(c.serial);
+        }
+    }
+    Ok(revoked)
 }
 
 /// Disables (or enables again) a device: a disabled device's sessions end,
@@ -568,6 +599,65 @@ pub async fn revoke_certificate(cfg: &CloudConfig, serial: u64) -> Result<(), Ad
     Ok(result?)
 }
 
+/// The shortest console administrator password accepted.
+pub const MIN_ADMIN_PASSWORD_LEN: usize = 12;
+
+/// Whether `name` may name a console administrator: 1 to 64 of lowercase
+/// letters, digits, '.', '_', '-' and '@'.
+pub fn is_admin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b))
+}
+
+/// Adds a console administrator; without `password`, a random one
+/// (returned, to show once).
+pub async fn add_admin(
+    cfg: &CloudConfig,
+    name: &str,
+    password: Option<&str>,
+) -> Result<EnrollmentPassword, AdminError> {
+    if !is_admin_name(name) {
+        return Err(AdminError::InvalidAdminName(name.to_owned()));
+    }
+    let password = match password {
+        Some(pw) if pw.chars().count() < MIN_ADMIN_PASSWORD_LEN => {
+            return Err(AdminError::WeakAdminPassword)
+        }
+        Some(pw) => EnrollmentPassword {
+            password: pw.to_owned(),
+            generated: false,
+        },
+        None => EnrollmentPassword {
+            password: generate_password(),
+            generated: true,
+        },
+    };
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store.add_admin(name, &password.password).await;
+    store.close().await;
+    result?;
+    Ok(password)
+}
+
+pub async fn list_admins(
+    cfg: &CloudConfig,
+) -> Result<Vec<crate::console::store::Admin>, AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store.admins().await;
+    store.close().await;
+    Ok(result?)
+}
+
+/// Removes a console administrator and ends its sessions.
+pub async fn remove_admin(cfg: &CloudConfig, name: &str) -> Result<(), AdminError> {
+    let store = Store::open(&cfg.database_path()).await?;
+    let result = store.remove_admin(name).await;
+    store.close().await;
+    Ok(result?)
+}
+
 /// What `policy set` stored.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
@@ -583,26 +673,34 @@ pub async fn set_policy(cfg: &CloudConfig, path: &Path) -> Result<PolicySet, Adm
         path: path.to_owned(),
         source,
     })?;
-    let bad = |source| AdminError::Policy {
-        path: path.to_owned(),
-        source,
-    };
-    let parsed = crate::policy::parse(&document).map_err(bad)?;
     let store = Store::open(&cfg.database_path()).await?;
-    let result = async {
-        let known = store
-            .devices()
-            .await?
-            .into_iter()
-            .map(|d| d.device_id)
-            .collect();
-        crate::policy::check_devices(&parsed, &known).map_err(bad)?;
-        Ok::<u64, AdminError>(store.set_policy(&document, SystemTime::now()).await?)
-    }
-    .await;
+    let result = set_policy_in(&store, &document, path).await;
     store.close().await;
+    result
+}
+
+/// [`set_policy`] of a document in hand, in an open store (the console's);
+/// `source` names it in errors.
+pub async fn set_policy_in(
+    store: &Store,
+    document: &str,
+    source: &Path,
+) -> Result<PolicySet, AdminError> {
+    let bad = |e| AdminError::Policy {
+        path: source.to_owned(),
+        source: e,
+    };
+    let parsed = crate::policy::parse(document).map_err(bad)?;
+    let known = store
+        .devices()
+        .await?
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    crate::policy::check_devices(&parsed, &known).map_err(bad)?;
+    let version = store.set_policy(document, SystemTime::now()).await?;
     Ok(PolicySet {
-        version: result?,
+        version,
         summary: crate::policy::describe(&parsed.policy),
     })
 }

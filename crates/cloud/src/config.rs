@@ -110,6 +110,20 @@ pub struct CloudConfig {
     /// address only the monitoring reaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the operator's web console is served; not at all when absent
+    /// (docs/console.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_listen: Option<SocketAddr>,
+    /// The console speaks HTTPS with the cloud's server certificate (which
+    /// chains to the root: browsers must trust the root). `false` serves
+    /// plain HTTP for a reverse proxy that terminates TLS, and only on a
+    /// loopback address.
+    #[serde(default = "default_true")]
+    pub console_tls: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_domain() -> String {
@@ -233,6 +247,8 @@ impl CloudConfig {
             quic_listen: default_443(),
             tcp443_listen: default_443(),
             metrics_listen: None,
+            console_listen: None,
+            console_tls: true,
         }
     }
 
@@ -292,6 +308,18 @@ impl CloudConfig {
                 "use lowercase labels of letters, digits and '-', separated by dots, \
                  like \"cyphonic.internal\"",
             ));
+        }
+        if let Some(listen) = self.console_listen {
+            if !self.console_tls && !listen.ip().is_loopback() {
+                return Err(invalid(
+                    "console_listen",
+                    format!(
+                        "= \"{listen}\" serves plain HTTP (console_tls = false) beyond this host"
+                    ),
+                    "keep console_tls = true, or listen on a loopback address behind a \
+                     reverse proxy that terminates TLS, like \"127.0.0.1:8443\"",
+                ));
+            }
         }
         if self.as_listen.is_empty() {
             return Err(invalid(

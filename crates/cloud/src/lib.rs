@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod as_server;
 pub mod config;
+pub mod console;
 pub mod edge;
 pub mod general;
 pub mod metrics;

@@ -37,6 +37,11 @@ pub const SIGNAL_COUNTER_RANGE: u64 = 1_000_000_000_000;
 /// (`cyphonic cloud policy set` from another process): one cheap query.
 pub const POLICY_RECHECK: Duration = Duration::from_secs(1);
 
+/// How often the NMS records in the store that its registered nodes were
+/// seen (the console's "last seen" of a node that went offline is at most
+/// this old).
+pub const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Roles {
     All,
@@ -129,6 +134,7 @@ pub async fn run_observed(
         nms: None,
         trs: None,
     };
+    let mut console_view = None;
     if matches!(roles, Roles::All | Roles::Nms) {
         metrics.nms = nms_counters_rx;
         let mut listen = cfg.nms_listen.clone();
@@ -188,6 +194,13 @@ pub async fn run_observed(
             targets.nms = Some(input_tx.clone());
         }
         let nms_edge = edge.clone();
+        let views = if cfg.console_listen.is_some() {
+            let (tx, rx) = mpsc::channel(16);
+            console_view = Some(tx);
+            Some(rx)
+        } else {
+            None
+        };
         tasks.spawn(async move {
             run_nms_observed(
                 nms_cfg,
@@ -197,6 +210,7 @@ pub async fn run_observed(
                 nms_edge,
                 (input_tx, input_rx),
                 nms_counters,
+                views,
             )
             .await
         });
@@ -228,6 +242,27 @@ pub async fn run_observed(
     }
     if let Some(listen) = cfg.metrics_listen {
         tasks.spawn(crate::metrics::serve(listen, metrics, stop_rx.clone()));
+    }
+    if let Some(listen) = cfg.console_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot bind the console on {listen}"))?;
+        let tls = if cfg.console_tls {
+            let identity = crate::as_server::server_identity(&cfg, &store).await?;
+            Some(cyphonic_pki::web_server_config(
+                &identity.chain_pem,
+                &identity.key_pem,
+            )?)
+        } else {
+            None
+        };
+        tracing::info!(%listen, tls = cfg.console_tls, "console listening");
+        let console = crate::console::Console::new(store.clone(), cfg.clone(), console_view);
+        let rx = stop_rx.clone();
+        tasks.spawn(async move {
+            crate::console::serve(listener, console, tls, rx).await;
+            Ok(())
+        });
     }
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
@@ -332,8 +367,11 @@ pub async fn run_nms(
     edge: Option<Arc<CloudHub>>,
     input: NmsInput,
 ) -> anyhow::Result<()> {
-    run_nms_observed(config, sockets, store, stop, edge, input, None).await
+    run_nms_observed(config, sockets, store, stop, edge, input, None, None).await
 }
+
+/// The console's question to the NMS: its registrations, by FQDN.
+pub type ViewRequest = tokio::sync::oneshot::Sender<Vec<(String, crate::nms::Registration)>>;
 
 /// A session lookup's answer.
 enum Lookup {
@@ -343,6 +381,7 @@ enum Lookup {
 }
 
 /// [`run_nms`], publishing the core's counters after every input.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_nms_observed(
     config: NmsConfig,
     sockets: Vec<Arc<UdpSocket>>,
@@ -351,6 +390,7 @@ pub async fn run_nms_observed(
     edge: Option<Arc<CloudHub>>,
     input: NmsInput,
     counters: Option<tokio::sync::watch::Sender<NmsCounters>>,
+    mut views: Option<mpsc::Receiver<ViewRequest>>,
 ) -> anyhow::Result<()> {
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
@@ -406,6 +446,8 @@ pub async fn run_nms_observed(
     let mut policy_check = tokio::time::interval(POLICY_RECHECK);
     policy_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checking_policy = false;
+    let mut seen_tick = tokio::time::interval(LAST_SEEN_EVERY);
+    seen_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(t) = nms.poll_transmit() {
             if let Some(edge) = edge.as_ref().filter(|e| e.nms_local() == t.local) {
@@ -523,6 +565,31 @@ pub async fn run_nms_observed(
             },
             Some((id, floor, outcome)) = floor_rx.recv() => {
                 nms.handle_replay_floor_stored(Instant::now(), id, floor, outcome)
+            }
+            _ = seen_tick.tick() => {
+                let now = Instant::now();
+                let seen: Vec<String> = nms
+                    .registrations()
+                    .into_iter()
+                    .filter(|(_, r)| now.saturating_duration_since(r.last_seen) < LAST_SEEN_EVERY)
+                    .map(|(fqdn, _)| fqdn)
+                    .collect();
+                if !seen.is_empty() {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store.touch_last_seen(&seen, SystemTime::now()).await {
+                            tracing::debug!(error = %e, "cannot record when nodes were last seen");
+                        }
+                    });
+                }
+            }
+            Some(reply) = async {
+                match views.as_mut() {
+                    Some(v) => v.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = reply.send(nms.registrations());
             }
             announced = ended.recv() => match announced {
                 Ok(ids) => {

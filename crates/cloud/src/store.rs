@@ -58,6 +58,10 @@ pub enum StoreError {
     FqdnTaken(String),
     #[error("device {0} does not exist")]
     NoSuchDevice(String),
+    #[error("console administrator {0} already exists")]
+    AdminExists(String),
+    #[error("console administrator {0} does not exist")]
+    NoSuchAdmin(String),
     /// Unknown device and wrong password alike, so a caller cannot probe
     /// which device IDs exist.
     #[error("wrong device ID or password")]
@@ -293,7 +297,7 @@ pub struct CredentialReset {
 /// and one announcement channel of ended sessions.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     ended: broadcast::Sender<Vec<u64>>,
 }
 
@@ -1136,6 +1140,11 @@ impl Store {
             .bind(session_id_to_sql(session_id))
             .execute(&mut *tx)
             .await?;
+        sqlx::query("UPDATE devices SET last_seen = ? WHERE device_id = ?")
+            .bind(unix_secs(now))
+            .bind(&device_id)
+            .execute(&mut *tx)
+            .await?;
         let older: Vec<(i64,)> = sqlx::query_as(
             "DELETE FROM sessions WHERE device_id = ? AND login_seq < ? RETURNING session_id",
         )
@@ -1275,7 +1284,7 @@ fn allocate_vips(
 
 /// A password hash to verify against when the device is unknown, so that
 /// answer takes as long as a wrong password.
-fn dummy_hash() -> &'static str {
+pub(crate) fn dummy_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
         let mut pw = [0u8; 16];
@@ -1350,7 +1359,7 @@ async fn insert_certificate(
 }
 
 /// argon2id on a blocking thread.
-async fn hash_password(password: &str) -> Result<String, StoreError> {
+pub(crate) async fn hash_password(password: &str) -> Result<String, StoreError> {
     let password = password.to_owned();
     tokio::task::spawn_blocking(move || cyphonic_pki::hash_password(&password))
         .await
@@ -1459,14 +1468,14 @@ fn counter_from_sql(counter: i64) -> u64 {
 }
 
 /// Seconds since the Unix epoch, negative before it.
-fn unix_secs(t: SystemTime) -> i64 {
+pub(crate) fn unix_secs(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
 }
 
-fn from_unix_secs(secs: i64) -> SystemTime {
+pub(crate) fn from_unix_secs(secs: i64) -> SystemTime {
     if secs >= 0 {
         UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
     } else {

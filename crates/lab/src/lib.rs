@@ -13,6 +13,7 @@ pub mod capture;
 pub mod netns;
 pub mod scenarios;
 pub mod wait;
+pub mod webdriver;
 
 mod process;
 

@@ -487,7 +487,7 @@ impl Lab {
 
     /// Resolves a short or full namespace name to the full name of one of
     /// this lab's namespaces.
-    fn ns(&self, ns: &str) -> anyhow::Result<String> {
+    pub fn ns(&self, ns: &str) -> anyhow::Result<String> {
         if self.namespaces.iter().any(|n| n == ns) {
             return Ok(ns.to_owned());
         }

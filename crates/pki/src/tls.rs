@@ -89,6 +89,24 @@ pub fn as_server_config(
     Ok(Arc::new(config))
 }
 
+/// TLS for the operator's web console: the cloud's server certificate
+/// (`server_chain_pem`: certificate, then the intermediate), no client
+/// certificate (operators log in with a password), ALPN `http/1.1`.
+pub fn web_server_config(
+    server_chain_pem: &str,
+    server_key_pem: &str,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let (chain, key) = identity(server_chain_pem, server_key_pem)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| PkiError::Tls(format!("server certificate or key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A node's TLS client configuration: trusts only our root, and presents
 /// `identity` = (chain PEM: node certificate then intermediate, key PEM)
 /// when given. Without an identity it is the enrollment configuration.

@@ -311,7 +311,36 @@ pub enum Message {
     DirectionRequestByVip {
         vip: IpAddr,
     },
+    /// The node's tunnels as they stand (path, transport, bytes), for the
+    /// operator's console: sent with every KeepAlive and soon after a
+    /// tunnel comes up or changes path. Not answered; each report replaces
+    /// the last.
+    TunnelReport(TunnelReport),
 }
+
+/// A node's tunnels: `total` in all, the `tunnels` listed (at most
+/// [`MAX_REPORTED_TUNNELS`], the busiest first).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TunnelReport {
+    pub total: u16,
+    pub tunnels: Vec<ReportedTunnel>,
+}
+
+/// One tunnel of a [`TunnelReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportedTunnel {
+    /// The peer, by its VIPv4 (its name is the NMS's to look up).
+    pub peer_vip4: Ipv4Addr,
+    /// The path it takes now: `Direct`, `Punched` or `Relayed`.
+    pub path: RoutePattern,
+    pub transport: Transport,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+/// Tunnels one report lists: 22 bytes each, so a report stays under
+/// 1 KB.
+pub const MAX_REPORTED_TUNNELS: usize = 40;
 
 /// A page of the general nodes an adapter serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,6 +388,7 @@ impl Message {
             Message::PathResponse => "PathResponse",
             Message::RouteUpdate { .. } => "RouteUpdate",
             Message::DirectionRequestByVip { .. } => "DirectionRequestByVip",
+            Message::TunnelReport(_) => "TunnelReport",
         }
     }
 }
@@ -647,6 +677,7 @@ const MSG_PATH_CHALLENGE: u8 = 0x11;
 const MSG_PATH_RESPONSE: u8 = 0x12;
 const MSG_ROUTE_UPDATE: u8 = 0x13;
 const MSG_DIRECTION_REQUEST_BY_VIP: u8 = 0x14;
+const MSG_TUNNEL_REPORT: u8 = 0x15;
 
 impl Envelope {
     /// Body layout: `u8 message type || u64 txid || fields`.
@@ -747,6 +778,18 @@ impl Envelope {
                 w.u8(MSG_DIRECTION_REQUEST_BY_VIP)
                     .u64(self.txid)
                     .ip_addr(vip);
+            }
+            Message::TunnelReport(report) => {
+                w.u8(MSG_TUNNEL_REPORT).u64(self.txid);
+                let listed = &report.tunnels[..report.tunnels.len().min(MAX_REPORTED_TUNNELS)];
+                w.u16(report.total).u8(listed.len() as u8);
+                for t in listed {
+                    w.bytes(&t.peer_vip4.octets())
+                        .u8(t.path.to_u8())
+                        .u8(t.transport.to_u8())
+                        .u64(t.tx_bytes)
+                        .u64(t.rx_bytes);
+                }
             }
         }
         w.into_inner()
@@ -859,6 +902,39 @@ impl Envelope {
                 filter: RouteFilter::decode(&mut r)?,
             },
             MSG_DIRECTION_REQUEST_BY_VIP => Message::DirectionRequestByVip { vip: r.ip_addr()? },
+            MSG_TUNNEL_REPORT => {
+                let total = r.u16()?;
+                let count = r.u8()? as usize;
+                if count > MAX_REPORTED_TUNNELS {
+                    return Err(WireError::Invalid {
+                        field: "reported tunnel count",
+                    }
+                    .into());
+                }
+                let mut tunnels = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let peer_vip4 = r.ipv4()?;
+                    let path = RoutePattern::from_u8(r.u8()?);
+                    if !matches!(
+                        path,
+                        RoutePattern::Direct | RoutePattern::Punched | RoutePattern::Relayed
+                    ) {
+                        return Err(WireError::Invalid {
+                            field: "reported tunnel path",
+                        }
+                        .into());
+                    }
+                    let transport = transport(r.u8()?)?;
+                    tunnels.push(ReportedTunnel {
+                        peer_vip4,
+                        path,
+                        transport,
+                        tx_bytes: r.u64()?,
+                        rx_bytes: r.u64()?,
+                    });
+                }
+                Message::TunnelReport(TunnelReport { total, tunnels })
+            }
             other => return Err(SignalError::UnknownMessage(other)),
         };
         r.finish()?;
@@ -1113,7 +1189,63 @@ mod tests {
                 code: DirectionErrorCode::Denied,
                 message: "the access policy does not allow it".into(),
             },
+            Message::TunnelReport(TunnelReport {
+                total: 2,
+                tunnels: vec![
+                    ReportedTunnel {
+                        peer_vip4: Ipv4Addr::new(100, 64, 0, 3),
+                        path: RoutePattern::Punched,
+                        transport: Transport::Udp,
+                        tx_bytes: 1 << 40,
+                        rx_bytes: 12_345,
+                    },
+                    ReportedTunnel {
+                        peer_vip4: Ipv4Addr::new(100, 64, 0, 4),
+                        path: RoutePattern::Relayed,
+                        transport: Transport::Quic,
+                        tx_bytes: 0,
+                        rx_bytes: u64::MAX,
+                    },
+                ],
+            }),
+            Message::TunnelReport(TunnelReport::default()),
         ]
+    }
+
+    #[test]
+    fn a_full_tunnel_report_fits_one_datagram_and_bad_paths_are_refused() {
+        let tunnel = ReportedTunnel {
+            peer_vip4: Ipv4Addr::BROADCAST,
+            path: RoutePattern::Relayed,
+            transport: Transport::Tcp,
+            tx_bytes: u64::MAX,
+            rx_bytes: u64::MAX,
+        };
+        let full = Envelope {
+            txid: u64::MAX,
+            message: Message::TunnelReport(TunnelReport {
+                total: u16::MAX,
+                // Longer lists are cut to the limit.
+                tunnels: vec![tunnel; MAX_REPORTED_TUNNELS + 5],
+            }),
+        };
+        let body = full.encode();
+        assert_eq!(body.len(), 9 + 3 + 22 * MAX_REPORTED_TUNNELS);
+        assert!(body.len() + 40 <= MAX_SIGNAL_PACKET);
+        match Envelope::decode(&body).unwrap().message {
+            Message::TunnelReport(r) => assert_eq!(r.tunnels.len(), MAX_REPORTED_TUNNELS),
+            other => panic!("decoded {other:?}"),
+        }
+        // A count above the limit, an unknown path and an unknown transport.
+        let mut over = body.clone();
+        over[11] = MAX_REPORTED_TUNNELS as u8 + 1;
+        assert!(Envelope::decode(&over).is_err());
+        let mut bad_path = body.clone();
+        bad_path[12 + 4] = 9;
+        assert!(Envelope::decode(&bad_path).is_err());
+        let mut bad_transport = body;
+        bad_transport[12 + 5] = 3;
+        assert!(Envelope::decode(&bad_transport).is_err());
     }
 
     #[test]

@@ -15,12 +15,18 @@ pub fn is_root() -> bool {
 /// its stdout, after asserting it exited 0 and printed
 /// "<scenario>: N passed, 0 failed" and no FAIL line.
 pub fn lab_passes(scenario: &str) -> Option<String> {
+    lab_passes_with(scenario, &[])
+}
+
+/// [`lab_passes`] with `env` set for the lab.
+pub fn lab_passes_with(scenario: &str, env: &[(&str, &str)]) -> Option<String> {
     if !is_root() {
         eprintln!("skipped: needs root");
         return None;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
         .args(["lab", scenario])
+        .envs(env.iter().copied())
         .output()
         .expect("run cyphonic lab");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

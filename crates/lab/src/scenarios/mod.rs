@@ -9,6 +9,7 @@ pub mod bench_adapter;
 pub mod bench_peers;
 pub mod bench_punch;
 pub mod bench_transports;
+pub mod console;
 pub mod direct;
 pub mod firewall;
 pub mod lifetime;
@@ -85,6 +86,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "hole punching over many fresh trials per NAT pair (home routers, routers that only masquerade, hard <-> easy): success rate and times",
     ),
     (
+        "console",
+        "the operator's web console in headless Chromium: log in, devices online with their paths, add and enroll a device with the token shown, revoke it",
+    ),
+    (
         "netcheck",
         "cyphonic netcheck behind no NAT, eim and symmetric NAT, IPv6 only, each firewall mode and a miniupnpd router, beside a running daemon",
     ),
@@ -114,6 +119,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "abuse" => abuse::run(bin),
         "policy" => policy::run(bin),
         "netcheck" => netcheck::run(bin),
+        "console" => console::run(bin),
         other => {
             let list: Vec<String> = SCENARIOS
                 .iter()

@@ -196,6 +196,11 @@ impl Overlay {
 
     /// Enrolls a node, retrying while the AS is still starting.
     pub fn enroll(&self, i: usize) -> anyhow::Result<()> {
+        self.enroll_with(i, &password(&self.nodes[i].name))
+    }
+
+    /// [`Overlay::enroll`] with a one-time password of the operator's.
+    pub fn enroll_with(&self, i: usize, one_time: &str) -> anyhow::Result<()> {
         let n = &self.nodes[i];
         let cloud = match n.cloud.unwrap_or(self.cloud_addr) {
             IpAddr::V4(a) => a.to_string(),
@@ -217,7 +222,7 @@ impl Overlay {
             "--device",
             n.name.as_str(),
             "--password",
-            &password(&n.name),
+            one_time,
             "--ca",
             root.as_str(),
             "--state-dir",

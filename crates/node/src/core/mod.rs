@@ -62,6 +62,7 @@ mod peers;
 mod ping;
 pub(crate) mod pmtu;
 mod relay;
+mod report;
 mod requests;
 mod routes;
 mod session;
@@ -139,6 +140,11 @@ pub struct Node {
     addrs_reported: bool,
     /// An adapter's list of general nodes.
     general: Option<general::GeneralNodesFetch>,
+    /// When the last tunnel report went to the NMS.
+    reported_at: Option<Instant>,
+    /// The last report listed no tunnel (a node that never had one counts
+    /// as having said so).
+    reported_empty: bool,
     out: Outbox,
     counters: NodeCounters,
 }
@@ -184,6 +190,8 @@ impl Node {
             refused: None,
             addrs_reported: false,
             general,
+            reported_at: None,
+            reported_empty: true,
             out: Outbox::default(),
             counters: NodeCounters::default(),
         }
@@ -907,8 +915,12 @@ impl Node {
                 Err(()) => break,
             }
         }
-        self.signaling
-            .keepalive_timer(now, &mut self.rng, &mut self.out);
+        if self
+            .signaling
+            .keepalive_timer(now, &mut self.rng, &mut self.out)
+        {
+            self.report_tunnels(now);
+        }
         let general_due = self.signaling.registered()
             && self.general.as_ref().is_some_and(|g| now >= g.next_poll());
         if let Some(step) = self

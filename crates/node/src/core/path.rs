@@ -44,10 +44,15 @@ const MAX_PROBES: usize = 16;
 /// "direct", "punched" or "relayed": how a path of a route of `pattern`
 /// goes, for status and ping.
 pub(crate) fn path_kind(path: Path, pattern: RoutePattern) -> &'static str {
+    path_pattern(path, pattern).as_str()
+}
+
+/// [`path_kind`] as the wire's pattern code (for the tunnel report).
+pub(crate) fn path_pattern(path: Path, pattern: RoutePattern) -> RoutePattern {
     match (path, pattern) {
-        (Path::Relay { .. }, _) => "relayed",
-        (Path::Direct(_), RoutePattern::Direct) => "direct",
-        (Path::Direct(_), _) => "punched",
+        (Path::Relay { .. }, _) => RoutePattern::Relayed,
+        (Path::Direct(_), RoutePattern::Direct) => RoutePattern::Direct,
+        (Path::Direct(_), _) => RoutePattern::Punched,
     }
 }
 
@@ -351,6 +356,7 @@ impl Node {
         self.start_pmtu(now, fqdn);
         self.mobility.tunnel_back(fqdn, now);
         self.counters.path_changes += 1;
+        self.report_tunnels_soon(now);
         self.out
             .events
             .push_back(NodeEvent::TunnelUp(handle.clone()));

@@ -1048,11 +1048,12 @@ impl Signaling {
         self.seal_to_nms_over(txid, self.registration(first), first, out);
     }
 
-    /// The re-probe of cheaper transports and the KeepAlive, when due.
-    pub fn keepalive_timer(&mut self, now: Instant, rng: &mut StdRng, out: &mut Outbox) {
+    /// The re-probe of cheaper transports and the KeepAlive, when due;
+    /// true when a KeepAlive went out.
+    pub fn keepalive_timer(&mut self, now: Instant, rng: &mut StdRng, out: &mut Outbox) -> bool {
         if self.offline() {
             self.try_others = false;
-            return;
+            return false;
         }
         if std::mem::take(&mut self.try_others) {
             self.probe_other_transports(now, rng, out);
@@ -1070,12 +1071,22 @@ impl Signaling {
             .as_mut()
             .filter(|s| s.registered && now >= s.next_keepalive)
         else {
-            return;
+            return false;
         };
         sig.next_keepalive = now + sig.login.keepalive;
         // A keepalive may wait for its answer at most until the next one.
         let timeout = sig.login.keepalive.min(Duration::from_secs(5));
         self.send_keepalive(now, timeout, rng, out);
+        true
+    }
+
+    /// A message the NMS does not answer (a Tunnel Report), once, over
+    /// the current transport; nothing while unregistered.
+    pub fn send_unanswered(&mut self, message: Message, rng: &mut StdRng, out: &mut Outbox) {
+        if self.registered() {
+            let txid: u64 = rng.gen();
+            self.seal_to_nms(txid, message, out);
+        }
     }
 }
 

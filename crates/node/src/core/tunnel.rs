@@ -428,6 +428,7 @@ impl Node {
         drop(peer);
         if new_path {
             self.start_pmtu(now, fqdn);
+            self.report_tunnels_soon(now);
         }
         self.out
             .events
