@@ -42,6 +42,7 @@ fn main() {
         ("data", data()),
         ("relay", relay()),
         ("reflect", reflect()),
+        ("trs-report", trs_report()),
         ("transport", transport()),
         ("login", login()),
         ("dns", dns()),
@@ -391,6 +392,32 @@ fn reflect() -> Seeds {
         ("request", ReflectRequest { txid: 77 }.encode().to_vec()),
         ("response-nms", nms_answer.encode()),
         ("response-trs", trs_answer.encode()),
+    ]
+}
+
+fn trs_report() -> Seeds {
+    use cyphonic_proto::trs_report::{report_key, TrsReport};
+    let key = report_key(fixed::RELAY_SECRET);
+    let addr = |s: &str| s.parse().expect("address");
+    let both = TrsReport {
+        sent: 1_900_000_000_000_000,
+        sessions: 12,
+        forwarded_bytes: 1 << 33,
+        relays: vec![addr("192.0.2.2:4503"), addr("[2001:db8::2]:4503")],
+    };
+    let v4 = TrsReport {
+        sent: 1_900_000_001_000_000,
+        sessions: 0,
+        forwarded_bytes: 0,
+        relays: vec![addr("192.0.2.3:4503")],
+    };
+    vec![
+        ("report-dual-stack", both.encode(&key)),
+        ("report-v4", v4.encode(&key)),
+        (
+            "report-other-key",
+            v4.encode(&report_key(b"another relay secret")),
+        ),
     ]
 }
 

@@ -25,6 +25,7 @@ pub mod reflect;
 pub mod relay;
 pub mod signal;
 pub mod transport;
+pub mod trs_report;
 
 /// A target's check.
 pub type Check = fn(&[u8]);
@@ -37,6 +38,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("data", data::check),
     ("relay", relay::check),
     ("reflect", reflect::check),
+    ("trs-report", trs_report::check),
     ("transport", transport::check),
     ("login", login::check),
     ("dns", dns::check),

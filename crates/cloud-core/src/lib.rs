@@ -8,9 +8,11 @@
 //!   both NMS and TRS.
 //! - [`route`] — the route table of `docs/routing.md`.
 //! - [`trs`] — the relay.
+//! - [`trs_pool`] — TRS Reports: which relays live, and their load.
 
 pub mod nms;
 pub mod policy;
 pub mod reflect;
 pub mod route;
 pub mod trs;
+pub mod trs_pool;

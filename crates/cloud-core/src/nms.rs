@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 use crate::policy::Policy;
 use crate::reflect::{ReflectConfig, Reflector};
 use crate::route::{decide_route, Initiator, NatKind, NetInfo};
+use crate::trs_pool::TrsPool;
 use cyphonic_proto::policy::RouteFilter;
 use cyphonic_proto::reflect::TYPE_REFLECT_REQUEST;
 use cyphonic_proto::signal::{
@@ -152,6 +153,9 @@ pub struct NmsConfig {
     pub directions_per_target: u32,
     /// Lookups of unknown session IDs per second in all (bursts as many).
     pub lookups_total: u32,
+    /// A TRS that reported (TRS Report, `docs/protocol.md` §5.18) and then
+    /// stayed silent this long is left out of new relay grants.
+    pub trs_dead_after: Duration,
 }
 
 /// The relay secret is wiped on drop.
@@ -204,6 +208,7 @@ impl Default for NmsConfig {
             directions_per_session: 10,
             directions_per_target: 50,
             lookups_total: 5000,
+            trs_dead_after: Duration::from_secs(3),
         }
     }
 }
@@ -274,6 +279,8 @@ pub enum TimerReason {
     RetransmitDirection,
     DirectionTimeout,
     Expire,
+    /// A TRS that reported turns dead unless it reports first.
+    TrsSilent,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -288,6 +295,16 @@ pub struct NmsCounters {
     pub reflects: u64,
     pub reflects_bad: u64,
     pub reflects_limited: u64,
+    /// TRS Reports taken, dropped (malformed, wrong MAC, replayed, off
+    /// the clock) and authentic but naming no configured TRS (§5.18);
+    /// not in `rx_packets`.
+    pub trs_reports: u64,
+    pub trs_reports_bad: u64,
+    pub trs_reports_unknown: u64,
+    /// TRS instances whose reports are fresh, and those that reported and
+    /// fell silent (levels).
+    pub trs_live: u64,
+    pub trs_dead: u64,
     pub registrations: u64,
     pub directions: u64,
     pub direction_failures: u64,
@@ -597,9 +614,9 @@ pub struct Nms {
     transmits: VecDeque<Transmit>,
     events: VecDeque<NmsEvent>,
     counters: NmsCounters,
-    /// Relay grants handed out per TRS instance: the least used goes first
-    /// in the next route's list.
-    relay_load: Vec<u64>,
+    /// The TRS instances: which live, and their load (§5.18); `None`
+    /// without relays.
+    trs_pool: Option<TrsPool>,
     /// Notices in flight, by (session, txid).
     notices: BTreeMap<(SessionId, u64), Notice>,
     /// Certificate serials withdrawn from the overlay.
@@ -636,6 +653,10 @@ impl Nms {
     /// OS randomness. `counter_base` is the wall clock in microseconds (see
     /// [`cyphonic_proto::signal`]).
     pub fn new(config: NmsConfig, seed: [u8; 32], counter_base: u64) -> Self {
+        let trs_pool = config
+            .relay
+            .as_ref()
+            .map(|r| TrsPool::new(&r.servers, &r.secret, config.trs_dead_after));
         Self {
             reflector: Reflector::new(config.reflect),
             config,
@@ -657,7 +678,7 @@ impl Nms {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: NmsCounters::default(),
-            relay_load: Vec::new(),
+            trs_pool,
             notices: BTreeMap::new(),
             withdrawn: VecDeque::new(),
             ended_lately: VecDeque::new(),
@@ -937,11 +958,21 @@ impl Nms {
 
     pub fn counters(&self) -> NmsCounters {
         let reflect = self.reflector.counters();
+        let pool = self
+            .trs_pool
+            .as_ref()
+            .map(TrsPool::counters)
+            .unwrap_or_default();
         NmsCounters {
             sessions: self.sessions.len() as u64,
             reflects: reflect.reflects,
             reflects_bad: reflect.reflects_bad,
             reflects_limited: reflect.reflects_limited,
+            trs_reports: pool.reports,
+            trs_reports_bad: pool.reports_bad,
+            trs_reports_unknown: pool.reports_unknown,
+            trs_live: self.trs_pool.as_ref().map_or(0, TrsPool::live),
+            trs_dead: self.trs_pool.as_ref().map_or(0, TrsPool::dead),
             ..self.counters
         }
     }
@@ -994,6 +1025,12 @@ impl Nms {
                 ]
             })
             .chain(notices)
+            .chain(
+                self.trs_pool
+                    .as_ref()
+                    .and_then(TrsPool::poll_timeout)
+                    .map(|t| (t, TimerReason::TrsSilent)),
+            )
             .min_by_key(|(t, _)| *t)
     }
 
@@ -1007,6 +1044,10 @@ impl Nms {
     ) {
         if packet.first() == Some(&TYPE_REFLECT_REQUEST) {
             self.on_reflect(now, local, from, packet);
+            return;
+        }
+        if crate::trs_pool::is_report(packet) {
+            self.on_trs_report(now, from, packet);
             return;
         }
         self.counters.rx_packets += 1;
@@ -1089,13 +1130,13 @@ impl Nms {
     fn on_reflect(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, packet: &[u8]) {
         let mut buf = packet.to_vec();
         let relays = self
-            .config
-            .relay
+            .trs_pool
             .as_ref()
-            .map_or(&[][..], |r| r.servers.as_slice());
+            .map(|p| p.order(now))
+            .unwrap_or_default();
         match self
             .reflector
-            .handle_request(now, from, &mut buf, &self.config.public, relays)
+            .handle_request(now, from, &mut buf, &self.config.public, &relays)
         {
             Ok(len) => {
                 buf.truncate(len);
@@ -1481,6 +1522,9 @@ impl Nms {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(pool) = self.trs_pool.as_mut() {
+            pool.handle_timeout(now);
+        }
         self.send_notices(now);
         self.resend_challenges(now);
         if self
@@ -1886,25 +1930,33 @@ impl Nms {
         })
     }
 
-    /// The TRS list for one route, by instance, least used first (ties in
-    /// configured order, so the operator's nearest-first order holds while
-    /// the load is even). Both ends get the same order, so they meet at
-    /// the same instance and fail over to the same next one.
-    fn relay_servers(&mut self) -> Vec<SocketAddr> {
-        let Some(relay) = self.config.relay.as_ref() else {
-            return Vec::new();
+    /// A TRS Report (§5.18): taken or dropped by the pool, never
+    /// answered.
+    fn on_trs_report(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+        let (Some(pool), Some(relay)) = (self.trs_pool.as_mut(), self.config.relay.as_ref()) else {
+            tracing::debug!(%from, "TRS Report dropped: no relays configured");
+            return;
         };
-        let instances = relay_instances(&relay.servers);
-        self.relay_load.resize(instances.len(), 0);
-        let mut order: Vec<usize> = (0..instances.len()).collect();
-        order.sort_by_key(|i| (self.relay_load[*i], *i));
-        if let Some(first) = order.first() {
-            self.relay_load[*first] += 1;
+        let (origin, unix) = relay.wall_origin;
+        let unix_micros = unix
+            .saturating_mul(1_000_000)
+            .saturating_add(now.saturating_duration_since(origin).as_micros() as u64);
+        match pool.handle_report(now, unix_micros, packet) {
+            Ok(instance) => tracing::trace!(%from, instance, "TRS Report"),
+            Err(e) => tracing::debug!(%from, error = %e, "TRS Report dropped"),
         }
-        order
-            .into_iter()
-            .flat_map(|i| instances[i].clone())
-            .collect()
+    }
+
+    /// The TRS list for one route, by instance: the live ones (§5.18),
+    /// least loaded first (ties in configured order, so the operator's
+    /// nearest-first order holds while the load is even). Both ends get
+    /// the same order, so they meet at the same instance and fail over to
+    /// the same next one.
+    fn relay_servers(&mut self, now: Instant) -> Vec<SocketAddr> {
+        self.trs_pool
+            .as_mut()
+            .map(|p| p.grant_order(now))
+            .unwrap_or_default()
     }
 
     fn on_direction_request(&mut self, now: Instant, mn: SessionId, txid: u64, target: &str) {
@@ -2113,7 +2165,10 @@ impl Nms {
         );
         let route_id = RouteId(self.rng.gen_range(1..u64::MAX));
         let tunnel_key: [u8; 32] = self.rng.gen();
-        let servers = self.relay_servers();
+        let servers = self.relay_servers(now);
+        if !servers.is_empty() {
+            tracing::info!(%route_id, relays = ?servers, "relay grant");
+        }
         let mn_initiates = decision.initiator == Initiator::Mn;
         // The part of the end a direction goes to (the MN's side or the
         // CN's) in birthday punching.
@@ -2617,10 +2672,113 @@ mod tests {
             ..NmsConfig::default()
         };
         let mut nms = Nms::new(config, [0; 32], 0);
-        let firsts: Vec<SocketAddr> = (0..4).map(|_| nms.relay_servers()[0]).collect();
+        let now = Instant::now();
+        let firsts: Vec<SocketAddr> = (0..4).map(|_| nms.relay_servers(now)[0]).collect();
         assert_eq!(firsts, vec![servers[0], servers[2], servers[0], servers[2]]);
         // Every list still holds every instance, for failover.
-        assert_eq!(nms.relay_servers().len(), 4);
+        assert_eq!(nms.relay_servers(now).len(), 4);
+    }
+
+    /// TRS Reports through the NMS's socket input: a TRS that stops
+    /// reporting leaves new grants and the Reflect list when the NMS's
+    /// timer fires, `trs_dead_after` after its last report, and comes
+    /// back with its next report; bad reports are counted, not taken.
+    #[test]
+    fn a_silent_trs_leaves_new_grants_and_reports_bring_it_back() {
+        use crate::trs_pool::TrsReporter;
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let servers = vec![
+            a("192.0.2.1:4503"),
+            a("[2001:db8::1]:4503"),
+            a("192.0.2.2:4503"),
+            a("[2001:db8::2]:4503"),
+        ];
+        let start = Instant::now();
+        let unix = 1_900_000_000;
+        let config = NmsConfig {
+            relay: Some(RelayConfig {
+                secret: vec![1; 32],
+                servers: servers.clone(),
+                quic_port: 443,
+                tcp_port: 443,
+                lifetime: Duration::from_secs(60),
+                wall_origin: (start, unix),
+            }),
+            trs_dead_after: Duration::from_secs(3),
+            ..NmsConfig::default()
+        };
+        let mut nms = Nms::new(config, [0; 32], 0);
+        let nms_local = a("192.0.2.1:4502");
+        let mut t1 = TrsReporter::new(&[1; 32], servers[..2].to_vec());
+        let mut t2 = TrsReporter::new(&[1; 32], servers[2..].to_vec());
+        let micros = |now: Instant| unix * 1_000_000 + (now - start).as_micros() as u64;
+        // T1 carries more sessions: T2 goes first while both live.
+        let mut now = start;
+        nms.handle_datagram(now, nms_local, servers[0], &t1.report(micros(now), 5, 0));
+        nms.handle_datagram(now, nms_local, servers[2], &t2.report(micros(now), 1, 0));
+        assert!(nms.poll_transmit().is_none(), "a report is never answered");
+        assert_eq!(nms.relay_servers(now)[0], servers[2]);
+        let c = nms.counters();
+        assert_eq!(
+            (c.trs_reports, c.trs_live, c.trs_dead, c.rx_packets),
+            (2, 2, 0, 0)
+        );
+        // T1 reports every second, T2 no more: the timer names T2's end.
+        let mut last_t2 = now;
+        let mut wake = nms.poll_timeout();
+        assert_eq!(
+            wake,
+            Some((last_t2 + Duration::from_secs(3), TimerReason::TrsSilent))
+        );
+        for _ in 0..4 {
+            now += Duration::from_secs(1);
+            if let Some((t, _)) = wake.filter(|(t, _)| *t <= now) {
+                nms.handle_timeout(t);
+            }
+            nms.handle_datagram(now, nms_local, servers[0], &t1.report(micros(now), 5, 0));
+            wake = nms.poll_timeout();
+        }
+        assert_eq!(nms.counters().trs_dead, 1);
+        assert_eq!(nms.counters().trs_live, 1);
+        assert_eq!(nms.relay_servers(now), servers[..2].to_vec());
+        // The Reflect list names T1 alone too.
+        let mut request = cyphonic_proto::reflect::ReflectRequest { txid: 9 }
+            .encode()
+            .to_vec();
+        nms.handle_datagram(now, nms_local, a("198.51.100.7:40000"), &request);
+        let answer = nms.poll_transmit().expect("a Reflect Response");
+        let answer = cyphonic_proto::reflect::ReflectResponse::parse(&answer.payload).unwrap();
+        assert_eq!(answer.relays, servers[..2].to_vec());
+        // A replay of T2's old report, a forged one and garbage do not
+        // revive it.
+        let mut forged = TrsReporter::new(&[2; 32], servers[2..].to_vec());
+        nms.handle_datagram(
+            now,
+            nms_local,
+            servers[2],
+            &forged.report(micros(now), 0, 0),
+        );
+        request[0] = cyphonic_proto::trs_report::TYPE_TRS_REPORT;
+        nms.handle_datagram(now, nms_local, servers[2], &request);
+        // T2's first report again (same `sent`), as captured on the wire.
+        let replay = {
+            let mut r = TrsReporter::new(&[1; 32], servers[2..].to_vec());
+            r.report(micros(last_t2), 1, 0)
+        };
+        nms.handle_datagram(now, nms_local, servers[2], &replay);
+        assert_eq!(nms.relay_servers(now), servers[..2].to_vec());
+        assert_eq!(nms.counters().trs_reports_bad, 3);
+        // T2 reports again: back in the grants at once.
+        last_t2 = now;
+        nms.handle_datagram(
+            last_t2,
+            nms_local,
+            servers[2],
+            &t2.report(micros(now), 0, 0),
+        );
+        assert_eq!(nms.relay_servers(now).len(), 4);
+        let c = nms.counters();
+        assert_eq!((c.trs_live, c.trs_dead, c.trs_reports), (2, 0, 7));
     }
 
     /// A node's end of one session with `nms`, registered.

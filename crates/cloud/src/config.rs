@@ -96,6 +96,16 @@ pub struct CloudConfig {
     /// of `public_addrs` with the first `trs_listen` port.
     #[serde(default)]
     pub trs_public: Vec<SocketAddr>,
+    /// NMS signaling addresses this TRS sends its TRS Report to every
+    /// second (`docs/protocol.md` §5.18); empty: none. A TRS in the same
+    /// process as the NMS reports to it without a socket.
+    #[serde(default)]
+    pub trs_report_to: Vec<SocketAddr>,
+    /// The NMS leaves a TRS that reported and then stayed silent this many
+    /// seconds out of new relay grants (at least 2: TRSs report every
+    /// second).
+    #[serde(default = "default_trs_dead_after_secs")]
+    pub trs_dead_after_secs: u64,
     /// UDP addresses of the QUIC listener (signaling and relay over QUIC
     /// DATAGRAM frames, for networks that let only the web out). An empty
     /// list disables it.
@@ -191,6 +201,10 @@ fn default_nms_probe_port() -> u16 {
     DEFAULT_NMS_PROBE_PORT
 }
 
+fn default_trs_dead_after_secs() -> u64 {
+    3
+}
+
 fn default_trs_listen() -> Vec<SocketAddr> {
     vec![
         SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), DEFAULT_TRS_PORT),
@@ -244,6 +258,8 @@ impl CloudConfig {
             nms_probe_port: default_nms_probe_port(),
             trs_listen: default_trs_listen(),
             trs_public: Vec::new(),
+            trs_report_to: Vec::new(),
+            trs_dead_after_secs: default_trs_dead_after_secs(),
             quic_listen: default_443(),
             tcp443_listen: default_443(),
             metrics_listen: None,
@@ -384,6 +400,21 @@ impl CloudConfig {
                 "public_addrs",
                 format!("contains {ip}, which nodes cannot connect to"),
                 "list the unicast addresses nodes use to reach the cloud",
+            ));
+        }
+        if !(2..=3600).contains(&self.trs_dead_after_secs) {
+            return Err(invalid(
+                "trs_dead_after_secs",
+                format!("= {} is outside 2..=3600", self.trs_dead_after_secs),
+                "TRSs report every second: give a few seconds, like 3",
+            ));
+        }
+        if !self.trs_report_to.is_empty() && self.trs_own_addrs().is_empty() {
+            return Err(invalid(
+                "trs_report_to",
+                "is set, but this TRS has no address to name itself by".into(),
+                "set public_addrs (or specific trs_listen addresses) to the addresses \
+                 nodes reach this TRS at, as the NMS lists them in trs_public",
             ));
         }
         if !VIP4_SPACE.contains_prefix(&self.vip4_prefix) {
@@ -527,6 +558,27 @@ impl CloudConfig {
             .collect()
     }
 
+    /// The relay addresses this TRS names itself by in its TRS Reports:
+    /// each `trs_listen` address, an unspecified one replaced by each of
+    /// `public_addrs` of its IP version (with its port). The NMS finds
+    /// the instance by these among its `trs_public`.
+    pub fn trs_own_addrs(&self) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for l in &self.trs_listen {
+            if l.ip().is_unspecified() {
+                out.extend(
+                    self.public_addrs
+                        .iter()
+                        .filter(|ip| ip.is_ipv4() == l.is_ipv4())
+                        .map(|ip| SocketAddr::new(*ip, l.port())),
+                );
+            } else {
+                out.push(*l);
+            }
+        }
+        out
+    }
+
     /// The ports of the cloud's QUIC and TLS-over-TCP listeners (same on
     /// every cloud address and TRS instance), 0 for one that is off.
     pub fn leg_ports(&self) -> (u16, u16) {
@@ -601,6 +653,45 @@ mod tests {
         let small: Ipv4Prefix = "100.64.0.0/30".parse().unwrap();
         assert_eq!(small.host(3), Some(Ipv4Addr::new(100, 64, 0, 3)));
         assert_eq!(small.host(4), None);
+    }
+
+    #[test]
+    fn a_trs_names_itself_by_its_listen_or_public_addresses() {
+        let mut cfg = CloudConfig::new("/var/lib/cyphonic");
+        assert_eq!(cfg.trs_dead_after_secs, 3);
+        assert!(cfg.trs_report_to.is_empty());
+        assert!(cfg.trs_own_addrs().is_empty());
+        cfg.public_addrs = vec![
+            "203.0.113.20".parse().unwrap(),
+            "2001:db8::20".parse().unwrap(),
+        ];
+        assert_eq!(
+            cfg.trs_own_addrs(),
+            vec![
+                "203.0.113.20:4503".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::20]:4503".parse().unwrap()
+            ]
+        );
+        cfg.trs_listen = vec!["192.0.2.2:4503".parse().unwrap()];
+        assert_eq!(cfg.trs_own_addrs(), vec!["192.0.2.2:4503".parse().unwrap()]);
+        cfg.trs_report_to = vec!["192.0.2.1:4502".parse().unwrap()];
+        assert!(cfg.validate().is_ok());
+        // Reporting without an address to be known by, or a dead time the
+        // reports cannot keep up with, names the key.
+        cfg.trs_listen = default_trs_listen();
+        cfg.public_addrs.clear();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("trs_report_to"));
+        cfg.trs_report_to.clear();
+        cfg.trs_dead_after_secs = 1;
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("trs_dead_after_secs"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Counters that are levels, not totals: exported as gauges.
-const GAUGES: [&str; 1] = ["sessions"];
+const GAUGES: [&str; 3] = ["sessions", "trs_live", "trs_dead"];
 
 /// Every number of `counters` (a serialized counters struct) under
 /// `cyphonic_cloud_<service>_<name>`.
@@ -122,6 +122,9 @@ mod tests {
             "cyphonic_cloud_trs_sessions 4",
             "cyphonic_cloud_nms_sessions 2",
             "# TYPE cyphonic_cloud_trs_sessions gauge",
+            "# TYPE cyphonic_cloud_nms_trs_live gauge",
+            "# TYPE cyphonic_cloud_nms_trs_dead gauge",
+            "cyphonic_cloud_nms_trs_reports_bad_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

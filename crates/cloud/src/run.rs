@@ -93,6 +93,9 @@ pub async fn run_observed(
         nms: None,
         trs: None,
     };
+    // The NMS's input and address, when it runs here: a TRS in this
+    // process reports to it there (§5.18).
+    let mut nms_here: Option<(NmsInputTx, SocketAddr)> = None;
     let as_server = if matches!(roles, Roles::All | Roles::As) {
         Some(crate::as_server::AsServer::bind(cfg.clone(), store.clone()).await?)
     } else {
@@ -185,11 +188,13 @@ pub async fn run_observed(
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, cfg.nms_port()))
                 .collect(),
+            trs_dead_after: Duration::from_secs(cfg.trs_dead_after_secs),
             ..NmsConfig::default()
         };
         let store = store.clone();
         let rx = stop_rx.clone();
         let (input_tx, input_rx) = mpsc::channel(4096);
+        nms_here = listen.first().map(|l| (input_tx.clone(), *l));
         if edge.is_some() {
             targets.nms = Some(input_tx.clone());
         }
@@ -217,6 +222,8 @@ pub async fn run_observed(
     }
     if matches!(roles, Roles::All | Roles::Trs) {
         let secret = load_relay_secret(&cfg)?;
+        let reporter =
+            cyphonic_cloud_core::trs_pool::TrsReporter::new(&secret, cfg.trs_own_addrs());
         let sockets = Arc::new(
             cyphonic_platform::udp::Sockets::bind_addrs(&cfg.trs_listen)
                 .with_context(|| format!("cannot bind the TRS on {:?}", cfg.trs_listen))?,
@@ -234,6 +241,19 @@ pub async fn run_observed(
         metrics.trs = Some(trs.clone());
         let rx = stop_rx.clone();
         let trs_edge = edge.clone();
+        // Reports to an NMS here only if it hands out this TRS.
+        let own = cfg.trs_own_addrs();
+        let internal = nms_here
+            .take()
+            .filter(|_| cfg.relay_endpoints().iter().any(|a| own.contains(a)));
+        tasks.spawn(report_trs(
+            reporter,
+            trs.clone(),
+            sockets.clone(),
+            cfg.trs_report_to.clone(),
+            internal,
+            stop_rx.clone(),
+        ));
         tasks.spawn(async move { run_trs(trs, sockets, rx, trs_edge).await });
     }
     if let Some(edge) = edge {
@@ -312,6 +332,9 @@ async fn bind_edge(
         }
     }
 }
+
+/// Where datagrams for the NMS shell go.
+pub type NmsInputTx = mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>;
 
 /// What the NMS shell reads: `(local, from, datagram)` from its UDP
 /// sockets and from the hub.
@@ -809,6 +832,59 @@ pub async fn run_trs(
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     Ok(())
+}
+
+/// The TRS's reports (`docs/protocol.md` §5.18): every
+/// [`REPORT_INTERVAL`](cyphonic_cloud_core::trs_pool::REPORT_INTERVAL),
+/// one to each `to` address from the relay socket of its IP version, and
+/// one into the input of an NMS in this process (`internal`: its input
+/// and address), with the TRS's live sessions and forwarded bytes.
+async fn report_trs(
+    mut reporter: cyphonic_cloud_core::trs_pool::TrsReporter,
+    trs: Arc<std::sync::Mutex<crate::trs::Trs>>,
+    sockets: Arc<cyphonic_platform::udp::Sockets>,
+    to: Vec<SocketAddr>,
+    internal: Option<(NmsInputTx, SocketAddr)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if to.is_empty() && internal.is_none() {
+        return Ok(());
+    }
+    tracing::info!(to = ?to, internal = internal.is_some(), "TRS reporting");
+    let own = sockets
+        .v4
+        .as_ref()
+        .or(sockets.v6.as_ref())
+        .and_then(|s| s.local_addr().ok())
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut tick = tokio::time::interval(cyphonic_cloud_core::trs_pool::REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        let counters = trs.lock().unwrap_or_else(|e| e.into_inner()).counters();
+        let unix_micros = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0)
+        };
+        for dst in &to {
+            let report =
+                reporter.report(unix_micros(), counters.sessions, counters.forwarded_bytes);
+            if let Err(e) = sockets.send_to(&report, *dst) {
+                tracing::debug!(%dst, error = %e, "TRS Report not sent");
+            }
+        }
+        if let Some((tx, nms)) = &internal {
+            let report =
+                reporter.report(unix_micros(), counters.sessions, counters.forwarded_bytes);
+            // A full queue drops it: the next one comes in a second.
+            let _ = tx.try_send((*nms, own, report));
+        }
+    }
 }
 
 fn relay_loop(

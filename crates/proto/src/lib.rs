@@ -5,7 +5,8 @@
 //! Response ([`handshake`]), 4 data ([`data`]), 6 Relay Bind, 7 Relay Bind
 //! Ack, 8 Relay Data and 10 Relay Challenge ([`relay`]), 9 punch
 //! ([`TYPE_PUNCH`]); 11 Reflect Request and 12 Reflect Response
-//! ([`reflect`], for `cyphonic netcheck`, never on a node's tunnel port).
+//! ([`reflect`], for `cyphonic netcheck`, never on a node's tunnel port);
+//! 13 TRS Report ([`trs_report`], TRS -> NMS, never on a node's port).
 //! `docs/protocol.md` is the
 //! specification; this crate is its implementation.
 //!
@@ -34,6 +35,7 @@ pub mod replay;
 pub mod secret;
 pub mod signal;
 pub mod transport;
+pub mod trs_report;
 pub mod wire;
 
 pub use fqdn::Fqdn;

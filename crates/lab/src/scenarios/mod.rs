@@ -21,6 +21,7 @@ pub mod overlay;
 pub mod pcap;
 pub mod policy;
 pub mod revoke;
+pub mod trs_health;
 
 use std::path::Path;
 
@@ -97,6 +98,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "nat-matrix",
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
+    (
+        "trs-health",
+        "two TRSs report to the NMS; one is killed under a relayed ping: marked dead within seconds, left out of new grants, the tunnel fails over",
+    ),
 ];
 
 /// Runs scenario `name` with the cyphonic binary at `bin`; Ok(true) when
@@ -116,6 +121,7 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "bench-punch" => bench_punch::run(bin),
         "lifetime" => lifetime::run(bin),
         "revoke" => revoke::run(bin),
+        "trs-health" => trs_health::run(bin),
         "abuse" => abuse::run(bin),
         "policy" => policy::run(bin),
         "netcheck" => netcheck::run(bin),
