@@ -15,7 +15,7 @@ fn lab_trs_health_passes() {
     };
     for case in [
         "both TRSs report: the NMS counts 2 live",
-        "a -> b relayed",
+        "a -> b relayed, its grant naming both TRSs",
         "the NMS marks the killed TRS dead within 5 s",
         "a new route (a -> c) gets a grant without the dead TRS",
         "the relayed tunnel a -> b fails over to the other TRS and keeps carrying ping",

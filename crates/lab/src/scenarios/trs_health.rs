@@ -176,8 +176,19 @@ fn scenario(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
     ensure!(p["path"] == "relayed", "a -> b is {}", p["path"]);
     let (dead, live) = (&pool[victim], &pool[1 - victim]);
     report.check(
-        "a -> b relayed",
-        Ok(format!("via {} ({endpoint})", dead.name)),
+        "a -> b relayed, its grant naming both TRSs",
+        (|| {
+            let log = nl.o.lab.log("cloud");
+            let grant = log
+                .lines()
+                .rfind(|l| l.contains("relay grant"))
+                .context("no relay grant logged")?;
+            ensure!(
+                grant.contains(&dead.v4.to_string()) && grant.contains(&live.v4.to_string()),
+                "{grant}"
+            );
+            Ok(format!("via {} ({endpoint})", dead.name))
+        })(),
     );
 
     let a_ns = nl.o.nodes[a].ns.clone();
