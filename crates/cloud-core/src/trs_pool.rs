@@ -545,6 +545,19 @@ mod tests {
     }
 
     #[test]
+    fn report_keys_are_wiped_on_drop() {
+        let pool = TrsPool::new(&servers(), SECRET, Duration::from_secs(3));
+        assert_ne!(pool.key, [0; 32]);
+        assert_eq!(cyphonic_proto::key_bytes_after_drop!(pool, key), [0; 32]);
+        let reporter = t1();
+        assert_ne!(reporter.key, [0; 32]);
+        assert_eq!(
+            cyphonic_proto::key_bytes_after_drop!(reporter, key),
+            [0; 32]
+        );
+    }
+
+    #[test]
     fn a_reporter_never_repeats_sent_when_the_clock_steps_back() {
         let mut r = t1();
         let a = TrsReport::parse(&r.report(UNIX, 0, 0)).unwrap().sent;
