@@ -62,13 +62,7 @@ fn status_without_a_daemon_says_so() {
 /// Starts `cloud run` with stderr to `log`, waits (20 s at most) until
 /// the log holds `want`, stops it, and returns the log.
 fn cloud_log(cfg: &std::path::Path, log: &std::path::Path, extra: &[&str], want: &str) -> String {
-    let file = std::fs::File::create(log).expect("log file");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
-        .args(["cloud", "run", "--config", cfg.to_str().unwrap()])
-        .args(extra)
-        .stderr(file)
-        .spawn()
-        .expect("start cloud");
+    let server = common::start_cloud(cfg, extra, Some(log));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let text = loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -77,8 +71,7 @@ fn cloud_log(cfg: &std::path::Path, log: &std::path::Path, extra: &[&str], want:
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(text.contains(want), "no {want:?} in the log: {text}");
     text
 }
@@ -122,26 +115,8 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
     let d = dir.path();
     let (cfg, port) = loopback_cloud(d);
     let cloud = d.join("cloud");
-    let out = cyphonic(&[
-        "cloud",
-        "device",
-        "add",
-        "--config",
-        cfg.to_str().unwrap(),
-        "n1",
-        "--password",
-        "right-password",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut server = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
-        .args(["cloud", "run", "--config", cfg.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start cloud");
+    common::add_device(&cfg, "n1", "right-password");
+    let server = common::start_cloud(&cfg, &[], None);
     let cloud_addr = format!("127.0.0.1:{port}");
     let root = cloud.join("root.pem");
     let state = d.join("n1");
@@ -168,8 +143,7 @@ fn enrolling_with_a_wrong_password_is_refused_clearly() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(err.contains("wrong device ID or password"), "{err}");
     assert!(
         !state.join("node.key").exists() || !state.join("node.pem").exists(),

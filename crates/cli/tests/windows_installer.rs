@@ -16,6 +16,22 @@ use wine::{windows_program, WineServer};
 
 const UNINSTALL_KEY: &str = r"HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall\cyphonic";
 
+/// Removes what an install left in the prefix when the test ends, also
+/// when it fails halfway (a passing run's uninstaller already did).
+struct Leftovers(Vec<PathBuf>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            if path.is_dir() {
+                let _ = std::fs::remove_dir_all(path);
+            } else {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
 fn reg_query(key: &str) -> std::process::Output {
     windows_program(Path::new("reg"), &["query", key])
 }
@@ -35,6 +51,7 @@ fn the_installer_installs_silently_and_uninstalls_cleanly() {
     let shortcut = prefix
         .join("drive_c/ProgramData/Microsoft/Windows/Start Menu/Programs/cyphonic starter.lnk");
     let _ = std::fs::remove_dir_all(&dir);
+    let _leftovers = Leftovers(vec![dir.clone(), shortcut.clone()]);
 
     // NSIS takes the folder as the last argument, unquoted.
     let out = windows_program(&installer, &["/S", &format!(r"/D=C:\{folder}")]);

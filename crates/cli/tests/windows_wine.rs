@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cyphonic, loopback_cloud};
+use common::{add_device, loopback_cloud, start_cloud};
 mod wine;
 use wine::{win_path, windows_cyphonic, Running, WineServer};
 
@@ -24,30 +24,9 @@ fn a_windows_node_under_wine_enrolls_logs_in_and_registers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let (cfg, port) = loopback_cloud(d);
-    let out = cyphonic(&[
-        "cloud",
-        "device",
-        "add",
-        "--config",
-        cfg.to_str().unwrap(),
-        "win1",
-        "--password",
-        "a-windows-password",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_device(&cfg, "win1", "a-windows-password");
     let cloud_log = d.join("cloud.log");
-    let _cloud = Running(
-        Command::new(env!("CARGO_BIN_EXE_cyphonic"))
-            .args(["cloud", "run", "--config", cfg.to_str().unwrap()])
-            .env("CYPHONIC_LOG", "info")
-            .stderr(std::fs::File::create(&cloud_log).unwrap())
-            .spawn()
-            .expect("start cloud"),
-    );
+    let _cloud = start_cloud(&cfg, &[], Some(&cloud_log));
 
     // Enroll, retried until the cloud listens.
     let state = d.join("win1");

@@ -205,42 +205,35 @@ mod windows {
     }
 
     impl Registration {
+        /// One more notification: `notify` registers it with the sender as
+        /// its context and returns the Win32 status; kept until drop.
+        fn add(
+            &mut self,
+            notify: impl FnOnce(*const core::ffi::c_void, &mut HANDLE) -> u32,
+        ) -> io::Result<()> {
+            let mut handle: HANDLE = std::ptr::null_mut();
+            let status = notify(self.sender as *const _, &mut handle);
+            if status != NO_ERROR {
+                return Err(io::Error::from_raw_os_error(status as i32));
+            }
+            self.handles.push(handle);
+            Ok(())
+        }
+
         pub fn new(tx: Sender<()>) -> io::Result<Registration> {
             let mut reg = Registration {
                 handles: Vec::new(),
                 sender: Box::into_raw(Box::new(tx)),
             };
-            let mut handle: HANDLE = std::ptr::null_mut();
             // SAFETY: the callbacks match the documented signatures and
             // the context outlives the registrations (see Drop).
-            let status = unsafe {
-                NotifyUnicastIpAddressChange(
-                    AF_UNSPEC,
-                    Some(on_address),
-                    reg.sender as *const _,
-                    false,
-                    &mut handle,
-                )
-            };
-            if status != NO_ERROR {
-                return Err(io::Error::from_raw_os_error(status as i32));
-            }
-            reg.handles.push(handle);
-            let mut handle: HANDLE = std::ptr::null_mut();
+            reg.add(|context, handle| unsafe {
+                NotifyUnicastIpAddressChange(AF_UNSPEC, Some(on_address), context, false, handle)
+            })?;
             // SAFETY: as above.
-            let status = unsafe {
-                NotifyRouteChange2(
-                    AF_UNSPEC,
-                    Some(on_route),
-                    reg.sender as *const _,
-                    false,
-                    &mut handle,
-                )
-            };
-            if status != NO_ERROR {
-                return Err(io::Error::from_raw_os_error(status as i32));
-            }
-            reg.handles.push(handle);
+            reg.add(|context, handle| unsafe {
+                NotifyRouteChange2(AF_UNSPEC, Some(on_route), context, false, handle)
+            })?;
             Ok(reg)
         }
     }

@@ -99,3 +99,57 @@ pub fn loopback_cloud(d: &std::path::Path) -> (std::path::PathBuf, u16) {
     std::fs::write(&cfg, text).unwrap();
     (cfg, port)
 }
+
+/// A `cyphonic cloud run` a test started: killed and reaped on drop, also
+/// when the test fails.
+#[allow(dead_code)]
+pub struct CloudProcess(std::process::Child);
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cyphonic cloud run --config <cfg> <extra>`, its log (stderr) to
+/// `log`, or discarded.
+#[allow(dead_code)]
+pub fn start_cloud(
+    cfg: &std::path::Path,
+    extra: &[&str],
+    log: Option<&std::path::Path>,
+) -> CloudProcess {
+    let stderr = match log {
+        Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => std::process::Stdio::null(),
+    };
+    CloudProcess(
+        Command::new(env!("CARGO_BIN_EXE_cyphonic"))
+            .args(["cloud", "run", "--config", cfg.to_str().unwrap()])
+            .args(extra)
+            .stderr(stderr)
+            .spawn()
+            .expect("start cloud"),
+    )
+}
+
+/// `cyphonic cloud device add` with the operator's password; must work.
+#[allow(dead_code)]
+pub fn add_device(cfg: &std::path::Path, device: &str, password: &str) {
+    let out = cyphonic(&[
+        "cloud",
+        "device",
+        "add",
+        "--config",
+        cfg.to_str().unwrap(),
+        device,
+        "--password",
+        password,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

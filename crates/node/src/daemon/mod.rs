@@ -845,8 +845,7 @@ impl Daemon {
                     self.counters.clone(),
                     self.to_control.clone(),
                 )?;
-                tokio::spawn(receive_legs(self.hub.clone(), dataplane.inbound()));
-                self.dataplane = Some(dataplane);
+                self.install_dataplane(dataplane);
                 tracing::info!("no TUN device (--no-tun): signaling only");
             } else {
                 self.bring_up(&info).await?;
@@ -911,6 +910,12 @@ impl Daemon {
 
     /// The TUN device with the VIPs of the first Login, the data plane on
     /// it, and the resolver when asked for.
+    /// The data plane takes the QUIC and TCP legs' datagrams too, from now on.
+    fn install_dataplane(&mut self, dataplane: DataPlane) {
+        tokio::spawn(receive_legs(self.hub.clone(), dataplane.inbound()));
+        self.dataplane = Some(dataplane);
+    }
+
     async fn bring_up(&mut self, info: &LoginInfo) -> anyhow::Result<()> {
         let (vip4, vip6) = (info.vip4, info.vip6);
         let tun = Arc::new(
@@ -933,8 +938,7 @@ impl Daemon {
             self.counters.clone(),
             self.to_control.clone(),
         )?;
-        tokio::spawn(receive_legs(self.hub.clone(), dataplane.inbound()));
-        self.dataplane = Some(dataplane);
+        self.install_dataplane(dataplane);
         tracing::info!(tun = %tun.name(), %vip4, %vip6, "TUN device up");
         self.tun = Some(tun);
         if let Some(listen) = self.opts.dns_listen {

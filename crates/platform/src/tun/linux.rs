@@ -171,12 +171,7 @@ impl Tun {
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
-        if bufs.is_empty() || sizes.len() < bufs.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "recv_batch needs at least one buffer and a size slot for each",
-            ));
-        }
+        super::check_batch(bufs, sizes)?;
         let sizes = &mut sizes[..bufs.len()];
         self.retry(|| {
             self.dev

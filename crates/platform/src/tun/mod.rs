@@ -64,3 +64,16 @@ pub const MIN_SEND_OFFSET: usize = 0;
 pub const RECV_SCRATCH_LEN: usize = 0;
 #[cfg(windows)]
 pub const IDEAL_BATCH_SIZE: usize = 64;
+
+/// `Tun::recv_batch`'s arguments: at least one buffer, and a size slot
+/// for each.
+#[cfg(any(target_os = "linux", windows))]
+fn check_batch(bufs: &[Vec<u8>], sizes: &[usize]) -> std::io::Result<()> {
+    if bufs.is_empty() || sizes.len() < bufs.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "recv_batch needs at least one buffer and a size slot for each",
+        ));
+    }
+    Ok(())
+}
