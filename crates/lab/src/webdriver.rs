@@ -80,6 +80,13 @@ impl Browser {
             .as_str()
             .context("no sessionId in the new session's answer")?
             .to_owned();
+        // Finding an element waits for it (a page a click is still
+        // loading), up to 10 s; a page load may take 30 s.
+        browser.command(
+            "POST",
+            "/timeouts",
+            json!({"implicit": 10_000, "pageLoad": 30_000}),
+        )?;
         Ok(browser)
     }
 
@@ -96,6 +103,19 @@ impl Browser {
     pub fn current_url(&self) -> anyhow::Result<String> {
         let v = self.command("GET", "/url", Value::Null)?;
         Ok(v.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Waits (10 s at most) until the page's URL ends with `suffix`: a
+    /// click's navigation may finish after the click command returns.
+    pub fn wait_url(&self, suffix: &str) -> anyhow::Result<String> {
+        wait_until(
+            &format!("the page at {suffix}"),
+            Duration::from_secs(10),
+            || {
+                let url = self.current_url()?;
+                Ok(url.ends_with(suffix).then_some(url))
+            },
+        )
     }
 
     /// The first element matching `css`.

@@ -116,8 +116,7 @@ fn drive(
         "an anonymous visitor is sent to the login page",
         (|| {
             browser.goto(&format!("http://{CONSOLE}/devices"))?;
-            let url = browser.current_url()?;
-            ensure!(url.ends_with("/login"), "landed on {url}");
+            let url = browser.wait_url("/login")?;
             shot(browser, artifacts, "1-login")?;
             Ok(url)
         })(),
@@ -142,9 +141,7 @@ fn drive(
             browser.type_into("#name", "ops")?;
             browser.type_into("#password", admin_password)?;
             browser.click("#login")?;
-            let url = browser.current_url()?;
-            ensure!(url.ends_with("/devices"), "landed on {url}");
-            Ok(url)
+            browser.wait_url("/devices")
         })(),
     );
     let online = |id: &'static str| {
@@ -239,6 +236,11 @@ fn drive(
         (|| {
             browser.goto(&format!("http://{CONSOLE}/devices/laptop"))?;
             browser.click("#revoke")?;
+            // The answer (a redirect to this page) lists the certificate
+            // revoked; reloading before it came would cancel the form.
+            wait_until("the revocation's answer", Duration::from_secs(10), || {
+                Ok(browser.text("body")?.contains("revoked").then_some(()))
+            })?;
             let state = wait_until("laptop to go offline", Duration::from_secs(20), || {
                 browser.goto(&format!("http://{CONSOLE}/devices/laptop"))?;
                 let state = browser.text("#state")?;
@@ -259,6 +261,7 @@ fn drive(
         (|| {
             browser.goto(&format!("http://{CONSOLE}/devices"))?;
             browser.click("#logout")?;
+            browser.wait_url("/login")?;
             browser.goto(&format!("http://{CONSOLE}/devices"))?;
             let url = browser.current_url()?;
             ensure!(url.ends_with("/login"), "after logout /devices gave {url}");
