@@ -62,7 +62,8 @@ pub const COOKIE_LIFETIME_SECS: u64 = 10;
 const COOKIE_KEY_LABEL: &[u8] = b"cyphonic relay cookie key v1";
 const COOKIE_LABEL: &[u8] = b"cyphonic relay cookie v1";
 pub const RELAY_HEADER_LEN: usize = 12;
-const MAC_LEN: usize = 16;
+/// Bytes of a truncated HMAC-SHA256 tag (relay control and TRS Reports).
+pub(crate) const MAC_LEN: usize = 16;
 const LABEL: &[u8] = b"cyphonic relay v1";
 
 /// One side of a relay session's credentials, as the NMS gives it to a node.
@@ -98,7 +99,8 @@ pub fn side_key(secret: &[u8], relay_id: RelayId, side: u8, expires: u64) -> [u8
     out
 }
 
-fn mac(key: &[u8; 32], body: &[u8]) -> [u8; MAC_LEN] {
+/// HMAC-SHA256 of `body` under `key`, truncated to [`MAC_LEN`] bytes.
+pub(crate) fn mac(key: &[u8; 32], body: &[u8]) -> [u8; MAC_LEN] {
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), body);
     let mut out = [0u8; MAC_LEN];
     out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);

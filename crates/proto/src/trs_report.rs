@@ -35,7 +35,7 @@ pub const VERSION: u8 = 1;
 pub const MAX_RELAY_ADDRS: usize = 4;
 /// `[type][version][2 reserved][sent][sessions][forwarded_bytes]`.
 pub const HEADER_LEN: usize = 28;
-pub const MAC_LEN: usize = 16;
+pub const MAC_LEN: usize = crate::relay::MAC_LEN;
 /// The shortest report: no address (which names no TRS, so the NMS drops
 /// it, but it parses).
 pub const MIN_LEN: usize = HEADER_LEN + 1 + MAC_LEN;
@@ -86,12 +86,7 @@ pub fn report_key(secret: &[u8]) -> [u8; 32] {
     out
 }
 
-fn mac(key: &[u8; 32], body: &[u8]) -> [u8; MAC_LEN] {
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), body);
-    let mut out = [0u8; MAC_LEN];
-    out.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
-    out
-}
+use crate::relay::mac;
 
 impl TrsReport {
     /// The report with its MAC by `key` ([`report_key`]); addresses beyond

@@ -86,7 +86,7 @@ fn scenario(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
     )?;
     nl.o.lab.sh("sw", "ip link set ptrs3 master br0")?;
     let trs3_dir = nl.o.lab.dir().join("trs3");
-    copy_dir(&trs2_dir, &trs3_dir)?;
+    super::nat::copy_dir(&trs2_dir, &trs3_dir)?;
     let trs3_cfg = trs3_dir.join("cloud.toml");
     let addrs = |list: &[SocketAddr]| {
         let items: Vec<String> = list.iter().map(|a| format!("\"{a}\"")).collect();
@@ -336,19 +336,4 @@ fn metric(nl: &NatLab, name: &str) -> anyhow::Result<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .with_context(|| format!("no {name} in the cloud's /metrics"))
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
 }
