@@ -26,6 +26,7 @@ pub mod ip;
 pub mod login;
 pub mod mac;
 pub mod nat;
+pub mod nms_link;
 pub mod policy;
 pub mod prefix;
 pub mod punch;

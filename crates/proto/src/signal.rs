@@ -634,7 +634,7 @@ pub enum DirectionErrorCode {
 }
 
 impl DirectionErrorCode {
-    fn to_u8(self) -> u8 {
+    pub fn to_u8(self) -> u8 {
         match self {
             DirectionErrorCode::NotFound => 1,
             DirectionErrorCode::Timeout => 2,
@@ -645,7 +645,7 @@ impl DirectionErrorCode {
         }
     }
 
-    fn from_u8(v: u8) -> Self {
+    pub fn from_u8(v: u8) -> Self {
         match v {
             1 => DirectionErrorCode::NotFound,
             2 => DirectionErrorCode::Timeout,
@@ -942,7 +942,7 @@ impl Envelope {
     }
 }
 
-fn encode_direction(w: &mut Writer, d: &RouteDirection) {
+pub(crate) fn encode_direction(w: &mut Writer, d: &RouteDirection) {
     w.u64(d.route_id.0)
         .u8(d.pattern.to_u8())
         .bytes(&d.tunnel_key);
@@ -979,11 +979,11 @@ fn encode_direction(w: &mut Writer, d: &RouteDirection) {
     }
 }
 
-fn transport(code: u8) -> Result<Transport, SignalError> {
+pub(crate) fn transport(code: u8) -> Result<Transport, SignalError> {
     Transport::from_u8(code).ok_or_else(|| WireError::Invalid { field: "transport" }.into())
 }
 
-fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
+pub(crate) fn decode_direction(r: &mut Reader<'_>) -> Result<RouteDirection, SignalError> {
     let route_id = RouteId(r.u64()?);
     let pattern = RoutePattern::from_u8(r.u8()?);
     let tunnel_key = r.array()?;

@@ -52,6 +52,10 @@
 //! tells both ends of each route whose filter changed (`RouteUpdate`, sent
 //! until acknowledged), and a closed filter withdraws the route.
 
+mod link;
+
+pub use link::{in_domain, LinkAnswer, LinkScope};
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -60,6 +64,7 @@ use crate::policy::Policy;
 use crate::reflect::{ReflectConfig, Reflector};
 use crate::route::{decide_route, Initiator, NatKind, NetInfo};
 use crate::trs_pool::TrsPool;
+use cyphonic_proto::nms_link::{LinkInitiator, LinkMessage};
 use cyphonic_proto::policy::RouteFilter;
 use cyphonic_proto::reflect::TYPE_REFLECT_REQUEST;
 use cyphonic_proto::signal::{
@@ -156,6 +161,14 @@ pub struct NmsConfig {
     /// A TRS that reported (TRS Report, `docs/protocol.md` §5.18) and then
     /// stayed silent this long is left out of new relay grants.
     pub trs_dead_after: Duration,
+    /// This cloud's overlay domain; names outside it belong to
+    /// cooperating domains. Empty: every name is this cloud's.
+    pub domain: String,
+    /// Other instances of this cloud answer for names of its domain that
+    /// no node registered here holds (§6).
+    pub peer_instances: bool,
+    /// Cooperating domains whose NMSs answer for their names (§6).
+    pub linked_domains: Vec<String>,
 }
 
 /// The relay secret is wiped on drop.
@@ -209,6 +222,9 @@ impl Default for NmsConfig {
             directions_per_target: 50,
             lookups_total: 5000,
             trs_dead_after: Duration::from_secs(3),
+            domain: String::new(),
+            peer_instances: false,
+            linked_domains: Vec::new(),
         }
     }
 }
@@ -270,6 +286,21 @@ pub enum NmsEvent {
         txid: u64,
         device_id: String,
         offset: u16,
+    },
+    /// A Direction Request for a name no node registered here holds: ask
+    /// the NMSs of `scope` (the other instances, or the cooperating
+    /// domain `target` is in) and answer with `handle_link_answer`.
+    LinkDirect {
+        ticket: u64,
+        target: String,
+        scope: LinkScope,
+        initiator: LinkInitiator,
+    },
+    /// The answer to a link's request `ticket` (`handle_link_direct`):
+    /// send `message` back over that link.
+    LinkReply {
+        ticket: u64,
+        message: LinkMessage,
     },
 }
 
@@ -358,6 +389,12 @@ pub struct NmsCounters {
     pub policies: u64,
     /// Tunnel Reports taken (the console shows them).
     pub tunnel_reports: u64,
+    /// Direction Requests forwarded to the links, requests other NMSs
+    /// asked of this one, and link answers naming another node than the
+    /// one asked for (§6).
+    pub links_forwarded: u64,
+    pub links_asked: u64,
+    pub links_bad_answers: u64,
 }
 
 /// Registration state of one node.
@@ -489,8 +526,8 @@ struct Awaiting {
 }
 
 struct PendingRoute {
-    mn_session: SessionId,
-    mn_txid: u64,
+    /// Who asked: a node this NMS holds, or another NMS over a link.
+    origin: Origin,
     cn_session: SessionId,
     cn_txid: u64,
     to_initiator: RouteDirection,
@@ -498,6 +535,39 @@ struct PendingRoute {
     next_retransmit: Instant,
     interval: Duration,
     deadline: Instant,
+}
+
+/// Who asked for a route.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// A node of this NMS: its session and its request's txid.
+    Local { session: SessionId, txid: u64 },
+    /// Another NMS, over a link (§6): the shell's ticket for the request,
+    /// and the initiator as that NMS described it.
+    Link {
+        ticket: u64,
+        initiator: Box<LinkInitiator>,
+        scope: LinkScope,
+    },
+}
+
+impl Origin {
+    fn is_local(&self, session: SessionId) -> bool {
+        matches!(self, Origin::Local { session: s, .. } if *s == session)
+    }
+}
+
+/// The initiator of a route, as the responder's NMS knows it.
+struct Asker {
+    fqdn: String,
+    vip4: Ipv4Addr,
+    vip6: Ipv6Addr,
+    static_public: [u8; 32],
+    cert_serial: u64,
+    net: NetInfo,
+    /// Its name in the access policy: its device ID within this cloud,
+    /// its FQDN when it belongs to a cooperating domain.
+    policy_name: String,
 }
 
 /// A notice to one node (`PeerRevoked`), sent until acknowledged.
@@ -641,6 +711,8 @@ pub struct Nms {
     route_notices: HashMap<(SessionId, String), u64>,
     /// Answers Reflect Requests (§4.8).
     reflector: Reflector,
+    /// Direction Requests waiting for the links, by ticket (§6).
+    forwarded: BTreeMap<u64, link::Forwarded>,
 }
 
 /// How long, and how many, ended sessions are kept for telling their node
@@ -688,6 +760,7 @@ impl Nms {
             links: BTreeMap::new(),
             link_seq: 0,
             route_notices: HashMap::new(),
+            forwarded: BTreeMap::new(),
         }
     }
 
@@ -1025,6 +1098,11 @@ impl Nms {
                 ]
             })
             .chain(notices)
+            .chain(
+                self.forwarded
+                    .values()
+                    .map(|f| (f.deadline, TimerReason::DirectionTimeout)),
+            )
             .chain(
                 self.trs_pool
                     .as_ref()
@@ -1527,6 +1605,7 @@ impl Nms {
         }
         self.send_notices(now);
         self.resend_challenges(now);
+        self.expire_forwarded(now);
         if self
             .held_directions
             .front()
@@ -1567,13 +1646,14 @@ impl Nms {
         for route_id in failed {
             if let Some(r) = self.routes.remove(&route_id) {
                 let target = r.to_initiator.peer.fqdn.clone();
-                self.fail_direction(
-                    r.mn_session,
-                    r.mn_txid,
-                    &target,
-                    DirectionErrorCode::Timeout,
-                    format!("{target} did not answer the route direction"),
-                );
+                let code = DirectionErrorCode::Timeout;
+                let message = format!("{target} did not answer the route direction");
+                match r.origin {
+                    Origin::Local { session, txid } => {
+                        self.fail_direction(session, txid, &target, code, message)
+                    }
+                    Origin::Link { ticket, .. } => self.refuse_link(ticket, code, message),
+                }
             }
         }
     }
@@ -1841,7 +1921,16 @@ impl Nms {
             };
             let target = r.to_initiator.peer.fqdn.clone();
             tracing::debug!(%route_id, %target, "responder moved during route selection: choosing again");
-            self.on_direction_request(now, r.mn_session, r.mn_txid, &target);
+            match r.origin {
+                Origin::Local { session, txid } => {
+                    self.on_direction_request(now, session, txid, &target)
+                }
+                Origin::Link {
+                    ticket,
+                    initiator,
+                    scope,
+                } => self.handle_link_direct(now, ticket, &target, *initiator, scope),
+            }
         }
     }
 
@@ -1964,7 +2053,7 @@ impl Nms {
         if self
             .routes
             .values()
-            .any(|r| r.mn_session == mn && r.mn_txid == txid)
+            .any(|r| matches!(r.origin, Origin::Local { session, txid: t } if session == mn && t == txid))
         {
             return; // already directing the responder; it answers in time
         }
@@ -2088,7 +2177,11 @@ impl Nms {
         }
         let cn = match self.by_fqdn.get(&target) {
             Some(&cn) if cn != mn => cn,
-            _ => {
+            found => {
+                if let (None, Some(scope)) = (found, self.link_scope(&target)) {
+                    self.forward(now, mn, txid, target, scope);
+                    return;
+                }
                 let msg = format!("no node named {target} is online");
                 self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
                 return;
@@ -2097,7 +2190,7 @@ impl Nms {
         if self
             .routes
             .values()
-            .any(|r| r.mn_session == cn && r.cn_session == mn)
+            .any(|r| r.origin.is_local(cn) && r.cn_session == mn)
         {
             // The peer asked for this pair first (both moved at once): the
             // route being set up serves both; the requester learns it as
@@ -2107,7 +2200,7 @@ impl Nms {
         if self
             .routes
             .values()
-            .any(|r| r.mn_session == mn && r.cn_session == cn)
+            .any(|r| r.origin.is_local(mn) && r.cn_session == cn)
         {
             // A second question for a route being set up (packets to both
             // VIPs of one peer, asked by VIP before either was known): the
@@ -2116,53 +2209,82 @@ impl Nms {
             self.counters.directions_coalesced += 1;
             return;
         }
+        let Some(mn_session) = self.sessions.get(&mn) else {
+            return;
+        };
+        let asker = Asker {
+            fqdn: mn_session.info.fqdn.clone(),
+            vip4: mn_session.info.vip4,
+            vip6: mn_session.info.vip6,
+            static_public: mn_reg.static_public,
+            cert_serial: mn_session.info.cert_serial,
+            net: mn_reg.net(),
+            policy_name: mn_session.info.device_id.clone(),
+        };
+        self.direct_responder(now, Origin::Local { session: mn, txid }, asker, cn, target);
+    }
+
+    /// Directs the responder `cn` for a route from `asker` (a node of this
+    /// NMS, or one another NMS holds): the checks on the responder, the
+    /// access policy, the route pattern, relay grants and the tunnel key.
+    fn direct_responder(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        asker: Asker,
+        cn: SessionId,
+        target: String,
+    ) {
         let Some(cn_session) = self.sessions.get(&cn) else {
             return;
         };
         let Some(cn_reg) = cn_session.registration.clone() else {
             let msg = format!("no node named {target} is online");
-            self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
+            self.fail_origin(origin, &target, DirectionErrorCode::NotFound, msg);
             return;
         };
         if !cn_reg.validated {
             let msg = format!("{target}'s address did not answer its challenge");
-            self.fail_direction(mn, txid, &target, DirectionErrorCode::Timeout, msg);
+            self.fail_origin(origin, &target, DirectionErrorCode::Timeout, msg);
             return;
         }
         if now.saturating_duration_since(cn_reg.last_seen) > self.config.offline_after {
             let msg = format!("{target} is offline");
-            self.fail_direction(mn, txid, &target, DirectionErrorCode::NotFound, msg);
+            self.fail_origin(origin, &target, DirectionErrorCode::NotFound, msg);
             return;
         }
         if self.routes.len() >= MAX_PENDING_ROUTES {
-            self.fail_direction(
-                mn,
-                txid,
-                &target,
-                DirectionErrorCode::Timeout,
-                "NMS busy".into(),
-            );
+            let msg = "NMS busy".to_owned();
+            self.fail_origin(origin, &target, DirectionErrorCode::Timeout, msg);
             return;
         }
-        let filter = self.route_filter(mn, cn).unwrap_or_default();
+        // From the initiator's side.
+        let filter = if self.policy.allows_everything() {
+            RouteFilter::open()
+        } else {
+            self.policy
+                .filter(&asker.policy_name, &cn_session.info.device_id)
+        };
         if filter.is_closed() {
             self.counters.directions_denied += 1;
             let msg =
                 format!("the access policy lets neither this node nor {target} reach the other");
-            self.fail_direction(mn, txid, &target, DirectionErrorCode::Denied, msg);
+            self.fail_origin(origin, &target, DirectionErrorCode::Denied, msg);
             return;
         }
-        let Some(cn_session) = self.sessions.get(&cn) else {
-            return;
-        };
-        let mn_info = &self.sessions[&mn].info;
         let cn_info = &cn_session.info;
-        let decision = decide_route(&mn_reg.net(), &cn_reg.net());
-        tracing::debug!(mn = %mn_info.fqdn, cn = %cn_info.fqdn, pattern = decision.pattern.as_str(), reason = decision.reason, "route decided");
-        let (mn_peer, cn_peer) = (
-            peer_info(mn_info, &mn_reg, decision.mn_endpoints.clone()),
-            peer_info(cn_info, &cn_reg, decision.cn_endpoints.clone()),
-        );
+        let decision = decide_route(&asker.net, &cn_reg.net());
+        tracing::debug!(mn = %asker.fqdn, cn = %cn_info.fqdn, pattern = decision.pattern.as_str(), reason = decision.reason, "route decided");
+        let mn_peer = PeerInfo {
+            fqdn: asker.fqdn.clone(),
+            vip4: asker.vip4,
+            vip6: asker.vip6,
+            static_public: asker.static_public,
+            cert_serial: asker.cert_serial,
+            cert_status: CertStatus::Good,
+            endpoints: decision.mn_endpoints.clone(),
+        };
+        let cn_peer = peer_info(cn_info, &cn_reg, decision.cn_endpoints.clone());
         let route_id = RouteId(self.rng.gen_range(1..u64::MAX));
         let tunnel_key: [u8; 32] = self.rng.gen();
         let servers = self.relay_servers(now);
@@ -2217,8 +2339,7 @@ impl Nms {
         self.routes.insert(
             route_id,
             PendingRoute {
-                mn_session: mn,
-                mn_txid: txid,
+                origin,
                 cn_session: cn,
                 cn_txid,
                 to_initiator,
@@ -2228,6 +2349,16 @@ impl Nms {
                 deadline: now + self.config.direction_timeout,
             },
         );
+    }
+
+    /// A route request failed: tells whoever asked.
+    fn fail_origin(&mut self, origin: Origin, target: &str, code: DirectionErrorCode, msg: String) {
+        match origin {
+            Origin::Local { session, txid } => {
+                self.fail_direction(session, txid, target, code, msg)
+            }
+            Origin::Link { ticket, .. } => self.refuse_link(ticket, code, msg),
+        }
     }
 
     fn on_confirmation(&mut self, now: Instant, cn: SessionId, txid: u64, route_id: RouteId) {
@@ -2242,14 +2373,23 @@ impl Nms {
         let Some(route) = self.routes.remove(&route_id) else {
             return;
         };
+        let (mn_session, mn_txid) = match route.origin {
+            Origin::Local { session, txid } => (session, txid),
+            Origin::Link {
+                ticket, initiator, ..
+            } => {
+                self.link_confirmed(route_id, ticket, &initiator.fqdn, route.to_initiator);
+                return;
+            }
+        };
         let Some(reg) = self
             .sessions
-            .get(&route.mn_session)
+            .get(&mn_session)
             .and_then(|s| s.registration.clone())
         else {
             return;
         };
-        let initiator = self.sessions[&route.mn_session].info.fqdn.clone();
+        let initiator = self.sessions[&mn_session].info.fqdn.clone();
         let responder = route.to_initiator.peer.fqdn.clone();
         let pattern = route.to_initiator.pattern;
         let sent = route
@@ -2257,7 +2397,7 @@ impl Nms {
             .filter
             .clone()
             .unwrap_or_else(RouteFilter::open);
-        self.remember_link(route.mn_session, route.cn_session, sent);
+        self.remember_link(mn_session, route.cn_session, sent);
         self.counters.directions += 1;
         self.events.push_back(NmsEvent::RouteDirected {
             route_id,
@@ -2266,15 +2406,15 @@ impl Nms {
             pattern,
         });
         self.answer(
-            route.mn_session,
+            mn_session,
             reg.nms_local,
             reg.observed,
-            route.mn_txid,
+            mn_txid,
             Message::RouteDirectionToInitiator(route.to_initiator),
             true,
         );
         // The policy may have changed while the responder confirmed.
-        self.reconcile_link(now, (route.mn_session, route.cn_session));
+        self.reconcile_link(now, (mn_session, route.cn_session));
         self.send_notices(now);
     }
 
@@ -3995,5 +4135,253 @@ mod tests {
         assert!(events(&mut nms).is_empty());
         // The missing table stays bounded.
         assert!(nms.missing.order.len() <= MAX_MISSING_SESSIONS);
+    }
+
+    /// Two NMSs of one cloud, or of two cooperating domains (§6).
+    fn linked_pair(a_domain: &str, b_domain: &str) -> (Nms, Nms) {
+        let config = |domain: &str, other: &str| NmsConfig {
+            domain: domain.into(),
+            peer_instances: domain == other,
+            linked_domains: if domain == other {
+                Vec::new()
+            } else {
+                vec![other.into()]
+            },
+            ..NmsConfig::default()
+        };
+        (
+            Nms::new(config(a_domain, b_domain), [1; 32], 1),
+            Nms::new(config(b_domain, a_domain), [2; 32], 1),
+        )
+    }
+
+    /// What an NMS asked the links, as the wire carries it.
+    fn link_direct(nms: &mut Nms) -> (u64, String, LinkScope, LinkInitiator) {
+        events(nms)
+            .into_iter()
+            .find_map(|e| match e {
+                NmsEvent::LinkDirect {
+                    ticket,
+                    target,
+                    scope,
+                    initiator,
+                } => {
+                    let frame = LinkMessage::Direct {
+                        ticket,
+                        target: target.clone(),
+                        initiator: initiator.clone(),
+                    }
+                    .encode();
+                    assert!(matches!(
+                        LinkMessage::decode(&frame[4..]),
+                        Ok(LinkMessage::Direct { .. })
+                    ));
+                    Some((ticket, target, scope, initiator))
+                }
+                _ => None,
+            })
+            .expect("a request to the links")
+    }
+
+    fn link_reply(nms: &mut Nms) -> LinkMessage {
+        events(nms)
+            .into_iter()
+            .find_map(|e| match e {
+                NmsEvent::LinkReply { message, .. } => {
+                    let frame = message.encode();
+                    Some(LinkMessage::decode(&frame[4..]).expect("a well-formed answer"))
+                }
+                _ => None,
+            })
+            .expect("an answer for the link")
+    }
+
+    #[test]
+    fn a_route_to_a_node_of_another_instance_is_directed_by_that_instance() {
+        let now = Instant::now();
+        let (mut a, mut b) = linked_pair("cyphonic.internal", "cyphonic.internal");
+        let (mut n1, at1) = registered_node(&mut a, now, 1);
+        let (mut n2, at2) = registered_node(&mut b, now, 2);
+        let local = at(NMS_LOCAL);
+        a.handle_datagram(
+            now,
+            local,
+            at1,
+            &direction_request(&mut n1, 5, "a2.cyphonic.internal"),
+        );
+        assert!(transmits(&mut a).is_empty(), "n1 waits for the link");
+        let (ticket, target, scope, initiator) = link_direct(&mut a);
+        assert_eq!(target, "a2.cyphonic.internal");
+        assert_eq!(scope, LinkScope::Instance);
+        assert_eq!(initiator.fqdn, "a1.cyphonic.internal");
+        assert_eq!(initiator.observed, at1);
+
+        b.handle_link_direct(now, 900, &target, initiator, scope);
+        let to_cn = received(&mut b, &mut n2, at2);
+        let Message::RouteDirectionToResponder(dir) = &to_cn[0].message else {
+            panic!("{to_cn:?}");
+        };
+        assert_eq!(dir.peer.fqdn, "a1.cyphonic.internal");
+        assert_eq!(dir.peer.vip4, std::net::Ipv4Addr::new(100, 64, 0, 1));
+        assert!(
+            dir.peer.endpoints.contains(&at1),
+            "{:?}",
+            dir.peer.endpoints
+        );
+        let confirm = n2.seal(&Envelope {
+            txid: to_cn[0].txid,
+            message: Message::RouteDirectionConfirmation {
+                route_id: dir.route_id,
+            },
+        });
+        b.handle_datagram(now, local, at2, &confirm);
+        let LinkMessage::Directed {
+            ticket: answered,
+            direction,
+        } = link_reply(&mut b)
+        else {
+            panic!("not directed");
+        };
+        assert_eq!(answered, 900);
+        assert_eq!(b.counters().links_asked, 1);
+
+        a.handle_link_answer(now, ticket, LinkAnswer::Directed(direction));
+        let back = received(&mut a, &mut n1, at1);
+        let Message::RouteDirectionToInitiator(to_mn) = &back[0].message else {
+            panic!("{back:?}");
+        };
+        // Both ends got one route: the same ID and key, each the other.
+        assert_eq!(to_mn.route_id, dir.route_id);
+        assert_eq!(to_mn.tunnel_key, dir.tunnel_key);
+        assert_eq!(to_mn.peer.fqdn, "a2.cyphonic.internal");
+        assert!(to_mn.peer.endpoints.contains(&at2));
+        assert_ne!(to_mn.initiate, dir.initiate, "exactly one end initiates");
+        assert_eq!(a.counters().links_forwarded, 1);
+        assert_eq!(a.counters().directions, 1);
+        // A late second answer for the same ticket changes nothing.
+        a.handle_link_answer(now, ticket, LinkAnswer::NotFound("late".into()));
+        assert!(transmits(&mut a).is_empty());
+    }
+
+    #[test]
+    fn a_name_no_instance_holds_fails_and_a_silent_link_times_out() {
+        let now = Instant::now();
+        let (mut a, mut b) = linked_pair("cyphonic.internal", "cyphonic.internal");
+        let (mut n1, at1) = registered_node(&mut a, now, 1);
+        let local = at(NMS_LOCAL);
+        a.handle_datagram(
+            now,
+            local,
+            at1,
+            &direction_request(&mut n1, 5, "a9.cyphonic.internal"),
+        );
+        let (ticket, target, scope, initiator) = link_direct(&mut a);
+        b.handle_link_direct(now, 1, &target, initiator, scope);
+        assert_eq!(link_reply(&mut b), LinkMessage::NotHere { ticket: 1 });
+        a.handle_link_answer(now, ticket, LinkAnswer::NotFound("nobody".into()));
+        let back = received(&mut a, &mut n1, at1);
+        assert!(
+            matches!(
+                back[0].message,
+                Message::DirectionError {
+                    code: DirectionErrorCode::NotFound,
+                    ..
+                }
+            ),
+            "{back:?}"
+        );
+
+        // Nobody answers: the request fails at its deadline.
+        a.handle_datagram(
+            now,
+            local,
+            at1,
+            &direction_request(&mut n1, 6, "a8.cyphonic.internal"),
+        );
+        let _ = link_direct(&mut a);
+        let (deadline, _) = a.poll_timeout().expect("a deadline for the link");
+        assert!(deadline <= now + a.config.direction_timeout + Duration::from_secs(1));
+        a.handle_timeout(deadline);
+        let back = received(&mut a, &mut n1, at1);
+        assert!(
+            matches!(
+                back[0].message,
+                Message::DirectionError {
+                    code: DirectionErrorCode::Timeout,
+                    ..
+                }
+            ),
+            "{back:?}"
+        );
+    }
+
+    #[test]
+    fn each_domain_applies_its_own_policy_to_its_own_node() {
+        let now = Instant::now();
+        // a1 (registered at A, domain west) asks for a2.cyphonic.internal
+        // (B's domain).
+        let (mut a, mut b) = linked_pair("west.example", "cyphonic.internal");
+        let (mut n1, at1) = registered_node(&mut a, now, 1);
+        let (_n2, _at2) = registered_node(&mut b, now, 2);
+        let local = at(NMS_LOCAL);
+
+        // A's policy closes the route: the links are never asked.
+        a.handle_policy(now, deny_but(&[]));
+        a.handle_datagram(
+            now,
+            local,
+            at1,
+            &direction_request(&mut n1, 5, "a2.cyphonic.internal"),
+        );
+        assert!(!events(&mut a)
+            .iter()
+            .any(|e| matches!(e, NmsEvent::LinkDirect { .. })));
+        let back = received(&mut a, &mut n1, at1);
+        assert!(matches!(
+            back[0].message,
+            Message::DirectionError {
+                code: DirectionErrorCode::Denied,
+                ..
+            }
+        ));
+
+        // A lets a1 reach a2 on TCP 22 (naming the remote node by FQDN);
+        // B lets nothing reach its a2 from a1: B refuses.
+        a.handle_policy(now, deny_but(&[("a1", "a2.cyphonic.internal", "tcp/22")]));
+        b.handle_policy(now, deny_but(&[]));
+        a.handle_datagram(
+            now,
+            local,
+            at1,
+            &direction_request(&mut n1, 6, "a2.cyphonic.internal"),
+        );
+        let (ticket, target, scope, initiator) = link_direct(&mut a);
+        assert_eq!(scope, LinkScope::Domain);
+        b.handle_link_direct(now, 2, &target, initiator.clone(), scope);
+        let LinkMessage::Refused { code, message, .. } = link_reply(&mut b) else {
+            panic!("B directed a route its policy closes");
+        };
+        assert_eq!(code, DirectionErrorCode::Denied);
+        a.handle_link_answer(now, ticket, LinkAnswer::Refused { code, message });
+        let back = received(&mut a, &mut n1, at1);
+        assert!(matches!(
+            back[0].message,
+            Message::DirectionError {
+                code: DirectionErrorCode::Denied,
+                ..
+            }
+        ));
+
+        // B names the remote initiator by its FQDN and lets it in: each
+        // end's filter is its own domain's.
+        b.handle_policy(now, deny_but(&[("a1.cyphonic.internal", "a2", "tcp/22")]));
+        b.handle_link_direct(now, 3, &target, initiator, scope);
+        let events_b = events(&mut b);
+        assert!(
+            !events_b
+                .iter()
+                .any(|e| matches!(e, NmsEvent::LinkReply { .. })),
+            "B directs its node: {events_b:?}"
+        );
     }
 }
