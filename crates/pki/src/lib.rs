@@ -38,7 +38,10 @@ pub use error::PkiError;
 pub use key::{verify_ed25519, NodeKey};
 pub use password::{hash_password, verify_password};
 pub use pem::{der_to_pem, pem_to_der_chain};
-pub use tls::{as_server_config, node_client_config, web_server_config};
+pub use tls::{
+    as_server_config, link_client_config, link_server_config, node_client_config,
+    web_server_config, LinkPeers,
+};
 pub use verify::{VerifiedNode, Verifier};
 
 /// Re-exported so callers name the same rustls the configs are built with.

@@ -211,3 +211,136 @@ impl ServerCertVerifier for ServerOrNodeVerifier {
         self.server.supported_verify_schemes()
     }
 }
+
+/// The NMSs a link may come from (`docs/protocol.md` §6): per peer, the
+/// root its certificate chains to (this cloud's own for another instance,
+/// the cooperating domain's for that domain's NMS) and the name or address
+/// its certificate must carry. A peer authenticates with its cloud server
+/// certificate (serverAuth), so a node certificate (clientAuth only), even
+/// one of this cloud, can never pass as an NMS.
+#[derive(Debug)]
+pub struct LinkPeers {
+    peers: Vec<(Arc<WebPkiServerVerifier>, ServerName<'static>)>,
+}
+
+impl LinkPeers {
+    /// `peers`: (root certificate DER, name or IP address) per peer.
+    pub fn new(peers: &[(Vec<u8>, String)]) -> Result<Self, PkiError> {
+        let provider = provider();
+        let peers = peers
+            .iter()
+            .map(|(root, name)| {
+                let verifier = WebPkiServerVerifier::builder_with_provider(
+                    root_store(root)?,
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| PkiError::Tls(format!("link peer verifier: {e}")))?;
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|e| PkiError::InvalidRequest(format!("link peer name {name}: {e}")))?;
+                Ok((verifier, name))
+            })
+            .collect::<Result<Vec<_>, PkiError>>()?;
+        Ok(Self { peers })
+    }
+
+    /// Which peer (its index in the list given to [`LinkPeers::new`]) a
+    /// presented chain belongs to, if any.
+    pub fn which(&self, chain: &[CertificateDer<'_>]) -> Option<usize> {
+        let (end_entity, intermediates) = chain.split_first()?;
+        let now = UnixTime::now();
+        self.peers.iter().position(|(verifier, name)| {
+            verifier
+                .verify_server_cert(end_entity, intermediates, name, &[], now)
+                .is_ok()
+        })
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for LinkPeers {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let mut last = rustls::Error::General("no NMS link peer configured".into());
+        for (verifier, name) in &self.peers {
+            match verifier.verify_server_cert(end_entity, intermediates, name, &[], now) {
+                Ok(_) => return Ok(rustls::server::danger::ClientCertVerified::assertion()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The link is TLS 1.3 only.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &ED25519_ONLY)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        ED25519_ONLY.supported_schemes()
+    }
+}
+
+/// TLS for the NMS link's accepting side: this cloud's server certificate
+/// (`server_chain_pem`: certificate, then the intermediate), and a client
+/// certificate required from one of `peers`. TLS 1.3 only.
+pub fn link_server_config(
+    server_chain_pem: &str,
+    server_key_pem: &str,
+    peers: Arc<LinkPeers>,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let (chain, key) = identity(server_chain_pem, server_key_pem)?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_client_cert_verifier(peers)
+        .with_single_cert(chain, key)
+        .map_err(|e| PkiError::Tls(format!("server certificate or key: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// TLS for dialing an NMS link: the peer's certificate must chain to
+/// `peer_root_der` and carry the dialed name; this cloud's server
+/// certificate is presented. TLS 1.3 only.
+pub fn link_client_config(
+    server_chain_pem: &str,
+    server_key_pem: &str,
+    peer_root_der: &[u8],
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let provider = provider();
+    let (chain, key) = identity(server_chain_pem, server_key_pem)?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(root_store(peer_root_der)?, provider.clone())
+            .build()
+            .map_err(|e| PkiError::Tls(format!("link peer verifier: {e}")))?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| PkiError::Tls(format!("client certificate or key: {e}")))?;
+    Ok(Arc::new(config))
+}

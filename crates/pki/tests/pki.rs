@@ -612,4 +612,77 @@ mod tls {
             out.client
         );
     }
+
+    /// A cloud server identity (chain PEM, key PEM) for `ip`.
+    fn server_identity(pki: &Pki, ip: &str) -> (String, String) {
+        let (cert, key_pem) = pki
+            .issuer
+            .issue_server(&[], &[ip.parse().expect("ip")], 2000, SystemTime::now())
+            .expect("server cert");
+        (
+            format!("{}{}", cert.cert_pem, pki.issuer.cert_pem()),
+            key_pem.to_string(),
+        )
+    }
+
+    fn link_dial(identity: &(String, String), peer_root: &[u8], name: &str) -> ClientConnection {
+        let config = cyphonic_pki::link_client_config(&identity.0, &identity.1, peer_root)
+            .expect("link client config");
+        let name = ServerName::try_from(name.to_string()).expect("name");
+        ClientConnection::new(config, name).expect("client connection")
+    }
+
+    #[test]
+    fn an_nms_link_takes_only_the_configured_peers_server_certificates() {
+        let here = live_pki();
+        let east = live_pki();
+        let own = server_identity(&here, "198.51.100.10");
+        let peers = std::sync::Arc::new(
+            cyphonic_pki::LinkPeers::new(&[
+                (here.verifier.root_der().to_vec(), "198.51.100.11".into()),
+                (east.verifier.root_der().to_vec(), "203.0.113.20".into()),
+            ])
+            .expect("peers"),
+        );
+        let accept = || {
+            let config = cyphonic_pki::link_server_config(&own.0, &own.1, peers.clone())
+                .expect("link server config");
+            ServerConnection::new(config).expect("server connection")
+        };
+        // Another instance of this cloud, and the cooperating domain's NMS.
+        for (pki, ip, index) in [(&here, "198.51.100.11", 0), (&east, "203.0.113.20", 1)] {
+            let mut s = accept();
+            let mut c = link_dial(
+                &server_identity(pki, ip),
+                here.verifier.root_der(),
+                "198.51.100.10",
+            );
+            let out = pump(&mut c, &mut s);
+            assert!(out.client.is_ok(), "{ip} client: {:?}", out.client);
+            assert!(out.server.is_ok(), "{ip} server: {:?}", out.server);
+            let chain = s.peer_certificates().expect("a client certificate");
+            assert_eq!(peers.which(chain), Some(index));
+        }
+        // Refused: a node certificate of this cloud, a server certificate
+        // for another address, one of a root nobody configured.
+        let stranger = live_pki();
+        for (identity, what) in [
+            (node_identity(&here, "n5.cyphonic.internal"), "a node"),
+            (server_identity(&here, "198.51.100.99"), "another address"),
+            (server_identity(&stranger, "198.51.100.11"), "another root"),
+        ] {
+            let mut s = accept();
+            let mut c = link_dial(&identity, here.verifier.root_der(), "198.51.100.10");
+            let out = pump(&mut c, &mut s);
+            assert!(out.server.is_err(), "{what} was taken for an NMS");
+        }
+        // The dialing side checks the accepting NMS too.
+        let mut s = accept();
+        let mut c = link_dial(
+            &server_identity(&here, "198.51.100.11"),
+            east.verifier.root_der(),
+            "198.51.100.10",
+        );
+        assert!(pump(&mut c, &mut s).client.is_err());
+    }
 }
