@@ -43,6 +43,7 @@ fn main() {
         ("relay", relay()),
         ("reflect", reflect()),
         ("trs-report", trs_report()),
+        ("nms-link", nms_link()),
         ("transport", transport()),
         ("login", login()),
         ("dns", dns()),
@@ -421,6 +422,87 @@ fn trs_report() -> Seeds {
     ]
 }
 
+fn nms_link() -> Seeds {
+    use cyphonic_proto::nms_link::{LinkInitiator, LinkMessage};
+    let addr = |s: &str| s.parse().expect("address");
+    let body = |m: LinkMessage| m.encode()[4..].to_vec();
+    let initiator = LinkInitiator {
+        device_id: "n1".into(),
+        fqdn: "n1.west.example".into(),
+        vip4: Ipv4Addr::new(100, 64, 0, 2),
+        vip6: "fd7a:6379:7068::2".parse().expect("address"),
+        static_public: [7; 32],
+        cert_serial: 0x1234,
+        local_addrs: vec![addr("192.0.2.10:4600"), addr("[2001:db8::10]:4600")],
+        observed: addr("198.51.100.7:40000"),
+        observed_probe: Some(addr("198.51.100.7:40001")),
+        transport: Transport::Udp,
+        quic_port: 443,
+        mapped: None,
+    };
+    let direction = RouteDirection {
+        route_id: RouteId(9),
+        pattern: RoutePattern::from_u8(2),
+        peer: PeerInfo {
+            fqdn: "n2.east.example".into(),
+            vip4: Ipv4Addr::new(100, 65, 0, 2),
+            vip6: "fd7a:6379:7068:1::2".parse().expect("address"),
+            static_public: [3; 32],
+            cert_serial: 77,
+            cert_status: CertStatus::Good,
+            endpoints: vec![addr("203.0.113.9:4600")],
+        },
+        tunnel_key: [5; 32],
+        initiate: true,
+        punch: false,
+        spray: cyphonic_proto::signal::Spray::None,
+        relay: Some(RelayOffer {
+            relay_id: RelayId(4),
+            side: 0,
+            expires: 1_900_000_000,
+            key: [6; 32],
+            servers: vec![addr("203.0.113.1:4503")],
+            quic_port: 443,
+            tcp_port: 443,
+        }),
+        via: Transport::Udp,
+        filter: None,
+    };
+    vec![
+        (
+            "hello",
+            body(LinkMessage::Hello {
+                domain: "east.example".into(),
+                instance: "cloud-b".into(),
+            }),
+        ),
+        (
+            "direct",
+            body(LinkMessage::Direct {
+                ticket: 1,
+                target: "n2.east.example".into(),
+                initiator,
+            }),
+        ),
+        (
+            "directed",
+            body(LinkMessage::Directed {
+                ticket: 1,
+                direction: Box::new(direction),
+            }),
+        ),
+        (
+            "refused",
+            body(LinkMessage::Refused {
+                ticket: 2,
+                code: DirectionErrorCode::Denied,
+                message: "no".into(),
+            }),
+        ),
+        ("not-here", body(LinkMessage::NotHere { ticket: 3 })),
+    ]
+}
+
 fn transport() -> Seeds {
     let mut stream = Vec::new();
     for packet in data_packets() {
@@ -463,6 +545,7 @@ fn login() -> Seeds {
         cloud_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
         quic_port: 443,
         tcp_port: 443,
+        linked_domains: Vec::new(),
     });
     vec![
         (

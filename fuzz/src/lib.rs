@@ -20,6 +20,7 @@ pub mod dns;
 pub mod frame;
 pub mod handshake;
 pub mod login;
+pub mod nms_link;
 pub mod ra;
 pub mod reflect;
 pub mod relay;
@@ -39,6 +40,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("relay", relay::check),
     ("reflect", reflect::check),
     ("trs-report", trs_report::check),
+    ("nms-link", nms_link::check),
     ("transport", transport::check),
     ("login", login::check),
     ("dns", dns::check),

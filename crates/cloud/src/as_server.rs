@@ -875,9 +875,29 @@ impl State {
             keepalive_secs: self.cfg.keepalive_secs,
             nms_port: self.cfg.nms_port(),
             session_expires_in: lifetime.as_secs(),
-            cloud_addrs: self.cfg.public_addrs.clone(),
+            // Every instance of this cloud: a node moves to another when
+            // this one is gone.
+            cloud_addrs: self
+                .cfg
+                .public_addrs
+                .iter()
+                .copied()
+                .chain(
+                    self.cfg
+                        .links
+                        .iter()
+                        .filter(|l| l.domain.is_none())
+                        .flat_map(|l| l.node_addrs()),
+                )
+                .collect(),
             quic_port: self.cfg.leg_ports().0,
             tcp_port: self.cfg.leg_ports().1,
+            linked_domains: self
+                .cfg
+                .links
+                .iter()
+                .filter_map(|l| l.domain.clone())
+                .collect(),
         }))
     }
 

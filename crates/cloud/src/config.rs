@@ -130,6 +130,71 @@ pub struct CloudConfig {
     /// loopback address.
     #[serde(default = "default_true")]
     pub console_tls: bool,
+    /// This instance's name among the cloud's instances and to linked
+    /// NMSs (logs, the link's Hello); the first public address when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Where the NMS link listens (TCP; TLS 1.3 with server certificates
+    /// on both sides, `docs/protocol.md` §5.19); none: no link is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_listen: Option<SocketAddr>,
+    /// The NMSs this one links to: the other instances of this cloud, and
+    /// the NMSs of cooperating domains (`[[link]]` tables).
+    #[serde(default, rename = "link", skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkPeerConfig>,
+}
+
+/// Another NMS this one asks for routes to names it does not hold, and
+/// answers for its own (`docs/protocol.md` §5.19).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkPeerConfig {
+    /// Its `link_listen` address.
+    pub addr: SocketAddr,
+    /// The name or address its server certificate carries (one of its
+    /// `public_addrs`); the IP address of `addr` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// A cooperating domain's NMS: that domain. Absent: another instance
+    /// of this cloud (the same database and CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The cooperating domain's root certificate (PEM); required with
+    /// `domain`. Another instance is checked against this cloud's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// The cooperating domain's VIP prefixes; required with `domain`,
+    /// disjoint from this cloud's and within the overlay's address space
+    /// (100.64.0.0/10, and the /48 of this cloud's `vip6_prefix`), so its
+    /// nodes' VIPs route through every node's TUN device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip4_prefix: Option<Ipv4Prefix>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip6_prefix: Option<Ipv6Prefix>,
+    /// Another instance's addresses for nodes (its `public_addrs`), handed
+    /// out at Login so nodes can move there when this one is gone; the IP
+    /// address of `addr` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_addrs: Vec<IpAddr>,
+}
+
+impl LinkPeerConfig {
+    /// The name its certificate must carry.
+    pub fn tls_name(&self) -> String {
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| self.addr.ip().to_string())
+    }
+
+    /// Where nodes reach it (another instance).
+    pub fn node_addrs(&self) -> Vec<IpAddr> {
+        if self.public_addrs.is_empty() {
+            vec![self.addr.ip()]
+        } else {
+            self.public_addrs.clone()
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -265,6 +330,9 @@ impl CloudConfig {
             metrics_listen: None,
             console_listen: None,
             console_tls: true,
+            instance: None,
+            link_listen: None,
+            links: Vec::new(),
         }
     }
 
@@ -286,6 +354,13 @@ impl CloudConfig {
         if let Some(db) = &cfg.database {
             if db.is_relative() {
                 cfg.database = Some(base.join(db));
+            }
+        }
+        for link in &mut cfg.links {
+            if let Some(root) = &mut link.root {
+                if root.is_relative() {
+                    *root = base.join(&*root);
+                }
             }
         }
         cfg.validate().map_err(|e| match e {
@@ -500,7 +575,83 @@ impl CloudConfig {
                 "use a few seconds, like 15",
             ));
         }
+        self.validate_links()
+    }
+
+    /// `[[link]]` tables: a cooperating domain names its root and VIP
+    /// prefixes, which must not overlap this cloud's and must lie in the
+    /// overlay's address space.
+    fn validate_links(&self) -> Result<(), ConfigError> {
+        let invalid = |problem: String, fix: &str| ConfigError::Invalid {
+            location: String::new(),
+            key: "link",
+            problem,
+            fix: fix.to_owned(),
+        };
+        let own6 = Ipv6Prefix::containing(self.vip6_prefix.addr(), 48).ok();
+        for (i, link) in self.links.iter().enumerate() {
+            if let Some(name) = &link.server_name {
+                if name.parse::<IpAddr>().is_err() && !is_dns_name(name) {
+                    return Err(invalid(
+                        format!(
+                            "[{i}] server_name = {name:?} is neither a DNS name nor an address"
+                        ),
+                        "give the name or address the peer's certificate carries",
+                    ));
+                }
+            }
+            let Some(domain) = &link.domain else {
+                if link.root.is_some() || link.vip4_prefix.is_some() || link.vip6_prefix.is_some() {
+                    return Err(invalid(
+                        format!("[{i}] ({}) names a root or VIP prefixes but no domain", link.addr),
+                        "another instance of this cloud shares its root and prefixes:                          remove them, or add `domain` for a cooperating domain",
+                    ));
+                }
+                continue;
+            };
+            let fix = "a cooperating domain needs `domain`, `root` (its root certificate),                        `vip4_prefix` and `vip6_prefix` (its VIP prefixes, disjoint from this                        cloud's, inside 100.64.0.0/10 and the /48 of this cloud's vip6_prefix)";
+            if !is_dns_name(domain) || *domain == self.domain {
+                return Err(invalid(
+                    format!("[{i}] domain = {domain:?} is not another valid DNS name"),
+                    fix,
+                ));
+            }
+            let (Some(_), Some(v4), Some(v6)) = (&link.root, link.vip4_prefix, link.vip6_prefix)
+            else {
+                return Err(invalid(format!("[{i}] ({domain}) is incomplete"), fix));
+            };
+            let overlaps4 =
+                v4.contains(self.vip4_prefix.addr()) || self.vip4_prefix.contains(v4.addr());
+            let overlaps6 =
+                v6.contains(self.vip6_prefix.addr()) || self.vip6_prefix.contains(v6.addr());
+            if overlaps4 || overlaps6 {
+                return Err(invalid(
+                    format!("[{i}] ({domain}) has VIP prefixes that overlap this cloud's"),
+                    fix,
+                ));
+            }
+            if !VIP4_SPACE.contains_prefix(&v4) || !own6.is_some_and(|p| p.contains_prefix(&v6)) {
+                return Err(invalid(
+                    format!(
+                        "[{i}] ({domain}) has VIP prefixes outside the overlay's address space"
+                    ),
+                    fix,
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// This instance's name (`instance`, else its first public address,
+    /// else its first NMS address).
+    pub fn instance_name(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            self.public_addrs
+                .first()
+                .map(|ip| ip.to_string())
+                .or_else(|| self.nms_listen.first().map(|a| a.ip().to_string()))
+                .unwrap_or_else(|| "cloud".into())
+        })
     }
 
     /// The lifetime of the node certificates the AS issues:

@@ -7,6 +7,7 @@
 //! - [`admin`] — the operator's commands (init, add device, list, revoke).
 //! - [`as_proto`], [`as_server`] — the Login flow over TLS (the node's side
 //!   is `cyphonic_node::as_client`).
+//! - [`link`] — the NMS link to other instances and cooperating domains.
 //! - [`nms`], [`trs`], [`route`] — the pure cores (`cyphonic-cloud-core`);
 //!   [`run`] runs them as the cloud services.
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod console;
 pub mod edge;
 pub mod general;
+pub mod link;
 pub mod metrics;
 pub mod policy;
 pub mod run;

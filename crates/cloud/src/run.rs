@@ -189,7 +189,19 @@ pub async fn run_observed(
                 .map(|ip| SocketAddr::new(*ip, cfg.nms_port()))
                 .collect(),
             trs_dead_after: Duration::from_secs(cfg.trs_dead_after_secs),
+            domain: cfg.domain.clone(),
+            peer_instances: cfg.links.iter().any(|l| l.domain.is_none()),
+            linked_domains: cfg.links.iter().filter_map(|l| l.domain.clone()).collect(),
             ..NmsConfig::default()
+        };
+        let (link_tx, link_rx) = mpsc::channel(1024);
+        let links = if cfg.links.is_empty() && cfg.link_listen.is_none() {
+            None
+        } else {
+            let identity = crate::as_server::server_identity(&cfg, &store).await?;
+            crate::link::Links::start(&cfg, &identity, link_tx, stop_rx.clone())
+                .await?
+                .map(|l| (l, link_rx))
         };
         let store = store.clone();
         let rx = stop_rx.clone();
@@ -216,6 +228,7 @@ pub async fn run_observed(
                 (input_tx, input_rx),
                 nms_counters,
                 views,
+                links,
             )
             .await
         });
@@ -390,7 +403,7 @@ pub async fn run_nms(
     edge: Option<Arc<CloudHub>>,
     input: NmsInput,
 ) -> anyhow::Result<()> {
-    run_nms_observed(config, sockets, store, stop, edge, input, None, None).await
+    run_nms_observed(config, sockets, store, stop, edge, input, None, None, None).await
 }
 
 /// The console's question to the NMS: its registrations, by FQDN.
@@ -414,7 +427,12 @@ pub async fn run_nms_observed(
     input: NmsInput,
     counters: Option<tokio::sync::watch::Sender<NmsCounters>>,
     mut views: Option<mpsc::Receiver<ViewRequest>>,
+    links: Option<(crate::link::Links, mpsc::Receiver<crate::link::LinkInput>)>,
 ) -> anyhow::Result<()> {
+    let (mut links, mut link_rx) = match links {
+        Some((l, rx)) => (Some(l), Some(rx)),
+        None => (None, None),
+    };
     let mut seed = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
     let micros = SystemTime::now()
@@ -471,7 +489,13 @@ pub async fn run_nms_observed(
     let mut checking_policy = false;
     let mut seen_tick = tokio::time::interval(LAST_SEEN_EVERY);
     seen_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Link answers known at once (no peer to ask), fed back after the
+    // events that caused them.
+    let mut link_answers: Vec<(u64, crate::nms::LinkAnswer)> = Vec::new();
     loop {
+        for (ticket, answer) in link_answers.drain(..) {
+            nms.handle_link_answer(Instant::now(), ticket, answer);
+        }
         while let Some(t) = nms.poll_transmit() {
             if let Some(edge) = edge.as_ref().filter(|e| e.nms_local() == t.local) {
                 if let Err(e) = edge.send(t.destination, t.payload) {
@@ -542,6 +566,25 @@ pub async fn run_nms_observed(
                 } => {
                     tracing::info!(%initiator, %target, %reason, "Direction Request failed")
                 }
+                NmsEvent::LinkDirect {
+                    ticket,
+                    target,
+                    scope,
+                    initiator,
+                } => {
+                    let answer = match links.as_mut() {
+                        Some(l) => l.forward(ticket, target, scope, initiator),
+                        None => Some(crate::nms::LinkAnswer::NotFound(format!(
+                            "no node named {target} is online"
+                        ))),
+                    };
+                    link_answers.extend(answer.map(|a| (ticket, a)));
+                }
+                NmsEvent::LinkReply { ticket, message } => {
+                    if let Some(l) = links.as_ref() {
+                        l.reply(ticket, message);
+                    }
+                }
                 NmsEvent::NeedGeneralNodes {
                     session_id,
                     txid,
@@ -573,6 +616,9 @@ pub async fn run_nms_observed(
                 changed
             });
         }
+        if !link_answers.is_empty() {
+            continue;
+        }
         let deadline = nms
             .poll_timeout()
             .map(|(t, _)| tokio::time::Instant::from_std(t))
@@ -581,6 +627,21 @@ pub async fn run_nms_observed(
             _ = tokio::time::sleep_until(deadline) => nms.handle_timeout(Instant::now()),
             Some((local, from, packet)) = rx.recv() => nms.handle_datagram(Instant::now(), local, from, &packet),
             Some((id, txid, page)) = general_rx.recv() => nms.handle_general_nodes(id, txid, page),
+            Some(input) = async {
+                match link_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match input {
+                crate::link::LinkInput::Request { token, target, initiator, scope } => {
+                    nms.handle_link_direct(Instant::now(), token, &target, initiator, scope)
+                }
+                crate::link::LinkInput::Answer { ticket, message } => {
+                    if let Some(answer) = links.as_mut().and_then(|l| l.on_answer(ticket, message)) {
+                        nms.handle_link_answer(Instant::now(), ticket, answer);
+                    }
+                }
+            },
             Some((id, found)) = session_rx.recv() => match found {
                 Lookup::Found(info, standing) => nms.handle_stored_session(Instant::now(), info, standing),
                 Lookup::Missing => nms.handle_session_missing(id),

@@ -80,6 +80,8 @@ pub struct LoginInfo {
     pub cloud_addrs: Vec<std::net::IpAddr>,
     pub quic_port: u16,
     pub tcp_port: u16,
+    /// Cooperating domains the NMS directs routes to (§5.19).
+    pub linked_domains: Vec<String>,
 }
 
 impl fmt::Debug for LoginInfo {
@@ -215,6 +217,7 @@ fn login_info(mut ok: LoginOk) -> Result<LoginInfo, AsClientError> {
         cloud_addrs: std::mem::take(&mut ok.cloud_addrs),
         quic_port: ok.quic_port,
         tcp_port: ok.tcp_port,
+        linked_domains: std::mem::take(&mut ok.linked_domains),
     };
     hex::decode_to_slice(&ok.common_key, &mut info.common_key)
         .map_err(|_| AsClientError::Protocol("common_key is not 32 bytes of hex".into()))?;
@@ -386,6 +389,7 @@ mod tests {
             cloud_addrs: Vec::new(),
             quic_port: 0,
             tcp_port: 0,
+            linked_domains: Vec::new(),
         };
         let info = login_info(ok).unwrap();
         assert_eq!(info.common_key, [0xa5; 32]);

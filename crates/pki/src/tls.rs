@@ -212,7 +212,7 @@ impl ServerCertVerifier for ServerOrNodeVerifier {
     }
 }
 
-/// The NMSs a link may come from (`docs/protocol.md` §6): per peer, the
+/// The NMSs a link may come from (`docs/protocol.md` §5.19): per peer, the
 /// root its certificate chains to (this cloud's own for another instance,
 /// the cooperating domain's for that domain's NMS) and the name or address
 /// its certificate must carry. A peer authenticates with its cloud server

@@ -204,6 +204,10 @@ pub struct LoginOk {
     pub quic_port: u16,
     #[serde(default)]
     pub tcp_port: u16,
+    /// Cooperating domains whose names this cloud's NMS directs routes to
+    /// (`docs/protocol.md` §5.19): the node's resolver answers them too.
+    #[serde(default)]
+    pub linked_domains: Vec<String>,
 }
 
 impl fmt::Debug for LoginOk {
@@ -288,6 +292,7 @@ mod tests {
             cloud_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
             quic_port: 443,
             tcp_port: 443,
+            linked_domains: vec!["east.example".into()],
         });
         let line = encode_line(&ok);
         assert!(line.starts_with(br#"{"type":"login_ok","session_id":18446744073709551615"#));

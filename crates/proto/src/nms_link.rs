@@ -1,5 +1,5 @@
 //! The NMS link: how one NMS asks another for a route to a node it does
-//! not hold (`docs/protocol.md` §6). The peer is another instance of the
+//! not hold (`docs/protocol.md` §5.19). The peer is another instance of the
 //! same cloud (one database, nodes spread over the instances) or the NMS
 //! of a cooperating domain. The link runs over TLS 1.3 with certificates on
 //! both sides, so these messages carry no keys or MACs of their own.

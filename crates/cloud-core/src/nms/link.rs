@@ -1,4 +1,4 @@
-//! Routes across NMSs (`docs/protocol.md` §6): a Direction Request for a
+//! Routes across NMSs (`docs/protocol.md` §5.19): a Direction Request for a
 //! node this NMS does not hold goes to the NMS that holds it — another
 //! instance of the same cloud (one database, nodes spread over the
 //! instances) or the NMS of a cooperating domain. That NMS directs its

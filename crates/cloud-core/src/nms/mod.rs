@@ -165,9 +165,9 @@ pub struct NmsConfig {
     /// cooperating domains. Empty: every name is this cloud's.
     pub domain: String,
     /// Other instances of this cloud answer for names of its domain that
-    /// no node registered here holds (§6).
+    /// no node registered here holds (§5.19).
     pub peer_instances: bool,
-    /// Cooperating domains whose NMSs answer for their names (§6).
+    /// Cooperating domains whose NMSs answer for their names (§5.19).
     pub linked_domains: Vec<String>,
 }
 
@@ -391,7 +391,7 @@ pub struct NmsCounters {
     pub tunnel_reports: u64,
     /// Direction Requests forwarded to the links, requests other NMSs
     /// asked of this one, and link answers naming another node than the
-    /// one asked for (§6).
+    /// one asked for (§5.19).
     pub links_forwarded: u64,
     pub links_asked: u64,
     pub links_bad_answers: u64,
@@ -542,7 +542,7 @@ struct PendingRoute {
 enum Origin {
     /// A node of this NMS: its session and its request's txid.
     Local { session: SessionId, txid: u64 },
-    /// Another NMS, over a link (§6): the shell's ticket for the request,
+    /// Another NMS, over a link (§5.19): the shell's ticket for the request,
     /// and the initiator as that NMS described it.
     Link {
         ticket: u64,
@@ -711,7 +711,7 @@ pub struct Nms {
     route_notices: HashMap<(SessionId, String), u64>,
     /// Answers Reflect Requests (§4.8).
     reflector: Reflector,
-    /// Direction Requests waiting for the links, by ticket (§6).
+    /// Direction Requests waiting for the links, by ticket (§5.19).
     forwarded: BTreeMap<u64, link::Forwarded>,
 }
 
@@ -4137,7 +4137,7 @@ mod tests {
         assert!(nms.missing.order.len() <= MAX_MISSING_SESSIONS);
     }
 
-    /// Two NMSs of one cloud, or of two cooperating domains (§6).
+    /// Two NMSs of one cloud, or of two cooperating domains (§5.19).
     fn linked_pair(a_domain: &str, b_domain: &str) -> (Nms, Nms) {
         let config = |domain: &str, other: &str| NmsConfig {
             domain: domain.into(),

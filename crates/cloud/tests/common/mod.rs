@@ -39,7 +39,7 @@ pub fn free_udp() -> SocketAddr {
 
 /// A cloud's folder: its configuration (free loopback ports) and root.
 pub struct CloudDir {
-    _tmp: tempfile::TempDir,
+    _tmp: std::sync::Arc<tempfile::TempDir>,
     pub cfg: CloudConfig,
     pub root_der: Vec<u8>,
 }
@@ -52,11 +52,30 @@ impl CloudDir {
     /// A cloud whose `init` wrote the root key to `offline_root` (a folder
     /// inside the test's temporary one, by name) instead of its own folder.
     pub async fn with_offline_root(offline_root: Option<&str>) -> CloudDir {
+        CloudDir::init("cyphonic.internal", offline_root).await
+    }
+
+    /// A cloud of another overlay domain.
+    pub async fn with_domain(domain: &str) -> CloudDir {
+        CloudDir::init(domain, None).await
+    }
+
+    /// Another instance over this cloud's folder (CA and database), with
+    /// configuration `cfg`.
+    pub fn with_config(&self, cfg: CloudConfig) -> CloudDir {
+        CloudDir {
+            _tmp: self._tmp.clone(),
+            cfg,
+            root_der: self.root_der.clone(),
+        }
+    }
+
+    async fn init(domain: &str, offline_root: Option<&str>) -> CloudDir {
         let tmp = tempfile::tempdir().unwrap();
         let offline_root = offline_root.map(|name| tmp.path().join(name));
         let report = admin::init_with_root(
             &tmp.path().join("cloud"),
-            "cyphonic.internal",
+            domain,
             &[],
             offline_root.as_deref(),
         )
@@ -76,7 +95,7 @@ impl CloudDir {
                 .root_der()
                 .to_vec();
         CloudDir {
-            _tmp: tmp,
+            _tmp: std::sync::Arc::new(tmp),
             cfg,
             root_der,
         }
@@ -125,7 +144,7 @@ impl CloudDir {
     ) -> Result<(Enrolled, NodeKey), AsClientError> {
         let key = NodeKey::generate().unwrap();
         let csr = key
-            .csr_pem(&format!("{device_id}.cyphonic.internal"))
+            .csr_pem(&format!("{device_id}.{}", self.cfg.domain))
             .unwrap();
         let name = if at.is_ipv4() { "127.0.0.1" } else { "::1" };
         as_client::enroll(&[at], name, &self.root_der, device_id, password, &csr)
@@ -234,6 +253,8 @@ pub struct SignalingNode {
     pub session_id: u64,
     nms: SocketAddr,
     next_txid: u64,
+    /// The txid of the last message [`SignalingNode::recv`] returned.
+    last_rx_txid: u64,
 }
 
 impl SignalingNode {
@@ -255,6 +276,7 @@ impl SignalingNode {
             session_id,
             nms,
             next_txid: 1,
+            last_rx_txid: 0,
         }
     }
 
@@ -285,9 +307,19 @@ impl SignalingNode {
                     self.echo(env.txid).await;
                     continue;
                 }
+                self.last_rx_txid = env.txid;
                 return env.message;
             }
         }
+    }
+
+    /// Confirms the Route Direction [`SignalingNode::recv`] returned last.
+    pub async fn confirm_last(&mut self, route_id: cyphonic_proto::RouteId) {
+        let packet = self.cipher.seal(&Envelope {
+            txid: self.last_rx_txid,
+            message: Message::RouteDirectionConfirmation { route_id },
+        });
+        self.sock.send_to(&packet, self.nms).await.unwrap();
     }
 
     /// Answers a Path Challenge, as the daemon does.

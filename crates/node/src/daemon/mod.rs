@@ -474,6 +474,9 @@ struct Dns {
     /// Permits for queries being forwarded (`MAX_DNS_FORWARDS`).
     forwards: Arc<tokio::sync::Semaphore>,
     forwards_refused: u64,
+    /// Cooperating domains the cloud directs routes to (from Login): their
+    /// names are overlay names too.
+    linked_domains: Vec<String>,
 }
 
 /// The status socket (`cyphonic status`, `cyphonic ping`): each connection
@@ -586,6 +589,7 @@ impl Daemon {
                 answers,
                 forwards: Arc::new(tokio::sync::Semaphore::new(MAX_DNS_FORWARDS)),
                 forwards_refused: 0,
+                linked_domains: Vec::new(),
             },
             control: Control {
                 listener,
@@ -856,6 +860,7 @@ impl Daemon {
                 self.logins.clouds.push(*ip);
             }
         }
+        self.dns.linked_domains = info.linked_domains.clone();
         let login = login_of(&info, nms, &self.logins.clouds);
         match self.certificate.on_login(generation) {
             LoginUse::Session => {}
@@ -977,7 +982,14 @@ impl Daemon {
             return;
         };
         let query = &self.dns.buf[..n];
-        match resolver::classify(query, &self.file.domain) {
+        let mut class = resolver::classify(query, &self.file.domain);
+        for domain in &self.dns.linked_domains {
+            if !matches!(class, Classified::Forward) {
+                break;
+            }
+            class = resolver::classify(query, domain);
+        }
+        match class {
             Classified::Overlay { query, name, .. } => {
                 let id = self.next_client;
                 self.next_client += 1;
