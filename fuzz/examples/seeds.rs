@@ -546,6 +546,7 @@ fn login() -> Seeds {
         quic_port: 443,
         tcp_port: 443,
         linked_domains: Vec::new(),
+        instance_addrs: Vec::new(),
     });
     vec![
         (

@@ -898,6 +898,13 @@ impl State {
                 .iter()
                 .filter_map(|l| l.domain.clone())
                 .collect(),
+            instance_addrs: self
+                .cfg
+                .links
+                .iter()
+                .filter(|l| l.domain.is_none())
+                .flat_map(|l| l.node_addrs())
+                .collect(),
         }))
     }
 

@@ -178,6 +178,10 @@ async fn two_instances_of_one_cloud_direct_a_route_between_their_nodes() {
         "nodes learn the other instance: {:?}",
         l1.cloud_addrs
     );
+    assert_eq!(
+        l1.instance_addrs,
+        vec!["192.0.2.7".parse::<std::net::IpAddr>().unwrap()]
+    );
     let mut n1 = SignalingNode::new(&l1, a.nms()).await;
     let mut n2 = SignalingNode::new(&l2, b.nms()).await;
     n1.register().await;

@@ -82,6 +82,8 @@ pub struct LoginInfo {
     pub tcp_port: u16,
     /// Cooperating domains the NMS directs routes to (§5.19).
     pub linked_domains: Vec<String>,
+    /// The cloud's other instances (§5.19).
+    pub instance_addrs: Vec<std::net::IpAddr>,
 }
 
 impl fmt::Debug for LoginInfo {
@@ -218,6 +220,7 @@ fn login_info(mut ok: LoginOk) -> Result<LoginInfo, AsClientError> {
         quic_port: ok.quic_port,
         tcp_port: ok.tcp_port,
         linked_domains: std::mem::take(&mut ok.linked_domains),
+        instance_addrs: std::mem::take(&mut ok.instance_addrs),
     };
     hex::decode_to_slice(&ok.common_key, &mut info.common_key)
         .map_err(|_| AsClientError::Protocol("common_key is not 32 bytes of hex".into()))?;
@@ -390,6 +393,7 @@ mod tests {
             quic_port: 0,
             tcp_port: 0,
             linked_domains: Vec::new(),
+            instance_addrs: Vec::new(),
         };
         let info = login_info(ok).unwrap();
         assert_eq!(info.common_key, [0xa5; 32]);

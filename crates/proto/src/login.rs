@@ -208,6 +208,11 @@ pub struct LoginOk {
     /// (`docs/protocol.md` §5.19): the node's resolver answers them too.
     #[serde(default)]
     pub linked_domains: Vec<String>,
+    /// The other instances of this cloud (also in `cloud_addrs`): a node
+    /// whose NMS stops answering registers its session at one of them
+    /// before it logs in again (§5.19).
+    #[serde(default)]
+    pub instance_addrs: Vec<std::net::IpAddr>,
 }
 
 impl fmt::Debug for LoginOk {
@@ -293,6 +298,7 @@ mod tests {
             quic_port: 443,
             tcp_port: 443,
             linked_domains: vec!["east.example".into()],
+            instance_addrs: vec!["192.0.2.2".parse().unwrap()],
         });
         let line = encode_line(&ok);
         assert!(line.starts_with(br#"{"type":"login_ok","session_id":18446744073709551615"#));

@@ -102,6 +102,13 @@ pub(crate) struct Signaling {
     /// A KeepAlive went unanswered over the transport signaling uses: try
     /// the others at the next timer ([`Signaling::probe_other_transports`]).
     try_others: bool,
+    /// NMS addresses (other instances of the cloud) this session moved
+    /// away from since the NMS last answered: each is tried once before
+    /// the session is given up.
+    left_instances: Vec<SocketAddr>,
+    /// The session moved to another instance: register there at the next
+    /// timer.
+    register_due: bool,
     /// The FQDN and VIPs of the last Login: the device's for good (they
     /// stay on the TUN device while the node is logged out).
     identity: Option<(String, Ipv4Addr, Ipv6Addr)>,
@@ -139,6 +146,8 @@ impl Signaling {
             last_registered_over: None,
             lost: false,
             try_others: false,
+            left_instances: Vec::new(),
+            register_due: false,
             identity: None,
             route_selections: RouteSelections {
                 started: 0,
@@ -305,6 +314,8 @@ impl Signaling {
         out: &mut Outbox,
     ) {
         self.login_requested = false;
+        self.left_instances.clear();
+        self.register_due = false;
         self.identity = Some((login.fqdn.clone(), login.vip4, login.vip6));
         let cipher = SignalCipher::new(
             login.session_id,
@@ -642,6 +653,20 @@ impl Signaling {
         }
     }
 
+    /// Another instance of the cloud than the NMS in use, of an IP
+    /// version the host has, not left since an NMS last answered.
+    fn other_instance(&self) -> Option<SocketAddr> {
+        let sig = self.session.as_ref()?;
+        let has = |v6: bool| self.local_addrs.iter().any(|a| a.is_ipv6() == v6);
+        sig.login
+            .instances
+            .iter()
+            .find(|a| {
+                a.ip() != sig.login.nms.ip() && has(a.is_ipv6()) && !self.left_instances.contains(a)
+            })
+            .copied()
+    }
+
     /// Talks to the NMS over an IP version the host still has.
     fn pick_nms_family(&mut self) {
         let local = &self.local_addrs;
@@ -695,6 +720,7 @@ impl Signaling {
         if std::mem::take(&mut sig.away) | std::mem::take(&mut self.lost) {
             tracing::info!("the NMS answers again");
         }
+        self.left_instances.clear();
         match env.message {
             Message::RegistrationResponse(resp) => {
                 let probe = self.take_request(env.txid, RequestKind::TransportProbe);
@@ -965,6 +991,22 @@ impl Signaling {
                 });
                 self.try_others |= first;
                 if missed.unwrap_or(0) >= self.config.max_missed_keepalives {
+                    if let Some(next) = self.other_instance() {
+                        // The session lives in the cloud's database: another
+                        // instance takes its Registration as its own.
+                        let from = self.session.as_ref().map(|s| s.login.nms);
+                        tracing::warn!(?from, to = %next, "NMS stopped answering keepalives; registering the session at another instance");
+                        if let Some(s) = self.session.as_mut() {
+                            self.left_instances.push(s.login.nms);
+                            s.login.nms = next;
+                            s.probe = None;
+                            s.registered = false;
+                            s.missed_keepalives = 0;
+                        }
+                        self.requests.clear();
+                        self.register_due = true;
+                        return Err(());
+                    }
                     tracing::warn!("NMS stopped answering keepalives; logging in again");
                     self.session = None;
                     self.lost = true;
@@ -1054,6 +1096,9 @@ impl Signaling {
         if self.offline() {
             self.try_others = false;
             return false;
+        }
+        if std::mem::take(&mut self.register_due) {
+            self.send_registration(now, rng, out);
         }
         if std::mem::take(&mut self.try_others) {
             self.probe_other_transports(now, rng, out);

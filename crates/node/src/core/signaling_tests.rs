@@ -25,6 +25,7 @@ fn login(keepalive: Duration) -> Login {
         vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
         nms: NMS,
         nms_alternatives: vec![NMS],
+        instances: Vec::new(),
         keepalive,
         quic_port: 443,
         tcp_port: 443,
@@ -53,6 +54,10 @@ struct Bench {
 
 impl Bench {
     fn new(config: NodeConfig) -> Self {
+        Bench::with_login(config, login(Duration::from_secs(10)))
+    }
+
+    fn with_login(config: NodeConfig, login: Login) -> Self {
         let mut b = Bench {
             sig: Signaling::new(config, [1; 32]),
             out: Outbox::default(),
@@ -64,13 +69,7 @@ impl Bench {
         b.sig
             .set_local_addrs(vec!["192.0.2.50:4501".parse().expect("addr")]);
         let t0 = b.t0;
-        b.sig.handle_login(
-            t0,
-            login(Duration::from_secs(10)),
-            1,
-            &mut b.rng,
-            &mut b.out,
-        );
+        b.sig.handle_login(t0, login, 1, &mut b.rng, &mut b.out);
         b
     }
 
@@ -307,4 +306,86 @@ fn packets_not_from_the_nms_or_not_sealed_by_it_are_counted_and_ignored() {
     assert_eq!(b.counters.signal_rx_bad, 2);
     assert!(!b.sig.registered(), "nothing changed");
     assert!(b.answer(6, Transport::Udp, txid, registered()).is_some());
+}
+
+/// A second instance of the cloud (the Login's `cloud_addrs`).
+const NMS2: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 4502);
+
+/// Steps the clock through timers until an expired request ends the
+/// session at its NMS; returns when (ms) and where the part sent since.
+fn until_given_up(b: &mut Bench, mut ms: u64) -> (u64, Vec<(SocketAddr, Envelope)>) {
+    let mut sent = Vec::new();
+    loop {
+        let (t, _) = b.sig.poll_timeout().expect("a timer");
+        ms = ms.max((t - b.t0).as_millis() as u64);
+        let mut gone = false;
+        for txid in b.timeout(ms) {
+            gone |= b.sig.expire(txid, &mut b.out).is_err();
+        }
+        b.sig.keepalive_timer(b.at(ms), &mut b.rng, &mut b.out);
+        while let Some(t) = b.out.transmits.pop_front() {
+            let env = b.nms.open(&t.payload).expect("the NMS opens it");
+            sent.push((t.destination, env));
+        }
+        if gone {
+            return (ms, sent);
+        }
+        assert!(ms < 120_000, "the session ends in time");
+    }
+}
+
+#[test]
+fn a_silent_instance_hands_the_session_to_another_before_a_new_login() {
+    let mut two = login(Duration::from_secs(10));
+    two.instances = vec![NMS2];
+    let mut b = Bench::with_login(NodeConfig::default(), two);
+    let txid = b.sent()[0].1.txid;
+    b.answer(10, Transport::Udp, txid, registered());
+    assert!(b.sig.registered());
+
+    // The instance at NMS stops answering: after the missed keepalives
+    // (and the other transports tried there) the same session registers
+    // at NMS2, no Login asked.
+    let (ms, sent) = until_given_up(&mut b, 10);
+    let (last, before) = sent.split_last().expect("something sent");
+    assert!(
+        before.iter().all(|(to, _)| to.ip() == NMS.ip()),
+        "{before:?}"
+    );
+    assert!(b.sig.logged_in(), "the session stays");
+    assert!(b
+        .out
+        .events
+        .iter()
+        .all(|e| !matches!(e, NodeEvent::NeedLogin { .. })));
+    let (to, reg) = last.clone();
+    assert!(is_registration(&reg.message, Transport::Udp), "{reg:?}");
+    assert_eq!(to, NMS2);
+
+    // NMS2 answers under the same session: registered there.
+    let from = Leg::new(Transport::Udp, NMS2);
+    let packet = b.nms.seal(&Envelope {
+        txid: reg.txid,
+        message: registered(),
+    });
+    b.sig.handle_packet(
+        b.at(ms + 5),
+        from,
+        &packet,
+        &mut b.rng,
+        &mut b.out,
+        &mut b.counters,
+    );
+    assert!(b.sig.registered());
+
+    // NMS2 falls silent too, and no other instance is left to try: a
+    // new Login (which asks every address of the cloud).
+    let (_, sent) = until_given_up(&mut b, ms + 5);
+    assert!(sent.iter().all(|(to, _)| to.ip() == NMS2.ip()), "{sent:?}");
+    assert!(!b.sig.logged_in());
+    assert!(b
+        .out
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::NeedLogin { .. })));
 }

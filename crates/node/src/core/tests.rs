@@ -73,6 +73,7 @@ impl Bench {
                 vip6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
                 nms: NMS,
                 nms_alternatives: vec![NMS],
+                instances: Vec::new(),
                 keepalive: Duration::from_secs(10),
                 quic_port: 0,
                 tcp_port: 0,

@@ -33,6 +33,9 @@ pub struct Login {
     /// The NMS at every address the cloud has, so a move into a network of
     /// the other IP version keeps signaling going.
     pub nms_alternatives: Vec<SocketAddr>,
+    /// The NMS of the cloud's other instances: the session registers at
+    /// one of them when this one stops answering (§5.19).
+    pub instances: Vec<SocketAddr>,
     pub keepalive: Duration,
     /// The cloud's QUIC (UDP) and TLS-over-TCP ports at the NMS's
     /// addresses; 0: not offered.

@@ -569,6 +569,11 @@ pub fn login_of(info: &LoginInfo, nms: SocketAddr, clouds: &[IpAddr]) -> Login {
             .iter()
             .map(|ip| SocketAddr::new(*ip, info.nms_port))
             .collect(),
+        instances: info
+            .instance_addrs
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, info.nms_port))
+            .collect(),
         keepalive: Duration::from_secs(info.keepalive_secs.max(1)),
         quic_port: info.quic_port,
         tcp_port: info.tcp_port,

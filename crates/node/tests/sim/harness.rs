@@ -2348,6 +2348,7 @@ impl Sim {
             // As the daemon: the NMS at every cloud address, so a move
             // into a network of the other IP version keeps signaling going.
             nms_alternatives: vec![NMS_V4, NMS_V6],
+            instances: Vec::new(),
             keepalive: Duration::from_secs(15),
             quic_port: if self.cloud_legs { CLOUD_LEG_PORT } else { 0 },
             tcp_port: if self.cloud_legs { CLOUD_LEG_PORT } else { 0 },

@@ -132,6 +132,7 @@ impl World {
             vip6: info.vip6,
             nms: NMS_V4,
             nms_alternatives: vec![NMS_V4],
+            instances: Vec::new(),
             keepalive: Duration::from_secs(15),
             quic_port: 0,
             tcp_port: 0,
