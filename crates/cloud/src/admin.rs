@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::config::{
-    is_dns_label, CloudConfig, ConfigError, AS_CERT_FILE, AS_KEY_FILE, CONFIG_FILE, DATABASE_FILE,
-    ROOT_CERT_FILE, ROOT_KEY_FILE,
+    is_dns_label, CloudConfig, ConfigError, Database, AS_CERT_FILE, AS_KEY_FILE, CONFIG_FILE,
+    DATABASE_FILE, ROOT_CERT_FILE, ROOT_KEY_FILE,
 };
 use crate::store::{CertStatus, DeviceKind, DeviceRecord, GeneralNodeRecord, Store, StoreError};
 use cyphonic_proto::mac::{BadMac, MacAddr};
@@ -185,14 +185,14 @@ pub async fn init_with_root(
     let mut cfg = CloudConfig::new(&dir);
     cfg.domain = domain.to_owned();
     cfg.public_addrs = public_addrs.to_vec();
-    cfg.database = Some(dir.join(DATABASE_FILE));
+    cfg.database = Some(Database::Sqlite(dir.join(DATABASE_FILE)));
     cfg.validate()?;
 
     let ca = cyphonic_pki::create_ca(domain, SystemTime::now())
         .map_err(|e| AdminError::Pki(e.to_string()))?;
     let report = InitReport {
         config_path: dir.join(CONFIG_FILE),
-        database_path: cfg.database_path(),
+        database_path: dir.join(DATABASE_FILE),
         root_cert_path: cfg.root_cert_path(),
         root_key_path: offline_root.as_deref().unwrap_or(&dir).join(ROOT_KEY_FILE),
         offline_root: offline_root.clone(),
@@ -226,7 +226,7 @@ pub async fn init_with_root(
     // An empty file is an empty SQLite database; creating it here gives it
     // (and the WAL files SQLite derives from it) mode 0600.
     write_new(&report.database_path, "", 0o600)?;
-    let store = Store::open(&report.database_path).await?;
+    let store = Store::open(&cfg.database()).await?;
     store.close().await;
     Ok(report)
 }
@@ -421,7 +421,7 @@ pub async fn add_device(
     device_id: &str,
     password: Option<&str>,
 ) -> Result<AddedDevice, AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = add_device_in(&store, cfg, device_id, password).await;
     store.close().await;
     result
@@ -460,7 +460,7 @@ pub async fn reset_device(
     device_id: &str,
     password: Option<&str>,
 ) -> Result<DeviceReset, AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = reset_device_in(&store, device_id, password).await;
     store.close().await;
     result
@@ -497,7 +497,7 @@ pub async fn add_general_node(
     }
     let mac: MacAddr = mac.parse().map_err(AdminError::Mac)?;
     let fqdn = format!("{name}.{}", cfg.domain);
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store
         .add_general_node(
             adapter_id,
@@ -517,7 +517,7 @@ pub async fn list_general_nodes(
     cfg: &CloudConfig,
     adapter_id: Option<&str>,
 ) -> Result<Vec<GeneralNodeRecord>, AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store.general_nodes(adapter_id).await;
     store.close().await;
     Ok(result?)
@@ -526,7 +526,7 @@ pub async fn list_general_nodes(
 /// Removes a general node: its device, its sessions and certificates, as
 /// `remove_device` does for any device.
 pub async fn remove_general_node(cfg: &CloudConfig, name: &str) -> Result<(), AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = match store.device(name).await {
         Ok(Some(d)) if d.kind == DeviceKind::General => store.remove_device(name).await,
         Ok(Some(_)) => Err(StoreError::InvalidInput(format!(
@@ -541,7 +541,7 @@ pub async fn remove_general_node(cfg: &CloudConfig, name: &str) -> Result<(), Ad
 
 /// Every device, ordered by device ID.
 pub async fn list_devices(cfg: &CloudConfig) -> Result<Vec<DeviceRecord>, AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store.devices().await;
     store.close().await;
     Ok(result?)
@@ -553,7 +553,7 @@ pub async fn list_devices(cfg: &CloudConfig) -> Result<Vec<DeviceRecord>, AdminE
 /// serials. Its sessions end with them, and its peers close their tunnels
 /// with it once the NMS notices (protocol §5.14).
 pub async fn revoke_device(cfg: &CloudConfig, device_id: &str) -> Result<Vec<u64>, AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = revoke_device_in(&store, device_id).await;
     store.close().await;
     result
@@ -584,14 +584,14 @@ pub async fn set_device_disabled(
     device_id: &str,
     disabled: bool,
 ) -> Result<(), AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store.set_device_disabled(device_id, disabled).await;
     store.close().await;
     Ok(result?)
 }
 
 pub async fn revoke_certificate(cfg: &CloudConfig, serial: u64) -> Result<(), AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store
         .set_certificate_status(serial, CertStatus::Revoked)
         .await;
@@ -634,7 +634,7 @@ pub async fn add_admin(
             generated: true,
         },
     };
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store.add_admin(name, &password.password).await;
     store.close().await;
     result?;
@@ -644,7 +644,7 @@ pub async fn add_admin(
 pub async fn list_admins(
     cfg: &CloudConfig,
 ) -> Result<Vec<crate::console::store::Admin>, AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store.admins().await;
     store.close().await;
     Ok(result?)
@@ -652,7 +652,7 @@ pub async fn list_admins(
 
 /// Removes a console administrator and ends its sessions.
 pub async fn remove_admin(cfg: &CloudConfig, name: &str) -> Result<(), AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store.remove_admin(name).await;
     store.close().await;
     Ok(result?)
@@ -673,7 +673,7 @@ pub async fn set_policy(cfg: &CloudConfig, path: &Path) -> Result<PolicySet, Adm
         path: path.to_owned(),
         source,
     })?;
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = set_policy_in(&store, &document, path).await;
     store.close().await;
     result
@@ -708,7 +708,7 @@ pub async fn set_policy_in(
 /// The stored policy document and its version (`None`: none was set,
 /// everything is allowed).
 pub async fn show_policy(cfg: &CloudConfig) -> Result<Option<(u64, String)>, AdminError> {
-    let store = Store::open(&cfg.database_path()).await?;
+    let store = Store::open(&cfg.database()).await?;
     let result = store.policy().await;
     store.close().await;
     Ok(result?)

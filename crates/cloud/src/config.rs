@@ -6,6 +6,7 @@
 //! (`cert_validity_days`, `cert_validity_secs`), and neither means 90 days.
 //! Loading checks the values, and every error names the key and the fix.
 
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -45,9 +46,11 @@ pub struct CloudConfig {
     pub domain: String,
     /// Folder holding the CA material and, by default, the database.
     pub data_dir: PathBuf,
-    /// SQLite database file; `<data_dir>/cloud.db` when absent.
+    /// Where the cloud keeps its state: an SQLite file (`<data_dir>/cloud.db`
+    /// when absent), or a `postgres://` URL, which several cloud instances
+    /// may share ([`Database`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database: Option<PathBuf>,
+    pub database: Option<Database>,
     /// TCP addresses the AS listens on. An IPv6 address is bound IPv6-only,
     /// so `0.0.0.0:4501` and `[::]:4501` can both be bound.
     #[serde(default = "default_as_listen")]
@@ -277,6 +280,126 @@ fn default_trs_listen() -> Vec<SocketAddr> {
     ]
 }
 
+/// Where the cloud keeps its state: `database` in `cloud.toml`. A
+/// `postgres://` or `postgresql://` URL is PostgreSQL; anything else is the
+/// path of an SQLite file, as it always was.
+///
+/// SQLite is one file on one host: the cloud and the operator's commands
+/// there. PostgreSQL may be shared by several cloud instances; the store
+/// serialises their writers either way (`crate::store`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    /// The URL as sqlx takes it (libpq's form, `?host=/run/postgresql`
+    /// for a Unix socket, `sslmode=verify-full&sslrootcert=...` for TLS);
+    /// a password in it is never shown ([`fmt::Display`]).
+    Postgres(String),
+}
+
+impl Database {
+    /// What `database = "<value>"` means.
+    pub fn from_setting(value: &str) -> Database {
+        let lower = value.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Database::Postgres(value.to_owned())
+        } else {
+            Database::Sqlite(PathBuf::from(value))
+        }
+    }
+
+    /// Checks what loading cannot: a URL sqlx can use, and no other
+    /// scheme taken for a file name.
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Database::Postgres(url) => url
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .map(drop)
+                .map_err(|e| format!("= \"{self}\" is not a PostgreSQL URL sqlx can use ({e})")),
+            Database::Sqlite(path) if path.to_string_lossy().contains("://") => Err(format!(
+                "= {:?} is neither a file path (SQLite) nor a postgres:// URL",
+                path.display().to_string()
+            )),
+            Database::Sqlite(_) => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Database {
+    /// The path, or the URL with its password (if any) replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+        }
+    }
+}
+
+impl Serialize for Database {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Database::Sqlite(path) => path.serialize(serializer),
+            Database::Postgres(url) => url.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Database {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Database::from_setting(&String::deserialize(deserializer)?))
+    }
+}
+
+/// `url` with `***` for its password: in the authority (after `://`, up to
+/// the first `/`, `?` or `#`) between the first `:` and the last `@`, and
+/// the value of a `password` query parameter.
+fn redact_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    let mut out = match authority.rfind('@') {
+        Some(at) if authority[..at].contains(':') => {
+            let colon = authority.find(':').unwrap_or(at);
+            format!("{}***{}", &url[..start + colon + 1], &url[start + at..end])
+        }
+        _ => url[..end].to_owned(),
+    };
+    let rest = &url[end..];
+    let (before_fragment, fragment) = rest.split_at(rest.find('#').unwrap_or(rest.len()));
+    match before_fragment.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let params: Vec<&str> = query
+                .split('&')
+                .map(|p| {
+                    if p.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        p
+                    }
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(before_fragment),
+    }
+    out.push_str(fragment);
+    out
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -351,9 +474,9 @@ impl CloudConfig {
         if cfg.data_dir.is_relative() {
             cfg.data_dir = base.join(&cfg.data_dir);
         }
-        if let Some(db) = &cfg.database {
+        if let Some(Database::Sqlite(db)) = &mut cfg.database {
             if db.is_relative() {
-                cfg.database = Some(base.join(db));
+                *db = base.join(&*db);
             }
         }
         for link in &mut cfg.links {
@@ -392,6 +515,17 @@ impl CloudConfig {
             problem,
             fix: fix.to_owned(),
         };
+        if let Some(database) = &self.database {
+            database.check().map_err(|problem| {
+                invalid(
+                    "database",
+                    problem,
+                    "give the path of an SQLite file, or a PostgreSQL URL like \
+                     \"postgres://cyphonic@db.example/cyphonic\" \
+                     (\"?host=/run/postgresql\" for its Unix socket)",
+                )
+            })?;
+        }
         if !is_dns_name(&self.domain) {
             return Err(invalid(
                 "domain",
@@ -664,11 +798,11 @@ impl CloudConfig {
         }
     }
 
-    /// The SQLite database file.
-    pub fn database_path(&self) -> PathBuf {
+    /// The database: `database`, else the SQLite file `<data_dir>/cloud.db`.
+    pub fn database(&self) -> Database {
         self.database
             .clone()
-            .unwrap_or_else(|| self.data_dir.join(DATABASE_FILE))
+            .unwrap_or_else(|| Database::Sqlite(self.data_dir.join(DATABASE_FILE)))
     }
 
     /// The root CA certificate (PEM), which nodes trust.
@@ -853,7 +987,10 @@ mod tests {
         assert_eq!(back, cfg);
         let minimal: CloudConfig = toml::from_str("data_dir = \"/x\"").unwrap();
         assert_eq!(minimal, CloudConfig::new("/x"));
-        assert_eq!(minimal.database_path(), Path::new("/x/cloud.db"));
+        assert_eq!(
+            minimal.database(),
+            Database::Sqlite(PathBuf::from("/x/cloud.db"))
+        );
         assert_eq!(minimal.nms_port(), 4502);
         assert_eq!(
             minimal.quic_listen,
@@ -970,5 +1107,77 @@ mod tests {
         assert!(is_dns_name("cyphonic.internal"));
         assert!(!is_dns_name("cyphonic..internal"));
         assert!(!is_dns_name("cyphonic.internal."));
+    }
+
+    #[test]
+    fn database_is_a_path_or_a_postgres_url() {
+        let dir = std::env::temp_dir().join(format!("cyphonic-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |text: &str| {
+            let path = dir.join("cloud.toml");
+            std::fs::write(&path, format!("data_dir = \"d\"\n{text}")).unwrap();
+            CloudConfig::load(&path)
+        };
+        // A path, as before: relative to the file's folder.
+        let cfg = load("database = \"state/cloud.db\"").unwrap();
+        assert_eq!(
+            cfg.database(),
+            Database::Sqlite(dir.join("state").join("cloud.db"))
+        );
+        assert_eq!(
+            load("").unwrap().database(),
+            Database::Sqlite(dir.join("d").join("cloud.db"))
+        );
+        // A URL is PostgreSQL, taken as written.
+        for url in [
+            "postgres://cyphonic:s3cret@db.example:5432/cyphonic?sslmode=verify-full",
+            "postgresql://cyphonic@localhost/cyphonic?host=/run/postgresql",
+        ] {
+            let cfg = load(&format!("database = \"{url}\"")).unwrap();
+            assert_eq!(cfg.database(), Database::Postgres(url.into()));
+            let back: CloudConfig = toml::from_str(&cfg.to_toml()).unwrap();
+            assert_eq!(back, cfg);
+        }
+        // Another scheme or a URL sqlx cannot use names the key.
+        for bad in [
+            "mysql://db.example/cyphonic",
+            "postgres://db.example:port/x",
+        ] {
+            let e = load(&format!("database = \"{bad}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`database`"), "{bad}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_database_password_is_never_shown() {
+        for (url, shown) in [
+            (
+                "postgres://cyphonic:s3cret@db.example/cyphonic",
+                "postgres://cyphonic:***@db.example/cyphonic",
+            ),
+            (
+                "postgres://cyphonic:p@ss:word@db.example",
+                "postgres://cyphonic:***@db.example",
+            ),
+            (
+                "postgres://cyphonic@db.example/c?sslmode=require&password=s3cret#x",
+                "postgres://cyphonic@db.example/c?sslmode=require&password=***#x",
+            ),
+            (
+                "postgres://db.example/c?host=/run/postgresql",
+                "postgres://db.example/c?host=/run/postgresql",
+            ),
+        ] {
+            let db = Database::from_setting(url);
+            assert_eq!(db.to_string(), shown);
+            assert!(!format!("{db:?}").contains("s3cret"));
+        }
+        assert_eq!(
+            Database::from_setting("/var/lib/cyphonic/cloud.db").to_string(),
+            "/var/lib/cyphonic/cloud.db"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! share.
 //!
 //! - [`config`] — `cloud.toml`.
-//! - [`store`] — devices, VIPs, certificates and sessions in SQLite.
+//! - [`store`] — devices, VIPs, certificates and sessions in SQLite or
+//!   PostgreSQL; [`pg_cluster`] — a private PostgreSQL for tests and labs.
 //! - [`admin`] — the operator's commands (init, add device, list, revoke).
 //! - [`as_proto`], [`as_server`] — the Login flow over TLS (the node's side
 //!   is `cyphonic_node::as_client`).
@@ -19,6 +20,7 @@ pub mod edge;
 pub mod general;
 pub mod link;
 pub mod metrics;
+pub mod pg_cluster;
 pub mod policy;
 pub mod run;
 pub mod store;
@@ -26,5 +28,5 @@ pub mod store;
 pub use cyphonic_cloud_core::{nms, route, trs};
 pub use cyphonic_proto::login as as_proto;
 
-pub use config::CloudConfig;
+pub use config::{CloudConfig, Database};
 pub use store::{DeviceRecord, SessionRecord, Store, StoreError};

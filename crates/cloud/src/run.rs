@@ -68,9 +68,9 @@ pub async fn run_observed(
     nms_counters: Option<tokio::sync::watch::Sender<NmsCounters>>,
 ) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
-    let store = Store::open(&cfg.database_path())
+    let store = Store::open(&cfg.database())
         .await
-        .with_context(|| format!("cannot open the database {}", cfg.database_path().display()))?;
+        .with_context(|| format!("cannot open the database {}", cfg.database()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

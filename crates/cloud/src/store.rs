@@ -1,36 +1,63 @@
 //! The cloud's persistent state: devices and their virtual IPs, issued
-//! certificates, and Login sessions, in SQLite through sqlx.
+//! certificates, and Login sessions, in SQLite or PostgreSQL through sqlx.
 //!
-//! The database runs in WAL mode with `synchronous = FULL` and foreign keys
-//! on, so a committed change survives a crash of the process or the machine.
-//! Migrations live in `crates/cloud/migrations` and are embedded in the
-//! binary; [`Store::open`] applies those the file lacks.
+//! One query layer serves both (sqlx's `Any` driver): every statement is
+//! written once, with `$N` parameters, which SQLite binds by number too.
+//! The schemas are equal column for column: `migrations/` is SQLite's
+//! (STRICT tables; already applied migrations are never edited, their
+//! checksums are recorded in every database), `migrations-postgres/` is
+//! PostgreSQL's (BIGINT for INTEGER, BYTEA for BLOB). Both are embedded in
+//! the binary; [`Store::open`] applies those the database lacks.
+//!
+//! SQLite runs in WAL mode with `synchronous = FULL` and foreign keys on, so
+//! a committed change survives a crash of the process or the machine; one
+//! file, one host. PostgreSQL may be shared by several cloud instances
+//! (separate processes, separate hosts).
+//!
+//! Every read-modify-write (the lowest free VIP, the Login number, the NMS
+//! counter floor, replay floors, certificate issue order, the policy
+//! version) runs in a transaction from [`Store::write_tx`], which holds the
+//! database's one write lock: `BEGIN IMMEDIATE` on SQLite, a transaction
+//! advisory lock on PostgreSQL, which every instance on the database takes.
+//! Writers are serialised across processes on either backend, and each one
+//! reads what the previous one committed.
 //!
 //! Sessions end here (Login supersedes older ones, a Registration ends the
 //! device's older ones, revocation, disabling, removal, reset, expiry);
 //! every deletion is announced to this process's NMS through
 //! [`Store::subscribe_ended_sessions`], so a running NMS drops them at once.
-//! Another process (the CLI, an AS on another host) cannot reach it: the
-//! NMS also re-checks the sessions it holds ([`Store::live_sessions`]).
+//! Another process (the CLI, an AS on another host, another cloud instance
+//! on the same PostgreSQL database) cannot reach it: the NMS also re-checks
+//! the sessions it holds ([`Store::live_sessions`]).
 
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::ops::RangeInclusive;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::OsRng;
 use rand::RngCore;
+use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::broadcast;
 
-use crate::config::{Ipv4Prefix, Ipv6Prefix};
+use crate::config::{Database, Ipv4Prefix, Ipv6Prefix};
 
-static MIGRATOR: Migrator = sqlx::migrate!();
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("./migrations-postgres");
+
+/// The key of the PostgreSQL advisory lock [`Store::write_tx`] takes: one
+/// for the whole database, like SQLite's write lock ("cyphonic" in ASCII).
+const POSTGRES_WRITE_LOCK: i64 = 0x6379_7068_6f6e_6963;
+/// Connections per store: SQLite has one writer at a time anyway;
+/// PostgreSQL serves several instances, each with its own pool.
+const SQLITE_CONNECTIONS: u32 = 4;
+const POSTGRES_CONNECTIONS: u32 = 8;
 
 /// Host number (offset in the VIP prefixes) reserved for the cloud side.
 pub const CLOUD_HOST_NUMBER: u128 = 1;
@@ -45,8 +72,8 @@ pub const LOGIN_OVERLAP: Duration = Duration::from_secs(10);
 /// Ended-session announcements a slow subscriber may fall behind by before
 /// it is told it lagged (and re-checks everything it holds).
 const ENDED_SESSIONS_BACKLOG: usize = 1024;
-/// Session IDs per query in [`Store::live_sessions`] (SQLite's parameter
-/// limit is far above).
+/// Session IDs per query in [`Store::live_sessions`] (SQLite's and
+/// PostgreSQL's parameter limits are far above).
 const LIVE_SESSIONS_CHUNK: usize = 500;
 
 /// What went wrong in the store.
@@ -99,15 +126,16 @@ pub enum StoreError {
     },
     #[error("invalid input: {0}")]
     InvalidInput(String),
-    #[error("cannot open the database {path}: {source}")]
+    /// `database` shows no password.
+    #[error("cannot open the database {database}: {source}")]
     Open {
-        path: PathBuf,
+        database: Database,
         #[source]
         source: sqlx::Error,
     },
-    #[error("cannot bring the database {path} up to date: {source}")]
+    #[error("cannot bring the database {database} up to date: {source}")]
     Migrate {
-        path: PathBuf,
+        database: Database,
         #[source]
         source: sqlx::migrate::MigrateError,
     },
@@ -213,7 +241,7 @@ impl FromStr for CertStatus {
 /// A certificate the intermediate CA issued to a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateRecord {
-    /// Positive and below 2^63 (an SQLite INTEGER).
+    /// Positive and below 2^63 (a signed 64-bit column).
     pub serial: u64,
     pub device_id: String,
     pub fqdn: String,
@@ -297,8 +325,17 @@ pub struct CredentialReset {
 /// and one announcement channel of ended sessions.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    backend: Backend,
     ended: broadcast::Sender<Vec<u64>>,
+}
+
+/// Which database a [`Store`] speaks to: where the SQL differs (taking the
+/// write lock, migrations), this decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 const DEVICE_COLUMNS: &str = "device_id, kind, fqdn, vip4, vip6, created_at, disabled";
@@ -306,32 +343,77 @@ const CERTIFICATE_COLUMNS: &str =
     "serial, device_id, fqdn, not_before, not_after, issued_at, status, cert_pem";
 
 impl Store {
-    /// Opens (creating it if missing) and migrates the database at `path`.
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        MIGRATOR
+    /// Opens the configured database and applies the migrations it lacks:
+    /// an SQLite file (created if missing), or a PostgreSQL database (which
+    /// must exist; its tables are created on first use). Everything that
+    /// opens the store comes here (`CloudConfig::database`).
+    pub async fn open(database: &Database) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let open_error = |source| StoreError::Open {
+            database: database.clone(),
+            source,
+        };
+        let (backend, url, options) = match database {
+            Database::Sqlite(path) => (
+                Backend::Sqlite,
+                sqlite_url(path).map_err(open_error)?,
+                AnyPoolOptions::new()
+                    .max_connections(SQLITE_CONNECTIONS)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // Per connection: the URL carries none of these.
+                            conn.execute(SQLITE_PRAGMAS).await?;
+                            Ok(())
+                        })
+                    }),
+            ),
+            Database::Postgres(url) => (
+                Backend::Postgres,
+                url.clone(),
+                AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS),
+            ),
+        };
+        let pool = options.connect(&url).await.map_err(open_error)?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        // On PostgreSQL the migrator holds an advisory lock of its own, so
+        // instances starting together migrate one after the other.
+        migrator
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {
-                path: path.to_owned(),
+                database: database.clone(),
                 source,
             })?;
         let (ended, _) = broadcast::channel(ENDED_SESSIONS_BACKLOG);
-        Ok(Store { pool, ended })
+        Ok(Store {
+            pool,
+            backend,
+            ended,
+        })
+    }
+
+    /// Begins a transaction holding the database's write lock, which every
+    /// writer of this database takes, in this process or another: SQLite's
+    /// (`BEGIN IMMEDIATE`), or on PostgreSQL an advisory lock held until
+    /// commit or rollback. A read-modify-write in it (such as "the lowest
+    /// free VIP") sees every earlier writer's commit and no concurrent one.
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                // Released at commit, after the commit is visible: the next
+                // holder's statements (READ COMMITTED, a snapshot each) see it.
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(POSTGRES_WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// Closes every connection; later calls fail.
@@ -402,9 +484,9 @@ impl Store {
             Some(pw) => Some(hash_password(pw).await?),
             None => None,
         };
-        // IMMEDIATE takes the write lock now, so two concurrent additions
-        // cannot pick the same free address.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The write lock, taken now, keeps two concurrent additions (in
+        // this process or another) from picking the same free address.
+        let mut tx = self.write_tx().await?;
         let record = insert_device(
             &mut tx,
             kind,
@@ -431,9 +513,9 @@ impl Store {
         vip4_prefix: Ipv4Prefix,
         vip6_prefix: Ipv6Prefix,
     ) -> Result<GeneralNodeRecord, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let adapter: Option<(String,)> =
-            sqlx::query_as("SELECT kind FROM devices WHERE device_id = ?")
+            sqlx::query_as("SELECT kind FROM devices WHERE device_id = $1")
                 .bind(adapter_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -446,7 +528,7 @@ impl Store {
             }
             Some(_) => {}
         }
-        if exists(&mut tx, "SELECT 1 FROM general_nodes WHERE mac = ?", mac).await? {
+        if exists(&mut tx, "SELECT 1 FROM general_nodes WHERE mac = $1", mac).await? {
             return Err(StoreError::InvalidInput(format!(
                 "the MAC {mac} already belongs to a general node"
             )));
@@ -461,7 +543,7 @@ impl Store {
             vip6_prefix,
         )
         .await?;
-        sqlx::query("INSERT INTO general_nodes (device_id, adapter_id, mac) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO general_nodes (device_id, adapter_id, mac) VALUES ($1, $2, $3)")
             .bind(device_id)
             .bind(adapter_id)
             .bind(mac)
@@ -492,14 +574,14 @@ impl Store {
             String,
             String,
             i64,
-            bool,
+            i64,
             String,
             String,
         );
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {columns}, g.adapter_id, g.mac FROM general_nodes g \
              JOIN devices d ON d.device_id = g.device_id \
-             WHERE ?1 IS NULL OR g.adapter_id = ?1 ORDER BY d.device_id"
+             WHERE $1 IS NULL OR g.adapter_id = $1 ORDER BY d.device_id"
         ))
         .bind(adapter_id)
         .fetch_all(&self.pool)
@@ -530,7 +612,7 @@ impl Store {
     /// The device with this ID.
     pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let row: Option<DeviceRow> = sqlx::query_as(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1"
         ))
         .bind(device_id)
         .fetch_optional(&self.pool)
@@ -541,7 +623,7 @@ impl Store {
     /// The device with this FQDN.
     pub async fn device_by_fqdn(&self, fqdn: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let row: Option<DeviceRow> = sqlx::query_as(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE fqdn = ?"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE fqdn = $1"
         ))
         .bind(fqdn)
         .fetch_optional(&self.pool)
@@ -562,10 +644,10 @@ impl Store {
     /// Removes a device: its sessions end and its certificates are revoked
     /// (their rows stay, as a record). Its VIPs become free for new devices.
     pub async fn remove_device(&self, device_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         if exists(
             &mut tx,
-            "SELECT 1 FROM general_nodes WHERE adapter_id = ?",
+            "SELECT 1 FROM general_nodes WHERE adapter_id = $1",
             device_id,
         )
         .await?
@@ -574,17 +656,17 @@ impl Store {
                 "{device_id} is the adapter of general nodes: remove them first"
             )));
         }
-        sqlx::query("UPDATE certificates SET status = 'revoked' WHERE device_id = ?")
+        sqlx::query("UPDATE certificates SET status = 'revoked' WHERE device_id = $1")
             .bind(device_id)
             .execute(&mut *tx)
             .await?;
         let ended = delete_sessions_returning(
             &mut tx,
-            "DELETE FROM sessions WHERE device_id = ? RETURNING session_id",
+            "DELETE FROM sessions WHERE device_id = $1 RETURNING session_id",
             device_id,
         )
         .await?;
-        let deleted = sqlx::query("DELETE FROM devices WHERE device_id = ?")
+        let deleted = sqlx::query("DELETE FROM devices WHERE device_id = $1")
             .bind(device_id)
             .execute(&mut *tx)
             .await?
@@ -604,9 +686,9 @@ impl Store {
         device_id: &str,
         disabled: bool,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query("UPDATE devices SET disabled = ? WHERE device_id = ?")
-            .bind(disabled)
+        let mut tx = self.write_tx().await?;
+        let updated = sqlx::query("UPDATE devices SET disabled = $1 WHERE device_id = $2")
+            .bind(i64::from(disabled))
             .bind(device_id)
             .execute(&mut *tx)
             .await?
@@ -617,7 +699,7 @@ impl Store {
         let ended = if disabled {
             delete_sessions_returning(
                 &mut tx,
-                "DELETE FROM sessions WHERE device_id = ? RETURNING session_id",
+                "DELETE FROM sessions WHERE device_id = $1 RETURNING session_id",
                 device_id,
             )
             .await?
@@ -650,7 +732,7 @@ impl Store {
         password: &str,
     ) -> Result<EnrollmentGrant, StoreError> {
         let row: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
-            "SELECT password_hash, password_used_at FROM devices WHERE device_id = ?",
+            "SELECT password_hash, password_used_at FROM devices WHERE device_id = $1",
         )
         .bind(device_id)
         .fetch_optional(&self.pool)
@@ -700,10 +782,10 @@ impl Store {
                 cert.device_id
             )));
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let spent = sqlx::query(
-            "UPDATE devices SET password_used_at = ? \
-             WHERE device_id = ? AND password_hash = ? AND password_used_at IS NULL \
+            "UPDATE devices SET password_used_at = $1 \
+             WHERE device_id = $2 AND password_hash = $3 AND password_used_at IS NULL \
              AND disabled = 0",
         )
         .bind(unix_secs(SystemTime::now()))
@@ -714,15 +796,15 @@ impl Store {
         .rows_affected();
         if spent == 0 {
             // Why: gone, disabled, or spent or replaced since the check.
-            let row: Option<(bool,)> =
-                sqlx::query_as("SELECT disabled FROM devices WHERE device_id = ?")
+            let row: Option<(i64,)> =
+                sqlx::query_as("SELECT disabled FROM devices WHERE device_id = $1")
                     .bind(device_id)
                     .fetch_optional(&mut *tx)
                     .await?;
             return Err(match row {
                 None => StoreError::BadCredentials,
-                Some((true,)) => StoreError::DeviceDisabled(device_id.to_owned()),
-                Some((false,)) => StoreError::CredentialUsed(device_id.to_owned()),
+                Some((0,)) => StoreError::CredentialUsed(device_id.to_owned()),
+                Some(_) => StoreError::DeviceDisabled(device_id.to_owned()),
             });
         }
         insert_certificate(&mut tx, cert).await?;
@@ -745,9 +827,9 @@ impl Store {
             ));
         }
         let hash = hash_password(password).await?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let kind: Option<(String,)> =
-            sqlx::query_as("SELECT kind FROM devices WHERE device_id = ?")
+            sqlx::query_as("SELECT kind FROM devices WHERE device_id = $1")
                 .bind(device_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -762,7 +844,7 @@ impl Store {
             Some(_) => {}
         }
         sqlx::query(
-            "UPDATE devices SET password_hash = ?, password_used_at = NULL WHERE device_id = ?",
+            "UPDATE devices SET password_hash = $1, password_used_at = NULL WHERE device_id = $2",
         )
         .bind(hash)
         .bind(device_id)
@@ -770,14 +852,14 @@ impl Store {
         .await?;
         let revoked: Vec<(i64,)> = sqlx::query_as(
             "UPDATE certificates SET status = 'revoked' \
-             WHERE device_id = ? AND status = 'good' RETURNING serial",
+             WHERE device_id = $1 AND status = 'good' RETURNING serial",
         )
         .bind(device_id)
         .fetch_all(&mut *tx)
         .await?;
         let ended = delete_sessions_returning(
             &mut tx,
-            "DELETE FROM sessions WHERE device_id = ? RETURNING session_id",
+            "DELETE FROM sessions WHERE device_id = $1 RETURNING session_id",
             device_id,
         )
         .await?;
@@ -803,7 +885,7 @@ impl Store {
                 continue;
             }
             let taken: Option<(i64,)> =
-                sqlx::query_as("SELECT serial FROM certificates WHERE serial = ?")
+                sqlx::query_as("SELECT serial FROM certificates WHERE serial = $1")
                     .bind(serial_to_sql(serial)?)
                     .fetch_optional(&self.pool)
                     .await?;
@@ -816,7 +898,7 @@ impl Store {
     /// Records an issued certificate (one no password paid for: a general
     /// node's, which its adapter asked for).
     pub async fn record_certificate(&self, cert: &CertificateRecord) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         insert_certificate(&mut tx, cert).await?;
         tx.commit().await?;
         Ok(())
@@ -836,9 +918,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let sql_renewed =
             i64::try_from(renewed).map_err(|_| StoreError::NoSuchCertificate(renewed))?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let old: Option<CertificateRow> = sqlx::query_as(&format!(
-            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = ?"
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1"
         ))
         .bind(sql_renewed)
         .fetch_optional(&mut *tx)
@@ -855,8 +937,8 @@ impl Store {
         if old.status == CertStatus::Revoked {
             return Err(StoreError::CertificateRevoked(renewed));
         }
-        let device: Option<(String, bool)> =
-            sqlx::query_as("SELECT fqdn, disabled FROM devices WHERE device_id = ?")
+        let device: Option<(String, i64)> =
+            sqlx::query_as("SELECT fqdn, disabled FROM devices WHERE device_id = $1")
                 .bind(&cert.device_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -868,13 +950,13 @@ impl Store {
                     cert.device_id, cert.fqdn
                 )))
             }
-            Some((_, true)) => return Err(StoreError::DeviceDisabled(cert.device_id.clone())),
-            Some(_) => {}
+            Some((_, 0)) => {}
+            Some(_) => return Err(StoreError::DeviceDisabled(cert.device_id.clone())),
         }
         let successor: Option<CertificateRow> = sqlx::query_as(&format!(
             "SELECT {CERTIFICATE_COLUMNS} FROM certificates \
-             WHERE device_id = ? AND issue_order > \
-             (SELECT issue_order FROM certificates WHERE serial = ?) \
+             WHERE device_id = $1 AND issue_order > \
+             (SELECT issue_order FROM certificates WHERE serial = $2) \
              ORDER BY issue_order LIMIT 1"
         ))
         .bind(&old.device_id)
@@ -898,7 +980,7 @@ impl Store {
             return Ok(None);
         };
         let row: Option<CertificateRow> = sqlx::query_as(&format!(
-            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = ?"
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1"
         ))
         .bind(sql_serial)
         .fetch_optional(&self.pool)
@@ -912,7 +994,7 @@ impl Store {
         device_id: &str,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
         let rows: Vec<CertificateRow> = sqlx::query_as(&format!(
-            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE device_id = ? \
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE device_id = $1 \
              ORDER BY issue_order"
         ))
         .bind(device_id)
@@ -929,8 +1011,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let sql_serial =
             i64::try_from(serial).map_err(|_| StoreError::NoSuchCertificate(serial))?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query("UPDATE certificates SET status = ? WHERE serial = ?")
+        let mut tx = self.write_tx().await?;
+        let updated = sqlx::query("UPDATE certificates SET status = $1 WHERE serial = $2")
             .bind(status.as_str())
             .bind(sql_serial)
             .execute(&mut *tx)
@@ -942,7 +1024,7 @@ impl Store {
         let ended = if status == CertStatus::Revoked {
             delete_sessions_returning(
                 &mut tx,
-                "DELETE FROM sessions WHERE cert_serial = ? RETURNING session_id",
+                "DELETE FROM sessions WHERE cert_serial = $1 RETURNING session_id",
                 sql_serial,
             )
             .await?
@@ -981,22 +1063,22 @@ impl Store {
         let expires_at = from_unix_secs(unix_secs(now + lifetime));
         let sql_serial =
             i64::try_from(cert_serial).map_err(|_| StoreError::NoSuchCertificate(cert_serial))?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let mut ended = delete_sessions_returning(
             &mut tx,
-            "DELETE FROM sessions WHERE expires_at <= ? RETURNING session_id",
+            "DELETE FROM sessions WHERE expires_at <= $1 RETURNING session_id",
             unix_secs(now),
         )
         .await?;
         let fqdn: Option<(String,)> =
-            sqlx::query_as("SELECT fqdn FROM devices WHERE device_id = ?")
+            sqlx::query_as("SELECT fqdn FROM devices WHERE device_id = $1")
                 .bind(device_id)
                 .fetch_optional(&mut *tx)
                 .await?;
         let (fqdn,) = fqdn.ok_or_else(|| StoreError::NoSuchDevice(device_id.to_owned()))?;
         if !exists(
             &mut tx,
-            "SELECT 1 FROM certificates WHERE serial = ?",
+            "SELECT 1 FROM certificates WHERE serial = $1",
             sql_serial,
         )
         .await?
@@ -1004,7 +1086,7 @@ impl Store {
             return Err(StoreError::NoSuchCertificate(cert_serial));
         }
         let superseded: Vec<(i64,)> = sqlx::query_as(
-            "DELETE FROM sessions WHERE device_id = ? AND created_at <= ? RETURNING session_id",
+            "DELETE FROM sessions WHERE device_id = $1 AND created_at <= $2 RETURNING session_id",
         )
         .bind(device_id)
         .bind(unix_secs(now).saturating_sub(LOGIN_OVERLAP.as_secs() as i64))
@@ -1022,7 +1104,7 @@ impl Store {
             if id != 0
                 && !exists(
                     &mut tx,
-                    "SELECT 1 FROM sessions WHERE session_id = ?",
+                    "SELECT 1 FROM sessions WHERE session_id = $1",
                     session_id_to_sql(id),
                 )
                 .await?
@@ -1034,7 +1116,7 @@ impl Store {
             "INSERT INTO sessions \
              (session_id, device_id, common_key, cert_serial, created_at, expires_at, \
               login_seq, replay_floor) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
         )
         .bind(session_id_to_sql(session_id))
         .bind(device_id)
@@ -1078,7 +1160,7 @@ impl Store {
             "SELECT s.session_id, s.device_id, d.fqdn, s.common_key, s.cert_serial, s.expires_at, \
                     s.login_seq, s.replay_floor \
              FROM sessions s JOIN devices d ON d.device_id = s.device_id \
-             WHERE s.session_id = ? AND s.expires_at > ?",
+             WHERE s.session_id = $1 AND s.expires_at > $2",
         )
         .bind(session_id_to_sql(session_id))
         .bind(unix_secs(now))
@@ -1121,10 +1203,10 @@ impl Store {
         floor: u64,
     ) -> Result<Vec<u64>, StoreError> {
         let now = SystemTime::now();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let row: Option<(String, i64, i64)> = sqlx::query_as(
             "SELECT device_id, login_seq, replay_floor FROM sessions \
-             WHERE session_id = ? AND expires_at > ?",
+             WHERE session_id = $1 AND expires_at > $2",
         )
         .bind(session_id_to_sql(session_id))
         .bind(unix_secs(now))
@@ -1135,18 +1217,18 @@ impl Store {
         };
         // Compared as u64: the column holds the counter's bits.
         let raised = counter_from_sql(stored).max(floor);
-        sqlx::query("UPDATE sessions SET replay_floor = ? WHERE session_id = ?")
+        sqlx::query("UPDATE sessions SET replay_floor = $1 WHERE session_id = $2")
             .bind(counter_to_sql(raised))
             .bind(session_id_to_sql(session_id))
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE devices SET last_seen = ? WHERE device_id = ?")
+        sqlx::query("UPDATE devices SET last_seen = $1 WHERE device_id = $2")
             .bind(unix_secs(now))
             .bind(&device_id)
             .execute(&mut *tx)
             .await?;
         let older: Vec<(i64,)> = sqlx::query_as(
-            "DELETE FROM sessions WHERE device_id = ? AND login_seq < ? RETURNING session_id",
+            "DELETE FROM sessions WHERE device_id = $1 AND login_seq < $2 RETURNING session_id",
         )
         .bind(&device_id)
         .bind(login_seq)
@@ -1172,7 +1254,7 @@ impl Store {
         wall_micros: u64,
         range: u64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let (floor,): (i64,) = sqlx::query_as("SELECT floor FROM nms_counter_floor WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
@@ -1180,7 +1262,7 @@ impl Store {
         let Some(end) = base.checked_add(range) else {
             return Err(StoreError::CountersExhausted);
         };
-        sqlx::query("UPDATE nms_counter_floor SET floor = ? WHERE id = 1")
+        sqlx::query("UPDATE nms_counter_floor SET floor = $1 WHERE id = 1")
             .bind(counter_to_sql(end))
             .execute(&mut *tx)
             .await?;
@@ -1191,15 +1273,20 @@ impl Store {
     /// Stores a new policy document (already checked); returns its
     /// version, one above the previous.
     pub async fn set_policy(&self, document: &str, now: SystemTime) -> Result<u64, StoreError> {
+        // One statement would do on either backend; the write lock keeps
+        // the version's order the order of the writers' transactions.
+        let mut tx = self.write_tx().await?;
         let (version,): (i64,) = sqlx::query_as(
-            "INSERT INTO policy (id, version, document, updated_at) VALUES (1, 1, ?1, ?2) \
-             ON CONFLICT (id) DO UPDATE SET version = version + 1, document = ?1, updated_at = ?2 \
+            "INSERT INTO policy (id, version, document, updated_at) VALUES (1, 1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE \
+             SET version = policy.version + 1, document = $1, updated_at = $2 \
              RETURNING version",
         )
         .bind(document)
         .bind(unix_secs(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(version as u64)
     }
 
@@ -1229,10 +1316,11 @@ impl Store {
     ) -> Result<HashSet<u64>, StoreError> {
         let mut live = HashSet::with_capacity(ids.len());
         for chunk in ids.chunks(LIVE_SESSIONS_CHUNK) {
-            let marks = vec!["?"; chunk.len()].join(", ");
+            let marks = placeholders(1..=chunk.len());
+            let now_mark = chunk.len() + 1;
             let sql = format!(
                 "SELECT s.session_id FROM sessions s JOIN devices d ON d.device_id = s.device_id \
-                 WHERE s.session_id IN ({marks}) AND s.expires_at > ? AND d.disabled = 0"
+                 WHERE s.session_id IN ({marks}) AND s.expires_at > ${now_mark} AND d.disabled = 0"
             );
             let mut query = sqlx::query_as::<_, (i64,)>(&sql);
             for id in chunk {
@@ -1246,10 +1334,10 @@ impl Store {
 
     /// Deletes sessions that expired by `now`; returns how many.
     pub async fn purge_expired_sessions(&self, now: SystemTime) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let ended = delete_sessions_returning(
             &mut tx,
-            "DELETE FROM sessions WHERE expires_at <= ? RETURNING session_id",
+            "DELETE FROM sessions WHERE expires_at <= $1 RETURNING session_id",
             unix_secs(now),
         )
         .await?;
@@ -1296,12 +1384,12 @@ pub(crate) fn dummy_hash() -> &'static str {
 }
 
 async fn exists<'q, T>(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     sql: &'q str,
     value: T,
 ) -> Result<bool, sqlx::Error>
 where
-    T: 'q + Send + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
+    T: 'q + Send + sqlx::Encode<'q, Any> + sqlx::Type<Any>,
 {
     Ok(sqlx::query(sql)
         .bind(value)
@@ -1313,12 +1401,12 @@ where
 /// Runs a `DELETE FROM sessions ... RETURNING session_id` with one
 /// parameter and returns the IDs of the sessions it deleted.
 async fn delete_sessions_returning<'q, T>(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     sql: &'q str,
     value: T,
 ) -> Result<Vec<u64>, sqlx::Error>
 where
-    T: 'q + Send + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
+    T: 'q + Send + sqlx::Encode<'q, Any> + sqlx::Type<Any>,
 {
     let rows: Vec<(i64,)> = sqlx::query_as(sql).bind(value).fetch_all(&mut **tx).await?;
     Ok(rows
@@ -1329,14 +1417,14 @@ where
 
 /// Inserts an issued certificate in the caller's transaction.
 async fn insert_certificate(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     cert: &CertificateRecord,
 ) -> Result<(), StoreError> {
     let result = sqlx::query(
         "INSERT INTO certificates \
          (serial, device_id, fqdn, not_before, not_after, issued_at, status, cert_pem, \
           issue_order) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
           (SELECT COALESCE(MAX(issue_order), 0) + 1 FROM certificates))",
     )
     .bind(serial_to_sql(cert.serial)?)
@@ -1375,7 +1463,9 @@ struct DeviceRow {
     vip4: String,
     vip6: String,
     created_at: i64,
-    disabled: bool,
+    /// 0 or 1: an INTEGER on both backends (the `Any` driver decodes no
+    /// SQLite INTEGER as a bool).
+    disabled: i64,
 }
 
 impl DeviceRow {
@@ -1390,7 +1480,7 @@ impl DeviceRow {
             created_at: from_unix_secs(self.created_at),
             device_id: self.device_id,
             fqdn: self.fqdn,
-            disabled: self.disabled,
+            disabled: self.disabled != 0,
         })
     }
 }
@@ -1448,8 +1538,8 @@ fn serial_to_sql(serial: u64) -> Result<i64, StoreError> {
     }
 }
 
-/// Session IDs use all 64 bits; SQLite keeps them as the same bits in a
-/// signed INTEGER.
+/// Session IDs use all 64 bits; the database keeps them as the same bits
+/// in a signed 64-bit column (SQLite's INTEGER, PostgreSQL's BIGINT).
 fn session_id_to_sql(id: u64) -> i64 {
     i64::from_ne_bytes(id.to_ne_bytes())
 }
@@ -1483,10 +1573,50 @@ pub(crate) fn from_unix_secs(secs: i64) -> SystemTime {
     }
 }
 
+/// `$first, $first+1, ...`: numbered parameters for an `IN (...)` list.
+pub(crate) fn placeholders(numbers: RangeInclusive<usize>) -> String {
+    numbers
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What every SQLite connection runs first: WAL and `synchronous = FULL`
+/// make a commit durable across a crash; foreign keys enforce the
+/// schema's references; the busy timeout lets a writer wait for another's
+/// lock (another connection, another process) instead of failing.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
+
+/// The `sqlite://` URL the `Any` driver opens `path` by (creating the file
+/// if missing). The folder is made absolute and canonical first, as a URL
+/// has no relative paths and folds `..`; every byte but letters, digits and
+/// `/-._~` is percent-encoded (sqlx decodes the path).
+fn sqlite_url(path: &Path) -> Result<String, sqlx::Error> {
+    let name = path.file_name().ok_or_else(|| {
+        sqlx::Error::Configuration(format!("{} names no file", path.display()).into())
+    })?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let full = folder.canonicalize()?.join(name);
+    let mut url = String::from("sqlite://");
+    for &b in full.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            url.push(char::from(b));
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url.push_str("?mode=rwc");
+    Ok(url)
+}
+
 /// Inserts a device with free VIPs, in the caller's transaction (which
 /// holds the write lock, so no other addition can take the same VIPs).
 async fn insert_device(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     kind: DeviceKind,
     device_id: &str,
     password_hash: Option<String>,
@@ -1495,10 +1625,10 @@ async fn insert_device(
     vip6_prefix: Ipv6Prefix,
 ) -> Result<DeviceRecord, StoreError> {
     let now = SystemTime::now();
-    if exists(tx, "SELECT 1 FROM devices WHERE device_id = ?", device_id).await? {
+    if exists(tx, "SELECT 1 FROM devices WHERE device_id = $1", device_id).await? {
         return Err(StoreError::DeviceExists(device_id.to_owned()));
     }
-    if exists(tx, "SELECT 1 FROM devices WHERE fqdn = ?", fqdn).await? {
+    if exists(tx, "SELECT 1 FROM devices WHERE fqdn = $1", fqdn).await? {
         return Err(StoreError::FqdnTaken(fqdn.to_owned()));
     }
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT vip4, vip6 FROM devices")
@@ -1519,7 +1649,7 @@ async fn insert_device(
     sqlx::query(
         "INSERT INTO devices \
          (device_id, kind, password_hash, fqdn, vip4, vip6, created_at, disabled) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
     )
     .bind(device_id)
     .bind(kind.as_str())
@@ -1603,6 +1733,36 @@ mod tests {
         used4.extend([3, 5, 6].map(|h| Ipv4Addr::new(100, 64, 0, h)));
         // .7 is the prefix's last address: nothing is left.
         assert_eq!(allocate_vips(p4, p6, &used4, &used6), None);
+    }
+
+    /// Through the `Any` driver SQLite keeps its durability settings, and
+    /// a path of any bytes a URL would mangle opens the file it names.
+    #[tokio::test]
+    async fn sqlite_opens_the_exact_path_with_its_pragmas() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join("a b%20c?d#e..");
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("cloud.db");
+        let store = Store::open(&Database::Sqlite(path.clone())).await.unwrap();
+        assert!(path.is_file());
+        let mut conn = store.pool.acquire().await.unwrap();
+        for (pragma, column, want) in [
+            ("journal_mode", "journal_mode", "wal"),
+            ("synchronous", "synchronous", "2"),
+            ("foreign_keys", "foreign_keys", "1"),
+            ("busy_timeout", "timeout", "5000"),
+        ] {
+            let row: (String,) = sqlx::query_as(&format!(
+                "SELECT CAST({column} AS TEXT) FROM pragma_{pragma}"
+            ))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            assert_eq!(row.0, want, "{pragma}");
+        }
+        drop(conn);
+        store.close().await;
+        assert!(sqlite_url(&folder.join("..").join("x").join("cloud.db")).is_err());
     }
 
     #[test]

@@ -115,7 +115,10 @@ fn config_values_are_checked_and_relative_paths_resolved() {
     .unwrap();
     let cfg = CloudConfig::load(&path).unwrap();
     assert_eq!(cfg.data_dir, tmp.path().join("d"));
-    assert_eq!(cfg.database_path(), tmp.path().join("d").join("cloud.db"));
+    assert_eq!(
+        cfg.database(),
+        cyphonic_cloud::Database::Sqlite(tmp.path().join("d").join("cloud.db"))
+    );
     assert_eq!(cfg.vip4_prefix.to_string(), "100.100.0.0/16");
 }
 
@@ -184,9 +187,7 @@ async fn add_device_without_a_password_generates_a_random_one() {
         !format!("{a:?}").contains(&a.password.password),
         "Debug never shows it"
     );
-    let store = cyphonic_cloud::Store::open(&cfg.database_path())
-        .await
-        .unwrap();
+    let store = cyphonic_cloud::Store::open(&cfg.database()).await.unwrap();
     assert_eq!(
         store
             .check_password("a", &a.password.password)

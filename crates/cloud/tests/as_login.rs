@@ -37,7 +37,7 @@ impl Cloud {
         let mut cfg = CloudConfig::load(&report.config_path).unwrap();
         cfg.as_listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
         admin::add_device(&cfg, "n1", Some(PASSWORD)).await.unwrap();
-        let store = Store::open(&cfg.database_path()).await.unwrap();
+        let store = Store::open(&cfg.database()).await.unwrap();
         let root_der =
             Verifier::from_pem(&std::fs::read_to_string(&report.root_cert_path).unwrap())
                 .unwrap()

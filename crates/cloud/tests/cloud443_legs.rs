@@ -384,7 +384,7 @@ async fn login_over_tcp_443_by_alpn() {
 }
 
 async fn cloud_store_session(cloud: &Cloud, id: u64) -> cyphonic_cloud::SessionRecord {
-    let store = cyphonic_cloud::Store::open(&cloud.cfg.database_path())
+    let store = cyphonic_cloud::Store::open(&cloud.cfg.database())
         .await
         .unwrap();
     let session = store

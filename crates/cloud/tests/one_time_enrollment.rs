@@ -260,7 +260,9 @@ async fn an_upgraded_store_counts_earlier_enrollments_as_spent() {
         }
         pool.close().await;
     }
-    let store = cyphonic_cloud::Store::open(&path).await.unwrap();
+    let store = cyphonic_cloud::Store::open(&cyphonic_cloud::Database::Sqlite(path.clone()))
+        .await
+        .unwrap();
     assert!(matches!(
         store.check_password("old", PASSWORD).await,
         Err(cyphonic_cloud::StoreError::CredentialUsed(_))

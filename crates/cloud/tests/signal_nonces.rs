@@ -93,7 +93,9 @@ async fn a_restart_with_the_clock_set_back_repeats_no_nonce_and_the_node_follows
     let mut seen = BTreeSet::new();
     let mut bases = Vec::new();
     for (run, wall) in [(1u8, t), (2, t + 1), (3, t - 3_600_000_000)] {
-        let store = Store::open(&db).await.unwrap();
+        let store = Store::open(&cyphonic_cloud::Database::Sqlite(db.clone()))
+            .await
+            .unwrap();
         let base = store
             .reserve_signal_counters(wall, SIGNAL_COUNTER_RANGE)
             .await
@@ -160,10 +162,14 @@ fn a_run_seals_nothing_past_its_reserved_range() {
 async fn the_reservation_is_kept_across_reopening_the_database() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("cloud.db");
-    let store = Store::open(&db).await.unwrap();
+    let store = Store::open(&cyphonic_cloud::Database::Sqlite(db.clone()))
+        .await
+        .unwrap();
     assert_eq!(store.reserve_signal_counters(5, 10).await.unwrap(), 5);
     store.close().await;
-    let store = Store::open(&db).await.unwrap();
+    let store = Store::open(&cyphonic_cloud::Database::Sqlite(db.clone()))
+        .await
+        .unwrap();
     assert_eq!(store.reserve_signal_counters(0, 10).await.unwrap(), 15);
     // A clock ahead of the floor is taken as it is.
     assert_eq!(store.reserve_signal_counters(100, 10).await.unwrap(), 100);

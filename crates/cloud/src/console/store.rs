@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::store::{dummy_hash, from_unix_secs, hash_password, unix_secs, Store, StoreError};
+use crate::store::{
+    dummy_hash, from_unix_secs, hash_password, placeholders, unix_secs, Store, StoreError,
+};
 
 /// A console administrator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +31,7 @@ impl Store {
     pub async fn add_admin(&self, name: &str, password: &str) -> Result<(), StoreError> {
         let hash = hash_password(password).await?;
         let done = sqlx::query(
-            "INSERT INTO console_admins (name, password_hash, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO console_admins (name, password_hash, created_at) VALUES ($1, $2, $3)",
         )
         .bind(name)
         .bind(hash)
@@ -48,11 +50,11 @@ impl Store {
     /// Removes an administrator and ends its sessions.
     pub async fn remove_admin(&self, name: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM console_sessions WHERE admin = ?")
+        sqlx::query("DELETE FROM console_sessions WHERE admin = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        let gone = sqlx::query("DELETE FROM console_admins WHERE name = ?")
+        let gone = sqlx::query("DELETE FROM console_admins WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?
@@ -82,7 +84,7 @@ impl Store {
     /// argon2 work as a wrong password, so timing does not tell names.
     pub async fn check_admin(&self, name: &str, password: &str) -> Result<bool, StoreError> {
         let hash: Option<(String,)> =
-            sqlx::query_as("SELECT password_hash FROM console_admins WHERE name = ?")
+            sqlx::query_as("SELECT password_hash FROM console_admins WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -111,7 +113,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO console_sessions (token_hash, admin, csrf, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&token_hash[..])
         .bind(admin)
@@ -131,7 +133,7 @@ impl Store {
     ) -> Result<Option<ConsoleSession>, StoreError> {
         let row: Option<(String, String, i64)> = sqlx::query_as(
             "SELECT admin, csrf, expires_at FROM console_sessions \
-             WHERE token_hash = ? AND expires_at > ?",
+             WHERE token_hash = $1 AND expires_at > $2",
         )
         .bind(&token_hash[..])
         .bind(unix_secs(now))
@@ -150,7 +152,7 @@ impl Store {
         token_hash: &[u8; 32],
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM console_sessions WHERE token_hash = ? OR expires_at <= ?")
+        sqlx::query("DELETE FROM console_sessions WHERE token_hash = $1 OR expires_at <= $2")
             .bind(&token_hash[..])
             .bind(unix_secs(now))
             .execute(&self.pool)
@@ -174,7 +176,9 @@ impl Store {
     /// Per device, its certificates still good and those revoked.
     pub async fn certificate_counts(&self) -> Result<HashMap<String, (u32, u32)>, StoreError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT device_id, SUM(status = 'good'), SUM(status = 'revoked') \
+            "SELECT device_id, \
+                    SUM(CASE WHEN status = 'good' THEN 1 ELSE 0 END), \
+                    SUM(CASE WHEN status = 'revoked' THEN 1 ELSE 0 END) \
              FROM certificates GROUP BY device_id",
         )
         .fetch_all(&self.pool)
@@ -193,8 +197,8 @@ impl Store {
         now: SystemTime,
     ) -> Result<(), StoreError> {
         for chunk in fqdns.chunks(500) {
-            let marks = vec!["?"; chunk.len()].join(", ");
-            let sql = format!("UPDATE devices SET last_seen = ? WHERE fqdn IN ({marks})");
+            let marks = placeholders(2..=chunk.len() + 1);
+            let sql = format!("UPDATE devices SET last_seen = $1 WHERE fqdn IN ({marks})");
             let mut query = sqlx::query(&sql).bind(unix_secs(now));
             for fqdn in chunk {
                 query = query.bind(fqdn);

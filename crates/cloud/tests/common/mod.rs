@@ -132,7 +132,7 @@ impl CloudDir {
     /// The store, opened by another process would open it: what it changes
     /// is not announced to the running cloud.
     pub async fn other_store(&self) -> Store {
-        Store::open(&self.cfg.database_path()).await.unwrap()
+        Store::open(&self.cfg.database()).await.unwrap()
     }
 
     /// Enrolls `device_id` with `password` at `at`, with a fresh key.
