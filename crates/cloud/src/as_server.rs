@@ -892,12 +892,7 @@ impl State {
                 .collect(),
             quic_port: self.cfg.leg_ports().0,
             tcp_port: self.cfg.leg_ports().1,
-            linked_domains: self
-                .cfg
-                .links
-                .iter()
-                .filter_map(|l| l.domain.clone())
-                .collect(),
+            linked_domains: self.linked_domains(),
             instance_addrs: self
                 .cfg
                 .links
@@ -906,6 +901,25 @@ impl State {
                 .flat_map(|l| l.node_addrs())
                 .collect(),
         }))
+    }
+
+    /// The cooperating domains with their roots (read from `[[link]]`'s
+    /// `root` files; one that cannot be read is left out and logged).
+    fn linked_domains(&self) -> Vec<cyphonic_proto::login::LinkedDomain> {
+        self.cfg
+            .links
+            .iter()
+            .filter_map(|l| {
+                let (domain, root) = (l.domain.clone()?, l.root.as_ref()?);
+                match std::fs::read_to_string(root) {
+                    Ok(root_pem) => Some(cyphonic_proto::login::LinkedDomain { domain, root_pem }),
+                    Err(e) => {
+                        warn!(%domain, root = %root.display(), error = %e, "cannot read a linked domain's root");
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     fn internal(&self, peer: SocketAddr, e: StoreError) -> Refusal {

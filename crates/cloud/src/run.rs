@@ -32,6 +32,10 @@ pub const SESSION_RECHECK: Duration = Duration::from_secs(2);
 /// about 11.6 days of microseconds; a million restarts stay far below the
 /// counter limit).
 pub const SIGNAL_COUNTER_RANGE: u64 = 1_000_000_000_000;
+/// The counters one session gets when it is loaded by an NMS whose cloud
+/// has other instances (`docs/protocol.md` §5.19): far more than a session
+/// ever seals, and small beside the floor's range.
+pub const SESSION_COUNTER_RANGE: u64 = 1 << 32;
 
 /// How often a running NMS looks for a new policy version in the store
 /// (`cyphonic cloud policy set` from another process): one cheap query.
@@ -411,7 +415,9 @@ pub type ViewRequest = tokio::sync::oneshot::Sender<Vec<(String, crate::nms::Reg
 
 /// A session lookup's answer.
 enum Lookup {
-    Found(SessionInfo, SessionStanding),
+    /// With the session's own counter range when instances share the
+    /// database ([`Nms::handle_stored_session_with_counters`]).
+    Found(SessionInfo, SessionStanding, Option<(u64, u64)>),
     Missing,
     Failed,
 }
@@ -443,6 +449,9 @@ pub async fn run_nms_observed(
         .reserve_signal_counters(micros, SIGNAL_COUNTER_RANGE)
         .await
         .context("cannot reserve the NMS's signaling counters in the database")?;
+    // With other instances on the database, each session loaded gets its
+    // own counters, above whatever range another instance sealed it with.
+    let own_counters = config.peer_instances;
     let mut nms = Nms::new(config, seed, base).with_counter_limit(base + SIGNAL_COUNTER_RANGE);
     // The policy in force before the first route: never a moment of
     // allowing everything at start.
@@ -512,7 +521,7 @@ pub async fn run_nms_observed(
                 NmsEvent::NeedSession { session_id } => {
                     let (store, tx) = (store.clone(), session_tx.clone());
                     tokio::spawn(async move {
-                        let found = lookup_session(&store, session_id).await;
+                        let found = lookup_session(&store, session_id, own_counters).await;
                         let _ = tx.send((session_id, found)).await;
                     });
                 }
@@ -643,7 +652,10 @@ pub async fn run_nms_observed(
                 }
             },
             Some((id, found)) = session_rx.recv() => match found {
-                Lookup::Found(info, standing) => nms.handle_stored_session(Instant::now(), info, standing),
+                Lookup::Found(info, standing, None) => nms.handle_stored_session(Instant::now(), info, standing),
+                Lookup::Found(info, standing, Some(counters)) => {
+                    nms.handle_stored_session_with_counters(Instant::now(), info, standing, counters)
+                }
                 Lookup::Missing => nms.handle_session_missing(id),
                 Lookup::Failed => nms.handle_session_lookup_failed(id),
             },
@@ -755,7 +767,7 @@ async fn load_policy(store: &Store, known: u64) -> Option<(u64, Policy)> {
     }
 }
 
-async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
+async fn lookup_session(store: &Store, session_id: SessionId, own_counters: bool) -> Lookup {
     let failed = |e: StoreError| {
         tracing::warn!(error = %e, "session lookup failed");
         Lookup::Failed
@@ -769,6 +781,21 @@ async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
         Ok(Some(d)) if !d.disabled => d,
         Ok(_) => return Lookup::Missing,
         Err(e) => return failed(e),
+    };
+    let counters = if own_counters {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        match store
+            .reserve_signal_counters(micros, SESSION_COUNTER_RANGE)
+            .await
+        {
+            Ok(base) => Some((base, base + SESSION_COUNTER_RANGE)),
+            Err(e) => return failed(e),
+        }
+    } else {
+        None
     };
     Lookup::Found(
         SessionInfo {
@@ -784,6 +811,7 @@ async fn lookup_session(store: &Store, session_id: SessionId) -> Lookup {
             login_seq: session.login_seq,
             replay_floor: session.replay_floor,
         },
+        counters,
     )
 }
 

@@ -73,7 +73,16 @@ async fn two_cooperating_domains_direct_a_route_between_their_nodes() {
     let mut east_run = Running::start(&east, Roles::All).await;
     let l1 = logged_in(&west, "n1").await;
     let l2 = logged_in(&east, "n2").await;
-    assert_eq!(l1.linked_domains, vec!["east.example".to_owned()]);
+    let linked: Vec<&str> = l1
+        .linked_domains
+        .iter()
+        .map(|l| l.domain.as_str())
+        .collect();
+    assert_eq!(linked, ["east.example"]);
+    assert_eq!(
+        l1.linked_domains[0].root_pem,
+        std::fs::read_to_string(east.cfg.root_cert_path()).unwrap()
+    );
     assert_eq!(l1.vip4.octets()[..2], [100, 64]);
     assert_eq!(l2.vip4.octets()[..2], [100, 65]);
     let mut n1 = SignalingNode::new(&l1, west.nms()).await;
@@ -167,8 +176,9 @@ async fn two_instances_of_one_cloud_direct_a_route_between_their_nodes() {
     b_cfg.links = vec![link_to(a.cfg.link_listen.unwrap())];
     let b = a.with_config(b_cfg);
 
-    let a_run = Running::start(&a, Roles::All).await;
+    // b first: its counters lie below a's, which n1 sees first.
     let mut b_run = Running::start(&b, Roles::All).await;
+    let a_run = Running::start(&a, Roles::All).await;
     let l1 = logged_in(&a, "n1").await;
     // n2 logs in at the other instance: one database, one VIP space.
     let l2 = logged_in(&b, "n2").await;
@@ -202,19 +212,19 @@ async fn two_instances_of_one_cloud_direct_a_route_between_their_nodes() {
         .wait_for("a link request", |c| c.links_asked >= 1)
         .await;
 
-    // n1's session moves to the other instance (its NMS is a new one):
-    // the same session registers there, from the database.
-    let mut moved = SignalingNode::new(&l1, b.nms()).await;
-    moved.register().await;
-    moved
-        .send(Message::DirectionRequest {
-            target: "n2.cyphonic.internal".into(),
-        })
-        .await;
+    // n1 moves to the other instance with its session: b loads it from
+    // the database, with counters above a's (which n1's replay window has
+    // seen), and takes its Registration.
+    n1.move_to(b.nms());
+    n1.register().await;
+    n1.send(Message::DirectionRequest {
+        target: "n2.cyphonic.internal".into(),
+    })
+    .await;
     let again = confirm(&mut n2).await;
     assert_eq!(again.peer.fqdn, "n1.cyphonic.internal");
     assert!(matches!(
-        next_direction(&mut moved).await,
+        next_direction(&mut n1).await,
         Message::RouteDirectionToInitiator(_)
     ));
     a_run.stop().await;

@@ -81,7 +81,7 @@ pub struct LoginInfo {
     pub quic_port: u16,
     pub tcp_port: u16,
     /// Cooperating domains the NMS directs routes to (§5.19).
-    pub linked_domains: Vec<String>,
+    pub linked_domains: Vec<cyphonic_proto::login::LinkedDomain>,
     /// The cloud's other instances (§5.19).
     pub instance_addrs: Vec<std::net::IpAddr>,
 }

@@ -205,14 +205,24 @@ pub struct LoginOk {
     #[serde(default)]
     pub tcp_port: u16,
     /// Cooperating domains whose names this cloud's NMS directs routes to
-    /// (`docs/protocol.md` §5.19): the node's resolver answers them too.
+    /// (`docs/protocol.md` §5.19): the node's resolver answers them too,
+    /// and their nodes' certificates verify under their roots.
     #[serde(default)]
-    pub linked_domains: Vec<String>,
+    pub linked_domains: Vec<LinkedDomain>,
     /// The other instances of this cloud (also in `cloud_addrs`): a node
     /// whose NMS stops answering registers its session at one of them
     /// before it logs in again (§5.19).
     #[serde(default)]
     pub instance_addrs: Vec<std::net::IpAddr>,
+}
+
+/// A cooperating domain, as a Login answer names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedDomain {
+    pub domain: String,
+    /// Its root certificate (PEM): it vouches for names under `domain`
+    /// only.
+    pub root_pem: String,
 }
 
 impl fmt::Debug for LoginOk {
@@ -297,7 +307,10 @@ mod tests {
             cloud_addrs: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
             quic_port: 443,
             tcp_port: 443,
-            linked_domains: vec!["east.example".into()],
+            linked_domains: vec![LinkedDomain {
+                domain: "east.example".into(),
+                root_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+            }],
             instance_addrs: vec!["192.0.2.2".parse().unwrap()],
         });
         let line = encode_line(&ok);

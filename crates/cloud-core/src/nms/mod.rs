@@ -1408,7 +1408,7 @@ impl Nms {
     /// test harness): the session is used as it is. A shell over the
     /// cloud's store answers with [`Nms::handle_stored_session`].
     pub fn handle_session(&mut self, now: Instant, info: SessionInfo) {
-        self.load_session(now, info, None);
+        self.load_session(now, info, None, None);
     }
 
     /// The shell found the session a [`NmsEvent::NeedSession`] asked for,
@@ -1419,7 +1419,24 @@ impl Nms {
         info: SessionInfo,
         standing: SessionStanding,
     ) {
-        self.load_session(now, info, Some(standing));
+        self.load_session(now, info, Some(standing), None);
+    }
+
+    /// [`Nms::handle_stored_session`] with the session's own signaling
+    /// counters, `base .. limit`, reserved in the database for this load
+    /// (`Store::reserve_signal_counters`). Instances sharing a database do
+    /// this: a node that moved from another instance has seen counters of
+    /// that instance's range, which may lie above this run's, and its
+    /// replay window would drop everything sealed below them. A range
+    /// reserved now lies above every range reserved before it.
+    pub fn handle_stored_session_with_counters(
+        &mut self,
+        now: Instant,
+        info: SessionInfo,
+        standing: SessionStanding,
+        (base, limit): (u64, u64),
+    ) {
+        self.load_session(now, info, Some(standing), Some((base, limit)));
     }
 
     /// The shell has no such session (expired, ended or forged): drop its
@@ -1515,7 +1532,13 @@ impl Nms {
         );
     }
 
-    fn load_session(&mut self, now: Instant, info: SessionInfo, standing: Option<SessionStanding>) {
+    fn load_session(
+        &mut self,
+        now: Instant,
+        info: SessionInfo,
+        standing: Option<SessionStanding>,
+        counters: Option<(u64, u64)>,
+    ) {
         let id = info.session_id;
         let waiting = self.awaiting_session.remove(&id);
         if self.missing.contains(id, now) {
@@ -1538,7 +1561,7 @@ impl Nms {
         // A session already held keeps its window: loading it afresh would
         // accept its recorded packets once more.
         if !self.sessions.contains_key(&id) {
-            self.insert_session(info, standing);
+            self.insert_session(info, standing, counters);
         }
         for (local, from, packet) in waiting.map(|w| w.packets).unwrap_or_default() {
             self.handle_datagram(now, local, from, &packet);
@@ -1658,14 +1681,15 @@ impl Nms {
         }
     }
 
-    fn insert_session(&mut self, info: SessionInfo, standing: Option<SessionStanding>) {
-        let cipher = SignalCipher::new(
-            info.session_id,
-            &info.common_key,
-            Role::Nms,
-            self.counter_base,
-        )
-        .with_tx_limit(self.counter_limit);
+    fn insert_session(
+        &mut self,
+        info: SessionInfo,
+        standing: Option<SessionStanding>,
+        counters: Option<(u64, u64)>,
+    ) {
+        let (base, limit) = counters.unwrap_or((self.counter_base, self.counter_limit));
+        let cipher = SignalCipher::new(info.session_id, &info.common_key, Role::Nms, base)
+            .with_tx_limit(limit);
         self.sessions.insert(
             info.session_id,
             Session {

@@ -284,6 +284,12 @@ impl SignalingNode {
         self.sock.local_addr().unwrap()
     }
 
+    /// Talks to another NMS from now on (another instance of the cloud),
+    /// keeping the session and its replay window, as a node that moves.
+    pub fn move_to(&mut self, nms: SocketAddr) {
+        self.nms = nms;
+    }
+
     /// Seals `message` and sends it; returns the datagram (to replay).
     pub async fn send(&mut self, message: Message) -> Vec<u8> {
         let txid = self.next_txid;

@@ -21,6 +21,7 @@ pub mod overlay;
 pub mod pcap;
 pub mod policy;
 pub mod revoke;
+pub mod scale;
 pub mod trs_health;
 
 use std::path::Path;
@@ -99,6 +100,14 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
     (
+        "scale",
+        "two cloud instances on one PostgreSQL, nodes spread over them; one is killed under ping and iperf3: sessions move, tunnels go on, new routes work",
+    ),
+    (
+        "domains",
+        "two cooperating domains, each its own cloud: a node of each reaches the other by name, direct and relayed",
+    ),
+    (
         "trs-health",
         "two TRSs report to the NMS; one is killed under a relayed ping: marked dead within seconds, left out of new grants, the tunnel fails over",
     ),
@@ -122,6 +131,8 @@ pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
         "lifetime" => lifetime::run(bin),
         "revoke" => revoke::run(bin),
         "trs-health" => trs_health::run(bin),
+        "scale" => scale::run_scale(bin),
+        "domains" => scale::run_domains(bin),
         "abuse" => abuse::run(bin),
         "policy" => policy::run(bin),
         "netcheck" => netcheck::run(bin),

@@ -111,6 +111,9 @@ pub struct Node {
     clock_origin: (Instant, SystemTime),
     identity: LocalIdentity,
     verifier: Verifier,
+    /// Cooperating domains' roots, each for names under its domain only
+    /// (from Login, `docs/protocol.md` §5.19).
+    linked_roots: Vec<(String, Verifier)>,
     signaling: Signaling,
     peers: Peers,
     dns: DnsWaiters,
@@ -175,6 +178,7 @@ impl Node {
             clock_origin: (now, wall),
             identity,
             verifier,
+            linked_roots: Vec::new(),
             signaling,
             peers: Peers::default(),
             dns: DnsWaiters::default(),
@@ -510,6 +514,13 @@ impl Node {
             .collect();
         self.resume.sort();
         self.resume.dedup();
+    }
+
+    /// The cooperating domains' roots from the latest Login: a peer
+    /// whose name is under one of those domains is checked against its
+    /// root instead of ours (§5.19).
+    pub fn set_linked_roots(&mut self, roots: Vec<(String, Verifier)>) {
+        self.linked_roots = roots;
     }
 
     /// The node certificate was renewed: later handshakes (new tunnels and

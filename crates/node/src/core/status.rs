@@ -28,6 +28,7 @@ impl Node {
             vip6: identity.map(|i| i.2),
             cloud: CloudStatus {
                 nms: login.map(|l| l.nms),
+                session: login.map(|l| format!("{:#x}", l.session_id.0)),
                 logged_in: sig.logged_in(),
                 registered: sig.registered(),
                 observed: sig.observed(),
@@ -187,6 +188,9 @@ pub struct MoveStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct CloudStatus {
     pub nms: Option<SocketAddr>,
+    /// The Login session in use (its ID, as the NMS and the console show
+    /// it): it stays when the node moves to another instance of the cloud.
+    pub session: Option<String>,
     pub logged_in: bool,
     pub registered: bool,
     pub observed: Option<SocketAddr>,

@@ -183,8 +183,16 @@ impl Node {
     }
 
     fn peer_verifier(&self, peer: &Peer, now: Instant) -> CertCheck {
+        // A peer of a cooperating domain is vouched for by that domain's
+        // root, and only for names under that domain.
+        let fqdn = peer.fqdn.to_string();
+        let verifier = self
+            .linked_roots
+            .iter()
+            .find(|(domain, _)| fqdn.ends_with(&format!(".{domain}")))
+            .map_or(&self.verifier, |(_, v)| v);
         CertCheck {
-            verifier: self.verifier.clone(),
+            verifier: verifier.clone(),
             fqdn: peer.fqdn.to_string(),
             serial: peer.direction.peer.cert_serial,
             vips: [

@@ -860,7 +860,23 @@ impl Daemon {
                 self.logins.clouds.push(*ip);
             }
         }
-        self.dns.linked_domains = info.linked_domains.clone();
+        self.dns.linked_domains = info
+            .linked_domains
+            .iter()
+            .map(|l| l.domain.clone())
+            .collect();
+        let roots = info
+            .linked_domains
+            .iter()
+            .filter_map(|l| match Verifier::from_pem(&l.root_pem) {
+                Ok(v) => Some((l.domain.clone(), v)),
+                Err(e) => {
+                    tracing::warn!(domain = %l.domain, error = %e, "a linked domain's root is not a certificate");
+                    None
+                }
+            })
+            .collect();
+        self.node.set_linked_roots(roots);
         let login = login_of(&info, nms, &self.logins.clouds);
         match self.certificate.on_login(generation) {
             LoginUse::Session => {}
