@@ -481,7 +481,7 @@ fn nms_link() -> Seeds {
             body(LinkMessage::Direct {
                 ticket: 1,
                 target: "n2.east.example".into(),
-                initiator,
+                initiator: Box::new(initiator),
             }),
         ),
         (

@@ -57,7 +57,7 @@ pub enum LinkInput {
     Request {
         token: u64,
         target: String,
-        initiator: LinkInitiator,
+        initiator: Box<LinkInitiator>,
         scope: LinkScope,
     },
     /// A peer's answer to our request `ticket` (`None`: the peer could not
@@ -67,6 +67,9 @@ pub enum LinkInput {
         message: Option<LinkMessage>,
     },
 }
+
+/// Token of a peer's request -> where to answer, and the peer's ticket.
+type Replies = Arc<Mutex<HashMap<u64, (mpsc::Sender<LinkMessage>, u64)>>>;
 
 /// Forwarded requests waiting for their peers' answers.
 struct Pending {
@@ -80,7 +83,7 @@ pub struct Links {
     dialers: Vec<mpsc::Sender<(u64, LinkMessage)>>,
     pending: HashMap<u64, Pending>,
     /// Token of a peer's request -> where to answer, and the peer's ticket.
-    replies: Arc<Mutex<HashMap<u64, (mpsc::Sender<LinkMessage>, u64)>>>,
+    replies: Replies,
 }
 
 impl Links {
@@ -173,7 +176,7 @@ impl Links {
         let request = LinkMessage::Direct {
             ticket,
             target: target.clone(),
-            initiator,
+            initiator: Box::new(initiator),
         };
         let mut asked = 0;
         for (peer, dialer) in self.peers.iter().zip(&self.dialers) {
@@ -396,7 +399,7 @@ async fn dial(
         backoff = REDIAL_FIRST;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut in_flight: HashSet<u64> = HashSet::new();
-        let mut unsent = queued.drain(..).collect::<Vec<_>>().into_iter();
+        let mut unsent = std::mem::take(&mut queued).into_iter();
         let (answers_tx, mut answers) = mpsc::channel::<anyhow::Result<LinkMessage>>(64);
         let reader = tokio::spawn(async move {
             loop {
@@ -461,7 +464,7 @@ struct Acceptor {
     own6: Ipv6Prefix,
     hello: LinkMessage,
     input: mpsc::Sender<LinkInput>,
-    replies: Arc<Mutex<HashMap<u64, (mpsc::Sender<LinkMessage>, u64)>>>,
+    replies: Replies,
     tokens: Arc<AtomicU64>,
 }
 

@@ -643,7 +643,7 @@ pub async fn run_nms_observed(
                 }
             } => match input {
                 crate::link::LinkInput::Request { token, target, initiator, scope } => {
-                    nms.handle_link_direct(Instant::now(), token, &target, initiator, scope)
+                    nms.handle_link_direct(Instant::now(), token, &target, *initiator, scope)
                 }
                 crate::link::LinkInput::Answer { ticket, message } => {
                     if let Some(answer) = links.as_mut().and_then(|l| l.on_answer(ticket, message)) {

@@ -41,7 +41,7 @@ pub enum LinkMessage {
     Direct {
         ticket: u64,
         target: String,
-        initiator: LinkInitiator,
+        initiator: Box<LinkInitiator>,
     },
     /// The target confirmed: this is the initiator's Route Direction.
     Directed {
@@ -170,7 +170,7 @@ impl LinkMessage {
             MSG_DIRECT => {
                 let ticket = r.u64()?;
                 let target = r.str("target")?.to_owned();
-                let initiator = LinkInitiator {
+                let initiator = Box::new(LinkInitiator {
                     device_id: r.str("device id")?.to_owned(),
                     fqdn: r.str("fqdn")?.to_owned(),
                     vip4: r.ipv4()?,
@@ -183,7 +183,7 @@ impl LinkMessage {
                     transport: signal::transport(r.u8()?)?,
                     quic_port: r.u16()?,
                     mapped: read_optional_addr(&mut r)?,
-                };
+                });
                 if initiator.local_addrs.len() > MAX_ENDPOINTS {
                     return Err(WireError::Invalid {
                         field: "local address count",
@@ -305,7 +305,7 @@ mod tests {
             LinkMessage::Direct {
                 ticket: 1,
                 target: "n2.east.example".into(),
-                initiator: initiator(),
+                initiator: Box::new(initiator()),
             },
             LinkMessage::Directed {
                 ticket: 2,
@@ -354,7 +354,7 @@ mod tests {
         let direct = LinkMessage::Direct {
             ticket: 1,
             target: "t".into(),
-            initiator: initiator(),
+            initiator: Box::new(initiator()),
         }
         .encode();
         // Every truncation fails cleanly, and so does a trailing byte.

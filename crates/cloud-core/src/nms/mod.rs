@@ -4193,7 +4193,7 @@ mod tests {
                     let frame = LinkMessage::Direct {
                         ticket,
                         target: target.clone(),
-                        initiator: initiator.clone(),
+                        initiator: Box::new(initiator.clone()),
                     }
                     .encode();
                     assert!(matches!(
