@@ -500,6 +500,13 @@ fn nms_link() -> Seeds {
             }),
         ),
         ("not-here", body(LinkMessage::NotHere { ticket: 3 })),
+        (
+            "withdrawn",
+            body(LinkMessage::Withdrawn {
+                fqdn: "n2.east.example".into(),
+                cert_serial: 0x77,
+            }),
+        ),
     ]
 }
 

@@ -36,6 +36,10 @@ const REDIAL_FIRST: Duration = Duration::from_millis(500);
 const REDIAL_MAX: Duration = Duration::from_secs(10);
 /// Requests queued for one peer before new ones fail at once.
 const QUEUE: usize = 1024;
+/// The ticket notices (`Withdrawn`) are queued under: nothing answers
+/// them, and no request uses it ([`Links::on_answer`] knows no such
+/// pending request).
+const NOTICE_TICKET: u64 = 0;
 
 /// One configured peer.
 #[derive(Debug, Clone)]
@@ -66,6 +70,8 @@ pub enum LinkInput {
         ticket: u64,
         message: Option<LinkMessage>,
     },
+    /// A peer's node left the overlay: hand to `Nms::handle_withdrawn`.
+    Withdrawn { fqdn: String, cert_serial: u64 },
 }
 
 /// Token of a peer's request -> where to answer, and the peer's ticket.
@@ -222,6 +228,19 @@ impl Links {
             self.pending.remove(&ticket);
         }
         answer
+    }
+
+    /// Tells every peer that the node `fqdn` (of this cloud) left the
+    /// overlay, so their NMSs tell their nodes; a peer unreachable now is
+    /// not told.
+    pub fn withdrawn(&self, fqdn: &str, cert_serial: u64) {
+        let notice = LinkMessage::Withdrawn {
+            fqdn: fqdn.to_owned(),
+            cert_serial,
+        };
+        for dialer in &self.dialers {
+            let _ = dialer.try_send((NOTICE_TICKET, notice.clone()));
+        }
     }
 
     /// The NMS's answer to a peer's request `token`.
@@ -422,7 +441,9 @@ async fn dial(
                         let _ = input.send(LinkInput::Answer { ticket, message: None }).await;
                         break e;
                     }
-                    in_flight.insert(ticket);
+                    if ticket != NOTICE_TICKET {
+                        in_flight.insert(ticket);
+                    }
                 }
                 got = answers.recv() => match got {
                     Some(Ok(m)) => match m.answer_ticket() {
@@ -537,6 +558,18 @@ impl Acceptor {
                     target,
                     initiator,
                 }) => (ticket, target, initiator),
+                Ok(LinkMessage::Withdrawn { fqdn, cert_serial }) => {
+                    // A peer speaks for its own domain's nodes only.
+                    if in_domain(&normalize(&fqdn), &peer.domain) {
+                        let notice = LinkInput::Withdrawn { fqdn, cert_serial };
+                        if self.input.send(notice).await.is_err() {
+                            break Ok(());
+                        }
+                    } else {
+                        tracing::warn!(%from, domain = %peer.domain, %fqdn, "link withdrawal of a node outside the peer's domain ignored");
+                    }
+                    continue;
+                }
                 Ok(other) => break Err(anyhow::anyhow!("unexpected {other:?}")),
                 Err(e) => break Err(e),
             };

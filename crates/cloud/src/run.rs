@@ -645,6 +645,10 @@ pub async fn run_nms_observed(
                 crate::link::LinkInput::Request { token, target, initiator, scope } => {
                     nms.handle_link_direct(Instant::now(), token, &target, *initiator, scope)
                 }
+                crate::link::LinkInput::Withdrawn { fqdn, cert_serial } => {
+                    tracing::info!(%fqdn, serial = format_args!("{cert_serial:#x}"), "a linked NMS's node left the overlay");
+                    nms.handle_withdrawn(Instant::now(), &fqdn, cert_serial)
+                }
                 crate::link::LinkInput::Answer { ticket, message } => {
                     if let Some(answer) = links.as_mut().and_then(|l| l.on_answer(ticket, message)) {
                         nms.handle_link_answer(Instant::now(), ticket, answer);
@@ -726,6 +730,11 @@ pub async fn run_nms_observed(
             }
             Some((fqdn, serial)) = withdrawn_rx.recv() => {
                 nms.handle_withdrawn(Instant::now(), &fqdn, serial);
+                // Nodes of the other instances and linked domains may have
+                // tunnels with it too.
+                if let Some(l) = links.as_ref() {
+                    l.withdrawn(&fqdn, serial);
+                }
             }
             Some(gone) = recheck_rx.recv() => {
                 rechecking = false;

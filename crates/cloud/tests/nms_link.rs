@@ -230,3 +230,64 @@ async fn two_instances_of_one_cloud_direct_a_route_between_their_nodes() {
     a_run.stop().await;
     b_run.stop().await;
 }
+
+/// Two instances of one cloud over one folder (CA, database), linked.
+fn two_instances(a: &mut CloudDir) -> CloudDir {
+    let mut b_cfg = a.cfg.clone();
+    b_cfg.as_listen = vec![free_tcp("127.0.0.1"), free_tcp("::1")];
+    b_cfg.nms_listen = vec![common::free_udp()];
+    b_cfg.trs_listen = vec![common::free_udp()];
+    b_cfg.instance = Some("b".into());
+    a.cfg.instance = Some("a".into());
+    a.cfg.link_listen = Some(free_tcp("127.0.0.1"));
+    b_cfg.link_listen = Some(free_tcp("127.0.0.1"));
+    let link_to = |addr| LinkPeerConfig {
+        addr,
+        server_name: None,
+        domain: None,
+        root: None,
+        vip4_prefix: None,
+        vip6_prefix: None,
+        public_addrs: Vec::new(),
+    };
+    a.cfg.links = vec![link_to(b_cfg.link_listen.unwrap())];
+    b_cfg.links = vec![link_to(a.cfg.link_listen.unwrap())];
+    a.with_config(b_cfg)
+}
+
+#[tokio::test]
+async fn a_node_revoked_at_one_instance_is_withdrawn_from_the_others_nodes() {
+    let mut a = CloudDir::new().await;
+    let b = two_instances(&mut a);
+    let a_run = Running::start(&a, Roles::All).await;
+    let mut b_run = Running::start(&b, Roles::All).await;
+    let l1 = logged_in(&a, "n1").await;
+    let l2 = logged_in(&a, "n2").await;
+    let mut n1 = SignalingNode::new(&l1, a.nms()).await;
+    let mut n2 = SignalingNode::new(&l2, b.nms()).await;
+    n1.register().await;
+    n2.register().await;
+
+    // The operator revokes n2 (from its own process): b, holding n2's
+    // session, finds out, tells its nodes, and tells a over the link.
+    cyphonic_cloud::admin::revoke_device(&a.cfg, "n2")
+        .await
+        .unwrap();
+    b_run
+        .wait_for("n2 withdrawn at b", |c| c.withdrawn >= 1)
+        .await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "n1 was never told");
+        match n1.recv().await {
+            Message::PeerRevoked { fqdn, .. } => {
+                assert_eq!(fqdn, "n2.cyphonic.internal");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(a_run.now().withdrawn >= 1);
+    a_run.stop().await;
+    b_run.stop().await;
+}

@@ -9,9 +9,10 @@
 //! body  = u8 type || fields
 //! ```
 //!
-//! The dialing side sends `Hello` first and then `Direct` requests; the
-//! accepting side answers `Hello` with its own and each `Direct` with one
-//! `Directed`, `Refused` or `NotHere` carrying the same ticket.
+//! The dialing side sends `Hello` first and then `Direct` requests (and
+//! `Withdrawn` notices); the accepting side answers `Hello` with its own
+//! and each `Direct` with one `Directed`, `Refused` or `NotHere` carrying
+//! the same ticket.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -30,6 +31,7 @@ const MSG_DIRECT: u8 = 0x02;
 const MSG_DIRECTED: u8 = 0x03;
 const MSG_REFUSED: u8 = 0x04;
 const MSG_NOT_HERE: u8 = 0x05;
+const MSG_WITHDRAWN: u8 = 0x06;
 
 /// One link message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,10 @@ pub enum LinkMessage {
     },
     /// The target is not registered here.
     NotHere { ticket: u64 },
+    /// The node `fqdn` with certificate `cert_serial` left the overlay
+    /// (revoked, disabled, removed): tell every node to close its tunnels
+    /// with it. Not answered.
+    Withdrawn { fqdn: String, cert_serial: u64 },
 }
 
 /// What the responder's NMS needs to know of the initiator: who it is
@@ -133,6 +139,9 @@ impl LinkMessage {
             LinkMessage::NotHere { ticket } => {
                 w.u8(MSG_NOT_HERE).u64(*ticket);
             }
+            LinkMessage::Withdrawn { fqdn, cert_serial } => {
+                w.u8(MSG_WITHDRAWN).str(fqdn).u64(*cert_serial);
+            }
         }
         let mut frame = w.into_inner();
         let len = (frame.len() - 4) as u32;
@@ -206,6 +215,10 @@ impl LinkMessage {
                 message: r.str("message")?.to_owned(),
             },
             MSG_NOT_HERE => LinkMessage::NotHere { ticket: r.u64()? },
+            MSG_WITHDRAWN => LinkMessage::Withdrawn {
+                fqdn: r.str("fqdn")?.to_owned(),
+                cert_serial: r.u64()?,
+            },
             t => return Err(LinkError::UnknownType(t)),
         };
         r.finish()?;
@@ -218,7 +231,9 @@ impl LinkMessage {
             LinkMessage::Directed { ticket, .. }
             | LinkMessage::Refused { ticket, .. }
             | LinkMessage::NotHere { ticket } => Some(*ticket),
-            LinkMessage::Hello { .. } | LinkMessage::Direct { .. } => None,
+            LinkMessage::Hello { .. }
+            | LinkMessage::Direct { .. }
+            | LinkMessage::Withdrawn { .. } => None,
         }
     }
 }
@@ -317,6 +332,10 @@ mod tests {
                 message: "no".into(),
             },
             LinkMessage::NotHere { ticket: 4 },
+            LinkMessage::Withdrawn {
+                fqdn: "n2.east.example".into(),
+                cert_serial: 0x77,
+            },
         ];
         for m in messages {
             let frame = m.encode();
