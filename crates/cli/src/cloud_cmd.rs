@@ -168,6 +168,19 @@ pub enum DeviceCmd {
         #[arg(long, env = "CYPHONIC_DEVICE_PASSWORD")]
         password: Option<String>,
     },
+    /// Add a device for every <device-id>.csr in a folder (keys made at
+    /// the factory, CSRs collected from it) and issue each its
+    /// certificate at once, written to <device-id>.pem beside the CSR:
+    /// no enrollment passwords to hand out. Running it again with the
+    /// same CSRs adds only the new ones.
+    #[command(name = "add-many")]
+    AddMany {
+        #[arg(long)]
+        config: PathBuf,
+        /// The folder of <device-id>.csr files (PKCS#10, Ed25519).
+        #[arg(long, value_name = "DIR")]
+        csr_dir: PathBuf,
+    },
     /// Let a device enroll again: a new one-time enrollment password
     /// (printed once, or --password), its certificates revoked and its
     /// sessions ended.
@@ -285,6 +298,25 @@ pub async fn dispatch(cmd: CloudCmd) -> anyhow::Result<()> {
                 d.device_id, d.fqdn, d.vip4, d.vip6
             );
             print_enrollment_password(&d.device_id, &added.password);
+        }
+        CloudCmd::Device(DeviceCmd::AddMany { config, csr_dir }) => {
+            let cfg = cyphonic_cloud::config::CloudConfig::load(&config)?;
+            let started = std::time::Instant::now();
+            let done = cyphonic_cloud::admin::add_devices_from_csrs(&cfg, &csr_dir).await?;
+            println!(
+                "added {} device(s) in {:.1} s{}; each one's certificate chain is {}/<device-id>.pem",
+                done.added.len(),
+                started.elapsed().as_secs_f64(),
+                match done.already.len() {
+                    0 => String::new(),
+                    n => format!(" ({n} added before from the same CSRs)"),
+                },
+                csr_dir.display()
+            );
+            println!(
+                "next, on each device: cyphonic node enroll --cloud <cloud address> --device <device-id> \
+                 --certificate <device-id>.pem --key <its key> --ca root.pem"
+            );
         }
         CloudCmd::Device(DeviceCmd::Reset {
             config,

@@ -2,6 +2,7 @@
 
 #[cfg(unix)]
 mod cloud_cmd;
+mod node_cert;
 #[cfg(windows)]
 mod winservice;
 
@@ -98,25 +99,42 @@ enum Command {
     /// Build a scenario in network namespaces, check it with real tools, clean up (root only).
     #[cfg(unix)]
     Lab {
-        /// direct | demo | bench
+        /// direct | demo | bench | load | ... (an unknown name lists them)
         scenario: String,
         /// The cyphonic binary to run inside the lab (default: this one).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// The scenario's own options, e.g. `lab load --nodes 10000`
+        /// (`lab load -- --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        options: Vec<String>,
     },
 }
 
 #[derive(Subcommand)]
 enum NodeCmd {
-    /// Enroll this machine with the cloud (device ID + password, once).
+    /// Enroll this machine with the cloud (device ID + password, once),
+    /// or install the certificate the operator issued for its key
+    /// (--certificate and --key, from `cloud device add-many`).
     Enroll {
         /// The AS: IP address or host, with an optional :port.
         #[arg(long)]
         cloud: String,
         #[arg(long)]
         device: String,
-        #[arg(long, env = "CYPHONIC_DEVICE_PASSWORD")]
-        password: String,
+        #[arg(
+            long,
+            env = "CYPHONIC_DEVICE_PASSWORD",
+            required_unless_present = "certificate"
+        )]
+        password: Option<String>,
+        /// The certificate chain `cloud device add-many` wrote for this
+        /// device (<device-id>.pem): installed without asking the AS.
+        #[arg(long, requires = "key")]
+        certificate: Option<PathBuf>,
+        /// The device's key (Ed25519, PKCS#8 PEM) that the certificate is for.
+        #[arg(long, requires = "certificate")]
+        key: Option<PathBuf>,
         /// The cloud's root certificate (root.pem from `cyphonic cloud init`).
         #[arg(long)]
         ca: PathBuf,
@@ -316,21 +334,33 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             cloud,
             device,
             password,
+            certificate,
+            key,
             ca,
             state_dir,
         }) => {
             let (addr, server_name) = parse_cloud(&cloud, DEFAULT_AS_PORT)?;
-            let root = std::fs::read_to_string(&ca)
-                .with_context(|| format!("cannot read {}", ca.display()))?;
-            let f = daemon::enroll(
-                &StatePaths::new(&state_dir),
-                addr,
-                &server_name,
-                &root,
-                &device,
-                &password,
-            )
-            .await?;
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            };
+            let root = read(&ca)?;
+            let state = StatePaths::new(&state_dir);
+            let f = match (certificate, key, password) {
+                (Some(certificate), Some(key), _) => node_cert::install(
+                    &state,
+                    addr,
+                    &server_name,
+                    &root,
+                    &device,
+                    &read(&certificate)?,
+                    &zeroize::Zeroizing::new(read(&key)?),
+                )?,
+                (_, _, Some(password)) => {
+                    daemon::enroll(&state, addr, &server_name, &root, &device, &password).await?
+                }
+                _ => anyhow::bail!("give --password, or --certificate and --key"),
+            };
             println!("enrolled as {} (state in {})", f.fqdn, state_dir.display());
         }
         Command::Node(NodeCmd::Run {
@@ -480,13 +510,17 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
             });
         }
         #[cfg(unix)]
-        Command::Lab { scenario, binary } => {
+        Command::Lab {
+            scenario,
+            binary,
+            options,
+        } => {
             let binary = match binary {
                 Some(b) => b,
                 None => std::env::current_exe().context("cannot find this binary")?,
             };
             let ok = tokio::task::spawn_blocking(move || {
-                cyphonic_lab::scenarios::run(&scenario, &binary)
+                cyphonic_lab::scenarios::run_with_options(&scenario, &binary, &options)
             })
             .await??;
             return Ok(if ok {

@@ -89,6 +89,19 @@ pub enum AdminError {
     NotOurRoot { given: PathBuf, ours: PathBuf },
     #[error("cannot make the intermediate CA: {0}")]
     Intermediate(String),
+    #[error("no <device-id>.csr file in {}", dir.display())]
+    NoCsrs { dir: PathBuf },
+    #[error("{}: {reason}", path.display())]
+    BadCsr { path: PathBuf, reason: String },
+    #[error(
+        "{} device(s) already exist without a certificate for the key in their CSR, \
+         so none was added: {}",
+        devices.len(),
+        devices.join(", ")
+    )]
+    DevicesExist { devices: Vec<String> },
+    #[error("cannot load the intermediate CA: {0}")]
+    Issuer(String),
     #[error(transparent)]
     Mac(BadMac),
     #[error(transparent)]
@@ -482,6 +495,240 @@ pub async fn reset_device_in(
         revoked: reset.revoked,
         ended_sessions: reset.ended_sessions.len(),
     })
+}
+
+/// Devices [`add_devices_from_csrs`] adds per transaction: the write lock
+/// a running cloud's Logins and Registrations wait for is held for one
+/// read of the VIPs in use and this many insertions at a time.
+const PROVISION_BATCH: usize = 100;
+
+/// What [`add_devices_from_csrs`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    /// The devices added now, by device ID.
+    pub added: Vec<DeviceRecord>,
+    /// Devices an earlier run added from the same CSRs: their certificate
+    /// chains were written out again.
+    pub already: Vec<String>,
+}
+
+/// One `<device-id>.csr` of a provisioning folder, checked.
+struct DeviceCsr {
+    device_id: String,
+    csr_pem: String,
+    key: [u8; 32],
+}
+
+/// Adds a node for every `<device-id>.csr` in `dir` (PKCS#10 with an
+/// Ed25519 key, as `openssl req` or a factory's key store makes it) and
+/// issues its certificate for the CSR's key at once: for fleets whose
+/// keys are made where the devices are built, so that no enrollment
+/// password has to reach each of them. Each certificate chain (the node
+/// certificate, then the intermediate) goes to `<device-id>.pem` beside
+/// its CSR; the device installs it with its key (`cyphonic node enroll
+/// --certificate`) and logs in. The devices have no enrollment password
+/// (`device reset` gives one).
+///
+/// Every CSR is checked before anything is added. A device that already
+/// exists is taken as added by an earlier run when it holds a good
+/// certificate for the key in its CSR (its chain is written out again);
+/// otherwise nothing is added. Devices go in in batches, each in one
+/// transaction with its certificates.
+pub async fn add_devices_from_csrs(
+    cfg: &CloudConfig,
+    dir: &Path,
+) -> Result<Provisioned, AdminError> {
+    let csrs = read_csrs(dir)?;
+    let read =
+        |path: PathBuf| fs::read_to_string(&path).map_err(|source| AdminError::Io { path, source });
+    let root_pem = read(cfg.root_cert_path())?;
+    let issuer_pem = read(cfg.as_cert_path())?;
+    let issuer_key = zeroize::Zeroizing::new(read(cfg.as_key_path())?);
+    let issuer = cyphonic_pki::Issuer::from_pem(&issuer_pem, &issuer_key)
+        .map_err(|e| AdminError::Issuer(e.to_string()))?;
+    if issuer.not_after() <= SystemTime::now() {
+        return Err(AdminError::Issuer(format!(
+            "{} has expired: make a new one with `cyphonic cloud intermediate renew`",
+            cfg.as_cert_path().display()
+        )));
+    }
+    let verifier =
+        cyphonic_pki::Verifier::from_pem(&root_pem).map_err(|e| AdminError::Pki(e.to_string()))?;
+    let store = Store::open(&cfg.database()).await?;
+    let result = provision(&store, cfg, &issuer, &verifier, dir, csrs).await;
+    store.close().await;
+    result
+}
+
+/// The `<device-id>.csr` files of `dir`, by device ID, each checked.
+fn read_csrs(dir: &Path) -> Result<Vec<DeviceCsr>, AdminError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| AdminError::Io { path, source }
+    };
+    let mut csrs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("csr") {
+            continue;
+        }
+        let device_id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !is_dns_label(&device_id) {
+            return Err(AdminError::InvalidDeviceId(device_id));
+        }
+        let csr_pem = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let key = cyphonic_pki::csr_key(&csr_pem).map_err(|e| AdminError::BadCsr {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        csrs.push(DeviceCsr {
+            device_id,
+            csr_pem,
+            key,
+        });
+    }
+    if csrs.is_empty() {
+        return Err(AdminError::NoCsrs {
+            dir: dir.to_owned(),
+        });
+    }
+    csrs.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    Ok(csrs)
+}
+
+async fn provision(
+    store: &Store,
+    cfg: &CloudConfig,
+    issuer: &cyphonic_pki::Issuer,
+    verifier: &cyphonic_pki::Verifier,
+    dir: &Path,
+    csrs: Vec<DeviceCsr>,
+) -> Result<Provisioned, AdminError> {
+    let chain_of = |cert_pem: &str| {
+        let mut chain = cert_pem.trim_end().to_owned();
+        chain.push('\n');
+        chain.push_str(issuer.cert_pem());
+        if !chain.ends_with('\n') {
+            chain.push('\n');
+        }
+        chain
+    };
+    let now = SystemTime::now();
+    // Devices already there: added by an earlier run from the same CSR
+    // (a certificate for its key), or someone else's.
+    let (mut new, mut already, mut conflicts) = (Vec::new(), Vec::new(), Vec::new());
+    for csr in csrs {
+        let Some(device) = store.device(&csr.device_id).await? else {
+            new.push(csr);
+            continue;
+        };
+        let mut issued = None;
+        for cert in store.certificates_of(&csr.device_id).await? {
+            let Some(leaf) = cyphonic_pki::pem_to_der_chain(&cert.cert_pem)
+                .ok()
+                .and_then(|c| c.into_iter().next())
+            else {
+                continue;
+            };
+            let chain = [leaf, issuer.cert_der().to_vec()];
+            let key = verifier
+                .verify_node(&chain, Some(&device.fqdn), now)
+                .map(|n| n.public_key);
+            if cert.status == CertStatus::Good && key.ok() == Some(csr.key) {
+                issued = Some(cert);
+            }
+        }
+        match issued {
+            Some(cert) if device.kind == DeviceKind::Node && !device.disabled => {
+                already.push((csr.device_id, chain_of(&cert.cert_pem)))
+            }
+            _ => conflicts.push(csr.device_id),
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(AdminError::DevicesExist { devices: conflicts });
+    }
+    for (device_id, chain) in &already {
+        write_chain(dir, device_id, chain)?;
+    }
+    let not_before = now
+        .checked_sub(crate::as_proto::CERT_BACKDATE)
+        .unwrap_or(now);
+    let not_after = now + cfg.cert_validity();
+    let mut added = Vec::with_capacity(new.len());
+    for batch in new.chunks(PROVISION_BATCH) {
+        let mut serials = std::collections::HashSet::new();
+        while serials.len() < batch.len() {
+            serials.insert(store.next_serial().await?);
+        }
+        let mut serials = serials.into_iter();
+        let devices: Vec<(String, String)> = batch
+            .iter()
+            .map(|c| {
+                (
+                    c.device_id.clone(),
+                    format!("{}.{}", c.device_id, cfg.domain),
+                )
+            })
+            .collect();
+        let done = store
+            .add_devices_with_certificates(&devices, cfg.vip4_prefix, cfg.vip6_prefix, |device| {
+                let csr = batch
+                    .iter()
+                    .find(|c| c.device_id == device.device_id)
+                    .ok_or_else(|| StoreError::NoSuchDevice(device.device_id.clone()))?;
+                let serial = serials
+                    .next()
+                    .ok_or_else(|| StoreError::InvalidInput("no serial left".into()))?;
+                let cert = issuer
+                    .issue_node(
+                        &csr.csr_pem,
+                        &device.fqdn,
+                        &[device.vip4.into(), device.vip6.into()],
+                        serial,
+                        not_before,
+                        not_after,
+                    )
+                    .map_err(|e| StoreError::InvalidInput(e.to_string()))?;
+                Ok(crate::store::CertificateRecord {
+                    serial: cert.serial,
+                    device_id: device.device_id.clone(),
+                    fqdn: device.fqdn.clone(),
+                    not_before: cert.not_before,
+                    not_after: cert.not_after,
+                    issued_at: now,
+                    status: CertStatus::Good,
+                    cert_pem: cert.cert_pem,
+                })
+            })
+            .await?;
+        for (device, cert) in done {
+            write_chain(dir, &device.device_id, &chain_of(&cert.cert_pem))?;
+            added.push(device);
+        }
+    }
+    Ok(Provisioned {
+        added,
+        already: already.into_iter().map(|(id, _)| id).collect(),
+    })
+}
+
+/// Writes `<dir>/<device_id>.pem` whole (a new file renamed over it), not
+/// synced: it is public, and `add_devices_from_csrs` run again writes it
+/// again from the database.
+fn write_chain(dir: &Path, device_id: &str, chain: &str) -> Result<(), AdminError> {
+    let path = dir.join(format!("{device_id}.pem"));
+    let tmp = dir.join(format!(".{device_id}.pem.tmp"));
+    fs::write(&tmp, chain)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            AdminError::Io { path, source }
+        })
 }
 
 /// Adds general node `<name>.<domain>`, which adapter `adapter_id` (a node)

@@ -501,6 +501,41 @@ impl Store {
         Ok(record)
     }
 
+    /// Adds nodes that hold a certificate from the start (keys made at
+    /// their factory, `admin::add_devices_from_csrs`): each `(device_id,
+    /// fqdn)` without an enrollment password, with its VIPs as
+    /// [`Store::add_device`] gives them, and the certificate `issue` makes
+    /// for it from its record, all in one transaction: no device is left
+    /// without the certificate it was added for, and none is added when
+    /// one fails.
+    pub async fn add_devices_with_certificates(
+        &self,
+        devices: &[(String, String)],
+        vip4_prefix: Ipv4Prefix,
+        vip6_prefix: Ipv6Prefix,
+        mut issue: impl FnMut(&DeviceRecord) -> Result<CertificateRecord, StoreError>,
+    ) -> Result<Vec<(DeviceRecord, CertificateRecord)>, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let mut pool = VipPool::read(&mut tx, vip4_prefix, vip6_prefix).await?;
+        let mut added = Vec::with_capacity(devices.len());
+        for (device_id, fqdn) in devices {
+            let device =
+                insert_device_from(&mut tx, &mut pool, DeviceKind::Node, device_id, None, fqdn)
+                    .await?;
+            let cert = issue(&device)?;
+            if cert.device_id != device.device_id || cert.fqdn != device.fqdn {
+                return Err(StoreError::InvalidInput(format!(
+                    "a certificate for {} cannot be {device_id}'s",
+                    cert.fqdn
+                )));
+            }
+            insert_certificate(&mut tx, &cert).await?;
+            added.push((device, cert));
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
     /// Adds general node `device_id` (its FQDN, VIPs from the pool) that
     /// adapter `adapter_id` serves on its LAN, where it shows up with
     /// `mac`. The adapter must be a node.
@@ -1624,6 +1659,54 @@ async fn insert_device(
     vip4_prefix: Ipv4Prefix,
     vip6_prefix: Ipv6Prefix,
 ) -> Result<DeviceRecord, StoreError> {
+    let mut pool = VipPool::read(tx, vip4_prefix, vip6_prefix).await?;
+    insert_device_from(tx, &mut pool, kind, device_id, password_hash, fqdn).await
+}
+
+/// The VIPs the devices hold, read once in a transaction, and the
+/// prefixes new ones come from: [`insert_device_from`] takes the lowest
+/// free pair and marks it used, so many devices added in one
+/// transaction cost one read of the table, not one each.
+struct VipPool {
+    vip4_prefix: Ipv4Prefix,
+    vip6_prefix: Ipv6Prefix,
+    used4: HashSet<Ipv4Addr>,
+    used6: HashSet<Ipv6Addr>,
+}
+
+impl VipPool {
+    async fn read(
+        tx: &mut Transaction<'static, Any>,
+        vip4_prefix: Ipv4Prefix,
+        vip6_prefix: Ipv6Prefix,
+    ) -> Result<VipPool, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT vip4, vip6 FROM devices")
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut used4 = HashSet::with_capacity(rows.len());
+        let mut used6 = HashSet::with_capacity(rows.len());
+        for (v4, v6) in &rows {
+            used4.insert(parse_column::<Ipv4Addr>("devices", "vip4", v4)?);
+            used6.insert(parse_column::<Ipv6Addr>("devices", "vip6", v6)?);
+        }
+        Ok(VipPool {
+            vip4_prefix,
+            vip6_prefix,
+            used4,
+            used6,
+        })
+    }
+}
+
+/// [`insert_device`] with the VIPs in use already read in `tx`.
+async fn insert_device_from(
+    tx: &mut Transaction<'static, Any>,
+    pool: &mut VipPool,
+    kind: DeviceKind,
+    device_id: &str,
+    password_hash: Option<String>,
+    fqdn: &str,
+) -> Result<DeviceRecord, StoreError> {
     let now = SystemTime::now();
     if exists(tx, "SELECT 1 FROM devices WHERE device_id = $1", device_id).await? {
         return Err(StoreError::DeviceExists(device_id.to_owned()));
@@ -1631,16 +1714,8 @@ async fn insert_device(
     if exists(tx, "SELECT 1 FROM devices WHERE fqdn = $1", fqdn).await? {
         return Err(StoreError::FqdnTaken(fqdn.to_owned()));
     }
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT vip4, vip6 FROM devices")
-        .fetch_all(&mut **tx)
-        .await?;
-    let mut used4 = HashSet::with_capacity(rows.len());
-    let mut used6 = HashSet::with_capacity(rows.len());
-    for (v4, v6) in &rows {
-        used4.insert(parse_column::<Ipv4Addr>("devices", "vip4", v4)?);
-        used6.insert(parse_column::<Ipv6Addr>("devices", "vip6", v6)?);
-    }
-    let (vip4, vip6) = allocate_vips(vip4_prefix, vip6_prefix, &used4, &used6).ok_or(
+    let (vip4_prefix, vip6_prefix) = (pool.vip4_prefix, pool.vip6_prefix);
+    let (vip4, vip6) = allocate_vips(vip4_prefix, vip6_prefix, &pool.used4, &pool.used6).ok_or(
         StoreError::VipsExhausted {
             vip4_prefix,
             vip6_prefix,
@@ -1660,6 +1735,8 @@ async fn insert_device(
     .bind(unix_secs(now))
     .execute(&mut **tx)
     .await?;
+    pool.used4.insert(vip4);
+    pool.used6.insert(vip6);
     Ok(DeviceRecord {
         device_id: device_id.to_owned(),
         kind,

@@ -10,6 +10,7 @@
 //! Everything here needs root.
 
 pub mod capture;
+pub mod loadgen;
 pub mod netns;
 pub mod scenarios;
 pub mod wait;

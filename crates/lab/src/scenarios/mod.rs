@@ -13,6 +13,7 @@ pub mod console;
 pub mod direct;
 pub mod firewall;
 pub mod lifetime;
+pub mod load;
 pub mod mobility;
 pub mod nat;
 pub mod nat_matrix;
@@ -100,6 +101,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "real kernel NAT (eim, symmetric): every placement pair direct/punched/relayed, keepalives, relay failover, relay -> direct",
     ),
     (
+        "load",
+        "simulated nodes with real keys (--nodes 10000) log in, register and ask for routes at rising rates: per second, p50/p99, memory per node",
+    ),
+    (
         "scale",
         "two cloud instances on one PostgreSQL, nodes spread over them; one is killed under ping and iperf3: sessions move, tunnels go on, new routes work",
     ),
@@ -116,6 +121,18 @@ pub const SCENARIOS: &[(&str, &str)] = &[
 /// Runs scenario `name` with the cyphonic binary at `bin`; Ok(true) when
 /// every check passed.
 pub fn run(name: &str, bin: &Path) -> anyhow::Result<bool> {
+    run_with_options(name, bin, &[])
+}
+
+/// [`run`] with the scenario's own command-line options (`lab load
+/// --nodes 10000`); the scenarios without options refuse any.
+pub fn run_with_options(name: &str, bin: &Path, options: &[String]) -> anyhow::Result<bool> {
+    if name == "load" {
+        return load::run(bin, options);
+    }
+    if let Some(first) = options.first() {
+        bail!("scenario {name} takes no options (got {first:?})");
+    }
     match name {
         "direct" => direct::run(bin),
         "demo" => demo(bin),
