@@ -492,6 +492,11 @@ struct PathCandidate {
     /// When the challenge is sent again (a lost challenge or echo), within
     /// the budget, while the trial lasts.
     next_challenge: Instant,
+    /// It echoed its challenge before any Registration of its session
+    /// took effect (the first one waits for its replay floor to be
+    /// stored): the Registration that takes effect from it starts
+    /// validated.
+    answered: bool,
     /// When it was first seen: it holds route selection for at most
     /// [`PATH_VALIDATION_TIMEOUT`].
     since: Instant,
@@ -1191,6 +1196,7 @@ impl Nms {
                     sent: 0,
                     challenged_at: 0,
                     next_challenge: now + PATH_CHALLENGE_RETRANSMIT,
+                    answered: false,
                     since: now,
                 });
             }
@@ -1245,7 +1251,7 @@ impl Nms {
                 self.challenging.remove(&id);
                 continue;
             }
-            if now < path.next_challenge {
+            if path.answered || now < path.next_challenge {
                 continue;
             }
             path.next_challenge = now + PATH_CHALLENGE_RETRANSMIT;
@@ -1294,6 +1300,18 @@ impl Nms {
                 .is_some_and(|r| r.validated && r.observed == from);
             if !echo {
                 self.counters.rx_bad += 1;
+            }
+            return;
+        }
+        if session.registration.is_none() {
+            // The Registration is still waiting for its replay floor: the
+            // address answered, and the Registration taking effect from it
+            // starts validated (`apply_registration`).
+            if let Some(path) = session.path.as_mut() {
+                if !path.answered {
+                    path.answered = true;
+                    self.counters.paths_validated += 1;
+                }
             }
             return;
         }
@@ -1853,9 +1871,19 @@ impl Nms {
             .as_ref()
             .filter(|r| r.validated)
             .map(|r| (r.observed, (), r.nms_local));
+        // An address that echoed its challenge while this first
+        // Registration waited for its floor is validated already.
+        let answered = kept.is_none()
+            && session
+                .path
+                .as_ref()
+                .is_some_and(|p| p.answered && p.addr == from);
+        if answered {
+            session.path = None;
+        }
         let (observed, nms_local, validated) = match kept {
             Some((o, _, l)) => (o, l, true),
-            None => (from, local, false),
+            None => (from, local, answered),
         };
         // A Registration again from the same mapping (a retransmission
         // that arrived after the NAT Probe, a raced copy) leaves the NAT's
@@ -3871,6 +3899,48 @@ mod tests {
             .into_iter()
             .find(|(f, _)| f == fqdn)
             .map(|(_, r)| r.observed)
+    }
+
+    /// Under load the store takes longer than the challenge's
+    /// retransmission: the node echoes a challenge before its Registration
+    /// takes effect. The Registration then starts validated, and its
+    /// answer goes out at once.
+    #[test]
+    fn a_challenge_echoed_while_the_floor_is_stored_validates_the_registration() {
+        let now = Instant::now();
+        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 1);
+        let standing = SessionStanding {
+            login_seq: 1,
+            replay_floor: 0,
+        };
+        nms.handle_stored_session(now, info(5, "n1"), standing);
+        let mut node = node_cipher(5, 1000);
+        let from = at("198.51.100.20:4501");
+        nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 1));
+        let floors: Vec<NmsEvent> = events(&mut nms);
+        assert_eq!(floors.len(), 1, "{floors:?}");
+        // The store is slow: the challenge goes out again, and the node
+        // echoes it.
+        let later = now + PATH_CHALLENGE_RETRANSMIT;
+        nms.handle_timeout(later);
+        let sent = transmits(&mut nms);
+        assert!(!sent.is_empty(), "the challenge again");
+        assert!(echo_challenges(&mut nms, later, &mut node, sent).is_empty());
+        assert!(nms.registrations().is_empty(), "not in effect yet");
+        nms.handle_replay_floor_stored(later, SessionId(5), 1000, FloorStored::Stored);
+        let answers: Vec<Message> = transmits(&mut nms)
+            .into_iter()
+            .filter_map(|t| node.open(&t.payload).ok())
+            .map(|e| e.message)
+            .collect();
+        assert!(
+            answers
+                .iter()
+                .any(|m| matches!(m, Message::RegistrationResponse(_))),
+            "{answers:?}"
+        );
+        assert_eq!(nms.counters().tx_unvalidated_limited, 0);
+        assert!(nms.registrations()[0].1.validated);
     }
 
     #[test]
