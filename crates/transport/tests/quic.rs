@@ -289,9 +289,7 @@ async fn leg_is_redialed_after_server_restart_on_the_same_port() {
         "the peer's CONNECTION_CLOSE closes the leg"
     );
 
-    let server2 = Hub::server(pki.server(), vec![addr], vec![], true)
-        .await
-        .unwrap();
+    let server2 = restart_server(&pki.server(), vec![addr], vec![]).await;
     client
         .send(Transport::Quic, addr, numbered(2, 200))
         .unwrap();

@@ -202,9 +202,7 @@ async fn leg_is_redialed_after_server_restart() {
     };
     assert_eq!(leg, old_leg);
 
-    let server2 = Hub::server(pki.server(), vec![], vec![addr], true)
-        .await
-        .unwrap();
+    let server2 = restart_server(&pki.server(), vec![], vec![addr]).await;
     client.send(Transport::Tcp, addr, numbered(2, 100)).unwrap();
     let got = recv_n(&server2, 1, Duration::from_secs(5)).await;
     assert_eq!(check_numbered(&got[0].datagram, 100), 2);

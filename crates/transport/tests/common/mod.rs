@@ -97,6 +97,28 @@ pub fn trusting(mut identity: TlsIdentity, root_der: &[u8]) -> TlsIdentity {
     identity
 }
 
+/// A server restarted on the ports of one that was dropped: bound as soon
+/// as they are free (the old listener goes with its task, and another
+/// test's connection may hold a port as its ephemeral one for a moment),
+/// as a restarted service's supervisor would retry.
+pub async fn restart_server(
+    identity: &TlsIdentity,
+    quic: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+) -> Hub {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Hub::server(identity.clone(), quic.clone(), tcp.clone(), true).await {
+            Ok(s) => return s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %format!("{e:#}"), "ports not free yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the ports never came free: {e:#}"),
+        }
+    }
+}
+
 pub fn any_port(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("IP"), 0)
 }
