@@ -711,8 +711,8 @@ fn print_table(load: &LoadReport, samples: &[Sample], nodes: usize, instances: u
         println!(
             "    (the NMS challenges an address on trial every {} ms, also while its Registration \
              waits for the replay floor to be stored; an echo that arrives before the Registration \
-             takes effect validates nothing: the answer is held back (tx_unvalidated_limited), the \
-             node retransmits, or its address stays on trial until it sends again)",
+             takes effect validates the Registration when it does: slow answers are the floor \
+             writes queueing)",
             loadgen::PATH_CHALLENGE_RETRANSMIT.as_millis()
         );
     }
