@@ -14,6 +14,12 @@ pub const QUIC_UDP_PAYLOAD_V4: u16 = 1500 - 20 - 8;
 /// own default upper bound).
 pub const QUIC_UDP_PAYLOAD_V6: u16 = 1500 - 40 - 8;
 
+/// DATAGRAM frames a QUIC leg's peer may receive before it must send an
+/// ACK (the ACK frequency extension): our datagrams are never
+/// retransmitted, so ACKs serve only congestion control, and one per
+/// datagram pair cost the receiver a packet of its own each.
+const ACK_ELICITING_THRESHOLD: u32 = 16;
+
 /// Bounds and timers of a [`crate::Hub`]. `Default` suits a node; a cloud
 /// server with many legs may want smaller per-leg queues and buffers.
 #[derive(Debug, Clone)]
@@ -99,6 +105,9 @@ impl HubConfig {
         ));
         t.datagram_receive_buffer_size(Some(self.quic_datagram_receive_buffer));
         t.datagram_send_buffer_size(self.quic_datagram_send_buffer);
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_ELICITING_THRESHOLD));
+        t.ack_frequency_config(Some(ack));
         // Datagrams only: a peer may open no stream at all.
         t.max_concurrent_bidi_streams(0u32.into());
         t.max_concurrent_uni_streams(0u32.into());

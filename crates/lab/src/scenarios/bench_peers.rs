@@ -699,7 +699,14 @@ fn measure(o: &mut Overlay, up: &Up, round: usize) -> (Figures, anyhow::Result<S
     let profile = (up.system == System::Cyphonic && round == 1)
         .then(|| std::env::var_os("CYPHONIC_BENCH_PERF"))
         .flatten()
-        .map(|dir| start_profile(Path::new(&dir), &up.pids));
+        .map(|dir| {
+            start_profile(
+                Path::new(&dir),
+                "cyphonic.perf.data",
+                &up.pids,
+                SECS.saturating_sub(1),
+            )
+        });
     let cpu0 = cpu_ticks(&up.pids);
     let stop = AtomicBool::new(false);
     let (tcp, rss) = std::thread::scope(|s| {
@@ -802,17 +809,22 @@ fn measure(o: &mut Overlay, up: &Up, round: usize) -> (Figures, anyhow::Result<S
     (f, r)
 }
 
-/// Starts `perf record` (call graphs, 999 Hz) on `pids` for most of one
-/// iperf3 run, writing `cyphonic.perf.data` in `dir`.
-fn start_profile(dir: &Path, pids: &[u32]) -> anyhow::Result<(std::process::Child, PathBuf)> {
+/// Starts `perf record` (call graphs, 999 Hz) on `pids` for `secs`
+/// seconds (most of one iperf3 run), writing `name` in `dir`.
+pub(crate) fn start_profile(
+    dir: &Path,
+    name: &str,
+    pids: &[u32],
+    secs: u32,
+) -> anyhow::Result<(std::process::Child, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file = dir.join("cyphonic.perf.data");
+    let file = dir.join(name);
     let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     let child = std::process::Command::new("perf")
         .args(["record", "-F", "999", "-g", "-o"])
         .arg(&file)
         .args(["-p", &pids.join(",")])
-        .args(["--", "sleep", &(SECS.saturating_sub(1)).max(1).to_string()])
+        .args(["--", "sleep", &secs.max(1).to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -821,7 +833,7 @@ fn start_profile(dir: &Path, pids: &[u32]) -> anyhow::Result<(std::process::Chil
 }
 
 /// Waits for the profile of [`start_profile`]; the file it wrote.
-fn finish_profile(
+pub(crate) fn finish_profile(
     started: anyhow::Result<(std::process::Child, PathBuf)>,
 ) -> anyhow::Result<String> {
     let (child, file) = started?;

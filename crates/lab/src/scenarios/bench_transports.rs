@@ -3,6 +3,9 @@
 //! transport, side by side, on the firewall lab ([`super::firewall`]):
 //!
 //! - native UDP: mode (c), a -> s (a behind fw1's NAT, s public);
+//! - native UDP punched: mode (c), a -> b (both behind NATs);
+//! - native UDP relayed: mode (c), a -> b, with fw1 and fw2 dropping UDP
+//!   to each other's WAN address (the pair can only meet at the TRS);
 //! - QUIC direct: mode (a), a -> s (s has a QUIC listener on UDP 443);
 //! - QUIC relayed: mode (a), a -> b (both behind web-only firewalls);
 //! - TCP 443 relayed: mode (b), a -> b.
@@ -13,6 +16,10 @@
 //! inner IP packet's (the most common one over the pings: QUIC packet
 //! numbers vary in length; TLS records are one per ping, as pings 0.2 s
 //! apart do not coalesce).
+//!
+//! With `CYPHONIC_BENCH_PERF=<dir>`, each case's TCP transfer is profiled
+//! (`perf record -g` of both nodes' daemons, and the cloud's when the
+//! path is relayed) into `<dir>/<case>.perf.data`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -20,6 +27,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, ensure, Context};
 
+use super::bench_peers::{finish_profile, start_profile};
 use super::firewall::{
     establish_checked, fields, packets, ping, signaling_check, FirewallLab, Mode, ICMP,
 };
@@ -33,29 +41,48 @@ const PROBE_PINGS: u32 = 5;
 struct Case {
     label: &'static str,
     mode: Mode,
+    /// fw1 and fw2 also drop UDP to each other's WAN address: a and b
+    /// meet only at the TRS.
+    apart: bool,
     /// The CN: "s" (public) or "b" (behind the other firewall).
     to: &'static str,
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 6] = [
     Case {
         label: "native UDP",
         mode: Mode::Open,
+        apart: false,
         to: "s",
+    },
+    Case {
+        label: "UDP punched",
+        mode: Mode::Open,
+        apart: false,
+        to: "b",
+    },
+    Case {
+        label: "UDP relayed",
+        mode: Mode::Open,
+        apart: true,
+        to: "b",
     },
     Case {
         label: "QUIC direct",
         mode: Mode::Web,
+        apart: false,
         to: "s",
     },
     Case {
         label: "QUIC relayed",
         mode: Mode::Web,
+        apart: false,
         to: "b",
     },
     Case {
         label: "TCP 443 relayed",
         mode: Mode::TcpOnly,
+        apart: false,
         to: "b",
     },
 ];
@@ -63,10 +90,22 @@ const CASES: [Case; 4] = [
 #[derive(Default)]
 struct Row {
     seen: String,
-    rtt_ms: Option<f64>,
-    mbps: Option<f64>,
-    /// (inner IP length, overhead: most common, min, max)
+    /// Per round.
+    rtt_ms: Vec<f64>,
+    mbps: Vec<f64>,
+    /// (inner IP length, overhead: most common, min, max), first round.
     overhead: Option<(usize, usize, usize, usize)>,
+}
+
+/// Rounds over all cases (`CYPHONIC_BENCH_ROUNDS` overrides): the table
+/// gives each figure's median, as TCP throughput here moves by a fifth
+/// from one transfer to the next.
+const ROUNDS: usize = 3;
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
 
 /// Runs the transport bench alone, with its own summary line.
@@ -92,55 +131,91 @@ pub fn measure(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
     }
     fl.start_cloud()?;
     fl.enroll()?;
-    let mut rows: Vec<(usize, Row)> = Vec::new();
-    let mut current: Option<Mode> = None;
+    let rounds = std::env::var("CYPHONIC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(1);
+    let mut rows: Vec<(usize, Row)> = (0..CASES.len()).map(|ci| (ci, Row::default())).collect();
+    let mut current: Option<(Mode, bool)> = None;
     // Why the nodes are not up in the current mode, if they are not.
     let mut down: Option<String> = None;
-    for (ci, case) in CASES.iter().enumerate() {
-        if current != Some(case.mode) {
-            current = Some(case.mode);
-            down = match fl.restart_nodes(case.mode) {
-                Ok(started) => {
-                    let mut up = Vec::new();
-                    let mut failed = Vec::new();
-                    for (i, r) in started.into_iter().enumerate() {
-                        match r {
-                            Ok(st) => up.push((i, st)),
-                            Err(e) => failed.push(format!("{}: {e:#}", fl.o().nodes[i].name)),
+    for round in 1..=rounds {
+        for (ci, case) in CASES.iter().enumerate() {
+            if current != Some((case.mode, case.apart)) {
+                current = Some((case.mode, case.apart));
+                let rules = |fl: &FirewallLab| if case.apart { keep_apart(fl) } else { Ok(()) };
+                down = match fl.restart_nodes_with(case.mode, rules) {
+                    Ok(started) => {
+                        let mut up = Vec::new();
+                        let mut failed = Vec::new();
+                        for (i, r) in started.into_iter().enumerate() {
+                            match r {
+                                Ok(st) => up.push((i, st)),
+                                Err(e) => failed.push(format!("{}: {e:#}", fl.o().nodes[i].name)),
+                            }
+                        }
+                        // Measure on the transport the mode settles on.
+                        match signaling_check(&fl, case.mode, &up, failed.is_empty()) {
+                            Ok(_) => None,
+                            Err(e) => {
+                                failed.push(format!("{e:#}"));
+                                Some(failed.join("\n        "))
+                            }
                         }
                     }
-                    // Measure on the transport the mode settles on.
-                    match signaling_check(&fl, case.mode, &up, failed.is_empty()) {
-                        Ok(_) => None,
-                        Err(e) => {
-                            failed.push(format!("{e:#}"));
-                            Some(failed.join("\n        "))
-                        }
-                    }
-                }
-                Err(e) => Some(format!("{e:#}")),
+                    Err(e) => Some(format!("{e:#}")),
+                };
+            }
+            let row = &mut rows[ci].1;
+            let r = match &down {
+                Some(why) => Err(anyhow!(
+                    "mode ({}): nodes not up over the mode's transport: {why}",
+                    case.mode.letter()
+                )),
+                None => measure_case(&mut fl, case, round, row),
             };
+            report.check(
+                &format!("{} (a -> {}, round {round})", case.label, case.to),
+                r,
+            );
         }
-        let mut row = Row::default();
-        let r = match &down {
-            Some(why) => Err(anyhow!(
-                "mode ({}): nodes not up over the mode's transport: {why}",
-                case.mode.letter()
-            )),
-            None => measure_case(&mut fl, case, &mut row),
-        };
-        report.check(&format!("{} (a -> {})", case.label, case.to), r);
-        rows.push((ci, row));
     }
     print_table(&rows);
     Ok(())
 }
 
-fn measure_case(fl: &mut FirewallLab, case: &Case, row: &mut Row) -> anyhow::Result<String> {
+/// fw1 and fw2 drop UDP to each other's WAN address, on top of their
+/// mode's rules.
+fn keep_apart(fl: &FirewallLab) -> anyhow::Result<()> {
+    for (router, other) in [("fw1", "fw2"), ("fw2", "fw1")] {
+        let ns = fl.nl.router(router)?.ns.clone();
+        let wan = fl.wan(other)?;
+        fl.o()
+            .lab
+            .sh(
+                &ns,
+                &format!("nft insert rule inet cyfw outbound ip daddr {wan} meta l4proto udp counter drop"),
+            )
+            .with_context(|| format!("{router}: dropping UDP to {other}"))?;
+    }
+    Ok(())
+}
+
+fn measure_case(
+    fl: &mut FirewallLab,
+    case: &Case,
+    round: usize,
+    row: &mut Row,
+) -> anyhow::Result<String> {
     let a = fl.a;
     let cn = fl.nl.node(case.to)?;
     let fqdn = fl.o().fqdn(cn);
-    let want_path = case.mode.expected_path(case.to == "s");
+    let want_path = if case.apart {
+        "relayed"
+    } else {
+        case.mode.expected_path(case.to == "s")
+    };
     let want_transport = case.mode.transport();
     let (vip4, p) = establish_checked(fl, a, cn)?;
     let (path, transport, endpoint) = fields(&p);
@@ -151,9 +226,34 @@ fn measure_case(fl: &mut FirewallLab, case: &Case, row: &mut Row) -> anyhow::Res
     );
     let (rx, avg) = ping(fl.o(), a, &vip4, 20, "0.05")?;
     ensure!(rx >= 18, "ping {rx}/20 replies");
-    row.rtt_ms = Some(avg);
-    let mbps = iperf(&mut fl.nl.o, a, cn, &fqdn, 1, 3)?;
-    row.mbps = Some(mbps);
+    row.rtt_ms.push(avg);
+    let profile = std::env::var_os("CYPHONIC_BENCH_PERF")
+        .filter(|_| round == 1)
+        .map(|dir| {
+            let o = fl.o();
+            let mut pids: Vec<u32> = [o.nodes[a].pid, o.nodes[cn].pid]
+                .into_iter()
+                .flatten()
+                .collect();
+            if path == "relayed" {
+                pids.extend(o.cloud_pid);
+            }
+            let name = format!("{}.perf.data", case.label.replace(' ', "-"));
+            start_profile(Path::new(&dir), &name, &pids, 2)
+        });
+    let mbps = iperf(&mut fl.nl.o, a, cn, &fqdn, 1, 3);
+    match profile.map(finish_profile) {
+        Some(Ok(file)) => println!("  profile of {} (TCP a -> {}): {file}", case.label, case.to),
+        Some(Err(e)) => println!("  no profile: {e:#}"),
+        None => {}
+    }
+    let mbps = mbps?;
+    row.mbps.push(mbps);
+    if round > 1 {
+        return Ok(format!(
+            "{path} over {transport} via {endpoint}: RTT {avg:.3} ms, TCP {mbps:.0} Mbit/s"
+        ));
+    }
     let ep: std::net::SocketAddr = endpoint
         .parse()
         .with_context(|| format!("endpoint {endpoint:?}"))?;
@@ -229,14 +329,23 @@ fn overhead(
 
 fn print_table(rows: &[(usize, Row)]) {
     println!();
+    println!("  (median of the rounds; RTT: mean of 20 pings per round)");
     println!(
-        "  {:<16} {:<7} {:<14} {:>10} {:>12} {:>24}",
-        "transport", "a ->", "path seen", "RTT ms", "TCP Mbit/s", "overhead B/packet (IPv4)"
+        "  {:<16} {:<7} {:<14} {:>10} {:>22} {:>24}",
+        "transport",
+        "a ->",
+        "path seen",
+        "RTT ms",
+        "TCP Mbit/s (rounds)",
+        "overhead B/packet (IPv4)"
     );
     for (ci, row) in rows {
         let case = &CASES[*ci];
-        let rtt = row.rtt_ms.map_or("-".into(), |v| format!("{v:.3}"));
-        let mbps = row.mbps.map_or("-".into(), |v| format!("{v:.0}"));
+        let rtt = median(&row.rtt_ms).map_or("-".into(), |v| format!("{v:.3}"));
+        let mbps = median(&row.mbps).map_or("-".into(), |v| {
+            let all: Vec<String> = row.mbps.iter().map(|m| format!("{m:.0}")).collect();
+            format!("{v:.0} ({})", all.join("/"))
+        });
         let over = row.overhead.map_or("-".into(), |(_, c, min, max)| {
             if min == max {
                 c.to_string()
@@ -245,7 +354,7 @@ fn print_table(rows: &[(usize, Row)]) {
             }
         });
         println!(
-            "  {:<16} {:<7} {:<14} {:>10} {:>12} {:>24}",
+            "  {:<16} {:<7} {:<14} {:>10} {:>22} {:>24}",
             case.label,
             case.to,
             if row.seen.is_empty() { "-" } else { &row.seen },
@@ -256,6 +365,22 @@ fn print_table(rows: &[(usize, Row)]) {
     }
     if let Some(inner) = rows.iter().find_map(|(_, r)| r.overhead.map(|o| o.0)) {
         println!("  (overhead: underlay IP packet minus the {inner}-byte inner IP packet, measured on a's links)");
+    }
+    let mbps = |label: &str| {
+        rows.iter()
+            .find(|(ci, _)| CASES[*ci].label == label)
+            .and_then(|(_, r)| median(&r.mbps))
+    };
+    for (what, of, to) in [
+        ("QUIC direct / native UDP", "QUIC direct", "native UDP"),
+        ("UDP relayed / UDP punched", "UDP relayed", "UDP punched"),
+        ("QUIC relayed / QUIC direct", "QUIC relayed", "QUIC direct"),
+    ] {
+        if let (Some(x), Some(y)) = (mbps(of), mbps(to)) {
+            if y > 0.0 {
+                println!("  {what}: {:.0} %", 100.0 * x / y);
+            }
+        }
     }
     println!();
 }

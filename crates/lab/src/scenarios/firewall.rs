@@ -428,11 +428,22 @@ impl FirewallLab {
     /// again (s with a QUIC listener on 443) and waits until each
     /// registers. Per node, Ok with its status or why it did not register.
     pub fn restart_nodes(&mut self, mode: Mode) -> anyhow::Result<Vec<anyhow::Result<Value>>> {
+        self.restart_nodes_with(mode, |_| Ok(()))
+    }
+
+    /// [`FirewallLab::restart_nodes`], calling `rules` after the mode is
+    /// set and before the nodes start (more rules on the firewalls).
+    pub fn restart_nodes_with(
+        &mut self,
+        mode: Mode,
+        rules: impl FnOnce(&FirewallLab) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<anyhow::Result<Value>>> {
         for i in [self.a, self.b, self.s] {
             self.nl.o.stop_node(i)?;
         }
         self.set_mode("fw1", mode)?;
         self.set_mode("fw2", mode)?;
+        rules(self)?;
         let quic: Vec<String> = if self.quic_port_flag {
             vec!["--quic-port".into(), "443".into()]
         } else {

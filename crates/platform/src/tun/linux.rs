@@ -173,6 +173,14 @@ impl Tun {
     ) -> io::Result<usize> {
         super::check_batch(bufs, sizes)?;
         let sizes = &mut sizes[..bufs.len()];
+        self.check_open()?;
+        // Under load the next packets are already queued: read them
+        // without the poll that only waiting needs.
+        match self.dev.recv_multiple(scratch, bufs, sizes, offset) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
         self.retry(|| {
             self.dev
                 .recv_multiple_intr(scratch, bufs, sizes, offset, &self.interrupt)
@@ -207,11 +215,13 @@ impl Tun {
                 "send_batch: a buffer holds no packet after its headroom",
             ));
         }
+        self.check_open()?;
+        // A TUN write hands the packet to the kernel's receive path and
+        // does not wait for room (the device's socket has no send limit
+        // to speak of), so it needs no poll first: one syscall per
+        // (coalesced) packet.
         let mut gro = lock(&self.gro);
-        self.dev
-            .send_multiple_intr(&mut gro, bufs, offset, &self.interrupt)
-            .map(drop)
-            .map_err(|e| self.shutdown_error(e))
+        self.dev.send_multiple(&mut gro, bufs, offset).map(drop)
     }
 
     /// Wakes threads blocked in any IO call on this device; from now on they
@@ -236,6 +246,17 @@ impl Tun {
                 other => return other,
             }
         }
+    }
+
+    /// Fails once [`Tun::shutdown`] was called.
+    fn check_open(&self) -> io::Result<()> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("TUN device {} shut down", self.name),
+            ));
+        }
+        Ok(())
     }
 
     fn shutdown_error(&self, e: io::Error) -> io::Error {
