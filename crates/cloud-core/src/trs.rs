@@ -48,6 +48,7 @@ pub struct TrsConfig {
     pub idle_timeout: Duration,
     /// Per session, both directions together, in bytes per second; a
     /// session may burst a tenth of a second's worth (at least 64 KiB).
+    /// 0: no limit.
     pub session_rate: u64,
     /// Relay Binds a single source (an IPv4 address, an IPv6 /64) may send
     /// per second (they cost an HMAC each).
@@ -271,7 +272,7 @@ impl Trs {
         let Some(dst) = s.sides[1 - side] else {
             return Action::Drop(DropReason::PeerNotBound);
         };
-        if !s.bucket.take(now, buf.len() as f64) {
+        if self.config.session_rate != 0 && !s.bucket.take(now, buf.len() as f64) {
             return Action::Drop(DropReason::RateLimited);
         }
         s.last_used = now;
@@ -668,6 +669,29 @@ mod tests {
         );
         t.handle_timeout(now + Duration::from_secs(1000), 1000);
         assert_eq!(t.counters().sessions, 0, "idle sessions expire");
+    }
+
+    #[test]
+    fn a_session_rate_of_zero_forwards_without_limit() {
+        let mut t = Trs::new(TrsConfig {
+            secret: SECRET.to_vec(),
+            session_rate: 0,
+            ..TrsConfig::default()
+        });
+        let now = Instant::now();
+        let a: SocketAddr = "198.51.100.10:40000".parse().unwrap();
+        let b: SocketAddr = "198.51.100.11:40000".parse().unwrap();
+        bind_routable(&mut t, now, 1000, a, bind(9, 0, 2000, 1));
+        bind_routable(&mut t, now, 1000, b, bind(9, 1, 2000, 1));
+        // 2.4 MB at one instant: far over any burst a rate would allow.
+        let payload = vec![0u8; 1200];
+        for i in 0..2000 {
+            assert_eq!(
+                t.handle_datagram(now, 1000, a, &mut data(9, &payload)),
+                Action::Forward(b),
+                "datagram {i}"
+            );
+        }
     }
 
     #[test]

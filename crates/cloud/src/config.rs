@@ -109,6 +109,11 @@ pub struct CloudConfig {
     /// second).
     #[serde(default = "default_trs_dead_after_secs")]
     pub trs_dead_after_secs: u64,
+    /// What the TRS forwards per relayed tunnel (both directions
+    /// together), in Mbit/s, so one pair of nodes cannot take a relay's
+    /// whole capacity; 0: no limit.
+    #[serde(default = "default_trs_session_mbit")]
+    pub trs_session_mbit: u64,
     /// UDP addresses of the QUIC listener (signaling and relay over QUIC
     /// DATAGRAM frames, for networks that let only the web out). An empty
     /// list disables it.
@@ -267,6 +272,10 @@ pub const RELAY_SECRET_FILE: &str = "relay.secret";
 
 fn default_nms_probe_port() -> u16 {
     DEFAULT_NMS_PROBE_PORT
+}
+
+fn default_trs_session_mbit() -> u64 {
+    1000
 }
 
 fn default_trs_dead_after_secs() -> u64 {
@@ -448,6 +457,7 @@ impl CloudConfig {
             trs_public: Vec::new(),
             trs_report_to: Vec::new(),
             trs_dead_after_secs: default_trs_dead_after_secs(),
+            trs_session_mbit: default_trs_session_mbit(),
             quic_listen: default_443(),
             tcp443_listen: default_443(),
             metrics_listen: None,
@@ -609,6 +619,13 @@ impl CloudConfig {
                 "public_addrs",
                 format!("contains {ip}, which nodes cannot connect to"),
                 "list the unicast addresses nodes use to reach the cloud",
+            ));
+        }
+        if self.trs_session_mbit > 1_000_000 {
+            return Err(invalid(
+                "trs_session_mbit",
+                format!("= {} is over 1000000 (1 Tbit/s)", self.trs_session_mbit),
+                "give Mbit/s per relayed tunnel, or 0 for no limit",
             ));
         }
         if !(2..=3600).contains(&self.trs_dead_after_secs) {
@@ -944,6 +961,7 @@ mod tests {
     fn a_trs_names_itself_by_its_listen_or_public_addresses() {
         let mut cfg = CloudConfig::new("/var/lib/cyphonic");
         assert_eq!(cfg.trs_dead_after_secs, 3);
+        assert_eq!(cfg.trs_session_mbit, 1000);
         assert!(cfg.trs_report_to.is_empty());
         assert!(cfg.trs_own_addrs().is_empty());
         cfg.public_addrs = vec![
@@ -971,6 +989,14 @@ mod tests {
             .to_string()
             .contains("trs_report_to"));
         cfg.trs_report_to.clear();
+        cfg.trs_session_mbit = 2_000_000;
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("trs_session_mbit"));
+        cfg.trs_session_mbit = 0;
+        cfg.validate().unwrap();
         cfg.trs_dead_after_secs = 1;
         assert!(cfg
             .validate()

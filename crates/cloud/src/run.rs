@@ -249,6 +249,7 @@ pub async fn run_observed(
         let trs = Arc::new(std::sync::Mutex::new(crate::trs::Trs::new(
             crate::trs::TrsConfig {
                 secret,
+                session_rate: cfg.trs_session_mbit * 125_000,
                 ..crate::trs::TrsConfig::default()
             },
         )));
