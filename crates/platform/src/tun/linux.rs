@@ -1,9 +1,10 @@
 //! Linux TUN device on tun-rs.
 //!
-//! The descriptor is non-blocking and every read and write polls it together
+//! The descriptor is non-blocking. A read that has to wait polls it together
 //! with an interrupt pipe (tun-rs `interruptible`), so [`Tun::shutdown`] can
 //! wake a reader blocked in [`Tun::recv`] or [`Tun::recv_batch`] from another
-//! thread.
+//! thread; [`Tun::recv_batch`] reads queued packets without polling, and
+//! [`Tun::send_batch`] writes without polling (a TUN write never waits).
 //!
 //! With offload on, every frame on the descriptor starts with a virtio-net
 //! header. The batch calls handle it through tun-rs (`recv_multiple` splits a
