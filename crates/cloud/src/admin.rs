@@ -694,16 +694,7 @@ async fn provision(
                         not_after,
                     )
                     .map_err(|e| StoreError::InvalidInput(e.to_string()))?;
-                Ok(crate::store::CertificateRecord {
-                    serial: cert.serial,
-                    device_id: device.device_id.clone(),
-                    fqdn: device.fqdn.clone(),
-                    not_before: cert.not_before,
-                    not_after: cert.not_after,
-                    issued_at: now,
-                    status: CertStatus::Good,
-                    cert_pem: cert.cert_pem,
-                })
+                Ok(crate::store::CertificateRecord::issued(device, &cert, now))
             })
             .await?;
         for (device, cert) in done {

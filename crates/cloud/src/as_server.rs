@@ -598,16 +598,7 @@ impl State {
                     format!("cannot issue a certificate from this CSR: {e}"),
                 )
             })?;
-        let record = CertificateRecord {
-            serial: cert.serial,
-            device_id: device.device_id.clone(),
-            fqdn: device.fqdn.clone(),
-            not_before: cert.not_before,
-            not_after: cert.not_after,
-            issued_at: now,
-            status: CertStatus::Good,
-            cert_pem: cert.cert_pem.clone(),
-        };
+        let record = CertificateRecord::issued(device, &cert, now);
         Ok((cert, record))
     }
 

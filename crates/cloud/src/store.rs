@@ -252,6 +252,22 @@ pub struct CertificateRecord {
     pub cert_pem: String,
 }
 
+impl CertificateRecord {
+    /// The record of `cert`, just issued to `device` at `now`.
+    pub fn issued(device: &DeviceRecord, cert: &cyphonic_pki::IssuedCert, now: SystemTime) -> Self {
+        CertificateRecord {
+            serial: cert.serial,
+            device_id: device.device_id.clone(),
+            fqdn: device.fqdn.clone(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            issued_at: now,
+            status: CertStatus::Good,
+            cert_pem: cert.cert_pem.clone(),
+        }
+    }
+}
+
 /// The common key is wiped on drop.
 impl Drop for SessionRecord {
     fn drop(&mut self) {

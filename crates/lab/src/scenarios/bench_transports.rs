@@ -23,6 +23,9 @@
 //! With `CYPHONIC_BENCH_PERF=<dir>`, each case's TCP transfer is profiled
 //! (`perf record -g` of both nodes' daemons, and the cloud's when the
 //! path is relayed) into `<dir>/<case>.perf.data`.
+//!
+//! `CYPHONIC_BENCH_ONLY=<label>[,<label>...]` measures only the cases whose
+//! label contains one of them (ignoring case), e.g. `quic direct,native`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -150,6 +153,23 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
 /// Measures every case, reporting each figure as a check, then prints the
 /// table.
 pub fn measure(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let only = std::env::var("CYPHONIC_BENCH_ONLY").ok();
+    let selected = |case: &Case| match &only {
+        None => true,
+        Some(only) => only.split(',').map(str::trim).any(|want| {
+            !want.is_empty() && case.label.to_lowercase().contains(&want.to_lowercase())
+        }),
+    };
+    ensure!(
+        CASES.iter().any(selected),
+        "CYPHONIC_BENCH_ONLY={}: no case's label contains any of these (cases: {})",
+        only.as_deref().unwrap_or_default(),
+        CASES.map(|c| c.label).join(", ")
+    );
+    let mut rows: Vec<(usize, Row)> = (0..CASES.len())
+        .filter(|ci| selected(&CASES[*ci]))
+        .map(|ci| (ci, Row::default()))
+        .collect();
     println!("bench per transport (nftables firewalls: open, UDP/TCP 443 only, TCP 443 only):");
     let mut fl = FirewallLab::build("bench-transports", bin, false)?;
     for note in fl.missing_flags() {
@@ -162,13 +182,13 @@ pub fn measure(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS)
         .max(1);
-    let mut rows: Vec<(usize, Row)> = (0..CASES.len()).map(|ci| (ci, Row::default())).collect();
     let mut current: Option<(Mode, bool, bool)> = None;
     let mut uncapped = false;
     // Why the nodes are not up in the current mode, if they are not.
     let mut down: Option<String> = None;
     for round in 1..=rounds {
-        for (ci, case) in CASES.iter().enumerate() {
+        for (ci, row) in rows.iter_mut() {
+            let case = &CASES[*ci];
             if current != Some((case.mode, case.apart, case.uncapped)) {
                 current = Some((case.mode, case.apart, case.uncapped));
                 if uncapped != case.uncapped {
@@ -198,7 +218,6 @@ pub fn measure(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
                     Err(e) => Some(format!("{e:#}")),
                 };
             }
-            let row = &mut rows[ci].1;
             let r = match &down {
                 Some(why) => Err(anyhow!(
                     "mode ({}): nodes not up over the mode's transport: {why}",

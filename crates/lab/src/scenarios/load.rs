@@ -43,7 +43,7 @@ use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use cyphonic_cloud::pg_cluster::PgCluster;
 
-use super::overlay::{rss_kib, set_config_keys, Report, CLOUD_METRICS};
+use super::overlay::{rss_kib, run_ok, set_config_keys, Report, CLOUD_METRICS};
 use crate::loadgen::{self, Instance, LoadReport, Phase, PhaseReport, Plan, SimDevice};
 use crate::{wait_until, Lab};
 
@@ -301,7 +301,7 @@ fn scenario(bin: &Path, opts: &LoadOptions, report: &mut Report) -> anyhow::Resu
     let cloud = &clouds[0];
     let publics = [cloud.v6.to_string(), cloud.v4.to_string()];
     let dir_s = cloud.dir.to_string_lossy().into_owned();
-    cli(
+    run_ok(
         &lab,
         &cloud.ns,
         &[
@@ -344,7 +344,7 @@ fn scenario(bin: &Path, opts: &LoadOptions, report: &mut Report) -> anyhow::Resu
     let t = Instant::now();
     let fleet_s = fleet_dir.to_string_lossy().into_owned();
     let cfg = cloud.config();
-    let added = cli(
+    let added = run_ok(
         &lab,
         &cloud.ns,
         &[
@@ -517,18 +517,6 @@ fn link_instances(clouds: &[CloudInstance]) -> anyhow::Result<()> {
 
 fn device_id(i: usize) -> String {
     format!("n{i:05}")
-}
-
-/// Runs `args` in `ns`; its stdout, or an error with its stderr.
-fn cli(lab: &Lab, ns: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = lab.exec(ns, args)?;
-    ensure!(
-        out.status.success(),
-        "{} failed: {}",
-        args[1..].join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// User plus system CPU time of process `pid`.

@@ -522,7 +522,8 @@ pub fn password(device: &str) -> String {
     format!("enroll-{device}-secret")
 }
 
-fn run_ok(lab: &Lab, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+/// Runs `args` in `ns`; its stdout, or an error with its stderr.
+pub(crate) fn run_ok(lab: &Lab, ns: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = lab.exec(ns, args)?;
     ensure!(
         out.status.success(),
