@@ -152,29 +152,8 @@ async fn two_cooperating_domains_direct_a_route_between_their_nodes() {
 
 #[tokio::test]
 async fn two_instances_of_one_cloud_direct_a_route_between_their_nodes() {
-    let a = CloudDir::new().await;
-    // The second instance: the same folder (CA, database), its own ports.
-    let mut b_cfg = a.cfg.clone();
-    b_cfg.as_listen = vec![free_tcp("127.0.0.1"), free_tcp("::1")];
-    b_cfg.nms_listen = vec![common::free_udp()];
-    b_cfg.trs_listen = vec![common::free_udp()];
-    b_cfg.instance = Some("b".into());
-    let mut a = a;
-    a.cfg.instance = Some("a".into());
-    a.cfg.link_listen = Some(free_tcp("127.0.0.1"));
-    b_cfg.link_listen = Some(free_tcp("127.0.0.1"));
-    let link_to = |addr| LinkPeerConfig {
-        addr,
-        server_name: None,
-        domain: None,
-        root: None,
-        vip4_prefix: None,
-        vip6_prefix: None,
-        public_addrs: vec!["192.0.2.7".parse().unwrap()],
-    };
-    a.cfg.links = vec![link_to(b_cfg.link_listen.unwrap())];
-    b_cfg.links = vec![link_to(a.cfg.link_listen.unwrap())];
-    let b = a.with_config(b_cfg);
+    let mut a = CloudDir::new().await;
+    let b = two_instances(&mut a, &["192.0.2.7".parse().unwrap()]);
 
     // b first: its counters lie below a's, which n1 sees first.
     let mut b_run = Running::start(&b, Roles::All).await;
@@ -231,8 +210,9 @@ async fn two_instances_of_one_cloud_direct_a_route_between_their_nodes() {
     b_run.stop().await;
 }
 
-/// Two instances of one cloud over one folder (CA, database), linked.
-fn two_instances(a: &mut CloudDir) -> CloudDir {
+/// Two instances of one cloud over one folder (CA, database; the second
+/// on its own ports), linked; each announces the other at `public_addrs`.
+fn two_instances(a: &mut CloudDir, public_addrs: &[std::net::IpAddr]) -> CloudDir {
     let mut b_cfg = a.cfg.clone();
     b_cfg.as_listen = vec![free_tcp("127.0.0.1"), free_tcp("::1")];
     b_cfg.nms_listen = vec![common::free_udp()];
@@ -248,7 +228,7 @@ fn two_instances(a: &mut CloudDir) -> CloudDir {
         root: None,
         vip4_prefix: None,
         vip6_prefix: None,
-        public_addrs: Vec::new(),
+        public_addrs: public_addrs.to_vec(),
     };
     a.cfg.links = vec![link_to(b_cfg.link_listen.unwrap())];
     b_cfg.links = vec![link_to(a.cfg.link_listen.unwrap())];
@@ -258,7 +238,7 @@ fn two_instances(a: &mut CloudDir) -> CloudDir {
 #[tokio::test]
 async fn a_node_revoked_at_one_instance_is_withdrawn_from_the_others_nodes() {
     let mut a = CloudDir::new().await;
-    let b = two_instances(&mut a);
+    let b = two_instances(&mut a, &[]);
     let a_run = Running::start(&a, Roles::All).await;
     let mut b_run = Running::start(&b, Roles::All).await;
     let l1 = logged_in(&a, "n1").await;

@@ -3901,13 +3901,12 @@ mod tests {
             .map(|(_, r)| r.observed)
     }
 
-    /// Under load the store takes longer than the challenge's
-    /// retransmission: the node echoes a challenge before its Registration
-    /// takes effect. The Registration then starts validated, and its
-    /// answer goes out at once.
-    #[test]
-    fn a_challenge_echoed_while_the_floor_is_stored_validates_the_registration() {
-        let now = Instant::now();
+    /// Where [`registered_before_its_floor`]'s node sends from.
+    const N1_FROM: &str = "198.51.100.20:4501";
+
+    /// An NMS with session 5 loaded (floor 0) and n1's Registration just
+    /// received, with counters from 1000: its floor is to be stored.
+    fn registered_before_its_floor(now: Instant) -> (Nms, SignalCipher) {
         let mut nms = Nms::new(NmsConfig::default(), [0; 32], 1);
         let standing = SessionStanding {
             login_seq: 1,
@@ -3915,8 +3914,18 @@ mod tests {
         };
         nms.handle_stored_session(now, info(5, "n1"), standing);
         let mut node = node_cipher(5, 1000);
-        let from = at("198.51.100.20:4501");
-        nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 1));
+        nms.handle_datagram(now, at(NMS_LOCAL), at(N1_FROM), &registration(&mut node, 1));
+        (nms, node)
+    }
+
+    /// Under load the store takes longer than the challenge's
+    /// retransmission: the node echoes a challenge before its Registration
+    /// takes effect. The Registration then starts validated, and its
+    /// answer goes out at once.
+    #[test]
+    fn a_challenge_echoed_while_the_floor_is_stored_validates_the_registration() {
+        let now = Instant::now();
+        let (mut nms, mut node) = registered_before_its_floor(now);
         let floors: Vec<NmsEvent> = events(&mut nms);
         assert_eq!(floors.len(), 1, "{floors:?}");
         // The store is slow: the challenge goes out again, and the node
@@ -3946,15 +3955,8 @@ mod tests {
     #[test]
     fn a_registration_takes_effect_only_once_its_floor_is_stored() {
         let now = Instant::now();
-        let mut nms = Nms::new(NmsConfig::default(), [0; 32], 1);
-        let standing = SessionStanding {
-            login_seq: 1,
-            replay_floor: 0,
-        };
-        nms.handle_stored_session(now, info(5, "n1"), standing);
-        let mut node = node_cipher(5, 1000);
-        let from = at("198.51.100.20:4501");
-        nms.handle_datagram(now, at(NMS_LOCAL), from, &registration(&mut node, 1));
+        let (mut nms, mut node) = registered_before_its_floor(now);
+        let from = at(N1_FROM);
         assert_eq!(
             events(&mut nms),
             vec![NmsEvent::StoreReplayFloor {

@@ -201,16 +201,18 @@ impl Overlay {
 
     /// [`Overlay::enroll`] with a one-time password of the operator's.
     pub fn enroll_with(&self, i: usize, one_time: &str) -> anyhow::Result<()> {
+        self.enroll_under(i, one_time, &self.cloud_dir.join("root.pem"))
+    }
+
+    /// [`Overlay::enroll_with`], trusting the root certificate at `root`
+    /// (another domain's, or another instance's copy).
+    pub fn enroll_under(&self, i: usize, one_time: &str, root: &Path) -> anyhow::Result<()> {
         let n = &self.nodes[i];
         let cloud = match n.cloud.unwrap_or(self.cloud_addr) {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
         };
-        let root = self
-            .cloud_dir
-            .join("root.pem")
-            .to_string_lossy()
-            .to_string();
+        let root = root.to_string_lossy().to_string();
         let state = n.state_dir.to_string_lossy().to_string();
         let bin = self.bin();
         let args = [

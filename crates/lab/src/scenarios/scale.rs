@@ -32,7 +32,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use cyphonic_cloud::pg_cluster::PgCluster;
 
 use super::nat_matrix::establish;
@@ -463,7 +463,7 @@ fn domains(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
     o.enroll(0)?;
     for i in [1, 2] {
         o.nodes[i].cloud = Some(IpAddr::V4(B_V4));
-        enroll_at(&o, i, &e_dir.join("root.pem"))?;
+        o.enroll_under(i, &password(&o.nodes[i].name), &e_dir.join("root.pem"))?;
     }
     for i in 0..3 {
         o.start_node(i)?;
@@ -535,48 +535,6 @@ fn domains(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
         })(),
     );
     Ok(())
-}
-
-/// `cyphonic node enroll` of node `i` at its `cloud` with `root`.
-fn enroll_at(o: &Overlay, i: usize, root: &Path) -> anyhow::Result<()> {
-    let n = &o.nodes[i];
-    let cloud = n.cloud.context("no cloud address")?.to_string();
-    let (bin, root_s, state) = (
-        o.bin(),
-        root.to_string_lossy().to_string(),
-        n.state_dir.to_string_lossy().to_string(),
-    );
-    let pw = password(&n.name);
-    let args = [
-        bin.as_str(),
-        "node",
-        "enroll",
-        "--cloud",
-        cloud.as_str(),
-        "--device",
-        n.name.as_str(),
-        "--password",
-        pw.as_str(),
-        "--ca",
-        root_s.as_str(),
-        "--state-dir",
-        state.as_str(),
-    ];
-    wait_until(
-        &format!("{} to enroll", n.name),
-        Duration::from_secs(20),
-        || {
-            let out = o.lab.exec(&n.ns, &args)?;
-            if out.status.success() {
-                return Ok(Some(()));
-            }
-            let err = String::from_utf8_lossy(&out.stderr).to_string();
-            if err.contains("wrong device ID or password") {
-                bail!("{err}");
-            }
-            Err(anyhow::anyhow!("{}", err.trim()))
-        },
-    )
 }
 
 /// Node `i` resolves `fqdn` (getent, through its own resolver) to the
