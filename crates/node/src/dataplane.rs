@@ -113,6 +113,10 @@ pub struct DataCounters {
     pub tx_mss_clamped: AtomicU64,
     /// Packets a QUIC or TCP leg refused (queue full, no leg).
     pub tx_leg_dropped: AtomicU64,
+    /// Packets read from the TUN and sent by a receiving thread right
+    /// after it wrote there (`Outbound::turn_around`): replies the kernel
+    /// made at once.
+    pub tx_turned_around: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -137,6 +141,7 @@ pub struct DataCountersSnapshot {
     pub tx_fragmented: u64,
     pub tx_mss_clamped: u64,
     pub tx_leg_dropped: u64,
+    pub tx_turned_around: u64,
 }
 
 impl DataCounters {
@@ -163,6 +168,7 @@ impl DataCounters {
             tx_fragmented: l(&self.tx_fragmented),
             tx_mss_clamped: l(&self.tx_mss_clamped),
             tx_leg_dropped: l(&self.tx_leg_dropped),
+            tx_turned_around: l(&self.tx_turned_around),
         }
     }
 
@@ -268,9 +274,25 @@ pub trait Device: Send + Sync + 'static {
     fn delivers_to(&self, id: IdentityId, dst: IpAddr) -> bool;
 }
 
-impl Device for Tun {
+/// A node's TUN device as the receiving threads see it: after writing a
+/// few packets it takes a turn at the sending half ([`Outbound::turn_around`]).
+struct TunDevice {
+    outbound: Arc<Outbound>,
+}
+
+/// At most this many packets written at once count as a request or a
+/// reply rather than a bulk transfer: the writer then sends what the kernel
+/// answered at once itself.
+const TURNAROUND_MAX: usize = 4;
+
+impl Device for TunDevice {
     fn send_batch(&self, bufs: &mut [Vec<u8>], offset: usize) -> io::Result<()> {
-        Tun::send_batch(self, bufs, offset)
+        let n = bufs.len();
+        let written = self.outbound.tun.send_batch(bufs, offset);
+        if n <= TURNAROUND_MAX {
+            self.outbound.turn_around();
+        }
+        written
     }
 
     /// The host's stack decides what a node receives.
@@ -347,23 +369,24 @@ impl DataPlane {
     ) -> io::Result<DataPlane> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let sender = Sender::new(
+            sockets.clone(),
+            hub,
+            tables.clone(),
+            counters.clone(),
+            control.clone(),
+            usize::from(tun.mtu()),
+        );
+        let outbound = Arc::new(Outbound::new(tun.clone(), sender));
         {
-            let sender = Sender::new(
-                sockets.clone(),
-                hub,
-                tables.clone(),
-                counters.clone(),
-                control.clone(),
-                usize::from(tun.mtu()),
-            );
-            let (tun, stop) = (tun.clone(), stop.clone());
+            let (outbound, stop) = (outbound.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("cy-tun-rx".into())
-                    .spawn(move || outbound_loop(&tun, sender, &stop))?,
+                    .spawn(move || outbound_loop(&outbound, &stop))?,
             );
         }
-        let device: Arc<dyn Device> = tun.clone();
+        let device: Arc<dyn Device> = Arc::new(TunDevice { outbound });
         threads.extend(spawn_receivers(
             &sockets, &device, &tables, &counters, &control, &stop,
         )?);
@@ -481,37 +504,111 @@ pub fn spawn_receivers(
     Ok(threads)
 }
 
-/// TUN -> [`Sender`].
-fn outbound_loop(tun: &Tun, mut sender: Sender, stop: &AtomicBool) {
-    let slot = HEADROOM + sender.mtu + TAG_LEN;
-    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; slot]).collect();
-    let mut sizes = vec![0usize; BATCH];
-    let mut scratch = vec![0u8; 65536 + 64];
-    while !stop.load(Ordering::Relaxed) {
-        for b in bufs.iter_mut() {
+/// The sending half of a node: its TUN device, and the [`Sender`] with its
+/// buffers behind a lock. The TUN reader thread holds the lock only while
+/// it reads and sends, never while it waits; a receiving thread that just
+/// wrote to the TUN may take a turn in between ([`Outbound::turn_around`]).
+/// Whoever holds the lock reads and sends a batch, so packets leave in the
+/// order the kernel queued them.
+pub struct Outbound {
+    tun: Arc<Tun>,
+    state: std::sync::Mutex<OutboundState>,
+}
+
+struct OutboundState {
+    sender: Sender,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    scratch: Vec<u8>,
+}
+
+impl Outbound {
+    fn new(tun: Arc<Tun>, sender: Sender) -> Self {
+        let slot = HEADROOM + sender.mtu + TAG_LEN;
+        Outbound {
+            tun,
+            state: std::sync::Mutex::new(OutboundState {
+                sender,
+                bufs: (0..BATCH).map(|_| vec![0u8; slot]).collect(),
+                sizes: vec![0; BATCH],
+                scratch: vec![0u8; 65536 + 64],
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboundState> {
+        // A panic while sending leaves buffers to be overwritten anyway.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads what the TUN holds, without waiting, and sends it: how many
+    /// packets, or [`io::ErrorKind::WouldBlock`] when it held none.
+    fn drain(&self, st: &mut OutboundState) -> io::Result<usize> {
+        let slot = HEADROOM + st.sender.mtu + TAG_LEN;
+        for b in st.bufs.iter_mut() {
             b.resize(slot, 0);
         }
-        let n = match tun.recv_batch(&mut scratch, &mut bufs, &mut sizes, HEADROOM) {
-            Ok(n) => n,
-            Err(e) if stop.load(Ordering::Relaxed) => {
-                tracing::debug!(error = %e, "TUN reader stopping");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "TUN read failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        for i in 0..n {
-            sender.packet(0, &mut bufs[i], sizes[i]);
+        let OutboundState {
+            sender,
+            bufs,
+            sizes,
+            scratch,
+        } = st;
+        let n = self.tun.try_recv_batch(scratch, bufs, sizes, HEADROOM)?;
+        for (buf, &size) in bufs.iter_mut().zip(sizes.iter()).take(n) {
+            sender.packet(0, buf, size);
         }
         sender.flush();
         if !sender.too_big.is_empty() {
-            if let Err(e) = tun.send_batch(&mut sender.too_big, DATA_HEADER_LEN) {
+            if let Err(e) = self.tun.send_batch(&mut sender.too_big, DATA_HEADER_LEN) {
                 tracing::debug!(error = %e, "TUN write of ICMP too-big failed");
             }
             sender.too_big.clear();
+        }
+        Ok(n)
+    }
+
+    /// Sends what the kernel queued on the TUN in answer to packets just
+    /// written (an ICMP echo reply, a TCP ACK: the kernel makes them
+    /// before the write returns), on the calling thread, instead of
+    /// waking the TUN reader for them: one thread wake less per request
+    /// and reply. Does nothing while the TUN reader is at work.
+    pub fn turn_around(&self) {
+        let Ok(mut st) = self.state.try_lock() else {
+            return;
+        };
+        match self.drain(&mut st) {
+            Ok(n) => {
+                st.sender
+                    .counters
+                    .tx_turned_around
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => tracing::debug!(error = %e, "TUN read after a write failed"),
+        }
+    }
+}
+
+/// TUN -> [`Sender`]: reads and sends until the TUN holds nothing, then
+/// waits for it without the lock.
+fn outbound_loop(out: &Outbound, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let drained = out.drain(&mut out.lock());
+        let failed = match drained {
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => out.tun.wait_readable().err(),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            if stop.load(Ordering::Relaxed) {
+                tracing::debug!(error = %e, "TUN reader stopping");
+                return;
+            }
+            tracing::warn!(error = %e, "TUN read failed");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -739,24 +836,22 @@ fn inbound_loop(v6: bool, sockets: &Sockets, mut inbound: Inbound, stop: &Atomic
     let mut rx: Vec<Vec<u8>> = (0..n_bufs).map(|_| vec![0u8; RX_BUF]).collect();
     let mut meta = vec![quinn_udp::RecvMeta::default(); n_bufs];
     while !stop.load(Ordering::Relaxed) {
-        // Wake at least this often to notice shutdown.
-        wait_ready(sock, false, Duration::from_millis(250));
+        // The socket does not block: under load the next datagrams are
+        // already queued and are read without a poll; only an empty queue
+        // waits (at most this long, to notice shutdown).
         let n = {
             let mut iovs: Vec<IoSliceMut<'_>> = rx.iter_mut().map(|b| IoSliceMut::new(b)).collect();
             match sockets.state.recv(sock.into(), &mut iovs, &mut meta) {
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::debug!(error = %e, "UDP receive failed");
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) {
+                        tracing::debug!(error = %e, "UDP receive failed");
+                    }
+                    wait_ready(sock, false, Duration::from_millis(250));
                     continue;
                 }
             }

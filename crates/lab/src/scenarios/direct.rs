@@ -313,12 +313,24 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
         })(),
     );
     report.check(
-        &format!("ping -c3 {n2}"),
+        &format!("ping -c3 {n2}: n2 sends the replies from the thread that wrote the requests"),
         (|| {
+            let turned = |o: &Overlay| -> anyhow::Result<u64> {
+                o.status(1)?["dataplane"]["tx_turned_around"]
+                    .as_u64()
+                    .context("no dataplane.tx_turned_around in n2's status")
+            };
+            let before = turned(&o)?;
             let out = o.sh(0, &format!("ping -c3 -W2 {n2}"))?;
             let (rx, avg) = parse_ping(&out).context("no ping summary")?;
             ensure!(rx == 3, "{rx}/3 replies");
-            Ok(format!("3/3 replies, avg {avg:.2} ms"))
+            // The TUN reader, woken by the same reply, may win a race for
+            // one; it cannot win every one.
+            let turned = turned(&o)?.saturating_sub(before);
+            ensure!(turned >= 1, "no echo reply was turned around");
+            Ok(format!(
+                "3/3 replies, avg {avg:.2} ms, {turned} sent by the receiving thread"
+            ))
         })(),
     );
     report.check(

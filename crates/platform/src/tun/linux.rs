@@ -172,20 +172,40 @@ impl Tun {
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
+        loop {
+            // Under load the next packets are already queued: read them
+            // without the poll that only waiting needs.
+            match self.try_recv_batch(scratch, bufs, sizes, offset) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_readable()?,
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Tun::recv_batch`] without waiting: [`io::ErrorKind::WouldBlock`]
+    /// when the kernel holds no packet.
+    pub fn try_recv_batch(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
         super::check_batch(bufs, sizes)?;
         let sizes = &mut sizes[..bufs.len()];
         self.check_open()?;
-        // Under load the next packets are already queued: read them
-        // without the poll that only waiting needs.
-        match self.dev.recv_multiple(scratch, bufs, sizes, offset) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => return other,
+        loop {
+            match self.dev.recv_multiple(scratch, bufs, sizes, offset) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
         }
-        self.retry(|| {
-            self.dev
-                .recv_multiple_intr(scratch, bufs, sizes, offset, &self.interrupt)
-        })
+    }
+
+    /// Waits until the kernel holds a packet to read, or [`Tun::shutdown`].
+    pub fn wait_readable(&self) -> io::Result<()> {
+        self.check_open()?;
+        self.retry(|| self.dev.wait_readable_intr(&self.interrupt))
     }
 
     /// Writes each `bufs[i][offset..]` (one whole IP packet) to the kernel.

@@ -119,25 +119,54 @@ impl Tun {
     /// to `bufs.len()`, each at `offset` in its buffer. `scratch` is unused.
     pub fn recv_batch(
         &self,
+        scratch: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> io::Result<usize> {
+        loop {
+            match self.try_recv_batch(scratch, bufs, sizes, offset) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_readable()?,
+                other => return other,
+            }
+        }
+    }
+
+    /// What the ring holds, up to `bufs.len()` packets, without waiting:
+    /// [`io::ErrorKind::WouldBlock`] when it holds none.
+    pub fn try_recv_batch(
+        &self,
         _scratch: &mut [u8],
         bufs: &mut [Vec<u8>],
         sizes: &mut [usize],
         offset: usize,
     ) -> io::Result<usize> {
         super::check_batch(bufs, sizes)?;
-        sizes[0] = self.recv(&mut bufs[0][offset..])?;
-        let mut n = 1;
+        self.check_open()?;
+        let mut n = 0;
         while n < bufs.len() {
             match self.session.try_recv(&mut bufs[n][offset..]) {
                 Ok(size) => {
                     sizes[n] = size;
                     n += 1;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => break,
                 Err(e) => return Err(e),
             }
         }
         Ok(n)
+    }
+
+    /// Waits until the ring holds a packet, or [`Tun::shutdown`].
+    pub fn wait_readable(&self) -> io::Result<()> {
+        self.check_open()?;
+        self.session.wait_read().map_err(|e| {
+            if self.shut_down.load(Ordering::SeqCst) {
+                io::ErrorKind::ConnectionAborted.into()
+            } else {
+                wintun_error(e)
+            }
+        })
     }
 
     /// Writes each `bufs[i][offset..]`; every packet is attempted and the
