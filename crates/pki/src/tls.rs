@@ -11,8 +11,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, ConfigBuilder, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme, WantsVerifier,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -56,6 +60,40 @@ fn identity(
     Ok((chain, key))
 }
 
+/// webpki's check of a server certificate chaining to `root_der`;
+/// `what` names it in errors.
+fn server_verifier(root_der: &[u8], what: &str) -> Result<Arc<WebPkiServerVerifier>, PkiError> {
+    WebPkiServerVerifier::builder_with_provider(root_store(root_der)?, provider())
+        .build()
+        .map_err(|e| PkiError::Tls(format!("{what}: {e}")))
+}
+
+/// A TLS 1.3 server presenting `chain_pem` (certificate, then the
+/// intermediate) and `key_pem`, checking client certificates with
+/// `clients`.
+fn tls13_server(
+    chain_pem: &str,
+    key_pem: &str,
+    clients: Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let (chain, key) = identity(chain_pem, key_pem)?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .map_err(|e| PkiError::Tls(format!("server certificate or key: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// A TLS 1.3 client on our provider, at the step that takes the server
+/// verifier.
+fn tls13_client() -> Result<ConfigBuilder<ClientConfig, WantsVerifier>, PkiError> {
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))
+}
+
 /// TLS for the AS (TCP: login and enrollment).
 ///
 /// `server_chain_pem` is the AS certificate followed by the intermediate
@@ -73,20 +111,12 @@ pub fn as_server_config(
     server_key_pem: &str,
     root_cert_der: &[u8],
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    let provider = provider();
-    let (chain, key) = identity(server_chain_pem, server_key_pem)?;
     let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(root_store(root_cert_der)?, provider.clone())
+        WebPkiClientVerifier::builder_with_provider(root_store(root_cert_der)?, provider())
             .allow_unauthenticated()
             .build()
             .map_err(|e| PkiError::Tls(format!("client certificate verifier: {e}")))?;
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_client_cert_verifier(client_verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| PkiError::Tls(format!("server certificate or key: {e}")))?;
-    Ok(Arc::new(config))
+    tls13_server(server_chain_pem, server_key_pem, client_verifier)
 }
 
 /// TLS for the operator's web console: the cloud's server certificate
@@ -119,18 +149,11 @@ pub fn node_client_config(
     root_cert_der: &[u8],
     identity: Option<(&str, &str)>,
 ) -> Result<Arc<ClientConfig>, PkiError> {
-    let provider = provider();
-    let server_verifier =
-        WebPkiServerVerifier::builder_with_provider(root_store(root_cert_der)?, provider.clone())
-            .build()
-            .map_err(|e| PkiError::Tls(format!("server certificate verifier: {e}")))?;
     let verifier = ServerOrNodeVerifier {
-        server: server_verifier,
+        server: server_verifier(root_cert_der, "server certificate verifier")?,
         nodes: crate::Verifier::new(root_cert_der.to_vec())?,
     };
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| PkiError::Tls(e.to_string()))?
+    let builder = tls13_client()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
     let config = match identity {
@@ -226,16 +249,10 @@ pub struct LinkPeers {
 impl LinkPeers {
     /// `peers`: (root certificate DER, name or IP address) per peer.
     pub fn new(peers: &[(Vec<u8>, String)]) -> Result<Self, PkiError> {
-        let provider = provider();
         let peers = peers
             .iter()
             .map(|(root, name)| {
-                let verifier = WebPkiServerVerifier::builder_with_provider(
-                    root_store(root)?,
-                    provider.clone(),
-                )
-                .build()
-                .map_err(|e| PkiError::Tls(format!("link peer verifier: {e}")))?;
+                let verifier = server_verifier(root, "link peer verifier")?;
                 let name = ServerName::try_from(name.clone())
                     .map_err(|e| PkiError::InvalidRequest(format!("link peer name {name}: {e}")))?;
                 Ok((verifier, name))
@@ -312,14 +329,7 @@ pub fn link_server_config(
     server_key_pem: &str,
     peers: Arc<LinkPeers>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    let (chain, key) = identity(server_chain_pem, server_key_pem)?;
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_client_cert_verifier(peers)
-        .with_single_cert(chain, key)
-        .map_err(|e| PkiError::Tls(format!("server certificate or key: {e}")))?;
-    Ok(Arc::new(config))
+    tls13_server(server_chain_pem, server_key_pem, peers)
 }
 
 /// TLS for dialing an NMS link: the peer's certificate must chain to
@@ -330,16 +340,9 @@ pub fn link_client_config(
     server_key_pem: &str,
     peer_root_der: &[u8],
 ) -> Result<Arc<ClientConfig>, PkiError> {
-    let provider = provider();
     let (chain, key) = identity(server_chain_pem, server_key_pem)?;
-    let verifier =
-        WebPkiServerVerifier::builder_with_provider(root_store(peer_root_der)?, provider.clone())
-            .build()
-            .map_err(|e| PkiError::Tls(format!("link peer verifier: {e}")))?;
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| PkiError::Tls(e.to_string()))?
-        .with_webpki_verifier(verifier)
+    let config = tls13_client()?
+        .with_webpki_verifier(server_verifier(peer_root_der, "link peer verifier")?)
         .with_client_auth_cert(chain, key)
         .map_err(|e| PkiError::Tls(format!("client certificate or key: {e}")))?;
     Ok(Arc::new(config))

@@ -154,8 +154,9 @@ impl Tun {
         Ok(n.saturating_sub(VIRTIO_NET_HDR_LEN))
     }
 
-    /// Blocks until the kernel hands over packets and writes them to
-    /// `bufs[i][offset..offset + sizes[i]]`, returning how many.
+    /// Reads what the kernel holds, without waiting, into
+    /// `bufs[i][offset..offset + sizes[i]]`, returning how many packets;
+    /// [`io::ErrorKind::WouldBlock`] when it holds none.
     ///
     /// With offload, one read may be a GSO segment of up to 64 KB, split here
     /// into MTU-sized packets, so `scratch` must hold [`RECV_SCRATCH_LEN`]
@@ -165,25 +166,6 @@ impl Tun {
     /// of each packet (our data header) so encryption can work in place.
     ///
     /// [`RECV_SCRATCH_LEN`]: super::RECV_SCRATCH_LEN
-    pub fn recv_batch(
-        &self,
-        scratch: &mut [u8],
-        bufs: &mut [Vec<u8>],
-        sizes: &mut [usize],
-        offset: usize,
-    ) -> io::Result<usize> {
-        loop {
-            // Under load the next packets are already queued: read them
-            // without the poll that only waiting needs.
-            match self.try_recv_batch(scratch, bufs, sizes, offset) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_readable()?,
-                other => return other,
-            }
-        }
-    }
-
-    /// [`Tun::recv_batch`] without waiting: [`io::ErrorKind::WouldBlock`]
-    /// when the kernel holds no packet.
     pub fn try_recv_batch(
         &self,
         scratch: &mut [u8],

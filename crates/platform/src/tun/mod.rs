@@ -65,6 +65,27 @@ pub const RECV_SCRATCH_LEN: usize = 0;
 #[cfg(windows)]
 pub const IDEAL_BATCH_SIZE: usize = 64;
 
+#[cfg(any(target_os = "linux", windows))]
+impl Tun {
+    /// Blocks until the device holds packets, then reads them as
+    /// [`Tun::try_recv_batch`] does, returning how many. Under load the
+    /// next packets are already queued and are read without waiting.
+    pub fn recv_batch(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [Vec<u8>],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> std::io::Result<usize> {
+        loop {
+            match self.try_recv_batch(scratch, bufs, sizes, offset) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.wait_readable()?,
+                other => return other,
+            }
+        }
+    }
+}
+
 /// `Tun::recv_batch`'s arguments: at least one buffer, and a size slot
 /// for each.
 #[cfg(any(target_os = "linux", windows))]

@@ -115,25 +115,9 @@ impl Tun {
         Ok(packet.len())
     }
 
-    /// Reads one packet (blocking), then whatever more the ring holds, up
-    /// to `bufs.len()`, each at `offset` in its buffer. `scratch` is unused.
-    pub fn recv_batch(
-        &self,
-        scratch: &mut [u8],
-        bufs: &mut [Vec<u8>],
-        sizes: &mut [usize],
-        offset: usize,
-    ) -> io::Result<usize> {
-        loop {
-            match self.try_recv_batch(scratch, bufs, sizes, offset) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_readable()?,
-                other => return other,
-            }
-        }
-    }
-
-    /// What the ring holds, up to `bufs.len()` packets, without waiting:
-    /// [`io::ErrorKind::WouldBlock`] when it holds none.
+    /// What the ring holds, up to `bufs.len()` packets, each at `offset`
+    /// in its buffer, without waiting: [`io::ErrorKind::WouldBlock`] when
+    /// it holds none. `scratch` is unused.
     pub fn try_recv_batch(
         &self,
         _scratch: &mut [u8],
