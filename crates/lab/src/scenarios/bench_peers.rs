@@ -707,6 +707,18 @@ fn measure(o: &mut Overlay, up: &Up, round: usize) -> (Figures, anyhow::Result<S
                 SECS.saturating_sub(1),
             )
         });
+    // cyphonic: how many of each end's packets its receiving threads sent
+    // (the kernel's immediate answers, `Outbound::turn_around`).
+    let turned = |o: &Overlay| -> Option<[(u64, u64); 2]> {
+        (up.system == System::Cyphonic).then_some(())?;
+        let mut ends = [(0, 0); 2];
+        for (i, end) in ends.iter_mut().enumerate() {
+            let d = &o.status(i).ok()?["dataplane"];
+            *end = (d["tx_turned_around"].as_u64()?, d["tx_packets"].as_u64()?);
+        }
+        Some(ends)
+    };
+    let turned0 = turned(o);
     let cpu0 = cpu_ticks(&up.pids);
     let stop = AtomicBool::new(false);
     let (tcp, rss) = std::thread::scope(|s| {
@@ -727,6 +739,19 @@ fn measure(o: &mut Overlay, up: &Up, round: usize) -> (Figures, anyhow::Result<S
         (r, sampler.join().unwrap_or(None))
     });
     let cpu1 = cpu_ticks(&up.pids);
+    if let (Some(t0), Some(t1)) = (turned0, turned(o)) {
+        let share = |i: usize| {
+            let turned = t1[i].0.saturating_sub(t0[i].0);
+            let sent = t1[i].1.saturating_sub(t0[i].1);
+            100.0 * turned as f64 / sent.max(1) as f64
+        };
+        let _ = write!(
+            detail,
+            ", sent by the receiving thread in 1x a->b: a {:.1} %, b {:.1} %",
+            share(0),
+            share(1)
+        );
+    }
     match profile.map(finish_profile) {
         Some(Ok(file)) => println!("  profile of cyphonic's daemons (1 stream a->b): {file}"),
         Some(Err(e)) => println!("  no profile: {e:#}"),
