@@ -48,6 +48,9 @@ pub struct TrsConfig {
     pub idle_timeout: Duration,
     /// Per session, both directions together, in bytes per second; a
     /// session may burst a tenth of a second's worth (at least 64 KiB).
+    /// Work-conserving: a session over it is dropped only while the relay
+    /// is shared, i.e. another session moved at least [`BUSY_BYTES`] in
+    /// this second or the one before; alone, a session may use it all.
     /// 0: no limit.
     pub session_rate: u64,
     /// Relay Binds a single source (an IPv4 address, an IPv6 /64) may send
@@ -74,6 +77,12 @@ impl Default for TrsConfig {
         }
     }
 }
+
+/// A session that forwards at least this many bytes in a one-second epoch
+/// shares the relay with the others, for this epoch and the next: while
+/// one does, the others are held to `session_rate`. Keepalives and
+/// interactive traffic stay below it.
+pub const BUSY_BYTES: u64 = 64 * 1024;
 
 /// What to do with a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +163,49 @@ struct Session {
     expires: u64,
     last_used: Instant,
     bucket: TokenBucket,
+    /// Bytes forwarded in epoch `epoch` (see [`Busy`]).
+    epoch: u64,
+    epoch_bytes: u64,
+}
+
+/// Which sessions were busy (moved [`BUSY_BYTES`] in one epoch) in this
+/// epoch and the one before: two of each are enough to tell whether any
+/// session other than a given one is busy.
+#[derive(Default)]
+struct Busy {
+    epoch: u64,
+    now: [Option<RelayId>; 2],
+    before: [Option<RelayId>; 2],
+}
+
+impl Busy {
+    fn roll(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            self.before = if epoch == self.epoch + 1 {
+                self.now
+            } else {
+                [None, None]
+            };
+            self.now = [None, None];
+            self.epoch = epoch;
+        }
+    }
+
+    fn mark(&mut self, id: RelayId) {
+        match self.now {
+            [None, _] => self.now[0] = Some(id),
+            [Some(a), None] if a != id => self.now[1] = Some(id),
+            _ => {}
+        }
+    }
+
+    /// Another session than `id` is busy now or was in the last epoch.
+    fn other_than(&self, id: RelayId) -> bool {
+        self.now
+            .iter()
+            .chain(&self.before)
+            .any(|b| b.is_some_and(|b| b != id))
+    }
 }
 
 pub struct Trs {
@@ -168,6 +220,9 @@ pub struct Trs {
     counters: TrsCounters,
     /// Answers Reflect Requests (with the observed address only).
     reflector: Reflector,
+    /// Epochs are whole seconds since this instant (the first Relay Data).
+    started: Option<Instant>,
+    busy: Busy,
 }
 
 /// The source a bind budget is kept for: an IPv4 address, or the /64 of
@@ -194,6 +249,8 @@ impl Trs {
             counters: TrsCounters::default(),
             reflector: Reflector::new(config.reflect),
             config,
+            started: None,
+            busy: Busy::default(),
         }
     }
 
@@ -272,8 +329,26 @@ impl Trs {
         let Some(dst) = s.sides[1 - side] else {
             return Action::Drop(DropReason::PeerNotBound);
         };
-        if self.config.session_rate != 0 && !s.bucket.take(now, buf.len() as f64) {
+        let len = buf.len() as u64;
+        let started = *self.started.get_or_insert(now);
+        let epoch = now.saturating_duration_since(started).as_secs();
+        self.busy.roll(epoch);
+        // The bucket is drawn from even while the session is alone, so a
+        // session over its rate is held to it as soon as another one
+        // gets busy.
+        if self.config.session_rate != 0
+            && !s.bucket.take(now, len as f64)
+            && self.busy.other_than(relay_id)
+        {
             return Action::Drop(DropReason::RateLimited);
+        }
+        if s.epoch != epoch {
+            s.epoch = epoch;
+            s.epoch_bytes = 0;
+        }
+        s.epoch_bytes += len;
+        if s.epoch_bytes >= BUSY_BYTES && s.epoch_bytes - len < BUSY_BYTES {
+            self.busy.mark(relay_id);
         }
         s.last_used = now;
         Action::Forward(dst)
@@ -366,6 +441,8 @@ impl Trs {
                 expires: bind.expires,
                 last_used: now,
                 bucket: TokenBucket::new(rate, (rate / 10.0).max(65_536.0), now),
+                epoch: 0,
+                epoch_bytes: 0,
             });
         if bind.counter <= s.counters[side] && s.sides[side].is_some() {
             // A replayed Bind: answer only if it names the address already
@@ -653,22 +730,68 @@ mod tests {
         let later = now + Duration::from_secs(1);
         bind_routable(&mut t, later, 1000, a, bind(9, 0, 2000, 20));
         bind_routable(&mut t, later, 1000, b, bind(9, 1, 2000, 1));
-        let now = later;
-        // The bucket's burst is at least 64 KiB; a session rate of 10 kB/s
-        // then lets through about 64 KiB at once and no more.
-        let mut forwarded = 0usize;
-        let payload = vec![0u8; 1200];
-        for _ in 0..2000 {
-            if let Action::Forward(_) = t.handle_datagram(now, 1000, a, &mut data(9, &payload)) {
-                forwarded += 1;
-            }
-        }
-        assert!(
-            forwarded > 0 && forwarded * 1212 <= 65_536 + 1212,
-            "{forwarded}"
-        );
-        t.handle_timeout(now + Duration::from_secs(1000), 1000);
+        assert_eq!(t.counters().sessions, 1);
+        t.handle_timeout(later + Duration::from_secs(1000), 1000);
         assert_eq!(t.counters().sessions, 0, "idle sessions expire");
+    }
+
+    /// Sends `n` datagrams of 1200 bytes on `relay_id` from `from` at
+    /// `now`; how many were forwarded.
+    fn flood(t: &mut Trs, now: Instant, from: SocketAddr, relay_id: u64, n: usize) -> usize {
+        let payload = vec![0u8; 1200];
+        (0..n)
+            .filter(|_| {
+                matches!(
+                    t.handle_datagram(now, 1000, from, &mut data(relay_id, &payload)),
+                    Action::Forward(_)
+                )
+            })
+            .count()
+    }
+
+    /// The session rate is work-conserving: a session alone on the relay
+    /// may use all of it; while another session is busy (moved 64 KiB in
+    /// this second or the last), each is held to its rate, and alone
+    /// again two seconds after the other one stopped.
+    #[test]
+    fn the_session_rate_holds_while_the_relay_is_shared() {
+        let mut t = Trs::new(TrsConfig {
+            secret: SECRET.to_vec(),
+            session_rate: 1_000_000,
+            ..TrsConfig::default()
+        });
+        let now = Instant::now();
+        let addr = |i: u8| -> SocketAddr { format!("198.51.100.{i}:40000").parse().unwrap() };
+        for (id, first) in [(9, 10), (10, 20)] {
+            assert_eq!(
+                bind_routable(&mut t, now, 1000, addr(first), bind(id, 0, 2000, 1)),
+                Action::Reply(BIND_LEN)
+            );
+            assert_eq!(
+                bind_routable(&mut t, now, 1000, addr(first + 1), bind(id, 1, 2000, 1)),
+                Action::Reply(BIND_LEN)
+            );
+        }
+        // 2.4 MB at one instant, alone: far over the burst (100 kB), all
+        // forwarded.
+        assert_eq!(flood(&mut t, now, addr(10), 9, 2000), 2000);
+        assert_eq!(t.counters().dropped_rate, 0);
+        // The second session is held to its burst at once, since the
+        // first is busy...
+        let half = now + Duration::from_millis(500);
+        let burst = 100_000 / 1212 + 1;
+        let second = flood(&mut t, half, addr(20), 10, 2000);
+        assert!(second > BUSY_BYTES as usize / 1212 && second <= burst, "{second}");
+        // ... and now that it is busy too, so is the first, in both
+        // directions, with what its bucket refilled in half a second.
+        let first = flood(&mut t, half, addr(11), 9, 2000);
+        assert!(first <= burst, "{first}");
+        assert!(t.counters().dropped_rate >= 2 * (2000 - burst) as u64);
+        // A keepalive now and then does not make a session busy: two
+        // epochs after the second session stopped, the first is alone.
+        let alone = now + Duration::from_millis(3500);
+        assert_eq!(flood(&mut t, alone - Duration::from_secs(1), addr(20), 10, 1), 1);
+        assert_eq!(flood(&mut t, alone, addr(10), 9, 2000), 2000);
     }
 
     #[test]

@@ -110,8 +110,9 @@ pub struct CloudConfig {
     #[serde(default = "default_trs_dead_after_secs")]
     pub trs_dead_after_secs: u64,
     /// What the TRS forwards per relayed tunnel (both directions
-    /// together), in Mbit/s, so one pair of nodes cannot take a relay's
-    /// whole capacity; 0: no limit.
+    /// together), in Mbit/s, while another tunnel is busy, so one pair of
+    /// nodes cannot take a relay's whole capacity from the others (a
+    /// tunnel alone may use it all); 0: no limit.
     #[serde(default = "default_trs_session_mbit")]
     pub trs_session_mbit: u64,
     /// UDP addresses of the QUIC listener (signaling and relay over QUIC

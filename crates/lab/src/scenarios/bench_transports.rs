@@ -6,9 +6,6 @@
 //! - native UDP punched: mode (c), a -> b (both behind NATs);
 //! - native UDP relayed: mode (c), a -> b, with fw1 and fw2 dropping UDP
 //!   to each other's WAN address (the pair can only meet at the TRS);
-//! - the relayed cases once more with the TRS's per-tunnel limit off
-//!   (`trs_session_mbit = 0`; the default 1000 Mbit/s binds on this
-//!   lab's links);
 //! - QUIC direct: mode (a), a -> s (s has a QUIC listener on UDP 443);
 //! - QUIC relayed: mode (a), a -> b (both behind web-only firewalls);
 //! - TCP 443 relayed: mode (b), a -> b.
@@ -37,7 +34,7 @@ use super::bench_peers::{finish_profile, start_profile};
 use super::firewall::{
     establish_checked, fields, packets, ping, signaling_check, FirewallLab, Mode, ICMP,
 };
-use super::overlay::{iperf, set_config_keys, Report};
+use super::overlay::{iperf, Report};
 
 /// The ICMP payload of the overhead pings: inner IPv4 packets of 1028
 /// bytes, well under every transport's MTU.
@@ -50,68 +47,45 @@ struct Case {
     /// fw1 and fw2 also drop UDP to each other's WAN address: a and b
     /// meet only at the TRS.
     apart: bool,
-    /// The TRS forwards without its per-tunnel limit (`trs_session_mbit =
-    /// 0`; the default is 1000).
-    uncapped: bool,
     /// The CN: "s" (public) or "b" (behind the other firewall).
     to: &'static str,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 6] = [
     Case {
         label: "native UDP",
         mode: Mode::Open,
         apart: false,
-        uncapped: false,
         to: "s",
     },
     Case {
         label: "UDP punched",
         mode: Mode::Open,
         apart: false,
-        uncapped: false,
         to: "b",
     },
     Case {
         label: "UDP relayed",
         mode: Mode::Open,
         apart: true,
-        uncapped: false,
-        to: "b",
-    },
-    Case {
-        label: "UDP relayed, no cap",
-        mode: Mode::Open,
-        apart: true,
-        uncapped: true,
-        to: "b",
-    },
-    Case {
-        label: "QUIC relayed, no cap",
-        mode: Mode::Web,
-        apart: false,
-        uncapped: true,
         to: "b",
     },
     Case {
         label: "QUIC direct",
         mode: Mode::Web,
         apart: false,
-        uncapped: true,
         to: "s",
     },
     Case {
         label: "QUIC relayed",
         mode: Mode::Web,
         apart: false,
-        uncapped: false,
         to: "b",
     },
     Case {
         label: "TCP 443 relayed",
         mode: Mode::TcpOnly,
         apart: false,
-        uncapped: false,
         to: "b",
     },
 ];
@@ -182,19 +156,14 @@ pub fn measure(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(ROUNDS)
         .max(1);
-    let mut current: Option<(Mode, bool, bool)> = None;
-    let mut uncapped = false;
+    let mut current: Option<(Mode, bool)> = None;
     // Why the nodes are not up in the current mode, if they are not.
     let mut down: Option<String> = None;
     for round in 1..=rounds {
         for (ci, row) in rows.iter_mut() {
             let case = &CASES[*ci];
-            if current != Some((case.mode, case.apart, case.uncapped)) {
-                current = Some((case.mode, case.apart, case.uncapped));
-                if uncapped != case.uncapped {
-                    uncapped = case.uncapped;
-                    restart_cloud(&mut fl, uncapped)?;
-                }
+            if current != Some((case.mode, case.apart)) {
+                current = Some((case.mode, case.apart));
                 let rules = |fl: &FirewallLab| if case.apart { keep_apart(fl) } else { Ok(()) };
                 down = match fl.restart_nodes_with(case.mode, rules) {
                     Ok(started) => {
@@ -232,19 +201,6 @@ pub fn measure(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     print_table(&rows);
-    Ok(())
-}
-
-/// Restarts the cloud with the TRS's per-tunnel limit off (`uncapped`) or
-/// at its default.
-fn restart_cloud(fl: &mut FirewallLab, uncapped: bool) -> anyhow::Result<()> {
-    fl.nl.o.stop_cloud()?;
-    let mbit = if uncapped { "0" } else { "1000" };
-    set_config_keys(
-        &fl.o().cloud_dir.join("cloud.toml"),
-        &[("trs_session_mbit", mbit.to_owned())],
-    )?;
-    fl.start_cloud().context("restarting the cloud")?;
     Ok(())
 }
 
@@ -432,17 +388,7 @@ fn print_table(rows: &[(usize, Row)]) {
     for (what, of, to) in [
         ("QUIC direct / native UDP", "QUIC direct", "native UDP"),
         ("UDP relayed / UDP punched", "UDP relayed", "UDP punched"),
-        (
-            "UDP relayed / UDP punched, no cap",
-            "UDP relayed, no cap",
-            "UDP punched",
-        ),
         ("QUIC relayed / QUIC direct", "QUIC relayed", "QUIC direct"),
-        (
-            "QUIC relayed / QUIC direct, no cap",
-            "QUIC relayed, no cap",
-            "QUIC direct",
-        ),
     ] {
         if let (Some(x), Some(y)) = (mbps(of), mbps(to)) {
             if y > 0.0 {
