@@ -781,7 +781,10 @@ mod tests {
         let half = now + Duration::from_millis(500);
         let burst = 100_000 / 1212 + 1;
         let second = flood(&mut t, half, addr(20), 10, 2000);
-        assert!(second > BUSY_BYTES as usize / 1212 && second <= burst, "{second}");
+        assert!(
+            second > BUSY_BYTES as usize / 1212 && second <= burst,
+            "{second}"
+        );
         // ... and now that it is busy too, so is the first, in both
         // directions, with what its bucket refilled in half a second.
         let first = flood(&mut t, half, addr(11), 9, 2000);
@@ -790,7 +793,10 @@ mod tests {
         // A keepalive now and then does not make a session busy: two
         // epochs after the second session stopped, the first is alone.
         let alone = now + Duration::from_millis(3500);
-        assert_eq!(flood(&mut t, alone - Duration::from_secs(1), addr(20), 10, 1), 1);
+        assert_eq!(
+            flood(&mut t, alone - Duration::from_secs(1), addr(20), 10, 1),
+            1
+        );
         assert_eq!(flood(&mut t, alone, addr(10), 9, 2000), 2000);
     }
 

@@ -994,7 +994,6 @@ fn relay_loop(
     edge: Option<&CloudHub>,
 ) {
     use crate::trs::Action;
-    use std::io::IoSliceMut;
     use std::sync::atomic::Ordering;
     let Some(sock) = (if v6 {
         sockets.v6.as_ref()
@@ -1004,16 +1003,15 @@ fn relay_loop(
         return;
     };
     const N: usize = 32;
-    let mut bufs: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; 65536]).collect();
-    let mut meta = vec![quinn_udp::RecvMeta::default(); N];
+    let mut bufs: [Vec<u8>; N] = std::array::from_fn(|_| vec![0u8; 65536]);
+    let mut meta = [quinn_udp::RecvMeta::default(); N];
     while !halt.load(Ordering::Relaxed) {
-        cyphonic_platform::udp::wait_ready(sock, false, Duration::from_millis(250));
-        let n = {
-            let mut iovs: Vec<IoSliceMut<'_>> =
-                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match sockets.state.recv(sock.into(), &mut iovs, &mut meta) {
-                Ok(n) => n,
-                Err(_) => continue,
+        let n = match sockets.recv_batch(sock, &mut bufs, &mut meta, Duration::from_millis(250)) {
+            Ok(0) => continue,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "relay receive failed");
+                continue;
             }
         };
         let now = Instant::now();

@@ -9,7 +9,7 @@
 //! counters and the bounded channel to the control task, which gets
 //! everything that is not a packet of a known tunnel.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -832,28 +832,16 @@ fn inbound_loop(v6: bool, sockets: &Sockets, mut inbound: Inbound, stop: &Atomic
     }) else {
         return;
     };
-    let n_bufs = 8;
-    let mut rx: Vec<Vec<u8>> = (0..n_bufs).map(|_| vec![0u8; RX_BUF]).collect();
-    let mut meta = vec![quinn_udp::RecvMeta::default(); n_bufs];
+    const N_BUFS: usize = 8;
+    let mut rx: [Vec<u8>; N_BUFS] = std::array::from_fn(|_| vec![0u8; RX_BUF]);
+    let mut meta = [quinn_udp::RecvMeta::default(); N_BUFS];
     while !stop.load(Ordering::Relaxed) {
-        // The socket does not block: under load the next datagrams are
-        // already queued and are read without a poll; only an empty queue
-        // waits (at most this long, to notice shutdown).
-        let n = {
-            let mut iovs: Vec<IoSliceMut<'_>> = rx.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-            match sockets.state.recv(sock.into(), &mut iovs, &mut meta) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    if !matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) {
-                        tracing::debug!(error = %e, "UDP receive failed");
-                    }
-                    wait_ready(sock, false, Duration::from_millis(250));
-                    continue;
-                }
+        // An empty queue waits at most this long, to notice shutdown.
+        let n = match sockets.recv_batch(sock, &mut rx, &mut meta, Duration::from_millis(250)) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP receive failed");
+                continue;
             }
         };
         for (buf, m) in rx.iter_mut().zip(meta.iter()).take(n) {

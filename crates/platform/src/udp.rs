@@ -19,6 +19,36 @@ pub struct Sockets {
 }
 
 impl Sockets {
+    /// Receives a batch from `sock` (one of these sockets) into `bufs`,
+    /// `meta[i]` describing `bufs[i]` (a GRO batch holds datagrams of one
+    /// source, `stride` apart). Reads before it waits: under load the next
+    /// datagrams are already queued and cost no poll. With nothing queued
+    /// it waits up to `idle` for the socket and returns `Ok(0)`; after any
+    /// other error too (returned, for the caller to log), so a failing
+    /// socket never spins. No allocation.
+    pub fn recv_batch<const N: usize>(
+        &self,
+        sock: &UdpSocket,
+        bufs: &mut [Vec<u8>; N],
+        meta: &mut [quinn_udp::RecvMeta; N],
+        idle: Duration,
+    ) -> io::Result<usize> {
+        let mut each = bufs.iter_mut();
+        let mut iovs: [io::IoSliceMut<'_>; N] =
+            std::array::from_fn(|_| io::IoSliceMut::new(each.next().map_or(&mut [], |b| b)));
+        match self.state.recv(sock.into(), &mut iovs, meta) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => {
+                wait_ready(sock, false, idle);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Ok(0),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
     /// Both families on `port`, all addresses.
     pub fn bind(port: u16) -> io::Result<Sockets> {
         Self::bind_addrs(&[
