@@ -47,9 +47,13 @@ const B_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const LINK_PORT: u16 = 4510;
 const NMS_PORT: u16 = 4502;
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(15);
-/// The lab's keepalive (2 s, `init_cloud`) times the missed ones (3),
-/// their 2 s answer wait, and a Registration's round trips.
-const MOVE_WITHIN: Duration = Duration::from_secs(20);
+/// `lab scale` runs the default keepalive (15 s; other labs shorten it to
+/// 2 s), so the time a node takes to move to the surviving instance is
+/// the one users see: the first keepalive after the kill (anywhere in the
+/// interval) and three answer waits (5 s; after a miss, keepalives
+/// follow one another), and a Registration's round trips.
+const DEFAULT_KEEPALIVE_SECS: u64 = 15;
+const MOVE_WITHIN: Duration = Duration::from_secs(DEFAULT_KEEPALIVE_SECS + 3 * 5 + 15);
 const EAST: &str = "east.example";
 
 pub fn run_scale(bin: &Path) -> anyhow::Result<bool> {
@@ -181,6 +185,7 @@ fn scale(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
             ("database", format!("{url:?}")),
             ("instance", "\"a\"".into()),
             ("link_listen", format!("\"{A_V4}:{LINK_PORT}\"")),
+            ("keepalive_secs", DEFAULT_KEEPALIVE_SECS.to_string()),
         ],
     )?;
     set_config_keys(
@@ -191,6 +196,7 @@ fn scale(bin: &Path, report: &mut Report) -> anyhow::Result<()> {
             ("instance", "\"b\"".into()),
             ("public_addrs", format!("[\"{B_V4}\"]")),
             ("link_listen", format!("\"{B_V4}:{LINK_PORT}\"")),
+            ("keepalive_secs", DEFAULT_KEEPALIVE_SECS.to_string()),
         ],
     )?;
     append_links(&a_cfg, &[format!("addr = \"{B_V4}:{LINK_PORT}\"")])?;

@@ -980,6 +980,11 @@ impl Signaling {
                 let mut first = false;
                 let missed = self.session.as_mut().map(|s| {
                     s.missed_keepalives += 1;
+                    // Once one went unanswered, the next goes at once and
+                    // each after it as its answer wait ends (see
+                    // `keepalive_timer`): a dead NMS is given up after
+                    // `max_missed_keepalives` answer waits, not intervals.
+                    s.next_keepalive = s.next_keepalive.min(r.deadline);
                     if !s.away {
                         tracing::warn!(
                             "the NMS does not answer: overlay names it must resolve fail at once"
@@ -1118,9 +1123,16 @@ impl Signaling {
         else {
             return false;
         };
-        sig.next_keepalive = now + sig.login.keepalive;
         // A keepalive may wait for its answer at most until the next one.
         let timeout = sig.login.keepalive.min(Duration::from_secs(5));
+        // While the NMS is away, one follows another as each answer wait
+        // ends.
+        sig.next_keepalive = now
+            + if sig.away {
+                timeout
+            } else {
+                sig.login.keepalive
+            };
         self.send_keepalive(now, timeout, rng, out);
         true
     }
