@@ -626,8 +626,8 @@ pub struct Sender {
     pub mtu: usize,
     /// Sealed packets for `current`, back to back.
     train: Vec<u8>,
-    /// The train's endpoint and segment size.
-    current: Option<(SocketAddr, usize)>,
+    /// The train's destination and segment size.
+    current: Option<(Dest, usize)>,
     /// ICMP too-big answers for the device, each after
     /// [`DATA_HEADER_LEN`] bytes of headroom.
     pub too_big: Vec<Vec<u8>>,
@@ -755,7 +755,6 @@ impl Sender {
             }
         };
         counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-        let sealed = wire.len();
         if leg.local != 0 {
             // From a spare port (birthday punching): one datagram at a time.
             self.flush();
@@ -768,6 +767,15 @@ impl Sender {
                 tracing::debug!(error = %e, dst = %leg.addr, "send from a spare port failed");
             }
             return;
+        }
+        if leg.transport == Transport::Quic {
+            // The leg's fast path, once the peer offered it: the packet
+            // goes beside the QUIC connection, in trains as over UDP.
+            if let Some(route) = self.hub.as_ref().and_then(|h| h.fast_route(leg.addr)) {
+                let header = *route.header();
+                self.push(Dest::Fast(route), &header, wire.start, wire.end, buf);
+                return;
+            }
         }
         if leg.transport != Transport::Udp {
             let datagram = buf[wire].to_vec();
@@ -789,21 +797,36 @@ impl Sender {
             }
             return;
         }
-        // A train continues while the endpoint is the same and every
-        // segment but the last has the train's size.
-        let joins = match self.current {
-            Some((dst, seg)) => {
-                dst == endpoint && self.train.len().is_multiple_of(seg) && sealed <= seg
+        self.push(Dest::Udp(endpoint), &[], wire.start, wire.end, buf);
+    }
+
+    /// Adds `header` and `buf[start..end]` (a sealed packet) to the train
+    /// to `dest`. A train continues while the destination is the same,
+    /// every segment but the last has the train's size, and the socket
+    /// takes that many segments at once.
+    fn push(&mut self, dest: Dest, header: &[u8], start: usize, end: usize, buf: &[u8]) {
+        let len = header.len() + end - start;
+        let max = match &dest {
+            Dest::Udp(_) => usize::MAX,
+            Dest::Fast(route) => route.max_segments(),
+        };
+        let joins = match &self.current {
+            Some((d, seg)) => {
+                *d == dest
+                    && self.train.len().is_multiple_of(*seg)
+                    && len <= *seg
+                    && self.train.len() / seg < max
             }
             None => false,
         };
         if !joins {
             self.flush();
-            self.current = Some((endpoint, sealed));
+            self.current = Some((dest, len));
         }
-        self.train.extend_from_slice(&buf[wire]);
+        self.train.extend_from_slice(header);
+        self.train.extend_from_slice(&buf[start..end]);
         if let Some((_, seg)) = self.current {
-            if sealed < seg {
+            if len < seg {
                 self.flush();
             }
         }
@@ -811,16 +834,28 @@ impl Sender {
 
     /// Sends the train gathered so far.
     pub fn flush(&mut self) {
-        if let Some((dst, seg)) = self.current.take() {
+        if let Some((dest, seg)) = self.current.take() {
             if !self.train.is_empty() {
-                if let Err(e) = self.sockets.send_segments(&self.train, seg, dst) {
+                let sent = match &dest {
+                    Dest::Udp(dst) => self.sockets.send_segments(&self.train, seg, *dst),
+                    Dest::Fast(route) => route.send(&self.train, seg),
+                };
+                if let Err(e) = sent {
                     self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, %dst, "send failed");
+                    tracing::debug!(error = %e, ?dest, "send failed");
                 }
             }
         }
         self.train.clear();
     }
+}
+
+/// Where a train goes: a UDP endpoint from the tunnel socket, or a QUIC
+/// leg's fast path (`docs/protocol.md` §11.6).
+#[derive(Debug, PartialEq)]
+enum Dest {
+    Udp(SocketAddr),
+    Fast(cyphonic_transport::FastRoute),
 }
 
 /// UDP -> open -> checks -> TUN.

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{HubConfig, MAX_DATAGRAM};
 use crate::error::SendError;
+use crate::fast::{self, FastLeg, FastRoute, FastTable, Slot};
 use crate::leg::{lock, Counters, Dialer, Established, LegHandle, LegRun, LegStats, Link, Shared};
 use crate::socket::{bind_dial_udp, bind_tcp_listener, bind_udp, canonical, Family, TcpProbe};
 use crate::table::LegTable;
@@ -47,6 +48,8 @@ pub struct Hub {
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
     events: tokio::sync::Mutex<mpsc::Receiver<LegEvent>>,
     quic_listeners: Vec<quinn::Endpoint>,
+    /// Every endpoint's fast-path send side (the dialer's first).
+    slots: Vec<Arc<Slot>>,
     quic_listen_addrs: Vec<SocketAddr>,
     tcp_listen_addrs: Vec<SocketAddr>,
     listener_tasks: Vec<AbortHandle>,
@@ -182,14 +185,19 @@ impl Hub {
             handoff.as_ref().map(|h| h.alpn.as_slice()),
         )?;
 
+        let fast = Arc::new(FastTable::default());
+        let mut slots = Vec::new();
         let dialer = match (&tls.quic_client, &tls.tcp_client) {
             (Some(quic_tls), Some(tcp_tls)) => {
                 // QUIC is one transport of several: a host where no
                 // endpoint can be made dials TCP legs only.
+                let slot = Arc::new(Slot::default());
+                slots.push(slot.clone());
                 let endpoint = bind_dial_udp(config.udp_socket_buffer)
                     .context("UDP socket for dialing QUIC legs")
                     .and_then(|socket| {
-                        quic::endpoint(socket, None).context("QUIC endpoint for dialing")
+                        quic::endpoint(socket, None, &fast, &slot)
+                            .context("QUIC endpoint for dialing")
                     });
                 let endpoint = match endpoint {
                     Ok(e) => Some(e),
@@ -200,6 +208,7 @@ impl Hub {
                 };
                 Some(Dialer {
                     endpoint,
+                    slot,
                     quic_v4: quic::client_config(quic_tls.clone(), &config, false)?,
                     quic_v6: quic::client_config(quic_tls.clone(), &config, true)?,
                     tcp: tokio_rustls::TlsConnector::from(tcp_tls.clone()),
@@ -214,10 +223,11 @@ impl Hub {
             let socket = bind_udp(*addr, Family::Only, config.udp_socket_buffer)
                 .with_context(|| format!("binding QUIC listener {addr}"))?;
             let server = quic::server_config(tls.quic_server.clone(), &config, addr.is_ipv6())?;
-            let endpoint = quic::endpoint(socket, Some(server))
+            let slot = Arc::new(Slot::default());
+            let endpoint = quic::endpoint(socket, Some(server), &fast, &slot)
                 .with_context(|| format!("QUIC listener {addr}"))?;
             quic_listen_addrs.push(endpoint.local_addr()?);
-            quic_listeners.push(endpoint);
+            quic_listeners.push((endpoint, slot));
         }
         let mut tcp_listeners = Vec::new();
         let mut tcp_listen_addrs = Vec::new();
@@ -229,6 +239,7 @@ impl Hub {
         }
 
         let (received_tx, received_rx) = mpsc::channel(config.recv_queue.max(1));
+        fast.set_received(Some(received_tx.clone()));
         let (events_tx, events_rx) = mpsc::channel(config.event_queue.max(1));
         let shared = Arc::new(Shared {
             table: Mutex::new(LegTable::new(config.max_legs)),
@@ -242,14 +253,17 @@ impl Hub {
             events: Mutex::new(Some(events_tx)),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
+            fast,
         });
 
         let mut listener_tasks = Vec::new();
-        for (endpoint, addr) in quic_listeners.iter().zip(&quic_listen_addrs) {
+        for ((endpoint, slot), addr) in quic_listeners.iter().zip(&quic_listen_addrs) {
             info!(listen = %addr, "QUIC listener up");
+            slots.push(slot.clone());
             let task = tokio::spawn(quic::accept_loop(
                 shared.clone(),
                 endpoint.clone(),
+                slot.clone(),
                 Shared::accepted,
             ));
             listener_tasks.push(task.abort_handle());
@@ -272,7 +286,8 @@ impl Hub {
             shared,
             received: tokio::sync::Mutex::new(received_rx),
             events: tokio::sync::Mutex::new(events_rx),
-            quic_listeners,
+            quic_listeners: quic_listeners.into_iter().map(|(e, _)| e).collect(),
+            slots,
             quic_listen_addrs,
             tcp_listen_addrs,
             listener_tasks,
@@ -360,6 +375,8 @@ impl Hub {
                     rx_bytes: s.rx_bytes.load(Ordering::Relaxed),
                     dropped_queue_full: s.dropped_queue_full.load(Ordering::Relaxed),
                     dropped_too_large: s.dropped_too_large.load(Ordering::Relaxed),
+                    tx_fast: s.tx_fast.load(Ordering::Relaxed),
+                    rx_fast: s.rx_fast.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -374,6 +391,20 @@ impl Hub {
         match entry.handle.link.as_ref()? {
             Link::Quic(conn) => conn.max_datagram_size(),
             Link::Tcp(_) => Some(MAX_DATAGRAM),
+        }
+    }
+
+    /// The fast path of the established QUIC leg to `to`
+    /// (`docs/protocol.md` §11.6), once the peer offered its ID: tunnel data
+    /// packets sent along it (each after [`FastRoute::header`]) bypass the
+    /// QUIC connection. `None`: send through [`Hub::send`].
+    pub fn fast_route(&self, to: SocketAddr) -> Option<FastRoute> {
+        let table = self.shared.table();
+        let (_, entry) = table.lookup(Transport::Quic, canonical(to))?;
+        let fast = entry.handle.fast.as_ref()?;
+        match entry.handle.link.as_ref()? {
+            Link::Quic(conn) => fast.route(conn.remote_address(), &entry.handle.stats),
+            Link::Tcp(_) => None,
         }
     }
 
@@ -420,8 +451,10 @@ impl Hub {
                 shared.config.udp_socket_buffer,
             )
             .context("new UDP socket for QUIC legs")?;
+            let socket = fast::wrap(socket, &shared.fast, &dialer.slot)
+                .context("new UDP socket for QUIC legs")?;
             endpoint
-                .rebind(socket)
+                .rebind_abstract(socket)
                 .context("moving QUIC legs to the new socket")?;
             let new = endpoint.local_addr()?;
             info!(%old, %new, "QUIC legs moved to a new socket");
@@ -499,6 +532,10 @@ impl Hub {
             }
         }
         lock(&shared.received).take();
+        shared.fast.set_received(None);
+        for slot in &self.slots {
+            slot.take();
+        }
         lock(&shared.events).take();
         info!("hub closed");
     }
@@ -579,20 +616,20 @@ impl std::fmt::Debug for Hub {
 impl Established {
     fn link(&self) -> Link {
         match self {
-            Established::Quic(conn) => Link::Quic(conn.clone()),
+            Established::Quic(conn, _) => Link::Quic(conn.clone()),
             Established::Tcp(stream) => Link::Tcp(TcpProbe::new(stream.get_ref().0)),
         }
     }
 
     fn transport(&self) -> Transport {
         match self {
-            Established::Quic(_) => Transport::Quic,
+            Established::Quic(..) => Transport::Quic,
             Established::Tcp(_) => Transport::Tcp,
         }
     }
 
     fn close(self) {
-        if let Established::Quic(conn) = self {
+        if let Established::Quic(conn, _) = self {
             conn.close(quic::CLOSE_HUB, b"hub closed");
         }
     }
@@ -680,6 +717,7 @@ impl Shared {
             peer: None,
             link: None,
             supervisor: None,
+            fast: None,
         };
         let id = table
             .insert(transport, to, handle)
@@ -701,11 +739,7 @@ impl Shared {
 
     /// A dialed leg finished its handshake. `None` if the leg was removed
     /// meanwhile (hub closed, rebind); the caller then drops the connection.
-    fn dialed_up(
-        &self,
-        id: LegId,
-        conn: &Established,
-    ) -> Option<(Arc<LegStats>, mpsc::Sender<Received>, SocketAddr)> {
+    fn dialed_up(&self, id: LegId, conn: &Established) -> Option<DialedUp> {
         let received = lock(&self.received).clone()?;
         let peer = self.peer_of(conn);
         let mut table = self.table();
@@ -714,9 +748,31 @@ impl Shared {
         entry.handle.peer = peer.clone();
         let (transport, remote) = (entry.transport, entry.remote);
         let stats = entry.handle.stats.clone();
+        let fast = self.fast_leg(id, conn, &stats);
+        entry.handle.fast = fast.clone();
         drop(table);
         self.leg_up(id, transport, remote, Direction::Dialed, peer);
-        Some((stats, received, remote))
+        Some((stats, received, remote, fast))
+    }
+
+    /// A QUIC leg's fast path: its ID, registered with the endpoint's
+    /// socket (dropped with the leg).
+    fn fast_leg(
+        &self,
+        id: LegId,
+        conn: &Established,
+        stats: &Arc<LegStats>,
+    ) -> Option<Arc<FastLeg>> {
+        match conn {
+            Established::Quic(conn, slot) => Some(Arc::new(FastLeg::new(
+                slot.clone(),
+                self.fast.clone(),
+                id,
+                stats.clone(),
+                conn.clone(),
+            ))),
+            Established::Tcp(_) => None,
+        }
     }
 
     /// A peer's handshake on a listener succeeded: make it a leg.
@@ -737,6 +793,7 @@ impl Shared {
             peer: peer.clone(),
             link: Some(conn.link()),
             supervisor: None,
+            fast: None,
         };
         let mut table = self.table();
         let id = match table.insert(transport, remote, handle) {
@@ -748,6 +805,10 @@ impl Shared {
                 return;
             }
         };
+        let fast = self.fast_leg(id, &conn, &stats);
+        if let Some(entry) = table.get_mut(id) {
+            entry.handle.fast = fast.clone();
+        }
         let run = LegRun {
             shared: self.clone(),
             id,
@@ -755,6 +816,7 @@ impl Shared {
             queue: queue_rx,
             stats,
             received,
+            fast,
         };
         let shared = self.clone();
         let task = self.runtime.spawn(async move {
@@ -770,11 +832,20 @@ impl Shared {
 
     fn peer_of(&self, conn: &Established) -> Option<String> {
         match conn {
-            Established::Quic(c) => quic::peer_name(&self.verifier, c),
+            Established::Quic(c, _) => quic::peer_name(&self.verifier, c),
             Established::Tcp(s) => tcp::peer_name(&self.verifier, s),
         }
     }
 }
+
+/// What a dialed leg's run needs once it is up: its counters, the
+/// receive queue, its remote address, its fast path (QUIC).
+type DialedUp = (
+    Arc<LegStats>,
+    mpsc::Sender<Received>,
+    SocketAddr,
+    Option<Arc<FastLeg>>,
+);
 
 /// A dialed leg's supervisor: dial, run until the connection ends, forget
 /// the leg.
@@ -787,9 +858,11 @@ async fn dial_and_run(
     queue: mpsc::Receiver<Vec<u8>>,
 ) {
     let dialed = match transport {
-        Transport::Quic => quic::dial(&shared, to, &server_name)
-            .await
-            .map(Established::Quic),
+        Transport::Quic => quic::dial(&shared, to, &server_name).await.and_then(|c| {
+            let slot = shared.dialer.as_ref().map(|d| d.slot.clone());
+            slot.map(|slot| Established::Quic(c, slot))
+                .ok_or_else(|| "this hub does not dial".to_owned())
+        }),
         Transport::Tcp => tcp::dial(&shared, to, &server_name)
             .await
             .map(|s| Established::Tcp(Box::new(s))),
@@ -797,7 +870,7 @@ async fn dial_and_run(
     };
     let reason = match dialed {
         Ok(conn) => match shared.dialed_up(id, &conn) {
-            Some((stats, received, remote)) => {
+            Some((stats, received, remote, fast)) => {
                 let run = LegRun {
                     shared: shared.clone(),
                     id,
@@ -805,6 +878,7 @@ async fn dial_and_run(
                     queue,
                     stats,
                     received,
+                    fast,
                 };
                 run_leg(run, conn).await
             }
@@ -824,7 +898,7 @@ async fn dial_and_run(
 /// Runs an established leg until it ends; returns why it ended.
 async fn run_leg(run: LegRun, conn: Established) -> String {
     match conn {
-        Established::Quic(conn) => quic::run_leg(run, conn).await,
+        Established::Quic(conn, _) => quic::run_leg(run, conn).await,
         Established::Tcp(stream) => tcp::run_leg(run, *stream).await,
     }
 }

@@ -16,6 +16,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{info, warn};
 
 use crate::config::HubConfig;
+use crate::fast::{FastLeg, FastTable, Slot};
 use crate::socket::TcpProbe;
 use crate::table::LegTable;
 use crate::types::{Direction, LegEvent, LegId, Received, Transport};
@@ -37,11 +38,15 @@ pub(crate) struct Shared {
     pub events: Mutex<Option<mpsc::Sender<LegEvent>>>,
     pub counters: Counters,
     pub closed: AtomicBool,
+    /// The fast-path IDs of this hub's QUIC legs.
+    pub fast: Arc<FastTable>,
 }
 
 pub(crate) struct Dialer {
     /// `None` where no QUIC endpoint could be made (legs go over TCP).
     pub endpoint: Option<quinn::Endpoint>,
+    /// Where the endpoint's fast packets leave.
+    pub slot: Arc<Slot>,
     /// Per address family, for the MTU (see `HubConfig::quic_transport`).
     pub quic_v4: quinn::ClientConfig,
     pub quic_v6: quinn::ClientConfig,
@@ -68,6 +73,8 @@ pub(crate) struct LegHandle {
     /// `None` while a dialed leg connects.
     pub link: Option<Link>,
     pub supervisor: Option<AbortHandle>,
+    /// A QUIC leg's fast path, once established.
+    pub fast: Option<Arc<FastLeg>>,
 }
 
 /// An established leg's connection, for status queries.
@@ -78,7 +85,8 @@ pub(crate) enum Link {
 
 /// A connection that finished its handshake, about to become a leg.
 pub(crate) enum Established {
-    Quic(quinn::Connection),
+    /// With the slot of the endpoint it came through.
+    Quic(quinn::Connection, Arc<Slot>),
     Tcp(Box<tokio_rustls::TlsStream<tokio::net::TcpStream>>),
 }
 
@@ -96,6 +104,9 @@ pub(crate) struct LegStats {
     pub rx_bytes: AtomicU64,
     pub dropped_queue_full: AtomicU64,
     pub dropped_too_large: AtomicU64,
+    /// Of the above, on the fast path.
+    pub tx_fast: AtomicU64,
+    pub rx_fast: AtomicU64,
 }
 
 impl LegStats {
@@ -108,6 +119,16 @@ impl LegStats {
         self.rx_datagrams.fetch_add(1, Ordering::Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
+
+    pub fn received_fast(&self, bytes: usize) {
+        self.received(bytes);
+        self.rx_fast.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn sent_fast(&self, datagrams: u64, bytes: u64) {
+        self.sent(datagrams, bytes);
+        self.tx_fast.fetch_add(datagrams, Ordering::Relaxed);
+    }
 }
 
 /// Everything a leg's tasks need once it is up.
@@ -118,6 +139,8 @@ pub(crate) struct LegRun {
     pub queue: mpsc::Receiver<Vec<u8>>,
     pub stats: Arc<LegStats>,
     pub received: mpsc::Sender<Received>,
+    /// QUIC legs' fast path.
+    pub fast: Option<Arc<FastLeg>>,
 }
 
 /// Aborts a task when dropped, so a supervisor's end (or abort) ends its

@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 use tracing::trace;
 
 use crate::config::HubConfig;
+use crate::fast::{self, FastLeg, FastTable, Slot};
 use crate::leg::{AbortOnDrop, Established, LegRun, LegStats, MakeLeg, Shared};
 use crate::socket::canonical;
 use crate::tls::{self, QUIC_ALPN};
@@ -53,14 +54,19 @@ pub(crate) fn server_config(
     Ok(server)
 }
 
+/// A QUIC endpoint on `socket`, which it shares with the fast path
+/// (`fast`): fast packets to this hub's IDs are taken out before quinn
+/// sees them, and `slot` sends them.
 pub(crate) fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
+    table: &Arc<FastTable>,
+    slot: &Slot,
 ) -> std::io::Result<Endpoint> {
-    Endpoint::new(
+    Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         server,
-        socket,
+        fast::wrap(socket, table, slot)?,
         Arc::new(quinn::TokioRuntime),
     )
 }
@@ -94,7 +100,12 @@ pub(crate) async fn dial(
 }
 
 /// Accepts connections on a listener until the hub closes it.
-pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint, make_leg: MakeLeg) {
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    slot: Arc<Slot>,
+    make_leg: MakeLeg,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let remote = canonical(incoming.remote_address());
         if shared.is_closed() {
@@ -116,6 +127,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint, make_le
             continue;
         };
         let shared = shared.clone();
+        let slot = slot.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let accepted = async {
@@ -134,7 +146,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint, make_le
                 Ok(conn) => make_leg(
                     &shared,
                     canonical(conn.remote_address()),
-                    Established::Quic(conn),
+                    Established::Quic(conn, slot),
                 ),
                 Err(reason) => shared.refused(Transport::Quic, remote, reason),
             }
@@ -168,7 +180,13 @@ pub(crate) fn peer_name(verifier: &Verifier, conn: &Connection) -> Option<String
     tls::peer_name(verifier, &chain)
 }
 
-/// Runs an established QUIC leg until the connection ends.
+/// Runs an established QUIC leg until the connection ends. Offers the
+/// leg's fast-path ID at once, after 1, 2 and 4 s (DATAGRAM frames may be
+/// lost), then every 30 s, and every second while the fast path carries
+/// data: the connection then sends a packet on the data's path each
+/// second, so the peer's QUIC stack sees a NAT's new mapping of us (and
+/// migrates the leg) within a second, as it did when the data itself
+/// went through it.
 pub(crate) async fn run_leg(run: LegRun, conn: Connection) -> String {
     let LegRun {
         shared,
@@ -177,6 +195,7 @@ pub(crate) async fn run_leg(run: LegRun, conn: Connection) -> String {
         queue,
         stats,
         received,
+        fast,
     } = run;
     let _reader = AbortOnDrop(tokio::spawn(read(
         shared.clone(),
@@ -184,9 +203,12 @@ pub(crate) async fn run_leg(run: LegRun, conn: Connection) -> String {
         conn.clone(),
         stats.clone(),
         received,
+        fast.clone(),
     )));
-    let mut writer = AbortOnDrop(tokio::spawn(write(conn.clone(), queue, stats)));
+    let mut writer = AbortOnDrop(tokio::spawn(write(conn.clone(), queue, stats.clone())));
     let mut path_check = tokio::time::interval(PATH_CHECK);
+    let mut ticks = 0u64;
+    let mut fast_sent = 0u64;
     loop {
         tokio::select! {
             e = conn.closed() => return e.to_string(),
@@ -194,7 +216,17 @@ pub(crate) async fn run_leg(run: LegRun, conn: Connection) -> String {
                 conn.close(CLOSE_HUB, b"leg closed");
                 return w.unwrap_or_else(|e| format!("writer ended: {e}"));
             }
-            _ = path_check.tick() => shared.moved(id, canonical(conn.remote_address())),
+            _ = path_check.tick() => {
+                shared.moved(id, canonical(conn.remote_address()));
+                if let Some(fast) = &fast {
+                    let sent = stats.tx_fast.load(Ordering::Relaxed);
+                    if ticks < 3 || ticks == 4 || ticks.is_multiple_of(30) || sent != fast_sent {
+                        let _ = conn.send_datagram(fast.offer().to_vec().into());
+                    }
+                    fast_sent = sent;
+                }
+                ticks += 1;
+            }
         }
     }
 }
@@ -229,6 +261,7 @@ async fn read(
     conn: Connection,
     stats: Arc<LegStats>,
     received: tokio::sync::mpsc::Sender<Received>,
+    fast: Option<Arc<FastLeg>>,
 ) {
     let mut remote = canonical(conn.remote_address());
     while let Ok(datagram) = conn.read_datagram().await {
@@ -238,7 +271,7 @@ async fn read(
             remote = now;
         }
         // cyphonic datagrams always carry a type byte.
-        if datagram.is_empty() {
+        if datagram.is_empty() || fast.as_ref().is_some_and(|f| f.take_offer(&datagram)) {
             continue;
         }
         stats.received(datagram.len());

@@ -179,6 +179,7 @@ pub(crate) async fn run_leg(run: LegRun, stream: Stream) -> String {
         queue,
         stats,
         received,
+        fast: _,
     } = run;
     let (rd, wr) = tokio::io::split(stream);
     let idle = shared.config.idle_timeout;

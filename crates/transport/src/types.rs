@@ -109,6 +109,10 @@ pub struct LegInfo {
     pub dropped_queue_full: u64,
     /// Dropped because they exceeded the leg's `max_datagram_size`.
     pub dropped_too_large: u64,
+    /// Of `tx_datagrams` / `rx_datagrams`, those on the QUIC leg's fast
+    /// path (`docs/protocol.md` §11.6).
+    pub tx_fast: u64,
+    pub rx_fast: u64,
 }
 
 fn micros<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -167,6 +171,8 @@ mod tests {
             rx_bytes: 4,
             dropped_queue_full: 5,
             dropped_too_large: 6,
+            tx_fast: 1,
+            rx_fast: 0,
         };
         let v = serde_json::to_value(&info).unwrap();
         assert_eq!(v["id"], 7);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use cyphonic_transport::{
-    Direction, Hub, HubConfig, LegEvent, SendError, Transport, QUIC_UDP_PAYLOAD_V4,
-    QUIC_UDP_PAYLOAD_V6,
+    Direction, FastRoute, Hub, HubConfig, LegEvent, SendError, Transport, FAST_HEADER_LEN,
+    QUIC_UDP_PAYLOAD_V4, QUIC_UDP_PAYLOAD_V6,
 };
 
 const N: usize = 1000;
@@ -497,4 +497,127 @@ async fn a_renewed_certificate_is_presented_from_the_next_handshake_on() {
     assert_eq!(got.len(), 1, "a leg with the renewed certificates");
     assert_eq!(check_numbered(&got[0].datagram, 50), 3);
     assert_eq!(a.legs()[0].peer.as_deref(), Some("b.cyphonic.test"));
+}
+
+/// Waits (up to `limit`) until `hub` has a fast route to `to`.
+async fn fast_route(hub: &Hub, to: std::net::SocketAddr, limit: Duration) -> FastRoute {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(route) = hub.fast_route(to) {
+            return route;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fast route to {to} after {limit:?}: legs {:?}",
+            hub.legs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends datagrams `from..to` along `route` in GSO trains of up to 16,
+/// each after the route's header.
+fn send_fast(route: &FastRoute, from: u32, to: u32, len: usize) {
+    let seg = FAST_HEADER_LEN + len;
+    let per = route.max_segments().min(16);
+    let all: Vec<u32> = (from..to).collect();
+    for chunk in all.chunks(per) {
+        let mut train = Vec::with_capacity(chunk.len() * seg);
+        for i in chunk {
+            train.extend_from_slice(route.header());
+            train.extend_from_slice(&numbered(*i, len));
+        }
+        route.send(&train, seg).unwrap();
+    }
+}
+
+/// Both nodes offer their fast-path IDs over a new leg; data then goes in
+/// QUIC-shaped datagrams beside the connection, both ways, arrives as the
+/// leg's datagrams, and leaves the connection's own datagrams alone. After
+/// the dialing side moves to a new port the fast path follows the leg.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_carries_data_beside_the_connection() {
+    let pki = TestPki::new("cyphonic.test");
+    let a = Hub::new(
+        pki.node("a.cyphonic.test"),
+        Some(any_port("127.0.0.1")),
+        None,
+    )
+    .await
+    .unwrap();
+    let b = Hub::new(pki.node("b.cyphonic.test"), None, None)
+        .await
+        .unwrap();
+    let a_addr = a.quic_listen_addrs()[0];
+    b.set_server_name(a_addr, "a.cyphonic.test".into());
+    b.send(Transport::Quic, a_addr, numbered(0, 100)).unwrap();
+    let first = recv_n(&a, 1, Duration::from_secs(5)).await.remove(0);
+    let b_addr = first.from;
+
+    // b -> a and a -> b on the fast path, 200 each way in GSO trains.
+    let to_a = fast_route(&b, a_addr, Duration::from_secs(5)).await;
+    send_fast(&to_a, 1, 201, 1200);
+    let got = recv_n(&a, 200, Duration::from_secs(5)).await;
+    let seen: BTreeSet<u32> = got
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                (r.transport, r.leg, r.from),
+                (Transport::Quic, first.leg, b_addr)
+            );
+            check_numbered(&r.datagram, 1200)
+        })
+        .collect();
+    assert_eq!(seen, (1..201).collect());
+    let to_b = fast_route(&a, b_addr, Duration::from_secs(5)).await;
+    send_fast(&to_b, 300, 500, 1200);
+    let back = recv_n(&b, 200, Duration::from_secs(5)).await;
+    assert_eq!(back.len(), 200);
+    assert!(back.iter().all(|r| r.from == a_addr));
+
+    // The connection's datagrams still flow, and the counters tell the two
+    // apart.
+    a.send(Transport::Quic, b_addr, numbered(600, 100)).unwrap();
+    assert_eq!(
+        check_numbered(
+            &recv_n(&b, 1, Duration::from_secs(5)).await[0].datagram,
+            100
+        ),
+        600
+    );
+    let (la, lb) = (&a.legs()[0], &b.legs()[0]);
+    assert_eq!((la.rx_fast, la.tx_fast), (200, 200));
+    assert_eq!((lb.rx_fast, lb.tx_fast), (200, 200));
+    assert_eq!(lb.rx_datagrams, 201);
+    assert_eq!(la.rx_datagrams, 201);
+
+    // b moves: its fast packets come from the new port and a's go there
+    // once the connection has seen the move.
+    b.rebind().unwrap();
+    let new_port = b.dial_addr().unwrap().port();
+    b.send(Transport::Quic, a_addr, numbered(700, 100)).unwrap();
+    let moved = recv_n(&a, 1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(moved.from.port(), new_port);
+    send_fast(
+        &fast_route(&b, a_addr, Duration::from_secs(5)).await,
+        800,
+        810,
+        500,
+    );
+    let got = recv_n(&a, 10, Duration::from_secs(5)).await;
+    assert!(got
+        .iter()
+        .all(|r| r.from.port() == new_port && r.leg == first.leg));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.legs()[0].remote != moved.from {
+        assert!(Instant::now() < deadline, "a's leg did not follow the move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send_fast(
+        &fast_route(&a, moved.from, Duration::from_secs(5)).await,
+        900,
+        910,
+        500,
+    );
+    assert_eq!(recv_n(&b, 10, Duration::from_secs(5)).await.len(), 10);
 }
