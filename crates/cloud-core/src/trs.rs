@@ -526,6 +526,14 @@ mod tests {
         })
     }
 
+    fn trs_at_rate(session_rate: u64) -> Trs {
+        Trs::new(TrsConfig {
+            secret: SECRET.to_vec(),
+            session_rate,
+            ..TrsConfig::default()
+        })
+    }
+
     #[test]
     fn forwards_only_between_the_two_bound_sides() {
         let mut t = trs();
@@ -749,29 +757,33 @@ mod tests {
             .count()
     }
 
+    /// 198.51.100.`i`, port 40000.
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([198, 51, 100, i], 40000))
+    }
+
+    /// Binds session 9 between `addr(10)` and `addr(11)`, and session 10
+    /// between `addr(20)` and `addr(21)`.
+    fn bind_two_sessions(t: &mut Trs, now: Instant) {
+        for (id, first) in [(9, 10), (10, 20)] {
+            for side in 0..2 {
+                assert_eq!(
+                    bind_routable(t, now, 1000, addr(first + side), bind(id, side, 2000, 1)),
+                    Action::Reply(BIND_LEN)
+                );
+            }
+        }
+    }
+
     /// The session rate is work-conserving: a session alone on the relay
     /// may use all of it; while another session is busy (moved 64 KiB in
     /// this second or the last), each is held to its rate, and alone
     /// again two seconds after the other one stopped.
     #[test]
     fn the_session_rate_holds_while_the_relay_is_shared() {
-        let mut t = Trs::new(TrsConfig {
-            secret: SECRET.to_vec(),
-            session_rate: 1_000_000,
-            ..TrsConfig::default()
-        });
+        let mut t = trs_at_rate(1_000_000);
         let now = Instant::now();
-        let addr = |i: u8| -> SocketAddr { format!("198.51.100.{i}:40000").parse().unwrap() };
-        for (id, first) in [(9, 10), (10, 20)] {
-            assert_eq!(
-                bind_routable(&mut t, now, 1000, addr(first), bind(id, 0, 2000, 1)),
-                Action::Reply(BIND_LEN)
-            );
-            assert_eq!(
-                bind_routable(&mut t, now, 1000, addr(first + 1), bind(id, 1, 2000, 1)),
-                Action::Reply(BIND_LEN)
-            );
-        }
+        bind_two_sessions(&mut t, now);
         // 2.4 MB at one instant, alone: far over the burst (100 kB), all
         // forwarded.
         assert_eq!(flood(&mut t, now, addr(10), 9, 2000), 2000);
@@ -802,25 +814,14 @@ mod tests {
 
     #[test]
     fn a_session_rate_of_zero_forwards_without_limit() {
-        let mut t = Trs::new(TrsConfig {
-            secret: SECRET.to_vec(),
-            session_rate: 0,
-            ..TrsConfig::default()
-        });
+        let mut t = trs_at_rate(0);
         let now = Instant::now();
-        let a: SocketAddr = "198.51.100.10:40000".parse().unwrap();
-        let b: SocketAddr = "198.51.100.11:40000".parse().unwrap();
-        bind_routable(&mut t, now, 1000, a, bind(9, 0, 2000, 1));
-        bind_routable(&mut t, now, 1000, b, bind(9, 1, 2000, 1));
-        // 2.4 MB at one instant: far over any burst a rate would allow.
-        let payload = vec![0u8; 1200];
-        for i in 0..2000 {
-            assert_eq!(
-                t.handle_datagram(now, 1000, a, &mut data(9, &payload)),
-                Action::Forward(b),
-                "datagram {i}"
-            );
-        }
+        bind_two_sessions(&mut t, now);
+        // 2.4 MB at one instant each, the relay shared: far over any
+        // burst a rate would allow.
+        assert_eq!(flood(&mut t, now, addr(20), 10, 2000), 2000);
+        assert_eq!(flood(&mut t, now, addr(10), 9, 2000), 2000);
+        assert_eq!(t.counters().dropped_rate, 0);
     }
 
     #[test]

@@ -384,10 +384,9 @@ async fn server_does_not_dial() {
     assert_eq!(server.stats().dropped_no_leg, 1);
 }
 
-/// Node to node: a node's QUIC listener accepts another node (both present
-/// node certificates) and the dialer checks the peer's FQDN.
-#[tokio::test]
-async fn node_to_node_with_fqdn() {
+/// Node a, listening for QUIC on loopback, and node b, which dials; a's
+/// listening address.
+async fn two_nodes() -> (Hub, Hub, std::net::SocketAddr) {
     let pki = TestPki::new("cyphonic.test");
     let a = Hub::new(
         pki.node("a.cyphonic.test"),
@@ -400,6 +399,14 @@ async fn node_to_node_with_fqdn() {
         .await
         .unwrap();
     let a_addr = a.quic_listen_addrs()[0];
+    (a, b, a_addr)
+}
+
+/// Node to node: a node's QUIC listener accepts another node (both present
+/// node certificates) and the dialer checks the peer's FQDN.
+#[tokio::test]
+async fn node_to_node_with_fqdn() {
+    let (a, b, a_addr) = two_nodes().await;
 
     // Wrong name: the dial fails on the certificate check.
     b.set_server_name(a_addr, "c.cyphonic.test".into());
@@ -537,18 +544,7 @@ fn send_fast(route: &FastRoute, from: u32, to: u32, len: usize) {
 /// the dialing side moves to a new port the fast path follows the leg.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fast_path_carries_data_beside_the_connection() {
-    let pki = TestPki::new("cyphonic.test");
-    let a = Hub::new(
-        pki.node("a.cyphonic.test"),
-        Some(any_port("127.0.0.1")),
-        None,
-    )
-    .await
-    .unwrap();
-    let b = Hub::new(pki.node("b.cyphonic.test"), None, None)
-        .await
-        .unwrap();
-    let a_addr = a.quic_listen_addrs()[0];
+    let (a, b, a_addr) = two_nodes().await;
     b.set_server_name(a_addr, "a.cyphonic.test".into());
     b.send(Transport::Quic, a_addr, numbered(0, 100)).unwrap();
     let first = recv_n(&a, 1, Duration::from_secs(5)).await.remove(0);
