@@ -22,10 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cyphonic_platform::udp::Trains;
 use cyphonic_proto::reflect::TYPE_REFLECT_REQUEST;
 use cyphonic_proto::relay::{TYPE_RELAY_BIND, TYPE_RELAY_BIND_ACK, TYPE_RELAY_DATA};
 use cyphonic_proto::signal::TYPE_SIGNALING;
-use cyphonic_transport::{Hub, HubConfig, Received, SendError, TcpHandoff, TlsIdentity, Transport};
+use cyphonic_transport::{
+    FastRoute, Hub, HubConfig, Received, SendError, TcpHandoff, TlsIdentity, TrainDest, Transport,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, trace, warn};
 
@@ -182,6 +185,12 @@ pub async fn run_edge(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut batch: Vec<Received> = Vec::with_capacity(BATCH);
+    let mut relayed: Vec<Received> = Vec::with_capacity(BATCH);
+    let mut actions: Vec<Action> = Vec::with_capacity(BATCH);
+    let mut forwarder = targets
+        .trs
+        .as_ref()
+        .map(|(_, sockets)| Forwarder::new(Some(&edge), sockets));
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     loop {
         batch.clear();
@@ -202,7 +211,7 @@ pub async fn run_edge(
             edge.seen(r.transport, r.from);
             match r.datagram.first() {
                 Some(&TYPE_REFLECT_REQUEST) if targets.nms.is_none() => match &targets.trs {
-                    Some((trs, sockets)) => relay(&edge, trs, sockets, r),
+                    Some(_) => relayed.push(r),
                     None => trace!(from = %r.from, "Reflect Request on a host without NMS or TRS"),
                 },
                 Some(&(TYPE_SIGNALING | TYPE_REFLECT_REQUEST)) => match &targets.nms {
@@ -219,7 +228,7 @@ pub async fn run_edge(
                 },
                 Some(&(TYPE_RELAY_BIND | TYPE_RELAY_BIND_ACK | TYPE_RELAY_DATA)) => {
                     match &targets.trs {
-                        Some((trs, sockets)) => relay(&edge, trs, sockets, r),
+                        Some(_) => relayed.push(r),
                         None => trace!(from = %r.from, "relay on a host without the TRS"),
                     }
                 }
@@ -228,40 +237,56 @@ pub async fn run_edge(
                 }
             }
         }
+        if let (Some((trs, _)), Some(forwarder)) = (&targets.trs, forwarder.as_mut()) {
+            relay(&edge, trs, forwarder, &mut relayed, &mut actions);
+        }
     }
 }
 
-/// One relay datagram from a leg through the TRS core.
+/// Relay datagrams from legs through the TRS core: one lock for the
+/// batch, then forwarded in trains (`docs/protocol.md` §6.8).
 fn relay(
     edge: &CloudHub,
     trs: &Mutex<Trs>,
-    sockets: &cyphonic_platform::udp::Sockets,
-    r: Received,
+    forwarder: &mut Forwarder<'_>,
+    batch: &mut Vec<Received>,
+    actions: &mut Vec<Action>,
 ) {
-    let Received {
-        transport,
-        from,
-        mut datagram,
-        ..
-    } = r;
+    if batch.is_empty() {
+        return;
+    }
+    let now = Instant::now();
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let action = trs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .handle_datagram(Instant::now(), unix, from, &mut datagram);
-    match action {
-        Action::Forward(dst) => forward(Some(edge), sockets, &datagram, dst),
-        Action::Reply(len) => {
-            datagram.truncate(len);
-            if let Err(e) = edge.hub.send(transport, from, datagram) {
-                debug!(%from, error = %e, "relay reply dropped");
-            }
-        }
-        Action::Drop(reason) => trace!(%from, ?reason, "relay drop"),
+    {
+        let mut trs = trs.lock().unwrap_or_else(|e| e.into_inner());
+        actions.extend(
+            batch
+                .iter_mut()
+                .map(|r| trs.handle_datagram(now, unix, r.from, &mut r.datagram)),
+        );
     }
+    for (r, action) in batch.drain(..).zip(actions.drain(..)) {
+        let Received {
+            transport,
+            from,
+            mut datagram,
+            ..
+        } = r;
+        match action {
+            Action::Forward(dst) => forwarder.forward(&datagram, dst),
+            Action::Reply(len) => {
+                datagram.truncate(len);
+                if let Err(e) = edge.hub.send(transport, from, datagram) {
+                    debug!(%from, error = %e, "relay reply dropped");
+                }
+            }
+            Action::Drop(reason) => trace!(%from, ?reason, "relay drop"),
+        }
+    }
+    forwarder.flush();
 }
 
 /// Whether `dst` is the remote address of a leg (QUIC or TLS over TCP)
@@ -270,21 +295,86 @@ pub(crate) fn is_leg(edge: Option<&CloudHub>, dst: SocketAddr) -> bool {
     edge.is_some_and(|e| e.transport_of(dst).is_some())
 }
 
-/// Sends a relayed datagram to `dst`: through the hub when `dst` is a
-/// leg's remote address, else over the TRS's UDP sockets.
-pub(crate) fn forward(
-    edge: Option<&CloudHub>,
-    sockets: &cyphonic_platform::udp::Sockets,
-    datagram: &[u8],
-    dst: SocketAddr,
-) {
-    if let Some((edge, transport)) = edge.and_then(|e| Some((e, e.transport_of(dst)?))) {
-        if let Err(e) = edge.hub.send(transport, dst, datagram.to_vec()) {
-            debug!(%dst, error = %e, "relay forward over a leg dropped");
+/// Sends relayed datagrams on: to a QUIC leg's fast path once its peer
+/// offered one, and to UDP endpoints, in GSO trains; through the hub to
+/// other legs. A batch's datagrams are sent by [`Forwarder::flush`] at the
+/// latest.
+pub(crate) struct Forwarder<'a> {
+    edge: Option<&'a CloudHub>,
+    sockets: &'a cyphonic_platform::udp::Sockets,
+    trains: Trains<TrainDest>,
+    /// Fast routes looked up in this batch (`None`: the leg has none).
+    routes: Vec<(SocketAddr, Option<FastRoute>)>,
+}
+
+impl<'a> Forwarder<'a> {
+    pub fn new(
+        edge: Option<&'a CloudHub>,
+        sockets: &'a cyphonic_platform::udp::Sockets,
+    ) -> Forwarder<'a> {
+        Forwarder {
+            edge,
+            sockets,
+            trains: Trains::with_capacity(64 * 1024),
+            routes: Vec::new(),
         }
-        return;
     }
-    if let Err(e) = sockets.send_to(datagram, dst) {
-        debug!(%dst, error = %e, "relay send failed");
+
+    /// Sends `datagram` to `dst` (now, or with its train).
+    pub fn forward(&mut self, datagram: &[u8], dst: SocketAddr) {
+        let leg = self.edge.and_then(|e| Some((e, e.transport_of(dst)?)));
+        let dest = match leg {
+            None => TrainDest::Udp(dst),
+            Some((edge, transport)) => match self.fast_route(edge, transport, dst) {
+                Some(route) => TrainDest::Fast(route),
+                None => {
+                    if let Err(e) = edge.hub.send(transport, dst, datagram.to_vec()) {
+                        debug!(%dst, error = %e, "relay forward over a leg dropped");
+                    }
+                    return;
+                }
+            },
+        };
+        let sockets = self.sockets;
+        self.trains
+            .push(dest, datagram, |d, t, seg| send_train(sockets, d, t, seg));
+    }
+
+    /// The fast route to the QUIC leg at `dst`, looked up once a batch.
+    fn fast_route(
+        &mut self,
+        edge: &CloudHub,
+        transport: Transport,
+        dst: SocketAddr,
+    ) -> Option<FastRoute> {
+        if transport != Transport::Quic {
+            return None;
+        }
+        if let Some((_, route)) = self.routes.iter().find(|(a, _)| *a == dst) {
+            return route.clone();
+        }
+        let route = edge.hub.fast_route(dst);
+        self.routes.push((dst, route.clone()));
+        route
+    }
+
+    /// Sends the trains gathered so far; the next batch looks routes up
+    /// afresh.
+    pub fn flush(&mut self) {
+        let sockets = self.sockets;
+        self.trains
+            .flush(|d, t, seg| send_train(sockets, d, t, seg));
+        self.routes.clear();
+    }
+}
+
+fn send_train(
+    sockets: &cyphonic_platform::udp::Sockets,
+    dest: &TrainDest,
+    train: &[u8],
+    seg: usize,
+) {
+    if let Err(e) = dest.send(sockets, train, seg) {
+        debug!(?dest, error = %e, "relay send failed");
     }
 }

@@ -1005,6 +1005,8 @@ fn relay_loop(
     const N: usize = 32;
     let mut bufs: [Vec<u8>; N] = std::array::from_fn(|_| vec![0u8; 65536]);
     let mut meta = [quinn_udp::RecvMeta::default(); N];
+    // Datagrams to legs (QUIC fast paths in trains, others through the hub).
+    let mut forwarder = crate::edge::Forwarder::new(edge, sockets);
     while !halt.load(Ordering::Relaxed) {
         let n = match sockets.recv_batch(sock, &mut bufs, &mut meta, Duration::from_millis(250)) {
             Ok(0) => continue,
@@ -1050,7 +1052,7 @@ fn relay_loop(
                 let datagram = &buf[start..end];
                 let result = match action {
                     Action::Forward(dst) => {
-                        crate::edge::forward(edge, sockets, datagram, dst);
+                        forwarder.forward(datagram, dst);
                         Ok(())
                     }
                     Action::Reply(len) => sockets.send_to(&datagram[..len], from),
@@ -1065,6 +1067,7 @@ fn relay_loop(
             }
             send_train(sockets, buf, train.take(), stride);
         }
+        forwarder.flush();
     }
 }
 

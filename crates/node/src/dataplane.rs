@@ -17,12 +17,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cyphonic_platform::tun::Tun;
-pub use cyphonic_platform::udp::{canonical, wait_ready, Sockets};
+pub use cyphonic_platform::udp::{canonical, wait_ready, Sockets, Trains};
 use cyphonic_proto::data::{DataError, DATA_HEADER_LEN, TAG_LEN};
 use cyphonic_proto::ip;
 use cyphonic_proto::relay::RELAY_HEADER_LEN;
 use cyphonic_proto::LocalIndex;
-use cyphonic_transport::Hub;
+use cyphonic_transport::{Hub, TrainDest};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -624,10 +624,8 @@ pub struct Sender {
     control: mpsc::Sender<ToControl>,
     /// The tunnel MTU: larger packets get a too-big.
     pub mtu: usize,
-    /// Sealed packets for `current`, back to back.
-    train: Vec<u8>,
-    /// The train's destination and segment size.
-    current: Option<(Dest, usize)>,
+    /// Sealed packets on their way, in GSO trains.
+    trains: Trains<TrainDest>,
     /// ICMP too-big answers for the device, each after
     /// [`DATA_HEADER_LEN`] bytes of headroom.
     pub too_big: Vec<Vec<u8>>,
@@ -649,8 +647,7 @@ impl Sender {
             counters,
             control,
             mtu,
-            train: Vec::with_capacity((HEADROOM + mtu + TAG_LEN) * BATCH),
-            current: None,
+            trains: Trains::with_capacity((HEADROOM + mtu + TAG_LEN) * BATCH),
             too_big: Vec::new(),
         }
     }
@@ -772,8 +769,7 @@ impl Sender {
             // The leg's fast path, once the peer offered it: the packet
             // goes beside the QUIC connection, in trains as over UDP.
             if let Some(route) = self.hub.as_ref().and_then(|h| h.fast_route(leg.addr)) {
-                let header = *route.header();
-                self.push(Dest::Fast(route), &header, wire.start, wire.end, buf);
+                self.push(TrainDest::Fast(route), &buf[wire]);
                 return;
             }
         }
@@ -797,65 +793,37 @@ impl Sender {
             }
             return;
         }
-        self.push(Dest::Udp(endpoint), &[], wire.start, wire.end, buf);
+        self.push(TrainDest::Udp(endpoint), &buf[wire]);
     }
 
-    /// Adds `header` and `buf[start..end]` (a sealed packet) to the train
-    /// to `dest`. A train continues while the destination is the same,
-    /// every segment but the last has the train's size, and the socket
-    /// takes that many segments at once.
-    fn push(&mut self, dest: Dest, header: &[u8], start: usize, end: usize, buf: &[u8]) {
-        let len = header.len() + end - start;
-        let max = match &dest {
-            Dest::Udp(_) => usize::MAX,
-            Dest::Fast(route) => route.max_segments(),
-        };
-        let joins = match &self.current {
-            Some((d, seg)) => {
-                *d == dest
-                    && self.train.len().is_multiple_of(*seg)
-                    && len <= *seg
-                    && self.train.len() / seg < max
-            }
-            None => false,
-        };
-        if !joins {
-            self.flush();
-            self.current = Some((dest, len));
-        }
-        self.train.extend_from_slice(header);
-        self.train.extend_from_slice(&buf[start..end]);
-        if let Some((_, seg)) = self.current {
-            if len < seg {
-                self.flush();
-            }
-        }
+    /// Adds `packet` (sealed) to the train to `dest`.
+    fn push(&mut self, dest: TrainDest, packet: &[u8]) {
+        let (sockets, counters) = (&self.sockets, &self.counters);
+        self.trains.push(dest, packet, |dest, train, seg| {
+            send_train(sockets, counters, dest, train, seg)
+        });
     }
 
     /// Sends the train gathered so far.
     pub fn flush(&mut self) {
-        if let Some((dest, seg)) = self.current.take() {
-            if !self.train.is_empty() {
-                let sent = match &dest {
-                    Dest::Udp(dst) => self.sockets.send_segments(&self.train, seg, *dst),
-                    Dest::Fast(route) => route.send(&self.train, seg),
-                };
-                if let Err(e) = sent {
-                    self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, ?dest, "send failed");
-                }
-            }
-        }
-        self.train.clear();
+        let (sockets, counters) = (&self.sockets, &self.counters);
+        self.trains
+            .flush(|dest, train, seg| send_train(sockets, counters, dest, train, seg));
     }
 }
 
-/// Where a train goes: a UDP endpoint from the tunnel socket, or a QUIC
-/// leg's fast path (`docs/protocol.md` §11.6).
-#[derive(Debug, PartialEq)]
-enum Dest {
-    Udp(SocketAddr),
-    Fast(cyphonic_transport::FastRoute),
+/// Sends one train of sealed packets.
+fn send_train(
+    sockets: &Sockets,
+    counters: &DataCounters,
+    dest: &TrainDest,
+    train: &[u8],
+    seg: usize,
+) {
+    if let Err(e) = dest.send(sockets, train, seg) {
+        counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %e, ?dest, "send failed");
+    }
 }
 
 /// UDP -> open -> checks -> TUN.

@@ -128,15 +128,7 @@ impl Sockets {
 
     /// Sends one datagram.
     pub fn send_to(&self, payload: &[u8], dst: SocketAddr) -> io::Result<()> {
-        let sock = self.socket_or_err(&dst)?;
-        let transmit = quinn_udp::Transmit {
-            destination: dst,
-            ecn: None,
-            contents: payload,
-            segment_size: None,
-            src_ip: None,
-        };
-        self.send_blocking(sock, &transmit)
+        send_one(&self.state, self.socket_or_err(&dst)?, payload, dst)
     }
 
     /// Sends one datagram that goes no further than `ttl` routers (its IP
@@ -228,24 +220,6 @@ impl Sockets {
         }
     }
 
-    /// A full send buffer is back-pressure, not loss: wait for room (a
-    /// bounded while) and try again.
-    fn send_blocking(
-        &self,
-        sock: &UdpSocket,
-        transmit: &quinn_udp::Transmit<'_>,
-    ) -> io::Result<()> {
-        for _ in 0..50 {
-            match self.state.try_send(sock.into(), transmit) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_ready(sock, true, Duration::from_millis(20))
-                }
-                other => return other,
-            }
-        }
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-
     /// Sends equally sized datagrams laid out back to back in `contents`
     /// (the last may be shorter) with one GSO call where the kernel allows.
     pub fn send_segments(
@@ -254,36 +228,189 @@ impl Sockets {
         segment: usize,
         dst: SocketAddr,
     ) -> io::Result<()> {
-        let sock = self.socket_or_err(&dst)?;
-        // One GSO send is one UDP datagram to the kernel: its payload must
-        // fit a datagram's 16-bit length (less the UDP and IPv6 headers),
-        // or the call fails (EMSGSIZE) and nothing of it is sent.
-        let max = self
-            .state
-            .max_gso_segments()
-            .min(MAX_GSO_PAYLOAD / segment.max(1))
-            .max(1);
-        for chunk in contents.chunks(segment * max) {
-            let transmit = quinn_udp::Transmit {
-                destination: dst,
-                ecn: None,
-                contents: chunk,
-                segment_size: (chunk.len() > segment).then_some(segment),
-                src_ip: None,
-            };
-            match self.send_blocking(sock, &transmit) {
-                // A segment larger than the path MTU the kernel learned:
-                // GSO refuses the train (EINVAL); one by one, each is
-                // fragmented.
-                Err(e) if transmit.segment_size.is_some() && is_too_big_for_gso(&e) => {
-                    for datagram in chunk.chunks(segment) {
-                        self.send_to(datagram, dst)?;
-                    }
+        send_train(
+            &self.state,
+            self.socket_or_err(&dst)?,
+            contents,
+            segment,
+            dst,
+        )
+    }
+}
+
+/// One UDP socket's sending side, with the OS's offloads (GSO trains):
+/// for a socket another stack also uses (a second descriptor of a QUIC
+/// endpoint's socket), so any thread may send on it.
+pub struct SendSocket {
+    sock: UdpSocket,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl SendSocket {
+    pub fn new(sock: UdpSocket) -> io::Result<SendSocket> {
+        let state = quinn_udp::UdpSocketState::new((&sock).into())?;
+        Ok(SendSocket { sock, state })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+
+    /// How many datagrams one GSO send may carry.
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    /// As [`Sockets::send_segments`].
+    pub fn send_segments(
+        &self,
+        contents: &[u8],
+        segment: usize,
+        dst: SocketAddr,
+    ) -> io::Result<()> {
+        send_train(&self.state, &self.sock, contents, segment, dst)
+    }
+}
+
+/// Sends `contents`, datagrams `segment` bytes apart (the last may be
+/// shorter), in as few GSO sends as the kernel takes.
+fn send_train(
+    state: &quinn_udp::UdpSocketState,
+    sock: &UdpSocket,
+    contents: &[u8],
+    segment: usize,
+    dst: SocketAddr,
+) -> io::Result<()> {
+    let segment = segment.max(1);
+    // One GSO send is one UDP datagram to the kernel: its payload must fit
+    // a datagram's 16-bit length (less the UDP and IPv6 headers), or the
+    // call fails (EMSGSIZE) and nothing of it is sent.
+    let max = state
+        .max_gso_segments()
+        .min(MAX_GSO_PAYLOAD / segment)
+        .max(1);
+    for chunk in contents.chunks(segment * max) {
+        let transmit = quinn_udp::Transmit {
+            destination: dst,
+            ecn: None,
+            contents: chunk,
+            segment_size: (chunk.len() > segment).then_some(segment),
+            src_ip: None,
+        };
+        match send_blocking(state, sock, &transmit) {
+            // A segment larger than the path MTU the kernel learned: GSO
+            // refuses the train (EINVAL); one by one, each is fragmented.
+            Err(e) if transmit.segment_size.is_some() && is_too_big_for_gso(&e) => {
+                for datagram in chunk.chunks(segment) {
+                    send_one(state, sock, datagram, dst)?;
                 }
-                other => other?,
+            }
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Sends one datagram.
+fn send_one(
+    state: &quinn_udp::UdpSocketState,
+    sock: &UdpSocket,
+    payload: &[u8],
+    dst: SocketAddr,
+) -> io::Result<()> {
+    let transmit = quinn_udp::Transmit {
+        destination: dst,
+        ecn: None,
+        contents: payload,
+        segment_size: None,
+        src_ip: None,
+    };
+    send_blocking(state, sock, &transmit)
+}
+
+/// A full send buffer is back-pressure, not loss: wait for room (a bounded
+/// while, a second at most) and try again.
+fn send_blocking(
+    state: &quinn_udp::UdpSocketState,
+    sock: &UdpSocket,
+    transmit: &quinn_udp::Transmit<'_>,
+) -> io::Result<()> {
+    for _ in 0..50 {
+        match state.try_send(sock.into(), transmit) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_ready(sock, true, Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+    Err(io::ErrorKind::WouldBlock.into())
+}
+
+/// Where a train of datagrams goes.
+pub trait TrainDestination: PartialEq {
+    /// What each datagram to here starts with.
+    fn header(&self) -> &[u8] {
+        &[]
+    }
+
+    /// How many datagrams one train to here may hold.
+    fn max_segments(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// Datagrams gathered into GSO trains, one destination at a time: a
+/// train goes on while the destination is the same, every datagram but the
+/// last has the train's size, and the destination takes that many at once.
+/// What does not join is sent first (by the caller's `send`, given the
+/// destination, the train and its segment size).
+pub struct Trains<D> {
+    /// The datagrams of `current`, back to back.
+    buf: Vec<u8>,
+    /// The train's destination and segment size.
+    current: Option<(D, usize)>,
+}
+
+impl<D: TrainDestination> Trains<D> {
+    pub fn with_capacity(bytes: usize) -> Trains<D> {
+        Trains {
+            buf: Vec::with_capacity(bytes),
+            current: None,
+        }
+    }
+
+    /// Adds a datagram to `dest`: its header, then `body`.
+    pub fn push(&mut self, dest: D, body: &[u8], mut send: impl FnMut(&D, &[u8], usize)) {
+        let len = dest.header().len() + body.len();
+        let joins = self.current.as_ref().is_some_and(|(d, seg)| {
+            *d == dest
+                && self.buf.len().is_multiple_of(*seg)
+                && len <= *seg
+                && self.buf.len() / seg < dest.max_segments()
+        });
+        if !joins {
+            self.flush(&mut send);
+            self.current = Some((dest, len));
+        }
+        let Some((dest, seg)) = &self.current else {
+            return;
+        };
+        self.buf.extend_from_slice(dest.header());
+        self.buf.extend_from_slice(body);
+        // A shorter datagram ends its train.
+        if len < *seg {
+            self.flush(send);
+        }
+    }
+
+    /// Sends the train gathered so far.
+    pub fn flush(&mut self, mut send: impl FnMut(&D, &[u8], usize)) {
+        if let Some((dest, seg)) = self.current.take() {
+            if !self.buf.is_empty() {
+                send(&dest, &self.buf, seg);
             }
         }
-        Ok(())
+        self.buf.clear();
     }
 }
 
@@ -755,5 +882,52 @@ mod tests {
         assert_eq!(arriving_ttl(&receiver), 3);
         sockets.send_to(b"plain", to).expect("sent");
         assert!(arriving_ttl(&receiver) > 3);
+    }
+
+    /// Trains keep one destination and one size; a shorter datagram ends
+    /// its train, a longer one or another destination starts a new one,
+    /// and a full train is sent before the next datagram.
+    #[test]
+    fn trains_are_cut_where_segments_cannot_join() {
+        #[derive(Debug, PartialEq, Clone, Copy)]
+        struct To(char);
+        impl TrainDestination for To {
+            fn header(&self) -> &[u8] {
+                b"h"
+            }
+            fn max_segments(&self) -> usize {
+                3
+            }
+        }
+        let mut trains: Trains<To> = Trains::with_capacity(64);
+        let mut sent: Vec<(char, Vec<u8>, usize)> = Vec::new();
+        let mut push = |trains: &mut Trains<To>, d: char, body: &[u8]| {
+            trains.push(To(d), body, |d: &To, t: &[u8], seg| {
+                sent.push((d.0, t.to_vec(), seg))
+            });
+        };
+        push(&mut trains, 'a', b"12");
+        push(&mut trains, 'a', b"34");
+        push(&mut trains, 'a', b"56");
+        // Three segments: full, so the fourth starts a train.
+        push(&mut trains, 'a', b"78");
+        // Longer: a new train; shorter: joins and ends it.
+        push(&mut trains, 'a', b"9xy");
+        push(&mut trains, 'a', b"z");
+        push(&mut trains, 'b', b"00");
+        push(&mut trains, 'c', b"11");
+        trains.flush(|d: &To, t: &[u8], seg| sent.push((d.0, t.to_vec(), seg)));
+        let got: Vec<(char, &[u8], usize)> =
+            sent.iter().map(|(d, t, s)| (*d, &t[..], *s)).collect();
+        assert_eq!(
+            got,
+            [
+                ('a', &b"h12h34h56"[..], 3),
+                ('a', &b"h78"[..], 3),
+                ('a', &b"h9xyhz"[..], 4),
+                ('b', &b"h00"[..], 3),
+                ('c', &b"h11"[..], 3),
+            ]
+        );
     }
 }

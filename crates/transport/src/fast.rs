@@ -32,7 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{ready, Context, Poll};
 
-use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
+use cyphonic_platform::udp::{SendSocket, Sockets, TrainDestination};
+use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
@@ -46,9 +47,6 @@ pub(crate) const TYPE_FAST_OFFER: u8 = 0xf0;
 /// The short header before each fast packet: one byte, the 8-byte ID.
 pub const FAST_HEADER_LEN: usize = 1 + ID_LEN;
 const ID_LEN: usize = 8;
-/// The most one GSO send carries: a UDP datagram's 16-bit length less the
-/// UDP and IPv6 headers.
-const MAX_GSO_PAYLOAD: usize = 65_535 - 8 - 40;
 pub(crate) type FastId = [u8; ID_LEN];
 
 /// A short header's first byte: form bit clear, fixed bit set.
@@ -228,11 +226,10 @@ impl AsyncUdpSocket for FastSocket {
 }
 
 /// What sends fast packets out of one endpoint's socket: a second
-/// descriptor of it, with quinn-udp's batched send (no tokio readiness,
-/// so any thread may send).
+/// descriptor of it, with GSO trains (no tokio readiness, so any thread
+/// may send).
 pub(crate) struct SendSide {
-    sock: UdpSocket,
-    state: UdpSocketState,
+    sock: SendSocket,
     ipv6: bool,
 }
 
@@ -255,9 +252,8 @@ pub(crate) fn wrap(
     slot: &Slot,
 ) -> io::Result<Arc<dyn AsyncUdpSocket>> {
     let send = SendSide {
-        state: UdpSocketState::new((&socket).into())?,
         ipv6: socket.local_addr()?.is_ipv6(),
-        sock: socket.try_clone()?,
+        sock: SendSocket::new(socket.try_clone()?)?,
     };
     let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
     *lock(&slot.0) = Some(Arc::new(send));
@@ -374,73 +370,54 @@ impl FastRoute {
 
     /// How many packets one [`FastRoute::send`] may carry.
     pub fn max_segments(&self) -> usize {
-        self.send.state.max_gso_segments().max(1)
+        self.send.sock.max_segments()
     }
 
     /// Sends `train`: whole fast packets (header included) `segment`
-    /// bytes apart, the last one possibly shorter; one GSO send. Waits
-    /// (up to a second) for room in the socket's buffer, as the native
-    /// path does.
+    /// bytes apart, the last one possibly shorter; as few GSO sends as
+    /// the kernel takes. Waits (up to a second) for room in the socket's
+    /// buffer, as the native path does.
     pub fn send(&self, train: &[u8], segment: usize) -> io::Result<()> {
-        // One GSO send is one UDP datagram to the kernel: its payload must
-        // fit a datagram's 16-bit length, or the call fails (EMSGSIZE,
-        // which quinn-udp reports as sent).
-        let max = self
-            .max_segments()
-            .min(MAX_GSO_PAYLOAD / segment.max(1))
-            .max(1);
-        for chunk in train.chunks(segment.max(1) * max) {
-            self.send_one(chunk, segment)?;
-        }
+        self.send.sock.send_segments(train, segment, self.to)?;
+        let n = train.len().div_ceil(segment.max(1));
+        let bytes = train.len() - n * FAST_HEADER_LEN;
+        self.stats.sent_fast(n as u64, bytes as u64);
         Ok(())
     }
+}
 
-    fn send_one(&self, train: &[u8], segment: usize) -> io::Result<()> {
-        let transmit = Transmit {
-            destination: self.to,
-            ecn: None,
-            contents: train,
-            segment_size: (train.len() > segment).then_some(segment),
-            src_ip: None,
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        loop {
-            match self.send.state.send((&self.send.sock).into(), &transmit) {
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        && std::time::Instant::now() < deadline =>
-                {
-                    wait_writable(&self.send.sock);
-                }
-                Ok(()) => {
-                    let n = train.len().div_ceil(segment.max(1));
-                    let bytes = train.len() - n * FAST_HEADER_LEN;
-                    self.stats.sent_fast(n as u64, bytes as u64);
-                    return Ok(());
-                }
-                other => return other,
-            }
+/// Where a train of tunnel packets goes: a UDP endpoint from the data
+/// plane's sockets, or a QUIC leg's fast path.
+#[derive(Debug, PartialEq)]
+pub enum TrainDest {
+    Udp(SocketAddr),
+    Fast(FastRoute),
+}
+
+impl TrainDestination for TrainDest {
+    fn max_segments(&self) -> usize {
+        match self {
+            TrainDest::Udp(_) => usize::MAX,
+            TrainDest::Fast(route) => route.max_segments(),
+        }
+    }
+
+    fn header(&self) -> &[u8] {
+        match self {
+            TrainDest::Udp(_) => &[],
+            TrainDest::Fast(route) => route.header(),
         }
     }
 }
 
-#[cfg(target_os = "linux")]
-fn wait_writable(sock: &UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe {
-        libc::poll(&mut pfd, 1, 10);
+impl TrainDest {
+    /// Sends `train` (datagrams `segment` bytes apart, headers included).
+    pub fn send(&self, sockets: &Sockets, train: &[u8], segment: usize) -> io::Result<()> {
+        match self {
+            TrainDest::Udp(dst) => sockets.send_segments(train, segment, *dst),
+            TrainDest::Fast(route) => route.send(train, segment),
+        }
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn wait_writable(_: &UdpSocket) {
-    std::thread::sleep(std::time::Duration::from_millis(1));
 }
 
 #[cfg(test)]
