@@ -117,6 +117,11 @@ pub struct DataCounters {
     /// after it wrote there (`Outbound::turn_around`): replies the kernel
     /// made at once.
     pub tx_turned_around: AtomicU64,
+    /// Packets read from the TUN and sent by the receiving thread that
+    /// waits on the TUN while traffic is light (Linux).
+    pub tx_light: AtomicU64,
+    /// Times load handed the TUN to its reader thread (Linux).
+    pub tun_to_reader: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -142,6 +147,8 @@ pub struct DataCountersSnapshot {
     pub tx_mss_clamped: u64,
     pub tx_leg_dropped: u64,
     pub tx_turned_around: u64,
+    pub tx_light: u64,
+    pub tun_to_reader: u64,
 }
 
 impl DataCounters {
@@ -169,6 +176,8 @@ impl DataCounters {
             tx_mss_clamped: l(&self.tx_mss_clamped),
             tx_leg_dropped: l(&self.tx_leg_dropped),
             tx_turned_around: l(&self.tx_turned_around),
+            tx_light: l(&self.tx_light),
+            tun_to_reader: l(&self.tun_to_reader),
         }
     }
 
@@ -291,6 +300,12 @@ impl Device for TunDevice {
         let written = self.outbound.tun.send_batch(bufs, offset);
         if n <= TURNAROUND_MAX {
             self.outbound.turn_around();
+        } else {
+            // Load: the kernel's answers are the TUN reader's to send.
+            #[cfg(target_os = "linux")]
+            if let Some(h) = &self.outbound.handoff {
+                h.to_reader(self.outbound.counters());
+            }
         }
         written
     }
@@ -344,9 +359,53 @@ pub fn quic_inner_limit(ipv6: bool, relayed: bool) -> usize {
 /// `cyphonic-transport`'s crate docs).
 const QUIC_BUDGET: usize = 38;
 
+#[cfg(target_os = "linux")]
+mod handoff;
+
+/// Tells the data plane's threads to stop: a flag, and (Linux) a bell that
+/// wakes those waiting (they wait without timeouts there).
+pub struct Stop {
+    flag: AtomicBool,
+    #[cfg(target_os = "linux")]
+    bell: cyphonic_platform::wait::Bell,
+    /// Sockets whose spare-port waiter is woken too.
+    spares: std::sync::Mutex<Vec<Arc<Sockets>>>,
+}
+
+impl Stop {
+    pub fn new() -> io::Result<Stop> {
+        Ok(Stop {
+            flag: AtomicBool::new(false),
+            #[cfg(target_os = "linux")]
+            bell: cyphonic_platform::wait::Bell::new()?,
+            spares: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        #[cfg(target_os = "linux")]
+        self.bell.ring();
+        for s in self.spares.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            s.spares.wake();
+        }
+    }
+
+    fn wakes_spares_of(&self, sockets: &Arc<Sockets>) {
+        self.spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sockets.clone());
+    }
+}
+
 /// The running fast path; dropping it stops the threads.
 pub struct DataPlane {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     /// `None` when run without a TUN device ([`DataPlane::receive_only`]).
     tun: Option<Arc<Tun>>,
     device: Arc<dyn Device>,
@@ -367,7 +426,7 @@ impl DataPlane {
         counters: Arc<DataCounters>,
         control: mpsc::Sender<ToControl>,
     ) -> io::Result<DataPlane> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::new()?);
         let mut threads = Vec::new();
         let sender = Sender::new(
             sockets.clone(),
@@ -377,7 +436,26 @@ impl DataPlane {
             control.clone(),
             usize::from(tun.mtu()),
         );
-        let outbound = Arc::new(Outbound::new(tun.clone(), sender));
+        // Linux: the first receiving thread has the TUN while traffic is
+        // light (`handoff`).
+        #[cfg(target_os = "linux")]
+        let handoff = {
+            let socks: Vec<&std::net::UdpSocket> =
+                sockets.v4.iter().chain(sockets.v6.iter()).collect();
+            match handoff::Handoff::new(&tun, &socks, &stop) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the TUN reader keeps the TUN");
+                    None
+                }
+            }
+        };
+        let outbound = Arc::new(Outbound::new(
+            tun.clone(),
+            sender,
+            #[cfg(target_os = "linux")]
+            handoff,
+        ));
         {
             let (outbound, stop) = (outbound.clone(), stop.clone());
             threads.push(
@@ -386,9 +464,17 @@ impl DataPlane {
                     .spawn(move || outbound_loop(&outbound, &stop))?,
             );
         }
-        let device: Arc<dyn Device> = Arc::new(TunDevice { outbound });
+        let device: Arc<dyn Device> = Arc::new(TunDevice {
+            outbound: outbound.clone(),
+        });
         threads.extend(spawn_receivers(
-            &sockets, &device, &tables, &counters, &control, &stop,
+            &sockets,
+            &device,
+            &tables,
+            &counters,
+            &control,
+            &stop,
+            Some(outbound),
         )?);
         Ok(DataPlane {
             stop,
@@ -421,9 +507,10 @@ impl DataPlane {
         counters: Arc<DataCounters>,
         control: mpsc::Sender<ToControl>,
     ) -> io::Result<DataPlane> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::new()?);
         let device: Arc<dyn Device> = Arc::new(NoDevice);
-        let threads = spawn_receivers(&sockets, &device, &tables, &counters, &control, &stop)?;
+        let threads =
+            spawn_receivers(&sockets, &device, &tables, &counters, &control, &stop, None)?;
         Ok(DataPlane {
             stop,
             tun: None,
@@ -454,7 +541,7 @@ impl Device for NoDevice {
 
 impl Drop for DataPlane {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.set();
         if let Some(tun) = &self.tun {
             tun.shutdown();
         }
@@ -465,15 +552,21 @@ impl Drop for DataPlane {
 }
 
 /// One receiving thread per socket of the tunnel port (IPv4, IPv6), each
-/// delivering to `device` until `stop` is set.
+/// delivering to `device` until `stop` is set. `outbound`: the node's
+/// sending half, whose TUN the first of them waits on while traffic is
+/// light (Linux).
 pub fn spawn_receivers(
     sockets: &Arc<Sockets>,
     device: &Arc<dyn Device>,
     tables: &Arc<Tables>,
     counters: &Arc<DataCounters>,
     control: &mpsc::Sender<ToControl>,
-    stop: &Arc<AtomicBool>,
+    stop: &Arc<Stop>,
+    outbound: Option<Arc<Outbound>>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
+    stop.wakes_spares_of(sockets);
+    // The receiving threads' slots in the TUN's handoff: in this order.
+    let mut slot = 0;
     let mut threads = Vec::new();
     {
         let inbound = Inbound::new(device.clone(), tables, counters, control);
@@ -494,11 +587,16 @@ pub fn spawn_receivers(
             continue;
         }
         let inbound = Inbound::new(device.clone(), tables, counters, control);
-        let (sockets, stop) = (sockets.clone(), stop.clone());
+        let (sockets, stop, outbound) = (sockets.clone(), stop.clone(), outbound.clone());
+        let tun = outbound.map(|o| (o, slot));
+        slot += 1;
         threads.push(
             std::thread::Builder::new()
                 .name(if v6 { "cy-udp6-rx" } else { "cy-udp4-rx" }.into())
-                .spawn(move || inbound_loop(v6, &sockets, inbound, &stop))?,
+                .spawn(move || {
+                    let tun = tun.as_ref().map(|(o, slot)| (&**o, *slot));
+                    inbound_loop(v6, &sockets, inbound, &stop, tun)
+                })?,
         );
     }
     Ok(threads)
@@ -513,6 +611,10 @@ pub fn spawn_receivers(
 pub struct Outbound {
     tun: Arc<Tun>,
     state: std::sync::Mutex<OutboundState>,
+    counters: Arc<DataCounters>,
+    /// Which thread waits on the TUN (Linux); `None`: the TUN reader.
+    #[cfg(target_os = "linux")]
+    handoff: Option<handoff::Handoff>,
 }
 
 struct OutboundState {
@@ -523,10 +625,17 @@ struct OutboundState {
 }
 
 impl Outbound {
-    fn new(tun: Arc<Tun>, sender: Sender) -> Self {
+    fn new(
+        tun: Arc<Tun>,
+        sender: Sender,
+        #[cfg(target_os = "linux")] handoff: Option<handoff::Handoff>,
+    ) -> Self {
         let slot = HEADROOM + sender.mtu + TAG_LEN;
         Outbound {
+            counters: sender.counters.clone(),
             tun,
+            #[cfg(target_os = "linux")]
+            handoff,
             state: std::sync::Mutex::new(OutboundState {
                 sender,
                 bufs: (0..BATCH).map(|_| vec![0u8; slot]).collect(),
@@ -534,6 +643,11 @@ impl Outbound {
                 scratch: vec![0u8; 65536 + 64],
             }),
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn counters(&self) -> &DataCounters {
+        &self.counters
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OutboundState> {
@@ -581,8 +695,7 @@ impl Outbound {
         };
         match self.drain(&mut st) {
             Ok(n) => {
-                st.sender
-                    .counters
+                self.counters
                     .tx_turned_around
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
@@ -593,9 +706,14 @@ impl Outbound {
 }
 
 /// TUN -> [`Sender`]: reads and sends until the TUN holds nothing, then
-/// waits for it without the lock.
-fn outbound_loop(out: &Outbound, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
+/// waits for it without the lock (on Linux, while it has the TUN:
+/// [`handoff::reader_loop`]).
+fn outbound_loop(out: &Outbound, stop: &Stop) {
+    #[cfg(target_os = "linux")]
+    if let Some(h) = &out.handoff {
+        return handoff::reader_loop(out, h, stop);
+    }
+    while !stop.is_set() {
         let drained = out.drain(&mut out.lock());
         let failed = match drained {
             Ok(_) => continue,
@@ -603,7 +721,7 @@ fn outbound_loop(out: &Outbound, stop: &AtomicBool) {
             Err(e) => Some(e),
         };
         if let Some(e) = failed {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_set() {
                 tracing::debug!(error = %e, "TUN reader stopping");
                 return;
             }
@@ -826,8 +944,118 @@ fn send_train(
     }
 }
 
-/// UDP -> open -> checks -> TUN.
-fn inbound_loop(v6: bool, sockets: &Sockets, mut inbound: Inbound, stop: &AtomicBool) {
+/// How a receiving thread waits for its socket. Linux: in a wait set with
+/// the stop bell, no timeout (and the TUN, while traffic is light and this
+/// thread has it); elsewhere: `poll` for a while, then a look at the stop
+/// flag.
+enum Waiter<'a> {
+    #[cfg(target_os = "linux")]
+    Set(cyphonic_platform::wait::WaitSet),
+    #[cfg(target_os = "linux")]
+    Tun(&'a Outbound, &'a handoff::Handoff, usize),
+    Poll(std::marker::PhantomData<&'a ()>),
+}
+
+impl<'a> Waiter<'a> {
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+    fn new(
+        sock: &std::net::UdpSocket,
+        stop: &Stop,
+        tun: Option<(&'a Outbound, usize)>,
+    ) -> Waiter<'a> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            if let Some((out, h, slot)) =
+                tun.and_then(|(o, slot)| Some((o, o.handoff.as_ref()?, slot)))
+            {
+                if h.set(slot).is_some() {
+                    return Waiter::Tun(out, h, slot);
+                }
+            }
+            let set = cyphonic_platform::wait::WaitSet::new().and_then(|set| {
+                set.add(sock.as_raw_fd(), handoff::TOKEN_SOCKET, false)?;
+                set.add(stop.bell.as_raw_fd(), handoff::TOKEN_STOP, false)?;
+                Ok(set)
+            });
+            match set {
+                Ok(set) => return Waiter::Set(set),
+                Err(e) => tracing::warn!(error = %e, "no wait set; polling"),
+            }
+        }
+        Waiter::Poll(std::marker::PhantomData)
+    }
+
+    /// Datagrams came in: the TUN goes with the traffic.
+    fn got_datagrams(&self) {
+        #[cfg(target_os = "linux")]
+        if let Waiter::Tun(_, h, slot) = self {
+            h.take(*slot);
+        }
+    }
+
+    /// For the thread that has the TUN while its socket keeps it busy:
+    /// serves the TUN if it is readable (datagrams that write nothing to
+    /// the TUN, a flood say, must not starve what the node sends).
+    fn look_at_tun(&self) {
+        #[cfg(target_os = "linux")]
+        if let Waiter::Tun(out, h, slot) = self {
+            let mut ready = [0u64; 4];
+            if let Some(Ok(n)) = h
+                .set(*slot)
+                .map(|s| s.wait(&mut ready, Some(Duration::ZERO)))
+            {
+                if ready[..n].contains(&handoff::TOKEN_TUN) {
+                    h.serve(*slot, out);
+                }
+            }
+        }
+    }
+
+    /// Until `sock` (or, for the thread that has it, the TUN) is readable,
+    /// or the data plane stops.
+    fn wait(&self, sock: &std::net::UdpSocket) {
+        let waited: io::Result<()> = match self {
+            #[cfg(target_os = "linux")]
+            Waiter::Set(set) => set.wait(&mut [0u64; 4], None).map(drop),
+            #[cfg(target_os = "linux")]
+            Waiter::Tun(out, h, slot) => {
+                let mut ready = [0u64; 4];
+                match h.set(*slot).map(|s| s.wait(&mut ready, None)) {
+                    Some(Ok(n)) => {
+                        if ready[..n].contains(&handoff::TOKEN_TUN) {
+                            h.serve(*slot, out);
+                        }
+                        Ok(())
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => Ok(()),
+                }
+            }
+            Waiter::Poll(_) => {
+                // An empty queue waits at most this long, to notice
+                // shutdown.
+                wait_ready(sock, false, Duration::from_millis(250));
+                Ok(())
+            }
+        };
+        if let Err(e) = waited {
+            tracing::debug!(error = %e, "wait failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// UDP -> open -> checks -> TUN. `tun`: the sending half whose TUN this
+/// thread may wait on, and serve, while traffic is light (Linux), and the
+/// thread's slot in its handoff.
+fn inbound_loop(
+    v6: bool,
+    sockets: &Sockets,
+    mut inbound: Inbound,
+    stop: &Stop,
+    tun: Option<(&Outbound, usize)>,
+) {
     let Some(sock) = (if v6 {
         sockets.v6.as_ref()
     } else {
@@ -835,18 +1063,30 @@ fn inbound_loop(v6: bool, sockets: &Sockets, mut inbound: Inbound, stop: &Atomic
     }) else {
         return;
     };
+    let waiter = Waiter::new(sock, stop, tun);
     const N_BUFS: usize = 8;
     let mut rx: [Vec<u8>; N_BUFS] = std::array::from_fn(|_| vec![0u8; RX_BUF]);
     let mut meta = [quinn_udp::RecvMeta::default(); N_BUFS];
-    while !stop.load(Ordering::Relaxed) {
-        // An empty queue waits at most this long, to notice shutdown.
-        let n = match sockets.recv_batch(sock, &mut rx, &mut meta, Duration::from_millis(250)) {
+    let mut busy = 0u32;
+    while !stop.is_set() {
+        // Read before waiting: under load the next datagrams are queued.
+        let n = match sockets.try_recv_batch(sock, &mut rx, &mut meta) {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive failed");
-                continue;
+                0
             }
         };
+        if n == 0 {
+            busy = 0;
+            waiter.wait(sock);
+            continue;
+        }
+        waiter.got_datagrams();
+        busy = busy.wrapping_add(1);
+        if busy.is_multiple_of(8) {
+            waiter.look_at_tun();
+        }
         for (buf, m) in rx.iter_mut().zip(meta.iter()).take(n) {
             let from = Leg::udp(canonical(m.addr));
             let stride = m.stride.max(1);
@@ -863,11 +1103,11 @@ fn inbound_loop(v6: bool, sockets: &Sockets, mut inbound: Inbound, stop: &Atomic
 
 /// Spare ports (birthday punching) -> open -> checks -> TUN: waits on
 /// every open spare port at once, and for the set to change.
-fn spare_loop(sockets: &Sockets, mut inbound: Inbound, stop: &AtomicBool) {
+fn spare_loop(sockets: &Sockets, mut inbound: Inbound, stop: &Stop) {
     let mut buf = vec![0u8; RX_BUF];
     let (mut generation, mut open) = sockets.spares.snapshot();
-    while !stop.load(Ordering::Relaxed) {
-        let ready = sockets.spares.wait(&open, Duration::from_millis(250));
+    while !stop.is_set() {
+        let ready = sockets.spares.wait(&open, None);
         for i in ready {
             let (k, sock) = &open[i];
             for _ in 0..BATCH {

@@ -17,6 +17,8 @@ pub mod netwatch;
 pub mod packet;
 pub mod tun;
 pub mod udp;
+#[cfg(target_os = "linux")]
+pub mod wait;
 
 /// FNV-1a over `bytes`, 64 bits: a stable short name for a path (a pipe,
 /// a registry key); not a secret and not collision-proof against intent.

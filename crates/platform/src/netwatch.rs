@@ -15,22 +15,37 @@ use std::time::Duration;
 /// the returned guard is dropped.
 pub struct NetWatch {
     stop: Arc<AtomicBool>,
+    /// Wakes the watcher to stop (Linux: it waits without a timeout).
+    #[cfg(target_os = "linux")]
+    bell: Arc<crate::wait::Bell>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl NetWatch {
     #[cfg(target_os = "linux")]
     pub fn start(settle: Duration, on_change: impl Fn() + Send + 'static) -> io::Result<NetWatch> {
+        use std::os::fd::AsRawFd;
         let fd = open_socket()?;
         let stop = Arc::new(AtomicBool::new(false));
         let halt = stop.clone();
+        let bell = Arc::new(crate::wait::Bell::new()?);
+        let set = crate::wait::WaitSet::new()?;
+        set.add(fd, 0, false)?;
+        set.add(bell.as_raw_fd(), 1, false)?;
         let thread = std::thread::Builder::new()
             .name("cy-netwatch".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
+                let mut ready = [0u64; 2];
                 while !halt.load(Ordering::Relaxed) {
-                    if !readable(fd, 250) {
-                        continue;
+                    match set.wait(&mut ready, None) {
+                        Ok(n) if ready[..n].contains(&0) => {}
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "network watch cannot wait");
+                            std::thread::sleep(Duration::from_millis(250));
+                            continue;
+                        }
                     }
                     drain(fd, &mut buf);
                     // Coalesce a burst (an address and its routes arrive as
@@ -50,6 +65,7 @@ impl NetWatch {
             })?;
         Ok(NetWatch {
             stop,
+            bell,
             thread: Some(thread),
         })
     }
@@ -100,6 +116,8 @@ impl NetWatch {
 impl Drop for NetWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        #[cfg(target_os = "linux")]
+        self.bell.ring();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

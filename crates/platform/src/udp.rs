@@ -33,10 +33,7 @@ impl Sockets {
         meta: &mut [quinn_udp::RecvMeta; N],
         idle: Duration,
     ) -> io::Result<usize> {
-        let mut each = bufs.iter_mut();
-        let mut iovs: [io::IoSliceMut<'_>; N] =
-            std::array::from_fn(|_| io::IoSliceMut::new(each.next().map_or(&mut [], |b| b)));
-        match self.state.recv(sock.into(), &mut iovs, meta) {
+        match self.recv_raw(sock, bufs, meta) {
             Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => {
@@ -47,6 +44,39 @@ impl Sockets {
                 }
             }
         }
+    }
+
+    /// What is queued on `sock`, into `bufs` as [`Sockets::recv_batch`]
+    /// does, without waiting: `Ok(0)` when nothing is.
+    pub fn try_recv_batch<const N: usize>(
+        &self,
+        sock: &UdpSocket,
+        bufs: &mut [Vec<u8>; N],
+        meta: &mut [quinn_udp::RecvMeta; N],
+    ) -> io::Result<usize> {
+        match self.recv_raw(sock, bufs, meta) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
+    fn recv_raw<const N: usize>(
+        &self,
+        sock: &UdpSocket,
+        bufs: &mut [Vec<u8>; N],
+        meta: &mut [quinn_udp::RecvMeta; N],
+    ) -> io::Result<usize> {
+        let mut each = bufs.iter_mut();
+        let mut iovs: [io::IoSliceMut<'_>; N] =
+            std::array::from_fn(|_| io::IoSliceMut::new(each.next().map_or(&mut [], |b| b)));
+        self.state.recv(sock.into(), &mut iovs, meta)
     }
 
     /// Both families on `port`, all addresses.
@@ -521,6 +551,12 @@ impl SparePorts {
         self.bell.get()
     }
 
+    /// Wakes [`SparePorts::wait`]: the set changed, or its caller is to
+    /// stop.
+    pub fn wake(&self) {
+        self.ring();
+    }
+
     fn ring(&self) {
         #[cfg(unix)]
         if let Some((tx, _)) = self.bell() {
@@ -528,10 +564,11 @@ impl SparePorts {
         }
     }
 
-    /// Waits until one of `socks` is readable, the set changes, or
-    /// `timeout` passes; returns the indexes (into `socks`) of the readable
-    /// ones.
-    pub fn wait(&self, socks: &[(u16, Arc<UdpSocket>)], timeout: Duration) -> Vec<usize> {
+    /// Waits until one of `socks` is readable, the set changes
+    /// ([`SparePorts::wake`]), or `timeout` passes (`None`: no timeout,
+    /// where the set's changes wake the wait, else a second); returns the
+    /// indexes (into `socks`) of the readable ones.
+    pub fn wait(&self, socks: &[(u16, Arc<UdpSocket>)], timeout: Option<Duration>) -> Vec<usize> {
         #[cfg(unix)]
         {
             use std::os::fd::AsRawFd;
@@ -546,13 +583,14 @@ impl SparePorts {
                     revents: 0,
                 })
                 .collect();
+            let ms = match (timeout, bell) {
+                (Some(t), _) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
+                (None, Some(_)) => -1,
+                (None, None) => 1000,
+            };
             // SAFETY: `fds` is a valid array of pollfds for the call.
             unsafe {
-                libc::poll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
-                    timeout.as_millis() as libc::c_int,
-                );
+                libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms);
             }
             if let (Some(_), Some((_, rx))) = (bell, self.bell.get()) {
                 let mut b = [0u8; 64];
@@ -569,7 +607,8 @@ impl SparePorts {
         {
             // No bell: a change of the set is noticed within the cap.
             let socks: Vec<&UdpSocket> = socks.iter().map(|(_, s)| &**s).collect();
-            let ready = wsa_poll(&socks, false, timeout.min(Duration::from_millis(50)));
+            let cap = Duration::from_millis(50);
+            let ready = wsa_poll(&socks, false, timeout.unwrap_or(cap).min(cap));
             ready
                 .iter()
                 .enumerate()
@@ -579,7 +618,8 @@ impl SparePorts {
         }
         #[cfg(not(any(unix, windows)))]
         {
-            std::thread::sleep(timeout.min(Duration::from_millis(20)));
+            let cap = Duration::from_millis(20);
+            std::thread::sleep(timeout.unwrap_or(cap).min(cap));
             (0..socks.len()).collect()
         }
     }

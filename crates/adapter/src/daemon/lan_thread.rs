@@ -2,12 +2,12 @@
 //! the general nodes send into the overlay through the node's
 //! [`Sender`], sealed in place like a node's TUN packets.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cyphonic_node::datapath::HEADROOM;
-use cyphonic_node::dataplane::{Device, Sender, BATCH};
+use cyphonic_node::dataplane::{Device, Sender, Stop, BATCH};
 use cyphonic_proto::data::{DATA_HEADER_LEN, TAG_LEN};
 use cyphonic_proto::ip;
 use tokio::sync::mpsc;
@@ -56,14 +56,14 @@ pub struct LanThread {
 }
 
 impl LanThread {
-    pub fn run(mut self, stop: &AtomicBool) {
+    pub fn run(mut self, stop: &Stop) {
         let mtu = self.sender.mtu;
         let mut buf = vec![0u8; HEADROOM + 65_536 + TAG_LEN];
         let mut inputs = Vec::with_capacity(BATCH);
         let mut unknown_sender = 0u64;
         // Published at once, then every half second.
         let mut published: Option<std::time::Instant> = None;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_set() {
             while let Ok(command) = self.commands.try_recv() {
                 match command {
                     LanCommand::SetGeneralNodes(nodes) => self.lan.set_general_nodes(&nodes),

@@ -24,7 +24,7 @@ mod status;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,7 +40,7 @@ use cyphonic_node::daemon::{
     SpareUse, DEFAULT_MTU,
 };
 use cyphonic_node::dataplane::{
-    spawn_receivers, DataCounters, Device, Inbound, Sender, Sockets, Tables, ToControl,
+    spawn_receivers, DataCounters, Device, Inbound, Sender, Sockets, Stop, Tables, ToControl,
 };
 use cyphonic_node::host::{identity_of_index, Host, IdentityId};
 use cyphonic_node::resolver::{self, Classified};
@@ -146,7 +146,7 @@ struct LanSide {
     device: Arc<LanDevice>,
     commands: std::sync::mpsc::Sender<LanCommand>,
     snapshot: Arc<Mutex<LanSnapshot>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -363,7 +363,7 @@ impl Adapter {
     fn stop(mut self) {
         tracing::info!("stopping");
         if let Some(lan) = self.lan.take() {
-            lan.stop.store(true, Ordering::SeqCst);
+            lan.stop.set();
             for t in lan.threads {
                 let _ = t.join();
             }
@@ -587,7 +587,7 @@ impl Adapter {
         let device = Arc::new(LanDevice::new(lan.socket(), lan.mac()));
         let (commands_tx, commands) = std::sync::mpsc::channel();
         let snapshot = Arc::new(Mutex::new(LanSnapshot::default()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::new()?);
         let sender = Sender::new(
             self.sockets.clone(),
             Some(self.hub.clone()),
@@ -622,6 +622,7 @@ impl Adapter {
             &self.counters,
             &self.to_control,
             &stop,
+            None,
         )?);
         let inbound = Inbound::new(dev, &self.tables, &self.counters, &self.to_control);
         tokio::spawn(receive_legs(self.hub.clone(), inbound));

@@ -313,23 +313,30 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
         })(),
     );
     report.check(
-        &format!("ping -c3 {n2}: n2 sends the replies from the thread that wrote the requests"),
+        &format!(
+            "ping -c3 {n2}: one thread per node reads its socket and the TUN while traffic is light \
+             (n1 sends the requests, n2 the replies from the thread that wrote the requests)"
+        ),
         (|| {
-            let turned = |o: &Overlay| -> anyhow::Result<u64> {
-                o.status(1)?["dataplane"]["tx_turned_around"]
+            let counter = |o: &Overlay, i: usize, name: &str| -> anyhow::Result<u64> {
+                o.status(i)?["dataplane"][name]
                     .as_u64()
-                    .context("no dataplane.tx_turned_around in n2's status")
+                    .with_context(|| format!("no dataplane.{name} in the status"))
             };
-            let before = turned(&o)?;
+            let light = counter(&o, 0, "tx_light")?;
+            let turned = counter(&o, 1, "tx_turned_around")?;
             let out = o.sh(0, &format!("ping -c3 -W2 {n2}"))?;
             let (rx, avg) = parse_ping(&out).context("no ping summary")?;
             ensure!(rx == 3, "{rx}/3 replies");
-            // The TUN reader, woken by the same reply, may win a race for
-            // one; it cannot win every one.
-            let turned = turned(&o)?.saturating_sub(before);
-            ensure!(turned >= 1, "no echo reply was turned around");
+            let light = counter(&o, 0, "tx_light")?.saturating_sub(light);
+            let turned = counter(&o, 1, "tx_turned_around")?.saturating_sub(turned);
+            // No other thread waits on the TUN while traffic is light: no
+            // race for the replies.
+            ensure!(turned == 3, "{turned}/3 echo replies sent by n2's receiving thread");
+            ensure!(light >= 3, "{light} of n1's packets sent by its receiving thread");
             Ok(format!(
-                "3/3 replies, avg {avg:.2} ms, {turned} sent by the receiving thread"
+                "3/3 replies, avg {avg:.2} ms; n1's receiving thread sent {light} packets, \
+                 n2's turned 3/3 replies around"
             ))
         })(),
     );
@@ -373,8 +380,26 @@ fn run_one(bin: &Path, underlay: Underlay, report: &mut Report) -> anyhow::Resul
         })(),
     );
     report.check(
-        "iperf3 TCP through the overlay",
-        iperf(&mut o, 0, 1, &vip4, 1, 2).map(|mbps| format!("{mbps:.0} Mbit/s")),
+        "iperf3 TCP through the overlay: load hands the TUN to its reader thread on both nodes",
+        (|| {
+            let to_reader = |o: &Overlay| -> anyhow::Result<[u64; 2]> {
+                let mut n = [0; 2];
+                for (i, v) in n.iter_mut().enumerate() {
+                    *v = o.status(i)?["dataplane"]["tun_to_reader"]
+                        .as_u64()
+                        .context("no dataplane.tun_to_reader in the status")?;
+                }
+                Ok(n)
+            };
+            let before = to_reader(&o)?;
+            let mbps = iperf(&mut o, 0, 1, &vip4, 1, 2)?;
+            let after = to_reader(&o)?;
+            ensure!(
+                after[0] > before[0] && after[1] > before[1],
+                "the TUN reader never took the TUN: {before:?} -> {after:?}"
+            );
+            Ok(format!("{mbps:.0} Mbit/s"))
+        })(),
     );
     report.check(
         "/metrics, scraped with curl and parsed as Prometheus text, agrees with status --json",

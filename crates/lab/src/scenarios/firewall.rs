@@ -597,23 +597,21 @@ fn mode_checks(fl: &mut FirewallLab, mode: Mode, report: &mut Report) -> anyhow:
             enroll_behind_check(fl),
         );
         report.check(
-            "a on a TLS-over-TCP leg, b on a QUIC leg (fw2 lets UDP 443 out): a's tunnel learns b's smaller leg, TCP both ways",
+            "a on a TLS-over-TCP leg, b on a QUIC leg (fw2 lets UDP 443 out): a ping of a's tunnel MTU (DF) reaches b through the relay, TCP both ways",
             mixed_legs_check(fl),
         );
     }
     Ok(())
 }
 
-/// The largest inner packet a relayed QUIC leg over IPv4 carries: a
-/// 1472-byte UDP payload less quinn's 38 bytes per DATAGRAM frame, our 32
-/// and the relay header's 12 (`dataplane::quic_inner_limit`).
-const QUIC_RELAYED_INNER: u64 = 1500 - 20 - 8 - 38 - 32 - 12;
-
 /// fw1 lets only TCP 443 out (a relays over TLS on TCP); b restarts behind
-/// fw2 letting UDP 443 out too, so it relays over QUIC. The TRS cannot
-/// pass a's full-size packets to b's leg (a QUIC DATAGRAM must fit one
-/// packet): a's size probes find that within seconds, its too-bigs make
-/// TCP fit, and transfers run both ways.
+/// fw2 letting UDP 443 out too, so it relays over QUIC. The TRS forwards
+/// a's datagrams to b's leg on its fast path once b offered one (a UDP
+/// datagram each, which carries a's full-size packets); before that, in
+/// DATAGRAM frames, which cannot (a QUIC DATAGRAM must fit one packet) and
+/// a's size probes lower its tunnel's MTU. Either way, within seconds a
+/// ping of a's tunnel MTU with DF set reaches b, and transfers run both
+/// ways.
 fn mixed_legs_check(fl: &mut FirewallLab) -> anyhow::Result<String> {
     let (a, b) = (fl.a, fl.b);
     fl.nl.o.stop_node(b)?;
@@ -635,12 +633,19 @@ fn mixed_legs_check(fl: &mut FirewallLab) -> anyhow::Result<String> {
     );
     let up = Instant::now();
     let (fqdn_a, fqdn_b) = (fl.o().fqdn(a), fl.o().fqdn(b));
+    let o = fl.o();
     let mtu = wait_until(
-        "a's tunnel to learn b's leg",
+        "a ping of a's tunnel MTU (DF set) to reach b",
         Duration::from_secs(10),
         || {
-            let m = fl.o().peer(a, &fqdn_b)?["mtu"].as_u64().unwrap_or(0);
-            Ok((m > 0 && m <= QUIC_RELAYED_INNER).then_some(m))
+            let m = o.peer(a, &fqdn_b)?["mtu"].as_u64().unwrap_or(0);
+            ensure!(m > 28, "a's tunnel to b has no MTU");
+            let out = o.sh(
+                a,
+                &format!("ping -M do -s {} -c 1 -W 1 {vip_b} || true", m - 28),
+            )?;
+            let rx = parse_ping(&out).map_or(0, |(rx, _)| rx);
+            Ok((rx == 1).then_some(m))
         },
     )?;
     let learned = up.elapsed();

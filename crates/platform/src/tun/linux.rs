@@ -190,6 +190,27 @@ impl Tun {
         self.retry(|| self.dev.wait_readable_intr(&self.interrupt))
     }
 
+    /// [`Tun::wait_readable`] for at most `timeout`: `Ok(false)` when it
+    /// passed with nothing to read.
+    pub fn wait_readable_for(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        self.check_open()?;
+        match self.retry(|| {
+            self.dev
+                .wait_readable_intr_timeout(&self.interrupt, Some(timeout))
+        }) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The device's descriptor, for a thread that waits on it beside
+    /// others (readable when the kernel holds a packet).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.dev.as_raw_fd()
+    }
+
     /// Writes each `bufs[i][offset..]` (one whole IP packet) to the kernel.
     ///
     /// With offload, TCP and UDP packets of the same flow are first coalesced
