@@ -169,13 +169,20 @@ fn drive(
     report.check(
         "n1's page lists its tunnel with its path, transport and bytes",
         (|| {
-            browser.goto(&format!("http://{CONSOLE}/devices/n1"))?;
-            let table = browser.text("#tunnels")?;
-            ensure!(
-                table.contains("n2") && table.contains("direct") && table.contains("udp"),
-                "tunnels table: {table:?}"
-            );
-            ensure!(!table.contains(" 0 B"), "no bytes counted: {table:?}");
+            // The bytes come with n1's next report to the NMS.
+            let mut last = String::new();
+            let table = wait_until(
+                "n1's page to count its tunnel's bytes",
+                Duration::from_secs(20),
+                || {
+                    browser.goto(&format!("http://{CONSOLE}/devices/n1"))?;
+                    last = browser.text("#tunnels")?;
+                    let listed =
+                        last.contains("n2") && last.contains("direct") && last.contains("udp");
+                    Ok((listed && !last.contains(" 0 B")).then(|| last.clone()))
+                },
+            )
+            .with_context(|| format!("tunnels table: {last:?}"))?;
             shot(browser, artifacts, "3-device-n1")?;
             Ok(table.lines().last().unwrap_or_default().to_owned())
         })(),
