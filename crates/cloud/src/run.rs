@@ -1004,7 +1004,7 @@ fn relay_loop(
     };
     const N: usize = 32;
     let mut bufs: [Vec<u8>; N] = std::array::from_fn(|_| vec![0u8; 65536]);
-    let mut meta = [quinn_udp::RecvMeta::default(); N];
+    let mut meta = [cyphonic_platform::udp::RecvMeta::default(); N];
     // Datagrams to legs (QUIC fast paths in trains, others through the hub).
     let mut forwarder = crate::edge::Forwarder::new(edge, sockets);
     while !halt.load(Ordering::Relaxed) {

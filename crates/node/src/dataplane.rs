@@ -1066,7 +1066,7 @@ fn inbound_loop(
     let waiter = Waiter::new(sock, stop, tun);
     const N_BUFS: usize = 8;
     let mut rx: [Vec<u8>; N_BUFS] = std::array::from_fn(|_| vec![0u8; RX_BUF]);
-    let mut meta = [quinn_udp::RecvMeta::default(); N_BUFS];
+    let mut meta = [cyphonic_platform::udp::RecvMeta::default(); N_BUFS];
     let mut busy = 0u32;
     while !stop.is_set() {
         // Read before waiting: under load the next datagrams are queued.

@@ -7,6 +7,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// What one received buffer holds (source, length, GRO stride).
+pub use quinn_udp::RecvMeta;
+
 /// A pair of UDP sockets, one per address family, on the same port, with
 /// batched IO through quinn-udp (recvmmsg with GRO, sendmsg with GSO).
 pub struct Sockets {
@@ -30,7 +33,7 @@ impl Sockets {
         &self,
         sock: &UdpSocket,
         bufs: &mut [Vec<u8>; N],
-        meta: &mut [quinn_udp::RecvMeta; N],
+        meta: &mut [RecvMeta; N],
         idle: Duration,
     ) -> io::Result<usize> {
         match self.recv_raw(sock, bufs, meta) {
@@ -52,7 +55,7 @@ impl Sockets {
         &self,
         sock: &UdpSocket,
         bufs: &mut [Vec<u8>; N],
-        meta: &mut [quinn_udp::RecvMeta; N],
+        meta: &mut [RecvMeta; N],
     ) -> io::Result<usize> {
         match self.recv_raw(sock, bufs, meta) {
             Err(e)
@@ -71,7 +74,7 @@ impl Sockets {
         &self,
         sock: &UdpSocket,
         bufs: &mut [Vec<u8>; N],
-        meta: &mut [quinn_udp::RecvMeta; N],
+        meta: &mut [RecvMeta; N],
     ) -> io::Result<usize> {
         let mut each = bufs.iter_mut();
         let mut iovs: [io::IoSliceMut<'_>; N] =
