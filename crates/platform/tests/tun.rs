@@ -238,6 +238,46 @@ fn batch_io_without_offload_moves_one_packet_per_read_and_every_write() {
     assert_eq!(replies, [1, 2, 3]);
 }
 
+#[test]
+fn a_batch_of_one_reaches_the_kernel_with_and_without_offload() {
+    require_root!();
+    for offload in [false, true] {
+        let ns = Netns::new(if offload { "one-off" } else { "one" });
+        let tun = Arc::new(
+            ns.run(|| Tun::create(&config(offload)))
+                .expect("create TUN"),
+        );
+        assert_eq!(tun.offload(), offload);
+        let before = rx_packets(&ns);
+        for seq in 1..=2 {
+            // Headroom of garbage: the device must not read it as a
+            // virtio-net header.
+            let mut b = vec![0xa5u8; OFFSET];
+            b.extend(icmp_echo_request(PEER4, VIP4, 9, seq));
+            tun.send_batch(std::slice::from_mut(&mut b), OFFSET)
+                .unwrap();
+        }
+        assert_eq!(rx_packets(&ns), before + 2, "offload {offload}");
+        let _dog = Watchdog::arm(&tun, Duration::from_secs(5));
+        let mut scratch = vec![0u8; RECV_SCRATCH_LEN];
+        let mut bufs = vec![vec![0u8; OFFSET + 1500]; IDEAL_BATCH_SIZE];
+        let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+        let mut replies = Vec::new();
+        while replies.len() < 2 {
+            let n = tun
+                .recv_batch(&mut scratch, &mut bufs, &mut sizes, OFFSET)
+                .unwrap();
+            for i in 0..n {
+                let p = &bufs[i][OFFSET..OFFSET + sizes[i]];
+                if is_icmp4(p, VIP4, PEER4, 0) {
+                    replies.push(u16::from_be_bytes([p[26], p[27]]));
+                }
+            }
+        }
+        assert_eq!(replies, [1, 2], "offload {offload}");
+    }
+}
+
 /// `UDP_SEGMENT` from linux/udp.h.
 const UDP_SEGMENT: libc::c_int = 103;
 

@@ -244,6 +244,18 @@ impl Tun {
         // does not wait for room (the device's socket has no send limit
         // to speak of), so it needs no poll first: one syscall per
         // (coalesced) packet.
+        if let [one] = bufs {
+            // A request or a reply: nothing to coalesce, so the packet
+            // goes without the coalescing table (an all-zero virtio-net
+            // header in the headroom: no GSO, checksums complete).
+            let start = if self.offload {
+                one[offset - VIRTIO_NET_HDR_LEN..offset].fill(0);
+                offset - VIRTIO_NET_HDR_LEN
+            } else {
+                offset
+            };
+            return self.dev.send(&one[start..]).map(drop);
+        }
         let mut gro = lock(&self.gro);
         self.dev.send_multiple(&mut gro, bufs, offset).map(drop)
     }
