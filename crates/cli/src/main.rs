@@ -519,6 +519,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<std::process::ExitCode> {
                 Some(b) => b,
                 None => std::env::current_exe().context("cannot find this binary")?,
             };
+            // Ctrl-C leaves no namespace or daemon behind.
+            cyphonic_lab::clean_up_on_signals().context("installing signal handlers")?;
             let ok = tokio::task::spawn_blocking(move || {
                 cyphonic_lab::scenarios::run_with_options(&scenario, &binary, &options)
             })

@@ -16,8 +16,10 @@ pub mod scenarios;
 pub mod wait;
 pub mod webdriver;
 
+mod interrupt;
 mod process;
 
 pub use capture::Capture;
+pub use interrupt::clean_up_on_signals;
 pub use netns::Lab;
 pub use wait::wait_until;

@@ -15,15 +15,15 @@ use crate::wait::wait_until;
 /// Where a lab reserves its prefix (tmpfs: gone after a reboot, like the
 /// namespaces themselves).
 const RESERVATIONS: &str = "/run/cyphonic-lab";
-const NETNS_RUN: &str = "/run/netns";
-const NETNS_ETC: &str = "/etc/netns";
+pub(crate) const NETNS_RUN: &str = "/run/netns";
+pub(crate) const NETNS_ETC: &str = "/etc/netns";
 /// First veth ifindex; well above what the kernel hands out on its own in
 /// a fresh namespace, so explicit indexes never collide with automatic ones.
 const FIRST_IFINDEX: u32 = 1000;
 /// Linux interface names: IFNAMSIZ (16) including the NUL.
 const MAX_IFNAME: usize = 15;
 /// Set `CYPHONIC_LAB_KEEP=1` to keep the work directory (logs, captures).
-const KEEP_ENV: &str = "CYPHONIC_LAB_KEEP";
+pub(crate) const KEEP_ENV: &str = "CYPHONIC_LAB_KEEP";
 const DNS_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A lab run: a unique prefix and everything created under it.
@@ -44,6 +44,9 @@ pub struct Lab {
     reservation: PathBuf,
     namespaces: Vec<String>,
     etc_dirs: Vec<PathBuf>,
+    /// Files made outside the work directory, removed once the
+    /// processes are gone.
+    host_files: Vec<PathBuf>,
     processes: Vec<Tracked>,
     next_ifindex: u32,
     dns_servers: u32,
@@ -76,6 +79,7 @@ impl Lab {
         let (prefix, reservation, dir) = reserve_prefix(scenario)?;
         let spawner = Spawner::new().context("starting the lab's spawner thread")?;
         tracing::info!(%prefix, scenario, dir = %dir.display(), "lab created");
+        crate::interrupt::register(&prefix, &dir, &reservation);
         Ok(Lab {
             scenario: scenario.to_owned(),
             prefix,
@@ -83,6 +87,7 @@ impl Lab {
             reservation,
             namespaces: Vec::new(),
             etc_dirs: Vec::new(),
+            host_files: Vec::new(),
             processes: Vec::new(),
             next_ifindex: FIRST_IFINDEX,
             dns_servers: 0,
@@ -94,6 +99,14 @@ impl Lab {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Removes `file` (made outside the work directory, by the lab's
+    /// processes or for them) at cleanup, after the processes, or when a
+    /// signal ends `cyphonic lab` ([`crate::clean_up_on_signals`]).
+    pub fn remove_at_cleanup(&mut self, file: PathBuf) {
+        crate::interrupt::add_file(&self.prefix, &file);
+        self.host_files.push(file);
     }
 
     pub fn scenario(&self) -> &str {
@@ -466,6 +479,13 @@ impl Lab {
                 note(e);
             }
         }
+        for f in self.host_files.drain(..) {
+            if let Err(e) = fs::remove_file(&f) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    note(anyhow!(e).context(format!("removing {}", f.display())));
+                }
+            }
+        }
         for dir in self.etc_dirs.drain(..) {
             if let Err(e) = fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -481,6 +501,7 @@ impl Lab {
             }
         }
         let _ = fs::remove_file(&self.reservation);
+        crate::interrupt::deregister(&self.prefix);
         tracing::info!(prefix = %self.prefix, "lab cleaned up");
         first_err.map_or(Ok(()), Err)
     }

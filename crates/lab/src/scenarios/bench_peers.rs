@@ -227,19 +227,6 @@ struct Up {
     pids: Vec<u32>,
 }
 
-/// Files a userspace WireGuard leaves in the host's `/var/run/wireguard`
-/// (global, not per namespace): removed at the end whatever happened.
-#[derive(Default)]
-struct HostFiles(Vec<PathBuf>);
-
-impl Drop for HostFiles {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 type Figures = [Option<f64>; FIGURES];
 
 pub fn run(bin: &Path) -> anyhow::Result<bool> {
@@ -255,8 +242,6 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     );
     let iperf3 = version(&["iperf3", "--version"]);
     let mut report = Report::default();
-    // Declared before the lab: dropped after it, once the daemons are gone.
-    let mut host_files = HostFiles::default();
     let mut o = Overlay::build("bench-peers", bin, Underlay::V4, &["n1", "n2"])?;
     println!(
         "(a = n1 {}, b = n2 {} on one bridge; {iperf3}; {ROUNDS} interleaved rounds of {SECS} s iperf3 runs)",
@@ -277,9 +262,7 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
         let r = match system {
             System::Cyphonic => up_cyphonic(&mut o),
             System::Nebula => up_nebula(&mut o),
-            System::WireguardGo | System::Boringtun => {
-                up_wireguard(&mut o, system, &mut host_files)
-            }
+            System::WireguardGo | System::Boringtun => up_wireguard(&mut o, system),
             System::Veth => unreachable!(),
         };
         let r = r.map(|(up, setup_ms, start_ms)| {
@@ -348,7 +331,6 @@ pub fn run(bin: &Path) -> anyhow::Result<bool> {
     }
     print_table(&medians);
     drop(o);
-    drop(host_files);
     println!(
         "bench-peers: {} passed, {} failed (wall time {:.0} s)",
         report.passed,
@@ -582,11 +564,7 @@ fn up_nebula(o: &mut Overlay) -> anyhow::Result<(Up, f64, f64)> {
 /// wireguard-go or boringtun: keys from `wg genkey`, both daemons started
 /// in the foreground, each device configured with `wg set` and `ip` once
 /// its UAPI socket is there, while the pinger pings b's address.
-fn up_wireguard(
-    o: &mut Overlay,
-    system: System,
-    host_files: &mut HostFiles,
-) -> anyhow::Result<(Up, f64, f64)> {
+fn up_wireguard(o: &mut Overlay, system: System) -> anyhow::Result<(Up, f64, f64)> {
     let (tag, net, port) = match system {
         System::WireguardGo => ("wg", 2, 51820),
         _ => ("bt", 3, 51821),
@@ -616,7 +594,10 @@ fn up_wireguard(
         .iter()
         .map(|i| PathBuf::from(format!("/var/run/wireguard/{i}.sock")))
         .collect();
-    host_files.0.extend(sockets.iter().cloned());
+    // In the host's /var/run/wireguard (global, not per namespace).
+    for s in &sockets {
+        o.lab.remove_at_cleanup(s.clone());
+    }
     let (pinger, log) = start_pinger(o, &addrs[1], system.name())?;
     let t0 = unix_now();
     let mut pids = Vec::new();
