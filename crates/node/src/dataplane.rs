@@ -284,7 +284,9 @@ pub trait Device: Send + Sync + 'static {
 }
 
 /// A node's TUN device as the receiving threads see it: after writing a
-/// few packets it takes a turn at the sending half ([`Outbound::turn_around`]).
+/// few packets the host's stack may answer at once (TCP, echo requests) it
+/// takes a turn at the sending half ([`Outbound::turn_around`]); other
+/// answers come later, through whoever has the TUN.
 struct TunDevice {
     outbound: Arc<Outbound>,
 }
@@ -297,10 +299,15 @@ const TURNAROUND_MAX: usize = 4;
 impl Device for TunDevice {
     fn send_batch(&self, bufs: &mut [Vec<u8>], offset: usize) -> io::Result<()> {
         let n = bufs.len();
+        // Read before the write (coalescing may merge the buffers).
+        let answered = n <= TURNAROUND_MAX
+            && bufs
+                .iter()
+                .any(|b| b.get(offset..).is_some_and(ip::may_be_answered_at_once));
         let written = self.outbound.tun.send_batch(bufs, offset);
-        if n <= TURNAROUND_MAX {
+        if answered {
             self.outbound.turn_around();
-        } else {
+        } else if n > TURNAROUND_MAX {
             // Load: the kernel's answers are the TUN reader's to send.
             #[cfg(target_os = "linux")]
             if let Some(h) = &self.outbound.handoff {
@@ -1012,37 +1019,46 @@ impl<'a> Waiter<'a> {
         }
     }
 
-    /// Until `sock` (or, for the thread that has it, the TUN) is readable,
-    /// or the data plane stops.
-    fn wait(&self, sock: &std::net::UdpSocket) {
-        let waited: io::Result<()> = match self {
+    /// Until `sock` is readable or the data plane stops (Linux; elsewhere
+    /// a while at most); the thread that has the TUN serves it meanwhile,
+    /// without a look at the socket in between.
+    fn wait(&self, sock: &std::net::UdpSocket, stop: &Stop) {
+        while !self.wait_once(sock) && !stop.is_set() {}
+    }
+
+    /// One wait: whether the socket may be readable now (or the wait
+    /// ended for another reason than the TUN).
+    fn wait_once(&self, sock: &std::net::UdpSocket) -> bool {
+        let waited: io::Result<bool> = match self {
             #[cfg(target_os = "linux")]
-            Waiter::Set(set) => set.wait(&mut [0u64; 4], None).map(drop),
+            Waiter::Set(set) => set.wait(&mut [0u64; 4], None).map(|_| true),
             #[cfg(target_os = "linux")]
             Waiter::Tun(out, h, slot) => {
                 let mut ready = [0u64; 4];
                 match h.set(*slot).map(|s| s.wait(&mut ready, None)) {
                     Some(Ok(n)) => {
-                        if ready[..n].contains(&handoff::TOKEN_TUN) {
+                        let ready = &ready[..n];
+                        if ready.contains(&handoff::TOKEN_TUN) {
                             h.serve(*slot, out);
                         }
-                        Ok(())
+                        Ok(ready.iter().any(|t| *t != handoff::TOKEN_TUN))
                     }
                     Some(Err(e)) => Err(e),
-                    None => Ok(()),
+                    None => Ok(true),
                 }
             }
             Waiter::Poll(_) => {
                 // An empty queue waits at most this long, to notice
                 // shutdown.
                 wait_ready(sock, false, Duration::from_millis(250));
-                Ok(())
+                Ok(true)
             }
         };
-        if let Err(e) = waited {
+        waited.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "wait failed");
             std::thread::sleep(Duration::from_millis(10));
-        }
+            true
+        })
     }
 }
 
@@ -1079,7 +1095,7 @@ fn inbound_loop(
         };
         if n == 0 {
             busy = 0;
-            waiter.wait(sock);
+            waiter.wait(sock, stop);
             continue;
         }
         waiter.got_datagrams();
@@ -1098,6 +1114,12 @@ fn inbound_loop(
             }
         }
         inbound.flush();
+        if n < N_BUFS {
+            // The socket held less than a batch, so it held no more: wait
+            // (done at once if more came) rather than read it empty.
+            busy = 0;
+            waiter.wait(sock, stop);
+        }
     }
 }
 

@@ -97,6 +97,34 @@ pub fn inner_addresses(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
     addresses(packet)
 }
 
+/// ICMP Echo Request (RFC 792) and ICMPv6 Echo Request (RFC 4443 §4.1).
+const ICMPV4_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+/// Whether the host's stack may answer `packet` before the write that
+/// hands it over returns: TCP (an ACK, a SYN-ACK, a reset) and ICMP or
+/// ICMPv6 echo requests. Anything else (UDP for an application, echo
+/// replies, errors, IPv6 behind extension headers, malformed packets) gets
+/// its answer, if any, later. Reads the fixed headers only (not
+/// validated beyond that: the answer is a hint, never a check).
+pub fn may_be_answered_at_once(packet: &[u8]) -> bool {
+    let (protocol, transport) = match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= IPV4_MIN_HEADER_LEN => {
+            (packet[9], usize::from(packet[0] & 0x0f) * 4)
+        }
+        Some(6) if packet.len() >= IPV6_HEADER_LEN => (packet[6], IPV6_HEADER_LEN),
+        _ => return false,
+    };
+    match protocol {
+        PROTOCOL_TCP => true,
+        PROTOCOL_ICMP if packet[0] >> 4 == 4 => packet.get(transport) == Some(&ICMPV4_ECHO_REQUEST),
+        NEXT_HEADER_ICMPV6 if packet[0] >> 4 == 6 => {
+            packet.get(transport) == Some(&ICMPV6_ECHO_REQUEST)
+        }
+        _ => false,
+    }
+}
+
 /// An ICMP error telling the sender of `packet` (an IPv4 or IPv6 packet read
 /// from the TUN device) that the path takes at most `mtu` bytes: ICMPv4
 /// Destination Unreachable / Fragmentation Needed (type 3, code 4, next-hop
@@ -584,6 +612,45 @@ fn ones_complement_sum(initial: u64, data: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_tcp_and_echo_requests_may_be_answered_at_once() {
+        let mut v4 = vec![0u8; 28];
+        v4[0] = 0x45;
+        v4[9] = PROTOCOL_TCP;
+        assert!(may_be_answered_at_once(&v4));
+        v4[9] = PROTOCOL_ICMP;
+        v4[20] = ICMPV4_ECHO_REQUEST;
+        assert!(may_be_answered_at_once(&v4));
+        v4[20] = 0; // echo reply
+        assert!(!may_be_answered_at_once(&v4));
+        v4[9] = 17; // UDP
+        assert!(!may_be_answered_at_once(&v4));
+        // An echo request's type behind IPv4 options.
+        v4[0] = 0x46;
+        v4[9] = PROTOCOL_ICMP;
+        v4[20] = 0;
+        v4.extend([ICMPV4_ECHO_REQUEST, 0, 0, 0]);
+        v4[24] = ICMPV4_ECHO_REQUEST;
+        assert!(may_be_answered_at_once(&v4));
+        v4.truncate(24);
+        assert!(!may_be_answered_at_once(&v4), "type past the end");
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[6] = NEXT_HEADER_ICMPV6;
+        v6[40] = ICMPV6_ECHO_REQUEST;
+        assert!(may_be_answered_at_once(&v6));
+        v6[40] = 129; // echo reply
+        assert!(!may_be_answered_at_once(&v6));
+        v6[6] = PROTOCOL_TCP;
+        assert!(may_be_answered_at_once(&v6));
+        v6[6] = NEXT_HEADER_FRAGMENT;
+        assert!(!may_be_answered_at_once(&v6));
+        for junk in [&[][..], &[0x45][..], &[0x60; 39][..], &[0x10; 60][..]] {
+            assert!(!may_be_answered_at_once(junk));
+        }
+    }
+
     use super::*;
 
     fn ipv4(src: [u8; 4], dst: [u8; 4], payload: usize) -> Vec<u8> {
