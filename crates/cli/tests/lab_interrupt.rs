@@ -95,6 +95,10 @@ fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>)
 }
 
 fn interrupted_lab_cleans_up(signal: libc::c_int) {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
     let dir = tempfile_dir();
     let log = std::fs::File::create(dir.join("lab.log")).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_cyphonic"))
@@ -154,18 +158,10 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 #[test]
 fn ctrl_c_removes_the_lab_and_its_daemons() {
-    if !common::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     interrupted_lab_cleans_up(libc::SIGINT);
 }
 
 #[test]
 fn sigterm_removes_the_lab_and_its_daemons() {
-    if !common::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
     interrupted_lab_cleans_up(libc::SIGTERM);
 }

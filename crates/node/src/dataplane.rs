@@ -1282,6 +1282,36 @@ impl Inbound {
     }
 }
 
+/// Fast packets of QUIC legs (`docs/protocol.md` §11.6), opened where
+/// the QUIC endpoint reads them and written to the device once per
+/// receive batch: no copy, queue or task hop per packet
+/// ([`cyphonic_transport::Hub::set_fast_sink`]).
+pub struct LegSink(std::sync::Mutex<Inbound>);
+
+impl LegSink {
+    pub fn new(inbound: Inbound) -> Arc<LegSink> {
+        Arc::new(LegSink(std::sync::Mutex::new(inbound)))
+    }
+
+    fn inbound(&self) -> std::sync::MutexGuard<'_, Inbound> {
+        // A panic mid-packet leaves buffers to be overwritten anyway.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl cyphonic_transport::FastSink for LegSink {
+    fn packet(&self, from: SocketAddr, datagram: &mut [u8]) {
+        self.inbound()
+            .datagram(Leg::new(Transport::Quic, from), datagram);
+    }
+
+    fn flush(&self) {
+        self.inbound().flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,12 +63,25 @@ pub(crate) fn random_u64() -> u64 {
     h.finish()
 }
 
+/// Takes fast packets where the endpoint reads them ([`crate::Hub::set_fast_sink`]):
+/// no copy, no queue, no task between the socket and the data plane.
+pub trait FastSink: Send + Sync {
+    /// One fast packet of a QUIC leg whose peer is at `from` (the
+    /// connection's current path); the sink may change it in place (open
+    /// it).
+    fn packet(&self, from: SocketAddr, datagram: &mut [u8]);
+    /// The end of one receive batch: what the sink gathered goes out.
+    fn flush(&self);
+}
+
 /// The IDs this hub handed out, and where their datagrams go.
 #[derive(Default)]
 pub(crate) struct FastTable {
     ids: RwLock<HashMap<FastId, Registered>>,
     /// The hub's receive queue; taken when the hub closes.
     received: Mutex<Option<mpsc::Sender<Received>>>,
+    /// Where fast packets go instead of the queue, when set.
+    sink: RwLock<Option<Arc<dyn FastSink>>>,
     /// Fast packets dropped because the receive queue was full.
     pub dropped_queue_full: AtomicU64,
 }
@@ -84,6 +97,10 @@ struct Registered {
 impl FastTable {
     pub fn set_received(&self, tx: Option<mpsc::Sender<Received>>) {
         *lock(&self.received) = tx;
+    }
+
+    pub fn set_sink(&self, sink: Option<Arc<dyn FastSink>>) {
+        *self.sink.write().unwrap_or_else(|e| e.into_inner()) = sink;
     }
 
     /// A fresh ID for `leg`, on `conn`.
@@ -120,8 +137,13 @@ impl FastTable {
         if ids.is_empty() {
             return true;
         }
-        let received = lock(&self.received).clone();
+        let sink = self.sink.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let received = match sink {
+            Some(_) => None,
+            None => lock(&self.received).clone(),
+        };
         let mut kept = false;
+        let mut sunk = false;
         for i in 0..n {
             let m = meta[i];
             let stride = m.stride.max(1);
@@ -136,14 +158,20 @@ impl FastTable {
                     .flatten();
                 match leg {
                     Some(r) => {
-                        let datagram = seg[FAST_HEADER_LEN..].to_vec();
-                        r.stats.received_fast(datagram.len());
+                        r.stats.received_fast(seg.len() - FAST_HEADER_LEN);
                         // From the leg's address as the connection knows
                         // it, as its DATAGRAM frames are: a NAT that maps
                         // the peer anew moves the leg once the connection
                         // validated the new path (the sender's offers keep
                         // it within a second of the data).
                         let from = r.conn.as_ref().map_or(m.addr, |c| c.remote_address());
+                        if let Some(sink) = &sink {
+                            sink.packet(canonical(from), &mut buf[off + FAST_HEADER_LEN..end]);
+                            sunk = true;
+                            off = end;
+                            continue;
+                        }
+                        let datagram = seg[FAST_HEADER_LEN..].to_vec();
                         let item = Received {
                             transport: Transport::Quic,
                             from: canonical(from),
@@ -163,6 +191,9 @@ impl FastTable {
             }
             meta[i].len = write;
             kept |= write > 0;
+        }
+        if let (true, Some(sink)) = (sunk, &sink) {
+            sink.flush();
         }
         kept
     }

@@ -329,6 +329,13 @@ impl Hub {
         lock(&self.shared.server_names).insert(canonical(to), name);
     }
 
+    /// Fast packets of QUIC legs (`docs/protocol.md` §11.6) go to `sink`
+    /// where the endpoint reads them, instead of [`Hub::recv`]; `None`
+    /// puts them back on the queue. Everything else stays on the queue.
+    pub fn set_fast_sink(&self, sink: Option<Arc<dyn crate::FastSink>>) {
+        self.shared.fast.set_sink(sink);
+    }
+
     /// The next datagram received on any leg. `None` once the hub is
     /// closed.
     pub async fn recv(&self) -> Option<Received> {
@@ -533,6 +540,7 @@ impl Hub {
         }
         lock(&shared.received).take();
         shared.fast.set_received(None);
+        shared.fast.set_sink(None);
         for slot in &self.slots {
             slot.take();
         }

@@ -97,7 +97,7 @@ mod types;
 pub use config::{HubConfig, MAX_DATAGRAM, QUIC_UDP_PAYLOAD_V4, QUIC_UDP_PAYLOAD_V6};
 pub use cyphonic_proto::transport::UnknownTransport;
 pub use error::SendError;
-pub use fast::{FastRoute, TrainDest, FAST_HEADER_LEN};
+pub use fast::{FastRoute, FastSink, TrainDest, FAST_HEADER_LEN};
 pub use hub::Hub;
 pub use socket::{bind_tcp_listener, connect_tcp, CONSERVATIVE_MSS};
 pub use tcp::TcpHandoff;

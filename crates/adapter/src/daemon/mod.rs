@@ -624,7 +624,14 @@ impl Adapter {
             &stop,
             None,
         )?);
-        let inbound = Inbound::new(dev, &self.tables, &self.counters, &self.to_control);
+        let inbound = Inbound::new(dev.clone(), &self.tables, &self.counters, &self.to_control);
+        self.hub
+            .set_fast_sink(Some(cyphonic_node::dataplane::LegSink::new(Inbound::new(
+                dev,
+                &self.tables,
+                &self.counters,
+                &self.to_control,
+            ))));
         tokio::spawn(receive_legs(self.hub.clone(), inbound));
         tracing::info!(lan = %self.opts.lan, %vip4, %vip6, "LAN side up");
         self.gateway = Some((vip4, vip6));

@@ -933,6 +933,8 @@ impl Daemon {
     /// it, and the resolver when asked for.
     /// The data plane takes the QUIC and TCP legs' datagrams too, from now on.
     fn install_dataplane(&mut self, dataplane: DataPlane) {
+        self.hub
+            .set_fast_sink(Some(crate::dataplane::LegSink::new(dataplane.inbound())));
         tokio::spawn(receive_legs(self.hub.clone(), dataplane.inbound()));
         self.dataplane = Some(dataplane);
     }
