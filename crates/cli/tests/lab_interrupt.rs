@@ -11,11 +11,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills the lab run and removes its namespaces should the test fail
-/// half-way.
+/// Kills the lab run (its daemons die with it) and removes its
+/// namespaces, reservation, work directory and the test's own directory,
+/// whether the test passed or failed half-way.
 struct Guard {
     child: Child,
     prefix: Option<String>,
+    dir: std::path::PathBuf,
 }
 
 impl Drop for Guard {
@@ -26,8 +28,12 @@ impl Drop for Guard {
             for ns in namespaces(p) {
                 let _ = Command::new("ip").args(["netns", "del", &ns]).status();
             }
+            let _ = std::fs::remove_dir_all(
+                std::env::temp_dir().join(format!("cyphonic-lab-{p}-direct")),
+            );
             let _ = std::fs::remove_file(Path::new("/run/cyphonic-lab").join(p));
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -111,6 +117,7 @@ fn interrupted_lab_cleans_up(signal: libc::c_int) {
     let mut g = Guard {
         child,
         prefix: None,
+        dir: dir.clone(),
     };
     let pid = g.child.id();
     let prefix = wait_for("the lab's reservation", Duration::from_secs(30), || {
@@ -143,7 +150,6 @@ fn interrupted_lab_cleans_up(signal: libc::c_int) {
     wait_for("the daemons to die", Duration::from_secs(10), || {
         (!pids.iter().any(|p| alive(*p))).then_some(())
     });
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

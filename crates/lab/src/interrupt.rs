@@ -3,9 +3,10 @@
 //! [`crate::Lab`] destructor runs; instead every live lab is registered
 //! here with what names it (its prefix, work directory, reservation and
 //! files it made outside them), and a thread woken by the signal deletes
-//! the namespaces and `/etc/netns` entries under each prefix and those
-//! files, then exits with 128 + the signal. The lab's processes die with
-//! this one (`PR_SET_PDEATHSIG`, see `process`).
+//! the namespaces and `/etc/netns` entries under each prefix (killing
+//! what runs in them first) and those files, then exits with 128 + the
+//! signal. The lab's other processes die with this one
+//! (`PR_SET_PDEATHSIG`, see `process`).
 
 use std::fs;
 use std::io::Read;
@@ -52,6 +53,14 @@ pub(crate) fn deregister(prefix: &str) {
     live().retain(|l| l.prefix != prefix);
 }
 
+/// Held while a lab makes a namespace or starts a process, and by the
+/// cleaner from the signal to the exit: nothing is made behind its sweep.
+static CREATING: Mutex<()> = Mutex::new(());
+
+pub(crate) fn creating() -> std::sync::MutexGuard<'static, ()> {
+    CREATING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The write end of the pipe the handler wakes the cleaner through.
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 
@@ -92,6 +101,7 @@ fn install() -> std::io::Result<()> {
             if wake.read_exact(&mut sig).is_err() {
                 return;
             }
+            let _no_more = creating();
             let labs = std::mem::take(&mut *live());
             for l in &labs {
                 remove(l);
@@ -119,8 +129,20 @@ fn install() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Deletes what lab `l` made, by name; keeps going past errors.
+/// Deletes what lab `l` made, by name; keeps going past errors, and
+/// sweeps again while something is left (a running daemon may still add
+/// a file to the work directory), a second at most.
 fn remove(l: &Live) {
+    for _ in 0..20 {
+        if sweep(l) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// One sweep: whether nothing of the lab is left.
+fn sweep(l: &Live) -> bool {
     let ours = |name: &str| name.starts_with(&format!("{}-", l.prefix));
     let entries = |dir: &str| -> Vec<String> {
         fs::read_dir(dir)
@@ -133,6 +155,24 @@ fn remove(l: &Live) {
             .unwrap_or_default()
     };
     for ns in entries(NETNS_RUN) {
+        // Its processes first (they die with this one too, but not before
+        // they could write where the sweep has been).
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<libc::pid_t>().ok())
+            {
+                // SAFETY: kill(2); the pid runs in this lab's namespace.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &ns])
             .stdin(Stdio::null())
@@ -146,8 +186,10 @@ fn remove(l: &Live) {
     for f in &l.files {
         let _ = fs::remove_file(f);
     }
-    if std::env::var_os(KEEP_ENV).is_none() {
+    let keep = std::env::var_os(KEEP_ENV).is_some();
+    if !keep {
         let _ = fs::remove_dir_all(&l.dir);
     }
     let _ = fs::remove_file(&l.reservation);
+    entries(NETNS_RUN).is_empty() && entries(NETNS_ETC).is_empty() && (keep || !l.dir.exists())
 }

@@ -141,12 +141,16 @@ impl Lab {
             !self.namespaces.contains(&full),
             "namespace {full} already exists in this lab"
         );
-        run(Command::new("ip").args(["netns", "add", &full]))?;
-        self.namespaces.push(full.clone());
-        self.set_resolv_conf(
-            &full,
-            &format!("# cyphonic lab {full}: no resolver configured\n"),
-        )?;
+        {
+            // Not while a signal's cleanup sweeps (it would miss it).
+            let _creating = crate::interrupt::creating();
+            run(Command::new("ip").args(["netns", "add", &full]))?;
+            self.namespaces.push(full.clone());
+            self.set_resolv_conf(
+                &full,
+                &format!("# cyphonic lab {full}: no resolver configured\n"),
+            )?;
+        }
         run(Command::new("ip").args(["-n", &full, "link", "set", "lo", "up"]))?;
         self.sysctl(
             &full,

@@ -44,6 +44,9 @@ impl Spawner {
     }
 
     pub(crate) fn spawn(&self, mut cmd: Command) -> io::Result<Child> {
+        // Not while a signal's cleanup sweeps (a child started then could
+        // write where it already swept).
+        let _creating = crate::interrupt::creating();
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure only makes async-signal-safe calls (prctl,
         // getppid, setpgid, _exit) between fork and exec.

@@ -521,4 +521,61 @@ mod tests {
         assert!(!table.filter(&mut bufs, &mut m, 1));
         assert_eq!(rx.try_recv().unwrap().leg, LegId(8));
     }
+
+    /// What a sink saw: each packet (its first byte, after the sink
+    /// changed it in place) with its source, and a mark per flush.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Option<(SocketAddr, u8)>>>);
+
+    impl FastSink for Seen {
+        fn packet(&self, from: SocketAddr, datagram: &mut [u8]) {
+            datagram[0] ^= 0xff;
+            lock(&self.0).push(Some((from, datagram[0])));
+        }
+        fn flush(&self) {
+            lock(&self.0).push(None);
+        }
+    }
+
+    /// With a sink, fast packets go to it in place, not to the queue, and
+    /// a receive batch ends with one flush; quinn's are packed as without.
+    #[test]
+    fn a_sink_takes_fast_packets_in_place_and_one_flush_per_batch() {
+        let table = FastTable::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        table.set_received(Some(tx));
+        let seen = Arc::new(Seen::default());
+        table.set_sink(Some(seen.clone()));
+        let id = table.register(LegId(3), Arc::default(), None);
+        let fast = |body: u8| [vec![0x41], id.to_vec(), vec![body; 11]].concat();
+        let quic = [vec![0x41], vec![2; 19]].concat();
+        let e0 = [fast(1), quic.clone(), fast(3)].concat();
+        let e1 = fast(4);
+        let mut storage = [e0.clone(), e1.clone()];
+        let mut metas = [meta(e0.len(), 20), meta(e1.len(), 20)];
+        let mut bufs: Vec<IoSliceMut<'_>> =
+            storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        assert!(table.filter(&mut bufs, &mut metas, 2));
+        assert_eq!(&bufs[0][..metas[0].len], &quic[..]);
+        assert_eq!(metas[1].len, 0);
+        assert!(rx.try_recv().is_err(), "nothing on the queue");
+        let from: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        assert_eq!(
+            *lock(&seen.0),
+            [Some((from, !1)), Some((from, !3)), Some((from, !4)), None]
+        );
+        // A batch without fast packets flushes nothing; without the sink
+        // they are queued again.
+        let mut plain = [quic.clone()];
+        let mut m = [meta(quic.len(), 20)];
+        let mut bufs: Vec<IoSliceMut<'_>> = plain.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        assert!(table.filter(&mut bufs, &mut m, 1));
+        assert_eq!(lock(&seen.0).len(), 4);
+        table.set_sink(None);
+        let mut again = [fast(5)];
+        let mut m = [meta(again[0].len(), 20)];
+        let mut bufs: Vec<IoSliceMut<'_>> = again.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        assert!(!table.filter(&mut bufs, &mut m, 1));
+        assert_eq!(rx.try_recv().unwrap().datagram[0], 5);
+    }
 }
